@@ -1,0 +1,1 @@
+"""Backstage chat: Socket.IO + HTTP transport, chat domain and storage."""

@@ -1,0 +1,67 @@
+"""Settings read once from the environment (SPEC §1). Secrets never appear in repr()."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///backstage.db"
+DEFAULT_FCM_ENDPOINT = "https://fcm.googleapis.com"
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (value or "").split(",") if p.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str | None = None
+    redis_prefix: str = "backstage"
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_public_key: str | None = field(default=None, repr=False)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    firebase_credentials: str | None = None
+    fcm_endpoint: str = DEFAULT_FCM_ENDPOINT
+    push_worker: str = "inline"  # "inline" | "external"
+    allowed_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    log_format: str = "text"  # "text" | "json"
+    demo: bool = False
+    # Limits (SPEC §4); not environment variables, but tests may replace() them.
+    max_body_chars: int = 4000
+    max_payload_bytes: int = 64 * 1024
+    send_rate_per_s: float = 10.0
+    send_burst: int = 20
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, *, demo: bool = False) -> Settings:
+        e = os.environ if env is None else env
+        jwt_secret = e.get("JWT_SECRET") or None
+        if demo and not jwt_secret and not e.get("JWT_PUBLIC_KEY"):
+            jwt_secret = secrets.token_urlsafe(32)
+        return cls(
+            host=e.get("HOST", "127.0.0.1"),
+            port=int(e.get("PORT", "8080")),
+            database_url=e.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+            redis_url=e.get("REDIS_URL") or None,
+            redis_prefix=e.get("REDIS_PREFIX") or "backstage",
+            jwt_secret=jwt_secret,
+            jwt_public_key=e.get("JWT_PUBLIC_KEY") or None,
+            api_keys=_split(e.get("API_KEYS")),
+            firebase_credentials=e.get("FIREBASE_CREDENTIALS") or None,
+            fcm_endpoint=(e.get("FCM_ENDPOINT") or DEFAULT_FCM_ENDPOINT).rstrip("/"),
+            push_worker=e.get("PUSH_WORKER", "inline"),
+            allowed_origins=_split(e.get("ALLOWED_ORIGINS")),
+            log_level=e.get("LOG_LEVEL", "INFO").upper(),
+            log_format=e.get("LOG_FORMAT", "text"),
+            demo=demo,
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]

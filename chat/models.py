@@ -1,0 +1,90 @@
+"""Chat tables. Ids are strings on the wire; integer keys are rendered with str()."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from chat.db import Base, BigId, UTCDateTime, utcnow
+
+USER_ID = sa.String(64)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200), default="")
+    avatar_url: Mapped[str | None] = mapped_column(sa.String(1000), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Membership(Base):
+    """A patron's pledge to a creator, as pushed by the platform backend."""
+
+    __tablename__ = "memberships"
+
+    creator_id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
+    patron_id: Mapped[str] = mapped_column(USER_ID, primary_key=True, index=True)
+    tier_cents: Mapped[int] = mapped_column(sa.Integer, default=0)
+    status: Mapped[str] = mapped_column(sa.String(16), default="active")  # active | former
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Conversation(Base):
+    """A creator's tier-gated `room`, or a `direct` conversation between a creator and a patron.
+
+    `last_seq` is the seq of the newest message; it is incremented under the row lock
+    taken by the UPDATE in the sending transaction, which makes seq gapless.
+    """
+
+    __tablename__ = "conversations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(sa.String(8))  # room | direct
+    creator_id: Mapped[str] = mapped_column(USER_ID, index=True)
+    patron_id: Mapped[str | None] = mapped_column(USER_ID, nullable=True, index=True)
+    # "creator_id/patron_id" for direct conversations, NULL for rooms: one direct per pair.
+    direct_key: Mapped[str | None] = mapped_column(sa.String(140), nullable=True, unique=True)
+    name: Mapped[str] = mapped_column(sa.String(200), default="")
+    min_tier_cents: Mapped[int] = mapped_column(sa.Integer, default=0)
+    post_policy: Mapped[str] = mapped_column(sa.String(16), default="everyone")  # everyone | creator
+    last_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ConversationState(Base):
+    """Per user and conversation: read position and mute."""
+
+    __tablename__ = "conversation_states"
+
+    user_id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    last_read_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    muted: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        sa.UniqueConstraint("conversation_id", "seq"),
+        sa.UniqueConstraint("sender_id", "client_msg_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    seq: Mapped[int] = mapped_column(sa.BigInteger)
+    sender_id: Mapped[str] = mapped_column(USER_ID)
+    body: Mapped[str] = mapped_column(sa.Text)
+    client_msg_id: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    deleted: Mapped[bool] = mapped_column(sa.Boolean, default=False)

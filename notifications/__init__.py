@@ -1,0 +1,1 @@
+"""Backstage notifications: feed, devices, push outbox and the FCM worker."""

@@ -1,0 +1,96 @@
+"""Shared fixtures: a fresh MariaDB database and Redis prefix per test run, removed afterwards.
+
+MYSQL_ADMIN_URL (default mysql+pymysql://root@127.0.0.1:3306/) and TEST_REDIS_URL
+(default redis://127.0.0.1:6379/0) point the suite at the real services.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+
+import pymysql
+import pytest
+import redis as redis_sync
+from sqlalchemy.engine import make_url
+
+MYSQL_ADMIN_URL = os.environ.get("MYSQL_ADMIN_URL", "mysql+pymysql://root@127.0.0.1:3306/")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RUN_ID = secrets.token_hex(4)
+
+
+def _admin_connect() -> pymysql.connections.Connection:
+    u = make_url(MYSQL_ADMIN_URL)
+    return pymysql.connect(
+        host=u.host or "127.0.0.1", port=u.port or 3306, user=u.username or "root",
+        password=u.password or "", autocommit=True,
+    )
+
+
+def _mysql_url(database: str) -> str:
+    u = make_url(MYSQL_ADMIN_URL)
+    return u.set(drivername="mysql+aiomysql", database=database).render_as_string(hide_password=False)
+
+
+class MySQLDatabases:
+    """Creates databases named bstest_<run>_<n> and drops them all at the end of the run."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def new(self) -> str:
+        name = f"bstest_{RUN_ID}_{len(self.created)}"
+        conn = _admin_connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        finally:
+            conn.close()
+        self.created.append(name)
+        return _mysql_url(name)
+
+    def drop_all(self) -> None:
+        conn = _admin_connect()
+        try:
+            with conn.cursor() as cur:
+                for name in self.created:
+                    cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="session")
+def mysql_databases() -> Iterator[MySQLDatabases]:
+    dbs = MySQLDatabases()
+    yield dbs
+    dbs.drop_all()
+
+
+@pytest.fixture(scope="session")
+def mysql_url(mysql_databases: MySQLDatabases) -> str:
+    """One empty MariaDB database for the run (tests that need isolation call mysql_databases.new())."""
+    return mysql_databases.new()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def redis_prefix_root() -> Iterator[str]:
+    prefix = f"bstest-{RUN_ID}"
+    yield prefix
+    r = redis_sync.Redis.from_url(REDIS_URL)
+    try:
+        for key in r.scan_iter(match=f"{prefix}*", count=1000):
+            r.delete(key)
+    finally:
+        r.close()
+
+
+@pytest.fixture
+def redis_prefix(redis_prefix_root: str) -> str:
+    """A Redis prefix of its own for one test, under the run's prefix (cleaned at the end)."""
+    return f"{redis_prefix_root}-{secrets.token_hex(3)}"
