@@ -1,0 +1,262 @@
+"""create_app(settings): the only place that wires objects together.
+
+Each resource is opened and closed as a pair in a cleanup context, in order:
+database (migrated) → Redis → presence → Socket.IO + domain → push worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import socketio
+import sqlalchemy as sa
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chat import http_api, migrate
+from chat.auth import Authenticator
+from chat.config import Settings
+from chat.db import create_engine, session_factory
+from chat.delivery import Delivery
+from chat.keys import RedisKeys
+from chat.service import ChatService
+from chat.sockets import ChatSockets
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+SOCKETIO_CLIENT = ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.esm.min.js"
+
+SETTINGS_KEY = web.AppKey("settings", Settings)
+ENGINE_KEY = web.AppKey("engine", AsyncEngine)
+REDIS_KEY = web.AppKey("redis", object)  # aioredis.Redis | None
+SIO_KEY = web.AppKey("sio", socketio.AsyncServer)
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; "
+       "connect-src 'self' ws: wss:; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+
+class OrjsonCompat:
+    """The json module interface python-socketio calls, backed by orjson."""
+
+    @staticmethod
+    def dumps(obj: Any, **_kw: Any) -> str:
+        return orjson.dumps(obj).decode()
+
+    @staticmethod
+    def loads(s: str | bytes, **_kw: Any) -> Any:
+        return orjson.loads(s)
+
+
+def origin_checker(settings: Settings) -> Callable[[str | None, dict[str, Any]], bool] | None:
+    """None = python-engineio's same-origin rule; otherwise same origin, ALLOWED_ORIGINS,
+    and in --demo any http://localhost:* or http://127.0.0.1:* page."""
+    allowed = set(settings.allowed_origins)
+    if not allowed and not settings.demo:
+        return None
+
+    def check(origin: str | None, environ: dict[str, Any]) -> bool:
+        if origin is None:
+            return True  # mobile apps and servers send no Origin
+        if "*" in allowed or origin in allowed:
+            return True
+        host = environ.get("HTTP_HOST")
+        if host and origin in (f"http://{host}", f"https://{host}"):
+            return True
+        if settings.demo:
+            scheme, _, rest = origin.partition("://")
+            hostname = rest.split(":")[0]
+            return scheme == "http" and hostname in ("localhost", "127.0.0.1")
+        return False
+
+    return check
+
+
+def create_sio(settings: Settings, redis_url: str | None = None, *, write_only: bool = False) -> socketio.AsyncServer:
+    manager = None
+    if redis_url:
+        manager = socketio.AsyncRedisManager(
+            redis_url, channel=RedisKeys(settings.redis_prefix).socketio_channel,
+            write_only=write_only, json=OrjsonCompat)
+    return socketio.AsyncServer(
+        async_mode="aiohttp", client_manager=manager, json=OrjsonCompat,
+        cors_allowed_origins=origin_checker(settings),
+        # Events from one socket run in order (SPEC §4); different sockets run concurrently.
+        async_handlers=False,
+        # The soft limit (settings.max_payload_bytes) answers too_large without dropping the
+        # socket; packets over this hard limit close the connection.
+        max_http_buffer_size=1024 * 1024,
+        ping_interval=settings.ping_interval, ping_timeout=settings.ping_timeout,
+        logger=False, engineio_logger=False)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=settings.max_payload_bytes,
+                          middlewares=[security_headers, http_api.error_middleware])
+    app[SETTINGS_KEY] = settings
+    app[http_api.AUTH_KEY] = Authenticator(settings)
+    sio = create_sio(settings, settings.redis_url)
+    sio.attach(app)  # routes must exist before the app starts; handlers are added in chat_ctx
+    app[SIO_KEY] = sio
+    app.cleanup_ctx.append(database_ctx)
+    app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(chat_ctx)
+    app.on_shutdown.append(close_sockets)
+    http_api.add_routes(app)
+    add_operation_routes(app)
+    add_page_routes(app)
+    return app
+
+
+# ---------------------------------------------------------------- cleanup contexts
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    engine = create_engine(app[SETTINGS_KEY].database_url)
+    await migrate.upgrade(engine)
+    app[ENGINE_KEY] = engine
+    yield
+    await engine.dispose()
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    url = app[SETTINGS_KEY].redis_url
+    client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5) if url else None
+    if client is not None:
+        await client.ping()
+    app[REDIS_KEY] = client
+    yield
+    if client is not None:
+        await client.aclose()
+
+
+async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
+    from chat.presence import MemoryPresence, RedisPresence
+
+    settings = app[SETTINGS_KEY]
+    redis: aioredis.Redis | None = app[REDIS_KEY]  # type: ignore[assignment]
+    keys = RedisKeys(settings.redis_prefix)
+    server_id = secrets.token_hex(6)
+    presence = RedisPresence(redis, keys, server_id) if redis is not None else MemoryPresence()
+    sio = app[SIO_KEY]
+    delivery = Delivery(sio, redis, keys.control_channel)
+    sessions = session_factory(app[ENGINE_KEY])
+    hooks = await push_hooks(app, settings, sessions, redis, keys)
+    service = ChatService(sessions, delivery, presence, settings, **hooks.service_kwargs)
+
+    async def on_offline(conversation_id: str, user_id: str) -> None:
+        await delivery.to_conversation(conversation_id, "presence", {
+            "conversation_id": conversation_id, "user_id": user_id, "online": False})
+
+    presence.set_offline_callback(on_offline)
+    ChatSockets(sio, service, app[http_api.AUTH_KEY], settings.max_payload_bytes)
+    app[http_api.SERVICE_KEY] = service
+    await presence.start()
+    await delivery.start()
+    await hooks.start()
+    log.info("server %s ready (redis relay: %s)", server_id, "on" if redis is not None else "off")
+    yield
+    await hooks.stop()
+    await delivery.stop()
+    for conversation_id, user_id in await presence.stop():
+        await on_offline(conversation_id, user_id)
+
+
+async def close_sockets(app: web.Application) -> None:
+    """SIGTERM: disconnect every client (they reconnect elsewhere) before resources close."""
+    sio = app.get(SIO_KEY)
+    if sio is not None:
+        try:
+            await asyncio.wait_for(sio.shutdown(), 10)
+        except Exception:
+            log.warning("socket shutdown incomplete", exc_info=True)
+
+
+class PushHooks:
+    """What the chat service needs of the push side, plus the inline worker's lifecycle."""
+
+    def __init__(self) -> None:
+        self.service_kwargs: dict[str, Any] = {}
+        self._start: list[Callable[[], Any]] = []
+        self._stop: list[Callable[[], Any]] = []
+
+    async def start(self) -> None:
+        for fn in self._start:
+            await fn()
+
+    async def stop(self) -> None:
+        for fn in reversed(self._stop):
+            await fn()
+
+
+async def push_hooks(app: web.Application, settings: Settings, sessions: Any,
+                     redis: aioredis.Redis | None, keys: RedisKeys) -> PushHooks:
+    hooks = PushHooks()
+    try:
+        from notifications import wiring
+    except ImportError:  # the notifications package is optional while it is being built
+        return hooks
+    await wiring.install(app, hooks, settings, sessions, redis, keys)
+    return hooks
+
+
+# ---------------------------------------------------------------- operations and page
+
+
+def add_operation_routes(app: web.Application) -> None:
+    async def readyz(request: web.Request) -> web.Response:
+        problems: dict[str, str] = {}
+        try:
+            async with request.app[ENGINE_KEY].connect() as conn:
+                await asyncio.wait_for(conn.execute(sa.text("SELECT 1")), 3)
+        except Exception as exc:
+            problems["database"] = type(exc).__name__
+        redis = request.app[REDIS_KEY]
+        if redis is not None:
+            try:
+                await asyncio.wait_for(redis.ping(), 3)  # type: ignore[attr-defined]
+            except Exception as exc:
+                problems["redis"] = type(exc).__name__
+        if problems:
+            return http_api.json_response({"ok": False, "problems": problems}, status=503)
+        return http_api.json_response({"ok": True})
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+
+
+def add_page_routes(app: web.Application) -> None:
+    async def index(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def socketio_client(request: web.Request) -> web.StreamResponse:
+        if not SOCKETIO_CLIENT.exists():
+            return web.Response(status=503, text="run `npm ci` to install socket.io-client")
+        return web.FileResponse(SOCKETIO_CLIENT, headers={"Content-Type": "text/javascript"})
+
+    app.router.add_get("/", index)
+    app.router.add_get("/static/vendor/socket.io.esm.min.js", socketio_client)
+    if STATIC_DIR.exists():
+        app.router.add_static("/static/", STATIC_DIR)
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.path == "/" or request.path.startswith("/static/"):
+        response.headers["Content-Security-Policy"] = CSP
+    return response

@@ -1,0 +1,85 @@
+"""Client JWTs (SPEC §2) and server API keys."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from chat.config import Settings
+from chat.errors import Unauthorized
+
+USER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ASYMMETRIC_ALGORITHMS = ["RS256", "ES256"]
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    name: str | None
+
+
+class Authenticator:
+    def __init__(self, settings: Settings) -> None:
+        if settings.jwt_public_key:
+            self._key: str = settings.jwt_public_key
+            self._algorithms = ASYMMETRIC_ALGORITHMS
+        elif settings.jwt_secret:
+            self._key = settings.jwt_secret
+            self._algorithms = ["HS256"]
+        else:
+            raise ValueError("JWT_SECRET or JWT_PUBLIC_KEY is required")
+        self._api_keys = [k.encode() for k in settings.api_keys]
+        self._secret = settings.jwt_secret
+
+    def client(self, token: object) -> Identity:
+        """The identity in a client token; Unauthorized for anything not valid and unexpired."""
+        if not isinstance(token, str) or not token or len(token) > 8192:
+            raise Unauthorized("missing or malformed token")
+        try:
+            claims = jwt.decode(
+                token, self._key, algorithms=self._algorithms,
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("invalid token") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not USER_ID_RE.match(sub):
+            raise Unauthorized("invalid subject")
+        name = claims.get("name")
+        if not isinstance(name, str) or not name.strip():
+            name = None
+        return Identity(sub, name.strip()[:200] if name else None)
+
+    def server(self, key: str | None) -> bool:
+        """True when `key` is one of API_KEYS; every key is compared, in constant time."""
+        if not key or not self._api_keys:
+            return False
+        candidate = key.encode()
+        found = False
+        for k in self._api_keys:
+            found |= hmac.compare_digest(candidate, k)
+        return found
+
+    def issue(self, user_id: str, name: str | None = None, ttl: int = 86400) -> str:
+        """A client token signed with JWT_SECRET (the `token` command and --demo)."""
+        if not self._secret:
+            raise ValueError("issuing tokens needs JWT_SECRET")
+        if not USER_ID_RE.match(user_id):
+            raise ValueError("user id must be 1-64 characters of [A-Za-z0-9_-]")
+        claims: dict[str, object] = {"sub": user_id, "exp": int(time.time()) + ttl}
+        if name:
+            claims["name"] = name
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+
+def bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None

@@ -1,0 +1,53 @@
+"""Domain errors, each carrying its SPEC §5 code and HTTP status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ChatError(Exception):
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+
+class Invalid(ChatError):
+    code, status = "invalid", 400
+
+
+class Unauthorized(ChatError):
+    code, status = "unauthorized", 401
+
+
+class Forbidden(ChatError):
+    code, status = "forbidden", 403
+
+
+class NotFound(ChatError):
+    code, status = "not_found", 404
+
+
+class Conflict(ChatError):
+    code, status = "conflict", 409
+
+
+class TooLarge(ChatError):
+    code, status = "too_large", 413
+
+
+class RateLimited(ChatError):
+    code, status = "rate_limited", 429
+
+
+class Unavailable(ChatError):
+    code, status = "unavailable", 503
+
+
+def error_wire(err: ChatError) -> dict[str, Any]:
+    return {"ok": False, "error": err.to_wire()}

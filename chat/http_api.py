@@ -1,0 +1,226 @@
+"""HTTP API (SPEC §3): routes mapped onto the same services as the sockets.
+
+`/api/v1/server/*` takes an API key; the client API takes a client JWT. Errors are
+{"error": {"code", "message"}} with the status of SPEC §5, produced by `error_middleware`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from chat import schemas
+from chat.auth import USER_ID_RE, Authenticator, Identity, bearer
+from chat.errors import ChatError, Invalid, NotFound, TooLarge, Unauthorized
+from chat.metrics import HTTP_REQUESTS
+from chat.service import ChatService
+from chat.transport_errors import as_chat_error
+
+log = logging.getLogger(__name__)
+
+AUTH_KEY = web.AppKey("authenticator", Authenticator)
+SERVICE_KEY = web.AppKey("chat_service", ChatService)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def error_response(err: ChatError) -> web.Response:
+    return json_response({"error": err.to_wire()}, status=err.status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    try:
+        response = await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        response = error_response(TooLarge("request body over the size limit"))
+    except web.HTTPNotFound:
+        response = error_response(NotFound("no such endpoint"))
+    except web.HTTPMethodNotAllowed:
+        response = json_response({"error": {"code": "invalid", "message": "method not allowed"}}, 405)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        err = as_chat_error(exc)
+        if err.code == "internal":
+            log.exception("HTTP handler failed", extra={"route": route})
+        response = error_response(err)
+    HTTP_REQUESTS.labels(route, str(response.status)).inc()
+    return response
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        data = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        raise Invalid("body must be JSON") from None
+    return schemas.check_object(data)
+
+
+def client(request: web.Request) -> Identity:
+    token = bearer(request.headers.get("Authorization"))
+    if token is None:
+        raise Unauthorized("Authorization: Bearer <token> required")
+    return request.app[AUTH_KEY].client(token)
+
+
+def server_key(request: web.Request) -> None:
+    if not request.app[AUTH_KEY].server(bearer(request.headers.get("Authorization"))):
+        raise Unauthorized("a valid API key is required")
+
+
+def path_user_id(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    if not USER_ID_RE.match(value):
+        raise Invalid(f"{name} must be 1-64 characters of [A-Za-z0-9_-]")
+    return value
+
+
+def query_int(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise Invalid(f"{name} must be an integer") from None
+
+
+# ---------------------------------------------------------------- server API
+
+
+async def put_user(request: web.Request) -> web.Response:
+    server_key(request)
+    user_id = path_user_id(request, "user_id")
+    data = await read_json(request)
+    name = schemas.check_str(data, "name", max_len=200)
+    avatar = schemas.check_str(data, "avatar_url", max_len=1000, required=False)
+    assert name is not None
+    user = await request.app[SERVICE_KEY].put_user(user_id, name, avatar)
+    return json_response({"user": user})
+
+
+async def put_membership(request: web.Request) -> web.Response:
+    server_key(request)
+    creator_id = path_user_id(request, "creator_id")
+    patron_id = path_user_id(request, "patron_id")
+    data = await read_json(request)
+    tier = schemas.check_int(data, "tier_cents", minimum=0, maximum=10**9, required=True)
+    status = data.get("status")
+    if status not in ("active", "former"):
+        raise Invalid('status must be "active" or "former"')
+    assert tier is not None
+    membership = await request.app[SERVICE_KEY].put_membership(creator_id, patron_id, tier, status)
+    return json_response({"membership": membership})
+
+
+async def create_room(request: web.Request) -> web.Response:
+    server_key(request)
+    data = await read_json(request)
+    creator_id = schemas.check_str(data, "creator_id", max_len=64)
+    assert creator_id is not None
+    if not USER_ID_RE.match(creator_id):
+        raise Invalid("creator_id must be 1-64 characters of [A-Za-z0-9_-]")
+    name = schemas.check_str(data, "name", max_len=200)
+    tier = schemas.check_int(data, "min_tier_cents", minimum=0, maximum=10**9, required=True)
+    policy = data.get("post_policy", "everyone")
+    if policy not in ("everyone", "creator"):
+        raise Invalid('post_policy must be "everyone" or "creator"')
+    assert name is not None and tier is not None
+    conv = await request.app[SERVICE_KEY].create_room(creator_id, name, tier, policy)
+    return json_response({"conversation": conv}, status=201)
+
+
+async def publish(request: web.Request) -> web.Response:
+    server_key(request)
+    data = await read_json(request)
+    channel = schemas.check_str(data, "channel", max_len=140)
+    event = schemas.check_str(data, "event", max_len=64)
+    assert channel is not None and event is not None
+    if "data" not in data:
+        raise Invalid("data is required")
+    return json_response(await request.app[SERVICE_KEY].publish(channel, event, data["data"]))
+
+
+# ---------------------------------------------------------------- client API
+
+
+async def get_me(request: web.Request) -> web.Response:
+    user = client(request)
+    service = request.app[SERVICE_KEY]
+    me = await service.me(user)
+    return json_response(me)
+
+
+async def list_conversations(request: web.Request) -> web.Response:
+    user = client(request)
+    return json_response({"conversations": await request.app[SERVICE_KEY].list_conversations(user)})
+
+
+async def open_direct(request: web.Request) -> web.Response:
+    user = client(request)
+    data = await read_json(request)
+    other = schemas.check_str(data, "user_id", max_len=64)
+    assert other is not None
+    if not USER_ID_RE.match(other):
+        raise NotFound("no such user")
+    return json_response({"conversation": await request.app[SERVICE_KEY].open_direct(user, other)})
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    user = client(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"])
+    page = schemas.check_page({k: query_int(request, k) for k in ("before_seq", "after_seq", "limit")})
+    return json_response(await request.app[SERVICE_KEY].history(user, cid, page))
+
+
+async def post_message(request: web.Request) -> web.Response:
+    user = client(request)
+    service = request.app[SERVICE_KEY]
+    cid = schemas.parse_int_id(request.match_info["conversation_id"])
+    data = await read_json(request)
+    body = schemas.check_body(data, service.settings.max_body_chars)
+    client_msg_id = schemas.check_client_msg_id(data)
+    service.check_user_rate(user.user_id)
+    return json_response(await service.send_message(user, cid, body, client_msg_id), status=201)
+
+
+async def put_settings(request: web.Request) -> web.Response:
+    user = client(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"])
+    data = await read_json(request)
+    muted = schemas.check_bool(data, "muted")
+    return json_response(await request.app[SERVICE_KEY].set_muted(user, cid, muted))
+
+
+# ---------------------------------------------------------------- operations
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"ok": True, "time": time.time()})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_put("/api/v1/server/users/{user_id}", put_user)
+    r.add_put("/api/v1/server/memberships/{creator_id}/{patron_id}", put_membership)
+    r.add_post("/api/v1/server/rooms", create_room)
+    r.add_post("/api/v1/server/publish", publish)
+    r.add_get("/api/v1/me", get_me)
+    r.add_get("/api/v1/conversations", list_conversations)
+    r.add_post("/api/v1/conversations/direct", open_direct)
+    r.add_get("/api/v1/conversations/{conversation_id}/messages", list_messages)
+    r.add_post("/api/v1/conversations/{conversation_id}/messages", post_message)
+    r.add_put("/api/v1/conversations/{conversation_id}/settings", put_settings)
+    r.add_get("/healthz", healthz)

@@ -1,0 +1,158 @@
+"""Inbound payload validation (`check_*`) and outbound wire shapes (`*_wire`).
+
+Validators take whatever JSON arrived (any type) and either return typed values or raise
+Invalid with a message that names the field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from chat.errors import Invalid, NotFound
+from chat.models import Conversation, Message
+
+MAX_ID_CHARS = 64
+CLIENT_MSG_ID_RE = re.compile(r"^[\x21-\x7e]{1,64}$")  # printable ASCII, no spaces
+MAX_PAGE = 100
+DEFAULT_PAGE = 50
+
+
+def check_object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise Invalid("payload must be a JSON object")
+    return data
+
+
+def check_str(data: dict[str, Any], field: str, *, max_len: int = 200, required: bool = True) -> str | None:
+    value = data.get(field)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise Invalid(f"{field} must be a string")
+    value = value.strip()
+    if not value:
+        raise Invalid(f"{field} must not be empty")
+    if len(value) > max_len:
+        raise Invalid(f"{field} is longer than {max_len} characters")
+    return value
+
+
+def check_int(data: dict[str, Any], field: str, *, minimum: int = 0, maximum: int = 2**53,
+              required: bool = False) -> int | None:
+    value = data.get(field)
+    if value is None:
+        if required:
+            raise Invalid(f"{field} is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(f"{field} must be an integer")
+    if not minimum <= value <= maximum:
+        raise Invalid(f"{field} must be between {minimum} and {maximum}")
+    return value
+
+
+def check_bool(data: dict[str, Any], field: str) -> bool:
+    value = data.get(field)
+    if not isinstance(value, bool):
+        raise Invalid(f"{field} must be true or false")
+    return value
+
+
+def check_body(data: dict[str, Any], max_chars: int) -> str:
+    body = data.get("body")
+    if not isinstance(body, str):
+        raise Invalid("body must be a string")
+    body = body.strip()
+    if not body:
+        raise Invalid("body must not be empty")
+    if len(body) > max_chars:
+        raise Invalid(f"body is longer than {max_chars} characters")
+    return body
+
+
+def check_client_msg_id(data: dict[str, Any]) -> str:
+    value = data.get("client_msg_id")
+    if not isinstance(value, str) or not CLIENT_MSG_ID_RE.match(value):
+        raise Invalid("client_msg_id must be 1-64 printable characters without spaces")
+    return value
+
+
+def check_limit(value: int | None) -> int:
+    return DEFAULT_PAGE if value is None else value
+
+
+def parse_int_id(value: Any, what: str = "conversation") -> int:
+    """Our integer primary keys travel as strings. Anything that names nothing is not_found;
+    a value of the wrong JSON type is invalid."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise Invalid(f"{what}_id must be a string")
+    text = str(value)
+    if not text.isdigit() or len(text) > 18:
+        raise NotFound(f"no such {what}")
+    return int(text)
+
+
+def check_conversation_id(data: dict[str, Any]) -> int:
+    if "conversation_id" not in data:
+        raise Invalid("conversation_id is required")
+    return parse_int_id(data["conversation_id"], "conversation")
+
+
+def check_message_id(data: dict[str, Any]) -> int:
+    if "message_id" not in data:
+        raise Invalid("message_id is required")
+    return parse_int_id(data["message_id"], "message")
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    before_seq: int | None
+    after_seq: int | None
+    limit: int
+
+
+def check_page(data: dict[str, Any]) -> PageQuery:
+    before = check_int(data, "before_seq", minimum=0)
+    after = check_int(data, "after_seq", minimum=0)
+    limit = check_int(data, "limit", minimum=1, maximum=MAX_PAGE)
+    return PageQuery(before, after, check_limit(limit))
+
+
+# ---------------------------------------------------------------- wire shapes
+
+
+def iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def message_wire(m: Message, sender_name: str) -> dict[str, Any]:
+    return {
+        "id": str(m.id),
+        "conversation_id": str(m.conversation_id),
+        "seq": m.seq,
+        "sender": {"id": m.sender_id, "name": sender_name},
+        "body": "" if m.deleted else m.body,
+        "client_msg_id": m.client_msg_id,
+        "created_at": iso(m.created_at),
+        "edited_at": iso(m.edited_at),
+        "deleted": m.deleted,
+    }
+
+
+def conversation_wire(c: Conversation, members: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    wire: dict[str, Any] = {
+        "id": str(c.id),
+        "kind": c.kind,
+        "creator_id": c.creator_id,
+        "name": c.name,
+        "min_tier_cents": c.min_tier_cents,
+        "post_policy": c.post_policy,
+    }
+    if members is not None:
+        wire["members"] = members
+    return wire

@@ -1,0 +1,557 @@
+"""The chat domain: who may do what, what is stored, what is emitted.
+
+Imports neither socketio nor aiohttp: transports (chat/sockets.py, chat/http_api.py) call
+these methods with an authenticated Identity and already-typed arguments where possible,
+and map ChatError to the wire. Every emit happens after the transaction commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import sqlalchemy.exc
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat import keys, schemas, storage
+from chat.auth import Identity
+from chat.config import Settings
+from chat.db import utcnow
+from chat.delivery import Delivery
+from chat.errors import ChatError, Conflict, Forbidden, Invalid, NotFound, RateLimited, Unavailable
+from chat.metrics import MESSAGES_STORED
+from chat.models import Conversation, Membership, Message
+from chat.ratelimit import KeyedBuckets
+
+log = logging.getLogger(__name__)
+
+TYPING_THROTTLE_S = 1.0
+
+
+class Presence(Protocol):
+    async def connect(self, user_id: str, sid: str) -> None: ...
+    async def disconnect(self, user_id: str, sid: str) -> list[tuple[str, str]]: ...
+    async def join(self, conversation_id: str, user_id: str, sid: str) -> bool: ...
+    async def leave(self, conversation_id: str, user_id: str, sid: str) -> bool: ...
+    async def online_in(self, conversation_id: str) -> list[str]: ...
+    async def online_users(self, user_ids: Sequence[str]) -> set[str]: ...
+    async def subscribe(self, channel: str, sid: str) -> None: ...
+    async def unsubscribe(self, channel: str, sid: str) -> None: ...
+    async def subscriber_count(self, channel: str) -> int: ...
+    async def typing_allowed(self, conversation_id: str, user_id: str, interval_s: float) -> bool: ...
+
+
+# enqueue(session, user_ids, payload) -> rows written; the push outbox (notifications/outbox.py)
+PushEnqueue = Callable[[AsyncSession, Sequence[str], dict[str, Any]], Awaitable[int]]
+
+
+@dataclass
+class SocketState:
+    user: Identity
+    conversations: set[int] = field(default_factory=set)
+    channels: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Access:
+    read: bool
+    post: bool
+    reason: str = ""
+
+
+def _db_errors(exc: Exception) -> ChatError:
+    return Unavailable("database unavailable, nothing was stored; retry")
+
+
+class ChatService:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], delivery: Delivery,
+                 presence: Presence, settings: Settings,
+                 push_enqueue: PushEnqueue | None = None,
+                 push_wake: Callable[[], Awaitable[None]] | None = None,
+                 unread_notifications: Callable[[AsyncSession, str], Awaitable[int]] | None = None) -> None:
+        self.sessions = sessions
+        self.delivery = delivery
+        self.presence = presence
+        self.settings = settings
+        self._push_enqueue = push_enqueue
+        self._push_wake = push_wake
+        self._unread_notifications = unread_notifications
+        self.sockets: dict[str, SocketState] = {}
+        self._user_sockets: dict[str, set[str]] = {}
+        self.socket_sends = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
+        self.user_sends = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
+        delivery.set_control_handler(self._on_control)
+
+    # ============================================================ access rules
+
+    async def _access(self, session: AsyncSession, user_id: str, conv: Conversation) -> Access:
+        if conv.kind == "room":
+            if user_id == conv.creator_id:
+                return Access(True, True)
+            m = await storage.get_membership(session, conv.creator_id, user_id)
+            if m is None or m.status != "active" or m.tier_cents < conv.min_tier_cents:
+                return Access(False, False, "not a member of this room")
+            if conv.post_policy == "creator":
+                return Access(True, False, "only the creator posts in this room")
+            return Access(True, True)
+        if user_id not in (conv.creator_id, conv.patron_id):
+            return Access(False, False, "not a member of this conversation")
+        m = await storage.get_membership(session, conv.creator_id, conv.patron_id or "")
+        if m is None or m.status != "active":
+            return Access(True, False, "the membership has ended")
+        return Access(True, True)
+
+    async def _readable(self, session: AsyncSession, user_id: str, conversation_id: int) -> tuple[Conversation, Access]:
+        conv = await storage.get_conversation(session, conversation_id)
+        if conv is None:
+            raise NotFound("no such conversation")
+        access = await self._access(session, user_id, conv)
+        if not access.read:
+            raise Forbidden(access.reason)
+        return conv, access
+
+    async def _conversation_wire(self, session: AsyncSession, conv: Conversation) -> dict[str, Any]:
+        if conv.kind != "direct":
+            return schemas.conversation_wire(conv)
+        ids = [conv.creator_id, conv.patron_id or ""]
+        names = await storage.user_names(session, ids)
+        return schemas.conversation_wire(conv, [{"id": i, "name": names[i]} for i in ids])
+
+    async def _messages_wire(self, session: AsyncSession, messages: Sequence[Message]) -> list[dict[str, Any]]:
+        names = await storage.user_names(session, list({m.sender_id for m in messages}))
+        return [schemas.message_wire(m, names[m.sender_id]) for m in messages]
+
+    # ============================================================ sockets: lifecycle
+
+    async def connect_socket(self, sid: str, user: Identity) -> None:
+        async with self.sessions.begin() as session:
+            existing = await storage.get_user(session, user.user_id)
+            if existing is None or (user.name and existing.name != user.name):
+                await storage.upsert_user(session, user.user_id, user.name)
+        self.sockets[sid] = SocketState(user)
+        self._user_sockets.setdefault(user.user_id, set()).add(sid)
+        await self.presence.connect(user.user_id, sid)
+        channel = keys.user_channel(user.user_id)
+        await self.delivery.enter_channel(sid, channel)
+        await self.presence.subscribe(channel, sid)
+        self.sockets[sid].channels.add(channel)
+
+    async def disconnect_socket(self, sid: str) -> None:
+        state = self.sockets.pop(sid, None)
+        self.socket_sends.forget(sid)
+        if state is None:
+            return
+        user_sids = self._user_sockets.get(state.user.user_id)
+        if user_sids is not None:
+            user_sids.discard(sid)
+            if not user_sids:
+                del self._user_sockets[state.user.user_id]
+        for conversation_id, user_id in await self.presence.disconnect(state.user.user_id, sid):
+            await self.delivery.to_conversation(conversation_id, "presence", {
+                "conversation_id": conversation_id, "user_id": user_id, "online": False})
+
+    def socket_user(self, sid: str) -> Identity:
+        state = self.sockets.get(sid)
+        if state is None:
+            raise Forbidden("not connected")
+        return state.user
+
+    async def me(self, user: Identity) -> dict[str, Any]:
+        async with self.sessions.begin() as session:
+            row = await storage.get_user(session, user.user_id)
+            if row is None:
+                row = await storage.upsert_user(session, user.user_id, user.name)
+            unread = 0
+            if self._unread_notifications is not None:
+                unread = await self._unread_notifications(session, user.user_id)
+            return {"user": {"id": row.id, "name": row.name, "avatar_url": row.avatar_url},
+                    "unread_notifications": unread}
+
+    # ============================================================ conversations
+
+    async def join(self, sid: str, conversation_id: int, since_seq: int | None) -> dict[str, Any]:
+        user = self.socket_user(sid)
+        async with self.sessions() as session:
+            conv, _ = await self._readable(session, user.user_id, conversation_id)
+        # Enter the room before reading messages, so nothing committed in between is missed
+        # (the client drops duplicates by seq).
+        await self.delivery.enter_conversation(sid, conversation_id)
+        state = self.sockets[sid]
+        state.conversations.add(conversation_id)
+        cid = str(conversation_id)
+        if await self.presence.join(cid, user.user_id, sid):
+            await self.delivery.to_conversation(conversation_id, "presence", {
+                "conversation_id": cid, "user_id": user.user_id, "online": True}, skip_sid=sid)
+        async with self.sessions() as session:
+            if since_seq is not None:
+                messages, has_more = await storage.list_messages(session, conversation_id, after_seq=since_seq, limit=100)
+            else:
+                messages, has_more = await storage.list_messages(session, conversation_id, limit=50)
+            read_state = await storage.get_states(session, user.user_id, [conversation_id])
+            position = read_state[conversation_id].last_read_seq if conversation_id in read_state else 0
+            unread = await storage.count_unread(session, conversation_id, user.user_id, position)
+            return {
+                "conversation": await self._conversation_wire(session, conv),
+                "messages": await self._messages_wire(session, messages),
+                "has_more": has_more,
+                "online": await self.presence.online_in(cid),
+                "unread_count": unread,
+                "last_read_seq": position,
+            }
+
+    async def leave(self, sid: str, conversation_id: int) -> dict[str, Any]:
+        user = self.socket_user(sid)
+        await self._leave_local(sid, user.user_id, conversation_id)
+        return {}
+
+    async def _leave_local(self, sid: str, user_id: str, conversation_id: int) -> None:
+        state = self.sockets.get(sid)
+        if state is None or conversation_id not in state.conversations:
+            return
+        state.conversations.discard(conversation_id)
+        await self.delivery.leave_conversation(sid, conversation_id)
+        cid = str(conversation_id)
+        if await self.presence.leave(cid, user_id, sid):
+            await self.delivery.to_conversation(conversation_id, "presence", {
+                "conversation_id": cid, "user_id": user_id, "online": False})
+
+    async def history(self, user: Identity, conversation_id: int, page: schemas.PageQuery) -> dict[str, Any]:
+        async with self.sessions() as session:
+            await self._readable(session, user.user_id, conversation_id)
+            messages, has_more = await storage.list_messages(
+                session, conversation_id, before_seq=page.before_seq, after_seq=page.after_seq, limit=page.limit)
+            return {"messages": await self._messages_wire(session, messages), "has_more": has_more}
+
+    async def list_conversations(self, user: Identity) -> list[dict[str, Any]]:
+        async with self.sessions() as session:
+            memberships = await storage.list_patron_memberships(session, user.user_id)
+            tiers = {m.creator_id: m.tier_cents for m in memberships}
+            rooms = await storage.list_rooms_of_creators(session, [*tiers, user.user_id])
+            convs = [r for r in rooms if r.creator_id == user.user_id or tiers.get(r.creator_id, -1) >= r.min_tier_cents]
+            convs += await storage.list_directs_of_user(session, user.user_id)
+            ids = [c.id for c in convs]
+            states = await storage.get_states(session, user.user_id, ids)
+            positions = {cid: (states[cid].last_read_seq if cid in states else 0) for cid in ids}
+            unread = await storage.count_unread_many(session, user.user_id, positions)
+            last = await storage.last_messages(session, ids)
+            last_wire = {m["conversation_id"]: m for m in await self._messages_wire(session, list(last.values()))}
+            out = []
+            for c in sorted(convs, key=lambda c: (c.last_activity_at, c.id), reverse=True):
+                out.append({
+                    "conversation": await self._conversation_wire(session, c),
+                    "last_message": last_wire.get(str(c.id)),
+                    "unread_count": unread[c.id],
+                    "muted": bool(states[c.id].muted) if c.id in states else False,
+                })
+            return out
+
+    async def open_direct(self, user: Identity, other_id: str) -> dict[str, Any]:
+        """The direct conversation between a creator and one of their active patrons."""
+        if other_id == user.user_id:
+            raise Invalid("user_id must be another user")
+        async with self.sessions.begin() as session:
+            if await storage.get_user(session, other_id) is None:
+                raise NotFound("no such user")
+            pair = None
+            for creator, patron in ((user.user_id, other_id), (other_id, user.user_id)):
+                m = await storage.get_membership(session, creator, patron)
+                if m is not None and m.status == "active":
+                    pair = (creator, patron)
+                    break
+            if pair is None:
+                # An existing conversation stays readable after the membership ends.
+                for creator, patron in ((user.user_id, other_id), (other_id, user.user_id)):
+                    conv = await storage.get_direct(session, creator, patron)
+                    if conv is not None:
+                        return await self._conversation_wire(session, conv)
+                raise Forbidden("direct conversations are between a creator and an active patron")
+            conv = await storage.get_direct(session, *pair)
+            if conv is None:
+                try:
+                    async with session.begin_nested():
+                        conv = await storage.insert_direct(session, *pair)
+                except sqlalchemy.exc.IntegrityError:
+                    conv = await storage.get_direct(session, *pair)
+                    assert conv is not None
+            return await self._conversation_wire(session, conv)
+
+    async def set_muted(self, user: Identity, conversation_id: int, muted: bool) -> dict[str, Any]:
+        async with self.sessions.begin() as session:
+            await self._readable(session, user.user_id, conversation_id)
+            state = await storage.get_state(session, user.user_id, conversation_id, for_update=True)
+            state.muted = muted
+        return {"conversation_id": str(conversation_id), "muted": muted}
+
+    # ============================================================ messages
+
+    def check_socket_rate(self, sid: str) -> None:
+        if not self.socket_sends.take(sid):
+            raise RateLimited("at most 10 messages per second")
+
+    def check_user_rate(self, user_id: str) -> None:
+        if not self.user_sends.take(user_id):
+            raise RateLimited("at most 10 messages per second")
+
+    async def send_message(self, user: Identity, conversation_id: int, body: str,
+                           client_msg_id: str) -> dict[str, Any]:
+        """Store a message and deliver it. Idempotent on (sender, client_msg_id); returns only
+        after commit. The caller has applied the rate limit."""
+        try:
+            wire, created = await self._store_message(user, conversation_id, body, client_msg_id)
+        except sqlalchemy.exc.IntegrityError:
+            # A concurrent send with the same client_msg_id won the race: answer as a retry.
+            wire, created = await self._store_message(user, conversation_id, body, client_msg_id)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            log.warning("send failed: %s", type(exc).__name__)
+            raise _db_errors(exc) from None
+        if created:
+            MESSAGES_STORED.inc()
+            await self.delivery.to_conversation(conversation_id, "message", wire)
+        return {"message": wire}
+
+    async def _store_message(self, user: Identity, conversation_id: int, body: str,
+                             client_msg_id: str) -> tuple[dict[str, Any], bool]:
+        async with self.sessions() as session:
+            conv = await storage.get_conversation(session, conversation_id)
+            if conv is None:
+                raise NotFound("no such conversation")
+            existing = await storage.find_message_by_client_id(session, user.user_id, client_msg_id)
+            if existing is not None:
+                return self._retry_answer(existing, conversation_id, body, await self._sender_name(session, user)), False
+            access = await self._access(session, user.user_id, conv)
+            if not access.post:
+                raise Forbidden(access.reason)
+            recipients = await self._push_recipients(session, conv, user.user_id)
+        if recipients:
+            online = await self.presence.online_users(recipients)
+            recipients = [r for r in recipients if r not in online]
+
+        wrote_pushes = 0
+        async with self.sessions.begin() as session:
+            existing = await storage.find_message_by_client_id(session, user.user_id, client_msg_id)
+            if existing is not None:
+                return self._retry_answer(existing, conversation_id, body, await self._sender_name(session, user)), False
+            now = utcnow()
+            seq = await storage.take_next_seq(session, conversation_id, now)
+            msg = await storage.insert_message(session, conversation_id, seq, user.user_id, body, client_msg_id, now)
+            await storage.advance_read_position(session, user.user_id, conversation_id, seq)
+            sender_name = await self._sender_name(session, user)
+            wire = schemas.message_wire(msg, sender_name)
+            if recipients and self._push_enqueue is not None:
+                wrote_pushes = await self._push_enqueue(session, recipients, self._chat_push(conv, wire))
+        if wrote_pushes and self._push_wake is not None:
+            await self._push_wake()
+        return wire, True
+
+    @staticmethod
+    def _retry_answer(existing: Message, conversation_id: int, body: str, sender_name: str) -> dict[str, Any]:
+        if existing.conversation_id != conversation_id or (existing.body != body and not existing.deleted):
+            raise Conflict("client_msg_id was already used for a different message")
+        return schemas.message_wire(existing, sender_name)
+
+    async def _sender_name(self, session: AsyncSession, user: Identity) -> str:
+        if user.name:
+            return user.name
+        return (await storage.user_names(session, [user.user_id]))[user.user_id]
+
+    async def _push_recipients(self, session: AsyncSession, conv: Conversation, sender_id: str) -> list[str]:
+        """Who would get a push for this message if offline: the other side of a direct
+        conversation; a room's members for the creator's posts. Muted ones never."""
+        if conv.kind == "direct":
+            candidates = [u for u in (conv.creator_id, conv.patron_id) if u and u != sender_id]
+        elif sender_id == conv.creator_id:
+            candidates = await storage.list_active_patron_ids(session, conv.creator_id, conv.min_tier_cents)
+        else:
+            return []
+        muted = await storage.muted_user_ids(session, conv.id, candidates)
+        return [u for u in candidates if u not in muted and u != sender_id]
+
+    @staticmethod
+    def _chat_push(conv: Conversation, wire: dict[str, Any]) -> dict[str, Any]:
+        title = wire["sender"]["name"]
+        if conv.kind == "room":
+            title = f"{title} in {conv.name}"
+        return {
+            "title": title,
+            "body": wire["body"],
+            "data": {"type": "message", "conversation_id": wire["conversation_id"], "message_id": wire["id"]},
+            "collapse_key": f"conversation-{conv.id}",
+            "high_priority": conv.kind == "direct",
+        }
+
+    async def edit_message(self, user: Identity, message_id: int, body: str) -> dict[str, Any]:
+        async with self.sessions.begin() as session:
+            msg = await storage.get_message(session, message_id)
+            if msg is None:
+                raise NotFound("no such message")
+            await self._readable(session, user.user_id, msg.conversation_id)
+            if msg.sender_id != user.user_id:
+                raise Forbidden("only the author edits a message")
+            if msg.deleted:
+                raise Invalid("a deleted message cannot be edited")
+            msg.body, msg.edited_at = body, utcnow()
+            await session.flush()
+            wire = (await self._messages_wire(session, [msg]))[0]
+        await self.delivery.to_conversation(msg.conversation_id, "message_updated", wire)
+        return {"message": wire}
+
+    async def delete_message(self, user: Identity, message_id: int) -> dict[str, Any]:
+        async with self.sessions.begin() as session:
+            msg = await storage.get_message(session, message_id)
+            if msg is None:
+                raise NotFound("no such message")
+            conv, _ = await self._readable(session, user.user_id, msg.conversation_id)
+            room_creator = conv.kind == "room" and conv.creator_id == user.user_id
+            if msg.sender_id != user.user_id and not room_creator:
+                raise Forbidden("only the author or the room's creator deletes a message")
+            changed = not msg.deleted
+            if changed:
+                msg.deleted, msg.body, msg.edited_at = True, "", utcnow()
+                await session.flush()
+            wire = (await self._messages_wire(session, [msg]))[0]
+        if changed:
+            await self.delivery.to_conversation(msg.conversation_id, "message_updated", wire)
+        return {"message": wire}
+
+    # ============================================================ typing and read receipts
+
+    async def typing(self, sid: str, conversation_id: int, typing: bool) -> dict[str, Any]:
+        user = self.socket_user(sid)
+        if conversation_id not in self.sockets[sid].conversations:
+            raise Forbidden("join the conversation first")
+        cid = str(conversation_id)
+        # "typing: true" is throttled per user; "false" always goes out so indicators clear at once.
+        if typing and not await self.presence.typing_allowed(cid, user.user_id, TYPING_THROTTLE_S):
+            return {}
+        await self.delivery.to_conversation(conversation_id, "typing", {
+            "conversation_id": cid, "user_id": user.user_id, "typing": typing}, skip_sid=sid)
+        return {}
+
+    async def mark_read(self, user: Identity, conversation_id: int, seq: int,
+                        skip_sid: str | None = None) -> dict[str, Any]:
+        async with self.sessions.begin() as session:
+            await self._readable(session, user.user_id, conversation_id)
+            last = await storage.get_last_seq(session, conversation_id)
+            if seq > last:
+                raise Invalid(f"seq is beyond the conversation's last message ({last})")
+            before = (await storage.get_state(session, user.user_id, conversation_id, for_update=True)).last_read_seq
+            position = await storage.advance_read_position(session, user.user_id, conversation_id, seq)
+            unread = await storage.count_unread(session, conversation_id, user.user_id, position)
+        if position != before:
+            await self.delivery.to_conversation(conversation_id, "read", {
+                "conversation_id": str(conversation_id), "user_id": user.user_id, "seq": position}, skip_sid=skip_sid)
+        return {"unread_count": unread}
+
+    # ============================================================ channels
+
+    async def check_channel(self, user: Identity, channel: str) -> None:
+        match = keys.CHANNEL_RE.match(channel)
+        if match is None:
+            raise Forbidden("unknown channel")
+        kind, ident = match.groups()
+        if kind == "user":
+            if ident != user.user_id:
+                raise Forbidden("only your own user channel")
+            return
+        async with self.sessions() as session:
+            if kind == "creator":
+                if ident == user.user_id:
+                    return
+                m = await storage.get_membership(session, ident, user.user_id)
+                if m is None or m.status != "active":
+                    raise Forbidden("not an active patron of this creator")
+                return
+            if not ident.isdigit():
+                raise Forbidden("no such room")
+            conv = await storage.get_conversation(session, int(ident))
+            if conv is None or conv.kind != "room" or not (await self._access(session, user.user_id, conv)).read:
+                raise Forbidden("not a member of this room")
+
+    async def subscribe(self, sid: str, channel: str) -> dict[str, Any]:
+        user = self.socket_user(sid)
+        await self.check_channel(user, channel)
+        state = self.sockets[sid]
+        if channel not in state.channels:
+            await self.delivery.enter_channel(sid, channel)
+            await self.presence.subscribe(channel, sid)
+            state.channels.add(channel)
+        return {}
+
+    async def unsubscribe(self, sid: str, channel: str) -> dict[str, Any]:
+        state = self.sockets.get(sid)
+        if state is not None and channel in state.channels:
+            state.channels.discard(channel)
+            await self.delivery.leave_channel(sid, channel)
+            await self.presence.unsubscribe(channel, sid)
+        return {}
+
+    async def publish(self, channel: str, event: str, data: Any) -> dict[str, Any]:
+        if keys.CHANNEL_RE.match(channel) is None:
+            raise Invalid("channel must be user:{id}, creator:{id} or room:{id}")
+        delivered = await self.presence.subscriber_count(channel)
+        await self.delivery.to_channel(channel, "event", {
+            "channel": channel, "event": event, "data": data, "published_at": schemas.iso(utcnow())})
+        return {"delivered_to": delivered}
+
+    # ============================================================ server API: users, memberships, rooms
+
+    async def put_user(self, user_id: str, name: str, avatar_url: str | None) -> dict[str, Any]:
+        async with self.sessions.begin() as session:
+            user = await storage.upsert_user(session, user_id, name, avatar_url, keep_avatar=False)
+            return {"id": user.id, "name": user.name, "avatar_url": user.avatar_url}
+
+    async def put_membership(self, creator_id: str, patron_id: str, tier_cents: int, status: str) -> dict[str, Any]:
+        if creator_id == patron_id:
+            raise Invalid("a creator cannot be their own patron")
+        async with self.sessions.begin() as session:
+            for uid in (creator_id, patron_id):
+                if await storage.get_user(session, uid) is None:
+                    await storage.upsert_user(session, uid, None)
+            m, before = await storage.upsert_membership(session, creator_id, patron_id, tier_cents, status)
+            lost_rooms: list[int] = []
+            if before is not None and before.status == "active":
+                rooms = await storage.list_rooms_of_creators(session, [creator_id])
+                lost_rooms = [r.id for r in rooms if before.tier_cents >= r.min_tier_cents
+                              and (status != "active" or tier_cents < r.min_tier_cents)]
+            wire = _membership_wire(m)
+        channels = [keys.room_channel(str(r)) for r in lost_rooms]
+        if before is not None and before.status == "active" and status != "active":
+            channels.append(keys.creator_channel(creator_id))
+        if lost_rooms or channels:
+            await self.delivery.broadcast_control({
+                "type": "revoke", "user_id": patron_id, "conversation_ids": lost_rooms, "channels": channels})
+        return wire
+
+    async def create_room(self, creator_id: str, name: str, min_tier_cents: int, post_policy: str) -> dict[str, Any]:
+        async with self.sessions.begin() as session:
+            if await storage.get_user(session, creator_id) is None:
+                await storage.upsert_user(session, creator_id, None)
+            conv = await storage.insert_room(session, creator_id, name, min_tier_cents, post_policy)
+            return schemas.conversation_wire(conv)
+
+    # ============================================================ cluster control
+
+    async def _on_control(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "revoke":
+            await self._revoke_local(str(message["user_id"]), [int(c) for c in message.get("conversation_ids", [])],
+                                     [str(c) for c in message.get("channels", [])])
+
+    async def _revoke_local(self, user_id: str, conversation_ids: list[int], channels: list[str]) -> None:
+        """Take this process's sockets of `user_id` out of conversations and channels they lost."""
+        for sid in list(self._user_sockets.get(user_id, ())):
+            state = self.sockets.get(sid)
+            if state is None:
+                continue
+            for conversation_id in conversation_ids:
+                if conversation_id in state.conversations:
+                    await self._leave_local(sid, user_id, conversation_id)
+                    await self.delivery.to_socket(sid, "access_revoked", {"conversation_id": str(conversation_id)})
+            for channel in channels:
+                await self.unsubscribe(sid, channel)
+
+
+def _membership_wire(m: Membership) -> dict[str, Any]:
+    return {"creator_id": m.creator_id, "patron_id": m.patron_id, "tier_cents": m.tier_cents,
+            "status": m.status, "updated_at": schemas.iso(m.updated_at)}

@@ -1,0 +1,151 @@
+"""Socket.IO transport: each handler validates its payload and calls one service method.
+
+Every event answers through its ack with {"ok": true, ...} or {"ok": false, "error": ...};
+`answer` maps errors to the wire in one place, so nothing raised ever reaches the socket.
+Handlers run one at a time per socket (async_handlers=False), so a socket's events keep
+their order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import socketio
+
+from chat import schemas
+from chat.auth import Authenticator
+from chat.errors import ChatError, Invalid, TooLarge, Unauthorized, error_wire
+from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
+from chat.service import ChatService
+from chat.transport_errors import as_chat_error
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ChatSockets:
+    def __init__(self, sio: socketio.AsyncServer, service: ChatService, auth: Authenticator,
+                 max_payload_bytes: int) -> None:
+        self.sio, self.service, self.auth = sio, service, auth
+        self.max_payload_bytes = max_payload_bytes
+        sio.on("connect", self.on_connect)
+        sio.on("disconnect", self.on_disconnect)
+        events: dict[str, Handler] = {
+            "join": self.join, "leave": self.leave, "send": self.send, "edit": self.edit,
+            "delete": self.delete, "history": self.history, "typing": self.typing, "read": self.read,
+            "subscribe": self.subscribe, "unsubscribe": self.unsubscribe,
+        }
+        for name, handler in events.items():
+            sio.on(name, self._wrap(name, handler))
+        sio.on("*", self.on_unknown)
+
+    # ------------------------------------------------------------ lifecycle
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        token = auth.get("token") if isinstance(auth, dict) else None
+        try:
+            user = self.auth.client(token)
+            await self.service.connect_socket(sid, user)
+        except Unauthorized as err:
+            raise socketio.exceptions.ConnectionRefusedError({"code": err.code, "message": err.message}) from None
+        except Exception as exc:
+            err = as_chat_error(exc)
+            if err.code == "internal":
+                log.exception("connect failed")
+            raise socketio.exceptions.ConnectionRefusedError(err.to_wire()) from None
+        CONNECTED_SOCKETS.inc()
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        if sid in self.service.sockets:
+            CONNECTED_SOCKETS.dec()
+        try:
+            await self.service.disconnect_socket(sid)
+        except Exception:
+            log.exception("disconnect cleanup failed")
+
+    async def on_unknown(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
+        EVENTS.labels("unknown", "invalid").inc()
+        return error_wire(Invalid("unknown event"))
+
+    # ------------------------------------------------------------ the one error mapper
+    def _wrap(self, name: str, handler: Handler) -> Callable[..., Awaitable[dict[str, Any]]]:
+        async def answer(sid: str, *args: Any) -> dict[str, Any]:
+            started = time.perf_counter()
+            outcome = "ok"
+            try:
+                data = args[0] if args else None
+                if len(orjson.dumps(data, option=orjson.OPT_PASSTHROUGH_SUBCLASS)) > self.max_payload_bytes:
+                    raise TooLarge(f"payload over {self.max_payload_bytes} bytes")
+                result = await handler(sid, schemas.check_object(data))
+                return {"ok": True, **result}
+            except Exception as exc:
+                err = as_chat_error(exc)
+                outcome = err.code
+                if err.code == "internal":
+                    log.exception("socket event failed", extra={"event": name})
+                return error_wire(err)
+            finally:
+                EVENTS.labels(name, outcome).inc()
+                EVENT_LATENCY.labels(name).observe(time.perf_counter() - started)
+        return answer
+
+    # ------------------------------------------------------------ events
+    async def join(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        cid = schemas.check_conversation_id(data)
+        since = schemas.check_int(data, "since_seq", minimum=0)
+        return await self.service.join(sid, cid, since)
+
+    async def leave(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        return await self.service.leave(sid, schemas.check_conversation_id(data))
+
+    async def send(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        cid = schemas.check_conversation_id(data)
+        body = schemas.check_body(data, self.service.settings.max_body_chars)
+        client_msg_id = schemas.check_client_msg_id(data)
+        self.service.check_socket_rate(sid)
+        return await self.service.send_message(user, cid, body, client_msg_id)
+
+    async def edit(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        mid = schemas.check_message_id(data)
+        body = schemas.check_body(data, self.service.settings.max_body_chars)
+        return await self.service.edit_message(user, mid, body)
+
+    async def delete(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        return await self.service.delete_message(user, schemas.check_message_id(data))
+
+    async def history(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        cid = schemas.check_conversation_id(data)
+        page = schemas.check_page({k: data.get(k) for k in ("before_seq", "limit")})
+        return await self.service.history(user, cid, page)
+
+    async def typing(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        cid = schemas.check_conversation_id(data)
+        return await self.service.typing(sid, cid, schemas.check_bool(data, "typing"))
+
+    async def read(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        cid = schemas.check_conversation_id(data)
+        seq = schemas.check_int(data, "seq", minimum=0, required=True)
+        assert seq is not None
+        return await self.service.mark_read(user, cid, seq, skip_sid=sid)
+
+    async def subscribe(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        channel = schemas.check_str(data, "channel", max_len=140)
+        assert channel is not None
+        return await self.service.subscribe(sid, channel)
+
+    async def unsubscribe(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        channel = schemas.check_str(data, "channel", max_len=140)
+        assert channel is not None
+        return await self.service.unsubscribe(sid, channel)
+
+
+__all__ = ["ChatSockets", "ChatError"]

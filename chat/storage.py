@@ -1,0 +1,269 @@
+"""All chat SQL. Functions take an AsyncSession and never commit; the caller owns the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chat.db import utcnow
+from chat.models import Conversation, ConversationState, Membership, Message, User
+
+# ---------------------------------------------------------------- users
+
+
+async def get_user(session: AsyncSession, user_id: str) -> User | None:
+    return await session.get(User, user_id)
+
+
+async def upsert_user(session: AsyncSession, user_id: str, name: str | None,
+                      avatar_url: str | None = None, *, keep_avatar: bool = True) -> User:
+    user = await session.get(User, user_id, with_for_update=False)
+    if user is None:
+        user = User(id=user_id, name=name or user_id, avatar_url=avatar_url)
+        session.add(user)
+    else:
+        if name is not None:
+            user.name = name
+        if not keep_avatar or avatar_url is not None:
+            user.avatar_url = avatar_url
+    await session.flush()
+    return user
+
+
+async def user_names(session: AsyncSession, user_ids: Sequence[str]) -> dict[str, str]:
+    if not user_ids:
+        return {}
+    rows = await session.execute(sa.select(User.id, User.name).where(User.id.in_(set(user_ids))))
+    names = {uid: name for uid, name in rows.all()}
+    return {uid: names.get(uid, uid) for uid in user_ids}
+
+
+# ---------------------------------------------------------------- memberships
+
+
+async def get_membership(session: AsyncSession, creator_id: str, patron_id: str) -> Membership | None:
+    return await session.get(Membership, (creator_id, patron_id))
+
+
+async def upsert_membership(session: AsyncSession, creator_id: str, patron_id: str,
+                            tier_cents: int, status: str) -> tuple[Membership, Membership | None]:
+    """Returns the membership and a detached copy of what it was before (None if new)."""
+    m = await session.get(Membership, (creator_id, patron_id), with_for_update=True)
+    before = None
+    if m is None:
+        m = Membership(creator_id=creator_id, patron_id=patron_id, tier_cents=tier_cents, status=status)
+        session.add(m)
+    else:
+        before = Membership(creator_id=creator_id, patron_id=patron_id,
+                            tier_cents=m.tier_cents, status=m.status)
+        m.tier_cents, m.status = tier_cents, status
+        m.updated_at = utcnow()
+    await session.flush()
+    return m, before
+
+
+async def list_patron_memberships(session: AsyncSession, patron_id: str) -> list[Membership]:
+    rows = await session.scalars(
+        sa.select(Membership).where(Membership.patron_id == patron_id, Membership.status == "active"))
+    return list(rows)
+
+
+async def list_active_patron_ids(session: AsyncSession, creator_id: str, min_tier_cents: int = 0) -> list[str]:
+    rows = await session.scalars(
+        sa.select(Membership.patron_id).where(
+            Membership.creator_id == creator_id, Membership.status == "active",
+            Membership.tier_cents >= min_tier_cents))
+    return list(rows)
+
+
+# ---------------------------------------------------------------- conversations
+
+
+async def get_conversation(session: AsyncSession, conversation_id: int) -> Conversation | None:
+    return await session.get(Conversation, conversation_id)
+
+
+async def insert_room(session: AsyncSession, creator_id: str, name: str, min_tier_cents: int,
+                      post_policy: str) -> Conversation:
+    conv = Conversation(kind="room", creator_id=creator_id, name=name,
+                        min_tier_cents=min_tier_cents, post_policy=post_policy)
+    session.add(conv)
+    await session.flush()
+    return conv
+
+
+def direct_key(creator_id: str, patron_id: str) -> str:
+    return f"{creator_id}/{patron_id}"
+
+
+async def get_direct(session: AsyncSession, creator_id: str, patron_id: str) -> Conversation | None:
+    return await session.scalar(
+        sa.select(Conversation).where(Conversation.direct_key == direct_key(creator_id, patron_id)))
+
+
+async def insert_direct(session: AsyncSession, creator_id: str, patron_id: str) -> Conversation:
+    conv = Conversation(kind="direct", creator_id=creator_id, patron_id=patron_id,
+                        direct_key=direct_key(creator_id, patron_id), name="",
+                        min_tier_cents=0, post_policy="everyone")
+    session.add(conv)
+    await session.flush()
+    return conv
+
+
+async def list_rooms_of_creators(session: AsyncSession, creator_ids: Sequence[str]) -> list[Conversation]:
+    if not creator_ids:
+        return []
+    rows = await session.scalars(
+        sa.select(Conversation).where(Conversation.kind == "room",
+                                      Conversation.creator_id.in_(set(creator_ids))))
+    return list(rows)
+
+
+async def list_directs_of_user(session: AsyncSession, user_id: str) -> list[Conversation]:
+    rows = await session.scalars(
+        sa.select(Conversation).where(
+            Conversation.kind == "direct",
+            sa.or_(Conversation.creator_id == user_id, Conversation.patron_id == user_id)))
+    return list(rows)
+
+
+async def take_next_seq(session: AsyncSession, conversation_id: int, now: datetime) -> int:
+    """Increment and return the conversation's last_seq.
+
+    The UPDATE takes the conversation row's write lock (MySQL) or the database write lock
+    (SQLite, BEGIN IMMEDIATE) until commit, so concurrent senders on any process get
+    consecutive seqs and a rolled-back send leaves no gap.
+    """
+    await session.execute(
+        sa.update(Conversation).where(Conversation.id == conversation_id)
+        .values(last_seq=Conversation.last_seq + 1, last_activity_at=now)
+        .execution_options(synchronize_session=False))
+    seq = await session.scalar(sa.select(Conversation.last_seq).where(Conversation.id == conversation_id))
+    assert seq is not None
+    return int(seq)
+
+
+async def get_last_seq(session: AsyncSession, conversation_id: int) -> int:
+    seq = await session.scalar(sa.select(Conversation.last_seq).where(Conversation.id == conversation_id))
+    return int(seq or 0)
+
+
+# ---------------------------------------------------------------- messages
+
+
+async def insert_message(session: AsyncSession, conversation_id: int, seq: int, sender_id: str,
+                         body: str, client_msg_id: str, now: datetime) -> Message:
+    msg = Message(conversation_id=conversation_id, seq=seq, sender_id=sender_id, body=body,
+                  client_msg_id=client_msg_id, created_at=now, deleted=False)
+    session.add(msg)
+    await session.flush()
+    return msg
+
+
+async def get_message(session: AsyncSession, message_id: int) -> Message | None:
+    return await session.get(Message, message_id)
+
+
+async def find_message_by_client_id(session: AsyncSession, sender_id: str, client_msg_id: str) -> Message | None:
+    return await session.scalar(
+        sa.select(Message).where(Message.sender_id == sender_id, Message.client_msg_id == client_msg_id))
+
+
+async def list_messages(session: AsyncSession, conversation_id: int, *, before_seq: int | None = None,
+                        after_seq: int | None = None, limit: int = 50) -> tuple[list[Message], bool]:
+    """Ascending by seq: `limit` just after after_seq, else just before before_seq, else the last.
+    The bool says more messages lie beyond the page in the direction read."""
+    q = sa.select(Message).where(Message.conversation_id == conversation_id)
+    if after_seq is not None:
+        q = q.where(Message.seq > after_seq)
+        if before_seq is not None:
+            q = q.where(Message.seq < before_seq)
+        rows = list(await session.scalars(q.order_by(Message.seq.asc()).limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+    if before_seq is not None:
+        q = q.where(Message.seq < before_seq)
+    rows = list(await session.scalars(q.order_by(Message.seq.desc()).limit(limit + 1)))
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    rows.reverse()
+    return rows, has_more
+
+
+async def last_messages(session: AsyncSession, conversation_ids: Sequence[int]) -> dict[int, Message]:
+    """The newest message of each conversation (one query through the (conversation_id, seq) index)."""
+    if not conversation_ids:
+        return {}
+    rows = await session.scalars(
+        sa.select(Message).join(Conversation, sa.and_(
+            Conversation.id == Message.conversation_id, Conversation.last_seq == Message.seq))
+        .where(Message.conversation_id.in_(set(conversation_ids))))
+    return {m.conversation_id: m for m in rows}
+
+
+async def count_unread(session: AsyncSession, conversation_id: int, user_id: str, after_seq: int) -> int:
+    n = await session.scalar(
+        sa.select(sa.func.count()).select_from(Message).where(
+            Message.conversation_id == conversation_id, Message.seq > after_seq,
+            Message.sender_id != user_id, Message.deleted.is_(False)))
+    return int(n or 0)
+
+
+async def count_unread_many(session: AsyncSession, user_id: str,
+                            read_positions: dict[int, int]) -> dict[int, int]:
+    """Unread counts of many conversations in one query."""
+    if not read_positions:
+        return {}
+    cond = sa.or_(*[sa.and_(Message.conversation_id == cid, Message.seq > pos)
+                    for cid, pos in read_positions.items()])
+    rows = await session.execute(
+        sa.select(Message.conversation_id, sa.func.count()).where(
+            cond, Message.sender_id != user_id, Message.deleted.is_(False))
+        .group_by(Message.conversation_id))
+    counts = {cid: 0 for cid in read_positions}
+    counts.update({cid: int(n) for cid, n in rows.all()})
+    return counts
+
+
+# ---------------------------------------------------------------- per-user state
+
+
+async def get_states(session: AsyncSession, user_id: str,
+                     conversation_ids: Sequence[int]) -> dict[int, ConversationState]:
+    if not conversation_ids:
+        return {}
+    rows = await session.scalars(
+        sa.select(ConversationState).where(ConversationState.user_id == user_id,
+                                           ConversationState.conversation_id.in_(set(conversation_ids))))
+    return {s.conversation_id: s for s in rows}
+
+
+async def get_state(session: AsyncSession, user_id: str, conversation_id: int,
+                    *, for_update: bool = False) -> ConversationState:
+    state = await session.get(ConversationState, (user_id, conversation_id), with_for_update=for_update)
+    if state is None:
+        state = ConversationState(user_id=user_id, conversation_id=conversation_id, last_read_seq=0, muted=False)
+        session.add(state)
+        await session.flush()
+    return state
+
+
+async def advance_read_position(session: AsyncSession, user_id: str, conversation_id: int, seq: int) -> int:
+    """Move the read position forward to seq (never backwards); returns the new position."""
+    state = await get_state(session, user_id, conversation_id, for_update=True)
+    if seq > state.last_read_seq:
+        state.last_read_seq = seq
+        await session.flush()
+    return state.last_read_seq
+
+
+async def muted_user_ids(session: AsyncSession, conversation_id: int, user_ids: Sequence[str]) -> set[str]:
+    if not user_ids:
+        return set()
+    rows = await session.scalars(
+        sa.select(ConversationState.user_id).where(
+            ConversationState.conversation_id == conversation_id,
+            ConversationState.user_id.in_(set(user_ids)), ConversationState.muted.is_(True)))
+    return set(rows)
