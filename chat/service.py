@@ -469,6 +469,24 @@ class ChatService:
             if conv is None or conv.kind != "room" or not (await self._access(session, user.user_id, conv)).read:
                 raise Forbidden("not a member of this room")
 
+    async def channel_audience(self, channel: str) -> list[str]:
+        """The users a channel notification goes to, as of now (SPEC §3): `creator:{id}` the
+        creator's active patrons, `room:{id}` the room's members other than its creator,
+        `user:{id}` that user. Invalid for anything else, not_found for an unknown room."""
+        match = keys.CHANNEL_RE.match(channel)
+        if match is None:
+            raise Invalid("channel must be user:{id}, creator:{id} or room:{id}")
+        kind, ident = match.groups()
+        if kind == "user":
+            return [ident]
+        async with self.sessions() as session:
+            if kind == "creator":
+                return await storage.list_active_patron_ids(session, ident)
+            conv = await storage.get_conversation(session, int(ident)) if ident.isdigit() else None
+            if conv is None or conv.kind != "room":
+                raise NotFound("no such room")
+            return await storage.list_active_patron_ids(session, conv.creator_id, conv.min_tier_cents)
+
     async def subscribe(self, sid: str, channel: str) -> dict[str, Any]:
         user = self.socket_user(sid)
         await self.check_channel(user, channel)

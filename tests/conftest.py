@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 import pymysql
 import pytest
@@ -94,3 +95,61 @@ def redis_prefix_root() -> Iterator[str]:
 def redis_prefix(redis_prefix_root: str) -> str:
     """A Redis prefix of its own for one test, under the run's prefix (cleaned at the end)."""
     return f"{redis_prefix_root}-{secrets.token_hex(3)}"
+
+
+# ---------------------------------------------------------------- servers
+
+from tests.support import Api, ServerProcess  # noqa: E402
+
+
+class Cluster:
+    """Server processes sharing one database (and one Redis prefix when redis_url is set)."""
+
+    def __init__(self, database_url: str, redis_url: str | None, redis_prefix: str, size: int,
+                 env: dict[str, str] | None = None) -> None:
+        self.servers: list[ServerProcess] = []
+        try:
+            for _ in range(size):
+                self.servers.append(ServerProcess(database_url, redis_url, redis_prefix, env=env))
+        except Exception:
+            self.stop()
+            raise
+        self.apis = [Api(s.url) for s in self.servers]
+
+    @property
+    def api(self) -> Api:
+        return self.apis[0]
+
+    def stop(self) -> None:
+        for api in getattr(self, "apis", []):
+            api.close()
+        for server in self.servers:
+            server.stop()
+
+
+@pytest.fixture
+def sqlite_server(tmp_path: Any) -> Iterator[Cluster]:
+    """One server on the embedded default: SQLite file, in-process relay and presence."""
+    cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/backstage.db", None, "unused", 1)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def mysql_cluster(mysql_databases: MySQLDatabases, redis_url: str, redis_prefix: str) -> Iterator[Cluster]:
+    """Two server processes on one fresh MariaDB database and one Redis prefix."""
+    cluster = Cluster(mysql_databases.new(), redis_url, redis_prefix, 2)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def any_server(request: Any, tmp_path: Any, mysql_databases: MySQLDatabases, redis_url: str,
+               redis_prefix: str) -> Iterator[Cluster]:
+    """The same test on the embedded default and on MariaDB + Redis (one process each)."""
+    if request.param == "sqlite":
+        cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/backstage.db", None, "unused", 1)
+    else:
+        cluster = Cluster(mysql_databases.new(), redis_url, redis_prefix, 1)
+    yield cluster
+    cluster.stop()

@@ -1,0 +1,496 @@
+// Rendering: the conversation list, the open conversation and the connection
+// state, redrawn from `state`. Elements are keyed and only rebuilt when what
+// they show changed, so scroll position, focus and hover survive live updates.
+
+import { clockTime, fullTime, h, hueClass, initial, linkify, shortTime } from "./dom.js";
+import {
+  canDelete,
+  canEdit,
+  canPost,
+  conversationName,
+  isCreatorOf,
+  nameOf,
+  openConv,
+  otherMemberId,
+  sortedConvs,
+  state,
+} from "./state.js";
+
+/** Filled by app.js: what buttons in rendered items do. */
+export const actions = {};
+
+const $ = (id) => document.getElementById(id);
+
+const GROUP_GAP_MS = 5 * 60 * 1000;
+
+let scheduled = false;
+let scrollMode = null; // "bottom" forces the list to its end after rendering
+const renderHooks = [];
+
+/** Registers an extra renderer (e.g. the notification bell). */
+export function addRenderHook(fn) {
+  renderHooks.push(fn);
+}
+
+/** Batches every change of this turn into one render. */
+export function scheduleRender(opts = {}) {
+  if (opts.scroll === "bottom") scrollMode = "bottom";
+  if (scheduled) return;
+  scheduled = true;
+  queueMicrotask(() => {
+    scheduled = false;
+    const mode = scrollMode;
+    scrollMode = null;
+    renderConnection();
+    renderList();
+    renderConversation(mode);
+    for (const fn of renderHooks) fn();
+    renderTitle();
+  });
+}
+
+function renderTitle() {
+  let total = 0;
+  for (const conv of state.convs.values()) total += conv.unread;
+  const title = total > 0 ? `(${total}) Backstage` : "Backstage";
+  if (document.title !== title) document.title = title;
+}
+
+// ------------------------------------------------------------------ connection
+
+const CONNECTION_TEXT = { connected: "connected", connecting: "connecting…", offline: "offline" };
+
+function renderConnection() {
+  const el = $("conn");
+  const text = CONNECTION_TEXT[state.connection] || "connecting…";
+  if (el.textContent !== text) el.textContent = text;
+  el.dataset.state = state.connection;
+  document.body.classList.toggle("is-offline", state.connection !== "connected");
+}
+
+// ------------------------------------------------------------ conversation list
+
+const listItems = new Map(); // conversation id -> {el, sig}
+
+function previewText(conv) {
+  const m = conv.lastMessage;
+  if (!m) return conv.conversation.kind === "room" ? "No messages yet" : "Say hello";
+  const who = state.me && m.sender && m.sender.id === state.me.id ? "You" : (m.sender && m.sender.name) || "";
+  const text = m.deleted ? "message deleted" : m.body.replace(/\s+/g, " ").trim();
+  return conv.conversation.kind === "room" || who === "You" ? `${who}: ${text}` : text;
+}
+
+function presenceOf(conv) {
+  const other = otherMemberId(conv);
+  if (!other) return null;
+  return conv.online.has(other) ? "online" : "offline";
+}
+
+function buildListItem(conv) {
+  const name = conversationName(conv);
+  const isRoom = conv.conversation.kind === "room";
+  const presence = presenceOf(conv);
+  const avatar = h(
+    "span",
+    { class: `avatar ${hueClass(conv.id)}`, "aria-hidden": "true" },
+    isRoom ? "#" : initial(name),
+  );
+  if (presence) avatar.append(h("span", { class: `presence-dot ${presence}`, title: presence }));
+  const badge =
+    conv.unread > 0
+      ? h("span", { class: "badge", "data-testid": "unread-badge", "aria-label": `${conv.unread} unread` }, String(conv.unread))
+      : null;
+  return [
+    avatar,
+    h(
+      "div",
+      { class: "conv-main" },
+      h(
+        "div",
+        { class: "conv-top" },
+        h("span", { class: "conv-name" }, name),
+        conv.muted ? h("span", { class: "conv-muted", title: "Muted" }, "muted") : null,
+        h("time", { class: "conv-time", datetime: conv.lastMessage ? conv.lastMessage.created_at : null }, conv.lastMessage ? shortTime(conv.lastMessage.created_at) : ""),
+      ),
+      h("div", { class: "conv-bottom" }, h("span", { class: "conv-preview" }, previewText(conv)), badge),
+    ),
+  ];
+}
+
+function renderList() {
+  const list = $("conv-list");
+  const convs = sortedConvs();
+  const seen = new Set();
+  let prev = null;
+  for (const conv of convs) {
+    seen.add(conv.id);
+    const sig = JSON.stringify([
+      conversationName(conv),
+      conv.conversation.kind,
+      conv.lastMessage && [conv.lastMessage.seq, conv.lastMessage.body, conv.lastMessage.deleted, conv.lastMessage.created_at],
+      conv.unread,
+      conv.muted,
+      presenceOf(conv),
+    ]);
+    let item = listItems.get(conv.id);
+    if (!item) {
+      const el = h("li", {
+        class: "conv-item",
+        "data-testid": "conversation-item",
+        "data-conversation-id": conv.id,
+        tabindex: "0",
+        role: "button",
+      });
+      item = { el, sig: null };
+      listItems.set(conv.id, item);
+    }
+    if (item.sig !== sig) {
+      item.el.replaceChildren(...buildListItem(conv));
+      item.sig = sig;
+    }
+    item.el.classList.toggle("active", conv.id === state.openId);
+    item.el.classList.toggle("has-unread", conv.unread > 0);
+    if (conv.id === state.openId) item.el.setAttribute("aria-current", "true");
+    else item.el.removeAttribute("aria-current");
+    const expectedNext = prev ? prev.nextSibling : list.firstChild;
+    if (expectedNext !== item.el) list.insertBefore(item.el, expectedNext);
+    prev = item.el;
+  }
+  for (const [id, item] of listItems) {
+    if (!seen.has(id)) {
+      item.el.remove();
+      listItems.delete(id);
+    }
+  }
+  $("conv-empty").hidden = !state.me || convs.length > 0;
+}
+
+// ------------------------------------------------------------ open conversation
+
+let renderedConvId = null;
+const messageEls = new Map(); // key -> {el, sig}
+
+function seenByMap(conv, sortedSeqs) {
+  const bySeq = new Map();
+  if (!state.me) return bySeq;
+  for (const [userId, readSeq] of conv.readers) {
+    if (userId === state.me.id) continue;
+    // The last loaded message at or below their read position.
+    let target = null;
+    for (let i = sortedSeqs.length - 1; i >= 0; i--) {
+      if (sortedSeqs[i] <= readSeq) {
+        target = sortedSeqs[i];
+        break;
+      }
+    }
+    if (target === null) continue;
+    const msg = conv.messages.get(target);
+    if (msg && msg.sender && msg.sender.id === userId) continue;
+    if (!bySeq.has(target)) bySeq.set(target, []);
+    bySeq.get(target).push(nameOf(userId));
+  }
+  for (const names of bySeq.values()) names.sort();
+  return bySeq;
+}
+
+function buildMessage(conv, msg, { grouped, seenBy, pending }) {
+  const own = Boolean(state.me && msg.sender && msg.sender.id === state.me.id);
+  const classes = ["msg"];
+  if (own) classes.push("own");
+  if (grouped) classes.push("grouped");
+  if (msg.deleted) classes.push("deleted");
+  if (pending) classes.push(pending.status === "failed" ? "failed" : "pending");
+  const el = h("article", {
+    class: classes.join(" "),
+    "data-testid": "message",
+    "data-seq": pending ? null : String(msg.seq),
+    "data-message-id": pending ? null : msg.id,
+    "data-client-msg-id": msg.client_msg_id || null,
+    "data-status": pending ? pending.status : "sent",
+  });
+
+  if (!grouped || pending) {
+    el.append(
+      h(
+        "div",
+        { class: "msg-head" },
+        own ? null : h("span", { class: `msg-sender ${hueClass(msg.sender.id)}` }, msg.sender.name || msg.sender.id),
+        h("time", { class: "msg-time", datetime: msg.created_at, title: fullTime(msg.created_at) }, clockTime(msg.created_at)),
+      ),
+    );
+  }
+
+  const editing =
+    !pending && state.editing && state.editing.convId === conv.id && state.editing.seq === msg.seq ? state.editing : null;
+  const bubble = h("div", { class: "msg-bubble" });
+  if (msg.deleted) {
+    bubble.append(h("em", { class: "msg-body msg-deleted-text" }, "message deleted"));
+  } else if (editing) {
+    const area = h("textarea", { class: "edit-box", rows: "2", maxlength: "4000", "aria-label": "Edit message" });
+    area.value = editing.draft;
+    area.addEventListener("input", () => {
+      editing.draft = area.value;
+    });
+    area.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        actions.saveEdit();
+      } else if (e.key === "Escape") {
+        e.preventDefault();
+        actions.cancelEdit();
+      }
+    });
+    bubble.append(
+      area,
+      h(
+        "div",
+        { class: "edit-actions" },
+        editing.error ? h("span", { class: "msg-error" }, editing.error) : null,
+        h("button", { type: "button", class: "link-button", onclick: () => actions.cancelEdit() }, "Cancel"),
+        h("button", { type: "button", class: "small-button", onclick: () => actions.saveEdit() }, "Save"),
+      ),
+    );
+    queueMicrotask(() => {
+      if (document.activeElement !== area && area.isConnected && !editing.focused) {
+        editing.focused = true;
+        area.focus();
+        area.setSelectionRange(area.value.length, area.value.length);
+      }
+    });
+  } else {
+    bubble.append(h("div", { class: "msg-body" }, linkify(msg.body)));
+    if (msg.edited_at) bubble.append(h("span", { class: "msg-edited", title: fullTime(msg.edited_at) }, "edited"));
+  }
+  el.append(bubble);
+
+  if (!pending && !editing) {
+    const buttons = [];
+    if (canEdit(msg)) {
+      buttons.push(h("button", { type: "button", class: "msg-action", "data-action": "edit", onclick: () => actions.startEdit(conv.id, msg.seq) }, "Edit"));
+    }
+    if (canDelete(conv, msg)) {
+      const confirming = state.confirmDelete && state.confirmDelete.convId === conv.id && state.confirmDelete.seq === msg.seq;
+      buttons.push(
+        h(
+          "button",
+          {
+            type: "button",
+            class: confirming ? "msg-action danger confirming" : "msg-action danger",
+            "data-action": "delete",
+            onclick: () => actions.deleteMessage(conv.id, msg.seq),
+          },
+          confirming ? "Delete?" : "Delete",
+        ),
+      );
+    }
+    if (buttons.length) el.append(h("div", { class: "msg-actions" }, buttons));
+  }
+
+  if (pending) {
+    if (pending.status === "failed") {
+      el.append(
+        h(
+          "div",
+          { class: "msg-status failed", role: "alert" },
+          h("span", { class: "msg-error" }, `Not sent: ${pending.error || "error"}`),
+          h("button", { type: "button", class: "small-button retry", "data-action": "retry", onclick: () => actions.retrySend(conv.id, pending.cmid) }, "Retry"),
+          h("button", { type: "button", class: "link-button", "data-action": "discard", onclick: () => actions.discardSend(conv.id, pending.cmid) }, "Discard"),
+        ),
+      );
+    } else {
+      el.append(h("div", { class: "msg-status" }, pending.status === "queued" ? "Waiting for connection…" : "Sending…"));
+    }
+  }
+
+  if (seenBy && seenBy.length) {
+    el.append(h("div", { class: "msg-seen", "data-testid": "read-receipt" }, `Seen by ${seenBy.join(", ")}`));
+  }
+  return el;
+}
+
+function renderHeader(conv) {
+  const name = conversationName(conv);
+  const isRoom = conv.conversation.kind === "room";
+  const avatar = $("conv-avatar");
+  avatar.className = `avatar ${hueClass(conv.id)}`;
+  avatar.textContent = isRoom ? "#" : initial(name);
+  const title = $("conv-title");
+  if (title.textContent !== name) title.textContent = name;
+
+  const sub = $("conv-sub");
+  const parts = [];
+  if (isRoom) {
+    parts.push(isCreatorOf(conv) ? "Your room" : "Room");
+    parts.push(`${conv.online.size} online`);
+    if (conv.conversation.post_policy === "creator") parts.push("creator posts only");
+  } else {
+    parts.push(presenceOf(conv) === "online" ? "online" : "offline");
+  }
+  const subText = parts.join(" · ");
+  if (sub.textContent !== subText) sub.textContent = subText;
+  sub.dataset.presence = isRoom ? "" : presenceOf(conv) || "";
+
+  $("mute-button").textContent = conv.muted ? "Unmute" : "Mute";
+
+  const composer = $("composer");
+  const allowed = canPost(conv);
+  composer.disabled = !allowed;
+  $("send-button").disabled = !allowed;
+  composer.placeholder = allowed ? `Message ${name}` : "Only the creator posts in this room";
+}
+
+function typingText(conv) {
+  const names = [...conv.typers.keys()].filter((id) => !state.me || id !== state.me.id).map(nameOf);
+  if (names.length === 0) return "";
+  if (names.length === 1) return `${names[0]} is typing…`;
+  if (names.length === 2) return `${names[0]} and ${names[1]} are typing…`;
+  return `${names[0]}, ${names[1]} and ${names.length - 2} more are typing…`;
+}
+
+function renderTyping(conv) {
+  const el = $("typing-indicator");
+  const text = conv ? typingText(conv) : "";
+  if (el.textContent !== text) el.textContent = text;
+  el.hidden = text === "";
+}
+
+function renderConversation(mode) {
+  const conv = openConv();
+  document.body.classList.toggle("conv-open", Boolean(conv));
+  $("conv-pane").hidden = !conv;
+  $("conv-placeholder").hidden = Boolean(conv);
+  const list = $("message-list");
+  if (!conv) {
+    if (renderedConvId !== null) {
+      for (const { el } of messageEls.values()) el.remove();
+      messageEls.clear();
+      renderedConvId = null;
+    }
+    renderTyping(null);
+    return;
+  }
+  if (renderedConvId !== conv.id) {
+    for (const { el } of messageEls.values()) el.remove();
+    messageEls.clear();
+    renderedConvId = conv.id;
+    mode = "bottom";
+  }
+  renderHeader(conv);
+  renderTyping(conv);
+
+  // Keep the reader's place: remember the first visible message and its offset.
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  let anchor = null;
+  let anchorOffset = 0;
+  if (mode !== "bottom" && !atBottom) {
+    for (const { el } of messageEls.values()) {
+      if (el.offsetTop + el.offsetHeight > list.scrollTop) {
+        if (!anchor || el.offsetTop < anchor.offsetTop) anchor = el;
+      }
+    }
+    if (anchor) anchorOffset = anchor.offsetTop - list.scrollTop;
+  }
+
+  const status = $("history-status");
+  const statusText = !conv.loaded
+    ? "Loading messages…"
+    : conv.loadingOlder
+      ? "Loading older messages…"
+      : conv.hasMoreBefore
+        ? "Scroll up for older messages"
+        : conv.messages.size
+          ? "This is the beginning of the conversation."
+          : "No messages yet. Say hello!";
+  if (status.textContent !== statusText) status.textContent = statusText;
+
+  const seqs = [...conv.messages.keys()].sort((a, b) => a - b);
+  const seenBy = seenByMap(conv, seqs);
+  const wanted = [];
+  let prevMsg = null;
+  for (const seq of seqs) {
+    const msg = conv.messages.get(seq);
+    const grouped = Boolean(
+      prevMsg &&
+        !prevMsg.deleted &&
+        prevMsg.sender.id === msg.sender.id &&
+        prevMsg.seq === msg.seq - 1 &&
+        Date.parse(msg.created_at) - Date.parse(prevMsg.created_at) < GROUP_GAP_MS,
+    );
+    wanted.push({ key: `m:${seq}`, msg, opts: { grouped, seenBy: seenBy.get(seq) || null, pending: null } });
+    prevMsg = msg;
+  }
+  const pendings = [...conv.pending.values()].sort((a, b) => a.createdAt - b.createdAt);
+  for (const p of pendings) {
+    const msg = {
+      id: null,
+      seq: null,
+      body: p.body,
+      client_msg_id: p.cmid,
+      created_at: new Date(p.createdAt).toISOString(),
+      edited_at: null,
+      deleted: false,
+      sender: { id: state.me ? state.me.id : "", name: state.me ? state.me.name : "" },
+    };
+    wanted.push({ key: `p:${p.cmid}`, msg, opts: { grouped: false, seenBy: null, pending: p } });
+  }
+
+  const keep = new Set();
+  let prevEl = status;
+  for (const { key, msg, opts } of wanted) {
+    keep.add(key);
+    const editingThis = Boolean(!opts.pending && state.editing && state.editing.convId === conv.id && state.editing.seq === msg.seq);
+    const confirming = Boolean(state.confirmDelete && state.confirmDelete.convId === conv.id && state.confirmDelete.seq === msg.seq);
+    const sig = JSON.stringify([
+      msg.body,
+      msg.edited_at,
+      msg.deleted,
+      msg.sender.name,
+      opts.grouped,
+      opts.seenBy,
+      opts.pending && [opts.pending.status, opts.pending.error],
+      editingThis && [state.editing.error],
+      confirming,
+      canEdit(msg),
+      canDelete(conv, msg),
+    ]);
+    let item = messageEls.get(key);
+    if (!item || item.sig !== sig) {
+      const el = buildMessage(conv, msg, opts);
+      if (item) item.el.replaceWith(el);
+      item = { el, sig };
+      messageEls.set(key, item);
+    }
+    if (prevEl.nextSibling !== item.el) list.insertBefore(item.el, prevEl.nextSibling);
+    prevEl = item.el;
+  }
+  for (const [key, item] of messageEls) {
+    if (!keep.has(key)) {
+      item.el.remove();
+      messageEls.delete(key);
+    }
+  }
+
+  if (mode === "bottom" || atBottom) {
+    list.scrollTop = list.scrollHeight;
+  } else if (anchor && anchor.isConnected) {
+    list.scrollTop = anchor.offsetTop - anchorOffset;
+  }
+}
+
+// ------------------------------------------------------------------- notices
+
+/** A short-lived message at the bottom of the screen. */
+export function showNotice(text, kind = "info") {
+  const box = $("toasts");
+  const el = h("div", { class: `toast ${kind}` }, text);
+  box.append(el);
+  setTimeout(() => el.remove(), 7000);
+}
+
+/** Replaces the page with a sign-in message (missing, invalid or expired token). */
+export function showAuthScreen(title, message) {
+  $("auth-title").textContent = title;
+  $("auth-message").textContent = message;
+  $("auth-screen").hidden = false;
+  $("app").hidden = true;
+}

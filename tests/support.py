@@ -1,0 +1,179 @@
+"""Test helpers: real server processes, tokens, the server API, and recording Socket.IO clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import socketio
+
+ROOT = Path(__file__).resolve().parent.parent
+JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+API_KEY = "test-api-key-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_token(user_id: str, name: str | None = None, ttl: int = 3600, secret: str = JWT_SECRET,
+               **extra: Any) -> str:
+    claims: dict[str, Any] = {"sub": user_id, "exp": int(time.time()) + ttl, **extra}
+    if name:
+        claims["name"] = name
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+class ServerProcess:
+    """`python run_server.py` on a free 127.0.0.1 port; stopped by its own PID only."""
+
+    def __init__(self, database_url: str, redis_url: str | None = None, redis_prefix: str = "backstage",
+                 env: dict[str, str] | None = None, args: tuple[str, ...] = (), log_path: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "DATABASE_", "JWT_"))}
+        full_env.update({
+            "HOST": "127.0.0.1", "PORT": str(self.port), "DATABASE_URL": database_url,
+            "JWT_SECRET": JWT_SECRET, "API_KEYS": API_KEY, "REDIS_PREFIX": redis_prefix,
+            "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+        })
+        if redis_url:
+            full_env["REDIS_URL"] = redis_url
+        full_env.update(env or {})
+        self.log_path = log_path or Path(os.environ.get("TMPDIR", "/tmp")) / f"backstage-test-{self.port}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "run_server.py"), *args], cwd=ROOT,
+                                     env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.wait_ready()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 15) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self._log.close()
+
+
+class Api:
+    """The server API (API key) and the client API (JWT) of one server, over real HTTP."""
+
+    def __init__(self, base_url: str, api_key: str = API_KEY) -> None:
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, timeout=15)
+        self.server_headers = {"Authorization": f"Bearer {api_key}"}
+
+    def close(self) -> None:
+        self.http.close()
+
+    def server(self, method: str, path: str, json: Any = None) -> httpx.Response:
+        return self.http.request(method, "/api/v1/server" + path, json=json, headers=self.server_headers)
+
+    def client(self, token: str, method: str, path: str, json: Any = None, **kw: Any) -> httpx.Response:
+        return self.http.request(method, "/api/v1" + path, json=json,
+                                 headers={"Authorization": f"Bearer {token}"}, **kw)
+
+    def user(self, user_id: str, name: str | None = None) -> str:
+        """Create or update a user; returns a client token for them."""
+        r = self.server("PUT", f"/users/{user_id}", {"name": name or user_id.title()})
+        assert r.status_code == 200, r.text
+        return make_token(user_id, name or user_id.title())
+
+    def membership(self, creator_id: str, patron_id: str, tier_cents: int, status: str = "active") -> dict[str, Any]:
+        r = self.server("PUT", f"/memberships/{creator_id}/{patron_id}", {"tier_cents": tier_cents, "status": status})
+        assert r.status_code == 200, r.text
+        return r.json()["membership"]
+
+    def room(self, creator_id: str, name: str = "Room", min_tier_cents: int = 0,
+             post_policy: str = "everyone") -> str:
+        r = self.server("POST", "/rooms", {"creator_id": creator_id, "name": name,
+                                          "min_tier_cents": min_tier_cents, "post_policy": post_policy})
+        assert r.status_code == 201, r.text
+        return str(r.json()["conversation"]["id"])
+
+    def direct(self, token: str, other_user_id: str) -> str:
+        r = self.client(token, "POST", "/conversations/direct", {"user_id": other_user_id})
+        assert r.status_code == 200, r.text
+        return str(r.json()["conversation"]["id"])
+
+
+class Client:
+    """A real socketio.AsyncClient that records every server event."""
+
+    def __init__(self, url: str, token: str | None, *, headers: dict[str, str] | None = None) -> None:
+        self.url, self.token, self.headers = url, token, headers or {}
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: dict[str, list[Any]] = defaultdict(list)
+        self._waiters: list[tuple[str, Any, asyncio.Future[Any]]] = []
+        self.sio.on("*", self._record)
+
+    async def _record(self, event: str, data: Any = None) -> None:
+        self.events[event].append(data)
+        for waiter in list(self._waiters):
+            name, pred, fut = waiter
+            if name == event and not fut.done() and pred(data):
+                fut.set_result(data)
+                self._waiters.remove(waiter)
+
+    async def connect(self) -> Client:
+        await self.sio.connect(self.url, auth={"token": self.token} if self.token is not None else None,
+                               headers=self.headers, transports=["websocket"], wait_timeout=10)
+        return self
+
+    async def call(self, event: str, data: Any = None, timeout: float = 10) -> Any:
+        return await self.sio.call(event, data, timeout=timeout)
+
+    async def wait_for(self, event: str, pred: Any = lambda d: True, timeout: float = 10) -> Any:
+        for data in self.events[event]:
+            if pred(data):
+                return data
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters.append((event, pred, fut))
+        return await asyncio.wait_for(fut, timeout)
+
+    async def close(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()
