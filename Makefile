@@ -1,0 +1,43 @@
+# One Makefile for people, hooks and CI.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench bench-push install node browser clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch node_modules/.installed
+
+install: $(STAMP) node_modules/.installed
+
+# Debian's Chromium for the browser tests (a test tool's own browser download does not work here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# The embedded default: SQLite file backstage.db, in-process relay, demo data and sign-in links.
+run: install
+	$(PY) run_server.py --demo
+
+test: install browser
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(PY) -m ruff check chat notifications tests || true
+
+bench: install
+	$(PY) bench/run_bench.py
+
+bench-push: $(STAMP)
+	$(PY) bench/push_bench.py
+
+clean:
+	rm -rf $(VENV) node_modules backstage.db backstage.db-*
