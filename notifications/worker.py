@@ -1,0 +1,352 @@
+"""The push outbox worker: claim due rows, send them through FCM, record the outcomes.
+
+Runs inline in the chat server (PUSH_WORKER=inline, started by the app factory) or as its own
+process: `python -m notifications.worker` (PUSH_WORKER=external; several may run at once, the
+claim uses SKIP LOCKED). Producers wake it after committing outbox rows: in-process with
+`PushWorker.wake()`, across processes with `publish_wakeup(redis, keys)`; without a wake-up it
+polls every `poll_interval` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat.db import utcnow
+from chat.keys import RedisKeys
+from notifications import metrics
+from notifications.fcm import Outcome, PushRequest, Sender, SendResult
+from notifications.outbox import (
+    ClaimedPush,
+    Outcomes,
+    claim_due,
+    outbox_stats,
+    purge_finished,
+    record_outcomes_commit,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    batch_size: int = 500  # rows per claim = messages per send_each_async call (FCM max 500)
+    concurrency: int = 4  # batches in flight at once
+    lease_seconds: float = 300.0  # a claimed row is reclaimed after this (its worker died)
+    poll_interval: float = 2.0
+    retry_base: float = 8.0  # first retry after 4-8 s (SPEC: within 10 s)
+    retry_cap: float = 300.0  # later retries at most 5 minutes apart
+    max_attempts: int = 8
+    max_age: float = 24 * 3600.0  # give up on pushes older than this
+    error_backoff: float = 1.0  # pause after an unexpected error in the loop
+    stats_interval: float = 5.0  # outbox depth / oldest-age gauges refresh
+    retention: float = 7 * 24 * 3600.0  # sent/failed/skipped rows kept this long
+    purge_interval: float = 3600.0
+
+
+def retry_delay(attempts: int, options: WorkerOptions, retry_after: float | None = None,
+                rng: Callable[[], float] = random.random) -> float:
+    """Capped exponential backoff with jitter ("equal jitter": half fixed, half random).
+
+    attempts = attempts made so far (1 after the first failure). Retry-After is honoured up to the cap.
+    """
+    ceiling = min(options.retry_cap, options.retry_base * (2 ** max(0, attempts - 1)))
+    delay = ceiling / 2 + rng() * ceiling / 2
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, options.retry_cap))
+    return delay
+
+
+class PushWorker:
+    """Sends the push outbox. `sender=None` (no FIREBASE_CREDENTIALS) marks pushes skipped."""
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        sender: Sender | None,
+        options: WorkerOptions | None = None,
+        *,
+        redis: Any | None = None,
+        keys: RedisKeys | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._session_factory = session_factory
+        self._sender = sender
+        self.options = options or WorkerOptions()
+        self._redis = redis
+        self._keys = keys
+        self._clock = clock
+        self._wakeup: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._last_stats = float("-inf")
+        self._last_purge = float("-inf")
+        self.batches_done = 0  # for tests and the benchmark
+
+    # --- control -------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Ask the worker to claim now (call after committing outbox rows). Safe from any thread."""
+        event, loop = self._wakeup, self._loop
+        if event is None or loop is None:
+            return
+        if threading.get_ident() == getattr(self, "_loop_thread", None):
+            event.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(event.set)
+
+    def start(self) -> asyncio.Task[None]:
+        """Run in the background on the current loop (the inline worker); stop with `await stop()`."""
+        self._task = asyncio.create_task(self.run(), name="push-worker")
+        return self._task
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming; let in-flight batches finish (up to `timeout`, then cancel them: their
+        rows return to pending when the lease expires)."""
+        self._stopping = True
+        self.wake()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            if not self._task.done():
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim and send until stop(). Never raises: errors are logged and the loop backs off."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._wakeup = asyncio.Event()
+        slots = asyncio.Semaphore(self.options.concurrency)
+        listener = asyncio.create_task(self._listen_redis(), name="push-wakeup-listener") if self._redis else None
+        try:
+            while not self._stopping:
+                await slots.acquire()
+                if self._stopping:
+                    slots.release()
+                    break
+                self._wakeup.clear()
+                try:
+                    await self._housekeeping()
+                    rows = await claim_due(
+                        self._session_factory, self.options.batch_size, self.options.lease_seconds, self._clock()
+                    )
+                except Exception:
+                    slots.release()
+                    log.exception("push outbox claim failed; retrying in %.1f s", self.options.error_backoff)
+                    await self._sleep_or_wake(self.options.error_backoff)
+                    continue
+                if rows:
+                    task = asyncio.create_task(self._process_guarded(rows, slots))
+                    self._inflight.add(task)
+                    task.add_done_callback(self._inflight.discard)
+                    if len(rows) == self.options.batch_size:
+                        continue  # more may be due: claim again as soon as a slot is free
+                else:
+                    slots.release()
+                await self._sleep_or_wake(self.options.poll_interval)
+        finally:
+            if self._inflight:
+                await asyncio.gather(*self._inflight, return_exceptions=True)
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await listener
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        assert self._wakeup is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+
+    async def _process_guarded(self, rows: list[ClaimedPush], slots: asyncio.Semaphore) -> None:
+        try:
+            await self.process_batch(rows)
+        except Exception:
+            log.exception("push batch failed; its %d rows return after the lease", len(rows),
+                          extra={"outbox_ids": [r.id for r in rows[:20]]})
+        finally:
+            slots.release()
+            self.batches_done += 1
+
+    async def process_batch(self, rows: Sequence[ClaimedPush]) -> Outcomes:
+        """Send one claimed batch and record every row's outcome."""
+        opts = self.options
+        now = self._clock()
+        outcomes = Outcomes()
+        to_send: list[ClaimedPush] = []
+        for row in rows:
+            if row.attempts > opts.max_attempts:  # reclaimed after its worker died too often
+                outcomes.failed[row.id] = "gave up: too many attempts"
+            elif self._sender is None:
+                outcomes.skipped[row.id] = "FCM not configured"
+            else:
+                to_send.append(row)
+        if to_send:
+            assert self._sender is not None
+            try:
+                results = await self._sender.send([PushRequest(r.device_token, r.payload) for r in to_send])
+            except Exception as exc:  # a Sender must not raise; treat it as a transient failure
+                log.exception("push sender raised; retrying the batch")
+                results = [SendResult(Outcome.RETRY, f"{type(exc).__name__}: sender error")] * len(to_send)
+            now = self._clock()
+            for row, result in zip(to_send, results, strict=True):
+                self._decide(row, result, now, outcomes)
+        await self._record(outcomes, now)
+        return outcomes
+
+    def _decide(self, row: ClaimedPush, result: SendResult, now: datetime, outcomes: Outcomes) -> None:
+        opts = self.options
+        if result.outcome is Outcome.SENT:
+            outcomes.sent.append(row.id)
+        elif result.outcome is Outcome.DROP_TOKEN:
+            outcomes.failed[row.id] = result.error or "token rejected"
+            outcomes.dead_tokens[row.device_token] = result.error or "token rejected"
+            log.info("push %s: device token rejected by FCM, removing the device", row.id,
+                     extra={"outbox_id": row.id, "user_id": row.user_id})
+        elif result.outcome is Outcome.RETRY:
+            delay = retry_delay(row.attempts, opts, result.retry_after)
+            when = now + timedelta(seconds=delay)
+            too_old = (when - row.created_at).total_seconds() > opts.max_age
+            if row.attempts >= opts.max_attempts or too_old:
+                outcomes.failed[row.id] = f"gave up after {row.attempts} attempts: {result.error}"
+            else:
+                outcomes.retry[row.id] = (when, result.error or "transient error")
+        else:
+            outcomes.failed[row.id] = result.error or "failed"
+            log.warning("push %s failed permanently: %s", row.id, result.error, extra={"outbox_id": row.id})
+
+    async def _record(self, outcomes: Outcomes, now: datetime) -> None:
+        # Losing this write means the rows are sent again after the lease: try hard.
+        for attempt in range(5):
+            try:
+                removed = await record_outcomes_commit(self._session_factory, outcomes, now)
+                break
+            except Exception:
+                if attempt == 4:
+                    raise
+                log.warning("recording push outcomes failed (attempt %d); retrying", attempt + 1, exc_info=True)
+                await asyncio.sleep(self.options.error_backoff * (attempt + 1))
+        metrics.PUSH_SENT.inc(len(outcomes.sent))
+        metrics.PUSH_RETRIED.inc(len(outcomes.retry))
+        metrics.PUSH_FAILED.inc(len(outcomes.failed))
+        metrics.PUSH_SKIPPED.inc(len(outcomes.skipped))
+        metrics.PUSH_TOKENS_REMOVED.inc(removed)
+
+    async def _housekeeping(self) -> None:
+        """Refresh the outbox gauges and purge old finished rows, at their intervals."""
+        loop_now = asyncio.get_running_loop().time()
+        if loop_now - self._last_stats >= self.options.stats_interval:
+            self._last_stats = loop_now
+            async with self._session_factory() as session:
+                stats = await outbox_stats(session)
+            metrics.PUSH_OUTBOX_DEPTH.set(stats.depth)
+            age = (self._clock() - stats.oldest_created_at).total_seconds() if stats.oldest_created_at else 0.0
+            metrics.PUSH_OUTBOX_OLDEST_AGE.set(max(0.0, age))
+        if loop_now - self._last_purge >= self.options.purge_interval:
+            self._last_purge = loop_now
+            async with self._session_factory() as session, session.begin():
+                purged = await purge_finished(session, self._clock() - timedelta(seconds=self.options.retention))
+            if purged:
+                log.info("purged %d finished push outbox rows", purged)
+
+    async def _listen_redis(self) -> None:
+        """Wake on every message of the push wake-up channel; resubscribe after Redis errors."""
+        assert self._redis is not None and self._keys is not None
+        channel = self._keys.push_wakeup_channel
+        backoff = 1.0
+        while not self._stopping:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                backoff = 1.0
+                self.wake()  # anything published while we were not subscribed
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("push wake-up subscription failed; resubscribing in %.0f s", backoff, exc_info=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+
+async def publish_wakeup(redis: Any, keys: RedisKeys) -> None:
+    """Tell push workers on every process that outbox rows were committed. Best effort: the
+    workers poll anyway."""
+    try:
+        await redis.publish(keys.push_wakeup_channel, b"1")
+    except Exception:
+        log.warning("publishing the push wake-up failed (workers will poll)", exc_info=True)
+
+
+# --- `python -m notifications.worker` ------------------------------------------------------------
+
+
+async def serve(settings: Any, options: WorkerOptions | None = None) -> None:
+    """Run a worker for `settings` until SIGTERM/SIGINT."""
+    from chat.db import create_engine, session_factory
+    from notifications.fcm import build_sender
+
+    engine = create_engine(settings.database_url)
+    sender = build_sender(settings.firebase_credentials, settings.fcm_endpoint)
+    if sender is None:
+        log.warning("FIREBASE_CREDENTIALS is not set: pushes will be marked skipped")
+    redis = None
+    if settings.redis_url:
+        import redis.asyncio as aioredis
+
+        redis = aioredis.Redis.from_url(settings.redis_url)
+    worker = PushWorker(session_factory(engine), sender, options, redis=redis, keys=RedisKeys(settings.redis_prefix))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.stop()))
+    log.info("push worker started")
+    try:
+        await worker.run()
+    finally:
+        if sender is not None:
+            await sender.aclose()
+        if redis is not None:
+            await redis.aclose()
+        await engine.dispose()
+        log.info("push worker stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from chat.config import Settings
+
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    import os
+
+    options = WorkerOptions(concurrency=int(os.environ.get("PUSH_CONCURRENCY", WorkerOptions.concurrency)))
+    asyncio.run(serve(settings, options))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
