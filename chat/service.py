@@ -7,6 +7,7 @@ and map ChatError to the wire. Every emit happens after the transaction commits.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from chat.ratelimit import KeyedBuckets
 log = logging.getLogger(__name__)
 
 TYPING_THROTTLE_S = 1.0
+TYPING_EXPIRES_S = 6.0  # a "typing: true" not refreshed or cleared within this is cleared for the others
 
 
 class Presence(Protocol):
@@ -82,6 +84,7 @@ class ChatService:
         self._user_sockets: dict[str, set[str]] = {}
         self.socket_sends = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
         self.user_sends = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
+        self._typing_timers: dict[tuple[str, int], asyncio.TimerHandle] = {}
         delivery.set_control_handler(self._on_control)
 
     # ============================================================ access rules
@@ -143,6 +146,8 @@ class ChatService:
         self.socket_sends.forget(sid)
         if state is None:
             return
+        for conversation_id in state.conversations:
+            await self._stop_typing(sid, state.user.user_id, conversation_id)
         user_sids = self._user_sockets.get(state.user.user_id)
         if user_sids is not None:
             user_sids.discard(sid)
@@ -211,6 +216,7 @@ class ChatService:
         if state is None or conversation_id not in state.conversations:
             return
         state.conversations.discard(conversation_id)
+        await self._stop_typing(sid, user_id, conversation_id)
         await self.delivery.leave_conversation(sid, conversation_id)
         cid = str(conversation_id)
         if await self.presence.leave(cid, user_id, sid):
@@ -421,13 +427,47 @@ class ChatService:
         user = self.socket_user(sid)
         if conversation_id not in self.sockets[sid].conversations:
             raise Forbidden("join the conversation first")
-        cid = str(conversation_id)
-        # "typing: true" is throttled per user; "false" always goes out so indicators clear at once.
-        if typing and not await self.presence.typing_allowed(cid, user.user_id, TYPING_THROTTLE_S):
+        was_typing = self._cancel_typing_timer(sid, conversation_id)
+        if typing:
+            loop = asyncio.get_running_loop()
+            self._typing_timers[(sid, conversation_id)] = loop.call_later(
+                TYPING_EXPIRES_S, lambda: asyncio.ensure_future(self._typing_expired(sid, user.user_id, conversation_id)))
+            # "typing: true" is relayed at most once per TYPING_THROTTLE_S per user.
+            if not await self.presence.typing_allowed(str(conversation_id), user.user_id, TYPING_THROTTLE_S):
+                return {}
+        elif not was_typing:
             return {}
-        await self.delivery.to_conversation(conversation_id, "typing", {
-            "conversation_id": cid, "user_id": user.user_id, "typing": typing}, skip_sid=sid)
+        await self._emit_typing(sid, user.user_id, conversation_id, typing)
         return {}
+
+    async def _emit_typing(self, sid: str, user_id: str, conversation_id: int, typing: bool) -> None:
+        await self.delivery.to_conversation(conversation_id, "typing", {
+            "conversation_id": str(conversation_id), "user_id": user_id, "typing": typing}, skip_sid=sid)
+
+    def _cancel_typing_timer(self, sid: str, conversation_id: int) -> bool:
+        timer = self._typing_timers.pop((sid, conversation_id), None)
+        if timer is None:
+            return False
+        timer.cancel()
+        return True
+
+    async def _typing_expired(self, sid: str, user_id: str, conversation_id: int) -> None:
+        self._typing_timers.pop((sid, conversation_id), None)
+        try:
+            await self._emit_typing(sid, user_id, conversation_id, False)
+        except Exception:
+            log.warning("typing expiry not delivered", exc_info=True)
+
+    async def sent_from_socket(self, sid: str, conversation_id: int) -> None:
+        """A socket that sent a message is no longer typing there."""
+        state = self.sockets.get(sid)
+        if state is not None:
+            await self._stop_typing(sid, state.user.user_id, conversation_id)
+
+    async def _stop_typing(self, sid: str, user_id: str, conversation_id: int) -> None:
+        """A socket that sends, leaves or disconnects stops typing there."""
+        if self._cancel_typing_timer(sid, conversation_id):
+            await self._emit_typing(sid, user_id, conversation_id, False)
 
     async def mark_read(self, user: Identity, conversation_id: int, seq: int,
                         skip_sid: str | None = None) -> dict[str, Any]:

@@ -108,7 +108,9 @@ class ChatSockets:
         body = schemas.check_body(data, self.service.settings.max_body_chars)
         client_msg_id = schemas.check_client_msg_id(data)
         self.service.check_socket_rate(sid)
-        return await self.service.send_message(user, cid, body, client_msg_id)
+        result = await self.service.send_message(user, cid, body, client_msg_id)
+        await self.service.sent_from_socket(sid, cid)
+        return result
 
     async def edit(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         user = self.service.socket_user(sid)
