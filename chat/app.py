@@ -29,6 +29,7 @@ from chat.delivery import Delivery
 from chat.keys import RedisKeys
 from chat.service import ChatService
 from chat.sockets import ChatSockets
+from notifications import http as notifications_http
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(chat_ctx)
     app.on_shutdown.append(close_sockets)
     http_api.add_routes(app)
+    notifications_http.add_routes(app)
     add_operation_routes(app)
     add_page_routes(app)
     return app
@@ -146,7 +148,9 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     redis: aioredis.Redis | None = app[REDIS_KEY]  # type: ignore[assignment]
     keys = RedisKeys(settings.redis_prefix)
     server_id = secrets.token_hex(6)
-    presence = RedisPresence(redis, keys, server_id) if redis is not None else MemoryPresence()
+    presence = (RedisPresence(redis, keys, server_id, heartbeat_s=settings.presence_heartbeat_s,
+                              dead_after_s=settings.presence_dead_after_s)
+                if redis is not None else MemoryPresence())
     sio = app[SIO_KEY]
     delivery = Delivery(sio, redis, keys.control_channel)
     sessions = session_factory(app[ENGINE_KEY])
