@@ -12,7 +12,7 @@ import jwt
 from chat.config import Settings
 from chat.errors import Unauthorized
 
-USER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+USER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z: "$" would accept a trailing newline
 ASYMMETRIC_ALGORITHMS = ["RS256", "ES256"]
 
 
