@@ -51,12 +51,12 @@ class ChatSockets:
             user = self.auth.client(token)
             await self.service.connect_socket(sid, user)
         except Unauthorized as err:
-            raise socketio.exceptions.ConnectionRefusedError({"code": err.code, "message": err.message}) from None
+            raise socketio.exceptions.ConnectionRefusedError(err.message, err.to_wire()) from None
         except Exception as exc:
             err = as_chat_error(exc)
             if err.code == "internal":
                 log.exception("connect failed")
-            raise socketio.exceptions.ConnectionRefusedError(err.to_wire()) from None
+            raise socketio.exceptions.ConnectionRefusedError(err.message, err.to_wire()) from None
         CONNECTED_SOCKETS.inc()
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
