@@ -1,0 +1,379 @@
+"""Server-API notifications, the feed, devices and /me over real servers and real sockets,
+on SQLite (embedded) and MariaDB + Redis, and across a two-process cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from tests.conftest import Cluster, MySQLDatabases
+from tests.support import API_KEY, Client, make_token
+
+
+class Served:
+    """A cluster plus direct (sync) access to its database, to check what was stored."""
+
+    def __init__(self, cluster: Cluster, database_url: str) -> None:
+        self.cluster = cluster
+        u = make_url(database_url)
+        sync = u.set(drivername="mysql+pymysql") if u.get_backend_name() == "mysql" else u.set(drivername="sqlite")
+        self.db = sa.create_engine(sync)
+
+    @property
+    def api(self) -> Any:
+        return self.cluster.api
+
+    @property
+    def url(self) -> str:
+        return self.cluster.servers[0].url
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.db.connect() as conn:
+            return list(conn.execute(sa.text(sql), params).all())
+
+    def close(self) -> None:
+        self.db.dispose()
+        self.cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def served(request: Any, tmp_path: Any, mysql_databases: MySQLDatabases, redis_url: str,
+           redis_prefix: str) -> Iterator[Served]:
+    """Like conftest's any_server (one process, SQLite or MariaDB + Redis), keeping the database URL."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/backstage.db"
+        cluster = Cluster(url, None, "unused", 1)
+    else:
+        url = mysql_databases.new()
+        cluster = Cluster(url, redis_url, redis_prefix, 1)
+    s = Served(cluster, url)
+    yield s
+    s.close()
+
+
+def notify(api: Any, body: dict[str, Any], expect: int = 202) -> Any:
+    r = api.server("POST", "/notifications", body)
+    assert r.status_code == expect, r.text
+    return r.json()
+
+
+def base(**kw: Any) -> dict[str, Any]:
+    return {"type": "post_published", "title": "New post", "body": "Read it now", **kw}
+
+
+def roundtrip(data: Any) -> Any:
+    return json.loads(json.dumps(data))
+
+
+# ---------------------------------------------------------------- delivery and shapes
+
+
+async def test_user_ids_stored_and_delivered_live(served: Served) -> None:
+    api = served.api
+    alice = api.user("alice")
+    bob = api.user("bob")
+    a1 = await Client(served.url, alice).connect()
+    a2 = await Client(served.url, alice).connect()
+    b = await Client(served.url, bob).connect()
+    try:
+        out = notify(api, base(user_ids=["alice", "bob", "alice"], data={"post_id": 7, "slug": "hi"}))
+        ids = out["notification_ids"]
+        assert len(ids) == 2 and all(isinstance(i, str) for i in ids)
+        for sock, nid in ((a1, ids[0]), (a2, ids[0]), (b, ids[1])):
+            got = roundtrip(await sock.wait_for("notification", lambda n, nid=nid: n["id"] == nid))
+            assert got["type"] == "post_published" and got["title"] == "New post" and got["body"] == "Read it now"
+            assert got["data"] == {"post_id": 7, "slug": "hi"} and got["read_at"] is None
+            assert got["created_at"].endswith("Z")
+        await asyncio.sleep(0.2)
+        assert len(a1.events["notification"]) == 1 and len(b.events["notification"]) == 1
+
+        feed = api.client(alice, "GET", "/notifications").json()
+        assert feed["has_more"] is False and len(feed["notifications"]) == 1
+        assert feed["notifications"][0] == roundtrip(a1.events["notification"][0])
+        assert set(feed["notifications"][0]) == {"id", "type", "title", "body", "data", "created_at", "read_at"}
+        me = api.client(alice, "GET", "/me").json()
+        assert me["unread_notifications"] == 1
+        # a notification without data has data {}
+        nid = notify(api, base(user_ids=["bob"]))["notification_ids"][0]
+        got = await b.wait_for("notification", lambda n: n["id"] == nid)
+        assert got["data"] == {}
+        # no push requested: nothing in the outbox
+        assert served.rows("SELECT id FROM push_outbox") == []
+    finally:
+        for c in (a1, a2, b):
+            await c.close()
+
+
+async def test_channel_audiences(served: Served) -> None:
+    api = served.api
+    tokens = {u: api.user(u) for u in ("cre", "p1", "p2", "p3", "x")}
+    api.membership("cre", "p1", 500)
+    api.membership("cre", "p2", 100)
+    api.membership("cre", "p3", 500, status="former")
+    room = api.room("cre", "VIP", min_tier_cents=300)
+
+    def count(user: str) -> int:
+        return int(api.client(tokens[user], "GET", "/me").json()["unread_notifications"])
+
+    p1 = await Client(served.url, tokens["p1"]).connect()
+    try:
+        ids = notify(api, base(channel="creator:cre"))["notification_ids"]
+        assert len(ids) == 2
+        assert [count(u) for u in ("cre", "p1", "p2", "p3")] == [0, 1, 1, 0]
+        await p1.wait_for("notification", lambda n: n["id"] in ids)
+
+        ids = notify(api, base(channel=f"room:{room}"))["notification_ids"]
+        assert len(ids) == 1
+        assert [count(u) for u in ("cre", "p1", "p2", "p3")] == [0, 2, 1, 0]
+        await p1.wait_for("notification", lambda n: n["id"] == ids[0])
+
+        assert len(notify(api, base(channel="user:x"))["notification_ids"]) == 1
+        assert count("x") == 1
+        assert notify(api, base(channel="creator:nobody"))["notification_ids"] == []
+
+        r = api.server("POST", "/notifications", base(channel="room:999999"))
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        for bad in ("foo:1", "user:", "room", "user:a b"):
+            r = api.server("POST", "/notifications", base(channel=bad))
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid", bad
+    finally:
+        await p1.close()
+
+
+async def test_idempotency_key(served: Served) -> None:
+    api = served.api
+    u = api.user("u1")
+    sock = await Client(served.url, u).connect()
+    try:
+        first = notify(api, base(user_ids=["u1"], idempotency_key="order-1", push=True))["notification_ids"]
+        await sock.wait_for("notification", lambda n: n["id"] == first[0])
+        again = notify(api, base(user_ids=["u1"], idempotency_key="order-1", push=True))["notification_ids"]
+        assert again == first
+        # whatever the rest of the body
+        other = notify(api, {"user_ids": ["u1", "u2"], "type": "x", "title": "t", "body": "b",
+                             "idempotency_key": "order-1"})["notification_ids"]
+        assert other == first
+        await asyncio.sleep(0.3)
+        assert len(sock.events["notification"]) == 1
+        assert len(served.rows("SELECT id FROM notifications")) == 1
+
+        # concurrent duplicates: one set of rows, the same ids for everyone
+        async with httpx.AsyncClient(base_url=served.url, timeout=30,
+                                     headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+            answers = await asyncio.gather(*[
+                http.post("/api/v1/server/notifications", json=base(user_ids=["u1"], idempotency_key="race"))
+                for _ in range(8)])
+        assert {r.status_code for r in answers} == {202}
+        assert len({tuple(r.json()["notification_ids"]) for r in answers}) == 1
+        assert len(served.rows("SELECT id FROM notifications")) == 2
+        await asyncio.sleep(0.3)
+        assert len(sock.events["notification"]) == 2
+    finally:
+        await sock.close()
+
+
+async def test_push_outbox_rows(served: Served) -> None:
+    api = served.api
+    a = api.user("pa")
+    b = api.user("pb")
+    api.user("pc")  # no device
+    assert api.client(a, "POST", "/devices", {"token": "tok-a1", "platform": "android"}).status_code == 201
+    assert api.client(a, "POST", "/devices", {"token": "tok-a2", "platform": "ios"}).status_code == 201
+    assert api.client(b, "POST", "/devices", {"token": "tok-b", "platform": "web"}).status_code == 201
+    ids = notify(api, base(user_ids=["pa", "pb", "pc"], push=True, collapse_key="posts",
+                           data={"post_id": 12, "from": "x", "flag": True}))["notification_ids"]
+    rows = served.rows("SELECT user_id, device_token, payload FROM push_outbox ORDER BY device_token")
+    assert [(r[0], r[1]) for r in rows] == [("pa", "tok-a1"), ("pa", "tok-a2"), ("pb", "tok-b")]
+    payload = json.loads(rows[0][2])
+    assert payload["title"] == "New post" and payload["body"] == "Read it now"
+    assert payload["data"] == {"type": "post_published", "notification_id": ids[0], "post_id": "12", "flag": "true"}
+    assert payload["collapse_key"] == "posts" and payload["priority"] == "normal"
+    assert json.loads(rows[2][2])["data"]["notification_id"] == ids[1]
+    # push false (the default): no rows
+    notify(api, base(user_ids=["pa"]))
+    assert len(served.rows("SELECT id FROM push_outbox")) == 3
+
+
+# ---------------------------------------------------------------- feed
+
+
+async def test_feed_paging_unread_and_mark_read(served: Served) -> None:
+    api = served.api
+    me = api.user("reader")
+    other = api.user("other")
+    ids = [notify(api, base(user_ids=["reader"], title=f"n{i}"))["notification_ids"][0] for i in range(5)]
+    theirs = notify(api, base(user_ids=["other"]))["notification_ids"][0]
+
+    def feed(token: str = me, **params: Any) -> Any:
+        r = api.client(token, "GET", "/notifications", params=params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    page = feed(limit=2)
+    assert [n["id"] for n in page["notifications"]] == [ids[4], ids[3]] and page["has_more"] is True
+    page = feed(limit=2, before=ids[3])
+    assert [n["id"] for n in page["notifications"]] == [ids[2], ids[1]] and page["has_more"] is True
+    page = feed(limit=2, before=ids[1])
+    assert [n["id"] for n in page["notifications"]] == [ids[0]] and page["has_more"] is False
+    assert [n["id"] for n in feed()["notifications"]] == ids[::-1]
+
+    r = api.client(me, "POST", "/notifications/read", {"ids": [ids[1], ids[3], theirs, "nope", "99999999"]})
+    assert r.status_code == 200 and r.json() == {"unread_notifications": 3}
+    unread = feed(unread="true")
+    assert [n["id"] for n in unread["notifications"]] == [ids[4], ids[2], ids[0]]
+    assert feed(unread="true", limit=2)["has_more"] is True
+    read = {n["id"]: n for n in feed()["notifications"]}
+    assert read[ids[1]]["read_at"].endswith("Z") and read[ids[4]]["read_at"] is None
+    # someone else's notification was not touched
+    assert feed(other)["notifications"][0]["read_at"] is None
+    assert api.client(other, "GET", "/me").json()["unread_notifications"] == 1
+    # marking again changes nothing
+    r = api.client(me, "POST", "/notifications/read", {"ids": [ids[1]]})
+    assert r.json() == {"unread_notifications": 3}
+
+    r = api.client(me, "POST", "/notifications/read", {"all": True})
+    assert r.status_code == 200 and r.json() == {"unread_notifications": 0}
+    assert api.client(me, "GET", "/me").json()["unread_notifications"] == 0
+    assert feed(unread="true") == {"notifications": [], "has_more": False}
+    assert api.client(other, "GET", "/me").json()["unread_notifications"] == 1
+
+    for params in ({"limit": 0}, {"limit": 101}, {"limit": "x"}, {"before": "abc"}, {"unread": "maybe"}):
+        r = api.client(me, "GET", "/notifications", params=params)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid", params
+    for body in ({}, {"ids": "1"}, {"ids": [1]}, {"all": False}, {"all": "yes"}, {"ids": [], "all": True},
+                 {"ids": ["1"] * 1001}):
+        r = api.client(me, "POST", "/notifications/read", body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid", body
+
+
+# ---------------------------------------------------------------- devices
+
+
+async def test_devices(served: Served) -> None:
+    api = served.api
+    a = api.user("da")
+    b = api.user("db")
+
+    def devices() -> list[tuple[str, str, str]]:
+        return [tuple(r) for r in served.rows("SELECT token, user_id, platform FROM devices ORDER BY token")]
+
+    r = api.client(a, "POST", "/devices", {"token": "fcm:abc-1", "platform": "android"})
+    assert r.status_code == 201 and r.json()["device"] == {"token": "fcm:abc-1", "platform": "android"}
+    assert api.client(a, "POST", "/devices", {"token": "fcm:abc-1", "platform": "android"}).status_code == 201
+    assert devices() == [("fcm:abc-1", "da", "android")]
+    # the same token registered by another user moves to them
+    assert api.client(b, "POST", "/devices", {"token": "fcm:abc-1", "platform": "ios"}).status_code == 201
+    assert devices() == [("fcm:abc-1", "db", "ios")]
+    # deleting someone else's token: 204 and nothing changes
+    assert api.client(a, "DELETE", "/devices/fcm:abc-1").status_code == 204
+    assert devices() == [("fcm:abc-1", "db", "ios")]
+    assert api.client(a, "DELETE", "/devices/unknown-token").status_code == 204
+    assert api.client(b, "DELETE", "/devices/fcm:abc-1").status_code == 204
+    assert devices() == []
+
+    long_token = "t" * 512
+    assert api.client(a, "POST", "/devices", {"token": long_token, "platform": "web"}).status_code == 201
+    for body in ({"token": "t", "platform": "windows"}, {"token": "t"}, {"platform": "ios"},
+                 {"token": "", "platform": "ios"}, {"token": "t" * 513, "platform": "ios"},
+                 {"token": 5, "platform": "ios"}, {"token": "t", "platform": None}):
+        r = api.client(a, "POST", "/devices", body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid", body
+    assert devices() == [(long_token, "da", "web")]
+
+
+# ---------------------------------------------------------------- validation and auth
+
+
+async def test_validation_errors(served: Served) -> None:
+    api = served.api
+    api.user("v1")
+    cases: list[dict[str, Any]] = [
+        {"type": "t", "title": "t", "body": "b"},  # neither user_ids nor channel
+        base(user_ids=["v1"], channel="user:v1"),  # both
+        base(user_ids="v1"),
+        base(user_ids=[]),
+        base(user_ids=[1]),
+        base(user_ids=["bad id"]),
+        base(user_ids=["x" * 65]),
+        base(user_ids=[f"u{i}" for i in range(1001)]),
+        base(channel=5),
+        base(channel=""),
+        base(user_ids=["v1"], type=""),
+        base(user_ids=["v1"], type=3),
+        base(user_ids=["v1"], type="x" * 65),
+        base(user_ids=["v1"], title="   "),
+        base(user_ids=["v1"], title="x" * 201),
+        base(user_ids=["v1"], body=""),
+        base(user_ids=["v1"], body="x" * 4001),
+        base(user_ids=["v1"], data=[1]),
+        base(user_ids=["v1"], data="x"),
+        base(user_ids=["v1"], data={"big": "x" * 3000}),
+        base(user_ids=["v1"], push="yes"),
+        base(user_ids=["v1"], collapse_key=""),
+        base(user_ids=["v1"], collapse_key="x" * 65),
+        base(user_ids=["v1"], idempotency_key=""),
+        base(user_ids=["v1"], idempotency_key=7),
+        base(user_ids=["v1"], idempotency_key="k" * 201),
+        {"user_ids": ["v1"], "title": "t", "body": "b"},  # no type
+    ]
+    for body in cases:
+        r = api.server("POST", "/notifications", body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid", (body, r.text)
+    r = api.http.post("/api/v1/server/notifications", content=b"not json", headers=api.server_headers)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid"
+    r = api.http.post("/api/v1/server/notifications", content=b"[1]", headers=api.server_headers)
+    assert r.status_code == 400
+    assert served.rows("SELECT id FROM notifications") == []
+    # exactly 1000 user ids is fine
+    assert len(notify(api, base(user_ids=[f"u{i}" for i in range(1000)]))["notification_ids"]) == 1000
+
+
+async def test_unauthorized(served: Served) -> None:
+    api = served.api
+    token = api.user("z")
+    body = base(user_ids=["z"])
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": f"Bearer {token}"},
+                    {"Authorization": API_KEY}):
+        r = api.http.post("/api/v1/server/notifications", json=body, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", headers
+    bad_jwts = [make_token("z", secret="another-secret-0123456789abcdef0123"), make_token("z", ttl=-10), API_KEY]
+    routes = [("GET", "/api/v1/notifications", None), ("POST", "/api/v1/notifications/read", {"all": True}),
+              ("POST", "/api/v1/devices", {"token": "t", "platform": "ios"}), ("DELETE", "/api/v1/devices/t", None)]
+    for method, path, json_body in routes:
+        r = api.http.request(method, path, json=json_body)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", path
+        for bad in bad_jwts:
+            r = api.http.request(method, path, json=json_body, headers={"Authorization": f"Bearer {bad}"})
+            assert r.status_code == 401, (path, r.text)
+    assert served.rows("SELECT token FROM devices") == []
+
+
+# ---------------------------------------------------------------- cluster
+
+
+async def test_notification_crosses_the_cluster(mysql_cluster: Cluster) -> None:
+    api0, api1 = mysql_cluster.apis
+    token = api0.user("far")
+    api0.user("cre2")
+    api0.membership("cre2", "far", 100)
+    sock = await Client(mysql_cluster.servers[1].url, token).connect()
+    try:
+        nid = notify(api0, base(user_ids=["far"]))["notification_ids"][0]
+        got = await sock.wait_for("notification", lambda n: n["id"] == nid)
+        assert got["title"] == "New post"
+        ids = notify(api0, base(channel="creator:cre2", idempotency_key="c1"))["notification_ids"]
+        await sock.wait_for("notification", lambda n: n["id"] == ids[0])
+        # the replay on the other server answers the same ids and delivers nothing new
+        assert notify(api1, base(channel="creator:cre2", idempotency_key="c1"))["notification_ids"] == ids
+        await asyncio.sleep(0.3)
+        assert len(sock.events["notification"]) == 2
+        assert api1.client(token, "GET", "/me").json()["unread_notifications"] == 2
+    finally:
+        await sock.close()
