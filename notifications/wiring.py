@@ -11,7 +11,7 @@ PUSH_WORKER=inline, starts and stops the push worker with the app.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -106,17 +106,19 @@ def _wake(worker: tuple[Any, Any] | None, redis: Any, keys: RedisKeys) -> PushWa
     other processes (PUSH_WORKER=external, other servers) through Redis."""
     if worker is None and redis is None:
         return None
-    publish_wakeup = None
+    publish: Callable[[Any, RedisKeys], Awaitable[None]] | None = None
     if redis is not None:
         try:
             from notifications.worker import publish_wakeup
         except ImportError:
-            publish_wakeup = None
+            pass
+        else:
+            publish = publish_wakeup
 
     async def wake() -> None:
         if worker is not None:
             worker[0].wake()
-        if publish_wakeup is not None:
-            await publish_wakeup(redis, keys)
+        if publish is not None:
+            await publish(redis, keys)
 
     return wake

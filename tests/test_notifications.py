@@ -377,3 +377,31 @@ async def test_notification_crosses_the_cluster(mysql_cluster: Cluster) -> None:
         assert api1.client(token, "GET", "/me").json()["unread_notifications"] == 2
     finally:
         await sock.close()
+
+
+# ---------------------------------------------------------------- push end to end (inline worker)
+
+
+async def test_push_reaches_fcm_through_the_inline_worker(tmp_path: Any) -> None:
+    from tests.fakefcm import FakeFCMServer
+
+    fcm = FakeFCMServer(tmp_path)
+    cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/backstage.db", None, "unused", 1,
+                      env={"FIREBASE_CREDENTIALS": fcm.credentials_path, "FCM_ENDPOINT": fcm.endpoint,
+                           "PUSH_WORKER": "inline"})
+    try:
+        api = cluster.api
+        token = api.user("mob")
+        assert api.client(token, "POST", "/devices", {"token": "phone-1", "platform": "android"}).status_code == 201
+        ids = notify(api, base(user_ids=["mob"], push=True, data={"post_id": 3}, collapse_key="posts"))
+        deadline = asyncio.get_running_loop().time() + 10
+        while not fcm.fake.delivered_messages("phone-1"):
+            assert asyncio.get_running_loop().time() < deadline, "push not sent"
+            await asyncio.sleep(0.1)
+        msg = fcm.fake.delivered_messages("phone-1")[0]
+        assert msg["notification"] == {"title": "New post", "body": "Read it now"}
+        assert msg["data"] == {"type": "post_published", "notification_id": ids["notification_ids"][0],
+                               "post_id": "3"}
+    finally:
+        cluster.stop()
+        fcm.stop()
