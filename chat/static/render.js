@@ -261,7 +261,8 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
     bubble.append(h("div", { class: "msg-body" }, linkify(msg.body)));
     if (msg.edited_at) bubble.append(h("span", { class: "msg-edited", title: fullTime(msg.edited_at) }, "edited"));
   }
-  el.append(bubble);
+  const row = h("div", { class: "msg-row" }, bubble);
+  el.append(row);
 
   if (!pending && !editing) {
     const buttons = [];
@@ -283,7 +284,7 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
         ),
       );
     }
-    if (buttons.length) el.append(h("div", { class: "msg-actions" }, buttons));
+    if (buttons.length) row.append(h("div", { class: "msg-actions" }, buttons));
   }
 
   if (pending) {
@@ -380,15 +381,18 @@ function renderConversation(mode) {
 
   // Keep the reader's place: remember the first visible message and its offset.
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
-  let anchor = null;
+  // (By key: the element itself may be rebuilt, e.g. when older messages regroup it.)
+  let anchorKey = null;
   let anchorOffset = 0;
   if (mode !== "bottom" && !atBottom) {
-    for (const { el } of messageEls.values()) {
-      if (el.offsetTop + el.offsetHeight > list.scrollTop) {
-        if (!anchor || el.offsetTop < anchor.offsetTop) anchor = el;
+    let best = null;
+    for (const [key, { el }] of messageEls) {
+      if (el.offsetTop + el.offsetHeight > list.scrollTop && (!best || el.offsetTop < best.offsetTop)) {
+        best = el;
+        anchorKey = key;
       }
     }
-    if (anchor) anchorOffset = anchor.offsetTop - list.scrollTop;
+    if (best) anchorOffset = best.offsetTop - list.scrollTop;
   }
 
   const status = $("history-status");
@@ -472,8 +476,8 @@ function renderConversation(mode) {
 
   if (mode === "bottom" || atBottom) {
     list.scrollTop = list.scrollHeight;
-  } else if (anchor && anchor.isConnected) {
-    list.scrollTop = anchor.offsetTop - anchorOffset;
+  } else if (anchorKey && messageEls.has(anchorKey)) {
+    list.scrollTop = messageEls.get(anchorKey).el.offsetTop - anchorOffset;
   }
 }
 

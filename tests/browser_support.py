@@ -1,0 +1,128 @@
+"""Helpers for the real-browser tests: Debian's Chromium driven by Playwright (sync API).
+
+Playwright's own browser download does not work here; the tests launch /usr/bin/chromium
+(`apt-get install -y chromium`). The page loads socket.io-client from node_modules (`npm ci`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import Browser, BrowserContext, Page, expect
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+SOCKETIO_CLIENT = ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.esm.min.js"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+MESSAGES = "[data-testid=message-list] [data-testid=message]"
+
+
+def launch(playwright: Any) -> Browser:
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+@dataclass
+class ChatPage:
+    """One signed-in browser tab, with the console errors and CSP reports it produced."""
+
+    context: BrowserContext
+    page: Page
+    errors: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------ navigation
+    def conversation_item(self, conversation_id: str) -> Any:
+        return self.page.locator(f'[data-testid=conversation-item][data-conversation-id="{conversation_id}"]')
+
+    def open(self, conversation_id: str) -> None:
+        self.conversation_item(conversation_id).click()
+        expect(self.page.get_by_test_id("message-list")).to_be_visible()
+
+    def wait_connected(self, timeout: float = 15_000) -> None:
+        expect(self.page.get_by_test_id("connection-state")).to_have_text("connected", timeout=timeout)
+
+    # ------------------------------------------------------------ messages
+    def send(self, text: str) -> None:
+        composer = self.page.get_by_test_id("composer")
+        composer.fill(text)
+        composer.press("Enter")
+
+    def messages(self) -> Any:
+        return self.page.locator(MESSAGES)
+
+    def seqs(self) -> list[int | None]:
+        raw = self.page.eval_on_selector_all(MESSAGES, "els => els.map(e => e.dataset.seq ?? null)")
+        return [int(s) if s is not None else None for s in raw]
+
+    def bodies(self) -> list[str]:
+        return self.page.eval_on_selector_all(
+            MESSAGES, "els => els.map(e => (e.querySelector('.msg-body')?.textContent ?? ''))")
+
+    def message(self, seq: int) -> Any:
+        return self.page.locator(f'{MESSAGES}[data-seq="{seq}"]')
+
+    def wait_seqs(self, expected: list[int], timeout: float = 15_000) -> None:
+        """Waits until the open conversation shows exactly these seqs, in this order."""
+        deadline = time.monotonic() + timeout / 1000
+        seqs: list[int | None] = []
+        while time.monotonic() < deadline:
+            seqs = self.seqs()
+            if seqs == expected:
+                return
+            self.page.wait_for_timeout(100)
+        raise AssertionError(f"expected seqs {expected}, page shows {seqs}")
+
+    def assert_clean(self) -> None:
+        """No uncaught errors and no Content-Security-Policy violations in this tab."""
+        assert not self.errors, self.errors
+
+
+def open_chat(browser: Browser, base_url: str, token: str | None, viewport: dict[str, int] = DESKTOP,
+              wait: bool = True) -> ChatPage:
+    context = browser.new_context(viewport=viewport, base_url=base_url)
+    page = context.new_page()
+    chat = ChatPage(context, page)
+
+    def on_console(msg: Any) -> None:
+        if msg.type == "error" and not _expected_console_error(msg.text):
+            chat.errors.append(f"console: {msg.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: chat.errors.append(f"pageerror: {exc}"))
+    page.goto("/" if token is None else f"/?token={token}")
+    if wait:
+        chat.wait_connected()
+    return chat
+
+
+_EXPECTED_ERRORS = re.compile(
+    r"ERR_INTERNET_DISCONNECTED|ERR_NETWORK_CHANGED|WebSocket connection to .* failed|"
+    r"Failed to load resource: the server responded with a status of 401"
+)
+
+
+def _expected_console_error(text: str) -> bool:
+    # Offline tests make connection attempts fail on purpose; the auth tests get 401s.
+    return bool(_EXPECTED_ERRORS.search(text))
+
+
+def seed_messages(api: Any, token: str, conversation_id: str, count: int, prefix: str = "seed") -> None:
+    """Posts `count` messages over HTTP, waiting out the per-user rate limit (a 429 stored nothing)."""
+    for i in range(1, count + 1):
+        body = {"body": f"{prefix} {i}", "client_msg_id": str(uuid.uuid4())}
+        for _ in range(100):
+            r = api.client(token, "POST", f"/conversations/{conversation_id}/messages", json=body)
+            if r.status_code != 429:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 201, r.text

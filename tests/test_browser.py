@@ -1,0 +1,396 @@
+"""The browser client (SPEC §7) in a real Chromium against real server processes.
+
+Two server processes share one MariaDB database and one Redis prefix (`mysql_cluster`); the
+two users are signed in on different processes, so every live update crosses the Redis relay.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.browser_support import (
+    CHROMIUM,
+    PHONE,
+    SOCKETIO_CLIENT,
+    ChatPage,
+    launch,
+    open_chat,
+    seed_messages,
+)
+from tests.support import make_token
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM),
+    reason=f"{CHROMIUM} is missing: `apt-get install -y chromium` (make test installs it)",
+)
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    assert SOCKETIO_CLIENT.exists(), "socket.io-client is not installed: run `npm ci` at the repository root"
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def pages() -> Iterator[list[ChatPage]]:
+    """Tabs opened by a test; closed (and checked for CSP violations and errors) afterwards."""
+    opened: list[ChatPage] = []
+    yield opened
+    for chat in opened:
+        chat.context.close()
+
+
+def tab(pages: list[ChatPage], browser: Any, url: str, token: str | None, **kw: Any) -> ChatPage:
+    chat = open_chat(browser, url, token, **kw)
+    pages.append(chat)
+    return chat
+
+
+def setup_room(api: Any, name: str = "Lounge") -> tuple[str, str, str]:
+    creator = api.user("cara", "Cara Creator")
+    patron = api.user("pat", "Pat Patron")
+    api.membership("cara", "pat", 500)
+    room = api.room("cara", name, min_tier_cents=100)
+    return creator, patron, room
+
+
+# ---------------------------------------------------------------------- tests
+
+
+def test_sign_in_and_live_chat_across_two_processes(browser, mysql_cluster, pages):
+    api = mysql_cluster.api
+    creator, patron, room = setup_room(api)
+    a = tab(pages, browser, mysql_cluster.servers[0].url, creator)
+    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+
+    # The token left the address bar and lives in sessionStorage.
+    for chat, token in ((a, creator), (b, patron)):
+        assert "token" not in chat.page.url
+        assert chat.page.evaluate("sessionStorage.getItem('backstage.token')") == token
+    expect(a.conversation_item(room)).to_contain_text("Lounge")
+
+    a.open(room)
+    b.open(room)
+    expect(b.page.locator("#conv-sub")).to_contain_text("2 online")
+    a.send("Hello from the creator")
+    b.wait_seqs([1])
+    expect(b.message(1)).to_contain_text("Hello from the creator")
+    expect(b.message(1)).to_contain_text("Cara Creator")
+    a.wait_seqs([1])  # confirmed: the pending bubble became seq 1
+
+    b.send("Hi Cara!\nsecond line")
+    b.page.get_by_test_id("send-button").click()  # empty composer: nothing is sent
+    b.page.get_by_test_id("composer").fill("third")
+    b.page.get_by_test_id("send-button").click()
+    a.wait_seqs([1, 2, 3])
+    b.wait_seqs([1, 2, 3])
+    assert a.bodies() == ["Hello from the creator", "Hi Cara!\nsecond line", "third"]
+    expect(a.conversation_item(room)).to_contain_text("third")
+
+    # A reload signs in again from sessionStorage and shows the same history.
+    b.page.reload()
+    b.wait_connected()
+    assert "token" not in b.page.url
+    b.open(room)
+    b.wait_seqs([1, 2, 3])
+    a.assert_clean()
+    b.assert_clean()
+
+
+def test_missing_expired_and_rejected_tokens_show_a_clear_message(browser, mysql_cluster, pages):
+    url = mysql_cluster.servers[0].url
+    mysql_cluster.api.user("pat", "Pat Patron")
+    nobody = tab(pages, browser, url, None, wait=False)
+    expect(nobody.page.locator("#auth-screen")).to_be_visible()
+    expect(nobody.page.locator("#auth-screen")).to_contain_text("not signed in")
+
+    expired = tab(pages, browser, url, make_token("pat", "Pat", ttl=-60), wait=False)
+    expect(expired.page.locator("#auth-screen")).to_contain_text("expired")
+    assert "token" not in expired.page.url
+
+    wrong_key = tab(pages, browser, url, make_token("pat", "Pat", secret="not-the-server-secret-0123456789abcdef"),
+                    wait=False)
+    expect(wrong_key.page.locator("#auth-screen")).to_contain_text("did not accept")
+    for chat in (nobody, expired, wrong_key):
+        expect(chat.page.get_by_test_id("conversation-item")).to_have_count(0)
+        chat.assert_clean()
+
+
+def test_history_loads_older_pages_on_scroll_up(browser, mysql_cluster, pages):
+    api = mysql_cluster.api
+    creator, patron, room = setup_room(api)
+    seed_messages(api, creator, room, 130, prefix="line")
+    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+    b.open(room)
+    b.wait_seqs(list(range(81, 131)))  # the latest 50
+    expect(b.message(130)).to_be_in_viewport()
+
+    for expected_first in (31, 1):
+        b.page.get_by_test_id("message-list").evaluate("el => { el.scrollTop = 0; }")
+        b.page.wait_for_function(
+            "n => document.querySelector('[data-testid=message-list] [data-testid=message]')?.dataset.seq == n",
+            arg=str(expected_first), timeout=10_000)
+    b.wait_seqs(list(range(1, 131)))
+    expect(b.page.locator("#history-status")).to_contain_text("beginning")
+    # Paging kept the reader's place instead of jumping to the top.
+    assert b.page.get_by_test_id("message-list").evaluate("el => el.scrollTop") > 0
+    b.assert_clean()
+
+
+def test_unread_badges_typing_and_read_receipts(browser, mysql_cluster, pages):
+    api = mysql_cluster.api
+    creator, patron, room = setup_room(api)
+    # Rooms carry no member list: the page learns a name from that member's messages.
+    seed_messages(api, patron, room, 1, prefix="hello from pat")
+    a = tab(pages, browser, mysql_cluster.servers[0].url, creator)
+    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+    item = b.conversation_item(room)
+    expect(item.get_by_test_id("unread-badge")).to_be_hidden()
+
+    a.open(room)
+    a.wait_seqs([1])
+    a.send("one")
+    a.send("two")
+    expect(item.get_by_test_id("unread-badge")).to_have_text("2")
+    expect(item).to_contain_text("two")  # last message preview, live
+
+    # Opening the conversation marks it read: the badge goes, the sender sees a receipt.
+    b.open(room)
+    b.wait_seqs([1, 2, 3])
+    expect(item.get_by_test_id("unread-badge")).to_be_hidden()
+    expect(a.message(3).locator(".msg-seen")).to_have_text("Seen by Pat Patron")
+    assert api.client(patron, "GET", "/conversations").json()["conversations"][0]["unread_count"] == 0
+
+    # Typing: named while it lasts, gone once the message is sent.
+    indicator = a.page.get_by_test_id("typing-indicator")
+    expect(indicator).to_be_hidden()
+    b.page.get_by_test_id("composer").press_sequentially("typing away", delay=30)
+    expect(indicator).to_be_visible()
+    expect(indicator).to_have_text("Pat Patron is typing…")
+    b.page.get_by_test_id("composer").press("Enter")
+    expect(indicator).to_be_hidden()
+    a.wait_seqs([1, 2, 3, 4])
+    # The reply moved the receipt: the patron's own message carries none.
+    expect(a.page.locator(".msg-seen")).to_have_count(0)
+    a.assert_clean()
+    b.assert_clean()
+
+
+def test_reconnect_recovers_missed_messages_once_in_order(browser, mysql_cluster, pages):
+    api = mysql_cluster.api
+    creator, patron, room = setup_room(api)
+    a = tab(pages, browser, mysql_cluster.servers[0].url, creator)
+    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+    a.open(room)
+    b.open(room)
+    a.send("before")
+    b.wait_seqs([1])
+
+    b.context.set_offline(True)
+    expect(b.page.get_by_test_id("connection-state")).to_have_text("offline")
+    for i in range(1, 6):
+        a.send(f"missed {i}")
+    a.wait_seqs([1, 2, 3, 4, 5, 6])
+    b.send("written offline")  # queued, then retried with the same client_msg_id
+    expect(b.page.locator("[data-testid=message][data-status=queued]")).to_have_count(1)
+
+    b.context.set_offline(False)
+    b.wait_connected()
+    b.wait_seqs([1, 2, 3, 4, 5, 6, 7])
+    assert b.bodies() == ["before", *(f"missed {i}" for i in range(1, 6)), "written offline"]
+    a.wait_seqs([1, 2, 3, 4, 5, 6, 7])
+    stored = api.client(creator, "GET", f"/conversations/{room}/messages").json()["messages"]
+    assert [m["body"] for m in stored].count("written offline") == 1
+
+    # Live delivery resumes after the reconnect.
+    a.send("after")
+    b.wait_seqs([1, 2, 3, 4, 5, 6, 7, 8])
+    a.assert_clean()
+
+
+def test_failed_send_shows_error_and_retry_reuses_client_msg_id(browser, mysql_cluster, pages):
+    api = mysql_cluster.api
+    api.user("cara", "Cara Creator")
+    patron = api.user("pat", "Pat Patron")
+    api.membership("cara", "pat", 500)
+    direct = api.direct(patron, "cara")
+    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+    expect(b.conversation_item(direct)).to_contain_text("Cara Creator")
+    b.open(direct)
+
+    api.membership("cara", "pat", 500, status="former")  # the direct chat is read-only now
+    b.send("are you there?")
+    failed = b.page.locator("[data-testid=message][data-status=failed]")
+    expect(failed).to_contain_text("Not sent")
+    cmid = failed.get_attribute("data-client-msg-id")
+
+    api.membership("cara", "pat", 500, status="active")
+    failed.get_by_role("button", name="Retry").click()
+    b.wait_seqs([1])
+    assert b.message(1).get_attribute("data-client-msg-id") == cmid
+    b.assert_clean()
+
+
+def test_edit_and_delete_messages(browser, mysql_cluster, pages):
+    api = mysql_cluster.api
+    creator, patron, room = setup_room(api)
+    a = tab(pages, browser, mysql_cluster.servers[0].url, creator)
+    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+    a.open(room)
+    b.open(room)
+    b.send("patron typo")
+    b.send("patron second")
+    a.wait_seqs([1, 2])
+
+    # Own message: edit in place, seen live by the other side.
+    mine = b.message(1)
+    mine.hover()
+    mine.get_by_role("button", name="Edit").click()
+    box = mine.locator("textarea")
+    box.fill("patron fixed")
+    box.press("Enter")
+    expect(a.message(1)).to_contain_text("patron fixed")
+    expect(a.message(1)).to_contain_text("edited")
+    # Others' messages offer no edit; the patron cannot delete the creator's messages.
+    a.send("creator note")
+    b.wait_seqs([1, 2, 3])
+    expect(b.message(3).get_by_role("button")).to_have_count(0)
+
+    # The room's creator deletes a patron's message (two clicks: arm, confirm).
+    theirs = a.message(2)
+    expect(theirs.get_by_role("button", name="Edit")).to_have_count(0)
+    theirs.hover()
+    theirs.get_by_role("button", name="Delete").click()
+    theirs.get_by_role("button", name="Delete?").click()
+    expect(b.message(2)).to_contain_text("message deleted")
+    expect(b.message(2)).not_to_contain_text("patron second")
+    expect(a.message(2)).to_contain_text("message deleted")
+    a.assert_clean()
+    b.assert_clean()
+
+
+def test_access_revoked_leaves_the_conversation(browser, mysql_cluster, pages):
+    api = mysql_cluster.api
+    creator, patron, room = setup_room(api)
+    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+    b.open(room)
+    api.membership("cara", "pat", 500, status="former")
+    expect(b.conversation_item(room)).to_have_count(0)
+    expect(b.page.get_by_test_id("message-list")).to_be_hidden()
+    expect(b.page.locator("#toasts")).to_contain_text("no longer have access")
+    b.assert_clean()
+
+
+HOSTILE_IMG = '<img src=x onerror="window.__pwned=1">'
+HOSTILE_SCRIPT = "<script>window.__pwned=2</script>"
+
+
+def test_hostile_markup_is_shown_as_text(browser, mysql_cluster, pages):
+    api = mysql_cluster.api
+    evil = api.user("evil", HOSTILE_IMG)
+    creator = api.user("cara", "Cara Creator")
+    api.membership("cara", "evil", 500)
+    room = api.room("cara", HOSTILE_SCRIPT, min_tier_cents=100)
+    for body in (HOSTILE_IMG, HOSTILE_SCRIPT, "[x](javascript:alert(1)) javascript:alert(2) https://example.com/ok?a=1&b=<2>"):
+        r = api.client(evil, "POST", f"/conversations/{room}/messages", json={"body": body, "client_msg_id": str(uuid.uuid4())})
+        assert r.status_code == 201, r.text
+    r = api.server("POST", "/notifications", {"user_ids": ["cara"], "type": "test", "title": HOSTILE_SCRIPT,
+                                              "body": HOSTILE_IMG})
+    assert r.status_code == 202, r.text
+
+    a = tab(pages, browser, mysql_cluster.servers[0].url, creator)
+    expect(a.conversation_item(room)).to_contain_text(HOSTILE_SCRIPT)
+    a.open(room)
+    a.wait_seqs([1, 2, 3])
+    expect(a.page.locator("#conv-title")).to_have_text(HOSTILE_SCRIPT)
+    expect(a.message(1).locator(".msg-sender")).to_have_text(HOSTILE_IMG)
+    assert a.bodies()[:2] == [HOSTILE_IMG, HOSTILE_SCRIPT]
+    links = a.message(3).locator("a")
+    expect(links).to_have_count(1)  # only the https URL is a link, never javascript:
+    assert links.get_attribute("href") == "https://example.com/ok?a=1&b="
+    assert links.get_attribute("rel") == "noopener noreferrer"
+    assert links.get_attribute("target") == "_blank"
+
+    a.page.get_by_test_id("notification-bell").click()
+    item = a.page.get_by_test_id("notification-item").first
+    expect(item).to_contain_text(HOSTILE_SCRIPT)
+    expect(item).to_contain_text(HOSTILE_IMG)
+
+    a.send(HOSTILE_IMG)  # own message: pending bubble and confirmed one
+    a.wait_seqs([1, 2, 3, 4])
+    assert a.page.evaluate("window.__pwned") is None
+    assert a.page.locator("img").count() == 0
+    assert a.page.locator("script").count() == 1  # the page's own module script
+    a.assert_clean()
+
+
+def test_notification_bell_feed_and_mark_read(browser, mysql_cluster, pages):
+    api = mysql_cluster.api
+    creator, patron, room = setup_room(api)
+
+    def notify(title: str) -> None:
+        r = api.server("POST", "/notifications", {"user_ids": ["pat"], "type": "post", "title": title,
+                                                  "body": f"{title} body", "data": {"conversation_id": room}})
+        assert r.status_code == 202, r.text
+
+    notify("First post")
+    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+    bell = b.page.get_by_test_id("notification-bell")
+    expect(bell).to_contain_text("1")
+    notify("Second post")  # live over the socket
+    expect(bell).to_contain_text("2")
+
+    bell.click()
+    items = b.page.get_by_test_id("notification-item")
+    expect(items).to_have_count(2)
+    expect(items.first).to_contain_text("Second post")
+    notify("Third post")
+    expect(items).to_have_count(3)
+    expect(bell).to_contain_text("3")
+
+    b.page.get_by_role("button", name="Mark all read").click()
+    expect(b.page.locator("#bell-count")).to_be_hidden()
+    deadline = time.monotonic() + 10
+    while api.client(patron, "GET", "/me").json()["unread_notifications"] != 0:
+        assert time.monotonic() < deadline, "notifications not marked read on the server"
+        time.sleep(0.1)
+
+    # A notification about a conversation opens it.
+    items.first.click()
+    expect(b.page.get_by_test_id("message-list")).to_be_visible()
+    expect(b.page.locator("#conv-title")).to_have_text("Lounge")
+    b.assert_clean()
+
+
+def test_phone_width_list_then_conversation(browser, mysql_cluster, pages):
+    api = mysql_cluster.api
+    creator, patron, room = setup_room(api)
+    seed_messages(api, creator, room, 3)
+    b = tab(pages, browser, mysql_cluster.servers[1].url, patron, viewport=PHONE)
+    conv_list = b.page.get_by_test_id("conversation-list")
+    expect(conv_list).to_be_visible()
+    expect(b.page.get_by_test_id("message-list")).to_be_hidden()
+
+    b.open(room)
+    expect(conv_list).to_be_hidden()
+    b.wait_seqs([1, 2, 3])
+    expect(b.page.get_by_test_id("composer")).to_be_visible()
+    b.send("from my phone")
+    b.wait_seqs([1, 2, 3, 4])
+    # Nothing overflows the phone's width.
+    assert b.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+
+    b.page.get_by_test_id("back-button").click()
+    expect(conv_list).to_be_visible()
+    expect(b.page.get_by_test_id("message-list")).to_be_hidden()
+    expect(b.conversation_item(room)).to_contain_text("from my phone")
+    b.assert_clean()
