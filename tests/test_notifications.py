@@ -405,3 +405,19 @@ async def test_push_reaches_fcm_through_the_inline_worker(tmp_path: Any) -> None
     finally:
         cluster.stop()
         fcm.stop()
+
+
+async def test_chat_message_push_goes_through_the_wired_outbox(served: Served) -> None:
+    """wiring.install hands ChatService the outbox writer: an offline recipient's device gets a row."""
+    api = served.api
+    creator = api.user("chc")
+    patron = api.user("chp")
+    api.membership("chc", "chp", 100)
+    assert api.client(patron, "POST", "/devices", {"token": "chp-phone", "platform": "ios"}).status_code == 201
+    conv = api.direct(creator, "chp")
+    r = api.client(creator, "POST", f"/conversations/{conv}/messages", {"body": "hello", "client_msg_id": "c1"})
+    assert r.status_code == 201, r.text
+    rows = served.rows("SELECT user_id, device_token, payload FROM push_outbox")
+    assert [(u, t) for u, t, _ in rows] == [("chp", "chp-phone")]
+    data = json.loads(rows[0][2])["data"]
+    assert data["type"] == "message" and data["conversation_id"] == conv
