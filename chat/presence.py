@@ -523,6 +523,7 @@ class RedisPresence(Presence):
         self._heartbeat_script = redis.register_script(_HEARTBEAT)
         self._reap_script = redis.register_script(_REAP)
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         # Decrements that failed on a Redis error, retried by the heartbeat so counts converge.
         self._pending: list[_Release] = []
 
@@ -561,11 +562,15 @@ class RedisPresence(Presence):
     async def _cancel_tasks(self) -> None:
         """Stop heartbeat and reaper without touching Redis (tests use it to play a crash)."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # The flag ends the loops even if a cancellation gets swallowed: seen with redis-py
+        # when the cancel lands inside a command, leaving the task asleep in its next sleep.
+        self._stopping = True
+        pending = set(tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+        self._stopping = False
 
     async def _resync(self) -> list[tuple[str, str]]:
         """Replace this server's keys with the local state and (re)register it, in one transaction."""
@@ -597,7 +602,7 @@ class RedisPresence(Presence):
         return _pairs(results[0])
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._heartbeat_s)
             try:
                 await self._beat()
@@ -623,7 +628,7 @@ class RedisPresence(Presence):
             await self._notify_offline((conv, release.user_id) for conv in offline)
 
     async def _reap_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._reap_every_s)
             try:
                 await self._reap_dead()
