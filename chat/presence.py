@@ -26,6 +26,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -641,7 +642,7 @@ class RedisPresence(Presence):
         dead = await self._redis.zrange(self._keys.servers, "-inf", f"({live_min!r}", byscore=True)
         offline: list[tuple[str, str]] = []
         for raw_id in dead:
-            dead_id = _text(raw_id)
+            dead_id = _text(cast(bytes | str, raw_id))
             pairs = _pairs(await self._reap_script(keys=self._script_keys, args=self._argv(dead_id, "1")))
             log.info("presence: cleaned up after dead server %s (%d offline)", dead_id, len(pairs),
                      extra={"dead_server_id": dead_id})

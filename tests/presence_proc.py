@@ -6,15 +6,12 @@ usage: python tests/presence_proc.py REDIS_URL PREFIX SERVER_ID CONVERSATION_ID 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import redis.asyncio as aioredis
 
-import redis.asyncio as aioredis  # noqa: E402
-
-from chat.keys import RedisKeys  # noqa: E402
-from chat.presence import RedisPresence  # noqa: E402
+from chat.keys import RedisKeys  # run with PYTHONPATH=<repo root>
+from chat.presence import RedisPresence
 
 
 async def main(argv: list[str]) -> None:

@@ -384,7 +384,7 @@ async def test_sigkilled_process_goes_offline(make_server: MakeServer, redis_url
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(REPO / "tests" / "presence_proc.py"),
         redis_url, redis_prefix, "srv-proc", "c1", "u-proc", str(HEARTBEAT_S), str(DEAD_AFTER_S),
-        cwd=str(REPO), stdout=asyncio.subprocess.PIPE)
+        cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=asyncio.subprocess.PIPE)
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
