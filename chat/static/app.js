@@ -387,12 +387,19 @@ function submitComposer() {
 
 // ------------------------------------------------------------------ typing
 
-let typingConvId = null;
+let typingConvId = null; // the conversation we last told "typing: true"
 let typingSentAt = 0;
-let typingIdleTimer = null;
+let lastInputAt = 0;
+let typingTimer = null;
 
 function emitTyping(conversationId, typing) {
   if (socket && socket.connected) socket.emit("typing", { conversation_id: conversationId, typing }, () => {});
+}
+
+function sendTypingTrue(conversationId) {
+  emitTyping(conversationId, true);
+  typingConvId = conversationId;
+  typingSentAt = Date.now();
 }
 
 function onComposerInput() {
@@ -404,19 +411,31 @@ function onComposerInput() {
     stopTyping();
     return;
   }
-  const now = Date.now();
-  if (typingConvId !== conv.id || now - typingSentAt >= TYPING_REFRESH_MS) {
-    if (typingConvId && typingConvId !== conv.id) stopTyping();
-    emitTyping(conv.id, true);
-    typingConvId = conv.id;
-    typingSentAt = now;
+  lastInputAt = Date.now();
+  if (typingConvId && typingConvId !== conv.id) stopTyping();
+  if (typingConvId !== conv.id || Date.now() - typingSentAt >= TYPING_REFRESH_MS) sendTypingTrue(conv.id);
+  if (!typingTimer) typingTimer = setTimeout(typingTick, TYPING_REFRESH_MS);
+}
+
+/**
+ * While the user keeps typing, "typing: true" is repeated every TYPING_REFRESH_MS (the
+ * others expire it after TYPING_EXPIRE_MS; the server may also drop one sent too soon
+ * after the last); after TYPING_IDLE_MS without a keystroke it becomes "typing: false".
+ */
+function typingTick() {
+  typingTimer = null;
+  if (!typingConvId) return;
+  if (Date.now() - lastInputAt >= TYPING_IDLE_MS) {
+    stopTyping();
+    return;
   }
-  clearTimeout(typingIdleTimer);
-  typingIdleTimer = setTimeout(stopTyping, TYPING_IDLE_MS);
+  if (Date.now() - typingSentAt >= TYPING_REFRESH_MS - 100) sendTypingTrue(typingConvId);
+  typingTimer = setTimeout(typingTick, TYPING_REFRESH_MS);
 }
 
 function stopTyping() {
-  clearTimeout(typingIdleTimer);
+  clearTimeout(typingTimer);
+  typingTimer = null;
   if (!typingConvId) return;
   emitTyping(typingConvId, false);
   typingConvId = null;
@@ -526,7 +545,8 @@ function removeConversation(id, notice) {
     state.editing = null;
     state.confirmDelete = null;
     if (typingConvId === id) {
-      clearTimeout(typingIdleTimer);
+      clearTimeout(typingTimer);
+      typingTimer = null;
       typingConvId = null;
     }
   }

@@ -215,6 +215,9 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
         "div",
         { class: "msg-head" },
         own ? null : h("span", { class: `msg-sender ${hueClass(msg.sender.id)}` }, msg.sender.name || msg.sender.id),
+        !own && conv.conversation.kind === "room" && msg.sender.id === conv.conversation.creator_id
+          ? h("span", { class: "msg-role" }, "creator")
+          : null,
         h("time", { class: "msg-time", datetime: msg.created_at, title: fullTime(msg.created_at) }, clockTime(msg.created_at)),
       ),
     );
