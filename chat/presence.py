@@ -643,6 +643,8 @@ class RedisPresence(Presence):
         offline: list[tuple[str, str]] = []
         for raw_id in dead:
             dead_id = _text(cast(bytes | str, raw_id))
+            if dead_id == self.server_id:
+                continue  # our own heartbeat is late: _beat() re-publishes, never reap ourselves
             pairs = _pairs(await self._reap_script(keys=self._script_keys, args=self._argv(dead_id, "1")))
             log.info("presence: cleaned up after dead server %s (%d offline)", dead_id, len(pairs),
                      extra={"dead_server_id": dead_id})

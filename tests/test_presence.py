@@ -24,6 +24,7 @@ from chat.presence import MemoryPresence, Presence, PresenceUnavailable, RedisPr
 
 HEARTBEAT_S = 0.2
 DEAD_AFTER_S = 1.0
+MARGIN_S = 2.0  # scheduling slack on a busy machine
 REPO = Path(__file__).resolve().parent.parent
 
 MakeServer = Callable[..., Awaitable[RedisPresence]]
@@ -269,8 +270,8 @@ async def test_crashed_server_is_reaped_once(make_server: MakeServer, redis_pref
 
     await crashed._cancel_tasks()  # no cleanup, no more heartbeats
     started = time.monotonic()
-    await offline.wait_for(2, timeout=DEAD_AFTER_S + 2.0)
-    assert time.monotonic() - started < DEAD_AFTER_S + 1.0
+    await offline.wait_for(2, timeout=DEAD_AFTER_S + MARGIN_S + 1.0)
+    assert time.monotonic() - started < DEAD_AFTER_S + MARGIN_S
     await asyncio.sleep(3 * HEARTBEAT_S)  # give a second reaper every chance to report again
     assert offline.pairs() == [("c1", "u1"), ("c2", "u1")]
     assert {server for server, _, _ in offline.calls} <= {"srv-b", "srv-c"}
@@ -306,7 +307,7 @@ async def test_server_reaped_while_alive_republishes_its_state(make_server: Make
     await a.connect("u1", "s1")
     await a.join("c1", "u1", "s1")
     await a._cancel_tasks()  # a stalls (blocked loop, lost Redis...) for longer than dead_after_s
-    await offline.wait_for(1, timeout=DEAD_AFTER_S + 2.0)
+    await offline.wait_for(1, timeout=DEAD_AFTER_S + MARGIN_S + 1.0)
     assert await b.online_in("c1") == []
 
     await a._beat()  # a wakes up, notices it was reaped, publishes its sockets again
@@ -395,8 +396,8 @@ async def test_sigkilled_process_goes_offline(make_server: MakeServer, redis_url
         os.kill(proc.pid, signal.SIGKILL)
         await proc.wait()
         killed_at = time.monotonic()
-        await offline.wait_for(1, timeout=DEAD_AFTER_S + 2.0)
-        assert time.monotonic() - killed_at < DEAD_AFTER_S + 1.0
+        await offline.wait_for(1, timeout=DEAD_AFTER_S + MARGIN_S + 1.0)
+        assert time.monotonic() - killed_at < DEAD_AFTER_S + MARGIN_S
         assert offline.pairs() == [("c1", "u-proc")]
         assert await watcher.online_in("c1") == []
         assert await watcher.online_users(["u-proc"]) == set()
