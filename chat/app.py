@@ -194,6 +194,11 @@ class PushHooks:
         self._start: list[Callable[[], Any]] = []
         self._stop: list[Callable[[], Any]] = []
 
+    def add(self, start: Callable[[], Any], stop: Callable[[], Any]) -> None:
+        """Run `start` when the app starts and `stop` (in reverse order) when it stops."""
+        self._start.append(start)
+        self._stop.append(stop)
+
     async def start(self) -> None:
         for fn in self._start:
             await fn()

@@ -8,6 +8,7 @@ import redis.exceptions
 import sqlalchemy.exc
 
 from chat.errors import ChatError, Unavailable
+from chat.presence import PresenceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +18,6 @@ def as_chat_error(exc: BaseException) -> ChatError:
         return exc
     if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
                         sqlalchemy.exc.TimeoutError, redis.exceptions.ConnectionError,
-                        redis.exceptions.TimeoutError, ConnectionError, TimeoutError)):
+                        redis.exceptions.TimeoutError, PresenceUnavailable, ConnectionError, TimeoutError)):
         return Unavailable("a backing service is unavailable; nothing was stored, retry")
     return ChatError("internal error")

@@ -79,9 +79,7 @@ async def install(app: web.Application, hooks: Any, settings: Settings,
             if sender is not None:
                 await sender.aclose()
 
-        # PushHooks runs these with the app (chat/app.py); it has no public registration method.
-        hooks._start.append(start)
-        hooks._stop.append(stop)
+        hooks.add(start, stop)
 
 
 def _inline_worker(settings: Settings, sessions: async_sessionmaker[AsyncSession], redis: Any,
