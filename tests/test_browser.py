@@ -200,20 +200,23 @@ def test_reconnect_recovers_missed_messages_once_in_order(browser, mysql_cluster
     for i in range(1, 6):
         a.send(f"missed {i}")
     a.wait_seqs([1, 2, 3, 4, 5, 6])
+    # More than one recovery page (join with since_seq answers 100 and has_more).
+    seed_messages(api, creator, room, 105, prefix="bulk")
     b.send("written offline")  # queued, then retried with the same client_msg_id
     expect(b.page.locator("[data-testid=message][data-status=queued]")).to_have_count(1)
 
     b.context.set_offline(False)
     b.wait_connected()
-    b.wait_seqs([1, 2, 3, 4, 5, 6, 7])
-    assert b.bodies() == ["before", *(f"missed {i}" for i in range(1, 6)), "written offline"]
-    a.wait_seqs([1, 2, 3, 4, 5, 6, 7])
-    stored = api.client(creator, "GET", f"/conversations/{room}/messages").json()["messages"]
-    assert [m["body"] for m in stored].count("written offline") == 1
+    b.wait_seqs(list(range(1, 113)))
+    assert b.bodies() == ["before", *(f"missed {i}" for i in range(1, 6)), *(f"bulk {i}" for i in range(1, 106)),
+                          "written offline"]
+    a.wait_seqs(list(range(1, 113)))
+    stored = api.client(creator, "GET", f"/conversations/{room}/messages", params={"after_seq": 100}).json()
+    assert [m["body"] for m in stored["messages"]].count("written offline") == 1
 
     # Live delivery resumes after the reconnect.
     a.send("after")
-    b.wait_seqs([1, 2, 3, 4, 5, 6, 7, 8])
+    b.wait_seqs(list(range(1, 114)))
     a.assert_clean()
 
 
