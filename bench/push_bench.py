@@ -261,7 +261,7 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile one worker process and print the top")
     ap.add_argument("--child", choices=["bare", "worker"], help=argparse.SUPPRESS)
     ap.add_argument("--inflight", type=int, default=1, help=argparse.SUPPRESS)
-    ap.add_argument("--concurrency", type=int, default=4, help=argparse.SUPPRESS)
+    ap.add_argument("--concurrency", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--prefix", default="bare", help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -278,7 +278,7 @@ def main() -> int:
     try:
         if args.profile:
             out = str(Path(bench.tmp.name) / "worker.prof")
-            bench.workers(1, 4, 1, profile=out)
+            bench.workers(1, 2, 1, profile=out)
             import pstats
 
             stats = pstats.Stats(out)
@@ -289,8 +289,8 @@ def main() -> int:
             table.append((f"bare send_each_async, {inflight} batch(es) in flight",
                           [bench.bare(inflight, r) for r in range(args.runs)]))
         table.append(("worker, 1 process, 1 batch in flight", bench.workers(1, 1, args.runs)))
-        table.append(("worker, 1 process, 4 batches in flight", bench.workers(1, 4, args.runs)))
-        table.append(("worker, 2 processes, 4 batches in flight", bench.workers(2, 4, args.runs)))
+        table.append(("worker, 1 process, 2 batches in flight", bench.workers(1, 2, args.runs)))
+        table.append(("worker, 2 processes, 2 batches in flight", bench.workers(2, 2, args.runs)))
     finally:
         bench.close()
     baseline = median(table[0][1], "rate")

@@ -20,6 +20,7 @@ import enum
 import email.utils
 import itertools
 import logging
+import os
 import re
 import time
 import weakref
@@ -40,6 +41,12 @@ DEFAULT_FCM_ENDPOINT = "https://fcm.googleapis.com"
 FCM_PATH = "/v1/projects/{0}/messages:send"
 MAX_BATCH = 500  # send_each_async's limit
 DEFAULT_HTTP_TIMEOUT = 30.0
+# send_each_async starts one request per message at once; httpx's pool (100 connections) then
+# rescans its whole queue for every request, which costs O(queued x connections) CPU. Keeping
+# the requests in flight near the pool size (chunks of CHUNK_SIZE, MAX_INFLIGHT_REQUESTS in
+# total across all batches of this sender) cut worker CPU per push (see docs/push.md).
+CHUNK_SIZE = int(os.environ.get("PUSH_FCM_CHUNK", "25"))
+MAX_INFLIGHT_REQUESTS = int(os.environ.get("PUSH_FCM_INFLIGHT", "50"))
 
 
 _INVALID_TOKEN_RE = re.compile(
@@ -216,12 +223,19 @@ class FcmSender:
         endpoint: str = DEFAULT_FCM_ENDPOINT,
         *,
         http_timeout: float = DEFAULT_HTTP_TIMEOUT,
+        chunk_size: int = CHUNK_SIZE,
+        max_inflight_requests: int = MAX_INFLIGHT_REQUESTS,
     ) -> None:
         self._cert = credentials.Certificate(credentials_path)  # parses now: a bad file fails at startup
         self._cert_path = credentials_path
         self._endpoint = endpoint.rstrip("/")
         self._http_timeout = http_timeout
+        self._chunk_size = max(1, min(MAX_BATCH, chunk_size))
+        self._chunk_permits = max(1, max_inflight_requests // self._chunk_size)
         self._apps: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, firebase_admin.App] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
         redirect_fcm_endpoint(self._endpoint)
@@ -241,6 +255,7 @@ class FcmSender:
                 name=f"backstage-push-{next(_app_names)}",
             )
             self._apps[loop] = app
+            self._slots[loop] = asyncio.Semaphore(self._chunk_permits)
         return app
 
     async def _ensure_token(self, app: firebase_admin.App) -> None:
@@ -254,10 +269,17 @@ class FcmSender:
         await asyncio.to_thread(cred.refresh, Request())
 
     async def send(self, pushes: Sequence[PushRequest]) -> list[SendResult]:
-        results: list[SendResult] = []
-        for start in range(0, len(pushes), MAX_BATCH):
-            results.extend(await self._send_batch(pushes[start : start + MAX_BATCH]))
-        return results
+        """Send any number of pushes; one SendResult per push, in order. Never raises for FCM
+        or transport errors (they become RETRY / FAILED results)."""
+        self._app()
+        slots = self._slots[asyncio.get_running_loop()]
+
+        async def chunk(start: int) -> list[SendResult]:
+            async with slots:
+                return await self._send_batch(pushes[start : start + self._chunk_size])
+
+        parts = await asyncio.gather(*[chunk(s) for s in range(0, len(pushes), self._chunk_size)])
+        return [r for part in parts for r in part]
 
     async def _send_batch(self, pushes: Sequence[PushRequest]) -> list[SendResult]:
         if not pushes:
@@ -305,6 +327,7 @@ class FcmSender:
             self.close()
             return
         app = self._apps.pop(loop, None)
+        self._slots.pop(loop, None)
         if app is None:
             return
         service: Any = getattr(app, "_services", {}).get("_messaging")

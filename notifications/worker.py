@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class WorkerOptions:
     batch_size: int = 500  # rows per claim = messages per send_each_async call (FCM max 500)
-    concurrency: int = 4  # batches in flight at once
+    concurrency: int = 2  # claimed batches in flight at once (DB work overlaps sending)
     lease_seconds: float = 300.0  # a claimed row is reclaimed after this (its worker died)
     poll_interval: float = 2.0
     retry_base: float = 8.0  # first retry after 4-8 s (SPEC: within 10 s)
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     import os
 
-    options = WorkerOptions(concurrency=int(os.environ.get("PUSH_CONCURRENCY", WorkerOptions.concurrency)))
+    options = WorkerOptions(concurrency=int(os.environ.get("PUSH_CONCURRENCY", str(WorkerOptions.concurrency))))
     asyncio.run(serve(settings, options))
     return 0
 
