@@ -382,6 +382,9 @@ def test_phone_width_list_then_conversation(browser, mysql_cluster, pages):
     conv_list = b.page.get_by_test_id("conversation-list")
     expect(conv_list).to_be_visible()
     expect(b.page.get_by_test_id("message-list")).to_be_hidden()
+    expect(b.conversation_item(room)).to_contain_text("seed 3")
+    fits = "el => el.getBoundingClientRect().right <= window.innerWidth && el.scrollWidth <= el.clientWidth"
+    assert b.conversation_item(room).evaluate(fits), "the list item overflows the phone's width"
 
     b.open(room)
     expect(conv_list).to_be_hidden()

@@ -444,6 +444,12 @@ function stopTyping() {
 
 // ------------------------------------------------------------------ server events
 
+/** Events that carry the user's name (a server may add it) teach it to the page. */
+function learnName(ev) {
+  const name = ev && (ev.name || ev.user_name);
+  if (ev && ev.user_id && typeof name === "string" && name) state.names.set(String(ev.user_id), name);
+}
+
 function convOf(payload) {
   if (!payload || payload.conversation_id === undefined) return null;
   return state.convs.get(String(payload.conversation_id)) || null;
@@ -475,6 +481,7 @@ function onMessageUpdated(msg) {
 }
 
 function onTyping(ev) {
+  learnName(ev);
   const conv = convOf(ev);
   if (!conv || !ev.user_id) return;
   const userId = String(ev.user_id);
@@ -495,6 +502,7 @@ function onTyping(ev) {
 }
 
 function onRead(ev) {
+  learnName(ev);
   const conv = convOf(ev);
   if (!conv || !ev.user_id || typeof ev.seq !== "number") return;
   const userId = String(ev.user_id);
@@ -509,6 +517,7 @@ function onRead(ev) {
 }
 
 function onPresence(ev) {
+  learnName(ev);
   const conv = convOf(ev);
   if (!conv || !ev.user_id) return;
   const userId = String(ev.user_id);
