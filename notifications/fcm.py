@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 DEFAULT_FCM_ENDPOINT = "https://fcm.googleapis.com"
 FCM_PATH = "/v1/projects/{0}/messages:send"
 MAX_BATCH = 500  # send_each_async's limit
-DEFAULT_HTTP_TIMEOUT = 30.0
+# per request; with MAX_INFLIGHT_REQUESTS it bounds how long a claimed batch can take, which must
+# stay well under the worker's lease (300 s): 1,000 rows / 50 in flight x 10 s = 200 s.
+DEFAULT_HTTP_TIMEOUT = 10.0
 # send_each_async starts one request per message at once; httpx's pool (100 connections) then
 # rescans its whole queue for every request, which costs O(queued x connections) CPU. Keeping
 # the requests in flight near the pool size (chunks of CHUNK_SIZE, MAX_INFLIGHT_REQUESTS in
