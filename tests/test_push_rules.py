@@ -1,0 +1,163 @@
+"""Who gets a push (SPEC §6), end to end: two server processes on MariaDB + Redis with the
+inline worker, the real firebase-admin SDK, and the project's fake FCM server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from tests.conftest import Cluster, MySQLDatabases
+from tests.fakefcm import FakeFCMServer
+from tests.support import Client
+
+
+class PushCluster:
+    def __init__(self, cluster: Cluster, database_url: str, fcm: FakeFCMServer) -> None:
+        self.cluster, self.fcm = cluster, fcm
+        self.db = sa.create_engine(make_url(database_url).set(drivername="mysql+pymysql"))
+
+    def outbox_users(self) -> list[str]:
+        with self.db.connect() as conn:
+            return [r[0] for r in conn.execute(sa.text("SELECT user_id FROM push_outbox ORDER BY id"))]
+
+    def device(self, token: str, device_token: str, platform: str = "android") -> None:
+        r = self.cluster.api.client(token, "POST", "/devices", {"token": device_token, "platform": platform})
+        assert r.status_code == 201, r.text
+
+    async def pushes_to(self, device_token: str, count: int = 1, timeout: float = 10) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.fcm.fake.delivered_messages(device_token)
+            if len(got) >= count:
+                return got
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{count} push(es) to {device_token} not received in {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def fcm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeFCMServer]:
+    server = FakeFCMServer(tmp_path_factory.mktemp("fcm-rules"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def push_cluster(fcm_server: FakeFCMServer, mysql_databases: MySQLDatabases, redis_url: str,
+                 redis_prefix: str) -> Iterator[PushCluster]:
+    fcm_server.fake.reset()
+    url = mysql_databases.new()
+    env = {"FIREBASE_CREDENTIALS": fcm_server.credentials_path, "FCM_ENDPOINT": fcm_server.endpoint}
+    cluster = Cluster(url, redis_url, redis_prefix, 2, env=env)
+    pc = PushCluster(cluster, url, fcm_server)
+    yield pc
+    pc.db.dispose()
+    cluster.stop()
+
+
+async def test_direct_message_pushes_offline_recipient_only(push_cluster: PushCluster) -> None:
+    api = push_cluster.cluster.api
+    cre, pat = api.user("cre", "Cre Ator"), api.user("pat", "Pat")
+    api.membership("cre", "pat", 500)
+    conv = api.direct(cre, "pat")
+    push_cluster.device(pat, "pat-phone")
+    push_cluster.device(pat, "pat-tablet", "ios")
+    push_cluster.device(cre, "cre-phone")
+
+    sender = await Client(push_cluster.cluster.servers[0].url, cre).connect()
+    try:
+        sent = (await sender.call("send", {"conversation_id": conv, "body": "hello pat", "client_msg_id": "d1"}))["message"]
+        phone = (await push_cluster.pushes_to("pat-phone"))[0]
+        await push_cluster.pushes_to("pat-tablet")
+        assert phone["notification"] == {"title": "Cre Ator", "body": "hello pat"}
+        assert phone["data"] == {"type": "message", "conversation_id": conv, "message_id": sent["id"]}
+        assert phone["android"]["collapse_key"] == f"conversation-{conv}"
+        assert phone["android"]["priority"] == "high"
+        assert phone["apns"]["headers"]["apns-collapse-id"] == f"conversation-{conv}"
+        assert push_cluster.outbox_users() == ["pat", "pat"]  # never the sender
+
+        # The recipient online anywhere in the cluster (here: on the other process): no push.
+        online = await Client(push_cluster.cluster.servers[1].url, pat).connect()
+        try:
+            await sender.call("send", {"conversation_id": conv, "body": "you are here", "client_msg_id": "d2"})
+            await asyncio.sleep(0.5)
+            assert push_cluster.outbox_users() == ["pat", "pat"]
+        finally:
+            await online.close()
+
+        # Muted conversations never push.
+        r = api.client(pat, "PUT", f"/conversations/{conv}/settings", {"muted": True})
+        assert r.status_code == 200
+        await asyncio.sleep(0.3)  # the disconnect above has reached presence
+        await sender.call("send", {"conversation_id": conv, "body": "muted", "client_msg_id": "d3"})
+        assert push_cluster.outbox_users() == ["pat", "pat"]
+
+        api.client(pat, "PUT", f"/conversations/{conv}/settings", {"muted": False})
+        await sender.call("send", {"conversation_id": conv, "body": "x" * 4000, "client_msg_id": "d4"})
+        long_push = (await push_cluster.pushes_to("pat-phone", 2))[1]
+        assert long_push["notification"]["body"].endswith("\u2026")  # truncated to fit FCM's 4 KB
+        assert len(long_push["notification"]["body"]) < 4000
+    finally:
+        await sender.close()
+
+
+async def test_room_pushes_only_creator_posts_to_current_members(push_cluster: PushCluster) -> None:
+    api = push_cluster.cluster.api
+    cre = api.user("cre", "Cre")
+    gold, bronze, former = api.user("gold", "Gold"), api.user("bronze", "Bronze"), api.user("former", "Former")
+    api.membership("cre", "gold", 2000)
+    api.membership("cre", "bronze", 300)
+    api.membership("cre", "former", 2000)
+    api.membership("cre", "former", 2000, "former")
+    room = api.room("cre", "Gold room", min_tier_cents=1000)
+    for token, name in ((gold, "gold"), (bronze, "bronze"), (former, "former")):
+        push_cluster.device(token, f"{name}-phone")
+
+    creator = await Client(push_cluster.cluster.servers[1].url, cre).connect()
+    patron = await Client(push_cluster.cluster.servers[0].url, gold).connect()
+    try:
+        sent = await patron.call("send", {"conversation_id": room, "body": "patron post", "client_msg_id": "r1"})
+        assert sent["ok"]
+        await patron.close()  # now offline
+        await asyncio.sleep(0.3)
+        assert push_cluster.outbox_users() == []  # patrons' posts in rooms push nobody
+
+        msg = (await creator.call("send", {"conversation_id": room, "body": "creator post", "client_msg_id": "r2"}))["message"]
+        push = (await push_cluster.pushes_to("gold-phone"))[0]
+        assert push["notification"] == {"title": "Cre in Gold room", "body": "creator post"}
+        assert push["data"] == {"type": "message", "conversation_id": room, "message_id": msg["id"]}
+        assert push["android"]["priority"] == "normal"
+        assert push_cluster.outbox_users() == ["gold"]  # not below tier, not former patrons
+    finally:
+        await creator.close()
+        await patron.close()
+
+
+async def test_notification_push_goes_to_every_device(push_cluster: PushCluster) -> None:
+    api = push_cluster.cluster.api
+    pat = api.user("pat", "Pat")
+    push_cluster.device(pat, "n-phone")
+    push_cluster.device(pat, "n-web", "web")
+    # online or not, push: true notifications push to every device
+    online = await Client(push_cluster.cluster.servers[1].url, pat).connect()
+    try:
+        r = api.server("POST", "/notifications", {"user_ids": ["pat"], "type": "pledge", "title": "Thanks!",
+                                                  "body": "Your pledge went through", "push": True,
+                                                  "collapse_key": "pledges", "data": {"amount": 500}})
+        assert r.status_code == 202, r.text
+        nid = r.json()["notification_ids"][0]
+        for device in ("n-phone", "n-web"):
+            push = (await push_cluster.pushes_to(device))[0]
+            assert push["notification"] == {"title": "Thanks!", "body": "Your pledge went through"}
+            assert push["data"]["type"] == "pledge" and push["data"]["notification_id"] == nid
+            assert push["data"]["amount"] == "500"
+        live = await online.wait_for("notification")
+        assert live["id"] == nid and live["read_at"] is None
+    finally:
+        await online.close()
