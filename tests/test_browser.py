@@ -87,7 +87,11 @@ def test_sign_in_and_live_chat_across_two_processes(browser, mysql_cluster, page
     expect(b.message(1)).to_contain_text("Cara Creator")
     a.wait_seqs([1])  # confirmed: the pending bubble became seq 1
 
-    b.send("Hi Cara!\nsecond line")
+    composer = b.page.get_by_test_id("composer")
+    composer.press_sequentially("Hi Cara!")
+    composer.press("Shift+Enter")  # a new line, not a send
+    composer.press_sequentially("second line")
+    composer.press("Enter")
     b.page.get_by_test_id("send-button").click()  # empty composer: nothing is sent
     b.page.get_by_test_id("composer").fill("third")
     b.page.get_by_test_id("send-button").click()
@@ -143,6 +147,17 @@ def test_history_loads_older_pages_on_scroll_up(browser, mysql_cluster, pages):
     expect(b.page.locator("#history-status")).to_contain_text("beginning")
     # Paging kept the reader's place instead of jumping to the top.
     assert b.page.get_by_test_id("message-list").evaluate("el => el.scrollTop") > 0
+    expect(b.page.locator(".day-sep")).to_have_text("Today")
+
+    # A message arriving while the reader is up in the history does not yank the view down.
+    seed_messages(api, creator, room, 1, prefix="fresh")
+    b.wait_seqs(list(range(1, 132)))
+    new_below = b.page.get_by_role("button", name="New messages")
+    expect(new_below).to_be_visible()
+    expect(b.message(131)).not_to_be_in_viewport()
+    new_below.click()
+    expect(b.message(131)).to_be_in_viewport()
+    expect(new_below).to_be_hidden()
     b.assert_clean()
 
 
@@ -400,3 +415,40 @@ def test_phone_width_list_then_conversation(browser, mysql_cluster, pages):
     expect(b.page.get_by_test_id("message-list")).to_be_hidden()
     expect(b.conversation_item(room)).to_contain_text("from my phone")
     b.assert_clean()
+
+
+def test_token_expiring_while_open_signs_out(browser, mysql_cluster, pages):
+    api = mysql_cluster.api
+    api.user("pat", "Pat Patron")
+    b = tab(pages, browser, mysql_cluster.servers[0].url, make_token("pat", "Pat Patron", ttl=4))
+    expect(b.page.get_by_test_id("conversation-list")).to_be_visible()
+    expect(b.page.locator("#auth-screen")).to_contain_text("expired", timeout=10_000)
+    expect(b.page.get_by_test_id("conversation-list")).to_be_hidden()
+    b.assert_clean()
+
+
+def test_direct_conversation_presence_and_mute(browser, mysql_cluster, pages):
+    api = mysql_cluster.api
+    creator = api.user("cara", "Cara Creator")
+    patron = api.user("pat", "Pat Patron")
+    api.membership("cara", "pat", 500)
+    direct = api.direct(patron, "cara")
+    a = tab(pages, browser, mysql_cluster.servers[0].url, creator)
+    item = a.conversation_item(direct)
+    expect(item).to_contain_text("Pat Patron")  # named after the other member
+    expect(item.locator(".presence-dot")).to_have_class("presence-dot offline")
+
+    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+    expect(item.locator(".presence-dot")).to_have_class("presence-dot online")
+    a.open(direct)
+    expect(a.page.locator("#conv-sub")).to_have_text("online")
+    b.context.close()
+    pages.remove(b)
+    expect(item.locator(".presence-dot")).to_have_class("presence-dot offline", timeout=30_000)
+    expect(a.page.locator("#conv-sub")).to_have_text("offline")
+
+    a.page.get_by_role("button", name="Mute").click()
+    expect(item).to_contain_text("muted")
+    entry = api.client(creator, "GET", "/conversations").json()["conversations"][0]
+    assert entry["conversation"]["id"] == direct and entry["muted"] is True
+    a.assert_clean()

@@ -5,7 +5,7 @@
 import { io } from "/static/vendor/socket.io.esm.min.js";
 import * as api from "./api.js";
 import { addLiveNotification, setUnreadNotifications, setupNotifications } from "./notifications.js";
-import { actions, scheduleRender, showAuthScreen, showNotice } from "./render.js";
+import { actions, onMessageListScroll, scheduleRender, scrollToLatest, showAuthScreen, showNotice } from "./render.js";
 import { canPost, conversationName, learnMembers, makeConv, maxSeq, openConv, state } from "./state.js";
 
 const ACK_TIMEOUT_MS = 10_000;
@@ -230,8 +230,13 @@ async function joinConversation(conv) {
       removeConversation(conv.id, state.openId === conv.id ? `You no longer have access to “${conversationName(conv)}”.` : null);
     } else if (code === "unauthorized") {
       handleUnauthorized();
+    } else if (code !== "offline") {
+      // A lost ack or a busy server: try again shortly while still connected.
+      setTimeout(() => {
+        if (socket && socket.connected && !conv.joined && state.convs.has(conv.id)) joinConversation(conv);
+      }, 3_000);
     }
-    return; // timeouts and disconnects: the next connect joins again
+    return; // a disconnect: the next connect joins again
   }
   conv.joined = true;
   if (res.conversation) {
@@ -764,7 +769,9 @@ function wireDom() {
 
   $("message-list").addEventListener("scroll", () => {
     if ($("message-list").scrollTop < 120) loadOlder(openConv());
+    onMessageListScroll();
   });
+  $("new-below").addEventListener("click", scrollToLatest);
 
   window.addEventListener("offline", updateConnection);
   window.addEventListener("online", () => {

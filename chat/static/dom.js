@@ -96,6 +96,20 @@ export function fullTime(iso) {
   return d ? fullFmt.format(d) : "";
 }
 
+const longDayFmt = new Intl.DateTimeFormat(undefined, { weekday: "long", month: "long", day: "numeric" });
+const yearDayFmt = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "long", day: "numeric" });
+
+/** "Today", "Yesterday", "Monday, March 3", or with the year when it is not this year. */
+export function dayLabel(iso) {
+  const d = parseDate(iso);
+  if (!d) return "";
+  const now = new Date();
+  const yesterday = new Date(now.getFullYear(), now.getMonth(), now.getDate() - 1);
+  if (d.toDateString() === now.toDateString()) return "Today";
+  if (d.toDateString() === yesterday.toDateString()) return "Yesterday";
+  return d.getFullYear() === now.getFullYear() ? longDayFmt.format(d) : yearDayFmt.format(d);
+}
+
 /** The first letter (or symbol) of a name, for avatars. */
 export function initial(name) {
   const first = Array.from((name || "?").trim())[0];

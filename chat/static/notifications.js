@@ -1,6 +1,6 @@
 // The notification bell: unread count, feed panel, mark as read, live items.
 
-import { listNotifications, markNotificationsRead } from "./api.js";
+import { getMe, listNotifications, markNotificationsRead } from "./api.js";
 import { fullTime, h, linkify, shortTime } from "./dom.js";
 import { addRenderHook, scheduleRender, showNotice } from "./render.js";
 import { state } from "./state.js";
@@ -35,12 +35,31 @@ export function setUnreadNotifications(count) {
   scheduleRender();
 }
 
+let syncTimer = null;
+
+/**
+ * Re-reads the unread count from the server shortly: a live event and a feed page can
+ * cross (the page may already hold the item the event announces), so the local +1 is
+ * only a first guess.
+ */
+function syncUnreadSoon() {
+  clearTimeout(syncTimer);
+  syncTimer = setTimeout(() => {
+    getMe()
+      .then((me) => setUnreadNotifications(me.unread_notifications))
+      .catch(() => {});
+  }, 400);
+}
+
 /** A live `notification` event. */
 export function addLiveNotification(n) {
   const feed = state.notifications;
-  if (!n || n.id === undefined || feed.items.some((x) => x.id === n.id)) return;
-  feed.items.unshift(n);
-  if (!n.read_at) feed.unread += 1;
+  if (!n || n.id === undefined) return;
+  if (!feed.items.some((x) => x.id === n.id)) {
+    feed.items.unshift(n);
+    if (!n.read_at) feed.unread += 1;
+  }
+  syncUnreadSoon();
   scheduleRender();
 }
 
@@ -63,13 +82,16 @@ async function loadPage(older) {
       feed.items.push(...incoming.filter((n) => !known.has(n.id)));
       feed.hasMore = Boolean(res.has_more);
     } else {
-      // Keep live items newer than the first page; the page is authoritative otherwise.
+      // The page is authoritative for its span; keep live items newer than it (they may have
+      // arrived while it was in flight) and older pages already loaded.
       const pageIds = new Set(incoming.map((n) => n.id));
-      const olderLoaded = feed.loaded ? feed.items.filter((n) => !pageIds.has(n.id)) : [];
-      const lastOfPage = incoming[incoming.length - 1];
-      const keepOlder = lastOfPage ? olderLoaded.filter((n) => n.created_at < lastOfPage.created_at) : [];
-      feed.items = [...incoming, ...keepOlder];
-      if (!feed.loaded || !keepOlder.length) feed.hasMore = Boolean(res.has_more);
+      const others = feed.items.filter((n) => !pageIds.has(n.id));
+      const newest = incoming[0];
+      const oldest = incoming[incoming.length - 1];
+      const newer = newest ? others.filter((n) => n.created_at >= newest.created_at) : others;
+      const older = feed.loaded && oldest ? others.filter((n) => n.created_at < oldest.created_at) : [];
+      feed.items = [...newer, ...incoming, ...older];
+      if (!feed.loaded || !older.length) feed.hasMore = Boolean(res.has_more);
     }
     feed.loaded = true;
   } catch (err) {

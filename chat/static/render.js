@@ -2,7 +2,7 @@
 // state, redrawn from `state`. Elements are keyed and only rebuilt when what
 // they show changed, so scroll position, focus and hover survive live updates.
 
-import { clockTime, fullTime, h, hueClass, initial, linkify, shortTime } from "./dom.js";
+import { clockTime, dayLabel, fullTime, h, hueClass, initial, linkify, shortTime } from "./dom.js";
 import {
   canDelete,
   canEdit,
@@ -377,6 +377,8 @@ function renderConversation(mode) {
     for (const { el } of messageEls.values()) el.remove();
     messageEls.clear();
     renderedConvId = conv.id;
+    lastMessageKey = null;
+    newBelow = false;
     mode = "bottom";
   }
   renderHeader(conv);
@@ -390,6 +392,7 @@ function renderConversation(mode) {
   if (mode !== "bottom" && !atBottom) {
     let best = null;
     for (const [key, { el }] of messageEls) {
+      if (key.startsWith("d:")) continue; // day separators move when older days load
       if (el.offsetTop + el.offsetHeight > list.scrollTop && (!best || el.offsetTop < best.offsetTop)) {
         best = el;
         anchorKey = key;
@@ -414,8 +417,15 @@ function renderConversation(mode) {
   const seenBy = seenByMap(conv, seqs);
   const wanted = [];
   let prevMsg = null;
+  let prevDay = null;
   for (const seq of seqs) {
     const msg = conv.messages.get(seq);
+    const day = dayKey(msg.created_at);
+    if (day && day !== prevDay) {
+      wanted.push({ key: `d:${day}`, day: dayLabel(msg.created_at) });
+      prevDay = day;
+      prevMsg = null;
+    }
     const grouped = Boolean(
       prevMsg &&
         !prevMsg.deleted &&
@@ -441,10 +451,23 @@ function renderConversation(mode) {
     wanted.push({ key: `p:${p.cmid}`, msg, opts: { grouped: false, seenBy: null, pending: p } });
   }
 
+  const lastKeyBefore = lastMessageKey;
   const keep = new Set();
   let prevEl = status;
-  for (const { key, msg, opts } of wanted) {
+  for (const { key, msg, opts, day } of wanted) {
     keep.add(key);
+    if (day !== undefined) {
+      let sep = messageEls.get(key);
+      if (!sep || sep.sig !== day) {
+        const el = h("div", { class: "day-sep", role: "separator" }, h("span", null, day));
+        if (sep) sep.el.replaceWith(el);
+        sep = { el, sig: day };
+        messageEls.set(key, sep);
+      }
+      if (prevEl.nextSibling !== sep.el) list.insertBefore(sep.el, prevEl.nextSibling);
+      prevEl = sep.el;
+      continue;
+    }
     const editingThis = Boolean(!opts.pending && state.editing && state.editing.convId === conv.id && state.editing.seq === msg.seq);
     const confirming = Boolean(state.confirmDelete && state.confirmDelete.convId === conv.id && state.confirmDelete.seq === msg.seq);
     const sig = JSON.stringify([
@@ -477,11 +500,43 @@ function renderConversation(mode) {
     }
   }
 
+  const lastWanted = wanted.length ? wanted[wanted.length - 1] : null;
+  lastMessageKey = lastWanted ? lastWanted.key : null;
   if (mode === "bottom" || atBottom) {
     list.scrollTop = list.scrollHeight;
-  } else if (anchorKey && messageEls.has(anchorKey)) {
-    list.scrollTop = messageEls.get(anchorKey).el.offsetTop - anchorOffset;
+    newBelow = false;
+  } else {
+    if (anchorKey && messageEls.has(anchorKey)) {
+      list.scrollTop = messageEls.get(anchorKey).el.offsetTop - anchorOffset;
+    }
+    // Something arrived below while the reader is further up: offer a way down.
+    if (lastMessageKey !== lastKeyBefore && lastKeyBefore !== null) newBelow = true;
   }
+  $("new-below").hidden = !newBelow;
+}
+
+let lastMessageKey = null;
+let newBelow = false;
+
+/** The message list was scrolled (by the user or by us). */
+export function onMessageListScroll() {
+  const list = $("message-list");
+  if (newBelow && list.scrollHeight - list.scrollTop - list.clientHeight < 80) {
+    newBelow = false;
+    $("new-below").hidden = true;
+  }
+}
+
+export function scrollToLatest() {
+  const list = $("message-list");
+  list.scrollTop = list.scrollHeight;
+  newBelow = false;
+  $("new-below").hidden = true;
+}
+
+function dayKey(iso) {
+  const d = iso ? new Date(iso) : null;
+  return d && !Number.isNaN(d.getTime()) ? `${d.getFullYear()}-${d.getMonth() + 1}-${d.getDate()}` : null;
 }
 
 // ------------------------------------------------------------------- notices
