@@ -1,0 +1,671 @@
+#!/usr/bin/env python3
+"""Backstage side by side with the reference Socket.IO peers, same loadgen, same run.
+
+    .venv/bin/python bench/run_bench.py              # full: 7 targets x 3 scenarios x 3 reps (~15 min)
+    .venv/bin/python bench/run_bench.py --quick      # 1 rep, node + backstage targets, fixed + connect
+    .venv/bin/python bench/run_bench.py --report bench-results/bench-XXXX.jsonl   # table again
+    .venv/bin/python bench/run_bench.py --profile    # py-spy on one Backstage process under the fixed load
+
+The load generator and the peers live in the shared harness (../shared/bench, read-only);
+when it has no node_modules/.venv of its own it is copied to a cache folder
+(BENCH_CACHE, default ~/.cache/backstage-bench) and its setup.sh runs there. Nothing of it
+is copied into this repository.
+
+Per repetition, targets run in rotated order (like suite.py). Per target and repetition,
+servers start fresh (pinned with `taskset -c 0`, loadgen on CPU 1), and the scenarios run
+against them in the order connect (fresh process: RSS per connection) -> fixed -> ramp;
+the loadgen connects its own 5,000 sockets for each scenario. Backstage targets get a fresh
+database cloned from a seed (100 rooms x 50 members, seeded once per invocation through
+the server API) and their own Redis prefix; both are removed afterwards.
+
+Results: one JSON line per run in bench-results/bench-<stamp>.jsonl (loadgen output + rep,
+target, suite_scenario, pinning), compatible with the harness's report.py; then a table of
+medians with ratios against `node` measured in the same repetition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+DEFAULT_HARNESS = ROOT.parent / "shared" / "bench"
+SCENARIO_FILE = BENCH / "scenario-backstage.json"
+RESULTS = ROOT / "bench-results"
+
+ROOMS, MEMBERS = 100, 50
+MYSQL_HOST, MYSQL_PORT, MYSQL_USER = "127.0.0.1", 3306, "root"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+# Same loadgen presets for every target. Shorter than the harness's targets.json presets so
+# that 7 targets x 3 scenarios x 3 reps fit in ~15 minutes: ramp from 1,000 deliveries/s
+# doubling per 2 s step, then 3 bisections (resolution 2^(1/8) = 9 %).
+PRESETS: dict[str, list[str]] = {
+    "connect": ["--scenario", "connect", "--clients", str(ROOMS * MEMBERS), "--members", str(MEMBERS),
+                "--connect-concurrency", "200", "--hold", "2"],
+    "fixed": ["--scenario", "fanout", "--rooms", str(ROOMS), "--members", str(MEMBERS),
+              "--deliveries", "2500", "--duration", "6", "--warmup", "2", "--drain", "5"],
+    "ramp": ["--scenario", "ramp", "--rooms", str(ROOMS), "--members", str(MEMBERS),
+             "--ramp-start", "1000", "--ramp-factor", "2", "--ramp-step", "2", "--ramp-warmup", "1",
+             "--ramp-bisect", "3", "--ramp-retries", "1", "--p99-limit", "100", "--drain", "3"],
+}
+SCENARIO_ORDER = ["connect", "fixed", "ramp"]
+
+PEERS = ["node", "node-2proc", "py-uvloop", "py-mysql"]
+BACKSTAGE = {  # name -> (database kind, processes, redis)
+    "backstage": ("mysql", 1, True),
+    "backstage-2proc": ("mysql", 2, True),
+    "backstage-sqlite": ("sqlite", 1, False),
+}
+ALL_TARGETS = PEERS + list(BACKSTAGE)
+QUICK_TARGETS = ["node", "py-mysql", "backstage", "backstage-sqlite"]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------- the harness
+
+
+def harness_dir(src: Path) -> Path:
+    """A ready harness folder: src itself if it is set up, else a cached copy that is."""
+    if (src / "node_modules").is_dir() and (src / ".venv" / "bin" / "python").exists():
+        return src
+    digest = hashlib.sha256()
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src)
+        if p.is_file() and rel.parts[0] not in ("node_modules", ".venv", "results"):
+            digest.update(str(rel).encode() + p.read_bytes())
+    cache = Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "backstage-bench")) / "bench"
+    stamp = cache / ".source-sha256"
+    if stamp.exists() and stamp.read_text() == digest.hexdigest() and (cache / "node_modules").is_dir() \
+            and (cache / ".venv" / "bin" / "python").exists():
+        return cache
+    log(f"setting up the harness in {cache} (copy of {src})")
+    if cache.exists():
+        shutil.rmtree(cache)
+    shutil.copytree(src, cache, ignore=shutil.ignore_patterns("node_modules", ".venv", "results"))
+    for p in [cache, *cache.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)
+    subprocess.run(["bash", str(cache / "setup.sh")], check=True, cwd=cache, stdout=subprocess.DEVNULL)
+    stamp.write_text(digest.hexdigest())
+    return cache
+
+
+# ------------------------------------------------------------------------- processes
+
+
+def free_port(consecutive: int = 1) -> int:
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + consecutive > 65535:
+            continue
+        ok = True
+        for extra in range(1, consecutive):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + extra))
+                except OSError:
+                    ok = False
+        if ok:
+            return port
+    raise RuntimeError("no free port")
+
+
+def wait_port(port: int, timeout: float) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def pidof(name: str) -> int | None:
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else None
+
+
+def pin(cpus: str) -> list[str]:
+    return ["taskset", "-c", cpus] if cpus else []
+
+
+class Servers:
+    """Processes this runner started; stopped by their own PIDs only."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], cwd: Path, env: dict[str, str] | None, logf: Any) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=logf, stderr=logf, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def stop(self, timeout: float = 20) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        end = time.time() + timeout
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, end - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = []
+
+
+def host_busy_pct(seconds: float = 1.0) -> float:
+    """Whole-host busy %, 100 = one core (the loadgen's host_busy_pct scale)."""
+    def sample() -> tuple[int, int, int]:
+        lines = Path("/proc/stat").read_text().splitlines()
+        f = [int(x) for x in lines[0].split()[1:9]]
+        ncpu = sum(1 for ln in lines if ln.startswith("cpu") and ln[3:4].isdigit())
+        return sum(f), sum(f) - f[3] - f[4], ncpu
+    t0, b0, n = sample()
+    time.sleep(seconds)
+    t1, b1, _ = sample()
+    return round(100.0 * n * (b1 - b0) / max(1, t1 - t0), 1)
+
+
+def wait_quiet(limit: float, max_wait: float) -> float:
+    """Wait (up to max_wait s) until the host is below `limit` busy %; returns the last reading."""
+    end = time.time() + max_wait
+    busy = host_busy_pct()
+    while busy > limit and time.time() < end:
+        log(f"host busy {busy}% (> {limit}%): waiting for a quieter host")
+        time.sleep(2)
+        busy = host_busy_pct()
+    return busy
+
+
+# ------------------------------------------------------------------------- MariaDB + Redis
+
+
+def mysql_admin() -> Any:
+    import pymysql
+    return pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, autocommit=True)
+
+
+def mysql_url(db: str) -> str:
+    return f"mysql+aiomysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/{db}"
+
+
+class Databases:
+    """MariaDB databases named bsbench_<run>_<n>, all dropped at the end."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id, self.n, self.created = run_id, 0, []
+
+    def new(self, tag: str = "") -> str:
+        self.n += 1
+        name = f"bsbench_{self.run_id}_{self.n}{tag}"
+        with mysql_admin() as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        self.created.append(name)
+        return name
+
+    def clone(self, dump: Path) -> str:
+        name = self.new()
+        with open(dump, "rb") as f:
+            subprocess.run(["mysql", "-h", MYSQL_HOST, "-P", str(MYSQL_PORT), "-u", MYSQL_USER, name],
+                           stdin=f, check=True)
+        return name
+
+    def drop(self, name: str) -> None:
+        with mysql_admin() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        if name in self.created:
+            self.created.remove(name)
+
+    def drop_all(self) -> None:
+        for name in list(self.created):
+            try:
+                self.drop(name)
+            except Exception as exc:  # keep cleaning the others
+                log(f"could not drop {name}: {exc}")
+
+
+def redis_clear(prefix: str) -> None:
+    import redis
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+        for i in range(0, len(keys), 500):
+            r.delete(*keys[i:i + 500])
+    finally:
+        r.close()
+
+
+# ------------------------------------------------------------------------- Backstage
+
+
+def backstage_env(port: int, database_url: str, redis_prefix: str | None, secret: str, api_key: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "DATABASE_", "JWT_", "API_KEYS"))}
+    env.update({"HOST": "127.0.0.1", "PORT": str(port), "DATABASE_URL": database_url, "JWT_SECRET": secret,
+                "API_KEYS": api_key, "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+    if redis_prefix is not None:
+        env.update({"REDIS_URL": REDIS_URL, "REDIS_PREFIX": redis_prefix})
+    return env
+
+
+def backstage_argv() -> list[str]:
+    return [sys.executable, str(ROOT / "run_server.py")]
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    import httpx
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} not ready in {timeout}s")
+
+
+async def seed_api(base_url: str, api_key: str, concurrency: int = 16) -> list[str]:
+    """Users bench-{i} (named like the loadgen's JWTs, so connecting writes nothing), one
+    creator per room, active memberships, and 100 rooms; returns the room ids in order."""
+    import httpx
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=base_url + "/api/v1/server", headers=headers, timeout=30) as http:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def call(method: str, path: str, body: dict[str, Any], status: int = 200) -> dict[str, Any]:
+            for attempt in range(6):
+                async with sem:
+                    r = await http.request(method, path, json=body)
+                if r.status_code != 503:
+                    break
+                await asyncio.sleep(0.05 * 2 ** attempt)  # 503 = a deadlock on MariaDB (see docs/performance.md)
+            if r.status_code != status:
+                raise RuntimeError(f"{method} {path}: {r.status_code} {r.text[:200]}")
+            return r.json()
+
+        async def memberships_of(r: int) -> None:  # one creator's memberships one at a time
+            for i in range(r * MEMBERS, (r + 1) * MEMBERS):
+                await call("PUT", f"/memberships/{creators[r]}/bench-{i}", {"tier_cents": 500, "status": "active"})
+
+        creators = [f"bench-creator-{r}" for r in range(ROOMS)]
+        await asyncio.gather(*(call("PUT", f"/users/{c}", {"name": f"Creator {r}"}) for r, c in enumerate(creators)))
+        await asyncio.gather(*(call("PUT", f"/users/bench-{i}", {"name": f"Bench {i}"}) for i in range(ROOMS * MEMBERS)))
+        # Concurrent PUTs of new memberships of one creator deadlock on MariaDB (gap locks of
+        # SELECT ... FOR UPDATE on absent rows), so each creator's go one at a time.
+        await asyncio.gather(*(memberships_of(r) for r in range(ROOMS)))
+        rooms = []
+        for r, c in enumerate(creators):  # in order: line r of the ids file is room r
+            out = await call("POST", "/rooms", {"creator_id": c, "name": f"Bench room {r}", "min_tier_cents": 0,
+                                                "post_policy": "everyone"}, status=201)
+            rooms.append(str(out["conversation"]["id"]))
+        return rooms
+
+
+class Seeds:
+    """One seeded database per kind, made once through the server API, cloned per run."""
+
+    def __init__(self, work: Path, dbs: Databases, secret: str, api_key: str, logf: Any) -> None:
+        self.work, self.dbs, self.secret, self.api_key, self.logf = work, dbs, secret, api_key, logf
+        self.room_files: dict[str, Path] = {}
+        self.mysql_dump: Path | None = None
+        self.sqlite_seed: Path | None = None
+
+    def _seed(self, kind: str, database_url: str) -> None:
+        servers = Servers()
+        port = free_port()
+        try:
+            p = servers.start(backstage_argv(), ROOT, backstage_env(port, database_url, None, self.secret, self.api_key),
+                              self.logf)
+            wait_ready(port, p)
+            t0 = time.time()
+            rooms = asyncio.run(seed_api(f"http://127.0.0.1:{port}", self.api_key))
+            log(f"seeded {kind}: {ROOMS} rooms x {MEMBERS} members through the API in {time.time() - t0:.1f}s")
+        finally:
+            servers.stop()
+        f = self.work / f"room-ids-{kind}.txt"
+        f.write_text("\n".join(rooms) + "\n")
+        self.room_files[kind] = f
+
+    @staticmethod
+    def cache_dir() -> Path:
+        """Seeds are kept between invocations, keyed by the schema and this file."""
+        digest = hashlib.sha256()
+        for p in sorted([*(ROOT / "migrations").rglob("*.py"), ROOT / "chat" / "models.py", Path(__file__)]):
+            digest.update(p.read_bytes())
+        return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "backstage-bench")) / "seeds" / digest.hexdigest()[:16]
+
+    def ensure(self, kind: str) -> None:
+        if kind in self.room_files:
+            return
+        cache = self.cache_dir()
+        seed_file = cache / ("seed-mysql.sql" if kind == "mysql" else "seed.db")
+        rooms_file = cache / f"room-ids-{kind}.txt"
+        if seed_file.exists() and rooms_file.exists():
+            self.room_files[kind] = rooms_file
+            if kind == "mysql":
+                self.mysql_dump = seed_file
+            else:
+                self.sqlite_seed = seed_file
+            log(f"seed {kind}: cached in {cache}")
+            return
+        self._make(kind)
+        cache.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.mysql_dump if kind == "mysql" else self.sqlite_seed, seed_file)  # type: ignore[arg-type]
+        shutil.copyfile(self.room_files[kind], rooms_file)
+
+    def _make(self, kind: str) -> None:
+        if kind == "mysql":
+            name = self.dbs.new("_seed")
+            self._seed(kind, mysql_url(name))
+            self.mysql_dump = self.work / "seed-mysql.sql"
+            with open(self.mysql_dump, "wb") as f:
+                subprocess.run(["mysqldump", "-h", MYSQL_HOST, "-P", str(MYSQL_PORT), "-u", MYSQL_USER,
+                                "--single-transaction", name], stdout=f, check=True)
+            self.dbs.drop(name)
+        else:
+            self.sqlite_seed = self.work / "seed.db"
+            self._seed(kind, f"sqlite+aiosqlite:///{self.sqlite_seed}")
+            import sqlite3
+            with sqlite3.connect(self.sqlite_seed) as conn:  # everything into the main file before copies
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def fresh(self, kind: str, tag: str) -> tuple[str, Any]:
+        """(DATABASE_URL, cleanup) of a fresh copy of the seed."""
+        self.ensure(kind)
+        if kind == "mysql":
+            assert self.mysql_dump is not None
+            name = self.dbs.clone(self.mysql_dump)
+            return mysql_url(name), lambda: self.dbs.drop(name)
+        assert self.sqlite_seed is not None
+        path = self.work / f"run-{tag}.db"
+        shutil.copyfile(self.sqlite_seed, path)
+        return f"sqlite+aiosqlite:///{path}", lambda: [Path(str(path) + s).unlink(missing_ok=True) for s in ("", "-wal", "-shm")]
+
+
+def backstage_loadgen_args(secret: str, room_file: Path) -> list[str]:
+    proto = json.loads(SCENARIO_FILE.read_text())["protocol"]
+    return ["--scenario-file", str(SCENARIO_FILE), "--jwt-secret", secret, "--room-ids-file", str(room_file),
+            "--join-payload", json.dumps(proto["join"]["payload"]),
+            "--message-payload", json.dumps(proto["message"]["payload"])]
+
+
+# ------------------------------------------------------------------------- one target, one rep
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, harness: Path, out: Path, work: Path) -> None:
+        self.args, self.harness, self.out, self.work = args, harness, out, work
+        self.run_id = secrets.token_hex(3)
+        self.dbs = Databases(self.run_id)
+        self.secret = secrets.token_hex(24)  # hex: a value starting with "-" confuses CLI parsers
+        self.api_key = "bench-" + secrets.token_hex(8)
+        self.server_log = open(RESULTS / f"servers-{out.stem}.log", "ab")
+        self.seeds = Seeds(work, self.dbs, self.secret, self.api_key, self.server_log)
+        self.targets_cfg = json.loads((harness / "targets.json").read_text())
+        self.redis_prefixes: list[str] = []
+        self.n = 0
+
+    def close(self) -> None:
+        self.dbs.drop_all()
+        for prefix in self.redis_prefixes:
+            try:
+                redis_clear(prefix)
+            except Exception as exc:
+                log(f"could not clear redis prefix {prefix}: {exc}")
+        self.server_log.close()
+
+    def watch_arg(self) -> list[str]:
+        w = {name: pidof(proc) for name, proc in (("redis", "redis-server"), ("mariadb", "mariadbd"))}
+        spec = ",".join(f"{k}={v}" for k, v in w.items() if v)
+        return ["--watch", spec] if spec else []
+
+    def start_target(self, target: str, servers: Servers) -> tuple[list[int], list[str], Any]:
+        """Start the target's processes; returns (ports, extra loadgen args, cleanup)."""
+        self.n += 1
+        if target in BACKSTAGE:
+            kind, nprocs, use_redis = BACKSTAGE[target]
+            db_url, cleanup = self.seeds.fresh(kind, str(self.n))
+            prefix = f"bsbench:{self.run_id}:{self.n}" if use_redis else None
+            if prefix:
+                self.redis_prefixes.append(prefix)
+            base = free_port(nprocs)
+            ports = [base + i for i in range(nprocs)]
+            procs = [servers.start(pin(self.args.server_cpus) + backstage_argv(), ROOT,
+                                   backstage_env(port, db_url, prefix, self.secret, self.api_key), self.server_log)
+                     for port in ports]
+            for port, p in zip(ports, procs):
+                wait_ready(port, p)
+            return ports, backstage_loadgen_args(self.secret, self.seeds.room_files[kind]), cleanup
+        argvs = self.targets_cfg["targets"][target]["procs"]
+        db = None
+        if target.startswith("py-mysql"):
+            db = self.dbs.new("_peer")
+        base = free_port(len(argvs))
+        ports = [base + i for i in range(len(argvs))]
+        for argv in argvs:
+            argv = [a.replace("{port+1}", str(base + 1)).replace("{port}", str(base)) for a in argv]
+            if db:
+                argv = [mysql_url(db) if a.startswith("mysql+aiomysql://") else a for a in argv]
+            servers.start(pin(self.args.server_cpus) + argv, self.harness, None, self.server_log)
+        for port in ports:
+            if not wait_port(port, 30):
+                raise RuntimeError(f"{target} did not open port {port}")
+        return ports, [], (lambda: self.dbs.drop(db)) if db else (lambda: None)
+
+    def run_target(self, rep: int, target: str) -> None:
+        busy_before = wait_quiet(self.args.quiet_limit, self.args.quiet_wait) if self.args.quiet_wait > 0 else None
+        servers = Servers()
+        cleanup: Any = lambda: None
+        try:
+            ports, extra, cleanup = self.start_target(target, servers)
+            pids = [p.pid for p in servers.procs]
+            time.sleep(1.0)
+            for sc in self.args.scenarios:
+                if any(p.poll() is not None for p in servers.procs):
+                    log(f"[rep {rep}] {target}: a server process exited; skipping the rest")
+                    break
+                cmd = pin(self.args.loadgen_cpus) + [
+                    "node", "loadgen/loadgen.js", "--url", ",".join(f"ws://127.0.0.1:{p}" for p in ports),
+                    "--label", target, "--server-pid", ",".join(map(str, pids)), *self.watch_arg(),
+                    *PRESETS[sc], *extra, "--quiet"]
+                log(f"[rep {rep}] {target} {sc}")
+                t0 = time.time()
+                r = subprocess.run(cmd, cwd=self.harness, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, timeout=600)
+                line = next((ln for ln in r.stdout.splitlines() if ln.startswith("{")), None)
+                if line is None:
+                    log(f"[rep {rep}] {target} {sc}: no result (rc={r.returncode}) {r.stderr[:800]}")
+                    continue
+                res = json.loads(line)
+                res.update(rep=rep, target=target, suite_scenario=sc, host_busy_before_pct=busy_before,
+                           pinning={"server": self.args.server_cpus, "loadgen": self.args.loadgen_cpus},
+                           run_seconds=round(time.time() - t0, 1))
+                with open(self.out, "a") as f:
+                    f.write(json.dumps(res) + "\n")
+                log(f"[rep {rep}] {target} {sc}: {brief(res)}")
+                time.sleep(1.0)
+        except Exception as exc:
+            log(f"[rep {rep}] {target}: failed: {exc}")
+        finally:
+            servers.stop()
+            try:
+                cleanup()
+            except Exception as exc:
+                log(f"cleanup of {target} failed: {exc}")
+            time.sleep(1.0)
+
+
+def brief(r: dict[str, Any]) -> str:
+    sc = r.get("suite_scenario")
+    if sc == "ramp":
+        at = r.get("at_max") or {}
+        return (f"max {r.get('max_deliveries_per_s')} deliveries/s (p99 {(at.get('latency_ms') or {}).get('p99')} ms,"
+                f" server {at.get('server_cpu_pct')}%, loadgen {at.get('loadgen_cpu_pct')}%,"
+                f" host {at.get('host_busy_pct')}%); setup {r['setup']['connects_per_s']} conn/s")
+    if sc == "fixed":
+        lat = r.get("latency_ms") or {}
+        return (f"delivered {r.get('delivered_per_s')}/s p50 {lat.get('p50')} p99 {lat.get('p99')} ms lost {r.get('lost')}"
+                f" server {r.get('server_cpu_pct')}% host {r.get('host_busy_pct')}%")
+    s = r.get("setup") or {}
+    return f"{s.get('connects_per_s')} conn/s, {r.get('rss_kib_per_conn')} KiB/conn, errors {s.get('errors')}"
+
+
+# ------------------------------------------------------------------------- the table
+
+
+def get(d: Any, path: str) -> Any:
+    for k in path.split("."):
+        if not isinstance(d, dict) or d.get(k) is None:
+            return None
+        d = d[k]
+    return d
+
+
+def us_per_delivery(r: dict[str, Any]) -> float | None:
+    c, d = r.get("server_cpu_pct"), r.get("delivered_per_s")
+    return round(c / 100 * 1e6 / d, 1) if c and d else None
+
+
+COLUMNS = [  # header, scenario, value, ratio against the baseline?
+    ("max deliveries/s (ramp, p99<=100ms)", "ramp", lambda r: r.get("max_deliveries_per_s"), True),
+    ("p50 ms @2,500/s", "fixed", lambda r: get(r, "latency_ms.p50"), True),
+    ("p99 ms @2,500/s", "fixed", lambda r: get(r, "latency_ms.p99"), True),
+    ("server CPU us/delivery @2,500/s", "fixed", us_per_delivery, True),
+    ("connects/s (connect+auth+join)", "connect", lambda r: get(r, "setup.connects_per_s"), True),
+    ("RSS KiB/conn", "connect", lambda r: r.get("rss_kib_per_conn"), True),
+    ("host busy % (fixed)", "fixed", lambda r: r.get("host_busy_pct"), False),
+]
+
+
+def fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+
+
+def table(rows: list[dict[str, Any]], baseline: str = "node") -> str:
+    by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by[(r["suite_scenario"], r["target"])].append(r)
+    targets = [t for t in ALL_TARGETS if any(k[1] == t for k in by)]
+    targets += sorted({k[1] for k in by} - set(targets))
+    reps = sorted({r["rep"] for r in rows})
+    out = [f"medians over {len(reps)} repetition(s); (x) = median over repetitions of target/{baseline} in the same repetition\n",
+           "| target | " + " | ".join(c[0] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for t in targets:
+        cells = [t]
+        for _, sc, fn, ratio in COLUMNS:
+            vals = [v for v in (fn(r) for r in by.get((sc, t), [])) if v is not None]
+            if not vals:
+                cells.append("-")
+                continue
+            cell = fmt(statistics.median(vals))
+            if ratio and t != baseline:
+                base = {r["rep"]: fn(r) for r in by.get((sc, baseline), [])}
+                rat = [fn(r) / base[r["rep"]] for r in by.get((sc, t), [])
+                       if fn(r) is not None and base.get(r["rep"])]
+                if rat:
+                    cell += f" ({statistics.median(rat):.2f}x)"
+            cell += f" [n={len(vals)}]" if len(vals) != len(reps) else ""
+            cells.append(cell)
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def print_report(path: Path, harness: Path | None) -> None:
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.startswith("{")]
+    print(f"\n## Backstage vs peers ({path.name})\n")
+    print(table(rows))
+    if harness is not None:
+        print("\n## Details (the harness's report.py)\n", flush=True)
+        subprocess.run([sys.executable, str(harness / "report.py"), str(path), "--baseline", "node"])
+
+
+# ------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help=f"1 rep, targets {','.join(QUICK_TARGETS)}, connect+fixed")
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--targets", default=None, help=f"comma separated, from {','.join(ALL_TARGETS)}")
+    ap.add_argument("--scenarios", default=None, help="comma separated, from connect,fixed,ramp")
+    ap.add_argument("--harness", type=Path, default=Path(os.environ.get("BENCH_HARNESS", DEFAULT_HARNESS)))
+    ap.add_argument("--server-cpus", default="0")
+    ap.add_argument("--loadgen-cpus", default="1")
+    ap.add_argument("--quiet-limit", type=float, default=40.0,
+                    help="wait before each target until the host is below this busy %% (100 = one core)")
+    ap.add_argument("--quiet-wait", type=float, default=20.0, help="max seconds to wait for that (0 = never)")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--report", type=Path, default=None, help="only print the table of an earlier results file")
+    ap.add_argument("--profile", action="store_true", help="profile Backstage under the fixed load (see bench/profile.py)")
+    args, unknown = ap.parse_known_args()
+    if unknown and not args.profile:
+        ap.error(f"unrecognized arguments: {' '.join(unknown)}")
+
+    if not args.harness.is_dir():
+        sys.exit(f"harness not found at {args.harness} (pass --harness or BENCH_HARNESS)")
+    harness = harness_dir(args.harness.resolve())
+    if args.report:
+        print_report(args.report, harness)
+        return 0
+    if args.profile:
+        from profile_backstage import main as profile_main  # bench/profile_backstage.py
+        return profile_main(harness)
+
+    args.reps = args.reps or (1 if args.quick else 3)
+    targets = (args.targets or ",".join(QUICK_TARGETS if args.quick else ALL_TARGETS)).split(",")
+    args.scenarios = [s for s in SCENARIO_ORDER if s in (args.scenarios or ("connect,fixed" if args.quick else "connect,fixed,ramp")).split(",")]
+    for t in targets:
+        if t not in ALL_TARGETS:
+            sys.exit(f"unknown target {t}")
+    RESULTS.mkdir(exist_ok=True)
+    out = args.out or RESULTS / time.strftime("bench-%Y%m%d-%H%M%S.jsonl")
+    work = Path(tempfile.mkdtemp(prefix="backstage-bench-"))
+    runner = Runner(args, harness, out, work)
+    t0 = time.time()
+    log(f"results -> {out}; harness {harness}; targets {','.join(targets)}; scenarios {','.join(args.scenarios)};"
+        f" reps {args.reps}")
+    try:
+        for kind in sorted({BACKSTAGE[t][0] for t in targets if t in BACKSTAGE}):
+            runner.seeds.ensure(kind)
+        for rep in range(1, args.reps + 1):
+            k = (rep - 1) % len(targets)
+            for target in targets[k:] + targets[:k]:
+                runner.run_target(rep, target)
+    except KeyboardInterrupt:
+        log("interrupted")
+    finally:
+        runner.close()
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"done in {(time.time() - t0) / 60:.1f} min")
+    if out.exists():
+        print_report(out, harness)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
