@@ -15,8 +15,9 @@ from chat.errors import Invalid, NotFound
 from chat.models import Conversation, Message
 
 MAX_ID_CHARS = 64
-CLIENT_MSG_ID_RE = re.compile(r"^[\x21-\x7e]{1,64}$")  # printable ASCII, no spaces
+CLIENT_MSG_ID_RE = re.compile(r"^[\x21-\x7e]{1,64}\Z")  # printable ASCII, no spaces
 MAX_PAGE = 100
+CANONICAL_ID_RE = re.compile(r"^(?:0|[1-9][0-9]{0,17})\Z")
 DEFAULT_PAGE = 50
 
 
@@ -90,7 +91,8 @@ def parse_int_id(value: Any, what: str = "conversation") -> int:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise Invalid(f"{what}_id must be a string")
     text = str(value)
-    if not text.isdigit() or len(text) > 18:
+    # Only the canonical form names an id: not "01", " 1", "1\n", "²" or "١" (str.isdigit() takes those).
+    if not CANONICAL_ID_RE.match(text):
         raise NotFound(f"no such {what}")
     return int(text)
 
