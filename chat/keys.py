@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-CHANNEL_RE = re.compile(r"^(user|creator|room):([A-Za-z0-9_-]{1,64})$")
+CHANNEL_RE = re.compile(r"^(user|creator|room):([A-Za-z0-9_-]{1,64})\Z")
 
 
 def conversation_room(conversation_id: str) -> str:

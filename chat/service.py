@@ -208,8 +208,16 @@ class ChatService:
 
     async def leave(self, sid: str, conversation_id: int) -> dict[str, Any]:
         user = self.socket_user(sid)
+        if conversation_id not in self.sockets[sid].conversations:
+            await self._require_conversation(conversation_id)  # leaving a room not joined is a no-op
         await self._leave_local(sid, user.user_id, conversation_id)
         return {}
+
+    async def _require_conversation(self, conversation_id: int) -> None:
+        """not_found for an id that names no conversation (SPEC §5)."""
+        async with self.sessions() as session:
+            if await storage.get_conversation(session, conversation_id) is None:
+                raise NotFound("no such conversation")
 
     async def _leave_local(self, sid: str, user_id: str, conversation_id: int) -> None:
         state = self.sockets.get(sid)
@@ -426,6 +434,7 @@ class ChatService:
     async def typing(self, sid: str, conversation_id: int, typing: bool) -> dict[str, Any]:
         user = self.socket_user(sid)
         if conversation_id not in self.sockets[sid].conversations:
+            await self._require_conversation(conversation_id)
             raise Forbidden("join the conversation first")
         was_typing = self._cancel_typing_timer(sid, conversation_id)
         if typing:
@@ -503,7 +512,7 @@ class ChatService:
                 if m is None or m.status != "active":
                     raise Forbidden("not an active patron of this creator")
                 return
-            if not ident.isdigit():
+            if not schemas.CANONICAL_ID_RE.match(ident):  # "01" names no room
                 raise Forbidden("no such room")
             conv = await storage.get_conversation(session, int(ident))
             if conv is None or conv.kind != "room" or not (await self._access(session, user.user_id, conv)).read:
