@@ -45,7 +45,10 @@ class ChatSockets:
         sio.on("*", self.on_unknown)
 
     # ------------------------------------------------------------ lifecycle
-    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+    async def on_connect(self, sid: str, environ: Any = None, auth: Any = None) -> dict[str, Any] | None:
+        if self.sio.manager.is_connected(sid, "/"):
+            # A client that emits an event named "connect" (python-socketio dispatches it here).
+            return await self.on_unknown("connect", sid)
         token = auth.get("token") if isinstance(auth, dict) else None
         try:
             user = self.auth.client(token)
@@ -59,7 +62,10 @@ class ChatSockets:
             raise socketio.exceptions.ConnectionRefusedError(err.message, err.to_wire()) from None
         CONNECTED_SOCKETS.inc()
 
-    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+    async def on_disconnect(self, sid: str, reason: Any = None) -> dict[str, Any] | None:
+        if self.sio.manager.is_connected(sid, "/"):
+            # A client that emits an event named "disconnect": a real disconnect is pending here.
+            return await self.on_unknown("disconnect", sid)
         if sid in self.service.sockets:
             CONNECTED_SOCKETS.dec()
         try:
@@ -67,7 +73,8 @@ class ChatSockets:
         except Exception:
             log.exception("disconnect cleanup failed")
 
-    async def on_unknown(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
+    async def on_unknown(self, *args: Any) -> dict[str, Any]:
+        # (event, sid, *data); an event literally named "*" arrives as (sid, *data)
         EVENTS.labels("unknown", "invalid").inc()
         return error_wire(Invalid("unknown event"))
 
@@ -78,7 +85,11 @@ class ChatSockets:
             outcome = "ok"
             try:
                 data = args[0] if args else None
-                if len(orjson.dumps(data, option=orjson.OPT_PASSTHROUGH_SUBCLASS)) > self.max_payload_bytes:
+                try:
+                    size = len(orjson.dumps(data, default=_binary_as_text, option=orjson.OPT_PASSTHROUGH_SUBCLASS))
+                except orjson.JSONEncodeError:  # nested too deep to re-encode
+                    raise Invalid("payload is not a JSON value we accept") from None
+                if size > self.max_payload_bytes:
                     raise TooLarge(f"payload over {self.max_payload_bytes} bytes")
                 result = await handler(sid, schemas.check_object(data))
                 return {"ok": True, **result}
@@ -148,6 +159,13 @@ class ChatSockets:
         channel = schemas.check_str(data, "channel", max_len=140)
         assert channel is not None
         return await self.service.unsubscribe(sid, channel)
+
+
+def _binary_as_text(obj: Any) -> str:
+    """Binary attachments count by their length (none of our fields is binary: they fail validation)."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return "b" * len(obj)
+    raise TypeError
 
 
 __all__ = ["ChatSockets", "ChatError"]
