@@ -210,11 +210,9 @@ class PushHooks:
 
 async def push_hooks(app: web.Application, settings: Settings, sessions: Any,
                      redis: aioredis.Redis | None, keys: RedisKeys) -> PushHooks:
+    from notifications import wiring
+
     hooks = PushHooks()
-    try:
-        from notifications import wiring
-    except ImportError:  # the notifications package is optional while it is being built
-        return hooks
     await wiring.install(app, hooks, settings, sessions, redis, keys)
     return hooks
 
