@@ -611,12 +611,13 @@ class ChatService:
             state = self.sockets.get(sid)
             if state is None:
                 continue
+            # Channels first: once the client sees access_revoked, nothing of what it lost reaches it.
+            for channel in channels:
+                await self.unsubscribe(sid, channel)
             for conversation_id in conversation_ids:
                 if conversation_id in state.conversations:
                     await self._leave_local(sid, user_id, conversation_id)
                     await self.delivery.to_socket(sid, "access_revoked", {"conversation_id": str(conversation_id)})
-            for channel in channels:
-                await self.unsubscribe(sid, channel)
 
 
 def _membership_wire(m: Membership) -> dict[str, Any]:
