@@ -212,6 +212,12 @@ def test_reconnect_recovers_missed_messages_once_in_order(browser, mysql_cluster
 
     b.context.set_offline(True)
     expect(b.page.get_by_test_id("connection-state")).to_have_text("offline")
+    first = a.message(1)  # edited while B is away: B re-reads its latest page on reconnect
+    first.hover()
+    first.get_by_role("button", name="Edit").click()
+    first.locator("textarea").fill("before (edited)")
+    first.locator("textarea").press("Enter")
+    expect(first).to_contain_text("before (edited)")
     for i in range(1, 6):
         a.send(f"missed {i}")
     a.wait_seqs([1, 2, 3, 4, 5, 6])
@@ -223,8 +229,9 @@ def test_reconnect_recovers_missed_messages_once_in_order(browser, mysql_cluster
     b.context.set_offline(False)
     b.wait_connected()
     b.wait_seqs(list(range(1, 113)))
-    assert b.bodies() == ["before", *(f"missed {i}" for i in range(1, 6)), *(f"bulk {i}" for i in range(1, 106)),
-                          "written offline"]
+    expect(b.message(1)).to_contain_text("before (edited)")
+    assert b.bodies() == ["before (edited)", *(f"missed {i}" for i in range(1, 6)),
+                          *(f"bulk {i}" for i in range(1, 106)), "written offline"]
     a.wait_seqs(list(range(1, 113)))
     stored = api.client(creator, "GET", f"/conversations/{room}/messages", params={"after_seq": 100}).json()
     assert [m["body"] for m in stored["messages"]].count("written offline") == 1
@@ -410,6 +417,11 @@ def test_phone_width_list_then_conversation(browser, mysql_cluster, pages):
     # Nothing overflows the phone's width.
     assert b.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
 
+    # The browser's back (Android's back gesture) returns to the list too.
+    b.page.go_back()
+    expect(conv_list).to_be_visible()
+    expect(b.page.get_by_test_id("message-list")).to_be_hidden()
+    b.open(room)
     b.page.get_by_test_id("back-button").click()
     expect(conv_list).to_be_visible()
     expect(b.page.get_by_test_id("message-list")).to_be_hidden()

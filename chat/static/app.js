@@ -21,6 +21,7 @@ const $ = (id) => document.getElementById(id);
 
 let socket = null;
 let authFailed = false;
+let everConnected = false;
 const drafts = new Map(); // conversation id -> unsent composer text
 
 // ------------------------------------------------------------------ socket I/O
@@ -74,10 +75,16 @@ async function onConnect() {
   } catch {
     // The list we have is still good; the periodic refresh tries again.
   }
+  const reconnect = everConnected;
+  everConnected = true;
+  if (reconnect) for (const c of state.convs.values()) if (c.loaded) c.stale = true;
   await Promise.allSettled([...state.convs.values()].map((conv) => joinConversation(conv)));
   flushPending();
   const conv = openConv();
-  if (conv) markRead(conv);
+  if (conv) {
+    markRead(conv);
+    if (conv.stale) refreshLatest(conv);
+  }
   api
     .getMe()
     .then((me) => setUnreadNotifications(me.unread_notifications))
@@ -252,6 +259,30 @@ async function joinConversation(conv) {
     if (state.openId === conv.id) setTimeout(fillViewport, 50);
   }
   afterMessagesChanged(conv);
+}
+
+/**
+ * After a reconnect, `since_seq` brings the messages we missed but not edits or deletions of
+ * ones we already show: the open conversation re-reads what it shows (its latest 1,000 at most).
+ */
+async function refreshLatest(conv) {
+  conv.stale = false;
+  if (conv.lowSeq === null) return;
+  const top = conv.highSeq;
+  let after = Math.max(conv.lowSeq - 1, top - 1_000);
+  try {
+    while (after < top) {
+      const res = await api.listMessages(conv.id, { afterSeq: after, limit: CATCH_UP_PAGE });
+      if (!state.convs.has(conv.id)) return;
+      const msgs = res.messages || [];
+      addMessages(conv, msgs);
+      if (!msgs.length || !res.has_more) break;
+      after = msgs[msgs.length - 1].seq;
+    }
+    afterMessagesChanged(conv);
+  } catch {
+    conv.stale = true;
+  }
 }
 
 async function loadLatestOverHttp(conv) {
@@ -615,14 +646,27 @@ function openConversation(id) {
     state.editing = null;
     state.confirmDelete = null;
   }
+  // On a phone the conversation is a screen of its own: the browser's back returns to the list.
+  if (isPhone() && !state.openId) window.history.pushState({ backstageConversation: id }, "");
   state.openId = id;
   const composer = $("composer");
   composer.value = drafts.get(id) || "";
   markRead(conv);
   if (!conv.loaded && !(socket && socket.connected)) loadLatestOverHttp(conv);
+  else if (conv.stale && socket && socket.connected) refreshLatest(conv);
   scheduleRender({ scroll: "bottom" });
   setTimeout(fillViewport, 50);
   if (window.matchMedia("(min-width: 641px)").matches && canPost(conv)) composer.focus();
+}
+
+function isPhone() {
+  return window.matchMedia("(max-width: 640px)").matches;
+}
+
+/** The back button: undo our history entry when there is one, which closes the view. */
+function goBack() {
+  if (window.history.state && window.history.state.backstageConversation) window.history.back();
+  else closeConversation();
 }
 
 function closeConversation() {
@@ -750,7 +794,10 @@ function wireDom() {
       openFromEvent(e);
     }
   });
-  $("back-button").addEventListener("click", closeConversation);
+  $("back-button").addEventListener("click", goBack);
+  window.addEventListener("popstate", () => {
+    if (state.openId && !(window.history.state && window.history.state.backstageConversation)) closeConversation();
+  });
   $("mute-button").addEventListener("click", toggleMute);
 
   const composer = $("composer");
@@ -812,6 +859,8 @@ async function loadMe() {
 
 async function boot() {
   api.takeTokenFromUrl();
+  // A reload starts on the list: forget a conversation entry left in this tab's history.
+  if (window.history.state && window.history.state.backstageConversation) window.history.replaceState(null, "");
   const token = api.getToken();
   const problem = api.tokenProblem(token);
   if (problem === "missing") {

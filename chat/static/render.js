@@ -189,7 +189,10 @@ function seenByMap(conv, sortedSeqs) {
     if (!bySeq.has(target)) bySeq.set(target, []);
     bySeq.get(target).push(nameOf(userId));
   }
-  for (const names of bySeq.values()) names.sort();
+  for (const [seq, names] of bySeq) {
+    names.sort();
+    if (names.length > 3) bySeq.set(seq, [...names.slice(0, 2), `${names.length - 2} others`]);
+  }
   return bySeq;
 }
 
@@ -307,7 +310,8 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
   }
 
   if (seenBy && seenBy.length) {
-    el.append(h("div", { class: "msg-seen", "data-testid": "read-receipt" }, `Seen by ${seenBy.join(", ")}`));
+    const who = seenBy.length > 1 ? `${seenBy.slice(0, -1).join(", ")} and ${seenBy[seenBy.length - 1]}` : seenBy[0];
+    el.append(h("div", { class: "msg-seen", "data-testid": "read-receipt" }, `Seen by ${who}`));
   }
   return el;
 }
