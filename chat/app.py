@@ -180,7 +180,8 @@ async def close_sockets(app: web.Application) -> None:
     sio = app.get(SIO_KEY)
     if sio is not None:
         try:
-            await asyncio.wait_for(sio.eio.disconnect(), 10)  # no sid: every client of this process
+            if sio.eio.sockets:  # engineio's disconnect() raises ValueError on an empty set
+                await asyncio.wait_for(sio.eio.disconnect(), 10)  # no sid: every client of this process
             await asyncio.wait_for(sio.shutdown(), 10)
         except Exception:
             log.warning("socket shutdown incomplete", exc_info=True)
