@@ -1,0 +1,531 @@
+"""Operations (SPEC §1, §3): health and readiness (with the database or Redis really cut off,
+through a TCP proxy this test owns), metrics, SIGTERM drain, JSON logs, no secrets in logs,
+and the commands: `--demo` from nothing, `token`, `migrate`.
+
+Readiness: the brief suggested dropping the MySQL database; an open pooled connection still
+answers `SELECT 1` after DROP DATABASE, so that cannot show 503. Instead the server reaches
+MariaDB and Redis through a proxy in this process, which the test closes and reopens: a real
+outage (connections reset, new ones refused) and a real recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pymysql
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.support import JWT_SECRET, ROOT, Api, Client, ServerProcess, free_port, make_token
+
+# ---------------------------------------------------------------- a TCP proxy we can cut
+
+
+class TcpProxy:
+    """127.0.0.1:port → target. stop() resets every connection and refuses new ones;
+    start() listens again on the same port."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> TcpProxy:
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(128)
+        self._listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+        return self
+
+    def _accept(self, ls: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = ls.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+            except OSError:
+                pass
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
+                s.close()
+            except OSError:
+                pass
+
+
+def wait_until(pred: Any, timeout: float = 20, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met in {timeout}s (last: {last!r})")
+
+
+def readyz(server: ServerProcess) -> httpx.Response:
+    return httpx.get(server.url + "/readyz", timeout=10)
+
+
+# ---------------------------------------------------------------- health and readiness
+
+
+def test_healthz_and_readyz(tmp_path: Path) -> None:
+    server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/ops.db")
+    try:
+        r = httpx.get(server.url + "/healthz", timeout=5)
+        assert r.status_code == 200 and r.json()["ok"] is True
+        r = readyz(server)
+        assert r.status_code == 200 and r.json()["ok"] is True
+    finally:
+        assert server.stop() == 0
+
+
+def test_readyz_503_when_redis_is_cut_off_and_back(mysql_url: str, redis_url: str, redis_prefix: str) -> None:
+    u = make_url(redis_url)
+    proxy = TcpProxy(u.host or "127.0.0.1", u.port or 6379).start()
+    proxied = redis_url.replace(f"{u.host}:{u.port or 6379}", f"127.0.0.1:{proxy.port}")
+    assert proxied != redis_url
+    server = ServerProcess(mysql_url, proxied, redis_prefix)
+    try:
+        assert readyz(server).status_code == 200
+        proxy.stop()
+        r = wait_until(lambda: (lambda r: r if r.status_code == 503 else None)(readyz(server)))
+        assert r.json()["ok"] is False and "redis" in r.json()["problems"], r.text
+        assert "database" not in r.json()["problems"]
+        assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200  # alive, just not ready
+        proxy.start()
+        wait_until(lambda: readyz(server).status_code == 200)
+    finally:
+        proxy.stop()
+        server.stop()
+
+
+async def test_database_cut_off_readyz_503_and_unavailable_then_recovery(mysql_databases: Any) -> None:
+    url = make_url(mysql_databases.new())
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 3306).start()
+    server = ServerProcess(url.set(port=proxy.port).render_as_string(hide_password=False))
+    api = Api(server.url)
+    c = None
+    try:
+        cre, pat = api.user("cre"), api.user("pat")
+        api.membership("cre", "pat", 100)
+        room = api.room("cre", "R", 0)
+        c = await Client(server.url, pat).connect()
+        assert (await c.call("join", {"conversation_id": room}))["ok"]
+        first = await c.call("send", {"conversation_id": room, "body": "one", "client_msg_id": "k1"})
+        assert first["ok"] and first["message"]["seq"] == 1
+
+        proxy.stop()
+        r = await asyncio.to_thread(wait_until, lambda: (lambda r: r if r.status_code == 503 else None)(readyz(server)))
+        assert "database" in r.json()["problems"], r.text
+        ack = await c.call("send", {"conversation_id": room, "body": "two", "client_msg_id": "k2"}, timeout=30)
+        assert ack["ok"] is False and ack["error"]["code"] == "unavailable", ack
+        r = await asyncio.to_thread(api.client, pat, "POST", f"/conversations/{room}/messages",
+                                    json={"body": "two", "client_msg_id": "k2"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+        h = await c.call("history", {"conversation_id": room}, timeout=30)
+        assert h["ok"] is False and h["error"]["code"] == "unavailable", h
+        assert c.sio.connected
+
+        proxy.start()
+        await asyncio.to_thread(wait_until, lambda: readyz(server).status_code == 200)
+        # the client retries the same message: stored once, no gap left by the failed attempts
+        ack = await c.call("send", {"conversation_id": room, "body": "two", "client_msg_id": "k2"}, timeout=30)
+        assert ack["ok"] and ack["message"]["seq"] == 2, ack
+        hist = await c.call("history", {"conversation_id": room})
+        assert [(m["seq"], m["body"]) for m in hist["messages"]] == [(1, "one"), (2, "two")]
+    finally:
+        if c is not None:
+            await c.close()
+        api.close()
+        proxy.stop()
+        await asyncio.to_thread(server.stop)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+async def test_metrics(tmp_path: Path) -> None:
+    server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/m.db")
+    api = Api(server.url)
+    clients: list[Client] = []
+
+    def metrics() -> dict[str, float]:
+        r = httpx.get(server.url + "/metrics", timeout=5)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.headers
+        return parse_metrics(r.text)
+
+    try:
+        api.user("cre")
+        pat = api.user("pat")
+        api.membership("cre", "pat", 100)
+        room = api.room("cre", "R", 0)
+        before = metrics()
+        assert before["backstage_connected_sockets"] == 0
+        clients = [await Client(server.url, pat).connect() for _ in range(3)]
+        refused = Client(server.url, "bad-token")
+        with pytest.raises(Exception):
+            await refused.connect()
+        m = metrics()
+        assert m["backstage_connected_sockets"] == 3  # the refused one is not counted
+
+        c = clients[0]
+        assert (await c.call("join", {"conversation_id": room}))["ok"]
+        for i in range(3):
+            assert (await c.call("send", {"conversation_id": room, "body": f"b{i}", "client_msg_id": f"m{i}"}))["ok"]
+        assert (await c.call("send", {"conversation_id": room, "body": "b0", "client_msg_id": "m0"}))["ok"]  # retry
+        assert not (await c.call("send", {"conversation_id": room, "body": 5}))["ok"]
+        assert not (await c.call("nonsense", {}))["ok"]
+        r = api.client(pat, "POST", f"/conversations/{room}/messages", json={"body": "h", "client_msg_id": "h1"})
+        assert r.status_code == 201
+
+        after = metrics()
+
+        def delta(name: str) -> float:
+            return after.get(name, 0.0) - before.get(name, 0.0)
+
+        assert delta("backstage_messages_stored_total") == 4  # 3 + 1 over HTTP; the retry stored nothing
+        assert delta('backstage_socket_events_total{event="send",outcome="ok"}') == 4
+        assert delta('backstage_socket_events_total{event="send",outcome="invalid"}') == 1
+        assert delta('backstage_socket_events_total{event="join",outcome="ok"}') == 1
+        assert delta('backstage_socket_events_total{event="unknown",outcome="invalid"}') == 1
+        assert delta('backstage_socket_event_seconds_count{event="send"}') == 5
+        assert after['backstage_socket_event_seconds_bucket{event="send",le="+Inf"}'] >= 5
+        assert 'backstage_socket_event_seconds_bucket{event="send",le="0.1"}' in after
+        assert after['backstage_socket_event_seconds_sum{event="send"}'] > 0
+
+        for cl in clients:
+            await cl.close()
+        await asyncio.sleep(0.3)
+        assert metrics()["backstage_connected_sockets"] == 0
+    finally:
+        for cl in clients:
+            await cl.close()
+        api.close()
+        server.stop()
+
+
+# ---------------------------------------------------------------- SIGTERM
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mysql"])
+async def test_sigterm_disconnects_clients_and_exits_0(backend: str, tmp_path: Path, mysql_databases: Any,
+                                                       redis_url: str, redis_prefix: str) -> None:
+    if backend == "sqlite":
+        server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/t.db")
+    else:
+        server = ServerProcess(mysql_databases.new(), redis_url, redis_prefix)
+    clients = [await Client(server.url, make_token(f"u{i}")).connect() for i in range(3)]
+    try:
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        # The event loop keeps running here, so the clients can answer the close handshake.
+        while any(c.sio.connected for c in clients):
+            assert time.monotonic() - started < 5, "clients still connected 5 s after SIGTERM"
+            await asyncio.sleep(0.05)
+        while server.proc.poll() is None:
+            assert time.monotonic() - started < 12, "server still running 12 s after SIGTERM"
+            await asyncio.sleep(0.05)
+        assert server.proc.returncode == 0, server.log()[-3000:]
+        log = server.log()
+        assert "Traceback" not in log, log[-3000:]
+    finally:
+        for c in clients:
+            await c.close()
+        server.kill()
+
+
+def test_sigterm_idle_server_exits_quickly_and_cleanly(tmp_path: Path) -> None:
+    server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/idle.db")
+    started = time.monotonic()
+    assert server.stop(timeout=10) == 0
+    assert time.monotonic() - started < 5
+    log = server.log_path.read_text()
+    assert "Traceback" not in log and "shutdown incomplete" not in log, log[-3000:]
+
+
+# ---------------------------------------------------------------- logs
+
+MARK = f"mk{os.getpid()}x{int(time.time())}"
+LOG_API_KEY = f"apikey-{MARK}-secret"
+
+
+@pytest.fixture(scope="module")
+def json_log_server(tmp_path_factory: Any) -> Iterator[ServerProcess]:
+    db = tmp_path_factory.mktemp("jsonlog") / "j.db"
+    server = ServerProcess(f"sqlite+aiosqlite:///{db}", env={"LOG_FORMAT": "json", "API_KEYS": LOG_API_KEY})
+    yield server
+    server.stop()
+
+
+async def _exercise_with_secrets(server: ServerProcess) -> list[str]:
+    """Do everything a log might be tempted to record; returns the secrets used."""
+    api = Api(server.url, api_key=LOG_API_KEY)
+    run = len(server.log())  # client_msg_ids must differ between runs on one server
+    body = f"BODY-{MARK}-private words"
+    token = api.user("logcre", "Log Cre")
+    pat = api.user("logpat", "Log Pat")
+    api.membership("logcre", "logpat", 100)
+    room = api.room("logcre", "R", 0)
+    bad_token = make_token("logpat", secret=f"wrong-{MARK}-0123456789abcdef0123456789")
+    secrets = [body, token, pat, LOG_API_KEY, bad_token, f"NOTIF-{MARK}", f"devtok-{MARK}"]
+    c = await Client(server.url, pat).connect()
+    try:
+        assert (await c.call("join", {"conversation_id": room}))["ok"]
+        assert (await c.call("send", {"conversation_id": room, "body": body, "client_msg_id": f"cm-{MARK}-{run}"}))["ok"]
+        mine = (await c.call("history", {"conversation_id": room}))["messages"][-1]["id"]
+        assert (await c.call("edit", {"message_id": mine, "body": body + " edited"}))["ok"]
+        await c.call("send", {"conversation_id": room, "body": body, "client_msg_id": f"cm-{MARK}-{run}"})
+        await c.call("send", {"conversation_id": room, "body": body * 2000, "client_msg_id": "too-long"})
+        await c.call("send", {"conversation_id": room, "body": body, "client_msg_id": f"cm-{MARK}-{run}", "x": 1})
+        await c.call("subscribe", {"channel": f"user:{MARK}"})
+        await c.call(f"event-{MARK}", {"body": body})
+    finally:
+        await c.close()
+    refused = Client(server.url, bad_token)
+    with pytest.raises(Exception):
+        await refused.connect()
+    api.client(token, "POST", f"/conversations/{room}/messages", json={"body": body, "client_msg_id": f"h-{MARK}-{run}"})
+    api.client(bad_token, "GET", "/me")
+    api.client(pat, "POST", "/devices", json={"token": f"devtok-{MARK}", "platform": "web"})
+    api.server("POST", "/notifications", {"user_ids": ["logpat"], "type": "t", "title": "T", "body": f"NOTIF-{MARK}"})
+    api.server("POST", "/publish", {"channel": "user:logpat", "event": "e", "data": {"b": body}})
+    httpx.get(server.url + f"/?token={token}", timeout=5)
+    httpx.get(server.url + f"/api/v1/me?token={token}", timeout=5)
+    httpx.put(server.url + "/api/v1/server/users/x", headers={"Authorization": f"Bearer {LOG_API_KEY}x"}, json={}, timeout=5)
+    api.close()
+    await asyncio.sleep(0.3)
+    return secrets
+
+
+async def test_no_secrets_or_bodies_in_the_log(json_log_server: ServerProcess) -> None:
+    secrets = await _exercise_with_secrets(json_log_server)
+    log = json_log_server.log()
+    assert len(log) > 0
+    for secret in secrets:
+        assert secret not in log, f"{secret[:30]}... appears in the server log"
+    # a JWT's signature-less parts are secrets too: the header.payload prefix of any token
+    assert not re.search(r"eyJ[A-Za-z0-9_-]{10,}\.eyJ", log), "something token-shaped is in the log"
+    assert MARK not in log, [line for line in log.splitlines() if MARK in line][:3]
+
+
+async def test_json_log_lines(json_log_server: ServerProcess) -> None:
+    await _exercise_with_secrets(json_log_server)
+    lines = [line for line in json_log_server.log().splitlines() if line.strip()]
+    assert len(lines) >= 3
+    for line in lines:
+        entry = json.loads(line)  # every line is one JSON object
+        assert isinstance(entry, dict)
+        assert {"time", "level", "logger", "message"} <= set(entry), entry
+        assert entry["level"] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+# ---------------------------------------------------------------- commands
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("REDIS_", "DATABASE_", "JWT_", "API_KEYS", "ALLOWED_ORIGINS", "LOG_", "PORT", "HOST"))}
+    env.update({"PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def _run_demo(cwd: Path, port: int) -> tuple[subprocess.Popen[str], list[str], list[str]]:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_server.py"), "--demo"], cwd=cwd,
+                            env=_clean_env(PORT=str(port)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    links: list[str] = []
+    output: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            links.extend(re.findall(r"http://\S+/\?token=\S+", line))
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + 40
+    while len(links) < 4 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    return proc, links, output
+
+
+def _stop(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return -9
+
+
+def test_demo_from_nothing(tmp_path: Path) -> None:
+    """`make run`'s command in an empty directory: SQLite backstage.db appears there, four links
+    are printed, and their tokens sign in."""
+    port = free_port()
+    proc, links, output = _run_demo(tmp_path, port)
+    try:
+        assert len(links) == 4, "".join(output)
+        assert (tmp_path / "backstage.db").exists()
+        users = []
+        for link in links:
+            assert re.match(rf"http://(localhost|127\.0\.0\.1):{port}/\?token=", link), link
+            token = link.split("?token=", 1)[1]
+            r = httpx.get(f"http://127.0.0.1:{port}/api/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert r.status_code == 200, r.text
+            users.append(r.json()["user"]["id"])
+            page = httpx.get(link.replace("localhost", "127.0.0.1"), timeout=10)
+            assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert len(set(users)) == 4
+        creator_token = links[0].split("?token=", 1)[1]
+        convs = httpx.get(f"http://127.0.0.1:{port}/api/v1/conversations",
+                          headers={"Authorization": f"Bearer {creator_token}"}, timeout=10).json()["conversations"]
+        kinds = sorted(c["conversation"]["kind"] for c in convs)
+        assert kinds.count("room") == 2 and kinds.count("direct") >= 1, convs
+    finally:
+        assert _stop(proc) == 0, "".join(output)[-3000:]
+    # a second start on the same directory reuses the data: nothing seeded twice
+    port2 = free_port()
+    proc, links2, output = _run_demo(tmp_path, port2)
+    try:
+        assert len(links2) == 4, "".join(output)
+        creator_token = links2[0].split("?token=", 1)[1]
+        convs2 = httpx.get(f"http://127.0.0.1:{port2}/api/v1/conversations",
+                           headers={"Authorization": f"Bearer {creator_token}"}, timeout=10).json()["conversations"]
+        assert sorted(c["conversation"]["id"] for c in convs2) == sorted(c["conversation"]["id"] for c in convs)
+        for c in convs2:
+            assert c["last_message"] is not None and c["last_message"]["seq"] == 1, c  # welcome messages not resent
+    finally:
+        assert _stop(proc) == 0, "".join(output)[-3000:]
+
+
+def test_token_command(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "run_server.py"), "token", "cli_user", "--name", "Cli User",
+                          "--ttl", "60"], cwd=tmp_path, env=_clean_env(JWT_SECRET=JWT_SECRET),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    token = out.stdout.strip()
+    claims = jwt.decode(token, JWT_SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "cli_user" and claims["name"] == "Cli User"
+    assert abs(claims["exp"] - (time.time() + 60)) < 15
+    server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/tok.db")
+    try:
+        r = httpx.get(server.url + "/api/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.json()["user"] == {"id": "cli_user", "name": "Cli User", "avatar_url": None}
+    finally:
+        server.stop()
+    bad = subprocess.run([sys.executable, str(ROOT / "run_server.py"), "token", "not valid"], cwd=tmp_path,
+                         env=_clean_env(JWT_SECRET=JWT_SECRET), capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0
+    assert bad.stdout.strip() == ""
+    nosecret = subprocess.run([sys.executable, str(ROOT / "run_server.py"), "token", "u1"], cwd=tmp_path,
+                              env=_clean_env(), capture_output=True, text=True, timeout=30)
+    assert nosecret.returncode != 0 and nosecret.stdout.strip() == ""
+
+
+CHAT_TABLES = {"users", "memberships", "conversations", "conversation_states", "messages", "alembic_version"}
+
+
+def _migrate(cwd: Path, database_url: str) -> None:
+    for _ in range(2):  # a second run is a no-op
+        out = subprocess.run([sys.executable, str(ROOT / "run_server.py"), "migrate"], cwd=cwd,
+                             env=_clean_env(DATABASE_URL=database_url), capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_migrate_empty_sqlite(tmp_path: Path) -> None:
+    db = tmp_path / "empty.db"
+    db.touch()  # an empty file, as created by an operator
+    _migrate(tmp_path, f"sqlite+aiosqlite:///{db}")
+    con = sqlite3.connect(db)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert CHAT_TABLES <= tables, tables
+        assert con.execute("SELECT version_num FROM alembic_version").fetchone() is not None
+    finally:
+        con.close()
+    # a file that does not exist yet
+    _migrate(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/new.db")
+    assert (tmp_path / "new.db").stat().st_size > 0
+
+
+def test_migrate_empty_mariadb(tmp_path: Path, mysql_databases: Any) -> None:
+    url = mysql_databases.new()
+    _migrate(tmp_path, url)
+    u = make_url(url)
+    con = pymysql.connect(host=u.host or "127.0.0.1", port=u.port or 3306, user=u.username or "root",
+                          password=u.password or "", database=u.database)
+    try:
+        with con.cursor() as cur:
+            cur.execute("SHOW TABLES")
+            tables = {r[0] for r in cur.fetchall()}
+            assert CHAT_TABLES <= tables, tables
+            cur.execute("SELECT version_num FROM alembic_version")
+            assert cur.fetchone() is not None
+            cur.execute("SELECT ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'messages'")
+            assert cur.fetchone()[0] == "InnoDB"
+    finally:
+        con.close()
