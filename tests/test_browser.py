@@ -34,6 +34,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     assert SOCKETIO_CLIENT.exists(), "socket.io-client is not installed: run `npm ci` at the repository root"
+    expect.set_options(timeout=10_000)  # CI machines are small: give live updates room
     with sync_playwright() as p:
         b = launch(p)
         yield b
