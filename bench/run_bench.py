@@ -11,12 +11,11 @@ when it has no node_modules/.venv of its own it is copied to a cache folder
 (BENCH_CACHE, default ~/.cache/backstage-bench) and its setup.sh runs there. Nothing of it
 is copied into this repository.
 
-Per repetition, targets run in rotated order (like suite.py). Per target and repetition,
-servers start fresh (pinned with `taskset -c 0`, loadgen on CPU 1), and the scenarios run
-against them in the order connect (fresh process: RSS per connection) -> fixed -> ramp;
-the loadgen connects its own 5,000 sockets for each scenario. Backstage targets get a fresh
-database cloned from a seed (100 rooms x 50 members, seeded once per invocation through
-the server API) and their own Redis prefix; both are removed afterwards.
+Per repetition, targets run in rotated order (like suite.py). Every scenario run gets fresh
+servers (pinned with `taskset -c 0`, loadgen on CPU 1), as in suite.py; Backstage targets
+also get a fresh database cloned from a seed (100 rooms x 50 members, seeded through the
+server API once and cached in BENCH_CACHE) and their own Redis prefix; all are removed
+afterwards. Peers run from the harness's targets.json (py-mysql on a fresh database too).
 
 Results: one JSON line per run in bench-results/bench-<stamp>.jsonl (loadgen output + rep,
 target, suite_scenario, pinning), compatible with the harness's report.py; then a table of
@@ -50,6 +49,7 @@ SCENARIO_FILE = BENCH / "scenario-backstage.json"
 RESULTS = ROOT / "bench-results"
 
 ROOMS, MEMBERS = 100, 50
+SEED_VERSION = "1"  # bump when seed_api changes (cached seeds are keyed by it and the schema)
 MYSQL_HOST, MYSQL_PORT, MYSQL_USER = "127.0.0.1", 3306, "root"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -62,10 +62,16 @@ PRESETS: dict[str, list[str]] = {
     "fixed": ["--scenario", "fanout", "--rooms", str(ROOMS), "--members", str(MEMBERS),
               "--deliveries", "2500", "--duration", "6", "--warmup", "2", "--drain", "5"],
     "ramp": ["--scenario", "ramp", "--rooms", str(ROOMS), "--members", str(MEMBERS),
-             "--ramp-start", "1000", "--ramp-factor", "2", "--ramp-step", "2", "--ramp-warmup", "1",
-             "--ramp-bisect", "3", "--ramp-retries", "1", "--p99-limit", "100", "--drain", "3"],
+             "--ramp-start", "500", "--ramp-factor", "2", "--ramp-step", "2", "--ramp-warmup", "1",
+             "--ramp-bisect", "2", "--ramp-retries", "1", "--p99-limit", "100", "--drain", "3"],
 }
 SCENARIO_ORDER = ["connect", "fixed", "ramp"]
+# By default the connect columns come from the fixed run's own setup (the same storm: 5,000
+# clients, 200 in flight, connect + auth + join, on a fresh process), with RSS per connection
+# = (server RSS at the end of the fixed run - RSS before the loadgen started) / sockets. The
+# separate `connect` scenario (the harness's, RSS read 2 s after the storm) costs one more
+# 5,000-socket setup per target, ~40 s for Backstage: pass --scenarios connect,fixed,ramp.
+DEFAULT_SCENARIOS = "fixed,ramp"
 
 PEERS = ["node", "node-2proc", "py-uvloop", "py-mysql"]
 BACKSTAGE = {  # name -> (database kind, processes, redis)
@@ -176,6 +182,16 @@ class Servers:
         self.procs = []
 
 
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def host_busy_pct(seconds: float = 1.0) -> float:
     """Whole-host busy %, 100 = one core (the loadgen's host_busy_pct scale)."""
     def sample() -> tuple[int, int, int]:
@@ -271,6 +287,8 @@ def backstage_env(port: int, database_url: str, redis_prefix: str | None, secret
 
 
 def backstage_argv() -> list[str]:
+    if os.environ.get("BENCH_GC_STATS"):  # record garbage-collector pauses (bench/gc_stats.py)
+        return [sys.executable, str(BENCH / "gc_stats.py")]
     return [sys.executable, str(ROOT / "run_server.py")]
 
 
@@ -355,8 +373,9 @@ class Seeds:
     def cache_dir() -> Path:
         """Seeds are kept between invocations, keyed by the schema and this file."""
         digest = hashlib.sha256()
-        for p in sorted([*(ROOT / "migrations").rglob("*.py"), ROOT / "chat" / "models.py", Path(__file__)]):
+        for p in sorted([*(ROOT / "migrations").rglob("*.py"), ROOT / "chat" / "models.py"]):
             digest.update(p.read_bytes())
+        digest.update(SEED_VERSION.encode())
         return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "backstage-bench")) / "seeds" / digest.hexdigest()[:16]
 
     def ensure(self, kind: str) -> None:
@@ -478,39 +497,42 @@ class Runner:
         return ports, [], (lambda: self.dbs.drop(db)) if db else (lambda: None)
 
     def run_target(self, rep: int, target: str) -> None:
-        busy_before = wait_quiet(self.args.quiet_limit, self.args.quiet_wait) if self.args.quiet_wait > 0 else None
+        for sc in self.args.scenarios:
+            self.run_one(rep, target, sc)
+
+    def run_one(self, rep: int, target: str, sc: str) -> None:
+        """Fresh servers (and a fresh database) for every scenario, like suite.py: a 5,000-socket
+        disconnect storm at the end of one scenario must not bleed into the next."""
+        busy_before = wait_quiet(self.args.quiet_limit, self.args.quiet_wait) if self.args.quiet_wait > 0 else host_busy_pct()
         servers = Servers()
         cleanup: Any = lambda: None
         try:
             ports, extra, cleanup = self.start_target(target, servers)
             pids = [p.pid for p in servers.procs]
             time.sleep(1.0)
-            for sc in self.args.scenarios:
-                if any(p.poll() is not None for p in servers.procs):
-                    log(f"[rep {rep}] {target}: a server process exited; skipping the rest")
-                    break
-                cmd = pin(self.args.loadgen_cpus) + [
-                    "node", "loadgen/loadgen.js", "--url", ",".join(f"ws://127.0.0.1:{p}" for p in ports),
-                    "--label", target, "--server-pid", ",".join(map(str, pids)), *self.watch_arg(),
-                    *PRESETS[sc], *extra, "--quiet"]
-                log(f"[rep {rep}] {target} {sc}")
-                t0 = time.time()
-                r = subprocess.run(cmd, cwd=self.harness, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, timeout=600)
-                line = next((ln for ln in r.stdout.splitlines() if ln.startswith("{")), None)
-                if line is None:
-                    log(f"[rep {rep}] {target} {sc}: no result (rc={r.returncode}) {r.stderr[:800]}")
-                    continue
-                res = json.loads(line)
-                res.update(rep=rep, target=target, suite_scenario=sc, host_busy_before_pct=busy_before,
-                           pinning={"server": self.args.server_cpus, "loadgen": self.args.loadgen_cpus},
-                           run_seconds=round(time.time() - t0, 1))
-                with open(self.out, "a") as f:
-                    f.write(json.dumps(res) + "\n")
-                log(f"[rep {rep}] {target} {sc}: {brief(res)}")
-                time.sleep(1.0)
+            cmd = pin(self.args.loadgen_cpus) + [
+                "node", "loadgen/loadgen.js", "--url", ",".join(f"ws://127.0.0.1:{p}" for p in ports),
+                "--label", target, "--server-pid", ",".join(map(str, pids)), *self.watch_arg(),
+                *PRESETS[sc], *extra, "--quiet"]
+            log(f"[rep {rep}] {target} {sc}")
+            rss_before = sum(rss_kib(p) for p in pids)
+            t0 = time.time()
+            r = subprocess.run(cmd, cwd=self.harness, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, timeout=600)
+            line = next((ln for ln in r.stdout.splitlines() if ln.startswith("{")), None)
+            if line is None:
+                log(f"[rep {rep}] {target} {sc}: no result (rc={r.returncode}) {r.stderr[:800]}")
+                return
+            res = json.loads(line)
+            res.update(rep=rep, target=target, suite_scenario=sc, host_busy_before_pct=busy_before,
+                       server_rss_kib_before=rss_before,
+                       pinning={"server": self.args.server_cpus, "loadgen": self.args.loadgen_cpus},
+                       run_seconds=round(time.time() - t0, 1))
+            with open(self.out, "a") as f:
+                f.write(json.dumps(res) + "\n")
+            log(f"[rep {rep}] {target} {sc}: {brief(res)}")
         except Exception as exc:
-            log(f"[rep {rep}] {target}: failed: {exc}")
+            log(f"[rep {rep}] {target} {sc}: failed: {exc}")
         finally:
             servers.stop()
             try:
@@ -551,13 +573,19 @@ def us_per_delivery(r: dict[str, Any]) -> float | None:
     return round(c / 100 * 1e6 / d, 1) if c and d else None
 
 
+def rss_per_conn_fixed(r: dict[str, Any]) -> float | None:
+    after, before, n = r.get("server_rss_kib"), r.get("server_rss_kib_before"), get(r, "setup.sockets")
+    return round((after - before) / n, 2) if after and before and n else None
+
+
 COLUMNS = [  # header, scenario, value, ratio against the baseline?
     ("max deliveries/s (ramp, p99<=100ms)", "ramp", lambda r: r.get("max_deliveries_per_s"), True),
     ("p50 ms @2,500/s", "fixed", lambda r: get(r, "latency_ms.p50"), True),
     ("p99 ms @2,500/s", "fixed", lambda r: get(r, "latency_ms.p99"), True),
     ("server CPU us/delivery @2,500/s", "fixed", us_per_delivery, True),
     ("connects/s (connect+auth+join)", "connect", lambda r: get(r, "setup.connects_per_s"), True),
-    ("RSS KiB/conn", "connect", lambda r: r.get("rss_kib_per_conn"), True),
+    ("RSS KiB/conn", "connect", lambda r: r.get("rss_kib_per_conn") if r.get("suite_scenario") == "connect"
+     else rss_per_conn_fixed(r), True),
     ("host busy % (fixed)", "fixed", lambda r: r.get("host_busy_pct"), False),
 ]
 
@@ -570,10 +598,16 @@ def table(rows: list[dict[str, Any]], baseline: str = "node") -> str:
     by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by[(r["suite_scenario"], r["target"])].append(r)
+    derived = not any(sc == "connect" for sc, _ in by)
+    if derived:  # connect columns from the fixed runs' setup (see DEFAULT_SCENARIOS)
+        for (sc, t), rs in list(by.items()):
+            if sc == "fixed":
+                by[("connect", t)] = rs
     targets = [t for t in ALL_TARGETS if any(k[1] == t for k in by)]
     targets += sorted({k[1] for k in by} - set(targets))
     reps = sorted({r["rep"] for r in rows})
-    out = [f"medians over {len(reps)} repetition(s); (x) = median over repetitions of target/{baseline} in the same repetition\n",
+    out = [f"medians over {len(reps)} repetition(s); (x) = median over repetitions of target/{baseline} in the same repetition"
+           + ("; connects/s and RSS/conn from the fixed run's setup" if derived else "") + "\n",
            "| target | " + " | ".join(c[0] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for t in targets:
         cells = [t]
@@ -609,7 +643,7 @@ def print_report(path: Path, harness: Path | None) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help=f"1 rep, targets {','.join(QUICK_TARGETS)}, connect+fixed")
+    ap.add_argument("--quick", action="store_true", help=f"1 rep, targets {','.join(QUICK_TARGETS)}, fixed only")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--targets", default=None, help=f"comma separated, from {','.join(ALL_TARGETS)}")
     ap.add_argument("--scenarios", default=None, help="comma separated, from connect,fixed,ramp")
@@ -618,7 +652,7 @@ def main() -> int:
     ap.add_argument("--loadgen-cpus", default="1")
     ap.add_argument("--quiet-limit", type=float, default=40.0,
                     help="wait before each target until the host is below this busy %% (100 = one core)")
-    ap.add_argument("--quiet-wait", type=float, default=20.0, help="max seconds to wait for that (0 = never)")
+    ap.add_argument("--quiet-wait", type=float, default=0.0, help="max seconds to wait for that (0 = never)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--report", type=Path, default=None, help="only print the table of an earlier results file")
     ap.add_argument("--profile", action="store_true", help="profile Backstage under the fixed load (see bench/profile.py)")
@@ -638,7 +672,7 @@ def main() -> int:
 
     args.reps = args.reps or (1 if args.quick else 3)
     targets = (args.targets or ",".join(QUICK_TARGETS if args.quick else ALL_TARGETS)).split(",")
-    args.scenarios = [s for s in SCENARIO_ORDER if s in (args.scenarios or ("connect,fixed" if args.quick else "connect,fixed,ramp")).split(",")]
+    args.scenarios = [s for s in SCENARIO_ORDER if s in (args.scenarios or ("fixed" if args.quick else DEFAULT_SCENARIOS)).split(",")]
     for t in targets:
         if t not in ALL_TARGETS:
             sys.exit(f"unknown target {t}")
