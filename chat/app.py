@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat import http_api, migrate
 from chat.auth import Authenticator
+from chat.codec import OrjsonCompat
 from chat.config import Settings
 from chat.db import create_engine, session_factory
 from chat.delivery import Delivery
@@ -44,18 +45,6 @@ SIO_KEY = web.AppKey("sio", socketio.AsyncServer)
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; "
        "connect-src 'self' ws: wss:; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
-
-
-class OrjsonCompat:
-    """The json module interface python-socketio calls, backed by orjson."""
-
-    @staticmethod
-    def dumps(obj: Any, **_kw: Any) -> str:
-        return orjson.dumps(obj).decode()
-
-    @staticmethod
-    def loads(s: str | bytes, **_kw: Any) -> Any:
-        return orjson.loads(s)
 
 
 def origin_checker(settings: Settings) -> Callable[[str | None, dict[str, Any]], bool] | None:

@@ -37,6 +37,8 @@ from typing import Any
 
 import httpx
 
+from chat.codec import OrjsonCompat
+
 __all__ = ["AsyncPublisher", "PublishError", "Publisher", "RedisPublisher"]
 
 BACKOFF_BASE_S = 0.25
@@ -251,7 +253,7 @@ class RedisPublisher:
                     raise
 
         self._manager = _Manager(redis_url, channel=RedisKeys(prefix).socketio_channel, write_only=True,
-                                 json=_OrjsonCompat)
+                                 json=OrjsonCompat)
 
     async def publish(self, channel: str, event: str, data: Any) -> None:
         from chat.keys import CHANNEL_RE, channel_room
@@ -277,19 +279,3 @@ class RedisPublisher:
         redis = getattr(self._manager, "redis", None)
         if redis is not None:
             await redis.aclose()
-
-
-class _OrjsonCompat:
-    """The servers encode their pub/sub messages with orjson (chat/app.py); so does this."""
-
-    @staticmethod
-    def dumps(obj: Any, **_kw: Any) -> str:
-        import orjson
-
-        return orjson.dumps(obj).decode()
-
-    @staticmethod
-    def loads(s: str | bytes, **_kw: Any) -> Any:
-        import orjson
-
-        return orjson.loads(s)

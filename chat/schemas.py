@@ -27,13 +27,15 @@ def check_object(data: Any) -> dict[str, Any]:
     return data
 
 
-def check_str(data: dict[str, Any], field: str, *, max_len: int = 200, required: bool = True) -> str | None:
+def check_str(data: dict[str, Any], field: str, *, max_len: int = 200, required: bool = True,
+              strip: bool = True) -> str | None:
     value = data.get(field)
     if value is None and not required:
         return None
     if not isinstance(value, str):
         raise Invalid(f"{field} must be a string")
-    value = value.strip()
+    if strip:
+        value = value.strip()
     if not value:
         raise Invalid(f"{field} must not be empty")
     if len(value) > max_len:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from chat.auth import USER_ID_RE
 from chat.errors import Invalid, Unavailable
+from chat.schemas import check_str
 from chat.http_api import client, json_response, read_json, server_key
 from notifications.service import NotificationService, NotifyArgs
 
@@ -46,25 +47,12 @@ def notifications(request: web.Request) -> NotificationService:
 # ---------------------------------------------------------------- validation
 
 
-def _string(data: dict[str, Any], field: str, max_len: int, *, required: bool = True,
-            strip: bool = True) -> str | None:
-    value = data.get(field)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str):
-        raise Invalid(f"{field} must be a string")
-    if strip:
-        value = value.strip()
-    if not value:
-        raise Invalid(f"{field} must not be empty")
-    if len(value) > max_len:
-        raise Invalid(f"{field} is longer than {max_len} characters")
-    return value
+
 
 
 def check_idempotency_key(data: dict[str, Any]) -> str | None:
     """Compared exactly as sent (not trimmed)."""
-    return _string(data, "idempotency_key", MAX_IDEMPOTENCY_KEY_CHARS, required=False, strip=False)
+    return check_str(data, "idempotency_key", max_len=MAX_IDEMPOTENCY_KEY_CHARS, required=False, strip=False)
 
 
 def check_notify(data: dict[str, Any]) -> NotifyArgs:
@@ -81,10 +69,10 @@ def check_notify(data: dict[str, Any]) -> NotifyArgs:
             if not isinstance(uid, str) or not USER_ID_RE.match(uid):
                 raise Invalid("user_ids must be strings of 1-64 characters of [A-Za-z0-9_-]")
     else:
-        channel = _string(data, "channel", MAX_CHANNEL_CHARS)
-    type_ = _string(data, "type", MAX_TYPE_CHARS)
-    title = _string(data, "title", MAX_TITLE_CHARS)
-    body = _string(data, "body", MAX_BODY_CHARS)
+        channel = check_str(data, "channel", max_len=MAX_CHANNEL_CHARS)
+    type_ = check_str(data, "type", max_len=MAX_TYPE_CHARS)
+    title = check_str(data, "title", max_len=MAX_TITLE_CHARS)
+    body = check_str(data, "body", max_len=MAX_BODY_CHARS)
     raw = data.get("data")
     if raw is None:
         raw = {}
@@ -97,7 +85,7 @@ def check_notify(data: dict[str, Any]) -> NotifyArgs:
         push = False
     if not isinstance(push, bool):
         raise Invalid("push must be true or false")
-    collapse_key = _string(data, "collapse_key", MAX_COLLAPSE_KEY_CHARS, required=False)
+    collapse_key = check_str(data, "collapse_key", max_len=MAX_COLLAPSE_KEY_CHARS, required=False)
     assert type_ is not None and title is not None and body is not None
     return NotifyArgs(type=type_, title=title, body=body, data=raw, user_ids=user_ids, channel=channel,
                       push=push, collapse_key=collapse_key, idempotency_key=check_idempotency_key(data))
@@ -149,7 +137,7 @@ def check_read(data: dict[str, Any]) -> list[int] | None:
 
 
 def check_device(data: dict[str, Any]) -> tuple[str, str]:
-    token = _string(data, "token", MAX_TOKEN_CHARS, strip=False)
+    token = check_str(data, "token", max_len=MAX_TOKEN_CHARS, strip=False)
     platform = data.get("platform")
     if platform not in PLATFORMS:
         raise Invalid('platform must be "android", "ios" or "web"')
