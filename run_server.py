@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         install_demo(app, settings)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(app, host=settings.host, port=settings.port, access_log=None,
-                print=lambda *_: None, shutdown_timeout=10)
+                print=lambda *_: None,
+                # in-flight HTTP requests get this long; open websockets were closed in on_shutdown
+                shutdown_timeout=1)
     return 0
 
 
