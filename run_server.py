@@ -38,6 +38,10 @@ def configure_logging(settings: Settings) -> None:
     # aiohttp's access log would print ?token=... of the page links: keep it off.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # These log SQL statements with their parameters (message bodies, FCM tokens) below WARNING:
+    # kept at WARNING whatever LOG_LEVEL says.
+    for name in ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "aiomysql"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
