@@ -313,10 +313,12 @@ MARK = f"mk{os.getpid()}x{int(time.time())}"
 LOG_API_KEY = f"apikey-{MARK}-secret"
 
 
-@pytest.fixture(scope="module")
-def json_log_server(tmp_path_factory: Any) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module", params=["INFO", "DEBUG"])
+def json_log_server(request: Any, tmp_path_factory: Any) -> Iterator[ServerProcess]:
+    """JSON logs at the default level, and at DEBUG, where libraries would print SQL parameters."""
     db = tmp_path_factory.mktemp("jsonlog") / "j.db"
-    server = ServerProcess(f"sqlite+aiosqlite:///{db}", env={"LOG_FORMAT": "json", "API_KEYS": LOG_API_KEY})
+    server = ServerProcess(f"sqlite+aiosqlite:///{db}",
+                           env={"LOG_FORMAT": "json", "API_KEYS": LOG_API_KEY, "LOG_LEVEL": request.param})
     yield server
     server.stop()
 
