@@ -343,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     import os
 
-    options = WorkerOptions(concurrency=int(os.environ.get("PUSH_CONCURRENCY", str(WorkerOptions.concurrency))))
+    options = WorkerOptions(
+        concurrency=int(os.environ.get("PUSH_CONCURRENCY", str(WorkerOptions.concurrency))),
+        lease_seconds=float(os.environ.get("PUSH_LEASE_S", str(WorkerOptions.lease_seconds))),
+    )
     asyncio.run(serve(settings, options))
     return 0
 

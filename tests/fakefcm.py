@@ -71,6 +71,7 @@ class FakeFCM:
         self.token_requests: list[dict[str, Any]] = []
         self.token_down = False
         self.record_messages = True
+        self.send_delay = 0.0  # seconds every send waits before it is answered (a slow FCM)
         self.total_requests = 0
         self.total_delivered = 0
         self.issued: set[str] = set()
@@ -93,6 +94,7 @@ class FakeFCM:
             self.token_requests.clear()
             self.token_down = False
             self.record_messages = True
+            self.send_delay = 0.0
             self.total_requests = self.total_delivered = 0
 
     def delivered_messages(self, token: str) -> list[dict[str, Any]]:
@@ -117,6 +119,8 @@ class FakeFCM:
         return web.json_response({"access_token": token, "expires_in": self.token_lifetime, "token_type": "Bearer"})
 
     async def _send(self, request: web.Request) -> web.Response:
+        if self.send_delay:
+            await asyncio.sleep(self.send_delay)
         body = await request.json()
         msg = body.get("message", {})
         kinds = [k for k in ("token", "fid", "topic", "condition") if msg.get(k)]
