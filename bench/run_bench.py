@@ -286,6 +286,14 @@ def backstage_env(port: int, database_url: str, redis_prefix: str | None, secret
     return env
 
 
+def code_version() -> str:
+    """HEAD plus a hash of uncommitted changes to the server's code (others may commit mid-run)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    diff = subprocess.run(["git", "diff", "HEAD", "--", "chat", "run_server.py", "migrations"], cwd=ROOT,
+                          capture_output=True).stdout
+    return head + (f"+dirty.{hashlib.sha256(diff).hexdigest()[:8]}" if diff else "")
+
+
 def backstage_argv() -> list[str]:
     if os.environ.get("BENCH_GC_STATS"):  # record garbage-collector pauses (bench/gc_stats.py)
         return [sys.executable, str(BENCH / "gc_stats.py")]
@@ -526,6 +534,7 @@ class Runner:
             res = json.loads(line)
             res.update(rep=rep, target=target, suite_scenario=sc, host_busy_before_pct=busy_before,
                        server_rss_kib_before=rss_before,
+                       code=code_version() if target in BACKSTAGE else None,
                        pinning={"server": self.args.server_cpus, "loadgen": self.args.loadgen_cpus},
                        run_seconds=round(time.time() - t0, 1))
             with open(self.out, "a") as f:
