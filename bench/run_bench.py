@@ -600,6 +600,8 @@ COLUMNS = [  # header, scenario, value, ratio against the baseline?
 
 
 def fmt(v: float) -> str:
+    if isinstance(v, int) and abs(v) < 100:
+        return str(v)
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
 
 
@@ -638,10 +640,34 @@ def table(rows: list[dict[str, Any]], baseline: str = "node") -> str:
     return "\n".join(out)
 
 
+def per_rep(rows: list[dict[str, Any]]) -> str:
+    """The spread behind the medians: headline values of every repetition."""
+    cols = [("ramp max deliveries/s", "ramp", lambda r: r.get("max_deliveries_per_s")),
+            ("fixed p99 ms", "fixed", lambda r: get(r, "latency_ms.p99")),
+            ("fixed lost", "fixed", lambda r: r.get("lost")),
+            ("connects/s", "fixed", lambda r: get(r, "setup.connects_per_s"))]
+    reps = sorted({r["rep"] for r in rows})
+    targets = [t for t in ALL_TARGETS if any(r["target"] == t for r in rows)]
+    out = ["| target | " + " | ".join(c[0] + " (rep " + ", ".join(map(str, reps)) + ")" for c in cols) + " |",
+           "|---" * (len(cols) + 1) + "|"]
+    for t in targets:
+        cells = [t]
+        for _, sc, fn in cols:
+            vals = []
+            for rp in reps:
+                v = next((fn(r) for r in rows if r["target"] == t and r["suite_scenario"] == sc and r["rep"] == rp), None)
+                vals.append("-" if v is None else fmt(v))
+            cells.append(" / ".join(vals))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def print_report(path: Path, harness: Path | None) -> None:
     rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.startswith("{")]
     print(f"\n## Backstage vs peers ({path.name})\n")
     print(table(rows))
+    print("\nper repetition:\n")
+    print(per_rep(rows))
     if harness is not None:
         print("\n## Details (the harness's report.py)\n", flush=True)
         subprocess.run([sys.executable, str(harness / "report.py"), str(path), "--baseline", "node"])
