@@ -31,7 +31,7 @@ test: install browser
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(PY) -m ruff check chat notifications tests || true
+	$(VENV)/bin/ruff check chat notifications tests bench run_server.py
 
 bench: install
 	$(PY) bench/run_bench.py

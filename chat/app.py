@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 import socketio
 import sqlalchemy as sa

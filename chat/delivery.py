@@ -13,6 +13,7 @@ straight to the local handler when there is no Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -95,10 +96,8 @@ class Delivery:
     async def stop(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
-            except (asyncio.CancelledError, Exception):
-                pass
 
     async def _listen(self, ready: asyncio.Event) -> None:
         assert self._redis is not None and self._control_channel is not None

@@ -32,7 +32,7 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -262,7 +262,7 @@ class RedisPublisher:
             raise PublishError("invalid", "channel must be user:{id}, creator:{id} or room:{id}")
         if not isinstance(event, str) or not 1 <= len(event.strip()) <= 64:
             raise PublishError("invalid", "event must be a string of 1-64 characters")
-        published_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        published_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         message = {"channel": channel, "event": event.strip(), "data": data, "published_at": published_at}
         try:
             await self._manager.emit("event", message, room=channel_room(channel), namespace="/")

@@ -16,8 +16,8 @@ in a thread before a batch so google-auth's blocking fetch does not stall the lo
 from __future__ import annotations
 
 import asyncio
-import enum
 import email.utils
+import enum
 import itertools
 import logging
 import os
@@ -26,7 +26,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import firebase_admin
@@ -58,7 +58,7 @@ _INVALID_TOKEN_RE = re.compile(
 
 class Outcome(enum.Enum):
     SENT = "sent"
-    DROP_TOKEN = "drop_token"
+    DROP_TOKEN = "drop_token"  # noqa: S105 (an outcome name, not a secret)
     RETRY = "retry"
     FAILED = "failed"
 
@@ -130,8 +130,8 @@ def _parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _retry_after(exc: exceptions.FirebaseError) -> float | None:

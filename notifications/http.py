@@ -15,8 +15,8 @@ from aiohttp import web
 
 from chat.auth import USER_ID_RE
 from chat.errors import Invalid, Unavailable
-from chat.schemas import check_str
 from chat.http_api import client, json_response, read_json, server_key
+from chat.schemas import check_str
 from notifications.service import NotificationService, NotifyArgs
 
 NOTIFICATIONS_KEY = web.AppKey("notification_service", NotificationService)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -76,7 +76,6 @@ def fit_payload(payload: PushPayload) -> PushPayload:
         title = title[: MAX_TITLE_CHARS - 1] + ELLIPSIS
     data = {str(k): str(v) for k, v in payload.data.items()}
     body = payload.body
-    size = _payload_size(title, body, data)
     if _payload_size(title, body, data) > PAYLOAD_BUDGET:
         # longest prefix that fits (JSON escaping makes bytes per character vary): binary search
         lo, hi = 0, len(body)
@@ -357,7 +356,7 @@ async def outbox_stats(session: AsyncSession) -> OutboxStats:
     if isinstance(oldest, str):  # SQLite aggregate results bypass the column type
         oldest = datetime.fromisoformat(oldest)
     if isinstance(oldest, datetime) and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=timezone.utc)
+        oldest = oldest.replace(tzinfo=UTC)
     return OutboxStats(depth=int(row[0]), oldest_created_at=oldest)
 
 

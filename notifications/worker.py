@@ -114,7 +114,7 @@ class PushWorker:
         self._task = asyncio.create_task(self.run(), name="push-worker")
         return self._task
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Stop claiming; let in-flight batches finish (up to `timeout`, then cancel them: their
         rows return to pending when the lease expires)."""
         self._stopping = True

@@ -182,7 +182,7 @@ async def test_tier_drop_revokes_on_both_processes_and_raise_restores(mysql_clus
 async def test_former_membership_revokes_rooms_and_creator_channel(mysql_cluster: Any) -> None:
     (s0, s1), apis = mysql_cluster.servers, mysql_cluster.apis
     api = apis[0]
-    cre, pat = api.user("cre"), api.user("pat")
+    _, pat = api.user("cre"), api.user("pat")
     api.membership("cre", "pat", 300)
     room = api.room("cre", "Free", 0)
     p0, p1 = await connect(s0.url, pat), await connect(s1.url, pat)

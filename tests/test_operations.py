@@ -29,6 +29,7 @@ import httpx
 import jwt
 import pymysql
 import pytest
+import socketio
 from sqlalchemy.engine import make_url
 
 from tests.support import JWT_SECRET, ROOT, Api, Client, ServerProcess, free_port, make_token
@@ -161,7 +162,7 @@ async def test_database_cut_off_readyz_503_and_unavailable_then_recovery(mysql_d
     api = Api(server.url)
     c = None
     try:
-        cre, pat = api.user("cre"), api.user("pat")
+        _, pat = api.user("cre"), api.user("pat")
         api.membership("cre", "pat", 100)
         room = api.room("cre", "R", 0)
         c = await Client(server.url, pat).connect()
@@ -227,7 +228,7 @@ async def test_metrics(tmp_path: Path) -> None:
         assert before["backstage_connected_sockets"] == 0
         clients = [await Client(server.url, pat).connect() for _ in range(3)]
         refused = Client(server.url, "bad-token")
-        with pytest.raises(Exception):
+        with pytest.raises(socketio.exceptions.ConnectionError):
             await refused.connect()
         m = metrics()
         assert m["backstage_connected_sockets"] == 3  # the refused one is not counted
@@ -348,7 +349,7 @@ async def _exercise_with_secrets(server: ServerProcess) -> list[str]:
     finally:
         await c.close()
     refused = Client(server.url, bad_token)
-    with pytest.raises(Exception):
+    with pytest.raises(socketio.exceptions.ConnectionError):
         await refused.connect()
     api.client(token, "POST", f"/conversations/{room}/messages", json={"body": body, "client_msg_id": f"h-{MARK}-{run}"})
     api.client(bad_token, "GET", "/me")

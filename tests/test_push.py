@@ -337,7 +337,7 @@ async def test_two_workers_never_send_a_row_twice(
     fake.record_messages = False
     senders = [FcmSender(fcm_server.credentials_path, fcm_server.endpoint) for _ in engines]
     opts = replace(FAST, batch_size=50, concurrency=3)
-    workers = [PushWorker(session_factory(e), s, opts) for e, s in zip(engines, senders)]
+    workers = [PushWorker(session_factory(e), s, opts) for e, s in zip(engines, senders, strict=True)]
     try:
         for w in workers:
             w.start()

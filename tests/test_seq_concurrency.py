@@ -93,7 +93,7 @@ async def _many_senders(cluster: Any, users: int, per_user: int) -> None:
             (uid, f"{uid}-{k}") for uid in tokens for k in range(per_user)}
         # every ack carried the stored seq
         by_cmid = {(m["sender"]["id"], m["client_msg_id"]): m for m in stored}
-        for uid, acks in zip(tokens, results):
+        for uid, acks in zip(tokens, results, strict=True):
             for ack in acks:
                 assert by_cmid[(uid, ack["client_msg_id"])]["seq"] == ack["seq"]
             if uid in sockets:  # a socket's messages keep the order they were sent in
