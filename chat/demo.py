@@ -34,7 +34,7 @@ def install_demo(app: web.Application, settings: Settings) -> None:
         for pid, _, _ in PATRONS[:1]:
             direct = await service.open_direct(creator, pid)
             await service.send_message(creator, int(direct["id"]), "Thanks for your support!", f"demo-dm-{pid}")
-        host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
+        host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
         lines = ["", "Backstage demo is running. Open one link per browser window:"]
         for uid, name in [CREATOR] + [(p[0], p[1]) for p in PATRONS]:
             lines.append(f"  {name:<22} http://{host}:{settings.port}/?token={auth.issue(uid, name, 7 * 86400)}")
