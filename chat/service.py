@@ -294,8 +294,7 @@ class ChatService:
     async def set_muted(self, user: Identity, conversation_id: int, muted: bool) -> dict[str, Any]:
         async with self.sessions.begin() as session:
             await self._readable(session, user.user_id, conversation_id)
-            state = await storage.get_state(session, user.user_id, conversation_id, for_update=True)
-            state.muted = muted
+            await storage.set_muted(session, user.user_id, conversation_id, muted)
         return {"conversation_id": str(conversation_id), "muted": muted}
 
     # ============================================================ messages
@@ -485,7 +484,7 @@ class ChatService:
             last = await storage.get_last_seq(session, conversation_id)
             if seq > last:
                 raise Invalid(f"seq is beyond the conversation's last message ({last})")
-            before = (await storage.get_state(session, user.user_id, conversation_id, for_update=True)).last_read_seq
+            before = (await storage.get_state(session, user.user_id, conversation_id)).last_read_seq
             position = await storage.advance_read_position(session, user.user_id, conversation_id, seq)
             unread = await storage.count_unread(session, conversation_id, user.user_id, position)
         if position != before:

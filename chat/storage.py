@@ -6,6 +6,9 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.sqlite import Insert as SQLiteInsert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chat.db import utcnow
@@ -240,23 +243,48 @@ async def get_states(session: AsyncSession, user_id: str,
     return {s.conversation_id: s for s in rows}
 
 
-async def get_state(session: AsyncSession, user_id: str, conversation_id: int,
-                    *, for_update: bool = False) -> ConversationState:
-    state = await session.get(ConversationState, (user_id, conversation_id), with_for_update=for_update)
-    if state is None:
-        state = ConversationState(user_id=user_id, conversation_id=conversation_id, last_read_seq=0, muted=False)
-        session.add(state)
-        await session.flush()
-    return state
+async def _upsert_state(session: AsyncSession, user_id: str, conversation_id: int, *, last_read_seq: int = 0,
+                        muted: bool = False, update: str) -> None:
+    """INSERT ... ON DUPLICATE KEY UPDATE (MySQL) / ON CONFLICT DO UPDATE (SQLite): one statement
+    that takes the row's write lock at once, so racing first reads or mutes neither fail nor deadlock."""
+    values = {"user_id": user_id, "conversation_id": conversation_id, "last_read_seq": last_read_seq, "muted": muted}
+    current = ConversationState.__table__.c
+    if session.bind.dialect.name == "sqlite":
+        stmt = sqlite_insert(ConversationState).values(values)
+        new = stmt.excluded
+    else:
+        stmt = mysql_insert(ConversationState).values(values)
+        new = stmt.inserted
+    if update == "last_read_seq":  # forward only
+        changes = {"last_read_seq": sa.case((current.last_read_seq < new.last_read_seq, new.last_read_seq),
+                                            else_=current.last_read_seq)}
+    else:
+        changes = {"muted": new.muted}
+    if isinstance(stmt, SQLiteInsert):
+        stmt = stmt.on_conflict_do_update(index_elements=["user_id", "conversation_id"], set_=changes)
+    else:
+        stmt = stmt.on_duplicate_key_update(changes)
+    await session.execute(stmt)
+
+
+async def get_state(session: AsyncSession, user_id: str, conversation_id: int) -> ConversationState:
+    """The user's state in the conversation; a transient default when there is none yet."""
+    state = await session.get(ConversationState, (user_id, conversation_id))
+    return state or ConversationState(user_id=user_id, conversation_id=conversation_id, last_read_seq=0, muted=False)
 
 
 async def advance_read_position(session: AsyncSession, user_id: str, conversation_id: int, seq: int) -> int:
-    """Move the read position forward to seq (never backwards); returns the new position."""
-    state = await get_state(session, user_id, conversation_id, for_update=True)
-    if seq > state.last_read_seq:
-        state.last_read_seq = seq
-        await session.flush()
-    return state.last_read_seq
+    """Move the read position forward to seq (never backwards), atomically; returns the position."""
+    await _upsert_state(session, user_id, conversation_id, last_read_seq=seq, update="last_read_seq")
+    # A locking read: it sees the row as committed now (a concurrent first read may have created
+    # it after this transaction's snapshot), not as of the snapshot.
+    position = await session.scalar(sa.select(ConversationState.last_read_seq).where(
+        ConversationState.user_id == user_id, ConversationState.conversation_id == conversation_id).with_for_update())
+    return int(position or 0)
+
+
+async def set_muted(session: AsyncSession, user_id: str, conversation_id: int, muted: bool) -> None:
+    await _upsert_state(session, user_id, conversation_id, muted=muted, update="muted")
 
 
 async def muted_user_ids(session: AsyncSession, conversation_id: int, user_ids: Sequence[str]) -> set[str]:

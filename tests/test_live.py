@@ -203,3 +203,22 @@ async def test_edit_and_delete(mysql_cluster, via):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_concurrent_first_reads_of_one_user(mysql_cluster):
+    """The per-user state row is created on first use; racing creators must not fail."""
+    s0, s1 = (s.url for s in mysql_cluster.servers)
+    api = mysql_cluster.api
+    tokens, room = setup_room(api)
+    sender = await Client(s0, tokens["cre"]).connect()
+    readers = [await Client(url, tokens["pat"]).connect() for url in (s0, s1, s0, s1)]
+    try:
+        await sender.call("send", {"conversation_id": room, "body": "hi", "client_msg_id": "c1"})
+        answers = await asyncio.gather(*[c.call("read", {"conversation_id": room, "seq": 1}) for c in readers])
+        assert all(a == {"ok": True, "unread_count": 0} for a in answers), answers
+        muted = await asyncio.gather(*[asyncio.to_thread(api.client, tokens["sam"], "PUT", f"/conversations/{room}/settings",
+                                                         {"muted": True}) for _ in range(4)])
+        assert [r.status_code for r in muted] == [200] * 4
+    finally:
+        for c in (sender, *readers):
+            await c.close()
