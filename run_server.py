@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -95,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
 
         install_demo(app, settings)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # Full collections stall every socket of the process (measured: up to 277 ms, see
+    # docs/performance.md). Freeze what start-up allocated and collect young objects less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     web.run_app(app, host=settings.host, port=settings.port, access_log=None,
                 print=lambda *_: None,
                 # in-flight HTTP requests get this long; open websockets were closed in on_shutdown

@@ -120,7 +120,13 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     url = app[SETTINGS_KEY].redis_url
-    client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5) if url else None
+    client = None
+    if url:
+        # A blocking pool waits for a free connection instead of raising MaxConnectionsError, so a
+        # disconnect storm queues its presence updates rather than dropping them.
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=200, timeout=10,
+                                                        socket_timeout=5, socket_connect_timeout=5)
+        client = aioredis.Redis(connection_pool=pool)
     if client is not None:
         await client.ping()
     app[REDIS_KEY] = client

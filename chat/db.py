@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -11,6 +12,8 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -90,6 +93,26 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800, pool_pre_ping=True
     )
+
+
+MYSQL_RETRYABLE = (1213, 1205)  # deadlock, lock wait timeout: InnoDB rolled the transaction back
+
+
+def is_retryable(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None)
+    args = getattr(orig, "args", None)
+    return isinstance(exc, sa.exc.DBAPIError) and bool(args) and args[0] in MYSQL_RETRYABLE
+
+
+async def retrying(operation: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
+    """Run a whole transaction again when InnoDB chose it as a deadlock victim."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await operation()
+        except sa.exc.DBAPIError as exc:
+            if attempt == attempts or not is_retryable(exc):
+                raise
+    raise AssertionError("unreachable")
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from chat import keys, schemas, storage
 from chat.auth import Identity
 from chat.config import Settings
-from chat.db import utcnow
+from chat.db import retrying, utcnow
 from chat.delivery import Delivery
 from chat.errors import ChatError, Conflict, Forbidden, Invalid, NotFound, RateLimited, Unavailable
 from chat.metrics import MESSAGES_STORED
@@ -311,11 +311,15 @@ class ChatService:
                            client_msg_id: str) -> dict[str, Any]:
         """Store a message and deliver it. Idempotent on (sender, client_msg_id); returns only
         after commit. The caller has applied the rate limit."""
+        async def store() -> tuple[dict[str, Any], bool]:
+            try:
+                return await self._store_message(user, conversation_id, body, client_msg_id)
+            except sqlalchemy.exc.IntegrityError:
+                # A concurrent send with the same client_msg_id won the race: answer as a retry.
+                return await self._store_message(user, conversation_id, body, client_msg_id)
+
         try:
-            wire, created = await self._store_message(user, conversation_id, body, client_msg_id)
-        except sqlalchemy.exc.IntegrityError:
-            # A concurrent send with the same client_msg_id won the race: answer as a retry.
-            wire, created = await self._store_message(user, conversation_id, body, client_msg_id)
+            wire, created = await retrying(store)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send failed: %s", type(exc).__name__)
             raise _db_errors(exc) from None
@@ -342,10 +346,8 @@ class ChatService:
             recipients = [r for r in recipients if r not in online]
 
         wrote_pushes = 0
+        # A concurrent send with the same client_msg_id is caught by the unique key (IntegrityError).
         async with self.sessions.begin() as session:
-            existing = await storage.find_message_by_client_id(session, user.user_id, client_msg_id)
-            if existing is not None:
-                return self._retry_answer(existing, conversation_id, body, await self._sender_name(session, user)), False
             now = utcnow()
             seq = await storage.take_next_seq(session, conversation_id, now)
             msg = await storage.insert_message(session, conversation_id, seq, user.user_id, body, client_msg_id, now)
@@ -571,17 +573,11 @@ class ChatService:
     async def put_membership(self, creator_id: str, patron_id: str, tier_cents: int, status: str) -> dict[str, Any]:
         if creator_id == patron_id:
             raise Invalid("a creator cannot be their own patron")
-        async with self.sessions.begin() as session:
-            for uid in (creator_id, patron_id):
-                if await storage.get_user(session, uid) is None:
-                    await storage.upsert_user(session, uid, None)
-            m, before = await storage.upsert_membership(session, creator_id, patron_id, tier_cents, status)
-            lost_rooms: list[int] = []
-            if before is not None and before.status == "active":
-                rooms = await storage.list_rooms_of_creators(session, [creator_id])
-                lost_rooms = [r.id for r in rooms if before.tier_cents >= r.min_tier_cents
-                              and (status != "active" or tier_cents < r.min_tier_cents)]
-            wire = _membership_wire(m)
+        async def store() -> tuple[dict[str, Any], list[int], Membership | None]:
+            async with self.sessions.begin() as session:
+                return await self._store_membership(session, creator_id, patron_id, tier_cents, status)
+
+        wire, lost_rooms, before = await retrying(store)
         channels = [keys.room_channel(str(r)) for r in lost_rooms]
         if before is not None and before.status == "active" and status != "active":
             channels.append(keys.creator_channel(creator_id))
@@ -589,6 +585,21 @@ class ChatService:
             await self.delivery.broadcast_control({
                 "type": "revoke", "user_id": patron_id, "conversation_ids": lost_rooms, "channels": channels})
         return wire
+
+    @staticmethod
+    async def _store_membership(session: AsyncSession, creator_id: str, patron_id: str, tier_cents: int,
+                                status: str) -> tuple[dict[str, Any], list[int], Membership | None]:
+        """Returns the membership's wire form, the rooms the patron just lost, and the state before."""
+        for uid in (creator_id, patron_id):
+            if await storage.get_user(session, uid) is None:
+                await storage.upsert_user(session, uid, None)
+        m, before = await storage.upsert_membership(session, creator_id, patron_id, tier_cents, status)
+        lost_rooms: list[int] = []
+        if before is not None and before.status == "active":
+            rooms = await storage.list_rooms_of_creators(session, [creator_id])
+            lost_rooms = [r.id for r in rooms if before.tier_cents >= r.min_tier_cents
+                          and (status != "active" or tier_cents < r.min_tier_cents)]
+        return _membership_wire(m), lost_rooms, before
 
     async def create_room(self, creator_id: str, name: str, min_tier_cents: int, post_policy: str) -> dict[str, Any]:
         async with self.sessions.begin() as session:

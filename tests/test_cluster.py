@@ -245,3 +245,20 @@ async def test_direct_conversation_after_membership_ends(mysql_cluster: Any) -> 
         assert [m1["seq"], m2["seq"], m3["seq"]] == [1, 2, 3]
     finally:
         await close_all(c, p)
+
+
+async def test_concurrent_membership_updates_for_one_creator(mysql_cluster) -> None:
+    """Many PUT memberships of one creator at once, on both processes: none fails (InnoDB gap-lock
+    deadlocks between them are retried), and every membership is stored."""
+    api0, api1 = mysql_cluster.apis
+    api0.user("crowd-creator")
+
+    def put(i: int) -> int:
+        api = (api0, api1)[i % 2]
+        r = api.server("PUT", f"/memberships/crowd-creator/fan{i}", {"tier_cents": 100 + i, "status": "active"})
+        return r.status_code
+
+    codes = await asyncio.gather(*[asyncio.to_thread(put, i) for i in range(32)])
+    assert codes == [200] * 32
+    codes = await asyncio.gather(*[asyncio.to_thread(put, i) for i in range(32)])  # updates, not inserts
+    assert codes == [200] * 32
