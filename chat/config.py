@@ -39,8 +39,8 @@ class Settings:
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     # Presence in Redis: heartbeat period, and silence after which a process counts as dead.
-    presence_heartbeat_s: float = 10.0
-    presence_dead_after_s: float = 30.0
+    presence_heartbeat_s: float = 5.0
+    presence_dead_after_s: float = 20.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *, demo: bool = False) -> Settings:
@@ -64,8 +64,8 @@ class Settings:
             log_level=e.get("LOG_LEVEL", "INFO").upper(),
             log_format=e.get("LOG_FORMAT", "text"),
             demo=demo,
-            presence_heartbeat_s=float(e.get("PRESENCE_HEARTBEAT_S", "10")),
-            presence_dead_after_s=float(e.get("PRESENCE_DEAD_AFTER_S", "30")),
+            presence_heartbeat_s=float(e.get("PRESENCE_HEARTBEAT_S", "5")),
+            presence_dead_after_s=float(e.get("PRESENCE_DEAD_AFTER_S", "20")),
             ping_interval=float(e.get("SOCKETIO_PING_INTERVAL_S", "25")),
             ping_timeout=float(e.get("SOCKETIO_PING_TIMEOUT_S", "20")),
         )

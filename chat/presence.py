@@ -499,8 +499,8 @@ class RedisPresence(Presence):
         keys: RedisKeys,
         server_id: str,
         *,
-        heartbeat_s: float = 10.0,
-        dead_after_s: float = 30.0,
+        heartbeat_s: float = 5.0,
+        dead_after_s: float = 20.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
