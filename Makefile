@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-push install node browser clean
+.PHONY: run test lint bench bench-fast bench-quick bench-profile bench-push install browser clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,19 @@ test: install browser
 lint: $(STAMP)
 	$(VENV)/bin/ruff check chat notifications tests bench run_server.py
 
-bench: install
-	$(PY) bench/run_bench.py
+# Backstage next to the reference Socket.IO peers (docs/performance.md). Needs ../shared/bench
+# (or BENCH_HARNESS=...), Node.js, MariaDB and Redis on 127.0.0.1. Not part of CI.
+bench: install          ## 7 targets x fixed+ramp x 3 repetitions (~36 min on the 2-core box)
+	$(PY) bench/run_bench.py $(BENCH_ARGS)
+
+bench-fast: install     ## all targets, 3 repetitions, fixed load only (~13 min; no max rate)
+	$(PY) bench/run_bench.py --scenarios fixed $(BENCH_ARGS)
+
+bench-quick: install    ## 1 repetition: node, py-mysql, backstage, backstage-sqlite, fixed load (~3 min)
+	$(PY) bench/run_bench.py --quick $(BENCH_ARGS)
+
+bench-profile: install  ## py-spy profiles of one Backstage process under the bench load
+	$(PY) bench/run_bench.py --profile $(BENCH_ARGS)
 
 bench-push: $(STAMP)
 	$(PY) bench/push_bench.py
