@@ -153,3 +153,17 @@ def any_server(request: Any, tmp_path: Any, mysql_databases: MySQLDatabases, red
         cluster = Cluster(mysql_databases.new(), redis_url, redis_prefix, 1)
     yield cluster
     cluster.stop()
+
+
+# ---------------------------------------------------------------- fake FCM
+
+
+@pytest.fixture(scope="session")
+def fcm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The project's fake FCM (token + send endpoints) in its own thread, and a service-account
+    JSON pointing at it. Tests reset it (`fcm_server.fake.reset()`) before use."""
+    from tests.fakefcm import FakeFCMServer
+
+    server = FakeFCMServer(tmp_path_factory.mktemp("fcm"))
+    yield server
+    server.stop()

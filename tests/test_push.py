@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -55,13 +55,6 @@ FAST = WorkerOptions(
 
 
 # --- fixtures ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def fcm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeFCMServer]:
-    server = FakeFCMServer(tmp_path_factory.mktemp("fcm"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -40,13 +40,6 @@ class PushCluster:
         raise AssertionError(f"{count} push(es) to {device_token} not received in {timeout}s")
 
 
-@pytest.fixture(scope="module")
-def fcm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeFCMServer]:
-    server = FakeFCMServer(tmp_path_factory.mktemp("fcm-rules"))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def push_cluster(fcm_server: FakeFCMServer, mysql_databases: MySQLDatabases, redis_url: str,
                  redis_prefix: str) -> Iterator[PushCluster]:

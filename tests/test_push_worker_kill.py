@@ -8,10 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
@@ -24,13 +22,6 @@ from tests.fakefcm import FakeFCMServer
 from tests.support import ROOT
 
 ROWS = 40
-
-
-@pytest.fixture(scope="module")
-def fcm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeFCMServer]:
-    server = FakeFCMServer(tmp_path_factory.mktemp("fcm-kill"))
-    yield server
-    server.stop()
 
 
 def start_worker(database_url: str, fcm: FakeFCMServer, log: Path) -> subprocess.Popen[bytes]:
