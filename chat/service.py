@@ -204,6 +204,9 @@ class ChatService:
                 "online": await self.presence.online_in(cid),
                 "unread_count": unread,
                 "last_read_seq": position,
+                # Where the others have read to, for "seen" receipts before any live `read` event.
+                "read_positions": [{"user_id": uid, "name": name, "seq": seq} for uid, name, seq in
+                                   await storage.read_positions(session, conversation_id, exclude=user.user_id)],
             }
 
     async def leave(self, sid: str, conversation_id: int) -> dict[str, Any]:

@@ -287,6 +287,18 @@ async def set_muted(session: AsyncSession, user_id: str, conversation_id: int, m
     await _upsert_state(session, user_id, conversation_id, muted=muted, update="muted")
 
 
+async def read_positions(session: AsyncSession, conversation_id: int, *, exclude: str,
+                         limit: int = 100) -> list[tuple[str, str, int]]:
+    """(user_id, name, last_read_seq) of the furthest readers of a conversation, but `exclude`."""
+    rows = await session.execute(
+        sa.select(ConversationState.user_id, User.name, ConversationState.last_read_seq)
+        .join(User, User.id == ConversationState.user_id, isouter=True)
+        .where(ConversationState.conversation_id == conversation_id, ConversationState.user_id != exclude,
+               ConversationState.last_read_seq > 0)
+        .order_by(ConversationState.last_read_seq.desc()).limit(limit))
+    return [(uid, name or uid, int(seq)) for uid, name, seq in rows.all()]
+
+
 async def muted_user_ids(session: AsyncSession, conversation_id: int, user_ids: Sequence[str]) -> set[str]:
     if not user_ids:
         return set()

@@ -185,6 +185,11 @@ def test_unread_badges_typing_and_read_receipts(browser, mysql_cluster, pages):
     expect(item.get_by_test_id("unread-badge")).to_be_hidden()
     expect(a.message(3).locator(".msg-seen")).to_have_text("Seen by Pat Patron")
     assert api.client(patron, "GET", "/conversations").json()["conversations"][0]["unread_count"] == 0
+    # A fresh page learns the receipt from the join answer (read_positions), with no live `read` event.
+    a.page.reload()
+    a.open(room)
+    a.wait_seqs([1, 2, 3])
+    expect(a.message(3).locator(".msg-seen")).to_have_text("Seen by Pat Patron")
 
     # Typing: named while it lasts, gone once the message is sent.
     indicator = a.page.get_by_test_id("typing-indicator")

@@ -140,6 +140,10 @@ async def test_read_receipts_and_unread_counts(mysql_cluster):
         assert r == {"ok": True, "unread_count": 0}
         got = await a.wait_for("read")
         assert got == {"conversation_id": room, "user_id": "pat", "seq": 7}
+        # a later join learns where the others have read to (never the joiner itself)
+        positions = (await a.call("join", {"conversation_id": room}))["read_positions"]
+        assert {"user_id": "pat", "name": "Pat", "seq": 7} in positions
+        assert all(p["user_id"] != "cre" for p in positions)
         assert unread(tokens["pat"]) == 0
 
         backwards = await b.call("read", {"conversation_id": room, "seq": 2})

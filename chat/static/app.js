@@ -251,6 +251,11 @@ async function joinConversation(conv) {
     learnMembers(conv);
   }
   conv.online = new Set((res.online || []).map(String));
+  for (const rp of res.read_positions || []) {
+    learnName(rp);
+    const userId = String(rp.user_id);
+    if (typeof rp.seq === "number" && rp.seq > (conv.readers.get(userId) || 0)) conv.readers.set(userId, rp.seq);
+  }
   if (resuming) {
     addMessages(conv, res.messages);
     if (res.has_more) catchUp(conv);
