@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from chat.config import Settings
 from chat.db import create_engine, session_factory
 from chat.delivery import Delivery
 from chat.keys import RedisKeys
+from chat.presence import MemoryPresence, RedisPresence, new_server_id
 from chat.service import ChatService
 from chat.sockets import ChatSockets
 from notifications import http as notifications_http
@@ -120,28 +120,26 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     url = app[SETTINGS_KEY].redis_url
-    client = None
-    if url:
-        # A blocking pool waits for a free connection instead of raising MaxConnectionsError, so a
-        # disconnect storm queues its presence updates rather than dropping them.
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=200, timeout=10,
-                                                        socket_timeout=5, socket_connect_timeout=5)
-        client = aioredis.Redis(connection_pool=pool)
-    if client is not None:
-        await client.ping()
+    if not url:
+        app[REDIS_KEY] = None
+        yield
+        return
+    # A blocking pool waits for a free connection instead of raising MaxConnectionsError, so a
+    # disconnect storm queues its presence updates rather than dropping them.
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=200, timeout=10,
+                                                    socket_timeout=5, socket_connect_timeout=5)
+    client = aioredis.Redis(connection_pool=pool)
+    await client.ping()
     app[REDIS_KEY] = client
     yield
-    if client is not None:
-        await client.aclose()
+    await client.aclose()
 
 
 async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
-    from chat.presence import MemoryPresence, RedisPresence
-
     settings = app[SETTINGS_KEY]
     redis: aioredis.Redis | None = app[REDIS_KEY]  # type: ignore[assignment]
     keys = RedisKeys(settings.redis_prefix)
-    server_id = secrets.token_hex(6)
+    server_id = new_server_id()
     presence = (RedisPresence(redis, keys, server_id, heartbeat_s=settings.presence_heartbeat_s,
                               dead_after_s=settings.presence_dead_after_s)
                 if redis is not None else MemoryPresence())
