@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,25 +24,13 @@ from chat.delivery import Delivery
 from chat.errors import ChatError, Conflict, Forbidden, Invalid, NotFound, RateLimited, Unavailable
 from chat.metrics import MESSAGES_STORED
 from chat.models import Conversation, Membership, Message
+from chat.presence import Presence
 from chat.ratelimit import KeyedBuckets
 
 log = logging.getLogger(__name__)
 
 TYPING_THROTTLE_S = 1.0
 TYPING_EXPIRES_S = 6.0  # a "typing: true" not refreshed or cleared within this is cleared for the others
-
-
-class Presence(Protocol):
-    async def connect(self, user_id: str, sid: str) -> None: ...
-    async def disconnect(self, user_id: str, sid: str) -> list[tuple[str, str]]: ...
-    async def join(self, conversation_id: str, user_id: str, sid: str) -> bool: ...
-    async def leave(self, conversation_id: str, user_id: str, sid: str) -> bool: ...
-    async def online_in(self, conversation_id: str) -> list[str]: ...
-    async def online_users(self, user_ids: Sequence[str]) -> set[str]: ...
-    async def subscribe(self, channel: str, sid: str) -> None: ...
-    async def unsubscribe(self, channel: str, sid: str) -> None: ...
-    async def subscriber_count(self, channel: str) -> int: ...
-    async def typing_allowed(self, conversation_id: str, user_id: str, interval_s: float) -> bool: ...
 
 
 # enqueue(session, user_ids, payload) -> rows written; the push outbox (notifications/outbox.py)
@@ -63,7 +51,7 @@ class Access:
     reason: str = ""
 
 
-def _db_errors(exc: Exception) -> ChatError:
+def _db_unavailable() -> ChatError:
     return Unavailable("database unavailable, nothing was stored; retry")
 
 
@@ -325,7 +313,7 @@ class ChatService:
             wire, created = await retrying(store)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send failed: %s", type(exc).__name__)
-            raise _db_errors(exc) from None
+            raise _db_unavailable() from None
         if created:
             MESSAGES_STORED.inc()
             await self.delivery.to_conversation(conversation_id, "message", wire)
