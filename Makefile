@@ -32,6 +32,7 @@ test: install browser
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check chat notifications tests bench run_server.py
+	$(VENV)/bin/mypy
 
 # Backstage next to the reference Socket.IO peers (docs/performance.md). Needs ../shared/bench
 # (or BENCH_HARNESS=...), Node.js, MariaDB and Redis on 127.0.0.1. Not part of CI.

@@ -99,8 +99,7 @@ MYSQL_RETRYABLE = (1213, 1205)  # deadlock, lock wait timeout: InnoDB rolled the
 
 
 def is_retryable(exc: BaseException) -> bool:
-    orig = getattr(exc, "orig", None)
-    args = getattr(orig, "args", None)
+    args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", None) or ()
     return isinstance(exc, sa.exc.DBAPIError) and bool(args) and args[0] in MYSQL_RETRYABLE
 
 

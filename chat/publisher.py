@@ -108,7 +108,7 @@ def _delay(attempt: int, response: httpx.Response | None) -> float:
             delay = max(delay, min(float(response.headers.get("Retry-After", "")), BACKOFF_CAP_S))
         except ValueError:
             pass
-    return delay
+    return float(delay)
 
 
 def _unreachable(exc: httpx.HTTPError, attempts: int) -> PublishError:
@@ -245,7 +245,7 @@ class RedisPublisher:
             # caller knows the event did not go out.
             async def _publish(self, data: Any) -> Any:
                 try:
-                    if not self.connected:
+                    if not self.connected:  # type: ignore[has-type]
                         self._redis_connect()
                     return await self.redis.publish(self.channel, self.json.dumps(data))
                 except Exception:

@@ -141,9 +141,9 @@ class ChatService:
             user_sids.discard(sid)
             if not user_sids:
                 del self._user_sockets[state.user.user_id]
-        for conversation_id, user_id in await self.presence.disconnect(state.user.user_id, sid):
-            await self.delivery.to_conversation(conversation_id, "presence", {
-                "conversation_id": conversation_id, "user_id": user_id, "online": False})
+        for cid, user_id in await self.presence.disconnect(state.user.user_id, sid):
+            await self.delivery.to_conversation(cid, "presence", {
+                "conversation_id": cid, "user_id": user_id, "online": False})
 
     def socket_user(self, sid: str) -> Identity:
         state = self.sockets.get(sid)

@@ -18,7 +18,7 @@ import socketio
 
 from chat import schemas
 from chat.auth import Authenticator
-from chat.errors import ChatError, Invalid, TooLarge, Unauthorized, error_wire
+from chat.errors import ChatError, Invalid, TooLarge, error_wire
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
 from chat.service import ChatService
 from chat.transport_errors import as_chat_error
@@ -53,14 +53,13 @@ class ChatSockets:
         try:
             user = self.auth.client(token)
             await self.service.connect_socket(sid, user)
-        except Unauthorized as err:
-            raise socketio.exceptions.ConnectionRefusedError(err.message, err.to_wire()) from None
         except Exception as exc:
-            err = as_chat_error(exc)
-            if err.code == "internal":
+            error = as_chat_error(exc)
+            if error.code == "internal":
                 log.exception("connect failed")
-            raise socketio.exceptions.ConnectionRefusedError(err.message, err.to_wire()) from None
+            raise socketio.exceptions.ConnectionRefusedError(error.message, error.to_wire()) from None
         CONNECTED_SOCKETS.inc()
+        return None
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> dict[str, Any] | None:
         if self.sio.manager.is_connected(sid, "/"):
@@ -72,6 +71,7 @@ class ChatSockets:
             await self.service.disconnect_socket(sid)
         except Exception:
             log.exception("disconnect cleanup failed")
+        return None
 
     async def on_unknown(self, *args: Any) -> dict[str, Any]:
         # (event, sid, *data); an event literally named "*" arrives as (sid, *data)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.mysql import insert as mysql_insert
-from sqlalchemy.dialects.sqlite import Insert as SQLiteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -246,25 +246,25 @@ async def get_states(session: AsyncSession, user_id: str,
 async def _upsert_state(session: AsyncSession, user_id: str, conversation_id: int, *, last_read_seq: int = 0,
                         muted: bool = False, update: str) -> None:
     """INSERT ... ON DUPLICATE KEY UPDATE (MySQL) / ON CONFLICT DO UPDATE (SQLite): one statement
-    that takes the row's write lock at once, so racing first reads or mutes neither fail nor deadlock."""
+    that takes the row's write lock at once, so racing first reads or mutes neither fail nor deadlock.
+    `update` names the column a conflict updates: last_read_seq (forward only) or muted."""
     values = {"user_id": user_id, "conversation_id": conversation_id, "last_read_seq": last_read_seq, "muted": muted}
     current = ConversationState.__table__.c
-    if session.bind.dialect.name == "sqlite":
-        stmt = sqlite_insert(ConversationState).values(values)
-        new = stmt.excluded
+
+    def changes(new: Any) -> dict[str, Any]:
+        if update == "last_read_seq":
+            return {"last_read_seq": sa.case((current.last_read_seq < new.last_read_seq, new.last_read_seq),
+                                             else_=current.last_read_seq)}
+        return {"muted": new.muted}
+
+    bind = session.get_bind()
+    if bind.dialect.name == "sqlite":
+        lite = sqlite_insert(ConversationState).values(values)
+        await session.execute(lite.on_conflict_do_update(index_elements=["user_id", "conversation_id"],
+                                                         set_=changes(lite.excluded)))
     else:
-        stmt = mysql_insert(ConversationState).values(values)
-        new = stmt.inserted
-    if update == "last_read_seq":  # forward only
-        changes = {"last_read_seq": sa.case((current.last_read_seq < new.last_read_seq, new.last_read_seq),
-                                            else_=current.last_read_seq)}
-    else:
-        changes = {"muted": new.muted}
-    if isinstance(stmt, SQLiteInsert):
-        stmt = stmt.on_conflict_do_update(index_elements=["user_id", "conversation_id"], set_=changes)
-    else:
-        stmt = stmt.on_duplicate_key_update(changes)
-    await session.execute(stmt)
+        my = mysql_insert(ConversationState).values(values)
+        await session.execute(my.on_duplicate_key_update(changes(my.inserted)))
 
 
 async def get_state(session: AsyncSession, user_id: str, conversation_id: int) -> ConversationState:

@@ -244,7 +244,8 @@ class FcmSender:
 
     @property
     def project_id(self) -> str | None:
-        return self._cert.project_id
+        project_id: str | None = self._cert.project_id
+        return project_id
 
     def _app(self) -> firebase_admin.App:
         loop = asyncio.get_running_loop()

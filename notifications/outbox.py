@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -270,7 +270,7 @@ async def mark_retry(
     if retries:
         now = now or utcnow()
         await session.execute(
-            sa.update(PushOutbox.__table__)
+            sa.update(cast(sa.Table, PushOutbox.__table__))
             .where(PushOutbox.__table__.c.id == sa.bindparam("row_id"))
             .values(
                 status=PENDING,

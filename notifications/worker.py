@@ -65,7 +65,7 @@ def retry_delay(attempts: int, options: WorkerOptions, retry_after: float | None
     delay = ceiling / 2 + rng() * ceiling / 2
     if retry_after is not None:
         delay = max(delay, min(retry_after, options.retry_cap))
-    return delay
+    return float(delay)
 
 
 class PushWorker:
