@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///backstage.db"
 DEFAULT_FCM_ENDPOINT = "https://fcm.googleapis.com"
@@ -69,6 +69,3 @@ class Settings:
             ping_interval=float(e.get("SOCKETIO_PING_INTERVAL_S", "25")),
             ping_timeout=float(e.get("SOCKETIO_PING_TIMEOUT_S", "20")),
         )
-
-    def with_(self, **changes: object) -> Settings:
-        return replace(self, **changes)  # type: ignore[arg-type]

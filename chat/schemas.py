@@ -14,7 +14,6 @@ from typing import Any
 from chat.errors import Invalid, NotFound
 from chat.models import Conversation, Message
 
-MAX_ID_CHARS = 64
 CLIENT_MSG_ID_RE = re.compile(r"^[\x21-\x7e]{1,64}\Z")  # printable ASCII, no spaces
 MAX_PAGE = 100
 CANONICAL_ID_RE = re.compile(r"^(?:0|[1-9][0-9]{0,17})\Z")
@@ -83,10 +82,6 @@ def check_client_msg_id(data: dict[str, Any]) -> str:
     return value
 
 
-def check_limit(value: int | None) -> int:
-    return DEFAULT_PAGE if value is None else value
-
-
 def parse_int_id(value: Any, what: str = "conversation") -> int:
     """Our integer primary keys travel as strings. Anything that names nothing is not_found;
     a value of the wrong JSON type is invalid."""
@@ -122,7 +117,7 @@ def check_page(data: dict[str, Any]) -> PageQuery:
     before = check_int(data, "before_seq", minimum=0)
     after = check_int(data, "after_seq", minimum=0)
     limit = check_int(data, "limit", minimum=1, maximum=MAX_PAGE)
-    return PageQuery(before, after, check_limit(limit))
+    return PageQuery(before, after, DEFAULT_PAGE if limit is None else limit)
 
 
 # ---------------------------------------------------------------- wire shapes

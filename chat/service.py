@@ -104,11 +104,15 @@ class ChatService:
         return conv, access
 
     async def _conversation_wire(self, session: AsyncSession, conv: Conversation) -> dict[str, Any]:
-        if conv.kind != "direct":
-            return schemas.conversation_wire(conv)
-        ids = [conv.creator_id, conv.patron_id or ""]
-        names = await storage.user_names(session, ids)
-        return schemas.conversation_wire(conv, [{"id": i, "name": names[i]} for i in ids])
+        return (await self._conversations_wire(session, [conv]))[0]
+
+    @staticmethod
+    async def _conversations_wire(session: AsyncSession, convs: Sequence[Conversation]) -> list[dict[str, Any]]:
+        """Wire forms; the members' names of direct conversations come from one query."""
+        pairs = {c.id: [c.creator_id, c.patron_id or ""] for c in convs if c.kind == "direct"}
+        names = await storage.user_names(session, [u for pair in pairs.values() for u in pair])
+        return [schemas.conversation_wire(c, [{"id": u, "name": names[u]} for u in pairs[c.id]] if c.id in pairs else None)
+                for c in convs]
 
     async def _messages_wire(self, session: AsyncSession, messages: Sequence[Message]) -> list[dict[str, Any]]:
         names = await storage.user_names(session, list({m.sender_id for m in messages}))
@@ -242,15 +246,13 @@ class ChatService:
             unread = await storage.count_unread_many(session, user.user_id, positions)
             last = await storage.last_messages(session, ids)
             last_wire = {m["conversation_id"]: m for m in await self._messages_wire(session, list(last.values()))}
-            out = []
-            for c in sorted(convs, key=lambda c: (c.last_activity_at, c.id), reverse=True):
-                out.append({
-                    "conversation": await self._conversation_wire(session, c),
-                    "last_message": last_wire.get(str(c.id)),
-                    "unread_count": unread[c.id],
-                    "muted": bool(states[c.id].muted) if c.id in states else False,
-                })
-            return out
+            convs.sort(key=lambda c: (c.last_activity_at, c.id), reverse=True)
+            return [{
+                "conversation": wire,
+                "last_message": last_wire.get(str(c.id)),
+                "unread_count": unread[c.id],
+                "muted": bool(states[c.id].muted) if c.id in states else False,
+            } for c, wire in zip(convs, await self._conversations_wire(session, convs), strict=True)]
 
     async def open_direct(self, user: Identity, other_id: str) -> dict[str, Any]:
         """The direct conversation between a creator and one of their active patrons."""
@@ -342,7 +344,7 @@ class ChatService:
             now = utcnow()
             seq = await storage.take_next_seq(session, conversation_id, now)
             msg = await storage.insert_message(session, conversation_id, seq, user.user_id, body, client_msg_id, now)
-            await storage.advance_read_position(session, user.user_id, conversation_id, seq)
+            await storage.move_read_position(session, user.user_id, conversation_id, seq)
             sender_name = await self._sender_name(session, user)
             wire = schemas.message_wire(msg, sender_name)
             if recipients and self._push_enqueue is not None:

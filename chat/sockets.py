@@ -18,7 +18,7 @@ import socketio
 
 from chat import schemas
 from chat.auth import Authenticator
-from chat.errors import ChatError, Invalid, TooLarge, error_wire
+from chat.errors import Invalid, TooLarge, error_wire
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
 from chat.service import ChatService
 from chat.transport_errors import as_chat_error
@@ -167,5 +167,3 @@ def _binary_as_text(obj: Any) -> str:
         return "b" * len(obj)
     raise TypeError
 
-
-__all__ = ["ChatSockets", "ChatError"]

@@ -273,9 +273,14 @@ async def get_state(session: AsyncSession, user_id: str, conversation_id: int) -
     return state or ConversationState(user_id=user_id, conversation_id=conversation_id, last_read_seq=0, muted=False)
 
 
-async def advance_read_position(session: AsyncSession, user_id: str, conversation_id: int, seq: int) -> int:
-    """Move the read position forward to seq (never backwards), atomically; returns the position."""
+async def move_read_position(session: AsyncSession, user_id: str, conversation_id: int, seq: int) -> None:
+    """Move the read position forward to seq (never backwards), atomically."""
     await _upsert_state(session, user_id, conversation_id, last_read_seq=seq, update="last_read_seq")
+
+
+async def advance_read_position(session: AsyncSession, user_id: str, conversation_id: int, seq: int) -> int:
+    """move_read_position, then the resulting position."""
+    await move_read_position(session, user_id, conversation_id, seq)
     # A locking read: it sees the row as committed now (a concurrent first read may have created
     # it after this transaction's snapshot), not as of the snapshot.
     position = await session.scalar(sa.select(ConversationState.last_read_seq).where(
