@@ -16,10 +16,18 @@ from typing import Any
 import httpx
 import jwt
 import socketio
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 API_KEY = "test-api-key-1"
+
+
+def sync_engine(database_url: str) -> sa.Engine:
+    """A blocking engine on a server's database (pymysql / sqlite3), to check what was stored."""
+    u = make_url(database_url)
+    return sa.create_engine(u.set(drivername="mysql+pymysql" if u.get_backend_name() == "mysql" else "sqlite"))
 
 
 def free_port() -> int:

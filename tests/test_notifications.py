@@ -11,10 +11,9 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from tests.conftest import Cluster, MySQLDatabases
-from tests.support import API_KEY, Client, make_token
+from tests.support import API_KEY, Client, make_token, sync_engine
 
 
 class Served:
@@ -22,9 +21,7 @@ class Served:
 
     def __init__(self, cluster: Cluster, database_url: str) -> None:
         self.cluster = cluster
-        u = make_url(database_url)
-        sync = u.set(drivername="mysql+pymysql") if u.get_backend_name() == "mysql" else u.set(drivername="sqlite")
-        self.db = sa.create_engine(sync)
+        self.db = sync_engine(database_url)
 
     @property
     def api(self) -> Any:

@@ -10,17 +10,16 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from tests.conftest import Cluster, MySQLDatabases
 from tests.fakefcm import FakeFCMServer
-from tests.support import Client
+from tests.support import Client, sync_engine
 
 
 class PushCluster:
     def __init__(self, cluster: Cluster, database_url: str, fcm: FakeFCMServer) -> None:
         self.cluster, self.fcm = cluster, fcm
-        self.db = sa.create_engine(make_url(database_url).set(drivername="mysql+pymysql"))
+        self.db = sync_engine(database_url)
 
     def outbox_users(self) -> list[str]:
         with self.db.connect() as conn:

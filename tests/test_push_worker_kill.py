@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from chat.db import create_engine, session_factory
 from chat.migrate import upgrade
@@ -19,7 +18,7 @@ from notifications.models import Device
 from notifications.outbox import PushPayload, enqueue_pushes
 from tests.conftest import MySQLDatabases
 from tests.fakefcm import FakeFCMServer
-from tests.support import ROOT
+from tests.support import ROOT, sync_engine
 
 ROWS = 40
 
@@ -58,7 +57,7 @@ async def test_worker_sigkilled_mid_batch_loses_nothing(fcm_server: FakeFCMServe
         await session.flush()
         assert await enqueue_pushes(session, [f"u{i}" for i in range(ROWS)], PushPayload("t", "b")) == ROWS
     await engine.dispose()
-    db = sa.create_engine(make_url(url).set(drivername="mysql+pymysql"))
+    db = sync_engine(url)
 
     fake.send_delay = 5.0  # FCM answers slowly: the worker is caught with its batch in flight
     first = start_worker(url, fcm_server, tmp_path / "worker1.log")
