@@ -49,6 +49,7 @@ class ServerProcess:
 
     def __init__(self, database_url: str, redis_url: str | None = None, redis_prefix: str = "backstage",
                  env: dict[str, str] | None = None, args: tuple[str, ...] = (), log_path: Path | None = None) -> None:
+        self.database_url = database_url
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "DATABASE_", "JWT_"))}
@@ -185,3 +186,30 @@ class Client:
     async def close(self) -> None:
         if self.sio.connected:
             await self.sio.disconnect()
+
+
+MARKER_EVENT = "test-marker"
+
+
+async def barrier(apis: list[Api], sockets: list[tuple[str, Client]], tag: str) -> None:
+    """Returns once every socket has received everything any process emitted before the call.
+
+    Each process (one Api per server process) publishes a marker event to every socket's
+    `user:{id}` channel, and each socket waits for the marker of every process. A process's
+    emits reach a socket in the order it made them (its own sockets directly, the others'
+    through one ordered Redis channel, handled one at a time), so once a process's marker is
+    in, whatever it emitted earlier is in too: "nothing arrived" is then a fact, not a guess.
+    """
+    for n, api in enumerate(apis):
+        for user_id in dict.fromkeys(u for u, _ in sockets):
+            r = api.server("POST", "/publish", {"channel": f"user:{user_id}", "event": MARKER_EVENT,
+                                                "data": {"tag": tag, "from": n}})
+            assert r.status_code == 200, r.text
+    for _, c in sockets:
+        for n in range(len(apis)):
+            await c.wait_for("event", lambda e, n=n: e["event"] == MARKER_EVENT and e["data"] == {"tag": tag, "from": n})
+
+
+def app_events(c: Client) -> list[Any]:
+    """The `event` frames a socket received, markers of `barrier` left out."""
+    return [e for e in c.events["event"] if e["event"] != MARKER_EVENT]

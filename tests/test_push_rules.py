@@ -74,18 +74,22 @@ async def test_direct_message_pushes_offline_recipient_only(push_cluster: PushCl
         assert push_cluster.outbox_users() == ["pat", "pat"]  # never the sender
 
         # The recipient online anywhere in the cluster (here: on the other process): no push.
+        # (A message's outbox rows commit with it, before the ack: no wait is needed to look.)
+        assert (await sender.call("join", {"conversation_id": conv}))["ok"]
         online = await Client(push_cluster.cluster.servers[1].url, pat).connect()
         try:
+            assert (await online.call("join", {"conversation_id": conv}))["ok"]
+            await sender.wait_for("presence", lambda p: p["user_id"] == "pat" and p["online"] is True)
             await sender.call("send", {"conversation_id": conv, "body": "you are here", "client_msg_id": "d2"})
-            await asyncio.sleep(0.5)
             assert push_cluster.outbox_users() == ["pat", "pat"]
         finally:
             await online.close()
+        # pat's last socket is gone once the cluster says so: from here on pat is offline
+        await sender.wait_for("presence", lambda p: p["user_id"] == "pat" and p["online"] is False)
 
-        # Muted conversations never push.
+        # Muted conversations never push (pat is offline with two devices: only the mute holds it back).
         r = api.client(pat, "PUT", f"/conversations/{conv}/settings", {"muted": True})
         assert r.status_code == 200
-        await asyncio.sleep(0.3)  # the disconnect above has reached presence
         await sender.call("send", {"conversation_id": conv, "body": "muted", "client_msg_id": "d3"})
         assert push_cluster.outbox_users() == ["pat", "pat"]
 
@@ -101,32 +105,45 @@ async def test_direct_message_pushes_offline_recipient_only(push_cluster: PushCl
 async def test_room_pushes_only_creator_posts_to_current_members(push_cluster: PushCluster) -> None:
     api = push_cluster.cluster.api
     cre = api.user("cre", "Cre")
-    gold, bronze, former = api.user("gold", "Gold"), api.user("bronze", "Bronze"), api.user("former", "Former")
+    gold, gold2 = api.user("gold", "Gold"), api.user("gold2", "Gold Two")
+    bronze, former = api.user("bronze", "Bronze"), api.user("former", "Former")
     api.membership("cre", "gold", 2000)
+    api.membership("cre", "gold2", 2000)
     api.membership("cre", "bronze", 300)
     api.membership("cre", "former", 2000)
     api.membership("cre", "former", 2000, "former")
     room = api.room("cre", "Gold room", min_tier_cents=1000)
-    for token, name in ((gold, "gold"), (bronze, "bronze"), (former, "former")):
+    for token, name in ((cre, "cre"), (gold, "gold"), (gold2, "gold2"), (bronze, "bronze"), (former, "former")):
         push_cluster.device(token, f"{name}-phone")
 
-    creator = await Client(push_cluster.cluster.servers[1].url, cre).connect()
+    # A patron posts while everyone else (the creator and gold2 included) is offline with a device:
+    # a push to anyone would leave an outbox row, committed with the message before the ack.
     patron = await Client(push_cluster.cluster.servers[0].url, gold).connect()
+    creator: Client | None = None
     try:
         sent = await patron.call("send", {"conversation_id": room, "body": "patron post", "client_msg_id": "r1"})
         assert sent["ok"]
-        await patron.close()  # now offline
-        await asyncio.sleep(0.3)
         assert push_cluster.outbox_users() == []  # patrons' posts in rooms push nobody
+
+        assert (await patron.call("join", {"conversation_id": room}))["ok"]
+        creator = await Client(push_cluster.cluster.servers[1].url, cre).connect()
+        assert "gold" in (await creator.call("join", {"conversation_id": room}))["online"]
+        await patron.close()
+        await creator.wait_for("presence", lambda p: p["user_id"] == "gold" and p["online"] is False)
 
         msg = (await creator.call("send", {"conversation_id": room, "body": "creator post", "client_msg_id": "r2"}))["message"]
         push = (await push_cluster.pushes_to("gold-phone"))[0]
+        await push_cluster.pushes_to("gold2-phone")
         assert push["notification"] == {"title": "Cre in Gold room", "body": "creator post"}
         assert push["data"] == {"type": "message", "conversation_id": room, "message_id": msg["id"]}
         assert push["android"]["priority"] == "normal"
-        assert push_cluster.outbox_users() == ["gold"]  # not below tier, not former patrons
+        assert sorted(push_cluster.outbox_users()) == ["gold", "gold2"]  # not below tier, not former patrons
+        # the fake FCM saw the creator post's two pushes and nothing else, the patron post's none
+        assert set(push_cluster.fcm.fake.attempts) == {"gold-phone", "gold2-phone"}
+        assert push_cluster.fcm.fake.total_requests == 2
     finally:
-        await creator.close()
+        if creator is not None:
+            await creator.close()
         await patron.close()
 
 
