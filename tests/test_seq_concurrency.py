@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import Client
+from tests.support import Client, barrier
 
 USERS = 6
 PER_USER = 25
@@ -101,7 +101,8 @@ async def _many_senders(cluster: Any, users: int, per_user: int) -> None:
         # both processes' listeners saw each message exactly once
         for li in listeners:
             await li.wait_for("message", lambda m: m["seq"] == total, timeout=15)
-            await asyncio.sleep(0.3)
+        await barrier(cluster.apis, [("cre", li) for li in listeners], "after-senders")
+        for li in listeners:
             got = sorted(m["seq"] for m in li.events["message"])
             assert got == list(range(1, total + 1))
         last = api.client(cre, "GET", "/conversations").json()["conversations"][0]
@@ -132,6 +133,7 @@ async def _racing_retries(cluster: Any, rounds: int) -> None:
     b = await Client(urls[-1], pat).connect()
     http = httpx.AsyncClient(base_url=urls[-1], timeout=30)
     try:
+        assert (await a.call("join", {"conversation_id": room}))["ok"]  # a watches the broadcasts
         for i in range(rounds):
             cmid = f"race-{i}"
             body = f"once {i}"
@@ -143,9 +145,11 @@ async def _racing_retries(cluster: Any, rounds: int) -> None:
         stored = _all_messages(api, pat, room)
         assert [m["seq"] for m in stored] == list(range(1, rounds + 1))
         assert [m["client_msg_id"] for m in stored] == [f"race-{i}" for i in range(rounds)]
-        # the one message was broadcast once, not once per retry
-        await asyncio.sleep(0.3)
-        assert sorted(m["seq"] for m in a.events["message"]) == []  # a joined nothing
+        # the one message was broadcast once, not once per retry: a marker sent through b's process
+        # after every ack reaches a after anything either process broadcast before it
+        marker = await _send_socket(b, room, "marker", "race-marker")
+        await a.wait_for("message", lambda m: m["id"] == marker["id"])
+        assert sorted(m["seq"] for m in a.events["message"]) == list(range(1, rounds + 2))
         # a conflicting reuse is still refused after the race
         r = await a.call("send", {"conversation_id": room, "body": "different", "client_msg_id": "race-0"})
         assert r["ok"] is False and r["error"]["code"] == "conflict", r
@@ -177,7 +181,7 @@ async def test_racing_retries_broadcast_once(mysql_cluster: Any) -> None:
         for i in range(10):
             await asyncio.gather(_send_socket(a, room, "same", f"b-{i}"), _send_socket(b, room, "same", f"b-{i}"))
         await watcher.wait_for("message", lambda m: m["seq"] == 10)
-        await asyncio.sleep(0.4)
+        await barrier(mysql_cluster.apis, [("cre", watcher)], "after-races")
         assert sorted(m["seq"] for m in watcher.events["message"]) == list(range(1, 11))
     finally:
         for c in (watcher, a, b):
