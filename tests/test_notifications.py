@@ -13,7 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import Cluster, MySQLDatabases
-from tests.support import API_KEY, Client, make_token, sync_engine
+from tests.fakefcm import FakeFCMServer
+from tests.support import API_KEY, Client, barrier, make_token, sync_engine
 
 
 class Served:
@@ -40,17 +41,33 @@ class Served:
         self.cluster.stop()
 
 
+def _served(kind: str, tmp_path: Any, mysql_databases: MySQLDatabases, redis_url: str, redis_prefix: str,
+            env: dict[str, str] | None = None) -> Served:
+    if kind == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/backstage.db"
+        cluster = Cluster(url, None, "unused", 1, env=env)
+    else:
+        url = mysql_databases.new()
+        cluster = Cluster(url, redis_url, redis_prefix, 1, env=env)
+    return Served(cluster, url)
+
+
 @pytest.fixture(params=["sqlite", "mysql"])
 def served(request: Any, tmp_path: Any, mysql_databases: MySQLDatabases, redis_url: str,
            redis_prefix: str) -> Iterator[Served]:
     """Like conftest's any_server (one process, SQLite or MariaDB + Redis), keeping the database URL."""
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/backstage.db"
-        cluster = Cluster(url, None, "unused", 1)
-    else:
-        url = mysql_databases.new()
-        cluster = Cluster(url, redis_url, redis_prefix, 1)
-    s = Served(cluster, url)
+    s = _served(request.param, tmp_path, mysql_databases, redis_url, redis_prefix)
+    yield s
+    s.close()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def served_push(request: Any, tmp_path: Any, mysql_databases: MySQLDatabases, redis_url: str,
+                redis_prefix: str, fcm_server: FakeFCMServer) -> Iterator[Served]:
+    """`served` whose inline push worker sends through firebase-admin to the fake FCM (reset here)."""
+    fcm_server.fake.reset()
+    env = {"FIREBASE_CREDENTIALS": fcm_server.credentials_path, "FCM_ENDPOINT": fcm_server.endpoint}
+    s = _served(request.param, tmp_path, mysql_databases, redis_url, redis_prefix, env)
     yield s
     s.close()
 
@@ -69,6 +86,22 @@ def roundtrip(data: Any) -> Any:
     return json.loads(json.dumps(data))
 
 
+def device(api: Any, token: str, device_token: str) -> None:
+    r = api.client(token, "POST", "/devices", {"token": device_token, "platform": "android"})
+    assert r.status_code == 201, r.text
+
+
+async def outbox_settled(served: Served, timeout: float = 15) -> list[Any]:
+    """Waits until the worker has finished every outbox row (none pending or in flight); returns them."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        rows = served.rows("SELECT device_token, status FROM push_outbox ORDER BY id")
+        if all(status not in ("pending", "sending") for _, status in rows):
+            return rows
+        assert asyncio.get_running_loop().time() < deadline, rows
+        await asyncio.sleep(0.05)
+
+
 # ---------------------------------------------------------------- delivery and shapes
 
 
@@ -76,6 +109,8 @@ async def test_user_ids_stored_and_delivered_live(served: Served) -> None:
     api = served.api
     alice = api.user("alice")
     bob = api.user("bob")
+    device(api, alice, "alice-phone")  # devices, so that a push, were one made, would leave a row
+    device(api, bob, "bob-phone")
     a1 = await Client(served.url, alice).connect()
     a2 = await Client(served.url, alice).connect()
     b = await Client(served.url, bob).connect()
@@ -88,8 +123,9 @@ async def test_user_ids_stored_and_delivered_live(served: Served) -> None:
             assert got["type"] == "post_published" and got["title"] == "New post" and got["body"] == "Read it now"
             assert got["data"] == {"post_id": 7, "slug": "hi"} and got["read_at"] is None
             assert got["created_at"].endswith("Z")
-        await asyncio.sleep(0.2)
+        await barrier([api], [("alice", a1), ("alice", a2), ("bob", b)], "after-notify")
         assert len(a1.events["notification"]) == 1 and len(b.events["notification"]) == 1
+        assert len(a2.events["notification"]) == 1
 
         feed = api.client(alice, "GET", "/notifications").json()
         assert feed["has_more"] is False and len(feed["notifications"]) == 1
@@ -101,7 +137,8 @@ async def test_user_ids_stored_and_delivered_live(served: Served) -> None:
         nid = notify(api, base(user_ids=["bob"]))["notification_ids"][0]
         got = await b.wait_for("notification", lambda n: n["id"] == nid)
         assert got["data"] == {}
-        # no push requested: nothing in the outbox
+        # no push requested: nothing in the outbox, though both have a device (the rows would have
+        # been committed with the notifications, before the 202)
         assert served.rows("SELECT id FROM push_outbox") == []
     finally:
         for c in (a1, a2, b):
@@ -144,22 +181,34 @@ async def test_channel_audiences(served: Served) -> None:
         await p1.close()
 
 
-async def test_idempotency_key(served: Served) -> None:
+async def test_idempotency_key(served_push: Served, fcm_server: FakeFCMServer) -> None:
+    served, fake = served_push, fcm_server.fake
     api = served.api
     u = api.user("u1")
+    device(api, u, "u1-phone")
     sock = await Client(served.url, u).connect()
     try:
         first = notify(api, base(user_ids=["u1"], idempotency_key="order-1", push=True))["notification_ids"]
         await sock.wait_for("notification", lambda n: n["id"] == first[0])
+        assert await outbox_settled(served) == [("u1-phone", "sent")]  # the first call pushes once
         again = notify(api, base(user_ids=["u1"], idempotency_key="order-1", push=True))["notification_ids"]
         assert again == first
         # whatever the rest of the body
-        other = notify(api, {"user_ids": ["u1", "u2"], "type": "x", "title": "t", "body": "b",
+        other = notify(api, {"user_ids": ["u1", "u2"], "type": "x", "title": "t", "body": "b", "push": True,
                              "idempotency_key": "order-1"})["notification_ids"]
         assert other == first
-        await asyncio.sleep(0.3)
-        assert len(sock.events["notification"]) == 1
+        # outbox rows commit with the notification, before the 202: the replays wrote none
+        assert len(served.rows("SELECT id FROM push_outbox")) == 1
         assert len(served.rows("SELECT id FROM notifications")) == 1
+
+        # A marker notification, live and pushed, goes the same way after the replays: once it is
+        # in and the worker is idle, whatever the replays had delivered or pushed would be too.
+        marker = notify(api, base(user_ids=["u1"], title="marker", push=True))["notification_ids"][0]
+        await sock.wait_for("notification", lambda n: n["id"] == marker)
+        assert await outbox_settled(served) == [("u1-phone", "sent")] * 2
+        assert [n["id"] for n in sock.events["notification"]] == [first[0], marker]
+        assert fake.attempts["u1-phone"] == 2
+        assert [m["data"]["notification_id"] for m in fake.delivered_messages("u1-phone")] == [first[0], marker]
 
         # concurrent duplicates: one set of rows, the same ids for everyone
         async with httpx.AsyncClient(base_url=served.url, timeout=30,
@@ -169,9 +218,10 @@ async def test_idempotency_key(served: Served) -> None:
                 for _ in range(8)])
         assert {r.status_code for r in answers} == {202}
         assert len({tuple(r.json()["notification_ids"]) for r in answers}) == 1
-        assert len(served.rows("SELECT id FROM notifications")) == 2
-        await asyncio.sleep(0.3)
-        assert len(sock.events["notification"]) == 2
+        [race] = answers[0].json()["notification_ids"]
+        assert len(served.rows("SELECT id FROM notifications")) == 3
+        await barrier([api], [("u1", sock)], "after-race")
+        assert [n["id"] for n in sock.events["notification"]] == [first[0], marker, race]
     finally:
         await sock.close()
 
@@ -369,7 +419,7 @@ async def test_notification_crosses_the_cluster(mysql_cluster: Cluster) -> None:
         await sock.wait_for("notification", lambda n: n["id"] == ids[0])
         # the replay on the other server answers the same ids and delivers nothing new
         assert notify(api1, base(channel="creator:cre2", idempotency_key="c1"))["notification_ids"] == ids
-        await asyncio.sleep(0.3)
+        await barrier(mysql_cluster.apis, [("far", sock)], "after-replay")
         assert len(sock.events["notification"]) == 2
         assert api1.client(token, "GET", "/me").json()["unread_notifications"] == 2
     finally:
