@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -62,17 +63,26 @@ async def test_worker_sigkilled_mid_batch_loses_nothing(fcm_server: FakeFCMServe
     fake.send_delay = 5.0  # FCM answers slowly: the worker is caught with its batch in flight
     first = start_worker(url, fcm_server, tmp_path / "worker1.log")
     try:
-        wait_until(lambda: statuses(db).get("sending", 0) == ROWS and fake.total_requests == 0, 20)
-        time.sleep(0.5)  # requests are on the wire
+        wait_until(lambda: statuses(db).get("sending", 0) == ROWS and len(fake.token_requests) >= 1, 20)
+        assert fake.total_requests == 0
+        time.sleep(0.5)  # lets the requests get onto the wire (the checks below hold either way)
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         assert statuses(db) == {"sending": ROWS}  # nothing recorded: the worker died mid-batch
+        # Revoke the dead worker's OAuth access token: its requests still in flight at the fake land
+        # after this and are refused (401), so every accepted push from here on is the survivor's.
+        with fake._lock:
+            fake.issued.clear()
+        assert fake.total_delivered == 0
+        first_sign_ins = len(fake.token_requests)
 
         fake.send_delay = 0.0
         second = start_worker(url, fcm_server, tmp_path / "worker2.log")
         try:
             wait_until(lambda: statuses(db) == {"sent": ROWS}, 30)  # after the 3 s lease
-            assert all(fake.delivered[f"kill-{i}"] >= 1 for i in range(ROWS))
+            # every device got exactly one accepted push, and only the second worker could send it
+            assert fake.delivered == Counter({f"kill-{i}": 1 for i in range(ROWS)})
+            assert len(fake.token_requests) > first_sign_ins  # the survivor signed in with its own token
         finally:
             second.send_signal(signal.SIGTERM)
             assert second.wait(15) == 0
