@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.support import Api, Client
+import sqlalchemy as sa
 
-QUIET = 0.4  # how long "nothing arrives" is watched for, after a later event did arrive
+from tests.support import Api, Client, app_events, barrier, sync_engine
 
 
 async def connect(url: str, token: str) -> Client:
@@ -64,7 +64,7 @@ async def test_messages_cross_processes(mysql_cluster: Any) -> None:
         assert m3["seq"] == 3
         for c in (a, b, b2):
             await c.wait_for("message", lambda m: m["id"] == m3["id"])
-        await asyncio.sleep(QUIET)
+        await barrier(mysql_cluster.apis, [("cre", a), ("pat", b), ("pat", b2)], "after-m3")
         for c in (a, b, b2):  # exactly once each
             assert [m["seq"] for m in c.events["message"]] == [1, 2, 3], c.events["message"]
     finally:
@@ -98,7 +98,7 @@ async def test_publish_reaches_subscribers_on_both_processes(mysql_cluster: Any)
         assert r.json()["delivered_to"] == 2
         await p0.wait_for("event", lambda e: e["event"] == "second")
         await c1.wait_for("event", lambda e: e["event"] == "second")
-        await asyncio.sleep(QUIET)
+        await barrier(mysql_cluster.apis, [("pat", p1)], "after-second")
         assert not [e for e in p1.events["event"] if e["event"] == "second"]
         # a closed socket stops counting
         await p0.close()
@@ -157,10 +157,10 @@ async def test_tier_drop_revokes_on_both_processes_and_raise_restores(mysql_clus
         open_msg = await send(c, open_room, "open room still works", "c3")
         for p in (p0, p1):
             await p.wait_for("message", lambda m: m["id"] == open_msg["id"])
-        await asyncio.sleep(QUIET)
+        await barrier(apis, [("pat", p0), ("pat", p1)], "after-revocation")
         for p in (p0, p1):
             assert during["id"] not in [m["id"] for m in p.events["message"]]
-            assert not p.events["event"]
+            assert not app_events(p)
             assert p.events["access_revoked"] == [{"conversation_id": gold}]  # only the lost room
         for p, a in ((p0, apis[0]), (p1, apis[1])):
             await _assert_no_access(a, p, pat, gold)
@@ -198,8 +198,8 @@ async def test_former_membership_revokes_rooms_and_creator_channel(mysql_cluster
         for p, a in ((p0, apis[0]), (p1, apis[1])):
             await _assert_no_access(a, p, pat, room)
             assert err(await p.call("subscribe", {"channel": "creator:cre"})) == "forbidden"
-        await asyncio.sleep(QUIET)
-        assert not p0.events["event"] and not p1.events["event"]
+        await barrier(apis, [("pat", p0), ("pat", p1)], "after-former")
+        assert not app_events(p0) and not app_events(p1)
     finally:
         await close_all(p0, p1)
 
@@ -211,16 +211,24 @@ async def test_direct_conversation_after_membership_ends(mysql_cluster: Any) -> 
     api.membership("cre", "pat", 100)
     direct = api.direct(cre, "pat")
     assert apis[1].direct(pat, "cre") == direct
+    api.user("cre2")  # pat's other creator: its room is revoked later, as a marker
+    api.membership("cre2", "pat", 100)
+    elsewhere = api.room("cre2", "Elsewhere", 0)
     c, p = await connect(s0.url, cre), await connect(s1.url, pat)
     try:
         await join(c, direct)
         await join(p, direct)
+        await join(p, elsewhere)
         m1 = await send(c, direct, "thanks!", "d1")
         await p.wait_for("message", lambda m: m["id"] == m1["id"])
 
         apis[1].membership("cre", "pat", 100, status="former")
-        await asyncio.sleep(0.2)
-        assert not p.events["access_revoked"]  # still readable: no revocation
+        # Marker: a revocation that must happen, requested after the one that must not. Revocations
+        # reach each process in order over one control channel, so once this one is in, any
+        # revocation of the direct conversation would be in too.
+        apis[0].membership("cre2", "pat", 100, status="former")
+        await p.wait_for("access_revoked", lambda r: r["conversation_id"] == elsewhere)
+        assert p.events["access_revoked"] == [{"conversation_id": elsewhere}]  # the direct one stays readable
         for who, sock, tok, a in (("creator", c, cre, apis[0]), ("patron", p, pat, apis[1])):
             j = await join(sock, direct)
             assert [m["id"] for m in j["messages"]] == [m1["id"]], who
@@ -253,12 +261,25 @@ async def test_concurrent_membership_updates_for_one_creator(mysql_cluster) -> N
     api0, api1 = mysql_cluster.apis
     api0.user("crowd-creator")
 
-    def put(i: int) -> int:
+    def put(i: int, base: int = 100) -> int:
         api = (api0, api1)[i % 2]
-        r = api.server("PUT", f"/memberships/crowd-creator/fan{i}", {"tier_cents": 100 + i, "status": "active"})
+        status = "former" if base != 100 and i % 3 == 0 else "active"
+        r = api.server("PUT", f"/memberships/crowd-creator/fan{i}", {"tier_cents": base + i, "status": status})
         return r.status_code
+
+    def stored() -> list[tuple[str, int, str]]:
+        db = sync_engine(mysql_cluster.servers[0].database_url)
+        try:
+            with db.connect() as conn:
+                return [tuple(r) for r in conn.execute(sa.text(
+                    "SELECT patron_id, tier_cents, status FROM memberships WHERE creator_id = 'crowd-creator'"
+                    " ORDER BY patron_id"))]
+        finally:
+            db.dispose()
 
     codes = await asyncio.gather(*[asyncio.to_thread(put, i) for i in range(32)])
     assert codes == [200] * 32
-    codes = await asyncio.gather(*[asyncio.to_thread(put, i) for i in range(32)])  # updates, not inserts
+    assert stored() == sorted((f"fan{i}", 100 + i, "active") for i in range(32))
+    codes = await asyncio.gather(*[asyncio.to_thread(put, i, 1000) for i in range(32)])  # updates, not inserts
     assert codes == [200] * 32
+    assert stored() == sorted((f"fan{i}", 1000 + i, "former" if i % 3 == 0 else "active") for i in range(32))
