@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.support import Client
+from tests.support import Client, app_events, barrier
 
 
 def err(ack: dict[str, Any]) -> str:
@@ -81,9 +81,9 @@ async def test_non_members_are_refused_on_every_path(any_server: Any) -> None:
         r = api.server("POST", "/publish", {"channel": f"room:{gold}", "event": "e", "data": {}})
         assert r.json()["delivered_to"] == 1  # the patron only
         await p.wait_for("event")
-        await asyncio.sleep(0.3)
+        await barrier([api], [(u, clients[u]) for u in ("low", "stranger", "former", "cre2")], "after-room")
         for user in ("low", "stranger", "former", "cre2"):
-            assert not clients[user].events["message"] and not clients[user].events["event"], user
+            assert not clients[user].events["message"] and not app_events(clients[user]), user
             assert not clients[user].events["typing"], user
         # the stranger's attempts changed nothing
         hist = await p.call("history", {"conversation_id": gold})
@@ -164,7 +164,7 @@ async def test_direct_conversations(any_server: Any) -> None:
             assert http_code(api.client(tok, "PUT", f"/conversations/{d}/settings", json={"muted": True})) == (403, "forbidden")
             ids = [x["conversation"]["id"] for x in api.client(tok, "GET", "/conversations").json()["conversations"]]
             assert d not in ids, user
-        await asyncio.sleep(0.2)
+        await barrier([api], list(third.items()), "after-direct")
         assert all(not s.events["message"] for s in third.values())
         # the creator may not delete the patron's message in a direct conversation (rooms only)
         assert err(await c.call("delete", {"message_id": m["id"]})) == "forbidden"
