@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.support import Api, Client, ServerProcess
+from tests.support import Api, Client, ServerProcess, barrier
 
 
 def setup_room(api: Api) -> tuple[dict[str, str], str]:
@@ -37,7 +37,7 @@ async def test_presence_across_processes(mysql_cluster):
 
         await b2.call("join", {"conversation_id": room})  # second socket, other process: no news
         await b1.call("leave", {"conversation_id": room})  # one of two sockets leaves: still online
-        await asyncio.sleep(0.5)
+        await barrier(mysql_cluster.apis, [("cre", a)], "after-leave")
         assert presence_of(a, "pat") == [True]
 
         await b2.close()  # the last socket disconnects
@@ -148,7 +148,7 @@ async def test_read_receipts_and_unread_counts(mysql_cluster):
 
         backwards = await b.call("read", {"conversation_id": room, "seq": 2})
         assert backwards == {"ok": True, "unread_count": 0}  # changes nothing
-        await asyncio.sleep(0.3)
+        await barrier(mysql_cluster.apis, [("cre", a)], "after-backwards")
         assert len(a.events["read"]) == 1
         beyond = await b.call("read", {"conversation_id": room, "seq": 8})
         assert beyond["ok"] is False and beyond["error"]["code"] == "invalid"
