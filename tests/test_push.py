@@ -25,9 +25,9 @@ import sqlalchemy as sa
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-import chat.models  # noqa: F401 - registers the chat tables on Base.metadata
-from chat.db import Base, create_engine, session_factory, utcnow
+from chat.db import create_engine, session_factory, utcnow
 from chat.keys import RedisKeys
+from chat.migrate import upgrade
 from notifications.fcm import FcmSender, Outcome, classify_exception
 from notifications.models import Device, PushOutbox
 from notifications.outbox import (
@@ -72,8 +72,8 @@ async def sender(fcm_server: FakeFCMServer) -> AsyncIterator[FcmSender]:
 
 
 async def _schema(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+    """The schema the way production builds it: the Alembic migrations, not the models."""
+    await upgrade(engine)
 
 
 @pytest.fixture
