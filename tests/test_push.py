@@ -396,19 +396,21 @@ async def test_redis_wakeup_from_another_process(
     sf = session_factory(mysql_engine)
     keys = RedisKeys(redis_prefix)
     r_worker, r_producer = aioredis.Redis.from_url(redis_url), aioredis.Redis.from_url(redis_url)
-    await add_devices(sf, [("u1", "t1")])
+    await add_devices(sf, [("u0", "t0"), ("u1", "t1")])
+    await enqueue(sf, ["u0"])
     worker = PushWorker(sf, sender, replace(FAST, poll_interval=60.0), redis=r_worker, keys=keys)
     try:
         async with running(worker):
             await wait_until(lambda: _subscribed(r_producer, keys), what="subscription")
-            await asyncio.sleep(0.2)  # the first (empty) claim is done; the worker now sleeps 60 s
+            # t0 sent: its claim is over and the loop went to sleep (60 s) before sending it
+            await wait_until(lambda: all_final(sf), timeout=10, what="first delivery")
             await enqueue(sf, ["u1"])
             await publish_wakeup(r_producer, keys)
             await wait_until(lambda: all_final(sf), timeout=10, what="woken delivery")
     finally:
         await r_worker.aclose()
         await r_producer.aclose()
-    assert fake.delivered == {"t1": 1}
+    assert fake.delivered == {"t0": 1, "t1": 1}
 
 
 async def _subscribed(r: aioredis.Redis, keys: RedisKeys) -> bool:
@@ -418,12 +420,15 @@ async def _subscribed(r: aioredis.Redis, keys: RedisKeys) -> bool:
 
 async def test_inline_wake_without_polling(mysql_engine: AsyncEngine, fake: FakeFCM, sender: FcmSender) -> None:
     sf = session_factory(mysql_engine)
-    await add_devices(sf, [("u1", "t1")])
+    await add_devices(sf, [("u0", "t0"), ("u1", "t1")])
+    await enqueue(sf, ["u0"])
     async with running(PushWorker(sf, sender, replace(FAST, poll_interval=60.0))) as worker:
-        await asyncio.sleep(0.2)
+        # t0 sent: its claim is over and the loop went to sleep (60 s) before sending it
+        await wait_until(lambda: all_final(sf), timeout=10, what="first delivery")
         await enqueue(sf, ["u1"])
         worker.wake()
         await wait_until(lambda: all_final(sf), timeout=10, what="woken delivery")
+    assert fake.delivered == {"t0": 1, "t1": 1}
 
 
 def test_worker_process_delivers_and_exits_on_sigterm(
