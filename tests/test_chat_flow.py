@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from tests.support import Client
 
 
@@ -41,7 +39,9 @@ async def test_join_send_history_and_idempotency(any_server):
         for i in range(2, 6):
             r = await b.call("send", {"conversation_id": room, "body": f"m{i}", "client_msg_id": f"b{i}"})
             assert r["message"]["seq"] == i
-        await asyncio.sleep(0.2)
+        # Messages of a conversation arrive in order: once seq 5 is here, any broadcast of the
+        # retried send (seq 1) would be here too.
+        await b.wait_for("message", lambda m: m["seq"] == 5)
         assert len([m for m in b.events["message"] if m["id"] == msg["id"]]) == 1  # retry broadcast nothing
 
         hist = await b.call("history", {"conversation_id": room, "before_seq": 4, "limit": 2})
