@@ -107,6 +107,7 @@ class Cluster:
 
     def __init__(self, database_url: str, redis_url: str | None, redis_prefix: str, size: int,
                  env: dict[str, str] | None = None) -> None:
+        self.database_url, self.redis_url, self.redis_prefix = database_url, redis_url, redis_prefix
         self.servers: list[ServerProcess] = []
         try:
             for _ in range(size):
@@ -185,6 +186,7 @@ class _OneOf(Cluster):
     """A view of one process of a shared cluster, shaped like a one-server Cluster."""
 
     def __init__(self, cluster: Cluster, index: int) -> None:  # no processes of its own
+        self.database_url, self.redis_url, self.redis_prefix = cluster.database_url, cluster.redis_url, cluster.redis_prefix
         self.servers = [cluster.servers[index]]
         self.apis = [cluster.apis[index]]
 

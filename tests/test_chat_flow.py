@@ -5,12 +5,14 @@ from __future__ import annotations
 from tests.support import Client
 
 
-async def test_join_send_history_and_idempotency(any_server):
+async def test_join_send_history_and_idempotency(shared_any_server, uid):
+    any_server = shared_any_server
     api = any_server.api
-    creator = api.user("cre", "Cre Ator")
-    patron = api.user("pat", "Pat Ron")
-    api.membership("cre", "pat", 500)
-    room = api.room("cre", "Lounge", min_tier_cents=500)
+    cre, pat = uid("cre"), uid("pat")
+    creator = api.user(cre, "Cre Ator")
+    patron = api.user(pat, "Pat Ron")
+    api.membership(cre, pat, 500)
+    room = api.room(cre, "Lounge", min_tier_cents=500)
 
     a = await Client(any_server.servers[0].url, creator).connect()
     b = await Client(any_server.servers[0].url, patron).connect()
@@ -18,14 +20,14 @@ async def test_join_send_history_and_idempotency(any_server):
         ja = await a.call("join", {"conversation_id": room})
         assert ja["ok"] and ja["messages"] == [] and ja["has_more"] is False
         assert ja["conversation"]["id"] == room and ja["conversation"]["kind"] == "room"
-        assert "cre" in ja["online"]
+        assert cre in ja["online"]
         jb = await b.call("join", {"conversation_id": room})
-        assert sorted(jb["online"]) == ["cre", "pat"]
+        assert sorted(jb["online"]) == sorted([cre, pat])
 
         sent = await a.call("send", {"conversation_id": room, "body": "  hello  ", "client_msg_id": "m1"})
         assert sent["ok"], sent
         msg = sent["message"]
-        assert msg["seq"] == 1 and msg["body"] == "hello" and msg["sender"] == {"id": "cre", "name": "Cre Ator"}
+        assert msg["seq"] == 1 and msg["body"] == "hello" and msg["sender"] == {"id": cre, "name": "Cre Ator"}
         assert msg["deleted"] is False and msg["edited_at"] is None and msg["created_at"].endswith("Z")
         got = await b.wait_for("message", lambda m: m["id"] == msg["id"])
         assert got == msg
