@@ -62,6 +62,14 @@ async def test_join_send_history_and_idempotency(shared_any_server, uid):
         assert convs[0]["conversation"]["id"] == room
         assert convs[0]["last_message"]["seq"] == 6
         assert convs[0]["unread_count"] == 5  # pat's 4 + 1 via HTTP; own messages never count
+
+        # client_msg_ids are compared exactly (MariaDB's default collation would not): a different
+        # case is a different message, not a retry.
+        upper = await a.call("send", {"conversation_id": room, "body": "upper", "client_msg_id": "Case-1"})
+        lower = await a.call("send", {"conversation_id": room, "body": "lower", "client_msg_id": "case-1"})
+        assert upper["ok"] and lower["ok"], (upper, lower)
+        assert [upper["message"]["seq"], lower["message"]["seq"]] == [7, 8]
+        await b.wait_for("message", lambda m: m["seq"] == 8)
     finally:
         await a.close()
         await b.close()
