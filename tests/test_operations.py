@@ -234,12 +234,16 @@ MARK = f"mk{os.getpid()}x{int(time.time())}"
 LOG_API_KEY = f"apikey-{MARK}-secret"
 
 
-@pytest.fixture(scope="module", params=["INFO", "DEBUG"])
-def json_log_server(request: Any, tmp_path_factory: Any) -> Iterator[ServerProcess]:
-    """JSON logs at the default level, and at DEBUG, where libraries would print SQL parameters."""
-    db = tmp_path_factory.mktemp("jsonlog") / "j.db"
-    server = ServerProcess(f"sqlite+aiosqlite:///{db}",
-                           env={"LOG_FORMAT": "json", "API_KEYS": LOG_API_KEY, "LOG_LEVEL": request.param})
+@pytest.fixture(scope="module", params=["INFO", "DEBUG", "DEBUG-mariadb-redis"])
+def json_log_server(request: Any, tmp_path_factory: Any, mysql_databases: Any, redis_url: str,
+                    redis_prefix_root: str) -> Iterator[ServerProcess]:
+    """JSON logs at the default level, and at DEBUG, where libraries would print SQL parameters
+    (aiosqlite; aiomysql and redis-py with MariaDB + Redis)."""
+    env = {"LOG_FORMAT": "json", "API_KEYS": LOG_API_KEY, "LOG_LEVEL": request.param.split("-")[0]}
+    if request.param.endswith("redis"):
+        server = ServerProcess(mysql_databases.new(), redis_url, f"{redis_prefix_root}-jsonlog", env=env)
+    else:
+        server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('jsonlog') / 'j.db'}", env=env)
     yield server
     server.stop()
 
