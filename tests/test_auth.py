@@ -82,17 +82,13 @@ def _start(tmp_path_factory: Any, name: str, env: dict[str, str] | None = None) 
     return ServerProcess(f"sqlite+aiosqlite:///{db}", env=env)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "mysql"])
-def hs_server(request: Any, tmp_path_factory: Any, mysql_databases: Any, redis_url: str,
-              redis_prefix_root: str) -> Iterator[ServerProcess]:
-    """The usual configuration: HS256 with JWT_SECRET, API_KEYS=API_KEY, same-origin only; on
-    SQLite and on MariaDB + Redis (user ids meet MariaDB's collation on the way in)."""
+@pytest.fixture(params=["sqlite", "mysql"])
+def hs_server(request: Any) -> ServerProcess:
+    """The usual configuration (HS256 with JWT_SECRET, API_KEYS=API_KEY, same-origin only): the
+    run's shared servers, on SQLite and on MariaDB + Redis (user ids meet MariaDB's collation)."""
     if request.param == "sqlite":
-        server = _start(tmp_path_factory, "hs")
-    else:
-        server = ServerProcess(mysql_databases.new(), redis_url, f"{redis_prefix_root}-auth")
-    yield server
-    server.stop()
+        return request.getfixturevalue("shared_sqlite").servers[0]
+    return request.getfixturevalue("shared_mysql_cluster").servers[0]
 
 
 @pytest.fixture(scope="module")

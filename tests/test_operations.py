@@ -49,7 +49,7 @@ def readyz(server: ServerProcess) -> httpx.Response:
 # ---------------------------------------------------------------- health and readiness
 
 
-def test_healthz_and_readyz(tmp_path: Path) -> None:
+def test_healthz_readyz_and_idle_sigterm(tmp_path: Path) -> None:
     server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/ops.db")
     try:
         r = httpx.get(server.url + "/healthz", timeout=5)
@@ -57,7 +57,10 @@ def test_healthz_and_readyz(tmp_path: Path) -> None:
         r = readyz(server)
         assert r.status_code == 200 and r.json()["ok"] is True
     finally:
-        assert server.stop() == 0
+        # SIGTERM on an idle server: it exits by itself (stop() SIGKILLs, -9, after its limit), cleanly.
+        assert server.stop(timeout=30) == 0
+    log = server.log_path.read_text()
+    assert "Traceback" not in log and "shutdown incomplete" not in log, log[-3000:]
 
 
 def test_readyz_503_when_redis_is_cut_off_and_back(mysql_url: str, redis_url: str, redis_prefix: str) -> None:
@@ -219,13 +222,6 @@ async def test_sigterm_disconnects_clients_and_exits_0(backend: str, tmp_path: P
         for c in clients:
             await c.close()
         server.kill()
-
-
-def test_sigterm_idle_server_exits_cleanly(tmp_path: Path) -> None:
-    server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/idle.db")
-    assert server.stop(timeout=30) == 0  # exits by itself: stop() SIGKILLs (-9) after the limit
-    log = server.log_path.read_text()
-    assert "Traceback" not in log and "shutdown incomplete" not in log, log[-3000:]
 
 
 # ---------------------------------------------------------------- logs
@@ -391,22 +387,20 @@ def test_demo_from_nothing(tmp_path: Path) -> None:
         assert _stop(proc) == 0, "".join(output)[-3000:]
 
 
-def test_token_command(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "run_server.py"), "token", "cli_user", "--name", "Cli User",
+def test_token_command(tmp_path: Path, shared_sqlite: Any, uid: Any) -> None:
+    cli_user = uid("cli_user")
+    out = subprocess.run([sys.executable, str(ROOT / "run_server.py"), "token", cli_user, "--name", "Cli User",
                           "--ttl", "60"], cwd=tmp_path, env=_clean_env(JWT_SECRET=JWT_SECRET),
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     token = out.stdout.strip()
     claims = jwt.decode(token, JWT_SECRET, algorithms=["HS256"])
-    assert claims["sub"] == "cli_user" and claims["name"] == "Cli User"
+    assert claims["sub"] == cli_user and claims["name"] == "Cli User"
     assert abs(claims["exp"] - (time.time() + 60)) < 15
-    server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/tok.db")
-    try:
-        r = httpx.get(server.url + "/api/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
-        assert r.status_code == 200, r.text
-        assert r.json()["user"] == {"id": "cli_user", "name": "Cli User", "avatar_url": None}
-    finally:
-        server.stop()
+    server = shared_sqlite.servers[0]
+    r = httpx.get(server.url + "/api/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["user"] == {"id": cli_user, "name": "Cli User", "avatar_url": None}
     bad = subprocess.run([sys.executable, str(ROOT / "run_server.py"), "token", "not valid"], cwd=tmp_path,
                          env=_clean_env(JWT_SECRET=JWT_SECRET), capture_output=True, text=True, timeout=30)
     assert bad.returncode != 0
