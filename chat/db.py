@@ -46,6 +46,13 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
+def ExactString(length: int) -> sa.types.TypeEngine[str]:  # noqa: N802 - used like a type
+    """A string compared byte for byte: user ids ("Ann" and "ann" are two users, SPEC §2),
+    client_msg_ids, tokens and keys. MariaDB's default collation ignores case and accents,
+    so there it gets utf8mb4_bin; SQLite compares bytes already."""
+    return sa.String(length).with_variant(mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb")
+
+
 class Base(DeclarativeBase):
     metadata = sa.MetaData(
         naming_convention={

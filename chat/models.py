@@ -7,9 +7,9 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from chat.db import Base, BigId, UTCDateTime, utcnow
+from chat.db import Base, BigId, ExactString, UTCDateTime, utcnow
 
-USER_ID = sa.String(64)
+USER_ID = ExactString(64)
 
 
 class User(Base):
@@ -48,7 +48,7 @@ class Conversation(Base):
     creator_id: Mapped[str] = mapped_column(USER_ID, index=True)
     patron_id: Mapped[str | None] = mapped_column(USER_ID, nullable=True, index=True)
     # "creator_id/patron_id" for direct conversations, NULL for rooms: one direct per pair.
-    direct_key: Mapped[str | None] = mapped_column(sa.String(140), nullable=True, unique=True)
+    direct_key: Mapped[str | None] = mapped_column(ExactString(140), nullable=True, unique=True)
     name: Mapped[str] = mapped_column(sa.String(200), default="")
     min_tier_cents: Mapped[int] = mapped_column(sa.Integer, default=0)
     post_policy: Mapped[str] = mapped_column(sa.String(16), default="everyone")  # everyone | creator
@@ -84,7 +84,7 @@ class Message(Base):
     seq: Mapped[int] = mapped_column(sa.BigInteger)
     sender_id: Mapped[str] = mapped_column(USER_ID)
     body: Mapped[str] = mapped_column(sa.Text)
-    client_msg_id: Mapped[str] = mapped_column(sa.String(64))
+    client_msg_id: Mapped[str] = mapped_column(ExactString(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     deleted: Mapped[bool] = mapped_column(sa.Boolean, default=False)

@@ -561,7 +561,7 @@ class RedisPresence(Presence):
         return _pairs(raw)
 
     async def _cancel_tasks(self) -> None:
-        """Stop heartbeat and reaper without touching Redis (tests use it to play a crash)."""
+        """Stop heartbeat and reaper without touching Redis."""
         tasks, self._tasks = self._tasks, []
         # The flag ends the loops even if a cancellation gets swallowed: seen with redis-py
         # when the cancel lands inside a command, leaving the task asleep in its next sleep.

@@ -7,9 +7,9 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from chat.db import Base, BigId, UTCDateTime, utcnow
+from chat.db import Base, BigId, ExactString, UTCDateTime, utcnow
 
-USER_ID = sa.String(64)
+USER_ID = ExactString(64)
 
 
 class Notification(Base):
@@ -33,7 +33,7 @@ class NotificationRequest(Base):
 
     __tablename__ = "notification_requests"
 
-    idempotency_key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(ExactString(200), primary_key=True)
     notification_ids: Mapped[str] = mapped_column(sa.Text)  # JSON list of strings
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -41,7 +41,7 @@ class NotificationRequest(Base):
 class Device(Base):
     __tablename__ = "devices"
 
-    token: Mapped[str] = mapped_column(sa.String(512), primary_key=True)
+    token: Mapped[str] = mapped_column(ExactString(512), primary_key=True)
     user_id: Mapped[str] = mapped_column(USER_ID, index=True)
     platform: Mapped[str] = mapped_column(sa.String(16))  # android | ios | web
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -60,7 +60,7 @@ class PushOutbox(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     user_id: Mapped[str] = mapped_column(USER_ID)
-    device_token: Mapped[str] = mapped_column(sa.String(512))
+    device_token: Mapped[str] = mapped_column(ExactString(512))
     payload: Mapped[str] = mapped_column(sa.Text)  # JSON: {title, body, data, collapse_key, priority}
     status: Mapped[str] = mapped_column(sa.String(16), default="pending")
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)

@@ -88,8 +88,12 @@ class ChatPage:
 
 
 def open_chat(browser: Browser, base_url: str, token: str | None, viewport: dict[str, int] = DESKTOP,
-              wait: bool = True) -> ChatPage:
+              wait: bool = True, fake_clock: bool = False) -> ChatPage:
+    """fake_clock: the page's Date and timers run on Playwright's clock (starting now, ticking
+    normally) so that a test can jump ahead with `chat.page.clock.fast_forward(...)`."""
     context = browser.new_context(viewport=viewport, base_url=base_url)
+    if fake_clock:
+        context.clock.install()
     page = context.new_page()
     chat = ChatPage(context, page)
 

@@ -107,6 +107,7 @@ class Cluster:
 
     def __init__(self, database_url: str, redis_url: str | None, redis_prefix: str, size: int,
                  env: dict[str, str] | None = None) -> None:
+        self.database_url, self.redis_url, self.redis_prefix = database_url, redis_url, redis_prefix
         self.servers: list[ServerProcess] = []
         try:
             for _ in range(size):
@@ -153,6 +154,59 @@ def any_server(request: Any, tmp_path: Any, mysql_databases: MySQLDatabases, red
         cluster = Cluster(mysql_databases.new(), redis_url, redis_prefix, 1)
     yield cluster
     cluster.stop()
+
+
+# ---------------------------------------------------------------- shared servers
+#
+# Starting a server process costs about a second; most tests only need *a* server, not a fresh
+# one. These are started once per run and shared: a test using them must create users, rooms
+# and channels of its own (see `uid`), so that tests stay independent of each other and of
+# their order. Tests that change a server's configuration, kill it, cut its database or read
+# its whole log keep servers of their own.
+
+
+@pytest.fixture(scope="session")
+def shared_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One server on the embedded default (SQLite, in-process relay), shared by the run."""
+    db = tmp_path_factory.mktemp("shared-sqlite") / "backstage.db"
+    cluster = Cluster(f"sqlite+aiosqlite:///{db}", None, "unused", 1)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_mysql_cluster(mysql_databases: MySQLDatabases, redis_url: str, redis_prefix_root: str) -> Iterator[Cluster]:
+    """Two server processes on one MariaDB database and one Redis prefix, shared by the run."""
+    cluster = Cluster(mysql_databases.new(), redis_url, f"{redis_prefix_root}-shared", 2)
+    yield cluster
+    cluster.stop()
+
+
+class _OneOf(Cluster):
+    """A view of one process of a shared cluster, shaped like a one-server Cluster."""
+
+    def __init__(self, cluster: Cluster, index: int) -> None:  # no processes of its own
+        self.database_url, self.redis_url, self.redis_prefix = cluster.database_url, cluster.redis_url, cluster.redis_prefix
+        self.servers = [cluster.servers[index]]
+        self.apis = [cluster.apis[index]]
+
+    def stop(self) -> None:
+        pass  # owned by the shared cluster
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def shared_any_server(request: Any) -> Cluster:
+    """Like any_server, on the shared servers: the embedded default, then MariaDB + Redis."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("shared_sqlite")
+    return _OneOf(request.getfixturevalue("shared_mysql_cluster"), 0)
+
+
+@pytest.fixture
+def uid() -> Any:
+    """uid("pat") -> "pat_3f9a1c": ids of users, rooms' creators, channels... unique to this test."""
+    suffix = secrets.token_hex(3)
+    return lambda name: f"{name}_{suffix}"
 
 
 # ---------------------------------------------------------------- fake FCM

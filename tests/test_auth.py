@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +23,7 @@ import socketio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.support import API_KEY, JWT_SECRET, Client, ServerProcess, make_token
+from tests.support import API_KEY, JWT_SECRET, Api, Client, ServerProcess, make_token
 
 # HS384/HS512 tokens signed with the (short) HS256 secret are part of the refusal matrix.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -81,12 +82,13 @@ def _start(tmp_path_factory: Any, name: str, env: dict[str, str] | None = None) 
     return ServerProcess(f"sqlite+aiosqlite:///{db}", env=env)
 
 
-@pytest.fixture(scope="module")
-def hs_server(tmp_path_factory: Any) -> Iterator[ServerProcess]:
-    """The usual configuration: HS256 with JWT_SECRET, API_KEYS=API_KEY, same-origin only."""
-    server = _start(tmp_path_factory, "hs")
-    yield server
-    server.stop()
+@pytest.fixture(params=["sqlite", "mysql"])
+def hs_server(request: Any) -> ServerProcess:
+    """The usual configuration (HS256 with JWT_SECRET, API_KEYS=API_KEY, same-origin only): the
+    run's shared servers, on SQLite and on MariaDB + Redis (user ids meet MariaDB's collation)."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("shared_sqlite").servers[0]
+    return request.getfixturevalue("shared_mysql_cluster").servers[0]
 
 
 @pytest.fixture(scope="module")
@@ -375,3 +377,28 @@ async def test_origin_allowed_origins(multi_server: ServerProcess) -> None:
     for origin in ("https://evil.example", "https://app.example.evil.example", "http://app.example",
                    "https://other.example", "http://localhost:3000"):
         await assert_socket_refused(multi_server.url, token, headers={"Origin": origin})
+
+
+# ---------------------------------------------------------------- user ids are case-sensitive
+
+
+async def test_user_ids_differing_only_in_case_are_different_users(hs_server: ServerProcess) -> None:
+    """SPEC §2: sub is 1-64 chars of [A-Za-z0-9_-], so "casey" and "CASEY" are two people, on
+    every database (MariaDB's default collation would compare them as equal)."""
+    api = Api(hs_server.url)
+    try:
+        lower, upper = f"casey_{secrets.token_hex(3)}", None
+        upper = lower.upper()
+        api.user(lower, "Lower Casey")
+        api.user(upper, "Upper Casey")
+        me = get_me(hs_server, f"Bearer {make_token(lower)}").json()["user"]
+        assert (me["id"], me["name"]) == (lower, "Lower Casey"), me
+        me = get_me(hs_server, f"Bearer {make_token(upper)}").json()["user"]
+        assert (me["id"], me["name"]) == (upper, "Upper Casey"), me
+
+        room = api.room(lower, "Lower's room", 0)
+        r = api.client(make_token(upper), "GET", f"/conversations/{room}/messages")
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", r.text  # not its creator
+        assert api.client(make_token(lower), "GET", f"/conversations/{room}/messages").status_code == 200
+    finally:
+        api.close()

@@ -1,7 +1,9 @@
 """The browser client (SPEC §7) in a real Chromium against real server processes.
 
-Two server processes share one MariaDB database and one Redis prefix (`mysql_cluster`); the
-two users are signed in on different processes, so every live update crosses the Redis relay.
+Two server processes share one MariaDB database and one Redis prefix (the run's
+`shared_mysql_cluster`, so each test signs in users of its own); the two users are signed in
+on different processes, so every live update crosses the Redis relay. A missing Chromium
+fails these tests: `make test` installs it first (`make browser`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,13 +29,11 @@ from tests.browser_support import (
 )
 from tests.support import make_token
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM),
-    reason=f"{CHROMIUM} is missing: `apt-get install -y chromium` (make test installs it)",
-)
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # A missing browser fails these tests (never skips them): `make test` installs it (`make browser`).
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: run `make browser` (apt-get install -y chromium)"
     assert SOCKETIO_CLIENT.exists(), "socket.io-client is not installed: run `npm ci` at the repository root"
     expect.set_options(timeout=10_000)  # CI machines are small: give live updates room
     with sync_playwright() as p:
@@ -50,28 +51,40 @@ def pages() -> Iterator[list[ChatPage]]:
         chat.context.close()
 
 
+@pytest.fixture
+def cluster(shared_mysql_cluster: Any) -> Any:
+    """The run's shared two-process MariaDB + Redis cluster; each test signs in users of its own."""
+    return shared_mysql_cluster
+
+
+@pytest.fixture
+def who(uid: Any) -> Any:
+    """This test's user ids (display names stay "Cara Creator", "Pat Patron"...)."""
+    return SimpleNamespace(cara=uid("cara"), pat=uid("pat"), evil=uid("evil"))
+
+
 def tab(pages: list[ChatPage], browser: Any, url: str, token: str | None, **kw: Any) -> ChatPage:
     chat = open_chat(browser, url, token, **kw)
     pages.append(chat)
     return chat
 
 
-def setup_room(api: Any, name: str = "Lounge") -> tuple[str, str, str]:
-    creator = api.user("cara", "Cara Creator")
-    patron = api.user("pat", "Pat Patron")
-    api.membership("cara", "pat", 500)
-    room = api.room("cara", name, min_tier_cents=100)
+def setup_room(api: Any, who: Any, name: str = "Lounge") -> tuple[str, str, str]:
+    creator = api.user(who.cara, "Cara Creator")
+    patron = api.user(who.pat, "Pat Patron")
+    api.membership(who.cara, who.pat, 500)
+    room = api.room(who.cara, name, min_tier_cents=100)
     return creator, patron, room
 
 
 # ---------------------------------------------------------------------- tests
 
 
-def test_sign_in_and_live_chat_across_two_processes(browser, mysql_cluster, pages):
-    api = mysql_cluster.api
-    creator, patron, room = setup_room(api)
-    a = tab(pages, browser, mysql_cluster.servers[0].url, creator)
-    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+def test_sign_in_and_live_chat_across_two_processes(browser, cluster, pages, who):
+    api = cluster.api
+    creator, patron, room = setup_room(api, who)
+    a = tab(pages, browser, cluster.servers[0].url, creator)
+    b = tab(pages, browser, cluster.servers[1].url, patron)
 
     # The token left the address bar and lives in sessionStorage.
     for chat, token in ((a, creator), (b, patron)):
@@ -111,18 +124,18 @@ def test_sign_in_and_live_chat_across_two_processes(browser, mysql_cluster, page
     b.assert_clean()
 
 
-def test_missing_expired_and_rejected_tokens_show_a_clear_message(browser, mysql_cluster, pages):
-    url = mysql_cluster.servers[0].url
-    mysql_cluster.api.user("pat", "Pat Patron")
+def test_missing_expired_and_rejected_tokens_show_a_clear_message(browser, cluster, pages, who):
+    url = cluster.servers[0].url
+    cluster.api.user(who.pat, "Pat Patron")
     nobody = tab(pages, browser, url, None, wait=False)
     expect(nobody.page.locator("#auth-screen")).to_be_visible()
     expect(nobody.page.locator("#auth-screen")).to_contain_text("not signed in")
 
-    expired = tab(pages, browser, url, make_token("pat", "Pat", ttl=-60), wait=False)
+    expired = tab(pages, browser, url, make_token(who.pat, "Pat", ttl=-60), wait=False)
     expect(expired.page.locator("#auth-screen")).to_contain_text("expired")
     assert "token" not in expired.page.url
 
-    wrong_key = tab(pages, browser, url, make_token("pat", "Pat", secret="not-the-server-secret-0123456789abcdef"),
+    wrong_key = tab(pages, browser, url, make_token(who.pat, "Pat", secret="not-the-server-secret-0123456789abcdef"),
                     wait=False)
     expect(wrong_key.page.locator("#auth-screen")).to_contain_text("did not accept")
     for chat in (nobody, expired, wrong_key):
@@ -130,11 +143,11 @@ def test_missing_expired_and_rejected_tokens_show_a_clear_message(browser, mysql
         chat.assert_clean()
 
 
-def test_history_loads_older_pages_on_scroll_up(browser, mysql_cluster, pages):
-    api = mysql_cluster.api
-    creator, patron, room = setup_room(api)
+def test_history_loads_older_pages_on_scroll_up(browser, cluster, pages, who):
+    api = cluster.api
+    creator, patron, room = setup_room(api, who)
     seed_messages(api, creator, room, 130, prefix="line")
-    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+    b = tab(pages, browser, cluster.servers[1].url, patron)
     b.open(room)
     b.wait_seqs(list(range(81, 131)))  # the latest 50
     expect(b.message(130)).to_be_in_viewport()
@@ -162,13 +175,13 @@ def test_history_loads_older_pages_on_scroll_up(browser, mysql_cluster, pages):
     b.assert_clean()
 
 
-def test_unread_badges_typing_and_read_receipts(browser, mysql_cluster, pages):
-    api = mysql_cluster.api
-    creator, patron, room = setup_room(api)
+def test_unread_badges_typing_and_read_receipts(browser, cluster, pages, who):
+    api = cluster.api
+    creator, patron, room = setup_room(api, who)
     # Rooms carry no member list: the page learns a name from that member's messages.
     seed_messages(api, patron, room, 1, prefix="hello from pat")
-    a = tab(pages, browser, mysql_cluster.servers[0].url, creator)
-    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+    a = tab(pages, browser, cluster.servers[0].url, creator)
+    b = tab(pages, browser, cluster.servers[1].url, patron)
     item = b.conversation_item(room)
     expect(item.get_by_test_id("unread-badge")).to_be_hidden()
 
@@ -206,11 +219,11 @@ def test_unread_badges_typing_and_read_receipts(browser, mysql_cluster, pages):
     b.assert_clean()
 
 
-def test_reconnect_recovers_missed_messages_once_in_order(browser, mysql_cluster, pages):
-    api = mysql_cluster.api
-    creator, patron, room = setup_room(api)
-    a = tab(pages, browser, mysql_cluster.servers[0].url, creator)
-    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+def test_reconnect_recovers_missed_messages_once_in_order(browser, cluster, pages, who):
+    api = cluster.api
+    creator, patron, room = setup_room(api, who)
+    a = tab(pages, browser, cluster.servers[0].url, creator)
+    b = tab(pages, browser, cluster.servers[1].url, patron)
     a.open(room)
     b.open(room)
     a.send("before")
@@ -248,34 +261,34 @@ def test_reconnect_recovers_missed_messages_once_in_order(browser, mysql_cluster
     a.assert_clean()
 
 
-def test_failed_send_shows_error_and_retry_reuses_client_msg_id(browser, mysql_cluster, pages):
-    api = mysql_cluster.api
-    api.user("cara", "Cara Creator")
-    patron = api.user("pat", "Pat Patron")
-    api.membership("cara", "pat", 500)
-    direct = api.direct(patron, "cara")
-    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+def test_failed_send_shows_error_and_retry_reuses_client_msg_id(browser, cluster, pages, who):
+    api = cluster.api
+    api.user(who.cara, "Cara Creator")
+    patron = api.user(who.pat, "Pat Patron")
+    api.membership(who.cara, who.pat, 500)
+    direct = api.direct(patron, who.cara)
+    b = tab(pages, browser, cluster.servers[1].url, patron)
     expect(b.conversation_item(direct)).to_contain_text("Cara Creator")
     b.open(direct)
 
-    api.membership("cara", "pat", 500, status="former")  # the direct chat is read-only now
+    api.membership(who.cara, who.pat, 500, status="former")  # the direct chat is read-only now
     b.send("are you there?")
     failed = b.page.locator("[data-testid=message][data-status=failed]")
     expect(failed).to_contain_text("Not sent")
     cmid = failed.get_attribute("data-client-msg-id")
 
-    api.membership("cara", "pat", 500, status="active")
+    api.membership(who.cara, who.pat, 500, status="active")
     failed.get_by_role("button", name="Retry").click()
     b.wait_seqs([1])
     assert b.message(1).get_attribute("data-client-msg-id") == cmid
     b.assert_clean()
 
 
-def test_edit_and_delete_messages(browser, mysql_cluster, pages):
-    api = mysql_cluster.api
-    creator, patron, room = setup_room(api)
-    a = tab(pages, browser, mysql_cluster.servers[0].url, creator)
-    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+def test_edit_and_delete_messages(browser, cluster, pages, who):
+    api = cluster.api
+    creator, patron, room = setup_room(api, who)
+    a = tab(pages, browser, cluster.servers[0].url, creator)
+    b = tab(pages, browser, cluster.servers[1].url, patron)
     a.open(room)
     b.open(room)
     b.send("patron typo")
@@ -309,12 +322,12 @@ def test_edit_and_delete_messages(browser, mysql_cluster, pages):
     b.assert_clean()
 
 
-def test_access_revoked_leaves_the_conversation(browser, mysql_cluster, pages):
-    api = mysql_cluster.api
-    creator, patron, room = setup_room(api)
-    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+def test_access_revoked_leaves_the_conversation(browser, cluster, pages, who):
+    api = cluster.api
+    creator, patron, room = setup_room(api, who)
+    b = tab(pages, browser, cluster.servers[1].url, patron)
     b.open(room)
-    api.membership("cara", "pat", 500, status="former")
+    api.membership(who.cara, who.pat, 500, status="former")
     expect(b.conversation_item(room)).to_have_count(0)
     expect(b.page.get_by_test_id("message-list")).to_be_hidden()
     expect(b.page.locator("#toasts")).to_contain_text("no longer have access")
@@ -325,20 +338,20 @@ HOSTILE_IMG = '<img src=x onerror="window.__pwned=1">'
 HOSTILE_SCRIPT = "<script>window.__pwned=2</script>"
 
 
-def test_hostile_markup_is_shown_as_text(browser, mysql_cluster, pages):
-    api = mysql_cluster.api
-    evil = api.user("evil", HOSTILE_IMG)
-    creator = api.user("cara", "Cara Creator")
-    api.membership("cara", "evil", 500)
-    room = api.room("cara", HOSTILE_SCRIPT, min_tier_cents=100)
+def test_hostile_markup_is_shown_as_text(browser, cluster, pages, who):
+    api = cluster.api
+    evil = api.user(who.evil, HOSTILE_IMG)
+    creator = api.user(who.cara, "Cara Creator")
+    api.membership(who.cara, who.evil, 500)
+    room = api.room(who.cara, HOSTILE_SCRIPT, min_tier_cents=100)
     for body in (HOSTILE_IMG, HOSTILE_SCRIPT, "[x](javascript:alert(1)) javascript:alert(2) https://example.com/ok?a=1&b=<2>"):
         r = api.client(evil, "POST", f"/conversations/{room}/messages", json={"body": body, "client_msg_id": str(uuid.uuid4())})
         assert r.status_code == 201, r.text
-    r = api.server("POST", "/notifications", {"user_ids": ["cara"], "type": "test", "title": HOSTILE_SCRIPT,
+    r = api.server("POST", "/notifications", {"user_ids": [who.cara], "type": "test", "title": HOSTILE_SCRIPT,
                                               "body": HOSTILE_IMG})
     assert r.status_code == 202, r.text
 
-    a = tab(pages, browser, mysql_cluster.servers[0].url, creator)
+    a = tab(pages, browser, cluster.servers[0].url, creator)
     expect(a.conversation_item(room)).to_contain_text(HOSTILE_SCRIPT)
     a.open(room)
     a.wait_seqs([1, 2, 3])
@@ -364,17 +377,17 @@ def test_hostile_markup_is_shown_as_text(browser, mysql_cluster, pages):
     a.assert_clean()
 
 
-def test_notification_bell_feed_and_mark_read(browser, mysql_cluster, pages):
-    api = mysql_cluster.api
-    creator, patron, room = setup_room(api)
+def test_notification_bell_feed_and_mark_read(browser, cluster, pages, who):
+    api = cluster.api
+    creator, patron, room = setup_room(api, who)
 
     def notify(title: str) -> None:
-        r = api.server("POST", "/notifications", {"user_ids": ["pat"], "type": "post", "title": title,
+        r = api.server("POST", "/notifications", {"user_ids": [who.pat], "type": "post", "title": title,
                                                   "body": f"{title} body", "data": {"conversation_id": room}})
         assert r.status_code == 202, r.text
 
     notify("First post")
-    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+    b = tab(pages, browser, cluster.servers[1].url, patron)
     bell = b.page.get_by_test_id("notification-bell")
     expect(bell).to_contain_text("1")
     notify("Second post")  # live over the socket
@@ -402,11 +415,11 @@ def test_notification_bell_feed_and_mark_read(browser, mysql_cluster, pages):
     b.assert_clean()
 
 
-def test_phone_width_list_then_conversation(browser, mysql_cluster, pages):
-    api = mysql_cluster.api
-    creator, patron, room = setup_room(api)
+def test_phone_width_list_then_conversation(browser, cluster, pages, who):
+    api = cluster.api
+    creator, patron, room = setup_room(api, who)
     seed_messages(api, creator, room, 3)
-    b = tab(pages, browser, mysql_cluster.servers[1].url, patron, viewport=PHONE)
+    b = tab(pages, browser, cluster.servers[1].url, patron, viewport=PHONE)
     conv_list = b.page.get_by_test_id("conversation-list")
     expect(conv_list).to_be_visible()
     expect(b.page.get_by_test_id("message-list")).to_be_hidden()
@@ -435,28 +448,32 @@ def test_phone_width_list_then_conversation(browser, mysql_cluster, pages):
     b.assert_clean()
 
 
-def test_token_expiring_while_open_signs_out(browser, mysql_cluster, pages):
-    api = mysql_cluster.api
-    api.user("pat", "Pat Patron")
-    b = tab(pages, browser, mysql_cluster.servers[0].url, make_token("pat", "Pat Patron", ttl=4))
+def test_token_expiring_while_open_signs_out(browser, cluster, pages, who):
+    api = cluster.api
+    api.user(who.pat, "Pat Patron")
+    # The token is good for ten minutes of the page's clock, so loading never races its expiry;
+    # then the page's clock jumps past it (the server's is not touched).
+    b = tab(pages, browser, cluster.servers[0].url, make_token(who.pat, "Pat Patron", ttl=600), fake_clock=True)
     expect(b.page.get_by_test_id("conversation-list")).to_be_visible()
-    expect(b.page.locator("#auth-screen")).to_contain_text("expired", timeout=10_000)
+    expect(b.page.locator("#auth-screen")).to_be_hidden()
+    b.page.clock.fast_forward(601_000)
+    expect(b.page.locator("#auth-screen")).to_contain_text("expired")
     expect(b.page.get_by_test_id("conversation-list")).to_be_hidden()
     b.assert_clean()
 
 
-def test_direct_conversation_presence_and_mute(browser, mysql_cluster, pages):
-    api = mysql_cluster.api
-    creator = api.user("cara", "Cara Creator")
-    patron = api.user("pat", "Pat Patron")
-    api.membership("cara", "pat", 500)
-    direct = api.direct(patron, "cara")
-    a = tab(pages, browser, mysql_cluster.servers[0].url, creator)
+def test_direct_conversation_presence_and_mute(browser, cluster, pages, who):
+    api = cluster.api
+    creator = api.user(who.cara, "Cara Creator")
+    patron = api.user(who.pat, "Pat Patron")
+    api.membership(who.cara, who.pat, 500)
+    direct = api.direct(patron, who.cara)
+    a = tab(pages, browser, cluster.servers[0].url, creator)
     item = a.conversation_item(direct)
     expect(item).to_contain_text("Pat Patron")  # named after the other member
     expect(item.locator(".presence-dot")).to_have_class("presence-dot offline")
 
-    b = tab(pages, browser, mysql_cluster.servers[1].url, patron)
+    b = tab(pages, browser, cluster.servers[1].url, patron)
     expect(item.locator(".presence-dot")).to_have_class("presence-dot online")
     a.open(direct)
     expect(a.page.locator("#conv-sub")).to_have_text("online")

@@ -1,30 +1,34 @@
-"""Presence scenarios against MemoryPresence and against two RedisPresence "servers" on one real Redis.
+"""Presence scenarios against MemoryPresence and against several RedisPresence "servers" on one real Redis.
 
 The Redis servers use heartbeat_s=0.2 / dead_after_s=1.0 so that crash detection takes about a second.
+Faults are real: a crash is a SIGKILLed process (tests/presence_proc.py), a lost Redis is a TCP
+proxy that resets its connections (tests/faults.py). Outcomes are observed through the public
+interface and the offline callbacks, waiting on them with generous limits (never on a clock).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from chat.keys import RedisKeys
 from chat.presence import MemoryPresence, Presence, PresenceUnavailable, RedisPresence
+from tests.faults import TcpProxy, eventually
 
 HEARTBEAT_S = 0.2
 DEAD_AFTER_S = 1.0
-MARGIN_S = 2.0  # scheduling slack on a busy machine
+NEVER_DEAD_S = 60.0  # for tests where no server may be declared dead meanwhile
+WAIT_S = 30.0  # generous limit for anything awaited; a pass usually takes a second
 REPO = Path(__file__).resolve().parent.parent
 
 MakeServer = Callable[..., Awaitable[RedisPresence]]
@@ -46,28 +50,58 @@ class OfflineLog:
     def pairs(self) -> list[tuple[str, str]]:
         return sorted((c, u) for _, c, u in self.calls)
 
-    async def wait_for(self, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, count: int, timeout: float = WAIT_S) -> None:
+        try:
+            await asyncio.wait_for(self._wait(count), timeout)
+        except TimeoutError:
+            raise AssertionError(f"expected {count} offline callbacks, got {self.calls}") from None
+
+    async def wait_for_pair(self, pair: tuple[str, str], timeout: float = WAIT_S) -> None:
+        try:
+            await asyncio.wait_for(self._wait_pair(pair), timeout)
+        except TimeoutError:
+            raise AssertionError(f"expected offline {pair}, got {self.calls}") from None
+
+    async def _wait(self, count: int) -> None:
         while len(self.calls) < count:
             self.changed.clear()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"expected {count} offline callbacks, got {self.calls}")
-            try:
-                await asyncio.wait_for(self.changed.wait(), remaining)
-            except TimeoutError:
-                pass
+            await self.changed.wait()
+
+    async def _wait_pair(self, pair: tuple[str, str]) -> None:
+        while pair not in [(c, u) for _, c, u in self.calls]:
+            self.changed.clear()
+            await self.changed.wait()
+
+
+@pytest.fixture
+def redis_proxy(redis_url: str) -> Iterator[TcpProxy]:
+    """A cuttable TCP path to the test Redis (stop() = Redis gone for its clients, start() = back)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(redis_url)
+    proxy = TcpProxy(u.host or "127.0.0.1", u.port or 6379).start()
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture
 async def make_server(redis_url: str, redis_prefix: str) -> AsyncIterator[MakeServer]:
-    """Builds started RedisPresence instances, each with its own client; stops them all at the end."""
+    """Builds started RedisPresence instances, each with its own client; stops them all at the end.
+
+    via=proxy connects the server through that proxy, without command retries so that a cut
+    shows at once as PresenceUnavailable instead of after the client's back-off.
+    """
     made: list[tuple[RedisPresence, aioredis.Redis]] = []
 
-    async def make(server_id: str, *, start: bool = True, decode: bool = False) -> RedisPresence:
-        client = aioredis.Redis.from_url(redis_url, decode_responses=decode)
+    async def make(server_id: str, *, start: bool = True, decode: bool = False, via: TcpProxy | None = None,
+                   dead_after_s: float = DEAD_AFTER_S) -> RedisPresence:
+        if via is None:
+            client = aioredis.Redis.from_url(redis_url, decode_responses=decode)
+        else:
+            client = aioredis.Redis.from_url(via.redis_url(redis_url), decode_responses=decode,
+                                             socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
         presence = RedisPresence(client, RedisKeys(redis_prefix), server_id,
-                                 heartbeat_s=HEARTBEAT_S, dead_after_s=DEAD_AFTER_S)
+                                 heartbeat_s=HEARTBEAT_S, dead_after_s=dead_after_s)
         made.append((presence, client))
         if start:
             await presence.start()
@@ -77,8 +111,46 @@ async def make_server(redis_url: str, redis_prefix: str) -> AsyncIterator[MakeSe
     for presence, client in made:
         try:
             await presence.stop()
+        except PresenceUnavailable:
+            pass  # its Redis was cut by the test
         finally:
             await client.aclose()
+
+
+class Processes:
+    """Presence servers in processes of their own (tests/presence_proc.py), SIGKILLed to crash them."""
+
+    def __init__(self, redis_url: str, redis_prefix: str) -> None:
+        self.redis_url, self.redis_prefix = redis_url, redis_prefix
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self, server_id: str, actions: list[list[str]]) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(REPO / "tests" / "presence_proc.py"), self.redis_url, self.redis_prefix,
+            server_id, str(HEARTBEAT_S), str(DEAD_AFTER_S), json.dumps(actions),
+            cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=asyncio.subprocess.PIPE)
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), WAIT_S)
+        assert line.strip() == b"ready", line
+        return proc
+
+    @staticmethod
+    async def crash(proc: asyncio.subprocess.Process) -> None:
+        os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+    async def close(self) -> None:
+        for proc in self.procs:
+            if proc.returncode is None:
+                await self.crash(proc)
+
+
+@pytest.fixture
+async def processes(redis_url: str, redis_prefix: str) -> AsyncIterator[Processes]:
+    procs = Processes(redis_url, redis_prefix)
+    yield procs
+    await procs.close()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -206,13 +278,16 @@ async def test_concurrent_joins_announce_exactly_once(servers: tuple[Presence, P
 
 async def test_typing_throttle(servers: tuple[Presence, Presence]) -> None:
     a, b = servers
-    assert await a.typing_allowed("c1", "u1", 0.3) is True
-    assert await a.typing_allowed("c1", "u1", 0.3) is False
-    assert await b.typing_allowed("c1", "u1", 0.3) is False  # cluster-wide
-    assert await b.typing_allowed("c1", "u2", 0.3) is True  # per user
-    assert await b.typing_allowed("c2", "u1", 0.3) is True  # per conversation
-    await asyncio.sleep(0.35)
-    assert await b.typing_allowed("c1", "u1", 0.3) is True
+    # A long interval: the refusals below cannot be turned into passes by a slow machine.
+    assert await a.typing_allowed("c1", "u1", 60) is True
+    assert await a.typing_allowed("c1", "u1", 60) is False
+    assert await b.typing_allowed("c1", "u1", 60) is False  # cluster-wide
+    assert await b.typing_allowed("c1", "u2", 60) is True  # per user
+    assert await b.typing_allowed("c2", "u1", 60) is True  # per conversation
+    # A short interval ends by itself: wait for that, whatever the machine's speed.
+    assert await a.typing_allowed("c3", "u1", 0.2) is True
+    await eventually(lambda: b.typing_allowed("c3", "u1", 60), True, timeout=WAIT_S)
+    assert await a.typing_allowed("c3", "u1", 60) is False  # the allowed call started a new interval
 
 
 async def test_join_with_another_users_sid_is_refused(servers: tuple[Presence, Presence]) -> None:
@@ -249,38 +324,36 @@ async def test_clean_stop_reports_users_offline_cluster_wide(make_server: MakeSe
     assert await b.subscriber_count("room:1") == 0
 
 
-async def test_crashed_server_is_reaped_once(make_server: MakeServer, redis_prefix: str) -> None:
+async def test_crashed_server_is_reaped_once(make_server: MakeServer, processes: Processes, redis_url: str,
+                                             redis_prefix: str) -> None:
     offline = OfflineLog()
-    crashed = await make_server("srv-crashed")
     b, c = await make_server("srv-b"), await make_server("srv-c")
-    for server in (crashed, b, c):
+    for server in (b, c):
         server.set_offline_callback(offline.callback(server.server_id))
-
-    await crashed.connect("u1", "s1")
-    await crashed.join("c1", "u1", "s1")
-    await crashed.join("c2", "u1", "s1")
-    await crashed.connect("u2", "s2")
-    await crashed.join("c1", "u2", "s2")
-    await crashed.subscribe("room:1", "s2")
+    crashed = await processes.start("srv-crashed", [
+        ["connect", "u1", "s1"], ["join", "c1", "u1", "s1"], ["join", "c2", "u1", "s1"],
+        ["connect", "u2", "s2"], ["join", "c1", "u2", "s2"], ["subscribe", "room:1", "s2"]])
     await b.connect("u2", "s3")
     assert await b.join("c1", "u2", "s3") is False  # u2 keeps a socket on a live server
     await c.subscribe("room:1", "s4")
     assert await b.online_in("c1") == ["u1", "u2"]
     assert await b.subscriber_count("room:1") == 2
 
-    await crashed._cancel_tasks()  # no cleanup, no more heartbeats
-    started = time.monotonic()
-    await offline.wait_for(2, timeout=DEAD_AFTER_S + MARGIN_S + 1.0)
-    assert time.monotonic() - started < DEAD_AFTER_S + MARGIN_S
-    await asyncio.sleep(3 * HEARTBEAT_S)  # give a second reaper every chance to report again
-    assert offline.pairs() == [("c1", "u1"), ("c2", "u1")]
+    await processes.crash(crashed)  # no cleanup, no more heartbeats
+    await offline.wait_for(2)
+    # Prove that no second reaper reports the same crash: crash another server afterwards and
+    # wait until its users are reported; any duplicate would have been reported by then.
+    marker = await processes.start("srv-marker", [["join", "c-marker", "u-marker", "s9"]])
+    await processes.crash(marker)
+    await offline.wait_for_pair(("c-marker", "u-marker"))
+    assert offline.pairs() == [("c-marker", "u-marker"), ("c1", "u1"), ("c2", "u1")]
     assert {server for server, _, _ in offline.calls} <= {"srv-b", "srv-c"}
 
     assert await c.online_in("c1") == ["u2"]
     assert await c.online_in("c2") == []
     assert await c.online_users(["u1", "u2"]) == {"u2"}
     assert await c.subscriber_count("room:1") == 1
-    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+    client = aioredis.Redis.from_url(redis_url)
     try:
         leftovers = [k async for k in client.scan_iter(match=f"{redis_prefix}:srv:srv-crashed:*")]
         assert leftovers == []
@@ -289,37 +362,47 @@ async def test_crashed_server_is_reaped_once(make_server: MakeServer, redis_pref
         await client.aclose()
 
 
-async def test_dead_server_is_ignored_before_it_is_reaped(make_server: MakeServer) -> None:
-    a, b = await make_server("srv-a"), await make_server("srv-b")
+async def test_dead_server_is_ignored_before_it_is_reaped(make_server: MakeServer, redis_proxy: TcpProxy,
+                                                          redis_url: str, redis_prefix: str) -> None:
+    # a's keys live for 3 x its dead_after_s: long after the reader (dead_after_s=1) stops counting a.
+    a = await make_server("srv-a", via=redis_proxy, dead_after_s=NEVER_DEAD_S)
+    reader = await make_server("srv-reader", start=False)  # not started: no heartbeat, no reaper anywhere
     await a.join("c1", "u1", "s1")
-    await b._cancel_tasks()  # no reapers anywhere: a's keys stay in Redis
-    await a._cancel_tasks()
-    # a stops beating: once its heartbeat is dead_after_s old, nobody counts its sockets.
-    await asyncio.sleep(DEAD_AFTER_S + 0.1)
-    assert await b.online_in("c1") == []
-    assert await b.join("c1", "u1", "s2") is True
+    assert await reader.online_in("c1") == ["u1"]
+    redis_proxy.stop()  # a loses Redis: it stops beating, and its keys stay behind
+    # Once a's heartbeat is dead_after_s old, nobody counts its sockets.
+    await eventually(lambda: reader.online_in("c1"), [], timeout=WAIT_S)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        # Not reaped and not expired: the keys are there, the reader just does not count them.
+        assert await client.zscore(RedisKeys(redis_prefix).servers, "srv-a") is not None
+        assert [k async for k in client.scan_iter(match=f"{redis_prefix}:srv:srv-a:*")] != []
+    finally:
+        await client.aclose()
+    assert await reader.join("c1", "u1", "s2") is True
 
 
-async def test_server_reaped_while_alive_republishes_its_state(make_server: MakeServer) -> None:
+async def test_server_reaped_while_alive_republishes_its_state(make_server: MakeServer,
+                                                               redis_proxy: TcpProxy) -> None:
     offline = OfflineLog()
-    a, b = await make_server("srv-a"), await make_server("srv-b")
+    a, b = await make_server("srv-a", via=redis_proxy), await make_server("srv-b")
     b.set_offline_callback(offline.callback("srv-b"))
     await a.connect("u1", "s1")
     await a.join("c1", "u1", "s1")
-    await a._cancel_tasks()  # a stalls (blocked loop, lost Redis...) for longer than dead_after_s
-    await offline.wait_for(1, timeout=DEAD_AFTER_S + MARGIN_S + 1.0)
+    redis_proxy.stop()  # a loses Redis for longer than dead_after_s
+    await offline.wait_for(1)
+    assert offline.pairs() == [("c1", "u1")]
     assert await b.online_in("c1") == []
 
-    await a._beat()  # a wakes up, notices it was reaped, publishes its sockets again
-    assert await b.online_in("c1") == ["u1"]
+    redis_proxy.start()  # a's next heartbeat notices it was reaped and publishes its sockets again
+    await eventually(lambda: b.online_in("c1"), ["u1"], timeout=WAIT_S)
     assert await b.online_users(["u1"]) == {"u1"}
     assert await a.leave("c1", "u1", "s1") is True
 
 
-async def test_restart_with_the_same_id_cleans_the_leftovers(make_server: MakeServer) -> None:
-    old = await make_server("srv-same")
-    await old.join("c1", "u1", "s1")
-    await old._cancel_tasks()  # crash
+async def test_restart_with_the_same_id_cleans_the_leftovers(make_server: MakeServer, processes: Processes) -> None:
+    old = await processes.start("srv-same", [["join", "c1", "u1", "s1"]])
+    await processes.crash(old)
     offline = OfflineLog()
     new = await make_server("srv-same", start=False)
     new.set_offline_callback(offline.callback("srv-same"))
@@ -328,80 +411,77 @@ async def test_restart_with_the_same_id_cleans_the_leftovers(make_server: MakeSe
     assert await new.online_in("c1") == []
 
 
-async def test_redis_down_raises_presence_unavailable() -> None:
-    # No retries: the default policy retries each command with back-off for about 3 s.
-    client = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
-    presence = RedisPresence(client, RedisKeys("bstest-down"), "srv-down")
+async def test_redis_down_raises_presence_unavailable(redis_proxy: TcpProxy, redis_url: str,
+                                                      redis_prefix: str) -> None:
+    redis_proxy.stop()
+    # No retries: the default policy retries each command with back-off for seconds.
+    client = aioredis.Redis.from_url(redis_proxy.redis_url(redis_url), socket_connect_timeout=2,
+                                     retry=Retry(NoBackoff(), 0))
+    presence = RedisPresence(client, RedisKeys(redis_prefix), "srv-down",
+                             heartbeat_s=HEARTBEAT_S, dead_after_s=DEAD_AFTER_S)
     try:
         with pytest.raises(PresenceUnavailable):
             await presence.start()
         with pytest.raises(PresenceUnavailable):
             await presence.join("c1", "u1", "s1")
-        assert presence._local.conv_user_sids == {}  # rolled back: the client may retry
         with pytest.raises(PresenceUnavailable):
             await presence.connect("u1", "s1")
+        with pytest.raises(PresenceUnavailable):
+            await presence.subscribe("room:1", "s1")
         with pytest.raises(PresenceUnavailable):
             await presence.online_in("c1")
         with pytest.raises(PresenceUnavailable):
             await presence.online_users(["u1"])
         with pytest.raises(PresenceUnavailable):
             await presence.typing_allowed("c1", "u1", 1.0)
+
+        # Redis is back: the failed calls left nothing behind, so the client's retries count as firsts.
+        redis_proxy.start()
+        await presence.start()
+        assert await presence.join("c1", "u1", "s1") is True
+        await presence.connect("u1", "s1")
+        assert await presence.online_users(["u1"]) == {"u1"}
+        await presence.subscribe("room:1", "s1")
+        assert await presence.subscriber_count("room:1") == 1
+        assert sorted(await presence.disconnect("u1", "s1")) == [("c1", "u1")]
     finally:
-        await client.aclose()
+        try:
+            await presence.stop()
+        finally:
+            await client.aclose()
 
 
-async def test_failed_disconnect_is_retried_by_the_heartbeat(make_server: MakeServer) -> None:
+async def test_failed_disconnect_is_retried_by_the_heartbeat(make_server: MakeServer, redis_proxy: TcpProxy) -> None:
     offline = OfflineLog()
-    a, b = await make_server("srv-a"), await make_server("srv-b")
+    # Nobody may be declared dead while a's Redis is cut: the retry, not a reaper, must clean up.
+    a = await make_server("srv-a", via=redis_proxy, dead_after_s=NEVER_DEAD_S)
+    b = await make_server("srv-b", dead_after_s=NEVER_DEAD_S)
     a.set_offline_callback(offline.callback("srv-a"))
     await a.connect("u1", "s1")
     await a.join("c1", "u1", "s1")
 
-    # Redis fails exactly once, on the disconnect's release script.
-    real_script = a._release_script
-    failures = [RedisConnectionError("Connection refused")]
-
-    class FlakyScript:
-        async def __call__(self, **kwargs: object) -> object:
-            if failures:
-                raise failures.pop()
-            return await real_script(**kwargs)  # type: ignore[arg-type]
-
-    a._release_script = FlakyScript()  # type: ignore[assignment]
+    redis_proxy.stop()
     with pytest.raises(PresenceUnavailable):
         await a.disconnect("u1", "s1")
     assert await b.online_in("c1") == ["u1"]  # Redis still counts the socket
 
-    await offline.wait_for(1, timeout=5 * HEARTBEAT_S)  # the heartbeat retried it
+    redis_proxy.start()
+    await offline.wait_for(1)  # the heartbeat retried it
     assert offline.pairs() == [("c1", "u1")]
     assert await b.online_in("c1") == []
     assert await b.online_users(["u1"]) == set()
 
 
-async def test_sigkilled_process_goes_offline(make_server: MakeServer, redis_url: str, redis_prefix: str) -> None:
+async def test_sigkilled_process_goes_offline(make_server: MakeServer, processes: Processes) -> None:
     offline = OfflineLog()
     watcher = await make_server("srv-watcher")
     watcher.set_offline_callback(offline.callback("srv-watcher"))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(REPO / "tests" / "presence_proc.py"),
-        redis_url, redis_prefix, "srv-proc", "c1", "u-proc", str(HEARTBEAT_S), str(DEAD_AFTER_S),
-        cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=asyncio.subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line.strip() == b"ready"
-        assert await watcher.online_in("c1") == ["u-proc"]
-        assert await watcher.online_users(["u-proc"]) == {"u-proc"}
+    proc = await processes.start("srv-proc", [["connect", "u-proc", "sid-proc"], ["join", "c1", "u-proc", "sid-proc"]])
+    assert await watcher.online_in("c1") == ["u-proc"]
+    assert await watcher.online_users(["u-proc"]) == {"u-proc"}
 
-        os.kill(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        killed_at = time.monotonic()
-        await offline.wait_for(1, timeout=DEAD_AFTER_S + MARGIN_S + 1.0)
-        assert time.monotonic() - killed_at < DEAD_AFTER_S + MARGIN_S
-        assert offline.pairs() == [("c1", "u-proc")]
-        assert await watcher.online_in("c1") == []
-        assert await watcher.online_users(["u-proc"]) == set()
-    finally:
-        if proc.returncode is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            await proc.wait()
+    await processes.crash(proc)
+    await offline.wait_for(1)
+    assert offline.pairs() == [("c1", "u-proc")]
+    assert await watcher.online_in("c1") == []
+    assert await watcher.online_users(["u-proc"]) == set()

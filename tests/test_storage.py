@@ -252,7 +252,10 @@ async def test_pool_checked_out_returns_to_zero_after_cancelled_tasks(engine: As
     # tasks are cancelled while waiting for it, which is a case of its own.
     kinds = [idle_in_session, idle_in_transaction, in_slow_query, reading]
     tasks = [asyncio.create_task(k(i)) for k in kinds for i in range(4)]
-    await asyncio.sleep(1.0)
+    for _ in range(300):  # until the tasks hold connections (at most 30 s)
+        if engine.pool.checkedout() >= 4:
+            break
+        await asyncio.sleep(0.1)
     assert engine.pool.checkedout() > 0
     for t in tasks:
         t.cancel()

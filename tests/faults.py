@@ -1,0 +1,121 @@
+"""Fault injection for tests: a TCP proxy that really cuts a connection, and waits on conditions.
+
+A test points a server (or a Redis/database client) at TcpProxy.port instead of the real
+service. stop() resets every open connection and refuses new ones, which is what a crashed
+or unreachable Redis/MariaDB looks like to the client; start() brings the service back on
+the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import make_url
+
+from tests.support import free_port
+
+T = TypeVar("T")
+
+
+class TcpProxy:
+    """127.0.0.1:port → target. stop() resets every connection and refuses new ones;
+    start() listens again on the same port."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def redis_url(self, real_url: str) -> str:
+        """real_url (redis://host:port/db) with host and port replaced by this proxy's."""
+        u = make_url(real_url)
+        return u.set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
+
+    def start(self) -> TcpProxy:
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(128)
+        self._listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+        return self
+
+    def _accept(self, ls: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = ls.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+            except OSError:
+                pass
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
+                s.close()
+            except OSError:
+                pass
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 30, interval: float = 0.1) -> Any:
+    """Polls pred() until it returns something truthy (returned); fails after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met in {timeout}s (last: {last!r})")
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], expected: T, timeout: float = 30,
+                     interval: float = 0.05) -> T:
+    """Awaits probe() until it returns `expected`; fails after timeout seconds with the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = await probe()
+        if last == expected:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {expected!r} within {timeout}s, last got {last!r}")
+        await asyncio.sleep(interval)
