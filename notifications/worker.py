@@ -209,7 +209,15 @@ class PushWorker:
             for row, result in zip(to_send, results, strict=True):
                 self._decide(row, result, now, outcomes)
         await self._record(outcomes, now)
+        if outcomes.retry:
+            self._wake_at(min(when for when, _ in outcomes.retry.values()))
         return outcomes
+
+    def _wake_at(self, when: datetime) -> None:
+        """Claim again when the first retry falls due: waiting for the next poll would put up to
+        `poll_interval` on top of its delay (SPEC §6: the first retry within 10 s)."""
+        if self._loop is not None and not self._stopping:
+            self._loop.call_later(max(0.0, (when - self._clock()).total_seconds()), self.wake)
 
     def _decide(self, row: ClaimedPush, result: SendResult, now: datetime, outcomes: Outcomes) -> None:
         opts = self.options
