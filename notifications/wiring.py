@@ -60,7 +60,7 @@ def job_enqueuer(online_users: Any) -> Any:
 
     async def push_enqueue_jobs(conn: AsyncConnection, jobs: list[dict[str, Any]]) -> int:
         # A session joined to the writer's transaction: it neither commits nor rolls it back.
-        session = AsyncSession(bind=conn, join_transaction_mode="conservative_savepoint")
+        session = AsyncSession(bind=conn)
         try:
             per_job = [await push_recipients(session, int(j["conversation_id"]), str(j["sender_id"])) for j in jobs]
             online = await online_users(sorted({u for users in per_job for u in users}))
