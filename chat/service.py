@@ -343,10 +343,14 @@ class ChatService:
         socket that has not joined, or one that may not post) is checked against the database."""
         conv = self._may_post_from_socket(sid, conversation_id)
         if conv is None:
+            epoch = self._control_epoch
             checked = await self._check_send(user, conversation_id, body, client_msg_id)
             if isinstance(checked, dict):
                 return {"message": checked}
             conv = checked
+            state = self.sockets.get(sid) if sid is not None else None
+            if state is not None and conversation_id in state.conversations and epoch == self._control_epoch:
+                state.posting[conversation_id] = Access(True, True)  # e.g. a membership active again
         push = None
         if conv.kind == "direct":
             push = PushSpec(None)

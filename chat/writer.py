@@ -38,6 +38,8 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chat import storage
@@ -49,6 +51,9 @@ from chat.schemas import iso
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+
+BATCHES = PromCounter("backstage_message_batches", "Transactions of the message writer that committed")
+IN_WRITER = Gauge("backstage_sends_in_writer", "Sends handed to the message writer and not answered yet")
 
 # push_enqueue_jobs(conn, jobs) -> how many pushes it queued, in the batch's transaction. A job:
 # {"conversation_id": int, "message_id": int, "sender_id": str,
@@ -135,6 +140,8 @@ class MessageWriter:
         """Store one message with whatever else is pending; raises Conflict, NotFound, or the
         SQLAlchemyError that failed its transaction (then nothing of it was stored)."""
         item = _Item(msg, asyncio.get_running_loop().create_future())
+        IN_WRITER.inc()
+        item.future.add_done_callback(lambda _: IN_WRITER.dec())
         self._pending.append(item)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending())
@@ -185,6 +192,7 @@ class MessageWriter:
             self._fail(batch, exc)
             return
         self.batches += 1
+        BATCHES.inc()
         self._finish(batch, done)
 
     @staticmethod
