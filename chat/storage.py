@@ -410,22 +410,33 @@ async def insert_messages(conn: AsyncConnection, rows: list[dict[str, Any]]) -> 
     return {(int(cid), int(seq)): int(mid) for mid, cid, seq in result.all()}
 
 
+def _read_positions_upsert(dialect: str) -> Any:
+    """One statement, built once per dialect and run with many parameter sets: the driver sends
+    them as one multi-row INSERT (MySQL) or runs them in one call (SQLite), and SQLAlchemy's
+    compiled cache applies whatever the batch size."""
+    current = _states.c
+    if dialect == "sqlite":
+        lite = sqlite_insert(_states)
+        return lite.on_conflict_do_update(index_elements=["user_id", "conversation_id"], set_={
+            "last_read_seq": sa.func.max(current.last_read_seq, lite.excluded.last_read_seq)})
+    my = mysql_insert(_states)
+    return my.on_duplicate_key_update(last_read_seq=sa.func.greatest(current.last_read_seq, my.inserted.last_read_seq))
+
+
+_UPSERTS: dict[str, Any] = {}
+
+
 async def move_read_positions(conn: AsyncConnection, positions: dict[tuple[str, int], int]) -> None:
-    """move_read_position for many (user_id, conversation_id) at once: one upsert statement."""
+    """move_read_position for many (user_id, conversation_id) at once, in key order (rows locked
+    in the same order by every batch)."""
     if not positions:
         return
-    values = [{"user_id": uid, "conversation_id": cid, "last_read_seq": seq, "muted": False}
-              for (uid, cid), seq in sorted(positions.items())]
-    current = _states.c
-    if conn.dialect.name == "sqlite":
-        lite = sqlite_insert(_states).values(values)
-        stmt: Any = lite.on_conflict_do_update(index_elements=["user_id", "conversation_id"], set_={
-            "last_read_seq": sa.func.max(current.last_read_seq, lite.excluded.last_read_seq)})
-    else:
-        my = mysql_insert(_states).values(values)
-        stmt = my.on_duplicate_key_update(last_read_seq=sa.func.greatest(current.last_read_seq,
-                                                                          my.inserted.last_read_seq))
-    await conn.execute(stmt)
+    dialect = conn.dialect.name
+    stmt = _UPSERTS.get(dialect)
+    if stmt is None:
+        stmt = _UPSERTS[dialect] = _read_positions_upsert(dialect)
+    await conn.execute(stmt, [{"user_id": uid, "conversation_id": cid, "last_read_seq": seq, "muted": False}
+                              for (uid, cid), seq in sorted(positions.items())])
 
 
 async def user_names_of(conn: AsyncConnection, user_ids: Sequence[str]) -> dict[str, str]:
