@@ -14,10 +14,13 @@ conversations it spans, the transaction is a fixed handful of statements:
 5. the push hook, once, with every push job of the batch;
 6. COMMIT.
 
-There is no timer: the first send at rest is written at once, and the ones that arrive during
-that commit form the next batch (natural batching), at most `max_batch` at a time. After each
-commit the batch's new messages are handed to `deliver` in seq order (per process, batches
-are delivered one after the other), and only then do the senders get their results.
+There is no timer: the first send at rest is written at once, and the ones that arrive while
+transactions are in flight form the next batch (natural batching), at most `max_batch` at a
+time. Up to `max_in_flight` (2) transactions run at once, so one batch's round trips and
+fsync overlap the next one's preparation; they take their seq ranges (the conversation row
+locks) one after the other, in the order their deliveries are queued. After each commit the
+batch's new messages are handed to `deliver` in seq order (per process, batches are delivered
+one after the other, in that order), and only then do the senders get their results.
 
 A duplicate client_msg_id inside a batch or against the database does not fail the others:
 the first one in the batch is stored, the others answer as retries of it. A racing insert of
@@ -51,6 +54,7 @@ from chat.schemas import iso
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+MAX_IN_FLIGHT = 2
 
 BATCHES = PromCounter("backstage_message_batches", "Transactions of the message writer that committed")
 IN_WRITER = Gauge("backstage_sends_in_writer", "Sends handed to the message writer and not answered yet")
@@ -101,6 +105,7 @@ class _Done:
 
     created: list[dict[str, Any]] = field(default_factory=list)  # wire forms, in seq order per conversation
     pushes: int = 0
+    turn: asyncio.Future[Any] | None = None  # its place in the delivery order
 
 
 def message_wire(mid: int, conversation_id: int, seq: int, sender_id: str, sender_name: str, body: str,
@@ -124,15 +129,20 @@ class MessageWriter:
     def __init__(self, engine: AsyncEngine, deliver: Deliver, *,
                  push_enqueue_jobs: PushEnqueueJobs | None = None,
                  push_wake: Callable[[], Awaitable[None]] | None = None,
-                 max_batch: int = MAX_BATCH) -> None:
+                 max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self._engine = engine
         self._deliver = deliver
         self._push_enqueue_jobs = push_enqueue_jobs
         self._push_wake = push_wake
         self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
         self._pending: list[_Item] = []
-        self._writer: asyncio.Task[None] | None = None
-        # Deliveries run one batch after the other, overlapping the next batch's commit.
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._kick_scheduled = False
+        # Batches in flight take their seq ranges one after the other (see _transaction); their
+        # deliveries run in that same order, each after the previous one, overlapping the
+        # following batches' transactions.
+        self._seq_turn = asyncio.Lock()
         self._delivering: asyncio.Task[None] | None = None
         self.batches = 0  # transactions committed (tests and the bench read it)
 
@@ -143,30 +153,52 @@ class MessageWriter:
         IN_WRITER.inc()
         item.future.add_done_callback(lambda _: IN_WRITER.dec())
         self._pending.append(item)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_pending())
+        self._schedule_kick()
         # A sender that goes away (its task cancelled) must not cancel the batch it is in.
         return await asyncio.shield(item.future)
 
     async def close(self) -> None:
         """Wait for what was handed over to be written and delivered."""
-        for task in (self._writer, self._delivering):
-            if task is not None:
-                await asyncio.gather(task, return_exceptions=True)
+        while self._pending or self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+            await asyncio.sleep(0)
+        if self._delivering is not None:
+            await asyncio.gather(self._delivering, return_exceptions=True)
 
     # ------------------------------------------------------------ batching
 
-    async def _write_pending(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
-            try:
-                await self._write(batch)
-            except Exception as exc:  # a bug: fail this batch's sends, keep the writer alive
-                log.exception("message batch failed")
-                for item in batch:
-                    if item.outcome is None:
-                        item.outcome = exc
-                self._finish(batch, _Done())
+    def _schedule_kick(self) -> None:
+        # Not at once: the sends that become ready in the same turn of the event loop (e.g. the
+        # senders a commit just answered) go into one batch rather than the first alone.
+        if not self._kick_scheduled:
+            self._kick_scheduled = True
+            asyncio.get_running_loop().call_soon(self._kick)
+
+    def _kick(self) -> None:
+        """Start transactions for what is pending while fewer than max_in_flight run."""
+        self._kick_scheduled = False
+        while self._pending and len(self._in_flight) < self.max_in_flight:
+            free = self.max_in_flight - len(self._in_flight)
+            # Share what is pending among the free slots, so one batch's round trips overlap
+            # another's preparation instead of everyone waiting for one big transaction.
+            size = min(self.max_batch, -(-len(self._pending) // free))
+            batch, self._pending = self._pending[:size], self._pending[size:]
+            task = asyncio.create_task(self._run(batch))
+            self._in_flight.add(task)
+
+    async def _run(self, batch: list[_Item]) -> None:
+        try:
+            await self._write(batch)
+        except Exception as exc:  # a bug: fail this batch's sends, keep the writer going
+            log.exception("message batch failed")
+            for item in batch:
+                if item.outcome is None:
+                    item.outcome = exc
+            self._answer(batch)
+        finally:
+            self._in_flight.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
+            if self._pending:
+                self._schedule_kick()
 
     async def _write(self, batch: list[_Item]) -> None:
         try:
@@ -174,14 +206,12 @@ class MessageWriter:
         except sa.exc.IntegrityError:
             # Another process committed one of these (sender, client_msg_id) after our SELECT.
             # Once more: the SELECT now sees it. Should that fail too, one message at a time.
-            self._reset(batch)
             try:
                 done = await retrying(lambda: self._transaction(batch))
             except sa.exc.IntegrityError:
                 if len(batch) == 1:
                     self._fail(batch, sa.exc.IntegrityError("send", None, Exception("duplicate")))
                     return
-                self._reset(batch)
                 for item in batch:
                     await self._write([item])
                 return
@@ -193,7 +223,10 @@ class MessageWriter:
             return
         self.batches += 1
         BATCHES.inc()
-        self._finish(batch, done)
+        if done.turn is None:  # nothing new to deliver: retries, conflicts
+            self._answer(batch)
+        else:
+            done.turn.set_result((batch, done))
 
     @staticmethod
     def _reset(batch: Sequence[_Item]) -> None:
@@ -204,104 +237,129 @@ class MessageWriter:
         log.warning("message batch of %d not stored: %s", len(batch), type(exc).__name__)
         for item in batch:
             item.outcome = exc
-        self._finish(batch, _Done())
+        self._answer(batch)
 
-    def _finish(self, batch: Sequence[_Item], done: _Done) -> None:
-        """Deliver the batch's new messages after the previous batch's, then answer its senders."""
-        previous = self._delivering
-        self._delivering = asyncio.create_task(self._deliver_then_answer(previous, list(batch), done))
+    @staticmethod
+    def _answer(batch: Sequence[_Item]) -> None:
+        for item in batch:
+            if item.future.done():
+                continue
+            if isinstance(item.outcome, Stored):
+                item.future.set_result(item.outcome)
+            else:
+                item.future.set_exception(item.outcome or ChatError("internal error"))
 
-    async def _deliver_then_answer(self, previous: asyncio.Task[None] | None, batch: list[_Item],
-                                   done: _Done) -> None:
+    def _take_turn(self) -> asyncio.Future[tuple[list[_Item], _Done] | None]:
+        """A place in the delivery order; resolved with the committed batch, or None if the
+        transaction did not commit."""
+        turn: asyncio.Future[tuple[list[_Item], _Done] | None] = asyncio.get_running_loop().create_future()
+        self._delivering = asyncio.create_task(self._deliver_in_turn(self._delivering, turn))
+        return turn
+
+    async def _deliver_in_turn(self, previous: asyncio.Task[None] | None,
+                               turn: asyncio.Future[tuple[list[_Item], _Done] | None]) -> None:
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
+        committed = await turn
+        if committed is None:
+            return
+        batch, done = committed
         try:
-            if done.created:
-                MESSAGES_STORED.inc(len(done.created))
-                await self._deliver(done.created)
+            MESSAGES_STORED.inc(len(done.created))
+            await self._deliver(done.created)
             if done.pushes and self._push_wake is not None:
                 await self._push_wake()
         except Exception:  # committed all the same: the members recover it by since_seq
             log.warning("delivery of a stored batch failed", exc_info=True)
         finally:
-            for item in batch:
-                if item.future.done():
-                    continue
-                if isinstance(item.outcome, Stored):
-                    item.future.set_result(item.outcome)
-                else:
-                    item.future.set_exception(item.outcome or ChatError("internal error"))
+            self._answer(batch)
 
     # ------------------------------------------------------------ one transaction
 
     async def _transaction(self, batch: list[_Item]) -> _Done:
-        now = utcnow()
         done = _Done()
-        async with self._engine.begin() as conn:
-            self._reset(batch)
-            existing = await storage.find_sent(conn, [(i.msg.sender_id, i.msg.client_msg_id) for i in batch])
-            names = await self._names(conn, batch)
-            first: dict[tuple[str, str], _Item] = {}
-            new: list[_Item] = []
-            for item in batch:
-                m = item.msg
-                item.name = names[m.sender_id]
-                key = (m.sender_id, m.client_msg_id)
-                row = existing.get(key)
-                if row is not None:
-                    item.outcome = self._retry_answer(item, row.conversation_id, row.body, row.deleted, message_wire(
-                        row.id, row.conversation_id, row.seq, row.sender_id, item.name, row.body,
-                        row.client_msg_id, row.created_at, row.edited_at, row.deleted))
-                elif key in first:
-                    continue  # answered from the first one once that is stored
-                else:
-                    first[key] = item
-                    new.append(item)
-
-            lasts = await storage.take_seq_ranges(conn, Counter(i.msg.conversation_id for i in new), now)
-            counts = Counter(i.msg.conversation_id for i in new)
-            next_seq = {cid: last - counts[cid] + 1 for cid, last in lasts.items()}
-            rows: list[dict[str, Any]] = []
-            stored: list[tuple[_Item, int]] = []
-            for item in new:
-                m = item.msg
-                if m.conversation_id not in next_seq:
-                    item.outcome = NotFound("no such conversation")
-                    continue
-                seq = next_seq[m.conversation_id]
-                next_seq[m.conversation_id] = seq + 1
-                rows.append({"conversation_id": m.conversation_id, "seq": seq, "sender_id": m.sender_id,
-                             "body": m.body, "client_msg_id": m.client_msg_id, "created_at": now,
-                             "edited_at": None, "deleted": False})
-                stored.append((item, seq))
-            ids = await storage.insert_messages(conn, rows) if rows else {}
-
-            positions: dict[tuple[str, int], int] = {}
-            jobs: list[dict[str, Any]] = []
-            for item, seq in stored:
-                m = item.msg
-                wire = message_wire(ids[(m.conversation_id, seq)], m.conversation_id, seq, m.sender_id, item.name,
-                                    m.body, m.client_msg_id, now, None, False)
-                item.outcome = Stored(wire, True)
-                done.created.append(wire)
-                position = (m.sender_id, m.conversation_id)
-                positions[position] = max(positions.get(position, 0), seq)
-                if m.push is not None:
-                    jobs.append(self._push_job(m, item.name, wire))
-            await storage.move_read_positions(conn, positions)
-            if jobs and self._push_enqueue_jobs is not None:
-                done.pushes = await self._push_enqueue_jobs(conn, jobs)
-
-            for item in batch:  # the repeats of a client_msg_id inside this batch
-                if item.outcome is None:
-                    leader = first[(item.msg.sender_id, item.msg.client_msg_id)]
-                    if isinstance(leader.outcome, Stored):
-                        lw = leader.outcome.message
-                        item.outcome = self._retry_answer(item, int(lw["conversation_id"]), lw["body"], False,
-                                                          {**lw, "sender": {"id": lw["sender"]["id"], "name": item.name}})
-                    else:
-                        item.outcome = leader.outcome
+        try:
+            async with self._engine.begin() as conn:
+                await self._statements(conn, batch, done)
+        except BaseException:
+            if done.turn is not None:
+                done.turn.set_result(None)  # not committed: the next in line need not wait for it
+            raise
         return done
+
+    async def _statements(self, conn: AsyncConnection, batch: list[_Item], done: _Done) -> None:
+        now = utcnow()
+        self._reset(batch)
+        existing = await storage.find_sent(conn, [(i.msg.sender_id, i.msg.client_msg_id) for i in batch])
+        names = await self._names(conn, batch)
+        first: dict[tuple[str, str], _Item] = {}
+        new: list[_Item] = []
+        for item in batch:
+            m = item.msg
+            item.name = names[m.sender_id]
+            key = (m.sender_id, m.client_msg_id)
+            row = existing.get(key)
+            if row is not None:
+                item.outcome = self._retry_answer(item, row.conversation_id, row.body, row.deleted, message_wire(
+                    row.id, row.conversation_id, row.seq, row.sender_id, item.name, row.body,
+                    row.client_msg_id, row.created_at, row.edited_at, row.deleted))
+            elif key in first:
+                continue  # answered from the first one once that is stored
+            else:
+                first[key] = item
+                new.append(item)
+
+        counts = Counter(i.msg.conversation_id for i in new)
+        if counts:
+            # The transactions of this process get their seq ranges (their rows' locks) one
+            # after the other, in the order their deliveries are queued: each process hands
+            # a conversation's messages to delivery in seq order.
+            async with self._seq_turn:
+                lasts = await storage.take_seq_ranges(conn, counts, now)
+                done.turn = self._take_turn()
+        else:
+            lasts = {}
+        next_seq = {cid: last - counts[cid] + 1 for cid, last in lasts.items()}
+        rows: list[dict[str, Any]] = []
+        stored: list[tuple[_Item, int]] = []
+        for item in new:
+            m = item.msg
+            if m.conversation_id not in next_seq:
+                item.outcome = NotFound("no such conversation")
+                continue
+            seq = next_seq[m.conversation_id]
+            next_seq[m.conversation_id] = seq + 1
+            rows.append({"conversation_id": m.conversation_id, "seq": seq, "sender_id": m.sender_id,
+                         "body": m.body, "client_msg_id": m.client_msg_id, "created_at": now,
+                         "edited_at": None, "deleted": False})
+            stored.append((item, seq))
+        ids = await storage.insert_messages(conn, rows) if rows else {}
+
+        positions: dict[tuple[str, int], int] = {}
+        jobs: list[dict[str, Any]] = []
+        for item, seq in stored:
+            m = item.msg
+            wire = message_wire(ids[(m.conversation_id, seq)], m.conversation_id, seq, m.sender_id, item.name,
+                                m.body, m.client_msg_id, now, None, False)
+            item.outcome = Stored(wire, True)
+            done.created.append(wire)
+            position = (m.sender_id, m.conversation_id)
+            positions[position] = max(positions.get(position, 0), seq)
+            if m.push is not None:
+                jobs.append(self._push_job(m, item.name, wire))
+        await storage.move_read_positions(conn, positions)
+        if jobs and self._push_enqueue_jobs is not None:
+            done.pushes = await self._push_enqueue_jobs(conn, jobs)
+
+        for item in batch:  # the repeats of a client_msg_id inside this batch
+            if item.outcome is None:
+                leader = first[(item.msg.sender_id, item.msg.client_msg_id)]
+                if isinstance(leader.outcome, Stored):
+                    lw = leader.outcome.message
+                    item.outcome = self._retry_answer(item, int(lw["conversation_id"]), lw["body"], False,
+                                                      {**lw, "sender": {"id": lw["sender"]["id"], "name": item.name}})
+                else:
+                    item.outcome = leader.outcome
 
     async def _names(self, conn: AsyncConnection, batch: Sequence[_Item]) -> dict[str, str]:
         names = {i.msg.sender_id: i.msg.sender_name for i in batch if i.msg.sender_name}

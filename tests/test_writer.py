@@ -114,7 +114,7 @@ async def _group_commit(cluster: Cluster, database_url: str) -> None:
     urls = [s.url for s in cluster.servers]
     cre = api.user("cre", "Cre")
     room = api.room("cre", "Batch", 0)
-    users = [f"u{p}{i}" for p in range(2) for i in range(SENDERS_PER_PROCESS)]
+    users = [f"u{p}{i}" for p in range(2) for i in range(SENDERS_PER_PROCESS + 1)]
     tokens = {u: api.user(u, u.upper()) for u in [*users, "dup", "web"]}
     for u in tokens:
         api.membership("cre", u, 100)
@@ -138,11 +138,17 @@ async def _group_commit(cluster: Cluster, database_url: str) -> None:
         batches = [await asyncio.to_thread(metric, url, "backstage_message_batches_total") for url in urls]
 
         with RowLock(database_url, room) as lock:
-            # Each process's first transaction takes the lock and waits; its sends are "first-*".
+            # Each process runs two transactions at most (MAX_IN_FLIGHT): these take both and wait.
+            last = f"{SENDERS_PER_PROCESS}"
             firsts = [asyncio.ensure_future(send(senders[f"u{p}0"], room, f"first {p}", f"first-{p}")) for p in range(2)]
             for p in range(2):
                 await wait_in_writer(urls[p], 1)
-            # Everything below arrives while those transactions are in flight: one batch per process.
+            firsts += [asyncio.ensure_future(send(senders[f"u{p}{last}"], room, f"second {p}", f"second-{p}"))
+                       for p in range(2)]
+            for p in range(2):
+                await wait_in_writer(urls[p], 2)
+            # Everything below arrives while those transactions are in flight: when one ends, what
+            # waits is shared among the free slots, i.e. one or two more transactions per process.
             calls = {f"u{p}{i}": asyncio.ensure_future(send(senders[f"u{p}{i}"], room, f"batch {p}{i}", f"b-{p}{i}"))
                      for p in range(2) for i in range(2, SENDERS_PER_PROCESS)}
             # u01 reuses its id already stored with another body: conflict, and the batch goes on.
@@ -156,8 +162,8 @@ async def _group_commit(cluster: Cluster, database_url: str) -> None:
                 if not sqlite:
                     web = asyncio.ensure_future(http.post(f"/api/v1/conversations/{room}/messages",
                                                           json=web_body, headers=web_auth))
-                await wait_in_writer(urls[0], 1 + (SENDERS_PER_PROCESS - 2) + 1 + 1 + 2)
-                await wait_in_writer(urls[1], 1 + (SENDERS_PER_PROCESS - 2) + 1 + (0 if sqlite else 1))
+                await wait_in_writer(urls[0], 2 + (SENDERS_PER_PROCESS - 2) + 1 + 1 + 2)
+                await wait_in_writer(urls[1], 2 + (SENDERS_PER_PROCESS - 2) + 1 + (0 if sqlite else 1))
                 lock.release()
                 if not sqlite:
                     r = await web
@@ -175,12 +181,12 @@ async def _group_commit(cluster: Cluster, database_url: str) -> None:
         assert all(a["ok"] for a in dup), dup
         assert len({a["message"]["id"] for a in dup}) == 1 and len({a["message"]["seq"] for a in dup}) == 1, dup
 
-        # exactly two transactions per process: the first send, then everything that queued behind it
+        # per process: the two first sends, then everything that queued behind them in one or two
         after = [await asyncio.to_thread(metric, url, "backstage_message_batches_total") for url in urls]
-        assert [a - b for a, b in zip(after, batches, strict=True)] == [2, 2], (batches, after)
+        assert all(3 <= a - b <= 4 for a, b in zip(after, batches, strict=True)), (batches, after)
 
         rows = stored(database_url, room)
-        total = 1 + 1 + 2 + len(calls) + 1  # earlier, the web one, the two firsts, the batch, dup-1 once
+        total = 1 + 1 + 4 + len(calls) + 1  # earlier, the web one, the four firsts, the batch, dup-1 once
         assert [r[0] for r in rows] == list(range(1, total + 1)), rows
         assert len({(r[1], r[2]) for r in rows}) == total
         assert sum(1 for r in rows if r[2] == "dup-1") == 1
