@@ -377,24 +377,29 @@ class ChatService:
                           client_msg_id: str) -> ConversationMeta | dict[str, Any]:
         """The database check of a send: the conversation, a retry's original, then access.
         Returns the conversation, or the original message when this is a retry."""
-        try:
+        async def check() -> tuple[ConversationMeta, dict[str, Any] | None, tuple[str, int] | None]:
             async with self.engine.connect() as conn:
                 conv = await storage.get_conversation_meta(conn, conversation_id)
                 if conv is None:
                     raise NotFound("no such conversation")
-                self._remember(conv)
                 row = (await storage.find_sent(conn, [(user.user_id, client_msg_id)])).get((user.user_id, client_msg_id))
                 if row is not None:
                     if row.conversation_id != conversation_id or (row.body != body and not row.deleted):
                         raise Conflict("client_msg_id was already used for a different message")
                     name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
-                    return message_wire(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
-                                        row.client_msg_id, row.created_at, row.edited_at, row.deleted)
+                    return conv, message_wire(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
+                                              row.client_msg_id, row.created_at, row.edited_at, row.deleted), None
                 key = membership_key(conv, user.user_id)
-                membership = await storage.get_membership_state(conn, *key) if key is not None else None
+                return conv, None, await storage.get_membership_state(conn, *key) if key is not None else None
+
+        try:
+            conv, original, membership = await retrying(check)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send check failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
+        self._remember(conv)
+        if original is not None:
+            return original
         access = access_rule(conv, user.user_id, membership)
         if not access.post:
             raise Forbidden(access.reason)

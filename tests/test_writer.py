@@ -342,3 +342,42 @@ async def test_ended_membership_refuses_the_next_send_of_joined_sockets_on_the_o
     finally:
         for c in (creator_b, patron_b, watcher_a, marker_b):
             await c.close()
+
+
+# ---------------------------------------------------------------- no pre-ping: a dead pooled connection is retried
+
+
+async def test_sends_right_after_every_pooled_connection_died(mysql_databases: Any) -> None:
+    """The pool does not ping before each use (a round trip per send); a transaction that finds
+    its connection dead runs again on a fresh one, so the client sees no error."""
+    url = mysql_databases.new()
+    u = make_url(url)
+    proxy = CuttingProxy(u.host or "127.0.0.1", u.port or 3306).start()
+    server = ServerProcess(u.set(port=proxy.port).render_as_string(hide_password=False))
+    api = Api(server.url)
+    c = None
+    try:
+        api.user("cre")
+        pat = api.user("pat")
+        api.membership("cre", "pat", 100)
+        room = api.room("cre", "R", 0)
+        c = await Client(server.url, pat).connect()
+        assert (await c.call("join", {"conversation_id": room}))["ok"]
+        assert (await send(c, room, "one", "k1"))["ok"]
+        for i, path in enumerate(("socket", "http")):
+            proxy.stop()  # every pooled connection is dead; new ones are accepted again at once
+            proxy.start()
+            if path == "socket":
+                ack = await send(c, room, "two", "k2")
+            else:
+                r = await asyncio.to_thread(api.client, pat, "POST", f"/conversations/{room}/messages",
+                                            json={"body": "three", "client_msg_id": "k3"})
+                assert r.status_code == 201, r.text
+                ack = {"ok": True, "message": r.json()["message"]}
+            assert ack["ok"] and ack["message"]["seq"] == 2 + i, ack
+    finally:
+        if c is not None:
+            await c.close()
+        api.close()
+        proxy.stop()
+        await asyncio.to_thread(server.stop)
