@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-fast bench-quick bench-profile bench-push install browser clean
+.PHONY: run test lint bench bench-fast bench-quick bench-profile bench-push bench-store install browser clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench-profile: install  ## py-spy profiles of one Backstage process under the be
 
 bench-push: $(STAMP)
 	$(PY) bench/push_bench.py
+
+# Messages stored per second through ChatService + the group-commit writer, in process, on a fresh
+# MariaDB database and SQLite file: 500 senders over 100 conversations, then into one (~1 min).
+bench-store: $(STAMP)
+	flock /tmp/backstage-bench.lock $(PY) bench/store_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules backstage.db backstage.db-*

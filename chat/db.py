@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -96,22 +97,55 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    # recycle below MySQL's wait_timeout; pre_ping drops connections the server closed.
-    return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800, pool_pre_ping=True
+    # No pre-ping: it costs a round trip per checkout, i.e. per send. Instead a connection that
+    # sat idle in the pool for IDLE_PING_S is pinged when checked out (the server may have closed
+    # it, or restarted meanwhile); pool_recycle stays below MySQL's wait_timeout (28800 s by
+    # default); and `retrying` runs a transaction again when its connection turned out dead.
+    engine = create_async_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800, pool_pre_ping=False
     )
+    _ping_after_idle(engine)
+    return engine
+
+
+IDLE_PING_S = 10.0
+
+
+def _ping_after_idle(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _idle_since(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_S:
+            return
+        try:
+            dbapi_conn.ping(False)
+        except Exception as exc:
+            # The pool discards this connection and checks out (or opens) another one.
+            raise sa.exc.DisconnectionError(type(exc).__name__) from exc
 
 
 MYSQL_RETRYABLE = (1213, 1205)  # deadlock, lock wait timeout: InnoDB rolled the transaction back
 
 
 def is_retryable(exc: BaseException) -> bool:
-    args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", None) or ()
-    return isinstance(exc, sa.exc.DBAPIError) and bool(args) and args[0] in MYSQL_RETRYABLE
+    """A deadlock victim, or a transaction whose pooled connection was found dead (the server
+    closed it or restarted): running it again on a fresh connection is safe."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    args: tuple[Any, ...] = getattr(exc.orig, "args", None) or ()
+    return bool(args) and args[0] in MYSQL_RETRYABLE
 
 
 async def retrying(operation: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
-    """Run a whole transaction again when InnoDB chose it as a deadlock victim."""
+    """Run a whole transaction again when InnoDB chose it as a deadlock victim or its
+    connection was dead."""
     for attempt in range(1, attempts + 1):
         try:
             return await operation()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy.exc
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from chat import keys, schemas, storage
 from chat.auth import Identity
@@ -22,10 +22,11 @@ from chat.config import Settings
 from chat.db import retrying, utcnow
 from chat.delivery import Delivery
 from chat.errors import ChatError, Conflict, Forbidden, Invalid, NotFound, RateLimited, Unavailable
-from chat.metrics import MESSAGES_STORED
 from chat.models import Conversation, Membership, Message
 from chat.presence import Presence
 from chat.ratelimit import KeyedBuckets
+from chat.storage import ConversationMeta
+from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec, message_wire
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,7 @@ TYPING_THROTTLE_S = 1.0
 TYPING_EXPIRES_S = 6.0  # a "typing: true" not refreshed or cleared within this is cleared for the others
 
 
-# enqueue(session, user_ids, payload) -> rows written; the push outbox (notifications/outbox.py)
-PushEnqueue = Callable[[AsyncSession, Sequence[str], dict[str, Any]], Awaitable[int]]
-
-
-@dataclass
-class SocketState:
-    user: Identity
-    conversations: set[int] = field(default_factory=set)
-    channels: set[str] = field(default_factory=set)
+CONVERSATION_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -51,6 +44,43 @@ class Access:
     reason: str = ""
 
 
+@dataclass
+class SocketState:
+    user: Identity
+    conversations: set[int] = field(default_factory=set)
+    channels: set[str] = field(default_factory=set)
+    # What `join` established about posting, per joined conversation; dropped by the control
+    # messages that take it away (`revoke`, `post_revoked`), so a send checks nothing else.
+    posting: dict[int, Access] = field(default_factory=dict)
+
+
+def access_rule(conv: ConversationMeta, user_id: str, membership: tuple[str, int] | None) -> Access:
+    """Who reads and who posts. `membership` is (status, tier_cents) of the user's membership
+    with the creator (rooms) or of the conversation's patron (direct conversations)."""
+    if conv.kind == "room":
+        if user_id == conv.creator_id:
+            return Access(True, True)
+        if membership is None or membership[0] != "active" or membership[1] < conv.min_tier_cents:
+            return Access(False, False, "not a member of this room")
+        if conv.post_policy == "creator":
+            return Access(True, False, "only the creator posts in this room")
+        return Access(True, True)
+    if user_id not in (conv.creator_id, conv.patron_id):
+        return Access(False, False, "not a member of this conversation")
+    if membership is None or membership[0] != "active":
+        return Access(True, False, "the membership has ended")
+    return Access(True, True)
+
+
+def membership_key(conv: ConversationMeta, user_id: str) -> tuple[str, str] | None:
+    """The membership access_rule needs, None when it needs none."""
+    if conv.kind == "room":
+        return None if user_id == conv.creator_id else (conv.creator_id, user_id)
+    if user_id not in (conv.creator_id, conv.patron_id):
+        return None
+    return conv.creator_id, conv.patron_id or ""
+
+
 def _db_unavailable() -> ChatError:
     return Unavailable("database unavailable, nothing was stored; retry")
 
@@ -58,16 +88,23 @@ def _db_unavailable() -> ChatError:
 class ChatService:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], delivery: Delivery,
                  presence: Presence, settings: Settings,
-                 push_enqueue: PushEnqueue | None = None,
+                 push_enqueue_jobs: PushEnqueueJobs | None = None,
                  push_wake: Callable[[], Awaitable[None]] | None = None,
                  unread_notifications: Callable[[AsyncSession, str], Awaitable[int]] | None = None) -> None:
         self.sessions = sessions
+        self.engine: AsyncEngine = sessions.kw["bind"]
         self.delivery = delivery
         self.presence = presence
         self.settings = settings
-        self._push_enqueue = push_enqueue
-        self._push_wake = push_wake
         self._unread_notifications = unread_notifications
+        self.writer = MessageWriter(self.engine, self._deliver_messages,
+                                    push_enqueue_jobs=push_enqueue_jobs, push_wake=push_wake)
+        # Conversations never change kind, creator, patron, name, tier or post policy: what the
+        # send path needs of them is kept here, filled by `join` and the full send check.
+        self._conversations: dict[int, ConversationMeta] = {}
+        # Bumped by every control message that takes access away: a `join` whose database check
+        # raced one does not remember what it read.
+        self._control_epoch = 0
         self.sockets: dict[str, SocketState] = {}
         self._user_sockets: dict[str, set[str]] = {}
         self.socket_sends = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
@@ -78,21 +115,10 @@ class ChatService:
     # ============================================================ access rules
 
     async def _access(self, session: AsyncSession, user_id: str, conv: Conversation) -> Access:
-        if conv.kind == "room":
-            if user_id == conv.creator_id:
-                return Access(True, True)
-            m = await storage.get_membership(session, conv.creator_id, user_id)
-            if m is None or m.status != "active" or m.tier_cents < conv.min_tier_cents:
-                return Access(False, False, "not a member of this room")
-            if conv.post_policy == "creator":
-                return Access(True, False, "only the creator posts in this room")
-            return Access(True, True)
-        if user_id not in (conv.creator_id, conv.patron_id):
-            return Access(False, False, "not a member of this conversation")
-        m = await storage.get_membership(session, conv.creator_id, conv.patron_id or "")
-        if m is None or m.status != "active":
-            return Access(True, False, "the membership has ended")
-        return Access(True, True)
+        meta = storage.conversation_meta_of(conv)
+        key = membership_key(meta, user_id)
+        m = await storage.get_membership(session, *key) if key is not None else None
+        return access_rule(meta, user_id, None if m is None else (m.status, m.tier_cents))
 
     async def _readable(self, session: AsyncSession, user_id: str, conversation_id: int) -> tuple[Conversation, Access]:
         conv = await storage.get_conversation(session, conversation_id)
@@ -170,13 +196,19 @@ class ChatService:
 
     async def join(self, sid: str, conversation_id: int, since_seq: int | None) -> dict[str, Any]:
         user = self.socket_user(sid)
+        epoch = self._control_epoch
         async with self.sessions() as session:
-            conv, _ = await self._readable(session, user.user_id, conversation_id)
+            conv, access = await self._readable(session, user.user_id, conversation_id)
         # Enter the room before reading messages, so nothing committed in between is missed
         # (the client drops duplicates by seq).
         await self.delivery.enter_conversation(sid, conversation_id)
         state = self.sockets[sid]
         state.conversations.add(conversation_id)
+        if epoch == self._control_epoch:
+            self._remember(storage.conversation_meta_of(conv))
+            state.posting[conversation_id] = access
+        else:
+            state.posting.pop(conversation_id, None)
         cid = str(conversation_id)
         if await self.presence.join(cid, user.user_id, sid):
             await self.delivery.to_conversation(conversation_id, "presence", {
@@ -219,6 +251,7 @@ class ChatService:
         if state is None or conversation_id not in state.conversations:
             return
         state.conversations.discard(conversation_id)
+        state.posting.pop(conversation_id, None)
         await self._stop_typing(sid, user_id, conversation_id)
         await self.delivery.leave_conversation(sid, conversation_id)
         cid = str(conversation_id)
@@ -301,93 +334,86 @@ class ChatService:
             raise RateLimited("at most 10 messages per second")
 
     async def send_message(self, user: Identity, conversation_id: int, body: str,
-                           client_msg_id: str) -> dict[str, Any]:
+                           client_msg_id: str, *, sid: str | None = None) -> dict[str, Any]:
         """Store a message and deliver it. Idempotent on (sender, client_msg_id); returns only
-        after commit. The caller has applied the rate limit."""
-        async def store() -> tuple[dict[str, Any], bool]:
-            try:
-                return await self._store_message(user, conversation_id, body, client_msg_id)
-            except sqlalchemy.exc.IntegrityError:
-                # A concurrent send with the same client_msg_id won the race: answer as a retry.
-                return await self._store_message(user, conversation_id, body, client_msg_id)
+        after commit. The caller has applied the rate limit.
 
+        From a socket that joined the conversation and may post there, nothing is read: `join`
+        checked access and the control messages take it away again. Any other send (HTTP, a
+        socket that has not joined, or one that may not post) is checked against the database."""
+        conv = self._may_post_from_socket(sid, conversation_id)
+        if conv is None:
+            epoch = self._control_epoch
+            checked = await self._check_send(user, conversation_id, body, client_msg_id)
+            if isinstance(checked, dict):
+                return {"message": checked}
+            conv = checked
+            state = self.sockets.get(sid) if sid is not None else None
+            if state is not None and conversation_id in state.conversations and epoch == self._control_epoch:
+                state.posting[conversation_id] = Access(True, True)  # e.g. a membership active again
+        push = None
+        if conv.kind == "direct":
+            push = PushSpec(None)
+        elif user.user_id == conv.creator_id:
+            push = PushSpec(conv.name)
         try:
-            wire, created = await retrying(store)
+            stored = await self.writer.store(Outgoing(conversation_id, user.user_id, user.name or None, body,
+                                                      client_msg_id, push))
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
-        if created:
-            MESSAGES_STORED.inc()
-            await self.delivery.to_conversation(conversation_id, "message", wire)
-        return {"message": wire}
+        return {"message": stored.message}
 
-    async def _store_message(self, user: Identity, conversation_id: int, body: str,
-                             client_msg_id: str) -> tuple[dict[str, Any], bool]:
-        async with self.sessions() as session:
-            conv = await storage.get_conversation(session, conversation_id)
-            if conv is None:
-                raise NotFound("no such conversation")
-            existing = await storage.find_message_by_client_id(session, user.user_id, client_msg_id)
-            if existing is not None:
-                return self._retry_answer(existing, conversation_id, body, await self._sender_name(session, user)), False
-            access = await self._access(session, user.user_id, conv)
-            if not access.post:
-                raise Forbidden(access.reason)
-            recipients = await self._push_recipients(session, conv, user.user_id)
-        if recipients:
-            online = await self.presence.online_users(recipients)
-            recipients = [r for r in recipients if r not in online]
+    def _may_post_from_socket(self, sid: str | None, conversation_id: int) -> ConversationMeta | None:
+        state = self.sockets.get(sid) if sid is not None else None
+        if state is None or conversation_id not in state.conversations:
+            return None
+        access = state.posting.get(conversation_id)
+        if access is None or not access.post:
+            return None  # the full check answers, with its reason (or a retry's original)
+        return self._conversations.get(conversation_id)
 
-        wrote_pushes = 0
-        # A concurrent send with the same client_msg_id is caught by the unique key (IntegrityError).
-        async with self.sessions.begin() as session:
-            now = utcnow()
-            seq = await storage.take_next_seq(session, conversation_id, now)
-            msg = await storage.insert_message(session, conversation_id, seq, user.user_id, body, client_msg_id, now)
-            await storage.move_read_position(session, user.user_id, conversation_id, seq)
-            sender_name = await self._sender_name(session, user)
-            wire = schemas.message_wire(msg, sender_name)
-            if recipients and self._push_enqueue is not None:
-                wrote_pushes = await self._push_enqueue(session, recipients, self._chat_push(conv, wire))
-        if wrote_pushes and self._push_wake is not None:
-            await self._push_wake()
-        return wire, True
+    async def _check_send(self, user: Identity, conversation_id: int, body: str,
+                          client_msg_id: str) -> ConversationMeta | dict[str, Any]:
+        """The database check of a send: the conversation, a retry's original, then access.
+        Returns the conversation, or the original message when this is a retry."""
+        async def check() -> tuple[ConversationMeta, dict[str, Any] | None, tuple[str, int] | None]:
+            async with self.engine.connect() as conn:
+                conv = await storage.get_conversation_meta(conn, conversation_id)
+                if conv is None:
+                    raise NotFound("no such conversation")
+                row = (await storage.find_sent(conn, [(user.user_id, client_msg_id)])).get((user.user_id, client_msg_id))
+                if row is not None:
+                    if row.conversation_id != conversation_id or (row.body != body and not row.deleted):
+                        raise Conflict("client_msg_id was already used for a different message")
+                    name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
+                    return conv, message_wire(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
+                                              row.client_msg_id, row.created_at, row.edited_at, row.deleted), None
+                key = membership_key(conv, user.user_id)
+                return conv, None, await storage.get_membership_state(conn, *key) if key is not None else None
 
-    @staticmethod
-    def _retry_answer(existing: Message, conversation_id: int, body: str, sender_name: str) -> dict[str, Any]:
-        if existing.conversation_id != conversation_id or (existing.body != body and not existing.deleted):
-            raise Conflict("client_msg_id was already used for a different message")
-        return schemas.message_wire(existing, sender_name)
+        try:
+            conv, original, membership = await retrying(check)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            log.warning("send check failed: %s", type(exc).__name__)
+            raise _db_unavailable() from None
+        self._remember(conv)
+        if original is not None:
+            return original
+        access = access_rule(conv, user.user_id, membership)
+        if not access.post:
+            raise Forbidden(access.reason)
+        return conv
 
-    async def _sender_name(self, session: AsyncSession, user: Identity) -> str:
-        if user.name:
-            return user.name
-        return (await storage.user_names(session, [user.user_id]))[user.user_id]
+    def _remember(self, conv: ConversationMeta) -> None:
+        if len(self._conversations) >= CONVERSATION_CACHE_SIZE and conv.id not in self._conversations:
+            self._conversations.clear()  # refilled by the next joins and sends
+        self._conversations[conv.id] = conv
 
-    async def _push_recipients(self, session: AsyncSession, conv: Conversation, sender_id: str) -> list[str]:
-        """Who would get a push for this message if offline: the other side of a direct
-        conversation; a room's members for the creator's posts. Muted ones never."""
-        if conv.kind == "direct":
-            candidates = [u for u in (conv.creator_id, conv.patron_id) if u and u != sender_id]
-        elif sender_id == conv.creator_id:
-            candidates = await storage.list_active_patron_ids(session, conv.creator_id, conv.min_tier_cents)
-        else:
-            return []
-        muted = await storage.muted_user_ids(session, conv.id, candidates)
-        return [u for u in candidates if u not in muted and u != sender_id]
-
-    @staticmethod
-    def _chat_push(conv: Conversation, wire: dict[str, Any]) -> dict[str, Any]:
-        title = wire["sender"]["name"]
-        if conv.kind == "room":
-            title = f"{title} in {conv.name}"
-        return {
-            "title": title,
-            "body": wire["body"],
-            "data": {"type": "message", "conversation_id": wire["conversation_id"], "message_id": wire["id"]},
-            "collapse_key": f"conversation-{conv.id}",
-            "high_priority": conv.kind == "direct",
-        }
+    async def _deliver_messages(self, messages: list[dict[str, Any]]) -> None:
+        """The writer's hand-off after each commit, in seq order per conversation."""
+        for wire in messages:
+            await self.delivery.to_conversation(int(wire["conversation_id"]), "message", wire)
 
     async def edit_message(self, user: Identity, message_id: int, body: str) -> dict[str, Any]:
         async with self.sessions.begin() as session:
@@ -566,23 +592,30 @@ class ChatService:
     async def put_membership(self, creator_id: str, patron_id: str, tier_cents: int, status: str) -> dict[str, Any]:
         if creator_id == patron_id:
             raise Invalid("a creator cannot be their own patron")
-        async def store() -> tuple[dict[str, Any], list[int], Membership | None]:
+        async def store() -> tuple[dict[str, Any], list[int], Membership | None, int | None]:
             async with self.sessions.begin() as session:
                 return await self._store_membership(session, creator_id, patron_id, tier_cents, status)
 
-        wire, lost_rooms, before = await retrying(store)
+        wire, lost_rooms, before, direct_id = await retrying(store)
+        ended = before is not None and before.status == "active" and status != "active"
         channels = [keys.room_channel(str(r)) for r in lost_rooms]
-        if before is not None and before.status == "active" and status != "active":
+        if ended:
             channels.append(keys.creator_channel(creator_id))
         if lost_rooms or channels:
             await self.delivery.broadcast_control({
                 "type": "revoke", "user_id": patron_id, "conversation_ids": lost_rooms, "channels": channels})
+        if ended and direct_id is not None:
+            # Both stay readers of their direct conversation, but neither may post in it any more:
+            # every process forgets what the sockets' joins established about posting there.
+            await self.delivery.broadcast_control({
+                "type": "post_revoked", "user_ids": [creator_id, patron_id], "conversation_ids": [direct_id]})
         return wire
 
     @staticmethod
     async def _store_membership(session: AsyncSession, creator_id: str, patron_id: str, tier_cents: int,
-                                status: str) -> tuple[dict[str, Any], list[int], Membership | None]:
-        """Returns the membership's wire form, the rooms the patron just lost, and the state before."""
+                                status: str) -> tuple[dict[str, Any], list[int], Membership | None, int | None]:
+        """Returns the membership's wire form, the rooms the patron just lost, the state before,
+        and the id of the pair's direct conversation if the membership just ended."""
         for uid in (creator_id, patron_id):
             if await storage.get_user(session, uid) is None:
                 await storage.upsert_user(session, uid, None)
@@ -592,7 +625,11 @@ class ChatService:
             rooms = await storage.list_rooms_of_creators(session, [creator_id])
             lost_rooms = [r.id for r in rooms if before.tier_cents >= r.min_tier_cents
                           and (status != "active" or tier_cents < r.min_tier_cents)]
-        return _membership_wire(m), lost_rooms, before
+        direct_id = None
+        if before is not None and before.status == "active" and status != "active":
+            direct = await storage.get_direct(session, creator_id, patron_id)
+            direct_id = direct.id if direct is not None else None
+        return _membership_wire(m), lost_rooms, before, direct_id
 
     async def create_room(self, creator_id: str, name: str, min_tier_cents: int, post_policy: str) -> dict[str, Any]:
         async with self.sessions.begin() as session:
@@ -604,9 +641,24 @@ class ChatService:
     # ============================================================ cluster control
 
     async def _on_control(self, message: dict[str, Any]) -> None:
-        if message.get("type") == "revoke":
+        kind = message.get("type")
+        if kind == "revoke":
+            self._control_epoch += 1
             await self._revoke_local(str(message["user_id"]), [int(c) for c in message.get("conversation_ids", [])],
                                      [str(c) for c in message.get("channels", [])])
+        elif kind == "post_revoked":
+            self._control_epoch += 1
+            self._forget_posting([str(u) for u in message.get("user_ids", [])],
+                                 [int(c) for c in message.get("conversation_ids", [])])
+
+    def _forget_posting(self, user_ids: list[str], conversation_ids: list[int]) -> None:
+        """The next send of these users' sockets in these conversations is checked in the database."""
+        for user_id in user_ids:
+            for sid in self._user_sockets.get(user_id, ()):
+                state = self.sockets.get(sid)
+                if state is not None:
+                    for conversation_id in conversation_ids:
+                        state.posting.pop(conversation_id, None)
 
     async def _revoke_local(self, user_id: str, conversation_ids: list[int], channels: list[str]) -> None:
         """Take this process's sockets of `user_id` out of conversations and channels they lost."""

@@ -119,7 +119,7 @@ class ChatSockets:
         body = schemas.check_body(data, self.service.settings.max_body_chars)
         client_msg_id = schemas.check_client_msg_id(data)
         self.service.check_socket_rate(sid)
-        result = await self.service.send_message(user, cid, body, client_msg_id)
+        result = await self.service.send_message(user, cid, body, client_msg_id, sid=sid)
         await self.service.sent_from_socket(sid, cid)
         return result
 

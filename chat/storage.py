@@ -1,15 +1,17 @@
-"""All chat SQL. Functions take an AsyncSession and never commit; the caller owns the transaction."""
+"""All chat SQL. Functions take an AsyncSession (or, on the send path, an AsyncConnection) and
+never commit; the caller owns the transaction."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from chat.db import utcnow
 from chat.models import Conversation, ConversationState, Membership, Message, User
@@ -312,3 +314,134 @@ async def muted_user_ids(session: AsyncSession, conversation_id: int, user_ids: 
             ConversationState.conversation_id == conversation_id,
             ConversationState.user_id.in_(set(user_ids)), ConversationState.muted.is_(True)))
     return set(rows)
+
+
+# ---------------------------------------------------------------- the send path (Core, no ORM)
+#
+# chat/writer.py stores a batch of messages in one transaction with these; each is one
+# statement whatever the batch size.
+
+_conversations: sa.Table = Conversation.__table__  # type: ignore[assignment]
+_messages: sa.Table = Message.__table__  # type: ignore[assignment]
+_states: sa.Table = ConversationState.__table__  # type: ignore[assignment]
+_users: sa.Table = User.__table__  # type: ignore[assignment]
+_memberships: sa.Table = Membership.__table__  # type: ignore[assignment]
+
+SENT_COLUMNS = (_messages.c.id, _messages.c.conversation_id, _messages.c.seq, _messages.c.sender_id,
+                _messages.c.body, _messages.c.client_msg_id, _messages.c.created_at,
+                _messages.c.edited_at, _messages.c.deleted)
+
+
+@dataclass(frozen=True)
+class ConversationMeta:
+    """What the send path needs of a conversation; none of it changes after creation."""
+
+    id: int
+    kind: str
+    creator_id: str
+    patron_id: str | None
+    name: str
+    min_tier_cents: int
+    post_policy: str
+
+
+def conversation_meta_of(conv: Conversation) -> ConversationMeta:
+    return ConversationMeta(conv.id, conv.kind, conv.creator_id, conv.patron_id, conv.name,
+                            conv.min_tier_cents, conv.post_policy)
+
+
+async def get_conversation_meta(conn: AsyncConnection, conversation_id: int) -> ConversationMeta | None:
+    c = _conversations.c
+    row = (await conn.execute(
+        sa.select(c.id, c.kind, c.creator_id, c.patron_id, c.name, c.min_tier_cents, c.post_policy)
+        .where(c.id == conversation_id))).first()
+    return None if row is None else ConversationMeta(*row)
+
+
+async def get_membership_state(conn: AsyncConnection, creator_id: str, patron_id: str) -> tuple[str, int] | None:
+    """(status, tier_cents) of a membership, None if there is none."""
+    c = _memberships.c
+    row = (await conn.execute(sa.select(c.status, c.tier_cents).where(
+        c.creator_id == creator_id, c.patron_id == patron_id))).first()
+    return None if row is None else (str(row[0]), int(row[1]))
+
+
+async def find_sent(conn: AsyncConnection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    """Stored messages by (sender_id, client_msg_id), for the keys given (SENT_COLUMNS)."""
+    if not keys:
+        return {}
+    c = _messages.c
+    rows = await conn.execute(sa.select(*SENT_COLUMNS).where(
+        sa.tuple_(c.sender_id, c.client_msg_id).in_(sorted(set(keys)))))
+    return {(r.sender_id, r.client_msg_id): r for r in rows}
+
+
+async def take_seq_ranges(conn: AsyncConnection, counts: dict[int, int], now: datetime) -> dict[int, int]:
+    """Add counts[cid] to each conversation's last_seq and return the new last_seq per conversation,
+    so a conversation's new messages get seqs last - n + 1 .. last.
+
+    The UPDATE write-locks the conversation rows until commit (MySQL: in primary key order, so
+    two batches never wait on each other in a cycle; SQLite: BEGIN IMMEDIATE already holds the
+    database), so concurrent batches on any process get consecutive ranges and a rolled-back
+    batch leaves no gap."""
+    if not counts:
+        return {}
+    c = _conversations.c
+    ids = sorted(counts)
+    if len(ids) == 1:
+        increment: Any = counts[ids[0]]
+    else:
+        increment = sa.case({cid: counts[cid] for cid in ids}, value=c.id)
+    update = sa.update(_conversations).where(c.id.in_(ids)).values(
+        last_seq=c.last_seq + increment, last_activity_at=now)
+    if conn.dialect.name == "sqlite":
+        rows = await conn.execute(update.returning(c.id, c.last_seq))
+    else:  # MariaDB has no UPDATE ... RETURNING; this transaction reads its own update
+        await conn.execute(update)
+        rows = await conn.execute(sa.select(c.id, c.last_seq).where(c.id.in_(ids)))
+    return {int(cid): int(last) for cid, last in rows.all()}
+
+
+async def insert_messages(conn: AsyncConnection, rows: list[dict[str, Any]]) -> dict[tuple[int, int], int]:
+    """Insert messages (one multi-row INSERT ... RETURNING per page of rows); returns their ids by
+    (conversation_id, seq). Raises IntegrityError when a (sender_id, client_msg_id) exists."""
+    c = _messages.c
+    result = await conn.execute(sa.insert(_messages).returning(c.id, c.conversation_id, c.seq), rows)
+    return {(int(cid), int(seq)): int(mid) for mid, cid, seq in result.all()}
+
+
+def _read_positions_upsert(dialect: str) -> Any:
+    """One statement, built once per dialect and run with many parameter sets: the driver sends
+    them as one multi-row INSERT (MySQL) or runs them in one call (SQLite), and SQLAlchemy's
+    compiled cache applies whatever the batch size."""
+    current = _states.c
+    if dialect == "sqlite":
+        lite = sqlite_insert(_states)
+        return lite.on_conflict_do_update(index_elements=["user_id", "conversation_id"], set_={
+            "last_read_seq": sa.func.max(current.last_read_seq, lite.excluded.last_read_seq)})
+    my = mysql_insert(_states)
+    return my.on_duplicate_key_update(last_read_seq=sa.func.greatest(current.last_read_seq, my.inserted.last_read_seq))
+
+
+_UPSERTS: dict[str, Any] = {}
+
+
+async def move_read_positions(conn: AsyncConnection, positions: dict[tuple[str, int], int]) -> None:
+    """move_read_position for many (user_id, conversation_id) at once, in key order (rows locked
+    in the same order by every batch)."""
+    if not positions:
+        return
+    dialect = conn.dialect.name
+    stmt = _UPSERTS.get(dialect)
+    if stmt is None:
+        stmt = _UPSERTS[dialect] = _read_positions_upsert(dialect)
+    await conn.execute(stmt, [{"user_id": uid, "conversation_id": cid, "last_read_seq": seq, "muted": False}
+                              for (uid, cid), seq in sorted(positions.items())])
+
+
+async def user_names_of(conn: AsyncConnection, user_ids: Sequence[str]) -> dict[str, str]:
+    if not user_ids:
+        return {}
+    rows = await conn.execute(sa.select(_users.c.id, _users.c.name).where(_users.c.id.in_(set(user_ids))))
+    names = {uid: name for uid, name in rows.all()}
+    return {uid: names.get(uid, uid) for uid in user_ids}

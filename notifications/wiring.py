@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
+from chat import storage as chat_storage
 from chat.config import Settings
 from chat.http_api import SERVICE_KEY
 from chat.keys import RedisKeys
@@ -36,6 +37,43 @@ async def enqueue_pushes(session: AsyncSession, user_ids: Sequence[str], payload
         title=payload.get("title", ""), body=payload.get("body", ""),
         data={str(k): str(v) for k, v in (payload.get("data") or {}).items()},
         collapse_key=payload.get("collapse_key"), high_priority=bool(payload.get("high_priority", True))))
+
+
+async def push_recipients(session: AsyncSession, conversation_id: int, sender_id: str) -> list[str]:
+    """Who a chat message pushes to if offline: the other side of a direct conversation, a room's
+    members for the creator's posts (the writer only sends jobs for those); muted ones never."""
+    conv = await chat_storage.get_conversation(session, conversation_id)
+    if conv is None:
+        return []
+    if conv.kind == "direct":
+        candidates = [u for u in (conv.creator_id, conv.patron_id) if u and u != sender_id]
+    else:
+        candidates = await chat_storage.list_active_patron_ids(session, conv.creator_id, conv.min_tier_cents)
+    muted = await chat_storage.muted_user_ids(session, conv.id, candidates)
+    return [u for u in candidates if u not in muted and u != sender_id]
+
+
+def job_enqueuer(online_users: Any) -> Any:
+    """`push_enqueue_jobs(conn, jobs)` of the chat writer (one call per batch, in its transaction)
+    on top of today's per-device outbox rows: each job's recipients who have no socket anywhere
+    (`online_users(user_ids) -> set`) get one row per device."""
+
+    async def push_enqueue_jobs(conn: AsyncConnection, jobs: list[dict[str, Any]]) -> int:
+        # A session joined to the writer's transaction: it neither commits nor rolls it back.
+        session = AsyncSession(bind=conn)
+        try:
+            per_job = [await push_recipients(session, int(j["conversation_id"]), str(j["sender_id"])) for j in jobs]
+            online = await online_users(sorted({u for users in per_job for u in users}))
+            written = 0
+            for job, users in zip(jobs, per_job, strict=True):
+                offline = [u for u in users if u not in online]
+                if offline:
+                    written += await enqueue_pushes(session, offline, job["payload"])
+            return written
+        finally:
+            await session.close()
+
+    return push_enqueue_jobs
 
 
 async def install(app: web.Application, hooks: Any, settings: Settings,
@@ -75,5 +113,8 @@ async def install(app: web.Application, hooks: Any, settings: Settings,
 
     app[NOTIFICATIONS_KEY] = NotificationService(sessions, audience=audience, deliver=deliver,
                                                  push_enqueue=enqueue_pushes, push_wake=wake)
-    hooks.service_kwargs.update(push_enqueue=enqueue_pushes, push_wake=wake,
+    async def online_users(user_ids: list[str]) -> set[str]:
+        return set(await app[SERVICE_KEY].presence.online_users(user_ids)) if user_ids else set()
+
+    hooks.service_kwargs.update(push_enqueue_jobs=job_enqueuer(online_users), push_wake=wake,
                                 unread_notifications=NotificationService.unread_count)

@@ -1,0 +1,393 @@
+"""Group commit of chat messages: the sends that arrive while one transaction is in flight go
+into the next one, together.
+
+`MessageWriter.store(Outgoing)` returns the stored message (or the original, for a retry of
+the same client_msg_id) once it is committed. Per batch, whatever its size and however many
+conversations it spans, the transaction is a fixed handful of statements:
+
+1. one SELECT of the batch's (sender_id, client_msg_id) pairs already stored (retries);
+2. one UPDATE of the conversations' last_seq by the number of new messages each gets (it
+   write-locks those rows in primary-key order until commit: seq stays gapless across
+   processes) and, on MariaDB, one SELECT of the new last_seq;
+3. one multi-row INSERT ... RETURNING of the messages;
+4. one upsert of the senders' read positions;
+5. the push hook, once, with every push job of the batch;
+6. COMMIT.
+
+There is no timer: the first send at rest is written at once, and the ones that arrive while
+transactions are in flight form the next batch (natural batching), at most `max_batch` at a
+time. Up to `max_in_flight` (2) transactions run at once, so one batch's round trips and
+fsync overlap the next one's preparation; they take their seq ranges (the conversation row
+locks) one after the other, in the order their deliveries are queued. After each commit the
+batch's new messages are handed to `deliver` in seq order (per process, batches are delivered
+one after the other, in that order), and only then do the senders get their results.
+
+A duplicate client_msg_id inside a batch or against the database does not fail the others:
+the first one in the batch is stored, the others answer as retries of it. A racing insert of
+the same pair by another process (the SELECT cannot see uncommitted rows) makes the INSERT
+fail with IntegrityError: the batch is then stored again, and if that fails too, message by
+message. Deadlocks and dead pooled connections are retried (`chat.db.retrying`). Any other
+database failure fails every send of the batch with that exception; nothing was stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from chat import storage
+from chat.db import retrying, utcnow
+from chat.errors import ChatError, Conflict, NotFound
+from chat.metrics import MESSAGES_STORED
+from chat.schemas import iso
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+MAX_IN_FLIGHT = 2
+
+BATCHES = PromCounter("backstage_message_batches", "Transactions of the message writer that committed")
+IN_WRITER = Gauge("backstage_sends_in_writer", "Sends handed to the message writer and not answered yet")
+
+# push_enqueue_jobs(conn, jobs) -> how many pushes it queued, in the batch's transaction. A job:
+# {"conversation_id": int, "message_id": int, "sender_id": str,
+#  "payload": {"title", "body", "data", "collapse_key", "high_priority"}}
+PushEnqueueJobs = Callable[[AsyncConnection, list[dict[str, Any]]], Awaitable[int]]
+# deliver(messages): the wire forms of newly stored messages, in seq order per conversation
+Deliver = Callable[[list[dict[str, Any]]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class PushSpec:
+    """How a message of this conversation could push (the conversation level: direct
+    conversations always, rooms for the creator's posts); who gets it is decided later."""
+
+    room_name: str | None  # None: a direct conversation
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    conversation_id: int
+    sender_id: str
+    sender_name: str | None  # None: read from users in the batch's transaction
+    body: str
+    client_msg_id: str
+    push: PushSpec | None = None
+
+
+@dataclass(frozen=True)
+class Stored:
+    message: dict[str, Any]  # wire form
+    created: bool  # False: a retry, answered with the original
+
+
+@dataclass
+class _Item:
+    msg: Outgoing
+    future: asyncio.Future[Stored]
+    outcome: Stored | BaseException | None = None
+    name: str = ""
+
+
+@dataclass
+class _Done:
+    """What one committed transaction produced."""
+
+    created: list[dict[str, Any]] = field(default_factory=list)  # wire forms, in seq order per conversation
+    pushes: int = 0
+    turn: asyncio.Future[Any] | None = None  # its place in the delivery order
+
+
+def message_wire(mid: int, conversation_id: int, seq: int, sender_id: str, sender_name: str, body: str,
+                 client_msg_id: str, created_at: datetime, edited_at: datetime | None,
+                 deleted: bool) -> dict[str, Any]:
+    """schemas.message_wire from column values (no ORM object on this path)."""
+    return {
+        "id": str(mid),
+        "conversation_id": str(conversation_id),
+        "seq": seq,
+        "sender": {"id": sender_id, "name": sender_name},
+        "body": "" if deleted else body,
+        "client_msg_id": client_msg_id,
+        "created_at": iso(created_at),
+        "edited_at": iso(edited_at),
+        "deleted": bool(deleted),
+    }
+
+
+class MessageWriter:
+    def __init__(self, engine: AsyncEngine, deliver: Deliver, *,
+                 push_enqueue_jobs: PushEnqueueJobs | None = None,
+                 push_wake: Callable[[], Awaitable[None]] | None = None,
+                 max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        self._engine = engine
+        self._deliver = deliver
+        self._push_enqueue_jobs = push_enqueue_jobs
+        self._push_wake = push_wake
+        self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
+        self._pending: list[_Item] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._kick_scheduled = False
+        # Batches in flight take their seq ranges one after the other (see _transaction); their
+        # deliveries run in that same order, each after the previous one, overlapping the
+        # following batches' transactions.
+        self._seq_turn = asyncio.Lock()
+        self._delivering: asyncio.Task[None] | None = None
+        self.batches = 0  # transactions committed (tests and the bench read it)
+
+    async def store(self, msg: Outgoing) -> Stored:
+        """Store one message with whatever else is pending; raises Conflict, NotFound, or the
+        SQLAlchemyError that failed its transaction (then nothing of it was stored)."""
+        item = _Item(msg, asyncio.get_running_loop().create_future())
+        IN_WRITER.inc()
+        item.future.add_done_callback(lambda _: IN_WRITER.dec())
+        self._pending.append(item)
+        self._schedule_kick()
+        # A sender that goes away (its task cancelled) must not cancel the batch it is in.
+        return await asyncio.shield(item.future)
+
+    async def close(self) -> None:
+        """Wait for what was handed over to be written and delivered."""
+        while self._pending or self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+            await asyncio.sleep(0)
+        if self._delivering is not None:
+            await asyncio.gather(self._delivering, return_exceptions=True)
+
+    # ------------------------------------------------------------ batching
+
+    def _schedule_kick(self) -> None:
+        # Not at once: the sends that become ready in the same turn of the event loop (e.g. the
+        # senders a commit just answered) go into one batch rather than the first alone.
+        if not self._kick_scheduled:
+            self._kick_scheduled = True
+            asyncio.get_running_loop().call_soon(self._kick)
+
+    def _kick(self) -> None:
+        """Start transactions for what is pending while fewer than max_in_flight run."""
+        self._kick_scheduled = False
+        while self._pending and len(self._in_flight) < self.max_in_flight:
+            free = self.max_in_flight - len(self._in_flight)
+            # Share what is pending among the free slots, so one batch's round trips overlap
+            # another's preparation instead of everyone waiting for one big transaction.
+            size = min(self.max_batch, -(-len(self._pending) // free))
+            batch, self._pending = self._pending[:size], self._pending[size:]
+            task = asyncio.create_task(self._run(batch))
+            self._in_flight.add(task)
+
+    async def _run(self, batch: list[_Item]) -> None:
+        try:
+            await self._write(batch)
+        except Exception as exc:  # a bug: fail this batch's sends, keep the writer going
+            log.exception("message batch failed")
+            for item in batch:
+                if item.outcome is None:
+                    item.outcome = exc
+            self._answer(batch)
+        finally:
+            self._in_flight.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
+            if self._pending:
+                self._schedule_kick()
+
+    async def _write(self, batch: list[_Item]) -> None:
+        try:
+            done = await retrying(lambda: self._transaction(batch))
+        except sa.exc.IntegrityError:
+            # Another process committed one of these (sender, client_msg_id) after our SELECT.
+            # Once more: the SELECT now sees it. Should that fail too, one message at a time.
+            try:
+                done = await retrying(lambda: self._transaction(batch))
+            except sa.exc.IntegrityError:
+                if len(batch) == 1:
+                    self._fail(batch, sa.exc.IntegrityError("send", None, Exception("duplicate")))
+                    return
+                for item in batch:
+                    await self._write([item])
+                return
+            except sa.exc.SQLAlchemyError as exc:
+                self._fail(batch, exc)
+                return
+        except sa.exc.SQLAlchemyError as exc:
+            self._fail(batch, exc)
+            return
+        self.batches += 1
+        BATCHES.inc()
+        if done.turn is None:  # nothing new to deliver: retries, conflicts
+            self._answer(batch)
+        else:
+            done.turn.set_result((batch, done))
+
+    @staticmethod
+    def _reset(batch: Sequence[_Item]) -> None:
+        for item in batch:
+            item.outcome = None
+
+    def _fail(self, batch: Sequence[_Item], exc: BaseException) -> None:
+        log.warning("message batch of %d not stored: %s", len(batch), type(exc).__name__)
+        for item in batch:
+            item.outcome = exc
+        self._answer(batch)
+
+    @staticmethod
+    def _answer(batch: Sequence[_Item]) -> None:
+        for item in batch:
+            if item.future.done():
+                continue
+            if isinstance(item.outcome, Stored):
+                item.future.set_result(item.outcome)
+            else:
+                item.future.set_exception(item.outcome or ChatError("internal error"))
+
+    def _take_turn(self) -> asyncio.Future[tuple[list[_Item], _Done] | None]:
+        """A place in the delivery order; resolved with the committed batch, or None if the
+        transaction did not commit."""
+        turn: asyncio.Future[tuple[list[_Item], _Done] | None] = asyncio.get_running_loop().create_future()
+        self._delivering = asyncio.create_task(self._deliver_in_turn(self._delivering, turn))
+        return turn
+
+    async def _deliver_in_turn(self, previous: asyncio.Task[None] | None,
+                               turn: asyncio.Future[tuple[list[_Item], _Done] | None]) -> None:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        committed = await turn
+        if committed is None:
+            return
+        batch, done = committed
+        try:
+            MESSAGES_STORED.inc(len(done.created))
+            await self._deliver(done.created)
+            if done.pushes and self._push_wake is not None:
+                await self._push_wake()
+        except Exception:  # committed all the same: the members recover it by since_seq
+            log.warning("delivery of a stored batch failed", exc_info=True)
+        finally:
+            self._answer(batch)
+
+    # ------------------------------------------------------------ one transaction
+
+    async def _transaction(self, batch: list[_Item]) -> _Done:
+        done = _Done()
+        try:
+            async with self._engine.begin() as conn:
+                await self._statements(conn, batch, done)
+        except BaseException:
+            if done.turn is not None:
+                done.turn.set_result(None)  # not committed: the next in line need not wait for it
+            raise
+        return done
+
+    async def _statements(self, conn: AsyncConnection, batch: list[_Item], done: _Done) -> None:
+        now = utcnow()
+        self._reset(batch)
+        existing = await storage.find_sent(conn, [(i.msg.sender_id, i.msg.client_msg_id) for i in batch])
+        names = await self._names(conn, batch)
+        first: dict[tuple[str, str], _Item] = {}
+        new: list[_Item] = []
+        for item in batch:
+            m = item.msg
+            item.name = names[m.sender_id]
+            key = (m.sender_id, m.client_msg_id)
+            row = existing.get(key)
+            if row is not None:
+                item.outcome = self._retry_answer(item, row.conversation_id, row.body, row.deleted, message_wire(
+                    row.id, row.conversation_id, row.seq, row.sender_id, item.name, row.body,
+                    row.client_msg_id, row.created_at, row.edited_at, row.deleted))
+            elif key in first:
+                continue  # answered from the first one once that is stored
+            else:
+                first[key] = item
+                new.append(item)
+
+        counts = Counter(i.msg.conversation_id for i in new)
+        if counts:
+            # The transactions of this process get their seq ranges (their rows' locks) one
+            # after the other, in the order their deliveries are queued: each process hands
+            # a conversation's messages to delivery in seq order.
+            async with self._seq_turn:
+                lasts = await storage.take_seq_ranges(conn, counts, now)
+                done.turn = self._take_turn()
+        else:
+            lasts = {}
+        next_seq = {cid: last - counts[cid] + 1 for cid, last in lasts.items()}
+        rows: list[dict[str, Any]] = []
+        stored: list[tuple[_Item, int]] = []
+        for item in new:
+            m = item.msg
+            if m.conversation_id not in next_seq:
+                item.outcome = NotFound("no such conversation")
+                continue
+            seq = next_seq[m.conversation_id]
+            next_seq[m.conversation_id] = seq + 1
+            rows.append({"conversation_id": m.conversation_id, "seq": seq, "sender_id": m.sender_id,
+                         "body": m.body, "client_msg_id": m.client_msg_id, "created_at": now,
+                         "edited_at": None, "deleted": False})
+            stored.append((item, seq))
+        ids = await storage.insert_messages(conn, rows) if rows else {}
+
+        positions: dict[tuple[str, int], int] = {}
+        jobs: list[dict[str, Any]] = []
+        for item, seq in stored:
+            m = item.msg
+            wire = message_wire(ids[(m.conversation_id, seq)], m.conversation_id, seq, m.sender_id, item.name,
+                                m.body, m.client_msg_id, now, None, False)
+            item.outcome = Stored(wire, True)
+            done.created.append(wire)
+            position = (m.sender_id, m.conversation_id)
+            positions[position] = max(positions.get(position, 0), seq)
+            if m.push is not None:
+                jobs.append(self._push_job(m, item.name, wire))
+        await storage.move_read_positions(conn, positions)
+        if jobs and self._push_enqueue_jobs is not None:
+            done.pushes = await self._push_enqueue_jobs(conn, jobs)
+
+        for item in batch:  # the repeats of a client_msg_id inside this batch
+            if item.outcome is None:
+                leader = first[(item.msg.sender_id, item.msg.client_msg_id)]
+                if isinstance(leader.outcome, Stored):
+                    lw = leader.outcome.message
+                    item.outcome = self._retry_answer(item, int(lw["conversation_id"]), lw["body"], False,
+                                                      {**lw, "sender": {"id": lw["sender"]["id"], "name": item.name}})
+                else:
+                    item.outcome = leader.outcome
+
+    async def _names(self, conn: AsyncConnection, batch: Sequence[_Item]) -> dict[str, str]:
+        names = {i.msg.sender_id: i.msg.sender_name for i in batch if i.msg.sender_name}
+        missing = [i.msg.sender_id for i in batch if i.msg.sender_id not in names]
+        if missing:
+            names.update(await storage.user_names_of(conn, sorted(set(missing))))
+        return {uid: name or uid for uid, name in names.items()}
+
+    @staticmethod
+    def _retry_answer(item: _Item, conversation_id: int, body: str, deleted: bool,
+                      wire: dict[str, Any]) -> Stored | ChatError:
+        if conversation_id != item.msg.conversation_id or (body != item.msg.body and not deleted):
+            return Conflict("client_msg_id was already used for a different message")
+        return Stored(wire, False)
+
+    @staticmethod
+    def _push_job(m: Outgoing, sender_name: str, wire: dict[str, Any]) -> dict[str, Any]:
+        assert m.push is not None
+        room = m.push.room_name
+        return {
+            "conversation_id": m.conversation_id,
+            "message_id": int(wire["id"]),
+            "sender_id": m.sender_id,
+            "payload": {
+                "title": sender_name if room is None else f"{sender_name} in {room}",
+                "body": m.body,
+                "data": {"type": "message", "conversation_id": wire["conversation_id"], "message_id": wire["id"]},
+                "collapse_key": f"conversation-{m.conversation_id}",
+                "high_priority": room is None,
+            },
+        }

@@ -1,0 +1,383 @@
+"""The group-commit send path (chat/writer.py) on real servers, sockets, MariaDB/SQLite and Redis.
+
+To make a batch happen for sure (not by timing luck), the test holds the conversation's row lock
+itself (MariaDB: `SELECT ... FOR UPDATE`; SQLite: `BEGIN IMMEDIATE`): each process's first send
+then waits inside its transaction, the other sends pile up in the writer (the test waits on the
+`backstage_sends_in_writer` gauge, never on a timer), and once the lock is released each
+process stores all of them in ONE more transaction (`backstage_message_batches_total`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sqlite3
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from tests.conftest import Cluster
+from tests.support import Api, Client, ServerProcess, sync_engine
+from tests.test_operations import TcpProxy, parse_metrics
+
+
+class CuttingProxy(TcpProxy):
+    """TcpProxy whose stop() also cuts connections that are silent at that moment (a transaction
+    waiting for a lock): closing a socket another thread is blocked in recv() on sends nothing,
+    shutting it down wakes that thread and ends the connection."""
+
+    def stop(self) -> None:
+        with self._lock:
+            conns = list(self._conns)
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        super().stop()
+
+
+def metric(url: str, name: str) -> float:
+    return parse_metrics(httpx.get(url + "/metrics", timeout=10).text).get(name, 0.0)
+
+
+async def wait_in_writer(url: str, n: int) -> None:
+    """Until `n` sends wait in this server's writer (they arrive over sockets at their own pace)."""
+    for _ in range(600):
+        if await asyncio.to_thread(metric, url, "backstage_sends_in_writer") >= n:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{n} sends never reached the writer of {url}")
+
+
+class RowLock:
+    """Holds the write lock of one conversation (MariaDB) or of the whole database (SQLite)."""
+
+    def __init__(self, database_url: str, conversation_id: str) -> None:
+        self.url, self.cid = database_url, int(conversation_id)
+        self._conn: Any = None
+
+    def __enter__(self) -> RowLock:
+        u = make_url(self.url)
+        if u.get_backend_name() == "sqlite":
+            self._conn = sqlite3.connect(u.database or "", isolation_level=None, timeout=30)
+            self._conn.execute("BEGIN IMMEDIATE")
+        else:
+            self._engine = sync_engine(self.url)
+            self._conn = self._engine.connect()
+            self._conn.execute(sa.text("SELECT id FROM conversations WHERE id = :id FOR UPDATE"), {"id": self.cid})
+        return self
+
+    def release(self) -> None:
+        if self._conn is None:
+            return
+        if isinstance(self._conn, sqlite3.Connection):
+            self._conn.execute("ROLLBACK")
+            self._conn.close()
+        else:
+            self._conn.rollback()
+            self._conn.close()
+            self._engine.dispose()
+        self._conn = None
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def stored(database_url: str, conversation_id: str) -> list[tuple[int, str, str, str]]:
+    engine = sync_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT seq, sender_id, client_msg_id, body FROM messages WHERE conversation_id = :c ORDER BY seq"),
+                {"c": int(conversation_id)}).all()
+            return [(int(a), b, c, d) for a, b, c, d in rows]
+    finally:
+        engine.dispose()
+
+
+async def send(c: Client, room: str, body: str, cmid: str) -> dict[str, Any]:
+    return dict(await c.call("send", {"conversation_id": room, "body": body, "client_msg_id": cmid}, timeout=60))
+
+
+# ---------------------------------------------------------------- group commit, two processes
+
+
+SENDERS_PER_PROCESS = 6
+
+
+async def _group_commit(cluster: Cluster, database_url: str) -> None:
+    sqlite = database_url.startswith("sqlite")
+    api = cluster.api
+    urls = [s.url for s in cluster.servers]
+    cre = api.user("cre", "Cre")
+    room = api.room("cre", "Batch", 0)
+    users = [f"u{p}{i}" for p in range(2) for i in range(SENDERS_PER_PROCESS + 1)]
+    tokens = {u: api.user(u, u.upper()) for u in [*users, "dup", "web"]}
+    for u in tokens:
+        api.membership("cre", u, 100)
+
+    listeners = [await Client(url, cre).connect() for url in urls]
+    senders = {u: await Client(urls[int(u[1])], tokens[u]).connect() for u in users}
+    dups = [await Client(urls[0], tokens["dup"]).connect(), await Client(urls[0], tokens["dup"]).connect(),
+            await Client(urls[1], tokens["dup"]).connect()]
+    u00_again = await Client(urls[0], tokens["u00"]).connect()  # a second socket of u00
+    everyone = [*listeners, *senders.values(), *dups, u00_again]
+    try:
+        for c in everyone:
+            assert (await c.call("join", {"conversation_id": room}))["ok"]
+        # Stored before the batch: a later reuse with another body must be a conflict.
+        assert (await send(senders["u01"], room, "earlier", "old"))["ok"]
+        web_body = {"body": "from the web", "client_msg_id": "w-1"}
+        web_auth = {"Authorization": f"Bearer {tokens['web']}"}
+        if sqlite:  # its database check is a read, which SQLite's lock would hold back out of the batch
+            r = api.client(tokens["web"], "POST", f"/conversations/{room}/messages", json=web_body)
+            assert r.status_code == 201, r.text
+        batches = [await asyncio.to_thread(metric, url, "backstage_message_batches_total") for url in urls]
+
+        with RowLock(database_url, room) as lock:
+            # Each process runs two transactions at most (MAX_IN_FLIGHT): these take both and wait.
+            last = f"{SENDERS_PER_PROCESS}"
+            firsts = [asyncio.ensure_future(send(senders[f"u{p}0"], room, f"first {p}", f"first-{p}")) for p in range(2)]
+            for p in range(2):
+                await wait_in_writer(urls[p], 1)
+            firsts += [asyncio.ensure_future(send(senders[f"u{p}{last}"], room, f"second {p}", f"second-{p}"))
+                       for p in range(2)]
+            for p in range(2):
+                await wait_in_writer(urls[p], 2)
+            # Everything below arrives while those transactions are in flight: when one ends, what
+            # waits is shared among the free slots, i.e. one or two more transactions per process.
+            calls = {f"u{p}{i}": asyncio.ensure_future(send(senders[f"u{p}{i}"], room, f"batch {p}{i}", f"b-{p}{i}"))
+                     for p in range(2) for i in range(2, SENDERS_PER_PROCESS)}
+            # u01 reuses its id already stored with another body: conflict, and the batch goes on.
+            conflict = asyncio.ensure_future(send(senders["u01"], room, "not earlier", "old"))
+            # u00 retries its first message (still in flight, in the transaction before) from another socket.
+            retry = asyncio.ensure_future(send(u00_again, room, "first 0", "first-0"))
+            # The same client_msg_id of one user three times in the batches of both processes.
+            dup_acks = [asyncio.ensure_future(send(c, room, "twice", "dup-1")) for c in dups]
+            # ...and over HTTP (the full database check) on process 1.
+            async with httpx.AsyncClient(base_url=urls[1], timeout=60) as http:
+                if not sqlite:
+                    web = asyncio.ensure_future(http.post(f"/api/v1/conversations/{room}/messages",
+                                                          json=web_body, headers=web_auth))
+                await wait_in_writer(urls[0], 2 + (SENDERS_PER_PROCESS - 2) + 1 + 1 + 2)
+                await wait_in_writer(urls[1], 2 + (SENDERS_PER_PROCESS - 2) + 1 + (0 if sqlite else 1))
+                lock.release()
+                if not sqlite:
+                    r = await web
+                    assert r.status_code == 201, r.text
+            first_acks = [await f for f in firsts]
+            acks = {u: await f for u, f in calls.items()}
+
+        assert all(a["ok"] for a in first_acks), first_acks
+        assert all(a["ok"] for a in acks.values()), acks
+        c_ack = await conflict
+        assert c_ack["ok"] is False and c_ack["error"]["code"] == "conflict", c_ack
+        again = await retry
+        assert again["ok"] and again["message"] == first_acks[0]["message"], (again, first_acks[0])
+        dup = [await f for f in dup_acks]
+        assert all(a["ok"] for a in dup), dup
+        assert len({a["message"]["id"] for a in dup}) == 1 and len({a["message"]["seq"] for a in dup}) == 1, dup
+
+        # per process: the two first sends, then everything that queued behind them in one or two
+        after = [await asyncio.to_thread(metric, url, "backstage_message_batches_total") for url in urls]
+        assert all(3 <= a - b <= 4 for a, b in zip(after, batches, strict=True)), (batches, after)
+
+        rows = stored(database_url, room)
+        total = 1 + 1 + 4 + len(calls) + 1  # earlier, the web one, the four firsts, the batch, dup-1 once
+        assert [r[0] for r in rows] == list(range(1, total + 1)), rows
+        assert len({(r[1], r[2]) for r in rows}) == total
+        assert sum(1 for r in rows if r[2] == "dup-1") == 1
+        seq_of = {(r[1], r[2]): r[0] for r in rows}
+        for u, a in acks.items():
+            assert a["message"]["seq"] == seq_of[(u, a["message"]["client_msg_id"])]
+
+        # every member got every message once; each process delivered its own in seq order
+        marker = await send(senders["u00"], room, "marker", "marker")
+        for li in listeners:
+            await li.wait_for("message", lambda m: m["client_msg_id"] == "marker", timeout=15)
+            got = [m["seq"] for m in li.events["message"]]
+            assert sorted(got) == list(range(1, marker["message"]["seq"] + 1)), got
+            for p in range(2):
+                own = [m["seq"] for m in li.events["message"] if _origin(m, urls, users) == p]
+                assert own == sorted(own), (p, own)
+    finally:
+        for c in everyone:
+            await c.close()
+
+
+def _origin(m: dict[str, Any], urls: list[str], users: list[str]) -> int | None:
+    sender = m["sender"]["id"]
+    if sender in users:
+        return int(sender[1])
+    return None  # dup and web: sent from both processes / over HTTP
+
+
+async def test_group_commit_two_processes_mariadb(mysql_databases: Any, redis_url: str, redis_prefix: str) -> None:
+    url = mysql_databases.new()
+    cluster = Cluster(url, redis_url, redis_prefix, 2)
+    try:
+        await _group_commit(cluster, url)
+    finally:
+        cluster.stop()
+
+
+async def test_group_commit_two_processes_sqlite(tmp_path: Any, redis_url: str, redis_prefix: str) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/backstage.db"
+    cluster = Cluster(url, redis_url, redis_prefix, 2)
+    try:
+        await _group_commit(cluster, url)
+    finally:
+        cluster.stop()
+
+
+# ---------------------------------------------------------------- database gone: unavailable, nothing stored
+
+
+async def test_batch_unavailable_and_nothing_stored_when_the_database_goes(mysql_databases: Any) -> None:
+    url = mysql_databases.new()
+    u = make_url(url)
+    proxy = CuttingProxy(u.host or "127.0.0.1", u.port or 3306).start()
+    server = ServerProcess(u.set(port=proxy.port).render_as_string(hide_password=False))
+    api = Api(server.url)
+    clients: list[Client] = []
+    try:
+        api.user("cre")
+        tokens = [api.user(f"p{i}") for i in range(4)]
+        for i in range(4):
+            api.membership("cre", f"p{i}", 100)
+        room = api.room("cre", "R", 0)
+        clients = [await Client(server.url, t).connect() for t in tokens]
+        for c in clients:
+            assert (await c.call("join", {"conversation_id": room}))["ok"]
+        assert (await send(clients[0], room, "one", "k0"))["ok"]
+
+        with RowLock(url, room):
+            # a transaction in flight (waiting for the lock) and a batch queued behind it
+            acks = [asyncio.ensure_future(send(clients[0], room, "two", "k1"))]
+            await wait_in_writer(server.url, 1)
+            acks += [asyncio.ensure_future(send(c, room, f"more {i}", f"k{i + 2}")) for i, c in enumerate(clients[1:])]
+            await wait_in_writer(server.url, 4)
+            proxy.stop()  # the database connection is cut under the open transaction
+            results = [await a for a in acks]
+        assert all(r["ok"] is False and r["error"]["code"] == "unavailable" for r in results), results
+        assert all(c.sio.connected for c in clients)
+
+        proxy.start()
+        # the next send waits for whatever the cut transaction held, which can only roll back
+        for _ in range(100):
+            nxt = await send(clients[1], room, "after", "after")
+            if nxt["ok"]:
+                break
+            assert nxt["error"]["code"] == "unavailable", nxt
+            await asyncio.sleep(0.1)
+        assert nxt["ok"] and nxt["message"]["seq"] == 2, nxt
+        # a retry of a failed send is stored now, once, without a gap
+        again = await send(clients[0], room, "two", "k1")
+        assert again["ok"] and again["message"]["seq"] == 3, again
+        assert [(r[0], r[3]) for r in stored(url, room)] == [(1, "one"), (2, "after"), (3, "two")]
+    finally:
+        for c in clients:
+            await c.close()
+        api.close()
+        proxy.stop()
+        await asyncio.to_thread(server.stop)
+
+
+# ---------------------------------------------------------------- access decided at join, taken away at once
+
+
+async def test_ended_membership_refuses_the_next_send_of_joined_sockets_on_the_other_process(
+        mysql_cluster: Cluster) -> None:
+    api = mysql_cluster.api
+    a_url, b_url = (s.url for s in mysql_cluster.servers)
+    cre, pat = api.user("cre", "Cre"), api.user("pat", "Pat")
+    api.membership("cre", "pat", 500)
+    room = api.room("cre", "Lounge", 100)
+    direct = api.direct(cre, "pat")
+    # the marker: a revocation on the same control channel, seen by a socket on process B
+    api.user("cre2")
+    marker_token = api.user("marker")
+    api.membership("cre2", "marker", 100)
+    marker_room = api.room("cre2", "Marker", 0)
+
+    creator_b = await Client(b_url, cre).connect()
+    patron_b = await Client(b_url, pat).connect()
+    watcher_a = await Client(a_url, cre).connect()
+    marker_b = await Client(b_url, marker_token).connect()
+    try:
+        for c in (creator_b, patron_b, watcher_a):
+            for cid in (direct, room):
+                assert (await c.call("join", {"conversation_id": cid}))["ok"]
+        assert (await marker_b.call("join", {"conversation_id": marker_room}))["ok"]
+        # joined, allowed: these go through the socket's remembered access
+        assert (await send(patron_b, direct, "hi", "d1"))["ok"]
+        assert (await send(creator_b, direct, "hello", "d2"))["ok"]
+        assert (await send(patron_b, room, "in the room", "r1"))["ok"]
+
+        api.membership("cre", "pat", 500, status="former")  # on process A
+        api.membership("cre2", "marker", 100, status="former")
+        await marker_b.wait_for("access_revoked", lambda d: d["conversation_id"] == marker_room)
+        # process B has handled every control message published before the marker's
+
+        for c, cmid in ((patron_b, "d3"), (creator_b, "d4")):
+            r = await send(c, direct, "still there?", cmid)
+            assert r["ok"] is False and r["error"]["code"] == "forbidden", r
+        await patron_b.wait_for("access_revoked", lambda d: d["conversation_id"] == room)
+        r = await send(patron_b, room, "and here?", "r2")
+        assert r["ok"] is False and r["error"]["code"] == "forbidden", r
+        # still a reader of the direct conversation, and a retry of an old message still answers
+        assert (await patron_b.call("history", {"conversation_id": direct}))["ok"]
+        again = await send(patron_b, direct, "hi", "d1")
+        assert again["ok"] and again["message"]["seq"] == 1, again
+
+        api.membership("cre", "pat", 500, status="active")  # posting again, no rejoin needed
+        ok = await send(patron_b, direct, "back", "d5")
+        assert ok["ok"] and ok["message"]["seq"] == 3, ok
+        await watcher_a.wait_for("message", lambda m: m["client_msg_id"] == "d5")
+        assert [m["client_msg_id"] for m in watcher_a.events["message"] if m["conversation_id"] == direct] == \
+            ["d1", "d2", "d5"]
+    finally:
+        for c in (creator_b, patron_b, watcher_a, marker_b):
+            await c.close()
+
+
+# ---------------------------------------------------------------- no pre-ping: a dead pooled connection is retried
+
+
+async def test_sends_right_after_every_pooled_connection_died(mysql_databases: Any) -> None:
+    """The pool does not ping before each use (a round trip per send); a transaction that finds
+    its connection dead runs again on a fresh one, so the client sees no error."""
+    url = mysql_databases.new()
+    u = make_url(url)
+    proxy = CuttingProxy(u.host or "127.0.0.1", u.port or 3306).start()
+    server = ServerProcess(u.set(port=proxy.port).render_as_string(hide_password=False))
+    api = Api(server.url)
+    c = None
+    try:
+        api.user("cre")
+        pat = api.user("pat")
+        api.membership("cre", "pat", 100)
+        room = api.room("cre", "R", 0)
+        c = await Client(server.url, pat).connect()
+        assert (await c.call("join", {"conversation_id": room}))["ok"]
+        assert (await send(c, room, "one", "k1"))["ok"]
+        for i, path in enumerate(("socket", "http")):
+            proxy.stop()  # every pooled connection is dead; new ones are accepted again at once
+            proxy.start()
+            if path == "socket":
+                ack = await send(c, room, "two", "k2")
+            else:
+                r = await asyncio.to_thread(api.client, pat, "POST", f"/conversations/{room}/messages",
+                                            json={"body": "three", "client_msg_id": "k3"})
+                assert r.status_code == 201, r.text
+                ack = {"ok": True, "message": r.json()["message"]}
+            assert ack["ok"] and ack["message"]["seq"] == 2 + i, ack
+    finally:
+        if c is not None:
+            await c.close()
+        api.close()
+        proxy.stop()
+        await asyncio.to_thread(server.stop)
