@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy.exc
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from chat import keys, schemas, storage
 from chat.auth import Identity
@@ -33,8 +33,10 @@ TYPING_THROTTLE_S = 1.0
 TYPING_EXPIRES_S = 6.0  # a "typing: true" not refreshed or cleared within this is cleared for the others
 
 
-# enqueue(session, user_ids, payload) -> rows written; the push outbox (notifications/outbox.py)
-PushEnqueue = Callable[[AsyncSession, Sequence[str], dict[str, Any]], Awaitable[int]]
+# push_enqueue_jobs(conn, jobs) -> jobs written, in the send transaction: one fan-out job per
+# message {conversation_id, message_id, sender_id, payload}, expanded by the push worker
+# (notifications/jobs.py) with push_audience_page below and presence.
+PushEnqueue = Callable[[AsyncConnection, list[dict[str, Any]]], Awaitable[int]]
 
 
 @dataclass
@@ -333,10 +335,6 @@ class ChatService:
             access = await self._access(session, user.user_id, conv)
             if not access.post:
                 raise Forbidden(access.reason)
-            recipients = await self._push_recipients(session, conv, user.user_id)
-        if recipients:
-            online = await self.presence.online_users(recipients)
-            recipients = [r for r in recipients if r not in online]
 
         wrote_pushes = 0
         # A concurrent send with the same client_msg_id is caught by the unique key (IntegrityError).
@@ -347,8 +345,10 @@ class ChatService:
             await storage.move_read_position(session, user.user_id, conversation_id, seq)
             sender_name = await self._sender_name(session, user)
             wire = schemas.message_wire(msg, sender_name)
-            if recipients and self._push_enqueue is not None:
-                wrote_pushes = await self._push_enqueue(session, recipients, self._chat_push(conv, wire))
+            if self._push_enqueue is not None and (conv.kind == "direct" or user.user_id == conv.creator_id):
+                wrote_pushes = await self._push_enqueue(await session.connection(), [{
+                    "conversation_id": conversation_id, "message_id": msg.id, "sender_id": user.user_id,
+                    "payload": self._chat_push(conv, wire)}])
         if wrote_pushes and self._push_wake is not None:
             await self._push_wake()
         return wire, True
@@ -621,6 +621,36 @@ class ChatService:
                 if conversation_id in state.conversations:
                     await self._leave_local(sid, user_id, conversation_id)
                     await self.delivery.to_socket(sid, "access_revoked", {"conversation_id": str(conversation_id)})
+
+    @staticmethod
+    async def push_audience_page(session: AsyncSession, conversation_id: int, sender_id: str, after: str | None,
+                                 limit: int) -> tuple[list[str], str | None]:
+        """One page of who gets a push for `sender_id`'s message if offline (SPEC §6), for the push
+        worker's fan-out job: the other side of a direct conversation; the room's current members
+        (active, at or above its tier) for the creator's posts, nobody for others' posts; never
+        the sender, never muted. Scans at most `limit` user ids greater than `after`, in order;
+        returns (recipients, where the next page starts, None once exhausted). Runs in the
+        caller's session (the worker's own pool)."""
+        conv = await storage.get_conversation(session, conversation_id)
+        if conv is None:
+            return [], None
+        resume: str | None = None
+        if conv.kind == "direct":
+            candidates = sorted(u for u in (conv.creator_id, conv.patron_id) if u and u != sender_id)
+            if after is not None:
+                candidates = [u for u in candidates if u > after]
+        elif sender_id == conv.creator_id:
+            q = sqlalchemy.select(Membership.patron_id).where(
+                Membership.creator_id == conv.creator_id, Membership.status == "active",
+                Membership.tier_cents >= conv.min_tier_cents)
+            if after is not None:
+                q = q.where(Membership.patron_id > after)
+            candidates = list(await session.scalars(q.order_by(Membership.patron_id).limit(limit)))
+            resume = candidates[-1] if len(candidates) == limit else None
+        else:
+            return [], None
+        muted = await storage.muted_user_ids(session, conv.id, candidates)
+        return [u for u in candidates if u not in muted and u != sender_id], resume
 
 
 def _membership_wire(m: Membership) -> dict[str, Any]:
