@@ -303,22 +303,81 @@ async def test_worker_sigkilled_mid_expansion_is_resumed_without_duplicates(
 async def test_two_workers_expand_and_send_without_duplicates(
         fcm_server: FakeFCMServer, mysql_databases: MySQLDatabases, redis_url: str, redis_prefix: str,
         tmp_path: Path) -> None:
+    """Both workers are woken (Redis) by the same commit of 40 jobs and claim at the same moment."""
+    from chat.db import create_engine
+    from notifications.jobs import push_enqueue_jobs
+
     fake = fcm_server.fake
     fake.reset()
     fake.record_messages = False
     url = mysql_databases.new()
-    db = await prepare_jobs(url, "big", 500, 6)
-    env = {"PUSH_EXPAND_BATCH": "40", "REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
+    db = await prepare_jobs(url, "big", 100, 0)
+    room = rows(db, "SELECT id FROM conversations")[0][0]
+    env = {"PUSH_EXPAND_BATCH": "30", "REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
     workers = [start_worker(url, fcm_server, tmp_path / f"w{i}.log", **env) for i in range(2)]
+    engine = create_engine(url)
     try:
-        await wait_for(lambda: fake.total_delivered >= 3000 and jobs_done(db), 90, "3000 pushes")
+        for i in range(2):
+            await wait_for(lambda i=i: "push worker started" in (tmp_path / f"w{i}.log").read_text(), what="worker up")
+        await asyncio.sleep(0.5)  # both subscribed to the wake-up channel (the marker: its log line)
+        async with engine.begin() as conn:
+            await push_enqueue_jobs(conn, [{"conversation_id": room, "message_id": i, "sender_id": "big",
+                                            "payload": {"title": "t", "body": f"post {i}"}} for i in range(40)])
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        client.publish(f"{redis_prefix}:push-wakeup", b"1")
+        client.close()
+        await wait_for(lambda: fake.total_delivered >= 4000 and jobs_done(db), 90, "4000 pushes")
         await wait_for(lambda: count(db, "SELECT COUNT(*) FROM push_outbox WHERE status <> 'sent'") == 0,
                        30, "outcomes recorded")
     finally:
+        await engine.dispose()
         for w in workers:
             stop_worker(w)
-    assert count(db, "SELECT COUNT(*) FROM push_outbox") == 3000
+    assert count(db, "SELECT COUNT(*) FROM push_outbox") == 4000
     assert count(db, "SELECT COUNT(*) FROM (SELECT device_token, payload FROM push_outbox "
-                     "GROUP BY device_token, payload) t") == 3000
-    assert fake.total_delivered == 3000 and set(fake.delivered.values()) == {6}
+                     "GROUP BY device_token, payload) t") == 4000
+    assert fake.total_delivered == 4000 and set(fake.delivered.values()) == {40}
     db.dispose()
+
+
+async def test_a_worker_that_lost_its_lease_writes_nothing(mysql_databases: MySQLDatabases) -> None:
+    """Worker A stalls past its lease; B takes the job over and resumes at the committed cursor;
+    A's next page (computed from its stale copy) is refused whole: each device once."""
+    from chat.db import create_engine, session_factory
+    from chat.service import ChatService
+    from notifications import jobs
+
+    url = mysql_databases.new()
+    db = await prepare_jobs(url, "big", 10, 1)
+    engine = create_engine(url)
+    sf = session_factory(engine)
+
+    async def nobody(users: Any) -> set[str]:
+        return set()
+
+    async def page(job: jobs.ClaimedJob) -> jobs.Page:
+        async with sf() as session:
+            return await jobs.message_page(session, job, 4, ChatService.push_audience_page, nobody,
+                                           datetime.now(UTC))
+
+    try:
+        (a_job,) = await jobs.claim_jobs(sf, "A", 1, 60)
+        a_job = await jobs.commit_page(sf, a_job, "A", await page(a_job), 60, datetime.now(UTC))
+        a_next = await page(a_job)  # A computes its second page, then stalls
+        with db.begin() as conn:
+            conn.execute(sa.text("UPDATE push_jobs SET lease_until = '2000-01-01'"))
+        (b_job,) = await jobs.claim_jobs(sf, "B", 1, 60)
+        assert b_job.resume_after == "fan000003"
+        b_job = await jobs.commit_page(sf, b_job, "B", await page(b_job), 60, datetime.now(UTC))
+        with pytest.raises(jobs.LeaseLost):
+            await jobs.commit_page(sf, a_job, "A", a_next, 60, datetime.now(UTC))
+        while b_job.resume_after is not None or count(db, "SELECT COUNT(*) FROM push_jobs WHERE status='done'") == 0:
+            b_job = await jobs.commit_page(sf, b_job, "B", await page(b_job), 60, datetime.now(UTC))
+        assert rows(db, "SELECT user_id, COUNT(*) FROM push_outbox GROUP BY user_id ORDER BY user_id") == [
+            (f"fan{i:06d}", 1) for i in range(10)]
+        assert rows(db, "SELECT status, pushes FROM push_jobs") == [("done", 10)]
+    finally:
+        await engine.dispose()
+        db.dispose()
