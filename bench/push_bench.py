@@ -260,7 +260,8 @@ class Bench:
 # patrons, memberships and devices are seeded with bulk SQL. Acks are measured with a Socket.IO
 # client here while no worker runs (PUSH_WORKER=external, none started), so they show the send
 # path alone. The chat probe is a child process (its own GIL, away from the fake FCM's thread):
-# two patrons of another creator in another room of the same server, one sending every 50 ms,
+# a patron of another creator in another room of the same server, sending every 125 ms (the
+# per-user rate limit is 10/s),
 # recording each ack's latency; first without a fan-out, then while one runs.
 
 
@@ -270,11 +271,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def probe_child(url: str, room: str, token: str, seconds: float, interval: float) -> dict[str, Any]:
-    """Send every `interval` s for `seconds` (or until SIGINT); the acks' latencies in ms."""
+    """Send every `interval` s for `seconds` (or until SIGUSR1); the acks' latencies in ms."""
     from tests.support import Client
 
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, stop.set)
     client = await Client(url, token).connect()
     await client.call("join", {"conversation_id": room})
     lat: list[float] = []
@@ -377,10 +378,19 @@ class Fanout:
                 api.membership("oth", p, 500)
             room_a = api.room("cre", "Fans")
             room_b = api.room("oth", "Other room")
+            # pb stays offline with a phone: oth's posts in room B warm the worker's FCM client up
+            assert api.client(make_token("pb"), "POST", "/devices",
+                              {"token": f"warm-{secrets.token_hex(4)}", "platform": "android"}).status_code == 201
         finally:
             api.close()
         return {"room_a": room_a, "room_b": room_b, "cre": make_token("cre", "Cre"),
-                "patron": make_token("fan0000001"), "pa": make_token("pa")}
+                "patron": make_token("fan0000001"), "pa": make_token("pa"), "oth": make_token("oth", "Oth")}
+
+    def warm_up(self, loop: asyncio.AbstractEventLoop, url: str, t: dict[str, str]) -> None:
+        """One push end to end (OAuth token, connections) before any clock starts."""
+        base = self.fcm.fake.total_delivered
+        loop.run_until_complete(self.acks(url, t["oth"], t["room_b"], 1, "warm"))
+        self.wait_delivered(base + 1, 60)
 
     async def acks(self, url: str, token: str, room: str, n: int, tag: str) -> list[float]:
         from tests.support import Client
@@ -449,6 +459,7 @@ class Fanout:
             self.seed(db, "cre", 0, self.args.patrons)
             loop = asyncio.new_event_loop()
             loop.run_until_complete(self.acks(srv.url, t["pa"], t["room_b"], 3, "warm"))
+            self.warm_up(loop, srv.url, t)
             quiet = self.probe_result(self.probe(srv.url, t["room_b"], t["pa"], 8))
             base = self.fcm.fake.total_delivered
             probe = self.probe(srv.url, t["room_b"], t["pa"], 600)
@@ -456,7 +467,7 @@ class Fanout:
             ack = loop.run_until_complete(self.acks(srv.url, t["cre"], t["room_a"], 1, "fan"))[0]
             self.wait_delivered(base + self.args.patrons)
             all_pushed = time.perf_counter() - t0
-            probe.send_signal(signal.SIGINT)
+            probe.send_signal(signal.SIGUSR1)
             busy = self.probe_result(probe)
             loop.close()
             return {"label": label, "ack": ack, "all_pushed": all_pushed, "quiet": quiet, "busy": busy}
@@ -471,8 +482,9 @@ class Fanout:
             t = self.setup(srv)
             self.seed(db, "cre", 0, self.args.patrons)
             procs = [self.worker(db, prefix) for _ in range(workers)]
-            time.sleep(3)  # the workers are up (imports, FCM token) before the clock starts
             loop = asyncio.new_event_loop()
+            for _ in range(workers):  # each worker's first push (either may take it): both warm
+                self.warm_up(loop, srv.url, t)
             base = self.fcm.fake.total_delivered
             t0 = time.perf_counter()
             loop.run_until_complete(self.acks(srv.url, t["cre"], t["room_a"], 1, "ext"))
@@ -568,7 +580,7 @@ def main() -> int:
         asyncio.run(worker_child(args.concurrency, args.profile_out))
         return 0
     if args.child == "probe":
-        print(json.dumps(asyncio.run(probe_child(args.url, args.room, args.token, args.seconds, 0.05))))
+        print(json.dumps(asyncio.run(probe_child(args.url, args.room, args.token, args.seconds, 0.125))))
         return 0
     if args.fanout:
         return run_fanout(args)
