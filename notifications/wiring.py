@@ -92,6 +92,12 @@ class WorkerThread:
         await asyncio.to_thread(self._ready.wait, 30)
 
     async def _serve(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self._ready.set()  # also when setting up failed: start() must not wait for nothing
+
+    async def _run(self) -> None:
         settings = self._settings
         engine = create_engine(settings.database_url, pool_size=4)
         sender = build_sender(settings.firebase_credentials, settings.fcm_endpoint)
