@@ -2,6 +2,11 @@
 SDK and tests/fakefcm.py, against a bare `send_each_async` loop measured in the same run.
 
     .venv/bin/python bench/push_bench.py [--pushes 1500] [--runs 3] [--profile]
+    .venv/bin/python bench/push_bench.py --fanout [--patrons 10000] [--big 100000] [--compare /work/main]
+
+--fanout: a creator's post to N patrons through real server processes (see FANOUT below): ack
+time vs a patron's post, time until every device is pushed, chat latency in another room of
+the same process while the fan-out runs, and PUSH_WORKER=external with 1 vs 2 workers.
 
 Needs MariaDB (MYSQL_ADMIN_URL, default root@127.0.0.1:3306) and Redis (TEST_REDIS_URL); creates a
 database and a Redis prefix of its own and removes them. Workers and the bare loop run as child
@@ -250,6 +255,301 @@ class Bench:
         self.tmp.cleanup()
 
 
+# --- fan-out -------------------------------------------------------------------------------------
+# FANOUT: servers are `run_server.py` processes (MariaDB + Redis, the fake FCM of this process);
+# patrons, memberships and devices are seeded with bulk SQL. Acks are measured with a Socket.IO
+# client here while no worker runs (PUSH_WORKER=external, none started), so they show the send
+# path alone. The chat probe is a child process (its own GIL, away from the fake FCM's thread):
+# a patron of another creator in another room of the same server, sending every 125 ms (the
+# per-user rate limit is 10/s),
+# recording each ack's latency; first without a fan-out, then while one runs.
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
+
+
+async def probe_child(url: str, room: str, token: str, seconds: float, interval: float) -> dict[str, Any]:
+    """Send every `interval` s for `seconds` (or until SIGUSR1); the acks' latencies in ms."""
+    from tests.support import Client
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, stop.set)
+    client = await Client(url, token).connect()
+    await client.call("join", {"conversation_id": room})
+    lat: list[float] = []
+    end = time.perf_counter() + seconds
+    i = 0
+    print("READY", flush=True)
+    while time.perf_counter() < end and not stop.is_set():
+        t0 = time.perf_counter()
+        ack = await client.call("send", {"conversation_id": room, "body": f"probe {i}",
+                                         "client_msg_id": f"probe-{os.getpid()}-{i}"}, timeout=30)
+        lat.append((time.perf_counter() - t0) * 1000)
+        assert ack.get("ok"), ack
+        i += 1
+        await asyncio.sleep(max(0.0, interval - (time.perf_counter() - t0)))
+    await client.close()
+    return {"n": len(lat), "p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "max": max(lat)}
+
+
+class Fanout:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from tests.fakefcm import FakeFCMServer
+
+        self.args = args
+        self.tmp = tempfile.TemporaryDirectory(prefix="fanoutbench-")
+        self.fcm = FakeFCMServer(Path(self.tmp.name))
+        self.fcm.fake.record_messages = False
+        self.dbs: list[str] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _admin(self, sql: str) -> None:
+        Bench._admin(self, sql)  # type: ignore[arg-type]
+
+    def new_db(self) -> str:
+        name = f"fanoutbench_{secrets.token_hex(3)}"
+        self._admin("CREATE DATABASE `%s` CHARACTER SET utf8mb4" % name)
+        self.dbs.append(name)
+        from sqlalchemy.engine import make_url
+
+        return make_url(MYSQL_ADMIN_URL).set(drivername="mysql+aiomysql", database=name).render_as_string(
+            hide_password=False)
+
+    def server(self, root: Path, db_url: str, prefix: str, **env: str) -> Any:
+        from tests.support import ServerProcess
+
+        full = {"FIREBASE_CREDENTIALS": self.fcm.credentials_path, "FCM_ENDPOINT": self.fcm.endpoint,
+                "LOG_LEVEL": "WARNING", **env}
+        cwd = os.getcwd()
+        os.chdir(root)  # ServerProcess runs ROOT/run_server.py; point ROOT at the code under test
+        import tests.support as support
+
+        old_root = support.ROOT
+        support.ROOT = root
+        try:
+            return ServerProcess(db_url, REDIS_URL, prefix, env=full,
+                                 log_path=Path(self.tmp.name) / f"server-{secrets.token_hex(2)}.log")
+        finally:
+            support.ROOT = old_root
+            os.chdir(cwd)
+
+    def worker(self, db_url: str, prefix: str) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=REDIS_URL, REDIS_PREFIX=prefix,
+                   FIREBASE_CREDENTIALS=self.fcm.credentials_path, FCM_ENDPOINT=self.fcm.endpoint,
+                   LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
+        proc = subprocess.Popen([sys.executable, "-m", "notifications.worker"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def seed(db_url: str, creator: str, start: int, count: int) -> None:
+        """Patrons fan{start..start+count} of `creator` with one device each (bulk SQL)."""
+        import sqlalchemy as sa
+        from sqlalchemy.engine import make_url
+
+        engine = sa.create_engine(make_url(db_url).set(drivername="mysql+pymysql"))
+        now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        with engine.begin() as conn:
+            for lo in range(start, start + count, 10_000):
+                ids = [f"fan{i:07d}" for i in range(lo, min(start + count, lo + 10_000))]
+                conn.execute(sa.text("INSERT INTO users (id, name, created_at, updated_at) "
+                                     "VALUES (:u, :u, :n, :n)"), [{"u": u, "n": now} for u in ids])
+                conn.execute(sa.text("INSERT INTO memberships (creator_id, patron_id, tier_cents, status, "
+                                     "updated_at) VALUES (:c, :u, 500, 'active', :n)"),
+                             [{"c": creator, "u": u, "n": now} for u in ids])
+                conn.execute(sa.text("INSERT INTO devices (token, user_id, platform, created_at, updated_at) "
+                                     "VALUES (:t, :u, 'android', :n, :n)"),
+                             [{"t": f"{u}-phone", "u": u, "n": now} for u in ids])
+        engine.dispose()
+
+    def setup(self, server: Any) -> dict[str, str]:
+        """cre's room A (the fan-out), oth's room B with two patrons (the probe), and tokens."""
+        from tests.support import Api, make_token
+
+        api = Api(server.url)
+        try:
+            api.user("cre", "Cre")
+            api.user("oth", "Oth")
+            for p in ("pa", "pb"):
+                api.user(p, p)
+                api.membership("oth", p, 500)
+            room_a = api.room("cre", "Fans")
+            room_b = api.room("oth", "Other room")
+            # pb stays offline with a phone: oth's posts in room B warm the worker's FCM client up
+            assert api.client(make_token("pb"), "POST", "/devices",
+                              {"token": f"warm-{secrets.token_hex(4)}", "platform": "android"}).status_code == 201
+        finally:
+            api.close()
+        return {"room_a": room_a, "room_b": room_b, "cre": make_token("cre", "Cre"),
+                "patron": make_token("fan0000001"), "pa": make_token("pa"), "oth": make_token("oth", "Oth")}
+
+    def warm_up(self, loop: asyncio.AbstractEventLoop, url: str, t: dict[str, str]) -> None:
+        """One push end to end (OAuth token, connections) before any clock starts."""
+        base = self.fcm.fake.total_delivered
+        loop.run_until_complete(self.acks(url, t["oth"], t["room_b"], 1, "warm"))
+        self.wait_delivered(base + 1, 60)
+
+    async def acks(self, url: str, token: str, room: str, n: int, tag: str) -> list[float]:
+        from tests.support import Client
+
+        client = await Client(url, token).connect()
+        out = []
+        try:
+            for i in range(n):
+                t0 = time.perf_counter()
+                ack = await client.call("send", {"conversation_id": room, "body": f"{tag} {i}",
+                                                 "client_msg_id": f"{tag}-{secrets.token_hex(4)}"}, timeout=120)
+                out.append((time.perf_counter() - t0) * 1000)
+                assert ack.get("ok"), ack
+        finally:
+            await client.close()
+        return out
+
+    def probe(self, url: str, room: str, token: str, seconds: float) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, __file__, "--child", "probe", "--url", url, "--room", room,
+                                 "--token", token, "--seconds", str(seconds)],
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
+        return proc
+
+    @staticmethod
+    def probe_result(proc: subprocess.Popen[str]) -> dict[str, Any]:
+        out, _ = proc.communicate(timeout=300)
+        return dict(json.loads(out.strip().splitlines()[-1]))
+
+    def wait_delivered(self, target: int, timeout: float = 600) -> float:
+        t0 = time.perf_counter()
+        while self.fcm.fake.total_delivered < target:
+            if time.perf_counter() - t0 > timeout:
+                raise RuntimeError(f"only {self.fcm.fake.total_delivered} of {target} pushes in {timeout} s")
+            time.sleep(0.01)
+        return time.perf_counter() - t0
+
+    # -- the scenarios
+
+    def ack_times(self, root: Path, label: str, big: int) -> dict[str, Any]:
+        """Acks with no worker running: the send path alone."""
+        db = self.new_db()
+        srv = self.server(root, db, f"fanoutbench-{secrets.token_hex(3)}", PUSH_WORKER="external")
+        try:
+            t = self.setup(srv)
+            self.seed(db, "cre", 0, self.args.patrons)
+            loop = asyncio.new_event_loop()
+            res: dict[str, Any] = {"label": label}
+            loop.run_until_complete(self.acks(srv.url, t["patron"], t["room_a"], 3, "warm"))
+            res["patron"] = loop.run_until_complete(self.acks(srv.url, t["patron"], t["room_a"], 7, "pat"))
+            res["creator"] = loop.run_until_complete(self.acks(srv.url, t["cre"], t["room_a"], 5, "cre"))
+            if big:
+                self.seed(db, "cre", self.args.patrons, big - self.args.patrons)
+                res["creator_big"] = loop.run_until_complete(self.acks(srv.url, t["cre"], t["room_a"], 3, "big"))
+            loop.close()
+            return res
+        finally:
+            srv.stop()
+
+    def during_fanout(self, root: Path, label: str, **env: str) -> dict[str, Any]:
+        """Inline worker: probe latency without, then with a creator's post fanning out."""
+        db = self.new_db()
+        srv = self.server(root, db, f"fanoutbench-{secrets.token_hex(3)}", **env)
+        try:
+            t = self.setup(srv)
+            self.seed(db, "cre", 0, self.args.patrons)
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(self.acks(srv.url, t["pa"], t["room_b"], 3, "warm"))
+            self.warm_up(loop, srv.url, t)
+            quiet = self.probe_result(self.probe(srv.url, t["room_b"], t["pa"], 8))
+            base = self.fcm.fake.total_delivered
+            probe = self.probe(srv.url, t["room_b"], t["pa"], 600)
+            t0 = time.perf_counter()
+            ack = loop.run_until_complete(self.acks(srv.url, t["cre"], t["room_a"], 1, "fan"))[0]
+            self.wait_delivered(base + self.args.patrons)
+            all_pushed = time.perf_counter() - t0
+            probe.send_signal(signal.SIGUSR1)
+            busy = self.probe_result(probe)
+            loop.close()
+            return {"label": label, "ack": ack, "all_pushed": all_pushed, "quiet": quiet, "busy": busy}
+        finally:
+            srv.stop()
+
+    def external(self, workers: int) -> dict[str, Any]:
+        db = self.new_db()
+        prefix = f"fanoutbench-{secrets.token_hex(3)}"
+        srv = self.server(ROOT, db, prefix, PUSH_WORKER="external")
+        try:
+            t = self.setup(srv)
+            self.seed(db, "cre", 0, self.args.patrons)
+            procs = [self.worker(db, prefix) for _ in range(workers)]
+            loop = asyncio.new_event_loop()
+            for _ in range(workers):  # each worker's first push (either may take it): both warm
+                self.warm_up(loop, srv.url, t)
+            base = self.fcm.fake.total_delivered
+            t0 = time.perf_counter()
+            loop.run_until_complete(self.acks(srv.url, t["cre"], t["room_a"], 1, "ext"))
+            self.wait_delivered(base + self.args.patrons)
+            wall = time.perf_counter() - t0
+            loop.close()
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+                p.wait(30)
+            return {"workers": workers, "wall": wall, "rate": self.args.patrons / wall}
+        finally:
+            srv.stop()
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for name in self.dbs:
+            self._admin("DROP DATABASE IF EXISTS `%s`" % name)
+        self.fcm.stop()
+        self.tmp.cleanup()
+
+
+def run_fanout(args: argparse.Namespace) -> int:
+    f = Fanout(args)
+    started = time.perf_counter()
+    compare = Path(args.compare) if args.compare else None
+    acks, fans, ext = [], [], []
+    try:
+        acks.append(f.ack_times(ROOT, "push jobs (this branch)", args.big))
+        if compare:
+            acks.append(f.ack_times(compare, f"per-device rows ({compare})", 0))
+        fans.append(f.during_fanout(ROOT, "jobs, inline worker on its own thread (default)"))
+        fans.append(f.during_fanout(ROOT, "jobs, inline worker on the server's loop", PUSH_WORKER_THREAD="0"))
+        if compare:
+            fans.append(f.during_fanout(compare, f"per-device rows, inline worker ({compare})"))
+        for n in (1, 2):
+            ext.append(f.external(n))
+    finally:
+        f.close()
+    n = args.patrons
+    print(f"\n{n} patrons (one device each, all offline), {os.cpu_count()} CPUs, "
+          f"{time.perf_counter() - started:.0f} s\n")
+    print("| send path | patron's post ack (median) | creator's post ack (median) |"
+          + (f" creator's post, {args.big} patrons |" if args.big else ""))
+    print("| --- | ---: | ---: |" + (" ---: |" if args.big else ""))
+    for a in acks:
+        big = f" {statistics.median(a['creator_big']):.0f} ms |" if "creator_big" in a else (" - |" if args.big else "")
+        print(f"| {a['label']} | {statistics.median(a['patron']):.0f} ms | {statistics.median(a['creator']):.0f} ms |{big}")
+    print("\n| inline worker | creator's post ack | all pushed after | pushes/s | other room ack p50 / p99 "
+          "quiet | during the fan-out |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in fans:
+        q, b = r["quiet"], r["busy"]
+        print(f"| {r['label']} | {r['ack']:.0f} ms | {r['all_pushed']:.1f} s | {n / r['all_pushed']:.0f} | "
+              f"{q['p50']:.0f} / {q['p99']:.0f} ms | {b['p50']:.0f} / {b['p99']:.0f} ms (max {b['max']:.0f}, "
+              f"{b['n']} sends) |")
+    print("\n| PUSH_WORKER=external | post -> all pushed | pushes/s |")
+    print("| --- | ---: | ---: |")
+    for e in ext:
+        print(f"| {e['workers']} worker process(es) | {e['wall']:.1f} s | {e['rate']:.0f} |")
+    return 0
+
+
 def median(rows: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
@@ -259,7 +559,15 @@ def main() -> int:
     ap.add_argument("--pushes", type=int, default=1500)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="cProfile one worker process and print the top")
-    ap.add_argument("--child", choices=["bare", "worker"], help=argparse.SUPPRESS)
+    ap.add_argument("--fanout", action="store_true", help="the fan-out scenarios (FANOUT above)")
+    ap.add_argument("--patrons", type=int, default=10_000)
+    ap.add_argument("--big", type=int, default=100_000, help="also the ack with this many patrons (0: skip)")
+    ap.add_argument("--compare", help="another checkout (e.g. /work/main) measured in the same run")
+    ap.add_argument("--child", choices=["bare", "worker", "probe"], help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    ap.add_argument("--room", help=argparse.SUPPRESS)
+    ap.add_argument("--token", help=argparse.SUPPRESS)
+    ap.add_argument("--seconds", type=float, default=10, help=argparse.SUPPRESS)
     ap.add_argument("--inflight", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--concurrency", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--prefix", default="bare", help=argparse.SUPPRESS)
@@ -271,6 +579,11 @@ def main() -> int:
     if args.child == "worker":
         asyncio.run(worker_child(args.concurrency, args.profile_out))
         return 0
+    if args.child == "probe":
+        print(json.dumps(asyncio.run(probe_child(args.url, args.room, args.token, args.seconds, 0.125))))
+        return 0
+    if args.fanout:
+        return run_fanout(args)
 
     bench = Bench(args)
     started = time.perf_counter()

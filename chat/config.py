@@ -41,6 +41,10 @@ class Settings:
     # Presence in Redis: heartbeat period, and silence after which a process counts as dead.
     presence_heartbeat_s: float = 5.0
     presence_dead_after_s: float = 20.0
+    # PUSH_WORKER=inline: run the push worker on a thread of its own, with its own event loop and
+    # database pool, so expanding and sending pushes never delays the sockets (PUSH_WORKER_THREAD=0:
+    # on the server's loop).
+    push_worker_thread: bool = True
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *, demo: bool = False) -> Settings:
@@ -68,4 +72,5 @@ class Settings:
             presence_dead_after_s=float(e.get("PRESENCE_DEAD_AFTER_S", "20")),
             ping_interval=float(e.get("SOCKETIO_PING_INTERVAL_S", "25")),
             ping_timeout=float(e.get("SOCKETIO_PING_TIMEOUT_S", "20")),
+            push_worker_thread=e.get("PUSH_WORKER_THREAD", "1") not in ("0", "false", "no"),
         )

@@ -674,6 +674,36 @@ class ChatService:
                     await self._leave_local(sid, user_id, conversation_id)
                     await self.delivery.to_socket(sid, "access_revoked", {"conversation_id": str(conversation_id)})
 
+    @staticmethod
+    async def push_audience_page(session: AsyncSession, conversation_id: int, sender_id: str, after: str | None,
+                                 limit: int) -> tuple[list[str], str | None]:
+        """One page of who gets a push for `sender_id`'s message if offline (SPEC §6), for the push
+        worker's fan-out job: the other side of a direct conversation; the room's current members
+        (active, at or above its tier) for the creator's posts, nobody for others' posts; never
+        the sender, never muted. Scans at most `limit` user ids greater than `after`, in order;
+        returns (recipients, where the next page starts, None once exhausted). Runs in the
+        caller's session (the worker's own pool)."""
+        conv = await storage.get_conversation(session, conversation_id)
+        if conv is None:
+            return [], None
+        resume: str | None = None
+        if conv.kind == "direct":
+            candidates = sorted(u for u in (conv.creator_id, conv.patron_id) if u and u != sender_id)
+            if after is not None:
+                candidates = [u for u in candidates if u > after]
+        elif sender_id == conv.creator_id:
+            q = sqlalchemy.select(Membership.patron_id).where(
+                Membership.creator_id == conv.creator_id, Membership.status == "active",
+                Membership.tier_cents >= conv.min_tier_cents)
+            if after is not None:
+                q = q.where(Membership.patron_id > after)
+            candidates = list(await session.scalars(q.order_by(Membership.patron_id).limit(limit)))
+            resume = candidates[-1] if len(candidates) == limit else None
+        else:
+            return [], None
+        muted = await storage.muted_user_ids(session, conv.id, candidates)
+        return [u for u in candidates if u not in muted and u != sender_id], resume
+
 
 def _membership_wire(m: Membership) -> dict[str, Any]:
     return {"creator_id": m.creator_id, "patron_id": m.patron_id, "tier_cents": m.tier_cents,

@@ -26,3 +26,6 @@ PUSH_BATCH_SECONDS = Histogram(
     "Wall time of one send_each_async batch.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
+PUSH_EXPANDED = Counter(
+    "backstage_push_expanded_total", "Outbox rows written by expanding fan-out jobs (one per device)."
+)

@@ -69,3 +69,39 @@ class PushOutbox(Base):
     last_error: Mapped[str | None] = mapped_column(sa.String(500), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class PushJob(Base):
+    """One fan-out of pushes to an audience, written in the transaction of its cause (a chat
+    message, or a server-API notification to a channel) instead of one outbox row per device.
+
+    The worker expands it after the commit, in batches over the audience ordered by user id
+    (chat) or notification id (channel notifications): each batch writes its outbox rows and
+    advances `resume_after` in one transaction, so a job resumed by another worker after a crash
+    continues exactly where the last committed batch stopped.
+
+    kind: "message" (conversation_id, message_id, sender_id) | "notification" (`audience`: JSON
+    list of [first, last] notification id ranges). status: pending -> expanding (claimed by
+    `lease_owner` until lease_until) -> done | failed.
+    """
+
+    __tablename__ = "push_jobs"
+    __table_args__ = (sa.Index("ix_push_jobs_status_next_attempt_at", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    conversation_id: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    message_id: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    sender_id: Mapped[str | None] = mapped_column(USER_ID, nullable=True)
+    audience: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    payload: Mapped[str] = mapped_column(sa.Text)  # JSON, like push_outbox.payload
+    resume_after: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    pushes: Mapped[int] = mapped_column(sa.Integer, default=0)  # outbox rows written so far
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(sa.String(500), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

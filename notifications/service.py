@@ -34,6 +34,9 @@ DeliverToUser = Callable[[str, str, Any], Awaitable[None]]
 # (session, user_ids, payload) -> outbox rows written, in the caller's transaction
 PushEnqueue = Callable[[AsyncSession, Sequence[str], dict[str, Any]], Awaitable[int]]
 PushWake = Callable[[], Awaitable[None]]
+# (session, notification ids, payload) -> jobs written: ONE fan-out job for a channel audience,
+# expanded into outbox rows by the push worker after the commit (notifications/jobs.py)
+PushFanout = Callable[[AsyncSession, Sequence[int], dict[str, Any]], Awaitable[int]]
 
 # Keys FCM refuses in a message's data payload; they are left out of the push (not the feed).
 FCM_RESERVED_DATA_KEYS = frozenset({"from", "message_type", "collapse_key"})
@@ -90,12 +93,13 @@ class NotifyArgs:
 class NotificationService:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], *, audience: Audience,
                  deliver: DeliverToUser, push_enqueue: PushEnqueue | None = None,
-                 push_wake: PushWake | None = None) -> None:
+                 push_wake: PushWake | None = None, push_fanout: PushFanout | None = None) -> None:
         self.sessions = sessions
         self._audience = audience
         self._deliver = deliver
         self._push_enqueue = push_enqueue
         self._push_wake = push_wake
+        self._push_fanout = push_fanout
 
     # ============================================================ server API
 
@@ -108,8 +112,9 @@ class NotificationService:
             return [str(i) for i in orjson.loads(request.notification_ids)]
 
     async def notify(self, args: NotifyArgs) -> list[str]:
-        """Store one notification per recipient (+ push outbox rows when args.push), then deliver
-        it live. A known idempotency key returns the original ids and does nothing else."""
+        """Store one notification per recipient (+ when args.push: push outbox rows for a list of
+        user_ids, one fan-out job for a channel audience), then deliver it live. A known
+        idempotency key returns the original ids and does nothing else."""
         key = args.idempotency_key
         if key is not None:
             earlier = await self.replay(key)
@@ -134,7 +139,10 @@ class NotificationService:
                 id_strings = [str(i) for i in ids]
                 if key is not None:
                     await storage.set_request_ids(session, key, orjson.dumps(id_strings).decode())
-                if args.push and self._push_enqueue is not None and recipients:
+                if args.push and args.channel is not None and self._push_fanout is not None and recipients:
+                    # a channel audience may be 100,000 patrons: one job, not one row per device
+                    pushes = await self._push_fanout(session, ids, self._push_payload(args))
+                elif args.push and self._push_enqueue is not None and recipients:
                     pushes = await self._enqueue_pushes(session, args, recipients, id_strings)
         except sqlalchemy.exc.IntegrityError:
             if key is None:
@@ -162,21 +170,22 @@ class NotificationService:
         with_devices = await storage.users_with_devices(session, recipients)
         if not with_devices:
             return 0
-        base = {k: push_data_value(v) for k, v in args.data.items()
-                if k not in FCM_RESERVED_DATA_KEYS and not k.startswith(FCM_RESERVED_DATA_PREFIXES)}
+        base = self._push_payload(args)
         written = 0
         for user_id, notification_id in zip(recipients, ids, strict=True):
             if user_id not in with_devices:
                 continue
-            payload = {
-                "title": args.title,
-                "body": args.body,
-                "data": {**base, "type": args.type, "notification_id": notification_id},
-                "collapse_key": args.collapse_key,
-                "high_priority": False,
-            }
+            payload = {**base, "data": {**base["data"], "notification_id": notification_id}}
             written += await self._push_enqueue(session, [user_id], payload)
         return written
+
+    @staticmethod
+    def _push_payload(args: NotifyArgs) -> dict[str, Any]:
+        """The push of a notification, without its per-recipient notification_id."""
+        data = {k: push_data_value(v) for k, v in args.data.items()
+                if k not in FCM_RESERVED_DATA_KEYS and not k.startswith(FCM_RESERVED_DATA_PREFIXES)}
+        return {"title": args.title, "body": args.body, "data": {**data, "type": args.type},
+                "collapse_key": args.collapse_key, "high_priority": False}
 
     async def _deliver_live(self, args: NotifyArgs, recipients: list[str], ids: list[str], data_json: str,
                             now: datetime) -> None:

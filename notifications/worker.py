@@ -1,6 +1,10 @@
 """The push outbox worker: claim due rows, send them through FCM, record the outcomes.
 
-Runs inline in the chat server (PUSH_WORKER=inline, started by the app factory) or as its own
+It also expands push fan-out jobs (notifications/jobs.py) into outbox rows, in bounded
+batches, when given an `Expander` (the chat audience and presence).
+
+Runs inline in the chat server (PUSH_WORKER=inline, started by the app factory, by default on a
+thread of its own with its own event loop: see notifications/wiring.py) or as its own
 process: `python -m notifications.worker` (PUSH_WORKER=external; several may run at once, the
 claim uses SKIP LOCKED). Producers wake it after committing outbox rows: in-process with
 `PushWorker.wake()`, across processes with `publish_wakeup(redis, keys)`; without a wake-up it
@@ -25,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.db import utcnow
 from chat.keys import RedisKeys
-from notifications import metrics
+from notifications import jobs, metrics
 from notifications.fcm import Outcome, PushRequest, Sender, SendResult
 from notifications.outbox import (
     ClaimedPush,
@@ -53,6 +57,17 @@ class WorkerOptions:
     stats_interval: float = 5.0  # outbox depth / oldest-age gauges refresh
     retention: float = 7 * 24 * 3600.0  # sent/failed/skipped rows kept this long
     purge_interval: float = 3600.0
+    expand_batch: int = 500  # audience users (or notifications) per expansion transaction
+    jobs_per_claim: int = 16  # fan-out jobs leased per claim
+    expand_concurrency: int = 2  # jobs expanded at once
+
+
+@dataclass(frozen=True)
+class Expander:
+    """What expanding chat-message jobs needs from the chat side (wired by notifications/wiring.py)."""
+
+    audience_page: jobs.ChatAudiencePage
+    online_users: jobs.OnlineUsers
 
 
 def retry_delay(attempts: int, options: WorkerOptions, retry_after: float | None = None,
@@ -80,6 +95,7 @@ class PushWorker:
         redis: Any | None = None,
         keys: RedisKeys | None = None,
         clock: Callable[[], datetime] = utcnow,
+        expander: Expander | None = None,
     ) -> None:
         self._session_factory = session_factory
         self._sender = sender
@@ -88,6 +104,9 @@ class PushWorker:
         self._keys = keys
         self._clock = clock
         self._wakeup: asyncio.Event | None = None
+        self._job_wakeup: asyncio.Event | None = None
+        self._expander = expander
+        self._owner = jobs.new_owner()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -95,19 +114,23 @@ class PushWorker:
         self._last_stats = float("-inf")
         self._last_purge = float("-inf")
         self.batches_done = 0  # for tests and the benchmark
+        self.jobs_done = 0
 
     # --- control -------------------------------------------------------------------------------
 
     def wake(self) -> None:
         """Ask the worker to claim now (call after committing outbox rows). Safe from any thread."""
-        event, loop = self._wakeup, self._loop
-        if event is None or loop is None:
+        loop = self._loop
+        if loop is None:
             return
-        if threading.get_ident() == getattr(self, "_loop_thread", None):
-            event.set()
-        else:
-            with contextlib.suppress(RuntimeError):  # loop already closed
-                loop.call_soon_threadsafe(event.set)
+        for event in (self._wakeup, self._job_wakeup):
+            if event is None:
+                continue
+            if threading.get_ident() == getattr(self, "_loop_thread", None):
+                event.set()
+            else:
+                with contextlib.suppress(RuntimeError):  # loop already closed
+                    loop.call_soon_threadsafe(event.set)
 
     def start(self) -> asyncio.Task[None]:
         """Run in the background on the current loop (the inline worker); stop with `await stop()`."""
@@ -134,8 +157,11 @@ class PushWorker:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._wakeup = asyncio.Event()
+        self._job_wakeup = asyncio.Event()
         slots = asyncio.Semaphore(self.options.concurrency)
         listener = asyncio.create_task(self._listen_redis(), name="push-wakeup-listener") if self._redis else None
+        expansion = (asyncio.create_task(self._expand_loop(), name="push-job-expansion")
+                     if self._expander is not None else None)
         try:
             while not self._stopping:
                 await slots.acquire()
@@ -163,6 +189,8 @@ class PushWorker:
                     slots.release()
                 await self._sleep_or_wake(self.options.poll_interval)
         finally:
+            if expansion is not None:
+                await asyncio.gather(expansion, return_exceptions=True)
             if self._inflight:
                 await asyncio.gather(*self._inflight, return_exceptions=True)
             if listener is not None:
@@ -170,10 +198,85 @@ class PushWorker:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await listener
 
-    async def _sleep_or_wake(self, seconds: float) -> None:
-        assert self._wakeup is not None
+    async def _sleep_or_wake(self, seconds: float, event: asyncio.Event | None = None) -> None:
+        event = event or self._wakeup
+        assert event is not None
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
+            await asyncio.wait_for(event.wait(), seconds)
+
+    # --- fan-out jobs --------------------------------------------------------------------------
+
+    async def _expand_loop(self) -> None:
+        """Claim fan-out jobs and expand them into outbox rows until stop()."""
+        assert self._job_wakeup is not None
+        slots = asyncio.Semaphore(self.options.expand_concurrency)
+        while not self._stopping:
+            self._job_wakeup.clear()
+            try:
+                claimed = await jobs.claim_jobs(self._session_factory, self._owner, self.options.jobs_per_claim,
+                                                self.options.lease_seconds, self._clock())
+            except Exception:
+                log.exception("push job claim failed; retrying in %.1f s", self.options.error_backoff)
+                await self._sleep_or_wake(self.options.error_backoff, self._job_wakeup)
+                continue
+            if claimed:
+                await asyncio.gather(*(self._expand_guarded(job, slots) for job in claimed))
+                continue
+            await self._sleep_or_wake(self.options.poll_interval, self._job_wakeup)
+
+    async def _expand_guarded(self, job: jobs.ClaimedJob, slots: asyncio.Semaphore) -> None:
+        async with slots:
+            if self._stopping:  # hand it back at once rather than after the lease
+                await self._release(job, "worker stopping", self._clock())
+                return
+            try:
+                await self.expand_job(job)
+            except jobs.LeaseLost:
+                log.warning("push job %s was taken over by another worker", job.id)
+            except Exception as exc:
+                log.exception("push job %s expansion failed", job.id)
+                now = self._clock()
+                retry_at = None
+                if job.attempts < self.options.max_attempts:
+                    retry_at = now + timedelta(seconds=retry_delay(job.attempts, self.options))
+                await self._release(job, f"{type(exc).__name__}: expansion failed", retry_at)
+
+    async def _release(self, job: jobs.ClaimedJob, error: str, retry_at: datetime | None) -> None:
+        try:
+            await jobs.release_job(self._session_factory, job, self._owner, error, retry_at, self._clock())
+        except Exception:  # the lease expires anyway
+            log.warning("releasing push job %s failed", job.id, exc_info=True)
+
+    async def expand_job(self, job: jobs.ClaimedJob) -> None:
+        """Write the job's outbox rows, one bounded batch per transaction, resuming at its cursor.
+        Between batches it yields to the loop and wakes the senders (here and, through Redis,
+        in other processes), so sending starts with the first batch."""
+        opts = self.options
+        while True:
+            now = self._clock()
+            async with self._session_factory() as session:
+                if job.kind == jobs.MESSAGE:
+                    assert self._expander is not None
+                    page = await jobs.message_page(session, job, opts.expand_batch, self._expander.audience_page,
+                                                   self._expander.online_users, now)
+                elif job.kind == jobs.NOTIFICATION:
+                    page = await jobs.notification_page(session, job, opts.expand_batch, now)
+                else:
+                    page = jobs.Page([], None)
+            job = await jobs.commit_page(self._session_factory, job, self._owner, page, opts.lease_seconds, now)
+            if page.rows:
+                metrics.PUSH_EXPANDED.inc(len(page.rows))
+                assert self._wakeup is not None
+                self._wakeup.set()
+                if self._redis is not None and self._keys is not None:
+                    await publish_wakeup(self._redis, self._keys)
+            if page.resume_after is None:
+                self.jobs_done += 1
+                return
+            if self._stopping:
+                await self._release(job, "worker stopping", self._clock())
+                return
+            await asyncio.sleep(0)
 
     async def _process_guarded(self, rows: list[ClaimedPush], slots: asyncio.Semaphore) -> None:
         try:
@@ -271,8 +374,10 @@ class PushWorker:
             self._last_purge = loop_now
             async with self._session_factory() as session, session.begin():
                 purged = await purge_finished(session, self._clock() - timedelta(seconds=self.options.retention))
-            if purged:
-                log.info("purged %d finished push outbox rows", purged)
+                purged_jobs = await jobs.purge_finished_jobs(
+                    session, self._clock() - timedelta(seconds=self.options.retention))
+            if purged or purged_jobs:
+                log.info("purged %d finished push outbox rows and %d jobs", purged, purged_jobs)
 
     async def _listen_redis(self) -> None:
         """Wake on every message of the push wake-up channel; resubscribe after Redis errors."""
@@ -325,7 +430,11 @@ async def serve(settings: Any, options: WorkerOptions | None = None) -> None:
         import redis.asyncio as aioredis
 
         redis = aioredis.Redis.from_url(settings.redis_url)
-    worker = PushWorker(session_factory(engine), sender, options, redis=redis, keys=RedisKeys(settings.redis_prefix))
+    from notifications.wiring import external_expander
+
+    keys = RedisKeys(settings.redis_prefix)
+    worker = PushWorker(session_factory(engine), sender, options, redis=redis, keys=keys,
+                        expander=external_expander(settings, redis, keys))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.stop()))
@@ -341,6 +450,15 @@ async def serve(settings: Any, options: WorkerOptions | None = None) -> None:
         log.info("push worker stopped")
 
 
+def options_from_env(env: Any) -> WorkerOptions:
+    """PUSH_CONCURRENCY, PUSH_LEASE_S, PUSH_EXPAND_BATCH (defaults: WorkerOptions)."""
+    return WorkerOptions(
+        concurrency=int(env.get("PUSH_CONCURRENCY", str(WorkerOptions.concurrency))),
+        lease_seconds=float(env.get("PUSH_LEASE_S", str(WorkerOptions.lease_seconds))),
+        expand_batch=int(env.get("PUSH_EXPAND_BATCH", str(WorkerOptions.expand_batch))),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     from chat.config import Settings
 
@@ -351,10 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     import os
 
-    options = WorkerOptions(
-        concurrency=int(os.environ.get("PUSH_CONCURRENCY", str(WorkerOptions.concurrency))),
-        lease_seconds=float(os.environ.get("PUSH_LEASE_S", str(WorkerOptions.lease_seconds))),
-    )
+    options = options_from_env(os.environ)
     asyncio.run(serve(settings, options))
     return 0
 
