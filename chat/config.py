@@ -41,6 +41,16 @@ class Settings:
     # Presence in Redis: heartbeat period, and silence after which a process counts as dead.
     presence_heartbeat_s: float = 5.0
     presence_dead_after_s: float = 20.0
+    # Hardening (docs/reliability.md). An Engine.IO session must connect to a namespace within
+    # this many seconds (socket.io's connectTimeout), or it is closed.
+    connect_timeout_s: float = 10.0
+    max_sockets_per_user: int = 10  # cluster-wide
+    join_rate_per_s: float = 5.0  # per socket
+    join_burst: int = 20
+    http_body_timeout_s: float = 10.0  # a request body must arrive within this
+    readyz_timeout_s: float = 2.5  # per dependency, checked concurrently
+    # Malformed Socket.IO packets a socket may send before it is disconnected.
+    max_bad_packets: int = 5
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *, demo: bool = False) -> Settings:
@@ -68,4 +78,10 @@ class Settings:
             presence_dead_after_s=float(e.get("PRESENCE_DEAD_AFTER_S", "20")),
             ping_interval=float(e.get("SOCKETIO_PING_INTERVAL_S", "25")),
             ping_timeout=float(e.get("SOCKETIO_PING_TIMEOUT_S", "20")),
+            connect_timeout_s=float(e.get("SOCKETIO_CONNECT_TIMEOUT_S", "10")),
+            max_sockets_per_user=int(e.get("MAX_SOCKETS_PER_USER", "10")),
+            join_rate_per_s=float(e.get("JOIN_RATE_PER_S", "5")),
+            join_burst=int(e.get("JOIN_BURST", "20")),
+            http_body_timeout_s=float(e.get("HTTP_BODY_TIMEOUT_S", "10")),
+            max_bad_packets=int(e.get("MAX_BAD_PACKETS", "5")),
         )

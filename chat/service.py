@@ -26,6 +26,7 @@ from chat.metrics import MESSAGES_STORED
 from chat.models import Conversation, Membership, Message
 from chat.presence import Presence
 from chat.ratelimit import KeyedBuckets
+from chat.retry import retry_transaction
 
 log = logging.getLogger(__name__)
 
@@ -559,9 +560,12 @@ class ChatService:
     # ============================================================ server API: users, memberships, rooms
 
     async def put_user(self, user_id: str, name: str, avatar_url: str | None) -> dict[str, Any]:
-        async with self.sessions.begin() as session:
-            user = await storage.upsert_user(session, user_id, name, avatar_url, keep_avatar=False)
-            return {"id": user.id, "name": user.name, "avatar_url": user.avatar_url}
+        async def store() -> dict[str, Any]:
+            async with self.sessions.begin() as session:
+                user = await storage.upsert_user(session, user_id, name, avatar_url, keep_avatar=False)
+                return {"id": user.id, "name": user.name, "avatar_url": user.avatar_url}
+
+        return await retry_transaction(store)
 
     async def put_membership(self, creator_id: str, patron_id: str, tier_cents: int, status: str) -> dict[str, Any]:
         if creator_id == patron_id:
@@ -570,7 +574,7 @@ class ChatService:
             async with self.sessions.begin() as session:
                 return await self._store_membership(session, creator_id, patron_id, tier_cents, status)
 
-        wire, lost_rooms, before = await retrying(store)
+        wire, lost_rooms, before = await retry_transaction(store)
         channels = [keys.room_channel(str(r)) for r in lost_rooms]
         if before is not None and before.status == "active" and status != "active":
             channels.append(keys.creator_channel(creator_id))
@@ -595,11 +599,14 @@ class ChatService:
         return _membership_wire(m), lost_rooms, before
 
     async def create_room(self, creator_id: str, name: str, min_tier_cents: int, post_policy: str) -> dict[str, Any]:
-        async with self.sessions.begin() as session:
-            if await storage.get_user(session, creator_id) is None:
-                await storage.upsert_user(session, creator_id, None)
-            conv = await storage.insert_room(session, creator_id, name, min_tier_cents, post_policy)
-            return schemas.conversation_wire(conv)
+        async def store() -> dict[str, Any]:
+            async with self.sessions.begin() as session:
+                if await storage.get_user(session, creator_id) is None:
+                    await storage.upsert_user(session, creator_id, None)
+                conv = await storage.insert_room(session, creator_id, name, min_tier_cents, post_policy)
+                return schemas.conversation_wire(conv)
+
+        return await retry_transaction(store)
 
     # ============================================================ cluster control
 
