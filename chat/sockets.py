@@ -145,8 +145,12 @@ class ChatSockets:
 
     async def _expire(self, sid: str) -> None:
         try:
+            eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
             await self.sio.emit("token_expired", {"message": "the token expired; reconnect with a new one"}, to=sid)
+            # A namespace DISCONNECT first: socket.io clients do not reconnect on their own after it.
             await self.sio.disconnect(sid)
+            if eio_sid is not None:
+                await self.guard.close_session(eio_sid)
         except Exception as exc:
             log.warning("expiring a socket failed: %s", type(exc).__name__)
 

@@ -38,6 +38,15 @@ class PacketGuard:
         sio.eio.on("connect", self.on_eio_connect)
         sio.eio.on("message", self.on_eio_message)
         sio.eio.on("disconnect", self.on_eio_disconnect)
+        # Engine.IO frames python-engineio cannot decode raise out of its websocket loop (an
+        # ERROR with a traceback, and a 500 written into the upgraded connection): this
+        # server's websocket class turns them into strikes. A copy of the driver table, not
+        # the module's own dict.
+        drivers = dict(sio.eio._async)
+        drivers["websocket"] = _guarded_websocket(drivers["websocket"], self)
+        sio.eio._async = drivers
+        for name in ("engineio.server", "socketio.server"):
+            logging.getLogger(name).addFilter(self.log_filter)
 
     async def on_eio_connect(self, eio_sid: str, environ: Any) -> Any:
         result = await self._eio_connect(eio_sid, environ)
@@ -49,22 +58,40 @@ class PacketGuard:
         return await self._eio_disconnect(eio_sid, reason)
 
     async def on_eio_message(self, eio_sid: str, data: Any) -> None:
+        if isinstance(data, bytes) or data[:1] in ("5", "6"):
+            # No event of ours takes binary data, and a binary packet makes python-socketio
+            # hold the frames that follow as its attachments (as many as the packet claims).
+            self.strike(eio_sid, ValueError("binary packets are not accepted"))
+            return
         try:
             await self._eio_message(eio_sid, data)
         except Exception as exc:
             self.strike(eio_sid, exc)
 
+    def _report(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_EVERY_S:
+            more = f"; {self._unlogged} more since the last report" if self._unlogged else ""
+            log.warning("malformed Socket.IO/Engine.IO input (%s)%s", what, more)
+            self._logged_at, self._unlogged = now, 0
+        else:
+            self._unlogged += 1
+
+    def log_filter(self, record: logging.LogRecord) -> bool:
+        """python-engineio/socketio log a client's bad input (e.g. an undecodable polling body)
+        as ERROR with a traceback: it becomes a count in this guard's rate-limited WARNING."""
+        if record.levelno < logging.ERROR:
+            return True
+        BAD_PACKETS.inc()
+        exc = record.exc_info[1] if record.exc_info else None
+        self._report(type(exc).__name__ if exc is not None else "library error")
+        return False
+
     def strike(self, eio_sid: str, exc: BaseException) -> None:
         BAD_PACKETS.inc()
         strikes = self._strikes.get(eio_sid, 0) + 1
         self._strikes[eio_sid] = strikes
-        now = time.monotonic()
-        if now - self._logged_at >= LOG_EVERY_S:
-            more = f"; {self._unlogged} more since the last report" if self._unlogged else ""
-            log.warning("malformed Socket.IO packet (%s)%s", type(exc).__name__, more)
-            self._logged_at, self._unlogged = now, 0
-        else:
-            self._unlogged += 1
+        self._report(type(exc).__name__)
         if strikes == self.max_bad:
             GUARD_CLOSES.labels("malformed").inc()
             self._close(eio_sid)
@@ -81,7 +108,38 @@ class PacketGuard:
 
     async def _disconnect(self, eio_sid: str) -> None:
         try:
-            if eio_sid in self.sio.eio.sockets:
-                await self.sio.eio.disconnect(eio_sid)
+            await self.close_session(eio_sid)
         except Exception as exc:
             log.info("closing a session failed: %s", type(exc).__name__)
+
+    async def close_session(self, eio_sid: str) -> None:
+        """Close an Engine.IO session for good. python-engineio's disconnect() only sends the
+        CLOSE packet and leaves the websocket open until the client closes it, which a hostile
+        client never does; ending the socket's queue makes its writer close the connection."""
+        socket = self.sio.eio.sockets.get(eio_sid)
+        if socket is None:
+            return
+        await self.sio.eio.disconnect(eio_sid)
+        await socket.queue.put(None)
+
+
+def _decodable(frame: str | bytes) -> bool:
+    """Whether python-engineio can decode this websocket frame as a packet type it handles
+    (1 close, 2 ping, 3 pong, 4 message, 5 upgrade, 6 noop); binary frames always are."""
+    if isinstance(frame, bytes):
+        return True
+    return bool(frame) and frame[0] in "123456"
+
+
+def _guarded_websocket(base: Any, guard: PacketGuard) -> Any:
+    class GuardedWebSocket(base):  # type: ignore[misc]
+        async def wait(self) -> Any:
+            while True:
+                frame = await super().wait()
+                if _decodable(frame):
+                    return frame
+                # self.handler is the Engine.IO socket's bound _websocket_handler.
+                socket = getattr(self.handler, "__self__", None)
+                guard.strike(str(getattr(socket, "sid", "")), ValueError("undecodable frame"))
+
+    return GuardedWebSocket
