@@ -134,7 +134,7 @@ class ChatSockets:
         if old is not None:
             old.cancel()
         loop = asyncio.get_running_loop()
-        delay = max(0.0, min(expires_at - time.time(), 30 * 86400.0))
+        delay = max(0.0, expires_at - time.time())
         self._expiry[sid] = loop.call_later(delay, self._spawn_expire, sid)
 
     def _spawn_expire(self, sid: str) -> None:
