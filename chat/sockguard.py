@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 BAD_PACKETS = Counter("backstage_bad_packets_total", "Socket.IO packets that could not be decoded or dispatched")
 GUARD_CLOSES = Counter("backstage_guard_closed_sessions_total", "Engine.IO sessions closed by the guard", ["reason"])
 LOG_EVERY_S = 10.0
+MAX_ATTACHMENTS = 10  # binary attachments per Socket.IO packet (none of our events takes any)
 
 
 class PacketGuard:
@@ -58,11 +59,13 @@ class PacketGuard:
         return await self._eio_disconnect(eio_sid, reason)
 
     async def on_eio_message(self, eio_sid: str, data: Any) -> None:
-        if isinstance(data, bytes) or data[:1] in ("5", "6"):
-            # No event of ours takes binary data, and a binary packet makes python-socketio
-            # hold the frames that follow as its attachments (as many as the packet claims).
-            self.strike(eio_sid, ValueError("binary packets are not accepted"))
-            return
+        if isinstance(data, str) and data[:1] in ("5", "6"):
+            # A binary packet makes python-socketio hold the frames that follow as its
+            # attachments, as many as the packet claims (each up to 1 MiB): bounded here.
+            count = data[1:data.find("-")] if "-" in data else ""
+            if count.isdigit() and int(count) > MAX_ATTACHMENTS:
+                self.strike(eio_sid, ValueError("too many binary attachments"))
+                return
         try:
             await self._eio_message(eio_sid, data)
         except Exception as exc:

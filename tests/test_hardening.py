@@ -143,7 +143,7 @@ async def test_session_without_namespace_connect_is_closed(env: Env) -> None:
 # Each line is a frame a broken or hostile client might send once connected to "/".
 GARBAGE: list[str | bytes] = [
     "x", "9", "", "7", "8", "0", "0{}", "4x", "42", '42["a"', '42{"a":1}', '42[1]', '42[]', '42"str"', "42null",
-    "45", "45-", '451-["join",{"_placeholder":true,"num":0}]', "46", "47", "48", "49", "4-1", "4{}",
+    "45", "45-", '4599999-["join",{"_placeholder":true,"num":0}]', "46", "47", "48", "49", "4-1", "4{}",
     "42999999999999999999999[\"join\"]", b"\x00\x01\x02", b"", "b", "b!!!",
 ]
 
@@ -191,6 +191,26 @@ async def test_malformed_packets_one_warning_and_disconnect(env: Env) -> None:
     log = server.log()[log_start:]
     assert " ERROR " not in log and "Traceback" not in log, log[-4000:]
     assert len(re.findall(r"WARNING chat\.sockguard", log)) <= 1, log[-4000:]
+
+
+async def test_binary_packet_attachments_bounded(env: Env) -> None:
+    """A binary packet announcing more than 10 attachments is dropped (a strike): the frames
+    after it are not held as its attachments; one within the bound is answered as usual."""
+    http, ws = await raw_ws(env.a.url)
+    try:
+        await ws.send_str("40" + json.dumps({"token": make_token("pat")}))
+        assert (await ws.receive_str(timeout=10)).startswith("40{")
+        await ws.send_str('4511-["history",{"conversation_id":"1"}]')
+        await ws.send_str('421["history",' + json.dumps({"conversation_id": env.room}) + "]")
+        assert (await ws.receive_str(timeout=10)).startswith('431[{"ok":true')
+        await ws.send_str('452-2["history",{"conversation_id":"1","a":{"_placeholder":true,"num":0},'
+                          '"b":{"_placeholder":true,"num":1}}]')
+        await ws.send_bytes(b"a")
+        await ws.send_bytes(b"b")
+        assert (await ws.receive_str(timeout=10)).startswith('432[{"ok":')
+    finally:
+        await ws.close()
+        await http.close()
 
 
 # ---------------------------------------------------------------- token expiry
