@@ -91,10 +91,13 @@ def create_sio(settings: Settings, redis_url: str | None = None, *, write_only: 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_payload_bytes,
-                          middlewares=[security_headers, http_api.body_limits, http_api.error_middleware],
-                          # A body left unread (refused as too large) closes the connection at
-                          # once instead of being read and thrown away for up to 10 s.
-                          handler_args={"lingering_time": 0})
+                          middlewares=[security_headers, http_api.error_middleware, http_api.body_limits],
+                          # A body left unread (refused before reading it: too large, no
+                          # credentials) is read and thrown away for at most this long before the
+                          # connection closes (aiohttp's default: 10 s). Not 0: closing with unread
+                          # data sends a TCP reset, which can destroy the answer before the client
+                          # reads it.
+                          handler_args={"lingering_time": 2.0})
     app[SETTINGS_KEY] = settings
     app[http_api.LIMITS_KEY] = settings
     app[http_api.AUTH_KEY] = Authenticator(settings)

@@ -146,7 +146,9 @@ class ChatSockets:
     async def _expire(self, sid: str) -> None:
         try:
             eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
-            await self.sio.emit("token_expired", {"message": "the token expired; reconnect with a new one"}, to=sid)
+            # Straight to the local socket (not through the Redis relay), so it is queued before the disconnect.
+            await self.sio.emit("token_expired", {"message": "the token expired; reconnect with a new one"},
+                                to=sid, ignore_queue=True)
             # A namespace DISCONNECT first: socket.io clients do not reconnect on their own after it.
             await self.sio.disconnect(sid)
             if eio_sid is not None:
