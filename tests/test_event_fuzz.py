@@ -9,12 +9,15 @@ SPEC §5 code (never `internal`), the socket stays connected, and the server log
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import engineio.packet
 import httpx
 import pytest
+import socketio.packet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -59,6 +62,10 @@ def env(mysql_databases: MySQLDatabases, redis_url: str, redis_prefix_root: str)
     api = Api(server.url)
     loop = asyncio.new_event_loop()
     client = None
+    # The test client encodes with the standard json module (integers of any size), whatever
+    # codec another module's in-process app or publisher installed in python-socketio.
+    codecs = socketio.packet.Packet.json, engineio.packet.Packet.json
+    socketio.packet.Packet.json = engineio.packet.Packet.json = json
     try:
         api.user("cre")
         token = api.user("pat")
@@ -74,6 +81,7 @@ def env(mysql_databases: MySQLDatabases, redis_url: str, redis_prefix_root: str)
         loop.close()
         api.close()
         server.stop()
+        socketio.packet.Packet.json, engineio.packet.Packet.json = codecs
 
 
 # JSON values as a JSON client could send them (no NaN or infinities: they are not JSON).
