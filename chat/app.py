@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chat import http_api, migrate
+from chat import http_api, migrate, openapi
 from chat.auth import Authenticator
 from chat.codec import OrjsonCompat
 from chat.config import Settings
@@ -28,6 +28,7 @@ from chat.delivery import Delivery
 from chat.keys import RedisKeys
 from chat.presence import MemoryPresence, RedisPresence, new_server_id
 from chat.service import ChatService
+from chat.socketlimit import socket_limiter
 from chat.sockets import ChatSockets
 from notifications import http as notifications_http
 
@@ -90,8 +91,15 @@ def create_sio(settings: Settings, redis_url: str | None = None, *, write_only: 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_payload_bytes,
-                          middlewares=[security_headers, http_api.error_middleware])
+                          middlewares=[security_headers, http_api.error_middleware, http_api.body_limits],
+                          # A body left unread (refused before reading it: too large, no
+                          # credentials) is read and thrown away for at most this long before the
+                          # connection closes (aiohttp's default: 10 s). Not 0: closing with unread
+                          # data sends a TCP reset, which can destroy the answer before the client
+                          # reads it.
+                          handler_args={"lingering_time": 2.0})
     app[SETTINGS_KEY] = settings
+    app[http_api.LIMITS_KEY] = settings
     app[http_api.AUTH_KEY] = Authenticator(settings)
     sio = create_sio(settings, settings.redis_url)
     sio.attach(app)  # routes must exist before the app starts; handlers are added in chat_ctx
@@ -154,7 +162,9 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
             "conversation_id": conversation_id, "user_id": user_id, "online": False})
 
     presence.set_offline_callback(on_offline)
-    ChatSockets(sio, service, app[http_api.AUTH_KEY], settings.max_payload_bytes)
+    ChatSockets(sio, service, app[http_api.AUTH_KEY], settings.max_payload_bytes,
+                limiter=socket_limiter(redis, keys, server_id, settings.max_sockets_per_user,
+                                       settings.presence_dead_after_s))
     app[http_api.SERVICE_KEY] = service
     await presence.start()
     await delivery.start()
@@ -215,19 +225,26 @@ async def push_hooks(app: web.Application, settings: Settings, sessions: Any,
 
 def add_operation_routes(app: web.Application) -> None:
     async def readyz(request: web.Request) -> web.Response:
-        problems: dict[str, str] = {}
-        try:
+        # Both checks run at once, each bounded as a whole (pool checkout and pre-ping included):
+        # a frozen MariaDB or Redis accepts the TCP connection and then never answers.
+        limit = request.app[SETTINGS_KEY].readyz_timeout_s
+
+        async def database() -> None:
             async with request.app[ENGINE_KEY].connect() as conn:
-                await asyncio.wait_for(conn.execute(sa.text("SELECT 1")), 3)
-        except Exception as exc:
-            problems["database"] = type(exc).__name__
-        redis = request.app[REDIS_KEY]
-        if redis is not None:
-            try:
-                await asyncio.wait_for(redis.ping(), 3)  # type: ignore[attr-defined]
-            except Exception as exc:
-                problems["redis"] = type(exc).__name__
+                await conn.execute(sa.text("SELECT 1"))
+
+        async def redis() -> None:
+            await request.app[REDIS_KEY].ping()  # type: ignore[attr-defined]
+
+        checks: dict[str, Callable[[], Awaitable[None]]] = {"database": database}
+        if request.app[REDIS_KEY] is not None:
+            checks["redis"] = redis
+        results = await asyncio.gather(*(asyncio.wait_for(check(), limit) for check in checks.values()),
+                                       return_exceptions=True)
+        problems = {name: type(result).__name__ for name, result in zip(checks, results, strict=True)
+                    if isinstance(result, BaseException)}
         if problems:
+            log.warning("not ready: %s", ", ".join(f"{k} {v}" for k, v in problems.items()))
             return http_api.json_response({"ok": False, "problems": problems}, status=503)
         return http_api.json_response({"ok": True})
 
@@ -236,6 +253,7 @@ def add_operation_routes(app: web.Application) -> None:
 
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/openapi.json", openapi.handler)
 
 
 def add_page_routes(app: web.Application) -> None:

@@ -37,6 +37,10 @@ class Authenticator:
 
     def client(self, token: object) -> Identity:
         """The identity in a client token; Unauthorized for anything not valid and unexpired."""
+        return self.client_with_expiry(token)[0]
+
+    def client_with_expiry(self, token: object) -> tuple[Identity, float]:
+        """client(), and the token's `exp` (unix seconds): a socket is closed then (chat/sockets.py)."""
         if not isinstance(token, str) or not token or len(token) > 8192:
             raise Unauthorized("missing or malformed token")
         try:
@@ -54,7 +58,7 @@ class Authenticator:
         name = claims.get("name")
         if not isinstance(name, str) or not name.strip():
             name = None
-        return Identity(sub, name.strip()[:200] if name else None)
+        return Identity(sub, name.strip()[:200] if name else None), float(claims["exp"])
 
     def server(self, key: str | None) -> bool:
         """True when `key` is one of API_KEYS; every key is compared, in constant time."""

@@ -45,6 +45,16 @@ class Settings:
     # database pool, so expanding and sending pushes never delays the sockets (PUSH_WORKER_THREAD=0:
     # on the server's loop).
     push_worker_thread: bool = True
+    # Hardening (docs/reliability.md). An Engine.IO session must connect to a namespace within
+    # this many seconds (socket.io's connectTimeout), or it is closed.
+    connect_timeout_s: float = 10.0
+    max_sockets_per_user: int = 10  # cluster-wide
+    join_rate_per_s: float = 5.0  # per socket
+    join_burst: int = 20
+    http_body_timeout_s: float = 10.0  # a request body must arrive within this
+    readyz_timeout_s: float = 2.5  # per dependency, checked concurrently
+    # Malformed Socket.IO packets a socket may send before it is disconnected.
+    max_bad_packets: int = 5
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *, demo: bool = False) -> Settings:
@@ -73,4 +83,10 @@ class Settings:
             ping_interval=float(e.get("SOCKETIO_PING_INTERVAL_S", "25")),
             ping_timeout=float(e.get("SOCKETIO_PING_TIMEOUT_S", "20")),
             push_worker_thread=e.get("PUSH_WORKER_THREAD", "1") not in ("0", "false", "no"),
+            connect_timeout_s=float(e.get("SOCKETIO_CONNECT_TIMEOUT_S", "10")),
+            max_sockets_per_user=int(e.get("MAX_SOCKETS_PER_USER", "10")),
+            join_rate_per_s=float(e.get("JOIN_RATE_PER_S", "5")),
+            join_burst=int(e.get("JOIN_BURST", "20")),
+            http_body_timeout_s=float(e.get("HTTP_BODY_TIMEOUT_S", "10")),
+            max_bad_packets=int(e.get("MAX_BAD_PACKETS", "5")),
         )

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -14,8 +15,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chat import schemas
+from chat import schemas, unavailable
 from chat.auth import USER_ID_RE, Authenticator, Identity, bearer
+from chat.config import Settings
 from chat.errors import ChatError, Invalid, NotFound, TooLarge, Unauthorized
 from chat.metrics import HTTP_REQUESTS
 from chat.service import ChatService
@@ -25,6 +27,14 @@ log = logging.getLogger(__name__)
 
 AUTH_KEY = web.AppKey("authenticator", Authenticator)
 SERVICE_KEY = web.AppKey("chat_service", ChatService)
+LIMITS_KEY = web.AppKey("http_limits", Settings)
+SOCKETIO_PREFIX = "/socket.io/"
+SOCKETIO_MAX_BODY = 1024 * 1024  # python-engineio's max_http_buffer_size (chat/app.py create_sio)
+
+
+class RequestTimeout(ChatError):
+    """A request body that did not arrive in time (an extension of SPEC §5, see docs/api.md)."""
+    code, status = "timeout", 408
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -38,12 +48,29 @@ def error_response(err: ChatError) -> web.Response:
 
 
 @web.middleware
+async def body_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A declared Content-Length over the limit is refused before a byte of the body is read,
+    and the connection is closed rather than drained."""
+    settings = request.app.get(LIMITS_KEY)
+    limit = settings.max_payload_bytes if settings is not None else 64 * 1024
+    if request.path.startswith(SOCKETIO_PREFIX):
+        limit = SOCKETIO_MAX_BODY
+    length = request.content_length
+    if length is not None and length > limit:
+        response = error_response(TooLarge(f"request body over {limit} bytes"))
+        response.force_close()
+        return response
+    return await handler(request)
+
+
+@web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     try:
         response = await handler(request)
     except web.HTTPRequestEntityTooLarge:
         response = error_response(TooLarge("request body over the size limit"))
+        response.force_close()
     except web.HTTPNotFound:
         response = error_response(NotFound("no such endpoint"))
     except web.HTTPMethodNotAllowed:
@@ -54,13 +81,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         err = as_chat_error(exc)
         if err.code == "internal":
             log.exception("HTTP handler failed", extra={"route": route})
+        elif err.code == "unavailable":
+            unavailable.report(exc, "http", f"{request.method} {route}")
         response = error_response(err)
+        if isinstance(err, RequestTimeout):
+            response.force_close()
     HTTP_REQUESTS.labels(route, str(response.status)).inc()
     return response
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    limits = request.app.get(LIMITS_KEY)
+    try:
+        # A slow body holds a connection and a handler: it gets a deadline, like a slow client.
+        raw = await asyncio.wait_for(request.read(), limits.http_body_timeout_s if limits else 10.0)
+    except TimeoutError:
+        raise RequestTimeout("request body not received in time") from None
     try:
         data = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
@@ -150,7 +186,17 @@ async def publish(request: web.Request) -> web.Response:
     assert channel is not None and event is not None
     if "data" not in data:
         raise Invalid("data is required")
+    check_encodable(data["data"], "data")
     return json_response(await request.app[SERVICE_KEY].publish(channel, event, data["data"]))
+
+
+def check_encodable(value: Any, field: str) -> bytes:
+    """`value` as the JSON it will travel as; Invalid for what cannot be re-encoded (orjson
+    stops at 254 levels of nesting, the parser at 1024)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        raise Invalid(f"{field} is nested too deeply") from None
 
 
 # ---------------------------------------------------------------- client API

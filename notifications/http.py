@@ -10,12 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from chat.auth import USER_ID_RE
 from chat.errors import Invalid, Unavailable
-from chat.http_api import client, json_response, read_json, server_key
+from chat.http_api import check_encodable, client, json_response, read_json, server_key
 from chat.schemas import check_str
 from notifications.service import NotificationService, NotifyArgs
 
@@ -78,7 +77,7 @@ def check_notify(data: dict[str, Any]) -> NotifyArgs:
         raw = {}
     if not isinstance(raw, dict):
         raise Invalid("data must be an object")
-    if len(orjson.dumps(raw)) > MAX_DATA_BYTES:
+    if len(check_encodable(raw, "data")) > MAX_DATA_BYTES:
         raise Invalid(f"data is larger than {MAX_DATA_BYTES} bytes as JSON")
     push = data.get("push", False)
     if push is None:

@@ -1,0 +1,315 @@
+"""The OpenAPI 3.1 document of the HTTP API (SPEC §3), served at /api/v1/openapi.json.
+
+Built here rather than kept as a JSON file so the shared pieces (error answers, objects, limits)
+are written once, from the same constants the validators use. tests/test_openapi.py keeps it
+true: every route the app registers is in it and vice versa, its examples validate against its
+schemas, and schemathesis checks the running server against it.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from chat.schemas import MAX_PAGE
+
+ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
+ERROR_CODES = ["invalid", "unauthorized", "forbidden", "not_found", "conflict", "too_large", "rate_limited",
+               "unavailable", "timeout", "internal"]
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(properties: dict[str, Any], required: list[str] | None = None, *, extra: bool = True) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties,
+                              "required": list(properties) if required is None else required}
+    if not extra:
+        schema["additionalProperties"] = False
+    return schema
+
+
+STRING = {"type": "string"}
+NULLABLE_STRING = {"type": ["string", "null"]}
+TIME = {"type": "string", "description": "ISO 8601 UTC, e.g. 2026-01-02T03:04:05.678Z"}
+NULLABLE_TIME = {"type": ["string", "null"], "description": "ISO 8601 UTC, or null"}
+USER_ID = {"type": "string", "pattern": ID_PATTERN}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj({"error": _obj({"code": {"type": "string", "enum": ERROR_CODES}, "message": STRING})}),
+    "User": _obj({"id": STRING, "name": STRING, "avatar_url": NULLABLE_STRING}),
+    "Membership": _obj({"creator_id": STRING, "patron_id": STRING, "tier_cents": {"type": "integer"},
+                        "status": {"type": "string", "enum": ["active", "former"]}, "updated_at": NULLABLE_TIME}),
+    "Member": _obj({"id": STRING, "name": STRING}),
+    "Conversation": _obj({
+        "id": STRING, "kind": {"type": "string", "enum": ["room", "direct"]}, "creator_id": STRING, "name": STRING,
+        "min_tier_cents": {"type": "integer"}, "post_policy": {"type": "string", "enum": ["everyone", "creator"]},
+        "members": {"type": "array", "items": _ref("Member")},
+    }, ["id", "kind", "creator_id", "name", "min_tier_cents", "post_policy"]),
+    "Message": _obj({
+        "id": STRING, "conversation_id": STRING, "seq": {"type": "integer", "minimum": 1},
+        "sender": _ref("Member"), "body": STRING, "client_msg_id": STRING, "created_at": TIME,
+        "edited_at": NULLABLE_TIME, "deleted": {"type": "boolean"},
+    }),
+    "ConversationListItem": _obj({
+        "conversation": _ref("Conversation"), "last_message": {"anyOf": [_ref("Message"), {"type": "null"}]},
+        "unread_count": {"type": "integer", "minimum": 0}, "muted": {"type": "boolean"},
+    }),
+    "Notification": _obj({"id": STRING, "type": STRING, "title": STRING, "body": STRING, "data": {"type": "object"},
+                          "created_at": TIME, "read_at": NULLABLE_TIME}),
+}
+
+ERROR_TEXT = {
+    400: "invalid: the body, a parameter or the JSON fails validation",
+    401: "unauthorized: no, bad or expired credentials",
+    403: "forbidden: authenticated but not allowed",
+    404: "not_found: unknown id (or no such endpoint)",
+    408: "timeout: the request body did not arrive within HTTP_BODY_TIMEOUT_S",
+    409: "conflict: a client_msg_id reused for a different body or conversation",
+    413: "too_large: the body is over the size limit (refused from Content-Length alone)",
+    429: "rate_limited: over the rate limit; nothing was stored",
+    503: "unavailable: database or Redis down; nothing was stored, retry",
+}
+
+
+def _json(schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    return {"application/json": media}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status in statuses:
+        code = ERROR_TEXT[status].split(":")[0]
+        out[str(status)] = {"description": ERROR_TEXT[status],
+                            "content": _json(_ref("Error"), {"error": {"code": code, "message": "..."}})}
+    return out
+
+
+BODY_ERRORS = (400, 401, 404, 408, 413, 503)
+READ_ERRORS = (400, 401, 404, 503)
+
+EXAMPLE_USER = {"id": "alice", "name": "Alice", "avatar_url": None}
+EXAMPLE_MEMBERSHIP = {"creator_id": "cre", "patron_id": "alice", "tier_cents": 500, "status": "active",
+                      "updated_at": "2026-01-02T03:04:05.678Z"}
+EXAMPLE_ROOM = {"id": "12", "kind": "room", "creator_id": "cre", "name": "Lounge", "min_tier_cents": 0,
+                "post_policy": "everyone"}
+EXAMPLE_DIRECT = {"id": "13", "kind": "direct", "creator_id": "cre", "name": "", "min_tier_cents": 0,
+                  "post_policy": "everyone", "members": [{"id": "cre", "name": "Cre"}, {"id": "alice", "name": "Alice"}]}
+EXAMPLE_MESSAGE = {"id": "99", "conversation_id": "12", "seq": 7, "sender": {"id": "alice", "name": "Alice"},
+                   "body": "hello", "client_msg_id": "c-1", "created_at": "2026-01-02T03:04:05.678Z",
+                   "edited_at": None, "deleted": False}
+EXAMPLE_NOTIFICATION = {"id": "5", "type": "new_post", "title": "New post", "body": "Cre posted",
+                        "data": {"post_id": "p1"}, "created_at": "2026-01-02T03:04:05.678Z", "read_at": None}
+
+
+def _op(summary: str, security: str | None, responses: dict[str, Any], *, body: dict[str, Any] | None = None,
+        body_example: Any = None, params: list[dict[str, Any]] | None = None,
+        tags: list[str] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if tags:
+        op["tags"] = tags
+    op["security"] = [{security: []}] if security else []
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": _json(body, body_example)}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _ok(status: int, description: str, schema: dict[str, Any], example: Any) -> dict[str, Any]:
+    return {str(status): {"description": description, "content": _json(schema, example)}}
+
+
+def build() -> dict[str, Any]:
+    conv_id = _path_param("conversation_id", {"type": "string", "description": "a conversation id (digits)"})
+    seq_query = {"type": "integer", "minimum": 0}
+    paths: dict[str, Any] = {
+        "/api/v1/server/users/{user_id}": {"put": _op(
+            "Create or update a user", "apiKey",
+            {**_ok(200, "the user", _obj({"user": _ref("User")}), {"user": EXAMPLE_USER}), **_errors(*BODY_ERRORS)},
+            params=[_path_param("user_id", USER_ID)],
+            body=_obj({"name": {"type": "string", "minLength": 1, "maxLength": 200},
+                       "avatar_url": {"type": ["string", "null"], "maxLength": 1000}}, ["name"]),
+            body_example={"name": "Alice", "avatar_url": "https://example.com/a.png"}, tags=["server"])},
+        "/api/v1/server/memberships/{creator_id}/{patron_id}": {"put": _op(
+            "Create or update a membership (takes effect at once; lost access is revoked live)", "apiKey",
+            {**_ok(200, "the membership", _obj({"membership": _ref("Membership")}), {"membership": EXAMPLE_MEMBERSHIP}),
+             **_errors(*BODY_ERRORS)},
+            params=[_path_param("creator_id", USER_ID), _path_param("patron_id", USER_ID)],
+            body=_obj({"tier_cents": {"type": "integer", "minimum": 0, "maximum": 10**9},
+                       "status": {"type": "string", "enum": ["active", "former"]}}),
+            body_example={"tier_cents": 500, "status": "active"}, tags=["server"])},
+        "/api/v1/server/rooms": {"post": _op(
+            "Create a room", "apiKey",
+            {**_ok(201, "the room", _obj({"conversation": _ref("Conversation")}), {"conversation": EXAMPLE_ROOM}),
+             **_errors(*BODY_ERRORS)},
+            body=_obj({"creator_id": USER_ID, "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                       "min_tier_cents": {"type": "integer", "minimum": 0, "maximum": 10**9},
+                       "post_policy": {"type": "string", "enum": ["everyone", "creator"]}},
+                      ["creator_id", "name", "min_tier_cents"]),
+            body_example={"creator_id": "cre", "name": "Lounge", "min_tier_cents": 0, "post_policy": "everyone"},
+            tags=["server"])},
+        "/api/v1/server/publish": {"post": _op(
+            "Publish an event live to a channel's subscribers", "apiKey",
+            {**_ok(200, "how many sockets (cluster-wide, best effort) were subscribed",
+                   _obj({"delivered_to": {"type": "integer", "minimum": 0}}), {"delivered_to": 3}),
+             **_errors(*BODY_ERRORS)},
+            body=_obj({"channel": {"type": "string", "pattern": "^(user|creator|room):[A-Za-z0-9_-]{1,64}$"},
+                       "event": {"type": "string", "minLength": 1, "maxLength": 64},
+                       "data": {"description": "any JSON value (nested at most 254 levels)"}}),
+            body_example={"channel": "creator:cre", "event": "live", "data": {"url": "https://example.com/live"}},
+            tags=["server"])},
+        "/api/v1/server/notifications": {"post": _op(
+            "Store notifications for users (or a channel's audience), deliver them live and push", "apiKey",
+            {**_ok(202, "the stored notifications' ids (the original ones for a repeated idempotency_key)",
+                   _obj({"notification_ids": {"type": "array", "items": STRING}}), {"notification_ids": ["5", "6"]}),
+             **_errors(*BODY_ERRORS)},
+            body=_obj({
+                "user_ids": {"type": "array", "items": USER_ID, "minItems": 1, "maxItems": 1000},
+                "channel": {"type": "string", "pattern": "^(user|creator|room):[A-Za-z0-9_-]{1,64}$"},
+                "type": {"type": "string", "minLength": 1, "maxLength": 64},
+                "title": {"type": "string", "minLength": 1, "maxLength": 200},
+                "body": {"type": "string", "minLength": 1, "maxLength": 4000},
+                "data": {"type": ["object", "null"], "description": "at most 2,000 bytes as JSON"},
+                "push": {"type": ["boolean", "null"]},
+                "collapse_key": {"type": ["string", "null"], "maxLength": 64},
+                "idempotency_key": {"type": ["string", "null"], "maxLength": 200},
+            }, ["type", "title", "body"]),
+            body_example={"user_ids": ["alice"], "type": "new_post", "title": "New post", "body": "Cre posted",
+                          "data": {"post_id": "p1"}, "push": True, "idempotency_key": "post-p1"},
+            tags=["server"])},
+        "/api/v1/me": {"get": _op(
+            "The signed-in user and their unread notification count", "clientJwt",
+            {**_ok(200, "the user", _obj({"user": _ref("User"), "unread_notifications": {"type": "integer"}}),
+                   {"user": EXAMPLE_USER, "unread_notifications": 2}), **_errors(401, 404, 503)}, tags=["client"])},
+        "/api/v1/conversations": {"get": _op(
+            "The user's conversations, newest activity first", "clientJwt",
+            {**_ok(200, "the conversations",
+                   _obj({"conversations": {"type": "array", "items": _ref("ConversationListItem")}}),
+                   {"conversations": [{"conversation": EXAMPLE_ROOM, "last_message": EXAMPLE_MESSAGE,
+                                       "unread_count": 1, "muted": False}]}),
+             **_errors(401, 404, 503)}, tags=["client"])},
+        "/api/v1/conversations/direct": {"post": _op(
+            "Open (or find) the direct conversation between a creator and an active patron", "clientJwt",
+            {**_ok(200, "the conversation", _obj({"conversation": _ref("Conversation")}),
+                   {"conversation": EXAMPLE_DIRECT}), **_errors(*BODY_ERRORS, 403)},
+            body=_obj({"user_id": USER_ID}), body_example={"user_id": "cre"}, tags=["client"])},
+        "/api/v1/conversations/{conversation_id}/messages": {
+            "get": _op(
+                "A page of a conversation's messages, ascending by seq", "clientJwt",
+                {**_ok(200, "the page", _obj({"messages": {"type": "array", "items": _ref("Message")},
+                                              "has_more": {"type": "boolean"}}),
+                       {"messages": [EXAMPLE_MESSAGE], "has_more": False}), **_errors(*READ_ERRORS, 403)},
+                params=[conv_id, _query("before_seq", seq_query, "the messages just before this seq"),
+                        _query("after_seq", seq_query, "the messages just after this seq"),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50")],
+                tags=["client"]),
+            "post": _op(
+                "Send a message (idempotent on client_msg_id; rate-limited per user)", "clientJwt",
+                {**_ok(201, "the stored message (the original one for a retry)", _obj({"message": _ref("Message")}),
+                       {"message": EXAMPLE_MESSAGE}), **_errors(*BODY_ERRORS, 403, 409, 429)},
+                params=[conv_id],
+                body=_obj({"body": {"type": "string", "minLength": 1, "maxLength": 4000},
+                           "client_msg_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,64}$"}}),
+                body_example={"body": "hello", "client_msg_id": "c-1"}, tags=["client"]),
+        },
+        "/api/v1/conversations/{conversation_id}/settings": {"put": _op(
+            "Mute or unmute a conversation (muted: no pushes)", "clientJwt",
+            {**_ok(200, "the setting", _obj({"conversation_id": STRING, "muted": {"type": "boolean"}}),
+                   {"conversation_id": "12", "muted": True}), **_errors(*BODY_ERRORS, 403)},
+            params=[conv_id], body=_obj({"muted": {"type": "boolean"}}), body_example={"muted": True},
+            tags=["client"])},
+        "/api/v1/notifications": {"get": _op(
+            "The user's notification feed, newest first", "clientJwt",
+            {**_ok(200, "a page of notifications",
+                   _obj({"notifications": {"type": "array", "items": _ref("Notification")},
+                         "has_more": {"type": "boolean"}}),
+                   {"notifications": [EXAMPLE_NOTIFICATION], "has_more": False}), **_errors(*READ_ERRORS)},
+            params=[_query("before", {"type": "string", "pattern": "^[0-9]{1,18}$"}, "a notification id"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "default 50"),
+                    _query("unread", {"type": "string", "enum": ["true", "false", "1", "0"]}, "only unread ones")],
+            tags=["client"])},
+        "/api/v1/notifications/read": {"post": _op(
+            "Mark notifications read: some ids, or all", "clientJwt",
+            {**_ok(200, "the unread count after", _obj({"unread_notifications": {"type": "integer"}}),
+                   {"unread_notifications": 0}), **_errors(*BODY_ERRORS)},
+            body={"oneOf": [_obj({"ids": {"type": "array", "items": STRING, "maxItems": 1000}}),
+                            _obj({"all": {"const": True}})]},
+            body_example={"ids": ["5", "6"]}, tags=["client"])},
+        "/api/v1/devices": {"post": _op(
+            "Register a push device token (idempotent)", "clientJwt",
+            {**_ok(201, "the device", _obj({"device": _obj({"token": STRING, "platform": STRING})}),
+                   {"device": {"token": "fcm-token", "platform": "android"}}), **_errors(*BODY_ERRORS)},
+            body=_obj({"token": {"type": "string", "minLength": 1, "maxLength": 512},
+                       "platform": {"type": "string", "enum": ["android", "ios", "web"]}}),
+            body_example={"token": "fcm-token", "platform": "android"}, tags=["client"])},
+        "/api/v1/devices/{token}": {"delete": _op(
+            "Forget a push device token (204 whether or not it was known)", "clientJwt",
+            {"204": {"description": "forgotten"}, **_errors(401, 404, 503)},
+            params=[_path_param("token", {"type": "string", "minLength": 1, "maxLength": 512})], tags=["client"])},
+        "/healthz": {"get": _op(
+            "The process is alive", None,
+            _ok(200, "alive", _obj({"ok": {"const": True}, "time": {"type": "number"}}), {"ok": True, "time": 1.5e9}),
+            tags=["operations"])},
+        "/readyz": {"get": _op(
+            "The database and Redis answer (each checked with a 2.5 s bound, at once)", None,
+            {**_ok(200, "ready", _obj({"ok": {"const": True}}), {"ok": True}),
+             **_ok(503, "not ready: the dependencies that failed, with the error's class",
+                   _obj({"ok": {"const": False}, "problems": _obj(
+                       {"database": STRING, "redis": STRING}, [])}),
+                   {"ok": False, "problems": {"database": "TimeoutError"}})},
+            tags=["operations"])},
+        "/metrics": {"get": _op(
+            "Prometheus metrics", None,
+            {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": STRING}}}},
+            tags=["operations"])},
+        "/api/v1/openapi.json": {"get": _op(
+            "This document", None,
+            _ok(200, "the OpenAPI 3.1 document", {"type": "object"}, None), tags=["operations"])},
+        "/": {"get": _op(
+            "The browser client (`/?token=JWT` signs in)", None,
+            {"200": {"description": "the page", "content": {"text/html": {"schema": STRING}}}},
+            tags=["operations"])},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Backstage HTTP API", "version": "1",
+                 "description": "Chat and notifications (SPEC §3). Errors are {error: {code, message}} with the "
+                                "status of SPEC §5; `timeout` (408) is an extension, see docs/api.md. The "
+                                "Socket.IO protocol (SPEC §4) is described in docs/api.md."},
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "one of API_KEYS (server API)"},
+                "clientJwt": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                              "description": "a client JWT: sub, exp, name?"},
+            },
+        },
+    }
+
+
+@cache
+def document_bytes() -> bytes:
+    return orjson.dumps(build())
+
+
+async def handler(request: web.Request) -> web.Response:
+    return web.Response(body=document_bytes(), content_type="application/json",
+                        headers={"Cache-Control": "no-cache"})

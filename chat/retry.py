@@ -1,0 +1,42 @@
+"""Run a whole transaction again when it lost a race: an InnoDB deadlock or lock wait timeout,
+or a RetryTransaction from the storage layer. Attempts are spaced by jittered exponential
+backoff, so the transactions that collided do not collide again in lockstep."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import sqlalchemy as sa
+from prometheus_client import Counter
+
+from chat.db import is_retryable
+from chat.errors import Unavailable
+from chat.storage import RetryTransaction
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRIES = Counter("backstage_transaction_retries_total", "Transactions run again after losing a race", ["cause"])
+
+
+async def retry_transaction(operation: Callable[[], Awaitable[T]], *, attempts: int = 8,
+                            base_s: float = 0.01, cap_s: float = 0.5) -> T:
+    for attempt in range(1, attempts + 1):
+        try:
+            return await operation()
+        except RetryTransaction as exc:
+            cause = "race"
+            if attempt == attempts:
+                raise Unavailable("too much contention on this object; nothing was stored, retry") from exc
+        except sa.exc.DBAPIError as exc:
+            if attempt == attempts or not is_retryable(exc):
+                raise
+            cause = "deadlock" if getattr(exc.orig, "args", (0,))[0] == 1213 else "lock_wait"
+        RETRIES.labels(cause).inc()
+        # "Full jitter": a random wait up to the exponential bound.
+        await asyncio.sleep(random.uniform(0, min(cap_s, base_s * 2 ** attempt)))
+    raise AssertionError("unreachable")

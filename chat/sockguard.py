@@ -1,0 +1,148 @@
+"""Engine.IO sessions that misbehave below the event handlers.
+
+- A session that never connects to a namespace is closed after connect_timeout_s (what
+  socket.io's `connectTimeout` does), so idle handshakes cannot pile up.
+- A packet python-socketio cannot decode or dispatch is a strike against its session, not an
+  ERROR with a traceback: one WARNING at most every LOG_EVERY_S for the whole process, and the
+  session is closed at its max_bad-th strike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import socketio
+from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
+BAD_PACKETS = Counter("backstage_bad_packets_total", "Socket.IO packets that could not be decoded or dispatched")
+GUARD_CLOSES = Counter("backstage_guard_closed_sessions_total", "Engine.IO sessions closed by the guard", ["reason"])
+LOG_EVERY_S = 10.0
+MAX_ATTACHMENTS = 10  # binary attachments per Socket.IO packet (none of our events takes any)
+
+
+class PacketGuard:
+    def __init__(self, sio: socketio.AsyncServer, connect_timeout_s: float, max_bad: int) -> None:
+        self.sio, self.connect_timeout_s, self.max_bad = sio, connect_timeout_s, max_bad
+        self._strikes: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._logged_at = -LOG_EVERY_S
+        self._unlogged = 0
+        # python-socketio registers its own bound methods as the Engine.IO handlers; these wrap them.
+        self._eio_connect = sio._handle_eio_connect
+        self._eio_message = sio._handle_eio_message
+        self._eio_disconnect = sio._handle_eio_disconnect
+        sio.eio.on("connect", self.on_eio_connect)
+        sio.eio.on("message", self.on_eio_message)
+        sio.eio.on("disconnect", self.on_eio_disconnect)
+        # Engine.IO frames python-engineio cannot decode raise out of its websocket loop (an
+        # ERROR with a traceback, and a 500 written into the upgraded connection): this
+        # server's websocket class turns them into strikes. A copy of the driver table, not
+        # the module's own dict.
+        drivers = dict(sio.eio._async)
+        drivers["websocket"] = _guarded_websocket(drivers["websocket"], self)
+        sio.eio._async = drivers
+        for name in ("engineio.server", "socketio.server"):
+            logging.getLogger(name).addFilter(self.log_filter)
+
+    async def on_eio_connect(self, eio_sid: str, environ: Any) -> Any:
+        result = await self._eio_connect(eio_sid, environ)
+        asyncio.get_running_loop().call_later(self.connect_timeout_s, self._check_connected, eio_sid)
+        return result
+
+    async def on_eio_disconnect(self, eio_sid: str, reason: Any = None) -> Any:
+        self._strikes.pop(eio_sid, None)
+        return await self._eio_disconnect(eio_sid, reason)
+
+    async def on_eio_message(self, eio_sid: str, data: Any) -> None:
+        if isinstance(data, str) and data[:1] in ("5", "6"):
+            # A binary packet makes python-socketio hold the frames that follow as its
+            # attachments, as many as the packet claims (each up to 1 MiB): bounded here.
+            count = data[1:data.find("-")] if "-" in data else ""
+            if count.isdigit() and int(count) > MAX_ATTACHMENTS:
+                self.strike(eio_sid, ValueError("too many binary attachments"))
+                return
+        try:
+            await self._eio_message(eio_sid, data)
+        except Exception as exc:
+            self.strike(eio_sid, exc)
+
+    def _report(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_EVERY_S:
+            more = f"; {self._unlogged} more since the last report" if self._unlogged else ""
+            log.warning("malformed Socket.IO/Engine.IO input (%s)%s", what, more)
+            self._logged_at, self._unlogged = now, 0
+        else:
+            self._unlogged += 1
+
+    def log_filter(self, record: logging.LogRecord) -> bool:
+        """python-engineio/socketio log a client's bad input (e.g. an undecodable polling body)
+        as ERROR with a traceback: it becomes a count in this guard's rate-limited WARNING."""
+        if record.levelno < logging.ERROR:
+            return True
+        BAD_PACKETS.inc()
+        exc = record.exc_info[1] if record.exc_info else None
+        self._report(type(exc).__name__ if exc is not None else "library error")
+        return False
+
+    def strike(self, eio_sid: str, exc: BaseException) -> None:
+        BAD_PACKETS.inc()
+        strikes = self._strikes.get(eio_sid, 0) + 1
+        self._strikes[eio_sid] = strikes
+        self._report(type(exc).__name__)
+        if strikes == self.max_bad:
+            GUARD_CLOSES.labels("malformed").inc()
+            self._close(eio_sid)
+
+    def _check_connected(self, eio_sid: str) -> None:
+        if eio_sid in self.sio.eio.sockets and self.sio.manager.sid_from_eio_sid(eio_sid, "/") is None:
+            GUARD_CLOSES.labels("connect_timeout").inc()
+            self._close(eio_sid)
+
+    def _close(self, eio_sid: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._disconnect(eio_sid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _disconnect(self, eio_sid: str) -> None:
+        try:
+            await self.close_session(eio_sid)
+        except Exception as exc:
+            log.info("closing a session failed: %s", type(exc).__name__)
+
+    async def close_session(self, eio_sid: str) -> None:
+        """Close an Engine.IO session for good. python-engineio's disconnect() only sends the
+        CLOSE packet and leaves the websocket open until the client closes it, which a hostile
+        client never does; ending the socket's queue makes its writer close the connection."""
+        socket = self.sio.eio.sockets.get(eio_sid)
+        if socket is None:
+            return
+        await self.sio.eio.disconnect(eio_sid)
+        await socket.queue.put(None)
+
+
+def _decodable(frame: str | bytes) -> bool:
+    """Whether python-engineio can decode this websocket frame as a packet type it handles
+    (1 close, 2 ping, 3 pong, 4 message, 5 upgrade, 6 noop); binary frames always are."""
+    if isinstance(frame, bytes):
+        return True
+    return bool(frame) and frame[0] in "123456"
+
+
+def _guarded_websocket(base: Any, guard: PacketGuard) -> Any:
+    class GuardedWebSocket(base):  # type: ignore[misc]
+        async def wait(self) -> Any:
+            while True:
+                frame = await super().wait()
+                if _decodable(frame):
+                    return frame
+                # self.handler is the Engine.IO socket's bound _websocket_handler.
+                socket = getattr(self.handler, "__self__", None)
+                guard.strike(str(getattr(socket, "sid", "")), ValueError("undecodable frame"))
+
+    return GuardedWebSocket
