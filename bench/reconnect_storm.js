@@ -13,11 +13,12 @@
  *  2. (with --http-url) --before messages per room are posted over HTTP as the room's first
  *     member; every socket must receive them (so each client knows its last seq).
  *  3. drop: every socket is destroyed in one loop (TCP close; the server sees it at once).
- *  4. (with --http-url) --missed messages per room are posted while nobody is connected.
- *  5. reconnect: every client reconnects + auths + joins again, with `since_seq` = the last seq
- *     it saw when --since-seq is given; --reconnect-concurrency in flight (0 = all at once).
- *     A failed or timed-out attempt is retried after a jittered 0.5-1.5 s back-off, like a
- *     real client, until --deadline s after the drop. A client counts as recovered when its
+ *  4. (with --http-url) --missed messages per room are posted while nobody is connected
+ *     (retried with the same client_msg_id on a timeout or error status).
+ *  5. reconnect, timed from its start: every client reconnects + auths + joins again, with
+ *     `since_seq` = the last seq it saw when --since-seq is given; --reconnect-concurrency in
+ *     flight (0 = all at once). A failed or timed-out attempt is retried after a jittered
+ *     0.5-1.5 s back-off, like a real client, until --deadline s after the storm began. A client counts as recovered when its
  *     join ack (ok) arrived; with --since-seq the ack's messages must be exactly the ones it
  *     missed (seq last+1 .. the room's last, no gap, no duplicate), else it is counted in
  *     `recovery_errors`.
@@ -263,7 +264,7 @@ async function connectAll(o, clients) {
   return { sockets: ok, errors, error_samples: samples, seconds: round(secs, 3), connects_per_s: round(ok / secs, 1), connect_ms: h.summary() };
 }
 
-function postMessage(o, c, tag) { // POST one message as client c (the room's first member); resolves with its seq
+function postOnce(o, c, tag) { // POST one message as client c (the room's first member); resolves with its seq
   const u = new URL(o.httpUrl);
   const body = JSON.stringify({ body: `storm ${tag}`, client_msg_id: `storm-${tag}` });
   return new Promise((resolve, reject) => {
@@ -277,18 +278,34 @@ function postMessage(o, c, tag) { // POST one message as client c (the room's fi
       });
     });
     req.on('error', reject);
-    req.setTimeout(30000, () => req.destroy(new Error('POST timeout')));
+    req.setTimeout(60000, () => req.destroy(new Error('POST timeout')));
     req.end(body);
   });
 }
 
+// A server busy with a disconnect storm may time out or answer 429/503: retry with the same
+// client_msg_id (idempotent: a POST that timed out but committed answers with the stored message).
+async function postMessage(o, c, tag, errors) {
+  for (let attempt = 0; ; attempt++) {
+    try { return await postOnce(o, c, tag); } catch (e) {
+      errors.push(String(e.message || e));
+      if (attempt >= 4) throw e;
+      await sleep(500 * 2 ** attempt);
+    }
+  }
+}
+
 async function postRound(o, clients, k, label, roomLast) { // k messages per room, one room's posts in order
   const firsts = []; for (let r = 0; r < o.rooms; r++) firsts.push(clients[r * o.members]);
-  const t0 = now();
+  const t0 = now(); const errors = []; let failed = 0;
   await pool(firsts, 20, async (c) => {
-    for (let j = 0; j < k; j++) roomLast[c.r] = Math.max(roomLast[c.r] || 0, await postMessage(o, c, `${label}-${c.r}-${j}-${crypto.randomBytes(4).toString('hex')}`));
+    for (let j = 0; j < k; j++) {
+      try {
+        roomLast[c.r] = Math.max(roomLast[c.r] || 0, await postMessage(o, c, `${label}-${c.r}-${j}-${crypto.randomBytes(4).toString('hex')}`, errors));
+      } catch (e) { failed++; }
+    }
   });
-  return round((now() - t0) / 1000, 3);
+  return { seconds: round((now() - t0) / 1000, 3), retried: errors.length, failed, error_samples: errors.slice(0, 3) };
 }
 
 async function main() {
@@ -307,23 +324,26 @@ async function main() {
     since_seq: o.sinceSeq, before: o.before, missed: o.missed, reconnect_concurrency: o.reconnectConcurrency, setup,
     server_rss_kib_before: rss0 || null };
   if (o.httpUrl && o.before > 0) { // messages every socket sees live, so since_seq is a real position
-    res.before_post_seconds = await postRound(o, clients, o.before, 'b', roomLast);
+    res.before_posts = await postRound(o, clients, o.before, 'b', roomLast);
     const end = now() + o.deadline * 1000;
     const behind = () => clients.filter((c) => c.ok && c.lastSeq < (roomLast[c.r] || 0)).length;
     while (behind() > 0 && now() < end) await sleep(50);
     res.before_behind = behind();
-    log(`before: ${o.before}/room posted in ${res.before_post_seconds}s; sockets behind: ${res.before_behind}`);
+    log(`before: ${o.before}/room posted ${JSON.stringify(res.before_posts)}; sockets behind: ${res.before_behind}`);
   }
   await sleep(500);
   const live = clients.filter((c) => c.ok);
-  // the drop: every socket closed in one synchronous loop
-  const wd0 = w.sample();
+  // the drop: every socket closed in one synchronous loop; then the messages they miss
   const tDrop = now();
   for (const c of live) c.close();
-  if (o.httpUrl && o.missed > 0) res.missed_post_seconds = await postRound(o, clients, o.missed, 'm', roomLast);
+  if (o.httpUrl && o.missed > 0) res.missed_posts = await postRound(o, clients, o.missed, 'm', roomLast);
+  res.outage_seconds = round((now() - tDrop) / 1000, 3);
+  // the storm: everyone back at once; recovery times count from here
+  const wd0 = w.sample();
+  const tStorm = now();
   const rec = new Hist(); let attempts = 0; let failedAttempts = 0; let recoveryErrors = 0; let recoveredMessages = 0;
   const errSamples = []; let recovered = 0;
-  const deadline = tDrop + o.deadline * 1000;
+  const deadline = tStorm + o.deadline * 1000;
   const limit = o.reconnectConcurrency > 0 ? o.reconnectConcurrency : Infinity;
   let inFlight = 0; const waiters = [];
   const acquire = async () => { while (inFlight >= limit) await new Promise((r) => waiters.push(r)); inFlight++; };
@@ -337,7 +357,7 @@ async function main() {
         failedAttempts++; if (errSamples.length < 3) errSamples.push(String(e.message || e));
       } finally { release(); }
       if (ack) {
-        rec.record(now() - tDrop); recovered++;
+        rec.record(now() - tStorm); recovered++;
         if (o.sinceSeq) {
           const seqs = seqsOf(ack); const want = (roomLast[c.r] || 0) - c.lastSeq;
           const ok = seqs.length === want && seqs.every((s, j) => s === c.lastSeq + 1 + j);
@@ -354,8 +374,8 @@ async function main() {
   const wd1 = w.sample();
   Object.assign(res, {
     sockets: live.length, recovered, not_recovered: live.length - recovered,
-    recover_seconds: round((tAll - tDrop) / 1000, 3),
-    recovered_per_s: round(recovered / ((tAll - tDrop) / 1000), 1),
+    recover_seconds: round((tAll - tStorm) / 1000, 3),
+    recovered_per_s: round(recovered / ((tAll - tStorm) / 1000), 1),
     recover_ms: rec.summary(), attempts, failed_attempts: failedAttempts, error_samples: errSamples,
     recovered_messages: recoveredMessages, expected_messages: o.sinceSeq ? o.missed * live.length : null,
     recovery_errors: o.sinceSeq ? recoveryErrors : null,
