@@ -806,7 +806,8 @@ def reconnect_table(rows: Rows, baseline: str = "node") -> str:
         return lambda rs: one(rs, "reconnect", lambda r: get(r, path))
     cols = [("first connect: connects/s", rc("setup.connects_per_s"), True),
             ("sockets", rc("sockets"), False),
-            ("s until all recovered", rc("recover_seconds"), True),
+            ("s until all recovered", lambda rs: one(rs, "reconnect", lambda r: None if r.get("not_recovered")
+                                                    else r.get("recover_seconds")), True),
             ("recovered/s", rc("recovered_per_s"), True),
             ("per socket p50 ms", rc("recover_ms.p50"), True),
             ("per socket p99 ms", rc("recover_ms.p99"), True),
