@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Backstage side by side with the reference Socket.IO peers, same loadgen, same run.
 
-    .venv/bin/python bench/run_bench.py              # full: 7 targets x 3 scenarios x 3 reps (~15 min)
-    .venv/bin/python bench/run_bench.py --quick      # 1 rep, node + backstage targets, fixed + connect
+    .venv/bin/python bench/run_bench.py              # full: fixed, ramp, ramp5, reconnect x 3 reps (~1 h)
+    .venv/bin/python bench/run_bench.py --quick      # 1 rep: ramp5 (+ 2-core pairs), reconnect storm
     .venv/bin/python bench/run_bench.py --report bench-results/bench-XXXX.jsonl   # table again
+    .venv/bin/python bench/run_bench.py --plot [bench-results/bench-XXXX.jsonl]    # docs/latency-vs-load.png
     .venv/bin/python bench/run_bench.py --profile    # py-spy on one Backstage process under the fixed load
 
 The load generator and the peers live in the shared harness (../shared/bench, read-only);
@@ -12,7 +13,8 @@ when it has no node_modules/.venv of its own it is copied to a cache folder
 is copied into this repository.
 
 Per repetition, targets run in rotated order (like suite.py). Every scenario run gets fresh
-servers (pinned with `taskset -c 0`, loadgen on CPU 1), as in suite.py; Backstage targets
+servers (pinned with `taskset -c 0`, loadgen on CPU 1, as in suite.py; the *-2core targets:
+process k on CPU k, loadgen unpinned); Backstage targets
 also get a fresh database cloned from a seed (100 rooms x 50 members, seeded through the
 server API once and cached in BENCH_CACHE) and their own Redis prefix; all are removed
 afterwards. Peers run from the harness's targets.json (py-mysql on a fresh database too).
@@ -77,13 +79,13 @@ PRESETS["ramp5"] = ["--scenario", "ramp", "--rooms", str(ROOMS), "--members", st
 # Not the loadgen: bench/reconnect_storm.js (5,000 sockets connect + auth + join, all dropped at
 # once, all reconnect; Backstage's join carries since_seq). Arguments in Runner.reconnect_args.
 RECONNECT_BEFORE, RECONNECT_MISSED = 1, 5  # messages per room posted before / during the outage
-RECONNECT_DEADLINE = 180  # s after the drop; the driver gives up on clients not recovered by then
+RECONNECT_DEADLINE = 180  # s after the reconnects start; clients not recovered by then count as not recovered
 SCENARIO_ORDER = ["connect", "fixed", "ramp", "ramp5", "reconnect"]
-# By default the connect columns come from the fixed run's own setup (the same storm: 5,000
-# clients, 200 in flight, connect + auth + join, on a fresh process), with RSS per connection
-# = (server RSS at the end of the fixed run - RSS before the loadgen started) / sockets. The
-# separate `connect` scenario (the harness's, RSS read 2 s after the storm) costs one more
-# 5,000-socket setup per target, ~40 s for Backstage: pass --scenarios connect,fixed,ramp.
+# By default connects/s comes from the setups of the other runs (each starts with the same
+# storm: 5,000 clients, 200 in flight, connect + auth + join, on fresh processes), and RSS per
+# connection = (server RSS at the end of the fixed run - RSS before the loadgen started) /
+# sockets. The separate `connect` scenario (the harness's, RSS read 2 s after the storm) costs
+# one more 5,000-socket setup per target, ~40 s for Backstage: add it with --scenarios.
 DEFAULT_SCENARIOS = "fixed,ramp,ramp5,reconnect"
 
 PEERS = ["node", "node-2proc", "py-uvloop", "py-mysql"]
@@ -508,7 +510,7 @@ class Runner:
         """(CPU list of each server process, loadgen CPUs); '' = unpinned."""
         if target in TWO_CORE:
             return TWO_CORE_SERVER_CPUS, TWO_CORE_LOADGEN_CPUS
-        return [self.args.server_cpus] * 2, self.args.loadgen_cpus
+        return [self.args.server_cpus] * 8, self.args.loadgen_cpus  # every process on the same CPUs
 
     def start_target(self, target: str, servers: Servers) -> tuple[list[int], list[str], Any]:
         """Start the target's processes; returns (ports, extra loadgen args, cleanup)."""
