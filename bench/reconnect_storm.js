@@ -342,6 +342,7 @@ async function main() {
   const wd0 = w.sample();
   const tStorm = now();
   const rec = new Hist(); let attempts = 0; let failedAttempts = 0; let recoveryErrors = 0; let recoveredMessages = 0;
+  let expectedMessages = 0; // what the recovered sockets missed
   const errSamples = []; let recovered = 0;
   const deadline = tStorm + o.deadline * 1000;
   const limit = o.reconnectConcurrency > 0 ? o.reconnectConcurrency : Infinity;
@@ -362,6 +363,7 @@ async function main() {
           const seqs = seqsOf(ack); const want = (roomLast[c.r] || 0) - c.lastSeq;
           const ok = seqs.length === want && seqs.every((s, j) => s === c.lastSeq + 1 + j);
           if (!ok) recoveryErrors++;
+          expectedMessages += want;
           recoveredMessages += seqs.length;
           for (const s of seqs) c.lastSeq = Math.max(c.lastSeq, s);
         }
@@ -377,7 +379,7 @@ async function main() {
     recover_seconds: round((tAll - tStorm) / 1000, 3),
     recovered_per_s: round(recovered / ((tAll - tStorm) / 1000), 1),
     recover_ms: rec.summary(), attempts, failed_attempts: failedAttempts, error_samples: errSamples,
-    recovered_messages: recoveredMessages, expected_messages: o.sinceSeq ? o.missed * live.length : null,
+    recovered_messages: recoveredMessages, expected_messages: o.sinceSeq ? expectedMessages : null,
     recovery_errors: o.sinceSeq ? recoveryErrors : null,
     ...w.report(wd0, wd1),
   });
