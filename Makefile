@@ -42,7 +42,7 @@ bench: install          ## 7 targets x fixed+ramp, ramp5 (+2-core pairs), reconn
 bench-fast: install     ## all targets, 3 repetitions, fixed load only (~13 min; no max rate)
 	$(PY) bench/run_bench.py --scenarios fixed $(BENCH_ARGS)
 
-bench-quick: install    ## 1 rep: ramp5 for node, py-mysql, backstage + both 2-core pairs; reconnect storm (~5 min)
+bench-quick: install    ## 1 rep: ramp5 for node, py-mysql, backstage + both 2-core pairs; reconnect storm (~7 min quiet host)
 	$(PY) bench/run_bench.py --quick $(BENCH_ARGS)
 
 # docs/latency-vs-load.png from the newest results file with ramp steps (or RESULTS=bench-results/X.jsonl)
