@@ -509,7 +509,8 @@ class Runner:
     def placement(self, target: str) -> tuple[list[str], str]:
         """(CPU list of each server process, loadgen CPUs); '' = unpinned."""
         if target in TWO_CORE:
-            return TWO_CORE_SERVER_CPUS, TWO_CORE_LOADGEN_CPUS
+            return (getattr(self.args, "two_core_server_cpus", ",".join(TWO_CORE_SERVER_CPUS)).split(","),
+                    getattr(self.args, "two_core_loadgen_cpus", TWO_CORE_LOADGEN_CPUS))
         return [self.args.server_cpus] * 8, self.args.loadgen_cpus  # every process on the same CPUs
 
     def start_target(self, target: str, servers: Servers) -> tuple[list[int], list[str], Any]:
@@ -953,6 +954,10 @@ def main() -> int:
     ap.add_argument("--harness", type=Path, default=Path(os.environ.get("BENCH_HARNESS", DEFAULT_HARNESS)))
     ap.add_argument("--server-cpus", default="0")
     ap.add_argument("--loadgen-cpus", default="1")
+    ap.add_argument("--two-core-server-cpus", default=",".join(TWO_CORE_SERVER_CPUS),
+                    help="CPU of each process of the *-2core targets (on a bigger host: e.g. 2,3)")
+    ap.add_argument("--two-core-loadgen-cpus", default=TWO_CORE_LOADGEN_CPUS,
+                    help="loadgen CPUs for the *-2core targets ('' = unpinned)")
     ap.add_argument("--quiet-limit", type=float, default=40.0,
                     help="wait before each target until the host is below this busy %% (100 = one core)")
     ap.add_argument("--quiet-wait", type=float, default=0.0, help="max seconds to wait for that (0 = never)")
