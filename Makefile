@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-fast bench-quick bench-profile bench-push bench-store install browser clean
+.PHONY: run test lint bench bench-fast bench-quick bench-plot bench-profile bench-push bench-store install browser clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,14 +36,18 @@ lint: $(STAMP)
 
 # Backstage next to the reference Socket.IO peers (docs/performance.md). Needs ../shared/bench
 # (or BENCH_HARNESS=...), Node.js, MariaDB and Redis on 127.0.0.1. Not part of CI.
-bench: install          ## 7 targets x fixed+ramp x 3 repetitions (~36 min on the 2-core box)
+bench: install          ## 7 targets x fixed+ramp, ramp5 (+2-core pairs), reconnect storm, 3 repetitions
 	$(PY) bench/run_bench.py $(BENCH_ARGS)
 
 bench-fast: install     ## all targets, 3 repetitions, fixed load only (~13 min; no max rate)
 	$(PY) bench/run_bench.py --scenarios fixed $(BENCH_ARGS)
 
-bench-quick: install    ## 1 repetition: node, py-mysql, backstage, backstage-sqlite, fixed load (~3 min)
+bench-quick: install    ## 1 rep: ramp5 for node, py-mysql, backstage + both 2-core pairs; reconnect storm (~7 min quiet host)
 	$(PY) bench/run_bench.py --quick $(BENCH_ARGS)
+
+# docs/latency-vs-load.png from the newest results file with ramp steps (or RESULTS=bench-results/X.jsonl)
+bench-plot: $(STAMP)
+	$(PY) bench/run_bench.py --plot $(RESULTS) $(BENCH_ARGS)
 
 bench-profile: install  ## py-spy profiles of one Backstage process under the bench load
 	$(PY) bench/run_bench.py --profile $(BENCH_ARGS)
