@@ -455,7 +455,8 @@ async def test_push_reaches_fcm_through_the_inline_worker(tmp_path: Any) -> None
 
 
 async def test_chat_message_push_goes_through_the_wired_outbox(served: Served) -> None:
-    """wiring.install hands ChatService the outbox writer: an offline recipient's device gets a row."""
+    """wiring.install hands ChatService the push hook: the send commits one fan-out job, which the
+    inline worker expands into a row for the offline recipient's device."""
     api = served.api
     creator = api.user("chc")
     patron = api.user("chp")
@@ -464,7 +465,11 @@ async def test_chat_message_push_goes_through_the_wired_outbox(served: Served) -
     conv = api.direct(creator, "chp")
     r = api.client(creator, "POST", f"/conversations/{conv}/messages", {"body": "hello", "client_msg_id": "c1"})
     assert r.status_code == 201, r.text
-    rows = served.rows("SELECT user_id, device_token, payload FROM push_outbox")
+    assert served.rows("SELECT kind, message_id FROM push_jobs") == [("message", int(r.json()["message"]["id"]))]
+    deadline = asyncio.get_running_loop().time() + 15
+    while not (rows := served.rows("SELECT user_id, device_token, payload FROM push_outbox")):
+        assert asyncio.get_running_loop().time() < deadline, "the job was not expanded"
+        await asyncio.sleep(0.05)
     assert [(u, t) for u, t, _ in rows] == [("chp", "chp-phone")]
     data = json.loads(rows[0][2])["data"]
     assert data["type"] == "message" and data["conversation_id"] == conv

@@ -25,6 +25,17 @@ class PushCluster:
         with self.db.connect() as conn:
             return [r[0] for r in conn.execute(sa.text("SELECT user_id FROM push_outbox ORDER BY id"))]
 
+    async def jobs_settled(self, timeout: float = 15) -> None:
+        """Every push fan-out job expanded: the rules (presence, mute) were applied to what was sent."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.db.connect() as conn:
+                left = conn.execute(sa.text("SELECT COUNT(*) FROM push_jobs WHERE status IN ('pending', 'expanding')")).scalar()
+            if left == 0:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"push jobs not expanded in {timeout}s")
+
     def device(self, token: str, device_token: str, platform: str = "android") -> None:
         r = self.cluster.api.client(token, "POST", "/devices", {"token": device_token, "platform": platform})
         assert r.status_code == 201, r.text
@@ -74,13 +85,14 @@ async def test_direct_message_pushes_offline_recipient_only(push_cluster: PushCl
         assert push_cluster.outbox_users() == ["pat", "pat"]  # never the sender
 
         # The recipient online anywhere in the cluster (here: on the other process): no push.
-        # (A message's outbox rows commit with it, before the ack: no wait is needed to look.)
+        # (The message's fan-out job commits with it; the worker applies the rules when it expands it.)
         assert (await sender.call("join", {"conversation_id": conv}))["ok"]
         online = await Client(push_cluster.cluster.servers[1].url, pat).connect()
         try:
             assert (await online.call("join", {"conversation_id": conv}))["ok"]
             await sender.wait_for("presence", lambda p: p["user_id"] == "pat" and p["online"] is True)
             await sender.call("send", {"conversation_id": conv, "body": "you are here", "client_msg_id": "d2"})
+            await push_cluster.jobs_settled()
             assert push_cluster.outbox_users() == ["pat", "pat"]
         finally:
             await online.close()
@@ -91,6 +103,7 @@ async def test_direct_message_pushes_offline_recipient_only(push_cluster: PushCl
         r = api.client(pat, "PUT", f"/conversations/{conv}/settings", {"muted": True})
         assert r.status_code == 200
         await sender.call("send", {"conversation_id": conv, "body": "muted", "client_msg_id": "d3"})
+        await push_cluster.jobs_settled()
         assert push_cluster.outbox_users() == ["pat", "pat"]
 
         api.client(pat, "PUT", f"/conversations/{conv}/settings", {"muted": False})
@@ -117,12 +130,15 @@ async def test_room_pushes_only_creator_posts_to_current_members(push_cluster: P
         push_cluster.device(token, f"{name}-phone")
 
     # A patron posts while everyone else (the creator and gold2 included) is offline with a device:
-    # a push to anyone would leave an outbox row, committed with the message before the ack.
+    # a push to anyone would need a fan-out job, committed with the message before the ack.
     patron = await Client(push_cluster.cluster.servers[0].url, gold).connect()
     creator: Client | None = None
     try:
         sent = await patron.call("send", {"conversation_id": room, "body": "patron post", "client_msg_id": "r1"})
         assert sent["ok"]
+        with push_cluster.db.connect() as conn:
+            assert conn.execute(sa.text("SELECT COUNT(*) FROM push_jobs")).scalar() == 0
+        await push_cluster.jobs_settled()
         assert push_cluster.outbox_users() == []  # patrons' posts in rooms push nobody
 
         assert (await patron.call("join", {"conversation_id": room}))["ok"]
@@ -134,6 +150,7 @@ async def test_room_pushes_only_creator_posts_to_current_members(push_cluster: P
         msg = (await creator.call("send", {"conversation_id": room, "body": "creator post", "client_msg_id": "r2"}))["message"]
         push = (await push_cluster.pushes_to("gold-phone"))[0]
         await push_cluster.pushes_to("gold2-phone")
+        await push_cluster.jobs_settled()
         assert push["notification"] == {"title": "Cre in Gold room", "body": "creator post"}
         assert push["data"] == {"type": "message", "conversation_id": room, "message_id": msg["id"]}
         assert push["android"]["priority"] == "normal"
