@@ -41,6 +41,12 @@ class Settings:
     # Presence in Redis: heartbeat period, and silence after which a process counts as dead.
     presence_heartbeat_s: float = 5.0
     presence_dead_after_s: float = 20.0
+    # Slow consumers (chat/fanout.py): a websocket with more unsent bytes than this, or whose
+    # unsent bytes have not shrunk for socket_stall_s, or a long-polling socket with more
+    # packets waiting than this, is disconnected instead of buffering forever.
+    socket_max_buffer_bytes: int = 1024 * 1024
+    socket_max_queued_packets: int = 1000
+    socket_stall_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *, demo: bool = False) -> Settings:
@@ -68,4 +74,7 @@ class Settings:
             presence_dead_after_s=float(e.get("PRESENCE_DEAD_AFTER_S", "20")),
             ping_interval=float(e.get("SOCKETIO_PING_INTERVAL_S", "25")),
             ping_timeout=float(e.get("SOCKETIO_PING_TIMEOUT_S", "20")),
+            socket_max_buffer_bytes=int(e.get("SOCKET_MAX_BUFFER_BYTES", str(1024 * 1024))),
+            socket_max_queued_packets=int(e.get("SOCKET_MAX_QUEUED_PACKETS", "1000")),
+            socket_stall_s=float(e.get("SOCKET_STALL_S", "10")),
         )
