@@ -17,7 +17,9 @@ Two more channels are read by every process:
 * `RedisKeys.control_channel`: cluster control messages (chat/delivery.py).
 
 Every payload is JSON (orjson); nothing is ever unpickled. The subscriber reconnects and
-resubscribes to everything it needs within `max_backoff_s` (2 s) of Redis coming back.
+resubscribes to everything it needs within `max_backoff_s` (2 s) of Redis coming back; an idle
+subscriber PINGs every `keepalive_s` (1 s) and reconnects after 3 s without an answer, so a
+connection that died silently (no reset: a network cut) is noticed too.
 A join waits until its conversation's subscription is confirmed by Redis (bounded by
 `subscribe_timeout_s`), because the service reads the conversation's recent messages right
 after entering the room: anything committed after that read must arrive live.
@@ -66,13 +68,14 @@ def _packet_from_json(value: Any) -> Payload | list[Payload]:
 class RedisRelay:
     def __init__(self, redis: aioredis.Redis, manager: FanoutManager, keys: RedisKeys, *,
                  relayed: Callable[[str], bool], subscribe_timeout_s: float = 5.0,
-                 max_backoff_s: float = 2.0) -> None:
+                 max_backoff_s: float = 2.0, keepalive_s: float = 1.0) -> None:
         self._redis = redis
         self._manager = manager
         self._keys = keys
         self._relayed = relayed
         self._subscribe_timeout_s = subscribe_timeout_s
         self._max_backoff_s = max_backoff_s
+        self._keepalive_s = keepalive_s
         self.host_id = uuid.uuid4().hex
         self._room_prefix = keys.room_relay_channel("")
         self._fixed = (keys.socketio_channel, keys.control_channel)
@@ -204,6 +207,7 @@ class RedisRelay:
 
     async def _listen(self) -> None:
         delay = 0.1
+        loop = asyncio.get_running_loop()
         while True:
             pubsub = self._redis.pubsub()
             try:
@@ -215,17 +219,29 @@ class RedisRelay:
                 await pubsub.subscribe(*self._fixed, *self._sent)
                 self._pubsub = pubsub
                 self._kick()  # rooms opened while (re)connecting
+                heard = loop.time()
+                pinged = False
                 while True:
-                    item = await pubsub.get_message(timeout=None)
+                    item = await pubsub.get_message(timeout=self._keepalive_s)
+                    now = loop.time()
                     if item is not None:
+                        heard, pinged = now, False
                         await self._on_item(item)
                         if not self._ready.is_set() and all(c in self._confirmed for c in self._fixed):
                             self._ready.set()
                         delay = 0.1
+                    elif now - heard > 3 * self._keepalive_s:
+                        # A connection that died without a reset (network cut, Redis host gone)
+                        # would otherwise keep this subscriber waiting forever.
+                        raise ConnectionError("no answer from Redis")
+                    elif not pinged and now - heard >= self._keepalive_s:
+                        await pubsub.ping()
+                        pinged = True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis down: retry soon; the DB stays the source of truth
                 log.warning("relay subscriber lost (%s); retrying in %.1fs", type(exc).__name__, delay)
+                self._pubsub = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_backoff_s)
             finally:
