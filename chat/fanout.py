@@ -11,7 +11,8 @@ synchronously, to every recipient of this process:
   single emits, pings, close) is written in call order straight to the connection's transport,
   which is the socket's only buffer. No writer task, no per-packet `wait_for`. A socket whose
   unsent bytes exceed `FanoutLimits.max_buffer_bytes`, or whose buffer has not shrunk for
-  `FanoutLimits.stall_s`, is aborted (the client reconnects and recovers with `since_seq`).
+  `FanoutLimits.stall_s` (one sweeper task per server checks), is aborted (the client
+  reconnects and recovers with `since_seq`).
 * long-polling sockets (and sockets in the middle of an upgrade) get the shared engine.io
   packet put on engine.io's own queue, as upstream does; more than
   `FanoutLimits.max_queued_packets` waiting packets closes the socket.
@@ -122,12 +123,13 @@ class Broadcast:
 class Outbox:
     """The outgoing side of one websocket: frames go to the transport in call order.
 
-    The transport's buffer is the only queue. Its size is checked after every write: over
-    `max_buffer_bytes`, or not shrinking for `stall_s` while non-empty, the connection is
-    aborted. A socket that receives nothing is not checked, but engine.io pings it every
-    `ping_interval`, which is a write."""
+    The transport's buffer is the only queue. Its size is checked after every write (over
+    `max_buffer_bytes`: abort) and once per second by `FanoutEngineIO`'s sweeper (non-empty and
+    not shrinking for `stall_s`: abort). The stall check is not done on writes: a long burst
+    of writes without a return to the event loop gives the transport no chance to drain and
+    must not count as a stalled client."""
 
-    __slots__ = ("_transport", "_ws", "_limits", "_on_overflow", "_blocked_since", "_last_size", "closed")
+    __slots__ = ("_transport", "_ws", "_limits", "_on_overflow", "_stalled_since", "_last_size", "closed")
 
     def __init__(self, transport: asyncio.Transport, ws: WebSocketResponse, limits: FanoutLimits,
                  on_overflow: Callable[[str], None]) -> None:
@@ -135,7 +137,7 @@ class Outbox:
         self._ws = ws
         self._limits = limits
         self._on_overflow = on_overflow
-        self._blocked_since = 0.0
+        self._stalled_since = time.monotonic()
         self._last_size = 0
         self.closed = False
 
@@ -146,19 +148,19 @@ class Outbox:
         if self._ws.closed or transport.is_closing():
             self.closed = True  # a close frame went out, or the connection is gone
             return
-        before = transport.get_write_buffer_size()
         transport.write(data)
-        after = transport.get_write_buffer_size()
-        if not after:
-            self._last_size = 0
-            return
-        now = time.monotonic()
-        if not before or before < self._last_size:
-            self._blocked_since = now  # empty or drained since the last write: progress
-        self._last_size = after
-        if after > self._limits.max_buffer_bytes:
+        if transport.get_write_buffer_size() > self._limits.max_buffer_bytes:
             self.abort("bytes")
-        elif now - self._blocked_since > self._limits.stall_s:
+
+    def check_stall(self, now: float) -> None:
+        """Called periodically: abort if unsent bytes have not shrunk for `stall_s`."""
+        if self.closed:
+            return
+        size = self._transport.get_write_buffer_size()
+        if not size or size < self._last_size:
+            self._stalled_since = now
+        self._last_size = size
+        if size and now - self._stalled_since > self._limits.stall_s:
             self.abort("stall")
 
     def abort(self, limit: str) -> None:
@@ -262,6 +264,7 @@ class FanoutSocket(AsyncSocket):  # type: ignore[misc]
             if pkt is not None:
                 outbox.write(ws_frame(pkt.encode()))
         self.outbox = outbox
+        self.server.start_sweeper()
         return outbox
 
     async def _websocket_handler(self, ws: FanoutWebSocket) -> None:
@@ -341,6 +344,30 @@ class FanoutEngineIO(engineio.AsyncServer):  # type: ignore[misc]
     def __init__(self, *args: Any, fanout_limits: FanoutLimits | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fanout_limits = fanout_limits or FanoutLimits()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start_sweeper(self) -> None:
+        """One task for all sockets (not one per socket) that aborts stalled websockets."""
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        interval = min(1.0, self.fanout_limits.stall_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for socket in list(self.sockets.values()):
+                outbox = getattr(socket, "outbox", None)
+                if outbox is not None:
+                    outbox.check_stall(now)
+
+    async def shutdown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        await super().shutdown()
 
     async def _handle_connect(self, environ: dict[str, Any], transport: str,
                               jsonp_index: int | None = None) -> Any:
