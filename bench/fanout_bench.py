@@ -37,8 +37,8 @@ PAYLOAD = {"id": "123456", "conversation_id": "42", "seq": 0, "sender": {"id": "
 
 def serve(impl: str, port: int) -> None:
     sys.path.insert(0, str(ROOT))
-    import uvloop
     import socketio
+    import uvloop
     from aiohttp import web
 
     from chat.codec import OrjsonCompat
