@@ -186,12 +186,6 @@ class FanoutWebSocket(EngineIOWebSocket):  # type: ignore[misc]
         await self.handler(self)
         return self._sock
 
-    async def wait(self) -> Any:
-        msg = await self._sock.receive()
-        if not isinstance(msg.data, (bytes, str)):
-            raise OSError()
-        return msg.data
-
 
 class FanoutSocket(AsyncSocket):  # type: ignore[misc]
     """An engine.io socket whose websocket side is an `Outbox` instead of a writer task."""
@@ -254,7 +248,10 @@ class FanoutSocket(AsyncSocket):  # type: ignore[misc]
         """From here on the socket's frames go to the outbox. What polling left in the queue
         (the OPEN packet of a websocket-first connection, or packets sent during an upgrade)
         is written first; no await in between, so nothing can overtake it."""
-        outbox = Outbox(ws.request.transport, ws._sock, self.server.fanout_limits, self._on_overflow)
+        transport = ws.request.transport
+        if transport is None:
+            raise OSError("connection lost during the websocket handshake")
+        outbox = Outbox(transport, ws._sock, self.server.fanout_limits, self._on_overflow)
         while True:
             try:
                 pkt = self.queue.get_nowait()
@@ -307,7 +304,11 @@ class FanoutSocket(AsyncSocket):  # type: ignore[misc]
             self.connected = True
             self.upgraded = True
 
-        outbox = self._attach_outbox(ws)
+        try:
+            outbox = self._attach_outbox(ws)
+        except OSError:
+            await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+            return
         timeout = server.ping_interval + server.ping_timeout
         try:
             while True:
