@@ -36,7 +36,8 @@ python-engineio
     `_websocket_handler()` are overridden (the latter replaces upstream's writer task; the
     upgrade handshake — probe ping/pong, NOOP to end the pending poll, UPGRADE — is kept as is).
   * `async_drivers.aiohttp.WebSocket` (subclassed: no permessage-deflate, so that frames are
-    the same bytes for every recipient) and `packet.Packet`.
+    the same bytes for every recipient; combined with `AsyncServer._async["websocket"]` when
+    that was replaced by a subclass) and `packet.Packet`.
 python-socketio
   * `AsyncServer._engineio_server_class()` (to plug in `FanoutEngineIO`), `packet_class`, `eio`.
   * `AsyncManager.emit()` signature; `BaseManager.rooms`, `get_participants()`,
@@ -163,6 +164,12 @@ class Outbox:
         if size and now - self._stalled_since > self._limits.stall_s:
             self.abort("stall")
 
+    def finish(self) -> None:
+        """Close the connection once what is buffered has been sent."""
+        if not self.closed:
+            self.closed = True
+            self._transport.close()
+
     def abort(self, limit: str) -> None:
         """Drop the connection now; the reader side sees it and runs the disconnect."""
         if self.closed:
@@ -185,6 +192,20 @@ class FanoutWebSocket(EngineIOWebSocket):  # type: ignore[misc]
         self.environ = environ
         await self.handler(self)
         return self._sock
+
+
+_WEBSOCKET_CLASSES: dict[type, type] = {}
+
+
+def _websocket_class(base: type) -> type:
+    """`FanoutWebSocket` combined with the server's websocket driver class, which may have been
+    customised (e.g. a subclass filtering frames in `wait`): ours only replaces `__call__`."""
+    if issubclass(base, FanoutWebSocket):
+        return base
+    if base not in _WEBSOCKET_CLASSES:
+        _WEBSOCKET_CLASSES[base] = (FanoutWebSocket if base is EngineIOWebSocket else
+                                    type(f"Fanout{base.__name__}", (FanoutWebSocket, base), {}))
+    return _WEBSOCKET_CLASSES[base]
 
 
 class FanoutSocket(AsyncSocket):  # type: ignore[misc]
@@ -242,7 +263,15 @@ class FanoutSocket(AsyncSocket):  # type: ignore[misc]
     async def _upgrade_websocket(self, environ: dict[str, Any]) -> Any:
         if self.upgraded:
             raise OSError("Socket has been upgraded already")
-        return await FanoutWebSocket(self._websocket_handler, self.server)(environ)
+        return await _websocket_class(self.server._async["websocket"])(self._websocket_handler, self.server)(environ)
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        await super().close(wait=wait, abort=abort, reason=reason)
+        outbox = self.outbox
+        if outbox is not None and not abort:
+            # Upstream's writer task closed the websocket once the socket was closed; there is
+            # no writer here, so end the connection after the CLOSE packet (flushed first).
+            outbox.finish()
 
     def _attach_outbox(self, ws: FanoutWebSocket) -> Outbox:
         """From here on the socket's frames go to the outbox. What polling left in the queue
