@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-import socketio
 import sqlalchemy as sa
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,9 +23,11 @@ from chat.auth import Authenticator
 from chat.codec import OrjsonCompat
 from chat.config import Settings
 from chat.db import create_engine, session_factory
-from chat.delivery import Delivery
+from chat.delivery import Delivery, is_conversation_room
+from chat.fanout import FanoutLimits, FanoutServer
 from chat.keys import RedisKeys
 from chat.presence import MemoryPresence, RedisPresence, new_server_id
+from chat.relay import RedisRelay
 from chat.service import ChatService
 from chat.socketlimit import socket_limiter
 from chat.sockets import ChatSockets
@@ -41,7 +42,7 @@ SOCKETIO_CLIENT = ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.
 SETTINGS_KEY = web.AppKey("settings", Settings)
 ENGINE_KEY = web.AppKey("engine", AsyncEngine)
 REDIS_KEY = web.AppKey("redis", object)  # aioredis.Redis | None
-SIO_KEY = web.AppKey("sio", socketio.AsyncServer)
+SIO_KEY = web.AppKey("sio", FanoutServer)
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; "
        "connect-src 'self' ws: wss:; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -71,14 +72,14 @@ def origin_checker(settings: Settings) -> Callable[[str | None, dict[str, Any]],
     return check
 
 
-def create_sio(settings: Settings, redis_url: str | None = None, *, write_only: bool = False) -> socketio.AsyncServer:
-    manager = None
-    if redis_url:
-        manager = socketio.AsyncRedisManager(
-            redis_url, channel=RedisKeys(settings.redis_prefix).socketio_channel,
-            write_only=write_only, json=OrjsonCompat)
-    return socketio.AsyncServer(
-        async_mode="aiohttp", client_manager=manager, json=OrjsonCompat,
+def create_sio(settings: Settings) -> FanoutServer:
+    """python-socketio's server with encode-once fan-out (chat/fanout.py); the Redis relay
+    (chat/relay.py) is attached in chat_ctx, once Redis is connected."""
+    return FanoutServer(
+        async_mode="aiohttp", json=OrjsonCompat,
+        fanout_limits=FanoutLimits(max_buffer_bytes=settings.socket_max_buffer_bytes,
+                                   max_queued_packets=settings.socket_max_queued_packets,
+                                   stall_s=settings.socket_stall_s),
         cors_allowed_origins=origin_checker(settings),
         # Events from one socket run in order (SPEC §4); different sockets run concurrently.
         async_handlers=False,
@@ -101,7 +102,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS_KEY] = settings
     app[http_api.LIMITS_KEY] = settings
     app[http_api.AUTH_KEY] = Authenticator(settings)
-    sio = create_sio(settings, settings.redis_url)
+    sio = create_sio(settings)
     sio.attach(app)  # routes must exist before the app starts; handlers are added in chat_ctx
     app[SIO_KEY] = sio
     app.cleanup_ctx.append(database_ctx)
@@ -152,7 +153,9 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
                               dead_after_s=settings.presence_dead_after_s)
                 if redis is not None else MemoryPresence())
     sio = app[SIO_KEY]
-    delivery = Delivery(sio, redis, keys.control_channel)
+    relay = (RedisRelay(redis, sio.fanout, keys, relayed=is_conversation_room)
+             if redis is not None else None)
+    delivery = Delivery(sio, relay)
     sessions = session_factory(app[ENGINE_KEY])
     hooks = await push_hooks(app, settings, sessions, redis, keys)
     service = ChatService(sessions, delivery, presence, settings, **hooks.service_kwargs)

@@ -55,6 +55,12 @@ class Settings:
     readyz_timeout_s: float = 2.5  # per dependency, checked concurrently
     # Malformed Socket.IO packets a socket may send before it is disconnected.
     max_bad_packets: int = 5
+    # Slow consumers (chat/fanout.py): a websocket with more unsent bytes than this, or whose
+    # unsent bytes have not shrunk for socket_stall_s, or a long-polling socket with more
+    # packets waiting than this, is disconnected instead of buffering forever.
+    socket_max_buffer_bytes: int = 1024 * 1024
+    socket_max_queued_packets: int = 1000
+    socket_stall_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *, demo: bool = False) -> Settings:
@@ -89,4 +95,7 @@ class Settings:
             join_burst=int(e.get("JOIN_BURST", "20")),
             http_body_timeout_s=float(e.get("HTTP_BODY_TIMEOUT_S", "10")),
             max_bad_packets=int(e.get("MAX_BAD_PACKETS", "5")),
+            socket_max_buffer_bytes=int(e.get("SOCKET_MAX_BUFFER_BYTES", str(1024 * 1024))),
+            socket_max_queued_packets=int(e.get("SOCKET_MAX_QUEUED_PACKETS", "1000")),
+            socket_stall_s=float(e.get("SOCKET_STALL_S", "10")),
         )

@@ -40,6 +40,11 @@ class RedisKeys:
         """python-socketio's AsyncRedisManager pub/sub channel."""
         return f"{self.prefix}:socketio"
 
+    def room_relay_channel(self, room: str) -> str:
+        """Broadcasts to one Socket.IO room (a conversation), read only by processes with
+        local members in it (chat/relay.py)."""
+        return f"{self.prefix}:relay:{room}"
+
     @property
     def control_channel(self) -> str:
         """Our own cluster control messages (revocations)."""

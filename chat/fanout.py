@@ -1,0 +1,553 @@
+"""Encode-once fan-out for python-socketio on aiohttp.
+
+Stock python-socketio sends a room broadcast by creating one Task per recipient
+(`AsyncServer._send_eio_packet`), awaiting all of them, and then waking each recipient's
+engine.io writer task (`asyncio.wait_for(queue.get())`: another Task and a timer) which
+re-encodes the packet and writes one WebSocket frame. Here a broadcast is encoded once —
+Socket.IO packet, Engine.IO packet and WebSocket frame bytes — and the same bytes are handed,
+synchronously, to every recipient of this process:
+
+* websocket sockets own an `Outbox`: every outgoing frame of the socket (broadcasts, acks,
+  single emits, pings, close) is written in call order straight to the connection's transport,
+  which is the socket's only buffer. No writer task, no per-packet `wait_for`. A socket whose
+  unsent bytes exceed `FanoutLimits.max_buffer_bytes`, or whose buffer has not shrunk for
+  `FanoutLimits.stall_s` (one sweeper task per server checks), is aborted (the client
+  reconnects and recovers with `since_seq`).
+* long-polling sockets (and sockets in the middle of an upgrade) get the shared engine.io
+  packet put on engine.io's own queue, as upstream does; more than
+  `FanoutLimits.max_queued_packets` waiting packets closes the socket.
+* when a polling socket upgrades, whatever is still queued is written to the new outbox first,
+  in order, before the outbox accepts anything else.
+
+This is an extension of the libraries, not a fork. It relies on these upstream internals
+(python-socketio 5.18.1, python-engineio 4.15.1, aiohttp 3.14.5, pinned in requirements.txt;
+re-check each of them on an upgrade — tests/test_fanout.py exercises all of them):
+
+python-engineio
+  * `AsyncServer._handle_connect` — copied into `FanoutEngineIO._handle_connect` with one
+    change: it creates a `FanoutSocket` instead of `async_socket.AsyncSocket`.
+  * `AsyncServer.sockets` (eio sid -> socket), `AsyncServer.reason`, `ping_interval`,
+    `ping_timeout`, `max_http_buffer_size`, `start_background_task`, `logger`,
+    `_upgrades`, `_trigger_event`, `_unauthorized`, `_bad_request`, `_ok`,
+    `_generate_sid_cookie`, `start_service_task` / `service_task_handle` / `_service_task`.
+  * `AsyncSocket`: `queue` (asyncio.Queue of `packet.Packet`, `None` = stop),
+    `connected`, `upgrading`, `upgraded`, `closing`, `closed`, `last_ping`,
+    `check_ping_timeout()`, `receive()`, `close()`; `send()`, `_upgrade_websocket()` and
+    `_websocket_handler()` are overridden (the latter replaces upstream's writer task; the
+    upgrade handshake — probe ping/pong, NOOP to end the pending poll, UPGRADE — is kept as is).
+  * `async_drivers.aiohttp.WebSocket` (subclassed: no permessage-deflate, so that frames are
+    the same bytes for every recipient; combined with `AsyncServer._async["websocket"]` when
+    that was replaced by a subclass) and `packet.Packet`.
+python-socketio
+  * `AsyncServer._engineio_server_class()` (to plug in `FanoutEngineIO`), `packet_class`, `eio`.
+  * `AsyncManager.emit()` signature; `BaseManager.rooms`, `get_participants()`,
+    `basic_enter_room()`, `basic_leave_room()` (wrapped to report rooms that open and close).
+aiohttp
+  * `WebSocketResponse(compress=False)`, `request.transport` (frames are written to it
+    directly; RFC 6455 server frames are unmasked, so a frame is the same for every socket),
+    `WebSocketResponse.closed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import engineio
+import socketio
+from aiohttp.web import WebSocketResponse
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
+from engineio.async_drivers.aiohttp import WebSocket as EngineIOWebSocket
+from engineio.async_socket import AsyncSocket
+from prometheus_client import Counter
+from socketio import packet as sio_packet
+
+log = logging.getLogger(__name__)
+
+SLOW_SOCKETS = Counter("backstage_slow_socket_disconnects_total",
+                       "Sockets disconnected because they did not read what was sent to them",
+                       ["transport", "limit"])
+FANOUT_DELIVERIES = Counter("backstage_fanout_deliveries_total",
+                            "Pre-encoded broadcast packets handed to local sockets")
+
+Payload = str | bytes
+
+
+@dataclass(frozen=True)
+class FanoutLimits:
+    """When a socket that does not read what is sent to it gets disconnected."""
+
+    max_buffer_bytes: int = 1024 * 1024  # websocket: unsent bytes
+    max_queued_packets: int = 1000  # long-polling: packets waiting for the next poll
+    stall_s: float = 10.0  # websocket: unsent bytes that have not shrunk for this long
+
+
+def ws_frame(payload: Payload) -> bytes:
+    """One unmasked, unfragmented, uncompressed server WebSocket frame (RFC 6455 §5.2)."""
+    if isinstance(payload, str):
+        data, first = payload.encode(), 0x81  # FIN + text
+    else:
+        data, first = bytes(payload), 0x82  # FIN + binary
+    n = len(data)
+    if n < 126:
+        return struct.pack("!BB", first, n) + data
+    if n < 65536:
+        return struct.pack("!BBH", first, 126, n) + data
+    return struct.pack("!BBQ", first, 127, n) + data
+
+
+class Broadcast:
+    """One Socket.IO packet encoded once for every recipient: the Engine.IO packets (for the
+    polling queue) and, built on first use, the WebSocket frames of all of them."""
+
+    __slots__ = ("packets", "_frames")
+
+    def __init__(self, encoded: Payload | list[Payload]) -> None:
+        parts = encoded if isinstance(encoded, list) else [encoded]
+        self.packets = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in parts]
+        self._frames: bytes | None = None
+
+    @property
+    def frames(self) -> bytes:
+        if self._frames is None:
+            self._frames = b"".join(ws_frame(p.encode()) for p in self.packets)
+        return self._frames
+
+
+class Outbox:
+    """The outgoing side of one websocket: frames go to the transport in call order.
+
+    The transport's buffer is the only queue. Its size is checked after every write (over
+    `max_buffer_bytes`: abort) and once per second by `FanoutEngineIO`'s sweeper (non-empty and
+    not shrinking for `stall_s`: abort). The stall check is not done on writes: a long burst
+    of writes without a return to the event loop gives the transport no chance to drain and
+    must not count as a stalled client."""
+
+    __slots__ = ("_transport", "_ws", "_limits", "_on_overflow", "_stalled_since", "_last_size", "closed")
+
+    def __init__(self, transport: asyncio.Transport, ws: WebSocketResponse, limits: FanoutLimits,
+                 on_overflow: Callable[[str], None]) -> None:
+        self._transport = transport
+        self._ws = ws
+        self._limits = limits
+        self._on_overflow = on_overflow
+        self._stalled_since = time.monotonic()
+        self._last_size = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        transport = self._transport
+        if self._ws.closed or transport.is_closing():
+            self.closed = True  # a close frame went out, or the connection is gone
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() > self._limits.max_buffer_bytes:
+            self.abort("bytes")
+
+    def check_stall(self, now: float) -> None:
+        """Called periodically: abort if unsent bytes have not shrunk for `stall_s`."""
+        if self.closed:
+            return
+        size = self._transport.get_write_buffer_size()
+        if not size or size < self._last_size:
+            self._stalled_since = now
+        self._last_size = size
+        if size and now - self._stalled_since > self._limits.stall_s:
+            self.abort("stall")
+
+    def finish(self) -> None:
+        """Close the connection once what is buffered has been sent."""
+        if not self.closed:
+            self.closed = True
+            self._transport.close()
+
+    def abort(self, limit: str) -> None:
+        """Drop the connection now; the reader side sees it and runs the disconnect."""
+        if self.closed:
+            return
+        self.closed = True
+        self._on_overflow(limit)
+        self._transport.abort()
+
+
+class FanoutWebSocket(EngineIOWebSocket):  # type: ignore[misc]
+    """engine.io's aiohttp WebSocket without permessage-deflate (a compressed stream has
+    per-connection state, so frames could not be shared) and with its transport exposed."""
+
+    request: Any = None
+
+    async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
+        self.request = environ["aiohttp.request"]
+        self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        await self._sock.prepare(self.request)
+        self.environ = environ
+        await self.handler(self)
+        return self._sock
+
+
+_WEBSOCKET_CLASSES: dict[type, type] = {}
+
+
+def _websocket_class(base: type) -> type:
+    """`FanoutWebSocket` combined with the server's websocket driver class, which may have been
+    customised (e.g. a subclass filtering frames in `wait`): ours only replaces `__call__`."""
+    if issubclass(base, FanoutWebSocket):
+        return base
+    if base not in _WEBSOCKET_CLASSES:
+        _WEBSOCKET_CLASSES[base] = (FanoutWebSocket if base is EngineIOWebSocket else
+                                    type(f"Fanout{base.__name__}", (FanoutWebSocket, base), {}))
+    return _WEBSOCKET_CLASSES[base]
+
+
+class FanoutSocket(AsyncSocket):  # type: ignore[misc]
+    """An engine.io socket whose websocket side is an `Outbox` instead of a writer task."""
+
+    outbox: Outbox | None = None
+    _closing_soon = False
+
+    # ------------------------------------------------------------ sending
+    def deliver(self, broadcast: Broadcast) -> None:
+        """Hand a pre-encoded broadcast to this socket; never awaits."""
+        if self.closing or self.closed:
+            return
+        last_ping = self.last_ping
+        if last_ping and time.time() - last_ping > self.server.ping_timeout:
+            self._close_soon(self.server.reason.PING_TIMEOUT, abort=False)
+            return
+        outbox = self.outbox
+        if outbox is not None:
+            outbox.write(broadcast.frames)
+        else:
+            for pkt in broadcast.packets:
+                self.queue.put_nowait(pkt)
+            self._check_queue()
+
+    async def send(self, pkt: eio_packet.Packet) -> None:
+        # Same contract as upstream: closed sockets raise, a ping timeout closes instead.
+        if not await self.check_ping_timeout():
+            return
+        outbox = self.outbox
+        if outbox is not None:
+            outbox.write(ws_frame(pkt.encode()))
+        else:
+            self.queue.put_nowait(pkt)
+            self._check_queue()
+
+    def _check_queue(self) -> None:
+        if self.queue.qsize() > self.server.fanout_limits.max_queued_packets:
+            SLOW_SOCKETS.labels("polling", "packets").inc()
+            log.warning("socket %s not polling: %d packets waiting, disconnecting",
+                        self.sid, self.queue.qsize())
+            self._close_soon(self.server.reason.TRANSPORT_ERROR, abort=False)
+
+    def _close_soon(self, reason: Any, *, abort: bool) -> None:
+        if self._closing_soon:
+            return
+        self._closing_soon = True
+        self.server.start_background_task(self.close, wait=False, abort=abort, reason=reason)
+
+    def _on_overflow(self, limit: str) -> None:
+        SLOW_SOCKETS.labels("websocket", limit).inc()
+        log.warning("socket %s not reading (%s limit), disconnecting", self.sid, limit)
+
+    # ------------------------------------------------------------ websocket transport
+    async def _upgrade_websocket(self, environ: dict[str, Any]) -> Any:
+        if self.upgraded:
+            raise OSError("Socket has been upgraded already")
+        return await _websocket_class(self.server._async["websocket"])(self._websocket_handler, self.server)(environ)
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        await super().close(wait=wait, abort=abort, reason=reason)
+        outbox = self.outbox
+        if outbox is not None and not abort:
+            # Upstream's writer task closed the websocket once the socket was closed; there is
+            # no writer here, so end the connection after the CLOSE packet (flushed first).
+            outbox.finish()
+
+    def _attach_outbox(self, ws: FanoutWebSocket) -> Outbox:
+        """From here on the socket's frames go to the outbox. What polling left in the queue
+        (the OPEN packet of a websocket-first connection, or packets sent during an upgrade)
+        is written first; no await in between, so nothing can overtake it."""
+        transport = ws.request.transport
+        if transport is None:
+            raise OSError("connection lost during the websocket handshake")
+        outbox = Outbox(transport, ws._sock, self.server.fanout_limits, self._on_overflow)
+        while True:
+            try:
+                pkt = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            self.queue.task_done()
+            if pkt is not None:
+                outbox.write(ws_frame(pkt.encode()))
+        self.outbox = outbox
+        self.server.start_sweeper()
+        return outbox
+
+    async def _websocket_handler(self, ws: FanoutWebSocket) -> None:
+        server = self.server
+
+        async def websocket_wait() -> Any:
+            data = await ws.wait()
+            if data and len(data) > server.max_http_buffer_size:
+                raise ValueError("packet is too large")
+            return data
+
+        if self.connected:  # type: ignore[has-type]
+            # An upgrade from polling: upstream's handshake, unchanged.
+            self.upgrading = True  # hold packet sends during the upgrade (they queue)
+            try:
+                pkt = await websocket_wait()
+            except OSError:
+                return
+            decoded = eio_packet.Packet(encoded_packet=pkt)
+            if decoded.packet_type != eio_packet.PING or decoded.data != "probe":
+                server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
+                self.upgrading = False
+                return
+            await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+            await self.queue.put(eio_packet.Packet(eio_packet.NOOP))  # end the pending poll
+            try:
+                pkt = await websocket_wait()
+            except OSError:
+                self.upgrading = False
+                return
+            decoded = eio_packet.Packet(encoded_packet=pkt)
+            if decoded.packet_type != eio_packet.UPGRADE:
+                self.upgraded = False
+                server.logger.info("%s: Failed websocket upgrade, expected UPGRADE packet", self.sid)
+                self.upgrading = False
+                return
+            self.upgraded = True
+            self.upgrading = False
+        else:
+            self.connected = True
+            self.upgraded = True
+
+        try:
+            outbox = self._attach_outbox(ws)
+        except OSError:
+            await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+            return
+        timeout = server.ping_interval + server.ping_timeout
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(timeout):
+                        p = await websocket_wait()
+                except (Exception, asyncio.CancelledError):
+                    break
+                if p is None:
+                    break  # closed by the client
+                try:
+                    pkt = eio_packet.Packet(encoded_packet=p)
+                except Exception:
+                    server.logger.info("%s: undecodable packet, closing", self.sid)
+                    break
+                try:
+                    await self.receive(pkt)
+                except eio_exceptions.UnknownPacketError:
+                    pass
+                except eio_exceptions.SocketIsClosedError:
+                    break
+                except Exception:
+                    server.logger.exception("Unknown receive error")
+        finally:
+            outbox.closed = True
+        with contextlib.suppress(Exception):  # the connection may be gone already
+            await ws.close()
+        await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+
+class FanoutEngineIO(engineio.AsyncServer):  # type: ignore[misc]
+    """engine.io server whose sockets are `FanoutSocket`s."""
+
+    def __init__(self, *args: Any, fanout_limits: FanoutLimits | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fanout_limits = fanout_limits or FanoutLimits()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start_sweeper(self) -> None:
+        """One task for all sockets (not one per socket) that aborts stalled websockets."""
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        interval = min(1.0, self.fanout_limits.stall_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for socket in list(self.sockets.values()):
+                outbox = getattr(socket, "outbox", None)
+                if outbox is not None:
+                    outbox.check_stall(now)
+
+    async def shutdown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        await super().shutdown()
+
+    async def _handle_connect(self, environ: dict[str, Any], transport: str,
+                              jsonp_index: int | None = None) -> Any:
+        # Copy of python-engineio 4.15.1 AsyncServer._handle_connect; only the socket class differs.
+        if self.start_service_task:  # type: ignore[has-type]
+            self.start_service_task = False
+            self.service_task_handle = self.start_background_task(self._service_task)
+
+        sid = self.generate_id()
+        s = FanoutSocket(self, sid)
+        self.sockets[sid] = s
+
+        pkt = eio_packet.Packet(eio_packet.OPEN, {
+            "sid": sid,
+            "upgrades": self._upgrades(sid, transport),
+            "pingTimeout": int(self.ping_timeout * 1000),
+            "pingInterval": int(self.ping_interval + self.ping_interval_grace_period) * 1000,
+            "maxPayload": self.max_http_buffer_size,
+        })
+        await s.send(pkt)
+
+        ret = await self._trigger_event("connect", sid, environ, run_async=False)
+        if ret is not None and ret is not True:
+            del self.sockets[sid]
+            self.logger.warning("Application rejected connection")
+            return self._unauthorized(ret or None)
+
+        s.schedule_ping()
+
+        if transport == "websocket":
+            ret = await s.handle_get_request(environ)
+            if s.closed and sid in self.sockets:
+                del self.sockets[sid]
+            return ret
+        s.connected = True
+        headers = None
+        if self.cookie:
+            cookie = self.cookie if isinstance(self.cookie, dict) else {
+                "name": self.cookie, "path": "/", "SameSite": "Lax"}
+            headers = [("Set-Cookie", self._generate_sid_cookie(sid, cookie))]
+        try:
+            return self._ok(await s.poll(), headers=headers, jsonp_index=jsonp_index)
+        except eio_exceptions.QueueEmpty:
+            return self._bad_request()
+
+
+RoomListener = Callable[[str], None]
+
+
+class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
+    """Local room bookkeeping (upstream's) + encode-once delivery to local sockets.
+
+    `on_room_open(room)` / `on_room_close(room)` are called when a room of the default
+    namespace gets its first local member and loses its last one (the Redis relay subscribes
+    and unsubscribes there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_room_open: RoomListener | None = None
+        self.on_room_close: RoomListener | None = None
+
+    def set_server(self, server: Any) -> None:
+        if not isinstance(server.eio, FanoutEngineIO):
+            raise TypeError("FanoutManager needs a FanoutServer (its sockets must be FanoutSockets)")
+        super().set_server(server)
+
+    # ------------------------------------------------------------ emits
+    def encode(self, event: str, data: Any, namespace: str = "/") -> Broadcast:
+        """The Socket.IO EVENT packet of `emit(event, data)`, encoded once."""
+        return Broadcast(self.encode_packet(event, data, namespace))
+
+    def encode_packet(self, event: str, data: Any, namespace: str = "/") -> Payload | list[Payload]:
+        if isinstance(data, tuple):
+            args = list(data)
+        elif data is not None:
+            args = [data]
+        else:
+            args = []
+        pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args])
+        encoded: Payload | list[Payload] = pkt.encode()
+        return encoded
+
+    def deliver(self, namespace: str, room: Any, broadcast: Broadcast,
+                skip_sid: str | Iterable[str] | None = None) -> int:
+        """Hand `broadcast` to every local socket in `room` (a room name, a sid, or a list of
+        them; None = everyone) but `skip_sid`. Synchronous; returns the number of sockets."""
+        if namespace not in self.rooms:
+            return 0
+        if skip_sid is None:
+            skip: Iterable[str] = ()
+        elif isinstance(skip_sid, str):
+            skip = (skip_sid,)
+        else:
+            skip = set(skip_sid)
+        sockets = self.server.eio.sockets
+        n = 0
+        for sid, eio_sid in self.get_participants(namespace, room):
+            if sid in skip:
+                continue
+            socket = sockets.get(eio_sid)
+            if socket is not None:
+                socket.deliver(broadcast)
+                n += 1
+        FANOUT_DELIVERIES.inc(n)
+        return n
+
+    async def emit(self, event: str, data: Any, namespace: str, room: Any = None, skip_sid: Any = None,
+                   callback: Any = None, to: Any = None, **kwargs: Any) -> None:
+        if callback is not None:
+            # Every recipient needs its own ack id: upstream's per-recipient path.
+            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback,
+                               to=to, **kwargs)
+            return
+        self.deliver(namespace, to or room, self.encode(event, data, namespace), skip_sid)
+
+    # ------------------------------------------------------------ rooms that open and close
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+        opened = room is not None and room != sid and room not in self.rooms.get(namespace, {})
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if opened and namespace == "/" and self.on_room_open is not None:
+            self.on_room_open(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        existed = room is not None and room in self.rooms.get(namespace, {})
+        super().basic_leave_room(sid, namespace, room)
+        if (existed and room != sid and namespace == "/" and self.on_room_close is not None
+                and room not in self.rooms.get(namespace, {})):
+            self.on_room_close(room)
+
+    def has_room(self, room: str, namespace: str = "/") -> bool:
+        return room in self.rooms.get(namespace, {})
+
+
+class FanoutServer(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's AsyncServer on a `FanoutEngineIO` with a `FanoutManager`."""
+
+    def __init__(self, *args: Any, fanout_limits: FanoutLimits | None = None, **kwargs: Any) -> None:
+        self._fanout_limits = fanout_limits or FanoutLimits()
+        kwargs.setdefault("client_manager", FanoutManager())
+        super().__init__(*args, **kwargs)
+        self.eio.fanout_limits = self._fanout_limits
+
+    def _engineio_server_class(self) -> type[FanoutEngineIO]:
+        return FanoutEngineIO
+
+    @property
+    def fanout(self) -> FanoutManager:
+        manager: FanoutManager = self.manager
+        return manager
+
+
+__all__ = ["Broadcast", "FanoutEngineIO", "FanoutLimits", "FanoutManager", "FanoutServer", "FanoutSocket",
+           "Outbox", "ws_frame"]

@@ -1,0 +1,324 @@
+"""Cross-process relay over Redis pub/sub, one channel per conversation.
+
+python-socketio's AsyncRedisManager publishes every emit on one channel that every process
+reads and decodes, members or not. Here a conversation broadcast is published once, already
+encoded, on the conversation's own channel (`RedisKeys.room_relay_channel`), which a process
+subscribes to while it has local sockets in the conversation: from its first local join to its
+last local leave or disconnect (`FanoutManager.on_room_open/close`). A receiving process hands
+the packet to its sockets with `FanoutManager.deliver` (encode once, no Task per recipient).
+
+Two more channels are read by every process:
+
+* `RedisKeys.socketio_channel`, in python-socketio's pub/sub message format (JSON: `method`,
+  `event`, `data`, `room`, `skip_sid`, `namespace`, `host_id`), for emits to a user, a channel
+  or one socket of another process, and for `RedisPublisher` (chat/publisher.py), which writes
+  it with python-socketio's write-only manager. Only `emit` (without callback) and
+  `disconnect` are acted on, the only methods the servers and the publisher use.
+* `RedisKeys.control_channel`: cluster control messages (chat/delivery.py).
+
+Every payload is JSON (orjson); nothing is ever unpickled. The subscriber reconnects and
+resubscribes to everything it needs within `max_backoff_s` (2 s) of Redis coming back; an idle
+subscriber PINGs every `keepalive_s` (1 s) and reconnects after 3 s without an answer, so a
+connection that died silently (no reset: a network cut) is noticed too.
+A join waits until its conversation's subscription is confirmed by Redis (bounded by
+`subscribe_timeout_s`), because the service reads the conversation's recent messages right
+after entering the room: anything committed after that read must arrive live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from prometheus_client import Counter, Gauge
+
+from chat.fanout import Broadcast, FanoutManager, Payload
+from chat.keys import RedisKeys
+
+log = logging.getLogger(__name__)
+
+RELAY_RECEIVED = Counter("backstage_relay_received_total",
+                         "Relay messages read from Redis by this process", ["kind"])
+RELAY_PUBLISH_FAILED = Counter("backstage_relay_publish_failures_total",
+                               "Relay publishes that failed (Redis unavailable)")
+RELAY_ROOMS = Gauge("backstage_relay_subscribed_rooms", "Conversation channels this process subscribes to")
+
+ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def _packet_to_json(encoded: Payload | list[Payload]) -> Any:
+    parts = encoded if isinstance(encoded, list) else [encoded]
+    out: list[Any] = [p if isinstance(p, str) else {"b64": base64.b64encode(p).decode()} for p in parts]
+    return out[0] if len(out) == 1 and isinstance(out[0], str) else out
+
+
+def _packet_from_json(value: Any) -> Payload | list[Payload]:
+    if isinstance(value, str):
+        return value
+    return [p if isinstance(p, str) else base64.b64decode(p["b64"]) for p in value]
+
+
+class RedisRelay:
+    def __init__(self, redis: aioredis.Redis, manager: FanoutManager, keys: RedisKeys, *,
+                 relayed: Callable[[str], bool], subscribe_timeout_s: float = 5.0,
+                 max_backoff_s: float = 2.0, keepalive_s: float = 1.0) -> None:
+        self._redis = redis
+        self._manager = manager
+        self._keys = keys
+        self._relayed = relayed
+        self._subscribe_timeout_s = subscribe_timeout_s
+        self._max_backoff_s = max_backoff_s
+        self._keepalive_s = keepalive_s
+        self.host_id = uuid.uuid4().hex
+        self._room_prefix = keys.room_relay_channel("")
+        self._fixed = (keys.socketio_channel, keys.control_channel)
+        self._control_handler: ControlHandler | None = None
+        # Rooms with local members (wanted), channels SUBSCRIBEd on the current connection
+        # (sent), channels Redis confirmed (confirmed), commands not yet confirmed (pending).
+        self._wanted: set[str] = set()
+        self._sent: set[str] = set()
+        self._confirmed: set[str] = set()
+        self._pending: dict[str, int] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._pubsub: Any = None
+        self._listener: asyncio.Task[None] | None = None
+        self._syncer: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        manager.on_room_open = self._room_opened
+        manager.on_room_close = self._room_closed
+
+    def set_control_handler(self, handler: ControlHandler) -> None:
+        self._control_handler = handler
+
+    # ------------------------------------------------------------ publishing
+    async def publish_room(self, room: str, encoded: Payload | list[Payload], skip_sid: str | None) -> None:
+        await self._publish(self._keys.room_relay_channel(room), orjson.dumps(
+            {"host_id": self.host_id, "skip_sid": skip_sid, "packet": _packet_to_json(encoded)}))
+
+    async def publish_emit(self, event: str, data: Any, room: str, skip_sid: str | None = None) -> None:
+        """An emit to a room of any process, in python-socketio's pub/sub format."""
+        await self._publish(self._keys.socketio_channel, orjson.dumps({
+            "method": "emit", "event": event, "data": [data], "binary": False, "namespace": "/",
+            "room": room, "skip_sid": skip_sid, "callback": None, "host_id": self.host_id}))
+
+    async def publish_disconnect(self, sid: str) -> None:
+        await self._publish(self._keys.socketio_channel, orjson.dumps(
+            {"method": "disconnect", "sid": sid, "namespace": "/", "host_id": self.host_id}))
+
+    async def publish_control(self, message: dict[str, Any]) -> None:
+        await self._redis.publish(self._keys.control_channel, orjson.dumps(message))
+
+    async def _publish(self, channel: str, payload: bytes) -> None:
+        # Like python-socketio: two attempts (a pooled connection may have gone stale), then the
+        # emit is given up and logged; the message is committed and clients recover by seq.
+        for attempt in (1, 2):
+            try:
+                await self._redis.publish(channel, payload)
+                return
+            except (aioredis.RedisError, OSError) as exc:
+                if attempt == 2:
+                    RELAY_PUBLISH_FAILED.inc()
+                    log.warning("relay publish failed (%s)", type(exc).__name__)
+
+    # ------------------------------------------------------------ subscriptions
+    def _room_opened(self, room: str) -> None:
+        if self._relayed(room):
+            self._wanted.add(room)
+            self._kick()
+
+    def _room_closed(self, room: str) -> None:
+        if room in self._wanted:
+            self._wanted.discard(room)
+            self._kick()
+
+    def _kick(self) -> None:
+        if self._pubsub is not None and (self._syncer is None or self._syncer.done()):
+            self._syncer = asyncio.create_task(self._sync())
+
+    async def _sync(self) -> None:
+        """SUBSCRIBE/UNSUBSCRIBE until what was sent matches what is wanted; batched."""
+        while (pubsub := self._pubsub) is not None:
+            wanted = {self._keys.room_relay_channel(r) for r in self._wanted}
+            add, drop = wanted - self._sent, self._sent - wanted
+            if not add and not drop:
+                return
+            try:
+                if add:
+                    self._sent |= add
+                    self._count_pending(add)
+                    await pubsub.subscribe(*add)
+                if drop:
+                    self._sent -= drop
+                    self._count_pending(drop)
+                    await pubsub.unsubscribe(*drop)
+            except Exception as exc:  # the listener sees the broken connection and resubscribes
+                log.warning("relay subscription update failed (%s)", type(exc).__name__)
+                return
+
+    def _count_pending(self, channels: set[str]) -> None:
+        for ch in channels:
+            self._pending[ch] = self._pending.get(ch, 0) + 1
+
+    def _settled(self, channel: str) -> bool:
+        return channel in self._confirmed and not self._pending.get(channel)
+
+    async def wait_subscribed(self, room: str) -> bool:
+        """True once Redis confirmed this process's subscription to `room`'s channel."""
+        channel = self._keys.room_relay_channel(room)
+        if self._settled(channel):
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(channel, []).append(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self._subscribe_timeout_s)
+            return True
+        except TimeoutError:
+            log.warning("relay subscription not confirmed within %.1fs", self._subscribe_timeout_s)
+            return False
+        finally:
+            waiters = self._waiters.get(channel)
+            if waiters is not None and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    del self._waiters[channel]
+
+    def subscribed_rooms(self) -> set[str]:
+        n = len(self._room_prefix)
+        return {ch[n:] for ch in self._confirmed if ch.startswith(self._room_prefix)}
+
+    # ------------------------------------------------------------ listening
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen())
+        await asyncio.wait_for(self._ready.wait(), 10)
+
+    async def stop(self) -> None:
+        for task in (self._syncer, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        loop = asyncio.get_running_loop()
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                # Everything wanted in one SUBSCRIBE, so a reconnect restores the whole set at once.
+                self._sent = {self._keys.room_relay_channel(r) for r in self._wanted}
+                self._confirmed.clear()
+                self._pending.clear()
+                self._count_pending(self._sent)
+                await pubsub.subscribe(*self._fixed, *self._sent)
+                self._pubsub = pubsub
+                self._kick()  # rooms opened while (re)connecting
+                heard = loop.time()
+                pinged = False
+                while True:
+                    item = await pubsub.get_message(timeout=self._keepalive_s)
+                    now = loop.time()
+                    if item is not None:
+                        heard, pinged = now, False
+                        await self._on_item(item)
+                        if not self._ready.is_set() and all(c in self._confirmed for c in self._fixed):
+                            self._ready.set()
+                        delay = 0.1
+                    elif now - heard > 3 * self._keepalive_s:
+                        # A connection that died without a reset (network cut, Redis host gone)
+                        # would otherwise keep this subscriber waiting forever.
+                        raise ConnectionError("no answer from Redis")
+                    elif not pinged and now - heard >= self._keepalive_s:
+                        await pubsub.ping()
+                        pinged = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down: retry soon; the DB stays the source of truth
+                log.warning("relay subscriber lost (%s); retrying in %.1fs", type(exc).__name__, delay)
+                self._pubsub = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_backoff_s)
+            finally:
+                self._pubsub = None
+                RELAY_ROOMS.set(0)
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _on_item(self, item: dict[str, Any]) -> None:
+        kind = item.get("type")
+        channel = item.get("channel")
+        if isinstance(channel, bytes):
+            channel = channel.decode()
+        if not isinstance(channel, str):
+            return
+        if kind in ("subscribe", "unsubscribe"):
+            self._confirm(channel, kind == "subscribe")
+            return
+        if kind != "message":
+            return
+        try:
+            message = orjson.loads(item["data"])
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(message, dict):
+            return
+        try:
+            if channel.startswith(self._room_prefix):
+                self._on_room_message(channel[len(self._room_prefix):], message)
+            elif channel == self._keys.socketio_channel:
+                await self._on_socketio_message(message)
+            elif channel == self._keys.control_channel:
+                RELAY_RECEIVED.labels("control").inc()
+                if self._control_handler is not None:
+                    await self._control_handler(message)
+        except Exception:
+            log.exception("relay message failed")
+
+    def _confirm(self, channel: str, subscribed: bool) -> None:
+        left = self._pending.get(channel, 0) - 1
+        if left > 0:
+            self._pending[channel] = left
+        else:
+            self._pending.pop(channel, None)
+        if subscribed:
+            self._confirmed.add(channel)
+        else:
+            self._confirmed.discard(channel)
+        RELAY_ROOMS.set(sum(1 for ch in self._confirmed if ch.startswith(self._room_prefix)))
+        if self._settled(channel):
+            for fut in self._waiters.pop(channel, ()):
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _on_room_message(self, room: str, message: dict[str, Any]) -> None:
+        RELAY_RECEIVED.labels("room").inc()
+        if message.get("host_id") == self.host_id:
+            return  # delivered locally before it was published
+        skip = message.get("skip_sid")
+        self._manager.deliver("/", room, Broadcast(_packet_from_json(message["packet"])),
+                              skip if isinstance(skip, str) else None)
+
+    async def _on_socketio_message(self, message: dict[str, Any]) -> None:
+        RELAY_RECEIVED.labels("socketio").inc()
+        if message.get("host_id") == self.host_id:
+            return
+        method = message.get("method")
+        namespace = message.get("namespace") or "/"
+        if method == "emit" and message.get("callback") is None:
+            data = message.get("data")
+            if message.get("binary") or not isinstance(data, list):
+                return  # nothing in Backstage emits binary through the relay
+            payload: Any = data[0] if len(data) == 1 else tuple(data)
+            self._manager.deliver(namespace, message.get("room"),
+                                  self._manager.encode(str(message.get("event")), payload, namespace),
+                                  message.get("skip_sid"))
+        elif method == "disconnect":
+            sid = message.get("sid")
+            if isinstance(sid, str) and self._manager.is_connected(sid, namespace):
+                await self._manager.server.disconnect(sid, namespace=namespace, ignore_queue=True)
