@@ -121,8 +121,12 @@ async def test_external_worker_process_delivers_what_the_web_process_wrote(exter
         assert ack["ok"], ack
     finally:
         await sock.close()
+    # the notification's row, and the message's fan-out job (expanded by a worker into a row per device)
     rows = outbox(external.db, phone)
-    assert [(r["status"], r["attempts"]) for r in rows] == [("pending", 0)] * 2
+    assert [(r["status"], r["attempts"]) for r in rows] == [("pending", 0)]
+    with external.db.connect() as conn:
+        jobs = conn.execute(sa.text("SELECT kind, status FROM push_jobs")).all()
+    assert [tuple(j) for j in jobs] == [("message", "pending")]
 
     proc = subprocess.Popen([sys.executable, "-m", "notifications.worker"], cwd=ROOT, env=external.env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -136,6 +140,8 @@ async def test_external_worker_process_delivers_what_the_web_process_wrote(exter
         assert projects == {"worker-proj"}, projects
         await wait_until(lambda: [r["status"] for r in outbox(external.db, phone)] == ["sent", "sent"],
                          what="rows marked sent")
+        with external.db.connect() as conn:
+            assert conn.execute(sa.text("SELECT status FROM push_jobs")).scalars().all() == ["done"]
         assert external.fake.attempts[phone] == 2
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
