@@ -28,7 +28,7 @@ run: install
 	$(PY) run_server.py --demo
 
 test: install browser
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check chat notifications tests bench run_server.py
