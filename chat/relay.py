@@ -67,8 +67,8 @@ RELAY_PUBLISH_FAILED = Counter("backstage_relay_publish_failures_total",
                                "Relay publishes that failed (Redis unavailable)")
 RELAY_ROOMS = Gauge("backstage_relay_subscribed_rooms", "Conversation channels this process subscribes to")
 RELAY_DEAF = Gauge("backstage_relay_deaf", "1 while this process does not hear its own relay canary")
-RELAY_DEAF_DETECTED = Counter("backstage_relay_deaf_total",
-                              "Times this process found its relay subscription deaf and rebuilt it")
+RELAY_DEAF_DETECTED = Counter("backstage_relay_deaf_detections_total",
+                                  "Times this process found its relay subscription deaf and rebuilt it")
 RELAY_RECOVERIES = Counter("backstage_relay_recoveries_total",
                            "Relay recoveries after which sockets were told to resync", ["cause"])
 
