@@ -266,6 +266,8 @@ class RedisRelay:
         channel = self._keys.room_relay_channel(room)
         if self._settled(channel):
             return True
+        if self._pubsub is None and self._lost:
+            return False  # Redis is down: no use waiting; the resync after recovery covers it
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(channel, []).append(fut)
         try:
