@@ -268,3 +268,46 @@ async def test_redis_down_connect_join_send_degrade_to_the_process(env: Env, cli
     while patron not in (await cb.call("join", {"conversation_id": room}))["online"]:
         assert time.monotonic() < deadline, "presence not republished"
         await asyncio.sleep(0.5)
+
+
+# ---------------------------------------------------------------- the page resyncs by itself
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs /usr/bin/chromium")
+def test_page_recovers_messages_relayed_while_redis_was_down(env: Env) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_support import launch, open_chat
+
+    api = env.api
+    creator, patron = "rp-cre", "rp-pat"
+    ctoken, ptoken = api.user(creator, "Cara Creator"), api.user(patron, "Pat Patron")
+    api.membership(creator, patron, 100)
+    room = api.room(creator, "Page", 0)
+
+    def post(body: str) -> int:
+        r = api.client(ctoken, "POST", f"/conversations/{room}/messages", {"body": body, "client_msg_id": body.replace(" ", "-")})
+        assert r.status_code in (200, 201), r.text
+        return int(r.json()["message"]["seq"])
+
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            chat = open_chat(browser, env.b.url, ptoken)  # B's socket, messages posted on A
+            chat.open(room)
+            post("before")
+            chat.wait_seqs([1])
+            env.redis.stop()  # publishes fail at once: nothing can arrive late by itself
+            try:
+                assert [post("while down 1"), post("while down 2")] == [2, 3]
+            finally:
+                env.redis.start()
+            # No new message, no reconnect of the page's socket (B never went away): only the
+            # `resync` event can bring them.
+            chat.wait_seqs([1, 2, 3], timeout=20_000)
+            assert chat.bodies() == ["before", "while down 1", "while down 2"]
+            chat.context.close()
+        finally:
+            browser.close()
+    wait_ready(env.a)
+    wait_ready(env.b)
