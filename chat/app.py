@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chat import http_api, migrate, openapi
+from chat import http_api, migrate, openapi, storage
 from chat.auth import Authenticator
 from chat.codec import OrjsonCompat
 from chat.config import Settings
@@ -156,6 +156,13 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     relay = (RedisRelay(redis, sio.fanout, keys, relayed=is_conversation_room)
              if redis is not None else None)
     delivery = Delivery(sio, relay)
+    engine = app[ENGINE_KEY]
+
+    async def last_seqs(ids: list[int]) -> dict[int, int]:
+        async with engine.connect() as conn:
+            return await storage.last_seqs(conn, ids)
+
+    delivery.set_last_seqs(last_seqs)
     sessions = session_factory(app[ENGINE_KEY])
     hooks = await push_hooks(app, settings, sessions, redis, keys)
     service = ChatService(sessions, delivery, presence, settings, **hooks.service_kwargs)
@@ -246,6 +253,10 @@ def add_operation_routes(app: web.Application) -> None:
                                        return_exceptions=True)
         problems = {name: type(result).__name__ for name, result in zip(checks, results, strict=True)
                     if isinstance(result, BaseException)}
+        service = request.app.get(http_api.SERVICE_KEY)
+        relay = service.delivery.relay_problem() if service is not None else None
+        if relay is not None:  # the relay canary (chat/relay.py): this process hears no broadcasts
+            problems["relay"] = relay
         if problems:
             log.warning("not ready: %s", ", ".join(f"{k} {v}" for k, v in problems.items()))
             return http_api.json_response({"ok": False, "problems": problems}, status=503)

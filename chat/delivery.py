@@ -10,6 +10,12 @@ shared python-socketio channel. Without Redis, emits stay in this process.
 Cluster control messages (a membership revocation must reach the sockets of a user on
 every process) go over a pub/sub channel of our own (`RedisKeys.control_channel`), read by the
 relay's subscriber, or straight to the local handler when there is no Redis.
+
+When the relay recovers from trouble (chat/relay.py: subscriber back after a loss, publishing
+back after failures, a deaf subscriber rebuilt), broadcasts may have been lost between
+processes; the messages themselves are committed. Every conversation with local sockets then
+gets a `resync {conversation_id, last_seq}` event on this process only, and clients behind
+`last_seq` join again with `since_seq` (docs/api.md).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from chat.relay import RedisRelay
 log = logging.getLogger(__name__)
 
 ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
+LastSeqs = Callable[[list[int]], Awaitable[dict[int, int]]]
 
 
 def is_conversation_room(room: str) -> bool:
@@ -38,8 +45,34 @@ class Delivery:
         self._fanout = sio.fanout
         self._relay = relay
         self._control_handler: ControlHandler | None = None
+        self._last_seqs: LastSeqs | None = None
         if relay is not None:
             relay.set_control_handler(self._handle_control)
+            relay.on_recovered = self._resync_local
+
+    def set_last_seqs(self, last_seqs: LastSeqs) -> None:
+        self._last_seqs = last_seqs
+
+    def relay_problem(self) -> str | None:
+        """Why this process cannot rely on the relay, for /readyz (None: no known problem)."""
+        return "deaf" if self._relay is not None and self._relay.deaf else None
+
+    async def _resync_local(self, cause: str) -> None:
+        prefix = keys.conversation_room("")
+        rooms = [r for r in self._fanout.rooms.get("/", {}) if isinstance(r, str) and r.startswith(prefix)]
+        ids = [int(r[len(prefix):]) for r in rooms if r[len(prefix):].isdigit()]
+        last: dict[int, int] = {}
+        if self._last_seqs is not None and ids:
+            try:
+                last = await self._last_seqs(ids)
+            except Exception as exc:  # then without last_seq: clients join again regardless
+                log.warning("resync without last_seq (%s)", type(exc).__name__)
+        for cid in ids:
+            data: dict[str, Any] = {"conversation_id": str(cid)}
+            if cid in last:
+                data["last_seq"] = last[cid]
+            self._fanout.deliver("/", keys.conversation_room(str(cid)), self._fanout.encode("resync", data))
+        log.info("resync sent for %d conversations (%s)", len(ids), cause)
 
     # ------------------------------------------------------------ emits
     async def to_conversation(self, conversation_id: int | str, event: str, data: Any,

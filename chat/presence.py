@@ -527,6 +527,19 @@ class RedisPresence(Presence):
         self._stopping = False
         # Decrements that failed on a Redis error, retried by the heartbeat so counts converge.
         self._pending: list[_Release] = []
+        # A connect, join or subscribe that Redis missed: the heartbeat republishes the whole
+        # local state (which makes the pending decrements moot) once Redis answers again.
+        self._stale = False
+        self._degraded_warned_at = 0.0
+
+    def _degrade(self, error: PresenceUnavailable) -> None:
+        """Connects, joins and subscribes go on without Redis: this process's sockets stay
+        counted locally and reach Redis with the next heartbeat (docs/reliability.md)."""
+        self._stale = True
+        now = time.monotonic()
+        if now - self._degraded_warned_at >= 5.0:
+            self._degraded_warned_at = now
+            log.warning("presence degraded to this process: %s", error)
 
     # -- plumbing
 
@@ -611,6 +624,13 @@ class RedisPresence(Presence):
                 log.warning("presence heartbeat failed", exc_info=True, extra={"server_id": self.server_id})
 
     async def _beat(self) -> None:
+        if self._stale:
+            log.warning("presence: Redis answers again; re-publishing this server's state",
+                        extra={"server_id": self.server_id})
+            await self._resync()
+            self._pending.clear()
+            self._stale = False
+            return
         alive = await self._heartbeat_script(
             keys=self._script_keys, args=self._argv(repr(self._clock()), "1"))
         if not alive:
@@ -664,9 +684,8 @@ class RedisPresence(Presence):
                 pipe.hincrby(key, user_id, 1)
                 pipe.pexpire(key, self._ttl_ms)
                 await pipe.execute()
-        except PresenceUnavailable:
-            self._local.remove_connection(user_id, sid)
-            raise
+        except PresenceUnavailable as exc:
+            self._degrade(exc)
 
     async def disconnect(self, user_id: str, sid: str) -> list[tuple[str, str]]:
         dropped = self._local.drop_sid(user_id, sid)
@@ -683,9 +702,9 @@ class RedisPresence(Presence):
             with _redis_errors("join"):
                 first = await self._join_script(
                     keys=self._script_keys, args=self._argv(conversation_id, user_id))
-        except PresenceUnavailable:
-            self._local.remove_join(conversation_id, user_id, sid)
-            raise
+        except PresenceUnavailable as exc:
+            self._degrade(exc)
+            return False  # unknown whether first in the cluster: no `online` announcement
         return bool(first)
 
     async def leave(self, conversation_id: str, user_id: str, sid: str) -> bool:
@@ -712,8 +731,12 @@ class RedisPresence(Presence):
     # -- queries
 
     async def online_in(self, conversation_id: str) -> list[str]:
-        with _redis_errors("online_in"):
-            raw = await self._online_in_script(keys=self._script_keys, args=self._argv(conversation_id))
+        try:
+            with _redis_errors("online_in"):
+                raw = await self._online_in_script(keys=self._script_keys, args=self._argv(conversation_id))
+        except PresenceUnavailable as exc:
+            self._degrade(exc)  # a join's answer: this process's view rather than no join
+            return sorted({u for (c, u) in self._local.conv_user_sids if c == conversation_id})
         return sorted(_text(u) for u in raw)
 
     async def online_users(self, user_ids: Iterable[str]) -> set[str]:
@@ -736,9 +759,8 @@ class RedisPresence(Presence):
                 pipe.hincrby(key, channel, 1)
                 pipe.pexpire(key, self._ttl_ms)
                 await pipe.execute()
-        except PresenceUnavailable:
-            self._local.remove_subscription(channel, sid)
-            raise
+        except PresenceUnavailable as exc:
+            self._degrade(exc)
 
     async def unsubscribe(self, channel: str, sid: str) -> None:
         if not self._local.remove_subscription(channel, sid):

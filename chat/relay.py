@@ -23,6 +23,21 @@ connection that died silently (no reset: a network cut) is noticed too.
 A join waits until its conversation's subscription is confirmed by Redis (bounded by
 `subscribe_timeout_s`), because the service reads the conversation's recent messages right
 after entering the room: anything committed after that read must arrive live.
+
+Relay trouble never holds a committed message's ack hostage (docs/reliability.md): a publish
+is bounded by `publish_timeout_s`, and after a failure publishes are skipped (counted, one
+WARNING per `_WARN_EVERY_S`) for `_PUBLISH_BACKOFF_S` rather than each one waiting on a
+frozen Redis. What was not relayed is recovered by the clients with `since_seq`: when the
+subscriber is back after a loss (messages published meanwhile never reached this process),
+or when publishing works again after failures (the other processes missed ours; a
+`relay_resync` control message tells every process), `on_recovered` runs and the sockets are
+told to resync (chat/delivery.py).
+
+A subscription can also die without any error (a wedged listener, a connection that answers
+PINGs but no longer delivers): every `canary_interval_s` each process publishes a canary on
+the control channel and expects to hear it back. A canary published successfully and not
+heard within `canary_timeout_s` marks the process deaf: ERROR log, `backstage_relay_deaf`,
+`/readyz` 503, and the subscriber is rebuilt on a new connection.
 """
 
 from __future__ import annotations
@@ -31,6 +46,8 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
+import signal
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,6 +66,19 @@ RELAY_RECEIVED = Counter("backstage_relay_received_total",
 RELAY_PUBLISH_FAILED = Counter("backstage_relay_publish_failures_total",
                                "Relay publishes that failed (Redis unavailable)")
 RELAY_ROOMS = Gauge("backstage_relay_subscribed_rooms", "Conversation channels this process subscribes to")
+RELAY_DEAF = Gauge("backstage_relay_deaf", "1 while this process does not hear its own relay canary")
+RELAY_DEAF_DETECTED = Counter("backstage_relay_deaf_detections_total",
+                                  "Times this process found its relay subscription deaf and rebuilt it")
+RELAY_RECOVERIES = Counter("backstage_relay_recoveries_total",
+                           "Relay recoveries after which sockets were told to resync", ["cause"])
+
+_PUBLISH_BACKOFF_S = 1.0  # after a failed publish, skip publishing for this long
+_WARN_EVERY_S = 5.0
+CANARY = "relay_canary"
+RESYNC = "relay_resync"
+# Tests only: with this set, SIGUSR2 makes the current subscription silently deaf (it keeps
+# its connection and answers PINGs, but drops every message), which the canary must catch.
+FAILPOINT_ENV = "BACKSTAGE_RELAY_FAILPOINT"
 
 ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -68,7 +98,8 @@ def _packet_from_json(value: Any) -> Payload | list[Payload]:
 class RedisRelay:
     def __init__(self, redis: aioredis.Redis, manager: FanoutManager, keys: RedisKeys, *,
                  relayed: Callable[[str], bool], subscribe_timeout_s: float = 5.0,
-                 max_backoff_s: float = 2.0, keepalive_s: float = 1.0) -> None:
+                 max_backoff_s: float = 2.0, keepalive_s: float = 1.0, publish_timeout_s: float = 0.5,
+                 canary_interval_s: float = 2.0, canary_timeout_s: float = 6.0) -> None:
         self._redis = redis
         self._manager = manager
         self._keys = keys
@@ -76,6 +107,9 @@ class RedisRelay:
         self._subscribe_timeout_s = subscribe_timeout_s
         self._max_backoff_s = max_backoff_s
         self._keepalive_s = keepalive_s
+        self._publish_timeout_s = publish_timeout_s
+        self._canary_interval_s = canary_interval_s
+        self._canary_timeout_s = canary_timeout_s
         self.host_id = uuid.uuid4().hex
         self._room_prefix = keys.room_relay_channel("")
         self._fixed = (keys.socketio_channel, keys.control_channel)
@@ -91,6 +125,17 @@ class RedisRelay:
         self._listener: asyncio.Task[None] | None = None
         self._syncer: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self.on_recovered: Callable[[str], Awaitable[None]] | None = None
+        self._lost = False  # the subscriber lost its connection since it last settled
+        self._skip_publish_until = 0.0
+        self._publish_failing = False
+        self._warned_at = -_WARN_EVERY_S
+        self._unwarned = 0
+        self._canary: asyncio.Task[None] | None = None
+        self._unheard_since: float | None = None  # first canary published and not heard back
+        self.deaf = False
+        self._deaf_pubsub: Any = None  # failpoint only
+        self._background: set[asyncio.Task[None]] = set()
         manager.on_room_open = self._room_opened
         manager.on_room_close = self._room_closed
 
@@ -113,19 +158,66 @@ class RedisRelay:
             {"method": "disconnect", "sid": sid, "namespace": "/", "host_id": self.host_id}))
 
     async def publish_control(self, message: dict[str, Any]) -> None:
-        await self._redis.publish(self._keys.control_channel, orjson.dumps(message))
+        await asyncio.wait_for(self._redis.publish(self._keys.control_channel, orjson.dumps(message)),
+                               self._publish_timeout_s)
 
     async def _publish(self, channel: str, payload: bytes) -> None:
-        # Like python-socketio: two attempts (a pooled connection may have gone stale), then the
-        # emit is given up and logged; the message is committed and clients recover by seq.
+        # The message is committed and its sender waits for this: never long. Two attempts on a
+        # connection error (a pooled connection may have gone stale), none more on a timeout
+        # (a frozen Redis); then the emit is given up, and while Redis keeps failing the next
+        # ones are not even tried for a moment. The sockets resync once the relay is back.
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._skip_publish_until:
+            self._publish_failed(None)
+            return
         for attempt in (1, 2):
             try:
-                await self._redis.publish(channel, payload)
+                await asyncio.wait_for(self._redis.publish(channel, payload), self._publish_timeout_s)
+                break
+            except TimeoutError as exc:
+                self._publish_failed(exc)
                 return
             except (aioredis.RedisError, OSError) as exc:
                 if attempt == 2:
-                    RELAY_PUBLISH_FAILED.inc()
-                    log.warning("relay publish failed (%s)", type(exc).__name__)
+                    self._publish_failed(exc)
+                    return
+        if self._publish_failing:
+            self._publish_failing = False
+            log.warning("relay publishing works again; telling every process to resync")
+            self._spawn(self._announce_resync())
+
+    def _publish_failed(self, exc: BaseException | None) -> None:
+        RELAY_PUBLISH_FAILED.inc()
+        self._publish_failing = True
+        now = asyncio.get_running_loop().time()
+        if exc is not None:
+            self._skip_publish_until = now + _PUBLISH_BACKOFF_S
+        if now - self._warned_at >= _WARN_EVERY_S:
+            log.warning("relay publish failed (%s); %d more since the last warning; the messages are "
+                        "stored and clients catch up by since_seq",
+                        type(exc).__name__ if exc is not None else "skipped: Redis failing", self._unwarned)
+            self._warned_at, self._unwarned = now, 0
+        else:
+            self._unwarned += 1
+
+    async def _announce_resync(self) -> None:
+        try:
+            await self.publish_control({"type": RESYNC, "host_id": self.host_id})
+        except Exception as exc:  # the subscribers' own reconnects still resync
+            log.warning("relay resync announcement failed (%s)", type(exc).__name__)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _recovered(self, cause: str) -> None:
+        RELAY_RECOVERIES.labels(cause).inc()
+        if self.on_recovered is not None:
+            try:
+                await self.on_recovered(cause)
+            except Exception:
+                log.exception("relay resync failed")
 
     # ------------------------------------------------------------ subscriptions
     def _room_opened(self, room: str) -> None:
@@ -174,6 +266,8 @@ class RedisRelay:
         channel = self._keys.room_relay_channel(room)
         if self._settled(channel):
             return True
+        if self._pubsub is None and self._lost:
+            return False  # Redis is down: no use waiting; the resync after recovery covers it
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(channel, []).append(fut)
         try:
@@ -197,13 +291,56 @@ class RedisRelay:
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen())
         await asyncio.wait_for(self._ready.wait(), 10)
+        self._canary = asyncio.create_task(self._canary_loop())
+        if os.environ.get(FAILPOINT_ENV) == "deaf":
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, self._make_deaf)
 
     async def stop(self) -> None:
-        for task in (self._syncer, self._listener):
+        for task in (self._canary, self._syncer, self._listener, *self._background):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    def _make_deaf(self) -> None:
+        log.warning("failpoint: the relay subscription is now deaf")
+        self._deaf_pubsub = self._pubsub
+
+    # ------------------------------------------------------------ canary
+    async def _canary_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._canary_interval_s)
+            try:
+                await self.publish_control({"type": CANARY, "host_id": self.host_id})
+            except Exception as exc:  # Redis unreachable: /readyz says so; deafness is another matter
+                log.debug("relay canary not published (%s)", type(exc).__name__)
+                self._unheard_since = None  # what Redis never took cannot be missed
+                continue
+            now = loop.time()
+            if self._unheard_since is None:
+                self._unheard_since = now
+            elif now - self._unheard_since > self._canary_timeout_s:
+                self._deafened(now - self._unheard_since)
+
+    def _deafened(self, silent_s: float) -> None:
+        RELAY_DEAF_DETECTED.inc()
+        RELAY_DEAF.set(1)
+        self.deaf = True
+        log.error("relay subscription is deaf: own canary not heard for %.1fs; rebuilding the subscriber",
+                  silent_s)
+        self._unheard_since = None
+        if self._listener is not None:
+            self._listener.cancel()
+        self._lost = True
+        self._listener = asyncio.create_task(self._listen())
+
+    def _canary_heard(self) -> None:
+        self._unheard_since = None
+        if self.deaf:
+            self.deaf = False
+            RELAY_DEAF.set(0)
+            log.warning("relay subscription hears its canary again")
 
     async def _listen(self) -> None:
         delay = 0.1
@@ -226,9 +363,17 @@ class RedisRelay:
                     now = loop.time()
                     if item is not None:
                         heard, pinged = now, False
+                        if pubsub is self._deaf_pubsub and item.get("type") == "message":
+                            continue  # failpoint
                         await self._on_item(item)
                         if not self._ready.is_set() and all(c in self._confirmed for c in self._fixed):
                             self._ready.set()
+                        if self._lost and all(self._settled(c) for c in (*self._fixed, *self._sent)):
+                            # Back, with every channel confirmed: whatever was published while
+                            # this subscriber was away is only in the database now.
+                            self._lost = False
+                            log.warning("relay subscriber is back; telling local sockets to resync")
+                            self._spawn(self._recovered("subscriber"))
                         delay = 0.1
                     elif now - heard > 3 * self._keepalive_s:
                         # A connection that died without a reset (network cut, Redis host gone)
@@ -242,6 +387,7 @@ class RedisRelay:
             except Exception as exc:  # Redis down: retry soon; the DB stays the source of truth
                 log.warning("relay subscriber lost (%s); retrying in %.1fs", type(exc).__name__, delay)
                 self._pubsub = None
+                self._lost = self._lost or self._ready.is_set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_backoff_s)
             finally:
@@ -275,6 +421,14 @@ class RedisRelay:
                 await self._on_socketio_message(message)
             elif channel == self._keys.control_channel:
                 RELAY_RECEIVED.labels("control").inc()
+                kind = message.get("type")
+                if kind == CANARY:
+                    if message.get("host_id") == self.host_id:
+                        self._canary_heard()
+                    return
+                if kind == RESYNC:
+                    self._spawn(self._recovered("publisher"))
+                    return
                 if self._control_handler is not None:
                     await self._control_handler(message)
         except Exception:

@@ -4,14 +4,21 @@ With Redis, a sorted set per user holds "server_id|sid" of each of the user's so
 script counts, drops what a dead server left (a server is dead once its presence heartbeat in
 the `servers` ZSET is older than presence_dead_after_s) and what this server no longer holds,
 and admits or refuses atomically, so racing connects on several processes cannot overshoot.
+While Redis cannot be reached, a connect is admitted against this process's own sockets only
+(the limit then holds per process, not per cluster; docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Protocol
 
+from redis.exceptions import RedisError
+
 from chat.keys import RedisKeys
+
+log = logging.getLogger(__name__)
 
 _ADMIT = """
 local key, servers = KEYS[1], KEYS[2]
@@ -71,10 +78,15 @@ class RedisSocketLimiter:
 
     async def admit(self, user_id: str, sid: str, local_sids: set[str]) -> bool:
         # A server id (host-pid-hex) holds no "|" and the script splits at the first one.
-        admitted = await self._script(
-            keys=[self._key(user_id), self.keys.servers],
-            args=[f"{self.server_id}|{sid}", self.limit, time.time() - self.dead_after_s, KEY_TTL_MS,
-                  self.server_id, *sorted(local_sids - {sid})])
+        try:
+            admitted = await self._script(
+                keys=[self._key(user_id), self.keys.servers],
+                args=[f"{self.server_id}|{sid}", self.limit, time.time() - self.dead_after_s, KEY_TTL_MS,
+                      self.server_id, *sorted(local_sids - {sid})])
+        except (RedisError, OSError) as exc:
+            # Refusing every connect for want of a count is worse than a per-process limit.
+            log.warning("socket limit checked locally only: Redis unavailable (%s)", type(exc).__name__)
+            return len(local_sids | {sid}) <= self.limit
         return bool(admitted)
 
     async def release(self, user_id: str, sid: str) -> None:

@@ -193,6 +193,16 @@ async def take_next_seq(session: AsyncSession, conversation_id: int, now: dateti
     return int(seq)
 
 
+async def last_seqs(conn: AsyncConnection, conversation_ids: list[int]) -> dict[int, int]:
+    """last_seq of each of these conversations (the relay's resync, chat/delivery.py)."""
+    out: dict[int, int] = {}
+    for i in range(0, len(conversation_ids), 500):
+        rows = await conn.execute(sa.select(Conversation.id, Conversation.last_seq)
+                                  .where(Conversation.id.in_(conversation_ids[i:i + 500])))
+        out.update({int(cid): int(seq or 0) for cid, seq in rows})
+    return out
+
+
 async def get_last_seq(session: AsyncSession, conversation_id: int) -> int:
     seq = await session.scalar(sa.select(Conversation.last_seq).where(Conversation.id == conversation_id))
     return int(seq or 0)

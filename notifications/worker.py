@@ -408,7 +408,8 @@ async def publish_wakeup(redis: Any, keys: RedisKeys) -> None:
     """Tell push workers on every process that outbox rows were committed. Best effort: the
     workers poll anyway."""
     try:
-        await redis.publish(keys.push_wakeup_channel, b"1")
+        # Bounded: a frozen Redis must not hold the acks of the sends that wrote the rows.
+        await asyncio.wait_for(redis.publish(keys.push_wakeup_channel, b"1"), 0.5)
     except Exception:
         log.warning("publishing the push wake-up failed (workers will poll)", exc_info=True)
 

@@ -411,7 +411,7 @@ async def test_restart_with_the_same_id_cleans_the_leftovers(make_server: MakeSe
     assert await new.online_in("c1") == []
 
 
-async def test_redis_down_raises_presence_unavailable(redis_proxy: TcpProxy, redis_url: str,
+async def test_redis_down_degrades_joins_to_the_process(redis_proxy: TcpProxy, redis_url: str,
                                                       redis_prefix: str) -> None:
     redis_proxy.stop()
     # No retries: the default policy retries each command with back-off for seconds.
@@ -422,26 +422,22 @@ async def test_redis_down_raises_presence_unavailable(redis_proxy: TcpProxy, red
     try:
         with pytest.raises(PresenceUnavailable):
             await presence.start()
-        with pytest.raises(PresenceUnavailable):
-            await presence.join("c1", "u1", "s1")
-        with pytest.raises(PresenceUnavailable):
-            await presence.connect("u1", "s1")
-        with pytest.raises(PresenceUnavailable):
-            await presence.subscribe("room:1", "s1")
-        with pytest.raises(PresenceUnavailable):
-            await presence.online_in("c1")
+        # Connects, joins and subscribes degrade to this process (docs/reliability.md): counted
+        # locally, published once Redis answers; a join cannot know it is the cluster's first.
+        assert await presence.join("c1", "u1", "s1") is False
+        await presence.connect("u1", "s1")
+        await presence.subscribe("room:1", "s1")
+        assert await presence.online_in("c1") == ["u1"]  # this process's view
         with pytest.raises(PresenceUnavailable):
             await presence.online_users(["u1"])
         with pytest.raises(PresenceUnavailable):
             await presence.typing_allowed("c1", "u1", 1.0)
 
-        # Redis is back: the failed calls left nothing behind, so the client's retries count as firsts.
+        # Redis is back: starting publishes what was counted locally meanwhile.
         redis_proxy.start()
         await presence.start()
-        assert await presence.join("c1", "u1", "s1") is True
-        await presence.connect("u1", "s1")
+        assert await presence.online_in("c1") == ["u1"]
         assert await presence.online_users(["u1"]) == {"u1"}
-        await presence.subscribe("room:1", "s1")
         assert await presence.subscriber_count("room:1") == 1
         assert sorted(await presence.disconnect("u1", "s1")) == [("c1", "u1")]
     finally:
@@ -449,6 +445,18 @@ async def test_redis_down_raises_presence_unavailable(redis_proxy: TcpProxy, red
             await presence.stop()
         finally:
             await client.aclose()
+
+
+async def test_degraded_join_is_published_by_the_heartbeat(make_server: MakeServer, redis_proxy: TcpProxy) -> None:
+    a = await make_server("srv-a", via=redis_proxy, dead_after_s=NEVER_DEAD_S)
+    b = await make_server("srv-b", dead_after_s=NEVER_DEAD_S)
+    redis_proxy.stop()
+    await a.connect("u1", "s1")  # degraded: counted by a alone
+    assert await a.join("c1", "u1", "s1") is False
+    assert await b.online_in("c1") == []
+    redis_proxy.start()
+    await eventually(lambda: b.online_in("c1"), ["u1"], timeout=WAIT_S)  # a's heartbeat published it
+    assert await b.online_users(["u1"]) == {"u1"}
 
 
 async def test_failed_disconnect_is_retried_by_the_heartbeat(make_server: MakeServer, redis_proxy: TcpProxy) -> None:

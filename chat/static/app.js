@@ -66,6 +66,7 @@ function connectSocket() {
   socket.on("presence", onPresence);
   socket.on("notification", onNotification);
   socket.on("access_revoked", onAccessRevoked);
+  socket.on("resync", onResync);
 }
 
 async function onConnect() {
@@ -574,6 +575,22 @@ function onPresence(ev) {
 function onNotification(n) {
   addLiveNotification(n);
   refreshConversationsSoon(); // it may announce a conversation we are not in yet
+}
+
+/**
+ * The server's relay was interrupted (docs/api.md `resync`): broadcasts may have been lost,
+ * the messages are stored. Join again with since_seq when behind `last_seq`; edits and
+ * deletions are not counted by seq, so what we show is re-read too (the open one at once).
+ */
+function onResync(ev) {
+  const conv = convOf(ev);
+  if (!conv || !conv.joined) return;
+  if (conv.loaded) {
+    conv.stale = true;
+    if (state.openId === conv.id) refreshLatest(conv);
+  }
+  const behind = typeof ev.last_seq !== "number" || !conv.loaded || conv.highSeq < ev.last_seq;
+  if (behind && socket && socket.connected) joinConversation(conv);
 }
 
 function onAccessRevoked(ev) {

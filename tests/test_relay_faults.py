@@ -1,0 +1,313 @@
+"""Redis faults under the relay (docs/reliability.md, "Redis and the relay"): a redis-server that
+this module starts itself on a free port, frozen with SIGSTOP / SIGCONT or stopped and started
+again by its own pid (never the machine's shared Redis), under two real server processes on
+MariaDB.
+
+- Redis frozen: a `send` is acked without waiting for the relay; the failures are logged
+  (rate-limited) and counted; when Redis is back every process tells its sockets to `resync`,
+  and a client catches up with `since_seq`;
+- a subscription that went deaf is found by the canary: /readyz 503, ERROR, metric, rebuilt;
+- Redis stopped: connect, join and send (room, creator post, DM) still work, presence degraded
+  to the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.conftest import MySQLDatabases
+from tests.support import Api, Client, ServerProcess, free_port, make_token
+
+pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+
+
+class OwnRedis:
+    """A throwaway redis-server on a port of its own; stopped and started again on that port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout.strip() != b"PONG":
+            assert time.monotonic() < deadline, "redis-server not ready"
+            time.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None and self.proc.poll() is None
+        os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+@dataclass
+class Env:
+    redis: OwnRedis
+    a: ServerProcess  # its relay can be made deaf (failpoint, SIGUSR2)
+    b: ServerProcess
+    api: Api
+
+
+@pytest.fixture(scope="module")
+def env(mysql_databases: MySQLDatabases) -> Iterator[Env]:
+    redis = OwnRedis()
+    servers: list[ServerProcess] = []
+    try:
+        url = mysql_databases.new()
+        servers.append(ServerProcess(url, redis.url, "relayfaults", env={"BACKSTAGE_RELAY_FAILPOINT": "deaf"}))
+        servers.append(ServerProcess(url, redis.url, "relayfaults"))
+        yield Env(redis, servers[0], servers[1], Api(servers[0].url))
+    finally:
+        for s in servers:
+            s.stop()
+        redis.stop()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Client]]:
+    opened: list[Client] = []
+    yield opened
+    for c in opened:
+        await c.close()
+
+
+def metric(server: ServerProcess, prefix: str) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def wait_ready(server: ServerProcess, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while httpx.get(server.url + "/readyz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "not ready again"
+        time.sleep(0.1)
+
+
+async def connect(clients: list[Client], server: ServerProcess, token: str) -> Client:
+    c = await Client(server.url, token).connect()
+    clients.append(c)
+    return c
+
+
+# ---------------------------------------------------------------- Redis frozen
+
+
+async def test_frozen_redis_never_holds_acks_and_sockets_resync(env: Env, clients: list[Client]) -> None:
+    api = env.api
+    creator, patron = "rf-cre", "rf-pat"
+    ctoken, ptoken = api.user(creator), api.user(patron)
+    api.membership(creator, patron, 100)
+    room = api.room(creator, "Frozen", 0)
+    ca = await connect(clients, env.a, ctoken)  # sends on A
+    pb = await connect(clients, env.b, ptoken)  # reads on B
+    assert (await ca.call("join", {"conversation_id": room}))["ok"]
+    assert (await pb.call("join", {"conversation_id": room}))["ok"]
+    first = await ca.call("send", {"conversation_id": room, "body": "before", "client_msg_id": "f0"})
+    await pb.wait_for("message", lambda m: m["id"] == first["message"]["id"])
+    failures_before = metric(env.a, "backstage_relay_publish_failures_total")
+    log_start = len(env.a.log())
+
+    env.redis.signal(signal.SIGSTOP)
+    waits: list[float] = []
+    try:
+        # Creator posts: the relay publish and the push wake-up both need Redis. 10 s frozen,
+        # a send every 2 s: the first meets the frozen publish, later ones the back-off.
+        frozen_at = time.monotonic()
+        for i in range(1, 6):
+            started = time.monotonic()
+            r = await ca.call("send", {"conversation_id": room, "body": f"frozen {i}", "client_msg_id": f"f{i}"})
+            waits.append(time.monotonic() - started)
+            assert r["ok"], r
+            await ca.wait_for("message", lambda m, i=i: m["body"] == f"frozen {i}")  # local delivery
+            await _sleep_until(frozen_at + 2 * i)
+    finally:
+        env.redis.signal(signal.SIGCONT)
+    print(f"send acks with Redis frozen: {', '.join(f'{w:.2f}s' for w in waits)}")
+    # Unbounded, the first ack waited for the thaw (10 s) or the socket timeout (5 s).
+    assert max(waits) < 3, waits
+    last_seq = r["message"]["seq"]
+
+    # Every process was cut off from its subscription: each tells its own sockets to resync.
+    got = await pb.wait_for("resync", lambda e: e["conversation_id"] == room, timeout=20)
+    assert got["last_seq"] == last_seq, got
+    await ca.wait_for("resync", lambda e: e["conversation_id"] == room, timeout=20)
+    # What B's socket missed (the publishes Redis took before it froze may still have come
+    # through after the thaw), `since_seq` brings: together, every message, without a gap.
+    live = {m["seq"] for m in pb.events["message"] if m["conversation_id"] == room}
+    seen = max(s for s in live if s == 1 or all(x in live for x in range(1, s + 1)))
+    again = await pb.call("join", {"conversation_id": room, "since_seq": seen})
+    assert again["ok"], again
+    assert [m["seq"] for m in again["messages"]] == list(range(seen + 1, last_seq + 1))
+    bodies = {m["seq"]: m["body"] for m in [*pb.events["message"], *again["messages"]]}
+    assert [bodies[s] for s in range(1, last_seq + 1)] == ["before", *(f"frozen {i}" for i in range(1, 6))]
+
+    assert metric(env.a, "backstage_relay_publish_failures_total") > failures_before
+    warnings = [line for line in env.a.log()[log_start:].splitlines() if "relay publish failed" in line]
+    assert warnings and all("WARNING" in line for line in warnings), warnings
+    assert len(warnings) <= 4, warnings  # one per 5 s at most
+
+    # And live again: a new message reaches B through the relay.
+    wait_ready(env.a)
+    after = await ca.call("send", {"conversation_id": room, "body": "after", "client_msg_id": "f6"})
+    await pb.wait_for("message", lambda m: m["id"] == after["message"]["id"])
+
+
+async def _sleep_until(deadline: float) -> None:
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)  # the fault's own duration, not a wait for an event
+
+
+# ---------------------------------------------------------------- a deaf subscription
+
+
+async def test_deaf_subscription_found_by_canary_and_rebuilt(env: Env, clients: list[Client]) -> None:
+    api = env.api
+    creator, patron = "rd-cre", "rd-pat"
+    ctoken, ptoken = api.user(creator), api.user(patron)
+    api.membership(creator, patron, 100)
+    room = api.room(creator, "Deaf", 0)
+    pa = await connect(clients, env.a, ptoken)  # reads on A, the one that goes deaf
+    cb = await connect(clients, env.b, ctoken)
+    assert (await pa.call("join", {"conversation_id": room}))["ok"]
+    assert (await cb.call("join", {"conversation_id": room}))["ok"]
+    wait_ready(env.a)
+    detected_before = metric(env.a, "backstage_relay_deaf_detections_total")
+    log_start = len(env.a.log())
+
+    os.kill(env.a.pid, signal.SIGUSR2)  # A's subscription keeps its connection, hears nothing
+    started = time.monotonic()
+    lost = await cb.call("send", {"conversation_id": room, "body": "unheard", "client_msg_id": "d1"})
+    assert lost["ok"], lost
+    while True:
+        r = httpx.get(env.a.url + "/readyz", timeout=10)
+        if r.status_code == 503:
+            break
+        assert time.monotonic() - started < 20, "deafness not detected"
+        time.sleep(0.1)
+    detected = time.monotonic() - started
+    print(f"deaf subscription detected after {detected:.1f}s")
+    assert r.json()["problems"].get("relay") == "deaf", r.text
+    assert metric(env.a, "backstage_relay_deaf_detections_total") == detected_before + 1
+    assert any("ERROR" in line and "relay subscription is deaf" in line
+               for line in env.a.log()[log_start:].splitlines())
+
+    # Rebuilt: ready again, the socket told to resync (it missed "unheard"), and live again.
+    wait_ready(env.a)
+    got = await pa.wait_for("resync", lambda e: e["conversation_id"] == room, timeout=20)
+    assert got["last_seq"] == lost["message"]["seq"]
+    assert not any(m["id"] == lost["message"]["id"] for m in pa.events["message"])
+    live = await cb.call("send", {"conversation_id": room, "body": "heard", "client_msg_id": "d2"})
+    await pa.wait_for("message", lambda m: m["id"] == live["message"]["id"])
+
+
+# ---------------------------------------------------------------- Redis stopped
+
+
+async def test_redis_down_connect_join_send_degrade_to_the_process(env: Env, clients: list[Client]) -> None:
+    api = env.api
+    creator, patron = "rs-cre", "rs-pat"
+    ctoken, ptoken = api.user(creator), api.user(patron)
+    api.membership(creator, patron, 100)
+    room = api.room(creator, "Down", 0)
+    dm = api.direct(ptoken, creator)
+
+    env.redis.stop()
+    try:
+        # New sockets, joins and sends: Redis only carried presence and the relay.
+        ca = await connect(clients, env.a, ctoken)
+        pa = await connect(clients, env.a, make_token(patron))
+        joined = await pa.call("join", {"conversation_id": room})
+        assert joined["ok"], joined
+        assert patron in joined["online"]  # this process's view
+        assert (await ca.call("join", {"conversation_id": room}))["ok"]
+        post = await ca.call("send", {"conversation_id": room, "body": "creator post", "client_msg_id": "s1"})
+        assert post["ok"], post
+        await pa.wait_for("message", lambda m: m["id"] == post["message"]["id"])  # same process: live
+        reply = await pa.call("send", {"conversation_id": room, "body": "reply", "client_msg_id": "s2"})
+        assert reply["ok"], reply
+        assert (await pa.call("join", {"conversation_id": dm}))["ok"]
+        direct = await pa.call("send", {"conversation_id": dm, "body": "dm", "client_msg_id": "s3"})
+        assert direct["ok"], direct
+        assert httpx.get(env.a.url + "/readyz", timeout=10).status_code == 503  # not pretending
+    finally:
+        env.redis.start()
+    wait_ready(env.a)
+    wait_ready(env.b)
+    # Back: A resubscribed (and told its sockets to resync), the relay carries messages
+    # between processes again, and A's presence is republished by its heartbeat.
+    await pa.wait_for("resync", lambda e: e["conversation_id"] == room, timeout=20)
+    cb = await connect(clients, env.b, ctoken)
+    assert (await cb.call("join", {"conversation_id": room}))["ok"]
+    live = await cb.call("send", {"conversation_id": room, "body": "back", "client_msg_id": "s4"})
+    await pa.wait_for("message", lambda m: m["id"] == live["message"]["id"], timeout=20)
+    deadline = time.monotonic() + 20
+    while patron not in (await cb.call("join", {"conversation_id": room}))["online"]:
+        assert time.monotonic() < deadline, "presence not republished"
+        await asyncio.sleep(0.5)
+
+
+# ---------------------------------------------------------------- the page resyncs by itself
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs /usr/bin/chromium")
+def test_page_recovers_messages_relayed_while_redis_was_down(env: Env) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_support import launch, open_chat
+
+    api = env.api
+    creator, patron = "rp-cre", "rp-pat"
+    ctoken, ptoken = api.user(creator, "Cara Creator"), api.user(patron, "Pat Patron")
+    api.membership(creator, patron, 100)
+    room = api.room(creator, "Page", 0)
+
+    def post(body: str) -> int:
+        r = api.client(ctoken, "POST", f"/conversations/{room}/messages", {"body": body, "client_msg_id": body.replace(" ", "-")})
+        assert r.status_code in (200, 201), r.text
+        return int(r.json()["message"]["seq"])
+
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            chat = open_chat(browser, env.b.url, ptoken)  # B's socket, messages posted on A
+            chat.open(room)
+            post("before")
+            chat.wait_seqs([1])
+            env.redis.stop()  # publishes fail at once: nothing can arrive late by itself
+            try:
+                assert [post("while down 1"), post("while down 2")] == [2, 3]
+            finally:
+                env.redis.start()
+            # No new message, no reconnect of the page's socket (B never went away): only the
+            # `resync` event can bring them.
+            chat.wait_seqs([1, 2, 3], timeout=20_000)
+            assert chat.bodies() == ["before", "while down 1", "while down 2"]
+            chat.context.close()
+        finally:
+            browser.close()
+    wait_ready(env.a)
+    wait_ready(env.b)
