@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import API_KEY, JWT_SECRET, ROOT, free_port
+from tests.support import API_KEY, JWT_SECRET, ROOT, free_port, make_token
 
 VENDOR = ROOT / "chat" / "static" / "vendor" / "socket.io.esm.min.js"
 
@@ -116,8 +116,25 @@ def test_page_works_without_node_modules(tmp_path: Path, package_copy: Path) -> 
         assert client.headers["Content-Type"].startswith("text/javascript")
         assert client.content == VENDOR.read_bytes()
         assert " ERROR " not in server.log()
+        browser_connects(url)
     finally:
         server.stop()
+
+
+def browser_connects(url: str) -> None:
+    """Debian's Chromium opens the page and its socket connects (the module import resolved)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_support import CHROMIUM, launch, open_chat
+
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: run `make browser`"
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            chat = open_chat(browser, url, make_token("deploy_user", "Deploy User"))
+            assert chat.errors == []
+        finally:
+            browser.close()
 
 
 def test_missing_static_asset_fails_readyz_and_logs_error(tmp_path: Path, package_copy: Path) -> None:
