@@ -215,6 +215,7 @@ def demo_start(tmp_path: Path, env: dict[str, str], n: int) -> tuple[Proc, str, 
     token = re.search(r"Alice .*\?token=(\S+)", log)
     key = re.search(r"Server API key \(kept in .*\): (\S+)", log)
     assert token and key, log
+    assert f"curl -H 'Authorization: Bearer {key.group(1)}'" in log  # a ready-to-paste server API call
     return server, token.group(1), key.group(1)
 
 

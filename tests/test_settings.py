@@ -82,9 +82,15 @@ def test_warnings_for_risky_settings(tmp_path: Path) -> None:
     assert len(quiet_warnings) == 1 and "SQLite outside --demo" in quiet_warnings[0], quiet.stderr
 
 
-def test_unreachable_database_at_start_is_retried_one_line_at_a_time(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dependency", ["database", "redis"])
+def test_unreachable_dependency_at_start_is_retried_one_line_at_a_time(tmp_path: Path, dependency: str) -> None:
     closed_port = free_port()  # nothing listens there
-    env = clean_env(tmp_path, DATABASE_URL=f"mysql+aiomysql://u:secretpw@127.0.0.1:{closed_port}/db")
+    if dependency == "database":
+        env = clean_env(tmp_path, DATABASE_URL=f"mysql+aiomysql://u:secretpw@127.0.0.1:{closed_port}/db")
+        named = f"database mysql (127.0.0.1:{closed_port}/db)"
+    else:
+        env = clean_env(tmp_path, REDIS_URL=f"redis://:secretpw@127.0.0.1:{closed_port}/0")
+        named = f"redis redis (127.0.0.1:{closed_port}, prefix 'backstage')"
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_server.py")], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -95,7 +101,7 @@ def test_unreachable_database_at_start_is_retried_one_line_at_a_time(tmp_path: P
             seen.append(proc.stdout.readline())
         errors = [line for line in seen if "unreachable at start" in line]
         assert len(errors) == 2, "".join(seen)
-        assert f"database mysql (127.0.0.1:{closed_port}/db)" in errors[0] and "retrying in 1 s" in errors[0]
+        assert named in errors[0] and "retrying in 1 s" in errors[0], errors
         assert "retrying in 2 s" in errors[1]  # backoff
         assert proc.poll() is None  # still waiting, not crashed
         assert "Traceback" not in "".join(seen) and "secretpw" not in "".join(seen)
