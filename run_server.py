@@ -3,6 +3,10 @@
     python run_server.py [--demo]            serve HTTP + Socket.IO on HOST:PORT
     python run_server.py migrate             apply database migrations and exit
     python run_server.py token USER_ID [--name NAME] [--ttl SECONDS]
+
+A bad setting is one line on stderr naming the variable and the fix (JSON when LOG_FORMAT=json),
+exit code 2. An unreachable database or Redis at start is one ERROR line per attempt, retried with
+backoff, not a crash loop.
 """
 
 from __future__ import annotations
@@ -12,9 +16,16 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import sys
+import time
+from typing import Any
 
-from chat.config import Settings
+from sqlalchemy.engine import make_url
+
+from chat.config import ConfigError, Settings, settings_warnings
+
+log = logging.getLogger("backstage")
 
 
 class JsonFormatter(logging.Formatter):
@@ -45,6 +56,77 @@ def configure_logging(settings: Settings) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def report_config_errors(problems: list[str]) -> None:
+    """One line per bad variable on stderr, as JSON when LOG_FORMAT=json (as the log would be)."""
+    as_json = os.environ.get("LOG_FORMAT", "").strip() == "json"
+    for line in problems:
+        if as_json:
+            print(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "level": "ERROR",
+                              "logger": "backstage.config", "message": f"configuration error: {line}",
+                              "variable": line.split("=", 1)[0].split(":", 1)[0]}), file=sys.stderr)
+        else:
+            print(f"configuration error: {line}", file=sys.stderr)
+
+
+def describe_database(url: str) -> str:
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        return f"sqlite ({u.database or ':memory:'})"
+    return f"{u.get_backend_name()} ({u.host}:{u.port or 3306}/{u.database})"
+
+
+def describe_relay(settings: Settings) -> str:
+    if not settings.redis_url:
+        return "in-process (no REDIS_URL: single process)"
+    u = make_url(settings.redis_url) if "://" in settings.redis_url else None
+    where = f"{u.host}:{u.port or 6379}" if u is not None and u.host else "unix socket"
+    return f"redis ({where}, prefix {settings.redis_prefix!r})"
+
+
+async def unreachable(settings: Settings) -> list[str]:
+    """The dependencies that do not answer now, each as `name (reason)`; SQLite always answers."""
+    problems: list[str] = []
+    if make_url(settings.database_url).get_backend_name() != "sqlite":
+        from chat.db import create_engine
+
+        engine = create_engine(settings.database_url, pool_size=1)
+        try:
+            async with asyncio.timeout(10):
+                async with engine.connect() as conn:
+                    await conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:
+            problems.append(f"database {describe_database(settings.database_url)} ({reason(exc)})")
+        finally:
+            await engine.dispose()
+    if settings.redis_url:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            async with asyncio.timeout(10):
+                await client.ping()
+        except Exception as exc:
+            problems.append(f"redis {describe_relay(settings)} ({reason(exc)})")
+        finally:
+            await client.aclose()
+    return problems
+
+
+def reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def wait_for_dependencies(settings: Settings, max_delay: float = 30.0) -> None:
+    """Block until the database and Redis answer: a platform restarting a crashed process would
+    loop fast and bury the reason in tracebacks; one line per attempt with backoff says it once."""
+    delay = 1.0
+    while problems := asyncio.run(unreachable(settings)):
+        log.error("unreachable at start: %s; retrying in %.0f s", "; ".join(problems), delay)
+        time.sleep(delay)
+        delay = min(delay * 2, max_delay)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_server.py", description="Backstage chat server")
     parser.add_argument("--demo", action="store_true", help="seed demo data and print sign-in links")
@@ -56,12 +138,25 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--ttl", type=int, default=86400)
     args = parser.parse_args(argv)
 
-    settings = Settings.from_env(demo=args.demo)
+    try:
+        settings = Settings.from_env(demo=args.demo)
+    except ConfigError as error:
+        report_config_errors(error.problems)
+        return 2
     configure_logging(settings)
+    demo_key: str | None = None
+    if args.demo and args.command is None:
+        from chat.demo import load_demo_credentials
+
+        settings, demo_key = load_demo_credentials(settings, os.environ)
+    for warning in settings_warnings(settings):
+        log.warning("%s", warning)
 
     if args.command == "migrate":
         from chat import migrate
         from chat.db import create_engine
+
+        wait_for_dependencies(settings)
 
         async def run() -> None:
             engine = create_engine(settings.database_url)
@@ -82,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if not settings.jwt_secret and not settings.jwt_public_key:
-        print("JWT_SECRET (or JWT_PUBLIC_KEY) is required; try --demo", file=sys.stderr)
+        report_config_errors(["JWT_SECRET: required (or JWT_PUBLIC_KEY); set a random string of "
+                              "32+ characters, or try --demo"])
         return 2
+
+    wait_for_dependencies(settings)
 
     import uvloop
     from aiohttp import web
@@ -94,15 +192,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo:
         from chat.demo import install_demo
 
-        install_demo(app, settings)
+        install_demo(app, settings, demo_key)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     # Full collections stall every socket of the process (measured: up to 277 ms, see
     # docs/performance.md). Freeze what start-up allocated and collect young objects less often.
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+    def ready(*_: Any) -> None:  # run_app calls this once the listening socket is bound
+        log.info("ready: listening on http://%s:%d, database %s, relay %s", settings.host, settings.port,
+                 describe_database(settings.database_url), describe_relay(settings))
+
     web.run_app(app, host=settings.host, port=settings.port, access_log=None,
-                print=lambda *_: None,
+                print=ready,
                 # in-flight HTTP requests get this long; open websockets were closed in on_shutdown
                 shutdown_timeout=1)
     return 0

@@ -37,7 +37,15 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-SOCKETIO_CLIENT = ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.esm.min.js"
+# Shipped inside the package (copied from node_modules at package-lock.json's version, checked by
+# tests/test_deploy.py), so a pip-only deploy serves a page that connects.
+SOCKETIO_CLIENT = STATIC_DIR / "vendor" / "socket.io.esm.min.js"
+REQUIRED_STATIC = (STATIC_DIR / "index.html", SOCKETIO_CLIENT)
+
+
+def missing_static() -> list[str]:
+    """Files the page needs that are not there (a broken install): readyz and start-up report them."""
+    return [str(path.relative_to(ROOT)) for path in REQUIRED_STATIC if not path.is_file()]
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 ENGINE_KEY = web.AppKey("engine", AsyncEngine)
@@ -247,6 +255,7 @@ def add_operation_routes(app: web.Application) -> None:
             await request.app[REDIS_KEY].ping()  # type: ignore[attr-defined]
 
         checks: dict[str, Callable[[], Awaitable[None]]] = {"database": database}
+        missing = missing_static()
         if request.app[REDIS_KEY] is not None:
             checks["redis"] = redis
         results = await asyncio.gather(*(asyncio.wait_for(check(), limit) for check in checks.values()),
@@ -257,6 +266,8 @@ def add_operation_routes(app: web.Application) -> None:
         relay = service.delivery.relay_problem() if service is not None else None
         if relay is not None:  # the relay canary (chat/relay.py): this process hears no broadcasts
             problems["relay"] = relay
+        if missing:
+            problems["static"] = "missing " + ", ".join(missing)
         if problems:
             log.warning("not ready: %s", ", ".join(f"{k} {v}" for k, v in problems.items()))
             return http_api.json_response({"ok": False, "problems": problems}, status=503)
@@ -274,9 +285,13 @@ def add_page_routes(app: web.Application) -> None:
     async def index(request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
+    missing = missing_static()
+    if missing:
+        log.error("static assets missing: %s (the page cannot work; reinstall the package)", ", ".join(missing))
+
     async def socketio_client(request: web.Request) -> web.StreamResponse:
-        if not SOCKETIO_CLIENT.exists():
-            return web.Response(status=503, text="run `npm ci` to install socket.io-client")
+        if not SOCKETIO_CLIENT.is_file():
+            return web.Response(status=503, text="socket.io client missing from chat/static/vendor")
         return web.FileResponse(SOCKETIO_CLIENT, headers={"Content-Type": "text/javascript"})
 
     app.router.add_get("/", index)

@@ -1,17 +1,183 @@
-"""Settings read once from the environment (SPEC §1). Secrets never appear in repr()."""
+"""Settings read once from the environment (SPEC §1). Secrets never appear in repr().
+
+The environment is parsed and validated by `EnvSettings` (pydantic-settings): a bad value is one
+line naming the variable and the fix (`ConfigError`), and `Settings.from_env` turns the validated
+values into the frozen `Settings` the rest of the code uses (tests construct it directly).
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///backstage.db"
 DEFAULT_FCM_ENDPOINT = "https://fcm.googleapis.com"
+MIN_JWT_SECRET_CHARS = 32
 
 
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (value or "").split(",") if p.strip())
+
+
+class ConfigError(Exception):
+    """Bad settings: one line per bad variable, each naming the variable and the fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+# Per-variable advice, used when pydantic's own message would not say what to write instead.
+_HINTS = {
+    "PORT": "must be a TCP port number 1-65535, e.g. PORT=8080",
+    "LOG_LEVEL": "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+    "LOG_FORMAT": "must be text or json",
+    "PUSH_WORKER": "must be inline (pushes sent by the web process) or external "
+                   "(run `python -m notifications.worker`)",
+    "PUSH_WORKER_THREAD": "must be 1 or 0 (true/false, yes/no also work)",
+}
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def _env(name: str, default: Any = None, **kw: Any) -> Any:
+    return Field(default, validation_alias=AliasChoices(name), **kw)
+
+
+class EnvSettings(BaseSettings):
+    """The environment variables of SPEC §1 (and the documented tuning ones), validated."""
+
+    # Only the mapping handed to from_env is read (os.environ by default): no .env file, no
+    # secrets dir, so what a test passes is exactly what is parsed.
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=True, populate_by_name=False)
+
+    host: str = _env("HOST", "127.0.0.1")
+    port: int = _env("PORT", 8080, ge=1, le=65535)
+    database_url: str = _env("DATABASE_URL", DEFAULT_DATABASE_URL)
+    redis_url: str | None = _env("REDIS_URL")
+    redis_prefix: str = _env("REDIS_PREFIX", "backstage")
+    jwt_secret: SecretStr | None = _env("JWT_SECRET")
+    jwt_public_key: SecretStr | None = _env("JWT_PUBLIC_KEY")
+    api_keys: SecretStr | None = _env("API_KEYS")
+    firebase_credentials: str | None = _env("FIREBASE_CREDENTIALS")
+    fcm_endpoint: str = _env("FCM_ENDPOINT", DEFAULT_FCM_ENDPOINT)
+    push_worker: Literal["inline", "external"] = _env("PUSH_WORKER", "inline")
+    allowed_origins: str | None = _env("ALLOWED_ORIGINS")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = _env("LOG_LEVEL", "INFO")
+    log_format: Literal["text", "json"] = _env("LOG_FORMAT", "text")
+    presence_heartbeat_s: PositiveFloat = _env("PRESENCE_HEARTBEAT_S", 5.0)
+    presence_dead_after_s: PositiveFloat = _env("PRESENCE_DEAD_AFTER_S", 20.0)
+    ping_interval: PositiveFloat = _env("SOCKETIO_PING_INTERVAL_S", 25.0)
+    ping_timeout: PositiveFloat = _env("SOCKETIO_PING_TIMEOUT_S", 20.0)
+    push_worker_thread: bool = _env("PUSH_WORKER_THREAD", True)
+    connect_timeout_s: PositiveFloat = _env("SOCKETIO_CONNECT_TIMEOUT_S", 10.0)
+    max_sockets_per_user: PositiveInt = _env("MAX_SOCKETS_PER_USER", 10)
+    join_rate_per_s: PositiveFloat = _env("JOIN_RATE_PER_S", 5.0)
+    join_burst: PositiveInt = _env("JOIN_BURST", 20)
+    http_body_timeout_s: PositiveFloat = _env("HTTP_BODY_TIMEOUT_S", 10.0)
+    max_bad_packets: PositiveInt = _env("MAX_BAD_PACKETS", 5)
+    socket_max_buffer_bytes: PositiveInt = _env("SOCKET_MAX_BUFFER_BYTES", 1024 * 1024)
+    socket_max_queued_packets: PositiveInt = _env("SOCKET_MAX_QUEUED_PACKETS", 1000)
+    socket_stall_s: PositiveFloat = _env("SOCKET_STALL_S", 10.0)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        value = value.upper() if isinstance(value, str) else value
+        return "WARNING" if value == "WARN" else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("is not a URL; use mysql+aiomysql://USER:PASSWORD@HOST:3306/DB "
+                             "or sqlite+aiosqlite:///PATH") from None
+        backend, driver = url.get_backend_name(), url.get_driver_name()
+        if backend in ("mysql", "mariadb") and driver != "aiomysql":
+            raise ValueError(f"{url.drivername}:// is a blocking driver; write mysql+aiomysql:// "
+                             "instead (mysql+aiomysql://USER:PASSWORD@HOST:3306/DB)")
+        if backend == "sqlite" and driver != "aiosqlite":
+            raise ValueError("uses a blocking SQLite driver; use sqlite+aiosqlite:///PATH")
+        if backend not in ("mysql", "mariadb", "sqlite"):
+            raise ValueError(f"backend {backend!r} is not supported; use mysql+aiomysql:// "
+                             "(MariaDB/MySQL) or sqlite+aiosqlite:/// (demo, tests)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://, e.g. redis://HOST:6379/0")
+        return value
+
+    @field_validator("firebase_credentials")
+    @classmethod
+    def _credentials_file(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError("names no readable file; set it to the path of the service account "
+                             "JSON key downloaded from the Firebase console, or unset it to skip pushes")
+        return value
+
+    @field_validator("fcm_endpoint")
+    @classmethod
+    def _fcm_endpoint(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL, e.g. https://fcm.googleapis.com")
+        return value.rstrip("/")
+
+
+def _problem_lines(error: ValidationError, env: Mapping[str, str]) -> list[str]:
+    lines: list[str] = []
+    for item in error.errors():
+        name = str(item["loc"][0]) if item["loc"] else "?"
+        value = env.get(name)
+        secret = name in ("JWT_SECRET", "JWT_PUBLIC_KEY", "API_KEYS", "DATABASE_URL", "REDIS_URL")
+        shown = "" if value is None or secret else f"={value!r}"
+        if item["type"] == "value_error":
+            advice = str(item["ctx"]["error"]) if "ctx" in item else item["msg"]
+        else:
+            advice = _HINTS.get(name, item["msg"].lower())
+        if name == "DATABASE_URL" and value is not None:
+            # Show the scheme only: the rest may carry a password.
+            shown = f"={value.split('://', 1)[0]}://..." if "://" in value else ""
+        lines.append(f"{name}{shown}: {advice}")
+    return lines
+
+
+def settings_warnings(settings: Settings) -> list[str]:
+    """Legal but risky settings, logged as WARNING at start-up."""
+    out: list[str] = []
+    if not settings.api_keys:
+        out.append("API_KEYS is unset: the server API (/api/v1/server/*) refuses every request; "
+                   "set API_KEYS=key1,key2 for your backend")
+    if settings.jwt_secret is not None and len(settings.jwt_secret) < MIN_JWT_SECRET_CHARS:
+        out.append(f"JWT_SECRET is shorter than {MIN_JWT_SECRET_CHARS} characters: tokens can be "
+                   "brute-forced; use e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`")
+    if make_url(settings.database_url).get_backend_name() == "sqlite" and not settings.demo:
+        out.append("DATABASE_URL is SQLite outside --demo: one process only, no Redis relay "
+                   "across processes; use mysql+aiomysql:// in production")
+    return out
 
 
 @dataclass(frozen=True)
@@ -63,39 +229,49 @@ class Settings:
     socket_stall_s: float = 10.0
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, *, demo: bool = False) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, *, demo: bool = False) -> Settings:
+        """Parse and validate the environment; raises ConfigError (one line per bad variable)."""
         e = os.environ if env is None else env
-        jwt_secret = e.get("JWT_SECRET") or None
-        if demo and not jwt_secret and not e.get("JWT_PUBLIC_KEY"):
+        names = {a for f in EnvSettings.model_fields.values()
+                 for a in getattr(f.validation_alias, "choices", ())}
+        # An empty variable counts as unset, as a platform's empty config var usually means.
+        given: dict[str, Any] = {k: v for k, v in e.items() if k in names and v != ""}
+        try:
+            v = EnvSettings(**given)
+        except ValidationError as error:
+            raise ConfigError(_problem_lines(error, given)) from None
+        jwt_secret = v.jwt_secret.get_secret_value() if v.jwt_secret else None
+        jwt_public_key = v.jwt_public_key.get_secret_value() if v.jwt_public_key else None
+        if demo and not jwt_secret and not jwt_public_key:
             jwt_secret = secrets.token_urlsafe(32)
         return cls(
-            host=e.get("HOST", "127.0.0.1"),
-            port=int(e.get("PORT", "8080")),
-            database_url=e.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
-            redis_url=e.get("REDIS_URL") or None,
-            redis_prefix=e.get("REDIS_PREFIX") or "backstage",
+            host=v.host,
+            port=v.port,
+            database_url=v.database_url,
+            redis_url=v.redis_url,
+            redis_prefix=v.redis_prefix,
             jwt_secret=jwt_secret,
-            jwt_public_key=e.get("JWT_PUBLIC_KEY") or None,
-            api_keys=_split(e.get("API_KEYS")),
-            firebase_credentials=e.get("FIREBASE_CREDENTIALS") or None,
-            fcm_endpoint=(e.get("FCM_ENDPOINT") or DEFAULT_FCM_ENDPOINT).rstrip("/"),
-            push_worker=e.get("PUSH_WORKER", "inline"),
-            allowed_origins=_split(e.get("ALLOWED_ORIGINS")),
-            log_level=e.get("LOG_LEVEL", "INFO").upper(),
-            log_format=e.get("LOG_FORMAT", "text"),
+            jwt_public_key=jwt_public_key,
+            api_keys=_split(v.api_keys.get_secret_value() if v.api_keys else None),
+            firebase_credentials=v.firebase_credentials,
+            fcm_endpoint=v.fcm_endpoint,
+            push_worker=v.push_worker,
+            allowed_origins=_split(v.allowed_origins),
+            log_level=v.log_level,
+            log_format=v.log_format,
             demo=demo,
-            presence_heartbeat_s=float(e.get("PRESENCE_HEARTBEAT_S", "5")),
-            presence_dead_after_s=float(e.get("PRESENCE_DEAD_AFTER_S", "20")),
-            ping_interval=float(e.get("SOCKETIO_PING_INTERVAL_S", "25")),
-            ping_timeout=float(e.get("SOCKETIO_PING_TIMEOUT_S", "20")),
-            push_worker_thread=e.get("PUSH_WORKER_THREAD", "1") not in ("0", "false", "no"),
-            connect_timeout_s=float(e.get("SOCKETIO_CONNECT_TIMEOUT_S", "10")),
-            max_sockets_per_user=int(e.get("MAX_SOCKETS_PER_USER", "10")),
-            join_rate_per_s=float(e.get("JOIN_RATE_PER_S", "5")),
-            join_burst=int(e.get("JOIN_BURST", "20")),
-            http_body_timeout_s=float(e.get("HTTP_BODY_TIMEOUT_S", "10")),
-            max_bad_packets=int(e.get("MAX_BAD_PACKETS", "5")),
-            socket_max_buffer_bytes=int(e.get("SOCKET_MAX_BUFFER_BYTES", str(1024 * 1024))),
-            socket_max_queued_packets=int(e.get("SOCKET_MAX_QUEUED_PACKETS", "1000")),
-            socket_stall_s=float(e.get("SOCKET_STALL_S", "10")),
+            presence_heartbeat_s=v.presence_heartbeat_s,
+            presence_dead_after_s=v.presence_dead_after_s,
+            ping_interval=v.ping_interval,
+            ping_timeout=v.ping_timeout,
+            push_worker_thread=v.push_worker_thread,
+            connect_timeout_s=v.connect_timeout_s,
+            max_sockets_per_user=v.max_sockets_per_user,
+            join_rate_per_s=v.join_rate_per_s,
+            join_burst=v.join_burst,
+            http_body_timeout_s=v.http_body_timeout_s,
+            max_bad_packets=v.max_bad_packets,
+            socket_max_buffer_bytes=v.socket_max_buffer_bytes,
+            socket_max_queued_packets=v.socket_max_queued_packets,
+            socket_stall_s=v.socket_stall_s,
         )
