@@ -41,6 +41,9 @@ class Settings:
     # Presence in Redis: heartbeat period, and silence after which a process counts as dead.
     presence_heartbeat_s: float = 5.0
     presence_dead_after_s: float = 20.0
+    # Presence events of a conversation are held this long and sent together; a user who comes
+    # and goes within it produces none (chat/presence.py PresenceCoalescer).
+    presence_window_s: float = 0.2
     # PUSH_WORKER=inline: run the push worker on a thread of its own, with its own event loop and
     # database pool, so expanding and sending pushes never delays the sockets (PUSH_WORKER_THREAD=0:
     # on the server's loop).
@@ -80,6 +83,7 @@ class Settings:
             demo=demo,
             presence_heartbeat_s=float(e.get("PRESENCE_HEARTBEAT_S", "5")),
             presence_dead_after_s=float(e.get("PRESENCE_DEAD_AFTER_S", "20")),
+            presence_window_s=float(e.get("PRESENCE_WINDOW_S", "0.2")),
             ping_interval=float(e.get("SOCKETIO_PING_INTERVAL_S", "25")),
             ping_timeout=float(e.get("SOCKETIO_PING_TIMEOUT_S", "20")),
             push_worker_thread=e.get("PUSH_WORKER_THREAD", "1") not in ("0", "false", "no"),

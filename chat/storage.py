@@ -487,3 +487,80 @@ async def user_names_of(conn: AsyncConnection, user_ids: Sequence[str]) -> dict[
     rows = await conn.execute(sa.select(_users.c.id, _users.c.name).where(_users.c.id.in_(set(user_ids))))
     names = {uid: name for uid, name in rows.all()}
     return {uid: names.get(uid, uid) for uid in user_ids}
+
+
+# ---------------------------------------------------------------- join (Core, no ORM)
+
+
+@dataclass(frozen=True)
+class JoinView:
+    """What `join` reads before deciding: the conversation, the membership access_rule needs,
+    the user's read position and unread count, and the names of a direct conversation's pair."""
+
+    conversation: ConversationMeta
+    membership: tuple[str, int] | None
+    last_read_seq: int
+    unread: int
+    creator_name: str
+    patron_name: str
+
+
+async def join_view(conn: AsyncConnection, conversation_id: int, user_id: str) -> JoinView | None:
+    """One statement: the conversation row, the membership (rooms: the user's with the creator;
+    direct conversations: the pair's), the read position, the unread count and the pair's names."""
+    c, m, s = _conversations.c, _memberships.alias("m"), _states.alias("s")
+    creator, patron = _users.alias("uc"), _users.alias("up")
+    msg = _messages.alias("um")
+    position = sa.func.coalesce(s.c.last_read_seq, 0)
+    unread = (sa.select(sa.func.count()).select_from(msg).where(
+        msg.c.conversation_id == c.id, msg.c.seq > position, msg.c.sender_id != user_id,
+        msg.c.deleted.is_(False)).scalar_subquery())
+    pair_patron = sa.case((c.kind == "direct", c.patron_id), else_=sa.literal(user_id))
+    q = (sa.select(c.id, c.kind, c.creator_id, c.patron_id, c.name, c.min_tier_cents, c.post_policy,
+                   m.c.status, m.c.tier_cents, position, unread, creator.c.name, patron.c.name)
+         .select_from(_conversations
+                      .outerjoin(m, sa.and_(m.c.creator_id == c.creator_id, m.c.patron_id == pair_patron))
+                      .outerjoin(s, sa.and_(s.c.user_id == user_id, s.c.conversation_id == c.id))
+                      .outerjoin(creator, creator.c.id == c.creator_id)
+                      .outerjoin(patron, patron.c.id == c.patron_id))
+         .where(c.id == conversation_id))
+    row = (await conn.execute(q)).first()
+    if row is None:
+        return None
+    meta = ConversationMeta(*row[:7])
+    status, tier = row[7], row[8]
+    return JoinView(meta, None if status is None else (str(status), int(tier)), int(row[9]), int(row[10]),
+                    row[11] or meta.creator_id, row[12] or (meta.patron_id or ""))
+
+
+async def message_page(conn: AsyncConnection, conversation_id: int, *, after_seq: int | None,
+                       limit: int) -> tuple[list[Any], bool]:
+    """list_messages' page (`limit` after after_seq, else the last `limit`), ascending by seq, in
+    one statement: rows of SENT_COLUMNS plus the sender's `name` (None if the user is unknown)."""
+    c = _messages.c
+    q = (sa.select(*SENT_COLUMNS, _users.c.name)
+         .select_from(_messages.outerjoin(_users, _users.c.id == c.sender_id))
+         .where(c.conversation_id == conversation_id))
+    if after_seq is not None:
+        q = q.where(c.seq > after_seq).order_by(c.seq.asc())
+    else:
+        q = q.order_by(c.seq.desc())
+    rows = list((await conn.execute(q.limit(limit + 1))).all())
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    if after_seq is None:
+        rows.reverse()
+    return rows, has_more
+
+
+async def read_positions_of(conn: AsyncConnection, conversation_id: int, *, exclude: str,
+                            limit: int = 100) -> list[dict[str, Any]]:
+    """read_positions as the join answer's `read_positions` entries."""
+    st = _states.c
+    rows = await conn.execute(
+        sa.select(st.user_id, _users.c.name, st.last_read_seq)
+        .select_from(_states.outerjoin(_users, _users.c.id == st.user_id))
+        .where(st.conversation_id == conversation_id, st.user_id != exclude, st.last_read_seq > 0)
+        .order_by(st.last_read_seq.desc()).limit(limit))
+    return [{"user_id": uid, "name": name or uid, "seq": int(seq)} for uid, name, seq in rows.all()]
+
