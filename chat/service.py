@@ -159,11 +159,11 @@ class ChatService:
     async def connect_socket(self, sid: str, user: Identity) -> None:
         known = self._known_users.get(user.user_id)
         if known is None or (user.name and known != user.name):
-            async with self.sessions.begin() as session:
-                existing = await storage.get_user(session, user.user_id)
-                if existing is None or (user.name and existing.name != user.name):
-                    existing = await storage.upsert_user(session, user.user_id, user.name)
-                known = existing.name
+            async with self.engine.connect() as conn:
+                known = await storage.stored_user_name(conn, user.user_id)
+            if known is None or (user.name and known != user.name):
+                async with self.sessions.begin() as session:
+                    known = (await storage.upsert_user(session, user.user_id, user.name)).name
             self._know_user(user.user_id, known)
         else:
             self._known_users.move_to_end(user.user_id)
