@@ -285,14 +285,6 @@ class PresenceCoalescer:
                 log.warning("presence event not delivered", exc_info=True,
                             extra={"conversation_id": conversation_id, "user_id": user_id})
 
-    async def flush_all(self) -> None:
-        """Send everything held now (shutdown)."""
-        for conversation_id in list(self._timers):
-            self._timers[conversation_id].cancel()
-            self._flush(conversation_id)
-        if self._sending:
-            await asyncio.wait(set(self._sending))
-
 
 # --------------------------------------------------------------------------- memory
 
