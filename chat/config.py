@@ -77,6 +77,7 @@ class EnvSettings(BaseSettings):
     log_format: Literal["text", "json"] = _env("LOG_FORMAT", "text")
     presence_heartbeat_s: PositiveFloat = _env("PRESENCE_HEARTBEAT_S", 5.0)
     presence_dead_after_s: PositiveFloat = _env("PRESENCE_DEAD_AFTER_S", 20.0)
+    presence_window_s: Annotated[float, Field(ge=0)] = _env("PRESENCE_WINDOW_S", 0.0)
     ping_interval: PositiveFloat = _env("SOCKETIO_PING_INTERVAL_S", 25.0)
     ping_timeout: PositiveFloat = _env("SOCKETIO_PING_TIMEOUT_S", 20.0)
     push_worker_thread: bool = _env("PUSH_WORKER_THREAD", True)
@@ -207,6 +208,10 @@ class Settings:
     # Presence in Redis: heartbeat period, and silence after which a process counts as dead.
     presence_heartbeat_s: float = 5.0
     presence_dead_after_s: float = 20.0
+    # Presence events of a conversation are held this long and sent together; a user who comes
+    # and goes within it produces none (chat/presence.py PresenceCoalescer). 0 (the default):
+    # SPEC §4's "at once, with no grace period"; PRESENCE_WINDOW_S=0.2 opts into coalescing.
+    presence_window_s: float = 0.0
     # PUSH_WORKER=inline: run the push worker on a thread of its own, with its own event loop and
     # database pool, so expanding and sending pushes never delays the sockets (PUSH_WORKER_THREAD=0:
     # on the server's loop).
@@ -262,6 +267,7 @@ class Settings:
             demo=demo,
             presence_heartbeat_s=v.presence_heartbeat_s,
             presence_dead_after_s=v.presence_dead_after_s,
+            presence_window_s=v.presence_window_s,
             ping_interval=v.ping_interval,
             ping_timeout=v.ping_timeout,
             push_worker_thread=v.push_worker_thread,

@@ -193,7 +193,8 @@ class Presence(abc.ABC):
         """Stop background tasks and drop this server's sockets; returns (conversation, user) now offline."""
 
     @abc.abstractmethod
-    async def connect(self, user_id: str, sid: str) -> None: ...
+    async def connect(self, user_id: str, sid: str, channels: Iterable[str] = ()) -> None:
+        """Count the socket as connected and subscribed to `channels` (one Redis round trip)."""
 
     @abc.abstractmethod
     async def disconnect(self, user_id: str, sid: str) -> list[tuple[str, str]]:
@@ -202,6 +203,10 @@ class Presence(abc.ABC):
     @abc.abstractmethod
     async def join(self, conversation_id: str, user_id: str, sid: str) -> bool:
         """True when this is the user's first socket in the conversation in the whole cluster."""
+
+    @abc.abstractmethod
+    async def join_listing(self, conversation_id: str, user_id: str, sid: str) -> tuple[bool, list[str]]:
+        """join(), and online_in() afterwards (the joiner included), in one round trip."""
 
     @abc.abstractmethod
     async def leave(self, conversation_id: str, user_id: str, sid: str) -> bool:
@@ -230,6 +235,57 @@ class Presence(abc.ABC):
         """True at most once per interval_s per (conversation, user), cluster-wide."""
 
 
+# --------------------------------------------------------------------------- announcements
+
+PresenceEmit = Callable[[str, str, bool, "str | None"], Awaitable[None]]
+"""async fn(conversation_id, user_id, online, skip_sid): send one SPEC `presence` event."""
+
+
+class PresenceCoalescer:
+    """Holds a conversation's presence changes for `window_s`, then sends them as the SPEC's
+    `presence` events (one timer per conversation, not per socket).
+
+    A user who comes and goes (or goes and comes back) within the window produces no event at
+    all; the others' view did not change. Without this, a room filling with n members costs
+    n²/2 deliveries for events that mostly say what the joiners' `online` lists already said,
+    and a reconnecting client flaps offline/online for everyone."""
+
+    def __init__(self, emit: PresenceEmit, window_s: float = 0.2) -> None:
+        self._emit = emit
+        self.window_s = window_s
+        # conversation -> user -> (online, the socket that caused it: it is not told)
+        self._pending: dict[str, dict[str, tuple[bool, str | None]]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def announce(self, conversation_id: str, user_id: str, online: bool, skip_sid: str | None = None) -> None:
+        events = self._pending.setdefault(conversation_id, {})
+        held = events.get(user_id)
+        if held is not None and held[0] != online:
+            del events[user_id]  # a flap inside the window: the others never hear of it
+            return
+        events[user_id] = (online, skip_sid)
+        if conversation_id not in self._timers:
+            self._timers[conversation_id] = asyncio.get_running_loop().call_later(
+                self.window_s, self._flush, conversation_id)
+
+    def _flush(self, conversation_id: str) -> None:
+        self._timers.pop(conversation_id, None)
+        events = self._pending.pop(conversation_id, None)
+        if events:
+            task = asyncio.create_task(self._send(conversation_id, events))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, conversation_id: str, events: dict[str, tuple[bool, str | None]]) -> None:
+        for user_id, (online, skip_sid) in events.items():
+            try:
+                await self._emit(conversation_id, user_id, online, skip_sid)
+            except Exception:
+                log.warning("presence event not delivered", exc_info=True,
+                            extra={"conversation_id": conversation_id, "user_id": user_id})
+
+
 # --------------------------------------------------------------------------- memory
 
 
@@ -252,8 +308,10 @@ class MemoryPresence(Presence):
         self._typing_until.clear()
         return offline
 
-    async def connect(self, user_id: str, sid: str) -> None:
+    async def connect(self, user_id: str, sid: str, channels: Iterable[str] = ()) -> None:
         self._local.add_connection(user_id, sid)
+        for channel in channels:
+            self._local.add_subscription(channel, sid)
 
     async def disconnect(self, user_id: str, sid: str) -> list[tuple[str, str]]:
         dropped = self._local.drop_sid(user_id, sid)
@@ -263,6 +321,9 @@ class MemoryPresence(Presence):
 
     async def join(self, conversation_id: str, user_id: str, sid: str) -> bool:
         return self._local.add_join(conversation_id, user_id, sid) == 1
+
+    async def join_listing(self, conversation_id: str, user_id: str, sid: str) -> tuple[bool, list[str]]:
+        return await self.join(conversation_id, user_id, sid), await self.online_in(conversation_id)
 
     async def leave(self, conversation_id: str, user_id: str, sid: str) -> bool:
         return self._local.remove_join(conversation_id, user_id, sid) == 0
@@ -445,6 +506,8 @@ redis.call('DEL', convs, users_key(dead), chans_key(dead))
 return out
 """
 
+RELEASE_BATCH = 500  # release scripts per pipeline
+
 _SERVER_MARK = "\x00S\x00"
 _CONV_MARK = "\x00C\x00"
 
@@ -527,6 +590,9 @@ class RedisPresence(Presence):
         self._stopping = False
         # Decrements that failed on a Redis error, retried by the heartbeat so counts converge.
         self._pending: list[_Release] = []
+        # Decrements waiting for the one task that sends them (see _drain_releases).
+        self._releases: list[tuple[_Release, asyncio.Future[list[str]]]] = []
+        self._release_task: asyncio.Task[None] | None = None
         # A connect, join or subscribe that Redis missed: the heartbeat republishes the whole
         # local state (which makes the pending decrements moot) once Redis answers again.
         self._stale = False
@@ -567,6 +633,14 @@ class RedisPresence(Presence):
 
     async def stop(self) -> list[tuple[str, str]]:
         await self._cancel_tasks()
+        if self._release_task is not None:
+            self._release_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._release_task
+        for _, future in self._releases:  # the reap below drops this server's counts anyway
+            if not future.done():
+                future.set_result([])
+        self._releases.clear()
         self._local.clear()
         self._pending.clear()
         with _redis_errors("stop"):
@@ -674,15 +748,23 @@ class RedisPresence(Presence):
 
     # -- sockets
 
-    async def connect(self, user_id: str, sid: str) -> None:
-        if not self._local.add_connection(user_id, sid):
+    async def connect(self, user_id: str, sid: str, channels: Iterable[str] = ()) -> None:
+        connected = self._local.add_connection(user_id, sid)
+        added = [c for c in channels if self._local.add_subscription(c, sid)]
+        if not (connected or added):
             return
-        key = self._keys.server_users(self.server_id)
         try:
             with _redis_errors("connect"):
                 pipe = self._redis.pipeline(transaction=False)
-                pipe.hincrby(key, user_id, 1)
-                pipe.pexpire(key, self._ttl_ms)
+                if connected:
+                    key = self._keys.server_users(self.server_id)
+                    pipe.hincrby(key, user_id, 1)
+                    pipe.pexpire(key, self._ttl_ms)
+                if added:
+                    chans = self._keys.server_channels(self.server_id)
+                    for channel in added:
+                        pipe.hincrby(chans, channel, 1)
+                    pipe.pexpire(chans, self._ttl_ms)
                 await pipe.execute()
         except PresenceUnavailable as exc:
             self._degrade(exc)
@@ -707,26 +789,76 @@ class RedisPresence(Presence):
             return False  # unknown whether first in the cluster: no `online` announcement
         return bool(first)
 
+    async def join_listing(self, conversation_id: str, user_id: str, sid: str) -> tuple[bool, list[str]]:
+        if self._local.add_join(conversation_id, user_id, sid) is None:
+            return False, await self.online_in(conversation_id)
+        try:
+            with _redis_errors("join"):
+                pipe = self._redis.pipeline(transaction=False)
+                await self._join_script(keys=self._script_keys, args=self._argv(conversation_id, user_id), client=pipe)
+                await self._online_in_script(keys=self._script_keys, args=self._argv(conversation_id), client=pipe)
+                first, online = await pipe.execute()
+        except PresenceUnavailable as exc:
+            self._degrade(exc)  # as join(): counted here, published by the heartbeat
+            return False, await self.online_in(conversation_id)
+        return bool(first), sorted(_text(u) for u in online)
+
     async def leave(self, conversation_id: str, user_id: str, sid: str) -> bool:
         if self._local.remove_join(conversation_id, user_id, sid) is None:
             return False
         return bool(await self._release(_Release(user_id, False, (conversation_id,))))
 
-    async def _run_release(self, release: _Release) -> list[str]:
-        args = self._argv(release.user_id, "1" if release.connected else "0",
+    def _release_args(self, release: _Release) -> list[str]:
+        return self._argv(release.user_id, "1" if release.connected else "0",
                           str(len(release.conversations)), *release.conversations, *release.channels)
+
+    async def _run_release(self, release: _Release) -> list[str]:
         with _redis_errors("release"):
-            raw = await self._release_script(keys=self._script_keys, args=args)
+            raw = await self._release_script(keys=self._script_keys, args=self._release_args(release))
         return [_text(c) for c in raw]
 
     async def _release(self, release: _Release) -> list[str]:
-        """Decrement in Redis; on failure the local state is already gone, so retry from the heartbeat."""
-        try:
-            return await self._run_release(release)
-        except PresenceUnavailable:
-            # The heartbeat reports the resulting offline users through the callback.
-            self._pending.append(release)
-            raise
+        """Decrement in Redis through the release queue; on failure the local state is already
+        gone, so the heartbeat retries it (and reports the resulting offline users)."""
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._releases.append((release, future))
+        if self._release_task is None or self._release_task.done():
+            self._release_task = asyncio.create_task(self._drain_releases(), name=f"presence-releases-{self.server_id}")
+        return await future
+
+    async def _drain_releases(self) -> None:
+        """Run queued releases in pipelines of up to RELEASE_BATCH on one connection at a time:
+        5,000 sockets dropping at once cost a few pipelines, not 5,000 pooled connections
+        (which ran the pool dry and left users online)."""
+        while self._releases:
+            batch = self._releases[:RELEASE_BATCH]
+            del self._releases[:RELEASE_BATCH]
+            try:
+                with _redis_errors("release"):
+                    pipe = self._redis.pipeline(transaction=False)
+                    for release, _ in batch:
+                        await self._release_script(keys=self._script_keys, args=self._release_args(release), client=pipe)
+                    results = await pipe.execute(raise_on_error=False)
+            except PresenceUnavailable as exc:
+                for release, future in batch:
+                    self._pending.append(release)
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            except BaseException as exc:  # cancelled (stop): nobody may wait forever
+                for release, future in batch:
+                    self._pending.append(release)
+                    if not future.done():
+                        future.set_exception(PresenceUnavailable(f"presence release: {type(exc).__name__}"))
+                raise
+            for (release, future), result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    self._pending.append(release)
+                    if not future.done():
+                        future.set_exception(PresenceUnavailable(
+                            f"presence release: Redis error ({type(result).__name__}: {result})"))
+                elif not future.done():
+                    future.set_result([_text(c) for c in result])
 
     # -- queries
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from chat.db import retrying, utcnow
 from chat.delivery import Delivery
 from chat.errors import ChatError, Conflict, Forbidden, Invalid, NotFound, RateLimited, Unavailable
 from chat.models import Conversation, Membership, Message
-from chat.presence import Presence
+from chat.presence import Presence, PresenceCoalescer
 from chat.ratelimit import KeyedBuckets
 from chat.retry import retry_transaction
 from chat.storage import ConversationMeta
@@ -36,6 +37,7 @@ TYPING_EXPIRES_S = 6.0  # a "typing: true" not refreshed or cleared within this 
 
 
 CONVERSATION_CACHE_SIZE = 10_000
+KNOWN_USERS_SIZE = 50_000  # (user_id, name) pairs this process knows are stored
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ class SocketState:
     # What `join` established about posting, per joined conversation; dropped by the control
     # messages that take it away (`revoke`, `post_revoked`), so a send checks nothing else.
     posting: dict[int, Access] = field(default_factory=dict)
+    # Presence joins in flight: a disconnect waits for them, so its release reaches Redis after
+    # their increments (else a join racing its socket's disconnect leaves the user online).
+    presence_ops: set[asyncio.Future[None]] = field(default_factory=set)
 
 
 def access_rule(conv: ConversationMeta, user_id: str, membership: tuple[str, int] | None) -> Access:
@@ -111,6 +116,10 @@ class ChatService:
         self.socket_sends = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
         self.user_sends = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
         self._typing_timers: dict[tuple[str, int], asyncio.TimerHandle] = {}
+        # Users whose row this process wrote or read, with the stored name: a connect with a
+        # verified token of a known user with an unchanged name touches no database.
+        self._known_users: OrderedDict[str, str] = OrderedDict()
+        self.presence_events = PresenceCoalescer(self._emit_presence, settings.presence_window_s)
         delivery.set_control_handler(self._on_control)
 
     # ============================================================ access rules
@@ -148,17 +157,29 @@ class ChatService:
     # ============================================================ sockets: lifecycle
 
     async def connect_socket(self, sid: str, user: Identity) -> None:
-        async with self.sessions.begin() as session:
-            existing = await storage.get_user(session, user.user_id)
-            if existing is None or (user.name and existing.name != user.name):
-                await storage.upsert_user(session, user.user_id, user.name)
-        self.sockets[sid] = SocketState(user)
+        known = self._known_users.get(user.user_id)
+        if known is None or (user.name and known != user.name):
+            async with self.engine.connect() as conn:
+                known = await storage.stored_user_name(conn, user.user_id)
+            if known is None or (user.name and known != user.name):
+                async with self.sessions.begin() as session:
+                    known = (await storage.upsert_user(session, user.user_id, user.name)).name
+            self._know_user(user.user_id, known)
+        else:
+            self._known_users.move_to_end(user.user_id)
+        state = SocketState(user)
+        self.sockets[sid] = state
         self._user_sockets.setdefault(user.user_id, set()).add(sid)
-        await self.presence.connect(user.user_id, sid)
         channel = keys.user_channel(user.user_id)
         await self.delivery.enter_channel(sid, channel)
-        await self.presence.subscribe(channel, sid)
-        self.sockets[sid].channels.add(channel)
+        await self.presence.connect(user.user_id, sid, [channel])
+        state.channels.add(channel)
+
+    def _know_user(self, user_id: str, name: str) -> None:
+        self._known_users[user_id] = name
+        self._known_users.move_to_end(user_id)
+        if len(self._known_users) > KNOWN_USERS_SIZE:
+            self._known_users.popitem(last=False)
 
     async def disconnect_socket(self, sid: str) -> None:
         state = self.sockets.pop(sid, None)
@@ -172,9 +193,14 @@ class ChatService:
             user_sids.discard(sid)
             if not user_sids:
                 del self._user_sockets[state.user.user_id]
+        if state.presence_ops:
+            await asyncio.wait(set(state.presence_ops))
         for cid, user_id in await self.presence.disconnect(state.user.user_id, sid):
-            await self.delivery.to_conversation(cid, "presence", {
-                "conversation_id": cid, "user_id": user_id, "online": False})
+            self.presence_events.announce(cid, user_id, False)
+
+    async def _emit_presence(self, conversation_id: str, user_id: str, online: bool, skip_sid: str | None) -> None:
+        await self.delivery.to_conversation(conversation_id, "presence", {
+            "conversation_id": conversation_id, "user_id": user_id, "online": online}, skip_sid=skip_sid)
 
     def socket_user(self, sid: str) -> Identity:
         state = self.sockets.get(sid)
@@ -196,43 +222,70 @@ class ChatService:
     # ============================================================ conversations
 
     async def join(self, sid: str, conversation_id: int, since_seq: int | None) -> dict[str, Any]:
-        user = self.socket_user(sid)
+        state = self._socket_state(sid)
+        user = state.user
         epoch = self._control_epoch
-        async with self.sessions() as session:
-            conv, access = await self._readable(session, user.user_id, conversation_id)
+        async with self.engine.connect() as conn:
+            view = await storage.join_view(conn, conversation_id, user.user_id)
+        if view is None:
+            raise NotFound("no such conversation")
+        conv = view.conversation
+        access = access_rule(conv, user.user_id, view.membership)
+        if not access.read:
+            raise Forbidden(access.reason)
+        self._remember(conv)
+        # The socket may have disconnected during any await: answer it (nobody listens) without
+        # touching the state its disconnect already released.
+        self._still_connected(sid, state)
         # Enter the room before reading messages, so nothing committed in between is missed
         # (the client drops duplicates by seq).
         await self.delivery.enter_conversation(sid, conversation_id)
-        state = self.sockets[sid]
+        self._still_connected(sid, state)
         state.conversations.add(conversation_id)
         if epoch == self._control_epoch:
-            self._remember(storage.conversation_meta_of(conv))
             state.posting[conversation_id] = access
         else:
             state.posting.pop(conversation_id, None)
         cid = str(conversation_id)
-        if await self.presence.join(cid, user.user_id, sid):
-            await self.delivery.to_conversation(conversation_id, "presence", {
-                "conversation_id": cid, "user_id": user.user_id, "online": True}, skip_sid=sid)
-        async with self.sessions() as session:
-            if since_seq is not None:
-                messages, has_more = await storage.list_messages(session, conversation_id, after_seq=since_seq, limit=100)
-            else:
-                messages, has_more = await storage.list_messages(session, conversation_id, limit=50)
-            read_state = await storage.get_states(session, user.user_id, [conversation_id])
-            position = read_state[conversation_id].last_read_seq if conversation_id in read_state else 0
-            unread = await storage.count_unread(session, conversation_id, user.user_id, position)
-            return {
-                "conversation": await self._conversation_wire(session, conv),
-                "messages": await self._messages_wire(session, messages),
-                "has_more": has_more,
-                "online": await self.presence.online_in(cid),
-                "unread_count": unread,
-                "last_read_seq": position,
-                # Where the others have read to, for "seen" receipts before any live `read` event.
-                "read_positions": [{"user_id": uid, "name": name, "seq": seq} for uid, name, seq in
-                                   await storage.read_positions(session, conversation_id, exclude=user.user_id)],
-            }
+        in_flight: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        state.presence_ops.add(in_flight)
+        try:
+            first, online = await self.presence.join_listing(cid, user.user_id, sid)
+        finally:
+            state.presence_ops.discard(in_flight)
+            in_flight.set_result(None)
+        if first:
+            self.presence_events.announce(cid, user.user_id, True, sid)
+        self._still_connected(sid, state)
+        async with self.engine.connect() as conn:
+            rows, has_more = await storage.message_page(conn, conversation_id, after_seq=since_seq,
+                                                        limit=50 if since_seq is None else 100)
+            # Where the others have read to, for "seen" receipts before any live `read` event.
+            positions = await storage.read_positions_of(conn, conversation_id, exclude=user.user_id)
+        members = None
+        if conv.kind == "direct":
+            members = [{"id": conv.creator_id, "name": view.creator_name},
+                       {"id": conv.patron_id or "", "name": view.patron_name}]
+        return {
+            "conversation": _meta_wire(conv, members),
+            "messages": [message_wire(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id, r.body,
+                                      r.client_msg_id, r.created_at, r.edited_at, r.deleted) for r in rows],
+            "has_more": has_more,
+            "online": online,
+            "unread_count": view.unread,
+            "last_read_seq": view.last_read_seq,
+            "read_positions": positions,
+        }
+
+    def _socket_state(self, sid: str) -> SocketState:
+        state = self.sockets.get(sid)
+        if state is None:
+            raise Forbidden("not connected")
+        return state
+
+    def _still_connected(self, sid: str, state: SocketState) -> None:
+        if self.sockets.get(sid) is not state:
+            raise Forbidden("not connected")
 
     async def leave(self, sid: str, conversation_id: int) -> dict[str, Any]:
         user = self.socket_user(sid)
@@ -257,8 +310,7 @@ class ChatService:
         await self.delivery.leave_conversation(sid, conversation_id)
         cid = str(conversation_id)
         if await self.presence.leave(cid, user_id, sid):
-            await self.delivery.to_conversation(conversation_id, "presence", {
-                "conversation_id": cid, "user_id": user_id, "online": False})
+            self.presence_events.announce(cid, user_id, False)
 
     async def history(self, user: Identity, conversation_id: int, page: schemas.PageQuery) -> dict[str, Any]:
         async with self.sessions() as session:
@@ -560,7 +612,7 @@ class ChatService:
     async def subscribe(self, sid: str, channel: str) -> dict[str, Any]:
         user = self.socket_user(sid)
         await self.check_channel(user, channel)
-        state = self.sockets[sid]
+        state = self._socket_state(sid)  # it may have disconnected meanwhile
         if channel not in state.channels:
             await self.delivery.enter_channel(sid, channel)
             await self.presence.subscribe(channel, sid)
@@ -591,7 +643,10 @@ class ChatService:
                 user = await storage.upsert_user(session, user_id, name, avatar_url, keep_avatar=False)
                 return {"id": user.id, "name": user.name, "avatar_url": user.avatar_url}
 
-        return await retry_transaction(store)
+        wire = await retry_transaction(store)
+        # The next connect of this user in this process compares its token's name with the row again.
+        self._known_users.pop(user_id, None)
+        return wire
 
     async def put_membership(self, creator_id: str, patron_id: str, tier_cents: int, status: str) -> dict[str, Any]:
         if creator_id == patron_id:
@@ -710,6 +765,15 @@ class ChatService:
             return [], None
         muted = await storage.muted_user_ids(session, conv.id, candidates)
         return [u for u in candidates if u not in muted and u != sender_id], resume
+
+
+def _meta_wire(c: ConversationMeta, members: list[dict[str, str]] | None) -> dict[str, Any]:
+    """schemas.conversation_wire from the cached conversation (no ORM object on the join path)."""
+    wire: dict[str, Any] = {"id": str(c.id), "kind": c.kind, "creator_id": c.creator_id, "name": c.name,
+                            "min_tier_cents": c.min_tier_cents, "post_policy": c.post_policy}
+    if members is not None:
+        wire["members"] = members
+    return wire
 
 
 def _membership_wire(m: Membership) -> dict[str, Any]:

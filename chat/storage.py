@@ -497,3 +497,117 @@ async def user_names_of(conn: AsyncConnection, user_ids: Sequence[str]) -> dict[
     rows = await conn.execute(sa.select(_users.c.id, _users.c.name).where(_users.c.id.in_(set(user_ids))))
     names = {uid: name for uid, name in rows.all()}
     return {uid: names.get(uid, uid) for uid in user_ids}
+
+
+# ---------------------------------------------------------------- join (Core, no ORM)
+
+
+@dataclass(frozen=True)
+class JoinView:
+    """What `join` reads before deciding: the conversation, the membership access_rule needs,
+    the user's read position and unread count, and the names of a direct conversation's pair."""
+
+    conversation: ConversationMeta
+    membership: tuple[str, int] | None
+    last_read_seq: int
+    unread: int
+    creator_name: str
+    patron_name: str
+
+
+def _join_view_statement() -> Any:
+    c, m, s = _conversations.c, _memberships.alias("m"), _states.alias("s")
+    creator, patron = _users.alias("uc"), _users.alias("up")
+    msg = _messages.alias("um")
+    user_id = sa.bindparam("user_id", type_=_users.c.id.type)
+    position = sa.func.coalesce(s.c.last_read_seq, 0)
+    unread = (sa.select(sa.func.count()).select_from(msg).where(
+        msg.c.conversation_id == c.id, msg.c.seq > position, msg.c.sender_id != user_id,
+        msg.c.deleted.is_(False)).scalar_subquery())
+    pair_patron = sa.case((c.kind == "direct", c.patron_id), else_=user_id)
+    return (sa.select(c.id, c.kind, c.creator_id, c.patron_id, c.name, c.min_tier_cents, c.post_policy,
+                      m.c.status, m.c.tier_cents, position, unread, creator.c.name, patron.c.name)
+            .select_from(_conversations
+                         .outerjoin(m, sa.and_(m.c.creator_id == c.creator_id, m.c.patron_id == pair_patron))
+                         .outerjoin(s, sa.and_(s.c.user_id == user_id, s.c.conversation_id == c.id))
+                         .outerjoin(creator, creator.c.id == c.creator_id)
+                         .outerjoin(patron, patron.c.id == c.patron_id))
+            .where(c.id == sa.bindparam("conversation_id")))
+
+
+# Built once: constructing these (aliases, column collections, cache keys) cost more CPU per
+# join than running them (measured in the connect-storm profile).
+_JOIN_VIEW = _join_view_statement()
+
+
+async def join_view(conn: AsyncConnection, conversation_id: int, user_id: str) -> JoinView | None:
+    """One statement: the conversation row, the membership (rooms: the user's with the creator;
+    direct conversations: the pair's), the read position, the unread count and the pair's names."""
+    row = (await conn.execute(_JOIN_VIEW, {"conversation_id": conversation_id, "user_id": user_id})).first()
+    if row is None:
+        return None
+    meta = ConversationMeta(*row[:7])
+    status, tier = row[7], row[8]
+    return JoinView(meta, None if status is None else (str(status), int(tier)), int(row[9]), int(row[10]),
+                    row[11] or meta.creator_id, row[12] or (meta.patron_id or ""))
+
+
+def _message_page_statement(after: bool, limit: int) -> Any:
+    c = _messages.c
+    q = (sa.select(*SENT_COLUMNS, _users.c.name)
+         .select_from(_messages.outerjoin(_users, _users.c.id == c.sender_id))
+         .where(c.conversation_id == sa.bindparam("conversation_id")))
+    if after:
+        q = q.where(c.seq > sa.bindparam("after_seq")).order_by(c.seq.asc())
+    else:
+        q = q.order_by(c.seq.desc())
+    return q.limit(limit)
+
+
+_MESSAGE_PAGES: dict[tuple[bool, int], Any] = {}
+
+
+async def message_page(conn: AsyncConnection, conversation_id: int, *, after_seq: int | None,
+                       limit: int) -> tuple[list[Any], bool]:
+    """list_messages' page (`limit` after after_seq, else the last `limit`), ascending by seq, in
+    one statement: rows of SENT_COLUMNS plus the sender's `name` (None if the user is unknown)."""
+    key = (after_seq is not None, limit + 1)
+    stmt = _MESSAGE_PAGES.get(key)
+    if stmt is None:
+        stmt = _MESSAGE_PAGES[key] = _message_page_statement(*key)
+    params: dict[str, Any] = {"conversation_id": conversation_id}
+    if after_seq is not None:
+        params["after_seq"] = after_seq
+    rows = list((await conn.execute(stmt, params)).all())
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    if after_seq is None:
+        rows.reverse()
+    return rows, has_more
+
+
+def _read_positions_statement() -> Any:
+    st = _states.c
+    return (sa.select(st.user_id, _users.c.name, st.last_read_seq)
+            .select_from(_states.outerjoin(_users, _users.c.id == st.user_id))
+            .where(st.conversation_id == sa.bindparam("conversation_id"),
+                   st.user_id != sa.bindparam("exclude", type_=_users.c.id.type), st.last_read_seq > 0)
+            .order_by(st.last_read_seq.desc()).limit(100))
+
+
+_READ_POSITIONS = _read_positions_statement()
+
+
+async def read_positions_of(conn: AsyncConnection, conversation_id: int, *, exclude: str) -> list[dict[str, Any]]:
+    """read_positions (the 100 furthest) as the join answer's `read_positions` entries."""
+    rows = await conn.execute(_READ_POSITIONS, {"conversation_id": conversation_id, "exclude": exclude})
+    return [{"user_id": uid, "name": name or uid, "seq": int(seq)} for uid, name, seq in rows.all()]
+
+
+_USER_NAME = sa.select(_users.c.name).where(_users.c.id == sa.bindparam("user_id", type_=_users.c.id.type))
+
+
+async def stored_user_name(conn: AsyncConnection, user_id: str) -> str | None:
+    """The user's stored name, None when there is no such user."""
+    name = await conn.scalar(_USER_NAME, {"user_id": user_id})
+    return None if name is None else str(name)

@@ -33,7 +33,9 @@ async def test_presence_across_processes(mysql_cluster):
         jb = await b1.call("join", {"conversation_id": room})
         assert sorted(jb["online"]) == ["cre", "pat"]
         await a.wait_for("presence", lambda p: p == {"conversation_id": room, "user_id": "pat", "online": True})
-        assert b1.events["presence"] == []  # never announced to the joiner itself
+        # never announced to the joiner itself (the creator's own `online`, held for the presence
+        # window, may reach it: chat/presence.py PresenceCoalescer)
+        assert presence_of(b1, "pat") == []
 
         await b2.call("join", {"conversation_id": room})  # second socket, other process: no news
         await b1.call("leave", {"conversation_id": room})  # one of two sockets leaves: still online
