@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from chat.config import ConfigError, Settings, settings_warnings
+from chat.config import ConfigError, Settings, report_config_errors, settings_warnings
 
 log = logging.getLogger("backstage")
 
@@ -54,18 +54,6 @@ def configure_logging(settings: Settings) -> None:
     # kept at WARNING whatever LOG_LEVEL says.
     for name in ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "aiomysql"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def report_config_errors(problems: list[str]) -> None:
-    """One line per bad variable on stderr, as JSON when LOG_FORMAT=json (as the log would be)."""
-    as_json = os.environ.get("LOG_FORMAT", "").strip() == "json"
-    for line in problems:
-        if as_json:
-            print(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "level": "ERROR",
-                              "logger": "backstage.config", "message": f"configuration error: {line}",
-                              "variable": line.split("=", 1)[0].split(":", 1)[0]}), file=sys.stderr)
-        else:
-            print(f"configuration error: {line}", file=sys.stderr)
 
 
 def describe_database(url: str) -> str:

@@ -7,8 +7,11 @@ values into the frozen `Settings` the rest of the code uses (tests construct it 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +37,18 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+def report_config_errors(problems: list[str]) -> None:
+    """One line per bad variable on stderr, as JSON when LOG_FORMAT=json (as the log would be)."""
+    as_json = os.environ.get("LOG_FORMAT", "").strip() == "json"
+    for line in problems:
+        if as_json:
+            print(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "level": "ERROR",
+                              "logger": "backstage.config", "message": f"configuration error: {line}",
+                              "variable": line.split("=", 1)[0].split(":", 1)[0]}), file=sys.stderr)
+        else:
+            print(f"configuration error: {line}", file=sys.stderr)
 
 
 # Per-variable advice, used when pydantic's own message would not say what to write instead.

@@ -461,9 +461,13 @@ def options_from_env(env: Any) -> WorkerOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from chat.config import Settings
+    from chat.config import ConfigError, Settings, report_config_errors
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:  # one line per bad variable, like run_server.py
+        report_config_errors(error.problems)
+        return 2
     logging.basicConfig(
         level=getattr(logging, settings.log_level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

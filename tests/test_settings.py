@@ -60,6 +60,17 @@ def test_a_bad_setting_is_one_line_and_exit_2(tmp_path: Path, name: str, value: 
     assert not (tmp_path / "b.db").exists()  # refused before touching anything
 
 
+def test_the_push_worker_process_reports_a_bad_setting_in_one_line(tmp_path: Path) -> None:
+    """`python -m notifications.worker` (the Procfile's worker) validates like the web process."""
+    proc = subprocess.run([sys.executable, "-m", "notifications.worker"], cwd=ROOT,
+                          env=clean_env(tmp_path, DATABASE_URL="mysql://u:pw@db:3306/x"),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("configuration error: DATABASE_URL"), proc.stderr
+    assert "mysql+aiomysql://" in lines[0] and "Traceback" not in proc.stderr and "pw@" not in proc.stderr
+
+
 def test_bad_settings_are_json_lines_when_log_format_is_json(tmp_path: Path) -> None:
     proc = run_server(tmp_path, LOG_FORMAT="json", PORT="abc", PUSH_WORKER="bogus")
     assert proc.returncode == 2, proc.stderr
