@@ -199,6 +199,13 @@ class RawClient:
         if self.ws is not None:
             with contextlib.suppress(Exception):
                 await self.ws.close()
+        elif self._http is not None and self.sid:
+            # a polling session is closed with an Engine.IO CLOSE packet, as real clients do
+            # (else the server holds it until the ping timeout, and a SIGTERM drain waits for it)
+            with contextlib.suppress(Exception):
+                async with self._http.post(f"{self.url}/socket.io/?EIO=4&transport=polling&sid={self.sid}",
+                                           data="1"):
+                    pass
         if self._http is not None:
             await self._http.close()
 
