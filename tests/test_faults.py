@@ -25,6 +25,7 @@ import httpx
 import pymysql
 import pytest
 
+from tests.faults import OwnRedis
 from tests.support import API_KEY, Api, Client, ServerProcess, free_port
 
 SERVER_HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -90,28 +91,6 @@ class OwnMariaDB:
                 return int(row[1]) if row else 0
         finally:
             conn.close()
-
-
-class OwnRedis:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout.strip() != b"PONG":
-            assert time.monotonic() < deadline, "redis-server not ready"
-            time.sleep(0.05)
-
-    def signal(self, sig: int) -> None:
-        assert self.proc.poll() is None
-        os.kill(self.proc.pid, sig)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.terminate()
-            self.proc.wait(30)
 
 
 @dataclass
