@@ -224,11 +224,6 @@ async def get_message(session: AsyncSession, message_id: int) -> Message | None:
     return await session.get(Message, message_id)
 
 
-async def find_message_by_client_id(session: AsyncSession, sender_id: str, client_msg_id: str) -> Message | None:
-    return await session.scalar(
-        sa.select(Message).where(Message.sender_id == sender_id, Message.client_msg_id == client_msg_id))
-
-
 async def list_messages(session: AsyncSession, conversation_id: int, *, before_seq: int | None = None,
                         after_seq: int | None = None, limit: int = 50) -> tuple[list[Message], bool]:
     """Ascending by seq: `limit` just after after_seq, else just before before_seq, else the last.
