@@ -129,18 +129,26 @@ def iso(dt: datetime | None) -> str | None:
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def message_wire(m: Message, sender_name: str) -> dict[str, Any]:
+def message_wire_columns(mid: int, conversation_id: int, seq: int, sender_id: str, sender_name: str, body: str,
+                 client_msg_id: str, created_at: datetime, edited_at: datetime | None,
+                 deleted: bool) -> dict[str, Any]:
+    """A message's wire form from column values (the send and join paths have no ORM object)."""
     return {
-        "id": str(m.id),
-        "conversation_id": str(m.conversation_id),
-        "seq": m.seq,
-        "sender": {"id": m.sender_id, "name": sender_name},
-        "body": "" if m.deleted else m.body,
-        "client_msg_id": m.client_msg_id,
-        "created_at": iso(m.created_at),
-        "edited_at": iso(m.edited_at),
-        "deleted": m.deleted,
+        "id": str(mid),
+        "conversation_id": str(conversation_id),
+        "seq": seq,
+        "sender": {"id": sender_id, "name": sender_name},
+        "body": "" if deleted else body,
+        "client_msg_id": client_msg_id,
+        "created_at": iso(created_at),
+        "edited_at": iso(edited_at),
+        "deleted": bool(deleted),
     }
+
+
+def message_wire(m: Message, sender_name: str) -> dict[str, Any]:
+    return message_wire_columns(m.id, m.conversation_id, m.seq, m.sender_id, sender_name, m.body, m.client_msg_id,
+                                m.created_at, m.edited_at, m.deleted)
 
 
 def conversation_wire(c: Conversation, members: list[dict[str, str]] | None = None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from chat.presence import Presence, PresenceCoalescer
 from chat.ratelimit import KeyedBuckets
 from chat.retry import retry_transaction
 from chat.storage import ConversationMeta
-from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec, message_wire
+from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ class ChatService:
                        {"id": conv.patron_id or "", "name": view.patron_name}]
         return {
             "conversation": _meta_wire(conv, members),
-            "messages": [message_wire(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id, r.body,
+            "messages": [schemas.message_wire_columns(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id, r.body,
                                       r.client_msg_id, r.created_at, r.edited_at, r.deleted) for r in rows],
             "has_more": has_more,
             "online": online,
@@ -440,7 +440,7 @@ class ChatService:
                     if row.conversation_id != conversation_id or (row.body != body and not row.deleted):
                         raise Conflict("client_msg_id was already used for a different message")
                     name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
-                    return conv, message_wire(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
+                    return conv, schemas.message_wire_columns(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
                                               row.client_msg_id, row.created_at, row.edited_at, row.deleted), None
                 key = membership_key(conv, user.user_id)
                 return conv, None, await storage.get_membership_state(conn, *key) if key is not None else None

@@ -37,7 +37,6 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -49,7 +48,7 @@ from chat import storage
 from chat.db import retrying, utcnow
 from chat.errors import ChatError, Conflict, NotFound
 from chat.metrics import MESSAGES_STORED
-from chat.schemas import iso
+from chat.schemas import message_wire_columns
 
 log = logging.getLogger(__name__)
 
@@ -106,23 +105,6 @@ class _Done:
     created: list[dict[str, Any]] = field(default_factory=list)  # wire forms, in seq order per conversation
     pushes: int = 0
     turn: asyncio.Future[Any] | None = None  # its place in the delivery order
-
-
-def message_wire(mid: int, conversation_id: int, seq: int, sender_id: str, sender_name: str, body: str,
-                 client_msg_id: str, created_at: datetime, edited_at: datetime | None,
-                 deleted: bool) -> dict[str, Any]:
-    """schemas.message_wire from column values (no ORM object on this path)."""
-    return {
-        "id": str(mid),
-        "conversation_id": str(conversation_id),
-        "seq": seq,
-        "sender": {"id": sender_id, "name": sender_name},
-        "body": "" if deleted else body,
-        "client_msg_id": client_msg_id,
-        "created_at": iso(created_at),
-        "edited_at": iso(edited_at),
-        "deleted": bool(deleted),
-    }
 
 
 class MessageWriter:
@@ -300,7 +282,7 @@ class MessageWriter:
             key = (m.sender_id, m.client_msg_id)
             row = existing.get(key)
             if row is not None:
-                item.outcome = self._retry_answer(item, row.conversation_id, row.body, row.deleted, message_wire(
+                item.outcome = self._retry_answer(item, row.conversation_id, row.body, row.deleted, message_wire_columns(
                     row.id, row.conversation_id, row.seq, row.sender_id, item.name, row.body,
                     row.client_msg_id, row.created_at, row.edited_at, row.deleted))
             elif key in first:
@@ -339,7 +321,7 @@ class MessageWriter:
         jobs: list[dict[str, Any]] = []
         for item, seq in stored:
             m = item.msg
-            wire = message_wire(ids[(m.conversation_id, seq)], m.conversation_id, seq, m.sender_id, item.name,
+            wire = message_wire_columns(ids[(m.conversation_id, seq)], m.conversation_id, seq, m.sender_id, item.name,
                                 m.body, m.client_msg_id, now, None, False)
             item.outcome = Stored(wire, True)
             done.created.append(wire)
