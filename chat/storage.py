@@ -508,6 +508,7 @@ class JoinView:
     unread: int
     creator_name: str
     patron_name: str
+    last_seq: int  # the conversation's, as of this read (the join's cache check, chat/recent.py)
 
 
 def _join_view_statement() -> Any:
@@ -521,7 +522,7 @@ def _join_view_statement() -> Any:
         msg.c.deleted.is_(False)).scalar_subquery())
     pair_patron = sa.case((c.kind == "direct", c.patron_id), else_=user_id)
     return (sa.select(c.id, c.kind, c.creator_id, c.patron_id, c.name, c.min_tier_cents, c.post_policy,
-                      m.c.status, m.c.tier_cents, position, unread, creator.c.name, patron.c.name)
+                      m.c.status, m.c.tier_cents, position, unread, creator.c.name, patron.c.name, c.last_seq)
             .select_from(_conversations
                          .outerjoin(m, sa.and_(m.c.creator_id == c.creator_id, m.c.patron_id == pair_patron))
                          .outerjoin(s, sa.and_(s.c.user_id == user_id, s.c.conversation_id == c.id))
@@ -544,7 +545,7 @@ async def join_view(conn: AsyncConnection, conversation_id: int, user_id: str) -
     meta = ConversationMeta(*row[:7])
     status, tier = row[7], row[8]
     return JoinView(meta, None if status is None else (str(status), int(tier)), int(row[9]), int(row[10]),
-                    row[11] or meta.creator_id, row[12] or (meta.patron_id or ""))
+                    row[11] or meta.creator_id, row[12] or (meta.patron_id or ""), int(row[13] or 0))
 
 
 def _message_page_statement(after: bool, limit: int) -> Any:
@@ -585,18 +586,19 @@ def _read_positions_statement() -> Any:
     st = _states.c
     return (sa.select(st.user_id, _users.c.name, st.last_read_seq)
             .select_from(_states.outerjoin(_users, _users.c.id == st.user_id))
-            .where(st.conversation_id == sa.bindparam("conversation_id"),
-                   st.user_id != sa.bindparam("exclude", type_=_users.c.id.type), st.last_read_seq > 0)
-            .order_by(st.last_read_seq.desc()).limit(100))
+            .where(st.conversation_id == sa.bindparam("conversation_id"), st.last_read_seq > 0)
+            # Ties by user id, so the answer is the same from the database and from chat/recent.py.
+            .order_by(st.last_read_seq.desc(), st.user_id).limit(sa.bindparam("limit", type_=sa.Integer())))
 
 
 _READ_POSITIONS = _read_positions_statement()
 
 
-async def read_positions_of(conn: AsyncConnection, conversation_id: int, *, exclude: str) -> list[dict[str, Any]]:
-    """read_positions (the 100 furthest) as the join answer's `read_positions` entries."""
-    rows = await conn.execute(_READ_POSITIONS, {"conversation_id": conversation_id, "exclude": exclude})
-    return [{"user_id": uid, "name": name or uid, "seq": int(seq)} for uid, name, seq in rows.all()]
+async def top_read_positions(conn: AsyncConnection, conversation_id: int, limit: int) -> list[tuple[str, str, int]]:
+    """(user_id, name, last_read_seq) of the `limit` furthest readers of a conversation (the
+    join answer's `read_positions` are the first 100 of them but the joiner's)."""
+    rows = await conn.execute(_READ_POSITIONS, {"conversation_id": conversation_id, "limit": limit})
+    return [(uid, name or uid, int(seq)) for uid, name, seq in rows.all()]
 
 
 _USER_NAME = sa.select(_users.c.name).where(_users.c.id == sa.bindparam("user_id", type_=_users.c.id.type))
