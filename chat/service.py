@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from chat import keys, schemas, storage
 from chat.auth import Identity
+from chat.batch import BatchedLookup
 from chat.config import Settings
 from chat.db import retrying, utcnow
 from chat.delivery import Delivery
@@ -125,6 +126,8 @@ class ChatService:
         # Users whose row this process wrote or read, with the stored name: a connect with a
         # verified token of a known user with an unchanged name touches no database.
         self._known_users: OrderedDict[str, str] = OrderedDict()
+        # The stored names of users it does not know, read for many connects at once in a storm.
+        self._stored_names: BatchedLookup[str, str] = BatchedLookup(self._read_user_names)
         self.presence_events = PresenceCoalescer(self._emit_presence, settings.presence_window_s)
         delivery.set_control_handler(self._on_control)
 
@@ -165,8 +168,7 @@ class ChatService:
     async def connect_socket(self, sid: str, user: Identity) -> None:
         known = self._known_users.get(user.user_id)
         if known is None or (user.name and known != user.name):
-            async with self.read_engine.connect() as conn:
-                known = await storage.stored_user_name(conn, user.user_id)
+            known = await self._stored_names.get(user.user_id)
             if known is None or (user.name and known != user.name):
                 before = known
                 async with self.sessions.begin() as session:
@@ -183,6 +185,10 @@ class ChatService:
         await self.delivery.enter_channel(sid, channel)
         await self.presence.connect(user.user_id, sid, [channel])
         state.channels.add(channel)
+
+    async def _read_user_names(self, user_ids: list[str]) -> dict[str, str]:
+        async with self.read_engine.connect() as conn:
+            return await storage.stored_user_names(conn, user_ids)
 
     def _know_user(self, user_id: str, name: str) -> None:
         self._known_users[user_id] = name

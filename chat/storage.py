@@ -601,10 +601,11 @@ async def top_read_positions(conn: AsyncConnection, conversation_id: int, limit:
     return [(uid, name or uid, int(seq)) for uid, name, seq in rows.all()]
 
 
-_USER_NAME = sa.select(_users.c.name).where(_users.c.id == sa.bindparam("user_id", type_=_users.c.id.type))
+_USER_NAMES = sa.select(_users.c.id, _users.c.name).where(
+    _users.c.id.in_(sa.bindparam("user_ids", expanding=True, type_=_users.c.id.type)))
 
 
-async def stored_user_name(conn: AsyncConnection, user_id: str) -> str | None:
-    """The user's stored name, None when there is no such user."""
-    name = await conn.scalar(_USER_NAME, {"user_id": user_id})
-    return None if name is None else str(name)
+async def stored_user_names(conn: AsyncConnection, user_ids: Sequence[str]) -> dict[str, str]:
+    """The stored names of those of `user_ids` that exist."""
+    rows = await conn.execute(_USER_NAMES, {"user_ids": list(user_ids)})
+    return {str(uid): str(name) for uid, name in rows.all()}

@@ -110,3 +110,35 @@ async def test_rename_drops_the_entries_showing_the_user() -> None:
     filled(recent, 9, [msg(1, "b")], False, [])
     recent.drop_user("a")
     assert recent.entry(7) is None and recent.entry(8) is None and recent.entry(9) is not None
+
+
+async def test_concurrent_user_lookups_share_one_query() -> None:
+    """chat/batch.py: the connects of a storm read the users they do not know together."""
+    from chat.batch import BatchedLookup
+
+    calls: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def load(keys: list[str]) -> dict[str, str]:
+        calls.append(keys)
+        await gate.wait()
+        if "boom" in keys:
+            raise RuntimeError("database down")
+        return {k: k.upper() for k in keys if k != "ghost"}
+
+    lookup: BatchedLookup[str, str] = BatchedLookup(load)
+    first = asyncio.ensure_future(lookup.get("a"))
+    await asyncio.sleep(0)
+    rest = [asyncio.ensure_future(lookup.get(k)) for k in ("b", "ghost", "b")]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await first == "A" and [await f for f in rest] == ["B", None, "B"]
+    assert calls == [["a"], ["b", "ghost"]]  # what came while a query ran went into the next one
+
+    failing = asyncio.ensure_future(lookup.get("boom"))
+    try:
+        await failing
+        raise AssertionError("the query's error reaches its callers")
+    except RuntimeError:
+        pass
+    assert await lookup.get("c") == "C"  # and the next ones are served again
