@@ -329,7 +329,10 @@ export class BackstageClient extends Emitter {
     this._scheduleRefresh();
     for (const w of this._connectWaiters.splice(0)) w.resolve();
     for (const channel of this._channels) {
-      this.request("subscribe", { channel }).catch((err) => this._emit("error", err));
+      this.request("subscribe", { channel }).then(
+        () => this._emit("subscribed", { channel, resubscribed: true }),
+        (err) => this._emit("error", err),
+      );
     }
     for (const conv of this._convs.values()) this._sync(conv, reconnect ? "reconnect" : "connect");
     this._flushSends();
@@ -500,6 +503,7 @@ export class BackstageClient extends Emitter {
   async subscribe(channel) {
     const res = await this.request("subscribe", { channel });
     this._channels.add(channel);
+    this._emit("subscribed", { channel, resubscribed: false });
     return res;
   }
 

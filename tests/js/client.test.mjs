@@ -80,7 +80,7 @@ describe("connect, join, send", () => {
     assert.equal(sent.sender.id, t.creator);
     await b.send(t.room, "hi back");
     await b.rec.waitFor("message", (m) => m.seq === 3);
-    await barrier(api, a, t.creator);
+    await barrier(server, a, t.creator);
     // The joiner's own message (ack and broadcast) and the other's, once each; seq 1 was in the answer.
     assert.deepEqual(a.rec.seqs(t.room), [2, 3]);
     assert.deepEqual(b.rec.seqs(t.room), [2, 3]);
@@ -121,15 +121,9 @@ describe("connect, join, send", () => {
     await b.rec.waitFor("state", (s) => s.state === "reconnecting");
     proxy.restore();
     await b.rec.next("state", (s) => s.state === "connected" && s.reconnect);
-    // Subscribed again: a marker on the user's own channel, sent after it, is not enough to
-    // know the subscription is in, so wait for the publish to reach it.
-    for (let n = 2; ; n++) {
-      const res = await api.publish(`creator:${t.creator}`, "live", { n });
-      if (res.delivered_to > 0) {
-        await b.rec.waitFor("event", (e) => e.event === "live" && e.data.n === n);
-        break;
-      }
-    }
+    await b.rec.waitFor("subscribed", (e) => e.channel === `creator:${t.creator}` && e.resubscribed);
+    await api.publish(`creator:${t.creator}`, "live", { n: 2 });
+    await b.rec.waitFor("event", (e) => e.event === "live" && e.data.n === 2);
   });
 });
 
@@ -160,7 +154,7 @@ describe("recovery", () => {
     assert.equal(stored.body, "written offline");
     assert.equal(stored.seq, 107);
     await a.rec.waitFor("message", (m) => m.seq === 107);
-    await barrier(api, a, t.patron);
+    await barrier(server, a, t.patron);
     assert.deepEqual(a.rec.seqs(t.room), range(1, 107));
     assert.deepEqual(a.rec.list("message").filter((m) => m.conversation_id === t.room && m.seq > 1 && m.seq < 107)
       .map((m) => m.body).sort(), range(0, 104).map((n) => `missed ${n}`).sort());
@@ -197,8 +191,8 @@ describe("recovery", () => {
     const msg = await sending;
     assert.equal(msg.id, stored.id);
     assert.equal(msg.client_msg_id, stored.client_msg_id);
-    await barrier(api, a, t.patron);
-    await barrier(other, b, t.creator);
+    await barrier(server, a, t.patron);
+    await barrier(server, b, t.creator);
     assert.deepEqual(a.rec.seqs(t.room), [1]);
     assert.deepEqual(b.rec.seqs(t.room), [1]); // the retry broadcast nothing new
     assert.equal(a.rec.list("send_status").filter((s) => s.status === "sending").length, 2);
@@ -228,7 +222,7 @@ describe("recovery", () => {
     // A duplicate of a delivered message (live and recovered copies) is not delivered again.
     const dup = a.rec.list("message").find((m) => m.seq === 3);
     for (const listener of a.socket.listeners("message")) listener({ ...dup });
-    await barrier(api, a, t.patron);
+    await barrier(server, a, t.patron);
     assert.deepEqual(a.rec.seqs(t.room), [1, 2, 3, 4]);
     assert.deepEqual(a.rec.list("message").map((m) => m.body), ["one", "two", "three", "four"]);
   });
@@ -250,7 +244,7 @@ describe("recovery", () => {
     // Not behind: nothing to do.
     const joins = a.rec.list("joined").length;
     for (const listener of a.socket.listeners("resync")) listener({ conversation_id: t.room, last_seq: 2 });
-    await barrier(api, a, t.patron);
+    await barrier(server, a, t.patron);
     assert.equal(a.rec.list("joined").length, joins);
   });
 });
@@ -272,7 +266,7 @@ describe("tokens", () => {
     assert.equal(Date.parse(refreshed.expiresAt), newExp * 1000);
     // Past the old token's exp the same socket is still served.
     await new Promise((resolve) => setTimeout(resolve, Math.max(0, oldExp * 1000 + 300 - Date.now())));
-    await barrier(api, a, t.patron);
+    await barrier(server, a, t.patron);
     assert.equal(a.socket.id, socketId);
     assert.deepEqual(a.rec.list("token_expired"), []);
     assert.deepEqual(a.rec.list("state").map((s) => s.state), ["connecting", "connected"]);

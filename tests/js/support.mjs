@@ -181,7 +181,7 @@ export function makeClient(url, token, options = {}) {
   });
   client.rec = new Recorder(client, [
     "state", "message", "message_updated", "edit", "delete", "typing", "read", "presence", "notification", "event",
-    "access_revoked", "resync", "joined", "join_error", "send_status", "token_refreshed", "token_expired", "error",
+    "access_revoked", "resync", "joined", "subscribed", "join_error", "send_status", "token_refreshed", "token_expired", "error",
     "connect_error",
   ]);
   return client;
@@ -247,14 +247,17 @@ export class Recorder {
 }
 
 /**
- * Returns once `client` has received everything the server emitted to it before the call: a
- * marker published to the user's own channel comes after them on the same socket.
+ * Returns once `client` has received everything any server process emitted to it before the
+ * call: each process publishes a marker to the user's own channel, which reaches the socket
+ * after what that process emitted earlier (tests/support.py `barrier`, the same idea).
  */
-export async function barrier(api, client, userId) {
+export async function barrier(server, client, userId) {
   const tag = randomBytes(4).toString("hex");
-  const got = client.rec.waitFor("event", (e) => e.event === "test-marker" && e.data.tag === tag);
-  await api.publish(`user:${userId}`, "test-marker", { tag });
-  await got;
+  await Promise.all(server.urls.map(async (url, n) => {
+    const got = client.rec.waitFor("event", (e) => e.event === "test-marker" && e.data.tag === tag && e.data.from === n);
+    await new Api(server, n).publish(`user:${userId}`, "test-marker", { tag, from: n });
+    await got;
+  }));
 }
 
 export function range(from, to) {

@@ -1,0 +1,32 @@
+"""The JavaScript client's own tests (tests/js/, node's test runner) in `make test`.
+
+They run against the run's shared servers: the embedded default (SQLite, one process), and the
+MariaDB + Redis cluster with the client under test on one process and the other users on the
+other, so recovery crosses the relay. `node --test tests/js/` alone starts a server of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+
+from tests.support import API_KEY, JWT_SECRET, ROOT
+
+NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed (make test installs node_modules with npm)")
+@pytest.mark.parametrize("backend", ["sqlite", "mysql"])
+def test_js_client_node_tests(request: pytest.FixtureRequest, backend: str) -> None:
+    cluster: Any = request.getfixturevalue("shared_sqlite" if backend == "sqlite" else "shared_mysql_cluster")
+    env = {**os.environ, "BACKSTAGE_TEST_URLS": ",".join(s.url for s in cluster.servers),
+           "BACKSTAGE_TEST_JWT_SECRET": JWT_SECRET, "BACKSTAGE_TEST_API_KEY": API_KEY}
+    assert NODE is not None
+    proc = subprocess.run([NODE, "--test", "--test-reporter=spec", "tests/js/"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+    print(proc.stdout)
+    assert proc.returncode == 0, f"node --test failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
