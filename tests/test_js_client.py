@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from typing import Any
 
@@ -26,7 +27,13 @@ def test_js_client_node_tests(request: pytest.FixtureRequest, backend: str) -> N
     env = {**os.environ, "BACKSTAGE_TEST_URLS": ",".join(s.url for s in cluster.servers),
            "BACKSTAGE_TEST_JWT_SECRET": JWT_SECRET, "BACKSTAGE_TEST_API_KEY": API_KEY}
     assert NODE is not None
-    proc = subprocess.run([NODE, "--test", "--test-reporter=spec", "tests/js/"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
-    print(proc.stdout)
-    assert proc.returncode == 0, f"node --test failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    # Its own process group: a hung run is killed with the per-file processes node --test starts.
+    proc = subprocess.Popen([NODE, "--test", "--test-reporter=spec", "tests/js/"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"node --test did not finish in 180 s:\n{out}")
+    assert proc.returncode == 0, f"node --test failed ({proc.returncode}):\n{out}"
