@@ -73,8 +73,10 @@ function connectSocket() {
 function onConnectionState(ev) {
   if (ev.state === "connected") onConnect(ev.reconnect);
   else if (ev.previous === "connected") onDisconnect();
-  // The server closed the session because the token expired: it will not reconnect by itself.
-  if (ev.state === "disconnected" && ev.reason === "token_expired") handleUnauthorized();
+  // The token expired (the server closed the session), or a reconnect was refused: sign-in screen.
+  if (ev.state === "disconnected" && (ev.reason === "token_expired" || ev.reason === "refused")) {
+    handleUnauthorized(ev.error && ev.error.message);
+  }
   updateConnection();
 }
 
