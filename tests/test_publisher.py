@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from backstage_publisher import AsyncPublisher, PublishError, RedisPublisher
 
+from backstage_publisher import AsyncPublisher, PublishError, RedisPublisher
 from tests.conftest import Cluster
 from tests.support import API_KEY, Client, free_port
 

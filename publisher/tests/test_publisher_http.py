@@ -4,13 +4,13 @@ they raise, what they retry (keeping the idempotency key), and Retry-After."""
 from __future__ import annotations
 
 import asyncio
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import pytest
-from backstage_publisher import AsyncPublisher, Publisher, PublishError
 
+from backstage_publisher import AsyncPublisher, Publisher, PublishError
 from tests.support import Client, free_port
 
 

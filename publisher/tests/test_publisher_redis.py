@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from backstage_publisher import PublishError, RedisPublisher
 
+from backstage_publisher import PublishError, RedisPublisher
 from tests.support import Client, free_port
 
 

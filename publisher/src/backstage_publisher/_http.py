@@ -124,7 +124,7 @@ class _Attempts:
 
     def _backoff(self) -> float:
         """Equal jitter: between half and all of base * 2^n, capped."""
-        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (self.made - 1))
+        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** (self.made - 1))
         return ceiling / 2 + random.random() * ceiling / 2
 
     def after_answer(self, response: httpx.Response) -> float:
