@@ -211,7 +211,7 @@ def build() -> dict[str, Any]:
         messages[f"{key}.ack"] = ack
         socket_messages[key] = {"$ref": f"#/components/messages/{key}"}
         ack_messages[key] = {"$ref": f"#/components/messages/{key}.ack"}
-        operations[f"receive.{name}"] = {
+        operations[key] = {
             "action": "receive", "channel": {"$ref": "#/channels/socket"}, "summary": summary,
             "messages": [{"$ref": f"#/channels/socket/messages/{key}"}],
             "reply": {"channel": {"$ref": "#/channels/acknowledgements"},
@@ -221,7 +221,7 @@ def build() -> dict[str, Any]:
         key = f"server.{name}"
         messages[key] = _message(name, summary, payload, example)
         socket_messages[key] = {"$ref": f"#/components/messages/{key}"}
-        operations[f"send.{name}"] = {
+        operations[key] = {
             "action": "send", "channel": {"$ref": "#/channels/socket"}, "summary": summary,
             "messages": [{"$ref": f"#/channels/socket/messages/{key}"}],
         }
