@@ -9,7 +9,8 @@
   CONNECT_ERROR data); an event the document does not list fails the test;
 - every operation of the document occurs in the traffic, and the requests sent invalid on
   purpose are exactly the ones its schemas reject (and the server answered `ok: false`);
-- the document is well-formed: its references resolve, its examples validate.
+- the document is well-formed: its references resolve, its examples validate, and its client
+  events are the ones the server registers handlers for (chat/sockets.py CLIENT_EVENTS).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import socketio
 from socketio import packet
 
 from chat.keys import RedisKeys
+from chat.sockets import CLIENT_EVENTS
 from tests.conftest import Cluster
 from tests.support import Client, make_token
 
@@ -202,6 +204,8 @@ async def test_document_is_well_formed(shared_sqlite: Cluster) -> None:
     for channel in doc["channels"].values():
         for msg in channel["messages"].values():
             assert "payload" in resolve(doc, msg)
+    # every event the server handles is documented, and every documented client event is handled
+    assert set(CLIENT_EVENTS) == set(contract.client)
 
 
 async def test_real_traffic_matches_the_document(shared_mysql_cluster: Cluster, redis_url: str, uid: Any) -> None:
