@@ -71,12 +71,13 @@ class ScriptedProxy:
     - `(status, headers, body)`: answered by the proxy, the server is never asked;
     - `"lost"`: forwarded, then the answer is replaced by a bare 500, as if lost on the way back.
 
-    Records every request's JSON body and arrival time (time.monotonic)."""
+    Records every request's JSON body and arrival time (time.monotonic, and time.time)."""
 
     def __init__(self, upstream: str, script: list[Any]) -> None:
         self.upstream, self.script = upstream, script
         self.bodies: list[Any] = []
         self.times: list[float] = []
+        self.wall_times: list[float] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -88,6 +89,7 @@ class ScriptedProxy:
                 n = len(proxy.bodies)
                 proxy.bodies.append(json.loads(raw) if raw else None)
                 proxy.times.append(time.monotonic())
+                proxy.wall_times.append(time.time())
                 step = proxy.script[n] if n < len(proxy.script) else None
                 if isinstance(step, tuple):
                     status, headers, body = step
