@@ -27,13 +27,18 @@ def test_js_client_node_tests(request: pytest.FixtureRequest, backend: str) -> N
     env = {**os.environ, "BACKSTAGE_TEST_URLS": ",".join(s.url for s in cluster.servers),
            "BACKSTAGE_TEST_JWT_SECRET": JWT_SECRET, "BACKSTAGE_TEST_API_KEY": API_KEY}
     assert NODE is not None
-    # Its own process group: a hung run is killed with the per-file processes node --test starts.
+    # Its own process group: a hung run is killed with the per-file processes node --test starts
+    # (within pytest's 120 s per-test timeout, which would leave them running).
     proc = subprocess.Popen([NODE, "--test", "--test-reporter=spec", "tests/js/"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        out, _ = proc.communicate(timeout=180)
+        out, _ = proc.communicate(timeout=90)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
-        pytest.fail(f"node --test did not finish in 180 s:\n{out}")
+        pytest.fail(f"node --test did not finish in 90 s:\n{out}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 0, f"node --test failed ({proc.returncode}):\n{out}"
