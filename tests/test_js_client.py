@@ -20,10 +20,15 @@ from tests.support import API_KEY, JWT_SECRET, ROOT
 NODE = shutil.which("node")
 
 
+@pytest.fixture(params=["sqlite", "mysql"])
+def shared_cluster(request: pytest.FixtureRequest) -> Any:
+    """The shared SQLite server, then the shared two-process MariaDB + Redis cluster."""
+    return request.getfixturevalue("shared_sqlite" if request.param == "sqlite" else "shared_mysql_cluster")
+
+
 @pytest.mark.skipif(NODE is None, reason="node is not installed (make test installs node_modules with npm)")
-@pytest.mark.parametrize("backend", ["sqlite", "mysql"])
-def test_js_client_node_tests(request: pytest.FixtureRequest, backend: str) -> None:
-    cluster: Any = request.getfixturevalue("shared_sqlite" if backend == "sqlite" else "shared_mysql_cluster")
+def test_js_client_node_tests(shared_cluster: Any) -> None:
+    cluster = shared_cluster
     env = {**os.environ, "BACKSTAGE_TEST_URLS": ",".join(s.url for s in cluster.servers),
            "BACKSTAGE_TEST_JWT_SECRET": JWT_SECRET, "BACKSTAGE_TEST_API_KEY": API_KEY}
     assert NODE is not None
