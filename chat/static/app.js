@@ -7,6 +7,8 @@ import * as api from "./api.js";
 import { addLiveNotification, setUnreadNotifications, setupNotifications } from "./notifications.js";
 import { actions, onMessageListScroll, scheduleRender, scrollToLatest, showAuthScreen, showNotice } from "./render.js";
 import { canPost, conversationName, learnMembers, makeConv, maxSeq, openConv, state } from "./state.js";
+import { forgetCreatorChannels, onCreatorEvent, setupCreatorEvents, subscribeCreatorChannels } from "./creator-events.js";
+import { renderMe, setupMessageMenus, watchConnection } from "./ui.js";
 
 const ACK_TIMEOUT_MS = 10_000;
 const TYPING_REFRESH_MS = 2_000; // re-send typing:true this often while typing
@@ -67,6 +69,15 @@ function connectSocket() {
   socket.on("notification", onNotification);
   socket.on("access_revoked", onAccessRevoked);
   socket.on("resync", onResync);
+  socket.on("event", onCreatorEvent);
+  watchConnection(socket, reconnectNow);
+}
+
+/** A connection attempt now rather than after the current back-off delay. */
+function reconnectNow() {
+  if (!socket || socket.connected || authFailed) return;
+  socket.disconnect();
+  socket.connect();
 }
 
 async function onConnect() {
@@ -76,6 +87,7 @@ async function onConnect() {
   } catch {
     // The list we have is still good; the periodic refresh tries again.
   }
+  subscribeCreatorChannels();
   const reconnect = everConnected;
   everConnected = true;
   if (reconnect) for (const c of state.convs.values()) if (c.loaded) c.stale = true;
@@ -93,6 +105,7 @@ async function onConnect() {
 }
 
 function onDisconnect(reason) {
+  forgetCreatorChannels();
   for (const conv of state.convs.values()) {
     conv.joined = false;
     conv.online = new Set();
@@ -657,6 +670,7 @@ async function refreshConversations({ join = true } = {}) {
   }
   const open = openConv();
   if (open) markRead(open);
+  if (socket && socket.connected) subscribeCreatorChannels();
   scheduleRender();
 }
 
@@ -845,11 +859,7 @@ function wireDom() {
   window.addEventListener("offline", updateConnection);
   window.addEventListener("online", () => {
     updateConnection();
-    if (socket && !socket.connected && !authFailed) {
-      // Reconnect now rather than after the current back-off delay.
-      socket.disconnect();
-      socket.connect();
-    }
+    reconnectNow();
   });
   document.addEventListener("visibilitychange", () => {
     const conv = openConv();
@@ -901,13 +911,16 @@ async function boot() {
   watchExpiry();
   wireDom();
   setupNotifications({ openConversation });
+  setupCreatorEvents({ emitAck });
+  setupMessageMenus($("message-list"));
   scheduleRender();
 
   const me = await loadMe();
   if (!me || authFailed) return;
   state.me = { id: String(me.user.id), name: me.user.name || String(me.user.id) };
   state.names.set(state.me.id, state.me.name);
-  $("me-name").textContent = state.me.name;
+  state.avatars.set(state.me.id, me.user.avatar_url || null);
+  renderMe();
   setUnreadNotifications(me.unread_notifications);
   try {
     await refreshConversations({ join: false });
