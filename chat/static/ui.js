@@ -200,8 +200,8 @@ export function messageMenu(convId, seq, items) {
           onclick: (e) => {
             e.stopPropagation();
             if (it.keepOpen) menu = { convId, seq, focus: it.action };
-            else closeMenu(false);
-            it.run();
+            it.run(); // before closing: closing disarms a pending delete
+            if (!it.keepOpen) closeMenu(false);
           },
         },
         it.label,
@@ -255,6 +255,7 @@ function onMenuKey(e, buttons) {
  */
 export function setupMessageMenus(list) {
   let press = null;
+  let swallowClick = false; // the click that may end a long-press must not close its menu
   const cancel = () => {
     if (press) clearTimeout(press.timer);
     press = null;
@@ -267,6 +268,7 @@ export function setupMessageMenus(list) {
   };
   list.addEventListener("pointerdown", (e) => {
     cancel();
+    swallowClick = false;
     if (e.pointerType !== "touch") return;
     const target = e.target;
     press = {
@@ -274,10 +276,29 @@ export function setupMessageMenus(list) {
       y: e.clientY,
       timer: setTimeout(() => {
         press = null;
-        if (openFrom(target) && navigator.vibrate) navigator.vibrate(10);
+        if (!openFrom(target)) return;
+        swallowClick = true;
+        if (navigator.vibrate) navigator.vibrate(10);
       }, LONG_PRESS_MS),
     };
   });
+  list.addEventListener(
+    "click",
+    (e) => {
+      if (!swallowClick) return;
+      swallowClick = false;
+      e.preventDefault();
+      e.stopPropagation();
+    },
+    true,
+  );
+  list.addEventListener(
+    "keydown",
+    () => {
+      swallowClick = false;
+    },
+    true,
+  );
   list.addEventListener("pointermove", (e) => {
     if (press && Math.hypot(e.clientX - press.x, e.clientY - press.y) > PRESS_SLOP_PX) cancel();
   });
