@@ -88,7 +88,15 @@ function eventUrl(item) {
 
 let stripSig = null;
 
+/** Shows or hides the strip; a reader at the newest message stays there as the list shrinks. */
 function renderStrip() {
+  const list = $("message-list");
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  fillStrip();
+  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+function fillStrip() {
   const strip = $("creator-event");
   const conv = openConv();
   const creatorId = conv ? String(conv.conversation.creator_id) : null;

@@ -263,7 +263,7 @@ export function setupMessageMenus(list) {
   const openFrom = (target) => {
     const el = target.closest(".msg.has-menu[data-seq]");
     if (!el || !state.openId || target.closest("a, button, textarea")) return false;
-    openMenu(state.openId, Number(el.dataset.seq), "first");
+    openMenu(state.openId, Number(el.dataset.seq), null); // by finger or mouse: no focus ring
     return true;
   };
   list.addEventListener("pointerdown", (e) => {
