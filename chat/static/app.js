@@ -9,6 +9,8 @@ import { BackstageClient } from "./backstage-client.js";
 import { addLiveNotification, setUnreadNotifications, setupNotifications } from "./notifications.js";
 import { actions, onMessageListScroll, scheduleRender, scrollToLatest, showAuthScreen, showNotice } from "./render.js";
 import { canPost, conversationName, learnMembers, makeConv, maxSeq, openConv, state } from "./state.js";
+import { forgetCreatorChannels, onCreatorEvent, setupCreatorEvents, subscribeCreatorChannels } from "./creator-events.js";
+import { renderMe, setupMessageMenus, watchConnection } from "./ui.js";
 
 const ACK_TIMEOUT_MS = 10_000;
 const TYPING_REFRESH_MS = 2_000; // re-send typing:true this often while typing
@@ -66,8 +68,15 @@ function connectSocket() {
   client.on("notification", onNotification);
   client.on("access_revoked", onAccessRevoked);
   client.on("resync", onResync);
+  client.on("event", onCreatorEvent);
   // Refused by the server (not a network error): bad credentials, or too many connections.
   client.connect().catch((err) => handleUnauthorized(err && err.message));
+  watchConnection(client.socket, reconnectNow);
+}
+
+/** A connection attempt now rather than after the current back-off delay. */
+function reconnectNow() {
+  if (client && !authFailed) client.reconnectNow();
 }
 
 function onConnectionState(ev) {
@@ -87,6 +96,7 @@ async function onConnect(reconnect) {
   } catch {
     // The list we have is still good; the periodic refresh tries again.
   }
+  subscribeCreatorChannels();
   if (reconnect) for (const c of state.convs.values()) if (c.loaded) c.stale = true;
   // The client keeps joined conversations joined (and recovers them with since_seq); the
   // others (the first connect, conversations listed while offline) are joined here.
@@ -104,6 +114,7 @@ async function onConnect(reconnect) {
 }
 
 function onDisconnect() {
+  forgetCreatorChannels();
   for (const conv of state.convs.values()) {
     conv.joined = false;
     conv.online = new Set();
@@ -615,6 +626,7 @@ async function refreshConversations({ join = true } = {}) {
   }
   const open = openConv();
   if (open) markRead(open);
+  if (isConnected()) subscribeCreatorChannels();
   scheduleRender();
 }
 
@@ -805,8 +817,7 @@ function wireDom() {
   window.addEventListener("offline", updateConnection);
   window.addEventListener("online", () => {
     updateConnection();
-    // Reconnect now rather than after the current back-off delay.
-    if (client && !authFailed) client.reconnectNow();
+    reconnectNow();
   });
   document.addEventListener("visibilitychange", () => {
     const conv = openConv();
@@ -858,13 +869,16 @@ async function boot() {
   watchExpiry();
   wireDom();
   setupNotifications({ openConversation });
+  setupCreatorEvents({ emitAck });
+  setupMessageMenus($("message-list"));
   scheduleRender();
 
   const me = await loadMe();
   if (!me || authFailed) return;
   state.me = { id: String(me.user.id), name: me.user.name || String(me.user.id) };
   state.names.set(state.me.id, state.me.name);
-  $("me-name").textContent = state.me.name;
+  state.avatars.set(state.me.id, me.user.avatar_url || null);
+  renderMe();
   setUnreadNotifications(me.unread_notifications);
   try {
     await refreshConversations({ join: false });
