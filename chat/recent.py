@@ -26,6 +26,10 @@ The answer is served from the entry only when the entry provably holds it:
 * with `since_seq`: when every message after it is in the entry (else the database answers;
   the entry holds at most `RECENT_MESSAGES` ≤ 100, so `has_more` is false).
 
+Anything new that changes what a message or a read position shows in the join answer must
+reach this cache too: delivered as `message_updated` (the message's whole new wire form), or
+by dropping the conversation's entry (`RecentMessages.drop`); else joins answer it stale.
+
 Read positions (the others' furthest `last_read_seq`, `POSITIONS_LIMIT` of them) move with
 `read` events (the reader) and `message` events (the writer moves the sender's position to
 the message; a sender not held yet is added, with the name the message shows, when the entry
