@@ -128,6 +128,10 @@ class ChatService:
         self._known_users: OrderedDict[str, str] = OrderedDict()
         # The stored names of users it does not know, read for many connects at once in a storm.
         self._stored_names: BatchedLookup[str, str] = BatchedLookup(self._read_user_names)
+        # What each join reads first (access, read position, unread count): one statement for the
+        # joins waiting at that moment.
+        self._join_views: BatchedLookup[tuple[int, str], storage.JoinView] = BatchedLookup(
+            self._read_join_views, max_batch=4 * storage.JOIN_VIEWS_BATCH)
         self.presence_events = PresenceCoalescer(self._emit_presence, settings.presence_window_s)
         delivery.set_control_handler(self._on_control)
 
@@ -186,6 +190,10 @@ class ChatService:
         await self.presence.connect(user.user_id, sid, [channel])
         state.channels.add(channel)
 
+    async def _read_join_views(self, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], storage.JoinView]:
+        async with self.read_engine.connect() as conn:
+            return await storage.join_views(conn, pairs)
+
     async def _read_user_names(self, user_ids: list[str]) -> dict[str, str]:
         async with self.read_engine.connect() as conn:
             return await storage.stored_user_names(conn, user_ids)
@@ -240,8 +248,7 @@ class ChatService:
         state = self._socket_state(sid)
         user = state.user
         epoch = self._control_epoch
-        async with self.read_engine.connect() as conn:
-            view = await storage.join_view(conn, conversation_id, user.user_id)
+        view = await self._join_views.get((conversation_id, user.user_id))
         if view is None:
             raise NotFound("no such conversation")
         conv = view.conversation

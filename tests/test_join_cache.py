@@ -6,6 +6,7 @@ on SQLite, one process."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -129,4 +130,39 @@ async def test_join_from_the_cache_is_the_database_answer(writer_and_joiner: tup
         assert r["ok"] is False and r["error"]["code"] == "forbidden"
     finally:
         for c in (watcher, sender, *readers):
+            await c.close()
+
+
+async def test_concurrent_joins_each_get_their_own_access_and_position(writer_and_joiner: tuple[Cluster, int, int],
+                                                                       uid: Any) -> None:
+    """The joins waiting at one moment share one access query (chat/batch.py, storage.join_views):
+    each still gets its own answer: forbidden below the tier, not_found for no conversation, its
+    own read position and unread count."""
+    cluster, _, j = writer_and_joiner
+    api, url = cluster.apis[0], cluster.servers[j].url
+    cre_id = uid("cre")
+    api.user(cre_id, "Cre")
+    room = api.room(cre_id, "Tiered", 500)
+    pats = [uid(f"p{i}") for i in range(6)]
+    tokens = {p: api.user(p, p.title()) for p in pats}
+    for i, p in enumerate(pats):
+        api.membership(cre_id, p, 200 * i)  # p0..p2 below the room's 500
+    insert_messages(cluster.database_url, room, [cre_id], 1, 10)
+    clients = [await Client(url, tokens[p]).connect() for p in pats]
+    try:
+        reads = {pats[3]: 2, pats[4]: 5}
+        for p, seq in reads.items():
+            assert (await clients[pats.index(p)].call("read", {"conversation_id": room, "seq": seq}))["ok"]
+        answers = await asyncio.gather(*(c.call("join", {"conversation_id": cid})
+                                         for c in clients for cid in (room, "999999999")))
+        for i, p in enumerate(pats):
+            mine, missing = answers[2 * i], answers[2 * i + 1]
+            assert missing["ok"] is False and missing["error"]["code"] == "not_found", missing
+            if i < 3:
+                assert mine["ok"] is False and mine["error"]["code"] == "forbidden", (p, mine)
+            else:
+                assert mine["ok"], mine
+                assert (mine["last_read_seq"], mine["unread_count"]) == (reads.get(p, 0), 10 - reads.get(p, 0)), p
+    finally:
+        for c in clients:
             await c.close()
