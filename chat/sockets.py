@@ -23,6 +23,7 @@ from chat.auth import Authenticator
 from chat.errors import ChatError, Forbidden, Invalid, RateLimited, TooLarge, error_wire
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
 from chat.ratelimit import KeyedBuckets
+from chat.reactions import check_emoji
 from chat.service import ChatService
 from chat.socketlimit import LocalSocketLimiter, SocketLimiter
 from chat.sockguard import PacketGuard
@@ -59,7 +60,7 @@ class ChatSockets:
             "join": self.join, "leave": self.leave, "send": self.send, "edit": self.edit,
             "delete": self.delete, "history": self.history, "typing": self.typing, "read": self.read,
             "subscribe": self.subscribe, "unsubscribe": self.unsubscribe,
-            "refresh_token": self.refresh_token,
+            "refresh_token": self.refresh_token, "react": self.react,
         }
         for name, handler in events.items():
             sio.on(name, self._wrap(name, handler))
@@ -228,6 +229,15 @@ class ChatSockets:
     async def delete(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         user = self.service.socket_user(sid)
         return await self.service.delete_message(user, schemas.check_message_id(data))
+
+    async def react(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        cid = schemas.check_conversation_id(data) if data.get("conversation_id") is not None else None
+        mid = schemas.check_message_id(data)
+        emoji = check_emoji(data.get("emoji"))
+        on = schemas.check_bool(data, "on")
+        self.service.check_socket_react_rate(sid)
+        return await self.service.react(user, mid, emoji, on, conversation_id=cid)
 
     async def history(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         user = self.service.socket_user(sid)
