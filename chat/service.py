@@ -568,8 +568,7 @@ class ChatService:
                     raise NotFound("no such message")
                 if locked[1]:
                     raise Invalid("a deleted message takes no reactions")
-                mine = await storage.user_reactions(conn, message_id, user.user_id)
-                counts = await storage.reaction_counts(conn, message_id, lock=True)
+                counts, mine = await storage.locked_reactions(conn, message_id, user.user_id)
                 if on == (emoji in mine):
                     return False, mine, counts  # already so: nothing changes
                 if on:

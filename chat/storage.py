@@ -626,22 +626,23 @@ async def lock_message(conn: AsyncConnection, message_id: int) -> tuple[int, boo
     return None if row is None else (int(row[0]), bool(row[1]))
 
 
-async def user_reactions(conn: AsyncConnection, message_id: int, user_id: str) -> set[str]:
-    """The emoji of one user's reactions to a message (a locking read: the current rows)."""
-    r = _reactions.c
-    rows = await conn.execute(sa.select(r.emoji).where(r.message_id == message_id, r.user_id == user_id)
-                              .with_for_update())
-    return {str(e) for (e,) in rows.all()}
-
-
-async def reaction_counts(conn: AsyncConnection, message_id: int, *, lock: bool = False) -> list[dict[str, Any]]:
+async def reaction_counts(conn: AsyncConnection, message_id: int) -> list[dict[str, Any]]:
     """[{emoji, count}] of a message, in the order each emoji was first used."""
     r = _reactions.c
     q = (sa.select(r.emoji, sa.func.count()).where(r.message_id == message_id).group_by(r.emoji)
          .order_by(sa.func.min(r.created_at), r.emoji))
-    if lock:
-        q = q.with_for_update()
     return [{"emoji": str(e), "count": int(n)} for e, n in (await conn.execute(q)).all()]
+
+
+async def locked_reactions(conn: AsyncConnection, message_id: int, user_id: str) -> tuple[list[dict[str, Any]], set[str]]:
+    """reaction_counts, and the emoji of `user_id`'s reactions, in one locking read (the rows
+    as committed now, whatever the transaction's snapshot)."""
+    r = _reactions.c
+    mine = sa.func.max(sa.case((r.user_id == user_id, 1), else_=0))
+    q = (sa.select(r.emoji, sa.func.count(), mine).where(r.message_id == message_id).group_by(r.emoji)
+         .order_by(sa.func.min(r.created_at), r.emoji).with_for_update())
+    rows = (await conn.execute(q)).all()
+    return [{"emoji": str(e), "count": int(n)} for e, n, _ in rows], {str(e) for e, _, m in rows if m}
 
 
 async def insert_reaction(conn: AsyncConnection, message_id: int, user_id: str, emoji: str, now: datetime) -> None:
