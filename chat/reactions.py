@@ -58,13 +58,14 @@ def check_emoji(value: Any) -> str:
     return normal
 
 
-async def attach_reactions(conn: AsyncConnection, messages: list[dict[str, Any]], reader_id: str) -> None:
-    """Set `reactions: [{emoji, count, me}]` on each message wire dict, `me` for `reader_id`
-    (one query for the whole list). A deleted message's reactions are not shown: `[]`."""
+async def attach_reactions(conn: AsyncConnection, messages: list[dict[str, Any]],
+                           reader_id: str) -> list[dict[str, Any]]:
+    """Copies of the message wire dicts with `reactions: [{emoji, count, me}]`, `me` for
+    `reader_id` (one query for the whole list); the dicts given are left as they are, so they
+    may be shared (a cache of recent messages). A deleted message shows no reactions: `[]`."""
     ids = [int(m["id"]) for m in messages if not m.get("deleted")]
     found = await storage.reaction_summaries(conn, ids, reader_id) if ids else {}
-    for m in messages:
-        m["reactions"] = [] if m.get("deleted") else found.get(int(m["id"]), [])
+    return [{**m, "reactions": [] if m.get("deleted") else found.get(int(m["id"]), [])} for m in messages]
 
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]

@@ -177,7 +177,7 @@ class ChatService:
             for wire in wires:
                 del wire["reactions"]
         else:
-            await reactions.attach_reactions(await session.connection(), wires, reader_id)
+            wires = await reactions.attach_reactions(await session.connection(), wires, reader_id)
         return wires
 
     # ============================================================ sockets: lifecycle
@@ -292,7 +292,7 @@ class ChatService:
             messages = [schemas.message_wire_columns(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id,
                                                      r.body, r.client_msg_id, r.created_at, r.edited_at, r.deleted)
                         for r in rows]
-            await reactions.attach_reactions(conn, messages, user.user_id)
+            messages = await reactions.attach_reactions(conn, messages, user.user_id)
         members = None
         if conv.kind == "direct":
             members = [{"id": conv.creator_id, "name": view.creator_name},
