@@ -158,8 +158,8 @@ async def test_bad_input_is_invalid_or_not_found(shared_any_server: Any, uid: An
         assert err(await react(b, "01", THUMBS)) == "not_found"
         assert err(await react(b, mid, THUMBS, conversation_id=other_room)) == "not_found"
         assert err(await react(b, mid, THUMBS, conversation_id="999999999")) == "not_found"
-        # every kind of emoji the docs promise
-        for good in ["👍🏽", "🇺🇸", "👩🏻‍❤️‍💋‍👨🏼", "🏴󠁧󠁢󠁥󠁮󠁧󠁿", "#️⃣", ":plus1:", ":100:"]:
+        # every kind of emoji the docs promise (skin tones apart: compared byte for byte on MariaDB)
+        for good in ["👍🏽", "👍🏻", "🇺🇸", "👩🏻‍❤️‍💋‍👨🏼", "🏴󠁧󠁢󠁥󠁮󠁧󠁿", "#️⃣", ":plus1:", ":100:"]:
             assert ok(await react(b, mid, good))["count"] == 1, good
         base = f"/conversations/{room}/messages"
         token = tokens[uid("pat")]
