@@ -190,6 +190,7 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("server %s ready (redis relay: %s)", server_id, "on" if redis is not None else "off")
     yield
     await hooks.stop()
+    await service.reaction_events.close()
     await delivery.stop()
     for conversation_id, user_id in await presence.stop():
         await on_offline(conversation_id, user_id)

@@ -20,6 +20,7 @@ from chat.auth import USER_ID_RE, Authenticator, Identity, bearer
 from chat.config import Settings
 from chat.errors import ChatError, Invalid, NotFound, TooLarge, Unauthorized
 from chat.metrics import HTTP_REQUESTS
+from chat.reactions import DEFAULT_REACTORS, MAX_REACTORS, check_emoji
 from chat.service import ChatService
 from chat.transport_errors import as_chat_error
 
@@ -242,6 +243,17 @@ async def post_message(request: web.Request) -> web.Response:
     return json_response(await service.send_message(user, cid, body, client_msg_id), status=201)
 
 
+async def list_reactions(request: web.Request) -> web.Response:
+    user = client(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"])
+    mid = schemas.parse_int_id(request.match_info["message_id"], "message")
+    raw_emoji = request.query.get("emoji")
+    emoji = check_emoji(raw_emoji) if raw_emoji not in (None, "") else None
+    limit = schemas.check_int({"limit": query_int(request, "limit")}, "limit", minimum=1, maximum=MAX_REACTORS)
+    return json_response(await request.app[SERVICE_KEY].list_reactions(
+        user, cid, mid, emoji, DEFAULT_REACTORS if limit is None else limit))
+
+
 async def put_settings(request: web.Request) -> web.Response:
     user = client(request)
     cid = schemas.parse_int_id(request.match_info["conversation_id"])
@@ -268,5 +280,6 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/v1/conversations/direct", open_direct)
     r.add_get("/api/v1/conversations/{conversation_id}/messages", list_messages)
     r.add_post("/api/v1/conversations/{conversation_id}/messages", post_message)
+    r.add_get("/api/v1/conversations/{conversation_id}/messages/{message_id}/reactions", list_reactions)
     r.add_put("/api/v1/conversations/{conversation_id}/settings", put_settings)
     r.add_get("/healthz", healthz)

@@ -88,3 +88,19 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     deleted: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+
+
+class Reaction(Base):
+    """One user's reaction with one emoji to one message: the primary key makes `react`
+    idempotent per (message, user, emoji); counts are COUNT(*) of these rows, never a stored
+    number that could drift. `emoji` is compared byte for byte (utf8mb4_bin on MariaDB)."""
+
+    __tablename__ = "reactions"
+    __table_args__ = (sa.Index("ix_reactions_message_id_emoji", "message_id", "emoji"),)
+
+    message_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
+    emoji: Mapped[str] = mapped_column(ExactString(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

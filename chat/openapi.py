@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from chat.reactions import DEFAULT_REACTORS, MAX_EMOJI_CHARS, MAX_PER_MESSAGE, MAX_REACTORS
 from chat.schemas import MAX_PAGE
 
 ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
@@ -38,6 +39,8 @@ NULLABLE_STRING = {"type": ["string", "null"]}
 TIME = {"type": "string", "description": "ISO 8601 UTC, e.g. 2026-01-02T03:04:05.678Z"}
 NULLABLE_TIME = {"type": ["string", "null"], "description": "ISO 8601 UTC, or null"}
 USER_ID = {"type": "string", "pattern": ID_PATTERN}
+EMOJI = {"type": "string", "minLength": 1, "maxLength": MAX_EMOJI_CHARS,
+         "description": "one Unicode emoji (fully-qualified form) or a :name: of the list in docs/api.md"}
 
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _obj({"code": {"type": "string", "enum": ERROR_CODES}, "message": STRING})}),
@@ -55,7 +58,14 @@ SCHEMAS: dict[str, Any] = {
         "id": STRING, "conversation_id": STRING, "seq": {"type": "integer", "minimum": 1},
         "sender": _ref("Member"), "body": STRING, "client_msg_id": STRING, "created_at": TIME,
         "edited_at": NULLABLE_TIME, "deleted": {"type": "boolean"},
-    }),
+        "reactions": {"type": "array", "items": _ref("Reaction"), "maxItems": MAX_PER_MESSAGE,
+                      "description": "as the reader sees them (`me`); [] on a new message; left out of message_updated"},
+    }, ["id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted"]),
+    "Reaction": _obj({"emoji": EMOJI, "count": {"type": "integer", "minimum": 1},
+                      "me": {"type": "boolean", "description": "whether the reader reacted with it"}}),
+    "ReactionWithUsers": _obj({"emoji": EMOJI, "count": {"type": "integer", "minimum": 1}, "me": {"type": "boolean"},
+                               "users": {"type": "array", "items": _ref("Member"), "maxItems": MAX_REACTORS,
+                                         "description": "who reacted, oldest first (the first `limit`)"}}),
     "ConversationListItem": _obj({
         "conversation": _ref("Conversation"), "last_message": {"anyOf": [_ref("Message"), {"type": "null"}]},
         "unread_count": {"type": "integer", "minimum": 0}, "muted": {"type": "boolean"},
@@ -107,7 +117,8 @@ EXAMPLE_DIRECT = {"id": "13", "kind": "direct", "creator_id": "cre", "name": "",
                               {"id": "alice", "name": "Alice", "avatar_url": "https://example.com/a.png"}]}
 EXAMPLE_MESSAGE = {"id": "99", "conversation_id": "12", "seq": 7, "sender": {"id": "alice", "name": "Alice"},
                    "body": "hello", "client_msg_id": "c-1", "created_at": "2026-01-02T03:04:05.678Z",
-                   "edited_at": None, "deleted": False}
+                   "edited_at": None, "deleted": False,
+                   "reactions": [{"emoji": "\U0001f44d", "count": 3, "me": True}, {"emoji": ":fire:", "count": 1, "me": False}]}
 EXAMPLE_NOTIFICATION = {"id": "5", "type": "new_post", "title": "New post", "body": "Cre posted",
                         "data": {"post_id": "p1"}, "created_at": "2026-01-02T03:04:05.678Z", "read_at": None}
 
@@ -231,6 +242,18 @@ def build() -> dict[str, Any]:
                            "client_msg_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,64}$"}}),
                 body_example={"body": "hello", "client_msg_id": "c-1"}, tags=["client"]),
         },
+        "/api/v1/conversations/{conversation_id}/messages/{message_id}/reactions": {"get": _op(
+            "A message's reactions with who reacted (members only)", "clientJwt",
+            {**_ok(200, "the reactions, in the order each emoji was first used (none for a deleted message)",
+                   _obj({"reactions": {"type": "array", "items": _ref("ReactionWithUsers")}}),
+                   {"reactions": [{"emoji": "\U0001f44d", "count": 2, "me": True,
+                                   "users": [{"id": "alice", "name": "Alice"}, {"id": "cre", "name": "Cre"}]}]}),
+             **_errors(*READ_ERRORS, 403)},
+            params=[conv_id, _path_param("message_id", {"type": "string", "description": "a message id (digits)"}),
+                    _query("emoji", EMOJI, "only this emoji (\"❤\" and \"❤️\" are one)"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_REACTORS},
+                           f"users listed per emoji, default {DEFAULT_REACTORS}")],
+            tags=["client"])},
         "/api/v1/conversations/{conversation_id}/settings": {"put": _op(
             "Mute or unmute a conversation (muted: no pushes)", "clientJwt",
             {**_ok(200, "the setting", _obj({"conversation_id": STRING, "muted": {"type": "boolean"}}),

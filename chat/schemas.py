@@ -132,7 +132,8 @@ def iso(dt: datetime | None) -> str | None:
 def message_wire_columns(mid: int, conversation_id: int, seq: int, sender_id: str, sender_name: str, body: str,
                  client_msg_id: str, created_at: datetime, edited_at: datetime | None,
                  deleted: bool) -> dict[str, Any]:
-    """A message's wire form from column values (the send and join paths have no ORM object)."""
+    """A message's wire form from column values (the send and join paths have no ORM object).
+    `reactions` is empty here: reads fill it per reader (chat/reactions.py attach_reactions)."""
     return {
         "id": str(mid),
         "conversation_id": str(conversation_id),
@@ -143,6 +144,7 @@ def message_wire_columns(mid: int, conversation_id: int, seq: int, sender_id: st
         "created_at": iso(created_at),
         "edited_at": iso(edited_at),
         "deleted": bool(deleted),
+        "reactions": [],
     }
 
 

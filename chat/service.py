@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from chat import keys, schemas, storage
+from chat import keys, reactions, schemas, storage
 from chat.auth import Identity
 from chat.config import Settings
 from chat.db import retrying, utcnow
@@ -26,6 +26,7 @@ from chat.errors import ChatError, Conflict, Forbidden, Invalid, NotFound, RateL
 from chat.models import Conversation, Membership, Message
 from chat.presence import Presence, PresenceCoalescer
 from chat.ratelimit import KeyedBuckets
+from chat.reactions import ReactionCoalescer
 from chat.retry import retry_transaction
 from chat.storage import ConversationMeta
 from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec
@@ -87,6 +88,20 @@ def membership_key(conv: ConversationMeta, user_id: str) -> tuple[str, str] | No
     return conv.creator_id, conv.patron_id or ""
 
 
+def _counted(counts: list[dict[str, Any]], emoji: str, delta: int) -> list[dict[str, Any]]:
+    """`counts` ([{emoji, count}], first-used order) after one reaction with `emoji` was added
+    (+1, a new emoji goes last) or removed (-1, an emoji at 0 goes away)."""
+    out = [dict(c) for c in counts]
+    for c in out:
+        if c["emoji"] == emoji:
+            c["count"] += delta
+            break
+    else:
+        if delta > 0:
+            out.append({"emoji": emoji, "count": delta})
+    return [c for c in out if c["count"] > 0]
+
+
 def _db_unavailable() -> ChatError:
     return Unavailable("database unavailable, nothing was stored; retry")
 
@@ -120,6 +135,8 @@ class ChatService:
         # verified token of a known user with an unchanged name touches no database.
         self._known_users: OrderedDict[str, str] = OrderedDict()
         self.presence_events = PresenceCoalescer(self._emit_presence, settings.presence_window_s)
+        self.socket_reacts = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
+        self.reaction_events = ReactionCoalescer(self._emit_reaction, self._recount_reactions)
         delivery.set_control_handler(self._on_control)
 
     # ============================================================ access rules
@@ -150,9 +167,18 @@ class ChatService:
         return [schemas.conversation_wire(c, [_member_wire(u, *profiles[u]) for u in pairs[c.id]] if c.id in pairs else None)
                 for c in convs]
 
-    async def _messages_wire(self, session: AsyncSession, messages: Sequence[Message]) -> list[dict[str, Any]]:
+    async def _messages_wire(self, session: AsyncSession, messages: Sequence[Message],
+                             reader_id: str | None = None) -> list[dict[str, Any]]:
+        """Wire forms; with `reader_id`, their `reactions` as that reader sees them; without,
+        no `reactions` key (`message_updated` goes to every reader alike: reactions unchanged)."""
         names = await storage.user_names(session, list({m.sender_id for m in messages}))
-        return [schemas.message_wire(m, names[m.sender_id]) for m in messages]
+        wires = [schemas.message_wire(m, names[m.sender_id]) for m in messages]
+        if reader_id is None:
+            for wire in wires:
+                del wire["reactions"]
+        else:
+            wires = await reactions.attach_reactions(await session.connection(), wires, reader_id)
+        return wires
 
     # ============================================================ sockets: lifecycle
 
@@ -184,6 +210,7 @@ class ChatService:
     async def disconnect_socket(self, sid: str) -> None:
         state = self.sockets.pop(sid, None)
         self.socket_sends.forget(sid)
+        self.socket_reacts.forget(sid)
         if state is None:
             return
         for conversation_id in state.conversations:
@@ -262,14 +289,17 @@ class ChatService:
                                                         limit=50 if since_seq is None else 100)
             # Where the others have read to, for "seen" receipts before any live `read` event.
             positions = await storage.read_positions_of(conn, conversation_id, exclude=user.user_id)
+            messages = [schemas.message_wire_columns(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id,
+                                                     r.body, r.client_msg_id, r.created_at, r.edited_at, r.deleted)
+                        for r in rows]
+            messages = await reactions.attach_reactions(conn, messages, user.user_id)
         members = None
         if conv.kind == "direct":
             members = [_member_wire(conv.creator_id, view.creator_name, view.creator_avatar),
                        _member_wire(conv.patron_id or "", view.patron_name, view.patron_avatar)]
         return {
             "conversation": _meta_wire(conv, members),
-            "messages": [schemas.message_wire_columns(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id, r.body,
-                                      r.client_msg_id, r.created_at, r.edited_at, r.deleted) for r in rows],
+            "messages": messages,
             "has_more": has_more,
             "online": online,
             "unread_count": view.unread,
@@ -317,7 +347,7 @@ class ChatService:
             await self._readable(session, user.user_id, conversation_id)
             messages, has_more = await storage.list_messages(
                 session, conversation_id, before_seq=page.before_seq, after_seq=page.after_seq, limit=page.limit)
-            return {"messages": await self._messages_wire(session, messages), "has_more": has_more}
+            return {"messages": await self._messages_wire(session, messages, user.user_id), "has_more": has_more}
 
     async def list_conversations(self, user: Identity) -> list[dict[str, Any]]:
         async with self.sessions() as session:
@@ -331,7 +361,8 @@ class ChatService:
             positions = {cid: (states[cid].last_read_seq if cid in states else 0) for cid in ids}
             unread = await storage.count_unread_many(session, user.user_id, positions)
             last = await storage.last_messages(session, ids)
-            last_wire = {m["conversation_id"]: m for m in await self._messages_wire(session, list(last.values()))}
+            last_wire = {m["conversation_id"]: m
+                         for m in await self._messages_wire(session, list(last.values()), user.user_id)}
             convs.sort(key=lambda c: (c.last_activity_at, c.id), reverse=True)
             return [{
                 "conversation": wire,
@@ -501,6 +532,91 @@ class ChatService:
         if changed:
             await self.delivery.to_conversation(msg.conversation_id, "message_updated", wire)
         return {"message": wire}
+
+    # ============================================================ reactions
+
+    def check_socket_react_rate(self, sid: str) -> None:
+        if not self.socket_reacts.take(sid):
+            raise RateLimited(f"at most {self.settings.send_rate_per_s:g} reactions per second")
+
+    async def _reactable(self, user: Identity, message_id: int, conversation_id: int | None) -> int:
+        """The message's conversation, when `user` may react there: anyone who reads a room
+        (posting policy aside), and in a direct conversation whoever may post."""
+        async with self.sessions() as session:
+            msg = await storage.get_message(session, message_id)
+            if msg is None or (conversation_id is not None and msg.conversation_id != conversation_id):
+                raise NotFound("no such message")
+            conv, access = await self._readable(session, user.user_id, msg.conversation_id)
+            if conv.kind == "direct" and not access.post:
+                raise Forbidden(access.reason)
+            return msg.conversation_id
+
+    async def react(self, user: Identity, message_id: int, emoji: str, on: bool, *,
+                    conversation_id: int | None = None) -> dict[str, Any]:
+        """Add (`on`) or remove one reaction, idempotently; returns {count, reactions} as of the
+        commit. The members get a `reaction` event (coalesced per message, chat/reactions.py)."""
+        try:
+            cid = await retrying(lambda: self._reactable(user, message_id, conversation_id))
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            log.warning("react check failed: %s", type(exc).__name__)
+            raise _db_unavailable() from None
+
+        async def store() -> tuple[bool, set[str], list[dict[str, Any]]]:
+            async with self.engine.begin() as conn:
+                locked = await storage.lock_message(conn, message_id)  # first: see chat/storage.py
+                if locked is None:
+                    raise NotFound("no such message")
+                if locked[1]:
+                    raise Invalid("a deleted message takes no reactions")
+                counts, mine = await storage.locked_reactions(conn, message_id, user.user_id)
+                if on == (emoji in mine):
+                    return False, mine, counts  # already so: nothing changes
+                if on:
+                    if len(mine) >= reactions.MAX_PER_USER:
+                        raise Conflict(f"at most {reactions.MAX_PER_USER} reactions of yours on one message")
+                    if len(counts) >= reactions.MAX_PER_MESSAGE and all(c["emoji"] != emoji for c in counts):
+                        raise Conflict(f"at most {reactions.MAX_PER_MESSAGE} different emoji on one message")
+                    await storage.insert_reaction(conn, message_id, user.user_id, emoji, utcnow())
+                    mine.add(emoji)
+                else:
+                    await storage.delete_reaction(conn, message_id, user.user_id, emoji)
+                    mine.discard(emoji)
+                return True, mine, _counted(counts, emoji, 1 if on else -1)
+
+        try:
+            changed, mine, counts = await retry_transaction(store)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            log.warning("react failed: %s", type(exc).__name__)
+            raise _db_unavailable() from None
+        count = next((c["count"] for c in counts if c["emoji"] == emoji), 0)
+        if changed:
+            await self.reaction_events.note({
+                "message_id": str(message_id), "conversation_id": str(cid), "emoji": emoji,
+                "user_id": user.user_id, "on": on, "count": count, "reactions": counts})
+        return {"count": count, "reactions": [{**c, "me": c["emoji"] in mine} for c in counts]}
+
+    async def _emit_reaction(self, event: dict[str, Any]) -> None:
+        await self.delivery.to_conversation(event["conversation_id"], "reaction", event)
+
+    async def _recount_reactions(self, message_id: int) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            return await storage.reaction_counts(conn, message_id)
+
+    async def list_reactions(self, user: Identity, conversation_id: int, message_id: int, emoji: str | None,
+                             limit: int) -> dict[str, Any]:
+        """A message's reactions with who reacted (the first `limit` per emoji, oldest first)."""
+        async with self.sessions() as session:
+            await self._readable(session, user.user_id, conversation_id)
+            msg = await storage.get_message(session, message_id)
+            if msg is None or msg.conversation_id != conversation_id:
+                raise NotFound("no such message")
+            if msg.deleted:
+                return {"reactions": []}
+            conn = await session.connection()
+            summary = (await storage.reaction_summaries(conn, [message_id], user.user_id)).get(message_id, [])
+            users = await storage.reactors(conn, message_id, emoji, limit)
+        return {"reactions": [{**r, "users": users.get(r["emoji"], [])}
+                              for r in summary if emoji is None or r["emoji"] == emoji]}
 
     # ============================================================ typing and read receipts
 

@@ -49,6 +49,7 @@ class Env:
     room: str
     creator_token: str
     patron_token: str
+    message_id: str
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,10 @@ def env(mysql_databases: MySQLDatabases, redis_url: str, redis_prefix_root: str)
         patron = api.user("pat", "Pat")
         api.membership("cre", "pat", 500)
         room = api.room("cre", "Lounge", 0)
+        r = api.client(creator, "POST", f"/conversations/{room}/messages", json={"body": "hi", "client_msg_id": "oa-0"})
+        assert r.status_code == 201, r.text
         doc = httpx.get(server.url + "/api/v1/openapi.json", timeout=10).json()
-        yield Env(server, api, doc, room, creator, patron)
+        yield Env(server, api, doc, room, creator, patron, r.json()["message"]["id"])
     finally:
         api.close()
         server.stop()
@@ -149,6 +152,8 @@ def test_real_answers_match_the_document(env: Env) -> None:
          {"body": "hello", "client_msg_id": f"oa-{time.time_ns()}"}),
         ("get", "/api/v1/conversations/{conversation_id}/messages",
          f"/api/v1/conversations/{env.room}/messages?limit=5", pat, None),
+        ("get", "/api/v1/conversations/{conversation_id}/messages/{message_id}/reactions",
+         f"/api/v1/conversations/{env.room}/messages/{env.message_id}/reactions?limit=5", pat, None),
         ("get", "/api/v1/me", "/api/v1/me", pat, None),
         ("get", "/api/v1/conversations", "/api/v1/conversations", pat, None),
         ("post", "/api/v1/conversations/direct", "/api/v1/conversations/direct", cre, {"user_id": "pat"}),
