@@ -6,6 +6,8 @@
     pub.publish("creator:42", "post_published", {"post_id": "9001"})       # -> delivered_to
     pub.notify(channel="creator:42", type="post_published", title="New post",
                body="Episode 12 is out", data={"post_id": "9001"}, push=True)  # -> notification ids
+    room = pub.create_room("42", "Lounge", min_tier_cents=500, external_id="tier-7")  # idempotent
+    pub.delete_message("9"); pub.disconnect_user("alice"); pub.history(room["id"], limit=20)
 
 `AsyncPublisher` has the same methods as coroutines. Both speak the server API over HTTP
 (SPEC §3) and retry what is safe to retry, with capped exponential back-off:
@@ -13,6 +15,9 @@
 - `notify`: connection errors, timeouts, 5xx and 429. Every call carries an idempotency key
   (generated when not given) that is reused across its retries, so a retry after a lost answer
   returns the original ids and creates nothing new.
+- the room, message, user and presence calls: like `notify` when idempotent (every read,
+  `delete_message`, `disconnect_user`, `create_room` with an `external_id`); a `create_room`
+  without one like `publish`.
 - `publish`: only when the event surely did not go out: connection refused/failed, 429 and 503
   (the server answers those before doing anything). An event is not idempotent, so a timeout
   after the request was sent is not retried.
@@ -34,6 +39,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -115,6 +121,24 @@ def _unreachable(exc: httpx.HTTPError, attempts: int) -> PublishError:
     return PublishError("unavailable", f"server unreachable after {attempts} attempt(s): {type(exc).__name__}")
 
 
+def _room_body(creator_id: str, name: str, min_tier_cents: int, post_policy: str,
+               external_id: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"creator_id": creator_id, "name": name, "min_tier_cents": min_tier_cents,
+                            "post_policy": post_policy}
+    if external_id is not None:
+        body["external_id"] = external_id
+    return body
+
+
+def _params(**values: Any) -> dict[str, str]:
+    return {k: str(v) for k, v in values.items() if v is not None}
+
+
+def _segment(value: str) -> str:
+    """One path segment: an id or channel, percent-encoded so it cannot change the path."""
+    return quote(str(value), safe=":")
+
+
 def _headers(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
 
@@ -154,11 +178,58 @@ class Publisher:
         answer = self._post("/api/v1/server/notifications", payload, idempotent=True)
         return [str(i) for i in answer["notification_ids"]]
 
+    # -- rooms, messages, users, presence (server API; see docs/api.md)
+
+    def create_room(self, creator_id: str, name: str, *, min_tier_cents: int = 0, post_policy: str = "everyone",
+                    external_id: str | None = None) -> dict[str, Any]:
+        """Create a room; with `external_id` (your own id of it), the creator's existing room of
+        that id is returned instead, so the call is safe to retry. Returns the room object."""
+        answer = self._request("POST", "/api/v1/server/rooms", _room_body(
+            creator_id, name, min_tier_cents, post_policy, external_id), idempotent=external_id is not None)
+        return dict(answer["conversation"])
+
+    def list_rooms(self, creator_id: str | None = None, *, cursor: str | None = None,
+                   limit: int | None = None) -> dict[str, Any]:
+        """One page `{rooms, next_cursor}`; pass `next_cursor` back as `cursor` until it is None."""
+        return self._request("GET", "/api/v1/server/rooms", params=_params(
+            creator_id=creator_id, cursor=cursor, limit=limit), idempotent=True)
+
+    def delete_message(self, message_id: str) -> dict[str, Any]:
+        """Delete any message (members get `message_updated`); returns the deleted message."""
+        answer = self._request("DELETE", f"/api/v1/server/messages/{_segment(message_id)}", idempotent=True)
+        return dict(answer["message"])
+
+    def disconnect_user(self, user_id: str) -> bool:
+        """Disconnect the user's sockets on every process; True if they had one connected."""
+        answer = self._request("POST", f"/api/v1/server/users/{_segment(user_id)}/disconnect", idempotent=True)
+        return bool(answer["was_online"])
+
+    def history(self, conversation_id: str, *, before_seq: int | None = None, after_seq: int | None = None,
+                limit: int | None = None) -> dict[str, Any]:
+        """A page `{messages, has_more}` of any conversation, ascending by seq (as the client API)."""
+        return self._request("GET", f"/api/v1/server/conversations/{_segment(conversation_id)}/messages",
+                             params=_params(before_seq=before_seq, after_seq=after_seq, limit=limit), idempotent=True)
+
+    def conversation_presence(self, conversation_id: str) -> list[str]:
+        """Ids of the users with a socket joined to the conversation, cluster-wide."""
+        answer = self._request("GET", f"/api/v1/server/conversations/{_segment(conversation_id)}/presence",
+                               idempotent=True)
+        return [str(u) for u in answer["online"]]
+
+    def channel_presence(self, channel: str) -> dict[str, Any]:
+        """`{channel, online, subscribers}`: who of the channel's audience is connected, and how
+        many sockets are subscribed to it."""
+        return self._request("GET", f"/api/v1/server/channels/{_segment(channel)}/presence", idempotent=True)
+
     def _post(self, path: str, payload: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
+        return self._request("POST", path, payload, idempotent=idempotent)
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None, *,
+                 params: dict[str, str] | None = None, idempotent: bool) -> dict[str, Any]:
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                response = self._http.post(path, json=payload)
+                response = self._http.request(method, path, json=payload, params=params)
             except httpx.HTTPError as exc:
                 if last or not _retryable_exc(exc, idempotent):
                     raise _unreachable(exc, attempt + 1) from exc
@@ -204,11 +275,51 @@ class AsyncPublisher:
         answer = await self._post("/api/v1/server/notifications", payload, idempotent=True)
         return [str(i) for i in answer["notification_ids"]]
 
+    # -- rooms, messages, users, presence: as Publisher's
+
+    async def create_room(self, creator_id: str, name: str, *, min_tier_cents: int = 0,
+                          post_policy: str = "everyone", external_id: str | None = None) -> dict[str, Any]:
+        answer = await self._request("POST", "/api/v1/server/rooms", _room_body(
+            creator_id, name, min_tier_cents, post_policy, external_id), idempotent=external_id is not None)
+        return dict(answer["conversation"])
+
+    async def list_rooms(self, creator_id: str | None = None, *, cursor: str | None = None,
+                         limit: int | None = None) -> dict[str, Any]:
+        return await self._request("GET", "/api/v1/server/rooms", params=_params(
+            creator_id=creator_id, cursor=cursor, limit=limit), idempotent=True)
+
+    async def delete_message(self, message_id: str) -> dict[str, Any]:
+        answer = await self._request("DELETE", f"/api/v1/server/messages/{_segment(message_id)}", idempotent=True)
+        return dict(answer["message"])
+
+    async def disconnect_user(self, user_id: str) -> bool:
+        answer = await self._request("POST", f"/api/v1/server/users/{_segment(user_id)}/disconnect",
+                                     idempotent=True)
+        return bool(answer["was_online"])
+
+    async def history(self, conversation_id: str, *, before_seq: int | None = None, after_seq: int | None = None,
+                      limit: int | None = None) -> dict[str, Any]:
+        return await self._request("GET", f"/api/v1/server/conversations/{_segment(conversation_id)}/messages",
+                                   params=_params(before_seq=before_seq, after_seq=after_seq, limit=limit),
+                                   idempotent=True)
+
+    async def conversation_presence(self, conversation_id: str) -> list[str]:
+        answer = await self._request("GET", f"/api/v1/server/conversations/{_segment(conversation_id)}/presence",
+                                     idempotent=True)
+        return [str(u) for u in answer["online"]]
+
+    async def channel_presence(self, channel: str) -> dict[str, Any]:
+        return await self._request("GET", f"/api/v1/server/channels/{_segment(channel)}/presence", idempotent=True)
+
     async def _post(self, path: str, payload: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
+        return await self._request("POST", path, payload, idempotent=idempotent)
+
+    async def _request(self, method: str, path: str, payload: dict[str, Any] | None = None, *,
+                       params: dict[str, str] | None = None, idempotent: bool) -> dict[str, Any]:
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                response = await self._http.post(path, json=payload)
+                response = await self._http.request(method, path, json=payload, params=params)
             except httpx.HTTPError as exc:
                 if last or not _retryable_exc(exc, idempotent):
                     raise _unreachable(exc, attempt + 1) from exc
