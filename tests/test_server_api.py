@@ -393,3 +393,24 @@ def test_405_has_its_own_code_and_an_allow_header(shared_sqlite: Cluster) -> Non
         assert r.headers["Allow"] == allow
         assert r.headers["content-type"].startswith("application/json")
         assert error_code(r) == "method_not_allowed" and r.json()["error"]["message"]
+
+
+async def test_user_limit_counts_locally_while_redis_is_unreachable(caplog: pytest.LogCaptureFixture) -> None:
+    """A Redis that does not answer: the per-user budget is kept by this process (same limit,
+    same headers), with a WARNING, rather than refusing every send."""
+    import redis.asyncio as aioredis
+
+    from chat.ratelimit import UserRateLimiter
+    from tests.support import free_port
+
+    dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    limiter = UserRateLimiter(10, 20, redis=dead, key_prefix="unused")
+    try:
+        quotas = [await limiter.hit("u1") for _ in range(21)]
+    finally:
+        await dead.aclose()
+    assert [q.allowed for q in quotas] == [True] * 20 + [False]
+    assert [q.remaining for q in quotas[:3]] == [19, 18, 17]
+    assert quotas[-1].headers()["Retry-After"] in ("1", "2")
+    assert (await limiter.hit("u2")).allowed  # per user
+    assert "counted in this process only" in caplog.text
