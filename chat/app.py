@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chat import http_api, migrate, openapi, storage
+from chat import asyncapi, http_api, migrate, openapi, storage
 from chat.auth import Authenticator
 from chat.codec import OrjsonCompat
 from chat.config import Settings
@@ -282,6 +282,7 @@ def add_operation_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/openapi.json", openapi.handler)
+    app.router.add_get("/api/v1/asyncapi.json", asyncapi.handler)
 
 
 def add_page_routes(app: web.Application) -> None:

@@ -357,6 +357,9 @@ def build() -> dict[str, Any]:
         "/api/v1/openapi.json": {"get": _op(
             "This document", None,
             _ok(200, "the OpenAPI 3.1 document", {"type": "object"}, None), tags=["operations"])},
+        "/api/v1/asyncapi.json": {"get": _op(
+            "The AsyncAPI 3.0 document of the Socket.IO events (SPEC §4)", None,
+            _ok(200, "the AsyncAPI 3.0 document", {"type": "object"}, None), tags=["operations"])},
         "/": {"get": _op(
             "The browser client (`/?token=JWT` signs in)", None,
             {"200": {"description": "the page", "content": {"text/html": {"schema": STRING}}}},
@@ -367,7 +370,7 @@ def build() -> dict[str, Any]:
         "info": {"title": "Backstage HTTP API", "version": "1",
                  "description": "Chat and notifications (SPEC §3). Errors are {error: {code, message}} with the "
                                 "status of SPEC §5; `timeout` (408) is an extension, see docs/api.md. The "
-                                "Socket.IO protocol (SPEC §4) is described in docs/api.md."},
+                                "Socket.IO protocol (SPEC §4) is described by /api/v1/asyncapi.json and docs/api.md."},
         "servers": [{"url": "/"}],
         "paths": paths,
         "components": {
