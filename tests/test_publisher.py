@@ -80,4 +80,3 @@ async def test_redis_publisher_reaches_every_process(shared_mysql_cluster: Clust
     finally:
         await s0.close()
         await s1.close()
-
