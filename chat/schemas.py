@@ -17,6 +17,7 @@ from chat.models import Conversation, Message
 CLIENT_MSG_ID_RE = re.compile(r"^[\x21-\x7e]{1,64}\Z")  # printable ASCII, no spaces
 MAX_PAGE = 100
 CANONICAL_ID_RE = re.compile(r"^(?:0|[1-9][0-9]{0,17})\Z")
+EXTERNAL_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")  # the platform's id of a room
 DEFAULT_PAGE = 50
 
 

@@ -151,6 +151,51 @@ async def insert_room(session: AsyncSession, creator_id: str, name: str, min_tie
     return conv
 
 
+async def find_room(session: AsyncSession, creator_id: str, external_id: str, *, lock: bool = False) -> Conversation | None:
+    """The creator's room with this external_id. `lock`: a shared locking read, which sees the row
+    as committed now (a plain read on MySQL sees this transaction's snapshot)."""
+    q = sa.select(Conversation).where(Conversation.creator_id == creator_id, Conversation.external_id == external_id)
+    if lock:
+        q = q.with_for_update(read=True).execution_options(populate_existing=True)
+    return await session.scalar(q)
+
+
+async def insert_room_once(session: AsyncSession, creator_id: str, external_id: str, name: str,
+                           min_tier_cents: int, post_policy: str) -> tuple[Conversation, bool]:
+    """The creator's room with this external_id, inserted unless it exists; True if inserted.
+
+    One INSERT that skips a duplicate (creator_id, external_id) instead of failing (MySQL
+    INSERT IGNORE, SQLite ON CONFLICT DO NOTHING): racing creates on any process wait on the
+    unique index entry and all but one insert nothing, with no error to roll back and no gap
+    lock taken by a locking read of a missing row (see upsert_membership). The caller reads
+    first without locking, so a repeated create takes no lock at all."""
+    now = utcnow()
+    values = {"kind": "room", "creator_id": creator_id, "external_id": external_id, "name": name,
+              "min_tier_cents": min_tier_cents, "post_policy": post_policy, "last_seq": 0,
+              "last_activity_at": now, "created_at": now}
+    if session.get_bind().dialect.name == "sqlite":
+        stmt: Any = sqlite_insert(_conversations).values(values).on_conflict_do_nothing(
+            index_elements=["creator_id", "external_id"])
+    else:
+        stmt = sa.insert(_conversations).values(values).prefix_with("IGNORE")
+    result = await session.execute(stmt)
+    created = result.rowcount == 1  # type: ignore[attr-defined]
+    conv = await find_room(session, creator_id, external_id, lock=True)
+    assert conv is not None
+    return conv, created
+
+
+async def list_rooms(session: AsyncSession, creator_id: str | None, after_id: int | None,
+                     limit: int) -> list[Conversation]:
+    """Rooms in id order (of one creator, or all), those after `after_id`."""
+    q = sa.select(Conversation).where(Conversation.kind == "room")
+    if creator_id is not None:
+        q = q.where(Conversation.creator_id == creator_id)
+    if after_id is not None:
+        q = q.where(Conversation.id > after_id)
+    return list(await session.scalars(q.order_by(Conversation.id).limit(limit)))
+
+
 def direct_key(creator_id: str, patron_id: str) -> str:
     return f"{creator_id}/{patron_id}"
 
