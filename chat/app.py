@@ -27,6 +27,7 @@ from chat.delivery import Delivery, is_conversation_room
 from chat.fanout import FanoutLimits, FanoutServer
 from chat.keys import RedisKeys
 from chat.presence import MemoryPresence, RedisPresence, new_server_id
+from chat.ratelimit import UserRateLimiter
 from chat.relay import RedisRelay
 from chat.service import ChatService
 from chat.socketlimit import socket_limiter
@@ -176,7 +177,10 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     delivery.set_last_seqs(last_seqs)
     sessions = session_factory(app[ENGINE_KEY])
     hooks = await push_hooks(app, settings, sessions, redis, keys)
-    service = ChatService(sessions, delivery, presence, settings, read_engine=read_engine, **hooks.service_kwargs)
+    user_sends = UserRateLimiter(settings.send_rate_per_s, settings.send_burst, redis=redis,
+                                 key_prefix=settings.redis_prefix)
+    service = ChatService(sessions, delivery, presence, settings, user_sends=user_sends, read_engine=read_engine,
+                          **hooks.service_kwargs)
 
     async def on_offline(conversation_id: str, user_id: str) -> None:
         await delivery.to_conversation(conversation_id, "presence", {
@@ -193,6 +197,7 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("server %s ready (redis relay: %s)", server_id, "on" if redis is not None else "off")
     yield
     await hooks.stop()
+    await service.reaction_events.close()
     await delivery.stop()
     for conversation_id, user_id in await presence.stop():
         await on_offline(conversation_id, user_id)
