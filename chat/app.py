@@ -19,7 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat import asyncapi, http_api, migrate, openapi, storage
+from chat.attachments import Attachments
 from chat.auth import Authenticator
+from chat.blobs import open_blob_store
 from chat.codec import OrjsonCompat
 from chat.config import Settings
 from chat.db import create_engine, session_factory
@@ -173,7 +175,10 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     delivery.set_last_seqs(last_seqs)
     sessions = session_factory(app[ENGINE_KEY])
     hooks = await push_hooks(app, settings, sessions, redis, keys)
-    service = ChatService(sessions, delivery, presence, settings, **hooks.service_kwargs)
+    blobs = await open_blob_store(settings.blob_url, settings.database_url)
+    attachments = Attachments(engine, blobs, settings)
+    app[http_api.ATTACHMENTS_KEY] = attachments
+    service = ChatService(sessions, delivery, presence, settings, attachments=attachments, **hooks.service_kwargs)
 
     async def on_offline(conversation_id: str, user_id: str) -> None:
         await delivery.to_conversation(conversation_id, "presence", {
@@ -193,6 +198,7 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     await delivery.stop()
     for conversation_id, user_id in await presence.stop():
         await on_offline(conversation_id, user_id)
+    await attachments.close()
 
 
 async def close_sockets(app: web.Application) -> None:

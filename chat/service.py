@@ -18,6 +18,7 @@ import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from chat import keys, schemas, storage
+from chat.attachments import Attachments
 from chat.auth import Identity
 from chat.config import Settings
 from chat.db import retrying, utcnow
@@ -96,8 +97,10 @@ class ChatService:
                  presence: Presence, settings: Settings,
                  push_enqueue_jobs: PushEnqueueJobs | None = None,
                  push_wake: Callable[[], Awaitable[None]] | None = None,
-                 unread_notifications: Callable[[AsyncSession, str], Awaitable[int]] | None = None) -> None:
+                 unread_notifications: Callable[[AsyncSession, str], Awaitable[int]] | None = None,
+                 attachments: Attachments | None = None) -> None:
         self.sessions = sessions
+        self.attachments = attachments
         self.engine: AsyncEngine = sessions.kw["bind"]
         self.delivery = delivery
         self.presence = presence
@@ -152,7 +155,13 @@ class ChatService:
 
     async def _messages_wire(self, session: AsyncSession, messages: Sequence[Message]) -> list[dict[str, Any]]:
         names = await storage.user_names(session, list({m.sender_id for m in messages}))
-        return [schemas.message_wire(m, names[m.sender_id]) for m in messages]
+        return await self._with_attachments(session, [schemas.message_wire(m, names[m.sender_id]) for m in messages])
+
+    async def _with_attachments(self, conn: Any, wires: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages' photos (chat/attachments.py), read with `conn` (connection or session)."""
+        if self.attachments is not None and wires:
+            await self.attachments.fill(conn, wires)
+        return wires
 
     # ============================================================ sockets: lifecycle
 
@@ -262,14 +271,16 @@ class ChatService:
                                                         limit=50 if since_seq is None else 100)
             # Where the others have read to, for "seen" receipts before any live `read` event.
             positions = await storage.read_positions_of(conn, conversation_id, exclude=user.user_id)
+            messages = await self._with_attachments(conn, [schemas.message_wire_columns(
+                r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id, r.body,
+                r.client_msg_id, r.created_at, r.edited_at, r.deleted) for r in rows])
         members = None
         if conv.kind == "direct":
             members = [{"id": conv.creator_id, "name": view.creator_name},
                        {"id": conv.patron_id or "", "name": view.patron_name}]
         return {
             "conversation": _meta_wire(conv, members),
-            "messages": [schemas.message_wire_columns(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id, r.body,
-                                      r.client_msg_id, r.created_at, r.edited_at, r.deleted) for r in rows],
+            "messages": messages,
             "has_more": has_more,
             "online": online,
             "unread_count": view.unread,
@@ -387,19 +398,27 @@ class ChatService:
             raise RateLimited("at most 10 messages per second")
 
     async def send_message(self, user: Identity, conversation_id: int, body: str,
-                           client_msg_id: str, *, sid: str | None = None) -> dict[str, Any]:
+                           client_msg_id: str, *, sid: str | None = None,
+                           attachment_ids: Sequence[int] = ()) -> dict[str, Any]:
         """Store a message and deliver it. Idempotent on (sender, client_msg_id); returns only
         after commit. The caller has applied the rate limit.
 
         From a socket that joined the conversation and may post there, nothing is read: `join`
         checked access and the control messages take it away again. Any other send (HTTP, a
-        socket that has not joined, or one that may not post) is checked against the database."""
+        socket that has not joined, or one that may not post) is checked against the database.
+
+        `attachment_ids`: the sender's unused uploads (chat/attachments.py), claimed atomically
+        with the message; a retry answers with the original message and its photos."""
+        if not body and not attachment_ids:
+            raise Invalid("body must not be empty")
+        if attachment_ids and self.attachments is None:
+            raise Invalid("attachments are not enabled on this server")
         conv = self._may_post_from_socket(sid, conversation_id)
         if conv is None:
             epoch = self._control_epoch
             checked = await self._check_send(user, conversation_id, body, client_msg_id)
             if isinstance(checked, dict):
-                return {"message": checked}
+                return {"message": await self._retried(checked)}
             conv = checked
             state = self.sockets.get(sid) if sid is not None else None
             if state is not None and conversation_id in state.conversations and epoch == self._control_epoch:
@@ -410,12 +429,23 @@ class ChatService:
         elif user.user_id == conv.creator_id:
             push = PushSpec(conv.name)
         try:
+            photos = (await self.attachments.for_send(user.user_id, client_msg_id, attachment_ids)
+                      if attachment_ids and self.attachments is not None else ())
             stored = await self.writer.store(Outgoing(conversation_id, user.user_id, user.name or None, body,
-                                                      client_msg_id, push))
+                                                      client_msg_id, push, photos))
+            if not stored.created:
+                return {"message": await self._retried(stored.message)}
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
         return {"message": stored.message}
+
+    async def _retried(self, wire: dict[str, Any]) -> dict[str, Any]:
+        """A retry's original message, with its photos."""
+        if self.attachments is None:
+            return wire
+        async with self.engine.connect() as conn:
+            return (await self._with_attachments(conn, [wire]))[0]
 
     def _may_post_from_socket(self, sid: str | None, conversation_id: int) -> ConversationMeta | None:
         state = self.sockets.get(sid) if sid is not None else None
