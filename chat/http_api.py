@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiohttp import BodyPartReader, ClientPayloadError, web
+from aiohttp import BodyPartReader, web
 
 from chat import schemas, unavailable
 from chat.attachments import Attachments
@@ -281,7 +281,7 @@ async def read_upload(request: web.Request, limit: int) -> bytes:
                 return bytes(data)
         except ChatError:
             raise
-        except (ValueError, AssertionError, LookupError, RuntimeError, web.HTTPException, ClientPayloadError):
+        except Exception:  # whatever aiohttp's parser raises on a malformed body (InvalidHeader, ...)
             raise Invalid("the body is not well-formed multipart/form-data") from None
 
     try:
@@ -300,7 +300,7 @@ async def post_upload(request: web.Request) -> web.Response:
 async def get_attachment(request: web.Request) -> web.StreamResponse:
     """A photo or its thumbnail, for the holder of a signed URL from a message object."""
     aid = schemas.parse_int_id(request.match_info["attachment_id"], "attachment")
-    variant = request.match_info.get("variant", "file")
+    variant = "thumb" if request.path.endswith("/thumb") else "file"
     answer = await request.app[ATTACHMENTS_KEY].open_file(aid, variant, request.query.get("exp"),
                                                           request.query.get("sig"))
     return web.Response(body=answer.data, headers={
@@ -344,4 +344,4 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/healthz", healthz)
     r.add_post("/api/v1/uploads", post_upload)
     r.add_get("/api/v1/attachments/{attachment_id}", get_attachment)
-    r.add_get("/api/v1/attachments/{attachment_id}/{variant:thumb}", get_attachment)
+    r.add_get("/api/v1/attachments/{attachment_id}/thumb", get_attachment)
