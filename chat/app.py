@@ -42,7 +42,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Shipped inside the package (copied from node_modules at package-lock.json's version, checked by
 # tests/test_deploy.py), so a pip-only deploy serves a page that connects.
 SOCKETIO_CLIENT = STATIC_DIR / "vendor" / "socket.io.esm.min.js"
-REQUIRED_STATIC = (STATIC_DIR / "index.html", SOCKETIO_CLIENT)
+REQUIRED_STATIC = (STATIC_DIR / "index.html", STATIC_DIR / "app.js", STATIC_DIR / "backstage-client.js", SOCKETIO_CLIENT)
 
 
 def missing_static() -> list[str]:
