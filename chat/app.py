@@ -29,6 +29,7 @@ from chat.delivery import Delivery, is_conversation_room
 from chat.fanout import FanoutLimits, FanoutServer
 from chat.keys import RedisKeys
 from chat.presence import MemoryPresence, RedisPresence, new_server_id
+from chat.ratelimit import UserRateLimiter
 from chat.relay import RedisRelay
 from chat.service import ChatService
 from chat.socketlimit import socket_limiter
@@ -175,10 +176,13 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     delivery.set_last_seqs(last_seqs)
     sessions = session_factory(app[ENGINE_KEY])
     hooks = await push_hooks(app, settings, sessions, redis, keys)
+    user_sends = UserRateLimiter(settings.send_rate_per_s, settings.send_burst, redis=redis,
+                                 key_prefix=settings.redis_prefix)
     blobs = await open_blob_store(settings.blob_url, settings.database_url)
     attachments = Attachments(engine, blobs, settings)
     app[http_api.ATTACHMENTS_KEY] = attachments
-    service = ChatService(sessions, delivery, presence, settings, attachments=attachments, **hooks.service_kwargs)
+    service = ChatService(sessions, delivery, presence, settings, user_sends=user_sends, attachments=attachments,
+                          **hooks.service_kwargs)
 
     async def on_offline(conversation_id: str, user_id: str) -> None:
         await delivery.to_conversation(conversation_id, "presence", {
@@ -195,6 +199,7 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("server %s ready (redis relay: %s)", server_id, "on" if redis is not None else "off")
     yield
     await hooks.stop()
+    await service.reaction_events.close()
     await delivery.stop()
     for conversation_id, user_id in await presence.stop():
         await on_offline(conversation_id, user_id)

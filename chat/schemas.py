@@ -17,6 +17,7 @@ from chat.models import Conversation, Message
 CLIENT_MSG_ID_RE = re.compile(r"^[\x21-\x7e]{1,64}\Z")  # printable ASCII, no spaces
 MAX_PAGE = 100
 CANONICAL_ID_RE = re.compile(r"^(?:0|[1-9][0-9]{0,17})\Z")
+EXTERNAL_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")  # the platform's id of a room
 DEFAULT_PAGE = 50
 
 
@@ -149,6 +150,7 @@ def message_wire_columns(mid: int, conversation_id: int, seq: int, sender_id: st
                  client_msg_id: str, created_at: datetime, edited_at: datetime | None,
                  deleted: bool, attachments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """A message's wire form from column values (the send and join paths have no ORM object).
+    `reactions` is empty here: reads fill it per reader (chat/reactions.py attach_reactions).
     `attachments`: photo wire forms (chat/attachments.py), filled in by the caller's read path."""
     return {
         "id": str(mid),
@@ -161,6 +163,7 @@ def message_wire_columns(mid: int, conversation_id: int, seq: int, sender_id: st
         "edited_at": iso(edited_at),
         "deleted": bool(deleted),
         "attachments": [] if deleted or attachments is None else attachments,
+        "reactions": [],
     }
 
 

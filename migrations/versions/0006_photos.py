@@ -1,15 +1,15 @@
 """photos: uploaded attachments, claimed by a message on send
 
-Revision ID: 0004_photos
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 """
 from alembic import op
 import sqlalchemy as sa
 import chat.db
 
 
-revision = '0004_photos'
-down_revision = '0003'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
