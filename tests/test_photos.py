@@ -445,3 +445,16 @@ def test_server_on_s3_blob_url(s3_endpoint: str, tmp_path: Path, uid: Any) -> No
         assert list(Path(cluster.blob_dir).rglob("*")) == []  # nothing went to the directory
     finally:
         cluster.stop()
+
+
+def test_blob_url_setting_and_default_directory() -> None:
+    from chat.blobs import default_blob_dir
+    from chat.config import ConfigError
+
+    assert default_blob_dir("sqlite+aiosqlite:////srv/data/backstage.db") == Path("/srv/data/backstage-blobs")
+    assert default_blob_dir("mysql+aiomysql://u@db/x") == Path("blobs").resolve()
+    assert Settings.from_env({"BLOB_URL": "s3://bucket/p?endpoint_url=http://x"}).blob_url is not None
+    for bad in ["s3://", "ftp://x/y", "file://relative/path", "/no/scheme"]:
+        with pytest.raises(ConfigError) as err:
+            Settings.from_env({"BLOB_URL": bad})
+        assert err.value.problems[0].startswith("BLOB_URL")
