@@ -124,11 +124,14 @@ async def test_toggle_is_idempotent_and_reads_show_me(shared_any_server: Any, ui
         assert [len(x["users"]) for x in r.json()["reactions"]] == [1, 1]
 
         # the live events: one per change (these were spaced by acks, but coalescing may merge
-        # some); the last one carries the final counts
+        # some); the last one carries the final counts (a trailing event may leave the coalescer
+        # after the barrier: wait for the final counts, then let anything later arrive)
+        final = [{"emoji": THUMBS, "count": 2}, {"emoji": HEART, "count": 1}]
+        await a.wait_for("reaction", lambda e: e["message_id"] == mid and e["reactions"] == final)
         await barrier([api], [(cre, a)], f"toggle-{mid}")
         events = a.events["reaction"]
         assert events and all(e["message_id"] == mid and e["conversation_id"] == room for e in events)
-        assert events[-1]["reactions"] == [{"emoji": THUMBS, "count": 2}, {"emoji": HEART, "count": 1}]
+        assert events[-1]["reactions"] == final
         assert len(events) <= 5  # five calls changed something; the idempotent repeats add none
 
         # a deleted message shows no reactions and takes none
