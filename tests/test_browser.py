@@ -589,6 +589,33 @@ def test_phone_width_list_then_conversation(browser, cluster, pages, who):
     expect(mine).to_contain_text("edited on my phone")
     expect(mine).to_contain_text("edited")
 
+    # Reactions by touch: "Add reaction" in the sheet offers 44-px emoji; a long-press on a chip
+    # says who reacted, without toggling it.
+    def long_press(locator: Any) -> None:
+        box = locator.bounding_box()
+        assert box is not None
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [
+            {"x": box["x"] + box["width"] / 2, "y": box["y"] + box["height"] / 2}]})
+
+    long_press(mine.locator(".msg-bubble"))
+    expect(menu).to_be_visible()
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    menu.get_by_role("menuitem", name="Add reaction").tap()
+    picker = mine.get_by_role("menu", name="Add reaction")
+    for item in picker.get_by_role("menuitemcheckbox").all():
+        size = item.bounding_box()
+        assert size is not None and size["height"] >= 44 and size["width"] >= 44, size
+    picker.get_by_role("menuitemcheckbox", name="fire").tap()
+    chip = mine.get_by_test_id("reaction-chip")
+    expect(chip).to_have_attribute("aria-pressed", "true")
+    size = chip.bounding_box()
+    assert size is not None and size["height"] >= 44 and size["width"] >= 44, size
+    long_press(chip)
+    expect(mine.get_by_test_id("reaction-who")).to_have_text("You reacted with 🔥")
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    expect(chip).to_have_attribute("aria-pressed", "true")
+    expect(chip).to_have_text("🔥1")
+
     # The browser's back (Android's back gesture) returns to the list too.
     b.page.go_back()
     expect(conv_list).to_be_visible()
