@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chat import keys
-from chat.fanout import Broadcast, FanoutServer
+from chat.fanout import Broadcast, FanoutServer, Payload
 from chat.relay import RedisRelay
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,19 @@ class Delivery:
         self._fanout.deliver("/", room, Broadcast(encoded), skip_sid)
         if self._relay is not None:
             await self._relay.publish_room(room, encoded, skip_sid)
+
+    async def to_conversations(self, event: str, items: list[tuple[int | str, Any]]) -> None:
+        """`to_conversation(cid, event, data)` for each (cid, data), in this order: every local
+        socket gets all of them first (no await in between), then they are relayed to the
+        other processes in one Redis round trip."""
+        published: list[tuple[str, Payload | list[Payload], str | None]] = []
+        for conversation_id, data in items:
+            room = keys.conversation_room(str(conversation_id))
+            encoded = self._fanout.encode_packet(event, data)
+            self._fanout.deliver("/", room, Broadcast(encoded))
+            published.append((room, encoded, None))
+        if self._relay is not None and published:
+            await self._relay.publish_rooms(published)
 
     async def to_user(self, user_id: str, event: str, data: Any) -> None:
         await self._to_room(keys.channel_room(keys.user_channel(user_id)), event, data)

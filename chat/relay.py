@@ -147,6 +147,15 @@ class RedisRelay:
         await self._publish(self._keys.room_relay_channel(room), orjson.dumps(
             {"host_id": self.host_id, "skip_sid": skip_sid, "packet": _packet_to_json(encoded)}))
 
+    async def publish_rooms(self, items: list[tuple[str, Payload | list[Payload], str | None]]) -> None:
+        """Several room broadcasts, in this order, in one round trip (one pipeline)."""
+        if len(items) == 1:
+            await self.publish_room(*items[0])
+            return
+        await self._publish_many([(self._keys.room_relay_channel(room), orjson.dumps(
+            {"host_id": self.host_id, "skip_sid": skip_sid, "packet": _packet_to_json(encoded)}))
+            for room, encoded, skip_sid in items])
+
     async def publish_emit(self, event: str, data: Any, room: str, skip_sid: str | None = None) -> None:
         """An emit to a room of any process, in python-socketio's pub/sub format."""
         await self._publish(self._keys.socketio_channel, orjson.dumps({
@@ -162,17 +171,21 @@ class RedisRelay:
                                self._publish_timeout_s)
 
     async def _publish(self, channel: str, payload: bytes) -> None:
+        await self._publish_many([(channel, payload)])
+
+    async def _publish_many(self, messages: list[tuple[str, bytes]]) -> None:
         # The message is committed and its sender waits for this: never long. Two attempts on a
         # connection error (a pooled connection may have gone stale), none more on a timeout
         # (a frozen Redis); then the emit is given up, and while Redis keeps failing the next
         # ones are not even tried for a moment. The sockets resync once the relay is back.
+        # Several messages go in one pipeline: one round trip, published in this order.
         loop = asyncio.get_running_loop()
         if loop.time() < self._skip_publish_until:
             self._publish_failed(None)
             return
         for attempt in (1, 2):
             try:
-                await asyncio.wait_for(self._redis.publish(channel, payload), self._publish_timeout_s)
+                await asyncio.wait_for(self._send(messages), self._publish_timeout_s)
                 break
             except TimeoutError as exc:
                 self._publish_failed(exc)
@@ -185,6 +198,15 @@ class RedisRelay:
             self._publish_failing = False
             log.warning("relay publishing works again; telling every process to resync")
             self._spawn(self._announce_resync())
+
+    async def _send(self, messages: list[tuple[str, bytes]]) -> None:
+        if len(messages) == 1:
+            await self._redis.publish(*messages[0])
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for channel, payload in messages:
+            pipe.publish(channel, payload)
+        await pipe.execute()
 
     def _publish_failed(self, exc: BaseException | None) -> None:
         RELAY_PUBLISH_FAILED.inc()

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from chat import keys, schemas, storage
+from chat import keys, schemas, sendtrace, storage
 from chat.auth import Identity
 from chat.config import Settings
 from chat.db import retrying, utcnow
@@ -387,7 +387,8 @@ class ChatService:
             raise RateLimited("at most 10 messages per second")
 
     async def send_message(self, user: Identity, conversation_id: int, body: str,
-                           client_msg_id: str, *, sid: str | None = None) -> dict[str, Any]:
+                           client_msg_id: str, *, sid: str | None = None,
+                           trace: sendtrace.Trace | None = None) -> dict[str, Any]:
         """Store a message and deliver it. Idempotent on (sender, client_msg_id); returns only
         after commit. The caller has applied the rate limit.
 
@@ -411,7 +412,7 @@ class ChatService:
             push = PushSpec(conv.name)
         try:
             stored = await self.writer.store(Outgoing(conversation_id, user.user_id, user.name or None, body,
-                                                      client_msg_id, push))
+                                                      client_msg_id, push), trace)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
@@ -465,8 +466,7 @@ class ChatService:
 
     async def _deliver_messages(self, messages: list[dict[str, Any]]) -> None:
         """The writer's hand-off after each commit, in seq order per conversation."""
-        for wire in messages:
-            await self.delivery.to_conversation(int(wire["conversation_id"]), "message", wire)
+        await self.delivery.to_conversations("message", [(int(w["conversation_id"]), w) for w in messages])
 
     async def edit_message(self, user: Identity, message_id: int, body: str) -> dict[str, Any]:
         async with self.sessions.begin() as session:

@@ -44,7 +44,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from chat import storage
+from chat import sendtrace, storage
 from chat.db import retrying, utcnow
 from chat.errors import ChatError, Conflict, NotFound
 from chat.metrics import MESSAGES_STORED
@@ -96,6 +96,7 @@ class _Item:
     future: asyncio.Future[Stored]
     outcome: Stored | BaseException | None = None
     name: str = ""
+    trace: sendtrace.Trace | None = None
 
 
 @dataclass
@@ -128,10 +129,12 @@ class MessageWriter:
         self._delivering: asyncio.Task[None] | None = None
         self.batches = 0  # transactions committed (tests and the bench read it)
 
-    async def store(self, msg: Outgoing) -> Stored:
+    async def store(self, msg: Outgoing, trace: sendtrace.Trace | None = None) -> Stored:
         """Store one message with whatever else is pending; raises Conflict, NotFound, or the
         SQLAlchemyError that failed its transaction (then nothing of it was stored)."""
-        item = _Item(msg, asyncio.get_running_loop().create_future())
+        item = _Item(msg, asyncio.get_running_loop().create_future(), trace=trace)
+        if trace is not None:
+            trace.mark("queued")
         IN_WRITER.inc()
         item.future.add_done_callback(lambda _: IN_WRITER.dec())
         self._pending.append(item)
@@ -211,6 +214,12 @@ class MessageWriter:
             done.turn.set_result((batch, done))
 
     @staticmethod
+    def _mark(batch: Sequence[_Item], stage: str) -> None:
+        for item in batch:
+            if item.trace is not None:
+                item.trace.mark(stage)
+
+    @staticmethod
     def _reset(batch: Sequence[_Item]) -> None:
         for item in batch:
             item.outcome = None
@@ -247,8 +256,12 @@ class MessageWriter:
             return
         batch, done = committed
         try:
+            if sendtrace.ENABLED:
+                self._mark(batch, "turn")
             MESSAGES_STORED.inc(len(done.created))
             await self._deliver(done.created)
+            if sendtrace.ENABLED:
+                self._mark(batch, "delivered")
             if done.pushes and self._push_wake is not None:
                 await self._push_wake()
         except Exception:  # committed all the same: the members recover it by since_seq
@@ -262,7 +275,13 @@ class MessageWriter:
         done = _Done()
         try:
             async with self._engine.begin() as conn:
+                if sendtrace.ENABLED:
+                    self._mark(batch, "begun")
                 await self._statements(conn, batch, done)
+                if sendtrace.ENABLED:
+                    self._mark(batch, "statements")
+            if sendtrace.ENABLED:
+                self._mark(batch, "committed")
         except BaseException:
             if done.turn is not None:
                 done.turn.set_result(None)  # not committed: the next in line need not wait for it
