@@ -37,6 +37,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -112,8 +113,13 @@ class MessageWriter:
     def __init__(self, engine: AsyncEngine, deliver: Deliver, *,
                  push_enqueue_jobs: PushEnqueueJobs | None = None,
                  push_wake: Callable[[], Awaitable[None]] | None = None,
-                 max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+                 max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT,
+                 at_once: bool | None = None) -> None:
         self._engine = engine
+        # MariaDB: a batch is first written in one round trip (storage.store_new_messages),
+        # assuming no retries; SQLite (in process, no round trips to save) statement by statement.
+        self._at_once = engine.dialect.name in ("mysql", "mariadb") if at_once is None else at_once
+        self.fallbacks = 0  # batches written again the careful way (retries, races, tests read it)
         self._deliver = deliver
         self._push_enqueue_jobs = push_enqueue_jobs
         self._push_wake = push_wake
@@ -187,10 +193,13 @@ class MessageWriter:
 
     async def _write(self, batch: list[_Item]) -> None:
         try:
-            done = await retrying(lambda: self._transaction(batch))
+            done = await retrying(lambda: self._transaction(batch, careful=not self._at_once))
         except sa.exc.IntegrityError:
-            # Another process committed one of these (sender, client_msg_id) after our SELECT.
-            # Once more: the SELECT now sees it. Should that fail too, one message at a time.
+            # Written at once: a retry of a stored message (nothing looked for it) or a missing
+            # conversation. Written carefully: another process committed one of these
+            # (sender, client_msg_id) after our SELECT. Once more, carefully: the SELECT now
+            # sees it. Should that fail too, one message at a time.
+            self.fallbacks += 1
             try:
                 done = await retrying(lambda: self._transaction(batch))
             except sa.exc.IntegrityError:
@@ -271,13 +280,13 @@ class MessageWriter:
 
     # ------------------------------------------------------------ one transaction
 
-    async def _transaction(self, batch: list[_Item]) -> _Done:
+    async def _transaction(self, batch: list[_Item], careful: bool = True) -> _Done:
         done = _Done()
         try:
             async with self._engine.begin() as conn:
                 if sendtrace.ENABLED:
                     self._mark(batch, "begun")
-                await self._statements(conn, batch, done)
+                await self._statements(conn, batch, done, careful)
                 if sendtrace.ENABLED:
                     self._mark(batch, "statements")
             if sendtrace.ENABLED:
@@ -288,10 +297,11 @@ class MessageWriter:
             raise
         return done
 
-    async def _statements(self, conn: AsyncConnection, batch: list[_Item], done: _Done) -> None:
+    async def _statements(self, conn: AsyncConnection, batch: list[_Item], done: _Done, careful: bool) -> None:
         now = utcnow()
         self._reset(batch)
-        existing = await storage.find_sent(conn, [(i.msg.sender_id, i.msg.client_msg_id) for i in batch])
+        existing = (await storage.find_sent(conn, [(i.msg.sender_id, i.msg.client_msg_id) for i in batch])
+                    if careful else {})
         names = await self._names(conn, batch)
         first: dict[tuple[str, str], _Item] = {}
         new: list[_Item] = []
@@ -311,15 +321,54 @@ class MessageWriter:
                 new.append(item)
 
         counts = Counter(i.msg.conversation_id for i in new)
-        if counts:
-            # The transactions of this process get their seq ranges (their rows' locks) one
-            # after the other, in the order their deliveries are queued: each process hands
-            # a conversation's messages to delivery in seq order.
-            async with self._seq_turn:
-                lasts = await storage.take_seq_ranges(conn, counts, now)
-                done.turn = self._take_turn()
-        else:
-            lasts = {}
+        if counts and careful:
+            await self._store_careful(conn, new, counts, done, now)
+        elif counts:
+            await self._store_at_once(conn, new, counts, done, now)
+        self._repeats(batch, first)
+
+    async def _store_at_once(self, conn: AsyncConnection, new: list[_Item], counts: Counter[int], done: _Done,
+                             now: datetime) -> None:
+        """MariaDB, no retries looked for: seq ranges, INSERT and read positions in one round trip."""
+        left = dict(counts)
+        plan: list[storage.NewMessage] = []
+        positions: dict[tuple[str, int], int] = {}
+        for item in new:
+            m = item.msg
+            left[m.conversation_id] -= 1
+            back = left[m.conversation_id]
+            plan.append(storage.NewMessage(m.conversation_id, back, m.sender_id, m.body, m.client_msg_id))
+            positions[(m.sender_id, m.conversation_id)] = back  # the sender's last in the batch
+        async with self._seq_turn:
+            stored = await storage.store_new_messages(conn, counts, plan, positions, now)
+            done.turn = self._take_turn()
+        jobs: list[dict[str, Any]] = []
+        for item in new:
+            m = item.msg
+            mid, seq = stored[(m.sender_id, m.client_msg_id)]
+            self._stored(item, mid, seq, now, done, jobs)
+        if jobs and self._push_enqueue_jobs is not None:
+            done.pushes = await self._push_enqueue_jobs(conn, jobs)
+
+    def _stored(self, item: _Item, mid: int, seq: int, now: datetime, done: _Done,
+                jobs: list[dict[str, Any]]) -> None:
+        m = item.msg
+        wire = message_wire_columns(mid, m.conversation_id, seq, m.sender_id, item.name,
+                                    m.body, m.client_msg_id, now, None, False)
+        item.outcome = Stored(wire, True)
+        done.created.append(wire)
+        if m.push is not None:
+            jobs.append(self._push_job(m, item.name, wire))
+
+    async def _store_careful(self, conn: AsyncConnection, new: list[_Item], counts: Counter[int], done: _Done,
+                             now: datetime) -> None:
+        """Statement by statement (SQLite; MariaDB after a failed attempt at once)."""
+        # The transactions of this process get their seq ranges (their rows' locks) one after
+        # the other, in the order their deliveries are queued: each process hands a
+        # conversation's messages to delivery in seq order.
+        async with self._seq_turn:
+            lasts = await storage.take_seq_ranges(conn, counts, now)
+            done.turn = self._take_turn()
         next_seq = {cid: last - counts[cid] + 1 for cid, last in lasts.items()}
         rows: list[dict[str, Any]] = []
         stored: list[tuple[_Item, int]] = []
@@ -340,18 +389,14 @@ class MessageWriter:
         jobs: list[dict[str, Any]] = []
         for item, seq in stored:
             m = item.msg
-            wire = message_wire_columns(ids[(m.conversation_id, seq)], m.conversation_id, seq, m.sender_id, item.name,
-                                m.body, m.client_msg_id, now, None, False)
-            item.outcome = Stored(wire, True)
-            done.created.append(wire)
+            self._stored(item, ids[(m.conversation_id, seq)], seq, now, done, jobs)
             position = (m.sender_id, m.conversation_id)
             positions[position] = max(positions.get(position, 0), seq)
-            if m.push is not None:
-                jobs.append(self._push_job(m, item.name, wire))
         await storage.move_read_positions(conn, positions)
         if jobs and self._push_enqueue_jobs is not None:
             done.pushes = await self._push_enqueue_jobs(conn, jobs)
 
+    def _repeats(self, batch: list[_Item], first: dict[tuple[str, str], _Item]) -> None:
         for item in batch:  # the repeats of a client_msg_id inside this batch
             if item.outcome is None:
                 leader = first[(item.msg.sender_id, item.msg.client_msg_id)]
