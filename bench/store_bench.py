@@ -57,9 +57,13 @@ class RecordingDelivery:
         if event == "message":
             self.messages[int(conversation_id)].append(int(data["seq"]))
 
-    async def to_conversations(self, event: str, items: list[tuple[Any, Any]]) -> None:
+    def to_conversations(self, event: str, items: list[tuple[Any, Any]]) -> Any:
         for conversation_id, data in items:
-            await self.to_conversation(conversation_id, event, data)
+            if event == "message":
+                self.messages[int(conversation_id)].append(int(data["seq"]))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     async def to_user(self, *a: Any, **k: Any) -> None: ...
     async def to_channel(self, *a: Any, **k: Any) -> None: ...

@@ -20,6 +20,7 @@ gets a `resync {conversation_id, last_seq}` event on this process only, and clie
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -84,10 +85,11 @@ class Delivery:
         if self._relay is not None:
             await self._relay.publish_room(room, encoded, skip_sid)
 
-    async def to_conversations(self, event: str, items: list[tuple[int | str, Any]]) -> None:
-        """`to_conversation(cid, event, data)` for each (cid, data), in this order: every local
-        socket gets all of them first (no await in between), then they are relayed to the
-        other processes in one Redis round trip."""
+    def to_conversations(self, event: str, items: list[tuple[int | str, Any]]) -> Awaitable[None]:
+        """`to_conversation(cid, event, data)` for each (cid, data), in this order, handed over
+        at once: every local socket is written before this returns (no await), and the relay
+        has them queued, behind anything queued before. The awaitable completes once they were
+        published to Redis (one round trip for all of them)."""
         published: list[tuple[str, Payload | list[Payload], str | None]] = []
         for conversation_id, data in items:
             room = keys.conversation_room(str(conversation_id))
@@ -95,7 +97,10 @@ class Delivery:
             self._fanout.deliver("/", room, Broadcast(encoded))
             published.append((room, encoded, None))
         if self._relay is not None and published:
-            await self._relay.publish_rooms(published)
+            return self._relay.queue_rooms(published)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     async def to_user(self, user_id: str, event: str, data: Any) -> None:
         await self._to_room(keys.channel_room(keys.user_channel(user_id)), event, data)

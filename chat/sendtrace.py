@@ -11,7 +11,8 @@ stage, over the messages of that interval. Stages, in order:
 * `statements`: the batch's statements ran, COMMIT not yet sent;
 * `committed`: COMMIT answered;
 * `turn`: its batch's turn to deliver came (earlier batches delivered);
-* `delivered`: written to this process's sockets and relayed to Redis (when there is a relay);
+* `local`: written to this process's sockets (and queued for the relay);
+* `published`: relayed to Redis (when there is a relay, else at once);
 * `acked`: the sender's ack written.
 
 Nothing is recorded when the variable is unset (`ENABLED` is False and every call site tests it
@@ -25,7 +26,7 @@ import os
 import time
 from typing import Any
 
-STAGES = ("handler", "queued", "begun", "statements", "committed", "turn", "delivered", "acked")
+STAGES = ("handler", "queued", "begun", "statements", "committed", "turn", "local", "published", "acked")
 _PATH = os.environ.get("BACKSTAGE_SEND_TRACE") or None
 ENABLED = _PATH is not None
 

@@ -464,9 +464,10 @@ class ChatService:
             self._conversations.clear()  # refilled by the next joins and sends
         self._conversations[conv.id] = conv
 
-    async def _deliver_messages(self, messages: list[dict[str, Any]]) -> None:
-        """The writer's hand-off after each commit, in seq order per conversation."""
-        await self.delivery.to_conversations("message", [(int(w["conversation_id"]), w) for w in messages])
+    def _deliver_messages(self, messages: list[dict[str, Any]]) -> Awaitable[None]:
+        """The writer's hand-off after each commit, in seq order per conversation: local sockets
+        written at once, the relay's publish awaitable."""
+        return self.delivery.to_conversations("message", [(int(w["conversation_id"]), w) for w in messages])
 
     async def edit_message(self, user: Identity, message_id: int, body: str) -> dict[str, Any]:
         async with self.sessions.begin() as session:

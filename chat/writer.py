@@ -63,7 +63,9 @@ IN_WRITER = Gauge("backstage_sends_in_writer", "Sends handed to the message writ
 # {"conversation_id": int, "message_id": int, "sender_id": str,
 #  "payload": {"title", "body", "data", "collapse_key", "high_priority"}}
 PushEnqueueJobs = Callable[[AsyncConnection, list[dict[str, Any]]], Awaitable[int]]
-# deliver(messages): the wire forms of newly stored messages, in seq order per conversation
+# deliver(messages): the wire forms of newly stored messages, in seq order per conversation. Called
+# as a plain function, it hands them over at once (this process's sockets written, the relay's
+# publish queued) and returns an awaitable that completes once they were relayed.
 Deliver = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
@@ -133,6 +135,7 @@ class MessageWriter:
         # following batches' transactions.
         self._seq_turn = asyncio.Lock()
         self._delivering: asyncio.Task[None] | None = None
+        self._finishing: set[asyncio.Task[None]] = set()  # batches handed over, waiting for the relay
         self.batches = 0  # transactions committed (tests and the bench read it)
 
     async def store(self, msg: Outgoing, trace: sendtrace.Trace | None = None) -> Stored:
@@ -155,6 +158,7 @@ class MessageWriter:
             await asyncio.sleep(0)
         if self._delivering is not None:
             await asyncio.gather(self._delivering, return_exceptions=True)
+        await asyncio.gather(*self._finishing, return_exceptions=True)
 
     # ------------------------------------------------------------ batching
 
@@ -258,19 +262,35 @@ class MessageWriter:
 
     async def _deliver_in_turn(self, previous: asyncio.Task[None] | None,
                                turn: asyncio.Future[tuple[list[_Item], _Done] | None]) -> None:
+        """Hand the batch over once the previous one was handed over (not relayed: Redis round
+        trips do not hold back the next batch's local delivery), then answer its senders once
+        it was relayed."""
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
         committed = await turn
         if committed is None:
             return
         batch, done = committed
+        if sendtrace.ENABLED:
+            self._mark(batch, "turn")
+        MESSAGES_STORED.inc(len(done.created))
         try:
+            relayed = self._deliver(done.created)
+        except Exception:  # committed all the same: the members recover it by since_seq
+            log.warning("delivery of a stored batch failed", exc_info=True)
+            self._answer(batch)
+            return
+        if sendtrace.ENABLED:
+            self._mark(batch, "local")
+        task = asyncio.ensure_future(self._answer_when_relayed(batch, done, relayed))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _answer_when_relayed(self, batch: list[_Item], done: _Done, relayed: Awaitable[None]) -> None:
+        try:
+            await relayed
             if sendtrace.ENABLED:
-                self._mark(batch, "turn")
-            MESSAGES_STORED.inc(len(done.created))
-            await self._deliver(done.created)
-            if sendtrace.ENABLED:
-                self._mark(batch, "delivered")
+                self._mark(batch, "published")
             if done.pushes and self._push_wake is not None:
                 await self._push_wake()
         except Exception:  # committed all the same: the members recover it by since_seq

@@ -407,8 +407,11 @@ async def _one_batch(url: str, at_once: bool) -> tuple[list[Any], list[tuple[Any
                  "last_seq": 0, "last_activity_at": now, "created_at": now} for n in ("A", "B")])
         delivered: list[int] = []
 
-        async def deliver(messages: list[dict[str, Any]]) -> None:
+        def deliver(messages: list[dict[str, Any]]) -> asyncio.Future[None]:
             delivered.extend(int(m["seq"]) * (1 if m["conversation_id"] == "1" else -1) for m in messages)
+            relayed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            relayed.set_result(None)
+            return relayed
 
         writer = MessageWriter(engine, deliver, max_in_flight=1, at_once=at_once)
         earlier = await writer.store(Outgoing(1, "u1", "U1", "earlier", "old"))
