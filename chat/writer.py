@@ -14,13 +14,20 @@ conversations it spans, the transaction is a fixed handful of statements:
 5. the push hook, once, with every push job of the batch;
 6. COMMIT.
 
+On MariaDB, steps 2-4 first go to the server as ONE multi-statement query
+(`storage.store_new_messages`: the seqs are computed by the server from the updated last_seq)
+and step 1 is skipped, so a batch costs two round trips (that query, COMMIT) instead of six. A
+batch with a retry of a stored message in it (or a send to a missing conversation) then fails
+its INSERT with IntegrityError and is written again the careful way, statement by statement.
+
 There is no timer: the first send at rest is written at once, and the ones that arrive while
 transactions are in flight form the next batch (natural batching), at most `max_batch` at a
 time. Up to `max_in_flight` (2) transactions run at once, so one batch's round trips and
 fsync overlap the next one's preparation; they take their seq ranges (the conversation row
 locks) one after the other, in the order their deliveries are queued. After each commit the
-batch's new messages are handed to `deliver` in seq order (per process, batches are delivered
-one after the other, in that order), and only then do the senders get their results.
+batch's new messages are handed to `deliver` in seq order (per process, batches are handed over
+one after the other, in that order: local sockets written, relay publish queued), and once they
+were relayed the senders get their results; the next batch's hand-over does not wait for that.
 
 A duplicate client_msg_id inside a batch or against the database does not fail the others:
 the first one in the batch is stored, the others answer as retries of it. A racing insert of
