@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chat import http_api, migrate, openapi, storage
+from chat import asyncapi, http_api, migrate, openapi, storage
 from chat.auth import Authenticator
 from chat.codec import OrjsonCompat
 from chat.config import Settings
@@ -40,7 +40,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Shipped inside the package (copied from node_modules at package-lock.json's version, checked by
 # tests/test_deploy.py), so a pip-only deploy serves a page that connects.
 SOCKETIO_CLIENT = STATIC_DIR / "vendor" / "socket.io.esm.min.js"
-REQUIRED_STATIC = (STATIC_DIR / "index.html", SOCKETIO_CLIENT)
+REQUIRED_STATIC = (STATIC_DIR / "index.html", STATIC_DIR / "app.js", STATIC_DIR / "backstage-client.js", SOCKETIO_CLIENT)
 
 
 def missing_static() -> list[str]:
@@ -279,6 +279,7 @@ def add_operation_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/openapi.json", openapi.handler)
+    app.router.add_get("/api/v1/asyncapi.json", asyncapi.handler)
 
 
 def add_page_routes(app: web.Application) -> None:

@@ -45,10 +45,11 @@ SCHEMAS: dict[str, Any] = {
     "Membership": _obj({"creator_id": STRING, "patron_id": STRING, "tier_cents": {"type": "integer"},
                         "status": {"type": "string", "enum": ["active", "former"]}, "updated_at": NULLABLE_TIME}),
     "Member": _obj({"id": STRING, "name": STRING}),
+    "ConversationMember": _obj({"id": STRING, "name": STRING, "avatar_url": NULLABLE_STRING}, ["id", "name"]),
     "Conversation": _obj({
         "id": STRING, "kind": {"type": "string", "enum": ["room", "direct"]}, "creator_id": STRING, "name": STRING,
         "min_tier_cents": {"type": "integer"}, "post_policy": {"type": "string", "enum": ["everyone", "creator"]},
-        "members": {"type": "array", "items": _ref("Member")},
+        "members": {"type": "array", "items": _ref("ConversationMember")},
     }, ["id", "kind", "creator_id", "name", "min_tier_cents", "post_policy"]),
     "Message": _obj({
         "id": STRING, "conversation_id": STRING, "seq": {"type": "integer", "minimum": 1},
@@ -101,7 +102,9 @@ EXAMPLE_MEMBERSHIP = {"creator_id": "cre", "patron_id": "alice", "tier_cents": 5
 EXAMPLE_ROOM = {"id": "12", "kind": "room", "creator_id": "cre", "name": "Lounge", "min_tier_cents": 0,
                 "post_policy": "everyone"}
 EXAMPLE_DIRECT = {"id": "13", "kind": "direct", "creator_id": "cre", "name": "", "min_tier_cents": 0,
-                  "post_policy": "everyone", "members": [{"id": "cre", "name": "Cre"}, {"id": "alice", "name": "Alice"}]}
+                  "post_policy": "everyone",
+                  "members": [{"id": "cre", "name": "Cre", "avatar_url": None},
+                              {"id": "alice", "name": "Alice", "avatar_url": "https://example.com/a.png"}]}
 EXAMPLE_MESSAGE = {"id": "99", "conversation_id": "12", "seq": 7, "sender": {"id": "alice", "name": "Alice"},
                    "body": "hello", "client_msg_id": "c-1", "created_at": "2026-01-02T03:04:05.678Z",
                    "edited_at": None, "deleted": False}
@@ -281,6 +284,9 @@ def build() -> dict[str, Any]:
         "/api/v1/openapi.json": {"get": _op(
             "This document", None,
             _ok(200, "the OpenAPI 3.1 document", {"type": "object"}, None), tags=["operations"])},
+        "/api/v1/asyncapi.json": {"get": _op(
+            "The AsyncAPI 3.0 document of the Socket.IO events (SPEC §4)", None,
+            _ok(200, "the AsyncAPI 3.0 document", {"type": "object"}, None), tags=["operations"])},
         "/": {"get": _op(
             "The browser client (`/?token=JWT` signs in)", None,
             {"200": {"description": "the page", "content": {"text/html": {"schema": STRING}}}},
@@ -291,7 +297,7 @@ def build() -> dict[str, Any]:
         "info": {"title": "Backstage HTTP API", "version": "1",
                  "description": "Chat and notifications (SPEC §3). Errors are {error: {code, message}} with the "
                                 "status of SPEC §5; `timeout` (408) is an extension, see docs/api.md. The "
-                                "Socket.IO protocol (SPEC §4) is described in docs/api.md."},
+                                "Socket.IO protocol (SPEC §4) is described by /api/v1/asyncapi.json and docs/api.md."},
         "servers": [{"url": "/"}],
         "paths": paths,
         "components": {

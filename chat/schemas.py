@@ -151,7 +151,7 @@ def message_wire(m: Message, sender_name: str) -> dict[str, Any]:
                                 m.created_at, m.edited_at, m.deleted)
 
 
-def conversation_wire(c: Conversation, members: list[dict[str, str]] | None = None) -> dict[str, Any]:
+def conversation_wire(c: Conversation, members: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     wire: dict[str, Any] = {
         "id": str(c.id),
         "kind": c.kind,

@@ -144,10 +144,10 @@ class ChatService:
 
     @staticmethod
     async def _conversations_wire(session: AsyncSession, convs: Sequence[Conversation]) -> list[dict[str, Any]]:
-        """Wire forms; the members' names of direct conversations come from one query."""
+        """Wire forms; the members (name, avatar) of direct conversations come from one query."""
         pairs = {c.id: [c.creator_id, c.patron_id or ""] for c in convs if c.kind == "direct"}
-        names = await storage.user_names(session, [u for pair in pairs.values() for u in pair])
-        return [schemas.conversation_wire(c, [{"id": u, "name": names[u]} for u in pairs[c.id]] if c.id in pairs else None)
+        profiles = await storage.user_profiles(session, [u for pair in pairs.values() for u in pair])
+        return [schemas.conversation_wire(c, [_member_wire(u, *profiles[u]) for u in pairs[c.id]] if c.id in pairs else None)
                 for c in convs]
 
     async def _messages_wire(self, session: AsyncSession, messages: Sequence[Message]) -> list[dict[str, Any]]:
@@ -264,8 +264,8 @@ class ChatService:
             positions = await storage.read_positions_of(conn, conversation_id, exclude=user.user_id)
         members = None
         if conv.kind == "direct":
-            members = [{"id": conv.creator_id, "name": view.creator_name},
-                       {"id": conv.patron_id or "", "name": view.patron_name}]
+            members = [_member_wire(conv.creator_id, view.creator_name, view.creator_avatar),
+                       _member_wire(conv.patron_id or "", view.patron_name, view.patron_avatar)]
         return {
             "conversation": _meta_wire(conv, members),
             "messages": [schemas.message_wire_columns(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id, r.body,
@@ -768,7 +768,12 @@ class ChatService:
         return [u for u in candidates if u not in muted and u != sender_id], resume
 
 
-def _meta_wire(c: ConversationMeta, members: list[dict[str, str]] | None) -> dict[str, Any]:
+def _member_wire(user_id: str, name: str, avatar_url: str | None) -> dict[str, Any]:
+    """A direct conversation's member: `avatar_url` is an extension (docs/api.md), null when unset."""
+    return {"id": user_id, "name": name, "avatar_url": avatar_url}
+
+
+def _meta_wire(c: ConversationMeta, members: list[dict[str, Any]] | None) -> dict[str, Any]:
     """schemas.conversation_wire from the cached conversation (no ORM object on the join path)."""
     wire: dict[str, Any] = {"id": str(c.id), "kind": c.kind, "creator_id": c.creator_id, "name": c.name,
                             "min_tier_cents": c.min_tier_cents, "post_policy": c.post_policy}

@@ -38,6 +38,12 @@ class TooManyConnections(ChatError):
     code, status = "too_many_connections", 429
 
 
+# The client events, each handled by the ChatSockets method of the same name (documented in
+# chat/asyncapi.py; tests/test_asyncapi.py checks both lists are the same).
+CLIENT_EVENTS = ("join", "leave", "send", "edit", "delete", "history", "typing", "read", "subscribe", "unsubscribe",
+                 "refresh_token")
+
+
 class ChatSockets:
     def __init__(self, sio: socketio.AsyncServer, service: ChatService, auth: Authenticator,
                  max_payload_bytes: int, *, limiter: SocketLimiter | None = None) -> None:
@@ -55,13 +61,8 @@ class ChatSockets:
         self.guard = PacketGuard(sio, settings.connect_timeout_s, settings.max_bad_packets)
         sio.on("connect", self.on_connect)
         sio.on("disconnect", self.on_disconnect)
-        events: dict[str, Handler] = {
-            "join": self.join, "leave": self.leave, "send": self.send, "edit": self.edit,
-            "delete": self.delete, "history": self.history, "typing": self.typing, "read": self.read,
-            "subscribe": self.subscribe, "unsubscribe": self.unsubscribe,
-            "refresh_token": self.refresh_token,
-        }
-        for name, handler in events.items():
+        for name in CLIENT_EVENTS:
+            handler: Handler = getattr(self, name)
             sio.on(name, self._wrap(name, handler))
         sio.on("*", self.on_unknown)
 

@@ -69,6 +69,15 @@ async def user_names(session: AsyncSession, user_ids: Sequence[str]) -> dict[str
     return {uid: names.get(uid, uid) for uid in user_ids}
 
 
+async def user_profiles(session: AsyncSession, user_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+    """(name, avatar_url) by user id; an unknown user is named by their id, with no avatar."""
+    if not user_ids:
+        return {}
+    rows = await session.execute(sa.select(User.id, User.name, User.avatar_url).where(User.id.in_(set(user_ids))))
+    found = {uid: (name, avatar) for uid, name, avatar in rows.all()}
+    return {uid: found.get(uid, (uid, None)) for uid in user_ids}
+
+
 # ---------------------------------------------------------------- memberships
 
 
@@ -568,7 +577,7 @@ async def user_names_of(conn: AsyncConnection, user_ids: Sequence[str]) -> dict[
 @dataclass(frozen=True)
 class JoinView:
     """What `join` reads before deciding: the conversation, the membership access_rule needs,
-    the user's read position and unread count, and the names of a direct conversation's pair."""
+    the user's read position and unread count, and the names and avatars of a direct conversation's pair."""
 
     conversation: ConversationMeta
     membership: tuple[str, int] | None
@@ -576,6 +585,8 @@ class JoinView:
     unread: int
     creator_name: str
     patron_name: str
+    creator_avatar: str | None = None
+    patron_avatar: str | None = None
 
 
 def _join_view_statement() -> Any:
@@ -589,7 +600,8 @@ def _join_view_statement() -> Any:
         msg.c.deleted.is_(False)).scalar_subquery())
     pair_patron = sa.case((c.kind == "direct", c.patron_id), else_=user_id)
     return (sa.select(c.id, c.kind, c.creator_id, c.patron_id, c.name, c.min_tier_cents, c.post_policy,
-                      m.c.status, m.c.tier_cents, position, unread, creator.c.name, patron.c.name)
+                      m.c.status, m.c.tier_cents, position, unread, creator.c.name, patron.c.name,
+                      creator.c.avatar_url, patron.c.avatar_url)
             .select_from(_conversations
                          .outerjoin(m, sa.and_(m.c.creator_id == c.creator_id, m.c.patron_id == pair_patron))
                          .outerjoin(s, sa.and_(s.c.user_id == user_id, s.c.conversation_id == c.id))
@@ -612,7 +624,7 @@ async def join_view(conn: AsyncConnection, conversation_id: int, user_id: str) -
     meta = ConversationMeta(*row[:7])
     status, tier = row[7], row[8]
     return JoinView(meta, None if status is None else (str(status), int(tier)), int(row[9]), int(row[10]),
-                    row[11] or meta.creator_id, row[12] or (meta.patron_id or ""))
+                    row[11] or meta.creator_id, row[12] or (meta.patron_id or ""), row[13], row[14])
 
 
 def _message_page_statement(after: bool, limit: int) -> Any:

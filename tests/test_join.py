@@ -98,7 +98,8 @@ async def test_join_answer_shape(shared_any_server: Cluster, uid: Any) -> None:
 
         direct = api.direct(pat, cre_id)
         jd = await join(b, direct)
-        assert jd["conversation"]["members"] == [{"id": cre_id, "name": "Cre Ator"}, {"id": pat_id, "name": "Pat Ron"}]
+        assert jd["conversation"]["members"] == [{"id": cre_id, "name": "Cre Ator", "avatar_url": None},
+                                                 {"id": pat_id, "name": "Pat Ron", "avatar_url": None}]
         assert jd["messages"] == [] and jd["has_more"] is False and jd["online"] == [pat_id]
 
         # Who may not read gets what the SPEC says, and the socket stays usable.

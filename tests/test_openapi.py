@@ -162,6 +162,7 @@ def test_real_answers_match_the_document(env: Env) -> None:
         ("get", "/readyz", "/readyz", {}, None),
         ("get", "/metrics", "/metrics", {}, None),
         ("get", "/api/v1/openapi.json", "/api/v1/openapi.json", {}, None),
+        ("get", "/api/v1/asyncapi.json", "/api/v1/asyncapi.json", {}, None),
         ("get", "/", "/", {}, None),
     ]
     assert {(m, p) for m, p, *_ in calls} == documented_operations(env.doc)
