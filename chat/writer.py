@@ -40,6 +40,7 @@ database failure fails every send of the batch with that exception; nothing was 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -203,17 +204,20 @@ class MessageWriter:
                 self._schedule_kick()
 
     async def _write(self, batch: list[_Item]) -> None:
-        try:
-            done = await retrying(lambda: self._transaction(batch, careful=not self._at_once))
-        except sa.exc.IntegrityError:
-            # Written at once: a retry of a stored message (nothing looked for it) or a missing
-            # conversation. Written carefully: another process committed one of these
-            # (sender, client_msg_id) after our SELECT. Once more, carefully: the SELECT now
-            # sees it. Should that fail too, one message at a time.
-            self.fallbacks += 1
+        # Written at once (MariaDB), an IntegrityError means a retry of a stored message (nothing
+        # looked for it) or a missing conversation: then carefully. Written carefully, it means
+        # another process committed one of these (sender, client_msg_id) after our SELECT: once
+        # more, carefully, and the SELECT sees it. Should that fail too, one message at a time.
+        attempts = (False, True, True) if self._at_once else (True, True)
+        for n, careful in enumerate(attempts):
             try:
-                done = await retrying(lambda: self._transaction(batch))
+                done = await retrying(functools.partial(self._transaction, batch, careful=careful))
+                break
             except sa.exc.IntegrityError:
+                if n == 0:
+                    self.fallbacks += 1
+                if n < len(attempts) - 1:
+                    continue
                 if len(batch) == 1:
                     self._fail(batch, sa.exc.IntegrityError("send", None, Exception("duplicate")))
                     return
@@ -223,9 +227,6 @@ class MessageWriter:
             except sa.exc.SQLAlchemyError as exc:
                 self._fail(batch, exc)
                 return
-        except sa.exc.SQLAlchemyError as exc:
-            self._fail(batch, exc)
-            return
         self.batches += 1
         BATCHES.inc()
         if done.turn is None:  # nothing new to deliver: retries, conflicts
