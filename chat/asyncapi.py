@@ -21,7 +21,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chat.openapi import EXAMPLE_MESSAGE, EXAMPLE_NOTIFICATION, EXAMPLE_ROOM, SCHEMAS
+from chat.openapi import EMOJI, EXAMPLE_MESSAGE, EXAMPLE_NOTIFICATION, EXAMPLE_ROOM, SCHEMAS
+from chat.reactions import MAX_PER_MESSAGE
 from chat.schemas import MAX_PAGE
 
 ID = {"type": "string", "description": "an id (digits), e.g. \"12\""}
@@ -124,6 +125,15 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
         {"expires_at": {"type": "string", "description": "ISO 8601 UTC: the new token's exp"}},
         {"ok": True, "expires_at": "2026-01-02T04:04:05.000Z"},
     ),
+    "react": (
+        "(extension) Add (on) or remove one reaction to a message, idempotently; members of the conversation only",
+        _obj({"message_id": ID, "emoji": EMOJI, "on": {"type": "boolean"}, "conversation_id": ID},
+             ["message_id", "emoji", "on"]),
+        {"message_id": "99", "emoji": "\U0001f44d", "on": True},
+        {"count": {"type": "integer", "minimum": 0, "description": "this emoji's count after the change"},
+         "reactions": {"type": "array", "items": _ref("Reaction"), "maxItems": MAX_PER_MESSAGE}},
+        {"ok": True, "count": 3, "reactions": [{"emoji": "\U0001f44d", "count": 3, "me": True}]},
+    ),
 }
 
 
@@ -157,6 +167,14 @@ SERVER_EVENTS: dict[str, tuple[str, dict[str, Any], Any]] = {
     "token_expired": ("(extension) The token's exp passed; the server disconnects the socket next",
                       _obj({"message": {"type": "string"}}, closed=True),
                       {"message": "the token expired; reconnect with a new one"}),
+    "reaction": ("(extension) A message's reactions changed: the newest change and every emoji's count, "
+                 "at most one per message per 200 ms per server process (the last one of a burst is final)",
+                 _obj({"message_id": ID, "conversation_id": ID, "emoji": EMOJI, "user_id": USER_ID,
+                       "on": {"type": "boolean"}, "count": {"type": "integer", "minimum": 0},
+                       "reactions": {"type": "array", "maxItems": MAX_PER_MESSAGE, "items": _obj(
+                           {"emoji": EMOJI, "count": {"type": "integer", "minimum": 1}}, closed=True)}}, closed=True),
+                 {"message_id": "99", "conversation_id": "12", "emoji": "\U0001f44d", "user_id": "alice", "on": True,
+                  "count": 3, "reactions": [{"emoji": "\U0001f44d", "count": 3}]}),
     "resync": ("(extension) The relay was interrupted: join again with since_seq if behind last_seq",
                _obj({"conversation_id": ID, "last_seq": SEQ}, ["conversation_id"], closed=True),
                {"conversation_id": "12", "last_seq": 42}),

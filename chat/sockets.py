@@ -23,6 +23,7 @@ from chat.auth import Authenticator
 from chat.errors import ChatError, Forbidden, Invalid, RateLimited, TooLarge, error_wire
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
 from chat.ratelimit import KeyedBuckets
+from chat.reactions import check_emoji
 from chat.service import ChatService
 from chat.socketlimit import LocalSocketLimiter, SocketLimiter
 from chat.sockguard import PacketGuard
@@ -41,7 +42,7 @@ class TooManyConnections(ChatError):
 # The client events, each handled by the ChatSockets method of the same name (documented in
 # chat/asyncapi.py; tests/test_asyncapi.py checks both lists are the same).
 CLIENT_EVENTS = ("join", "leave", "send", "edit", "delete", "history", "typing", "read", "subscribe", "unsubscribe",
-                 "refresh_token")
+                 "refresh_token", "react")
 
 
 class ChatSockets:
@@ -235,6 +236,15 @@ class ChatSockets:
     async def delete(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         user = self.service.socket_user(sid)
         return await self.service.delete_message(user, schemas.check_message_id(data))
+
+    async def react(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        cid = schemas.check_conversation_id(data) if data.get("conversation_id") is not None else None
+        mid = schemas.check_message_id(data)
+        emoji = check_emoji(data.get("emoji"))
+        on = schemas.check_bool(data, "on")
+        self.service.check_socket_react_rate(sid)
+        return await self.service.react(user, mid, emoji, on, conversation_id=cid)
 
     async def history(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         user = self.service.socket_user(sid)

@@ -44,6 +44,8 @@ async def test_non_members_are_refused_on_every_path(any_server: Any) -> None:
         assert (await p.call("subscribe", {"channel": f"room:{gold}"}))["ok"]
         assert (await p.call("subscribe", {"channel": "creator:cre"}))["ok"]
         assert (await p.call("send", {"conversation_id": gold, "body": "hi", "client_msg_id": "p1"}))["ok"]
+        assert (await p.call("react", {"message_id": msg["id"], "emoji": "👍", "on": True}))["ok"]
+        assert api.client(tokens["pat"], "GET", f"/conversations/{gold}/messages/{msg['id']}/reactions").status_code == 200
         assert api.client(tokens["pat"], "GET", f"/conversations/{gold}/messages").status_code == 200
         assert api.client(tokens["pat"], "PUT", f"/conversations/{gold}/settings", json={"muted": True}).status_code == 200
 
@@ -57,6 +59,9 @@ async def test_non_members_are_refused_on_every_path(any_server: Any) -> None:
             assert err(await s.call("typing", {"conversation_id": gold, "typing": True})) == "forbidden", user
             assert err(await s.call("edit", {"message_id": msg["id"], "body": "mine now"})) == "forbidden", user
             assert err(await s.call("delete", {"message_id": msg["id"]})) == "forbidden", user
+            assert err(await s.call("react", {"message_id": msg["id"], "emoji": "👍", "on": True})) == "forbidden", user
+            assert http_code(api.client(tok, "GET", f"/conversations/{gold}/messages/{msg['id']}/reactions")) == (
+                403, "forbidden"), user
             assert err(await s.call("subscribe", {"channel": f"room:{gold}"})) == "forbidden", user
             assert err(await s.call("subscribe", {"channel": "user:pat"})) == "forbidden", user
             assert err(await s.call("subscribe", {"channel": "user:cre"})) == "forbidden", user

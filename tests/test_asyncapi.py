@@ -2,7 +2,7 @@
 
 - real Socket.IO clients on both processes of the MariaDB + Redis cluster go through every event
   of the protocol (connect, a refused connect, join, send, typing, read, edit, delete, history,
-  subscribe, publish, notification, refresh_token, resync, leave, revocation, token expiry, and
+  subscribe, publish, notification, refresh_token, react, resync, leave, revocation, token expiry, and
   error acks); every packet is recorded both ways at the client's packet layer;
 - each recorded payload is validated against the schema the served document gives its event
   (client events, their acknowledgements by ack id, server events, the CONNECT auth and the
@@ -239,6 +239,8 @@ async def test_real_traffic_matches_the_document(shared_mysql_cluster: Cluster, 
         sent = await a.call("send", {"conversation_id": room, "body": "hello", "client_msg_id": "m-1"})
         msg = sent["message"]
         await b.wait_for("message", lambda m: m["id"] == msg["id"])
+        assert (await a.call("react", {"message_id": msg["id"], "emoji": "👍", "on": True}))["ok"]
+        await b.wait_for("reaction", lambda r: r["message_id"] == msg["id"])
         assert (await a.call("typing", {"conversation_id": room, "typing": True}))["ok"]
         await b.wait_for("typing", lambda t: t["user_id"] == pat)
         assert (await b.call("read", {"conversation_id": room, "seq": msg["seq"]}))["ok"]

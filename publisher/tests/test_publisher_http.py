@@ -166,3 +166,53 @@ async def test_unreachable_server_fails_clearly() -> None:
         with pytest.raises(PublishError) as err:
             await apub.notify(user_ids=["x"], type="t", title="t", body="b")
     assert err.value.code == "unavailable" and err.value.status is None and "2 attempt" in str(err.value)
+
+
+async def test_room_message_user_and_presence_calls(backstage: Any, uid: Any) -> None:
+    """The server API's room, message, user and presence calls, sync and async, on a real server."""
+    url, api = backstage.url, backstage.api
+    cre, fan = uid("cre"), uid("fan")
+    api.user(cre)
+    token = api.user(fan)
+    api.membership(cre, fan, 100)
+    sock = await Client(url, token).connect()
+    gone = asyncio.Event()
+    sock.sio.on("disconnect", lambda *_: gone.set())
+    pub = Publisher(url, backstage.api_key)
+    try:
+        room = await asyncio.to_thread(lambda: pub.create_room(cre, "Lounge", min_tier_cents=100, external_id="t1"))
+        again = await asyncio.to_thread(lambda: pub.create_room(cre, "Other name", external_id="t1"))
+        assert again == room and room["external_id"] == "t1" and room["name"] == "Lounge"
+        async with AsyncPublisher(url, backstage.api_key) as apub:
+            second = await apub.create_room(cre, "Second")
+            assert second["id"] != room["id"] and second["external_id"] is None
+            page = await apub.list_rooms(cre, limit=1)
+            assert page["rooms"] == [room] and page["next_cursor"]
+            rest = await asyncio.to_thread(lambda: pub.list_rooms(cre, cursor=page["next_cursor"]))
+            assert rest == {"rooms": [second], "next_cursor": None}
+
+            assert (await sock.call("join", {"conversation_id": room["id"]}))["ok"]
+            sent = (await sock.call("send", {"conversation_id": room["id"], "body": "hi", "client_msg_id": "p1"}))["message"]
+            assert await apub.conversation_presence(room["id"]) == [fan]
+            assert await asyncio.to_thread(pub.channel_presence, f"creator:{cre}") == {
+                "channel": f"creator:{cre}", "online": [fan], "subscribers": 0}
+            assert (await apub.history(room["id"], after_seq=0))["messages"] == [sent]
+            assert await asyncio.to_thread(lambda: pub.history(room["id"], before_seq=1)) == {
+                "messages": [], "has_more": False}
+
+            deleted = await apub.delete_message(sent["id"])
+            assert deleted["deleted"] and deleted["body"] == ""
+            assert await sock.wait_for("message_updated", lambda m: m["id"] == sent["id"]) == deleted
+            assert await asyncio.to_thread(pub.delete_message, sent["id"]) == deleted
+            with pytest.raises(PublishError) as err:
+                await apub.delete_message("999999999")
+            assert (err.value.code, err.value.status) == ("not_found", 404)
+
+            assert await asyncio.to_thread(pub.disconnect_user, fan) is True
+            await asyncio.wait_for(gone.wait(), 10)
+            with pytest.raises(PublishError) as err:
+                await apub.channel_presence("lobby")
+            assert (err.value.code, err.value.status) == ("invalid", 400)
+    finally:
+        pub.close()
+        await sock.close()

@@ -4,8 +4,10 @@ Both speak Backstage's server API (`/api/v1/server/*`, API key) and retry what i
 retry, with capped exponential back-off and jitter:
 
 - idempotent calls (`notify`, which always carries an idempotency key reused across its
-  retries): connection errors, timeouts, 5xx and 429;
-- the others (`publish`: an event is not stored, so it cannot be de-duplicated): only when the
+  retries; the reads, `delete_message`, `disconnect_user`, and `create_room` with an
+  `external_id`): connection errors, timeouts, 5xx and 429;
+- the others (`publish`: an event is not stored, so it cannot be de-duplicated; `create_room`
+  without an `external_id`): only when the
   server surely did not act: the connection never opened, or the answer was 429 or 503 (both
   mean nothing happened).
 
@@ -30,6 +32,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -40,6 +43,8 @@ USER_AGENT = "backstage-publisher/1"
 
 PUBLISH_PATH = "/api/v1/server/publish"
 NOTIFICATIONS_PATH = "/api/v1/server/notifications"
+ROOMS_PATH = "/api/v1/server/rooms"
+CONVERSATIONS_PATH = "/api/v1/server/conversations"
 
 
 class PublishError(Exception):
@@ -77,6 +82,24 @@ def _notify_body(user_ids: Sequence[str] | None, channel: str | None, type: str,
     if collapse_key is not None:
         payload["collapse_key"] = collapse_key
     return payload
+
+
+def _room_body(creator_id: str, name: str, min_tier_cents: int, post_policy: str,
+               external_id: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"creator_id": creator_id, "name": name, "min_tier_cents": min_tier_cents,
+                            "post_policy": post_policy}
+    if external_id is not None:
+        body["external_id"] = external_id
+    return body
+
+
+def _params(**values: Any) -> dict[str, str]:
+    return {k: str(v) for k, v in values.items() if v is not None}
+
+
+def _segment(value: str) -> str:
+    """One path segment (an id, a channel), percent-encoded so it cannot change the path."""
+    return quote(str(value), safe=":")
 
 
 def retry_after_s(response: httpx.Response) -> float | None:
@@ -191,6 +214,49 @@ class Publisher:
         answer = self._request("POST", NOTIFICATIONS_PATH, payload, idempotent=True)
         return [str(i) for i in answer["notification_ids"]]
 
+    # -- rooms, messages, users, presence (the server API's extensions)
+
+    def create_room(self, creator_id: str, name: str, *, min_tier_cents: int = 0, post_policy: str = "everyone",
+                    external_id: str | None = None) -> dict[str, Any]:
+        """Create a room; with `external_id` (your own id of it), the creator's existing room of
+        that id is returned instead, so the call is safe to retry. Returns the room object."""
+        answer = self._request("POST", ROOMS_PATH, _room_body(creator_id, name, min_tier_cents, post_policy, external_id),
+                               idempotent=external_id is not None)
+        return dict(answer["conversation"])
+
+    def list_rooms(self, creator_id: str | None = None, *, cursor: str | None = None,
+                   limit: int | None = None) -> dict[str, Any]:
+        """One page `{rooms, next_cursor}`; pass `next_cursor` back as `cursor` until it is None."""
+        return dict(self._request("GET", ROOMS_PATH, params=_params(creator_id=creator_id, cursor=cursor, limit=limit),
+                                  idempotent=True))
+
+    def delete_message(self, message_id: str) -> dict[str, Any]:
+        """Delete any message (members get `message_updated`); returns the deleted message."""
+        return dict(self._request("DELETE", f"/api/v1/server/messages/{_segment(message_id)}",
+                                  idempotent=True)["message"])
+
+    def disconnect_user(self, user_id: str) -> bool:
+        """Disconnect the user's sockets on every process; True if they had one connected."""
+        return bool(self._request("POST", f"/api/v1/server/users/{_segment(user_id)}/disconnect",
+                                  idempotent=True)["was_online"])
+
+    def history(self, conversation_id: str, *, before_seq: int | None = None, after_seq: int | None = None,
+                limit: int | None = None) -> dict[str, Any]:
+        """A page `{messages, has_more}` of any conversation, ascending by seq (as the client API)."""
+        return dict(self._request("GET", f"{CONVERSATIONS_PATH}/{_segment(conversation_id)}/messages",
+                                  params=_params(before_seq=before_seq, after_seq=after_seq, limit=limit),
+                                  idempotent=True))
+
+    def conversation_presence(self, conversation_id: str) -> list[str]:
+        """Ids of the users with a socket joined to the conversation, cluster-wide."""
+        answer = self._request("GET", f"{CONVERSATIONS_PATH}/{_segment(conversation_id)}/presence", idempotent=True)
+        return [str(u) for u in answer["online"]]
+
+    def channel_presence(self, channel: str) -> dict[str, Any]:
+        """`{channel, online, subscribers}`: who of the channel's audience is connected, and how
+        many sockets are subscribed to it."""
+        return dict(self._request("GET", f"/api/v1/server/channels/{_segment(channel)}/presence", idempotent=True))
+
     def _request(self, method: str, path: str, payload: Any = None, *, params: dict[str, Any] | None = None,
                  idempotent: bool) -> Any:
         attempts = _Attempts(self.retries, self.max_wait, idempotent)
@@ -237,6 +303,42 @@ class AsyncPublisher:
         payload = _notify_body(user_ids, channel, type, title, body, data, push, collapse_key, idempotency_key)
         answer = await self._request("POST", NOTIFICATIONS_PATH, payload, idempotent=True)
         return [str(i) for i in answer["notification_ids"]]
+
+    # -- rooms, messages, users, presence: as Publisher's
+
+    async def create_room(self, creator_id: str, name: str, *, min_tier_cents: int = 0,
+                          post_policy: str = "everyone", external_id: str | None = None) -> dict[str, Any]:
+        answer = await self._request("POST", ROOMS_PATH, _room_body(
+            creator_id, name, min_tier_cents, post_policy, external_id), idempotent=external_id is not None)
+        return dict(answer["conversation"])
+
+    async def list_rooms(self, creator_id: str | None = None, *, cursor: str | None = None,
+                         limit: int | None = None) -> dict[str, Any]:
+        return dict(await self._request("GET", ROOMS_PATH, params=_params(
+            creator_id=creator_id, cursor=cursor, limit=limit), idempotent=True))
+
+    async def delete_message(self, message_id: str) -> dict[str, Any]:
+        answer = await self._request("DELETE", f"/api/v1/server/messages/{_segment(message_id)}", idempotent=True)
+        return dict(answer["message"])
+
+    async def disconnect_user(self, user_id: str) -> bool:
+        answer = await self._request("POST", f"/api/v1/server/users/{_segment(user_id)}/disconnect", idempotent=True)
+        return bool(answer["was_online"])
+
+    async def history(self, conversation_id: str, *, before_seq: int | None = None, after_seq: int | None = None,
+                      limit: int | None = None) -> dict[str, Any]:
+        return dict(await self._request("GET", f"{CONVERSATIONS_PATH}/{_segment(conversation_id)}/messages",
+                                        params=_params(before_seq=before_seq, after_seq=after_seq, limit=limit),
+                                        idempotent=True))
+
+    async def conversation_presence(self, conversation_id: str) -> list[str]:
+        answer = await self._request("GET", f"{CONVERSATIONS_PATH}/{_segment(conversation_id)}/presence",
+                                     idempotent=True)
+        return [str(u) for u in answer["online"]]
+
+    async def channel_presence(self, channel: str) -> dict[str, Any]:
+        return dict(await self._request("GET", f"/api/v1/server/channels/{_segment(channel)}/presence",
+                                        idempotent=True))
 
     async def _request(self, method: str, path: str, payload: Any = None, *, params: dict[str, Any] | None = None,
                        idempotent: bool) -> Any:
