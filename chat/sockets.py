@@ -217,10 +217,12 @@ class ChatSockets:
             trace.mark("handler")
         user = self.service.socket_user(sid)
         cid = schemas.check_conversation_id(data)
-        body = schemas.check_body(data, self.service.settings.max_body_chars)
+        photos = schemas.check_attachment_ids(data)
+        body = schemas.check_body(data, self.service.settings.max_body_chars, allow_empty=bool(photos))
         client_msg_id = schemas.check_client_msg_id(data)
         self.service.check_socket_rate(sid)
-        result = await self.service.send_message(user, cid, body, client_msg_id, sid=sid, trace=trace)
+        result = await self.service.send_message(user, cid, body, client_msg_id, sid=sid, attachment_ids=photos,
+                                                 trace=trace)
         await self.service.sent_from_socket(sid, cid)
         if trace is not None:
             trace.mark("acked")
