@@ -62,7 +62,7 @@ def cluster(mysql_databases: MySQLDatabases) -> Iterator[tuple[OwnRedis, list[Se
     try:
         url = mysql_databases.new()
         for _ in range(2):
-            servers.append(ServerProcess(url, redis.url, "soak"))
+            servers.append(ServerProcess(url, redis.url, "soak", ready_timeout=120))
         yield redis, servers, url
     finally:
         for s in servers:
