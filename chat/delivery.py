@@ -15,7 +15,9 @@ When the relay recovers from trouble (chat/relay.py: subscriber back after a los
 back after failures, a deaf subscriber rebuilt), broadcasts may have been lost between
 processes; the messages themselves are committed. Every conversation with local sockets then
 gets a `resync {conversation_id, last_seq}` event on this process only, and clients behind
-`last_seq` join again with `since_seq` (docs/api.md).
+`last_seq` join again with `since_seq` (docs/api.md). Before that the recovery handler runs:
+the service checks its sockets' access against the database, since a control message (a
+revocation) may have been lost as well.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
 LastSeqs = Callable[[list[int]], Awaitable[dict[int, int]]]
+RecoveryHandler = Callable[[], Awaitable[None]]
 
 
 def is_conversation_room(room: str) -> bool:
@@ -45,6 +48,7 @@ class Delivery:
         self._fanout = sio.fanout
         self._relay = relay
         self._control_handler: ControlHandler | None = None
+        self._recovery_handler: RecoveryHandler | None = None
         self._last_seqs: LastSeqs | None = None
         if relay is not None:
             relay.set_control_handler(self._handle_control)
@@ -58,6 +62,11 @@ class Delivery:
         return "deaf" if self._relay is not None and self._relay.deaf else None
 
     async def _resync_local(self, cause: str) -> None:
+        if self._recovery_handler is not None:
+            try:
+                await self._recovery_handler()
+            except Exception:
+                log.exception("access check after relay recovery failed")
         prefix = keys.conversation_room("")
         rooms = [r for r in self._fanout.rooms.get("/", {}) if isinstance(r, str) and r.startswith(prefix)]
         ids = [int(r[len(prefix):]) for r in rooms if r[len(prefix):].isdigit()]
@@ -128,12 +137,27 @@ class Delivery:
     def set_control_handler(self, handler: ControlHandler) -> None:
         self._control_handler = handler
 
+    def set_recovery_handler(self, handler: RecoveryHandler) -> None:
+        """Runs on every relay recovery, before the sockets are told to resync."""
+        self._recovery_handler = handler
+
     async def broadcast_control(self, message: dict[str, Any]) -> None:
-        """Run `message` through the control handler of every process (this one included)."""
+        """Run `message` through the control handler of every process (this one included).
+
+        Never fails: when Redis does not take it, this process applies it at once, and the
+        others check their sockets' access against the database when the relay is back (every
+        recovery runs the recovery handler; the failed publish makes this process announce one
+        as soon as Redis takes a control message again)."""
         if self._relay is None:
             await self._handle_control(message)
             return
-        await self._relay.publish_control(message)
+        try:
+            await self._relay.publish_control(message)
+        except Exception as exc:
+            log.warning("control message %r not relayed (%s): applied in this process; every process "
+                        "checks its sockets' access again when the relay is back",
+                        message.get("type"), type(exc).__name__)
+            await self._handle_control(message)
 
     async def _handle_control(self, message: dict[str, Any]) -> None:
         if self._control_handler is None:

@@ -8,6 +8,7 @@ and map ChatError to the wire. Every emit happens after the transaction commits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +25,7 @@ from chat.db import retrying, utcnow
 from chat.delivery import Delivery
 from chat.errors import ChatError, Conflict, Forbidden, Invalid, NotFound, RateLimited, Unavailable
 from chat.models import Conversation, Membership, Message
-from chat.presence import Presence, PresenceCoalescer
+from chat.presence import Presence, PresenceCoalescer, PresenceUnavailable
 from chat.ratelimit import KeyedBuckets
 from chat.retry import retry_transaction
 from chat.storage import ConversationMeta
@@ -121,6 +122,7 @@ class ChatService:
         self._known_users: OrderedDict[str, str] = OrderedDict()
         self.presence_events = PresenceCoalescer(self._emit_presence, settings.presence_window_s)
         delivery.set_control_handler(self._on_control)
+        delivery.set_recovery_handler(self.recheck_access)
 
     # ============================================================ access rules
 
@@ -713,6 +715,40 @@ class ChatService:
             self._forget_posting([str(u) for u in message.get("user_ids", [])],
                                  [int(c) for c in message.get("conversation_ids", [])])
 
+    async def recheck_access(self) -> None:
+        """After the relay recovered, control messages may have been lost with the broadcasts:
+        check what every local socket joined and subscribed to against the database, and take
+        away what it lost (`access_revoked`, like a revocation). Posting is checked again at
+        the next send. One database session; each (user, conversation) pair read once."""
+        self._control_epoch += 1
+        by_user: dict[str, list[str]] = {}
+        for sid, state in self.sockets.items():
+            state.posting.clear()
+            by_user.setdefault(state.user.user_id, []).append(sid)
+        lost: dict[str, tuple[set[int], set[str]]] = {}
+        async with self.sessions() as session:
+            for user_id, sids in by_user.items():
+                states = [s for s in (self.sockets.get(sid) for sid in sids) if s is not None]
+                convs = set().union(*(s.conversations for s in states)) if states else set()
+                channels = set().union(*(s.channels for s in states)) if states else set()
+                gone_convs: set[int] = set()
+                for cid in convs:
+                    conv = await storage.get_conversation(session, cid)
+                    if conv is None or not (await self._access(session, user_id, conv)).read:
+                        gone_convs.add(cid)
+                gone_channels: set[str] = set()
+                for channel in channels:
+                    try:
+                        await self.check_channel(states[0].user, channel)
+                    except Forbidden:
+                        gone_channels.add(channel)
+                if gone_convs or gone_channels:
+                    lost[user_id] = (gone_convs, gone_channels)
+        for user_id, (gone_convs, gone_channels) in lost.items():
+            log.warning("access check after relay recovery: user's sockets lost %d conversations and %d channels",
+                        len(gone_convs), len(gone_channels))
+            await self._revoke_local(user_id, sorted(gone_convs), sorted(gone_channels))
+
     def _forget_posting(self, user_ids: list[str], conversation_ids: list[int]) -> None:
         """The next send of these users' sockets in these conversations is checked in the database."""
         for user_id in user_ids:
@@ -729,11 +765,15 @@ class ChatService:
             if state is None:
                 continue
             # Channels first: once the client sees access_revoked, nothing of what it lost reaches it.
+            # The local state goes first in both; a presence decrement that Redis missed (it is
+            # down: the revocation was not relayed either) is the heartbeat's to retry.
             for channel in channels:
-                await self.unsubscribe(sid, channel)
+                with contextlib.suppress(PresenceUnavailable):
+                    await self.unsubscribe(sid, channel)
             for conversation_id in conversation_ids:
                 if conversation_id in state.conversations:
-                    await self._leave_local(sid, user_id, conversation_id)
+                    with contextlib.suppress(PresenceUnavailable):
+                        await self._leave_local(sid, user_id, conversation_id)
                     await self.delivery.to_socket(sid, "access_revoked", {"conversation_id": str(conversation_id)})
 
     @staticmethod

@@ -49,7 +49,7 @@ class ServerProcess:
 
     def __init__(self, database_url: str, redis_url: str | None = None, redis_prefix: str = "backstage",
                  env: dict[str, str] | None = None, args: tuple[str, ...] = (), log_path: Path | None = None,
-                 ready_timeout: float = 30) -> None:
+                 ready_timeout: float = 60) -> None:
         self.database_url = database_url
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
