@@ -162,12 +162,16 @@ class RedisRelay:
         a control message (the canary's, every `canary_interval_s`, at the latest) gets through
         again, every process is told to resync, and so to check its sockets' access again
         (a revocation that was not relayed is never lost)."""
-        try:
-            await asyncio.wait_for(self._redis.publish(self._keys.control_channel, orjson.dumps(message)),
-                                   self._publish_timeout_s)
-        except (aioredis.RedisError, OSError, TimeoutError) as exc:
-            self._publish_failed(exc)
-            raise
+        payload = orjson.dumps(message)
+        for attempt in (1, 2):  # like _publish: a pooled connection may have gone stale
+            try:
+                await asyncio.wait_for(self._redis.publish(self._keys.control_channel, payload),
+                                       self._publish_timeout_s)
+                break
+            except (aioredis.RedisError, OSError, TimeoutError) as exc:
+                if attempt == 2 or isinstance(exc, TimeoutError):
+                    self._publish_failed(exc)
+                    raise
         self._published_again()
 
     async def _publish(self, channel: str, payload: bytes) -> None:
