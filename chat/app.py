@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chat import http_api, migrate, openapi, storage
+from chat import asyncapi, http_api, migrate, openapi, storage
 from chat.auth import Authenticator
 from chat.codec import OrjsonCompat
 from chat.config import Settings
@@ -27,6 +27,7 @@ from chat.delivery import Delivery, is_conversation_room
 from chat.fanout import FanoutLimits, FanoutServer
 from chat.keys import RedisKeys
 from chat.presence import MemoryPresence, RedisPresence, new_server_id
+from chat.ratelimit import UserRateLimiter
 from chat.relay import RedisRelay
 from chat.service import ChatService
 from chat.socketlimit import socket_limiter
@@ -40,7 +41,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Shipped inside the package (copied from node_modules at package-lock.json's version, checked by
 # tests/test_deploy.py), so a pip-only deploy serves a page that connects.
 SOCKETIO_CLIENT = STATIC_DIR / "vendor" / "socket.io.esm.min.js"
-REQUIRED_STATIC = (STATIC_DIR / "index.html", SOCKETIO_CLIENT)
+REQUIRED_STATIC = (STATIC_DIR / "index.html", STATIC_DIR / "app.js", STATIC_DIR / "backstage-client.js", SOCKETIO_CLIENT)
 
 
 def missing_static() -> list[str]:
@@ -173,7 +174,9 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     delivery.set_last_seqs(last_seqs)
     sessions = session_factory(app[ENGINE_KEY])
     hooks = await push_hooks(app, settings, sessions, redis, keys)
-    service = ChatService(sessions, delivery, presence, settings, **hooks.service_kwargs)
+    user_sends = UserRateLimiter(settings.send_rate_per_s, settings.send_burst, redis=redis,
+                                 key_prefix=settings.redis_prefix)
+    service = ChatService(sessions, delivery, presence, settings, user_sends=user_sends, **hooks.service_kwargs)
 
     async def on_offline(conversation_id: str, user_id: str) -> None:
         await delivery.to_conversation(conversation_id, "presence", {
@@ -190,6 +193,7 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("server %s ready (redis relay: %s)", server_id, "on" if redis is not None else "off")
     yield
     await hooks.stop()
+    await service.reaction_events.close()
     await delivery.stop()
     for conversation_id, user_id in await presence.stop():
         await on_offline(conversation_id, user_id)
@@ -291,6 +295,7 @@ def add_operation_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/openapi.json", openapi.handler)
+    app.router.add_get("/api/v1/asyncapi.json", asyncapi.handler)
 
 
 def add_page_routes(app: web.Application) -> None:

@@ -1,5 +1,5 @@
-"""The json module interface python-socketio calls, backed by orjson. Servers and the Redis
-publisher must encode pub/sub messages the same way, so both use this one."""
+"""The json module interface python-socketio calls, backed by orjson (packets and pub/sub
+messages of the servers)."""
 
 from __future__ import annotations
 

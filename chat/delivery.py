@@ -141,19 +141,21 @@ class Delivery:
         """Runs on every relay recovery, before the sockets are told to resync."""
         self._recovery_handler = handler
 
-    async def broadcast_control(self, message: dict[str, Any]) -> None:
+    async def broadcast_control(self, message: dict[str, Any], *, access_change: bool = False) -> None:
         """Run `message` through the control handler of every process (this one included).
-
-        Never fails: when Redis does not take it, this process applies it at once, and the
-        others check their sockets' access against the database when the relay is back (every
-        recovery runs the recovery handler; the failed publish makes this process announce one
-        as soon as Redis takes a control message again)."""
+        Raises when Redis does not take it, unless it is an `access_change`: one that the
+        recovery handler redoes from the database (access taken away). Such a message is then
+        applied in this process at once, and the others check their sockets' access when the
+        relay is back (every recovery runs the recovery handler; the failed publish makes this
+        process announce one as soon as Redis takes a control message again)."""
         if self._relay is None:
             await self._handle_control(message)
             return
         try:
             await self._relay.publish_control(message)
         except Exception as exc:
+            if not access_change:
+                raise
             log.warning("control message %r not relayed (%s): applied in this process; every process "
                         "checks its sockets' access again when the relay is back",
                         message.get("type"), type(exc).__name__)

@@ -70,7 +70,7 @@ def install_demo(app: web.Application, settings: Settings, api_key: str | None =
         existing = {c["conversation"]["name"] for c in await service.list_conversations(creator)}
         for name, tier, policy in ROOMS:
             if name not in existing:
-                room = await service.create_room(CREATOR[0], name, tier, policy)
+                room, _ = await service.create_room(CREATOR[0], name, tier, policy)
                 await service.send_message(creator, int(room["id"]), f"Welcome to {name}!", f"demo-welcome-{room['id']}")
         for pid, _, _ in PATRONS[:1]:
             direct = await service.open_direct(creator, pid)

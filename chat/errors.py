@@ -44,6 +44,11 @@ class TooLarge(ChatError):
 class RateLimited(ChatError):
     code, status = "rate_limited", 429
 
+    def __init__(self, message: str = "", headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        # Over HTTP: Retry-After and the RateLimit-* headers (chat/ratelimit.py Quota).
+        self.headers = headers or {"Retry-After": "1"}
+
 
 class Unavailable(ChatError):
     code, status = "unavailable", 503

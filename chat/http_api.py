@@ -18,8 +18,9 @@ from aiohttp import web
 from chat import schemas, unavailable
 from chat.auth import USER_ID_RE, Authenticator, Identity, bearer
 from chat.config import Settings
-from chat.errors import ChatError, Invalid, NotFound, TooLarge, Unauthorized
+from chat.errors import ChatError, Invalid, NotFound, RateLimited, TooLarge, Unauthorized
 from chat.metrics import HTTP_REQUESTS
+from chat.reactions import DEFAULT_REACTORS, MAX_REACTORS, check_emoji
 from chat.service import ChatService
 from chat.transport_errors import as_chat_error
 
@@ -44,7 +45,15 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 
 def error_response(err: ChatError) -> web.Response:
-    return json_response({"error": err.to_wire()}, status=err.status)
+    response = json_response({"error": err.to_wire()}, status=err.status)
+    if isinstance(err, RateLimited):  # every 429: Retry-After (and RateLimit-* where a limiter answered)
+        response.headers.update(err.headers)
+    return response
+
+
+class MethodNotAllowed(ChatError):
+    """A known path with another method (an extension of SPEC §5, see docs/api.md)."""
+    code, status = "method_not_allowed", 405
 
 
 @web.middleware
@@ -73,8 +82,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response.force_close()
     except web.HTTPNotFound:
         response = error_response(NotFound("no such endpoint"))
-    except web.HTTPMethodNotAllowed:
-        response = json_response({"error": {"code": "invalid", "message": "method not allowed"}}, 405)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        response = error_response(MethodNotAllowed(f"{request.method} is not allowed here; use {allowed}"))
+        response.headers["Allow"] = allowed
     except web.HTTPException:
         raise
     except Exception as exc:
@@ -173,9 +184,67 @@ async def create_room(request: web.Request) -> web.Response:
     policy = data.get("post_policy", "everyone")
     if policy not in ("everyone", "creator"):
         raise Invalid('post_policy must be "everyone" or "creator"')
+    external_id = data.get("external_id")
+    if external_id is not None and (not isinstance(external_id, str) or not schemas.EXTERNAL_ID_RE.match(external_id)):
+        raise Invalid("external_id must be 1-128 characters of [A-Za-z0-9_.:-]")
     assert name is not None and tier is not None
-    conv = await request.app[SERVICE_KEY].create_room(creator_id, name, tier, policy)
-    return json_response({"conversation": conv}, status=201)
+    conv, created = await request.app[SERVICE_KEY].create_room(creator_id, name, tier, policy, external_id)
+    return json_response({"conversation": conv}, status=201 if created else 200)
+
+
+async def list_rooms(request: web.Request) -> web.Response:
+    server_key(request)
+    creator_id = request.query.get("creator_id")
+    if creator_id is not None and not USER_ID_RE.match(creator_id):
+        raise Invalid("creator_id must be 1-64 characters of [A-Za-z0-9_-]")
+    cursor = request.query.get("cursor")
+    if cursor is not None and not schemas.CANONICAL_ID_RE.match(cursor):
+        raise Invalid("cursor must be a next_cursor this API returned")
+    limit = schemas.check_int({"limit": query_int(request, "limit")}, "limit", minimum=1, maximum=schemas.MAX_PAGE)
+    return json_response(await request.app[SERVICE_KEY].list_rooms(
+        creator_id, None if cursor is None else int(cursor), schemas.DEFAULT_PAGE if limit is None else limit))
+
+
+async def server_delete_message(request: web.Request) -> web.Response:
+    server_key(request)
+    message_id = schemas.parse_int_id(request.match_info["message_id"], "message")
+    return json_response(await request.app[SERVICE_KEY].server_delete_message(message_id))
+
+
+async def server_history(request: web.Request) -> web.Response:
+    server_key(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"])
+    page = _page_query(request)
+    return json_response(await request.app[SERVICE_KEY].server_history(cid, page))
+
+
+async def conversation_presence(request: web.Request) -> web.Response:
+    server_key(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"])
+    return json_response(await request.app[SERVICE_KEY].conversation_presence(cid))
+
+
+async def channel_presence(request: web.Request) -> web.Response:
+    server_key(request)
+    return json_response(await request.app[SERVICE_KEY].channel_presence(request.match_info["channel"]))
+
+
+async def disconnect_user(request: web.Request) -> web.Response:
+    server_key(request)
+    user_id = path_user_id(request, "user_id")
+    return json_response(await request.app[SERVICE_KEY].disconnect_user(user_id))
+
+
+def _page_query(request: web.Request) -> schemas.PageQuery:
+    """before_seq / after_seq / limit of a history page; since_seq (the socket join's name) is
+    accepted for after_seq."""
+    values = {k: query_int(request, k) for k in ("before_seq", "after_seq", "since_seq", "limit")}
+    since = values.pop("since_seq")
+    if since is not None:
+        if values["after_seq"] is not None and values["after_seq"] != since:
+            raise Invalid("give after_seq or since_seq, not both")
+        values["after_seq"] = since
+    return schemas.check_page(values)
 
 
 async def publish(request: web.Request) -> web.Response:
@@ -238,8 +307,21 @@ async def post_message(request: web.Request) -> web.Response:
     data = await read_json(request)
     body = schemas.check_body(data, service.settings.max_body_chars)
     client_msg_id = schemas.check_client_msg_id(data)
-    service.check_user_rate(user.user_id)
-    return json_response(await service.send_message(user, cid, body, client_msg_id), status=201)
+    quota = await service.check_user_rate(user.user_id)
+    response = json_response(await service.send_message(user, cid, body, client_msg_id), status=201)
+    response.headers.update(quota.headers())
+    return response
+
+
+async def list_reactions(request: web.Request) -> web.Response:
+    user = client(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"])
+    mid = schemas.parse_int_id(request.match_info["message_id"], "message")
+    raw_emoji = request.query.get("emoji")
+    emoji = check_emoji(raw_emoji) if raw_emoji not in (None, "") else None
+    limit = schemas.check_int({"limit": query_int(request, "limit")}, "limit", minimum=1, maximum=MAX_REACTORS)
+    return json_response(await request.app[SERVICE_KEY].list_reactions(
+        user, cid, mid, emoji, DEFAULT_REACTORS if limit is None else limit))
 
 
 async def put_settings(request: web.Request) -> web.Response:
@@ -262,11 +344,18 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/api/v1/server/users/{user_id}", put_user)
     r.add_put("/api/v1/server/memberships/{creator_id}/{patron_id}", put_membership)
     r.add_post("/api/v1/server/rooms", create_room)
+    r.add_get("/api/v1/server/rooms", list_rooms)
+    r.add_delete("/api/v1/server/messages/{message_id}", server_delete_message)
+    r.add_get("/api/v1/server/conversations/{conversation_id}/messages", server_history)
+    r.add_get("/api/v1/server/conversations/{conversation_id}/presence", conversation_presence)
+    r.add_get("/api/v1/server/channels/{channel}/presence", channel_presence)
+    r.add_post("/api/v1/server/users/{user_id}/disconnect", disconnect_user)
     r.add_post("/api/v1/server/publish", publish)
     r.add_get("/api/v1/me", get_me)
     r.add_get("/api/v1/conversations", list_conversations)
     r.add_post("/api/v1/conversations/direct", open_direct)
     r.add_get("/api/v1/conversations/{conversation_id}/messages", list_messages)
     r.add_post("/api/v1/conversations/{conversation_id}/messages", post_message)
+    r.add_get("/api/v1/conversations/{conversation_id}/messages/{message_id}/reactions", list_reactions)
     r.add_put("/api/v1/conversations/{conversation_id}/settings", put_settings)
     r.add_get("/healthz", healthz)

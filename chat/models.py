@@ -42,6 +42,7 @@ class Conversation(Base):
     """
 
     __tablename__ = "conversations"
+    __table_args__ = (sa.UniqueConstraint("creator_id", "external_id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(sa.String(8))  # room | direct
@@ -49,6 +50,8 @@ class Conversation(Base):
     patron_id: Mapped[str | None] = mapped_column(USER_ID, nullable=True, index=True)
     # "creator_id/patron_id" for direct conversations, NULL for rooms: one direct per pair.
     direct_key: Mapped[str | None] = mapped_column(ExactString(140), nullable=True, unique=True)
+    # The platform's own id of a room (server API `external_id`): one room per (creator, external_id).
+    external_id: Mapped[str | None] = mapped_column(ExactString(128), nullable=True)
     name: Mapped[str] = mapped_column(sa.String(200), default="")
     min_tier_cents: Mapped[int] = mapped_column(sa.Integer, default=0)
     post_policy: Mapped[str] = mapped_column(sa.String(16), default="everyone")  # everyone | creator
@@ -88,3 +91,19 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     deleted: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+
+
+class Reaction(Base):
+    """One user's reaction with one emoji to one message: the primary key makes `react`
+    idempotent per (message, user, emoji); counts are COUNT(*) of these rows, never a stored
+    number that could drift. `emoji` is compared byte for byte (utf8mb4_bin on MariaDB)."""
+
+    __tablename__ = "reactions"
+    __table_args__ = (sa.Index("ix_reactions_message_id_emoji", "message_id", "emoji"),)
+
+    message_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
+    emoji: Mapped[str] = mapped_column(ExactString(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

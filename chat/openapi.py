@@ -14,11 +14,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chat.schemas import MAX_PAGE
+from chat.reactions import DEFAULT_REACTORS, MAX_EMOJI_CHARS, MAX_PER_MESSAGE, MAX_REACTORS
+from chat.schemas import EXTERNAL_ID_RE, MAX_PAGE
 
 ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
+EXTERNAL_ID_PATTERN = EXTERNAL_ID_RE.pattern.replace("\\Z", "$")
 ERROR_CODES = ["invalid", "unauthorized", "forbidden", "not_found", "conflict", "too_large", "rate_limited",
-               "unavailable", "timeout", "internal"]
+               "unavailable", "timeout", "method_not_allowed", "internal"]
+CHANNEL_PATTERN = "^(user|creator|room):[A-Za-z0-9_-]{1,64}$"
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -38,6 +41,8 @@ NULLABLE_STRING = {"type": ["string", "null"]}
 TIME = {"type": "string", "description": "ISO 8601 UTC, e.g. 2026-01-02T03:04:05.678Z"}
 NULLABLE_TIME = {"type": ["string", "null"], "description": "ISO 8601 UTC, or null"}
 USER_ID = {"type": "string", "pattern": ID_PATTERN}
+EMOJI = {"type": "string", "minLength": 1, "maxLength": MAX_EMOJI_CHARS,
+         "description": "one Unicode emoji (fully-qualified form) or a :name: of the list in docs/api.md"}
 
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _obj({"code": {"type": "string", "enum": ERROR_CODES}, "message": STRING})}),
@@ -45,16 +50,27 @@ SCHEMAS: dict[str, Any] = {
     "Membership": _obj({"creator_id": STRING, "patron_id": STRING, "tier_cents": {"type": "integer"},
                         "status": {"type": "string", "enum": ["active", "former"]}, "updated_at": NULLABLE_TIME}),
     "Member": _obj({"id": STRING, "name": STRING}),
+    "ConversationMember": _obj({"id": STRING, "name": STRING, "avatar_url": NULLABLE_STRING}, ["id", "name"]),
     "Conversation": _obj({
         "id": STRING, "kind": {"type": "string", "enum": ["room", "direct"]}, "creator_id": STRING, "name": STRING,
         "min_tier_cents": {"type": "integer"}, "post_policy": {"type": "string", "enum": ["everyone", "creator"]},
-        "members": {"type": "array", "items": _ref("Member")},
+        "members": {"type": "array", "items": _ref("ConversationMember")},
     }, ["id", "kind", "creator_id", "name", "min_tier_cents", "post_policy"]),
     "Message": _obj({
         "id": STRING, "conversation_id": STRING, "seq": {"type": "integer", "minimum": 1},
         "sender": _ref("Member"), "body": STRING, "client_msg_id": STRING, "created_at": TIME,
         "edited_at": NULLABLE_TIME, "deleted": {"type": "boolean"},
-    }),
+        "reactions": {"type": "array", "items": _ref("Reaction"), "maxItems": MAX_PER_MESSAGE,
+                      "description": "as the reader sees them (`me`); [] on a new message; left out of message_updated"},
+    }, ["id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted"]),
+    "Reaction": _obj({"emoji": EMOJI, "count": {"type": "integer", "minimum": 1},
+                      "me": {"type": "boolean", "description": "whether the reader reacted with it"}}),
+    "ReactionWithUsers": _obj({"emoji": EMOJI, "count": {"type": "integer", "minimum": 1}, "me": {"type": "boolean"},
+                               "users": {"type": "array", "items": _ref("Member"), "maxItems": MAX_REACTORS,
+                                         "description": "who reacted, oldest first (the first `limit`)"}}),
+    "Room": {"allOf": [_ref("Conversation"), _obj({
+        "external_id": {"type": ["string", "null"], "description": "the platform's id of the room, unique per creator"}},
+        ["external_id"])]},
     "ConversationListItem": _obj({
         "conversation": _ref("Conversation"), "last_message": {"anyOf": [_ref("Message"), {"type": "null"}]},
         "unread_count": {"type": "integer", "minimum": 0}, "muted": {"type": "boolean"},
@@ -83,12 +99,25 @@ def _json(schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
     return {"application/json": media}
 
 
+INT_HEADER = {"schema": {"type": "string", "pattern": "^[0-9]+$"}}
+RATE_HEADERS = {
+    "RateLimit-Limit": {"description": "requests allowed per window (draft-ietf-httpapi-ratelimit-headers-07)",
+                        **INT_HEADER},
+    "RateLimit-Remaining": {"description": "requests left in the current window", **INT_HEADER},
+    "RateLimit-Reset": {"description": "seconds until the oldest request leaves the window", **INT_HEADER},
+    "RateLimit-Policy": {"description": "`limit;w=seconds`, e.g. `20;w=2`", "schema": STRING},
+}
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying (on every 429)", **INT_HEADER}}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for status in statuses:
         code = ERROR_TEXT[status].split(":")[0]
         out[str(status)] = {"description": ERROR_TEXT[status],
                             "content": _json(_ref("Error"), {"error": {"code": code, "message": "..."}})}
+        if status == 429:
+            out[str(status)]["headers"] = {**RETRY_AFTER, **RATE_HEADERS}
     return out
 
 
@@ -100,11 +129,15 @@ EXAMPLE_MEMBERSHIP = {"creator_id": "cre", "patron_id": "alice", "tier_cents": 5
                       "updated_at": "2026-01-02T03:04:05.678Z"}
 EXAMPLE_ROOM = {"id": "12", "kind": "room", "creator_id": "cre", "name": "Lounge", "min_tier_cents": 0,
                 "post_policy": "everyone"}
+EXAMPLE_SERVER_ROOM = {**EXAMPLE_ROOM, "external_id": "tier-7"}
 EXAMPLE_DIRECT = {"id": "13", "kind": "direct", "creator_id": "cre", "name": "", "min_tier_cents": 0,
-                  "post_policy": "everyone", "members": [{"id": "cre", "name": "Cre"}, {"id": "alice", "name": "Alice"}]}
+                  "post_policy": "everyone",
+                  "members": [{"id": "cre", "name": "Cre", "avatar_url": None},
+                              {"id": "alice", "name": "Alice", "avatar_url": "https://example.com/a.png"}]}
 EXAMPLE_MESSAGE = {"id": "99", "conversation_id": "12", "seq": 7, "sender": {"id": "alice", "name": "Alice"},
                    "body": "hello", "client_msg_id": "c-1", "created_at": "2026-01-02T03:04:05.678Z",
-                   "edited_at": None, "deleted": False}
+                   "edited_at": None, "deleted": False,
+                   "reactions": [{"emoji": "\U0001f44d", "count": 3, "me": True}, {"emoji": ":fire:", "count": 1, "me": False}]}
 EXAMPLE_NOTIFICATION = {"id": "5", "type": "new_post", "title": "New post", "body": "Cre posted",
                         "data": {"post_id": "p1"}, "created_at": "2026-01-02T03:04:05.678Z", "read_at": None}
 
@@ -131,8 +164,12 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
-def _ok(status: int, description: str, schema: dict[str, Any], example: Any) -> dict[str, Any]:
-    return {str(status): {"description": description, "content": _json(schema, example)}}
+def _ok(status: int, description: str, schema: dict[str, Any], example: Any,
+        headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description, "content": _json(schema, example)}
+    if headers:
+        answer["headers"] = headers
+    return {str(status): answer}
 
 
 def build() -> dict[str, Any]:
@@ -154,22 +191,75 @@ def build() -> dict[str, Any]:
             body=_obj({"tier_cents": {"type": "integer", "minimum": 0, "maximum": 10**9},
                        "status": {"type": "string", "enum": ["active", "former"]}}),
             body_example={"tier_cents": 500, "status": "active"}, tags=["server"])},
-        "/api/v1/server/rooms": {"post": _op(
-            "Create a room", "apiKey",
-            {**_ok(201, "the room", _obj({"conversation": _ref("Conversation")}), {"conversation": EXAMPLE_ROOM}),
-             **_errors(*BODY_ERRORS)},
-            body=_obj({"creator_id": USER_ID, "name": {"type": "string", "minLength": 1, "maxLength": 200},
-                       "min_tier_cents": {"type": "integer", "minimum": 0, "maximum": 10**9},
-                       "post_policy": {"type": "string", "enum": ["everyone", "creator"]}},
-                      ["creator_id", "name", "min_tier_cents"]),
-            body_example={"creator_id": "cre", "name": "Lounge", "min_tier_cents": 0, "post_policy": "everyone"},
+        "/api/v1/server/rooms": {
+            "post": _op(
+                "Create a room; with an external_id, the creator's room of that id if it exists", "apiKey",
+                {**_ok(201, "the room, created", _obj({"conversation": _ref("Room")}),
+                       {"conversation": EXAMPLE_SERVER_ROOM}),
+                 **_ok(200, "the creator's existing room with this external_id, unchanged",
+                       _obj({"conversation": _ref("Room")}), {"conversation": EXAMPLE_SERVER_ROOM}),
+                 **_errors(*BODY_ERRORS)},
+                body=_obj({"creator_id": USER_ID, "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                           "min_tier_cents": {"type": "integer", "minimum": 0, "maximum": 10**9},
+                           "post_policy": {"type": "string", "enum": ["everyone", "creator"]},
+                           "external_id": {"type": ["string", "null"], "pattern": EXTERNAL_ID_PATTERN}},
+                          ["creator_id", "name", "min_tier_cents"]),
+                body_example={"creator_id": "cre", "name": "Lounge", "min_tier_cents": 0, "post_policy": "everyone",
+                              "external_id": "tier-7"},
+                tags=["server"]),
+            "get": _op(
+                "A page of rooms in creation order (of one creator, or all)", "apiKey",
+                {**_ok(200, "the page; next_cursor is null on the last one",
+                       _obj({"rooms": {"type": "array", "items": _ref("Room")}, "next_cursor": NULLABLE_STRING}),
+                       {"rooms": [EXAMPLE_SERVER_ROOM], "next_cursor": "12"}), **_errors(400, 401, 503)},
+                params=[_query("creator_id", USER_ID, "only this creator's rooms"),
+                        _query("cursor", {"type": "string", "pattern": "^(0|[1-9][0-9]{0,17})$"},
+                               "the next_cursor of the previous page"),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50")],
+                tags=["server"]),
+        },
+        "/api/v1/server/messages/{message_id}": {"delete": _op(
+            "Delete any message (members get message_updated, as for an author's delete)", "apiKey",
+            {**_ok(200, "the deleted message (also when it was deleted already)", _obj({"message": _ref("Message")}),
+                   {"message": {**EXAMPLE_MESSAGE, "body": "", "deleted": True,
+                                "edited_at": "2026-01-02T03:04:06.000Z"}}), **_errors(*READ_ERRORS)},
+            params=[_path_param("message_id", {"type": "string", "description": "a message id (digits)"})],
             tags=["server"])},
+        "/api/v1/server/conversations/{conversation_id}/messages": {"get": _op(
+            "A page of any conversation's messages, ascending by seq (as the client API, no membership needed)",
+            "apiKey",
+            {**_ok(200, "the page", _obj({"messages": {"type": "array", "items": _ref("Message")},
+                                          "has_more": {"type": "boolean"}}),
+                   {"messages": [EXAMPLE_MESSAGE], "has_more": False}), **_errors(*READ_ERRORS)},
+            params=[conv_id, _query("before_seq", seq_query, "the messages just before this seq"),
+                    _query("after_seq", seq_query, "the messages just after this seq"),
+                    _query("since_seq", seq_query, "the same as after_seq (the socket join's name)"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50")],
+            tags=["server"])},
+        "/api/v1/server/conversations/{conversation_id}/presence": {"get": _op(
+            "Who has a socket joined to the conversation, cluster-wide", "apiKey",
+            {**_ok(200, "user ids, sorted", _obj({"conversation_id": STRING, "online": {"type": "array", "items": STRING}}),
+                   {"conversation_id": "12", "online": ["alice", "cre"]}), **_errors(*READ_ERRORS)},
+            params=[conv_id], tags=["server"])},
+        "/api/v1/server/channels/{channel}/presence": {"get": _op(
+            "Who of a channel's audience is connected, and how many sockets subscribe to it", "apiKey",
+            {**_ok(200, "online: user ids, sorted; subscribers: sockets, cluster-wide (best effort)",
+                   _obj({"channel": STRING, "online": {"type": "array", "items": STRING},
+                         "subscribers": {"type": "integer", "minimum": 0}}),
+                   {"channel": "creator:cre", "online": ["alice"], "subscribers": 1}), **_errors(*READ_ERRORS)},
+            params=[_path_param("channel", {"type": "string", "pattern": CHANNEL_PATTERN})], tags=["server"])},
+        "/api/v1/server/users/{user_id}/disconnect": {"post": _op(
+            "Disconnect every socket of a user on every process", "apiKey",
+            {**_ok(200, "was_online: the user had a connected socket just before",
+                   _obj({"user_id": STRING, "was_online": {"type": "boolean"}}),
+                   {"user_id": "alice", "was_online": True}), **_errors(*READ_ERRORS)},
+            params=[_path_param("user_id", USER_ID)], tags=["server"])},
         "/api/v1/server/publish": {"post": _op(
             "Publish an event live to a channel's subscribers", "apiKey",
             {**_ok(200, "how many sockets (cluster-wide, best effort) were subscribed",
                    _obj({"delivered_to": {"type": "integer", "minimum": 0}}), {"delivered_to": 3}),
              **_errors(*BODY_ERRORS)},
-            body=_obj({"channel": {"type": "string", "pattern": "^(user|creator|room):[A-Za-z0-9_-]{1,64}$"},
+            body=_obj({"channel": {"type": "string", "pattern": CHANNEL_PATTERN},
                        "event": {"type": "string", "minLength": 1, "maxLength": 64},
                        "data": {"description": "any JSON value (nested at most 254 levels)"}}),
             body_example={"channel": "creator:cre", "event": "live", "data": {"url": "https://example.com/live"}},
@@ -222,12 +312,24 @@ def build() -> dict[str, Any]:
             "post": _op(
                 "Send a message (idempotent on client_msg_id; rate-limited per user)", "clientJwt",
                 {**_ok(201, "the stored message (the original one for a retry)", _obj({"message": _ref("Message")}),
-                       {"message": EXAMPLE_MESSAGE}), **_errors(*BODY_ERRORS, 403, 409, 429)},
+                       {"message": EXAMPLE_MESSAGE}, RATE_HEADERS), **_errors(*BODY_ERRORS, 403, 409, 429)},
                 params=[conv_id],
                 body=_obj({"body": {"type": "string", "minLength": 1, "maxLength": 4000},
                            "client_msg_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,64}$"}}),
                 body_example={"body": "hello", "client_msg_id": "c-1"}, tags=["client"]),
         },
+        "/api/v1/conversations/{conversation_id}/messages/{message_id}/reactions": {"get": _op(
+            "A message's reactions with who reacted (members only)", "clientJwt",
+            {**_ok(200, "the reactions, in the order each emoji was first used (none for a deleted message)",
+                   _obj({"reactions": {"type": "array", "items": _ref("ReactionWithUsers")}}),
+                   {"reactions": [{"emoji": "\U0001f44d", "count": 2, "me": True,
+                                   "users": [{"id": "alice", "name": "Alice"}, {"id": "cre", "name": "Cre"}]}]}),
+             **_errors(*READ_ERRORS, 403)},
+            params=[conv_id, _path_param("message_id", {"type": "string", "description": "a message id (digits)"}),
+                    _query("emoji", EMOJI, "only this emoji (\"❤\" and \"❤️\" are one)"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_REACTORS},
+                           f"users listed per emoji, default {DEFAULT_REACTORS}")],
+            tags=["client"])},
         "/api/v1/conversations/{conversation_id}/settings": {"put": _op(
             "Mute or unmute a conversation (muted: no pushes)", "clientJwt",
             {**_ok(200, "the setting", _obj({"conversation_id": STRING, "muted": {"type": "boolean"}}),
@@ -281,6 +383,9 @@ def build() -> dict[str, Any]:
         "/api/v1/openapi.json": {"get": _op(
             "This document", None,
             _ok(200, "the OpenAPI 3.1 document", {"type": "object"}, None), tags=["operations"])},
+        "/api/v1/asyncapi.json": {"get": _op(
+            "The AsyncAPI 3.0 document of the Socket.IO events (SPEC §4)", None,
+            _ok(200, "the AsyncAPI 3.0 document", {"type": "object"}, None), tags=["operations"])},
         "/": {"get": _op(
             "The browser client (`/?token=JWT` signs in)", None,
             {"200": {"description": "the page", "content": {"text/html": {"schema": STRING}}}},
@@ -291,7 +396,7 @@ def build() -> dict[str, Any]:
         "info": {"title": "Backstage HTTP API", "version": "1",
                  "description": "Chat and notifications (SPEC §3). Errors are {error: {code, message}} with the "
                                 "status of SPEC §5; `timeout` (408) is an extension, see docs/api.md. The "
-                                "Socket.IO protocol (SPEC §4) is described in docs/api.md."},
+                                "Socket.IO protocol (SPEC §4) is described by /api/v1/asyncapi.json and docs/api.md."},
         "servers": [{"url": "/"}],
         "paths": paths,
         "components": {

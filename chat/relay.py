@@ -11,8 +11,8 @@ Two more channels are read by every process:
 
 * `RedisKeys.socketio_channel`, in python-socketio's pub/sub message format (JSON: `method`,
   `event`, `data`, `room`, `skip_sid`, `namespace`, `host_id`), for emits to a user, a channel
-  or one socket of another process, and for `RedisPublisher` (chat/publisher.py), which writes
-  it with python-socketio's write-only manager. Only `emit` (without callback) and
+  or one socket of another process, and for `RedisPublisher` (publisher/, backstage_publisher),
+  which writes `emit` messages in that format. Only `emit` (without callback) and
   `disconnect` are acted on, the only methods the servers and the publisher use.
 * `RedisKeys.control_channel`: cluster control messages (chat/delivery.py).
 

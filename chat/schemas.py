@@ -17,6 +17,7 @@ from chat.models import Conversation, Message
 CLIENT_MSG_ID_RE = re.compile(r"^[\x21-\x7e]{1,64}\Z")  # printable ASCII, no spaces
 MAX_PAGE = 100
 CANONICAL_ID_RE = re.compile(r"^(?:0|[1-9][0-9]{0,17})\Z")
+EXTERNAL_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")  # the platform's id of a room
 DEFAULT_PAGE = 50
 
 
@@ -132,7 +133,8 @@ def iso(dt: datetime | None) -> str | None:
 def message_wire_columns(mid: int, conversation_id: int, seq: int, sender_id: str, sender_name: str, body: str,
                  client_msg_id: str, created_at: datetime, edited_at: datetime | None,
                  deleted: bool) -> dict[str, Any]:
-    """A message's wire form from column values (the send and join paths have no ORM object)."""
+    """A message's wire form from column values (the send and join paths have no ORM object).
+    `reactions` is empty here: reads fill it per reader (chat/reactions.py attach_reactions)."""
     return {
         "id": str(mid),
         "conversation_id": str(conversation_id),
@@ -143,6 +145,7 @@ def message_wire_columns(mid: int, conversation_id: int, seq: int, sender_id: st
         "created_at": iso(created_at),
         "edited_at": iso(edited_at),
         "deleted": bool(deleted),
+        "reactions": [],
     }
 
 
@@ -151,7 +154,7 @@ def message_wire(m: Message, sender_name: str) -> dict[str, Any]:
                                 m.created_at, m.edited_at, m.deleted)
 
 
-def conversation_wire(c: Conversation, members: list[dict[str, str]] | None = None) -> dict[str, Any]:
+def conversation_wire(c: Conversation, members: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     wire: dict[str, Any] = {
         "id": str(c.id),
         "kind": c.kind,

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from chat import keys, schemas, storage
+from chat import keys, reactions, schemas, storage
 from chat.auth import Identity
 from chat.config import Settings
 from chat.db import retrying, utcnow
@@ -26,7 +26,8 @@ from chat.delivery import Delivery
 from chat.errors import ChatError, Conflict, Forbidden, Invalid, NotFound, RateLimited, Unavailable
 from chat.models import Conversation, Membership, Message
 from chat.presence import Presence, PresenceCoalescer, PresenceUnavailable
-from chat.ratelimit import KeyedBuckets
+from chat.ratelimit import KeyedBuckets, Quota, UserRateLimiter
+from chat.reactions import ReactionCoalescer
 from chat.retry import retry_transaction
 from chat.storage import ConversationMeta
 from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec
@@ -88,6 +89,20 @@ def membership_key(conv: ConversationMeta, user_id: str) -> tuple[str, str] | No
     return conv.creator_id, conv.patron_id or ""
 
 
+def _counted(counts: list[dict[str, Any]], emoji: str, delta: int) -> list[dict[str, Any]]:
+    """`counts` ([{emoji, count}], first-used order) after one reaction with `emoji` was added
+    (+1, a new emoji goes last) or removed (-1, an emoji at 0 goes away)."""
+    out = [dict(c) for c in counts]
+    for c in out:
+        if c["emoji"] == emoji:
+            c["count"] += delta
+            break
+    else:
+        if delta > 0:
+            out.append({"emoji": emoji, "count": delta})
+    return [c for c in out if c["count"] > 0]
+
+
 def _db_unavailable() -> ChatError:
     return Unavailable("database unavailable, nothing was stored; retry")
 
@@ -97,7 +112,8 @@ class ChatService:
                  presence: Presence, settings: Settings,
                  push_enqueue_jobs: PushEnqueueJobs | None = None,
                  push_wake: Callable[[], Awaitable[None]] | None = None,
-                 unread_notifications: Callable[[AsyncSession, str], Awaitable[int]] | None = None) -> None:
+                 unread_notifications: Callable[[AsyncSession, str], Awaitable[int]] | None = None,
+                 user_sends: UserRateLimiter | None = None) -> None:
         self.sessions = sessions
         self.engine: AsyncEngine = sessions.kw["bind"]
         self.delivery = delivery
@@ -115,12 +131,15 @@ class ChatService:
         self.sockets: dict[str, SocketState] = {}
         self._user_sockets: dict[str, set[str]] = {}
         self.socket_sends = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
-        self.user_sends = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
+        # HTTP sends, per user: cluster-wide with Redis (chat/app.py passes the shared one).
+        self.user_sends = user_sends or UserRateLimiter(settings.send_rate_per_s, settings.send_burst)
         self._typing_timers: dict[tuple[str, int], asyncio.TimerHandle] = {}
         # Users whose row this process wrote or read, with the stored name: a connect with a
         # verified token of a known user with an unchanged name touches no database.
         self._known_users: OrderedDict[str, str] = OrderedDict()
         self.presence_events = PresenceCoalescer(self._emit_presence, settings.presence_window_s)
+        self.socket_reacts = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
+        self.reaction_events = ReactionCoalescer(self._emit_reaction, self._recount_reactions)
         delivery.set_control_handler(self._on_control)
         delivery.set_recovery_handler(self.recheck_access)
 
@@ -146,15 +165,24 @@ class ChatService:
 
     @staticmethod
     async def _conversations_wire(session: AsyncSession, convs: Sequence[Conversation]) -> list[dict[str, Any]]:
-        """Wire forms; the members' names of direct conversations come from one query."""
+        """Wire forms; the members (name, avatar) of direct conversations come from one query."""
         pairs = {c.id: [c.creator_id, c.patron_id or ""] for c in convs if c.kind == "direct"}
-        names = await storage.user_names(session, [u for pair in pairs.values() for u in pair])
-        return [schemas.conversation_wire(c, [{"id": u, "name": names[u]} for u in pairs[c.id]] if c.id in pairs else None)
+        profiles = await storage.user_profiles(session, [u for pair in pairs.values() for u in pair])
+        return [schemas.conversation_wire(c, [_member_wire(u, *profiles[u]) for u in pairs[c.id]] if c.id in pairs else None)
                 for c in convs]
 
-    async def _messages_wire(self, session: AsyncSession, messages: Sequence[Message]) -> list[dict[str, Any]]:
+    async def _messages_wire(self, session: AsyncSession, messages: Sequence[Message],
+                             reader_id: str | None = None) -> list[dict[str, Any]]:
+        """Wire forms; with `reader_id`, their `reactions` as that reader sees them; without,
+        no `reactions` key (`message_updated` goes to every reader alike: reactions unchanged)."""
         names = await storage.user_names(session, list({m.sender_id for m in messages}))
-        return [schemas.message_wire(m, names[m.sender_id]) for m in messages]
+        wires = [schemas.message_wire(m, names[m.sender_id]) for m in messages]
+        if reader_id is None:
+            for wire in wires:
+                del wire["reactions"]
+        else:
+            wires = await reactions.attach_reactions(await session.connection(), wires, reader_id)
+        return wires
 
     # ============================================================ sockets: lifecycle
 
@@ -186,6 +214,7 @@ class ChatService:
     async def disconnect_socket(self, sid: str) -> None:
         state = self.sockets.pop(sid, None)
         self.socket_sends.forget(sid)
+        self.socket_reacts.forget(sid)
         if state is None:
             return
         for conversation_id in state.conversations:
@@ -264,14 +293,17 @@ class ChatService:
                                                         limit=50 if since_seq is None else 100)
             # Where the others have read to, for "seen" receipts before any live `read` event.
             positions = await storage.read_positions_of(conn, conversation_id, exclude=user.user_id)
+            messages = [schemas.message_wire_columns(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id,
+                                                     r.body, r.client_msg_id, r.created_at, r.edited_at, r.deleted)
+                        for r in rows]
+            messages = await reactions.attach_reactions(conn, messages, user.user_id)
         members = None
         if conv.kind == "direct":
-            members = [{"id": conv.creator_id, "name": view.creator_name},
-                       {"id": conv.patron_id or "", "name": view.patron_name}]
+            members = [_member_wire(conv.creator_id, view.creator_name, view.creator_avatar),
+                       _member_wire(conv.patron_id or "", view.patron_name, view.patron_avatar)]
         return {
             "conversation": _meta_wire(conv, members),
-            "messages": [schemas.message_wire_columns(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id, r.body,
-                                      r.client_msg_id, r.created_at, r.edited_at, r.deleted) for r in rows],
+            "messages": messages,
             "has_more": has_more,
             "online": online,
             "unread_count": view.unread,
@@ -317,9 +349,13 @@ class ChatService:
     async def history(self, user: Identity, conversation_id: int, page: schemas.PageQuery) -> dict[str, Any]:
         async with self.sessions() as session:
             await self._readable(session, user.user_id, conversation_id)
-            messages, has_more = await storage.list_messages(
-                session, conversation_id, before_seq=page.before_seq, after_seq=page.after_seq, limit=page.limit)
-            return {"messages": await self._messages_wire(session, messages), "has_more": has_more}
+            return await self._history_page(session, conversation_id, page, user.user_id)
+
+    async def _history_page(self, session: AsyncSession, conversation_id: int,
+                            page: schemas.PageQuery, reader_id: str) -> dict[str, Any]:
+        messages, has_more = await storage.list_messages(
+            session, conversation_id, before_seq=page.before_seq, after_seq=page.after_seq, limit=page.limit)
+        return {"messages": await self._messages_wire(session, messages, reader_id), "has_more": has_more}
 
     async def list_conversations(self, user: Identity) -> list[dict[str, Any]]:
         async with self.sessions() as session:
@@ -333,7 +369,8 @@ class ChatService:
             positions = {cid: (states[cid].last_read_seq if cid in states else 0) for cid in ids}
             unread = await storage.count_unread_many(session, user.user_id, positions)
             last = await storage.last_messages(session, ids)
-            last_wire = {m["conversation_id"]: m for m in await self._messages_wire(session, list(last.values()))}
+            last_wire = {m["conversation_id"]: m
+                         for m in await self._messages_wire(session, list(last.values()), user.user_id)}
             convs.sort(key=lambda c: (c.last_activity_at, c.id), reverse=True)
             return [{
                 "conversation": wire,
@@ -384,9 +421,15 @@ class ChatService:
         if not self.socket_sends.take(sid):
             raise RateLimited("at most 10 messages per second")
 
-    def check_user_rate(self, user_id: str) -> None:
-        if not self.user_sends.take(user_id):
-            raise RateLimited("at most 10 messages per second")
+    async def check_user_rate(self, user_id: str) -> Quota:
+        """One HTTP send of `user_id` against the per-user limit; RateLimited (with the Retry-After
+        and RateLimit-* headers) when over it, else the quota left, for the answer's headers."""
+        quota = await self.user_sends.hit(user_id)
+        if not quota.allowed:
+            raise RateLimited(f"at most {self.user_sends.item.amount} messages per "
+                              f"{self.user_sends.item.multiples} s per user; retry after Retry-After",
+                              quota.headers())
+        return quota
 
     async def send_message(self, user: Identity, conversation_id: int, body: str,
                            client_msg_id: str, *, sid: str | None = None) -> dict[str, Any]:
@@ -487,14 +530,20 @@ class ChatService:
         return {"message": wire}
 
     async def delete_message(self, user: Identity, message_id: int) -> dict[str, Any]:
+        return await self._delete_message(user, message_id)
+
+    async def _delete_message(self, user: Identity | None, message_id: int) -> dict[str, Any]:
+        """Delete as `user` (their own messages; a room's creator any in the room), or as the
+        backend (None: any message)."""
         async with self.sessions.begin() as session:
             msg = await storage.get_message(session, message_id)
             if msg is None:
                 raise NotFound("no such message")
-            conv, _ = await self._readable(session, user.user_id, msg.conversation_id)
-            room_creator = conv.kind == "room" and conv.creator_id == user.user_id
-            if msg.sender_id != user.user_id and not room_creator:
-                raise Forbidden("only the author or the room's creator deletes a message")
+            if user is not None:
+                conv, _ = await self._readable(session, user.user_id, msg.conversation_id)
+                room_creator = conv.kind == "room" and conv.creator_id == user.user_id
+                if msg.sender_id != user.user_id and not room_creator:
+                    raise Forbidden("only the author or the room's creator deletes a message")
             changed = not msg.deleted
             if changed:
                 msg.deleted, msg.body, msg.edited_at = True, "", utcnow()
@@ -503,6 +552,91 @@ class ChatService:
         if changed:
             await self.delivery.to_conversation(msg.conversation_id, "message_updated", wire)
         return {"message": wire}
+
+    # ============================================================ reactions
+
+    def check_socket_react_rate(self, sid: str) -> None:
+        if not self.socket_reacts.take(sid):
+            raise RateLimited(f"at most {self.settings.send_rate_per_s:g} reactions per second")
+
+    async def _reactable(self, user: Identity, message_id: int, conversation_id: int | None) -> int:
+        """The message's conversation, when `user` may react there: anyone who reads a room
+        (posting policy aside), and in a direct conversation whoever may post."""
+        async with self.sessions() as session:
+            msg = await storage.get_message(session, message_id)
+            if msg is None or (conversation_id is not None and msg.conversation_id != conversation_id):
+                raise NotFound("no such message")
+            conv, access = await self._readable(session, user.user_id, msg.conversation_id)
+            if conv.kind == "direct" and not access.post:
+                raise Forbidden(access.reason)
+            return msg.conversation_id
+
+    async def react(self, user: Identity, message_id: int, emoji: str, on: bool, *,
+                    conversation_id: int | None = None) -> dict[str, Any]:
+        """Add (`on`) or remove one reaction, idempotently; returns {count, reactions} as of the
+        commit. The members get a `reaction` event (coalesced per message, chat/reactions.py)."""
+        try:
+            cid = await retrying(lambda: self._reactable(user, message_id, conversation_id))
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            log.warning("react check failed: %s", type(exc).__name__)
+            raise _db_unavailable() from None
+
+        async def store() -> tuple[bool, set[str], list[dict[str, Any]]]:
+            async with self.engine.begin() as conn:
+                locked = await storage.lock_message(conn, message_id)  # first: see chat/storage.py
+                if locked is None:
+                    raise NotFound("no such message")
+                if locked[1]:
+                    raise Invalid("a deleted message takes no reactions")
+                counts, mine = await storage.locked_reactions(conn, message_id, user.user_id)
+                if on == (emoji in mine):
+                    return False, mine, counts  # already so: nothing changes
+                if on:
+                    if len(mine) >= reactions.MAX_PER_USER:
+                        raise Conflict(f"at most {reactions.MAX_PER_USER} reactions of yours on one message")
+                    if len(counts) >= reactions.MAX_PER_MESSAGE and all(c["emoji"] != emoji for c in counts):
+                        raise Conflict(f"at most {reactions.MAX_PER_MESSAGE} different emoji on one message")
+                    await storage.insert_reaction(conn, message_id, user.user_id, emoji, utcnow())
+                    mine.add(emoji)
+                else:
+                    await storage.delete_reaction(conn, message_id, user.user_id, emoji)
+                    mine.discard(emoji)
+                return True, mine, _counted(counts, emoji, 1 if on else -1)
+
+        try:
+            changed, mine, counts = await retry_transaction(store)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            log.warning("react failed: %s", type(exc).__name__)
+            raise _db_unavailable() from None
+        count = next((c["count"] for c in counts if c["emoji"] == emoji), 0)
+        if changed:
+            await self.reaction_events.note({
+                "message_id": str(message_id), "conversation_id": str(cid), "emoji": emoji,
+                "user_id": user.user_id, "on": on, "count": count, "reactions": counts})
+        return {"count": count, "reactions": [{**c, "me": c["emoji"] in mine} for c in counts]}
+
+    async def _emit_reaction(self, event: dict[str, Any]) -> None:
+        await self.delivery.to_conversation(event["conversation_id"], "reaction", event)
+
+    async def _recount_reactions(self, message_id: int) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            return await storage.reaction_counts(conn, message_id)
+
+    async def list_reactions(self, user: Identity, conversation_id: int, message_id: int, emoji: str | None,
+                             limit: int) -> dict[str, Any]:
+        """A message's reactions with who reacted (the first `limit` per emoji, oldest first)."""
+        async with self.sessions() as session:
+            await self._readable(session, user.user_id, conversation_id)
+            msg = await storage.get_message(session, message_id)
+            if msg is None or msg.conversation_id != conversation_id:
+                raise NotFound("no such message")
+            if msg.deleted:
+                return {"reactions": []}
+            conn = await session.connection()
+            summary = (await storage.reaction_summaries(conn, [message_id], user.user_id)).get(message_id, [])
+            users = await storage.reactors(conn, message_id, emoji, limit)
+        return {"reactions": [{**r, "users": users.get(r["emoji"], [])}
+                              for r in summary if emoji is None or r["emoji"] == emoji]}
 
     # ============================================================ typing and read receipts
 
@@ -664,12 +798,14 @@ class ChatService:
             channels.append(keys.creator_channel(creator_id))
         if lost_rooms or channels:
             await self.delivery.broadcast_control({
-                "type": "revoke", "user_id": patron_id, "conversation_ids": lost_rooms, "channels": channels})
+                "type": "revoke", "user_id": patron_id, "conversation_ids": lost_rooms, "channels": channels},
+                access_change=True)
         if ended and direct_id is not None:
             # Both stay readers of their direct conversation, but neither may post in it any more:
             # every process forgets what the sockets' joins established about posting there.
             await self.delivery.broadcast_control({
-                "type": "post_revoked", "user_ids": [creator_id, patron_id], "conversation_ids": [direct_id]})
+                "type": "post_revoked", "user_ids": [creator_id, patron_id], "conversation_ids": [direct_id]},
+                access_change=True)
         return wire
 
     @staticmethod
@@ -692,15 +828,83 @@ class ChatService:
             direct_id = direct.id if direct is not None else None
         return _membership_wire(m), lost_rooms, before, direct_id
 
-    async def create_room(self, creator_id: str, name: str, min_tier_cents: int, post_policy: str) -> dict[str, Any]:
-        async def store() -> dict[str, Any]:
+    async def create_room(self, creator_id: str, name: str, min_tier_cents: int, post_policy: str,
+                          external_id: str | None = None) -> tuple[dict[str, Any], bool]:
+        """The room's server-API form, and True when it was created. With an external_id, the
+        creator's room with that external_id is returned as it is if it exists (whatever the
+        rest of the request), so a retried or repeated create makes one room."""
+        async def store() -> tuple[dict[str, Any], bool]:
             async with self.sessions.begin() as session:
+                if external_id is not None:
+                    existing = await storage.find_room(session, creator_id, external_id)
+                    if existing is not None:
+                        return room_wire(existing), False
                 if await storage.get_user(session, creator_id) is None:
                     await storage.upsert_user(session, creator_id, None)
-                conv = await storage.insert_room(session, creator_id, name, min_tier_cents, post_policy)
-                return schemas.conversation_wire(conv)
+                if external_id is None:
+                    conv = await storage.insert_room(session, creator_id, name, min_tier_cents, post_policy)
+                    return room_wire(conv), True
+                conv, created = await storage.insert_room_once(session, creator_id, external_id, name,
+                                                               min_tier_cents, post_policy)
+                return room_wire(conv), created
 
         return await retry_transaction(store)
+
+    async def list_rooms(self, creator_id: str | None, after_id: int | None, limit: int) -> dict[str, Any]:
+        """A page of rooms in creation order; `next_cursor` is where the next page starts (None at the end)."""
+        async with self.sessions() as session:
+            rooms = await storage.list_rooms(session, creator_id, after_id, limit + 1)
+        more = len(rooms) > limit
+        rooms = rooms[:limit]
+        return {"rooms": [room_wire(r) for r in rooms], "next_cursor": str(rooms[-1].id) if more else None}
+
+    async def server_delete_message(self, message_id: int) -> dict[str, Any]:
+        """The backend deletes any message: the same outcome and `message_updated` event as its
+        author's delete (SPEC §4), without an access check."""
+        return await self._delete_message(None, message_id)
+
+    async def server_history(self, conversation_id: int, page: schemas.PageQuery) -> dict[str, Any]:
+        """The client history page, for the backend: any conversation, no membership needed."""
+        async with self.sessions() as session:
+            if await storage.get_conversation(session, conversation_id) is None:
+                raise NotFound("no such conversation")
+            # reactions with their counts, `me` false (the backend is no member)
+            return await self._history_page(session, conversation_id, page, reader_id="")
+
+    async def conversation_presence(self, conversation_id: int) -> dict[str, Any]:
+        """Who has a socket joined to the conversation on a live process (the join answer's `online`)."""
+        await self._require_conversation(conversation_id)
+        cid = str(conversation_id)
+        return {"conversation_id": cid, "online": await self.presence.online_in(cid)}
+
+    async def channel_presence(self, channel: str) -> dict[str, Any]:
+        """Who of the channel's audience has a connected socket anywhere in the cluster, and how
+        many sockets are subscribed to the channel (best effort, as `delivered_to`)."""
+        match = keys.CHANNEL_RE.match(channel)
+        if match is None:
+            raise Invalid("channel must be user:{id}, creator:{id} or room:{id}")
+        kind, ident = match.groups()
+        if kind == "user":
+            audience = [ident]
+        elif kind == "creator":
+            audience = [ident, *await self.channel_audience(channel)]
+        else:
+            async with self.sessions() as session:
+                conv = await storage.get_conversation(session, int(ident)) if schemas.CANONICAL_ID_RE.match(ident) else None
+                if conv is None or conv.kind != "room":
+                    raise NotFound("no such room")
+                creator = conv.creator_id
+            audience = [creator, *await self.channel_audience(channel)]
+        online = await self.presence.online_users(audience)
+        return {"channel": channel, "online": sorted(online),
+                "subscribers": await self.presence.subscriber_count(channel)}
+
+    async def disconnect_user(self, user_id: str) -> dict[str, Any]:
+        """Disconnect every socket of the user on every process (a control message, like a
+        revocation). `was_online`: the user had a connected socket in the cluster just before."""
+        was_online = bool(await self.presence.online_users([user_id]))
+        await self.delivery.broadcast_control({"type": "disconnect_user", "user_id": user_id})
+        return {"user_id": user_id, "was_online": was_online}
 
     # ============================================================ cluster control
 
@@ -714,6 +918,9 @@ class ChatService:
             self._control_epoch += 1
             self._forget_posting([str(u) for u in message.get("user_ids", [])],
                                  [int(c) for c in message.get("conversation_ids", [])])
+        elif kind == "disconnect_user":
+            for sid in list(self._user_sockets.get(str(message["user_id"]), ())):
+                await self.delivery.disconnect(sid)
 
     async def recheck_access(self) -> None:
         """After the relay recovered, control messages may have been lost with the broadcasts:
@@ -807,13 +1014,23 @@ class ChatService:
         return [u for u in candidates if u not in muted and u != sender_id], resume
 
 
-def _meta_wire(c: ConversationMeta, members: list[dict[str, str]] | None) -> dict[str, Any]:
+def _member_wire(user_id: str, name: str, avatar_url: str | None) -> dict[str, Any]:
+    """A direct conversation's member: `avatar_url` is an extension (docs/api.md), null when unset."""
+    return {"id": user_id, "name": name, "avatar_url": avatar_url}
+
+
+def _meta_wire(c: ConversationMeta, members: list[dict[str, Any]] | None) -> dict[str, Any]:
     """schemas.conversation_wire from the cached conversation (no ORM object on the join path)."""
     wire: dict[str, Any] = {"id": str(c.id), "kind": c.kind, "creator_id": c.creator_id, "name": c.name,
                             "min_tier_cents": c.min_tier_cents, "post_policy": c.post_policy}
     if members is not None:
         wire["members"] = members
     return wire
+
+
+def room_wire(c: Conversation) -> dict[str, Any]:
+    """A room as the server API shows it: the conversation object and the platform's external_id."""
+    return {**schemas.conversation_wire(c), "external_id": c.external_id}
 
 
 def _membership_wire(m: Membership) -> dict[str, Any]:

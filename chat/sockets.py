@@ -23,6 +23,7 @@ from chat.auth import Authenticator
 from chat.errors import ChatError, Forbidden, Invalid, RateLimited, TooLarge, error_wire
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
 from chat.ratelimit import KeyedBuckets
+from chat.reactions import check_emoji
 from chat.service import ChatService
 from chat.socketlimit import LocalSocketLimiter, SocketLimiter
 from chat.sockguard import PacketGuard
@@ -36,6 +37,12 @@ Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 class TooManyConnections(ChatError):
     """Refused at connect: the user holds max_sockets_per_user sockets (docs/api.md)."""
     code, status = "too_many_connections", 429
+
+
+# The client events, each handled by the ChatSockets method of the same name (documented in
+# chat/asyncapi.py; tests/test_asyncapi.py checks both lists are the same).
+CLIENT_EVENTS = ("join", "leave", "send", "edit", "delete", "history", "typing", "read", "subscribe", "unsubscribe",
+                 "refresh_token", "react")
 
 
 class ChatSockets:
@@ -55,13 +62,8 @@ class ChatSockets:
         self.guard = PacketGuard(sio, settings.connect_timeout_s, settings.max_bad_packets)
         sio.on("connect", self.on_connect)
         sio.on("disconnect", self.on_disconnect)
-        events: dict[str, Handler] = {
-            "join": self.join, "leave": self.leave, "send": self.send, "edit": self.edit,
-            "delete": self.delete, "history": self.history, "typing": self.typing, "read": self.read,
-            "subscribe": self.subscribe, "unsubscribe": self.unsubscribe,
-            "refresh_token": self.refresh_token,
-        }
-        for name, handler in events.items():
+        for name in CLIENT_EVENTS:
+            handler: Handler = getattr(self, name)
             sio.on(name, self._wrap(name, handler))
         sio.on("*", self.on_unknown)
 
@@ -228,6 +230,15 @@ class ChatSockets:
     async def delete(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         user = self.service.socket_user(sid)
         return await self.service.delete_message(user, schemas.check_message_id(data))
+
+    async def react(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        cid = schemas.check_conversation_id(data) if data.get("conversation_id") is not None else None
+        mid = schemas.check_message_id(data)
+        emoji = check_emoji(data.get("emoji"))
+        on = schemas.check_bool(data, "on")
+        self.service.check_socket_react_rate(sid)
+        return await self.service.react(user, mid, emoji, on, conversation_id=cid)
 
     async def history(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         user = self.service.socket_user(sid)

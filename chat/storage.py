@@ -14,7 +14,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from chat.db import utcnow
-from chat.models import Conversation, ConversationState, Membership, Message, User
+from chat.models import Conversation, ConversationState, Membership, Message, Reaction, User
 
 # ---------------------------------------------------------------- users
 
@@ -67,6 +67,15 @@ async def user_names(session: AsyncSession, user_ids: Sequence[str]) -> dict[str
     rows = await session.execute(sa.select(User.id, User.name).where(User.id.in_(set(user_ids))))
     names = {uid: name for uid, name in rows.all()}
     return {uid: names.get(uid, uid) for uid in user_ids}
+
+
+async def user_profiles(session: AsyncSession, user_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+    """(name, avatar_url) by user id; an unknown user is named by their id, with no avatar."""
+    if not user_ids:
+        return {}
+    rows = await session.execute(sa.select(User.id, User.name, User.avatar_url).where(User.id.in_(set(user_ids))))
+    found = {uid: (name, avatar) for uid, name, avatar in rows.all()}
+    return {uid: found.get(uid, (uid, None)) for uid in user_ids}
 
 
 # ---------------------------------------------------------------- memberships
@@ -140,6 +149,51 @@ async def insert_room(session: AsyncSession, creator_id: str, name: str, min_tie
     session.add(conv)
     await session.flush()
     return conv
+
+
+async def find_room(session: AsyncSession, creator_id: str, external_id: str, *, lock: bool = False) -> Conversation | None:
+    """The creator's room with this external_id. `lock`: a shared locking read, which sees the row
+    as committed now (a plain read on MySQL sees this transaction's snapshot)."""
+    q = sa.select(Conversation).where(Conversation.creator_id == creator_id, Conversation.external_id == external_id)
+    if lock:
+        q = q.with_for_update(read=True).execution_options(populate_existing=True)
+    return await session.scalar(q)
+
+
+async def insert_room_once(session: AsyncSession, creator_id: str, external_id: str, name: str,
+                           min_tier_cents: int, post_policy: str) -> tuple[Conversation, bool]:
+    """The creator's room with this external_id, inserted unless it exists; True if inserted.
+
+    One INSERT that skips a duplicate (creator_id, external_id) instead of failing (MySQL
+    INSERT IGNORE, SQLite ON CONFLICT DO NOTHING): racing creates on any process wait on the
+    unique index entry and all but one insert nothing, with no error to roll back and no gap
+    lock taken by a locking read of a missing row (see upsert_membership). The caller reads
+    first without locking, so a repeated create takes no lock at all."""
+    now = utcnow()
+    values = {"kind": "room", "creator_id": creator_id, "external_id": external_id, "name": name,
+              "min_tier_cents": min_tier_cents, "post_policy": post_policy, "last_seq": 0,
+              "last_activity_at": now, "created_at": now}
+    if session.get_bind().dialect.name == "sqlite":
+        stmt: Any = sqlite_insert(_conversations).values(values).on_conflict_do_nothing(
+            index_elements=["creator_id", "external_id"])
+    else:
+        stmt = sa.insert(_conversations).values(values).prefix_with("IGNORE")
+    result = await session.execute(stmt)
+    created = result.rowcount == 1  # type: ignore[attr-defined]
+    conv = await find_room(session, creator_id, external_id, lock=True)
+    assert conv is not None
+    return conv, created
+
+
+async def list_rooms(session: AsyncSession, creator_id: str | None, after_id: int | None,
+                     limit: int) -> list[Conversation]:
+    """Rooms in id order (of one creator, or all), those after `after_id`."""
+    q = sa.select(Conversation).where(Conversation.kind == "room")
+    if creator_id is not None:
+        q = q.where(Conversation.creator_id == creator_id)
+    if after_id is not None:
+        q = q.where(Conversation.id > after_id)
+    return list(await session.scalars(q.order_by(Conversation.id).limit(limit)))
 
 
 def direct_key(creator_id: str, patron_id: str) -> str:
@@ -500,7 +554,7 @@ async def user_names_of(conn: AsyncConnection, user_ids: Sequence[str]) -> dict[
 @dataclass(frozen=True)
 class JoinView:
     """What `join` reads before deciding: the conversation, the membership access_rule needs,
-    the user's read position and unread count, and the names of a direct conversation's pair."""
+    the user's read position and unread count, and the names and avatars of a direct conversation's pair."""
 
     conversation: ConversationMeta
     membership: tuple[str, int] | None
@@ -508,6 +562,8 @@ class JoinView:
     unread: int
     creator_name: str
     patron_name: str
+    creator_avatar: str | None = None
+    patron_avatar: str | None = None
 
 
 def _join_view_statement() -> Any:
@@ -521,7 +577,8 @@ def _join_view_statement() -> Any:
         msg.c.deleted.is_(False)).scalar_subquery())
     pair_patron = sa.case((c.kind == "direct", c.patron_id), else_=user_id)
     return (sa.select(c.id, c.kind, c.creator_id, c.patron_id, c.name, c.min_tier_cents, c.post_policy,
-                      m.c.status, m.c.tier_cents, position, unread, creator.c.name, patron.c.name)
+                      m.c.status, m.c.tier_cents, position, unread, creator.c.name, patron.c.name,
+                      creator.c.avatar_url, patron.c.avatar_url)
             .select_from(_conversations
                          .outerjoin(m, sa.and_(m.c.creator_id == c.creator_id, m.c.patron_id == pair_patron))
                          .outerjoin(s, sa.and_(s.c.user_id == user_id, s.c.conversation_id == c.id))
@@ -544,7 +601,7 @@ async def join_view(conn: AsyncConnection, conversation_id: int, user_id: str) -
     meta = ConversationMeta(*row[:7])
     status, tier = row[7], row[8]
     return JoinView(meta, None if status is None else (str(status), int(tier)), int(row[9]), int(row[10]),
-                    row[11] or meta.creator_id, row[12] or (meta.patron_id or ""))
+                    row[11] or meta.creator_id, row[12] or (meta.patron_id or ""), row[13], row[14])
 
 
 def _message_page_statement(after: bool, limit: int) -> Any:
@@ -606,3 +663,93 @@ async def stored_user_name(conn: AsyncConnection, user_id: str) -> str | None:
     """The user's stored name, None when there is no such user."""
     name = await conn.scalar(_USER_NAME, {"user_id": user_id})
     return None if name is None else str(name)
+
+
+# ---------------------------------------------------------------- reactions (Core, no ORM)
+#
+# ChatService.react changes one message's reactions in one transaction that first write-locks
+# the message row, so every change to that message's reactions, on any process, runs one
+# after the other: the limits and the counts read inside it are exact (SQLite: BEGIN
+# IMMEDIATE already serializes writers). Counts are COUNT(*) of rows, never a stored number.
+
+_reactions: sa.Table = Reaction.__table__  # type: ignore[assignment]
+
+
+async def lock_message(conn: AsyncConnection, message_id: int) -> tuple[int, bool] | None:
+    """(conversation_id, deleted) of a message, its row write-locked until commit; None if none."""
+    c = _messages.c
+    row = (await conn.execute(sa.select(c.conversation_id, c.deleted).where(c.id == message_id)
+                              .with_for_update())).first()
+    return None if row is None else (int(row[0]), bool(row[1]))
+
+
+async def reaction_counts(conn: AsyncConnection, message_id: int) -> list[dict[str, Any]]:
+    """[{emoji, count}] of a message, in the order each emoji was first used."""
+    r = _reactions.c
+    q = (sa.select(r.emoji, sa.func.count()).where(r.message_id == message_id).group_by(r.emoji)
+         .order_by(sa.func.min(r.created_at), r.emoji))
+    return [{"emoji": str(e), "count": int(n)} for e, n in (await conn.execute(q)).all()]
+
+
+async def locked_reactions(conn: AsyncConnection, message_id: int, user_id: str) -> tuple[list[dict[str, Any]], set[str]]:
+    """reaction_counts, and the emoji of `user_id`'s reactions, in one locking read (the rows
+    as committed now, whatever the transaction's snapshot)."""
+    r = _reactions.c
+    mine = sa.func.max(sa.case((r.user_id == user_id, 1), else_=0))
+    q = (sa.select(r.emoji, sa.func.count(), mine).where(r.message_id == message_id).group_by(r.emoji)
+         .order_by(sa.func.min(r.created_at), r.emoji).with_for_update())
+    rows = (await conn.execute(q)).all()
+    return [{"emoji": str(e), "count": int(n)} for e, n, _ in rows], {str(e) for e, _, m in rows if m}
+
+
+async def insert_reaction(conn: AsyncConnection, message_id: int, user_id: str, emoji: str, now: datetime) -> None:
+    await conn.execute(sa.insert(_reactions).values(message_id=message_id, user_id=user_id, emoji=emoji,
+                                                    created_at=now))
+
+
+async def delete_reaction(conn: AsyncConnection, message_id: int, user_id: str, emoji: str) -> None:
+    r = _reactions.c
+    await conn.execute(sa.delete(_reactions).where(r.message_id == message_id, r.user_id == user_id,
+                                                   r.emoji == emoji))
+
+
+def _summaries_statement() -> Any:
+    r = _reactions.c
+    mine = sa.func.max(sa.case((r.user_id == sa.bindparam("reader", type_=r.user_id.type), 1), else_=0))
+    return (sa.select(r.message_id, r.emoji, sa.func.count(), mine)
+            .where(r.message_id.in_(sa.bindparam("ids", expanding=True)))
+            .group_by(r.message_id, r.emoji)
+            .order_by(r.message_id, sa.func.min(r.created_at), r.emoji))
+
+
+_SUMMARIES = _summaries_statement()
+
+
+async def reaction_summaries(conn: AsyncConnection, message_ids: Sequence[int],
+                             reader_id: str) -> dict[int, list[dict[str, Any]]]:
+    """{message_id: [{emoji, count, me}]} for the messages that have reactions, `me` for reader_id."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    rows = await conn.execute(_SUMMARIES, {"ids": sorted(set(message_ids)), "reader": reader_id})
+    for mid, emoji, count, mine in rows.all():
+        out.setdefault(int(mid), []).append({"emoji": str(emoji), "count": int(count), "me": bool(mine)})
+    return out
+
+
+async def reactors(conn: AsyncConnection, message_id: int, emoji: str | None,
+                   limit: int) -> dict[str, list[dict[str, str]]]:
+    """{emoji: [{id, name}]}: the first `limit` users who reacted with each emoji (or one emoji),
+    oldest first."""
+    r = _reactions.c
+    rank = sa.func.row_number().over(partition_by=r.emoji, order_by=(r.created_at, r.user_id)).label("rank")
+    inner = sa.select(r.emoji, r.user_id, r.created_at, rank).where(r.message_id == message_id)
+    if emoji is not None:
+        inner = inner.where(r.emoji == emoji)
+    sub = inner.subquery()
+    rows = await conn.execute(
+        sa.select(sub.c.emoji, sub.c.user_id, _users.c.name)
+        .select_from(sub.outerjoin(_users, _users.c.id == sub.c.user_id))
+        .where(sub.c.rank <= limit).order_by(sub.c.emoji, sub.c.rank))
+    out: dict[str, list[dict[str, str]]] = {}
+    for e, uid, name in rows.all():
+        out.setdefault(str(e), []).append({"id": str(uid), "name": str(name or uid)})
+    return out

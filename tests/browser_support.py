@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 SOCKETIO_CLIENT = ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.esm.min.js"
+# A test tool (package.json devDependencies), injected by the tests, never served by the page.
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
+# Avatar pictures live on this made-up host; the tests answer it with page.route.
+AVATAR_HOST = "https://avatars.test/"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
@@ -86,20 +91,42 @@ class ChatPage:
         """No uncaught errors and no Content-Security-Policy violations in this tab."""
         assert not self.errors, self.errors
 
+    def assert_accessible(self) -> None:
+        """An axe-core scan of the page as it is now finds no serious or critical violation.
+
+        axe.min.js comes from node_modules (a devDependency) and is evaluated through the
+        DevTools protocol, which the page's CSP does not govern: the page itself is not changed."""
+        if not self.page.evaluate("typeof window.axe !== 'undefined'"):
+            self.page.evaluate(AXE.read_text(encoding="utf-8"))
+        violations = self.page.evaluate("""async () => {
+            const r = await axe.run(document, {resultTypes: ["violations"]});
+            return r.violations.filter(v => v.impact === "serious" || v.impact === "critical")
+                .map(v => `${v.impact} ${v.id}: ${v.help} -> ` +
+                          v.nodes.slice(0, 5).map(n => `${n.target.join(" ")} (${n.failureSummary})`).join("; "));
+        }""")
+        assert not violations, "\n".join(violations)
+
 
 def open_chat(browser: Browser, base_url: str, token: str | None, viewport: dict[str, int] = DESKTOP,
-              wait: bool = True, fake_clock: bool = False) -> ChatPage:
+              wait: bool = True, fake_clock: bool = False, touch: bool = False,
+              setup: Callable[[Page], None] | None = None) -> ChatPage:
     """fake_clock: the page's Date and timers run on Playwright's clock (starting now, ticking
-    normally) so that a test can jump ahead with `chat.page.clock.fast_forward(...)`."""
-    context = browser.new_context(viewport=viewport, base_url=base_url)
+    normally) so that a test can jump ahead with `chat.page.clock.fast_forward(...)`.
+    touch: a phone's touch screen (no hover). setup: routes etc. to install before the page loads."""
+    context = browser.new_context(viewport=viewport, base_url=base_url, has_touch=touch, is_mobile=touch)
     if fake_clock:
         context.clock.install()
     page = context.new_page()
     chat = ChatPage(context, page)
+    if setup is not None:
+        setup(page)
 
     def on_console(msg: Any) -> None:
-        if msg.type == "error" and not _expected_console_error(msg.text):
-            chat.errors.append(f"console: {msg.text}")
+        if msg.type != "error" or _expected_console_error(msg.text):
+            return
+        if str((msg.location or {}).get("url", "")).startswith(AVATAR_HOST):
+            return  # a missing picture on purpose (the initials show instead)
+        chat.errors.append(f"console: {msg.text}")
 
     page.on("console", on_console)
     page.on("pageerror", lambda exc: chat.errors.append(f"pageerror: {exc}"))

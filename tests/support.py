@@ -127,9 +127,12 @@ class Api:
         return self.http.request(method, "/api/v1" + path, json=json,
                                  headers={"Authorization": f"Bearer {token}"}, **kw)
 
-    def user(self, user_id: str, name: str | None = None) -> str:
+    def user(self, user_id: str, name: str | None = None, avatar_url: str | None = None) -> str:
         """Create or update a user; returns a client token for them."""
-        r = self.server("PUT", f"/users/{user_id}", {"name": name or user_id.title()})
+        body = {"name": name or user_id.title()}
+        if avatar_url is not None:
+            body["avatar_url"] = avatar_url
+        r = self.server("PUT", f"/users/{user_id}", body)
         assert r.status_code == 200, r.text
         return make_token(user_id, name or user_id.title())
 

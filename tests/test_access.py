@@ -44,6 +44,8 @@ async def test_non_members_are_refused_on_every_path(any_server: Any) -> None:
         assert (await p.call("subscribe", {"channel": f"room:{gold}"}))["ok"]
         assert (await p.call("subscribe", {"channel": "creator:cre"}))["ok"]
         assert (await p.call("send", {"conversation_id": gold, "body": "hi", "client_msg_id": "p1"}))["ok"]
+        assert (await p.call("react", {"message_id": msg["id"], "emoji": "👍", "on": True}))["ok"]
+        assert api.client(tokens["pat"], "GET", f"/conversations/{gold}/messages/{msg['id']}/reactions").status_code == 200
         assert api.client(tokens["pat"], "GET", f"/conversations/{gold}/messages").status_code == 200
         assert api.client(tokens["pat"], "PUT", f"/conversations/{gold}/settings", json={"muted": True}).status_code == 200
 
@@ -57,6 +59,9 @@ async def test_non_members_are_refused_on_every_path(any_server: Any) -> None:
             assert err(await s.call("typing", {"conversation_id": gold, "typing": True})) == "forbidden", user
             assert err(await s.call("edit", {"message_id": msg["id"], "body": "mine now"})) == "forbidden", user
             assert err(await s.call("delete", {"message_id": msg["id"]})) == "forbidden", user
+            assert err(await s.call("react", {"message_id": msg["id"], "emoji": "👍", "on": True})) == "forbidden", user
+            assert http_code(api.client(tok, "GET", f"/conversations/{gold}/messages/{msg['id']}/reactions")) == (
+                403, "forbidden"), user
             assert err(await s.call("subscribe", {"channel": f"room:{gold}"})) == "forbidden", user
             assert err(await s.call("subscribe", {"channel": "user:pat"})) == "forbidden", user
             assert err(await s.call("subscribe", {"channel": "user:cre"})) == "forbidden", user
@@ -121,9 +126,12 @@ async def test_post_policy_creator(any_server: Any) -> None:
         await p.close()
 
 
+AVATAR = "https://example.com/avatars/cre.png"
+
+
 async def test_direct_conversations(any_server: Any) -> None:
     url, api = any_server.servers[0].url, any_server.api
-    cre, pat, pat2 = api.user("cre"), api.user("pat"), api.user("pat2")
+    cre, pat, pat2 = api.user("cre", avatar_url=AVATAR), api.user("pat"), api.user("pat2")
     stranger, cre2 = api.user("stranger"), api.user("cre2")
     api.membership("cre", "pat", 100)
     api.membership("cre", "pat2", 100)
@@ -134,6 +142,11 @@ async def test_direct_conversations(any_server: Any) -> None:
     conv = api.client(cre, "POST", "/conversations/direct", json={"user_id": "pat"}).json()["conversation"]
     assert conv["kind"] == "direct" and conv["creator_id"] == "cre"
     assert sorted(x["id"] for x in conv["members"]) == ["cre", "pat"]
+    # Members carry their avatar (docs/api.md extension), null when none, on every path.
+    avatars = {"cre": AVATAR, "pat": None}
+    assert {x["id"]: x["avatar_url"] for x in conv["members"]} == avatars
+    listed = api.client(pat, "GET", "/conversations").json()["conversations"][0]["conversation"]
+    assert {x["id"]: x["avatar_url"] for x in listed["members"]} == avatars
     d2 = api.direct(cre2, "pat")
     assert d2 != d  # another creator, another conversation
 
@@ -149,7 +162,8 @@ async def test_direct_conversations(any_server: Any) -> None:
     c, p = await Client(url, cre).connect(), await Client(url, pat).connect()
     third = {u: await Client(url, t).connect() for u, t in (("pat2", pat2), ("stranger", stranger), ("cre2", cre2))}
     try:
-        assert (await c.call("join", {"conversation_id": d}))["ok"]
+        joined = await c.call("join", {"conversation_id": d})
+        assert {x["id"]: x["avatar_url"] for x in joined["conversation"]["members"]} == avatars
         m = (await p.call("send", {"conversation_id": d, "body": "hello creator", "client_msg_id": "d1"}))["message"]
         await c.wait_for("message", lambda x: x["id"] == m["id"])
         third_tokens = {"pat2": pat2, "stranger": stranger, "cre2": cre2}

@@ -512,14 +512,15 @@ def test_http_bad_query(env: Env, query: str) -> None:
 
 @pytest.mark.parametrize("method,path", [
     ("POST", "/api/v1/me"), ("DELETE", "/api/v1/conversations"), ("PATCH", "/api/v1/conversations/{room}/messages"),
-    ("GET", "/api/v1/conversations/direct"), ("POST", "/api/v1/server/users/u1"), ("GET", "/api/v1/server/rooms"),
+    ("GET", "/api/v1/conversations/direct"), ("POST", "/api/v1/server/users/u1"), ("PUT", "/api/v1/server/rooms"),
     ("DELETE", "/api/v1/server/memberships/cre/pat"), ("GET", "/api/v1/server/publish"),
     ("POST", "/api/v1/conversations/{room}/settings"), ("GET", "/api/v1/notifications/read"),
 ])
 def test_http_wrong_method(env: Env, method: str, path: str) -> None:
     r = _request(env, method, path, "client", json={})
     assert r.status_code == 405, (r.status_code, r.text)
-    assert r.json()["error"]["code"] == "invalid"
+    assert r.json()["error"]["code"] == "method_not_allowed"  # docs/api.md: an extension of SPEC §5
+    assert method not in r.headers["Allow"].split(", ")
 
 
 def test_http_path_user_ids(env: Env) -> None:

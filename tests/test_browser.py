@@ -9,8 +9,11 @@ fails these tests: `make test` installs it first (`make browser`).
 from __future__ import annotations
 
 import os
+import re
+import struct
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -19,6 +22,8 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tests.browser_support import (
+    AVATAR_HOST,
+    AXE,
     CHROMIUM,
     PHONE,
     SOCKETIO_CLIENT,
@@ -35,6 +40,7 @@ def browser() -> Iterator[Any]:
     # A missing browser fails these tests (never skips them): `make test` installs it (`make browser`).
     assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: run `make browser` (apt-get install -y chromium)"
     assert SOCKETIO_CLIENT.exists(), "socket.io-client is not installed: run `npm ci` at the repository root"
+    assert AXE.exists(), "axe-core (a devDependency) is not installed: run `npm ci` at the repository root"
     expect.set_options(timeout=10_000)  # CI machines are small: give live updates room
     with sync_playwright() as p:
         b = launch(p)
@@ -233,7 +239,8 @@ def test_reconnect_recovers_missed_messages_once_in_order(browser, cluster, page
     expect(b.page.get_by_test_id("connection-state")).to_have_text("offline")
     first = a.message(1)  # edited while B is away: B re-reads its latest page on reconnect
     first.hover()
-    first.get_by_role("button", name="Edit").click()
+    first.get_by_role("button", name="Message actions").click()
+    first.get_by_role("menuitem", name="Edit").click()
     first.locator("textarea").fill("before (edited)")
     first.locator("textarea").press("Enter")
     expect(first).to_contain_text("before (edited)")
@@ -295,10 +302,16 @@ def test_edit_and_delete_messages(browser, cluster, pages, who):
     b.send("patron second")
     a.wait_seqs([1, 2])
 
-    # Own message: edit in place, seen live by the other side.
+    # Own message: the actions sit in a menu shown on hover; edit in place, seen live by the other side.
     mine = b.message(1)
+    trigger = mine.get_by_role("button", name="Message actions")
+    expect(trigger).to_have_css("opacity", "0")  # hidden until hover or focus
     mine.hover()
-    mine.get_by_role("button", name="Edit").click()
+    expect(trigger).to_have_css("opacity", "1")
+    trigger.click()
+    expect(trigger).to_have_attribute("aria-expanded", "true")
+    mine.get_by_role("menuitem", name="Edit").click()
+    expect(mine.get_by_role("menu")).to_have_count(0)
     box = mine.locator("textarea")
     box.fill("patron fixed")
     box.press("Enter")
@@ -309,12 +322,22 @@ def test_edit_and_delete_messages(browser, cluster, pages, who):
     b.wait_seqs([1, 2, 3])
     expect(b.message(3).get_by_role("button")).to_have_count(0)
 
-    # The room's creator deletes a patron's message (two clicks: arm, confirm).
+    # The room's creator deletes a patron's message, by keyboard: Enter opens the menu with its
+    # first item focused, Escape gives the focus back; Delete arms, a second press deletes.
     theirs = a.message(2)
-    expect(theirs.get_by_role("button", name="Edit")).to_have_count(0)
-    theirs.hover()
-    theirs.get_by_role("button", name="Delete").click()
-    theirs.get_by_role("button", name="Delete?").click()
+    trigger = theirs.get_by_role("button", name="Message actions")
+    trigger.focus()
+    trigger.press("Enter")
+    menu = theirs.get_by_role("menu")
+    expect(menu.get_by_role("menuitem", name="Delete")).to_be_focused()
+    expect(menu.get_by_role("menuitem", name="Edit")).to_have_count(0)  # not theirs to edit
+    a.page.keyboard.press("Escape")
+    expect(menu).to_have_count(0)
+    expect(trigger).to_be_focused()
+    trigger.press("Enter")
+    a.page.keyboard.press("Enter")
+    expect(menu.get_by_role("menuitem", name="Delete?")).to_be_focused()
+    a.page.keyboard.press("Enter")
     expect(b.message(2)).to_contain_text("message deleted")
     expect(b.message(2)).not_to_contain_text("patron second")
     expect(a.message(2)).to_contain_text("message deleted")
@@ -393,20 +416,36 @@ def test_notification_bell_feed_and_mark_read(browser, cluster, pages, who):
     notify("Second post")  # live over the socket
     expect(bell).to_contain_text("2")
 
+    def wait_server_unread(expected: int) -> None:
+        deadline = time.monotonic() + 10
+        while (n := api.client(patron, "GET", "/me").json()["unread_notifications"]) != expected:
+            assert time.monotonic() < deadline, f"the server counts {n} unread notifications, not {expected}"
+            time.sleep(0.1)
+
+    # Opening the bell marks what it shows as seen (they keep the "new" look while it is open).
     bell.click()
     items = b.page.get_by_test_id("notification-item")
     expect(items).to_have_count(2)
     expect(items.first).to_contain_text("Second post")
+    expect(b.page.locator("#bell-count")).to_be_hidden()
+    wait_server_unread(0)
+    expect(items.first).to_have_class("notif unread")
+    # One arriving while the panel is open is seen at once.
     notify("Third post")
     expect(items).to_have_count(3)
-    expect(bell).to_contain_text("3")
-
-    b.page.get_by_role("button", name="Mark all read").click()
+    wait_server_unread(0)
     expect(b.page.locator("#bell-count")).to_be_hidden()
-    deadline = time.monotonic() + 10
-    while api.client(patron, "GET", "/me").json()["unread_notifications"] != 0:
-        assert time.monotonic() < deadline, "notifications not marked read on the server"
-        time.sleep(0.1)
+
+    # Closed, the bell counts again.
+    b.page.keyboard.press("Escape")
+    notify("Fourth post")
+    expect(bell).to_contain_text("1")
+    bell.click()
+    expect(items).to_have_count(4)
+    expect(items.first).to_have_class("notif unread")
+    expect(items.nth(1)).to_have_class("notif")  # seen at the last opening: no longer "new"
+    expect(b.page.locator("#bell-count")).to_be_hidden()
+    wait_server_unread(0)
 
     # A notification about a conversation opens it.
     items.first.click()
@@ -419,7 +458,12 @@ def test_phone_width_list_then_conversation(browser, cluster, pages, who):
     api = cluster.api
     creator, patron, room = setup_room(api, who)
     seed_messages(api, creator, room, 3)
-    b = tab(pages, browser, cluster.servers[1].url, patron, viewport=PHONE)
+    b = tab(pages, browser, cluster.servers[1].url, patron, viewport=PHONE, touch=True)
+    # The own name shows on a phone too, inside the screen.
+    me = b.page.get_by_test_id("me")
+    expect(me).to_be_visible()
+    expect(me).to_contain_text("Pat Patron")
+    assert b.page.locator("#me-name").evaluate("el => el.getBoundingClientRect().right <= window.innerWidth")
     conv_list = b.page.get_by_test_id("conversation-list")
     expect(conv_list).to_be_visible()
     expect(b.page.get_by_test_id("message-list")).to_be_hidden()
@@ -431,10 +475,36 @@ def test_phone_width_list_then_conversation(browser, cluster, pages, who):
     expect(conv_list).to_be_hidden()
     b.wait_seqs([1, 2, 3])
     expect(b.page.get_by_test_id("composer")).to_be_visible()
-    b.send("from my phone")
+    long_text = "from my phone, a message long enough to fill the bubble's whole width on this screen"
+    b.send(long_text)
     b.wait_seqs([1, 2, 3, 4])
     # Nothing overflows the phone's width.
     assert b.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    # No action buttons squeeze the bubble: it takes the message's full width (86% of the list).
+    mine = b.message(4)
+    widths = mine.evaluate("""el => [el.querySelector('.msg-bubble').getBoundingClientRect().width,
+                                     document.querySelector('[data-testid=message-list]').clientWidth]""")
+    assert widths[0] >= 0.8 * widths[1], widths
+
+    # A long-press on the bubble opens the actions as a sheet of 44-px targets.
+    box = mine.locator(".msg-bubble").bounding_box()
+    assert box is not None
+    cdp = b.context.new_cdp_session(b.page)
+    point = {"x": box["x"] + box["width"] / 2, "y": box["y"] + box["height"] / 2}
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [point]})
+    menu = mine.get_by_role("menu")
+    expect(menu).to_be_visible()
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    expect(menu).to_be_visible()  # lifting the finger does not close it
+    for item in menu.get_by_role("menuitem").all():
+        size = item.bounding_box()
+        assert size is not None and size["height"] >= 44 and size["width"] >= 44, size
+    b.assert_accessible()
+    menu.get_by_role("menuitem", name="Edit").tap()
+    mine.locator("textarea").fill("edited on my phone")
+    mine.locator("textarea").press("Enter")
+    expect(mine).to_contain_text("edited on my phone")
+    expect(mine).to_contain_text("edited")
 
     # The browser's back (Android's back gesture) returns to the list too.
     b.page.go_back()
@@ -444,7 +514,7 @@ def test_phone_width_list_then_conversation(browser, cluster, pages, who):
     b.page.get_by_test_id("back-button").click()
     expect(conv_list).to_be_visible()
     expect(b.page.get_by_test_id("message-list")).to_be_hidden()
-    expect(b.conversation_item(room)).to_contain_text("from my phone")
+    expect(b.conversation_item(room)).to_contain_text("edited on my phone")
     b.assert_clean()
 
 
@@ -487,3 +557,126 @@ def test_direct_conversation_presence_and_mute(browser, cluster, pages, who):
     entry = api.client(creator, "GET", "/conversations").json()["conversations"][0]
     assert entry["conversation"]["id"] == direct and entry["muted"] is True
     a.assert_clean()
+
+
+def _png(rgb: tuple[int, int, int]) -> bytes:
+    """A 1x1 PNG of one colour (an avatar picture)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" + bytes(rgb))) + chunk(b"IEND", b""))
+
+
+def serve_avatars(page: Any) -> None:
+    """cara.png exists on the avatar host; anything else there is a 404."""
+    def handle(route: Any) -> None:
+        if route.request.url.endswith("/cara.png"):
+            route.fulfill(status=200, content_type="image/png", body=_png((200, 80, 120)))
+        else:
+            route.fulfill(status=404, content_type="text/plain", body="no such picture")
+    page.route(f"{AVATAR_HOST}**", handle)
+
+
+def test_reconnect_banner_presence_avatars_creator_events_and_axe(browser, cluster, pages, who):
+    """The page while its server connection is lost (banner, "retry now", the other person's
+    state unknown rather than offline), avatars with initials as fallback, `creator:{id}`
+    events, and an axe-core scan with no serious or critical violation."""
+    api = cluster.api
+    creator = api.user(who.cara, "Cara Creator", avatar_url=f"{AVATAR_HOST}cara.png")
+    patron = api.user(who.pat, "Pat Patron", avatar_url=f"{AVATAR_HOST}pat.png")  # a 404: initials
+    api.membership(who.cara, who.pat, 500)
+    direct = api.direct(patron, who.cara)
+
+    # The patron's websocket goes through this route, which can drop it and refuse new ones.
+    net: dict[str, Any] = {"blocked": False, "attempts": 0, "live": []}
+
+    def route_socket(ws: Any) -> None:
+        net["attempts"] += 1
+        if net["blocked"]:
+            ws.close()
+            return
+        net["live"].append((ws, ws.connect_to_server()))
+
+    def setup(page: Any) -> None:
+        serve_avatars(page)
+        page.route_web_socket(re.compile(r"/socket\.io/"), route_socket)
+
+    a = tab(pages, browser, cluster.servers[0].url, creator, setup=serve_avatars)
+    b = tab(pages, browser, cluster.servers[1].url, patron, setup=setup, fake_clock=True)
+
+    # Avatars: the picture when it loads, the initials when there is none or it fails.
+    item = b.conversation_item(direct)
+    expect(item.locator(".avatar")).to_have_attribute("data-avatar", "image")
+    expect(b.page.locator("#me-avatar")).to_have_attribute("data-avatar", "initials")
+    expect(b.page.locator("#me-avatar")).to_have_text("PP")
+    expect(a.page.locator("#me-avatar")).to_have_attribute("data-avatar", "image")
+    expect(a.conversation_item(direct).locator(".avatar")).to_have_attribute("data-avatar", "initials")
+    expect(a.conversation_item(direct).locator(".avatar")).to_have_text("PP")
+
+    b.open(direct)
+    expect(b.page.locator("#conv-avatar")).to_have_attribute("data-avatar", "image")
+    sub = b.page.locator("#conv-sub")
+    expect(sub).to_have_text("online")
+    b.send("hello Cara")
+    b.wait_seqs([1])
+    banner = b.page.get_by_test_id("reconnect-banner")
+    expect(banner).to_be_hidden()
+
+    # The server is lost. The page's timers stand still, so no back-off attempt can happen by itself.
+    b.page.clock.pause_at((b.page.evaluate("Date.now()") + 1000) / 1000)  # seconds
+    net["blocked"] = True
+    for ws, server in net["live"]:
+        ws.close()
+        server.close()
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("Connection to the server lost")
+    # We are the ones disconnected: Cara's state is unknown, not "offline".
+    expect(sub).to_have_text("status unknown while reconnecting")
+    expect(item.locator(".presence-dot")).to_have_class("presence-dot unknown")
+    expect(b.page.get_by_test_id("connection-state")).to_have_text("connecting…")
+    attempts = net["attempts"]
+    b.page.get_by_role("button", name="Retry now").click()  # an attempt at once (refused: still blocked)
+    deadline = time.monotonic() + 10
+    while net["attempts"] == attempts:
+        assert time.monotonic() < deadline, "Retry now made no connection attempt"
+        b.page.wait_for_timeout(50)
+    expect(banner).to_be_visible()
+    b.page.clock.resume()
+
+    # The actions menu, by keyboard, and an accessibility scan of the page as it is (banner shown).
+    trigger = b.message(1).get_by_role("button", name="Message actions")
+    trigger.focus()
+    trigger.press("Enter")
+    expect(b.message(1).get_by_role("menuitem", name="Edit")).to_be_focused()
+    b.assert_accessible()
+    b.page.keyboard.press("Escape")
+    expect(trigger).to_be_focused()
+
+    net["blocked"] = False
+    b.page.get_by_role("button", name="Retry now").click()
+    b.wait_connected()
+    expect(banner).to_be_hidden()
+    expect(sub).to_have_text("online")
+    expect(item.locator(".presence-dot")).to_have_class("presence-dot online")
+
+    # An event published to the creator's channel reaches the page, subscribed again after the
+    # reconnect. Published until both tabs are subscribed (their subscriptions race this test).
+    strip = b.page.get_by_test_id("creator-event")
+    deadline = time.monotonic() + 15
+    while True:
+        r = api.server("POST", "/publish", {"channel": f"creator:{who.cara}", "event": "live",
+                                            "data": {"text": "Studio session starts now", "url": "https://example.com/live"}})
+        assert r.status_code == 200, r.text
+        if r.json()["delivered_to"] >= 2:
+            break
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.2)
+    expect(strip).to_be_visible()
+    expect(strip).to_contain_text("Cara Creator · live")
+    expect(strip).to_contain_text("Studio session starts now")
+    assert strip.get_by_role("link", name="Open").get_attribute("href") == "https://example.com/live"
+    b.assert_accessible()
+    strip.get_by_role("button", name="Dismiss announcement").click()
+    expect(strip).to_be_hidden()
+    a.assert_clean()
+    b.assert_clean()

@@ -139,6 +139,7 @@ def browser_connects(url: str) -> None:
 
 def test_missing_static_asset_fails_readyz_and_logs_error(tmp_path: Path, package_copy: Path) -> None:
     (package_copy / "chat" / "static" / "vendor" / "socket.io.esm.min.js").unlink()
+    (package_copy / "chat" / "static" / "backstage-client.js").unlink()
     env = server_env(tmp_path)
     url = f"http://127.0.0.1:{env['PORT']}"
     server = Proc([sys.executable, str(package_copy / "run_server.py")], package_copy, env, tmp_path / "s.log")
@@ -146,6 +147,7 @@ def test_missing_static_asset_fails_readyz_and_logs_error(tmp_path: Path, packag
         ready = server.wait_ready(url)
         assert ready.status_code == 503, ready.text
         assert "chat/static/vendor/socket.io.esm.min.js" in ready.json()["problems"]["static"]
+        assert "chat/static/backstage-client.js" in ready.json()["problems"]["static"]
         errors = [line for line in server.log().splitlines() if " ERROR " in line]
         assert len(errors) == 1 and "static assets missing" in errors[0], server.log()
     finally:

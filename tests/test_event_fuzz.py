@@ -37,6 +37,7 @@ FIELDS: dict[str, list[str]] = {
     "subscribe": ["channel"],
     "unsubscribe": ["channel"],
     "refresh_token": ["token"],
+    "react": ["conversation_id", "message_id", "emoji", "on"],
     "no_such_event": ["conversation_id"],
 }
 PER_EVENT = -(-TOTAL_EXAMPLES // len(FIELDS))
@@ -97,6 +98,7 @@ def field_values(env_ids: dict[str, str]) -> st.SearchStrategy[Any]:
         st.sampled_from(list(env_ids.values())),
         st.sampled_from(["0", "1", "01", " 1", "1\n", "-1", "1e3", "²", "١", "9" * 19, "", " ", "user:pat",
                          "creator:cre", "room:1", "user:other", "x" * 141, "\ud7ff", "\x00", "a" * 4001]),
+        st.sampled_from(["👍", "❤", "❤️", "👍🏽", "🏻", "🇺", "👍👍", ":fire:", ":nope:", "::", "#️⃣", "😀\u0301"]),
         st.integers(min_value=-(2**64), max_value=2**64),
         st.text(max_size=80),
         json_values,

@@ -18,7 +18,8 @@ from tests.faults import eventually
 from tests.support import Api, Client, barrier, make_token, sync_engine
 
 JOIN_KEYS = {"conversation", "messages", "has_more", "online", "unread_count", "last_read_seq", "read_positions"}
-MESSAGE_KEYS = {"id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted"}
+MESSAGE_KEYS = {"id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted",
+                "reactions"}
 CONVERSATION_KEYS = {"id", "kind", "creator_id", "name", "min_tier_cents", "post_policy"}
 
 
@@ -98,7 +99,8 @@ async def test_join_answer_shape(shared_any_server: Cluster, uid: Any) -> None:
 
         direct = api.direct(pat, cre_id)
         jd = await join(b, direct)
-        assert jd["conversation"]["members"] == [{"id": cre_id, "name": "Cre Ator"}, {"id": pat_id, "name": "Pat Ron"}]
+        assert jd["conversation"]["members"] == [{"id": cre_id, "name": "Cre Ator", "avatar_url": None},
+                                                 {"id": pat_id, "name": "Pat Ron", "avatar_url": None}]
         assert jd["messages"] == [] and jd["has_more"] is False and jd["online"] == [pat_id]
 
         # Who may not read gets what the SPEC says, and the socket stays usable.

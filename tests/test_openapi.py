@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ class Env:
     room: str
     creator_token: str
     patron_token: str
+    message_id: str
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,10 @@ def env(mysql_databases: MySQLDatabases, redis_url: str, redis_prefix_root: str)
         patron = api.user("pat", "Pat")
         api.membership("cre", "pat", 500)
         room = api.room("cre", "Lounge", 0)
+        r = api.client(creator, "POST", f"/conversations/{room}/messages", json={"body": "hi", "client_msg_id": "oa-0"})
+        assert r.status_code == 201, r.text
         doc = httpx.get(server.url + "/api/v1/openapi.json", timeout=10).json()
-        yield Env(server, api, doc, room, creator, patron)
+        yield Env(server, api, doc, room, creator, patron, r.json()["message"]["id"])
     finally:
         api.close()
         server.stop()
@@ -119,6 +123,10 @@ def test_examples_validate_against_their_schemas(env: Env) -> None:
 def _check_answer(env: Env, method: str, path: str, r: httpx.Response) -> None:
     op = env.doc["paths"][path][method]
     assert str(r.status_code) in op["responses"], (method, path, r.status_code, r.text[:300])
+    for name, header in op["responses"][str(r.status_code)].get("headers", {}).items():
+        assert name in r.headers, (method, path, r.status_code, name)
+        errors = [e.message for e in _validator(env.doc, header["schema"]).iter_errors(r.headers[name])]
+        assert errors == [], (method, path, name, errors)
     content = op["responses"][str(r.status_code)].get("content")
     if content is None:
         assert r.content == b"", (method, path, r.text[:300])
@@ -135,12 +143,25 @@ def test_real_answers_match_the_document(env: Env) -> None:
     cre = {"Authorization": f"Bearer {env.creator_token}"}
     pat = {"Authorization": f"Bearer {env.patron_token}"}
     h = env.api.http
+    sent = env.api.client(env.patron_token, "POST", f"/conversations/{env.room}/messages",
+                          {"body": "to delete", "client_msg_id": f"oa-del-{time.time_ns()}"})
+    assert sent.status_code == 201, sent.text
+    message_id = sent.json()["message"]["id"]
     calls: list[tuple[str, str, str, dict[str, str], Any]] = [
         ("put", "/api/v1/server/users/{user_id}", "/api/v1/server/users/oa1", server, {"name": "Oa", "avatar_url": None}),
         ("put", "/api/v1/server/memberships/{creator_id}/{patron_id}", "/api/v1/server/memberships/cre/oa1", server,
          {"tier_cents": 100, "status": "active"}),
         ("post", "/api/v1/server/rooms", "/api/v1/server/rooms", server,
-         {"creator_id": "cre", "name": "R2", "min_tier_cents": 0, "post_policy": "everyone"}),
+         {"creator_id": "cre", "name": "R2", "min_tier_cents": 0, "post_policy": "everyone", "external_id": "r2"}),
+        ("get", "/api/v1/server/rooms", "/api/v1/server/rooms?creator_id=cre&limit=1", server, None),
+        ("delete", "/api/v1/server/messages/{message_id}", f"/api/v1/server/messages/{message_id}", server, None),
+        ("get", "/api/v1/server/conversations/{conversation_id}/messages",
+         f"/api/v1/server/conversations/{env.room}/messages?since_seq=0&limit=5", server, None),
+        ("get", "/api/v1/server/conversations/{conversation_id}/presence",
+         f"/api/v1/server/conversations/{env.room}/presence", server, None),
+        ("get", "/api/v1/server/channels/{channel}/presence", "/api/v1/server/channels/creator:cre/presence", server,
+         None),
+        ("post", "/api/v1/server/users/{user_id}/disconnect", "/api/v1/server/users/oa1/disconnect", server, None),
         ("post", "/api/v1/server/publish", "/api/v1/server/publish", server,
          {"channel": "user:pat", "event": "e", "data": {"x": [1, 2]}}),
         ("post", "/api/v1/server/notifications", "/api/v1/server/notifications", server,
@@ -149,6 +170,8 @@ def test_real_answers_match_the_document(env: Env) -> None:
          {"body": "hello", "client_msg_id": f"oa-{time.time_ns()}"}),
         ("get", "/api/v1/conversations/{conversation_id}/messages",
          f"/api/v1/conversations/{env.room}/messages?limit=5", pat, None),
+        ("get", "/api/v1/conversations/{conversation_id}/messages/{message_id}/reactions",
+         f"/api/v1/conversations/{env.room}/messages/{env.message_id}/reactions?limit=5", pat, None),
         ("get", "/api/v1/me", "/api/v1/me", pat, None),
         ("get", "/api/v1/conversations", "/api/v1/conversations", pat, None),
         ("post", "/api/v1/conversations/direct", "/api/v1/conversations/direct", cre, {"user_id": "pat"}),
@@ -162,6 +185,7 @@ def test_real_answers_match_the_document(env: Env) -> None:
         ("get", "/readyz", "/readyz", {}, None),
         ("get", "/metrics", "/metrics", {}, None),
         ("get", "/api/v1/openapi.json", "/api/v1/openapi.json", {}, None),
+        ("get", "/api/v1/asyncapi.json", "/api/v1/asyncapi.json", {}, None),
         ("get", "/", "/", {}, None),
     ]
     assert {(m, p) for m, p, *_ in calls} == documented_operations(env.doc)
@@ -174,10 +198,27 @@ def test_real_answers_match_the_document(env: Env) -> None:
         ("put", "/api/v1/server/users/oa1", "/api/v1/server/users/{user_id}", {}, {"name": "x"}),
         ("put", "/api/v1/server/users/oa1", "/api/v1/server/users/{user_id}", server, {"name": 5}),
         ("get", "/api/v1/conversations/999999/messages", "/api/v1/conversations/{conversation_id}/messages", pat, None),
+        ("post", "/api/v1/server/rooms", "/api/v1/server/rooms", server,  # the same external_id: 200, the room
+         {"creator_id": "cre", "name": "R2 again", "min_tier_cents": 0, "external_id": "r2"}),
     ]:
         r = h.request(method.upper(), url, headers=headers, json=body)
-        assert r.status_code >= 400
+        assert r.status_code >= 400 or "again" in str(body)
         _check_answer(env, method, path, r)
+    # a 429, with its documented headers: bursts over the per-user budget (20 in any 2 s)
+    def send(i: int) -> httpx.Response:
+        return h.post(f"/api/v1/conversations/{env.room}/messages", headers=cre,
+                      json={"body": "burst", "client_msg_id": f"oa-burst-{i}-{time.time_ns()}"})
+
+    limited = None
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(5):
+            answers = list(pool.map(send, range(30)))
+            for r in answers:
+                _check_answer(env, "post", "/api/v1/conversations/{conversation_id}/messages", r)
+            limited = next((r for r in answers if r.status_code == 429), None)
+            if limited is not None:
+                break
+    assert limited is not None, "150 sends without a 429"
 
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -423,7 +423,8 @@ def test_token_command(tmp_path: Path, shared_sqlite: Any, uid: Any) -> None:
     assert nosecret.returncode != 0 and nosecret.stdout.strip() == ""
 
 
-CHAT_TABLES = {"users", "memberships", "conversations", "conversation_states", "messages", "alembic_version"}
+CHAT_TABLES = {"users", "memberships", "conversations", "conversation_states", "messages", "reactions",
+               "alembic_version"}
 
 
 def _migrate(cwd: Path, database_url: str) -> None:

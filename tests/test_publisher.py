@@ -1,206 +1,50 @@
-"""chat/publisher.py against running servers: HTTP (sync and async), retries that keep the
-idempotency key, clear errors, and the Redis direct mode across a two-process cluster."""
+"""The publisher distribution (publisher/, `backstage_publisher`) against the project's
+two-process cluster on MariaDB + Redis: counts and deliveries are cluster-wide, and the Redis
+direct mode reaches every process. Its own tests (publisher/tests) cover the rest on one server;
+tests/test_publisher_dist.py installs it in a venv of its own."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpx
 import pytest
 
-from chat.publisher import AsyncPublisher, Publisher, PublishError, RedisPublisher
+from backstage_publisher import AsyncPublisher, PublishError, RedisPublisher
 from tests.conftest import Cluster
 from tests.support import API_KEY, Client, free_port
-
-
-class FlakyProxy:
-    """A tiny HTTP proxy in a thread. The first `failures` requests are answered by `mode`:
-    "503" (the server is never asked), or "lost" (forwarded, then the answer is replaced by a
-    500, as if it was lost on the way back). Later requests pass through. Records every body."""
-
-    def __init__(self, upstream: str, failures: int, mode: str) -> None:
-        self.upstream, self.failures, self.mode = upstream, failures, mode
-        self.bodies: list[dict[str, Any]] = []
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                proxy.bodies.append(json.loads(raw))
-                failing = len(proxy.bodies) <= proxy.failures
-                if failing and proxy.mode == "503":
-                    self._answer(503, b'{"error":{"code":"unavailable","message":"try again"}}')
-                    return
-                r = httpx.post(proxy.upstream + self.path, content=raw, timeout=15,
-                               headers={"Authorization": self.headers["Authorization"],
-                                        "Content-Type": "application/json"})
-                if failing:
-                    self._answer(500, b"upstream answer lost")
-                else:
-                    self._answer(r.status_code, r.content)
-
-            def _answer(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def proxies() -> Iterator[list[FlakyProxy]]:
-    made: list[FlakyProxy] = []
-    yield made
-    for p in made:
-        p.close()
 
 
 def is_event(channel: str, event: str) -> Any:
     return lambda m: m["channel"] == channel and m["event"] == event
 
 
-async def test_sync_publisher(shared_any_server: Cluster, proxies: list[FlakyProxy], uid: Any) -> None:
-    any_server = shared_any_server
-    url = any_server.servers[0].url
-    sub1 = uid("sub1")
-    token = any_server.api.user(sub1)
-    sock = await Client(url, token).connect()
-    pub = Publisher(url, API_KEY)
-    try:
-        delivered = await asyncio.to_thread(pub.publish, f"user:{sub1}", "ping", {"n": 1})
-        assert delivered == 1
-        got = await sock.wait_for("event", is_event(f"user:{sub1}", "ping"))
-        assert got["data"] == {"n": 1} and got["published_at"].endswith("Z")
-        assert set(got) == {"channel", "event", "data", "published_at"}
-
-        ids = await asyncio.to_thread(lambda: pub.notify(user_ids=[sub1], type="hello", title="Hi",
-                                                         body="there", data={"k": "v"}))
-        assert len(ids) == 1
-        note = await sock.wait_for("notification", lambda n: n["id"] == ids[0])
-        assert note["data"] == {"k": "v"} and note["type"] == "hello"
-        again = await asyncio.to_thread(lambda: pub.notify(user_ids=[sub1], type="hello", title="Hi",
-                                                           body="there", idempotency_key=f"fixed-{sub1}"))
-        assert await asyncio.to_thread(lambda: pub.notify(user_ids=[sub1], type="other", title="x", body="y",
-                                                          idempotency_key=f"fixed-{sub1}")) == again
-
-        with pytest.raises(PublishError) as err:
-            await asyncio.to_thread(pub.publish, "nonsense", "ping", {})
-        assert (err.value.code, err.value.status) == ("invalid", 400)
-        with pytest.raises(PublishError) as err:
-            await asyncio.to_thread(lambda: pub.notify(channel="room:424242", type="t", title="t", body="b"))
-        assert (err.value.code, err.value.status) == ("not_found", 404)
-        with pytest.raises(ValueError):
-            pub.notify(type="t", title="t", body="b")
-
-        counting = FlakyProxy(url, failures=0, mode="lost")  # passes everything through, counts requests
-        proxies.append(counting)
-        bad = Publisher(counting.url, "wrong-key", retries=3)
-        with pytest.raises(PublishError) as err:
-            await asyncio.to_thread(bad.publish, f"user:{sub1}", "ping", {})
-        assert (err.value.code, err.value.status) == ("unauthorized", 401)
-        assert len(counting.bodies) == 1  # a 401 is not retried
-        bad.close()
-    finally:
-        pub.close()
-        await sock.close()
-
-
-async def test_async_publisher(shared_any_server: Cluster, uid: Any) -> None:
-    any_server = shared_any_server
-    url = any_server.servers[0].url
-    api = any_server.api
+async def test_http_publisher_across_the_cluster(shared_mysql_cluster: Cluster, uid: Any) -> None:
+    cluster = shared_mysql_cluster
     fan, star = uid("fan"), uid("star")
-    token = api.user(fan)
-    api.user(star)
-    api.membership(star, fan, 100)
-    sock = await Client(url, token).connect()
+    token = cluster.api.user(fan)
+    cluster.api.user(star)
+    cluster.api.membership(star, fan, 100)
+    s0 = await Client(cluster.servers[0].url, token).connect()
+    s1 = await Client(cluster.servers[1].url, token).connect()
     try:
-        assert (await sock.call("subscribe", {"channel": f"creator:{star}"}))["ok"]
-        async with AsyncPublisher(url, API_KEY) as pub:
+        assert (await s1.call("subscribe", {"channel": f"creator:{star}"}))["ok"]
+        async with AsyncPublisher(cluster.servers[0].url, API_KEY) as pub:
+            # the socket on the other process counts and receives
             assert await pub.publish(f"creator:{star}", "live", {"on": True}) == 1
-            got = await sock.wait_for("event", is_event(f"creator:{star}", "live"))
-            assert got["data"] == {"on": True}
-            ids = await pub.notify(channel=f"creator:{star}", type="live", title="Live now", body="Join")
-            await sock.wait_for("notification", lambda n: n["id"] == ids[0])
-            with pytest.raises(PublishError) as err:
-                await pub.notify(user_ids=["bad id"], type="t", title="t", body="b")
-            assert (err.value.code, err.value.status) == ("invalid", 400)
+            assert (await s1.wait_for("event", is_event(f"creator:{star}", "live")))["data"] == {"on": True}
+            assert await pub.publish(f"user:{fan}", "dm", 1) == 2
+            ids = await pub.notify(channel=f"creator:{star}", type="live", title="Live now", body="Join",
+                                   idempotency_key=f"live-{star}")
+            for sock in (s0, s1):
+                await sock.wait_for("event", is_event(f"user:{fan}", "dm"))
+                await sock.wait_for("notification", lambda n: n["id"] == ids[0])
+        # the idempotency key holds across processes
+        async with AsyncPublisher(cluster.servers[1].url, API_KEY) as other:
+            assert await other.notify(channel=f"creator:{star}", type="x", title="x", body="x",
+                                      idempotency_key=f"live-{star}") == ids
     finally:
-        await sock.close()
-
-
-async def test_retries_keep_the_idempotency_key(shared_sqlite: Cluster, proxies: list[FlakyProxy], uid: Any) -> None:
-    sqlite_server = shared_sqlite
-    url = sqlite_server.servers[0].url
-    r1 = uid("r1")
-    token = sqlite_server.api.user(r1)
-
-    # the answer of the first attempt is lost after the server stored it: the retry replays
-    lost = FlakyProxy(url, failures=1, mode="lost")
-    proxies.append(lost)
-    pub = Publisher(lost.url, API_KEY, retries=3)
-    ids = await asyncio.to_thread(lambda: pub.notify(user_ids=[r1], type="t", title="t", body="b"))
-    pub.close()
-    assert len(lost.bodies) == 2
-    assert lost.bodies[0]["idempotency_key"] == lost.bodies[1]["idempotency_key"]
-    feed = sqlite_server.api.client(token, "GET", "/notifications").json()["notifications"]
-    assert [n["id"] for n in feed] == ids
-
-    # the async publisher through 503s
-    busy = FlakyProxy(url, failures=2, mode="503")
-    proxies.append(busy)
-    async with AsyncPublisher(busy.url, API_KEY, retries=3) as apub:
-        ids2 = await apub.notify(user_ids=[r1], type="t", title="t", body="b")
-        assert await apub.publish(f"user:{r1}", "e", {}) == 0
-    assert len({b["idempotency_key"] for b in busy.bodies[:3]}) == 1 and len(busy.bodies) == 4
-    feed = sqlite_server.api.client(token, "GET", "/notifications").json()["notifications"]
-    assert [n["id"] for n in feed] == ids2 + ids
-
-    # publish is not idempotent: a lost answer is not retried
-    lost_publish = FlakyProxy(url, failures=1, mode="lost")
-    proxies.append(lost_publish)
-    with Publisher(lost_publish.url, API_KEY, retries=3) as pub:
-        with pytest.raises(PublishError) as err:
-            await asyncio.to_thread(pub.publish, f"user:{r1}", "e", {})
-    assert err.value.status == 500 and len(lost_publish.bodies) == 1
-
-    # too many failures: the last answer is raised
-    down = FlakyProxy(url, failures=10, mode="503")
-    proxies.append(down)
-    with Publisher(down.url, API_KEY, retries=2) as pub:
-        with pytest.raises(PublishError) as err:
-            await asyncio.to_thread(lambda: pub.notify(user_ids=[r1], type="t", title="t", body="b"))
-    assert (err.value.code, err.value.status) == ("unavailable", 503) and len(down.bodies) == 3
-
-
-async def test_unreachable_server_fails_clearly() -> None:
-    closed = f"http://127.0.0.1:{free_port()}"
-    with Publisher(closed, API_KEY, timeout=1, retries=2) as pub:
-        with pytest.raises(PublishError) as err:
-            pub.publish("user:x", "e", {})
-    assert err.value.code == "unavailable" and err.value.status is None
-    assert "3 attempt" in str(err.value)
-    async with AsyncPublisher(closed, API_KEY, timeout=1, retries=1) as apub:
-        with pytest.raises(PublishError) as err:
-            await apub.notify(user_ids=["x"], type="t", title="t", body="b")
-    assert err.value.code == "unavailable" and err.value.status is None
+        await s0.close()
+        await s1.close()
 
 
 async def test_redis_publisher_reaches_every_process(shared_mysql_cluster: Cluster, redis_url: str,

@@ -1,86 +1,107 @@
-// Backstage live chat: sign-in, the Socket.IO connection and what its events
-// do to the page's state. Rendering lives in render.js, the bell in
-// notifications.js, the HTTP calls in api.js.
+// Backstage live chat: sign-in, the connection and what its events do to the
+// page's state. The connection, reconnect recovery (since_seq, dedupe by seq) and
+// pending sends are the client module's (backstage-client.js); rendering lives in
+// render.js, the bell in notifications.js, the HTTP calls in api.js.
 
 import { io } from "/static/vendor/socket.io.esm.min.js";
 import * as api from "./api.js";
+import { BackstageClient } from "./backstage-client.js";
 import { addLiveNotification, setUnreadNotifications, setupNotifications } from "./notifications.js";
 import { actions, onMessageListScroll, scheduleRender, scrollToLatest, showAuthScreen, showNotice } from "./render.js";
 import { canPost, conversationName, learnMembers, makeConv, maxSeq, openConv, state } from "./state.js";
+import { forgetCreatorChannels, onCreatorEvent, setupCreatorEvents, subscribeCreatorChannels } from "./creator-events.js";
+import { renderMe, setupMessageMenus, watchConnection } from "./ui.js";
 
 const ACK_TIMEOUT_MS = 10_000;
 const TYPING_REFRESH_MS = 2_000; // re-send typing:true this often while typing
 const TYPING_IDLE_MS = 5_000; // typing:false after this long without a keystroke
 const TYPING_EXPIRE_MS = 6_000; // others' typing state without news expires
 const PAGE = 50;
-const CATCH_UP_PAGE = 100;
+const REREAD_PAGE = 100;
 const LIST_REFRESH_MS = 60_000;
 const MAX_BODY_CHARS = 4_000;
 
 const $ = (id) => document.getElementById(id);
 
-let socket = null;
+let client = null; // BackstageClient
 let authFailed = false;
-let everConnected = false;
 const drafts = new Map(); // conversation id -> unsent composer text
 
-// ------------------------------------------------------------------ socket I/O
+// ------------------------------------------------------------------ connection
 
-/** Emits with an ack; a lost ack (timeout) or no connection becomes {ok:false}. */
+const isConnected = () => Boolean(client && client.connected);
+
+/** A request with an ack; a lost ack (timeout) or no connection becomes {ok:false}. */
 function emitAck(event, payload) {
-  return new Promise((resolve) => {
-    if (!socket || !socket.connected) {
-      resolve({ ok: false, error: { code: "offline", message: "not connected" } });
-      return;
-    }
-    socket.timeout(ACK_TIMEOUT_MS).emit(event, payload, (err, res) => {
-      if (err) resolve({ ok: false, error: { code: "timeout", message: "no answer from the server" } });
-      else if (res && typeof res === "object") resolve(res);
-      else resolve({ ok: false, error: { code: "bad_answer", message: "unexpected answer from the server" } });
-    });
-  });
+  if (!client) return Promise.resolve({ ok: false, error: { code: "offline", message: "not connected" } });
+  return client.request(event, payload, { timeoutMs: ACK_TIMEOUT_MS }).catch((err) => ({
+    ok: false,
+    error: { code: err.code, message: err.message },
+  }));
 }
 
 function updateConnection() {
-  if (socket && socket.connected) state.connection = "connected";
+  if (isConnected()) state.connection = "connected";
   else if (!navigator.onLine) state.connection = "offline";
   else state.connection = "connecting";
   scheduleRender();
 }
 
 function connectSocket() {
-  socket = io(window.location.origin, {
-    auth: { token: api.getToken() },
-    transports: ["websocket"],
-    reconnectionDelay: 500,
-    reconnectionDelayMax: 4_000,
+  client = new BackstageClient({
+    url: window.location.origin,
+    io,
+    token: api.getToken(),
+    ackTimeoutMs: ACK_TIMEOUT_MS,
+    socketOptions: { reconnectionDelay: 500, reconnectionDelayMax: 4_000 },
   });
-  socket.on("connect", onConnect);
-  socket.on("disconnect", onDisconnect);
-  socket.on("connect_error", onConnectError);
-  socket.io.on("reconnect_attempt", updateConnection);
-  socket.on("message", onMessage);
-  socket.on("message_updated", onMessageUpdated);
-  socket.on("typing", onTyping);
-  socket.on("read", onRead);
-  socket.on("presence", onPresence);
-  socket.on("notification", onNotification);
-  socket.on("access_revoked", onAccessRevoked);
-  socket.on("resync", onResync);
+  // "state": connecting | connected | reconnecting | disconnected ({state, previous, reason, reconnect}).
+  client.on("state", onConnectionState);
+  client.on("joined", onJoined);
+  client.on("join_error", onJoinError);
+  client.on("send_status", onSendStatus);
+  client.on("message", onMessage);
+  client.on("message_updated", onMessageUpdated);
+  client.on("typing", onTyping);
+  client.on("read", onRead);
+  client.on("presence", onPresence);
+  client.on("notification", onNotification);
+  client.on("access_revoked", onAccessRevoked);
+  client.on("resync", onResync);
+  client.on("event", onCreatorEvent);
+  // Refused by the server (not a network error): bad credentials, or too many connections.
+  client.connect().catch((err) => handleUnauthorized(err && err.message));
+  watchConnection(client.socket, reconnectNow);
 }
 
-async function onConnect() {
+/** A connection attempt now rather than after the current back-off delay. */
+function reconnectNow() {
+  if (client && !authFailed) client.reconnectNow();
+}
+
+function onConnectionState(ev) {
+  if (ev.state === "connected") onConnect(ev.reconnect);
+  else if (ev.previous === "connected") onDisconnect();
+  // The token expired (the server closed the session), or a reconnect was refused: sign-in screen.
+  if (ev.state === "disconnected" && (ev.reason === "token_expired" || ev.reason === "refused")) {
+    handleUnauthorized(ev.error && ev.error.message);
+  }
+  updateConnection();
+}
+
+async function onConnect(reconnect) {
   updateConnection();
   try {
     await refreshConversations({ join: false });
   } catch {
     // The list we have is still good; the periodic refresh tries again.
   }
-  const reconnect = everConnected;
-  everConnected = true;
+  subscribeCreatorChannels();
   if (reconnect) for (const c of state.convs.values()) if (c.loaded) c.stale = true;
-  await Promise.allSettled([...state.convs.values()].map((conv) => joinConversation(conv)));
-  flushPending();
+  // The client keeps joined conversations joined (and recovers them with since_seq); the
+  // others (the first connect, conversations listed while offline) are joined here.
+  const tracked = new Set(client.conversations());
+  await Promise.allSettled([...state.convs.values()].filter((c) => !tracked.has(c.id)).map((conv) => joinConversation(conv)));
   const conv = openConv();
   if (conv) {
     markRead(conv);
@@ -92,40 +113,20 @@ async function onConnect() {
     .catch(() => {});
 }
 
-function onDisconnect(reason) {
+function onDisconnect() {
+  forgetCreatorChannels();
   for (const conv of state.convs.values()) {
     conv.joined = false;
     conv.online = new Set();
     for (const t of conv.typers.values()) clearTimeout(t);
     conv.typers.clear();
-    for (const p of conv.pending.values()) {
-      if (p.status === "sending") {
-        p.status = "queued"; // its ack may never come: resent on reconnect
-        p.attempt += 1;
-      }
-    }
   }
-  if (reason === "io server disconnect") {
-    // The server closed the session (e.g. the token expired); it will not reconnect by itself.
-    if (api.tokenProblem(api.getToken())) handleUnauthorized();
-    else socket.connect();
-  }
-  updateConnection();
-}
-
-function onConnectError(err) {
-  if (!socket.active) {
-    // Refused by the server's connect handler (not a network error): bad credentials.
-    handleUnauthorized(err && err.message);
-    return;
-  }
-  updateConnection();
 }
 
 function handleUnauthorized(detail) {
   if (authFailed) return;
   authFailed = true;
-  if (socket) socket.disconnect();
+  if (client) client.close();
   const problem = api.tokenProblem(api.getToken());
   if (problem === "expired") {
     showAuthScreen("Your session has expired", "Your sign-in link has expired, so Backstage cannot load your chats.");
@@ -177,11 +178,6 @@ function addMessages(conv, msgs) {
   while (conv.messages.has(conv.highSeq + 1)) conv.highSeq += 1;
 }
 
-function hasGap(conv) {
-  for (const seq of conv.messages.keys()) if (seq > conv.highSeq) return true;
-  return false;
-}
-
 /** The latest page (join without since_seq, or GET .../messages): the window to grow from. */
 function applyLatestPage(conv, messages, hasMore) {
   addMessages(conv, messages);
@@ -194,77 +190,59 @@ function applyLatestPage(conv, messages, hasMore) {
   conv.loaded = true;
 }
 
-/** Fetches everything after highSeq until there is no more and no gap. */
-async function catchUp(conv) {
-  if (conv.syncing) {
-    conv.syncAgain = true;
-    return;
-  }
-  conv.syncing = true;
-  try {
-    for (let round = 0; round < 1000; round++) {
-      conv.syncAgain = false;
-      const before = conv.highSeq;
-      const res = await api.listMessages(conv.id, { afterSeq: conv.highSeq, limit: CATCH_UP_PAGE });
-      if (!state.convs.has(conv.id)) return;
-      addMessages(conv, res.messages);
-      afterMessagesChanged(conv);
-      if (!(res.has_more || hasGap(conv) || conv.syncAgain)) break;
-      if (conv.highSeq === before) break; // no progress: try again on the next event or reconnect
-    }
-  } catch {
-    // Network or server trouble: the next reconnect or gap tries again.
-  } finally {
-    conv.syncing = false;
-    scheduleRender();
-  }
-}
-
 function afterMessagesChanged(conv, opts = {}) {
-  if (conv.loaded && hasGap(conv) && !conv.syncing) catchUp(conv);
   if (state.openId === conv.id) markRead(conv);
   scheduleRender(opts);
 }
 
+/**
+ * Joins a conversation through the client, which keeps it joined: after a reconnect or a
+ * `resync` it joins again with since_seq itself and what was missed arrives as `message`
+ * events, in seq order and once each. Resumes after highSeq when messages are loaded already.
+ */
 async function joinConversation(conv) {
-  const payload = { conversation_id: conv.id };
   const resuming = conv.loaded;
-  if (resuming) payload.since_seq = conv.highSeq;
-  const res = await emitAck("join", payload);
+  let res;
+  try {
+    res = await client.join(conv.id, resuming ? { sinceSeq: conv.highSeq } : {});
+  } catch {
+    return; // forbidden / not_found: onJoinError; closed: signed out
+  }
   if (!state.convs.has(conv.id)) return;
-  if (!res.ok) {
-    const code = res.error && res.error.code;
-    if (code === "forbidden" || code === "not_found") {
-      removeConversation(conv.id, state.openId === conv.id ? `You no longer have access to “${conversationName(conv)}”.` : null);
-    } else if (code === "unauthorized") {
-      handleUnauthorized();
-    } else if (code !== "offline") {
-      // A lost ack or a busy server: try again shortly while still connected.
-      setTimeout(() => {
-        if (socket && socket.connected && !conv.joined && state.convs.has(conv.id)) joinConversation(conv);
-      }, 3_000);
-    }
-    return; // a disconnect: the next connect joins again
-  }
-  conv.joined = true;
-  if (res.conversation) {
-    conv.conversation = { ...conv.conversation, ...res.conversation };
-    learnMembers(conv);
-  }
-  conv.online = new Set((res.online || []).map(String));
-  for (const rp of res.read_positions || []) {
-    learnName(rp);
-    const userId = String(rp.user_id);
-    if (typeof rp.seq === "number" && rp.seq > (conv.readers.get(userId) || 0)) conv.readers.set(userId, rp.seq);
-  }
   if (resuming) {
-    addMessages(conv, res.messages);
-    if (res.has_more) catchUp(conv);
+    addMessages(conv, res.messages); // and, when it has_more, the rest as message events
   } else {
     applyLatestPage(conv, res.messages || [], res.has_more);
     if (state.openId === conv.id) setTimeout(fillViewport, 50);
   }
   afterMessagesChanged(conv);
+}
+
+/** Every join answer (the first, and the client's joins after a reconnect, resync or gap). */
+function onJoined({ conversationId, answer }) {
+  const conv = state.convs.get(conversationId);
+  if (!conv) return;
+  conv.joined = true;
+  if (answer.conversation) {
+    conv.conversation = { ...conv.conversation, ...answer.conversation };
+    learnMembers(conv);
+  }
+  conv.online = new Set((answer.online || []).map(String));
+  for (const rp of answer.read_positions || []) {
+    learnName(rp);
+    const userId = String(rp.user_id);
+    if (typeof rp.seq === "number" && rp.seq > (conv.readers.get(userId) || 0)) conv.readers.set(userId, rp.seq);
+  }
+  scheduleRender();
+}
+
+/** A join the client gave up (forbidden / not_found: the conversation is no longer ours). */
+function onJoinError({ conversationId, error, retrying }) {
+  const conv = state.convs.get(conversationId);
+  if (!conv || retrying) return;
+  if (error.code === "forbidden" || error.code === "not_found") {
+    removeConversation(conv.id, state.openId === conv.id ? `You no longer have access to “${conversationName(conv)}”.` : null);
+  }
 }
 
 /**
@@ -278,7 +256,7 @@ async function refreshLatest(conv) {
   let after = Math.max(conv.lowSeq - 1, top - 1_000);
   try {
     while (after < top) {
-      const res = await api.listMessages(conv.id, { afterSeq: after, limit: CATCH_UP_PAGE });
+      const res = await api.listMessages(conv.id, { afterSeq: after, limit: REREAD_PAGE });
       if (!state.convs.has(conv.id)) return;
       const msgs = res.messages || [];
       addMessages(conv, msgs);
@@ -308,7 +286,7 @@ async function loadOlder(conv) {
   scheduleRender();
   try {
     let res;
-    if (socket && socket.connected) {
+    if (isConnected()) {
       res = await emitAck("history", { conversation_id: conv.id, before_seq: conv.lowSeq, limit: PAGE });
       if (!res.ok) throw new Error((res.error && res.error.message) || "failed");
     } else {
@@ -338,7 +316,7 @@ function markRead(conv) {
   if (state.openId !== conv.id || document.visibilityState === "hidden") return;
   conv.unread = 0;
   const seq = maxSeq(conv);
-  if (seq <= conv.readSent || !socket || !socket.connected) return;
+  if (seq <= conv.readSent || !isConnected()) return;
   const previous = conv.readSent;
   conv.readSent = seq;
   emitAck("read", { conversation_id: conv.id, seq }).then((res) => {
@@ -355,49 +333,43 @@ function markRead(conv) {
 
 // ------------------------------------------------------------------ sending
 
-function trySend(conv, p) {
-  if (!socket || !socket.connected) {
-    p.status = "queued";
-    scheduleRender();
-    return;
-  }
-  p.attempt += 1;
-  const attempt = p.attempt;
-  p.status = "sending";
-  p.error = null;
-  p.autoRetry = false;
-  scheduleRender();
-  const payload = { conversation_id: conv.id, body: p.body, client_msg_id: p.cmid };
-  socket.timeout(ACK_TIMEOUT_MS).emit("send", payload, (err, res) => {
-    if (!conv.pending.has(p.cmid)) return; // already confirmed by the broadcast
-    if (!err && res && res.ok && res.message) {
-      addMessages(conv, [res.message]);
+/**
+ * Hands a pending message to the client, which sends it now or once connected, and retries a
+ * lost answer, `unavailable` or `rate_limited` with the same client_msg_id (the server stores it
+ * once). Its progress comes back as `send_status` events (onSendStatus).
+ */
+function sendPending(conv, p) {
+  client.send(conv.id, p.body, { clientMsgId: p.cmid }).then(
+    (msg) => {
+      if (!msg || !state.convs.has(conv.id)) return;
+      addMessages(conv, [msg]);
       afterMessagesChanged(conv);
-      return;
-    }
-    if (attempt !== p.attempt) return; // a newer attempt is under way
-    p.status = "failed";
-    if (err) {
-      p.error = "no answer from the server";
-      p.autoRetry = true;
-    } else {
-      const e = (res && res.error) || {};
-      p.error = e.message || e.code || "error";
-      p.autoRetry = e.code === "unavailable";
-      if (e.code === "unauthorized") handleUnauthorized();
-    }
-    scheduleRender();
-  });
+    },
+    (err) => {
+      if (err.code === "unauthorized") handleUnauthorized();
+    },
+  );
 }
 
-/** Resends what was queued while offline (same client_msg_id: the server dedupes). */
-function flushPending() {
-  for (const conv of state.convs.values()) {
-    const waiting = [...conv.pending.values()].sort((a, b) => a.createdAt - b.createdAt);
-    for (const p of waiting) {
-      if (p.status === "queued" || p.status === "sending" || (p.status === "failed" && p.autoRetry)) trySend(conv, p);
-    }
+/** queued (offline) | sending | retrying (shown as failed, retried by itself) | failed | sent | cancelled */
+function onSendStatus(s) {
+  const conv = state.convs.get(s.conversationId);
+  const p = conv && conv.pending.get(s.clientMsgId);
+  if (!p) return;
+  p.attempt = s.attempts;
+  if (s.status === "sent" || s.status === "cancelled") {
+    if (s.message) addMessages(conv, [s.message]);
+    conv.pending.delete(p.cmid);
+  } else if (s.status === "retrying" || s.status === "failed") {
+    p.status = "failed";
+    p.error = (s.error && (s.error.message || s.error.code)) || "error";
+    p.autoRetry = s.status === "retrying";
+  } else {
+    p.status = s.status; // queued | sending
+    p.error = null;
+    p.autoRetry = false;
   }
+  scheduleRender();
 }
 
 function submitComposer() {
@@ -424,7 +396,7 @@ function submitComposer() {
   };
   conv.pending.set(p.cmid, p);
   scheduleRender({ scroll: "bottom" });
-  trySend(conv, p);
+  sendPending(conv, p);
 }
 
 // ------------------------------------------------------------------ typing
@@ -435,7 +407,7 @@ let lastInputAt = 0;
 let typingTimer = null;
 
 function emitTyping(conversationId, typing) {
-  if (socket && socket.connected) socket.emit("typing", { conversation_id: conversationId, typing }, () => {});
+  if (isConnected()) client.typing(conversationId, typing).catch(() => {});
 }
 
 function sendTypingTrue(conversationId) {
@@ -579,18 +551,14 @@ function onNotification(n) {
 
 /**
  * The server's relay was interrupted (docs/api.md `resync`): broadcasts may have been lost,
- * the messages are stored. Join again with since_seq when behind `last_seq`; edits and
- * deletions are not counted by seq, so what we show is re-read too (the open one at once).
+ * the messages are stored. The client joins again with since_seq when behind `last_seq`; edits
+ * and deletions are not counted by seq, so what we show is re-read too (the open one at once).
  */
 function onResync(ev) {
   const conv = convOf(ev);
-  if (!conv || !conv.joined) return;
-  if (conv.loaded) {
-    conv.stale = true;
-    if (state.openId === conv.id) refreshLatest(conv);
-  }
-  const behind = typeof ev.last_seq !== "number" || !conv.loaded || conv.highSeq < ev.last_seq;
-  if (behind && socket && socket.connected) joinConversation(conv);
+  if (!conv || !conv.loaded) return;
+  conv.stale = true;
+  if (state.openId === conv.id) refreshLatest(conv);
 }
 
 function onAccessRevoked(ev) {
@@ -605,6 +573,7 @@ function removeConversation(id, notice) {
   const conv = state.convs.get(id);
   if (!conv) return;
   for (const t of conv.typers.values()) clearTimeout(t);
+  if (client && client.conversations().includes(id)) client.leave(id).catch(() => {}); // no rejoin on reconnect
   state.convs.delete(id);
   drafts.delete(id);
   if (state.openId === id) {
@@ -633,7 +602,7 @@ async function refreshConversations({ join = true } = {}) {
     if (!conv) {
       conv = makeConv(entry, index);
       state.convs.set(id, conv);
-      if (join && socket && socket.connected) joinConversation(conv);
+      if (join && isConnected()) joinConversation(conv);
       return;
     }
     conv.order = index;
@@ -657,6 +626,7 @@ async function refreshConversations({ join = true } = {}) {
   }
   const open = openConv();
   if (open) markRead(open);
+  if (isConnected()) subscribeCreatorChannels();
   scheduleRender();
 }
 
@@ -674,8 +644,9 @@ function openConversation(id) {
   const composer = $("composer");
   composer.value = drafts.get(id) || "";
   markRead(conv);
-  if (!conv.loaded && !(socket && socket.connected)) loadLatestOverHttp(conv);
-  else if (conv.stale && socket && socket.connected) refreshLatest(conv);
+  // Offline, a conversation never joined is read over HTTP (one the client tracks is joined on reconnect).
+  if (!conv.loaded && !isConnected() && !(client && client.conversations().includes(conv.id))) loadLatestOverHttp(conv);
+  else if (conv.stale && isConnected()) refreshLatest(conv);
   scheduleRender({ scroll: "bottom" });
   setTimeout(fillViewport, 50);
   if (window.matchMedia("(min-width: 641px)").matches && canPost(conv)) composer.focus();
@@ -779,11 +750,12 @@ actions.deleteMessage = async (convId, seq) => {
 actions.retrySend = (convId, cmid) => {
   const conv = state.convs.get(convId);
   const p = conv && conv.pending.get(cmid);
-  if (p) trySend(conv, p);
+  if (p && !client.retrySend(cmid)) sendPending(conv, p); // same client_msg_id: stored once
 };
 
 actions.discardSend = (convId, cmid) => {
   const conv = state.convs.get(convId);
+  if (client) client.cancelSend(cmid);
   if (conv) conv.pending.delete(cmid);
   scheduleRender();
 };
@@ -845,11 +817,7 @@ function wireDom() {
   window.addEventListener("offline", updateConnection);
   window.addEventListener("online", () => {
     updateConnection();
-    if (socket && !socket.connected && !authFailed) {
-      // Reconnect now rather than after the current back-off delay.
-      socket.disconnect();
-      socket.connect();
-    }
+    reconnectNow();
   });
   document.addEventListener("visibilitychange", () => {
     const conv = openConv();
@@ -901,13 +869,16 @@ async function boot() {
   watchExpiry();
   wireDom();
   setupNotifications({ openConversation });
+  setupCreatorEvents({ emitAck });
+  setupMessageMenus($("message-list"));
   scheduleRender();
 
   const me = await loadMe();
   if (!me || authFailed) return;
   state.me = { id: String(me.user.id), name: me.user.name || String(me.user.id) };
   state.names.set(state.me.id, state.me.name);
-  $("me-name").textContent = state.me.name;
+  state.avatars.set(state.me.id, me.user.avatar_url || null);
+  renderMe();
   setUnreadNotifications(me.unread_notifications);
   try {
     await refreshConversations({ join: false });

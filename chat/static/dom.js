@@ -110,12 +110,6 @@ export function dayLabel(iso) {
   return d.getFullYear() === now.getFullYear() ? longDayFmt.format(d) : yearDayFmt.format(d);
 }
 
-/** The first letter (or symbol) of a name, for avatars. */
-export function initial(name) {
-  const first = Array.from((name || "?").trim())[0];
-  return (first || "?").toUpperCase();
-}
-
 /** A small, stable hue for a user or conversation id (avatar colour classes). */
 export function hueClass(id) {
   let hash = 0;

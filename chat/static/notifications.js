@@ -51,7 +51,7 @@ function syncUnreadSoon() {
   }, 400);
 }
 
-/** A live `notification` event. */
+/** A live `notification` event: seen at once while the panel is open in a visible tab. */
 export function addLiveNotification(n) {
   const feed = state.notifications;
   if (!n || n.id === undefined) return;
@@ -59,14 +59,31 @@ export function addLiveNotification(n) {
     feed.items.unshift(n);
     if (!n.read_at) feed.unread += 1;
   }
-  syncUnreadSoon();
+  if (feed.open && document.visibilityState === "visible") markSeen();
+  else syncUnreadSoon();
   scheduleRender();
 }
 
 function togglePanel(open = !state.notifications.open) {
-  state.notifications.open = open;
-  if (open) loadPage(false);
+  const feed = state.notifications;
+  feed.open = open;
+  if (open) loadPage(false).then(markSeen);
+  else feed.fresh.clear();
   scheduleRender();
+}
+
+/**
+ * Opening the bell marks what it shows as seen (`POST /api/v1/notifications/read` with their
+ * ids); they keep the "new" look until the panel closes. Older unread ones not loaded stay
+ * unread ("Mark all read" takes them too).
+ */
+function markSeen() {
+  const feed = state.notifications;
+  if (!feed.open) return;
+  const ids = feed.items.filter((n) => !n.read_at).map((n) => n.id);
+  if (!ids.length) return;
+  for (const id of ids) feed.fresh.add(String(id));
+  markRead(ids);
 }
 
 async function loadPage(older) {
@@ -159,13 +176,14 @@ function renderBell() {
   for (const n of feed.items) {
     const id = String(n.id);
     keep.add(id);
-    const sig = JSON.stringify([n.title, n.body, n.read_at, n.created_at]);
+    const fresh = feed.fresh.has(id);
+    const sig = JSON.stringify([n.title, n.body, n.read_at, n.created_at, fresh]);
     let item = itemEls.get(id);
     if (!item || item.sig !== sig) {
       const el = h(
         "li",
         {
-          class: n.read_at ? "notif" : "notif unread",
+          class: n.read_at && !fresh ? "notif" : "notif unread",
           "data-testid": "notification-item",
           "data-notification-id": id,
           tabindex: "0",

@@ -2,7 +2,7 @@
 // state, redrawn from `state`. Elements are keyed and only rebuilt when what
 // they show changed, so scroll position, focus and hover survive live updates.
 
-import { clockTime, dayLabel, fullTime, h, hueClass, initial, linkify, shortTime } from "./dom.js";
+import { clockTime, dayLabel, fullTime, h, hueClass, linkify, shortTime } from "./dom.js";
 import {
   canDelete,
   canEdit,
@@ -15,6 +15,7 @@ import {
   sortedConvs,
   state,
 } from "./state.js";
+import { avatarUrl, fillAvatar, menuOpenFor, messageMenu } from "./ui.js";
 
 /** Filled by app.js: what buttons in rendered items do. */
 export const actions = {};
@@ -80,28 +81,39 @@ function previewText(conv) {
   return conv.conversation.kind === "room" || who === "You" ? `${who}: ${text}` : text;
 }
 
+/**
+ * "online" | "offline" for the other member of a direct conversation, "unknown" while this
+ * page is not joined to it (disconnected, or before the join's answer): no false "offline".
+ */
 function presenceOf(conv) {
   const other = otherMemberId(conv);
   if (!other) return null;
+  if (!conv.joined) return "unknown";
   return conv.online.has(other) ? "online" : "offline";
+}
+
+const PRESENCE_TITLE = { online: "online", offline: "offline", unknown: "status unknown" };
+
+/** What the header says about presence: unknown while we are the ones disconnected. */
+function presenceText(presence) {
+  if (presence !== "unknown") return presence;
+  return state.connection === "connected" ? "" : "status unknown while reconnecting";
 }
 
 function buildListItem(conv) {
   const name = conversationName(conv);
   const isRoom = conv.conversation.kind === "room";
   const presence = presenceOf(conv);
-  const avatar = h(
-    "span",
-    { class: `avatar ${hueClass(conv.id)}`, "aria-hidden": "true" },
-    isRoom ? "#" : initial(name),
-  );
-  if (presence) avatar.append(h("span", { class: `presence-dot ${presence}`, title: presence }));
+  const avatar = h("span", { class: "avatar", "aria-hidden": "true" });
+  fillAvatar(avatar, { key: conv.id, name, userId: otherMemberId(conv), symbol: isRoom ? "#" : null });
+  const wrap = h("span", { class: "avatar-wrap" }, avatar);
+  if (presence) wrap.append(h("span", { class: `presence-dot ${presence}`, title: PRESENCE_TITLE[presence] }));
   const badge =
     conv.unread > 0
       ? h("span", { class: "badge", "data-testid": "unread-badge", "aria-label": `${conv.unread} unread` }, String(conv.unread))
       : null;
   return [
-    avatar,
+    wrap,
     h(
       "div",
       { class: "conv-main" },
@@ -131,27 +143,24 @@ function renderList() {
       conv.unread,
       conv.muted,
       presenceOf(conv),
+      avatarUrl(otherMemberId(conv)),
     ]);
     let item = listItems.get(conv.id);
     if (!item) {
-      const el = h("li", {
-        class: "conv-item",
-        "data-testid": "conversation-item",
-        "data-conversation-id": conv.id,
-        tabindex: "0",
-        role: "button",
-      });
-      item = { el, sig: null };
+      // A list item holding one button-like element (a list may only hold list items).
+      const button = h("div", { class: "conv-item", tabindex: "0", role: "button" });
+      const el = h("li", { class: "conv-li", "data-testid": "conversation-item", "data-conversation-id": conv.id }, button);
+      item = { el, button, sig: null };
       listItems.set(conv.id, item);
     }
     if (item.sig !== sig) {
-      item.el.replaceChildren(...buildListItem(conv));
+      item.button.replaceChildren(...buildListItem(conv));
       item.sig = sig;
     }
-    item.el.classList.toggle("active", conv.id === state.openId);
-    item.el.classList.toggle("has-unread", conv.unread > 0);
-    if (conv.id === state.openId) item.el.setAttribute("aria-current", "true");
-    else item.el.removeAttribute("aria-current");
+    item.button.classList.toggle("active", conv.id === state.openId);
+    item.button.classList.toggle("has-unread", conv.unread > 0);
+    if (conv.id === state.openId) item.button.setAttribute("aria-current", "true");
+    else item.button.removeAttribute("aria-current");
     const expectedNext = prev ? prev.nextSibling : list.firstChild;
     if (expectedNext !== item.el) list.insertBefore(item.el, expectedNext);
     prev = item.el;
@@ -271,26 +280,11 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
   el.append(row);
 
   if (!pending && !editing) {
-    const buttons = [];
-    if (canEdit(msg)) {
-      buttons.push(h("button", { type: "button", class: "msg-action", "data-action": "edit", onclick: () => actions.startEdit(conv.id, msg.seq) }, "Edit"));
+    const items = messageActions(conv, msg);
+    if (items.length) {
+      el.classList.add("has-menu");
+      row.append(messageMenu(conv.id, msg.seq, items));
     }
-    if (canDelete(conv, msg)) {
-      const confirming = state.confirmDelete && state.confirmDelete.convId === conv.id && state.confirmDelete.seq === msg.seq;
-      buttons.push(
-        h(
-          "button",
-          {
-            type: "button",
-            class: confirming ? "msg-action danger confirming" : "msg-action danger",
-            "data-action": "delete",
-            onclick: () => actions.deleteMessage(conv.id, msg.seq),
-          },
-          confirming ? "Delete?" : "Delete",
-        ),
-      );
-    }
-    if (buttons.length) row.append(h("div", { class: "msg-actions" }, buttons));
   }
 
   if (pending) {
@@ -316,12 +310,30 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
   return el;
 }
 
+/** The actions of a message's menu: Edit (own), Delete (own; any in the creator's room), Copy. */
+function messageActions(conv, msg) {
+  const items = [];
+  if (canEdit(msg)) items.push({ action: "edit", label: "Edit", run: () => actions.startEdit(conv.id, msg.seq) });
+  if (canDelete(conv, msg)) {
+    const confirming = state.confirmDelete && state.confirmDelete.convId === conv.id && state.confirmDelete.seq === msg.seq;
+    items.push({
+      action: "delete",
+      label: confirming ? "Delete?" : "Delete",
+      danger: true,
+      keepOpen: !confirming, // the first press arms, the second deletes
+      run: () => actions.deleteMessage(conv.id, msg.seq),
+    });
+  }
+  if (items.length && navigator.clipboard && msg.body) {
+    items.push({ action: "copy", label: "Copy text", run: () => navigator.clipboard.writeText(msg.body).catch(() => {}) });
+  }
+  return items;
+}
+
 function renderHeader(conv) {
   const name = conversationName(conv);
   const isRoom = conv.conversation.kind === "room";
-  const avatar = $("conv-avatar");
-  avatar.className = `avatar ${hueClass(conv.id)}`;
-  avatar.textContent = isRoom ? "#" : initial(name);
+  fillAvatar($("conv-avatar"), { key: conv.id, name, userId: otherMemberId(conv), symbol: isRoom ? "#" : null });
   const title = $("conv-title");
   if (title.textContent !== name) title.textContent = name;
 
@@ -329,12 +341,13 @@ function renderHeader(conv) {
   const parts = [];
   if (isRoom) {
     parts.push(isCreatorOf(conv) ? "Your room" : "Room");
-    parts.push(`${conv.online.size} online`);
+    if (conv.joined) parts.push(`${conv.online.size} online`);
+    else if (state.connection !== "connected") parts.push("online count unknown");
     if (conv.conversation.post_policy === "creator") parts.push("creator posts only");
   } else {
-    parts.push(presenceOf(conv) === "online" ? "online" : "offline");
+    parts.push(presenceText(presenceOf(conv)));
   }
-  const subText = parts.join(" · ");
+  const subText = parts.filter(Boolean).join(" · ");
   if (sub.textContent !== subText) sub.textContent = subText;
   sub.dataset.presence = isRoom ? "" : presenceOf(conv) || "";
 
@@ -486,6 +499,7 @@ function renderConversation(mode) {
       confirming,
       canEdit(msg),
       canDelete(conv, msg),
+      !opts.pending && menuOpenFor(conv.id, msg.seq),
     ]);
     let item = messageEls.get(key);
     if (!item || item.sig !== sig) {

@@ -10,6 +10,8 @@ export const state = {
   openId: null,
   /** user id -> display name, learned from /me, members and message senders */
   names: new Map(),
+  /** user id -> avatar_url (from /me and direct conversations' members) */
+  avatars: new Map(),
   /** "connecting" | "connected" | "offline" */
   connection: "connecting",
   /** message being edited: {convId, seq, draft, error} */
@@ -23,6 +25,8 @@ export const state = {
     loading: false,
     hasMore: false,
     open: false,
+    /** ids marked seen by this opening of the panel (shown as new until it closes) */
+    fresh: new Set(),
   },
 };
 
@@ -67,6 +71,7 @@ export function makeConv(entry, order) {
 export function learnMembers(conv) {
   for (const m of memberList(conv.conversation)) {
     if (m.id && m.name && !state.names.has(m.id)) state.names.set(m.id, m.name);
+    if (m.id && m.avatar_url !== undefined) state.avatars.set(m.id, m.avatar_url);
   }
 }
 
@@ -74,7 +79,11 @@ export function learnMembers(conv) {
 export function memberList(conversation) {
   const members = Array.isArray(conversation.members) ? conversation.members : [];
   return members
-    .map((m) => (m && typeof m === "object" ? { id: String(m.id ?? ""), name: m.name ?? null } : { id: String(m), name: null }))
+    .map((m) =>
+      m && typeof m === "object"
+        ? { id: String(m.id ?? ""), name: m.name ?? null, avatar_url: m.avatar_url }
+        : { id: String(m), name: null, avatar_url: undefined },
+    )
     .filter((m) => m.id);
 }
 

@@ -1,0 +1,299 @@
+"""The AsyncAPI 3.0 document of the Socket.IO protocol (SPEC §4 and the extensions of
+docs/api.md), served at /api/v1/asyncapi.json beside the OpenAPI document.
+
+The application described is the server: client → server events are operations it
+`receive`s, each with a `reply` (the Socket.IO acknowledgement); server → client events are
+operations it `send`s. Every message's `name` is the Socket.IO event name and its `payload`
+the event's one argument. The objects (Message, Conversation, Notification, ...) are the
+OpenAPI document's, so both documents say the same. The connection handshake (`auth` of the
+CONNECT packet, the data of a CONNECT_ERROR) is described too.
+
+tests/test_asyncapi.py keeps it true: it drives real Socket.IO clients through every event
+against a real cluster, records every packet both ways and validates each payload against this
+document, failing on any event the document does not list.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from chat.openapi import EMOJI, EXAMPLE_MESSAGE, EXAMPLE_NOTIFICATION, EXAMPLE_ROOM, SCHEMAS
+from chat.reactions import MAX_PER_MESSAGE
+from chat.schemas import MAX_PAGE
+
+ID = {"type": "string", "description": "an id (digits), e.g. \"12\""}
+USER_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+SEQ = {"type": "integer", "minimum": 0}
+BODY = {"type": "string", "minLength": 1, "maxLength": 4000, "pattern": "\\S",
+        "description": "1-4,000 characters after trimming (not only whitespace)"}
+CHANNEL = {"type": "string", "pattern": "^(user|creator|room):[A-Za-z0-9_-]{1,64}$",
+           "description": "user:{id} (own id only), creator:{id} (the creator and their active patrons), "
+                          "room:{id} (members of the room); anything else is answered `forbidden`"}
+SOCKET_ERROR_CODES = ["invalid", "unauthorized", "forbidden", "not_found", "conflict", "too_large", "rate_limited",
+                      "unavailable", "internal"]
+CONNECT_ERROR_CODES = ["unauthorized", "too_many_connections", "unavailable", "internal"]
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(properties: dict[str, Any], required: list[str] | None = None, *, closed: bool = False,
+         description: str | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties,
+                              "required": list(properties) if required is None else required}
+    if closed:
+        schema["additionalProperties"] = False
+    if description:
+        schema["description"] = description
+    return schema
+
+
+SOCKET_SCHEMAS: dict[str, Any] = {
+    "AckError": _obj({"ok": {"const": False},
+                      "error": _obj({"code": {"type": "string", "enum": SOCKET_ERROR_CODES}, "message": {"type": "string"}},
+                                    closed=True)},
+                     closed=True, description="any event's acknowledgement when it failed"),
+    "ReadPosition": _obj({"user_id": USER_ID, "name": {"type": "string"}, "seq": SEQ}),
+}
+
+
+# ---------------------------------------------------------------- client -> server events
+#
+# name: (summary, payload schema, example, ack fields (besides ok), ack example)
+
+CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] = {
+    "join": (
+        "Enter a conversation: its recent messages (or those after `since_seq`), who is online, read positions",
+        _obj({"conversation_id": ID, "since_seq": SEQ}, ["conversation_id"]),
+        {"conversation_id": "12", "since_seq": 6},
+        {"conversation": _ref("Conversation"), "messages": {"type": "array", "items": _ref("Message")},
+         "has_more": {"type": "boolean"}, "online": {"type": "array", "items": USER_ID},
+         "unread_count": {"type": "integer", "minimum": 0}, "last_read_seq": SEQ,
+         "read_positions": {"type": "array", "items": _ref("ReadPosition"), "maxItems": 100}},
+        {"ok": True, "conversation": EXAMPLE_ROOM, "messages": [EXAMPLE_MESSAGE], "has_more": False,
+         "online": ["alice", "cre"], "unread_count": 0, "last_read_seq": 7,
+         "read_positions": [{"user_id": "cre", "name": "Cre", "seq": 7}]},
+    ),
+    "leave": ("Leave a conversation", _obj({"conversation_id": ID}), {"conversation_id": "12"}, {}, {"ok": True}),
+    "send": (
+        "Send a message (idempotent on the sender's client_msg_id; acked after commit)",
+        _obj({"conversation_id": ID, "body": BODY,
+              "client_msg_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,64}$"}}),
+        {"conversation_id": "12", "body": "hello", "client_msg_id": "c-1"},
+        {"message": _ref("Message")}, {"ok": True, "message": EXAMPLE_MESSAGE},
+    ),
+    "edit": (
+        "Edit an own message",
+        _obj({"message_id": ID, "body": BODY}),
+        {"message_id": "99", "body": "hello again"},
+        {"message": _ref("Message")}, {"ok": True, "message": {**EXAMPLE_MESSAGE, "body": "hello again",
+                                                             "edited_at": "2026-01-02T03:05:00.000Z"}},
+    ),
+    "delete": (
+        "Delete an own message (a room's creator: any in their room); it keeps its seq, body emptied",
+        _obj({"message_id": ID}), {"message_id": "99"},
+        {"message": _ref("Message")}, {"ok": True, "message": {**EXAMPLE_MESSAGE, "body": "", "deleted": True}},
+    ),
+    "history": (
+        "A page of older messages, ascending by seq",
+        _obj({"conversation_id": ID, "before_seq": SEQ,
+              "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}}, ["conversation_id"]),
+        {"conversation_id": "12", "before_seq": 7, "limit": 50},
+        {"messages": {"type": "array", "items": _ref("Message")}, "has_more": {"type": "boolean"}},
+        {"ok": True, "messages": [EXAMPLE_MESSAGE], "has_more": True},
+    ),
+    "typing": ("Start or stop typing (after join)", _obj({"conversation_id": ID, "typing": {"type": "boolean"}}),
+               {"conversation_id": "12", "typing": True}, {}, {"ok": True}),
+    "read": (
+        "Move the reader's position; a seq above the last is invalid, one below the position changes nothing",
+        _obj({"conversation_id": ID, "seq": SEQ}), {"conversation_id": "12", "seq": 7},
+        {"unread_count": {"type": "integer", "minimum": 0}}, {"ok": True, "unread_count": 0},
+    ),
+    "subscribe": ("Receive the channel's `event`s", _obj({"channel": CHANNEL}), {"channel": "creator:cre"},
+                  {}, {"ok": True}),
+    "unsubscribe": ("Stop receiving the channel's `event`s", _obj({"channel": CHANNEL}), {"channel": "creator:cre"},
+                    {}, {"ok": True}),
+    "refresh_token": (
+        "(extension) Extend the socket's life with a newer token of the same user",
+        _obj({"token": {"type": "string", "description": "a client JWT of the same user"}}),
+        {"token": "eyJhbGciOi..."},
+        {"expires_at": {"type": "string", "description": "ISO 8601 UTC: the new token's exp"}},
+        {"ok": True, "expires_at": "2026-01-02T04:04:05.000Z"},
+    ),
+    "react": (
+        "(extension) Add (on) or remove one reaction to a message, idempotently; members of the conversation only",
+        _obj({"message_id": ID, "emoji": EMOJI, "on": {"type": "boolean"}, "conversation_id": ID},
+             ["message_id", "emoji", "on"]),
+        {"message_id": "99", "emoji": "\U0001f44d", "on": True},
+        {"count": {"type": "integer", "minimum": 0, "description": "this emoji's count after the change"},
+         "reactions": {"type": "array", "items": _ref("Reaction"), "maxItems": MAX_PER_MESSAGE}},
+        {"ok": True, "count": 3, "reactions": [{"emoji": "\U0001f44d", "count": 3, "me": True}]},
+    ),
+}
+
+
+# ---------------------------------------------------------------- server -> client events
+
+CONVERSATION_USER = {"conversation_id": ID, "user_id": USER_ID}
+
+SERVER_EVENTS: dict[str, tuple[str, dict[str, Any], Any]] = {
+    "message": ("A new message, to every socket in the conversation (the sender's too)", _ref("Message"),
+                EXAMPLE_MESSAGE),
+    "message_updated": ("A message after edit or delete", _ref("Message"),
+                        {**EXAMPLE_MESSAGE, "body": "", "deleted": True}),
+    "typing": ("Someone else started or stopped typing", _obj({**CONVERSATION_USER, "typing": {"type": "boolean"}},
+                                                              closed=True),
+               {"conversation_id": "12", "user_id": "cre", "typing": True}),
+    "read": ("Someone else's read position moved", _obj({**CONVERSATION_USER, "seq": SEQ}, closed=True),
+             {"conversation_id": "12", "user_id": "cre", "seq": 7}),
+    "presence": ("A user's first socket in the cluster joined the conversation, or their last left it",
+                 _obj({**CONVERSATION_USER, "online": {"type": "boolean"}}, closed=True),
+                 {"conversation_id": "12", "user_id": "cre", "online": False}),
+    "notification": ("A stored notification, to each of its user's sockets", _ref("Notification"),
+                     EXAMPLE_NOTIFICATION),
+    "event": ("An event from the server publish API, to the channel's subscribers",
+              _obj({"channel": CHANNEL, "event": {"type": "string", "minLength": 1, "maxLength": 64},
+                    "data": {"description": "any JSON value, as published"},
+                    "published_at": {"type": "string", "description": "ISO 8601 UTC"}}, closed=True),
+              {"channel": "creator:cre", "event": "live", "data": {"url": "https://example.com/live"},
+               "published_at": "2026-01-02T03:04:05.678Z"}),
+    "access_revoked": ("The user lost access to a conversation; the socket left it",
+                       _obj({"conversation_id": ID}, closed=True), {"conversation_id": "12"}),
+    "token_expired": ("(extension) The token's exp passed; the server disconnects the socket next",
+                      _obj({"message": {"type": "string"}}, closed=True),
+                      {"message": "the token expired; reconnect with a new one"}),
+    "reaction": ("(extension) A message's reactions changed: the newest change and every emoji's count, "
+                 "at most one per message per 200 ms per server process (the last one of a burst is final)",
+                 _obj({"message_id": ID, "conversation_id": ID, "emoji": EMOJI, "user_id": USER_ID,
+                       "on": {"type": "boolean"}, "count": {"type": "integer", "minimum": 0},
+                       "reactions": {"type": "array", "maxItems": MAX_PER_MESSAGE, "items": _obj(
+                           {"emoji": EMOJI, "count": {"type": "integer", "minimum": 1}}, closed=True)}}, closed=True),
+                 {"message_id": "99", "conversation_id": "12", "emoji": "\U0001f44d", "user_id": "alice", "on": True,
+                  "count": 3, "reactions": [{"emoji": "\U0001f44d", "count": 3}]}),
+    "resync": ("(extension) The relay was interrupted: join again with since_seq if behind last_seq",
+               _obj({"conversation_id": ID, "last_seq": SEQ}, ["conversation_id"], closed=True),
+               {"conversation_id": "12", "last_seq": 42}),
+}
+
+# The CONNECT packet's `auth` (io(url, {auth: {token}})) and a CONNECT_ERROR's data.
+CONNECT_AUTH = _obj({"token": {"type": "string", "description": "a client JWT: sub, exp, name?"}})
+CONNECT_ERROR = _obj({"message": {"type": "string"},
+                      "data": _obj({"code": {"type": "string", "enum": CONNECT_ERROR_CODES},
+                                    "message": {"type": "string"}}, closed=True)}, closed=True)
+
+
+def ack_schema(fields: dict[str, Any]) -> dict[str, Any]:
+    ok = _obj({"ok": {"const": True}, **fields}, closed=True)
+    return {"oneOf": [ok, _ref("AckError")]}
+
+
+def _message(name: str, summary: str, payload: dict[str, Any], example: Any, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "title": name, "summary": summary, "contentType": "application/json",
+            "payload": payload, "examples": [{"name": "example", "payload": example}], **extra}
+
+
+def build() -> dict[str, Any]:
+    messages: dict[str, Any] = {}
+    socket_messages: dict[str, Any] = {}
+    ack_messages: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+
+    messages["connect"] = _message("connect", "The CONNECT packet's auth (Socket.IO handshake to namespace /)",
+                                   CONNECT_AUTH, {"token": "eyJhbGciOi..."}, **{"x-socketio-packet": "CONNECT"})
+    messages["connect_error"] = _message(
+        "connect_error", "A refused connection (CONNECT_ERROR): socket.io-client's err.message and err.data",
+        CONNECT_ERROR, {"message": "invalid token", "data": {"code": "unauthorized", "message": "invalid token"}},
+        **{"x-socketio-packet": "CONNECT_ERROR"})
+    socket_messages["connect"] = {"$ref": "#/components/messages/connect"}
+    socket_messages["connect_error"] = {"$ref": "#/components/messages/connect_error"}
+    operations["connect"] = {
+        "action": "receive", "channel": {"$ref": "#/channels/socket"},
+        "summary": "Connect to namespace / with a client JWT",
+        "messages": [{"$ref": "#/channels/socket/messages/connect"}],
+        "reply": {"channel": {"$ref": "#/channels/socket"},
+                  "messages": [{"$ref": "#/channels/socket/messages/connect_error"}]},
+    }
+
+    for name, (summary, payload, example, ack_fields, ack_example) in CLIENT_EVENTS.items():
+        key = f"client.{name}"
+        messages[key] = _message(name, summary, payload, example)
+        ack = _message(name, f"The acknowledgement of `{name}`", ack_schema(ack_fields), ack_example,
+                       **{"x-socketio-packet": "ACK"})
+        ack.pop("name")  # an ACK packet carries no event name
+        ack["title"] = f"{name} ack"
+        messages[f"{key}.ack"] = ack
+        socket_messages[key] = {"$ref": f"#/components/messages/{key}"}
+        ack_messages[key] = {"$ref": f"#/components/messages/{key}.ack"}
+        operations[key] = {
+            "action": "receive", "channel": {"$ref": "#/channels/socket"}, "summary": summary,
+            "messages": [{"$ref": f"#/channels/socket/messages/{key}"}],
+            "reply": {"channel": {"$ref": "#/channels/acknowledgements"},
+                      "messages": [{"$ref": f"#/channels/acknowledgements/messages/{key}"}]},
+        }
+    for name, (summary, payload, example) in SERVER_EVENTS.items():
+        key = f"server.{name}"
+        messages[key] = _message(name, summary, payload, example)
+        socket_messages[key] = {"$ref": f"#/components/messages/{key}"}
+        operations[key] = {
+            "action": "send", "channel": {"$ref": "#/channels/socket"}, "summary": summary,
+            "messages": [{"$ref": f"#/channels/socket/messages/{key}"}],
+        }
+
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Backstage Socket.IO protocol", "version": "1",
+            "description": "Live chat, presence, typing, read receipts, notifications and channel events over "
+                           "Socket.IO (SPEC §4; extensions marked in docs/api.md). Each message's `name` is the "
+                           "Socket.IO event name and its payload the event's one argument. Every client event takes "
+                           "an acknowledgement callback, answered `{ok: true, ...}` or `{ok: false, error: {code, "
+                           "message}}`. The HTTP API is described by /api/v1/openapi.json.",
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "backstage": {
+                "host": "localhost:8080", "protocol": "ws", "pathname": "/socket.io/",
+                "description": "Socket.IO v5 over Engine.IO v4 (websocket, or long-polling with sticky sessions), "
+                               "namespace `/`; the host is the server's HOST:PORT (wss behind TLS).",
+                "security": [{"$ref": "#/components/securitySchemes/clientJwt"}],
+            },
+        },
+        "channels": {
+            "socket": {
+                "address": "/", "title": "Namespace /",
+                "description": "The one Socket.IO namespace: every event in both directions.",
+                "messages": socket_messages,
+            },
+            "acknowledgements": {
+                "address": None, "title": "Acknowledgements",
+                "description": "The Socket.IO ACK packet answering the client event that carried an ack id.",
+                "messages": ack_messages,
+            },
+        },
+        "operations": operations,
+        "components": {
+            "schemas": {**SCHEMAS, **SOCKET_SCHEMAS},
+            "messages": messages,
+            "securitySchemes": {
+                "clientJwt": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                              "description": "a client JWT (sub, exp, name?), sent as the CONNECT packet's auth "
+                                             "`{token}` (io(url, {auth: {token}})), not as an HTTP header"},
+            },
+        },
+    }
+
+
+@cache
+def document_bytes() -> bytes:
+    return orjson.dumps(build())
+
+
+async def handler(request: web.Request) -> web.Response:
+    return web.Response(body=document_bytes(), content_type="application/json",
+                        headers={"Cache-Control": "no-cache"})
+
