@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TEST_WORKERS ?= 3
 
 .PHONY: run test test-long lint bench bench-fast bench-quick bench-plot bench-profile bench-push bench-store install browser clean
 
@@ -28,7 +29,7 @@ run: install
 	$(PY) run_server.py --demo
 
 test: install browser
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # The long runs (docs/reliability.md, "Long runs"): a soak of SOAK_SECONDS (default 1800) and a
 # reconnect storm of STORM_CLIENTS (default 1000). Not part of `make test`; figures in long-results/.

@@ -22,7 +22,7 @@ from chat import asyncapi, http_api, migrate, openapi, storage
 from chat.auth import Authenticator
 from chat.codec import OrjsonCompat
 from chat.config import Settings
-from chat.db import create_engine, session_factory
+from chat.db import create_engine, create_read_engine, session_factory
 from chat.delivery import Delivery, is_conversation_room
 from chat.fanout import FanoutLimits, FanoutServer
 from chat.keys import RedisKeys
@@ -50,6 +50,7 @@ def missing_static() -> list[str]:
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 ENGINE_KEY = web.AppKey("engine", AsyncEngine)
+READ_ENGINE_KEY = web.AppKey("read_engine", AsyncEngine)  # autocommit reads of connect and join (chat/db.py)
 REDIS_KEY = web.AppKey("redis", object)  # aioredis.Redis | None
 SIO_KEY = web.AppKey("sio", FanoutServer)
 
@@ -132,7 +133,9 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = create_engine(app[SETTINGS_KEY].database_url)
     await migrate.upgrade(engine)
     app[ENGINE_KEY] = engine
+    app[READ_ENGINE_KEY] = read_engine = create_read_engine(app[SETTINGS_KEY].database_url)
     yield
+    await read_engine.dispose()
     await engine.dispose()
 
 
@@ -165,10 +168,10 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     relay = (RedisRelay(redis, sio.fanout, keys, relayed=is_conversation_room)
              if redis is not None else None)
     delivery = Delivery(sio, relay)
-    engine = app[ENGINE_KEY]
+    read_engine = app[READ_ENGINE_KEY]
 
     async def last_seqs(ids: list[int]) -> dict[int, int]:
-        async with engine.connect() as conn:
+        async with read_engine.connect() as conn:
             return await storage.last_seqs(conn, ids)
 
     delivery.set_last_seqs(last_seqs)
@@ -176,7 +179,8 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     hooks = await push_hooks(app, settings, sessions, redis, keys)
     user_sends = UserRateLimiter(settings.send_rate_per_s, settings.send_burst, redis=redis,
                                  key_prefix=settings.redis_prefix)
-    service = ChatService(sessions, delivery, presence, settings, user_sends=user_sends, **hooks.service_kwargs)
+    service = ChatService(sessions, delivery, presence, settings, user_sends=user_sends, read_engine=read_engine,
+                          **hooks.service_kwargs)
 
     async def on_offline(conversation_id: str, user_id: str) -> None:
         await delivery.to_conversation(conversation_id, "presence", {
