@@ -148,7 +148,19 @@ class Load:
         self.errors: list[str] = []
         self.connected = 0
         self.lives = 0
+        self.unavailable_retries = 0
         self.stop = False
+
+    async def call(self, sio: socketio.AsyncClient, event: str, data: dict[str, Any]) -> Any:
+        """As a client does: `unavailable` (a backing service, e.g. the shared MariaDB out of
+        connections) is retried after a back-off, up to 5 times; counted, not an error."""
+        for attempt in range(5):
+            r = await sio.call(event, data, timeout=30)
+            if r.get("ok") or r.get("error", {}).get("code") != "unavailable" or attempt == 4:
+                return r
+            self.unavailable_retries += 1
+            await asyncio.sleep(0.5 * 2 ** attempt)  # the client's back-off
+        return r
 
     async def churn(self, i: int) -> None:
         user, room = self.users[i], self.rooms[i % len(self.rooms)]
@@ -162,13 +174,13 @@ class Load:
                 await sio.connect(server.url, auth={"token": token}, transports=transports, wait_timeout=30)
                 self.connected += 1
                 try:
-                    r = await sio.call("join", {"conversation_id": room}, timeout=30)
+                    r = await self.call(sio, "join", {"conversation_id": room})
                     if not r.get("ok"):
                         self.errors.append(f"join: {r}")
                     for n in range(MESSAGES_PER_LIFE):
                         cmid = f"{user}-{life}-{n}"
-                        r = await sio.call("send", {"conversation_id": room, "body": f"soak {cmid}",
-                                                    "client_msg_id": cmid}, timeout=30)
+                        r = await self.call(sio, "send", {"conversation_id": room, "body": f"soak {cmid}",
+                                                          "client_msg_id": cmid})
                         if r.get("ok"):
                             self.acked[room].append((str(r["message"]["id"]), cmid))
                         else:
@@ -281,6 +293,7 @@ async def test_soak(cluster: tuple[OwnRedis, list[ServerProcess], str]) -> None:
         "rooms": ROOMS, "observers": len(observers), "lives": load.lives, "messages_acked": total_acked,
         "messages_stored": len(rows), "messages_per_s": round(total_acked / SOAK_SECONDS, 1),
         "send_or_connect_errors": load.errors[:50], "error_count": len(load.errors),
+        "unavailable_retries": load.unavailable_retries,
         "observer_resyncs": sum(o.resyncs for o in observers), "resync_overlaps": overlaps, "problems": problems,
         "verdicts": verdicts, "settled": sampler.samples[-1], "samples": sampler.samples,
     }
