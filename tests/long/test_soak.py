@@ -15,7 +15,8 @@ Passes when
   worst burst opened; a leak keeps growing);
 - no message was lost or duplicated: every acked send is in the database once, each room's seqs
   are 1..n without a gap, and each observer received each stored message exactly once;
-- no send failed and no connect was refused.
+- no send failed and no connect was refused (an `unavailable` answer is retried with back-off, as a
+  client does, up to 5 times, and counted).
 
 The figures are written to long-results/soak-<seconds>s-<time>.json (and -last.json), the
 servers' logs beside them.
