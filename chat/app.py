@@ -19,7 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat import asyncapi, http_api, migrate, openapi, storage
+from chat.attachments import Attachments
 from chat.auth import Authenticator
+from chat.blobs import open_blob_store
 from chat.codec import OrjsonCompat
 from chat.config import Settings
 from chat.db import create_engine, create_read_engine, session_factory
@@ -179,7 +181,11 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     hooks = await push_hooks(app, settings, sessions, redis, keys)
     user_sends = UserRateLimiter(settings.send_rate_per_s, settings.send_burst, redis=redis,
                                  key_prefix=settings.redis_prefix)
+    blobs = await open_blob_store(settings.blob_url, settings.database_url)
+    attachments = Attachments(app[ENGINE_KEY], blobs, settings)
+    app[http_api.ATTACHMENTS_KEY] = attachments
     service = ChatService(sessions, delivery, presence, settings, user_sends=user_sends, read_engine=read_engine,
+                          attachments=attachments,
                           **hooks.service_kwargs)
 
     async def on_offline(conversation_id: str, user_id: str) -> None:
@@ -201,6 +207,7 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     await delivery.stop()
     for conversation_id, user_id in await presence.stop():
         await on_offline(conversation_id, user_id)
+    await attachments.close()
 
 
 async def close_sockets(app: web.Application) -> None:

@@ -19,6 +19,7 @@ import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from chat import keys, reactions, schemas, storage
+from chat.attachments import Attachments
 from chat.auth import Identity
 from chat.batch import BatchedLookup
 from chat.config import Settings
@@ -116,8 +117,10 @@ class ChatService:
                  push_wake: Callable[[], Awaitable[None]] | None = None,
                  unread_notifications: Callable[[AsyncSession, str], Awaitable[int]] | None = None,
                  user_sends: UserRateLimiter | None = None,
-                 read_engine: AsyncEngine | None = None) -> None:
+                 read_engine: AsyncEngine | None = None,
+                 attachments: Attachments | None = None) -> None:
         self.sessions = sessions
+        self.attachments = attachments
         self.engine: AsyncEngine = sessions.kw["bind"]
         # Autocommit connections without a ROLLBACK on return (chat/db.py create_read_engine) for
         # the read-only statements of connect and join.
@@ -195,6 +198,13 @@ class ChatService:
                 del wire["reactions"]
         else:
             wires = await reactions.attach_reactions(await session.connection(), wires, reader_id)
+        await self._with_attachments(session, wires)
+        return wires
+
+    async def _with_attachments(self, conn: Any, wires: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages' photos (chat/attachments.py), read with `conn` (connection or session)."""
+        if self.attachments is not None and wires:
+            await self.attachments.fill(conn, wires)
         return wires
 
     # ============================================================ sockets: lifecycle
@@ -317,6 +327,8 @@ class ChatService:
             # copied, not changed).
             async with self.read_engine.connect() as conn:
                 messages = await reactions.attach_reactions(conn, messages, user.user_id)
+                # photos with freshly signed URLs (cached messages' URLs may have expired)
+                messages = await self._with_attachments(conn, messages)
         members = None
         if conv.kind == "direct":
             members = [_member_wire(conv.creator_id, view.creator_name, view.creator_avatar),
@@ -496,19 +508,27 @@ class ChatService:
         return quota
 
     async def send_message(self, user: Identity, conversation_id: int, body: str,
-                           client_msg_id: str, *, sid: str | None = None) -> dict[str, Any]:
+                           client_msg_id: str, *, sid: str | None = None,
+                           attachment_ids: Sequence[int] = ()) -> dict[str, Any]:
         """Store a message and deliver it. Idempotent on (sender, client_msg_id); returns only
         after commit. The caller has applied the rate limit.
 
         From a socket that joined the conversation and may post there, nothing is read: `join`
         checked access and the control messages take it away again. Any other send (HTTP, a
-        socket that has not joined, or one that may not post) is checked against the database."""
+        socket that has not joined, or one that may not post) is checked against the database.
+
+        `attachment_ids`: the sender's unused uploads (chat/attachments.py), claimed atomically
+        with the message; a retry answers with the original message and its photos."""
+        if not body and not attachment_ids:
+            raise Invalid("body must not be empty")
+        if attachment_ids and self.attachments is None:
+            raise Invalid("attachments are not enabled on this server")
         conv = self._may_post_from_socket(sid, conversation_id)
         if conv is None:
             epoch = self._control_epoch
             checked = await self._check_send(user, conversation_id, body, client_msg_id)
             if isinstance(checked, dict):
-                return {"message": checked}
+                return {"message": await self._retried(checked)}
             conv = checked
             state = self.sockets.get(sid) if sid is not None else None
             if state is not None and conversation_id in state.conversations and epoch == self._control_epoch:
@@ -519,12 +539,23 @@ class ChatService:
         elif user.user_id == conv.creator_id:
             push = PushSpec(conv.name)
         try:
+            photos = (await self.attachments.for_send(user.user_id, client_msg_id, attachment_ids)
+                      if attachment_ids and self.attachments is not None else ())
             stored = await self.writer.store(Outgoing(conversation_id, user.user_id, user.name or None, body,
-                                                      client_msg_id, push))
+                                                      client_msg_id, push, photos))
+            if not stored.created:
+                return {"message": await self._retried(stored.message)}
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
         return {"message": stored.message}
+
+    async def _retried(self, wire: dict[str, Any]) -> dict[str, Any]:
+        """A retry's original message, with its photos."""
+        if self.attachments is None:
+            return wire
+        async with self.engine.connect() as conn:
+            return (await self._with_attachments(conn, [wire]))[0]
 
     def _may_post_from_socket(self, sid: str | None, conversation_id: int) -> ConversationMeta | None:
         state = self.sockets.get(sid) if sid is not None else None
