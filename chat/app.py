@@ -215,11 +215,23 @@ async def close_sockets(app: web.Application) -> None:
     sio = app.get(SIO_KEY)
     if sio is not None:
         try:
-            if sio.eio.sockets:  # engineio's disconnect() raises ValueError on an empty set
-                await asyncio.wait_for(sio.eio.disconnect(), 10)  # no sid: every client of this process
+            await asyncio.wait_for(_close_sessions(sio.eio), 10)
             await asyncio.wait_for(sio.shutdown(), 10)
         except Exception:
             log.warning("socket shutdown incomplete", exc_info=True)
+
+
+async def _close_sessions(eio: Any) -> None:
+    """engineio's disconnect() of every session, except that a long-polling session is not
+    waited for: its CLOSE packet is queued and goes out with a GET in flight (in-flight requests
+    get aiohttp's shutdown_timeout), but a client that is not polling at this moment would hold
+    the shutdown until the timeout. Websocket sessions are waited for: their writer sends the
+    CLOSE at once."""
+    sessions = list(eio.sockets.values())
+    if sessions:
+        await asyncio.gather(*(s.close(wait=s.upgraded, reason=eio.reason.SERVER_DISCONNECT) for s in sessions),
+                             return_exceptions=True)
+    eio.sockets = {}
 
 
 class PushHooks:

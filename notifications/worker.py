@@ -468,13 +468,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:  # one line per bad variable, like run_server.py
         report_config_errors(error.problems)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
     import os
 
+    from chat.startup import configure_logging, describe_database, describe_relay, wait_for_dependencies
+
+    configure_logging(settings)  # text or LOG_FORMAT=json, like the web server
     options = options_from_env(os.environ)
+    # Unreachable MySQL/Redis at start: one ERROR line per attempt, retried with backoff,
+    # rather than a crash (and a platform's restart loop).
+    wait_for_dependencies(settings)
+    log.info("push worker ready: database %s, relay %s", describe_database(settings.database_url),
+             describe_relay(settings))
     asyncio.run(serve(settings, options))
     return 0
 
