@@ -31,7 +31,7 @@ test: install browser
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check chat notifications tests bench run_server.py publisher
+	$(VENV)/bin/ruff check chat notifications webhooks tests bench run_server.py publisher
 	$(VENV)/bin/mypy
 
 # Backstage next to the reference Socket.IO peers (docs/performance.md). Needs ../shared/bench
