@@ -7,8 +7,8 @@ import hmac
 import json
 
 import pytest
-from backstage_publisher import WebhookVerificationError, verify_webhook
 
+from backstage_publisher import WebhookVerificationError, verify_webhook
 from webhooks.signing import signature_header
 
 SECRET = "s" * 40
