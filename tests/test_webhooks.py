@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -358,6 +359,23 @@ async def test_a_dead_workers_claim_is_delivered_after_its_lease(db: Db, receive
     assert (await db.rows())[event_id].status == "delivered"
 
 
+async def test_an_event_whose_workers_kept_dying_fails_at_the_end_of_its_window(db: Db, receiver: Receiver) -> None:
+    fresh, dying = await add_events(db, 2)
+    async with db.sessions() as s, s.begin():  # both older than the window; `dying` was claimed before
+        await s.execute(sa.update(WebhookOutbox).values(window_start=utcnow() - timedelta(seconds=120)))
+    for _ in range(2):
+        await outbox.claim_due(db.sessions, "dead-worker", 10, lease_seconds=0.0)  # claimed; its worker dies
+        async with db.sessions() as s, s.begin():
+            await s.execute(sa.update(WebhookOutbox).where(WebhookOutbox.event_id == fresh)
+                            .values(status="pending", attempts=0))
+    worker = WebhookWorker(db.sessions, options(receiver.url, max_age_s=60.0))
+    await run_until(worker, lambda: receiver.await_(lambda r: len(r.delivered) >= 1))
+    assert receiver.delivered_ids() == [fresh]  # never tried yet: it gets its attempt, however old
+    rows = await db.rows()
+    assert (rows[dying].status, rows[dying].attempts) == ("failed", 3) and receiver.requests[dying] == 0
+    assert rows[dying].last_error == "gave up after 2 attempts: retry window ended"
+
+
 # ---------------------------------------------------------------- server processes
 
 
@@ -458,6 +476,41 @@ def test_no_webhook_settings_no_rows_on_the_send_path(shared_any_server: Cluster
     assert sum(_statuses(shared_any_server.database_url).values()) == 0
     listed = api.server("GET", "/webhooks/deliveries").json()
     assert listed == {"deliveries": [], "has_more": False}
+
+
+def test_external_worker_process_delivers(tmp_path: Any, receiver: Receiver) -> None:
+    """WEBHOOK_WORKER=external: `python -m notifications.worker` delivers the outbox (the web
+    processes do not), and stops cleanly on SIGTERM."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/ext.db"
+
+    async def prepare() -> str:
+        engine = create_engine(url)
+        try:
+            await migrate.upgrade(engine)
+            async with engine.begin() as conn:
+                event_id = await record(conn, MEMBER_BLOCKED, {"user_id": "u"}, DEFAULT_EVENT_TYPES)
+        finally:
+            await engine.dispose()
+        assert event_id is not None
+        return event_id
+
+    event_id = asyncio.run(prepare())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBHOOK_", "DATABASE_", "REDIS_", "JWT_"))}
+    env.update(server_env(receiver, "member.blocked"), WEBHOOK_MAX_AGE_S="600", DATABASE_URL=url, WEBHOOK_WORKER="external",
+               PUSH_WORKER="external", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "notifications.worker"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with receiver.cond:
+            arrived = receiver.cond.wait_for(lambda: len(receiver.delivered) >= 1, WAIT)
+        if arrived:
+            eventually(lambda: _statuses(url) == Counter({"delivered": 1}), "recorded as delivered")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert arrived and receiver.delivered_ids() == [event_id], (out, _statuses(url), receiver.requests, receiver.bad_signatures)
+    assert proc.returncode == 0, out
+    assert "webhook worker started" in out
 
 
 # ---------------------------------------------------------------- settings
