@@ -1,7 +1,7 @@
 """webhooks: the durable outbox of events for the platform's backend
 
 Revision ID: 0007
-Revises: 0005 (on this branch; 0006 is the moderation branch's; the chain is fixed at merge)
+Revises: 0006 (main's head, photos, at the last merge; the moderation branch adds another 0006: the chain is fixed at merge)
 """
 from alembic import op
 import sqlalchemy as sa
@@ -9,7 +9,7 @@ import chat.db
 
 
 revision = '0007'
-down_revision = '0005'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
