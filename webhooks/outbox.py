@@ -77,6 +77,7 @@ class ClaimedEvent:
     body: str
     attempts: int  # including this one
     window_start: datetime
+    reclaimed: bool = False  # its previous worker's lease expired (that worker died or hung)
 
 
 _CLAIM_COLUMNS = (WebhookOutbox.id, WebhookOutbox.event_id, WebhookOutbox.event_type, WebhookOutbox.body,
@@ -99,6 +100,7 @@ async def claim_due(session_factory: async_sessionmaker[AsyncSession], owner: st
             if mysql:
                 q = q.with_for_update(skip_locked=True)
             rows = list((await session.execute(q)).all())
+            due = len(rows)
             if len(rows) < limit:
                 q = (sa.select(*_CLAIM_COLUMNS).where(WebhookOutbox.status == SENDING, WebhookOutbox.lease_until < now)
                      .limit(limit - len(rows)))
@@ -112,7 +114,8 @@ async def claim_due(session_factory: async_sessionmaker[AsyncSession], owner: st
                 .values(status=SENDING, lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds),
                         attempts=WebhookOutbox.attempts + 1, updated_at=now))
     return [ClaimedEvent(id=r.id, event_id=r.event_id, event_type=r.event_type, body=r.body,
-                         attempts=r.attempts + 1, window_start=r.window_start) for r in rows]
+                         attempts=r.attempts + 1, window_start=r.window_start, reclaimed=i >= due)
+            for i, r in enumerate(rows)]
 
 
 @dataclass(frozen=True)

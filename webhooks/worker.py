@@ -171,9 +171,9 @@ class WebhookWorker:
 
     async def _attempt(self, row: ClaimedEvent) -> Outcome:
         opts = self.options
-        if row.attempts > 1 and (self._clock() - row.window_start).total_seconds() > opts.max_age_s:
-            # reclaimed after its workers kept dying until the retry window ended (an event
-            # nobody tried yet, e.g. while no worker ran, always gets its attempt)
+        if row.reclaimed and (self._clock() - row.window_start).total_seconds() > opts.max_age_s:
+            # reclaimed after its workers kept dying until the retry window ended (a due event,
+            # even one nobody tried yet, e.g. while no worker ran, always gets its attempt)
             return Outcome(row.id, FAILED, None, f"gave up after {row.attempts - 1} attempts: retry window ended")
         body = row.body.encode()
         headers = {"Content-Type": "application/json", EVENT_ID_HEADER: row.event_id,
