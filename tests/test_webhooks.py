@@ -7,7 +7,8 @@ verify_webhook:
   delivered; past the retry window the event is `failed`, listed and replayable;
 - two workers (two engines, as two processes) never send the same event at the same time, and a
   dead worker's claimed rows are sent by another after the lease;
-- end to end on a server process (SQLite, MariaDB + Redis): `message.created` once per message,
+- end to end on server processes (SQLite; MariaDB + Redis with two processes, each with its inline
+  worker): `message.created` once per message, never two requests of one event at once,
   the server API's failed list and replay;
 - bad settings are one clear line.
 """
@@ -37,7 +38,7 @@ from chat import migrate
 from chat.config import ConfigError, Settings
 from chat.db import create_engine, session_factory, utcnow
 from tests.conftest import Cluster, MySQLDatabases
-from tests.support import ROOT, Api, ServerProcess, free_port, sync_engine
+from tests.support import ROOT, free_port, sync_engine
 from webhooks import DEFAULT_EVENT_TYPES, EVENT_TYPES, MEMBER_BLOCKED, MESSAGE_CREATED, outbox, record, record_many
 from webhooks.models import WebhookOutbox
 from webhooks.worker import WebhookOptions, WebhookWorker, retry_delay
@@ -386,18 +387,17 @@ def server_env(receiver: Receiver, events: str) -> dict[str, str]:
 
 
 @pytest.fixture(params=["sqlite", "mysql"])
-def webhook_server(request: Any, tmp_path: Any, receiver: Receiver) -> Iterator[tuple[ServerProcess, Api]]:
+def webhook_server(request: Any, tmp_path: Any, receiver: Receiver) -> Iterator[Cluster]:
+    """SQLite: one process; MariaDB + Redis: two processes, each with its inline delivery worker."""
     env = server_env(receiver, "message.created,member.blocked")
     if request.param == "sqlite":
-        server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/backstage.db", env=env)
+        cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/backstage.db", None, "unused", 1, env=env)
     else:
         mysql: MySQLDatabases = request.getfixturevalue("mysql_databases")
-        server = ServerProcess(mysql.new(), request.getfixturevalue("redis_url"),
-                               f"{request.getfixturevalue('redis_prefix')}-wh", env=env)
-    api = Api(server.url)
-    yield server, api
-    api.close()
-    server.stop()
+        cluster = Cluster(mysql.new(), request.getfixturevalue("redis_url"),
+                          f"{request.getfixturevalue('redis_prefix')}-wh", 2, env=env)
+    yield cluster
+    cluster.stop()
 
 
 def _statuses(database_url: str) -> Counter[str]:
@@ -420,26 +420,28 @@ def eventually(check: Callable[[], Any], what: str) -> Any:
 
 
 def test_message_created_once_per_message_then_failed_list_and_replay(
-        webhook_server: tuple[ServerProcess, Api], receiver: Receiver, uid: Any) -> None:
-    server, api = webhook_server
+        webhook_server: Cluster, receiver: Receiver, uid: Any) -> None:
+    server, api = webhook_server.servers[0], webhook_server.api
     cre = api.user(uid("cre"))
     room = api.room(uid("cre"), "Lounge")
     sent = []
-    for i in range(3):
-        r = api.client(cre, "POST", f"/conversations/{room}/messages", {"body": f"hello {i}", "client_msg_id": f"m{i}"})
+    for i in range(4):  # on every process of the cluster in turn
+        r = webhook_server.apis[i % len(webhook_server.apis)].client(
+            cre, "POST", f"/conversations/{room}/messages", {"body": f"hello {i}", "client_msg_id": f"m{i}"})
         assert r.status_code == 201, r.text
         sent.append(r.json()["message"])
     retry = api.client(cre, "POST", f"/conversations/{room}/messages", {"body": "hello 0", "client_msg_id": "m0"})
     assert retry.status_code in (200, 201) and retry.json()["message"]["id"] == sent[0]["id"]  # a retry: no event
-    receiver.wait(lambda r: len(r.delivered) >= 3)
-    # the worker records the outcomes after the answers; once delivered, nothing more is sent
-    eventually(lambda: _statuses(server.database_url) == Counter({"delivered": 3}), "3 delivered")
+    receiver.wait(lambda r: len(r.delivered) >= 4)
+    # the workers record the outcomes after the answers; once delivered, nothing more is sent
+    eventually(lambda: _statuses(server.database_url) == Counter({"delivered": 4}), "4 delivered")
     events = [r.event for r in receiver.delivered]
-    assert [e["type"] for e in events] == [MESSAGE_CREATED] * 3 and receiver.bad_signatures == 0
+    assert [e["type"] for e in events] == [MESSAGE_CREATED] * 4 and receiver.bad_signatures == 0
     assert sorted(e["data"]["message"]["id"] for e in events) == sorted(m["id"] for m in sent)
     by_id = {e["data"]["message"]["id"]: e["data"]["message"] for e in events}
     assert all(by_id[m["id"]]["body"] == m["body"] and by_id[m["id"]]["seq"] == m["seq"] for m in sent)
-    assert len({e["id"] for e in events}) == 3 and sum(receiver.requests.values()) == 3
+    assert len({e["id"] for e in events}) == 4 and sum(receiver.requests.values()) == 4
+    assert receiver.max_in_flight == 1
 
     # the backend is down past the retry window (1 s here): the event is failed, listed, replayable
     receiver.script = lambda e, n: 503
@@ -454,7 +456,7 @@ def test_message_created_once_per_message_then_failed_list_and_replay(
     assert replay.status_code == 202, replay.text
     assert replay.json()["delivery"]["status"] == "pending"
     receiver.wait(lambda rc: failed["event_id"] in rc.delivered_ids())
-    eventually(lambda: _statuses(server.database_url) == Counter({"delivered": 4}), "the replay delivered")
+    eventually(lambda: _statuses(server.database_url) == Counter({"delivered": 5}), "the replay delivered")
     event = next(x.event for x in receiver.delivered if x.event_id == failed["event_id"])
     assert event["data"]["message"]["body"] == "lost?"
     page = api.server("GET", "/webhooks/deliveries?status=delivered&limit=2").json()
