@@ -37,7 +37,7 @@ test-long: install
 	$(PY) -m pytest -q -p no:cacheprovider -s tests/long
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check chat notifications tests bench run_server.py publisher
+	$(VENV)/bin/ruff check chat notifications webhooks tests bench run_server.py publisher
 	$(VENV)/bin/mypy
 
 # Backstage next to the reference Socket.IO peers (docs/performance.md). Needs ../shared/bench

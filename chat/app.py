@@ -35,6 +35,7 @@ from chat.service import ChatService
 from chat.socketlimit import socket_limiter
 from chat.sockets import ChatSockets
 from notifications import http as notifications_http
+from webhooks import http as webhooks_http
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(close_sockets)
     http_api.add_routes(app)
     notifications_http.add_routes(app)
+    webhooks_http.add_routes(app)
     add_operation_routes(app)
     add_page_routes(app)
     return app
@@ -259,9 +261,11 @@ class PushHooks:
 async def push_hooks(app: web.Application, settings: Settings, sessions: Any,
                      redis: aioredis.Redis | None, keys: RedisKeys) -> PushHooks:
     from notifications import wiring
+    from webhooks import wiring as webhooks_wiring
 
     hooks = PushHooks()
     await wiring.install(app, hooks, settings, sessions, redis, keys)
+    await webhooks_wiring.install(app, hooks, settings, sessions)
     return hooks
 
 

@@ -33,7 +33,7 @@ from chat.reactions import ReactionCoalescer
 from chat.recent import JOIN_PAGE, JOIN_PAGES, POSITIONS_LIMIT, SINCE_PAGE
 from chat.retry import retry_transaction
 from chat.storage import ConversationMeta
-from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec
+from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec, WebhookMessages
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class ChatService:
                  push_wake: Callable[[], Awaitable[None]] | None = None,
                  unread_notifications: Callable[[AsyncSession, str], Awaitable[int]] | None = None,
                  user_sends: UserRateLimiter | None = None,
+                 webhook_messages: WebhookMessages | None = None,
                  read_engine: AsyncEngine | None = None,
                  attachments: Attachments | None = None) -> None:
         self.sessions = sessions
@@ -131,7 +132,8 @@ class ChatService:
         self.settings = settings
         self._unread_notifications = unread_notifications
         self.writer = MessageWriter(self.engine, self._deliver_messages,
-                                    push_enqueue_jobs=push_enqueue_jobs, push_wake=push_wake)
+                                    push_enqueue_jobs=push_enqueue_jobs, push_wake=push_wake,
+                                    webhook_messages=webhook_messages)
         # Conversations never change kind, creator, patron, name, tier or post policy: what the
         # send path needs of them is kept here, filled by `join` and the full send check.
         self._conversations: dict[int, ConversationMeta] = {}

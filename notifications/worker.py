@@ -439,10 +439,23 @@ async def serve(settings: Any, options: WorkerOptions | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.stop()))
+    # WEBHOOK_WORKER=external: this process also delivers the webhook outbox (webhooks/worker.py).
+    webhook_worker = None
+    if getattr(settings, "webhook_url", None) and getattr(settings, "webhook_worker", "inline") == "external":
+        from webhooks.worker import WebhookOptions, WebhookWorker
+
+        webhook_worker = WebhookWorker(session_factory(engine), WebhookOptions.from_settings(settings))
+        webhook_worker.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: (asyncio.ensure_future(worker.stop()),
+                                                  asyncio.ensure_future(webhook_worker.stop())))
+        log.info("webhook worker started")
     log.info("push worker started")
     try:
         await worker.run()
     finally:
+        if webhook_worker is not None:
+            await webhook_worker.stop()
         if sender is not None:
             await sender.aclose()
         if redis is not None:
