@@ -365,6 +365,7 @@ def test_reactions_picker_live_chips_who_reacted_and_reload(browser, cluster, pa
     # of emoji, the first focused, arrows move), Enter picks, the focus returns to the button.
     msg_a = a.message(1)
     trigger = msg_a.get_by_role("button", name="Message actions")
+    a.page.bring_to_front()  # B's tab opened last: keyboard focus belongs to the front tab
     trigger.focus()
     trigger.press("Enter")
     expect(msg_a.get_by_role("menuitem", name="Add reaction")).to_be_focused()
