@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 
@@ -56,3 +57,16 @@ class Unavailable(ChatError):
 
 def error_wire(err: ChatError) -> dict[str, Any]:
     return {"ok": False, "error": err.to_wire()}
+
+
+class TimedOut(Forbidden):
+    """A send by a member a moderator timed out: `forbidden` with the remaining time in the message,
+    and (an extension of SPEC §5, docs/moderation.md) `until` and `retry_after` (whole seconds)."""
+
+    def __init__(self, message: str, until: datetime, retry_after: int) -> None:
+        super().__init__(message)
+        self.until, self.retry_after = until, retry_after
+
+    def to_wire(self) -> dict[str, Any]:
+        until = self.until.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return {**super().to_wire(), "until": until, "retry_after": self.retry_after}

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from chat import keys, reactions, schemas, storage
+from chat import keys, moderation, reactions, schemas, storage
 from chat.auth import Identity
 from chat.config import Settings
 from chat.db import retrying, utcnow
 from chat.delivery import Delivery
-from chat.errors import ChatError, Conflict, Forbidden, Invalid, NotFound, RateLimited, Unavailable
+from chat.errors import ChatError, Conflict, Forbidden, Invalid, NotFound, RateLimited, TimedOut, Unavailable
 from chat.models import Conversation, Membership, Message
+from chat.moderation import Standing
 from chat.presence import Presence, PresenceCoalescer
 from chat.ratelimit import KeyedBuckets, Quota, UserRateLimiter
 from chat.reactions import ReactionCoalescer
@@ -46,6 +49,15 @@ class Access:
     read: bool
     post: bool
     reason: str = ""
+    timed_out_until: datetime | None = None  # set when a timeout is what forbids posting
+
+
+def timed_out_error(until: datetime) -> TimedOut:
+    left = max(1, math.ceil((until - utcnow()).total_seconds()))
+    minutes, seconds = divmod(left, 60)
+    hours, minutes = divmod(minutes, 60)
+    text = f"{hours} h {minutes} min" if hours else (f"{minutes} min {seconds} s" if minutes else f"{seconds} s")
+    return TimedOut(f"timed out by a moderator: you can post again in {text}", until, left)
 
 
 @dataclass
@@ -61,22 +73,41 @@ class SocketState:
     presence_ops: set[asyncio.Future[None]] = field(default_factory=set)
 
 
-def access_rule(conv: ConversationMeta, user_id: str, membership: tuple[str, int] | None) -> Access:
+def access_rule(conv: ConversationMeta, user_id: str, membership: tuple[str, int] | None,
+                standing: Standing | None = None) -> Access:
     """Who reads and who posts. `membership` is (status, tier_cents) of the user's membership
-    with the creator (rooms) or of the conversation's patron (direct conversations)."""
+    with the creator (rooms) or of the conversation's patron (direct conversations); `standing`
+    the sanction of that same pair (docs/moderation.md): a block outweighs any membership, a
+    timeout forbids posting in the creator's rooms until it ends."""
+    blocked = standing is not None and standing.blocked
     if conv.kind == "room":
         if user_id == conv.creator_id:
             return Access(True, True)
+        if blocked:
+            return Access(False, False, "blocked by the creator")
         if membership is None or membership[0] != "active" or membership[1] < conv.min_tier_cents:
             return Access(False, False, "not a member of this room")
         if conv.post_policy == "creator":
             return Access(True, False, "only the creator posts in this room")
+        until = standing.timeout_until if standing is not None else None
+        if until is not None and until > utcnow():
+            return Access(True, False, "timed out by a moderator", until)
         return Access(True, True)
     if user_id not in (conv.creator_id, conv.patron_id):
         return Access(False, False, "not a member of this conversation")
+    if blocked:
+        if user_id == conv.patron_id:
+            return Access(False, False, "blocked by the creator")
+        return Access(True, False, "this member is blocked")
     if membership is None or membership[0] != "active":
         return Access(True, False, "the membership has ended")
     return Access(True, True)
+
+
+def _forbidden(access: Access) -> ChatError:
+    if access.timed_out_until is not None:
+        return timed_out_error(access.timed_out_until)
+    return Forbidden(access.reason)
 
 
 def membership_key(conv: ConversationMeta, user_id: str) -> tuple[str, str] | None:
@@ -147,7 +178,8 @@ class ChatService:
         meta = storage.conversation_meta_of(conv)
         key = membership_key(meta, user_id)
         m = await storage.get_membership(session, *key) if key is not None else None
-        return access_rule(meta, user_id, None if m is None else (m.status, m.tier_cents))
+        standing = await moderation.get_standing(await session.connection(), *key) if key is not None else None
+        return access_rule(meta, user_id, None if m is None else (m.status, m.tier_cents), standing)
 
     async def _readable(self, session: AsyncSession, user_id: str, conversation_id: int) -> tuple[Conversation, Access]:
         conv = await storage.get_conversation(session, conversation_id)
@@ -256,10 +288,12 @@ class ChatService:
         epoch = self._control_epoch
         async with self.engine.connect() as conn:
             view = await storage.join_view(conn, conversation_id, user.user_id)
+            key = None if view is None else membership_key(view.conversation, user.user_id)
+            standing = await moderation.get_standing(conn, *key) if key is not None else None
         if view is None:
             raise NotFound("no such conversation")
         conv = view.conversation
-        access = access_rule(conv, user.user_id, view.membership)
+        access = access_rule(conv, user.user_id, view.membership, standing)
         if not access.read:
             raise Forbidden(access.reason)
         self._remember(conv)
@@ -358,10 +392,12 @@ class ChatService:
     async def list_conversations(self, user: Identity) -> list[dict[str, Any]]:
         async with self.sessions() as session:
             memberships = await storage.list_patron_memberships(session, user.user_id)
-            tiers = {m.creator_id: m.tier_cents for m in memberships}
+            blocked = await moderation.blocked_creator_ids(await session.connection(), user.user_id)
+            tiers = {m.creator_id: m.tier_cents for m in memberships if m.creator_id not in blocked}
             rooms = await storage.list_rooms_of_creators(session, [*tiers, user.user_id])
             convs = [r for r in rooms if r.creator_id == user.user_id or tiers.get(r.creator_id, -1) >= r.min_tier_cents]
-            convs += await storage.list_directs_of_user(session, user.user_id)
+            convs += [d for d in await storage.list_directs_of_user(session, user.user_id)
+                      if not (d.patron_id == user.user_id and d.creator_id in blocked)]
             ids = [c.id for c in convs]
             states = await storage.get_states(session, user.user_id, ids)
             positions = {cid: (states[cid].last_read_seq if cid in states else 0) for cid in ids}
@@ -390,6 +426,9 @@ class ChatService:
                 if m is not None and m.status == "active":
                     pair = (creator, patron)
                     break
+            standing = await moderation.get_standing(await session.connection(), *pair) if pair is not None else None
+            if standing is not None and standing.blocked:
+                raise Forbidden("blocked by the creator")
             if pair is None:
                 # An existing conversation stays readable after the membership ends.
                 for creator, patron in ((user.user_id, other_id), (other_id, user.user_id)):
@@ -439,8 +478,15 @@ class ChatService:
         socket that has not joined, or one that may not post) is checked against the database."""
         conv = self._may_post_from_socket(sid, conversation_id)
         if conv is None:
+            self._check_timed_out(sid, conversation_id)
             epoch = self._control_epoch
-            checked = await self._check_send(user, conversation_id, body, client_msg_id)
+            try:
+                checked = await self._check_send(user, conversation_id, body, client_msg_id)
+            except TimedOut as exc:
+                state = self.sockets.get(sid) if sid is not None else None
+                if state is not None and conversation_id in state.conversations and epoch == self._control_epoch:
+                    state.posting[conversation_id] = Access(True, False, "timed out by a moderator", exc.until)
+                raise
             if isinstance(checked, dict):
                 return {"message": checked}
             conv = checked
@@ -460,6 +506,14 @@ class ChatService:
             raise _db_unavailable() from None
         return {"message": stored.message}
 
+    def _check_timed_out(self, sid: str | None, conversation_id: int) -> None:
+        """A socket whose join (or last send) found a timeout still running is refused without a
+        database read; a `moderation` control message lifting it drops what the socket knew."""
+        state = self.sockets.get(sid) if sid is not None else None
+        access = state.posting.get(conversation_id) if state is not None else None
+        if access is not None and access.timed_out_until is not None and access.timed_out_until > utcnow():
+            raise timed_out_error(access.timed_out_until)
+
     def _may_post_from_socket(self, sid: str | None, conversation_id: int) -> ConversationMeta | None:
         state = self.sockets.get(sid) if sid is not None else None
         if state is None or conversation_id not in state.conversations:
@@ -473,7 +527,7 @@ class ChatService:
                           client_msg_id: str) -> ConversationMeta | dict[str, Any]:
         """The database check of a send: the conversation, a retry's original, then access.
         Returns the conversation, or the original message when this is a retry."""
-        async def check() -> tuple[ConversationMeta, dict[str, Any] | None, tuple[str, int] | None]:
+        async def check() -> tuple[ConversationMeta, dict[str, Any] | None, tuple[str, int] | None, Standing | None]:
             async with self.engine.connect() as conn:
                 conv = await storage.get_conversation_meta(conn, conversation_id)
                 if conv is None:
@@ -484,21 +538,24 @@ class ChatService:
                         raise Conflict("client_msg_id was already used for a different message")
                     name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
                     return conv, schemas.message_wire_columns(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
-                                              row.client_msg_id, row.created_at, row.edited_at, row.deleted), None
+                                              row.client_msg_id, row.created_at, row.edited_at, row.deleted), None, None
                 key = membership_key(conv, user.user_id)
-                return conv, None, await storage.get_membership_state(conn, *key) if key is not None else None
+                if key is None:
+                    return conv, None, None, None
+                return (conv, None, await storage.get_membership_state(conn, *key),
+                        await moderation.get_standing(conn, *key))
 
         try:
-            conv, original, membership = await retrying(check)
+            conv, original, membership, standing = await retrying(check)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send check failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
         self._remember(conv)
         if original is not None:
             return original
-        access = access_rule(conv, user.user_id, membership)
+        access = access_rule(conv, user.user_id, membership, standing)
         if not access.post:
-            raise Forbidden(access.reason)
+            raise _forbidden(access)
         return conv
 
     def _remember(self, conv: ConversationMeta) -> None:
@@ -531,21 +588,33 @@ class ChatService:
         return await self._delete_message(user, message_id)
 
     async def _delete_message(self, user: Identity | None, message_id: int) -> dict[str, Any]:
-        """Delete as `user` (their own messages; a room's creator any in the room), or as the
-        backend (None: any message)."""
+        """Delete as `user` (their own messages; a room's creator or one of the creator's
+        moderators any in the room), or as the backend (None: any message). A delete of someone
+        else's message goes to the moderation log."""
         async with self.sessions.begin() as session:
             msg = await storage.get_message(session, message_id)
             if msg is None:
                 raise NotFound("no such message")
-            if user is not None:
-                conv, _ = await self._readable(session, user.user_id, msg.conversation_id)
-                room_creator = conv.kind == "room" and conv.creator_id == user.user_id
-                if msg.sender_id != user.user_id and not room_creator:
-                    raise Forbidden("only the author or the room's creator deletes a message")
+            conv_creator = None
+            if user is not None and msg.sender_id != user.user_id:
+                conv = await storage.get_conversation(session, msg.conversation_id)
+                assert conv is not None  # messages cascade with their conversation
+                allowed = conv.kind == "room" and (
+                    conv.creator_id == user.user_id
+                    or await moderation.is_moderator(await session.connection(), conv.creator_id, user.user_id))
+                if not allowed:
+                    await self._readable(session, user.user_id, msg.conversation_id)  # not_found/forbidden as before
+                    raise Forbidden("only the author, the room's creator or its moderators delete a message")
+                conv_creator = conv.creator_id
+            elif user is not None:
+                await self._readable(session, user.user_id, msg.conversation_id)
             changed = not msg.deleted
             if changed:
                 msg.deleted, msg.body, msg.edited_at = True, "", utcnow()
                 await session.flush()
+                if conv_creator is not None and user is not None:
+                    await moderation.record_action(session, conv_creator, user.user_id, "message_deleted",
+                                                   msg.sender_id, message_id=msg.id)
             wire = (await self._messages_wire(session, [msg]))[0]
         if changed:
             await self.delivery.to_conversation(msg.conversation_id, "message_updated", wire)
@@ -718,6 +787,9 @@ class ChatService:
                 m = await storage.get_membership(session, ident, user.user_id)
                 if m is None or m.status != "active":
                     raise Forbidden("not an active patron of this creator")
+                standing = await moderation.get_standing(await session.connection(), ident, user.user_id)
+                if standing is not None and standing.blocked:
+                    raise Forbidden("blocked by the creator")
                 return
             if not schemas.CANONICAL_ID_RE.match(ident):  # "01" names no room
                 raise Forbidden("no such room")
@@ -902,6 +974,136 @@ class ChatService:
         await self.delivery.broadcast_control({"type": "disconnect_user", "user_id": user_id})
         return {"user_id": user_id, "was_online": was_online}
 
+    # ============================================================ moderation (docs/moderation.md)
+
+    @staticmethod
+    async def _ensure_users(session: AsyncSession, *user_ids: str) -> None:
+        for uid in user_ids:
+            if await storage.get_user(session, uid) is None:
+                await storage.upsert_user(session, uid, None)
+
+    @staticmethod
+    async def _check_moderates(session: AsyncSession, creator_id: str, actor_id: str | None) -> bool:
+        """Forbidden unless `actor_id` is the creator or one of their moderators (None: the
+        backend, always allowed). True when the actor is a moderator (not the creator or backend)."""
+        if actor_id is None or actor_id == creator_id:
+            return False
+        if not await moderation.is_moderator(await session.connection(), creator_id, actor_id):
+            raise Forbidden("only the creator and their moderators do this")
+        return True
+
+    async def _check_target(self, session: AsyncSession, creator_id: str, actor_id: str | None, target_id: str) -> None:
+        if target_id == creator_id:
+            raise Forbidden("the creator cannot be moderated in their own rooms")
+        if await self._check_moderates(session, creator_id, actor_id) and await moderation.is_moderator(
+                await session.connection(), creator_id, target_id):
+            raise Forbidden("moderators do not time out or block each other; the creator does")
+
+    async def set_moderator(self, actor_id: str | None, creator_id: str, user_id: str, on: bool) -> dict[str, Any]:
+        """Appoint or remove a moderator of `creator_id`: the creator (socket) or the backend (None)."""
+        if actor_id is not None and actor_id != creator_id:
+            raise Forbidden("only the creator appoints moderators")
+        if user_id == creator_id:
+            raise Invalid("the creator moderates their rooms already")
+        action = "moderator_added" if on else "moderator_removed"
+
+        async def store() -> bool:
+            async with self.sessions.begin() as session:
+                await self._ensure_users(session, creator_id, user_id)
+                changed = await moderation.set_moderator(session, creator_id, user_id, on)
+                if changed:
+                    await moderation.record_action(session, creator_id, actor_id, action, user_id)
+                return changed
+
+        if await retry_transaction(store):
+            await self.delivery.broadcast_control({"type": "moderation", "action": action, "creator_id": creator_id,
+                                                   "user_id": user_id, "until": None})
+        return {"creator_id": creator_id, "user_id": user_id, "moderator": on}
+
+    async def list_moderators(self, creator_id: str) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            return {"creator_id": creator_id, "moderators": await moderation.list_moderators(conn, creator_id)}
+
+    async def timeout_member(self, actor_id: str | None, creator_id: str, user_id: str, minutes: int,
+                             reason: str) -> dict[str, Any]:
+        """Time `user_id` out of the creator's rooms for `minutes` (0 lifts a running timeout)."""
+        until = utcnow() + timedelta(minutes=minutes) if minutes else None
+        action = "timeout" if minutes else "timeout_lifted"
+
+        async def store() -> None:
+            async with self.sessions.begin() as session:
+                await self._check_target(session, creator_id, actor_id, user_id)
+                await self._ensure_users(session, creator_id, user_id)
+                await moderation.set_timeout(session, creator_id, user_id, until)
+                await moderation.record_action(session, creator_id, actor_id, action, user_id, reason=reason,
+                                               until=until)
+
+        await retry_transaction(store)
+        await self.delivery.broadcast_control({"type": "moderation", "action": action, "creator_id": creator_id,
+                                               "user_id": user_id, "until": schemas.iso(until)})
+        return {"creator_id": creator_id, "user_id": user_id, "until": schemas.iso(until)}
+
+    async def block_member(self, actor_id: str | None, creator_id: str, user_id: str, on: bool,
+                           reason: str) -> dict[str, Any]:
+        """Block (`on`) or unblock `user_id`: out of all the creator's rooms, their direct
+        conversation and the creator channel at once, on every process, whatever the membership."""
+        action = "block" if on else "unblock"
+
+        async def store() -> tuple[bool, list[int], int | None]:
+            async with self.sessions.begin() as session:
+                await self._check_target(session, creator_id, actor_id, user_id)
+                await self._ensure_users(session, creator_id, user_id)
+                standing = await moderation.get_standing(await session.connection(), creator_id, user_id)
+                changed = (standing is not None and standing.blocked) != on
+                if changed:
+                    await moderation.set_blocked(session, creator_id, user_id, on)
+                    await moderation.record_action(session, creator_id, actor_id, action, user_id, reason=reason)
+                rooms = [r.id for r in await storage.list_rooms_of_creators(session, [creator_id])]
+                direct = await storage.get_direct(session, creator_id, user_id)
+                return changed, rooms, direct.id if direct is not None else None
+
+        changed, rooms, direct_id = await retry_transaction(store)
+        if changed:
+            lost = [*rooms, *([direct_id] if direct_id is not None else [])]
+            await self.delivery.broadcast_control({
+                "type": "moderation", "action": action, "creator_id": creator_id, "user_id": user_id, "until": None,
+                "conversation_ids": lost if on else [direct_id] if direct_id is not None else [],
+                "channels": [keys.room_channel(str(r)) for r in rooms] + [keys.creator_channel(creator_id)] if on else []})
+        return {"creator_id": creator_id, "user_id": user_id, "blocked": on}
+
+    async def moderation_log(self, actor_id: str | None, creator_id: str, before_id: int | None,
+                             limit: int) -> dict[str, Any]:
+        """The creator's moderation log, newest first; `next_cursor` continues it (None at the end)."""
+        async with self.sessions() as session:
+            await self._check_moderates(session, creator_id, actor_id)
+            rows = await moderation.list_actions(session, creator_id, before_id, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"entries": [moderation.action_wire(r) for r in rows],
+                "next_cursor": str(rows[-1].id) if more else None}
+
+    async def _moderation_local(self, message: dict[str, Any]) -> None:
+        """A moderation action, on this process: what its sockets knew about posting is dropped
+        (the next send is checked in the database), a block takes the member out of everything
+        of the creator's (as a revoked membership), and the member's sockets hear `moderation`."""
+        action, creator_id, user_id = str(message["action"]), str(message["creator_id"]), str(message["user_id"])
+        conversation_ids = [int(c) for c in message.get("conversation_ids", [])]
+        if action == "block":
+            await self._revoke_local(user_id, conversation_ids, [str(c) for c in message.get("channels", [])])
+        # The creator's sockets may no longer (block) or may again (unblock) post in the direct one.
+        self._forget_posting([creator_id], conversation_ids)
+        for sid in self._user_sockets.get(user_id, ()):
+            state = self.sockets.get(sid)
+            if state is None:
+                continue
+            for cid in list(state.posting):
+                meta = self._conversations.get(cid)
+                if meta is None or meta.creator_id == creator_id:
+                    state.posting.pop(cid, None)
+        event = {"action": action, "creator_id": creator_id, "until": message.get("until")}
+        for sid in list(self._user_sockets.get(user_id, ())):
+            await self.delivery.to_socket(sid, "moderation", event)
+
     # ============================================================ cluster control
 
     async def _on_control(self, message: dict[str, Any]) -> None:
@@ -914,6 +1116,9 @@ class ChatService:
             self._control_epoch += 1
             self._forget_posting([str(u) for u in message.get("user_ids", [])],
                                  [int(c) for c in message.get("conversation_ids", [])])
+        elif kind == "moderation":
+            self._control_epoch += 1
+            await self._moderation_local(message)
         elif kind == "disconnect_user":
             for sid in list(self._user_sockets.get(str(message["user_id"]), ())):
                 await self.delivery.disconnect(sid)
@@ -969,6 +1174,7 @@ class ChatService:
         else:
             return [], None
         muted = await storage.muted_user_ids(session, conv.id, candidates)
+        muted |= await moderation.blocked_user_ids(await session.connection(), conv.creator_id, candidates)
         return [u for u in candidates if u not in muted and u != sender_id], resume
 
 

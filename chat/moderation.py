@@ -1,0 +1,172 @@
+"""Moderation storage and rules (docs/moderation.md): moderators per creator, sanctions
+(timeout, block) of a member by a creator, and the moderation log.
+
+A sanction is kept apart from the membership (its own table), so a membership update never
+lifts it; chat/service.py reads it wherever access is decided (join, the send check, the
+session-based access check) and takes it into `access_rule`.
+
+Every action is written to the log by `record_action`, in the acting transaction, and handed
+to `moderation_recorded`: the one place where a later consumer (the webhooks outbox) hooks in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from chat import schemas
+from chat.auth import USER_ID_RE
+from chat.errors import Invalid
+from chat.models import ModerationAction, Moderator, Sanction
+
+MIN_TIMEOUT_MINUTES = 1
+MAX_TIMEOUT_MINUTES = 7 * 24 * 60
+MAX_REASON_CHARS = 500
+ACTIONS = ("moderator_added", "moderator_removed", "timeout", "timeout_lifted", "block", "unblock",
+           "message_deleted")
+
+_moderators = sa.inspect(Moderator).local_table
+_sanctions = sa.inspect(Sanction).local_table
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A member's sanction with one creator, as the access rule needs it."""
+
+    blocked: bool
+    timeout_until: datetime | None
+
+
+# ---------------------------------------------------------------- validation
+
+def check_user_id(data: dict[str, Any], field: str, *, required: bool = True) -> str:
+    value = data.get(field)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not USER_ID_RE.match(value):
+        raise Invalid(f"{field} must be 1-64 characters of [A-Za-z0-9_-]")
+    return value
+
+
+def check_minutes(data: dict[str, Any]) -> int:
+    """A timeout's length: 1 minute to 7 days, or 0 to lift a running one."""
+    minutes = schemas.check_int(data, "minutes", minimum=0, maximum=MAX_TIMEOUT_MINUTES, required=True)
+    assert minutes is not None
+    return minutes
+
+
+def check_reason(data: dict[str, Any]) -> str:
+    return schemas.check_str(data, "reason", max_len=MAX_REASON_CHARS, required=False) or ""
+
+
+# ---------------------------------------------------------------- reads
+
+async def get_standing(conn: AsyncConnection, creator_id: str, user_id: str) -> Standing | None:
+    c = _sanctions.c
+    row = (await conn.execute(sa.select(c.blocked, c.timeout_until).where(
+        c.creator_id == creator_id, c.user_id == user_id))).first()
+    if row is None:
+        return None
+    return Standing(bool(row[0]), row[1])
+
+
+async def is_moderator(conn: AsyncConnection, creator_id: str, user_id: str) -> bool:
+    c = _moderators.c
+    return (await conn.execute(sa.select(sa.literal(1)).where(
+        c.creator_id == creator_id, c.user_id == user_id))).first() is not None
+
+
+async def blocked_creator_ids(conn: AsyncConnection, user_id: str) -> set[str]:
+    c = _sanctions.c
+    return set(await conn.scalars(sa.select(c.creator_id).where(c.user_id == user_id, c.blocked.is_(True))))
+
+
+async def blocked_user_ids(conn: AsyncConnection, creator_id: str, user_ids: list[str]) -> set[str]:
+    if not user_ids:
+        return set()
+    c = _sanctions.c
+    return set(await conn.scalars(sa.select(c.user_id).where(
+        c.creator_id == creator_id, c.user_id.in_(user_ids), c.blocked.is_(True))))
+
+
+async def list_moderators(conn: AsyncConnection, creator_id: str) -> list[str]:
+    c = _moderators.c
+    return list(await conn.scalars(sa.select(c.user_id).where(c.creator_id == creator_id).order_by(c.user_id)))
+
+
+async def list_actions(session: AsyncSession, creator_id: str, before_id: int | None,
+                       limit: int) -> list[ModerationAction]:
+    """The creator's log, newest first, `limit` entries with an id below `before_id`."""
+    q = sa.select(ModerationAction).where(ModerationAction.creator_id == creator_id)
+    if before_id is not None:
+        q = q.where(ModerationAction.id < before_id)
+    return list(await session.scalars(q.order_by(ModerationAction.id.desc()).limit(limit)))
+
+
+# ---------------------------------------------------------------- writes
+
+async def set_moderator(session: AsyncSession, creator_id: str, user_id: str, on: bool) -> bool:
+    """Appoint (`on`) or remove; True when it changed something."""
+    row = await session.get(Moderator, (creator_id, user_id))
+    if on and row is None:
+        session.add(Moderator(creator_id=creator_id, user_id=user_id))
+        await session.flush()
+        return True
+    if not on and row is not None:
+        await session.delete(row)
+        await session.flush()
+        return True
+    return False
+
+
+async def _sanction_row(session: AsyncSession, creator_id: str, user_id: str) -> Sanction:
+    # Locked: two moderators acting on one member at once serialize here.
+    row = await session.get(Sanction, (creator_id, user_id), with_for_update=True)
+    if row is None:
+        row = Sanction(creator_id=creator_id, user_id=user_id, blocked=False, timeout_until=None)
+        session.add(row)
+    return row
+
+
+async def set_timeout(session: AsyncSession, creator_id: str, user_id: str, until: datetime | None) -> None:
+    row = await _sanction_row(session, creator_id, user_id)
+    row.timeout_until = until
+    await session.flush()
+
+
+async def set_blocked(session: AsyncSession, creator_id: str, user_id: str, blocked: bool) -> None:
+    row = await _sanction_row(session, creator_id, user_id)
+    row.blocked = blocked
+    await session.flush()
+
+
+async def record_action(session: AsyncSession, creator_id: str, actor_id: str | None, action: str,
+                        target_id: str | None, *, reason: str = "", until: datetime | None = None,
+                        message_id: int | None = None) -> dict[str, Any]:
+    """One log entry, in the caller's transaction; returns its wire form."""
+    row = ModerationAction(creator_id=creator_id, actor_id=actor_id, action=action, target_id=target_id,
+                           reason=reason, until=until, message_id=message_id)
+    session.add(row)
+    await session.flush()
+    wire = action_wire(row)
+    await moderation_recorded(session, wire)
+    return wire
+
+
+async def moderation_recorded(session: AsyncSession, entry: dict[str, Any]) -> None:
+    """Called for every moderation action, inside the transaction that stored it (after the log
+    row). The hook for the webhooks outbox (issue 14 item 5: `moderation.action`,
+    `member.blocked`, `member.timed_out`): record the outbox event here, in `session`, so it
+    commits or rolls back with the action. Nothing else to do today."""
+    return None
+
+
+def action_wire(a: ModerationAction) -> dict[str, Any]:
+    return {"id": str(a.id), "creator_id": a.creator_id, "actor_id": a.actor_id, "action": a.action,
+            "target_id": a.target_id, "message_id": None if a.message_id is None else str(a.message_id),
+            "until": None if a.until is None else schemas.iso(a.until), "reason": a.reason,
+            "created_at": schemas.iso(a.created_at)}

@@ -1,0 +1,56 @@
+"""moderation: moderators per creator, sanctions (timeout, block), the moderation log
+
+Revision ID: 0006
+Revises: 0005
+"""
+from alembic import op
+import sqlalchemy as sa
+import chat.db
+
+
+revision = '0006'
+down_revision = '0005'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        'moderators',
+        sa.Column('creator_id', chat.db.ExactString(64), nullable=False),
+        sa.Column('user_id', chat.db.ExactString(64), nullable=False),
+        sa.Column('created_at', chat.db.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint('creator_id', 'user_id', name=op.f('pk_moderators')),
+    )
+    op.create_table(
+        'sanctions',
+        sa.Column('creator_id', chat.db.ExactString(64), nullable=False),
+        sa.Column('user_id', chat.db.ExactString(64), nullable=False),
+        sa.Column('blocked', sa.Boolean(), nullable=False),
+        sa.Column('timeout_until', chat.db.UTCDateTime(), nullable=True),
+        sa.Column('updated_at', chat.db.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint('creator_id', 'user_id', name=op.f('pk_sanctions')),
+    )
+    op.create_index('ix_sanctions_user_id', 'sanctions', ['user_id'])
+    op.create_table(
+        'moderation_actions',
+        sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+        sa.Column('creator_id', chat.db.ExactString(64), nullable=False),
+        sa.Column('actor_id', chat.db.ExactString(64), nullable=True),
+        sa.Column('action', sa.String(32), nullable=False),
+        sa.Column('target_id', chat.db.ExactString(64), nullable=True),
+        sa.Column('message_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+        sa.Column('until', chat.db.UTCDateTime(), nullable=True),
+        sa.Column('reason', sa.String(500), nullable=False),
+        sa.Column('created_at', chat.db.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint('id', name=op.f('pk_moderation_actions')),
+    )
+    op.create_index('ix_moderation_actions_creator_id_id', 'moderation_actions', ['creator_id', 'id'])
+
+
+def downgrade() -> None:
+    op.drop_index('ix_moderation_actions_creator_id_id', table_name='moderation_actions')
+    op.drop_table('moderation_actions')
+    op.drop_index('ix_sanctions_user_id', table_name='sanctions')
+    op.drop_table('sanctions')
+    op.drop_table('moderators')

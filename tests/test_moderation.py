@@ -1,0 +1,214 @@
+"""Moderation (docs/moderation.md): moderators per creator (appointed by the creator over a socket
+or by the backend), who delete any message in the creator's rooms and time out and block members
+but appoint nobody; timeouts and blocks take effect at once on every process (a socket on the
+other process hears `moderation` and its next send is refused, a blocked member is taken out of
+every room, the direct conversation and the creator channel); a block survives a membership
+update; every action is in the moderation log. SQLite and MariaDB + Redis, on the shared servers."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from tests.support import Api, Client, barrier
+
+MAX_MINUTES = 7 * 24 * 60
+
+
+def ok(ack: dict[str, Any]) -> dict[str, Any]:
+    assert ack["ok"] is True, ack
+    return ack
+
+
+def err(ack: dict[str, Any]) -> str:
+    assert ack["ok"] is False, ack
+    return str(ack["error"]["code"])
+
+
+async def connect(url: str, token: str) -> Client:
+    return await Client(url, token).connect()
+
+
+def community(api: Api, uid: Any) -> tuple[str, str, str, dict[str, str], str]:
+    """A creator with a room, a moderator-to-be and a patron (both active members);
+    returns (creator, moderator, patron, tokens by user id, room id)."""
+    cre, mod, pat = uid("cre"), uid("mod"), uid("pat")
+    tokens = {u: api.user(u) for u in (cre, mod, pat)}
+    api.membership(cre, mod, 500)
+    api.membership(cre, pat, 500)
+    return cre, mod, pat, tokens, api.room(cre, "Lounge", 0)
+
+
+async def send(c: Client, room: str, body: str) -> dict[str, Any]:
+    ack: dict[str, Any] = await c.call("send", {"conversation_id": room, "body": body,
+                                                "client_msg_id": secrets.token_hex(8)})
+    return ack
+
+
+async def test_moderators_delete_any_message_and_appoint_nobody(shared_any_server: Any, uid: Any) -> None:
+    url, api = shared_any_server.servers[0].url, shared_any_server.api
+    cre, mod, pat, tokens, room = community(api, uid)
+    c, m, p = [await connect(url, tokens[u]) for u in (cre, mod, pat)]
+    try:
+        # only the creator appoints: not the patron, and not for another creator
+        assert err(await p.call("moderator", {"creator_id": cre, "user_id": mod, "on": True})) == "forbidden"
+        assert err(await c.call("moderator", {"user_id": cre, "on": True})) == "invalid"
+        assert err(await c.call("moderator", {"user_id": "bad id", "on": True})) == "invalid"
+        assert ok(await c.call("moderator", {"user_id": mod, "on": True}))["moderator"] is True
+        await m.wait_for("moderation", lambda e: e == {"action": "moderator_added", "creator_id": cre, "until": None})
+        for s in (c, m, p):
+            ok(await s.call("join", {"conversation_id": room}))
+        msg = ok(await send(p, room, "spam"))["message"]
+        other = ok(await send(c, room, "creator's"))["message"]
+        # a patron deletes only their own; a moderator any message in the room
+        assert err(await p.call("delete", {"message_id": other["id"]})) == "forbidden"
+        deleted = ok(await m.call("delete", {"message_id": msg["id"]}))["message"]
+        assert deleted["deleted"] and deleted["body"] == ""
+        await p.wait_for("message_updated", lambda u: u["id"] == msg["id"] and u["deleted"])
+        # a moderator appoints nobody
+        assert err(await m.call("moderator", {"creator_id": cre, "user_id": pat, "on": True})) == "forbidden"
+        assert api.server("GET", f"/creators/{cre}/moderators").json()["moderators"] == [mod]
+        # removed by the backend: no more deletes of others' messages
+        r = api.server("DELETE", f"/creators/{cre}/moderators/{mod}")
+        assert r.status_code == 200 and r.json() == {"creator_id": cre, "user_id": mod, "moderator": False}
+        await m.wait_for("moderation", lambda e: e["action"] == "moderator_removed")
+        msg2 = ok(await send(p, room, "again"))["message"]
+        assert err(await m.call("delete", {"message_id": msg2["id"]})) == "forbidden"
+        assert err(await m.call("timeout", {"creator_id": cre, "user_id": pat, "minutes": 5})) == "forbidden"
+        assert api.server("PUT", f"/creators/{cre}/moderators/{mod}").json()["moderator"] is True
+        ok(await m.call("delete", {"message_id": msg2["id"]}))
+    finally:
+        for s in (c, m, p):
+            await s.close()
+
+
+async def test_timeout_refuses_sends_with_the_remaining_time(shared_any_server: Any, uid: Any) -> None:
+    url, api = shared_any_server.servers[0].url, shared_any_server.api
+    cre, mod, pat, tokens, room = community(api, uid)
+    api.server("PUT", f"/creators/{cre}/moderators/{mod}")
+    m, p = await connect(url, tokens[mod]), await connect(url, tokens[pat])
+    try:
+        ok(await p.call("join", {"conversation_id": room}))
+        ok(await send(p, room, "before"))
+        for bad in (-1, MAX_MINUTES + 1, "5", None):
+            assert err(await m.call("timeout", {"creator_id": cre, "user_id": pat, "minutes": bad})) == "invalid"
+        # nobody times out the creator; moderators do not time out each other
+        assert err(await m.call("timeout", {"creator_id": cre, "user_id": cre, "minutes": 5})) == "forbidden"
+        assert err(await p.call("timeout", {"creator_id": cre, "user_id": mod, "minutes": 5})) == "forbidden"
+        done = ok(await m.call("timeout", {"creator_id": cre, "user_id": pat, "minutes": 5, "reason": "flood"}))
+        event = await p.wait_for("moderation", lambda e: e["action"] == "timeout")
+        assert event == {"action": "timeout", "creator_id": cre, "until": done["until"]}
+        for _ in range(2):  # the database check, then what the socket remembers of it
+            refused = await send(p, room, "during")
+            assert err(refused) == "forbidden"
+            assert "min" in refused["error"]["message"]
+            assert refused["error"]["until"] == done["until"]
+            assert 240 < refused["error"]["retry_after"] <= 300
+        r = api.client(tokens[pat], "POST", f"/conversations/{room}/messages", {"body": "http", "client_msg_id": "h-1"})
+        assert r.status_code == 403 and r.json()["error"]["until"] == done["until"]
+        # others still post; the server API's bounds
+        ok(await send(m, room, "mod speaks"))
+        assert api.server("PUT", f"/creators/{cre}/timeouts/{pat}", {"minutes": 0}).status_code == 400
+        assert api.server("PUT", f"/creators/{cre}/timeouts/{pat}",
+                          {"minutes": MAX_MINUTES + 1}).status_code == 400
+        # lifted: at once
+        r = api.server("DELETE", f"/creators/{cre}/timeouts/{pat}")
+        assert r.status_code == 200 and r.json()["until"] is None
+        await p.wait_for("moderation", lambda e: e["action"] == "timeout_lifted")
+        ok(await send(p, room, "after"))
+    finally:
+        await m.close()
+        await p.close()
+
+
+async def test_timeout_and_block_reach_the_other_process(shared_mysql_cluster: Any, uid: Any) -> None:
+    cluster = shared_mysql_cluster
+    api = cluster.apis[0]
+    cre, mod, pat, tokens, room = community(api, uid)
+    room2 = api.room(cre, "Backstage", 500)
+    api.server("PUT", f"/creators/{cre}/moderators/{mod}")
+    direct = api.direct(tokens[pat], cre)
+    m = await connect(cluster.servers[0].url, tokens[mod])
+    c = await connect(cluster.servers[0].url, tokens[cre])
+    p = await connect(cluster.servers[1].url, tokens[pat])
+    try:
+        for cid in (room, room2, direct):
+            ok(await p.call("join", {"conversation_id": cid}))
+        ok(await c.call("join", {"conversation_id": direct}))
+        ok(await p.call("subscribe", {"channel": f"creator:{cre}"}))
+        ok(await send(p, room, "warm"))  # the socket now posts without a database read
+
+        ok(await m.call("timeout", {"creator_id": cre, "user_id": pat, "minutes": 1}))
+        await p.wait_for("moderation", lambda e: e["action"] == "timeout")
+        assert err(await send(p, room, "timed out")) == "forbidden"
+        assert err(await send(p, room2, "timed out")) == "forbidden"
+        ok(await send(p, direct, "the direct conversation is not a room"))
+        ok(await m.call("timeout", {"creator_id": cre, "user_id": pat, "minutes": 0}))
+        await p.wait_for("moderation", lambda e: e["action"] == "timeout_lifted")
+        ok(await send(p, room, "back"))
+
+        # a block: out of both rooms, the direct conversation and the creator channel, at once
+        ok(await m.call("block", {"creator_id": cre, "user_id": pat, "on": True, "reason": "abuse"}))
+        for cid in (room, room2, direct):
+            await p.wait_for("access_revoked", lambda e, cid=cid: e["conversation_id"] == cid)
+        await p.wait_for("moderation", lambda e: e["action"] == "block")
+        for cid in (room, room2, direct):
+            assert err(await p.call("join", {"conversation_id": cid})) == "forbidden"
+        assert err(await send(p, room, "blocked")) == "forbidden"
+        assert err(await p.call("subscribe", {"channel": f"creator:{cre}"})) == "forbidden"
+        # the creator still reads the direct conversation but no longer posts in it
+        assert err(await send(c, direct, "to a blocked member")) == "forbidden"
+        api.server("POST", "/publish", {"channel": f"creator:{cre}", "event": "news", "data": 1})
+        await barrier(cluster.apis, [(pat, p)], "after-block")
+        assert not [e for e in p.events["event"] if e["event"] == "news"]
+        listed = api.client(tokens[pat], "GET", "/conversations").json()["conversations"]
+        assert {x["conversation"]["id"] for x in listed} & {room, room2, direct} == set()
+        assert api.client(tokens[pat], "GET", f"/conversations/{room}/messages").status_code == 403
+        # a membership update does not undo it
+        api.membership(cre, pat, 1000)
+        assert err(await p.call("join", {"conversation_id": room2})) == "forbidden"
+        assert err(await m.call("block", {"creator_id": cre, "user_id": mod, "on": True})) == "forbidden"
+
+        r = cluster.apis[1].server("DELETE", f"/creators/{cre}/blocks/{pat}")
+        assert r.status_code == 200 and r.json()["blocked"] is False
+        await p.wait_for("moderation", lambda e: e["action"] == "unblock")
+        for cid in (room, room2, direct):
+            ok(await p.call("join", {"conversation_id": cid}))
+        ok(await send(p, room2, "unblocked"))
+        ok(await send(c, direct, "welcome back"))
+    finally:
+        for s in (m, c, p):
+            await s.close()
+
+
+async def test_moderation_log_for_the_creator_moderators_and_backend(shared_any_server: Any, uid: Any) -> None:
+    url, api = shared_any_server.servers[0].url, shared_any_server.api
+    cre, mod, pat, tokens, room = community(api, uid)
+    c, m, p = [await connect(url, tokens[u]) for u in (cre, mod, pat)]
+    try:
+        ok(await c.call("moderator", {"user_id": mod, "on": True}))
+        ok(await p.call("join", {"conversation_id": room}))
+        msg = ok(await send(p, room, "bad"))["message"]
+        ok(await m.call("delete", {"message_id": msg["id"]}))
+        ok(await m.call("timeout", {"creator_id": cre, "user_id": pat, "minutes": 10, "reason": "cool down"}))
+        assert api.server("PUT", f"/creators/{cre}/blocks/{pat}", {"reason": "repeat"}).status_code == 200
+        ok(await c.call("block", {"creator_id": cre, "user_id": pat, "on": False}))
+
+        expected = [("unblock", cre, ""), ("block", None, "repeat"), ("timeout", mod, "cool down"),
+                    ("message_deleted", mod, ""), ("moderator_added", cre, "")]
+        entries = ok(await m.call("moderation_log", {"creator_id": cre}))["entries"]
+        assert [(e["action"], e["actor_id"], e["reason"]) for e in entries] == expected
+        assert all(e["target_id"] == (mod if e["action"] == "moderator_added" else pat) for e in entries)
+        assert entries[3]["message_id"] == msg["id"] and entries[2]["until"] is not None
+        assert ok(await c.call("moderation_log", {}))["entries"] == entries  # the creator's own by default
+        assert err(await p.call("moderation_log", {"creator_id": cre})) == "forbidden"
+        assert err(await m.call("moderation_log", {"creator_id": cre, "before_id": "x"})) == "invalid"
+
+        page = api.server("GET", f"/creators/{cre}/moderation-log?limit=2").json()
+        assert [e["id"] for e in page["entries"]] == [e["id"] for e in entries[:2]]
+        rest = api.server("GET", f"/creators/{cre}/moderation-log?limit=10&cursor={page['next_cursor']}").json()
+        assert rest["entries"] == entries[2:] and rest["next_cursor"] is None
+        assert api.server("GET", f"/creators/{cre}/moderation-log?cursor=01").status_code == 400
+    finally:
+        for s in (c, m, p):
+            await s.close()
