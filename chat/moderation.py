@@ -60,7 +60,15 @@ def check_minutes(data: dict[str, Any]) -> int:
 
 
 def check_reason(data: dict[str, Any]) -> str:
-    return schemas.check_str(data, "reason", max_len=MAX_REASON_CHARS, required=False) or ""
+    """An optional free-text reason for the log, trimmed; empty when left out."""
+    value = data.get("reason")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise Invalid("reason must be a string")
+    if len(value.strip()) > MAX_REASON_CHARS:
+        raise Invalid(f"reason is longer than {MAX_REASON_CHARS} characters")
+    return value.strip()
 
 
 # ---------------------------------------------------------------- reads
