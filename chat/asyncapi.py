@@ -21,7 +21,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chat.openapi import EMOJI, EXAMPLE_MESSAGE, EXAMPLE_NOTIFICATION, EXAMPLE_ROOM, SCHEMAS
+from chat.moderation import MAX_REASON_CHARS, MAX_TIMEOUT_MINUTES
+from chat.openapi import EMOJI, EXAMPLE_LOG_ENTRY, EXAMPLE_MESSAGE, EXAMPLE_NOTIFICATION, EXAMPLE_ROOM, SCHEMAS
 from chat.reactions import MAX_PER_MESSAGE
 from chat.schemas import MAX_PAGE
 
@@ -55,8 +56,12 @@ def _obj(properties: dict[str, Any], required: list[str] | None = None, *, close
 
 SOCKET_SCHEMAS: dict[str, Any] = {
     "AckError": _obj({"ok": {"const": False},
-                      "error": _obj({"code": {"type": "string", "enum": SOCKET_ERROR_CODES}, "message": {"type": "string"}},
-                                    closed=True)},
+                      "error": _obj({"code": {"type": "string", "enum": SOCKET_ERROR_CODES}, "message": {"type": "string"},
+                                     "until": {"type": "string", "description": "(extension) a timed-out member's "
+                                                                               "send: when the timeout ends"},
+                                     "retry_after": {"type": "integer", "minimum": 1,
+                                                     "description": "(extension) seconds until then"}},
+                                    ["code", "message"], closed=True)},
                      closed=True, description="any event's acknowledgement when it failed"),
     "ReadPosition": _obj({"user_id": USER_ID, "name": {"type": "string"}, "seq": SEQ}),
 }
@@ -134,6 +139,38 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
          "reactions": {"type": "array", "items": _ref("Reaction"), "maxItems": MAX_PER_MESSAGE}},
         {"ok": True, "count": 3, "reactions": [{"emoji": "\U0001f44d", "count": 3, "me": True}]},
     ),
+    "moderator": (
+        "(extension) The creator appoints (on) or removes a moderator of their rooms (docs/moderation.md)",
+        _obj({"creator_id": USER_ID, "user_id": USER_ID, "on": {"type": "boolean"}}, ["user_id", "on"]),
+        {"user_id": "mia", "on": True},
+        {"creator_id": USER_ID, "user_id": USER_ID, "moderator": {"type": "boolean"}},
+        {"ok": True, "creator_id": "cre", "user_id": "mia", "moderator": True},
+    ),
+    "timeout": (
+        "(extension) The creator or a moderator times a member out of the creator's rooms (minutes 0: lift it)",
+        _obj({"creator_id": USER_ID, "user_id": USER_ID,
+              "minutes": {"type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_MINUTES},
+              "reason": {"type": "string", "maxLength": MAX_REASON_CHARS}}, ["creator_id", "user_id", "minutes"]),
+        {"creator_id": "cre", "user_id": "alice", "minutes": 10, "reason": "flooding"},
+        {"creator_id": USER_ID, "user_id": USER_ID, "until": {"type": ["string", "null"]}},
+        {"ok": True, "creator_id": "cre", "user_id": "alice", "until": "2026-01-02T03:14:05.678Z"},
+    ),
+    "block": (
+        "(extension) The creator or a moderator blocks (on) or unblocks a member",
+        _obj({"creator_id": USER_ID, "user_id": USER_ID, "on": {"type": "boolean"},
+              "reason": {"type": "string", "maxLength": MAX_REASON_CHARS}}, ["creator_id", "user_id", "on"]),
+        {"creator_id": "cre", "user_id": "alice", "on": True, "reason": "harassment"},
+        {"creator_id": USER_ID, "user_id": USER_ID, "blocked": {"type": "boolean"}},
+        {"ok": True, "creator_id": "cre", "user_id": "alice", "blocked": True},
+    ),
+    "moderation_log": (
+        "(extension) The creator's moderation log, newest first (the creator and moderators)",
+        _obj({"creator_id": USER_ID, "before_id": ID,
+              "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}}, []),
+        {"creator_id": "cre", "limit": 20},
+        {"entries": {"type": "array", "items": _ref("ModerationEntry")}, "next_cursor": {"type": ["string", "null"]}},
+        {"ok": True, "entries": [EXAMPLE_LOG_ENTRY], "next_cursor": None},
+    ),
 }
 
 
@@ -175,6 +212,12 @@ SERVER_EVENTS: dict[str, tuple[str, dict[str, Any], Any]] = {
                            {"emoji": EMOJI, "count": {"type": "integer", "minimum": 1}}, closed=True)}}, closed=True),
                  {"message_id": "99", "conversation_id": "12", "emoji": "\U0001f44d", "user_id": "alice", "on": True,
                   "count": 3, "reactions": [{"emoji": "\U0001f44d", "count": 3}]}),
+    "moderation": ("(extension) A moderation action about this user: moderator_added/removed, timeout (until "
+                   "when), timeout_lifted, block (access_revoked follows for what was joined), unblock",
+                   _obj({"action": {"type": "string", "enum": ["moderator_added", "moderator_removed", "timeout",
+                                                               "timeout_lifted", "block", "unblock"]},
+                         "creator_id": USER_ID, "until": {"type": ["string", "null"]}}, closed=True),
+                   {"action": "timeout", "creator_id": "cre", "until": "2026-01-02T03:14:05.678Z"}),
     "resync": ("(extension) The relay was interrupted: join again with since_seq if behind last_seq",
                _obj({"conversation_id": ID, "last_seq": SEQ}, ["conversation_id"], closed=True),
                {"conversation_id": "12", "last_seq": 42}),

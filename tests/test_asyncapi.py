@@ -273,6 +273,22 @@ async def test_real_traffic_matches_the_document(shared_mysql_cluster: Cluster, 
         assert (await a.call("send", {"conversation_id": room, "body": "  ", "client_msg_id": "m-2"}))["ok"] is False
         assert (await a.call("typing", {"conversation_id": room, "typing": "yes"}))["ok"] is False
 
+        # moderation: appoint, time out (a refused send), lift, read the log, block (access_revoked), unblock
+        assert (await b.call("moderator", {"user_id": late, "on": True}))["ok"]
+        assert (await b.call("timeout", {"creator_id": cre, "user_id": pat, "minutes": 5, "reason": "calm"}))["ok"]
+        await a.wait_for("moderation", lambda e: e["action"] == "timeout")
+        muted = await a.call("send", {"conversation_id": room, "body": "muted", "client_msg_id": "m-3"})
+        assert muted["error"]["retry_after"] > 0
+        assert (await b.call("timeout", {"creator_id": cre, "user_id": pat, "minutes": 0}))["ok"]
+        assert (await b.call("moderation_log", {"creator_id": cre, "limit": 5}))["ok"]
+        assert (await a.call("join", {"conversation_id": room}))["ok"]
+        assert (await b.call("block", {"creator_id": cre, "user_id": pat, "on": True, "reason": "test"}))["ok"]
+        await a.wait_for("access_revoked", lambda r: r["conversation_id"] == room)
+        await a.wait_for("moderation", lambda e: e["action"] == "block")
+        assert (await b.call("block", {"creator_id": cre, "user_id": pat, "on": False}))["ok"]
+        await a.wait_for("moderation", lambda e: e["action"] == "unblock")
+        a.events["access_revoked"].clear()
+
         assert (await a.call("join", {"conversation_id": room}))["ok"]
         api.membership(cre, pat, 500, status="former")
         await a.wait_for("access_revoked", lambda r: r["conversation_id"] == room)
