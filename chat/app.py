@@ -30,6 +30,7 @@ from chat.presence import MemoryPresence, RedisPresence, new_server_id
 from chat.ratelimit import UserRateLimiter
 from chat.relay import RedisRelay
 from chat.service import ChatService
+from chat.slowmode import SlowModeGate
 from chat.socketlimit import socket_limiter
 from chat.sockets import ChatSockets
 from notifications import http as notifications_http
@@ -176,7 +177,8 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     hooks = await push_hooks(app, settings, sessions, redis, keys)
     user_sends = UserRateLimiter(settings.send_rate_per_s, settings.send_burst, redis=redis,
                                  key_prefix=settings.redis_prefix)
-    service = ChatService(sessions, delivery, presence, settings, user_sends=user_sends, **hooks.service_kwargs)
+    service = ChatService(sessions, delivery, presence, settings, user_sends=user_sends,
+                          slow_gate=SlowModeGate(redis, settings.redis_prefix), **hooks.service_kwargs)
 
     async def on_offline(conversation_id: str, user_id: str) -> None:
         await delivery.to_conversation(conversation_id, "presence", {

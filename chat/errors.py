@@ -70,3 +70,15 @@ class TimedOut(Forbidden):
     def to_wire(self) -> dict[str, Any]:
         until = self.until.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return {**super().to_wire(), "until": until, "retry_after": self.retry_after}
+
+
+class SlowModeLimited(RateLimited):
+    """A send within a room's slow-mode interval: `rate_limited` with the wait in the message, and
+    (an extension, docs/moderation.md) `retry_after` in seconds; over HTTP also Retry-After."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, {"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "retry_after": self.retry_after}

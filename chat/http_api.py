@@ -286,6 +286,14 @@ async def delete_block(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICE_KEY].block_member(None, creator_id, user_id, False, ""))
 
 
+async def put_slow_mode(request: web.Request) -> web.Response:
+    server_key(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"])
+    data = await read_json(request)
+    return json_response(await request.app[SERVICE_KEY].set_slow_mode(
+        None, cid, moderation.check_slow_mode_seconds(data), moderation.check_reason(data)))
+
+
 async def server_moderation_log(request: web.Request) -> web.Response:
     server_key(request)
     creator_id = path_user_id(request, "creator_id")
@@ -421,6 +429,7 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/api/v1/server/creators/{creator_id}/blocks/{user_id}", put_block)
     r.add_delete("/api/v1/server/creators/{creator_id}/blocks/{user_id}", delete_block)
     r.add_get("/api/v1/server/creators/{creator_id}/moderation-log", server_moderation_log)
+    r.add_put("/api/v1/server/rooms/{conversation_id}/slow-mode", put_slow_mode)
     r.add_get("/api/v1/me", get_me)
     r.add_get("/api/v1/conversations", list_conversations)
     r.add_post("/api/v1/conversations/direct", open_direct)

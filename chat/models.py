@@ -144,6 +144,19 @@ class ModerationAction(Base):
     action: Mapped[str] = mapped_column(sa.String(32))
     target_id: Mapped[str | None] = mapped_column(USER_ID, nullable=True)
     message_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    conversation_id: Mapped[int | None] = mapped_column(BigId, nullable=True)  # slow_mode: the room
+    seconds: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)  # slow_mode: the interval (0: off)
     until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     reason: Mapped[str] = mapped_column(sa.String(500), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SlowMode(Base):
+    """A room in slow mode: each member posts at most once per `seconds` (creator and moderators exempt)."""
+
+    __tablename__ = "slow_modes"
+
+    conversation_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    seconds: Mapped[int] = mapped_column(sa.Integer, default=0)

@@ -21,16 +21,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from chat import schemas
 from chat.auth import USER_ID_RE
 from chat.errors import Invalid
-from chat.models import ModerationAction, Moderator, Sanction
+from chat.models import ModerationAction, Moderator, Sanction, SlowMode
 
 MIN_TIMEOUT_MINUTES = 1
 MAX_TIMEOUT_MINUTES = 7 * 24 * 60
 MAX_REASON_CHARS = 500
+MAX_SLOW_MODE_S = 3600
 ACTIONS = ("moderator_added", "moderator_removed", "timeout", "timeout_lifted", "block", "unblock",
-           "message_deleted")
+           "message_deleted", "slow_mode")
 
 _moderators = sa.inspect(Moderator).local_table
 _sanctions = sa.inspect(Sanction).local_table
+_slow_modes = sa.inspect(SlowMode).local_table
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,13 @@ def check_minutes(data: dict[str, Any]) -> int:
     minutes = schemas.check_int(data, "minutes", minimum=0, maximum=MAX_TIMEOUT_MINUTES, required=True)
     assert minutes is not None
     return minutes
+
+
+def check_slow_mode_seconds(data: dict[str, Any]) -> int:
+    """Slow mode's interval: 1 s to an hour, or 0 to turn it off."""
+    seconds = schemas.check_int(data, "seconds", minimum=0, maximum=MAX_SLOW_MODE_S, required=True)
+    assert seconds is not None
+    return seconds
 
 
 def check_reason(data: dict[str, Any]) -> str:
@@ -104,6 +113,21 @@ async def blocked_user_ids(conn: AsyncConnection, creator_id: str, user_ids: lis
 async def list_moderators(conn: AsyncConnection, creator_id: str) -> list[str]:
     c = _moderators.c
     return list(await conn.scalars(sa.select(c.user_id).where(c.creator_id == creator_id).order_by(c.user_id)))
+
+
+async def get_slow_mode(conn: AsyncConnection, conversation_id: int) -> int:
+    """The room's slow mode in seconds, 0 when off."""
+    c = _slow_modes.c
+    return int(await conn.scalar(sa.select(c.seconds).where(c.conversation_id == conversation_id)) or 0)
+
+
+async def set_slow_mode(session: AsyncSession, conversation_id: int, seconds: int) -> None:
+    row = await session.get(SlowMode, conversation_id, with_for_update=True)
+    if row is None:
+        session.add(SlowMode(conversation_id=conversation_id, seconds=seconds))
+    else:
+        row.seconds = seconds
+    await session.flush()
 
 
 async def list_actions(session: AsyncSession, creator_id: str, before_id: int | None,
@@ -154,10 +178,12 @@ async def set_blocked(session: AsyncSession, creator_id: str, user_id: str, bloc
 
 async def record_action(session: AsyncSession, creator_id: str, actor_id: str | None, action: str,
                         target_id: str | None, *, reason: str = "", until: datetime | None = None,
-                        message_id: int | None = None) -> dict[str, Any]:
+                        message_id: int | None = None, conversation_id: int | None = None,
+                        seconds: int | None = None) -> dict[str, Any]:
     """One log entry, in the caller's transaction; returns its wire form."""
     row = ModerationAction(creator_id=creator_id, actor_id=actor_id, action=action, target_id=target_id,
-                           reason=reason, until=until, message_id=message_id)
+                           reason=reason, until=until, message_id=message_id, conversation_id=conversation_id,
+                           seconds=seconds)
     session.add(row)
     await session.flush()
     wire = action_wire(row)
@@ -176,5 +202,6 @@ async def moderation_recorded(session: AsyncSession, entry: dict[str, Any]) -> N
 def action_wire(a: ModerationAction) -> dict[str, Any]:
     return {"id": str(a.id), "creator_id": a.creator_id, "actor_id": a.actor_id, "action": a.action,
             "target_id": a.target_id, "message_id": None if a.message_id is None else str(a.message_id),
+            "conversation_id": None if a.conversation_id is None else str(a.conversation_id), "seconds": a.seconds,
             "until": None if a.until is None else schemas.iso(a.until), "reason": a.reason,
             "created_at": schemas.iso(a.created_at)}

@@ -24,13 +24,24 @@ from chat.auth import Identity
 from chat.config import Settings
 from chat.db import retrying, utcnow
 from chat.delivery import Delivery
-from chat.errors import ChatError, Conflict, Forbidden, Invalid, NotFound, RateLimited, TimedOut, Unavailable
+from chat.errors import (
+    ChatError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    RateLimited,
+    SlowModeLimited,
+    TimedOut,
+    Unavailable,
+)
 from chat.models import Conversation, Membership, Message
 from chat.moderation import Standing
 from chat.presence import Presence, PresenceCoalescer
 from chat.ratelimit import KeyedBuckets, Quota, UserRateLimiter
 from chat.reactions import ReactionCoalescer
 from chat.retry import retry_transaction
+from chat.slowmode import SlowModeGate
 from chat.storage import ConversationMeta
 from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec
 
@@ -143,7 +154,7 @@ class ChatService:
                  push_enqueue_jobs: PushEnqueueJobs | None = None,
                  push_wake: Callable[[], Awaitable[None]] | None = None,
                  unread_notifications: Callable[[AsyncSession, str], Awaitable[int]] | None = None,
-                 user_sends: UserRateLimiter | None = None) -> None:
+                 user_sends: UserRateLimiter | None = None, slow_gate: SlowModeGate | None = None) -> None:
         self.sessions = sessions
         self.engine: AsyncEngine = sessions.kw["bind"]
         self.delivery = delivery
@@ -170,6 +181,12 @@ class ChatService:
         self.presence_events = PresenceCoalescer(self._emit_presence, settings.presence_window_s)
         self.socket_reacts = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
         self.reaction_events = ReactionCoalescer(self._emit_reaction, self._recount_reactions)
+        # Slow mode (docs/moderation.md): the gate (cluster-wide with Redis), and per process the
+        # rooms' intervals and who moderates whom, read on first use and kept current by the
+        # `slow_mode` and `moderation` control messages.
+        self.slow_gate = slow_gate or SlowModeGate()
+        self._slow_modes: dict[int, int] = {}
+        self._moderators: dict[tuple[str, str], bool] = {}
         delivery.set_control_handler(self._on_control)
 
     # ============================================================ access rules
@@ -341,6 +358,7 @@ class ChatService:
             "unread_count": view.unread,
             "last_read_seq": view.last_read_seq,
             "read_positions": positions,
+            "slow_mode_s": await self._slow_mode_of(conversation_id) if conv.kind == "room" else 0,
         }
 
     def _socket_state(self, sid: str) -> SocketState:
@@ -493,6 +511,10 @@ class ChatService:
             state = self.sockets.get(sid) if sid is not None else None
             if state is not None and conversation_id in state.conversations and epoch == self._control_epoch:
                 state.posting[conversation_id] = Access(True, True)  # e.g. a membership active again
+        if conv.kind == "room" and user.user_id != conv.creator_id:
+            original = await self._check_slow_mode(conv, user, client_msg_id)
+            if original is not None:
+                return {"message": original}
         push = None
         if conv.kind == "direct":
             push = PushSpec(None)
@@ -505,6 +527,51 @@ class ChatService:
             log.warning("send failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
         return {"message": stored.message}
+
+    async def _check_slow_mode(self, conv: ConversationMeta, user: Identity, client_msg_id: str) -> dict[str, Any] | None:
+        """Take the member's slow-mode slot in the room, or refuse with the wait; a retry of a
+        message already stored is answered with it (the original) instead."""
+        try:
+            seconds = await self._slow_mode_of(conv.id)
+            if not seconds or await self._is_moderator(conv.creator_id, user.user_id):
+                return None
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            log.warning("slow mode check failed: %s", type(exc).__name__)
+            raise _db_unavailable() from None
+        wait = await self.slow_gate.take(conv.id, user.user_id, seconds)
+        if not wait:
+            return None
+        async with self.engine.connect() as conn:
+            row = (await storage.find_sent(conn, [(user.user_id, client_msg_id)])).get((user.user_id, client_msg_id))
+            if row is not None and row.conversation_id == conv.id:
+                name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
+                return schemas.message_wire_columns(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
+                                                    row.client_msg_id, row.created_at, row.edited_at, row.deleted)
+        raise SlowModeLimited(f"slow mode: one message per {seconds} s in this room; wait {wait} s", wait)
+
+    async def _slow_mode_of(self, conversation_id: int) -> int:
+        seconds = self._slow_modes.get(conversation_id)
+        if seconds is None:
+            epoch = self._control_epoch
+            async with self.engine.connect() as conn:
+                seconds = await moderation.get_slow_mode(conn, conversation_id)
+            if epoch == self._control_epoch:
+                if len(self._slow_modes) >= CONVERSATION_CACHE_SIZE:
+                    self._slow_modes.clear()
+                self._slow_modes[conversation_id] = seconds
+        return seconds
+
+    async def _is_moderator(self, creator_id: str, user_id: str) -> bool:
+        known = self._moderators.get((creator_id, user_id))
+        if known is None:
+            epoch = self._control_epoch
+            async with self.engine.connect() as conn:
+                known = await moderation.is_moderator(conn, creator_id, user_id)
+            if epoch == self._control_epoch:
+                if len(self._moderators) >= KNOWN_USERS_SIZE:
+                    self._moderators.clear()
+                self._moderators[(creator_id, user_id)] = known
+        return known
 
     def _check_timed_out(self, sid: str | None, conversation_id: int) -> None:
         """A socket whose join (or last send) found a timeout still running is refused without a
@@ -1071,6 +1138,26 @@ class ChatService:
                 "channels": [keys.room_channel(str(r)) for r in rooms] + [keys.creator_channel(creator_id)] if on else []})
         return {"creator_id": creator_id, "user_id": user_id, "blocked": on}
 
+    async def set_slow_mode(self, actor_id: str | None, conversation_id: int, seconds: int,
+                            reason: str = "") -> dict[str, Any]:
+        """Slow mode of a room (0: off), by its creator, one of their moderators or the backend (None)."""
+        async def store() -> None:
+            async with self.sessions.begin() as session:
+                conv = await storage.get_conversation(session, conversation_id)
+                if conv is None or conv.kind != "room":
+                    raise NotFound("no such room")
+                await self._check_moderates(session, conv.creator_id, actor_id)
+                await moderation.set_slow_mode(session, conversation_id, seconds)
+                await moderation.record_action(session, conv.creator_id, actor_id, "slow_mode", None, reason=reason,
+                                               conversation_id=conversation_id, seconds=seconds)
+
+        await retry_transaction(store)
+        await self.delivery.broadcast_control({"type": "slow_mode", "conversation_id": conversation_id,
+                                               "seconds": seconds})
+        wire = {"conversation_id": str(conversation_id), "seconds": seconds}
+        await self.delivery.to_conversation(conversation_id, "slow_mode", wire)
+        return wire
+
     async def moderation_log(self, actor_id: str | None, creator_id: str, before_id: int | None,
                              limit: int) -> dict[str, Any]:
         """The creator's moderation log, newest first; `next_cursor` continues it (None at the end)."""
@@ -1118,7 +1205,13 @@ class ChatService:
                                  [int(c) for c in message.get("conversation_ids", [])])
         elif kind == "moderation":
             self._control_epoch += 1
+            if message.get("action") in ("moderator_added", "moderator_removed"):
+                self._moderators[(str(message["creator_id"]), str(message["user_id"]))] = (
+                    message["action"] == "moderator_added")
             await self._moderation_local(message)
+        elif kind == "slow_mode":
+            self._control_epoch += 1
+            self._slow_modes[int(message["conversation_id"])] = int(message["seconds"])
         elif kind == "disconnect_user":
             for sid in list(self._user_sockets.get(str(message["user_id"]), ())):
                 await self.delivery.disconnect(sid)

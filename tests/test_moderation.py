@@ -212,3 +212,54 @@ async def test_moderation_log_for_the_creator_moderators_and_backend(shared_any_
     finally:
         for s in (c, m, p):
             await s.close()
+
+
+async def _slow_mode_scenario(url_a: str, url_b: str, api: Api, uid: Any) -> None:
+    """The patron's two sockets are on `url_a` and `url_b` (two processes on the cluster)."""
+    cre, mod, pat, tokens, room = community(api, uid)
+    api.server("PUT", f"/creators/{cre}/moderators/{mod}")
+    c, m = await connect(url_a, tokens[cre]), await connect(url_b, tokens[mod])
+    p1, p2 = await connect(url_a, tokens[pat]), await connect(url_b, tokens[pat])
+    try:
+        for s in (c, m, p1, p2):
+            assert ok(await s.call("join", {"conversation_id": room}))["slow_mode_s"] == 0
+        assert err(await p1.call("slow_mode", {"conversation_id": room, "seconds": 30})) == "forbidden"
+        assert err(await c.call("slow_mode", {"conversation_id": room, "seconds": 3601})) == "invalid"
+        assert ok(await m.call("slow_mode", {"conversation_id": room, "seconds": 60})) == {
+            "ok": True, "conversation_id": room, "seconds": 60}
+        await p2.wait_for("slow_mode", lambda e: e == {"conversation_id": room, "seconds": 60})
+        await p1.wait_for("slow_mode", lambda e: e["seconds"] == 60)
+        assert ok(await p1.call("join", {"conversation_id": room}))["slow_mode_s"] == 60
+        first = ok(await p1.call("send", {"conversation_id": room, "body": "one", "client_msg_id": "slow-1"}))
+        refused = await send(p2, room, "two")  # the other process, the same member
+        assert err(refused) == "rate_limited"
+        assert 0 < refused["error"]["retry_after"] <= 60 and "wait" in refused["error"]["message"]
+        # a retry of the stored message gets the original, not the limit
+        again = ok(await p2.call("send", {"conversation_id": room, "body": "one", "client_msg_id": "slow-1"}))
+        assert again["message"]["id"] == first["message"]["id"]
+        r = api.client(tokens[pat], "POST", f"/conversations/{room}/messages", {"body": "http", "client_msg_id": "h-2"})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0 and r.json()["error"]["retry_after"] > 0
+        for s in (c, c, m, m):  # the creator and moderators are exempt
+            ok(await send(s, room, "exempt"))
+        r = api.server("PUT", f"/rooms/{room}/slow-mode", {"seconds": 0})
+        assert r.status_code == 200 and r.json() == {"conversation_id": room, "seconds": 0}
+        await p2.wait_for("slow_mode", lambda e: e["seconds"] == 0)
+        ok(await send(p2, room, "free again"))
+        ok(await send(p2, room, "and again"))
+        log = api.server("GET", f"/creators/{cre}/moderation-log").json()["entries"]
+        assert [(e["action"], e["actor_id"], e["conversation_id"], e["seconds"]) for e in log[:2]] == [
+            ("slow_mode", None, room, 0), ("slow_mode", mod, room, 60)]
+        assert api.server("PUT", "/rooms/999999999/slow-mode", {"seconds": 5}).status_code == 404
+    finally:
+        for s in (c, m, p1, p2):
+            await s.close()
+
+
+async def test_slow_mode_in_one_process(shared_sqlite: Any, uid: Any) -> None:
+    url = shared_sqlite.servers[0].url
+    await _slow_mode_scenario(url, url, shared_sqlite.api, uid)
+
+
+async def test_slow_mode_is_cluster_wide(shared_mysql_cluster: Any, uid: Any) -> None:
+    cluster = shared_mysql_cluster
+    await _slow_mode_scenario(cluster.servers[0].url, cluster.servers[1].url, cluster.apis[0], uid)

@@ -1,4 +1,4 @@
-"""moderation: moderators per creator, sanctions (timeout, block), the moderation log
+"""moderation: moderators per creator, sanctions (timeout, block), the moderation log, slow mode per room
 
 Revision ID: 0006
 Revises: 0005
@@ -40,15 +40,26 @@ def upgrade() -> None:
         sa.Column('action', sa.String(32), nullable=False),
         sa.Column('target_id', chat.db.ExactString(64), nullable=True),
         sa.Column('message_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+        sa.Column('conversation_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+        sa.Column('seconds', sa.Integer(), nullable=True),
         sa.Column('until', chat.db.UTCDateTime(), nullable=True),
         sa.Column('reason', sa.String(500), nullable=False),
         sa.Column('created_at', chat.db.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_moderation_actions')),
     )
     op.create_index('ix_moderation_actions_creator_id_id', 'moderation_actions', ['creator_id', 'id'])
+    op.create_table(
+        'slow_modes',
+        sa.Column('conversation_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+        sa.Column('seconds', sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(['conversation_id'], ['conversations.id'],
+                                name=op.f('fk_slow_modes_conversation_id_conversations'), ondelete='CASCADE'),
+        sa.PrimaryKeyConstraint('conversation_id', name=op.f('pk_slow_modes')),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('slow_modes')
     op.drop_index('ix_moderation_actions_creator_id_id', table_name='moderation_actions')
     op.drop_table('moderation_actions')
     op.drop_index('ix_sanctions_user_id', table_name='sanctions')
