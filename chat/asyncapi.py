@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chat.moderation import MAX_REASON_CHARS, MAX_TIMEOUT_MINUTES
+from chat.moderation import MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES
 from chat.openapi import EMOJI, EXAMPLE_LOG_ENTRY, EXAMPLE_MESSAGE, EXAMPLE_NOTIFICATION, EXAMPLE_ROOM, SCHEMAS
 from chat.reactions import MAX_PER_MESSAGE
 from chat.schemas import MAX_PAGE
@@ -60,7 +60,8 @@ SOCKET_SCHEMAS: dict[str, Any] = {
                                      "until": {"type": "string", "description": "(extension) a timed-out member's "
                                                                                "send: when the timeout ends"},
                                      "retry_after": {"type": "integer", "minimum": 1,
-                                                     "description": "(extension) seconds until then"}},
+                                                     "description": "(extension) seconds to wait (a timeout's "
+                                                                    "forbidden, slow mode's rate_limited)"}},
                                     ["code", "message"], closed=True)},
                      closed=True, description="any event's acknowledgement when it failed"),
     "ReadPosition": _obj({"user_id": USER_ID, "name": {"type": "string"}, "seq": SEQ}),
@@ -79,10 +80,12 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
         {"conversation": _ref("Conversation"), "messages": {"type": "array", "items": _ref("Message")},
          "has_more": {"type": "boolean"}, "online": {"type": "array", "items": USER_ID},
          "unread_count": {"type": "integer", "minimum": 0}, "last_read_seq": SEQ,
-         "read_positions": {"type": "array", "items": _ref("ReadPosition"), "maxItems": 100}},
+         "read_positions": {"type": "array", "items": _ref("ReadPosition"), "maxItems": 100},
+         "slow_mode_s": {"type": "integer", "minimum": 0,
+                         "description": "(extension) the room's slow mode: one message per this many seconds; 0 off"}},
         {"ok": True, "conversation": EXAMPLE_ROOM, "messages": [EXAMPLE_MESSAGE], "has_more": False,
          "online": ["alice", "cre"], "unread_count": 0, "last_read_seq": 7,
-         "read_positions": [{"user_id": "cre", "name": "Cre", "seq": 7}]},
+         "read_positions": [{"user_id": "cre", "name": "Cre", "seq": 7}], "slow_mode_s": 0},
     ),
     "leave": ("Leave a conversation", _obj({"conversation_id": ID}), {"conversation_id": "12"}, {}, {"ok": True}),
     "send": (
@@ -163,6 +166,14 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
         {"creator_id": USER_ID, "user_id": USER_ID, "blocked": {"type": "boolean"}},
         {"ok": True, "creator_id": "cre", "user_id": "alice", "blocked": True},
     ),
+    "slow_mode": (
+        "(extension) The creator or a moderator sets a room's slow mode (seconds 0: off)",
+        _obj({"conversation_id": ID, "seconds": {"type": "integer", "minimum": 0, "maximum": MAX_SLOW_MODE_S},
+              "reason": {"type": "string", "maxLength": MAX_REASON_CHARS}}, ["conversation_id", "seconds"]),
+        {"conversation_id": "12", "seconds": 30},
+        {"conversation_id": ID, "seconds": {"type": "integer"}},
+        {"ok": True, "conversation_id": "12", "seconds": 30},
+    ),
     "moderation_log": (
         "(extension) The creator's moderation log, newest first (the creator and moderators)",
         _obj({"creator_id": USER_ID, "before_id": ID,
@@ -218,6 +229,9 @@ SERVER_EVENTS: dict[str, tuple[str, dict[str, Any], Any]] = {
                                                                "timeout_lifted", "block", "unblock"]},
                          "creator_id": USER_ID, "until": {"type": ["string", "null"]}}, closed=True),
                    {"action": "timeout", "creator_id": "cre", "until": "2026-01-02T03:14:05.678Z"}),
+    "slow_mode": ("(extension) The room's slow mode changed (to everyone in it)",
+                  _obj({"conversation_id": ID, "seconds": {"type": "integer", "minimum": 0}}, closed=True),
+                  {"conversation_id": "12", "seconds": 30}),
     "resync": ("(extension) The relay was interrupted: join again with since_seq if behind last_seq",
                _obj({"conversation_id": ID, "last_seq": SEQ}, ["conversation_id"], closed=True),
                {"conversation_id": "12", "last_seq": 42}),

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chat.moderation import MAX_REASON_CHARS, MAX_TIMEOUT_MINUTES, MIN_TIMEOUT_MINUTES
+from chat.moderation import MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES, MIN_TIMEOUT_MINUTES
 from chat.reactions import DEFAULT_REACTORS, MAX_EMOJI_CHARS, MAX_PER_MESSAGE, MAX_REACTORS
 from chat.schemas import EXTERNAL_ID_RE, MAX_PAGE
 
@@ -50,7 +50,8 @@ SCHEMAS: dict[str, Any] = {
         "code": {"type": "string", "enum": ERROR_CODES}, "message": STRING,
         "until": {"type": "string", "description": "(extension) a timed-out member's send: when the timeout ends"},
         "retry_after": {"type": "integer", "minimum": 1,
-                        "description": "(extension) a timed-out member's send: seconds until then"}},
+                        "description": "(extension) a timed-out member's send (403) or a send in slow mode (429): "
+                                       "seconds to wait"}},
         ["code", "message"])}),
     "User": _obj({"id": STRING, "name": STRING, "avatar_url": NULLABLE_STRING}),
     "Membership": _obj({"creator_id": STRING, "patron_id": STRING, "tier_cents": {"type": "integer"},
@@ -85,8 +86,10 @@ SCHEMAS: dict[str, Any] = {
         "id": STRING, "creator_id": STRING,
         "actor_id": {"type": ["string", "null"], "description": "who acted; null for the backend (server API)"},
         "action": {"type": "string", "enum": ["moderator_added", "moderator_removed", "timeout", "timeout_lifted",
-                                              "block", "unblock", "message_deleted"]},
+                                              "block", "unblock", "message_deleted", "slow_mode"]},
         "target_id": NULLABLE_STRING, "message_id": NULLABLE_STRING,
+        "conversation_id": {"type": ["string", "null"], "description": "slow_mode: the room"},
+        "seconds": {"type": ["integer", "null"], "description": "slow_mode: the interval (0: off)"},
         "until": {"type": ["string", "null"], "description": "a timeout's end (ISO 8601 UTC)"},
         "reason": STRING, "created_at": TIME}),
     "Notification": _obj({"id": STRING, "type": STRING, "title": STRING, "body": STRING, "data": {"type": "object"},
@@ -162,7 +165,8 @@ TIMEOUT_ANSWER = _obj({"creator_id": STRING, "user_id": STRING, "until": NULLABL
 BLOCK_ANSWER = _obj({"creator_id": STRING, "user_id": STRING, "blocked": {"type": "boolean"}})
 MODERATION_LOG = _obj({"entries": {"type": "array", "items": _ref("ModerationEntry")}, "next_cursor": NULLABLE_STRING})
 EXAMPLE_LOG_ENTRY = {"id": "31", "creator_id": "cre", "actor_id": "mia", "action": "timeout", "target_id": "alice",
-                     "message_id": None, "until": "2026-01-02T03:14:05.678Z", "reason": "flooding",
+                     "message_id": None, "conversation_id": None, "seconds": None,
+                     "until": "2026-01-02T03:14:05.678Z", "reason": "flooding",
                      "created_at": "2026-01-02T03:04:05.678Z"}
 EXAMPLE_LOG = {"entries": [EXAMPLE_LOG_ENTRY], "next_cursor": None}
 
@@ -342,6 +346,15 @@ def build() -> dict[str, Any]:
                            "the next_cursor of the previous page"),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50")],
             tags=["server"])},
+        "/api/v1/server/rooms/{conversation_id}/slow-mode": {"put": _op(
+            "Slow mode of a room: each member posts at most once per `seconds` (0: off; creator and moderators "
+            "exempt), cluster-wide", "apiKey",
+            {**_ok(200, "the room's slow mode now", _obj({"conversation_id": STRING, "seconds": {"type": "integer"}}),
+                   {"conversation_id": "12", "seconds": 30}), **_errors(*BODY_ERRORS)},
+            params=[conv_id],
+            body=_obj({"seconds": {"type": "integer", "minimum": 0, "maximum": MAX_SLOW_MODE_S}, "reason": REASON},
+                      ["seconds"]),
+            body_example={"seconds": 30}, tags=["server"])},
         "/api/v1/server/notifications": {"post": _op(
             "Store notifications for users (or a channel's audience), deliver them live and push", "apiKey",
             {**_ok(202, "the stored notifications' ids (the original ones for a repeated idempotency_key)",

@@ -42,6 +42,7 @@ FIELDS: dict[str, list[str]] = {
     "timeout": ["creator_id", "user_id", "minutes", "reason"],
     "block": ["creator_id", "user_id", "on", "reason"],
     "moderation_log": ["creator_id", "before_id", "limit"],
+    "slow_mode": ["conversation_id", "seconds", "reason"],
     "no_such_event": ["conversation_id"],
 }
 PER_EVENT = -(-TOTAL_EXAMPLES // len(FIELDS))

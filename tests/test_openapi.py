@@ -177,6 +177,8 @@ def test_real_answers_match_the_document(env: Env) -> None:
          server, {"reason": "abuse"}),
         ("delete", "/api/v1/server/creators/{creator_id}/blocks/{user_id}", "/api/v1/server/creators/cre/blocks/oa1",
          server, None),
+        ("put", "/api/v1/server/rooms/{conversation_id}/slow-mode", f"/api/v1/server/rooms/{env.room}/slow-mode",
+         server, {"seconds": 0}),
         ("get", "/api/v1/server/creators/{creator_id}/moderation-log",
          "/api/v1/server/creators/cre/moderation-log?limit=2", server, None),
         ("post", "/api/v1/server/notifications", "/api/v1/server/notifications", server,
