@@ -281,13 +281,13 @@ async def test_real_traffic_matches_the_document(shared_mysql_cluster: Cluster, 
         assert muted["error"]["retry_after"] > 0
         assert (await b.call("timeout", {"creator_id": cre, "user_id": pat, "minutes": 0}))["ok"]
         assert (await b.call("moderation_log", {"creator_id": cre, "limit": 5}))["ok"]
+        assert (await a.call("join", {"conversation_id": room}))["ok"]
         assert (await b.call("slow_mode", {"conversation_id": room, "seconds": 60}))["ok"]
         await a.wait_for("slow_mode", lambda e: e["seconds"] == 60)
         assert (await a.call("send", {"conversation_id": room, "body": "slow", "client_msg_id": "m-4"}))["ok"]
         slowed = await a.call("send", {"conversation_id": room, "body": "slower", "client_msg_id": "m-5"})
         assert slowed["error"]["code"] == "rate_limited" and slowed["error"]["retry_after"] > 0
         assert (await b.call("slow_mode", {"conversation_id": room, "seconds": 0}))["ok"]
-        assert (await a.call("join", {"conversation_id": room}))["ok"]
         assert (await b.call("block", {"creator_id": cre, "user_id": pat, "on": True, "reason": "test"}))["ok"]
         await a.wait_for("access_revoked", lambda r: r["conversation_id"] == room)
         await a.wait_for("moderation", lambda e: e["action"] == "block")
