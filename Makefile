@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TEST_WORKERS ?= 3
 
 .PHONY: run test lint bench bench-fast bench-quick bench-plot bench-profile bench-push bench-store install browser clean
 
@@ -28,7 +29,7 @@ run: install
 	$(PY) run_server.py --demo
 
 test: install browser
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check chat notifications tests bench run_server.py publisher

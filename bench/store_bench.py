@@ -51,7 +51,9 @@ class RecordingDelivery:
     """chat.delivery.Delivery's interface, recording the messages handed to it (no sockets)."""
 
     def __init__(self) -> None:
+        from chat.recent import RecentMessages
         self.messages: dict[int, list[int]] = defaultdict(list)
+        self.recent = RecentMessages()
 
     async def to_conversation(self, conversation_id: Any, event: str, data: Any, skip_sid: str | None = None) -> None:
         if event == "message":

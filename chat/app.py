@@ -19,10 +19,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat import asyncapi, http_api, migrate, openapi, storage
+from chat.attachments import Attachments
 from chat.auth import Authenticator
+from chat.blobs import open_blob_store
 from chat.codec import OrjsonCompat
 from chat.config import Settings
-from chat.db import create_engine, session_factory
+from chat.db import create_engine, create_read_engine, session_factory
 from chat.delivery import Delivery, is_conversation_room
 from chat.fanout import FanoutLimits, FanoutServer
 from chat.keys import RedisKeys
@@ -51,6 +53,7 @@ def missing_static() -> list[str]:
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 ENGINE_KEY = web.AppKey("engine", AsyncEngine)
+READ_ENGINE_KEY = web.AppKey("read_engine", AsyncEngine)  # autocommit reads of connect and join (chat/db.py)
 REDIS_KEY = web.AppKey("redis", object)  # aioredis.Redis | None
 SIO_KEY = web.AppKey("sio", FanoutServer)
 
@@ -133,7 +136,9 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = create_engine(app[SETTINGS_KEY].database_url)
     await migrate.upgrade(engine)
     app[ENGINE_KEY] = engine
+    app[READ_ENGINE_KEY] = read_engine = create_read_engine(app[SETTINGS_KEY].database_url)
     yield
+    await read_engine.dispose()
     await engine.dispose()
 
 
@@ -166,10 +171,10 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     relay = (RedisRelay(redis, sio.fanout, keys, relayed=is_conversation_room)
              if redis is not None else None)
     delivery = Delivery(sio, relay)
-    engine = app[ENGINE_KEY]
+    read_engine = app[READ_ENGINE_KEY]
 
     async def last_seqs(ids: list[int]) -> dict[int, int]:
-        async with engine.connect() as conn:
+        async with read_engine.connect() as conn:
             return await storage.last_seqs(conn, ids)
 
     delivery.set_last_seqs(last_seqs)
@@ -177,8 +182,12 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     hooks = await push_hooks(app, settings, sessions, redis, keys)
     user_sends = UserRateLimiter(settings.send_rate_per_s, settings.send_burst, redis=redis,
                                  key_prefix=settings.redis_prefix)
-    service = ChatService(sessions, delivery, presence, settings, user_sends=user_sends,
-                          slow_gate=SlowModeGate(redis, settings.redis_prefix), **hooks.service_kwargs)
+    blobs = await open_blob_store(settings.blob_url, settings.database_url)
+    attachments = Attachments(app[ENGINE_KEY], blobs, settings)
+    app[http_api.ATTACHMENTS_KEY] = attachments
+    service = ChatService(sessions, delivery, presence, settings, user_sends=user_sends, read_engine=read_engine,
+                          attachments=attachments, slow_gate=SlowModeGate(redis, settings.redis_prefix),
+                          **hooks.service_kwargs)
 
     async def on_offline(conversation_id: str, user_id: str) -> None:
         await delivery.to_conversation(conversation_id, "presence", {
@@ -199,6 +208,7 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     await delivery.stop()
     for conversation_id, user_id in await presence.stop():
         await on_offline(conversation_id, user_id)
+    await attachments.close()
 
 
 async def close_sockets(app: web.Application) -> None:

@@ -90,8 +90,17 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
     "leave": ("Leave a conversation", _obj({"conversation_id": ID}), {"conversation_id": "12"}, {}, {"ok": True}),
     "send": (
         "Send a message (idempotent on the sender's client_msg_id; acked after commit)",
-        _obj({"conversation_id": ID, "body": BODY,
-              "client_msg_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,64}$"}}),
+        {**_obj({"conversation_id": ID,
+                 "body": {"type": "string", "maxLength": 4000,
+                          "description": "1-4,000 characters after trimming; may be empty or absent when "
+                                         "`attachments` are given"},
+                 "client_msg_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,64}$"},
+                 "attachments": {"type": "array", "maxItems": 4, "uniqueItems": True, "items": ID,
+                                 "description": "ids of the sender's own unused uploads (POST /api/v1/uploads), "
+                                                "each usable once"}},
+                ["conversation_id", "client_msg_id"]),
+         "anyOf": [{"required": ["body"], "properties": {"body": BODY}},
+                   {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}}]},
         {"conversation_id": "12", "body": "hello", "client_msg_id": "c-1"},
         {"message": _ref("Message")}, {"ok": True, "message": EXAMPLE_MESSAGE},
     ),

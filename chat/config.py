@@ -105,6 +105,11 @@ class EnvSettings(BaseSettings):
     socket_max_buffer_bytes: PositiveInt = _env("SOCKET_MAX_BUFFER_BYTES", 1024 * 1024)
     socket_max_queued_packets: PositiveInt = _env("SOCKET_MAX_QUEUED_PACKETS", 1000)
     socket_stall_s: PositiveFloat = _env("SOCKET_STALL_S", 10.0)
+    blob_url: str | None = _env("BLOB_URL")
+    max_upload_bytes: PositiveInt = _env("MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
+    image_decode_concurrency: PositiveInt = _env("IMAGE_DECODE_CONCURRENCY", 2)
+    attachment_url_ttl_s: PositiveInt = _env("ATTACHMENT_URL_TTL_S", 3600)
+    attachment_url_secret: SecretStr | None = _env("ATTACHMENT_URL_SECRET")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],
@@ -155,6 +160,13 @@ class EnvSettings(BaseSettings):
                              "JSON key downloaded from the Firebase console, or unset it to skip pushes")
         return value
 
+    @field_validator("blob_url")
+    @classmethod
+    def _blob_url(cls, value: str | None) -> str | None:
+        from chat.blobs import check_blob_url
+
+        return None if value is None else check_blob_url(value)
+
     @field_validator("fcm_endpoint")
     @classmethod
     def _fcm_endpoint(cls, value: str) -> str:
@@ -168,7 +180,8 @@ def _problem_lines(error: ValidationError, env: Mapping[str, str]) -> list[str]:
     for item in error.errors():
         name = str(item["loc"][0]) if item["loc"] else "?"
         value = env.get(name)
-        secret = name in ("JWT_SECRET", "JWT_PUBLIC_KEY", "API_KEYS", "DATABASE_URL", "REDIS_URL")
+        secret = name in ("JWT_SECRET", "JWT_PUBLIC_KEY", "API_KEYS", "DATABASE_URL", "REDIS_URL",
+                          "ATTACHMENT_URL_SECRET")
         shown = "" if value is None or secret else f"={value!r}"
         if item["type"] == "value_error":
             advice = str(item["ctx"]["error"]) if "ctx" in item else item["msg"]
@@ -190,6 +203,12 @@ def settings_warnings(settings: Settings) -> list[str]:
     if settings.jwt_secret is not None and len(settings.jwt_secret) < MIN_JWT_SECRET_CHARS:
         out.append(f"JWT_SECRET is shorter than {MIN_JWT_SECRET_CHARS} characters: tokens can be "
                    "brute-forced; use e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`")
+    if settings.jwt_secret is None and settings.attachment_url_secret is None:
+        out.append("ATTACHMENT_URL_SECRET is unset and there is no JWT_SECRET to derive it from: photo "
+                   "URLs are signed with a key of this process only; set ATTACHMENT_URL_SECRET for a cluster")
+    if make_url(settings.database_url).get_backend_name() != "sqlite" and settings.blob_url is None:
+        out.append("BLOB_URL is unset: photos are kept in ./blobs on this machine only; set "
+                   "BLOB_URL=s3://BUCKET?endpoint_url=... (or a shared file:/// directory) for a cluster")
     if make_url(settings.database_url).get_backend_name() == "sqlite" and not settings.demo:
         out.append("DATABASE_URL is SQLite outside --demo: one process only, no Redis relay "
                    "across processes; use mysql+aiomysql:// in production")
@@ -247,6 +266,15 @@ class Settings:
     socket_max_buffer_bytes: int = 1024 * 1024
     socket_max_queued_packets: int = 1000
     socket_stall_s: float = 10.0
+    # Photos (chat/attachments.py, docs/api.md): where files live (None: a directory next to the
+    # SQLite file, or ./blobs), the upload limit, how many images are decoded at once (on
+    # threads), how long a signed file URL works, and the key that signs them (None: derived
+    # from JWT_SECRET).
+    blob_url: str | None = None
+    max_upload_bytes: int = 10 * 1024 * 1024
+    image_decode_concurrency: int = 2
+    attachment_url_ttl_s: int = 3600
+    attachment_url_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, demo: bool = False) -> Settings:
@@ -295,4 +323,10 @@ class Settings:
             socket_max_buffer_bytes=v.socket_max_buffer_bytes,
             socket_max_queued_packets=v.socket_max_queued_packets,
             socket_stall_s=v.socket_stall_s,
+            blob_url=v.blob_url,
+            max_upload_bytes=v.max_upload_bytes,
+            image_decode_concurrency=v.image_decode_concurrency,
+            attachment_url_ttl_s=v.attachment_url_ttl_s,
+            attachment_url_secret=(v.attachment_url_secret.get_secret_value()
+                                   if v.attachment_url_secret else None),
         )

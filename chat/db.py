@@ -108,6 +108,34 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return engine
 
 
+def create_read_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
+    """A second pool for the read-only hot paths (connect's user lookup, join): its connections
+    are in autocommit mode, so each statement reads the latest committed data, no BEGIN is sent
+    (SQLite: not the BEGIN IMMEDIATE of the main engine, which would queue these reads behind
+    every writer) and no ROLLBACK either, neither when a `Connection` closes nor when the pool
+    takes a connection back (`skip_autocommit_rollback`): an autocommit connection never holds
+    a transaction. Only reads go through here; nothing written through it would be atomic.
+    Each read holds a connection for one round trip, so a small pool (5 + 5 overflow, on top of
+    the main engine's 10 + 10) serves a storm's joins."""
+    url = normalize_url(url)
+    if is_sqlite(url):
+        engine = create_async_engine(url, connect_args={"timeout": 30}, isolation_level="AUTOCOMMIT",
+                                     skip_autocommit_rollback=True)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
+                                 pool_pre_ping=False, isolation_level="AUTOCOMMIT",
+                                 skip_autocommit_rollback=True)
+    _ping_after_idle(engine)
+    return engine
+
+
 IDLE_PING_S = 10.0
 
 

@@ -24,14 +24,24 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
+
 from chat import keys
-from chat.fanout import Broadcast, FanoutServer
+from chat.fanout import Broadcast, FanoutServer, Payload
+from chat.recent import RecentMessages
 from chat.relay import RedisRelay
 
 log = logging.getLogger(__name__)
 
 ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
 LastSeqs = Callable[[list[int]], Awaitable[dict[int, int]]]
+
+
+# The conversation events `RecentMessages` keeps up with, and how their relayed packets start
+# (Socket.IO EVENT packets of the default namespace: `2["event",data]`).
+RECENT_EVENTS = ("message", "message_updated", "read")
+_RECENT_PREFIXES = tuple(f'2["{e}"' for e in RECENT_EVENTS)
+_ROOM_PREFIX = keys.conversation_room("")
 
 
 def is_conversation_room(room: str) -> bool:
@@ -46,9 +56,23 @@ class Delivery:
         self._relay = relay
         self._control_handler: ControlHandler | None = None
         self._last_seqs: LastSeqs | None = None
+        # Recent messages and read positions of the conversations with local sockets, for
+        # `join` (chat/recent.py): fed here from every conversation event this process delivers.
+        self.recent = RecentMessages()
         if relay is not None:
             relay.set_control_handler(self._handle_control)
             relay.on_recovered = self._resync_local
+            relay.on_room_packet = self._relayed_room_packet
+            relay.on_trouble = self.recent.clear
+        # The relay (when there is one) set the fan-out's room hooks first: chain after it.
+        closed = self._fanout.on_room_close
+
+        def room_closed(room: str) -> None:
+            if closed is not None:
+                closed(room)
+            self._room_closed(room)
+
+        self._fanout.on_room_close = room_closed
 
     def set_last_seqs(self, last_seqs: LastSeqs) -> None:
         self._last_seqs = last_seqs
@@ -57,7 +81,25 @@ class Delivery:
         """Why this process cannot rely on the relay, for /readyz (None: no known problem)."""
         return "deaf" if self._relay is not None and self._relay.deaf else None
 
+    def _room_closed(self, room: str) -> None:
+        """No local socket is left in the room: its events stop coming (the relay unsubscribes)."""
+        if isinstance(room, str) and room.startswith(_ROOM_PREFIX) and room[len(_ROOM_PREFIX):].isdigit():
+            self.recent.drop(int(room[len(_ROOM_PREFIX):]))
+
+    def _relayed_room_packet(self, room: str, packet: Payload | list[Payload]) -> None:
+        if not isinstance(packet, str) or not packet.startswith(_RECENT_PREFIXES):
+            return
+        cid = room[len(_ROOM_PREFIX):]
+        if not room.startswith(_ROOM_PREFIX) or not cid.isdigit():
+            return
+        try:
+            event, data = orjson.loads(packet[1:])
+        except (orjson.JSONDecodeError, ValueError, TypeError):
+            return
+        self.recent.on_event(int(cid), str(event), data)
+
     async def _resync_local(self, cause: str) -> None:
+        self.recent.clear()  # events may have been missed: the next joins read the database
         prefix = keys.conversation_room("")
         rooms = [r for r in self._fanout.rooms.get("/", {}) if isinstance(r, str) and r.startswith(prefix)]
         ids = [int(r[len(prefix):]) for r in rooms if r[len(prefix):].isdigit()]
@@ -79,6 +121,8 @@ class Delivery:
                               skip_sid: str | None = None) -> None:
         room = keys.conversation_room(str(conversation_id))
         encoded = self._fanout.encode_packet(event, data)
+        if event in RECENT_EVENTS:
+            self.recent.on_event(int(conversation_id), event, data)
         # Local sockets first (the sender's socket sees its message before its ack, as before).
         self._fanout.deliver("/", room, Broadcast(encoded), skip_sid)
         if self._relay is not None:
@@ -102,12 +146,16 @@ class Delivery:
             await self._relay.publish_emit(event, data, room)
 
     # ------------------------------------------------------------ local room membership
-    async def enter_conversation(self, sid: str, conversation_id: int) -> None:
+    async def enter_conversation(self, sid: str, conversation_id: int) -> bool:
+        """Put the socket in the conversation's room; True when this process now hears every
+        event of the conversation (no relay, or the relay's subscription is confirmed): only
+        then may `join` answer from `recent`."""
         room = keys.conversation_room(str(conversation_id))
         await self.sio.enter_room(sid, room)
         if self._relay is not None:
             # The caller reads recent messages next: be subscribed before that read.
-            await self._relay.wait_subscribed(room)
+            return await self._relay.wait_subscribed(room)
+        return True
 
     async def leave_conversation(self, sid: str, conversation_id: int) -> None:
         await self.sio.leave_room(sid, keys.conversation_room(str(conversation_id)))

@@ -13,9 +13,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from chat import moderation, schemas, unavailable
+from chat.attachments import Attachments
 from chat.auth import USER_ID_RE, Authenticator, Identity, bearer
 from chat.config import Settings
 from chat.errors import ChatError, Invalid, NotFound, RateLimited, TooLarge, Unauthorized
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 AUTH_KEY = web.AppKey("authenticator", Authenticator)
 SERVICE_KEY = web.AppKey("chat_service", ChatService)
 LIMITS_KEY = web.AppKey("http_limits", Settings)
+ATTACHMENTS_KEY = web.AppKey("attachments", Attachments)
+UPLOAD_PATH = "/api/v1/uploads"
 SOCKETIO_PREFIX = "/socket.io/"
 SOCKETIO_MAX_BODY = 1024 * 1024  # python-engineio's max_http_buffer_size (chat/app.py create_sio)
 
@@ -64,6 +67,8 @@ async def body_limits(request: web.Request, handler: Handler) -> web.StreamRespo
     limit = settings.max_payload_bytes if settings is not None else 64 * 1024
     if request.path.startswith(SOCKETIO_PREFIX):
         limit = SOCKETIO_MAX_BODY
+    elif request.path == UPLOAD_PATH and settings is not None:
+        limit = settings.max_upload_bytes + UPLOAD_OVERHEAD
     length = request.content_length
     if length is not None and length > limit:
         response = error_response(TooLarge(f"request body over {limit} bytes"))
@@ -375,10 +380,12 @@ async def post_message(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     cid = schemas.parse_int_id(request.match_info["conversation_id"])
     data = await read_json(request)
-    body = schemas.check_body(data, service.settings.max_body_chars)
+    photos = schemas.check_attachment_ids(data)
+    body = schemas.check_body(data, service.settings.max_body_chars, allow_empty=bool(photos))
     client_msg_id = schemas.check_client_msg_id(data)
     quota = await service.check_user_rate(user.user_id)
-    response = json_response(await service.send_message(user, cid, body, client_msg_id), status=201)
+    response = json_response(await service.send_message(user, cid, body, client_msg_id, attachment_ids=photos),
+                             status=201)
     response.headers.update(quota.headers())
     return response
 
@@ -392,6 +399,71 @@ async def list_reactions(request: web.Request) -> web.Response:
     limit = schemas.check_int({"limit": query_int(request, "limit")}, "limit", minimum=1, maximum=MAX_REACTORS)
     return json_response(await request.app[SERVICE_KEY].list_reactions(
         user, cid, mid, emoji, DEFAULT_REACTORS if limit is None else limit))
+
+
+# ---------------------------------------------------------------- photos (chat/attachments.py)
+
+UPLOAD_OVERHEAD = 16 * 1024  # multipart boundaries and part headers around the file
+
+
+async def read_upload(request: web.Request, limit: int) -> bytes:
+    """The `file` part of a multipart/form-data body, at most `limit` bytes (else too_large,
+    without reading the rest). Any other shape of body is invalid."""
+    if not request.content_type.startswith("multipart/form-data"):
+        raise Invalid("the body must be multipart/form-data with a file part named \"file\"")
+    limits = request.app.get(LIMITS_KEY)
+    timeout = limits.http_body_timeout_s if limits else 10.0
+
+    async def read() -> bytes:
+        try:
+            reader = await request.multipart()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    raise Invalid("no file part named \"file\" in the body")
+                if not isinstance(part, BodyPartReader) or part.name != "file":
+                    continue  # other fields are ignored
+                data = bytearray()
+                while chunk := await part.read_chunk(64 * 1024):
+                    data += chunk
+                    if len(data) > limit:
+                        raise TooLarge(f"the file is over {limit} bytes")
+                if not data:
+                    raise Invalid("the file part is empty")
+                return bytes(data)
+        except ChatError:
+            raise
+        except Exception:  # whatever aiohttp's parser raises on a malformed body (InvalidHeader, ...)
+            raise Invalid("the body is not well-formed multipart/form-data") from None
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except TimeoutError:
+        raise RequestTimeout("request body not received in time") from None
+
+
+async def post_upload(request: web.Request) -> web.Response:
+    user = client(request)
+    attachments = request.app[ATTACHMENTS_KEY]
+    data = await read_upload(request, attachments.settings.max_upload_bytes)
+    return json_response(await attachments.upload(user.user_id, data), status=201)
+
+
+async def get_attachment(request: web.Request) -> web.StreamResponse:
+    """A photo or its thumbnail, for the holder of a signed URL from a message object."""
+    aid = schemas.parse_int_id(request.match_info["attachment_id"], "attachment")
+    variant = "thumb" if request.path.endswith("/thumb") else "file"
+    answer = await request.app[ATTACHMENTS_KEY].open_file(aid, variant, request.query.get("exp"),
+                                                          request.query.get("sig"))
+    return web.Response(body=answer.data, headers={
+        "Content-Type": answer.content_type,
+        "Content-Disposition": f'inline; filename="{answer.filename}"',
+        "X-Content-Type-Options": "nosniff",
+        # The URL is what grants access: private (no shared cache), until it expires.
+        "Cache-Control": f"private, max-age={answer.max_age}, immutable",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+        "Cross-Origin-Resource-Policy": "same-site",
+    })
 
 
 async def put_settings(request: web.Request) -> web.Response:
@@ -438,3 +510,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/conversations/{conversation_id}/messages/{message_id}/reactions", list_reactions)
     r.add_put("/api/v1/conversations/{conversation_id}/settings", put_settings)
     r.add_get("/healthz", healthz)
+    r.add_post("/api/v1/uploads", post_upload)
+    r.add_get("/api/v1/attachments/{attachment_id}", get_attachment)
+    r.add_get("/api/v1/attachments/{attachment_id}/thumb", get_attachment)

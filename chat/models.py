@@ -93,6 +93,30 @@ class Message(Base):
     deleted: Mapped[bool] = mapped_column(sa.Boolean, default=False)
 
 
+class Attachment(Base):
+    """An uploaded photo (chat/attachments.py). Unused until a send claims it: then it belongs to
+    the message (owner_id = sender_id, client_msg_id) in conversation_id, for good."""
+
+    __tablename__ = "attachments"
+    __table_args__ = (sa.Index("ix_attachments_owner_message", "owner_id", "client_msg_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    owner_id: Mapped[str] = mapped_column(USER_ID)
+    conversation_id: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    client_msg_id: Mapped[str | None] = mapped_column(ExactString(64), nullable=True)
+    position: Mapped[int] = mapped_column(sa.SmallInteger, default=0)  # order in its message
+    content_type: Mapped[str] = mapped_column(sa.String(32))
+    width: Mapped[int] = mapped_column(sa.Integer)
+    height: Mapped[int] = mapped_column(sa.Integer)
+    size: Mapped[int] = mapped_column(sa.Integer)  # bytes of the stored (re-encoded) file
+    blob_key: Mapped[str] = mapped_column(ExactString(64))
+    thumb_content_type: Mapped[str] = mapped_column(sa.String(32))
+    thumb_width: Mapped[int] = mapped_column(sa.Integer)
+    thumb_height: Mapped[int] = mapped_column(sa.Integer)
+    thumb_key: Mapped[str] = mapped_column(ExactString(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Reaction(Base):
     """One user's reaction with one emoji to one message: the primary key makes `react`
     idempotent per (message, user, emoji); counts are COUNT(*) of these rows, never a stored

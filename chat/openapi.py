@@ -25,6 +25,9 @@ ERROR_CODES = ["invalid", "unauthorized", "forbidden", "not_found", "conflict", 
 CHANNEL_PATTERN = "^(user|creator|room):[A-Za-z0-9_-]{1,64}$"
 
 
+IMAGE_REASONS = ["unsupported_format", "too_many_pixels", "truncated", "corrupt"]
+
+
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -48,6 +51,7 @@ EMOJI = {"type": "string", "minLength": 1, "maxLength": MAX_EMOJI_CHARS,
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _obj({
         "code": {"type": "string", "enum": ERROR_CODES}, "message": STRING,
+        "reason": {"type": "string", "description": "uploads: which image check refused it", "enum": IMAGE_REASONS},
         "until": {"type": "string", "description": "(extension) a timed-out member's send: when the timeout ends"},
         "retry_after": {"type": "integer", "minimum": 1,
                         "description": "(extension) a timed-out member's send (403) or a send in slow mode (429): "
@@ -69,6 +73,7 @@ SCHEMAS: dict[str, Any] = {
         "edited_at": NULLABLE_TIME, "deleted": {"type": "boolean"},
         "reactions": {"type": "array", "items": _ref("Reaction"), "maxItems": MAX_PER_MESSAGE,
                       "description": "as the reader sees them (`me`); [] on a new message; left out of message_updated"},
+        "attachments": {"type": "array", "maxItems": 4, "items": _ref("Attachment")},
     }, ["id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted"]),
     "Reaction": _obj({"emoji": EMOJI, "count": {"type": "integer", "minimum": 1},
                       "me": {"type": "boolean", "description": "whether the reader reacted with it"}}),
@@ -78,6 +83,16 @@ SCHEMAS: dict[str, Any] = {
     "Room": {"allOf": [_ref("Conversation"), _obj({
         "external_id": {"type": ["string", "null"], "description": "the platform's id of the room, unique per creator"}},
         ["external_id"])]},
+    "Upload": _obj({"id": STRING, "width": {"type": "integer", "minimum": 1}, "height": {"type": "integer", "minimum": 1},
+                    "content_type": {"type": "string", "enum": ["image/jpeg", "image/png", "image/webp", "image/gif"]},
+                    "size": {"type": "integer", "minimum": 1}}),
+    "Attachment": _obj({
+        "id": STRING, "width": {"type": "integer"}, "height": {"type": "integer"},
+        "content_type": {"type": "string", "enum": ["image/jpeg", "image/png", "image/webp", "image/gif"]},
+        "size": {"type": "integer"},
+        "url": {"type": "string", "description": "signed, relative to the server, expires (ATTACHMENT_URL_TTL_S)"},
+        "thumb_url": {"type": "string", "description": "the thumbnail (at most 320 px), signed like url"},
+    }),
     "ConversationListItem": _obj({
         "conversation": _ref("Conversation"), "last_message": {"anyOf": [_ref("Message"), {"type": "null"}]},
         "unread_count": {"type": "integer", "minimum": 0}, "muted": {"type": "boolean"},
@@ -96,7 +111,7 @@ SCHEMAS: dict[str, Any] = {
                           "created_at": TIME, "read_at": NULLABLE_TIME}),
 }
 
-ERROR_TEXT = {
+ERROR_TEXT: dict[int, str] = {
     400: "invalid: the body, a parameter or the JSON fails validation",
     401: "unauthorized: no, bad or expired credentials",
     403: "forbidden: authenticated but not allowed",
@@ -107,6 +122,7 @@ ERROR_TEXT = {
     429: "rate_limited: over the rate limit; nothing was stored",
     503: "unavailable: database or Redis down; nothing was stored, retry",
 }
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
 
 
 def _json(schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
@@ -154,7 +170,11 @@ EXAMPLE_DIRECT = {"id": "13", "kind": "direct", "creator_id": "cre", "name": "",
 EXAMPLE_MESSAGE = {"id": "99", "conversation_id": "12", "seq": 7, "sender": {"id": "alice", "name": "Alice"},
                    "body": "hello", "client_msg_id": "c-1", "created_at": "2026-01-02T03:04:05.678Z",
                    "edited_at": None, "deleted": False,
-                   "reactions": [{"emoji": "\U0001f44d", "count": 3, "me": True}, {"emoji": ":fire:", "count": 1, "me": False}]}
+                   "reactions": [{"emoji": "\U0001f44d", "count": 3, "me": True}, {"emoji": ":fire:", "count": 1, "me": False}],
+                   "attachments": []}
+EXAMPLE_UPLOAD = {"id": "41", "width": 1280, "height": 960, "content_type": "image/jpeg", "size": 183204}
+EXAMPLE_ATTACHMENT = {**EXAMPLE_UPLOAD, "url": "/api/v1/attachments/41?exp=1767326700&sig=3q2-7w...",
+                      "thumb_url": "/api/v1/attachments/41/thumb?exp=1767326700&sig=Yk9v..."}
 EXAMPLE_NOTIFICATION = {"id": "5", "type": "new_post", "title": "New post", "body": "Cre posted",
                         "data": {"post_id": "p1"}, "created_at": "2026-01-02T03:04:05.678Z", "read_at": None}
 
@@ -199,6 +219,17 @@ def _ok(status: int, description: str, schema: dict[str, Any], example: Any,
     if headers:
         answer["headers"] = headers
     return {str(status): answer}
+
+
+def _attachment_op(summary: str, types: tuple[str, ...]) -> dict[str, Any]:
+    signed = [_query("exp", {"type": "string", "pattern": "^[0-9]{1,12}$"}, "expiry (unix seconds), from the URL"),
+              _query("sig", {"type": "string"}, "signature, from the URL")]
+    return _op(f"{summary}, through the signed URL of a message's attachment (no other credentials)", None,
+               {"200": {"description": "the file; Content-Disposition inline, nosniff, private cache until expiry",
+                        "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in types}},
+                **_errors(403, 404, 503)},
+               params=[_path_param("attachment_id", {"type": "string", "description": "an attachment id (digits)"}),
+                       *signed], tags=["client"])
 
 
 def build() -> dict[str, Any]:
@@ -405,8 +436,14 @@ def build() -> dict[str, Any]:
                 {**_ok(201, "the stored message (the original one for a retry)", _obj({"message": _ref("Message")}),
                        {"message": EXAMPLE_MESSAGE}, RATE_HEADERS), **_errors(*BODY_ERRORS, 403, 409, 429)},
                 params=[conv_id],
-                body=_obj({"body": {"type": "string", "minLength": 1, "maxLength": 4000},
-                           "client_msg_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,64}$"}}),
+                body=_obj({"body": {"type": "string", "maxLength": 4000,
+                                    "description": "1-4,000 characters after trimming; may be empty or absent "
+                                                   "when attachments are given"},
+                           "client_msg_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,64}$"},
+                           "attachments": {"type": "array", "maxItems": 4, "uniqueItems": True,
+                                           "items": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                                           "description": "ids of the sender's own unused uploads"}},
+                          ["client_msg_id"]),
                 body_example={"body": "hello", "client_msg_id": "c-1"}, tags=["client"]),
         },
         "/api/v1/conversations/{conversation_id}/messages/{message_id}/reactions": {"get": _op(
@@ -421,6 +458,20 @@ def build() -> dict[str, Any]:
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_REACTORS},
                            f"users listed per emoji, default {DEFAULT_REACTORS}")],
             tags=["client"])},
+        "/api/v1/uploads": {"post": {
+            **_op("Upload a photo (JPEG, PNG, WebP or GIF, checked by decoding; EXIF/GPS stripped; thumbnail made)",
+                  "clientJwt",
+                  {**_ok(201, "the stored photo, unused until a send names it",
+                         _obj({"attachment": _ref("Upload")}), {"attachment": EXAMPLE_UPLOAD}),
+                   **_errors(400, 401, 408, 413, 429, 503)}, tags=["client"]),
+            "requestBody": {"required": True, "content": {"multipart/form-data": {
+                "schema": _obj({"file": {"type": "string", "format": "binary",
+                                         "description": "the image, at most MAX_UPLOAD_BYTES (10 MB)"}}),
+                "encoding": {"file": {"contentType": "image/jpeg, image/png, image/webp, image/gif"}}}}},
+        }},
+        "/api/v1/attachments/{attachment_id}": {"get": _attachment_op("A photo", IMAGE_TYPES)},
+        "/api/v1/attachments/{attachment_id}/thumb": {"get": _attachment_op(
+            "A photo's thumbnail (at most 320 px; JPEG, or PNG when it has transparency)", ("image/jpeg", "image/png"))},
         "/api/v1/conversations/{conversation_id}/settings": {"put": _op(
             "Mute or unmute a conversation (muted: no pushes)", "clientJwt",
             {**_ok(200, "the setting", _obj({"conversation_id": STRING, "muted": {"type": "boolean"}}),

@@ -31,6 +31,7 @@ from typing import cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from chat.autopipe import AutoPipeline, Command, Script
 from chat.keys import RedisKeys
 
 log = logging.getLogger(__name__)
@@ -586,6 +587,8 @@ class RedisPresence(Presence):
         self._subscribers_script = redis.register_script(_SUBSCRIBERS)
         self._heartbeat_script = redis.register_script(_HEARTBEAT)
         self._reap_script = redis.register_script(_REAP)
+        # connect and join_listing of concurrent sockets share round trips (chat/autopipe.py).
+        self._auto = AutoPipeline(redis)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         # Decrements that failed on a Redis error, retried by the heartbeat so counts converge.
@@ -755,17 +758,15 @@ class RedisPresence(Presence):
             return
         try:
             with _redis_errors("connect"):
-                pipe = self._redis.pipeline(transaction=False)
+                commands: list[Command] = []
                 if connected:
                     key = self._keys.server_users(self.server_id)
-                    pipe.hincrby(key, user_id, 1)
-                    pipe.pexpire(key, self._ttl_ms)
+                    commands += [("HINCRBY", key, user_id, 1), ("PEXPIRE", key, self._ttl_ms)]
                 if added:
                     chans = self._keys.server_channels(self.server_id)
-                    for channel in added:
-                        pipe.hincrby(chans, channel, 1)
-                    pipe.pexpire(chans, self._ttl_ms)
-                await pipe.execute()
+                    commands += [("HINCRBY", chans, channel, 1) for channel in added]
+                    commands.append(("PEXPIRE", chans, self._ttl_ms))
+                await self._auto.execute(commands)
         except PresenceUnavailable as exc:
             self._degrade(exc)
 
@@ -794,10 +795,9 @@ class RedisPresence(Presence):
             return False, await self.online_in(conversation_id)
         try:
             with _redis_errors("join"):
-                pipe = self._redis.pipeline(transaction=False)
-                await self._join_script(keys=self._script_keys, args=self._argv(conversation_id, user_id), client=pipe)
-                await self._online_in_script(keys=self._script_keys, args=self._argv(conversation_id), client=pipe)
-                first, online = await pipe.execute()
+                first, online = await self._auto.execute([
+                    Script(self._join_script, self._script_keys, self._argv(conversation_id, user_id)),
+                    Script(self._online_in_script, self._script_keys, self._argv(conversation_id))])
         except PresenceUnavailable as exc:
             self._degrade(exc)  # as join(): counted here, published by the heartbeat
             return False, await self.online_in(conversation_id)

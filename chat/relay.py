@@ -126,6 +126,11 @@ class RedisRelay:
         self._syncer: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.on_recovered: Callable[[str], Awaitable[None]] | None = None
+        # Hooks for what is kept from the stream of room broadcasts (chat/recent.py): every
+        # relayed room packet before it is delivered, and the moments the stream may have a
+        # hole (subscriber lost, or found deaf).
+        self.on_room_packet: Callable[[str, Payload | list[Payload]], None] | None = None
+        self.on_trouble: Callable[[], None] | None = None
         self._lost = False  # the subscriber lost its connection since it last settled
         self._skip_publish_until = 0.0
         self._publish_failing = False
@@ -333,6 +338,7 @@ class RedisRelay:
         if self._listener is not None:
             self._listener.cancel()
         self._lost = True
+        self._troubled()
         self._listener = asyncio.create_task(self._listen())
 
     def _canary_heard(self) -> None:
@@ -387,6 +393,7 @@ class RedisRelay:
             except Exception as exc:  # Redis down: retry soon; the DB stays the source of truth
                 log.warning("relay subscriber lost (%s); retrying in %.1fs", type(exc).__name__, delay)
                 self._pubsub = None
+                self._troubled()
                 self._lost = self._lost or self._ready.is_set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_backoff_s)
@@ -434,6 +441,13 @@ class RedisRelay:
         except Exception:
             log.exception("relay message failed")
 
+    def _troubled(self) -> None:
+        if self.on_trouble is not None:
+            try:
+                self.on_trouble()
+            except Exception:
+                log.exception("relay trouble hook failed")
+
     def _confirm(self, channel: str, subscribed: bool) -> None:
         left = self._pending.get(channel, 0) - 1
         if left > 0:
@@ -455,8 +469,10 @@ class RedisRelay:
         if message.get("host_id") == self.host_id:
             return  # delivered locally before it was published
         skip = message.get("skip_sid")
-        self._manager.deliver("/", room, Broadcast(_packet_from_json(message["packet"])),
-                              skip if isinstance(skip, str) else None)
+        packet = _packet_from_json(message["packet"])
+        if self.on_room_packet is not None:
+            self.on_room_packet(room, packet)  # synchronously with the delivery: nothing in between
+        self._manager.deliver("/", room, Broadcast(packet), skip if isinstance(skip, str) else None)
 
     async def _on_socketio_message(self, message: dict[str, Any]) -> None:
         RELAY_RECEIVED.labels("socketio").inc()

@@ -64,12 +64,13 @@ def check_bool(data: dict[str, Any], field: str) -> bool:
     return value
 
 
-def check_body(data: dict[str, Any], max_chars: int) -> str:
-    body = data.get("body")
+def check_body(data: dict[str, Any], max_chars: int, *, allow_empty: bool = False) -> str:
+    """`allow_empty`: a message with photos may have no text (then `body` may also be absent)."""
+    body = data.get("body", "" if allow_empty else None)
     if not isinstance(body, str):
         raise Invalid("body must be a string")
     body = body.strip()
-    if not body:
+    if not body and not allow_empty:
         raise Invalid("body must not be empty")
     if len(body) > max_chars:
         raise Invalid(f"body is longer than {max_chars} characters")
@@ -81,6 +82,21 @@ def check_client_msg_id(data: dict[str, Any]) -> str:
     if not isinstance(value, str) or not CLIENT_MSG_ID_RE.match(value):
         raise Invalid("client_msg_id must be 1-64 printable characters without spaces")
     return value
+
+
+def check_attachment_ids(data: dict[str, Any], max_count: int = 4) -> list[int]:
+    """`attachments`: up to max_count distinct upload ids (POST /api/v1/uploads), or absent."""
+    value = data.get("attachments")
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise Invalid("attachments must be a list of attachment ids")
+    if len(value) > max_count:
+        raise Invalid(f"at most {max_count} attachments per message")
+    ids = [parse_int_id(v, "attachment") for v in value]
+    if len(set(ids)) != len(ids):
+        raise Invalid("attachments lists an id twice")
+    return ids
 
 
 def parse_int_id(value: Any, what: str = "conversation") -> int:
@@ -132,9 +148,10 @@ def iso(dt: datetime | None) -> str | None:
 
 def message_wire_columns(mid: int, conversation_id: int, seq: int, sender_id: str, sender_name: str, body: str,
                  client_msg_id: str, created_at: datetime, edited_at: datetime | None,
-                 deleted: bool) -> dict[str, Any]:
+                 deleted: bool, attachments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """A message's wire form from column values (the send and join paths have no ORM object).
-    `reactions` is empty here: reads fill it per reader (chat/reactions.py attach_reactions)."""
+    `reactions` is empty here: reads fill it per reader (chat/reactions.py attach_reactions).
+    `attachments`: photo wire forms (chat/attachments.py), filled in by the caller's read path."""
     return {
         "id": str(mid),
         "conversation_id": str(conversation_id),
@@ -145,6 +162,7 @@ def message_wire_columns(mid: int, conversation_id: int, seq: int, sender_id: st
         "created_at": iso(created_at),
         "edited_at": iso(edited_at),
         "deleted": bool(deleted),
+        "attachments": [] if deleted or attachments is None else attachments,
         "reactions": [],
     }
 

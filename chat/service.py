@@ -20,7 +20,9 @@ import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from chat import keys, moderation, reactions, schemas, storage
+from chat.attachments import Attachments
 from chat.auth import Identity
+from chat.batch import BatchedLookup
 from chat.config import Settings
 from chat.db import retrying, utcnow
 from chat.delivery import Delivery
@@ -40,6 +42,7 @@ from chat.moderation import Standing
 from chat.presence import Presence, PresenceCoalescer
 from chat.ratelimit import KeyedBuckets, Quota, UserRateLimiter
 from chat.reactions import ReactionCoalescer
+from chat.recent import JOIN_PAGE, JOIN_PAGES, POSITIONS_LIMIT, SINCE_PAGE
 from chat.retry import retry_transaction
 from chat.slowmode import SlowModeGate
 from chat.storage import ConversationMeta
@@ -154,9 +157,17 @@ class ChatService:
                  push_enqueue_jobs: PushEnqueueJobs | None = None,
                  push_wake: Callable[[], Awaitable[None]] | None = None,
                  unread_notifications: Callable[[AsyncSession, str], Awaitable[int]] | None = None,
-                 user_sends: UserRateLimiter | None = None, slow_gate: SlowModeGate | None = None) -> None:
+                 user_sends: UserRateLimiter | None = None,
+                 read_engine: AsyncEngine | None = None,
+                 attachments: Attachments | None = None,
+                 slow_gate: SlowModeGate | None = None) -> None:
         self.sessions = sessions
+        self.attachments = attachments
         self.engine: AsyncEngine = sessions.kw["bind"]
+        # Autocommit connections without a ROLLBACK on return (chat/db.py create_read_engine) for
+        # the read-only statements of connect and join.
+        self.read_engine: AsyncEngine = read_engine or self.engine
+        self.recent = delivery.recent  # what join answers from (chat/recent.py)
         self.delivery = delivery
         self.presence = presence
         self.settings = settings
@@ -178,6 +189,12 @@ class ChatService:
         # Users whose row this process wrote or read, with the stored name: a connect with a
         # verified token of a known user with an unchanged name touches no database.
         self._known_users: OrderedDict[str, str] = OrderedDict()
+        # The stored names of users it does not know, read for many connects at once in a storm.
+        self._stored_names: BatchedLookup[str, str] = BatchedLookup(self._read_user_names)
+        # What each join reads first (access, read position, unread count): one statement for the
+        # joins waiting at that moment.
+        self._join_views: BatchedLookup[tuple[int, str], storage.JoinView] = BatchedLookup(
+            self._read_join_views, max_batch=4 * storage.JOIN_VIEWS_BATCH)
         self.presence_events = PresenceCoalescer(self._emit_presence, settings.presence_window_s)
         self.socket_reacts = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
         self.reaction_events = ReactionCoalescer(self._emit_reaction, self._recount_reactions)
@@ -229,6 +246,13 @@ class ChatService:
                 del wire["reactions"]
         else:
             wires = await reactions.attach_reactions(await session.connection(), wires, reader_id)
+        await self._with_attachments(session, wires)
+        return wires
+
+    async def _with_attachments(self, conn: Any, wires: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages' photos (chat/attachments.py), read with `conn` (connection or session)."""
+        if self.attachments is not None and wires:
+            await self.attachments.fill(conn, wires)
         return wires
 
     # ============================================================ sockets: lifecycle
@@ -236,11 +260,13 @@ class ChatService:
     async def connect_socket(self, sid: str, user: Identity) -> None:
         known = self._known_users.get(user.user_id)
         if known is None or (user.name and known != user.name):
-            async with self.engine.connect() as conn:
-                known = await storage.stored_user_name(conn, user.user_id)
+            known = await self._stored_names.get(user.user_id)
             if known is None or (user.name and known != user.name):
+                before = known
                 async with self.sessions.begin() as session:
                     known = (await storage.upsert_user(session, user.user_id, user.name)).name
+                if before is not None and before != known:
+                    await self._renamed(user.user_id)
             self._know_user(user.user_id, known)
         else:
             self._known_users.move_to_end(user.user_id)
@@ -251,6 +277,14 @@ class ChatService:
         await self.delivery.enter_channel(sid, channel)
         await self.presence.connect(user.user_id, sid, [channel])
         state.channels.add(channel)
+
+    async def _read_join_views(self, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], storage.JoinView]:
+        async with self.read_engine.connect() as conn:
+            return await storage.join_views(conn, pairs)
+
+    async def _read_user_names(self, user_ids: list[str]) -> dict[str, str]:
+        async with self.read_engine.connect() as conn:
+            return await storage.stored_user_names(conn, user_ids)
 
     def _know_user(self, user_id: str, name: str) -> None:
         self._known_users[user_id] = name
@@ -303,14 +337,11 @@ class ChatService:
         state = self._socket_state(sid)
         user = state.user
         epoch = self._control_epoch
-        async with self.engine.connect() as conn:
-            view = await storage.join_view(conn, conversation_id, user.user_id)
-            key = None if view is None else membership_key(view.conversation, user.user_id)
-            standing = await moderation.get_standing(conn, *key) if key is not None else None
+        view = await self._join_views.get((conversation_id, user.user_id))
         if view is None:
             raise NotFound("no such conversation")
         conv = view.conversation
-        access = access_rule(conv, user.user_id, view.membership, standing)
+        access = access_rule(conv, user.user_id, view.membership, view.standing)
         if not access.read:
             raise Forbidden(access.reason)
         self._remember(conv)
@@ -319,7 +350,7 @@ class ChatService:
         self._still_connected(sid, state)
         # Enter the room before reading messages, so nothing committed in between is missed
         # (the client drops duplicates by seq).
-        await self.delivery.enter_conversation(sid, conversation_id)
+        hears_all = await self.delivery.enter_conversation(sid, conversation_id)
         self._still_connected(sid, state)
         state.conversations.add(conversation_id)
         if epoch == self._control_epoch:
@@ -337,15 +368,15 @@ class ChatService:
         if first:
             self.presence_events.announce(cid, user.user_id, True, sid)
         self._still_connected(sid, state)
-        async with self.engine.connect() as conn:
-            rows, has_more = await storage.message_page(conn, conversation_id, after_seq=since_seq,
-                                                        limit=50 if since_seq is None else 100)
-            # Where the others have read to, for "seen" receipts before any live `read` event.
-            positions = await storage.read_positions_of(conn, conversation_id, exclude=user.user_id)
-            messages = [schemas.message_wire_columns(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id,
-                                                     r.body, r.client_msg_id, r.created_at, r.edited_at, r.deleted)
-                        for r in rows]
-            messages = await reactions.attach_reactions(conn, messages, user.user_id)
+        messages, has_more, positions = await self._join_page(conversation_id, since_seq, view.last_seq,
+                                                              user.user_id, hears_all)
+        if messages:
+            # Reactions carry the reader's own `me`: read for every join (the cached dicts are
+            # copied, not changed).
+            async with self.read_engine.connect() as conn:
+                messages = await reactions.attach_reactions(conn, messages, user.user_id)
+                # photos with freshly signed URLs (cached messages' URLs may have expired)
+                messages = await self._with_attachments(conn, messages)
         members = None
         if conv.kind == "direct":
             members = [_member_wire(conv.creator_id, view.creator_name, view.creator_avatar),
@@ -357,9 +388,53 @@ class ChatService:
             "online": online,
             "unread_count": view.unread,
             "last_read_seq": view.last_read_seq,
+            # Where the others have read to, for "seen" receipts before any live `read` event.
             "read_positions": positions,
             "slow_mode_s": await self._slow_mode_of(conversation_id) if conv.kind == "room" else 0,
         }
+
+    async def _join_page(self, conversation_id: int, since_seq: int | None, last_seq: int, user_id: str,
+                         hears_all: bool) -> tuple[list[dict[str, Any]], bool, list[dict[str, Any]]]:
+        """The join answer's messages, has_more and read_positions: from `recent` when it holds
+        them (chat/recent.py), else one read (which fills `recent` when this process hears
+        every event of the conversation)."""
+        fill = None
+        if hears_all:
+            entry = await self.recent.ready(conversation_id)
+            if entry is not None and entry.complete_to(last_seq):
+                page, positions = entry.page(since_seq), entry.read_positions(user_id)
+                if page is not None and positions is not None:
+                    JOIN_PAGES.labels("cache").inc()
+                    return page.messages, page.has_more, positions
+                if positions is not None and since_seq is not None:  # since_seq reaches further back
+                    JOIN_PAGES.labels("database").inc()
+                    async with self.read_engine.connect() as conn:
+                        rows, has_more = await storage.message_page(conn, conversation_id, after_seq=since_seq,
+                                                                    limit=SINCE_PAGE)
+                    return [_row_wire(r) for r in rows], has_more, positions
+            fill = self.recent.begin_fill(conversation_id)
+        JOIN_PAGES.labels("database").inc()
+        try:
+            async with self.read_engine.connect() as conn:
+                rows, older = await storage.message_page(conn, conversation_id, after_seq=None, limit=JOIN_PAGE)
+                top = await storage.top_read_positions(conn, conversation_id, POSITIONS_LIMIT + 1)
+                recent = [_row_wire(r) for r in rows]
+                if since_seq is None:
+                    messages, has_more = recent, older
+                elif older and rows and since_seq < rows[0].seq - 1:  # reaches further back than the page
+                    since_rows, has_more = await storage.message_page(conn, conversation_id, after_seq=since_seq,
+                                                                      limit=SINCE_PAGE)
+                    messages = [_row_wire(r) for r in since_rows]
+                else:
+                    messages, has_more = [w for w in recent if w["seq"] > since_seq], False
+        except BaseException:
+            if fill is not None:
+                self.recent.abandon_fill(conversation_id, fill)
+            raise
+        if fill is not None:
+            self.recent.finish_fill(conversation_id, fill, recent, older, top)
+        positions = [{"user_id": uid, "name": name, "seq": seq} for uid, name, seq in top if uid != user_id]
+        return messages, has_more, positions[:POSITIONS_LIMIT]
 
     def _socket_state(self, sid: str) -> SocketState:
         state = self.sockets.get(sid)
@@ -487,13 +562,21 @@ class ChatService:
         return quota
 
     async def send_message(self, user: Identity, conversation_id: int, body: str,
-                           client_msg_id: str, *, sid: str | None = None) -> dict[str, Any]:
+                           client_msg_id: str, *, sid: str | None = None,
+                           attachment_ids: Sequence[int] = ()) -> dict[str, Any]:
         """Store a message and deliver it. Idempotent on (sender, client_msg_id); returns only
         after commit. The caller has applied the rate limit.
 
         From a socket that joined the conversation and may post there, nothing is read: `join`
         checked access and the control messages take it away again. Any other send (HTTP, a
-        socket that has not joined, or one that may not post) is checked against the database."""
+        socket that has not joined, or one that may not post) is checked against the database.
+
+        `attachment_ids`: the sender's unused uploads (chat/attachments.py), claimed atomically
+        with the message; a retry answers with the original message and its photos."""
+        if not body and not attachment_ids:
+            raise Invalid("body must not be empty")
+        if attachment_ids and self.attachments is None:
+            raise Invalid("attachments are not enabled on this server")
         conv = self._may_post_from_socket(sid, conversation_id)
         if conv is None:
             self._check_timed_out(sid, conversation_id)
@@ -506,7 +589,7 @@ class ChatService:
                     state.posting[conversation_id] = Access(True, False, "timed out by a moderator", exc.until)
                 raise
             if isinstance(checked, dict):
-                return {"message": checked}
+                return {"message": await self._retried(checked)}
             conv = checked
             state = self.sockets.get(sid) if sid is not None else None
             if state is not None and conversation_id in state.conversations and epoch == self._control_epoch:
@@ -521,8 +604,12 @@ class ChatService:
         elif user.user_id == conv.creator_id:
             push = PushSpec(conv.name)
         try:
+            photos = (await self.attachments.for_send(user.user_id, client_msg_id, attachment_ids)
+                      if attachment_ids and self.attachments is not None else ())
             stored = await self.writer.store(Outgoing(conversation_id, user.user_id, user.name or None, body,
-                                                      client_msg_id, push))
+                                                      client_msg_id, push, photos))
+            if not stored.created:
+                return {"message": await self._retried(stored.message)}
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
@@ -580,6 +667,13 @@ class ChatService:
         access = state.posting.get(conversation_id) if state is not None else None
         if access is not None and access.timed_out_until is not None and access.timed_out_until > utcnow():
             raise timed_out_error(access.timed_out_until)
+
+    async def _retried(self, wire: dict[str, Any]) -> dict[str, Any]:
+        """A retry's original message, with its photos."""
+        if self.attachments is None:
+            return wire
+        async with self.engine.connect() as conn:
+            return (await self._with_attachments(conn, [wire]))[0]
 
     def _may_post_from_socket(self, sid: str | None, conversation_id: int) -> ConversationMeta | None:
         state = self.sockets.get(sid) if sid is not None else None
@@ -911,15 +1005,27 @@ class ChatService:
     # ============================================================ server API: users, memberships, rooms
 
     async def put_user(self, user_id: str, name: str, avatar_url: str | None) -> dict[str, Any]:
-        async def store() -> dict[str, Any]:
+        async def store() -> tuple[dict[str, Any], str | None]:
             async with self.sessions.begin() as session:
+                row = await storage.get_user(session, user_id)
+                before = None if row is None else row.name
                 user = await storage.upsert_user(session, user_id, name, avatar_url, keep_avatar=False)
-                return {"id": user.id, "name": user.name, "avatar_url": user.avatar_url}
+                return {"id": user.id, "name": user.name, "avatar_url": user.avatar_url}, before
 
-        wire = await retry_transaction(store)
+        wire, before = await retry_transaction(store)
         # The next connect of this user in this process compares its token's name with the row again.
         self._known_users.pop(user_id, None)
+        if before is not None and before != wire["name"]:
+            # Every process forgets the name: in the joins it caches (chat/recent.py), in its connect LRU.
+            await self._renamed(user_id)
         return wire
+
+    async def _renamed(self, user_id: str) -> None:
+        try:
+            await self.delivery.broadcast_control({"type": "user_renamed", "user_id": user_id})
+        except Exception as exc:  # the renamed user's name may show in cached joins until they are dropped
+            log.warning("user_renamed not broadcast (%s)", type(exc).__name__)
+            self.recent.clear()
 
     async def put_membership(self, creator_id: str, patron_id: str, tier_cents: int, status: str) -> dict[str, Any]:
         if creator_id == patron_id:
@@ -1199,6 +1305,10 @@ class ChatService:
             self._control_epoch += 1
             await self._revoke_local(str(message["user_id"]), [int(c) for c in message.get("conversation_ids", [])],
                                      [str(c) for c in message.get("channels", [])])
+        elif kind == "user_renamed":
+            user_id = str(message.get("user_id"))
+            self.recent.drop_user(user_id)
+            self._known_users.pop(user_id, None)
         elif kind == "post_revoked":
             self._control_epoch += 1
             self._forget_posting([str(u) for u in message.get("user_ids", [])],
@@ -1269,6 +1379,12 @@ class ChatService:
         muted = await storage.muted_user_ids(session, conv.id, candidates)
         muted |= await moderation.blocked_user_ids(await session.connection(), conv.creator_id, candidates)
         return [u for u in candidates if u not in muted and u != sender_id], resume
+
+
+def _row_wire(r: Any) -> dict[str, Any]:
+    """A message's wire form from a `storage.message_page` row."""
+    return schemas.message_wire_columns(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id, r.body,
+                                        r.client_msg_id, r.created_at, r.edited_at, r.deleted)
 
 
 def _member_wire(user_id: str, name: str, avatar_url: str | None) -> dict[str, Any]:

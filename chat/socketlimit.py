@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
+from chat.autopipe import AutoPipeline, Script
 from chat.keys import RedisKeys
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ class RedisSocketLimiter:
         self.redis, self.keys, self.server_id = redis, keys, server_id
         self.limit, self.dead_after_s = limit, dead_after_s
         self._script = redis.register_script(_ADMIT)
+        # The admits and releases of concurrent sockets share round trips (a storm's thousands of
+        # releases at once no longer take a pooled connection each).
+        self._auto = AutoPipeline(redis)
 
     def _key(self, user_id: str) -> str:
         return f"{self.keys.prefix}:usersockets:{user_id}"
@@ -79,10 +83,10 @@ class RedisSocketLimiter:
     async def admit(self, user_id: str, sid: str, local_sids: set[str]) -> bool:
         # A server id (host-pid-hex) holds no "|" and the script splits at the first one.
         try:
-            admitted = await self._script(
-                keys=[self._key(user_id), self.keys.servers],
-                args=[f"{self.server_id}|{sid}", self.limit, time.time() - self.dead_after_s, KEY_TTL_MS,
-                      self.server_id, *sorted(local_sids - {sid})])
+            [admitted] = await self._auto.execute([Script(
+                self._script, [self._key(user_id), self.keys.servers],
+                [f"{self.server_id}|{sid}", self.limit, time.time() - self.dead_after_s, KEY_TTL_MS,
+                 self.server_id, *sorted(local_sids - {sid})])])
         except (RedisError, OSError) as exc:
             # Refusing every connect for want of a count is worse than a per-process limit.
             log.warning("socket limit checked locally only: Redis unavailable (%s)", type(exc).__name__)
@@ -90,7 +94,7 @@ class RedisSocketLimiter:
         return bool(admitted)
 
     async def release(self, user_id: str, sid: str) -> None:
-        await self.redis.zrem(self._key(user_id), f"{self.server_id}|{sid}")
+        await self._auto.execute([("ZREM", self._key(user_id), f"{self.server_id}|{sid}")])
 
 
 def socket_limiter(redis: Any, keys: RedisKeys, server_id: str, limit: int, dead_after_s: float) -> SocketLimiter:

@@ -214,10 +214,11 @@ class ChatSockets:
     async def send(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         user = self.service.socket_user(sid)
         cid = schemas.check_conversation_id(data)
-        body = schemas.check_body(data, self.service.settings.max_body_chars)
+        photos = schemas.check_attachment_ids(data)
+        body = schemas.check_body(data, self.service.settings.max_body_chars, allow_empty=bool(photos))
         client_msg_id = schemas.check_client_msg_id(data)
         self.service.check_socket_rate(sid)
-        result = await self.service.send_message(user, cid, body, client_msg_id, sid=sid)
+        result = await self.service.send_message(user, cid, body, client_msg_id, sid=sid, attachment_ids=photos)
         await self.service.sent_from_socket(sid, cid)
         return result
 

@@ -14,7 +14,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from chat.db import utcnow
-from chat.models import Conversation, ConversationState, Membership, Message, Reaction, User
+from chat.models import Conversation, ConversationState, Membership, Message, Reaction, Sanction, User
+from chat.moderation import Standing
 
 # ---------------------------------------------------------------- users
 
@@ -427,6 +428,7 @@ _messages: sa.Table = Message.__table__  # type: ignore[assignment]
 _states: sa.Table = ConversationState.__table__  # type: ignore[assignment]
 _users: sa.Table = User.__table__  # type: ignore[assignment]
 _memberships: sa.Table = Membership.__table__  # type: ignore[assignment]
+_sanctions: sa.Table = Sanction.__table__  # type: ignore[assignment]
 
 SENT_COLUMNS = (_messages.c.id, _messages.c.conversation_id, _messages.c.seq, _messages.c.sender_id,
                 _messages.c.body, _messages.c.client_msg_id, _messages.c.created_at,
@@ -564,44 +566,70 @@ class JoinView:
     patron_name: str
     creator_avatar: str | None = None
     patron_avatar: str | None = None
+    last_seq: int = 0  # the conversation's, as of this read (the join's cache check, chat/recent.py)
+    standing: Standing | None = None  # the sanction of the membership's pair (chat/moderation.py)
 
 
-def _join_view_statement() -> Any:
-    c, m, s = _conversations.c, _memberships.alias("m"), _states.alias("s")
+JOIN_VIEWS_BATCH = 64  # (conversation, user) pairs per statement of join_views
+
+
+def _join_views_statement(n: int) -> Any:
+    """What `join` reads first, for n (conversation_id, user_id) pairs at once: the conversation
+    row, the membership access_rule needs (rooms: the user's with the creator; direct
+    conversations: the pair's), the user's read position and unread count, the pair's names and
+    avatars, the conversation's last_seq. The pairs are a derived table `k` (SELECT :c0, :u0
+    UNION ALL ...); every row carries its pair's index."""
+    rows = [sa.select(sa.literal_column(str(i)).label("i"),
+                      sa.bindparam(f"c{i}", type_=sa.BigInteger()).label("cid"),
+                      sa.bindparam(f"u{i}", type_=_users.c.id.type).label("uid")) for i in range(n)]
+    k = (rows[0] if n == 1 else sa.union_all(*rows)).subquery("k")
+    c, m, s, sn = _conversations.c, _memberships.alias("m"), _states.alias("s"), _sanctions.alias("sn")
     creator, patron = _users.alias("uc"), _users.alias("up")
     msg = _messages.alias("um")
-    user_id = sa.bindparam("user_id", type_=_users.c.id.type)
     position = sa.func.coalesce(s.c.last_read_seq, 0)
     unread = (sa.select(sa.func.count()).select_from(msg).where(
-        msg.c.conversation_id == c.id, msg.c.seq > position, msg.c.sender_id != user_id,
+        msg.c.conversation_id == c.id, msg.c.seq > position, msg.c.sender_id != k.c.uid,
         msg.c.deleted.is_(False)).scalar_subquery())
-    pair_patron = sa.case((c.kind == "direct", c.patron_id), else_=user_id)
+    pair_patron = sa.case((c.kind == "direct", c.patron_id), else_=k.c.uid)
     return (sa.select(c.id, c.kind, c.creator_id, c.patron_id, c.name, c.min_tier_cents, c.post_policy,
                       m.c.status, m.c.tier_cents, position, unread, creator.c.name, patron.c.name,
-                      creator.c.avatar_url, patron.c.avatar_url)
-            .select_from(_conversations
+                      creator.c.avatar_url, patron.c.avatar_url, c.last_seq, k.c.i, sn.c.blocked, sn.c.timeout_until)
+            .select_from(k.join(_conversations, c.id == k.c.cid)
                          .outerjoin(m, sa.and_(m.c.creator_id == c.creator_id, m.c.patron_id == pair_patron))
-                         .outerjoin(s, sa.and_(s.c.user_id == user_id, s.c.conversation_id == c.id))
+                         .outerjoin(sn, sa.and_(sn.c.creator_id == c.creator_id, sn.c.user_id == pair_patron))
+                         .outerjoin(s, sa.and_(s.c.user_id == k.c.uid, s.c.conversation_id == c.id))
                          .outerjoin(creator, creator.c.id == c.creator_id)
-                         .outerjoin(patron, patron.c.id == c.patron_id))
-            .where(c.id == sa.bindparam("conversation_id")))
+                         .outerjoin(patron, patron.c.id == c.patron_id)))
 
 
-# Built once: constructing these (aliases, column collections, cache keys) cost more CPU per
-# join than running them (measured in the connect-storm profile).
-_JOIN_VIEW = _join_view_statement()
+# Built once per batch size: constructing these (aliases, column collections, cache keys) cost
+# more CPU per join than running them (measured in the connect-storm profile).
+_JOIN_VIEWS: dict[int, Any] = {}
 
 
-async def join_view(conn: AsyncConnection, conversation_id: int, user_id: str) -> JoinView | None:
-    """One statement: the conversation row, the membership (rooms: the user's with the creator;
-    direct conversations: the pair's), the read position, the unread count and the pair's names."""
-    row = (await conn.execute(_JOIN_VIEW, {"conversation_id": conversation_id, "user_id": user_id})).first()
-    if row is None:
-        return None
+def _join_view_of(row: Any) -> JoinView:
     meta = ConversationMeta(*row[:7])
     status, tier = row[7], row[8]
     return JoinView(meta, None if status is None else (str(status), int(tier)), int(row[9]), int(row[10]),
-                    row[11] or meta.creator_id, row[12] or (meta.patron_id or ""), row[13], row[14])
+                    row[11] or meta.creator_id, row[12] or (meta.patron_id or ""), row[13], row[14],
+                    int(row[15] or 0), None if row[17] is None else Standing(bool(row[17]), row[18]))
+
+
+async def join_views(conn: AsyncConnection, pairs: Sequence[tuple[int, str]]) -> dict[tuple[int, str], JoinView]:
+    """join_view for many (conversation_id, user_id) pairs, one statement per JOIN_VIEWS_BATCH of
+    them (the joins of a storm, chat/batch.py); pairs whose conversation does not exist are absent."""
+    out: dict[tuple[int, str], JoinView] = {}
+    for start in range(0, len(pairs), JOIN_VIEWS_BATCH):
+        chunk = list(pairs[start:start + JOIN_VIEWS_BATCH])
+        stmt = _JOIN_VIEWS.get(len(chunk))
+        if stmt is None:
+            stmt = _JOIN_VIEWS[len(chunk)] = _join_views_statement(len(chunk))
+        params: dict[str, Any] = {}
+        for i, (cid, uid) in enumerate(chunk):
+            params[f"c{i}"], params[f"u{i}"] = cid, uid
+        for row in (await conn.execute(stmt, params)).all():
+            out[chunk[int(row[16])]] = _join_view_of(row)
+    return out
 
 
 def _message_page_statement(after: bool, limit: int) -> Any:
@@ -642,27 +670,29 @@ def _read_positions_statement() -> Any:
     st = _states.c
     return (sa.select(st.user_id, _users.c.name, st.last_read_seq)
             .select_from(_states.outerjoin(_users, _users.c.id == st.user_id))
-            .where(st.conversation_id == sa.bindparam("conversation_id"),
-                   st.user_id != sa.bindparam("exclude", type_=_users.c.id.type), st.last_read_seq > 0)
-            .order_by(st.last_read_seq.desc()).limit(100))
+            .where(st.conversation_id == sa.bindparam("conversation_id"), st.last_read_seq > 0)
+            # Ties by user id, so the answer is the same from the database and from chat/recent.py.
+            .order_by(st.last_read_seq.desc(), st.user_id).limit(sa.bindparam("limit", type_=sa.Integer())))
 
 
 _READ_POSITIONS = _read_positions_statement()
 
 
-async def read_positions_of(conn: AsyncConnection, conversation_id: int, *, exclude: str) -> list[dict[str, Any]]:
-    """read_positions (the 100 furthest) as the join answer's `read_positions` entries."""
-    rows = await conn.execute(_READ_POSITIONS, {"conversation_id": conversation_id, "exclude": exclude})
-    return [{"user_id": uid, "name": name or uid, "seq": int(seq)} for uid, name, seq in rows.all()]
+async def top_read_positions(conn: AsyncConnection, conversation_id: int, limit: int) -> list[tuple[str, str, int]]:
+    """(user_id, name, last_read_seq) of the `limit` furthest readers of a conversation (the
+    join answer's `read_positions` are the first 100 of them but the joiner's)."""
+    rows = await conn.execute(_READ_POSITIONS, {"conversation_id": conversation_id, "limit": limit})
+    return [(uid, name or uid, int(seq)) for uid, name, seq in rows.all()]
 
 
-_USER_NAME = sa.select(_users.c.name).where(_users.c.id == sa.bindparam("user_id", type_=_users.c.id.type))
+_USER_NAMES = sa.select(_users.c.id, _users.c.name).where(
+    _users.c.id.in_(sa.bindparam("user_ids", expanding=True, type_=_users.c.id.type)))
 
 
-async def stored_user_name(conn: AsyncConnection, user_id: str) -> str | None:
-    """The user's stored name, None when there is no such user."""
-    name = await conn.scalar(_USER_NAME, {"user_id": user_id})
-    return None if name is None else str(name)
+async def stored_user_names(conn: AsyncConnection, user_ids: Sequence[str]) -> dict[str, str]:
+    """The stored names of those of `user_ids` that exist."""
+    rows = await conn.execute(_USER_NAMES, {"user_ids": list(user_ids)})
+    return {str(uid): str(name) for uid, name in rows.all()}
 
 
 # ---------------------------------------------------------------- reactions (Core, no ORM)

@@ -45,8 +45,10 @@ from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chat import storage
+from chat.attachments import claim as claim_attachments
+from chat.attachments import photo_text
 from chat.db import retrying, utcnow
-from chat.errors import ChatError, Conflict, NotFound
+from chat.errors import ChatError, Conflict, Invalid, NotFound
 from chat.metrics import MESSAGES_STORED
 from chat.schemas import message_wire_columns
 
@@ -82,6 +84,7 @@ class Outgoing:
     body: str
     client_msg_id: str
     push: PushSpec | None = None
+    attachments: tuple[dict[str, Any], ...] = ()  # wire forms, checked by chat/attachments.py
 
 
 @dataclass(frozen=True)
@@ -291,6 +294,11 @@ class MessageWriter:
                 first[key] = item
                 new.append(item)
 
+        for item in [i for i in new if i.msg.attachments]:  # photos: claimed before seqs are taken
+            m = item.msg
+            if not await claim_attachments(conn, m.sender_id, m.conversation_id, m.client_msg_id, m.attachments):
+                item.outcome = Invalid("an attachment is already used by another message")
+                new.remove(item)
         counts = Counter(i.msg.conversation_id for i in new)
         if counts:
             # The transactions of this process get their seq ranges (their rows' locks) one
@@ -322,7 +330,7 @@ class MessageWriter:
         for item, seq in stored:
             m = item.msg
             wire = message_wire_columns(ids[(m.conversation_id, seq)], m.conversation_id, seq, m.sender_id, item.name,
-                                m.body, m.client_msg_id, now, None, False)
+                                m.body, m.client_msg_id, now, None, False, list(m.attachments))
             item.outcome = Stored(wire, True)
             done.created.append(wire)
             position = (m.sender_id, m.conversation_id)
@@ -367,7 +375,7 @@ class MessageWriter:
             "sender_id": m.sender_id,
             "payload": {
                 "title": sender_name if room is None else f"{sender_name} in {room}",
-                "body": m.body,
+                "body": m.body or photo_text(len(m.attachments)),
                 "data": {"type": "message", "conversation_id": wire["conversation_id"], "message_id": wire["id"]},
                 "collapse_key": f"conversation-{m.conversation_id}",
                 "high_priority": room is None,

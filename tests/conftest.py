@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -109,6 +111,9 @@ class Cluster:
                  env: dict[str, str] | None = None) -> None:
         self.database_url, self.redis_url, self.redis_prefix = database_url, redis_url, redis_prefix
         self.servers: list[ServerProcess] = []
+        # Uploaded photos: one directory shared by the cluster's processes (like one S3 bucket).
+        self.blob_dir = tempfile.mkdtemp(prefix="backstage-blobs-")
+        env = {"BLOB_URL": f"file://{self.blob_dir}", **(env or {})}
         try:
             for _ in range(size):
                 self.servers.append(ServerProcess(database_url, redis_url, redis_prefix, env=env))
@@ -126,6 +131,8 @@ class Cluster:
             api.close()
         for server in self.servers:
             server.stop()
+        if getattr(self, "blob_dir", None):
+            shutil.rmtree(self.blob_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -189,6 +196,7 @@ class _OneOf(Cluster):
         self.database_url, self.redis_url, self.redis_prefix = cluster.database_url, cluster.redis_url, cluster.redis_prefix
         self.servers = [cluster.servers[index]]
         self.apis = [cluster.apis[index]]
+        self.blob_dir = cluster.blob_dir
 
     def stop(self) -> None:
         pass  # owned by the shared cluster

@@ -6,13 +6,16 @@ Starts one server on a throwaway SQLite file, seeds a creator, patrons, rooms an
 through the server and client APIs, and photographs with /usr/bin/chromium:
 the creator's desktop view (docs/screenshot-desktop-creator.png, 1280x800), a patron's phone
 view with an announcement on the creator's channel (docs/screenshot-phone-patron.png, 390x844),
-the same phone with a message's actions open by long-press (docs/screenshot-phone-menu.png),
+the same phone with a message's actions open by long-press (docs/screenshot-phone-menu.png)
+and its "Add reaction" picker (docs/screenshot-phone-reactions.png),
 and the desktop while the server is unreachable (docs/screenshot-desktop-reconnect.png).
-Avatar pictures are served by a page route (no network). Needs `npm ci`.
+Avatar pictures are served by a page route (no network). Needs `npm ci`, and for the emoji a
+colour emoji font (`apt-get install -y fonts-noto-color-emoji`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import struct
 import sys
@@ -29,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from tests.browser_support import DESKTOP, PHONE, launch, open_chat  # noqa: E402
-from tests.support import Api, ServerProcess  # noqa: E402
+from tests.support import Api, Client, ServerProcess  # noqa: E402
 
 DOCS = ROOT / "docs"
 AVATARS = "https://avatars.test/"
@@ -73,6 +76,20 @@ def post(api: Api, token: str, conversation_id: str, body: str) -> None:
     assert r.status_code == 201, r.text
 
 
+def react(url: str, reactions: list[tuple[str, str, str]]) -> None:
+    """(token, message id, emoji): each user reacts over a socket of their own."""
+    async def run() -> None:
+        for token, message_id, emoji in reactions:
+            c = await Client(url, token).connect()
+            try:
+                res = await c.call("react", {"message_id": message_id, "emoji": emoji, "on": True})
+                assert res["ok"], res
+            finally:
+                await c.close()
+
+    asyncio.run(run())
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         server = ServerProcess(f"sqlite+aiosqlite:///{tmp}/screens.db", log_path=Path(tmp) / "server.log")
@@ -99,6 +116,10 @@ def main() -> int:
             post(api, priya, studio, "Could you share the synth patch you used in the intro?")
             post(api, maya, studio, "Sure, I'll post it here tonight along with the stems.")
             post(api, jordan, dm_jordan, "Hey Maya, quick question about the merch drop")
+            studio_ids = {m["seq"]: m["id"] for m in
+                          api.client(maya, "GET", f"/conversations/{studio}/messages").json()["messages"]}
+            react(server.url, [(jordan, studio_ids[1], "🔥"), (sam, studio_ids[1], "🔥"), (priya, studio_ids[1], "❤️"),
+                               (maya, studio_ids[2], "👍"), (priya, studio_ids[2], "👍"), (sam, studio_ids[3], "👍")])
             for title, body in (("New patron", "Sam Okafor joined at $5/month"),
                                 ("Pledge upgraded", "Priya Shah moved to Gold ($25/month)")):
                 r = api.server("POST", "/notifications", {"user_ids": ["maya"], "type": "patron", "title": title,
@@ -160,6 +181,12 @@ def main() -> int:
                 patron.page.wait_for_timeout(300)
                 patron.page.screenshot(path=str(DOCS / "screenshot-phone-menu.png"))
 
+                # Its "Add reaction": the picker's emoji in the same sheet.
+                patron.message(7).get_by_role("menuitem", name="Add reaction").tap()
+                expect(patron.message(7).get_by_test_id("reaction-picker")).to_be_visible(timeout=10_000)
+                patron.page.wait_for_timeout(300)
+                patron.page.screenshot(path=str(DOCS / "screenshot-phone-reactions.png"))
+
                 # The creator's connection is lost: the banner, "Retry now", Priya's state unknown.
                 creator.page.get_by_test_id("composer").fill("")
                 creator.open(dm_priya)
@@ -175,7 +202,7 @@ def main() -> int:
         finally:
             api.close()
             server.stop()
-    print("wrote docs/screenshot-{desktop-creator,phone-patron,phone-menu,desktop-reconnect}.png")
+    print("wrote docs/screenshot-{desktop-creator,phone-patron,phone-menu,phone-reactions,desktop-reconnect}.png")
     return 0
 
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import copy
+import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 import socketio
+from PIL import Image
 from socketio import packet
 
 from chat.keys import RedisKeys
@@ -249,6 +251,16 @@ async def test_real_traffic_matches_the_document(shared_mysql_cluster: Cluster, 
         await b.wait_for("message_updated", lambda m: m["edited_at"] is not None)
         assert (await a.call("delete", {"message_id": msg["id"]}))["ok"]
         await b.wait_for("message_updated", lambda m: m["deleted"])
+        # A photo message (no text): its `attachments` are checked against the document too.
+        image = io.BytesIO()
+        Image.new("RGB", (32, 24), "blue").save(image, "JPEG")
+        up = httpx.post(url0 + "/api/v1/uploads", files={"file": ("a.jpg", image.getvalue(), "image/jpeg")},
+                        headers={"Authorization": f"Bearer {pat_token}"}, timeout=10)
+        assert up.status_code == 201, up.text
+        photo = await a.call("send", {"conversation_id": room, "client_msg_id": "m-photo",
+                                      "attachments": [up.json()["attachment"]["id"]]})
+        assert photo["ok"] and len(photo["message"]["attachments"]) == 1, photo
+        await b.wait_for("message", lambda m: m["id"] == photo["message"]["id"] and m["attachments"])
         assert (await a.call("history", {"conversation_id": room, "before_seq": 2, "limit": 10}))["ok"]
         assert (await a.call("join", {"conversation_id": room, "since_seq": 0}))["ok"]
         direct = api.direct(pat_token, cre)

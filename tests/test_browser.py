@@ -320,7 +320,10 @@ def test_edit_and_delete_messages(browser, cluster, pages, who):
     # Others' messages offer no edit; the patron cannot delete the creator's messages.
     a.send("creator note")
     b.wait_seqs([1, 2, 3])
-    expect(b.message(3).get_by_role("button")).to_have_count(0)
+    b.message(3).hover()
+    b.message(3).get_by_role("button", name="Message actions").click()
+    expect(b.message(3).get_by_role("menuitem")).to_have_text(["Add reaction", "Copy text"])
+    b.page.keyboard.press("Escape")
 
     # The room's creator deletes a patron's message, by keyboard: Enter opens the menu with its
     # first item focused, Escape gives the focus back; Delete arms, a second press deletes.
@@ -329,18 +332,98 @@ def test_edit_and_delete_messages(browser, cluster, pages, who):
     trigger.focus()
     trigger.press("Enter")
     menu = theirs.get_by_role("menu")
-    expect(menu.get_by_role("menuitem", name="Delete")).to_be_focused()
+    expect(menu.get_by_role("menuitem", name="Add reaction")).to_be_focused()
     expect(menu.get_by_role("menuitem", name="Edit")).to_have_count(0)  # not theirs to edit
     a.page.keyboard.press("Escape")
     expect(menu).to_have_count(0)
     expect(trigger).to_be_focused()
     trigger.press("Enter")
+    a.page.keyboard.press("ArrowDown")
+    expect(menu.get_by_role("menuitem", name="Delete")).to_be_focused()
     a.page.keyboard.press("Enter")
     expect(menu.get_by_role("menuitem", name="Delete?")).to_be_focused()
     a.page.keyboard.press("Enter")
     expect(b.message(2)).to_contain_text("message deleted")
     expect(b.message(2)).not_to_contain_text("patron second")
     expect(a.message(2)).to_contain_text("message deleted")
+    a.assert_clean()
+    b.assert_clean()
+
+
+def test_reactions_picker_live_chips_who_reacted_and_reload(browser, cluster, pages, who):
+    api = cluster.api
+    creator, patron, room = setup_room(api, who)
+    a = tab(pages, browser, cluster.servers[0].url, creator)
+    b = tab(pages, browser, cluster.servers[1].url, patron)
+    a.open(room)
+    b.open(room)
+    a.send("Show tonight?")
+    a.wait_seqs([1])
+    b.wait_seqs([1])
+
+    # A reacts through the message's menu, by keyboard: "Add reaction" opens the picker (a menu
+    # of emoji, the first focused, arrows move), Enter picks, the focus returns to the button.
+    msg_a = a.message(1)
+    trigger = msg_a.get_by_role("button", name="Message actions")
+    trigger.focus()
+    trigger.press("Enter")
+    expect(msg_a.get_by_role("menuitem", name="Add reaction")).to_be_focused()
+    a.page.keyboard.press("Enter")
+    picker = msg_a.get_by_role("menu", name="Add reaction")
+    expect(picker.get_by_role("menuitemcheckbox", name="thumbs up")).to_be_focused()
+    a.page.keyboard.press("ArrowRight")
+    expect(picker.get_by_role("menuitemcheckbox", name="heart")).to_be_focused()
+    a.assert_accessible()  # the picker open
+    a.page.keyboard.press("ArrowLeft")
+    a.page.keyboard.press("Enter")
+    expect(picker).to_have_count(0)
+    expect(trigger).to_be_focused()
+
+    chip_a = msg_a.get_by_test_id("reaction-chip")
+    chip_b = b.message(1).get_by_test_id("reaction-chip")
+    expect(chip_a).to_have_text("👍1")
+    expect(chip_a).to_have_attribute("aria-pressed", "true")
+    expect(chip_a).to_have_accessible_name("👍 thumbs up: 1 reaction, including yours")
+    # B sees it live (from the other process), not pressed; who reacted comes on hover.
+    expect(chip_b).to_have_text("👍1")
+    expect(chip_b).to_have_attribute("aria-pressed", "false")
+    chip_b.hover()
+    expect(chip_b).to_have_attribute("title", "Cara Creator reacted with 👍")
+
+    # B toggles it on and off; A's count follows, A's own state stays.
+    chip_b.click()
+    expect(chip_b).to_have_text("👍2")
+    expect(chip_b).to_have_attribute("aria-pressed", "true")
+    expect(chip_a).to_have_text("👍2")
+    expect(chip_a).to_have_attribute("aria-pressed", "true")
+    b.assert_accessible()  # a pressed chip
+    chip_b.click()
+    expect(chip_b).to_have_attribute("aria-pressed", "false")
+    expect(chip_b).to_have_text("👍1")
+    expect(chip_a).to_have_text("👍1")
+    # The picker knows what is ours: B adds a heart with the mouse, A sees a second chip.
+    b.message(1).hover()
+    b.message(1).get_by_role("button", name="Message actions").click()
+    b.message(1).get_by_role("menuitem", name="Add reaction").click()
+    b.message(1).get_by_role("menuitemcheckbox", name="heart").click()
+    expect(chip_a).to_have_text(["👍1", "❤️1"])
+    expect(chip_b.nth(1)).to_have_attribute("aria-pressed", "true")
+
+    # An edit (message_updated has no reactions) keeps them; a reload gets them from the join.
+    msg_a.hover()
+    trigger.click()
+    msg_a.get_by_role("menuitem", name="Edit").click()
+    msg_a.locator("textarea").fill("Show tonight at 8?")
+    msg_a.locator("textarea").press("Enter")
+    expect(b.message(1)).to_contain_text("Show tonight at 8?")
+    expect(chip_b).to_have_text(["👍1", "❤️1"])
+    expect(chip_a).to_have_text(["👍1", "❤️1"])
+    b.page.reload()
+    b.wait_connected()
+    b.open(room)
+    expect(chip_b).to_have_text(["👍1", "❤️1"])
+    expect(chip_b.nth(0)).to_have_attribute("aria-pressed", "false")
+    expect(chip_b.nth(1)).to_have_attribute("aria-pressed", "true")
     a.assert_clean()
     b.assert_clean()
 
@@ -506,6 +589,33 @@ def test_phone_width_list_then_conversation(browser, cluster, pages, who):
     expect(mine).to_contain_text("edited on my phone")
     expect(mine).to_contain_text("edited")
 
+    # Reactions by touch: "Add reaction" in the sheet offers 44-px emoji; a long-press on a chip
+    # says who reacted, without toggling it.
+    def long_press(locator: Any) -> None:
+        box = locator.bounding_box()
+        assert box is not None
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [
+            {"x": box["x"] + box["width"] / 2, "y": box["y"] + box["height"] / 2}]})
+
+    long_press(mine.locator(".msg-bubble"))
+    expect(menu).to_be_visible()
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    menu.get_by_role("menuitem", name="Add reaction").tap()
+    picker = mine.get_by_role("menu", name="Add reaction")
+    for item in picker.get_by_role("menuitemcheckbox").all():
+        size = item.bounding_box()
+        assert size is not None and size["height"] >= 44 and size["width"] >= 44, size
+    picker.get_by_role("menuitemcheckbox", name="fire").tap()
+    chip = mine.get_by_test_id("reaction-chip")
+    expect(chip).to_have_attribute("aria-pressed", "true")
+    size = chip.bounding_box()
+    assert size is not None and size["height"] >= 44 and size["width"] >= 44, size
+    long_press(chip)
+    expect(mine.get_by_test_id("reaction-who")).to_have_text("You reacted with 🔥")
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    expect(chip).to_have_attribute("aria-pressed", "true")
+    expect(chip).to_have_text("🔥1")
+
     # The browser's back (Android's back gesture) returns to the list too.
     b.page.go_back()
     expect(conv_list).to_be_visible()
@@ -647,7 +757,7 @@ def test_reconnect_banner_presence_avatars_creator_events_and_axe(browser, clust
     trigger = b.message(1).get_by_role("button", name="Message actions")
     trigger.focus()
     trigger.press("Enter")
-    expect(b.message(1).get_by_role("menuitem", name="Edit")).to_be_focused()
+    expect(b.message(1).get_by_role("menuitem", name="Add reaction")).to_be_focused()
     b.assert_accessible()
     b.page.keyboard.press("Escape")
     expect(trigger).to_be_focused()

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ import pytest
 import schemathesis
 import socketio.packet
 from hypothesis import HealthCheck, Phase, given, settings
+from PIL import Image
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -205,10 +207,27 @@ def test_real_answers_match_the_document(env: Env) -> None:
         ("get", "/api/v1/asyncapi.json", "/api/v1/asyncapi.json", {}, None),
         ("get", "/", "/", {}, None),
     ]
-    assert {(m, p) for m, p, *_ in calls} == documented_operations(env.doc)
+    photos = [("post", "/api/v1/uploads"), ("get", "/api/v1/attachments/{attachment_id}"),
+              ("get", "/api/v1/attachments/{attachment_id}/thumb")]
+    assert {(m, p) for m, p, *_ in calls} | set(photos) == documented_operations(env.doc)
     for method, path, url, headers, body in calls:
         r = h.request(method.upper(), url, headers=headers, json=body)
         assert r.status_code < 300, (method, url, r.status_code, r.text[:300])
+        _check_answer(env, method, path, r)
+    # Photos: a multipart upload, then the signed URLs of the message that carries it.
+    image = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(image, "JPEG")
+    r = h.post("/api/v1/uploads", headers=pat, files={"file": ("a.jpg", image.getvalue(), "image/jpeg")})
+    assert r.status_code == 201, r.text
+    _check_answer(env, *photos[0], r)
+    r = h.post(f"/api/v1/conversations/{env.room}/messages", headers=pat,
+               json={"client_msg_id": f"oa-photo-{time.time_ns()}", "attachments": [r.json()["attachment"]["id"]]})
+    assert r.status_code == 201, r.text
+    _check_answer(env, "post", "/api/v1/conversations/{conversation_id}/messages", r)
+    attachment = r.json()["message"]["attachments"][0]
+    for (method, path), url in zip(photos[1:], (attachment["url"], attachment["thumb_url"]), strict=True):
+        r = h.get(url)
+        assert r.status_code == 200 and r.headers["content-type"] in env.doc["paths"][path][method]["responses"]["200"]["content"]
         _check_answer(env, method, path, r)
     # And the error answers: one of each kind the document promises.
     for method, url, path, headers, body in [

@@ -112,6 +112,11 @@ export function listMessages(conversationId, { beforeSeq, afterSeq, limit } = {}
   return api("GET", `/api/v1/conversations/${encodeURIComponent(conversationId)}/messages${qs ? `?${qs}` : ""}`);
 }
 
+/** Who reacted to a message: {reactions: [{emoji, count, me, users: [{id, name}]}]} (25 users per emoji). */
+export function listReactions(conversationId, messageId) {
+  return api("GET", `/api/v1/conversations/${encodeURIComponent(conversationId)}/messages/${encodeURIComponent(messageId)}/reactions`);
+}
+
 export function setMuted(conversationId, muted) {
   return api("PUT", `/api/v1/conversations/${encodeURIComponent(conversationId)}/settings`, { muted });
 }

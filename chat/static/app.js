@@ -10,6 +10,7 @@ import { addLiveNotification, setUnreadNotifications, setupNotifications } from 
 import { actions, onMessageListScroll, scheduleRender, scrollToLatest, showAuthScreen, showNotice } from "./render.js";
 import { canPost, conversationName, learnMembers, makeConv, maxSeq, openConv, state } from "./state.js";
 import { forgetCreatorChannels, onCreatorEvent, setupCreatorEvents, subscribeCreatorChannels } from "./creator-events.js";
+import { applyReactionEvent, loadWho } from "./reactions.js";
 import { renderMe, setupMessageMenus, watchConnection } from "./ui.js";
 
 const ACK_TIMEOUT_MS = 10_000;
@@ -65,6 +66,7 @@ function connectSocket() {
   client.on("typing", onTyping);
   client.on("read", onRead);
   client.on("presence", onPresence);
+  client.on("reaction", onReaction);
   client.on("notification", onNotification);
   client.on("access_revoked", onAccessRevoked);
   client.on("resync", onResync);
@@ -138,13 +140,17 @@ function handleUnauthorized(detail) {
 
 // ------------------------------------------------------------------ messages
 
-/** Stores a message unless we already hold a newer version of it. Returns true when it was new. */
+/**
+ * Stores a message unless we already hold a newer version of it. Returns true when it was new.
+ * `message_updated` (and the edit/delete acks) carry no `reactions`: an edit keeps ours.
+ */
 function mergeMessage(conv, msg) {
   const existing = conv.messages.get(msg.seq);
   if (existing) {
     if (existing.deleted && !msg.deleted) return false;
     if (!msg.deleted && existing.edited_at && (!msg.edited_at || msg.edited_at < existing.edited_at)) return false;
   }
+  if (!Array.isArray(msg.reactions)) msg.reactions = msg.deleted || !existing ? [] : existing.reactions || [];
   conv.messages.set(msg.seq, msg);
   if (conv.lastMessage && conv.lastMessage.seq === msg.seq) conv.lastMessage = msg;
   return !existing;
@@ -494,6 +500,20 @@ function onMessageUpdated(msg) {
   scheduleRender();
 }
 
+/** A (coalesced) `reaction` event: the message's counts from its summary, `me` kept. */
+function onReaction(ev) {
+  const conv = convOf(ev);
+  if (!conv || ev.message_id === undefined) return;
+  const msg = findMessage(conv, String(ev.message_id));
+  if (!msg || msg.deleted || !applyReactionEvent(msg, ev)) return;
+  scheduleRender();
+}
+
+function findMessage(conv, messageId) {
+  for (const m of conv.messages.values()) if (String(m.id) === messageId) return m;
+  return null;
+}
+
 function onTyping(ev) {
   learnName(ev);
   const conv = convOf(ev);
@@ -747,6 +767,38 @@ actions.deleteMessage = async (convId, seq) => {
   }
 };
 
+const reacting = new Set(); // "message id emoji" with a `react` awaiting its ack
+
+/** Adds (on) or takes back a reaction; the ack's `reactions` (with our `me`) replace the message's. */
+actions.react = async (convId, seq, emoji, on) => {
+  const conv = state.convs.get(convId);
+  const msg = conv && conv.messages.get(seq);
+  if (!msg || !msg.id) return;
+  const key = `${msg.id} ${emoji}`;
+  if (reacting.has(key)) return; // a double click toggles once
+  reacting.add(key);
+  const res = await emitAck("react", { conversation_id: conv.id, message_id: msg.id, emoji, on });
+  reacting.delete(key);
+  const current = conv.messages.get(seq);
+  if (res.ok) {
+    if (current && !current.deleted && Array.isArray(res.reactions)) current.reactions = res.reactions;
+    scheduleRender();
+  } else {
+    showNotice(`Could not ${on ? "add" : "remove"} the reaction: ${(res.error && res.error.message) || "error"}`, "error");
+  }
+};
+
+/** A long-press on a reaction chip: a line under the chips says who reacted (until the next tap). */
+function showWhoReacted(chip) {
+  const el = chip.closest("[data-testid=message][data-seq]");
+  const conv = openConv();
+  const msg = el && conv && conv.messages.get(Number(el.dataset.seq));
+  if (!msg) return;
+  state.reactionWho = { convId: conv.id, seq: msg.seq, emoji: chip.dataset.emoji };
+  loadWho(conv.id, msg, scheduleRender);
+  scheduleRender();
+}
+
 actions.retrySend = (convId, cmid) => {
   const conv = state.convs.get(convId);
   const p = conv && conv.pending.get(cmid);
@@ -870,7 +922,13 @@ async function boot() {
   wireDom();
   setupNotifications({ openConversation });
   setupCreatorEvents({ emitAck });
-  setupMessageMenus($("message-list"));
+  setupMessageMenus($("message-list"), { onChipHold: showWhoReacted });
+  document.addEventListener("pointerdown", (e) => {
+    if (state.reactionWho && !e.target.closest(".reaction-who")) {
+      state.reactionWho = null;
+      scheduleRender();
+    }
+  });
   scheduleRender();
 
   const me = await loadMe();

@@ -281,7 +281,7 @@ export class BackstageClient extends Emitter {
       this._emit("message_updated", msg);
       this._emit(msg && msg.deleted ? "delete" : "edit", msg);
     });
-    for (const name of ["typing", "read", "presence", "notification", "event"]) {
+    for (const name of ["typing", "read", "presence", "reaction", "notification", "event"]) {
       socket.on(name, (payload) => this._emit(name, payload));
     }
     socket.on("access_revoked", (ev) => {

@@ -15,7 +15,8 @@ import {
   sortedConvs,
   state,
 } from "./state.js";
-import { avatarUrl, fillAvatar, menuOpenFor, messageMenu } from "./ui.js";
+import { PICKER, buildReactionRow, reactionsOf, whoText } from "./reactions.js";
+import { avatarUrl, fillAvatar, menuModeFor, messageMenu, openPicker } from "./ui.js";
 
 /** Filled by app.js: what buttons in rendered items do. */
 export const actions = {};
@@ -283,8 +284,16 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
     const items = messageActions(conv, msg);
     if (items.length) {
       el.classList.add("has-menu");
-      row.append(messageMenu(conv.id, msg.seq, items));
+      row.append(messageMenu(conv.id, msg.seq, items, reactionPickerOf(conv, msg)));
     }
+  }
+
+  if (!pending) {
+    const whoOpen = state.reactionWho && state.reactionWho.convId === conv.id && state.reactionWho.seq === msg.seq
+      ? state.reactionWho.emoji
+      : null;
+    const reactions = buildReactionRow(conv.id, msg, (emoji, on) => actions.react(conv.id, msg.seq, emoji, on), whoOpen);
+    if (reactions) el.append(reactions);
   }
 
   if (pending) {
@@ -310,9 +319,24 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
   return el;
 }
 
-/** The actions of a message's menu: Edit (own), Delete (own; any in the creator's room), Copy. */
+/** The "Add reaction" picker of a message: the fixed emoji, checked when already ours. */
+function reactionPickerOf(conv, msg) {
+  const mine = new Set(reactionsOf(msg).filter((r) => r.me).map((r) => r.emoji));
+  return {
+    choices: PICKER.map((p) => ({ ...p, on: mine.has(p.emoji) })),
+    choose: (emoji, on) => actions.react(conv.id, msg.seq, emoji, on),
+  };
+}
+
+/**
+ * The actions of a message's menu: Add reaction (any sent message), Edit (own), Delete (own;
+ * any in the creator's room), Copy.
+ */
 function messageActions(conv, msg) {
   const items = [];
+  if (!msg.deleted && msg.id) {
+    items.push({ action: "react", label: "Add reaction", keepOpen: true, run: () => openPicker(conv.id, msg.seq) });
+  }
   if (canEdit(msg)) items.push({ action: "edit", label: "Edit", run: () => actions.startEdit(conv.id, msg.seq) });
   if (canDelete(conv, msg)) {
     const confirming = state.confirmDelete && state.confirmDelete.convId === conv.id && state.confirmDelete.seq === msg.seq;
@@ -324,7 +348,7 @@ function messageActions(conv, msg) {
       run: () => actions.deleteMessage(conv.id, msg.seq),
     });
   }
-  if (items.length && navigator.clipboard && msg.body) {
+  if (items.length && navigator.clipboard && msg.body && !msg.deleted) {
     items.push({ action: "copy", label: "Copy text", run: () => navigator.clipboard.writeText(msg.body).catch(() => {}) });
   }
   return items;
@@ -499,7 +523,11 @@ function renderConversation(mode) {
       confirming,
       canEdit(msg),
       canDelete(conv, msg),
-      !opts.pending && menuOpenFor(conv.id, msg.seq),
+      !opts.pending && menuModeFor(conv.id, msg.seq),
+      reactionsOf(msg),
+      state.reactionWho && state.reactionWho.convId === conv.id && state.reactionWho.seq === msg.seq
+        ? [state.reactionWho.emoji, whoText(msg, state.reactionWho.emoji)]
+        : null,
     ]);
     let item = messageEls.get(key);
     if (!item || item.sig !== sig) {

@@ -18,6 +18,8 @@ export const state = {
   editing: null,
   /** message whose delete awaits a second click: {convId, seq} */
   confirmDelete: null,
+  /** reaction chip whose "who reacted" line a long-press opened: {convId, seq, emoji} */
+  reactionWho: null,
   notifications: {
     unread: 0,
     items: [],

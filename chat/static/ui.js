@@ -130,8 +130,20 @@ export function menuOpenFor(convId, seq) {
   return Boolean(menu && menu.convId === convId && menu.seq === seq);
 }
 
+/** null (closed), "actions" (the menu) or "picker" (its "Add reaction" emoji). */
+export function menuModeFor(convId, seq) {
+  return menuOpenFor(convId, seq) ? menu.mode : null;
+}
+
 export function openMenu(convId, seq, focus = "first") {
-  menu = { convId, seq, focus };
+  menu = { convId, seq, focus, mode: "actions" };
+  returnFocus = null;
+  scheduleRender();
+}
+
+/** Turns the open menu into the reaction picker, its first emoji focused. */
+export function openPicker(convId, seq) {
+  menu = { convId, seq, focus: "first", mode: "picker" };
   returnFocus = null;
   scheduleRender();
 }
@@ -165,9 +177,10 @@ const DOTS = () => {
 /**
  * The "Message actions" button of one message and, while open, its menu. items:
  * [{action, label, danger?, keepOpen?, run}]; an item closes the menu unless keepOpen
- * (e.g. Delete, which asks for a second press first).
+ * (e.g. Delete, which asks for a second press first). picker (or null):
+ * {choices: [{emoji, name, on}], choose(emoji, on)} for the "Add reaction" mode.
  */
-export function messageMenu(convId, seq, items) {
+export function messageMenu(convId, seq, items, picker = null) {
   const open = menuOpenFor(convId, seq);
   const trigger = h(
     "button",
@@ -187,7 +200,9 @@ export function messageMenu(convId, seq, items) {
     DOTS(),
   );
   const wrap = h("div", { class: open ? "msg-menu-wrap open" : "msg-menu-wrap" }, trigger);
-  if (open) {
+  if (open && menu.mode === "picker" && picker) {
+    wrap.append(reactionPicker(convId, seq, picker));
+  } else if (open) {
     const buttons = items.map((it) =>
       h(
         "button",
@@ -199,7 +214,7 @@ export function messageMenu(convId, seq, items) {
           "data-action": it.action,
           onclick: (e) => {
             e.stopPropagation();
-            if (it.keepOpen) menu = { convId, seq, focus: it.action };
+            if (it.keepOpen) menu = { convId, seq, focus: it.action, mode: "actions" };
             it.run(); // before closing: closing disarms a pending delete
             if (!it.keepOpen) closeMenu(false);
           },
@@ -227,11 +242,46 @@ export function messageMenu(convId, seq, items) {
   return wrap;
 }
 
+/** The emoji of "Add reaction": a menu of checkable items (checked: already ours). */
+function reactionPicker(convId, seq, picker) {
+  const buttons = picker.choices.map((c) =>
+    h(
+      "button",
+      {
+        type: "button",
+        role: "menuitemcheckbox",
+        tabindex: "-1",
+        class: c.on ? "reaction-pick on" : "reaction-pick",
+        "aria-checked": String(Boolean(c.on)),
+        "aria-label": c.name,
+        title: c.name,
+        "data-emoji": c.emoji,
+        onclick: (e) => {
+          e.stopPropagation();
+          picker.choose(c.emoji, !c.on);
+          closeMenu(e.detail === 0); // by keyboard: the focus goes back to the button
+        },
+      },
+      c.emoji,
+    ),
+  );
+  const list = h("div", { class: "msg-menu reaction-picker", role: "menu", "aria-label": "Add reaction", "data-testid": "reaction-picker" }, buttons);
+  list.addEventListener("keydown", (e) => onMenuKey(e, buttons));
+  const focus = menu.focus;
+  menu.focus = null;
+  if (focus) {
+    queueMicrotask(() => {
+      if (buttons[0] && buttons[0].isConnected) buttons[0].focus();
+    });
+  }
+  return list;
+}
+
 function onMenuKey(e, buttons) {
   const i = buttons.indexOf(document.activeElement);
   let next = null;
-  if (e.key === "ArrowDown") next = buttons[(i + 1) % buttons.length];
-  else if (e.key === "ArrowUp") next = buttons[(i - 1 + buttons.length) % buttons.length];
+  if (e.key === "ArrowDown" || e.key === "ArrowRight") next = buttons[(i + 1) % buttons.length];
+  else if (e.key === "ArrowUp" || e.key === "ArrowLeft") next = buttons[(i - 1 + buttons.length) % buttons.length];
   else if (e.key === "Home") next = buttons[0];
   else if (e.key === "End") next = buttons[buttons.length - 1];
   else if (e.key === "Escape") {
@@ -252,8 +302,9 @@ function onMenuKey(e, buttons) {
 /**
  * Long-press (touch) and the context menu (right click; Android's long-press) on a message
  * open its menu; a click or tap elsewhere closes it. Called once with the message list.
+ * onChipHold(chip): a long-press on a reaction chip (it shows who reacted; no toggle).
  */
-export function setupMessageMenus(list) {
+export function setupMessageMenus(list, { onChipHold = null } = {}) {
   let press = null;
   let swallowClick = false; // the click that may end a long-press must not close its menu
   const cancel = () => {
@@ -276,6 +327,12 @@ export function setupMessageMenus(list) {
       y: e.clientY,
       timer: setTimeout(() => {
         press = null;
+        const chip = target.closest(".reaction-chip");
+        if (chip && onChipHold) {
+          onChipHold(chip);
+          swallowClick = true; // lifting the finger does not toggle the reaction
+          return;
+        }
         if (!openFrom(target)) return;
         swallowClick = true;
         if (navigator.vibrate) navigator.vibrate(10);
@@ -305,6 +362,10 @@ export function setupMessageMenus(list) {
   list.addEventListener("pointerup", cancel);
   list.addEventListener("pointercancel", cancel);
   list.addEventListener("contextmenu", (e) => {
+    if (e.target.closest(".reaction-chip") && e.pointerType === "touch") {
+      e.preventDefault(); // Android's long-press: the chip's own hold shows who reacted
+      return;
+    }
     if (e.target.closest(".msg.has-menu") && openFrom(e.target)) {
       e.preventDefault();
       cancel();

@@ -91,7 +91,7 @@ describe("BackstageClient", { concurrency: true }, () => {
       assert.deepEqual(a.pendingSends(), []);
     });
 
-    test("edit, delete, typing, read and presence come through as events", T, async () => {
+    test("edit, delete, reactions, typing, read and presence come through as events", T, async () => {
       const t = await api.roomWithTwo();
       const a = client(server.urls[0], t.creatorToken);
       const b = client(server.urls.at(-1), t.patronToken);
@@ -102,6 +102,9 @@ describe("BackstageClient", { concurrency: true }, () => {
       const msg = await b.send(t.room, "typo");
       await b.editMessage(msg.id, "fixed");
       await a.rec.waitFor("edit", (m) => m.id === msg.id && m.body === "fixed");
+      const reacted = await a.request("react", { message_id: msg.id, emoji: "👍", on: true });
+      assert.deepEqual(reacted.reactions, [{ emoji: "👍", count: 1, me: true }]);
+      await b.rec.waitFor("reaction", (e) => e.message_id === msg.id && e.user_id === t.creator && e.count === 1);
       await b.deleteMessage(msg.id);
       await a.rec.waitFor("delete", (m) => m.id === msg.id && m.deleted);
       await b.typing(t.room, true);
