@@ -186,7 +186,7 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     attachments = Attachments(app[ENGINE_KEY], blobs, settings)
     app[http_api.ATTACHMENTS_KEY] = attachments
     service = ChatService(sessions, delivery, presence, settings, user_sends=user_sends, read_engine=read_engine,
-                          attachments=attachments, slow_gate=SlowModeGate(redis, settings.redis_prefix),
+                          attachments=attachments, slow_gate=SlowModeGate(redis, keys),
                           **hooks.service_kwargs)
 
     async def on_offline(conversation_id: str, user_id: str) -> None:

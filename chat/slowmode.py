@@ -17,6 +17,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from chat.keys import RedisKeys
+
 log = logging.getLogger(__name__)
 
 _LOCAL_KEYS = 100_000
@@ -25,9 +27,9 @@ _LOCAL_KEYS = 100_000
 class SlowModeGate:
     _WARN_EVERY_S = 10.0
 
-    def __init__(self, redis: Any = None, key_prefix: str = "backstage") -> None:
+    def __init__(self, redis: Any = None, keys: RedisKeys | None = None) -> None:
         self._redis = redis
-        self._prefix = f"{key_prefix}:slow"
+        self._keys = keys or RedisKeys("backstage")
         self._local: OrderedDict[tuple[int, str], float] = OrderedDict()  # -> monotonic time the slot frees
         self._warned_at = -self._WARN_EVERY_S
 
@@ -46,7 +48,7 @@ class SlowModeGate:
         return self._take_local(conversation_id, user_id, seconds)
 
     async def _take_shared(self, conversation_id: int, user_id: str, seconds: int) -> int:
-        key = f"{self._prefix}:{conversation_id}:{user_id}"
+        key = self._keys.slow_mode(conversation_id, user_id)
         if await self._redis.set(key, b"1", nx=True, px=seconds * 1000):
             return 0
         left_ms = await self._redis.pttl(key)

@@ -164,6 +164,7 @@ async def test_timeout_and_block_reach_the_other_process(shared_mysql_cluster: A
         listed = api.client(tokens[pat], "GET", "/conversations").json()["conversations"]
         assert {x["conversation"]["id"] for x in listed} & {room, room2, direct} == set()
         assert api.client(tokens[pat], "GET", f"/conversations/{room}/messages").status_code == 403
+        assert api.client(tokens[pat], "POST", "/conversations/direct", {"user_id": cre}).status_code == 403
         # a membership update does not undo it
         api.membership(cre, pat, 1000)
         assert err(await p.call("join", {"conversation_id": room2})) == "forbidden"
