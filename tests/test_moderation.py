@@ -264,3 +264,27 @@ async def test_slow_mode_in_one_process(shared_sqlite: Any, uid: Any) -> None:
 async def test_slow_mode_is_cluster_wide(shared_mysql_cluster: Any, uid: Any) -> None:
     cluster = shared_mysql_cluster
     await _slow_mode_scenario(cluster.servers[0].url, cluster.servers[1].url, cluster.apis[0], uid)
+
+
+async def test_blocked_members_get_no_pushes_of_the_creators_posts(tmp_path: Any) -> None:
+    """The push audience of a creator's room post (the worker's fan-out page) leaves blocked
+    members out, as it leaves out members who lost access. SQLite, in this process."""
+    from chat import migrate, moderation, storage
+    from chat.db import create_engine, session_factory
+    from chat.service import ChatService
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/push.db")
+    try:
+        await migrate.upgrade(engine)
+        sessions = session_factory(engine)
+        async with sessions.begin() as s:
+            for u in ("cre", "a", "b"):
+                await storage.upsert_user(s, u, u)
+            for u in ("a", "b"):
+                await storage.upsert_membership(s, "cre", u, 500, "active")
+            room = (await storage.insert_room(s, "cre", "R", 0, "everyone")).id
+            await moderation.set_blocked(s, "cre", "b", True)
+        async with sessions() as s:
+            assert await ChatService.push_audience_page(s, room, "cre", None, 100) == (["a"], None)
+    finally:
+        await engine.dispose()
