@@ -1222,20 +1222,28 @@ class ChatService:
         conversation and the creator channel at once, on every process, whatever the membership."""
         action = "block" if on else "unblock"
 
-        async def store() -> tuple[bool, list[int], int | None]:
+        async def store() -> tuple[bool, bool, list[int], int | None]:
             async with self.sessions.begin() as session:
                 await self._check_target(session, creator_id, actor_id, user_id)
                 await self._ensure_users(session, creator_id, user_id)
                 standing = await moderation.get_standing(await session.connection(), creator_id, user_id)
                 changed = (standing is not None and standing.blocked) != on
+                demoted = False
                 if changed:
                     await moderation.set_blocked(session, creator_id, user_id, on)
                     await moderation.record_action(session, creator_id, actor_id, action, user_id, reason=reason)
+                    # A blocked moderator moderates no more (the creator appoints them again if need be).
+                    if on and await moderation.set_moderator(session, creator_id, user_id, False):
+                        demoted = True
+                        await moderation.record_action(session, creator_id, actor_id, "moderator_removed", user_id)
                 rooms = [r.id for r in await storage.list_rooms_of_creators(session, [creator_id])]
                 direct = await storage.get_direct(session, creator_id, user_id)
-                return changed, rooms, direct.id if direct is not None else None
+                return changed, demoted, rooms, direct.id if direct is not None else None
 
-        changed, rooms, direct_id = await retry_transaction(store)
+        changed, demoted, rooms, direct_id = await retry_transaction(store)
+        if demoted:
+            await self.delivery.broadcast_control({"type": "moderation", "action": "moderator_removed",
+                                                   "creator_id": creator_id, "user_id": user_id, "until": None})
         if changed:
             lost = [*rooms, *([direct_id] if direct_id is not None else [])]
             await self.delivery.broadcast_control({

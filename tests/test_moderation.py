@@ -210,6 +210,12 @@ async def test_moderation_log_for_the_creator_moderators_and_backend(shared_any_
         rest = api.server("GET", f"/creators/{cre}/moderation-log?limit=10&cursor={page['next_cursor']}").json()
         assert rest["entries"] == entries[2:] and rest["next_cursor"] is None
         assert api.server("GET", f"/creators/{cre}/moderation-log?cursor=01").status_code == 400
+        # the creator blocks a moderator: no longer one (logged after the block)
+        ok(await c.call("block", {"creator_id": cre, "user_id": mod, "on": True}))
+        assert api.server("GET", f"/creators/{cre}/moderators").json()["moderators"] == []
+        latest = ok(await c.call("moderation_log", {"limit": 2}))["entries"]
+        assert [(e["action"], e["target_id"]) for e in latest] == [("moderator_removed", mod), ("block", mod)]
+        assert err(await m.call("moderation_log", {"creator_id": cre})) == "forbidden"
     finally:
         for s in (c, m, p):
             await s.close()
