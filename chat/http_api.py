@@ -299,6 +299,18 @@ async def put_slow_mode(request: web.Request) -> web.Response:
         None, cid, moderation.check_slow_mode_seconds(data), moderation.check_reason(data)))
 
 
+async def put_pin(request: web.Request) -> web.Response:
+    server_key(request)
+    message_id = schemas.parse_int_id(request.match_info["message_id"], "message")
+    return json_response(await request.app[SERVICE_KEY].pin_message(None, message_id, True))
+
+
+async def delete_pin(request: web.Request) -> web.Response:
+    server_key(request)
+    message_id = schemas.parse_int_id(request.match_info["message_id"], "message")
+    return json_response(await request.app[SERVICE_KEY].pin_message(None, message_id, False))
+
+
 async def server_moderation_log(request: web.Request) -> web.Response:
     server_key(request)
     creator_id = path_user_id(request, "creator_id")
@@ -502,6 +514,8 @@ def add_routes(app: web.Application) -> None:
     r.add_delete("/api/v1/server/creators/{creator_id}/blocks/{user_id}", delete_block)
     r.add_get("/api/v1/server/creators/{creator_id}/moderation-log", server_moderation_log)
     r.add_put("/api/v1/server/rooms/{conversation_id}/slow-mode", put_slow_mode)
+    r.add_put("/api/v1/server/messages/{message_id}/pin", put_pin)
+    r.add_delete("/api/v1/server/messages/{message_id}/pin", delete_pin)
     r.add_get("/api/v1/me", get_me)
     r.add_get("/api/v1/conversations", list_conversations)
     r.add_post("/api/v1/conversations/direct", open_direct)

@@ -184,3 +184,16 @@ class SlowMode(Base):
         BigId, sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
     )
     seconds: Mapped[int] = mapped_column(sa.Integer, default=0)
+
+
+class Pin(Base):
+    """A message pinned in its room (at most moderation.MAX_PINS per room), newest pin last."""
+
+    __tablename__ = "pins"
+
+    conversation_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    message_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    pinned_by: Mapped[str | None] = mapped_column(USER_ID, nullable=True)
+    pinned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -21,18 +21,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from chat import schemas
 from chat.auth import USER_ID_RE
 from chat.errors import Invalid
-from chat.models import ModerationAction, Moderator, Sanction, SlowMode
+from chat.models import ModerationAction, Moderator, Pin, Sanction, SlowMode
 
 MIN_TIMEOUT_MINUTES = 1
 MAX_TIMEOUT_MINUTES = 7 * 24 * 60
 MAX_REASON_CHARS = 500
 MAX_SLOW_MODE_S = 3600
 ACTIONS = ("moderator_added", "moderator_removed", "timeout", "timeout_lifted", "block", "unblock",
-           "message_deleted", "slow_mode")
+           "message_deleted", "slow_mode", "message_pinned", "message_unpinned")
+MAX_PINS = 3  # pinned messages per room
 
 _moderators = sa.inspect(Moderator).local_table
 _sanctions = sa.inspect(Sanction).local_table
 _slow_modes = sa.inspect(SlowMode).local_table
+_pins = sa.inspect(Pin).local_table
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,28 @@ async def set_slow_mode(session: AsyncSession, conversation_id: int, seconds: in
     else:
         row.seconds = seconds
     await session.flush()
+
+
+async def pinned_ids(conn: AsyncConnection, conversation_id: int) -> list[int]:
+    """The room's pinned messages, oldest pin first."""
+    c = _pins.c
+    return [int(i) for i in await conn.scalars(sa.select(c.message_id).where(c.conversation_id == conversation_id)
+                                                .order_by(c.pinned_at, c.message_id))]
+
+
+async def set_pinned(session: AsyncSession, conversation_id: int, message_id: int, actor_id: str | None,
+                     on: bool) -> bool:
+    """Pin or unpin; True when it changed something. The caller holds the conversation's pins
+    locked (see ChatService.pin_message) to keep MAX_PINS."""
+    row = await session.get(Pin, (conversation_id, message_id))
+    if on and row is None:
+        session.add(Pin(conversation_id=conversation_id, message_id=message_id, pinned_by=actor_id))
+    elif not on and row is not None:
+        await session.delete(row)
+    else:
+        return False
+    await session.flush()
+    return True
 
 
 async def list_actions(session: AsyncSession, creator_id: str, before_id: int | None,

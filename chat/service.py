@@ -204,6 +204,7 @@ class ChatService:
         self.slow_gate = slow_gate or SlowModeGate()
         self._slow_modes: dict[int, int] = {}
         self._moderators: dict[tuple[str, str], bool] = {}
+        self._pins: dict[int, list[int]] = {}  # room -> pinned message ids, kept by `pins` control messages
         delivery.set_control_handler(self._on_control)
 
     # ============================================================ access rules
@@ -391,6 +392,7 @@ class ChatService:
             # Where the others have read to, for "seen" receipts before any live `read` event.
             "read_positions": positions,
             "slow_mode_s": await self._slow_mode_of(conversation_id) if conv.kind == "room" else 0,
+            "pinned": await self._pinned_wires(conversation_id, user.user_id) if conv.kind == "room" else [],
         }
 
     async def _join_page(self, conversation_id: int, since_seq: int | None, last_seq: int, user_id: str,
@@ -647,6 +649,56 @@ class ChatService:
                     self._slow_modes.clear()
                 self._slow_modes[conversation_id] = seconds
         return seconds
+
+    async def _pinned_wires(self, conversation_id: int, reader_id: str) -> list[dict[str, Any]]:
+        """The join answer's `pinned`: the room's pinned messages (not deleted ones), as the reader
+        sees them. Which ones is kept per process; a room with pins costs one read per join."""
+        ids = self._pins.get(conversation_id)
+        if ids is None:
+            epoch = self._control_epoch
+            async with self.engine.connect() as conn:
+                ids = await moderation.pinned_ids(conn, conversation_id)
+            if epoch == self._control_epoch:
+                if len(self._pins) >= CONVERSATION_CACHE_SIZE:
+                    self._pins.clear()
+                self._pins[conversation_id] = ids
+        if not ids:
+            return []
+        async with self.sessions() as session:
+            found = [await storage.get_message(session, i) for i in ids]
+            return await self._messages_wire(session, [m for m in found if m is not None and not m.deleted], reader_id)
+
+    async def pin_message(self, actor_id: str | None, message_id: int, on: bool) -> dict[str, Any]:
+        """Pin (`on`) or unpin a room message: its creator, their moderators or the backend (None);
+        at most MAX_PINS per room (`conflict`). Everyone in the room gets `pins`."""
+        async def store() -> tuple[int, list[int]]:
+            async with self.sessions.begin() as session:
+                msg = await storage.get_message(session, message_id)
+                if msg is None:
+                    raise NotFound("no such message")
+                # The room's row lock serializes pins of one room (MAX_PINS holds under concurrency).
+                conv = await session.get(Conversation, msg.conversation_id, with_for_update=True)
+                assert conv is not None
+                if conv.kind != "room":
+                    raise Invalid("only room messages are pinned")
+                await self._check_moderates(session, conv.creator_id, actor_id)
+                conn = await session.connection()
+                if on and msg.deleted:
+                    raise Invalid("a deleted message cannot be pinned")
+                if on and message_id not in await moderation.pinned_ids(conn, conv.id) and len(
+                        await moderation.pinned_ids(conn, conv.id)) >= moderation.MAX_PINS:
+                    raise Conflict(f"at most {moderation.MAX_PINS} pinned messages per room; unpin one first")
+                if await moderation.set_pinned(session, conv.id, message_id, actor_id, on):
+                    await moderation.record_action(session, conv.creator_id, actor_id,
+                                                   "message_pinned" if on else "message_unpinned", msg.sender_id,
+                                                   message_id=message_id, conversation_id=conv.id)
+                return conv.id, await moderation.pinned_ids(conn, conv.id)
+
+        cid, ids = await retry_transaction(store)
+        await self.delivery.broadcast_control({"type": "pins", "conversation_id": cid, "message_ids": ids})
+        wire = {"conversation_id": str(cid), "message_ids": [str(i) for i in ids]}
+        await self.delivery.to_conversation(cid, "pins", wire)
+        return wire
 
     async def _is_moderator(self, creator_id: str, user_id: str) -> bool:
         known = self._moderators.get((creator_id, user_id))
@@ -1327,6 +1379,9 @@ class ChatService:
                 self._moderators[(str(message["creator_id"]), str(message["user_id"]))] = (
                     message["action"] == "moderator_added")
             await self._moderation_local(message)
+        elif kind == "pins":
+            self._control_epoch += 1
+            self._pins[int(message["conversation_id"])] = [int(i) for i in message.get("message_ids", [])]
         elif kind == "slow_mode":
             self._control_epoch += 1
             self._slow_modes[int(message["conversation_id"])] = int(message["seconds"])

@@ -42,7 +42,7 @@ class TooManyConnections(ChatError):
 # The client events, each handled by the ChatSockets method of the same name (documented in
 # chat/asyncapi.py; tests/test_asyncapi.py checks both lists are the same).
 CLIENT_EVENTS = ("join", "leave", "send", "edit", "delete", "history", "typing", "read", "subscribe", "unsubscribe",
-                 "refresh_token", "react", "moderator", "timeout", "block", "moderation_log", "slow_mode")
+                 "refresh_token", "react", "moderator", "timeout", "block", "moderation_log", "slow_mode", "pin")
 
 
 class ChatSockets:
@@ -292,6 +292,11 @@ class ChatSockets:
         cid = schemas.check_conversation_id(data)
         seconds = moderation.check_slow_mode_seconds(data)
         return await self.service.set_slow_mode(user.user_id, cid, seconds, moderation.check_reason(data))
+
+    async def pin(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        return await self.service.pin_message(user.user_id, schemas.check_message_id(data),
+                                              schemas.check_bool(data, "on"))
 
     async def moderation_log(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         user = self.service.socket_user(sid)

@@ -294,3 +294,48 @@ async def test_blocked_members_get_no_pushes_of_the_creators_posts(tmp_path: Any
             assert await ChatService.push_audience_page(s, room, "cre", None, 100) == (["a"], None)
     finally:
         await engine.dispose()
+
+
+async def _pins_scenario(url_a: str, url_b: str, api: Api, uid: Any) -> None:
+    cre, mod, pat, tokens, room = community(api, uid)
+    api.server("PUT", f"/creators/{cre}/moderators/{mod}")
+    c, m, p = await connect(url_a, tokens[cre]), await connect(url_a, tokens[mod]), await connect(url_b, tokens[pat])
+    try:
+        ok(await c.call("join", {"conversation_id": room}))
+        assert ok(await p.call("join", {"conversation_id": room}))["pinned"] == []
+        ids = [ok(await send(c, room, f"post {i}"))["message"]["id"] for i in range(4)]
+        assert err(await p.call("pin", {"message_id": ids[0], "on": True})) == "forbidden"
+        for i in ids[:3]:
+            ok(await m.call("pin", {"message_id": i, "on": True}))
+        await p.wait_for("pins", lambda e: e == {"conversation_id": room, "message_ids": ids[:3]})
+        assert err(await m.call("pin", {"message_id": ids[3], "on": True})) == "conflict"
+        assert ok(await m.call("pin", {"message_id": ids[0], "on": True}))["message_ids"] == ids[:3]  # again: as it is
+        pinned = ok(await p.call("join", {"conversation_id": room}))["pinned"]
+        assert [x["id"] for x in pinned] == ids[:3] and pinned[0]["body"] == "post 0"
+        r = api.server("DELETE", f"/messages/{ids[1]}/pin")
+        assert r.status_code == 200 and r.json() == {"conversation_id": room, "message_ids": [ids[0], ids[2]]}
+        await p.wait_for("pins", lambda e: e["message_ids"] == [ids[0], ids[2]])
+        ok(await c.call("delete", {"message_id": ids[2]}))  # a deleted message is not shown pinned
+        assert [x["id"] for x in ok(await p.call("join", {"conversation_id": room}))["pinned"]] == [ids[0]]
+        assert err(await m.call("pin", {"message_id": ids[2], "on": True})) == "invalid"
+        direct = api.direct(tokens[pat], cre)
+        dm = ok(await send(p, direct, "private"))["message"]["id"]
+        assert api.server("PUT", f"/messages/{dm}/pin").status_code == 400
+        assert api.server("PUT", "/messages/999999999/pin").status_code == 404
+        log = api.server("GET", f"/creators/{cre}/moderation-log?limit=4").json()["entries"]
+        assert [(e["action"], e["message_id"]) for e in log] == [
+            ("message_unpinned", ids[1]), ("message_pinned", ids[2]), ("message_pinned", ids[1]),
+            ("message_pinned", ids[0])]
+    finally:
+        for s in (c, m, p):
+            await s.close()
+
+
+async def test_pins_in_one_process(shared_sqlite: Any, uid: Any) -> None:
+    url = shared_sqlite.servers[0].url
+    await _pins_scenario(url, url, shared_sqlite.api, uid)
+
+
+async def test_pins_across_processes(shared_mysql_cluster: Any, uid: Any) -> None:
+    cluster = shared_mysql_cluster
+    await _pins_scenario(cluster.servers[0].url, cluster.servers[1].url, cluster.apis[0], uid)

@@ -1,4 +1,4 @@
-"""moderation: moderators per creator, sanctions (timeout, block), the moderation log, slow mode per room
+"""moderation: moderators per creator, sanctions (timeout, block), the moderation log, slow mode per room, pinned messages
 
 Revision ID: 0007
 Revises: 0006
@@ -56,9 +56,22 @@ def upgrade() -> None:
                                 name=op.f('fk_slow_modes_conversation_id_conversations'), ondelete='CASCADE'),
         sa.PrimaryKeyConstraint('conversation_id', name=op.f('pk_slow_modes')),
     )
+    op.create_table(
+        'pins',
+        sa.Column('conversation_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+        sa.Column('message_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+        sa.Column('pinned_by', chat.db.ExactString(64), nullable=True),
+        sa.Column('pinned_at', chat.db.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(['conversation_id'], ['conversations.id'],
+                                name=op.f('fk_pins_conversation_id_conversations'), ondelete='CASCADE'),
+        sa.ForeignKeyConstraint(['message_id'], ['messages.id'],
+                                name=op.f('fk_pins_message_id_messages'), ondelete='CASCADE'),
+        sa.PrimaryKeyConstraint('conversation_id', 'message_id', name=op.f('pk_pins')),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('pins')
     op.drop_table('slow_modes')
     op.drop_index('ix_moderation_actions_creator_id_id', table_name='moderation_actions')
     op.drop_table('moderation_actions')
