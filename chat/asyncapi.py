@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chat.moderation import MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES
+from chat.moderation import MAX_PINS, MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES
 from chat.openapi import EMOJI, EXAMPLE_LOG_ENTRY, EXAMPLE_MESSAGE, EXAMPLE_NOTIFICATION, EXAMPLE_ROOM, SCHEMAS
 from chat.reactions import MAX_PER_MESSAGE
 from chat.schemas import MAX_PAGE
@@ -82,10 +82,12 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
          "unread_count": {"type": "integer", "minimum": 0}, "last_read_seq": SEQ,
          "read_positions": {"type": "array", "items": _ref("ReadPosition"), "maxItems": 100},
          "slow_mode_s": {"type": "integer", "minimum": 0,
-                         "description": "(extension) the room's slow mode: one message per this many seconds; 0 off"}},
+                         "description": "(extension) the room's slow mode: one message per this many seconds; 0 off"},
+         "pinned": {"type": "array", "items": _ref("Message"), "maxItems": MAX_PINS,
+                    "description": "(extension) the room's pinned messages, oldest pin first"}},
         {"ok": True, "conversation": EXAMPLE_ROOM, "messages": [EXAMPLE_MESSAGE], "has_more": False,
          "online": ["alice", "cre"], "unread_count": 0, "last_read_seq": 7,
-         "read_positions": [{"user_id": "cre", "name": "Cre", "seq": 7}], "slow_mode_s": 0},
+         "read_positions": [{"user_id": "cre", "name": "Cre", "seq": 7}], "slow_mode_s": 0, "pinned": []},
     ),
     "leave": ("Leave a conversation", _obj({"conversation_id": ID}), {"conversation_id": "12"}, {}, {"ok": True}),
     "send": (
@@ -183,6 +185,12 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
         {"conversation_id": ID, "seconds": {"type": "integer"}},
         {"ok": True, "conversation_id": "12", "seconds": 30},
     ),
+    "pin": (
+        "(extension) The creator or a moderator pins (on) or unpins a room message (at most 3 per room)",
+        _obj({"message_id": ID, "on": {"type": "boolean"}}), {"message_id": "99", "on": True},
+        {"conversation_id": ID, "message_ids": {"type": "array", "items": ID, "maxItems": MAX_PINS}},
+        {"ok": True, "conversation_id": "12", "message_ids": ["99"]},
+    ),
     "moderation_log": (
         "(extension) The creator's moderation log, newest first (the creator and moderators)",
         _obj({"creator_id": USER_ID, "before_id": ID,
@@ -238,6 +246,10 @@ SERVER_EVENTS: dict[str, tuple[str, dict[str, Any], Any]] = {
                                                                "timeout_lifted", "block", "unblock"]},
                          "creator_id": USER_ID, "until": {"type": ["string", "null"]}}, closed=True),
                    {"action": "timeout", "creator_id": "cre", "until": "2026-01-02T03:14:05.678Z"}),
+    "pins": ("(extension) The room's pinned messages changed: their ids, oldest pin first",
+             _obj({"conversation_id": ID, "message_ids": {"type": "array", "items": ID, "maxItems": MAX_PINS}},
+                  closed=True),
+             {"conversation_id": "12", "message_ids": ["99"]}),
     "slow_mode": ("(extension) The room's slow mode changed (to everyone in it)",
                   _obj({"conversation_id": ID, "seconds": {"type": "integer", "minimum": 0}}, closed=True),
                   {"conversation_id": "12", "seconds": 30}),

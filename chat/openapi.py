@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chat.moderation import MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES, MIN_TIMEOUT_MINUTES
+from chat.moderation import MAX_PINS, MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES, MIN_TIMEOUT_MINUTES
 from chat.reactions import DEFAULT_REACTORS, MAX_EMOJI_CHARS, MAX_PER_MESSAGE, MAX_REACTORS
 from chat.schemas import EXTERNAL_ID_RE, MAX_PAGE
 
@@ -101,7 +101,8 @@ SCHEMAS: dict[str, Any] = {
         "id": STRING, "creator_id": STRING,
         "actor_id": {"type": ["string", "null"], "description": "who acted; null for the backend (server API)"},
         "action": {"type": "string", "enum": ["moderator_added", "moderator_removed", "timeout", "timeout_lifted",
-                                              "block", "unblock", "message_deleted", "slow_mode"]},
+                                              "block", "unblock", "message_deleted", "slow_mode", "message_pinned",
+                                              "message_unpinned"]},
         "target_id": NULLABLE_STRING, "message_id": NULLABLE_STRING,
         "conversation_id": {"type": ["string", "null"], "description": "slow_mode: the room"},
         "seconds": {"type": ["integer", "null"], "description": "slow_mode: the interval (0: off)"},
@@ -386,6 +387,17 @@ def build() -> dict[str, Any]:
             body=_obj({"seconds": {"type": "integer", "minimum": 0, "maximum": MAX_SLOW_MODE_S}, "reason": REASON},
                       ["seconds"]),
             body_example={"seconds": 30}, tags=["server"])},
+        "/api/v1/server/messages/{message_id}/pin": {
+            method: _op(
+                f"{verb} a room message (at most {MAX_PINS} per room; everyone in the room gets `pins`)", "apiKey",
+                {**_ok(200, "the room's pinned message ids, oldest pin first",
+                       _obj({"conversation_id": STRING, "message_ids": {"type": "array", "items": STRING,
+                                                                        "maxItems": MAX_PINS}}),
+                       {"conversation_id": "12", "message_ids": ["99"]}),
+                 **_errors(*READ_ERRORS, 409)},
+                params=[_path_param("message_id", {"type": "string", "description": "a message id (digits)"})],
+                tags=["server"])
+            for method, verb in (("put", "Pin"), ("delete", "Unpin"))},
         "/api/v1/server/notifications": {"post": _op(
             "Store notifications for users (or a channel's audience), deliver them live and push", "apiKey",
             {**_ok(202, "the stored notifications' ids (the original ones for a repeated idempotency_key)",

@@ -300,6 +300,10 @@ async def test_real_traffic_matches_the_document(shared_mysql_cluster: Cluster, 
         slowed = await a.call("send", {"conversation_id": room, "body": "slower", "client_msg_id": "m-5"})
         assert slowed["error"]["code"] == "rate_limited" and slowed["error"]["retry_after"] > 0
         assert (await b.call("slow_mode", {"conversation_id": room, "seconds": 0}))["ok"]
+        pinned = (await b.call("send", {"conversation_id": room, "body": "pin me", "client_msg_id": "c-pin"}))["message"]
+        assert (await b.call("pin", {"message_id": pinned["id"], "on": True}))["ok"]
+        await a.wait_for("pins", lambda e: e["message_ids"] == [pinned["id"]])
+        assert (await a.call("join", {"conversation_id": room}))["pinned"][0]["id"] == pinned["id"]
         assert (await b.call("block", {"creator_id": cre, "user_id": pat, "on": True, "reason": "test"}))["ok"]
         await a.wait_for("access_revoked", lambda r: r["conversation_id"] == room)
         await a.wait_for("moderation", lambda e: e["action"] == "block")

@@ -43,6 +43,7 @@ FIELDS: dict[str, list[str]] = {
     "block": ["creator_id", "user_id", "on", "reason"],
     "moderation_log": ["creator_id", "before_id", "limit"],
     "slow_mode": ["conversation_id", "seconds", "reason"],
+    "pin": ["message_id", "on"],
     "no_such_event": ["conversation_id"],
 }
 PER_EVENT = -(-TOTAL_EXAMPLES // len(FIELDS))
