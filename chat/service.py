@@ -205,6 +205,8 @@ class ChatService:
         self._slow_modes: dict[int, int] = {}
         self._moderators: dict[tuple[str, str], bool] = {}
         self._pins: dict[int, list[int]] = {}  # room -> pinned message ids, kept by `pins` control messages
+        # Reads in flight, shared by the concurrent joins of a room (a join storm reads once).
+        self._in_flight: dict[tuple[str, int, str], asyncio.Future[Any]] = {}
         delivery.set_control_handler(self._on_control)
 
     # ============================================================ access rules
@@ -392,7 +394,7 @@ class ChatService:
             # Where the others have read to, for "seen" receipts before any live `read` event.
             "read_positions": positions,
             "slow_mode_s": await self._slow_mode_of(conversation_id) if conv.kind == "room" else 0,
-            "pinned": await self._pinned_wires(conversation_id, user.user_id) if conv.kind == "room" else [],
+            "pinned": await self._pinned_wires(conversation_id) if conv.kind == "room" else [],
         }
 
     async def _join_page(self, conversation_id: int, since_seq: int | None, last_seq: int, user_id: str,
@@ -641,32 +643,53 @@ class ChatService:
     async def _slow_mode_of(self, conversation_id: int) -> int:
         seconds = self._slow_modes.get(conversation_id)
         if seconds is None:
-            epoch = self._control_epoch
-            async with self.engine.connect() as conn:
-                seconds = await moderation.get_slow_mode(conn, conversation_id)
-            if epoch == self._control_epoch:
-                if len(self._slow_modes) >= CONVERSATION_CACHE_SIZE:
-                    self._slow_modes.clear()
-                self._slow_modes[conversation_id] = seconds
+            seconds = (await self._load_room_moderation(conversation_id))[0]
         return seconds
 
-    async def _pinned_wires(self, conversation_id: int, reader_id: str) -> list[dict[str, Any]]:
-        """The join answer's `pinned`: the room's pinned messages (not deleted ones), as the reader
-        sees them. Which ones is kept per process; a room with pins costs one read per join."""
-        ids = self._pins.get(conversation_id)
-        if ids is None:
+    async def _once(self, key: tuple[str, int, str], read: Callable[[], Awaitable[Any]]) -> Any:
+        """`read()`, or the result of the same read already in flight."""
+        fut = self._in_flight.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(read())
+            self._in_flight[key] = fut
+            fut.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        return await asyncio.shield(fut)
+
+    async def _load_room_moderation(self, conversation_id: int) -> tuple[int, list[int]]:
+        """A room's slow mode and pinned ids, read once (cached until a control message changes them)."""
+        async def read() -> tuple[int, list[int]]:
             epoch = self._control_epoch
-            async with self.engine.connect() as conn:
+            async with self.read_engine.connect() as conn:
+                seconds = await moderation.get_slow_mode(conn, conversation_id)
                 ids = await moderation.pinned_ids(conn, conversation_id)
             if epoch == self._control_epoch:
-                if len(self._pins) >= CONVERSATION_CACHE_SIZE:
+                if len(self._slow_modes) >= CONVERSATION_CACHE_SIZE or len(self._pins) >= CONVERSATION_CACHE_SIZE:
+                    self._slow_modes.clear()
                     self._pins.clear()
+                self._slow_modes[conversation_id] = seconds
                 self._pins[conversation_id] = ids
+            return seconds, ids
+
+        result: tuple[int, list[int]] = await self._once(("room", conversation_id, ""), read)
+        return result
+
+    async def _pinned_wires(self, conversation_id: int) -> list[dict[str, Any]]:
+        """The join answer's `pinned`: the room's pinned messages (not deleted ones), without
+        `reactions` (alike for every reader). Which ones is kept per process; a room with pins costs
+        one read per join, shared by the joins in flight (a join storm reads once)."""
+        ids = self._pins.get(conversation_id)
+        if ids is None:
+            ids = (await self._load_room_moderation(conversation_id))[1]
         if not ids:
             return []
-        async with self.sessions() as session:
-            found = [await storage.get_message(session, i) for i in ids]
-            return await self._messages_wire(session, [m for m in found if m is not None and not m.deleted], reader_id)
+
+        async def read() -> list[dict[str, Any]]:
+            async with self.sessions() as session:
+                found = [await storage.get_message(session, i) for i in ids]
+                return await self._messages_wire(session, [m for m in found if m is not None and not m.deleted])
+
+        wires: list[dict[str, Any]] = await self._once(("pins", conversation_id, ""), read)
+        return wires
 
     async def pin_message(self, actor_id: str | None, message_id: int, on: bool) -> dict[str, Any]:
         """Pin (`on`) or unpin a room message: its creator, their moderators or the backend (None);
