@@ -13,7 +13,7 @@ of them at once, spread round-robin over `--conversations` rooms. Scenarios: 500
 Reports msgs/s (messages acked / wall time of the sending phase) and the p50/p99 of the send
 latency (call to ack), then checks what was stored: every conversation's seqs are exactly
 1..n, every (sender, client_msg_id) is stored once, every ack carried its stored seq, and the
-messages reached `Delivery.to_conversation` in seq order per conversation.
+messages reached `Delivery.to_conversations` in seq order per conversation.
 
 Runs against whatever `chat` package is first on sys.path: `BACKSTAGE_ROOT=/path/to/checkout`
 measures another checkout (e.g. main before the change) with this same script.
@@ -58,6 +58,14 @@ class RecordingDelivery:
     async def to_conversation(self, conversation_id: Any, event: str, data: Any, skip_sid: str | None = None) -> None:
         if event == "message":
             self.messages[int(conversation_id)].append(int(data["seq"]))
+
+    def to_conversations(self, event: str, items: list[tuple[Any, Any]]) -> Any:
+        for conversation_id, data in items:
+            if event == "message":
+                self.messages[int(conversation_id)].append(int(data["seq"]))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     async def to_user(self, *a: Any, **k: Any) -> None: ...
     async def to_channel(self, *a: Any, **k: Any) -> None: ...

@@ -20,6 +20,7 @@ gets a `resync {conversation_id, last_seq}` event on this process only, and clie
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -127,6 +128,26 @@ class Delivery:
         self._fanout.deliver("/", room, Broadcast(encoded), skip_sid)
         if self._relay is not None:
             await self._relay.publish_room(room, encoded, skip_sid)
+
+    def to_conversations(self, event: str, items: list[tuple[int | str, Any]]) -> Awaitable[None]:
+        """`to_conversation(cid, event, data)` for each (cid, data), in this order, handed over
+        at once: every local socket is written before this returns (no await), and the relay
+        has them queued, behind anything queued before. The awaitable completes once they were
+        published to Redis (one round trip for all of them)."""
+        published: list[tuple[str, Payload | list[Payload], str | None]] = []
+        recent = event in RECENT_EVENTS
+        for conversation_id, data in items:
+            room = keys.conversation_room(str(conversation_id))
+            encoded = self._fanout.encode_packet(event, data)
+            if recent:
+                self.recent.on_event(int(conversation_id), event, data)
+            self._fanout.deliver("/", room, Broadcast(encoded))
+            published.append((room, encoded, None))
+        if self._relay is not None and published:
+            return self._relay.queue_rooms(published)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     async def to_user(self, user_id: str, event: str, data: Any) -> None:
         await self._to_room(keys.channel_room(keys.user_channel(user_id)), event, data)

@@ -130,17 +130,21 @@ class Outbox:
     of writes without a return to the event loop gives the transport no chance to drain and
     must not count as a stalled client."""
 
-    __slots__ = ("_transport", "_ws", "_limits", "_on_overflow", "_stalled_since", "_last_size", "closed")
+    __slots__ = ("_transport", "_ws", "_limits", "_on_overflow", "_stalled_since", "_last_size", "closed",
+                 "_backlog")
 
     def __init__(self, transport: asyncio.Transport, ws: WebSocketResponse, limits: FanoutLimits,
-                 on_overflow: Callable[[str], None]) -> None:
+                 on_overflow: Callable[[str], None], backlog: set[Outbox] | None = None) -> None:
         self._transport = transport
         self._ws = ws
         self._limits = limits
         self._on_overflow = on_overflow
-        self._stalled_since = time.monotonic()
+        self._stalled_since = 0.0
         self._last_size = 0
         self.closed = False
+        # The outboxes with unsent bytes, shared by the server: the sweeper checks only those
+        # (a socket whose transport took everything cannot be stalled).
+        self._backlog = backlog if backlog is not None else set()
 
     def write(self, data: bytes) -> None:
         if self.closed:
@@ -150,19 +154,27 @@ class Outbox:
             self.closed = True  # a close frame went out, or the connection is gone
             return
         transport.write(data)
-        if transport.get_write_buffer_size() > self._limits.max_buffer_bytes:
+        size = transport.get_write_buffer_size()
+        if size > self._limits.max_buffer_bytes:
             self.abort("bytes")
+        elif size and self not in self._backlog:
+            self._stalled_since = time.monotonic()  # unsent bytes from now on
+            self._last_size = size
+            self._backlog.add(self)
 
-    def check_stall(self, now: float) -> None:
-        """Called periodically: abort if unsent bytes have not shrunk for `stall_s`."""
+    def check_stall(self, now: float) -> bool:
+        """Called periodically: abort if unsent bytes have not shrunk for `stall_s`. Returns
+        whether the outbox still has unsent bytes to watch."""
         if self.closed:
-            return
+            return False
         size = self._transport.get_write_buffer_size()
         if not size or size < self._last_size:
             self._stalled_since = now
         self._last_size = size
         if size and now - self._stalled_since > self._limits.stall_s:
             self.abort("stall")
+            return False
+        return bool(size)
 
     def finish(self) -> None:
         """Close the connection once what is buffered has been sent."""
@@ -280,7 +292,7 @@ class FanoutSocket(AsyncSocket):  # type: ignore[misc]
         transport = ws.request.transport
         if transport is None:
             raise OSError("connection lost during the websocket handshake")
-        outbox = Outbox(transport, ws._sock, self.server.fanout_limits, self._on_overflow)
+        outbox = Outbox(transport, ws._sock, self.server.fanout_limits, self._on_overflow, self.server.backlog)
         while True:
             try:
                 pkt = self.queue.get_nowait()
@@ -375,6 +387,7 @@ class FanoutEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.fanout_limits = fanout_limits or FanoutLimits()
         self._sweeper: asyncio.Task[None] | None = None
+        self.backlog: set[Outbox] = set()  # websocket outboxes with unsent bytes
 
     def start_sweeper(self) -> None:
         """One task for all sockets (not one per socket) that aborts stalled websockets."""
@@ -386,10 +399,9 @@ class FanoutEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            for socket in list(self.sockets.values()):
-                outbox = getattr(socket, "outbox", None)
-                if outbox is not None:
-                    outbox.check_stall(now)
+            for outbox in list(self.backlog):
+                if not outbox.check_stall(now):
+                    self.backlog.discard(outbox)
 
     async def shutdown(self) -> None:
         if self._sweeper is not None:

@@ -141,6 +141,8 @@ class RedisRelay:
         self.deaf = False
         self._deaf_pubsub: Any = None  # failpoint only
         self._background: set[asyncio.Task[None]] = set()
+        self._outbound: list[tuple[list[tuple[str, bytes]], asyncio.Future[None]]] = []
+        self._publisher: asyncio.Task[None] | None = None
         manager.on_room_open = self._room_opened
         manager.on_room_close = self._room_closed
 
@@ -149,8 +151,34 @@ class RedisRelay:
 
     # ------------------------------------------------------------ publishing
     async def publish_room(self, room: str, encoded: Payload | list[Payload], skip_sid: str | None) -> None:
-        await self._publish(self._keys.room_relay_channel(room), orjson.dumps(
+        await self.queue_rooms([(room, encoded, skip_sid)])
+
+    def queue_rooms(self, items: list[tuple[str, Payload | list[Payload], str | None]]) -> asyncio.Future[None]:
+        """Queue room broadcasts for publishing; the future completes once they were published
+        (or given up: see `_publish_many`). Every room broadcast of this process goes through
+        this one queue, so they reach Redis in the order they were queued; what queued up while
+        a pipeline was in flight goes in the next one (one round trip for all of it). The caller
+        does not wait for Redis before its next hand-over, only for its own result."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._outbound.append(([(self._keys.room_relay_channel(room), orjson.dumps(
             {"host_id": self.host_id, "skip_sid": skip_sid, "packet": _packet_to_json(encoded)}))
+            for room, encoded, skip_sid in items], done))
+        if self._publisher is None or self._publisher.done():
+            self._publisher = loop.create_task(self._drain_outbound())
+        return done
+
+    async def _drain_outbound(self) -> None:
+        while self._outbound:
+            queued, self._outbound = self._outbound, []
+            try:
+                await self._publish_many([m for messages, _ in queued for m in messages])
+            except Exception:  # never leave a sender waiting; the clients resync by seq
+                log.exception("relay publish failed")
+            finally:
+                for _, done in queued:
+                    if not done.done():
+                        done.set_result(None)
 
     async def publish_emit(self, event: str, data: Any, room: str, skip_sid: str | None = None) -> None:
         """An emit to a room of any process, in python-socketio's pub/sub format."""
@@ -167,17 +195,21 @@ class RedisRelay:
                                self._publish_timeout_s)
 
     async def _publish(self, channel: str, payload: bytes) -> None:
+        await self._publish_many([(channel, payload)])
+
+    async def _publish_many(self, messages: list[tuple[str, bytes]]) -> None:
         # The message is committed and its sender waits for this: never long. Two attempts on a
         # connection error (a pooled connection may have gone stale), none more on a timeout
         # (a frozen Redis); then the emit is given up, and while Redis keeps failing the next
         # ones are not even tried for a moment. The sockets resync once the relay is back.
+        # Several messages go in one pipeline: one round trip, published in this order.
         loop = asyncio.get_running_loop()
         if loop.time() < self._skip_publish_until:
             self._publish_failed(None)
             return
         for attempt in (1, 2):
             try:
-                await asyncio.wait_for(self._redis.publish(channel, payload), self._publish_timeout_s)
+                await asyncio.wait_for(self._send(messages), self._publish_timeout_s)
                 break
             except TimeoutError as exc:
                 self._publish_failed(exc)
@@ -190,6 +222,15 @@ class RedisRelay:
             self._publish_failing = False
             log.warning("relay publishing works again; telling every process to resync")
             self._spawn(self._announce_resync())
+
+    async def _send(self, messages: list[tuple[str, bytes]]) -> None:
+        if len(messages) == 1:
+            await self._redis.publish(*messages[0])
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for channel, payload in messages:
+            pipe.publish(channel, payload)
+        await pipe.execute()
 
     def _publish_failed(self, exc: BaseException | None) -> None:
         RELAY_PUBLISH_FAILED.inc()
@@ -301,11 +342,15 @@ class RedisRelay:
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, self._make_deaf)
 
     async def stop(self) -> None:
-        for task in (self._canary, self._syncer, self._listener, *self._background):
+        for task in (self._canary, self._syncer, self._listener, self._publisher, *self._background):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        for _, done in self._outbound:  # not published: the clients resync by seq
+            if not done.done():
+                done.set_result(None)
+        self._outbound = []
 
     def _make_deaf(self) -> None:
         log.warning("failpoint: the relay subscription is now deaf")

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from chat import keys, moderation, reactions, schemas, storage
+from chat import keys, moderation, reactions, schemas, sendtrace, storage
 from chat.attachments import Attachments
 from chat.auth import Identity
 from chat.batch import BatchedLookup
@@ -567,7 +567,8 @@ class ChatService:
 
     async def send_message(self, user: Identity, conversation_id: int, body: str,
                            client_msg_id: str, *, sid: str | None = None,
-                           attachment_ids: Sequence[int] = ()) -> dict[str, Any]:
+                           attachment_ids: Sequence[int] = (),
+                           trace: sendtrace.Trace | None = None) -> dict[str, Any]:
         """Store a message and deliver it. Idempotent on (sender, client_msg_id); returns only
         after commit. The caller has applied the rate limit.
 
@@ -611,7 +612,7 @@ class ChatService:
             photos = (await self.attachments.for_send(user.user_id, client_msg_id, attachment_ids)
                       if attachment_ids and self.attachments is not None else ())
             stored = await self.writer.store(Outgoing(conversation_id, user.user_id, user.name or None, body,
-                                                      client_msg_id, push, photos))
+                                                      client_msg_id, push, photos), trace)
             if not stored.created:
                 return {"message": await self._retried(stored.message)}
         except sqlalchemy.exc.SQLAlchemyError as exc:
@@ -799,10 +800,10 @@ class ChatService:
             self._conversations.clear()  # refilled by the next joins and sends
         self._conversations[conv.id] = conv
 
-    async def _deliver_messages(self, messages: list[dict[str, Any]]) -> None:
-        """The writer's hand-off after each commit, in seq order per conversation."""
-        for wire in messages:
-            await self.delivery.to_conversation(int(wire["conversation_id"]), "message", wire)
+    def _deliver_messages(self, messages: list[dict[str, Any]]) -> Awaitable[None]:
+        """The writer's hand-off after each commit, in seq order per conversation: local sockets
+        written at once, the relay's publish awaitable."""
+        return self.delivery.to_conversations("message", [(int(w["conversation_id"]), w) for w in messages])
 
     async def edit_message(self, user: Identity, message_id: int, body: str) -> dict[str, Any]:
         async with self.sessions.begin() as session:

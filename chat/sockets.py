@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import socketio
 
-from chat import moderation, schemas, unavailable
+from chat import moderation, schemas, sendtrace, unavailable
 from chat.auth import Authenticator
 from chat.errors import ChatError, Forbidden, Invalid, RateLimited, TooLarge, error_wire
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
@@ -212,14 +212,21 @@ class ChatSockets:
         return await self.service.leave(sid, schemas.check_conversation_id(data))
 
     async def send(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        trace = sendtrace.Trace() if sendtrace.ENABLED else None
+        if trace is not None:
+            trace.mark("handler")
         user = self.service.socket_user(sid)
         cid = schemas.check_conversation_id(data)
         photos = schemas.check_attachment_ids(data)
         body = schemas.check_body(data, self.service.settings.max_body_chars, allow_empty=bool(photos))
         client_msg_id = schemas.check_client_msg_id(data)
         self.service.check_socket_rate(sid)
-        result = await self.service.send_message(user, cid, body, client_msg_id, sid=sid, attachment_ids=photos)
+        result = await self.service.send_message(user, cid, body, client_msg_id, sid=sid, attachment_ids=photos,
+                                                 trace=trace)
         await self.service.sent_from_socket(sid, cid)
+        if trace is not None:
+            trace.mark("acked")
+            sendtrace.finish(trace)
         return result
 
     async def edit(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -511,6 +511,74 @@ async def insert_messages(conn: AsyncConnection, rows: list[dict[str, Any]]) -> 
     c = _messages.c
     result = await conn.execute(sa.insert(_messages).returning(c.id, c.conversation_id, c.seq), rows)
     return {(int(cid), int(seq)): int(mid) for mid, cid, seq in result.all()}
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message for `store_new_messages`: its seq is `back` below its conversation's new last_seq."""
+
+    conversation_id: int
+    back: int
+    sender_id: str
+    body: str
+    client_msg_id: str
+
+
+async def store_new_messages(conn: AsyncConnection, counts: dict[int, int], messages: Sequence[NewMessage],
+                             positions: dict[tuple[str, int], int], now: datetime) -> dict[tuple[str, str], tuple[int, int]]:
+    """MariaDB, in ONE round trip (one multi-statement query): `take_seq_ranges` (counts),
+    `insert_messages` and `move_read_positions` (positions: (user_id, conversation_id) -> back)
+    for messages assumed new, their seqs computed by the server from the updated last_seq.
+    Returns (id, seq) by (sender_id, client_msg_id).
+
+    The same statements as the three functions, in the same order, so the same locks in the
+    same order. A (sender_id, client_msg_id) already stored (a retry: nothing looked for it) or a
+    missing conversation (seq NULL) makes the INSERT fail with IntegrityError: the caller rolls
+    back and writes the batch the careful way. Parameters are escaped by the driver, as for
+    every statement (aiomysql always speaks the multi-statement protocol)."""
+    # Only placeholders are joined into the text (hence the noqa: S608); every value is a parameter.
+    ids = sorted(counts)
+    at = now.astimezone(UTC).replace(tzinfo=None)
+    last = "(SELECT last_seq FROM conversations WHERE id = %s) - %s"
+    params: list[Any] = []
+    cases = " ".join("WHEN %s THEN %s" for _ in ids)
+    for cid in ids:
+        params += (cid, counts[cid])
+    params.append(at)
+    params += ids
+    sql = [f"UPDATE conversations SET last_seq = last_seq + CASE id {cases} END, last_activity_at = %s "  # noqa: S608
+           f"WHERE id IN ({', '.join('%s' for _ in ids)})"]
+    values = ", ".join(f"(%s, {last}, %s, %s, %s, %s, NULL, 0)" for _ in messages)
+    for m in messages:
+        params += (m.conversation_id, m.conversation_id, m.back, m.sender_id, m.body, m.client_msg_id, at)
+    sql.append("INSERT INTO messages (conversation_id, seq, sender_id, body, client_msg_id, created_at, edited_at, "  # noqa: S608
+               f"deleted) VALUES {values} RETURNING id, seq, sender_id, client_msg_id")
+    if positions:
+        keys = sorted(positions)
+        sql.append("INSERT INTO conversation_states (user_id, conversation_id, last_read_seq, muted) VALUES "  # noqa: S608
+                   + ", ".join(f"(%s, %s, {last}, 0)" for _ in keys)
+                   + " ON DUPLICATE KEY UPDATE last_read_seq = GREATEST(last_read_seq, VALUES(last_read_seq))")
+        for uid, cid in keys:
+            params += (uid, cid, cid, positions[(uid, cid)])
+    statement = ";\n".join(sql)
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    try:
+        async with driver.cursor() as cursor:
+            await cursor.execute(statement, params)
+            await cursor.nextset()
+            rows = await cursor.fetchall()
+            while await cursor.nextset():
+                pass
+    except conn.dialect.loaded_dbapi.Error as exc:
+        # What SQLAlchemy does for its own statements: its exception classes, and a dead
+        # connection invalidated (so `retrying` runs the transaction again on a fresh one).
+        invalidated = bool(conn.dialect.is_disconnect(exc, raw.dbapi_connection, None))
+        if invalidated:
+            await conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(statement, params, exc, conn.dialect.loaded_dbapi.Error,
+                                         connection_invalidated=invalidated) from exc
+    return {(sender, cmid): (int(mid), int(seq)) for mid, seq, sender, cmid in rows}
 
 
 def _read_positions_upsert(dialect: str) -> Any:

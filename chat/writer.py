@@ -14,13 +14,20 @@ conversations it spans, the transaction is a fixed handful of statements:
 5. the push hook, once, with every push job of the batch;
 6. COMMIT.
 
+On MariaDB, steps 2-4 first go to the server as ONE multi-statement query
+(`storage.store_new_messages`: the seqs are computed by the server from the updated last_seq)
+and step 1 is skipped, so a batch costs two round trips (that query, COMMIT) instead of six. A
+batch with a retry of a stored message in it (or a send to a missing conversation) then fails
+its INSERT with IntegrityError and is written again the careful way, statement by statement.
+
 There is no timer: the first send at rest is written at once, and the ones that arrive while
 transactions are in flight form the next batch (natural batching), at most `max_batch` at a
 time. Up to `max_in_flight` (2) transactions run at once, so one batch's round trips and
 fsync overlap the next one's preparation; they take their seq ranges (the conversation row
 locks) one after the other, in the order their deliveries are queued. After each commit the
-batch's new messages are handed to `deliver` in seq order (per process, batches are delivered
-one after the other, in that order), and only then do the senders get their results.
+batch's new messages are handed to `deliver` in seq order (per process, batches are handed over
+one after the other, in that order: local sockets written, relay publish queued), and once they
+were relayed the senders get their results; the next batch's hand-over does not wait for that.
 
 A duplicate client_msg_id inside a batch or against the database does not fail the others:
 the first one in the batch is stored, the others answer as retries of it. A racing insert of
@@ -33,10 +40,12 @@ database failure fails every send of the batch with that exception; nothing was 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -44,7 +53,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from chat import storage
+from chat import sendtrace, storage
 from chat.attachments import claim as claim_attachments
 from chat.attachments import photo_text
 from chat.db import retrying, utcnow
@@ -64,7 +73,9 @@ IN_WRITER = Gauge("backstage_sends_in_writer", "Sends handed to the message writ
 # {"conversation_id": int, "message_id": int, "sender_id": str,
 #  "payload": {"title", "body", "data", "collapse_key", "high_priority"}}
 PushEnqueueJobs = Callable[[AsyncConnection, list[dict[str, Any]]], Awaitable[int]]
-# deliver(messages): the wire forms of newly stored messages, in seq order per conversation
+# deliver(messages): the wire forms of newly stored messages, in seq order per conversation. Called
+# as a plain function, it hands them over at once (this process's sockets written, the relay's
+# publish queued) and returns an awaitable that completes once they were relayed.
 Deliver = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
@@ -99,6 +110,7 @@ class _Item:
     future: asyncio.Future[Stored]
     outcome: Stored | BaseException | None = None
     name: str = ""
+    trace: sendtrace.Trace | None = None
 
 
 @dataclass
@@ -114,8 +126,13 @@ class MessageWriter:
     def __init__(self, engine: AsyncEngine, deliver: Deliver, *,
                  push_enqueue_jobs: PushEnqueueJobs | None = None,
                  push_wake: Callable[[], Awaitable[None]] | None = None,
-                 max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+                 max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT,
+                 at_once: bool | None = None) -> None:
         self._engine = engine
+        # MariaDB: a batch is first written in one round trip (storage.store_new_messages),
+        # assuming no retries; SQLite (in process, no round trips to save) statement by statement.
+        self._at_once = engine.dialect.name in ("mysql", "mariadb") if at_once is None else at_once
+        self.fallbacks = 0  # batches written again the careful way (retries, races, tests read it)
         self._deliver = deliver
         self._push_enqueue_jobs = push_enqueue_jobs
         self._push_wake = push_wake
@@ -129,12 +146,15 @@ class MessageWriter:
         # following batches' transactions.
         self._seq_turn = asyncio.Lock()
         self._delivering: asyncio.Task[None] | None = None
+        self._finishing: set[asyncio.Task[None]] = set()  # batches handed over, waiting for the relay
         self.batches = 0  # transactions committed (tests and the bench read it)
 
-    async def store(self, msg: Outgoing) -> Stored:
+    async def store(self, msg: Outgoing, trace: sendtrace.Trace | None = None) -> Stored:
         """Store one message with whatever else is pending; raises Conflict, NotFound, or the
         SQLAlchemyError that failed its transaction (then nothing of it was stored)."""
-        item = _Item(msg, asyncio.get_running_loop().create_future())
+        item = _Item(msg, asyncio.get_running_loop().create_future(), trace=trace)
+        if trace is not None:
+            trace.mark("queued")
         IN_WRITER.inc()
         item.future.add_done_callback(lambda _: IN_WRITER.dec())
         self._pending.append(item)
@@ -149,6 +169,7 @@ class MessageWriter:
             await asyncio.sleep(0)
         if self._delivering is not None:
             await asyncio.gather(self._delivering, return_exceptions=True)
+        await asyncio.gather(*self._finishing, return_exceptions=True)
 
     # ------------------------------------------------------------ batching
 
@@ -186,14 +207,20 @@ class MessageWriter:
                 self._schedule_kick()
 
     async def _write(self, batch: list[_Item]) -> None:
-        try:
-            done = await retrying(lambda: self._transaction(batch))
-        except sa.exc.IntegrityError:
-            # Another process committed one of these (sender, client_msg_id) after our SELECT.
-            # Once more: the SELECT now sees it. Should that fail too, one message at a time.
+        # Written at once (MariaDB), an IntegrityError means a retry of a stored message (nothing
+        # looked for it) or a missing conversation: then carefully. Written carefully, it means
+        # another process committed one of these (sender, client_msg_id) after our SELECT: once
+        # more, carefully, and the SELECT sees it. Should that fail too, one message at a time.
+        attempts = (False, True, True) if self._at_once else (True, True)
+        for n, careful in enumerate(attempts):
             try:
-                done = await retrying(lambda: self._transaction(batch))
+                done = await retrying(functools.partial(self._transaction, batch, careful=careful))
+                break
             except sa.exc.IntegrityError:
+                if n == 0:
+                    self.fallbacks += 1
+                if n < len(attempts) - 1:
+                    continue
                 if len(batch) == 1:
                     self._fail(batch, sa.exc.IntegrityError("send", None, Exception("duplicate")))
                     return
@@ -203,15 +230,18 @@ class MessageWriter:
             except sa.exc.SQLAlchemyError as exc:
                 self._fail(batch, exc)
                 return
-        except sa.exc.SQLAlchemyError as exc:
-            self._fail(batch, exc)
-            return
         self.batches += 1
         BATCHES.inc()
         if done.turn is None:  # nothing new to deliver: retries, conflicts
             self._answer(batch)
         else:
             done.turn.set_result((batch, done))
+
+    @staticmethod
+    def _mark(batch: Sequence[_Item], stage: str) -> None:
+        for item in batch:
+            if item.trace is not None:
+                item.trace.mark(stage)
 
     @staticmethod
     def _reset(batch: Sequence[_Item]) -> None:
@@ -243,15 +273,35 @@ class MessageWriter:
 
     async def _deliver_in_turn(self, previous: asyncio.Task[None] | None,
                                turn: asyncio.Future[tuple[list[_Item], _Done] | None]) -> None:
+        """Hand the batch over once the previous one was handed over (not relayed: Redis round
+        trips do not hold back the next batch's local delivery), then answer its senders once
+        it was relayed."""
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
         committed = await turn
         if committed is None:
             return
         batch, done = committed
+        if sendtrace.ENABLED:
+            self._mark(batch, "turn")
+        MESSAGES_STORED.inc(len(done.created))
         try:
-            MESSAGES_STORED.inc(len(done.created))
-            await self._deliver(done.created)
+            relayed = self._deliver(done.created)
+        except Exception:  # committed all the same: the members recover it by since_seq
+            log.warning("delivery of a stored batch failed", exc_info=True)
+            self._answer(batch)
+            return
+        if sendtrace.ENABLED:
+            self._mark(batch, "local")
+        task = asyncio.ensure_future(self._answer_when_relayed(batch, done, relayed))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _answer_when_relayed(self, batch: list[_Item], done: _Done, relayed: Awaitable[None]) -> None:
+        try:
+            await relayed
+            if sendtrace.ENABLED:
+                self._mark(batch, "published")
             if done.pushes and self._push_wake is not None:
                 await self._push_wake()
         except Exception:  # committed all the same: the members recover it by since_seq
@@ -261,21 +311,28 @@ class MessageWriter:
 
     # ------------------------------------------------------------ one transaction
 
-    async def _transaction(self, batch: list[_Item]) -> _Done:
+    async def _transaction(self, batch: list[_Item], careful: bool = True) -> _Done:
         done = _Done()
         try:
             async with self._engine.begin() as conn:
-                await self._statements(conn, batch, done)
+                if sendtrace.ENABLED:
+                    self._mark(batch, "begun")
+                await self._statements(conn, batch, done, careful)
+                if sendtrace.ENABLED:
+                    self._mark(batch, "statements")
+            if sendtrace.ENABLED:
+                self._mark(batch, "committed")
         except BaseException:
             if done.turn is not None:
                 done.turn.set_result(None)  # not committed: the next in line need not wait for it
             raise
         return done
 
-    async def _statements(self, conn: AsyncConnection, batch: list[_Item], done: _Done) -> None:
+    async def _statements(self, conn: AsyncConnection, batch: list[_Item], done: _Done, careful: bool) -> None:
         now = utcnow()
         self._reset(batch)
-        existing = await storage.find_sent(conn, [(i.msg.sender_id, i.msg.client_msg_id) for i in batch])
+        existing = (await storage.find_sent(conn, [(i.msg.sender_id, i.msg.client_msg_id) for i in batch])
+                    if careful else {})
         names = await self._names(conn, batch)
         first: dict[tuple[str, str], _Item] = {}
         new: list[_Item] = []
@@ -300,15 +357,54 @@ class MessageWriter:
                 item.outcome = Invalid("an attachment is already used by another message")
                 new.remove(item)
         counts = Counter(i.msg.conversation_id for i in new)
-        if counts:
-            # The transactions of this process get their seq ranges (their rows' locks) one
-            # after the other, in the order their deliveries are queued: each process hands
-            # a conversation's messages to delivery in seq order.
-            async with self._seq_turn:
-                lasts = await storage.take_seq_ranges(conn, counts, now)
-                done.turn = self._take_turn()
-        else:
-            lasts = {}
+        if counts and careful:
+            await self._store_careful(conn, new, counts, done, now)
+        elif counts:
+            await self._store_at_once(conn, new, counts, done, now)
+        self._repeats(batch, first)
+
+    async def _store_at_once(self, conn: AsyncConnection, new: list[_Item], counts: Counter[int], done: _Done,
+                             now: datetime) -> None:
+        """MariaDB, no retries looked for: seq ranges, INSERT and read positions in one round trip."""
+        left = dict(counts)
+        plan: list[storage.NewMessage] = []
+        positions: dict[tuple[str, int], int] = {}
+        for item in new:
+            m = item.msg
+            left[m.conversation_id] -= 1
+            back = left[m.conversation_id]
+            plan.append(storage.NewMessage(m.conversation_id, back, m.sender_id, m.body, m.client_msg_id))
+            positions[(m.sender_id, m.conversation_id)] = back  # the sender's last in the batch
+        async with self._seq_turn:
+            stored = await storage.store_new_messages(conn, counts, plan, positions, now)
+            done.turn = self._take_turn()
+        jobs: list[dict[str, Any]] = []
+        for item in new:
+            m = item.msg
+            mid, seq = stored[(m.sender_id, m.client_msg_id)]
+            self._stored(item, mid, seq, now, done, jobs)
+        if jobs and self._push_enqueue_jobs is not None:
+            done.pushes = await self._push_enqueue_jobs(conn, jobs)
+
+    def _stored(self, item: _Item, mid: int, seq: int, now: datetime, done: _Done,
+                jobs: list[dict[str, Any]]) -> None:
+        m = item.msg
+        wire = message_wire_columns(mid, m.conversation_id, seq, m.sender_id, item.name,
+                                    m.body, m.client_msg_id, now, None, False, list(m.attachments))
+        item.outcome = Stored(wire, True)
+        done.created.append(wire)
+        if m.push is not None:
+            jobs.append(self._push_job(m, item.name, wire))
+
+    async def _store_careful(self, conn: AsyncConnection, new: list[_Item], counts: Counter[int], done: _Done,
+                             now: datetime) -> None:
+        """Statement by statement (SQLite; MariaDB after a failed attempt at once)."""
+        # The transactions of this process get their seq ranges (their rows' locks) one after
+        # the other, in the order their deliveries are queued: each process hands a
+        # conversation's messages to delivery in seq order.
+        async with self._seq_turn:
+            lasts = await storage.take_seq_ranges(conn, counts, now)
+            done.turn = self._take_turn()
         next_seq = {cid: last - counts[cid] + 1 for cid, last in lasts.items()}
         rows: list[dict[str, Any]] = []
         stored: list[tuple[_Item, int]] = []
@@ -329,18 +425,14 @@ class MessageWriter:
         jobs: list[dict[str, Any]] = []
         for item, seq in stored:
             m = item.msg
-            wire = message_wire_columns(ids[(m.conversation_id, seq)], m.conversation_id, seq, m.sender_id, item.name,
-                                m.body, m.client_msg_id, now, None, False, list(m.attachments))
-            item.outcome = Stored(wire, True)
-            done.created.append(wire)
+            self._stored(item, ids[(m.conversation_id, seq)], seq, now, done, jobs)
             position = (m.sender_id, m.conversation_id)
             positions[position] = max(positions.get(position, 0), seq)
-            if m.push is not None:
-                jobs.append(self._push_job(m, item.name, wire))
         await storage.move_read_positions(conn, positions)
         if jobs and self._push_enqueue_jobs is not None:
             done.pushes = await self._push_enqueue_jobs(conn, jobs)
 
+    def _repeats(self, batch: list[_Item], first: dict[tuple[str, str], _Item]) -> None:
         for item in batch:  # the repeats of a client_msg_id inside this batch
             if item.outcome is None:
                 leader = first[(item.msg.sender_id, item.msg.client_msg_id)]

@@ -63,8 +63,27 @@ class MySQLDatabases:
             conn.close()
 
 
+MIN_MYSQL_CONNECTIONS = 1000
+
+
+def _ensure_connection_headroom() -> None:
+    """The suite runs in parallel workers (make test), each with its own server processes and
+    their pools: MariaDB's default max_connections (151) runs out ("Too many connections").
+    Raised for the running server only (SET GLOBAL, not its configuration files)."""
+    conn = _admin_connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@global.max_connections")
+            (current,) = cur.fetchone()  # type: ignore[misc]
+            if int(current) < MIN_MYSQL_CONNECTIONS:
+                cur.execute(f"SET GLOBAL max_connections = {MIN_MYSQL_CONNECTIONS}")
+    finally:
+        conn.close()
+
+
 @pytest.fixture(scope="session")
 def mysql_databases() -> Iterator[MySQLDatabases]:
+    _ensure_connection_headroom()
     dbs = MySQLDatabases()
     yield dbs
     dbs.drop_all()

@@ -381,3 +381,82 @@ async def test_sends_right_after_every_pooled_connection_died(mysql_databases: A
         api.close()
         proxy.stop()
         await asyncio.to_thread(server.stop)
+
+
+# ---------------------------------------------------------------- MariaDB: one round trip, or statement by statement
+
+
+async def _one_batch(url: str, at_once: bool) -> tuple[list[Any], list[tuple[Any, ...]], dict[str, int], int, list[int]]:
+    """One batch through the writer in process: new messages to two rooms, a retry of a stored
+    message, a conflicting reuse, a repeat inside the batch, a send to a missing conversation."""
+    from chat import migrate
+    from chat.db import create_engine, utcnow
+    from chat.writer import MessageWriter, Outgoing
+
+    engine = create_engine(url)
+    try:
+        await migrate.upgrade(engine)
+        now = utcnow()
+        md = sa.MetaData()
+        async with engine.begin() as conn:
+            await conn.run_sync(md.reflect, only=["users", "conversations"])
+            await conn.execute(sa.insert(md.tables["users"]), [
+                {"id": u, "name": u.upper(), "created_at": now, "updated_at": now} for u in ("cre", "u1", "u2")])
+            await conn.execute(sa.insert(md.tables["conversations"]), [
+                {"kind": "room", "creator_id": "cre", "name": n, "min_tier_cents": 0, "post_policy": "everyone",
+                 "last_seq": 0, "last_activity_at": now, "created_at": now} for n in ("A", "B")])
+        delivered: list[int] = []
+
+        def deliver(messages: list[dict[str, Any]]) -> asyncio.Future[None]:
+            delivered.extend(int(m["seq"]) * (1 if m["conversation_id"] == "1" else -1) for m in messages)
+            relayed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            relayed.set_result(None)
+            return relayed
+
+        writer = MessageWriter(engine, deliver, max_in_flight=1, at_once=at_once)
+        earlier = await writer.store(Outgoing(1, "u1", "U1", "earlier", "old"))
+        outcomes = await asyncio.gather(*(writer.store(o) for o in [
+            Outgoing(1, "u1", "U1", "a1", "a1"), Outgoing(1, "u2", "U2", "a2", "a2"),
+            Outgoing(2, "u1", "U1", "b1", "b1"), Outgoing(1, "u1", "U1", "a3", "a3"),
+            Outgoing(1, "u2", "U2", "a2", "a2"),  # a repeat inside the batch
+            Outgoing(1, "u2", "U2", "other", "a1"),  # not a repeat: another sender
+        ]), return_exceptions=True)
+        plain = writer.fallbacks
+        more = await asyncio.gather(*(writer.store(o) for o in [
+            Outgoing(1, "u1", "U1", "earlier", "old"),  # a retry of the stored one
+            Outgoing(1, "u1", "U1", "not earlier", "old"),  # a conflicting reuse
+            Outgoing(99, "u1", "U1", "nowhere", "x"),  # no such conversation
+        ]), return_exceptions=True)
+        retried = writer.fallbacks - plain
+        await writer.store(Outgoing(2, "u2", "U2", "b2", "b2"))
+        assert writer.fallbacks == plain + retried  # nothing to look for: written the first way
+        await writer.close()
+        answers = [earlier.message["seq"], *[repr(o) if isinstance(o, BaseException) else (o.message["seq"], o.created)
+                                             for o in [*outcomes, *more]]]
+        async with engine.connect() as conn:
+            rows = [tuple(r) for r in (await conn.execute(sa.text(
+                "SELECT conversation_id, seq, sender_id, body, client_msg_id FROM messages ORDER BY conversation_id, seq")))]
+            positions = {f"{u}/{c}": int(s) for u, c, s in await conn.execute(sa.text(
+                "SELECT user_id, conversation_id, last_read_seq FROM conversation_states"))}
+            lasts = [int(x) for x in (await conn.execute(sa.text("SELECT last_seq FROM conversations ORDER BY id"))).scalars()]
+        return answers, rows, positions, retried, [*lasts, *delivered]
+    finally:
+        await engine.dispose()
+
+
+async def test_at_once_and_statement_by_statement_store_the_same_mariadb(mysql_databases: Any) -> None:
+    """MariaDB writes a batch in one round trip, assuming nothing in it is a retry; a retry, a
+    conflicting reuse or a missing conversation makes it fall back to the careful statements.
+    Both ways give the same answers, rows, seqs, read positions and delivery order."""
+    results = [await _one_batch(mysql_databases.new(), at_once) for at_once in (True, False)]
+    (answers, rows, positions, retried, tail), careful = results
+    assert retried == 1 and careful[3] == 0, (retried, careful[3])
+    assert answers[:8] == [1, (2, True), (3, True), (1, True), (4, True), (3, False), (5, True), (1, False)], answers
+    assert answers[8].startswith("Conflict(") and answers[9].startswith("NotFound("), answers
+    assert [r[:3] for r in rows] == [(1, 1, "u1"), (1, 2, "u1"), (1, 3, "u2"), (1, 4, "u1"), (1, 5, "u2"),
+                                     (2, 1, "u1"), (2, 2, "u2")], rows
+    assert positions == {"u1/1": 4, "u2/1": 5, "u1/2": 1, "u2/2": 2}, positions
+    assert tail == [5, 2, 1, 2, 3, -1, 4, 5, -2], tail  # last_seq of A and B, then deliveries in seq order
+    for i in range(3):
+        assert careful[i] == results[0][i], (i, careful[i], results[0][i])
+    assert careful[4] == tail
