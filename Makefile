@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TEST_WORKERS ?= 3
 
-.PHONY: run test lint bench bench-fast bench-quick bench-plot bench-profile bench-push bench-store install browser clean
+.PHONY: run test test-long lint bench bench-fast bench-quick bench-plot bench-profile bench-push bench-store install browser clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,13 @@ run: install
 test: install browser
 	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=15
 
+# The long runs (docs/reliability.md, "Long runs"): a soak of SOAK_SECONDS (default 1800) and a
+# reconnect storm of STORM_CLIENTS (default 1000). Not part of `make test`; figures in long-results/.
+test-long: install
+	$(PY) -m pytest -q -p no:cacheprovider -s tests/long
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check chat notifications tests bench run_server.py publisher
+	$(VENV)/bin/ruff check chat notifications webhooks tests bench run_server.py publisher
 	$(VENV)/bin/mypy
 
 # Backstage next to the reference Socket.IO peers (docs/performance.md). Needs ../shared/bench

@@ -36,6 +36,7 @@ from chat.slowmode import SlowModeGate
 from chat.socketlimit import socket_limiter
 from chat.sockets import ChatSockets
 from notifications import http as notifications_http
+from webhooks import http as webhooks_http
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(close_sockets)
     http_api.add_routes(app)
     notifications_http.add_routes(app)
+    webhooks_http.add_routes(app)
     add_operation_routes(app)
     add_page_routes(app)
     return app
@@ -216,11 +218,23 @@ async def close_sockets(app: web.Application) -> None:
     sio = app.get(SIO_KEY)
     if sio is not None:
         try:
-            if sio.eio.sockets:  # engineio's disconnect() raises ValueError on an empty set
-                await asyncio.wait_for(sio.eio.disconnect(), 10)  # no sid: every client of this process
+            await asyncio.wait_for(_close_sessions(sio.eio), 10)
             await asyncio.wait_for(sio.shutdown(), 10)
         except Exception:
             log.warning("socket shutdown incomplete", exc_info=True)
+
+
+async def _close_sessions(eio: Any) -> None:
+    """engineio's disconnect() of every session, except that a long-polling session is not
+    waited for: its CLOSE packet is queued and goes out with a GET in flight (in-flight requests
+    get aiohttp's shutdown_timeout), but a client that is not polling at this moment would hold
+    the shutdown until the timeout. Websocket sessions are waited for: their writer sends the
+    CLOSE at once."""
+    sessions = list(eio.sockets.values())
+    if sessions:
+        await asyncio.gather(*(s.close(wait=s.upgraded, reason=eio.reason.SERVER_DISCONNECT) for s in sessions),
+                             return_exceptions=True)
+    eio.sockets = {}
 
 
 class PushHooks:
@@ -248,9 +262,11 @@ class PushHooks:
 async def push_hooks(app: web.Application, settings: Settings, sessions: Any,
                      redis: aioredis.Redis | None, keys: RedisKeys) -> PushHooks:
     from notifications import wiring
+    from webhooks import wiring as webhooks_wiring
 
     hooks = PushHooks()
     await wiring.install(app, hooks, settings, sessions, redis, keys)
+    await webhooks_wiring.install(app, hooks, settings, sessions)
     return hooks
 
 

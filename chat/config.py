@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -59,7 +60,10 @@ _HINTS = {
     "PUSH_WORKER": "must be inline (pushes sent by the web process) or external "
                    "(run `python -m notifications.worker`)",
     "PUSH_WORKER_THREAD": "must be 1 or 0 (true/false, yes/no also work)",
+    "WEBHOOK_WORKER": "must be inline (webhooks sent by the web process) or external "
+                      "(run `python -m notifications.worker`)",
 }
+MIN_WEBHOOK_SECRET_CHARS = 32
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -105,6 +109,16 @@ class EnvSettings(BaseSettings):
     socket_max_buffer_bytes: PositiveInt = _env("SOCKET_MAX_BUFFER_BYTES", 1024 * 1024)
     socket_max_queued_packets: PositiveInt = _env("SOCKET_MAX_QUEUED_PACKETS", 1000)
     socket_stall_s: PositiveFloat = _env("SOCKET_STALL_S", 10.0)
+    webhook_url: str | None = _env("WEBHOOK_URL")
+    webhook_secret: SecretStr | None = _env("WEBHOOK_SECRET")
+    webhook_events: str | None = _env("WEBHOOK_EVENTS")
+    webhook_worker: Literal["inline", "external"] = _env("WEBHOOK_WORKER", "inline")
+    webhook_timeout_s: PositiveFloat = _env("WEBHOOK_TIMEOUT_S", 10.0)
+    webhook_lease_s: PositiveFloat = _env("WEBHOOK_LEASE_S", 60.0)
+    webhook_retry_base_s: PositiveFloat = _env("WEBHOOK_RETRY_BASE_S", 60.0)
+    webhook_retry_cap_s: PositiveFloat = _env("WEBHOOK_RETRY_CAP_S", 6 * 3600.0)
+    webhook_max_age_s: PositiveFloat = _env("WEBHOOK_MAX_AGE_S", 3 * 24 * 3600.0)
+    webhook_poll_s: PositiveFloat = _env("WEBHOOK_POLL_S", 1.0)
     blob_url: str | None = _env("BLOB_URL")
     max_upload_bytes: PositiveInt = _env("MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
     image_decode_concurrency: PositiveInt = _env("IMAGE_DECODE_CONCURRENCY", 2)
@@ -174,6 +188,51 @@ class EnvSettings(BaseSettings):
             raise ValueError("must be an http(s) URL, e.g. https://fcm.googleapis.com")
         return value.rstrip("/")
 
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("https", "http") or not parts.hostname:
+                raise ValueError("must be an http(s) URL of your backend's endpoint, "
+                                 "e.g. https://backend.example.com/backstage/webhooks")
+        return value
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _webhook_events(cls, value: str | None) -> str | None:
+        from webhooks import EVENT_TYPES
+
+        unknown = [e for e in _split(value) if e not in EVENT_TYPES]
+        if unknown:
+            raise ValueError(f"unknown event type {', '.join(unknown)}; use a comma-separated list of "
+                             f"{', '.join(EVENT_TYPES)}")
+        return value
+
+
+def _webhook_problems(v: EnvSettings) -> list[str]:
+    """Cross-variable checks of the webhook settings (one line per problem, like the others)."""
+    out: list[str] = []
+    secrets_ = _split(v.webhook_secret.get_secret_value() if v.webhook_secret else None)
+    if v.webhook_url is not None:
+        if not secrets_:
+            out.append("WEBHOOK_SECRET: required when WEBHOOK_URL is set (the key webhooks are signed with); "
+                       "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        elif any(len(s) < MIN_WEBHOOK_SECRET_CHARS for s in secrets_):
+            out.append(f"WEBHOOK_SECRET: each secret must be {MIN_WEBHOOK_SECRET_CHARS}+ characters; generate one "
+                       "with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    elif v.webhook_events is not None or secrets_:
+        out.append("WEBHOOK_URL: required when WEBHOOK_SECRET or WEBHOOK_EVENTS is set (where to POST webhooks), "
+                   "e.g. WEBHOOK_URL=https://backend.example.com/backstage/webhooks")
+    if v.webhook_events is not None and not _split(v.webhook_events):
+        out.append("WEBHOOK_EVENTS: names no event type; unset it for the default set")
+    if v.webhook_lease_s <= v.webhook_timeout_s:
+        out.append(f"WEBHOOK_LEASE_S={v.webhook_lease_s:g}: must be longer than WEBHOOK_TIMEOUT_S "
+                   f"({v.webhook_timeout_s:g}), or a slow delivery could be claimed and sent twice at once")
+    if v.webhook_retry_cap_s < v.webhook_retry_base_s:
+        out.append("WEBHOOK_RETRY_CAP_S: must be at least WEBHOOK_RETRY_BASE_S")
+    return out
+
 
 def _problem_lines(error: ValidationError, env: Mapping[str, str]) -> list[str]:
     lines: list[str] = []
@@ -181,7 +240,7 @@ def _problem_lines(error: ValidationError, env: Mapping[str, str]) -> list[str]:
         name = str(item["loc"][0]) if item["loc"] else "?"
         value = env.get(name)
         secret = name in ("JWT_SECRET", "JWT_PUBLIC_KEY", "API_KEYS", "DATABASE_URL", "REDIS_URL",
-                          "ATTACHMENT_URL_SECRET")
+                          "WEBHOOK_SECRET", "WEBHOOK_URL", "ATTACHMENT_URL_SECRET")
         shown = "" if value is None or secret else f"={value!r}"
         if item["type"] == "value_error":
             advice = str(item["ctx"]["error"]) if "ctx" in item else item["msg"]
@@ -266,6 +325,18 @@ class Settings:
     socket_max_buffer_bytes: int = 1024 * 1024
     socket_max_queued_packets: int = 1000
     socket_stall_s: float = 10.0
+    # Webhooks to the backend (webhooks/, docs/webhooks.md). webhook_events is empty when
+    # WEBHOOK_URL is unset: webhooks.record writes nothing then.
+    webhook_url: str | None = None
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    webhook_events: frozenset[str] = frozenset()
+    webhook_worker: str = "inline"  # "inline" | "external"
+    webhook_timeout_s: float = 10.0
+    webhook_lease_s: float = 60.0
+    webhook_retry_base_s: float = 60.0
+    webhook_retry_cap_s: float = 6 * 3600.0
+    webhook_max_age_s: float = 3 * 24 * 3600.0
+    webhook_poll_s: float = 1.0
     # Photos (chat/attachments.py, docs/api.md): where files live (None: a directory next to the
     # SQLite file, or ./blobs), the upload limit, how many images are decoded at once (on
     # threads), how long a signed file URL works, and the key that signs them (None: derived
@@ -288,6 +359,13 @@ class Settings:
             v = EnvSettings(**given)
         except ValidationError as error:
             raise ConfigError(_problem_lines(error, given)) from None
+        problems = _webhook_problems(v)
+        if problems:
+            raise ConfigError(problems)
+        from webhooks import DEFAULT_EVENT_TYPES
+
+        webhook_events = (frozenset(_split(v.webhook_events) or DEFAULT_EVENT_TYPES)
+                          if v.webhook_url else frozenset())
         jwt_secret = v.jwt_secret.get_secret_value() if v.jwt_secret else None
         jwt_public_key = v.jwt_public_key.get_secret_value() if v.jwt_public_key else None
         if demo and not jwt_secret and not jwt_public_key:
@@ -323,6 +401,16 @@ class Settings:
             socket_max_buffer_bytes=v.socket_max_buffer_bytes,
             socket_max_queued_packets=v.socket_max_queued_packets,
             socket_stall_s=v.socket_stall_s,
+            webhook_url=v.webhook_url,
+            webhook_secrets=_split(v.webhook_secret.get_secret_value() if v.webhook_secret else None),
+            webhook_events=webhook_events,
+            webhook_worker=v.webhook_worker,
+            webhook_timeout_s=v.webhook_timeout_s,
+            webhook_lease_s=v.webhook_lease_s,
+            webhook_retry_base_s=v.webhook_retry_base_s,
+            webhook_retry_cap_s=v.webhook_retry_cap_s,
+            webhook_max_age_s=v.webhook_max_age_s,
+            webhook_poll_s=v.webhook_poll_s,
             blob_url=v.blob_url,
             max_upload_bytes=v.max_upload_bytes,
             image_decode_concurrency=v.image_decode_concurrency,

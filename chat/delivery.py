@@ -15,7 +15,9 @@ When the relay recovers from trouble (chat/relay.py: subscriber back after a los
 back after failures, a deaf subscriber rebuilt), broadcasts may have been lost between
 processes; the messages themselves are committed. Every conversation with local sockets then
 gets a `resync {conversation_id, last_seq}` event on this process only, and clients behind
-`last_seq` join again with `since_seq` (docs/api.md).
+`last_seq` join again with `since_seq` (docs/api.md). Before that the recovery handler runs:
+the service checks its sockets' access against the database, since a control message (a
+revocation) may have been lost as well.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
 LastSeqs = Callable[[list[int]], Awaitable[dict[int, int]]]
+RecoveryHandler = Callable[[], Awaitable[None]]
 
 
 # The conversation events `RecentMessages` keeps up with, and how their relayed packets start
@@ -56,6 +59,7 @@ class Delivery:
         self._fanout = sio.fanout
         self._relay = relay
         self._control_handler: ControlHandler | None = None
+        self._recovery_handler: RecoveryHandler | None = None
         self._last_seqs: LastSeqs | None = None
         # Recent messages and read positions of the conversations with local sockets, for
         # `join` (chat/recent.py): fed here from every conversation event this process delivers.
@@ -101,6 +105,11 @@ class Delivery:
 
     async def _resync_local(self, cause: str) -> None:
         self.recent.clear()  # events may have been missed: the next joins read the database
+        if self._recovery_handler is not None:
+            try:
+                await self._recovery_handler()
+            except Exception:
+                log.exception("access check after relay recovery failed")
         prefix = keys.conversation_room("")
         rooms = [r for r in self._fanout.rooms.get("/", {}) if isinstance(r, str) and r.startswith(prefix)]
         ids = [int(r[len(prefix):]) for r in rooms if r[len(prefix):].isdigit()]
@@ -197,12 +206,29 @@ class Delivery:
     def set_control_handler(self, handler: ControlHandler) -> None:
         self._control_handler = handler
 
-    async def broadcast_control(self, message: dict[str, Any]) -> None:
-        """Run `message` through the control handler of every process (this one included)."""
+    def set_recovery_handler(self, handler: RecoveryHandler) -> None:
+        """Runs on every relay recovery, before the sockets are told to resync."""
+        self._recovery_handler = handler
+
+    async def broadcast_control(self, message: dict[str, Any], *, access_change: bool = False) -> None:
+        """Run `message` through the control handler of every process (this one included).
+        Raises when Redis does not take it, unless it is an `access_change`: one that the
+        recovery handler redoes from the database (access taken away). Such a message is then
+        applied in this process at once, and the others check their sockets' access when the
+        relay is back (every recovery runs the recovery handler; the failed publish makes this
+        process announce one as soon as Redis takes a control message again)."""
         if self._relay is None:
             await self._handle_control(message)
             return
-        await self._relay.publish_control(message)
+        try:
+            await self._relay.publish_control(message)
+        except Exception as exc:
+            if not access_change:
+                raise
+            log.warning("control message %r not relayed (%s): applied in this process; every process "
+                        "checks its sockets' access again when the relay is back",
+                        message.get("type"), type(exc).__name__)
+            await self._handle_control(message)
 
     async def _handle_control(self, message: dict[str, Any]) -> None:
         if self._control_handler is None:

@@ -17,6 +17,8 @@ from aiohttp import web
 from chat.moderation import MAX_PINS, MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES, MIN_TIMEOUT_MINUTES
 from chat.reactions import DEFAULT_REACTORS, MAX_EMOJI_CHARS, MAX_PER_MESSAGE, MAX_REACTORS
 from chat.schemas import EXTERNAL_ID_RE, MAX_PAGE
+from webhooks import EVENT_TYPES as WEBHOOK_EVENT_TYPES
+from webhooks.outbox import STATUSES as WEBHOOK_STATUSES
 
 ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
 EXTERNAL_ID_PATTERN = EXTERNAL_ID_RE.pattern.replace("\\Z", "$")
@@ -108,6 +110,14 @@ SCHEMAS: dict[str, Any] = {
         "seconds": {"type": ["integer", "null"], "description": "slow_mode: the interval (0: off)"},
         "until": {"type": ["string", "null"], "description": "a timeout's end (ISO 8601 UTC)"},
         "reason": STRING, "created_at": TIME}),
+    "WebhookDelivery": _obj({
+        "id": STRING, "event_id": {"type": "string", "description": "the event's idempotency id (body `id`)"},
+        "event_type": {"type": "string", "enum": list(WEBHOOK_EVENT_TYPES)},
+        "status": {"type": "string", "enum": list(WEBHOOK_STATUSES)},
+        "attempts": {"type": "integer", "minimum": 0},
+        "last_status": {"type": ["integer", "null"], "description": "HTTP status of the last attempt"},
+        "last_error": NULLABLE_STRING, "next_attempt_at": NULLABLE_TIME, "delivered_at": NULLABLE_TIME,
+        "created_at": TIME, "updated_at": TIME}),
     "Notification": _obj({"id": STRING, "type": STRING, "title": STRING, "body": STRING, "data": {"type": "object"},
                           "created_at": TIME, "read_at": NULLABLE_TIME}),
 }
@@ -176,6 +186,11 @@ EXAMPLE_MESSAGE = {"id": "99", "conversation_id": "12", "seq": 7, "sender": {"id
 EXAMPLE_UPLOAD = {"id": "41", "width": 1280, "height": 960, "content_type": "image/jpeg", "size": 183204}
 EXAMPLE_ATTACHMENT = {**EXAMPLE_UPLOAD, "url": "/api/v1/attachments/41?exp=1767326700&sig=3q2-7w...",
                       "thumb_url": "/api/v1/attachments/41/thumb?exp=1767326700&sig=Yk9v..."}
+EXAMPLE_DELIVERY = {"id": "31", "event_id": "evt_5f0c6a1e9b7d4e2f8a3c1b0d9e8f7a6b", "event_type": "member.blocked",
+                    "status": "failed", "attempts": 14, "last_status": 503,
+                    "last_error": "gave up after 14 attempts: HTTP 503", "next_attempt_at": None,
+                    "delivered_at": None, "created_at": "2026-01-02T03:04:05.678Z",
+                    "updated_at": "2026-01-05T03:10:00.000Z"}
 EXAMPLE_NOTIFICATION = {"id": "5", "type": "new_post", "title": "New post", "body": "Cre posted",
                         "data": {"post_id": "p1"}, "created_at": "2026-01-02T03:04:05.678Z", "read_at": None}
 
@@ -417,6 +432,26 @@ def build() -> dict[str, Any]:
             body_example={"user_ids": ["alice"], "type": "new_post", "title": "New post", "body": "Cre posted",
                           "data": {"post_id": "p1"}, "push": True, "idempotency_key": "post-p1"},
             tags=["server"])},
+        "/api/v1/server/webhooks/deliveries": {"get": _op(
+            "Webhook deliveries, newest first (docs/webhooks.md): e.g. the failed ones, to replay", "apiKey",
+            {**_ok(200, "a page of deliveries",
+                   _obj({"deliveries": {"type": "array", "items": _ref("WebhookDelivery")},
+                         "has_more": {"type": "boolean"}}),
+                   {"deliveries": [EXAMPLE_DELIVERY], "has_more": False}), **_errors(400, 401, 503)},
+            params=[_query("status", {"type": "string", "enum": list(WEBHOOK_STATUSES)}, "only deliveries in this state"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "page size (default 50)"),
+                    _query("before", {"type": "integer", "minimum": 1, "maximum": 10**18},
+                           "only ids below this (the last id of the previous page)")],
+            tags=["server"])},
+        "/api/v1/server/webhooks/deliveries/{delivery_id}/replay": {"post": _op(
+            "Send a failed (or delivered) webhook event again: same event id and body, a new retry window", "apiKey",
+            {**_ok(202, "the delivery, pending again", _obj({"delivery": _ref("WebhookDelivery")}),
+                   {"delivery": {**EXAMPLE_DELIVERY, "status": "pending",
+                                 "next_attempt_at": "2026-01-05T09:00:00.000Z"}}),
+             **_errors(400, 401, 404, 503),
+             "409": {"description": "conflict: the delivery is pending or being sent (nothing to replay)",
+                     "content": _json(_ref("Error"), {"error": {"code": "conflict", "message": "..."}})}},
+            params=[_path_param("delivery_id", {"type": "string", "pattern": "^[0-9]{1,18}$"})], tags=["server"])},
         "/api/v1/me": {"get": _op(
             "The signed-in user and their unread notification count", "clientJwt",
             {**_ok(200, "the user", _obj({"user": _ref("User"), "unread_notifications": {"type": "integer"}}),

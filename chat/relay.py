@@ -191,8 +191,21 @@ class RedisRelay:
             {"method": "disconnect", "sid": sid, "namespace": "/", "host_id": self.host_id}))
 
     async def publish_control(self, message: dict[str, Any]) -> None:
-        await asyncio.wait_for(self._redis.publish(self._keys.control_channel, orjson.dumps(message)),
-                               self._publish_timeout_s)
+        """Raises when Redis did not take it. A failure counts like a failed relay publish: once
+        a control message (the canary's, every `canary_interval_s`, at the latest) gets through
+        again, every process is told to resync, and so to check its sockets' access again
+        (a revocation that was not relayed is never lost)."""
+        payload = orjson.dumps(message)
+        for attempt in (1, 2):  # like _publish: a pooled connection may have gone stale
+            try:
+                await asyncio.wait_for(self._redis.publish(self._keys.control_channel, payload),
+                                       self._publish_timeout_s)
+                break
+            except (aioredis.RedisError, OSError, TimeoutError) as exc:
+                if attempt == 2 or isinstance(exc, TimeoutError):
+                    self._publish_failed(exc)
+                    raise
+        self._published_again()
 
     async def _publish(self, channel: str, payload: bytes) -> None:
         await self._publish_many([(channel, payload)])
@@ -218,6 +231,9 @@ class RedisRelay:
                 if attempt == 2:
                     self._publish_failed(exc)
                     return
+        self._published_again()
+
+    def _published_again(self) -> None:
         if self._publish_failing:
             self._publish_failing = False
             log.warning("relay publishing works again; telling every process to resync")

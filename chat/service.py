@@ -8,6 +8,7 @@ and map ChatError to the wire. Every emit happens after the transaction commits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections import OrderedDict
@@ -39,14 +40,14 @@ from chat.errors import (
 )
 from chat.models import Conversation, Membership, Message
 from chat.moderation import Standing
-from chat.presence import Presence, PresenceCoalescer
+from chat.presence import Presence, PresenceCoalescer, PresenceUnavailable
 from chat.ratelimit import KeyedBuckets, Quota, UserRateLimiter
 from chat.reactions import ReactionCoalescer
 from chat.recent import JOIN_PAGE, JOIN_PAGES, POSITIONS_LIMIT, SINCE_PAGE
 from chat.retry import retry_transaction
 from chat.slowmode import SlowModeGate
 from chat.storage import ConversationMeta
-from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec
+from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec, WebhookMessages
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class ChatService:
                  push_wake: Callable[[], Awaitable[None]] | None = None,
                  unread_notifications: Callable[[AsyncSession, str], Awaitable[int]] | None = None,
                  user_sends: UserRateLimiter | None = None,
+                 webhook_messages: WebhookMessages | None = None,
                  read_engine: AsyncEngine | None = None,
                  attachments: Attachments | None = None,
                  slow_gate: SlowModeGate | None = None) -> None:
@@ -173,7 +175,8 @@ class ChatService:
         self.settings = settings
         self._unread_notifications = unread_notifications
         self.writer = MessageWriter(self.engine, self._deliver_messages,
-                                    push_enqueue_jobs=push_enqueue_jobs, push_wake=push_wake)
+                                    push_enqueue_jobs=push_enqueue_jobs, push_wake=push_wake,
+                                    webhook_messages=webhook_messages)
         # Conversations never change kind, creator, patron, name, tier or post policy: what the
         # send path needs of them is kept here, filled by `join` and the full send check.
         self._conversations: dict[int, ConversationMeta] = {}
@@ -208,6 +211,7 @@ class ChatService:
         # Reads in flight, shared by the concurrent joins of a room (a join storm reads once).
         self._in_flight: dict[tuple[str, int, str], asyncio.Future[Any]] = {}
         delivery.set_control_handler(self._on_control)
+        delivery.set_recovery_handler(self.recheck_access)
 
     # ============================================================ access rules
 
@@ -1117,12 +1121,14 @@ class ChatService:
             channels.append(keys.creator_channel(creator_id))
         if lost_rooms or channels:
             await self.delivery.broadcast_control({
-                "type": "revoke", "user_id": patron_id, "conversation_ids": lost_rooms, "channels": channels})
+                "type": "revoke", "user_id": patron_id, "conversation_ids": lost_rooms, "channels": channels},
+                access_change=True)
         if ended and direct_id is not None:
             # Both stay readers of their direct conversation, but neither may post in it any more:
             # every process forgets what the sockets' joins established about posting there.
             await self.delivery.broadcast_control({
-                "type": "post_revoked", "user_ids": [creator_id, patron_id], "conversation_ids": [direct_id]})
+                "type": "post_revoked", "user_ids": [creator_id, patron_id], "conversation_ids": [direct_id]},
+                access_change=True)
         return wire
 
     @staticmethod
@@ -1413,6 +1419,40 @@ class ChatService:
             for sid in list(self._user_sockets.get(str(message["user_id"]), ())):
                 await self.delivery.disconnect(sid)
 
+    async def recheck_access(self) -> None:
+        """After the relay recovered, control messages may have been lost with the broadcasts:
+        check what every local socket joined and subscribed to against the database, and take
+        away what it lost (`access_revoked`, like a revocation). Posting is checked again at
+        the next send. One database session; each (user, conversation) pair read once."""
+        self._control_epoch += 1
+        by_user: dict[str, list[str]] = {}
+        for sid, state in self.sockets.items():
+            state.posting.clear()
+            by_user.setdefault(state.user.user_id, []).append(sid)
+        lost: dict[str, tuple[set[int], set[str]]] = {}
+        async with self.sessions() as session:
+            for user_id, sids in by_user.items():
+                states = [s for s in (self.sockets.get(sid) for sid in sids) if s is not None]
+                convs = set().union(*(s.conversations for s in states)) if states else set()
+                channels = set().union(*(s.channels for s in states)) if states else set()
+                gone_convs: set[int] = set()
+                for cid in convs:
+                    conv = await storage.get_conversation(session, cid)
+                    if conv is None or not (await self._access(session, user_id, conv)).read:
+                        gone_convs.add(cid)
+                gone_channels: set[str] = set()
+                for channel in channels:
+                    try:
+                        await self.check_channel(states[0].user, channel)
+                    except Forbidden:
+                        gone_channels.add(channel)
+                if gone_convs or gone_channels:
+                    lost[user_id] = (gone_convs, gone_channels)
+        for user_id, (gone_convs, gone_channels) in lost.items():
+            log.warning("access check after relay recovery: user's sockets lost %d conversations and %d channels",
+                        len(gone_convs), len(gone_channels))
+            await self._revoke_local(user_id, sorted(gone_convs), sorted(gone_channels))
+
     def _forget_posting(self, user_ids: list[str], conversation_ids: list[int]) -> None:
         """The next send of these users' sockets in these conversations is checked in the database."""
         for user_id in user_ids:
@@ -1429,11 +1469,15 @@ class ChatService:
             if state is None:
                 continue
             # Channels first: once the client sees access_revoked, nothing of what it lost reaches it.
+            # The local state goes first in both; a presence decrement that Redis missed (it is
+            # down: the revocation was not relayed either) is the heartbeat's to retry.
             for channel in channels:
-                await self.unsubscribe(sid, channel)
+                with contextlib.suppress(PresenceUnavailable):
+                    await self.unsubscribe(sid, channel)
             for conversation_id in conversation_ids:
                 if conversation_id in state.conversations:
-                    await self._leave_local(sid, user_id, conversation_id)
+                    with contextlib.suppress(PresenceUnavailable):
+                        await self._leave_local(sid, user_id, conversation_id)
                     await self.delivery.to_socket(sid, "access_revoked", {"conversation_id": str(conversation_id)})
 
     @staticmethod

@@ -4,7 +4,8 @@
   socket.io's `connectTimeout` does), so idle handshakes cannot pile up.
 - A packet python-socketio cannot decode or dispatch is a strike against its session, not an
   ERROR with a traceback: one WARNING at most every LOG_EVERY_S for the whole process, and the
-  session is closed at its max_bad-th strike.
+  session is closed at its max_bad-th strike. Engine.IO input python-engineio cannot decode
+  counts the same on both transports: an undecodable websocket frame, or a polling POST body.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import engineio.exceptions
 import socketio
 from prometheus_client import Counter
 
@@ -50,6 +53,9 @@ class PacketGuard:
             logging.getLogger(name).addFilter(self.log_filter)
 
     async def on_eio_connect(self, eio_sid: str, environ: Any) -> Any:
+        socket = self.sio.eio.sockets.get(eio_sid)
+        if socket is not None:
+            socket.handle_post_request = self._guarded_post(eio_sid, socket.handle_post_request)
         result = await self._eio_connect(eio_sid, environ)
         asyncio.get_running_loop().call_later(self.connect_timeout_s, self._check_connected, eio_sid)
         return result
@@ -70,6 +76,21 @@ class PacketGuard:
             await self._eio_message(eio_sid, data)
         except Exception as exc:
             self.strike(eio_sid, exc)
+
+    def _guarded_post(self, eio_sid: str, handle: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        """A polling POST whose payload python-engineio cannot decode (it would log an ERROR and
+        answer 200) is a strike against its session, like an undecodable websocket frame. Its
+        own errors (a packet type it refuses, a body too long) still close the session at once."""
+
+        async def post(environ: Any) -> None:
+            try:
+                await handle(environ)
+            except engineio.exceptions.EngineIOError:
+                raise
+            except Exception as exc:
+                self.strike(eio_sid, exc)
+
+        return post
 
     def _report(self, what: str) -> None:
         now = time.monotonic()

@@ -73,6 +73,10 @@ IN_WRITER = Gauge("backstage_sends_in_writer", "Sends handed to the message writ
 # {"conversation_id": int, "message_id": int, "sender_id": str,
 #  "payload": {"title", "body", "data", "collapse_key", "high_priority"}}
 PushEnqueueJobs = Callable[[AsyncConnection, list[dict[str, Any]]], Awaitable[int]]
+# webhook_messages(conn, messages) -> events written: the `message.created` webhooks of the
+# batch's new messages (wire forms), one multi-row INSERT in the batch's transaction. None when
+# message.created is not enabled: then the send path does nothing for webhooks.
+WebhookMessages = Callable[[AsyncConnection, list[dict[str, Any]]], Awaitable[int]]
 # deliver(messages): the wire forms of newly stored messages, in seq order per conversation. Called
 # as a plain function, it hands them over at once (this process's sockets written, the relay's
 # publish queued) and returns an awaitable that completes once they were relayed.
@@ -126,6 +130,7 @@ class MessageWriter:
     def __init__(self, engine: AsyncEngine, deliver: Deliver, *,
                  push_enqueue_jobs: PushEnqueueJobs | None = None,
                  push_wake: Callable[[], Awaitable[None]] | None = None,
+                 webhook_messages: WebhookMessages | None = None,
                  max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT,
                  at_once: bool | None = None) -> None:
         self._engine = engine
@@ -136,6 +141,7 @@ class MessageWriter:
         self._deliver = deliver
         self._push_enqueue_jobs = push_enqueue_jobs
         self._push_wake = push_wake
+        self._webhook_messages = webhook_messages
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
         self._pending: list[_Item] = []
@@ -385,6 +391,8 @@ class MessageWriter:
             self._stored(item, mid, seq, now, done, jobs)
         if jobs and self._push_enqueue_jobs is not None:
             done.pushes = await self._push_enqueue_jobs(conn, jobs)
+        if done.created and self._webhook_messages is not None:
+            await self._webhook_messages(conn, done.created)
 
     def _stored(self, item: _Item, mid: int, seq: int, now: datetime, done: _Done,
                 jobs: list[dict[str, Any]]) -> None:
@@ -431,6 +439,8 @@ class MessageWriter:
         await storage.move_read_positions(conn, positions)
         if jobs and self._push_enqueue_jobs is not None:
             done.pushes = await self._push_enqueue_jobs(conn, jobs)
+        if done.created and self._webhook_messages is not None:
+            await self._webhook_messages(conn, done.created)
 
     def _repeats(self, batch: list[_Item], first: dict[tuple[str, str], _Item]) -> None:
         for item in batch:  # the repeats of a client_msg_id inside this batch

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 import chat.models  # noqa: F401  (registers tables)
 import notifications.models  # noqa: F401
+import webhooks.models  # noqa: F401
 from chat.config import DEFAULT_DATABASE_URL
 from chat.db import Base, create_engine
 

@@ -439,10 +439,23 @@ async def serve(settings: Any, options: WorkerOptions | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.stop()))
+    # WEBHOOK_WORKER=external: this process also delivers the webhook outbox (webhooks/worker.py).
+    webhook_worker = None
+    if getattr(settings, "webhook_url", None) and getattr(settings, "webhook_worker", "inline") == "external":
+        from webhooks.worker import WebhookOptions, WebhookWorker
+
+        webhook_worker = WebhookWorker(session_factory(engine), WebhookOptions.from_settings(settings))
+        webhook_worker.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: (asyncio.ensure_future(worker.stop()),
+                                                  asyncio.ensure_future(webhook_worker.stop())))
+        log.info("webhook worker started")
     log.info("push worker started")
     try:
         await worker.run()
     finally:
+        if webhook_worker is not None:
+            await webhook_worker.stop()
         if sender is not None:
             await sender.aclose()
         if redis is not None:
@@ -468,13 +481,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:  # one line per bad variable, like run_server.py
         report_config_errors(error.problems)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
     import os
 
+    from chat.startup import configure_logging, describe_database, describe_relay, wait_for_dependencies
+
+    configure_logging(settings)  # text or LOG_FORMAT=json, like the web server
     options = options_from_env(os.environ)
+    # Unreachable MySQL/Redis at start: one ERROR line per attempt, retried with backoff,
+    # rather than a crash (and a platform's restart loop).
+    wait_for_dependencies(settings)
+    log.info("push worker ready: database %s, relay %s", describe_database(settings.database_url),
+             describe_relay(settings))
     asyncio.run(serve(settings, options))
     return 0
 

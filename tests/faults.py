@@ -127,8 +127,8 @@ async def eventually(probe: Callable[[], Awaitable[T]], expected: T, timeout: fl
 class OwnRedis:
     """A throwaway redis-server on a port of its own; stopped and started again on that port."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 

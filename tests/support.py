@@ -48,7 +48,8 @@ class ServerProcess:
     """`python run_server.py` on a free 127.0.0.1 port; stopped by its own PID only."""
 
     def __init__(self, database_url: str, redis_url: str | None = None, redis_prefix: str = "backstage",
-                 env: dict[str, str] | None = None, args: tuple[str, ...] = (), log_path: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, args: tuple[str, ...] = (), log_path: Path | None = None,
+                 ready_timeout: float = 60) -> None:
         self.database_url = database_url
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -65,7 +66,7 @@ class ServerProcess:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "run_server.py"), *args], cwd=ROOT,
                                      env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
-        self.wait_ready()
+        self.wait_ready(ready_timeout)
 
     @property
     def pid(self) -> int:

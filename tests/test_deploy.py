@@ -94,7 +94,7 @@ def package_copy(tmp_path: Path) -> Path:
     """What a pip-only deploy has: the Python package, migrations and entry point; no node_modules."""
     dest = tmp_path / "app"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("chat", "notifications", "migrations"):
+    for name in ("chat", "notifications", "webhooks", "migrations"):
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
     for name in ("run_server.py", "alembic.ini"):
         shutil.copy(ROOT / name, dest / name)

@@ -193,6 +193,33 @@ async def test_malformed_packets_one_warning_and_disconnect(env: Env) -> None:
     assert len(re.findall(r"WARNING chat\.sockguard", log)) <= 1, log[-4000:]
 
 
+async def test_polling_garbage_counts_toward_the_same_limit(env: Env) -> None:
+    """Engine.IO payloads python-engineio cannot decode, POSTed over long-polling, are strikes
+    like undecodable websocket frames: the session is closed at its MAX_BAD_PACKETS-th (5)."""
+    server = env.a
+    closed_before = metric(server, "backstage_guard_closed_sessions_total")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as h:
+        params = {"EIO": "4", "transport": "polling"}
+        r = await h.get("/socket.io/", params=params)
+        params["sid"] = json.loads(r.text[1:])["sid"]
+        r = await h.post("/socket.io/", params=params, content="40" + json.dumps({"token": make_token("pat")}))
+        assert r.status_code == 200, r.text
+        assert (await h.get("/socket.io/", params=params)).text.startswith("40{")
+        for _ in range(4):
+            r = await h.post("/socket.io/", params=params, content="x")  # not an Engine.IO packet
+            assert r.status_code == 200, r.text
+        # Four strikes: still open, still answering.
+        r = await h.post("/socket.io/", params=params,
+                         content='421["history",' + json.dumps({"conversation_id": env.room}) + "]")
+        assert r.status_code == 200, r.text
+        assert (await h.get("/socket.io/", params=params)).text.startswith('431[{"ok":true')
+        r = await h.post("/socket.io/", params=params, content="b@@@")  # the fifth: closed
+        assert r.status_code < 500, r.text
+        r = await h.get("/socket.io/", params=params)  # at once: the CLOSE packet, or the session is gone
+        assert r.status_code == 400 or "1" in r.text.split("\x1e"), (r.status_code, r.text)
+    assert metric(server, "backstage_guard_closed_sessions_total") == closed_before + 1
+
+
 async def test_binary_packet_attachments_bounded(env: Env) -> None:
     """A binary packet announcing more than 10 attachments is dropped (a strike): the frames
     after it are not held as its attachments; one within the bound is answered as usual."""

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import engineio.packet
@@ -24,6 +25,7 @@ import jsonschema_rs
 import pytest
 import schemathesis
 import socketio.packet
+import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, given, settings
 from PIL import Image
 from schemathesis.checks import not_a_server_error
@@ -36,7 +38,8 @@ from schemathesis.specs.openapi.checks import (
 from chat.app import create_app
 from chat.config import Settings
 from tests.conftest import MySQLDatabases
-from tests.support import API_KEY, Api, ServerProcess, make_token
+from tests.support import API_KEY, Api, ServerProcess, make_token, sync_engine
+from webhooks.models import WebhookOutbox
 
 # Not part of the HTTP API: the page's static files and python-engineio's endpoint.
 UNDOCUMENTED_PREFIXES = ("/static", "/socket.io/")
@@ -139,6 +142,20 @@ def _check_answer(env: Env, method: str, path: str, r: httpx.Response) -> None:
         assert errors == [], (method, path, errors, r.text[:500])
 
 
+def _failed_delivery(env: Env) -> int:
+    """A failed webhook delivery in the server's database (this server sends no webhooks)."""
+    now = datetime.now(UTC)
+    row = {"event_id": f"evt_oa{time.time_ns()}", "event_type": "member.blocked", "body": "{}", "status": "failed",
+           "attempts": 3, "next_attempt_at": now, "last_status": 503, "last_error": "gave up", "window_start": now,
+           "created_at": now, "updated_at": now}
+    engine = sync_engine(env.server.database_url)
+    try:
+        with engine.begin() as conn:
+            return int(conn.execute(sa.insert(WebhookOutbox.__table__).values(**row)).inserted_primary_key[0])
+    finally:
+        engine.dispose()
+
+
 def test_real_answers_match_the_document(env: Env) -> None:
     """One valid call of every operation; its answer is documented and matches its schema."""
     server = {"Authorization": f"Bearer {API_KEY}"}
@@ -189,6 +206,10 @@ def test_real_answers_match_the_document(env: Env) -> None:
          "/api/v1/server/creators/cre/moderation-log?limit=2", server, None),
         ("post", "/api/v1/server/notifications", "/api/v1/server/notifications", server,
          {"user_ids": ["pat"], "type": "t", "title": "T", "body": "B", "data": {"k": "v"}}),
+        ("get", "/api/v1/server/webhooks/deliveries", "/api/v1/server/webhooks/deliveries?status=failed&limit=5",
+         server, None),
+        ("post", "/api/v1/server/webhooks/deliveries/{delivery_id}/replay",
+         f"/api/v1/server/webhooks/deliveries/{_failed_delivery(env)}/replay", server, None),
         ("post", "/api/v1/conversations/{conversation_id}/messages", f"/api/v1/conversations/{env.room}/messages", pat,
          {"body": "hello", "client_msg_id": f"oa-{time.time_ns()}"}),
         ("get", "/api/v1/conversations/{conversation_id}/messages",

@@ -208,19 +208,32 @@ async def test_sigterm_disconnects_clients_and_exits_0(backend: str, tmp_path: P
     else:
         server = ServerProcess(mysql_databases.new(), redis_url, redis_prefix)
     clients = [await Client(server.url, make_token(f"u{i}")).connect() for i in range(3)]
+    # A long-polling client with a GET in flight, and a long-polling session whose client is not
+    # polling at this moment: neither may hold the shutdown (the latter used to hold it 10 s).
+    polling = socketio.AsyncClient(reconnection=False)
+    await polling.connect(server.url, auth={"token": make_token("u-poll")}, transports=["polling"])
+    idle = httpx.AsyncClient(base_url=server.url, timeout=10)
+    params = {"EIO": "4", "transport": "polling"}
+    params["sid"] = json.loads((await idle.get("/socket.io/", params=params)).text[1:])["sid"]
+    await idle.post("/socket.io/", params=params, content="40" + json.dumps({"token": make_token("u-idle")}))
+    assert (await idle.get("/socket.io/", params=params)).text.startswith("40{")
     try:
         server.proc.send_signal(signal.SIGTERM)
         # The event loop keeps running here, so the clients can answer the close handshake.
         # Generous limits: the server disconnects the clients itself and then exits (a server
         # that never did would hang here until the limit).
-        await eventually_true(lambda: not any(c.sio.connected for c in clients), "clients still connected")
-        await eventually_true(lambda: server.proc.poll() is not None, "server still running")
+        await eventually_true(lambda: not polling.connected and not any(c.sio.connected for c in clients),
+                              "clients still connected")
+        # Exits without waiting out the 10 s bound of the session close (a generous cap: ~1 s here).
+        await eventually_true(lambda: server.proc.poll() is not None, "server still running", timeout=8)
         assert server.proc.returncode == 0, server.log()[-3000:]
         log = server.log()
         assert "Traceback" not in log, log[-3000:]
     finally:
         for c in clients:
             await c.close()
+        await polling.disconnect()
+        await idle.aclose()
         server.kill()
 
 

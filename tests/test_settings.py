@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -119,6 +120,47 @@ def test_unreachable_dependency_at_start_is_retried_one_line_at_a_time(tmp_path:
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+@pytest.mark.parametrize("process", ["server", "worker"])
+def test_unreachable_redis_at_start_then_ready_once_it_appears(tmp_path: Path, mysql_url: str, process: str) -> None:
+    """The web server and the push worker (PUSH_WORKER=external) alike: Redis on a port that
+    refuses is one ERROR line per attempt with backoff; once a redis-server listens on that port,
+    the process becomes ready (its ready line) without a restart."""
+    from tests.faults import OwnRedis
+
+    port = free_port()
+    env = clean_env(tmp_path, DATABASE_URL=mysql_url, REDIS_URL=f"redis://127.0.0.1:{port}/0",
+                    REDIS_PREFIX=f"startup-{process}-{port}", PUSH_WORKER="external")
+    command = [str(ROOT / "run_server.py")] if process == "server" else ["-m", "notifications.worker"]
+    ready_line = "ready: listening on" if process == "server" else "push worker ready"
+    proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    redis = None
+    try:
+        assert proc.stdout is not None
+        seen: list[str] = []
+        while sum("unreachable at start" in line for line in seen) < 2:
+            line = proc.stdout.readline()
+            assert line, "".join(seen)  # the process ended instead of waiting
+            seen.append(line)
+        errors = [line for line in seen if "unreachable at start" in line]
+        assert f"redis (127.0.0.1:{port}" in errors[0] and "retrying in 1 s" in errors[0], errors
+        assert "retrying in 2 s" in errors[1]
+        assert proc.poll() is None and "Traceback" not in "".join(seen)
+        redis = OwnRedis(port)  # the service appears
+        while not any(ready_line in line for line in seen):
+            line = proc.stdout.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+        assert proc.poll() is None
+        assert "Traceback" not in "".join(seen), "".join(seen)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        if redis is not None:
+            redis.stop()
 
 
 def test_ready_line_names_address_database_and_relay(tmp_path: Path, mysql_url: str, redis_url: str,

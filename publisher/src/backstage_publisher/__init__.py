@@ -8,13 +8,17 @@
                    body="Episode 12 is out", data={"post_id": "9001"}, push=True)  # -> notification ids
 
 `AsyncPublisher` has the same methods as coroutines. Both need httpx only. `RedisPublisher`
-(the direct mode for trusted code inside the cluster) needs the `redis` extra. See README.md.
+(the direct mode for trusted code inside the cluster) needs the `redis` extra.
+`verify_webhook(secret, headers, body)` checks a webhook request Backstage sent to your backend
+(docs/webhooks.md). See README.md.
 """
 
 from __future__ import annotations
 
 from backstage_publisher._http import AsyncPublisher, Publisher, PublishError
 from backstage_publisher._redis import RedisPublisher
+from backstage_publisher._webhooks import WebhookVerificationError, verify_webhook
 
 __version__ = "1.0.0"
-__all__ = ["AsyncPublisher", "PublishError", "Publisher", "RedisPublisher", "__version__"]
+__all__ = ["AsyncPublisher", "PublishError", "Publisher", "RedisPublisher", "WebhookVerificationError", "__version__",
+           "verify_webhook"]

@@ -1,15 +1,15 @@
 """moderation: moderators per creator, sanctions (timeout, block), the moderation log, slow mode per room, pinned messages
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 """
 from alembic import op
 import sqlalchemy as sa
 import chat.db
 
 
-revision = '0007'
-down_revision = '0006'
+revision = '0008'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
