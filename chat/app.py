@@ -32,6 +32,7 @@ from chat.presence import MemoryPresence, RedisPresence, new_server_id
 from chat.ratelimit import UserRateLimiter
 from chat.relay import RedisRelay
 from chat.service import ChatService
+from chat.slowmode import SlowModeGate
 from chat.socketlimit import socket_limiter
 from chat.sockets import ChatSockets
 from notifications import http as notifications_http
@@ -187,7 +188,7 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     attachments = Attachments(app[ENGINE_KEY], blobs, settings)
     app[http_api.ATTACHMENTS_KEY] = attachments
     service = ChatService(sessions, delivery, presence, settings, user_sends=user_sends, read_engine=read_engine,
-                          attachments=attachments,
+                          attachments=attachments, slow_gate=SlowModeGate(redis, keys),
                           **hooks.service_kwargs)
 
     async def on_offline(conversation_id: str, user_id: str) -> None:

@@ -21,7 +21,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chat.openapi import EMOJI, EXAMPLE_MESSAGE, EXAMPLE_NOTIFICATION, EXAMPLE_ROOM, SCHEMAS
+from chat.moderation import MAX_PINS, MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES
+from chat.openapi import EMOJI, EXAMPLE_LOG_ENTRY, EXAMPLE_MESSAGE, EXAMPLE_NOTIFICATION, EXAMPLE_ROOM, SCHEMAS
 from chat.reactions import MAX_PER_MESSAGE
 from chat.schemas import MAX_PAGE
 
@@ -55,8 +56,13 @@ def _obj(properties: dict[str, Any], required: list[str] | None = None, *, close
 
 SOCKET_SCHEMAS: dict[str, Any] = {
     "AckError": _obj({"ok": {"const": False},
-                      "error": _obj({"code": {"type": "string", "enum": SOCKET_ERROR_CODES}, "message": {"type": "string"}},
-                                    closed=True)},
+                      "error": _obj({"code": {"type": "string", "enum": SOCKET_ERROR_CODES}, "message": {"type": "string"},
+                                     "until": {"type": "string", "description": "(extension) a timed-out member's "
+                                                                               "send: when the timeout ends"},
+                                     "retry_after": {"type": "integer", "minimum": 1,
+                                                     "description": "(extension) seconds to wait (a timeout's "
+                                                                    "forbidden, slow mode's rate_limited)"}},
+                                    ["code", "message"], closed=True)},
                      closed=True, description="any event's acknowledgement when it failed"),
     "ReadPosition": _obj({"user_id": USER_ID, "name": {"type": "string"}, "seq": SEQ}),
 }
@@ -74,10 +80,14 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
         {"conversation": _ref("Conversation"), "messages": {"type": "array", "items": _ref("Message")},
          "has_more": {"type": "boolean"}, "online": {"type": "array", "items": USER_ID},
          "unread_count": {"type": "integer", "minimum": 0}, "last_read_seq": SEQ,
-         "read_positions": {"type": "array", "items": _ref("ReadPosition"), "maxItems": 100}},
+         "read_positions": {"type": "array", "items": _ref("ReadPosition"), "maxItems": 100},
+         "slow_mode_s": {"type": "integer", "minimum": 0,
+                         "description": "(extension) the room's slow mode: one message per this many seconds; 0 off"},
+         "pinned": {"type": "array", "items": _ref("Message"), "maxItems": MAX_PINS,
+                    "description": "(extension) the room's pinned messages, oldest pin first"}},
         {"ok": True, "conversation": EXAMPLE_ROOM, "messages": [EXAMPLE_MESSAGE], "has_more": False,
          "online": ["alice", "cre"], "unread_count": 0, "last_read_seq": 7,
-         "read_positions": [{"user_id": "cre", "name": "Cre", "seq": 7}]},
+         "read_positions": [{"user_id": "cre", "name": "Cre", "seq": 7}], "slow_mode_s": 0, "pinned": []},
     ),
     "leave": ("Leave a conversation", _obj({"conversation_id": ID}), {"conversation_id": "12"}, {}, {"ok": True}),
     "send": (
@@ -143,6 +153,52 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
          "reactions": {"type": "array", "items": _ref("Reaction"), "maxItems": MAX_PER_MESSAGE}},
         {"ok": True, "count": 3, "reactions": [{"emoji": "\U0001f44d", "count": 3, "me": True}]},
     ),
+    "moderator": (
+        "(extension) The creator appoints (on) or removes a moderator of their rooms (docs/moderation.md)",
+        _obj({"creator_id": USER_ID, "user_id": USER_ID, "on": {"type": "boolean"}}, ["user_id", "on"]),
+        {"user_id": "mia", "on": True},
+        {"creator_id": USER_ID, "user_id": USER_ID, "moderator": {"type": "boolean"}},
+        {"ok": True, "creator_id": "cre", "user_id": "mia", "moderator": True},
+    ),
+    "timeout": (
+        "(extension) The creator or a moderator times a member out of the creator's rooms (minutes 0: lift it)",
+        _obj({"creator_id": USER_ID, "user_id": USER_ID,
+              "minutes": {"type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_MINUTES},
+              "reason": {"type": "string", "maxLength": MAX_REASON_CHARS}}, ["creator_id", "user_id", "minutes"]),
+        {"creator_id": "cre", "user_id": "alice", "minutes": 10, "reason": "flooding"},
+        {"creator_id": USER_ID, "user_id": USER_ID, "until": {"type": ["string", "null"]}},
+        {"ok": True, "creator_id": "cre", "user_id": "alice", "until": "2026-01-02T03:14:05.678Z"},
+    ),
+    "block": (
+        "(extension) The creator or a moderator blocks (on) or unblocks a member",
+        _obj({"creator_id": USER_ID, "user_id": USER_ID, "on": {"type": "boolean"},
+              "reason": {"type": "string", "maxLength": MAX_REASON_CHARS}}, ["creator_id", "user_id", "on"]),
+        {"creator_id": "cre", "user_id": "alice", "on": True, "reason": "harassment"},
+        {"creator_id": USER_ID, "user_id": USER_ID, "blocked": {"type": "boolean"}},
+        {"ok": True, "creator_id": "cre", "user_id": "alice", "blocked": True},
+    ),
+    "slow_mode": (
+        "(extension) The creator or a moderator sets a room's slow mode (seconds 0: off)",
+        _obj({"conversation_id": ID, "seconds": {"type": "integer", "minimum": 0, "maximum": MAX_SLOW_MODE_S},
+              "reason": {"type": "string", "maxLength": MAX_REASON_CHARS}}, ["conversation_id", "seconds"]),
+        {"conversation_id": "12", "seconds": 30},
+        {"conversation_id": ID, "seconds": {"type": "integer"}},
+        {"ok": True, "conversation_id": "12", "seconds": 30},
+    ),
+    "pin": (
+        "(extension) The creator or a moderator pins (on) or unpins a room message (at most 3 per room)",
+        _obj({"message_id": ID, "on": {"type": "boolean"}}), {"message_id": "99", "on": True},
+        {"conversation_id": ID, "message_ids": {"type": "array", "items": ID, "maxItems": MAX_PINS}},
+        {"ok": True, "conversation_id": "12", "message_ids": ["99"]},
+    ),
+    "moderation_log": (
+        "(extension) The creator's moderation log, newest first (the creator and moderators)",
+        _obj({"creator_id": USER_ID, "before_id": ID,
+              "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}}, []),
+        {"creator_id": "cre", "limit": 20},
+        {"entries": {"type": "array", "items": _ref("ModerationEntry")}, "next_cursor": {"type": ["string", "null"]}},
+        {"ok": True, "entries": [EXAMPLE_LOG_ENTRY], "next_cursor": None},
+    ),
 }
 
 
@@ -184,6 +240,19 @@ SERVER_EVENTS: dict[str, tuple[str, dict[str, Any], Any]] = {
                            {"emoji": EMOJI, "count": {"type": "integer", "minimum": 1}}, closed=True)}}, closed=True),
                  {"message_id": "99", "conversation_id": "12", "emoji": "\U0001f44d", "user_id": "alice", "on": True,
                   "count": 3, "reactions": [{"emoji": "\U0001f44d", "count": 3}]}),
+    "moderation": ("(extension) A moderation action about this user: moderator_added/removed, timeout (until "
+                   "when), timeout_lifted, block (access_revoked follows for what was joined), unblock",
+                   _obj({"action": {"type": "string", "enum": ["moderator_added", "moderator_removed", "timeout",
+                                                               "timeout_lifted", "block", "unblock"]},
+                         "creator_id": USER_ID, "until": {"type": ["string", "null"]}}, closed=True),
+                   {"action": "timeout", "creator_id": "cre", "until": "2026-01-02T03:14:05.678Z"}),
+    "pins": ("(extension) The room's pinned messages changed: their ids, oldest pin first",
+             _obj({"conversation_id": ID, "message_ids": {"type": "array", "items": ID, "maxItems": MAX_PINS}},
+                  closed=True),
+             {"conversation_id": "12", "message_ids": ["99"]}),
+    "slow_mode": ("(extension) The room's slow mode changed (to everyone in it)",
+                  _obj({"conversation_id": ID, "seconds": {"type": "integer", "minimum": 0}}, closed=True),
+                  {"conversation_id": "12", "seconds": 30}),
     "resync": ("(extension) The relay was interrupted: join again with since_seq if behind last_seq",
                _obj({"conversation_id": ID, "last_seq": SEQ}, ["conversation_id"], closed=True),
                {"conversation_id": "12", "last_seq": 42}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 
@@ -56,3 +57,28 @@ class Unavailable(ChatError):
 
 def error_wire(err: ChatError) -> dict[str, Any]:
     return {"ok": False, "error": err.to_wire()}
+
+
+class TimedOut(Forbidden):
+    """A send by a member a moderator timed out: `forbidden` with the remaining time in the message,
+    and (an extension of SPEC §5, docs/moderation.md) `until` and `retry_after` (whole seconds)."""
+
+    def __init__(self, message: str, until: datetime, retry_after: int) -> None:
+        super().__init__(message)
+        self.until, self.retry_after = until, retry_after
+
+    def to_wire(self) -> dict[str, Any]:
+        until = self.until.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return {**super().to_wire(), "until": until, "retry_after": self.retry_after}
+
+
+class SlowModeLimited(RateLimited):
+    """A send within a room's slow-mode interval: `rate_limited` with the wait in the message, and
+    (an extension, docs/moderation.md) `retry_after` in seconds; over HTTP also Retry-After."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, {"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "retry_after": self.retry_after}

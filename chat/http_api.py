@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from chat import schemas, unavailable
+from chat import moderation, schemas, unavailable
 from chat.attachments import Attachments
 from chat.auth import USER_ID_RE, Authenticator, Identity, bearer
 from chat.config import Settings
@@ -240,6 +240,88 @@ async def disconnect_user(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICE_KEY].disconnect_user(user_id))
 
 
+# ---------------------------------------------------------------- server API: moderation (docs/moderation.md)
+
+
+async def put_moderator(request: web.Request) -> web.Response:
+    server_key(request)
+    creator_id, user_id = path_user_id(request, "creator_id"), path_user_id(request, "user_id")
+    return json_response(await request.app[SERVICE_KEY].set_moderator(None, creator_id, user_id, True))
+
+
+async def delete_moderator(request: web.Request) -> web.Response:
+    server_key(request)
+    creator_id, user_id = path_user_id(request, "creator_id"), path_user_id(request, "user_id")
+    return json_response(await request.app[SERVICE_KEY].set_moderator(None, creator_id, user_id, False))
+
+
+async def list_moderators(request: web.Request) -> web.Response:
+    server_key(request)
+    return json_response(await request.app[SERVICE_KEY].list_moderators(path_user_id(request, "creator_id")))
+
+
+async def put_timeout(request: web.Request) -> web.Response:
+    server_key(request)
+    creator_id, user_id = path_user_id(request, "creator_id"), path_user_id(request, "user_id")
+    data = await read_json(request)
+    minutes = schemas.check_int(data, "minutes", minimum=moderation.MIN_TIMEOUT_MINUTES,
+                                maximum=moderation.MAX_TIMEOUT_MINUTES, required=True)
+    assert minutes is not None
+    return json_response(await request.app[SERVICE_KEY].timeout_member(None, creator_id, user_id, minutes,
+                                                                       moderation.check_reason(data)))
+
+
+async def delete_timeout(request: web.Request) -> web.Response:
+    server_key(request)
+    creator_id, user_id = path_user_id(request, "creator_id"), path_user_id(request, "user_id")
+    return json_response(await request.app[SERVICE_KEY].timeout_member(None, creator_id, user_id, 0, ""))
+
+
+async def put_block(request: web.Request) -> web.Response:
+    server_key(request)
+    creator_id, user_id = path_user_id(request, "creator_id"), path_user_id(request, "user_id")
+    data = await read_json(request)
+    return json_response(await request.app[SERVICE_KEY].block_member(None, creator_id, user_id, True,
+                                                                     moderation.check_reason(data)))
+
+
+async def delete_block(request: web.Request) -> web.Response:
+    server_key(request)
+    creator_id, user_id = path_user_id(request, "creator_id"), path_user_id(request, "user_id")
+    return json_response(await request.app[SERVICE_KEY].block_member(None, creator_id, user_id, False, ""))
+
+
+async def put_slow_mode(request: web.Request) -> web.Response:
+    server_key(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"])
+    data = await read_json(request)
+    return json_response(await request.app[SERVICE_KEY].set_slow_mode(
+        None, cid, moderation.check_slow_mode_seconds(data), moderation.check_reason(data)))
+
+
+async def put_pin(request: web.Request) -> web.Response:
+    server_key(request)
+    message_id = schemas.parse_int_id(request.match_info["message_id"], "message")
+    return json_response(await request.app[SERVICE_KEY].pin_message(None, message_id, True))
+
+
+async def delete_pin(request: web.Request) -> web.Response:
+    server_key(request)
+    message_id = schemas.parse_int_id(request.match_info["message_id"], "message")
+    return json_response(await request.app[SERVICE_KEY].pin_message(None, message_id, False))
+
+
+async def server_moderation_log(request: web.Request) -> web.Response:
+    server_key(request)
+    creator_id = path_user_id(request, "creator_id")
+    cursor = request.query.get("cursor")
+    if cursor is not None and not schemas.CANONICAL_ID_RE.match(cursor):
+        raise Invalid("cursor must be a next_cursor this API returned")
+    limit = schemas.check_int({"limit": query_int(request, "limit")}, "limit", minimum=1, maximum=schemas.MAX_PAGE)
+    return json_response(await request.app[SERVICE_KEY].moderation_log(
+        None, creator_id, None if cursor is None else int(cursor), schemas.DEFAULT_PAGE if limit is None else limit))
+
+
 def _page_query(request: web.Request) -> schemas.PageQuery:
     """before_seq / after_seq / limit of a history page; since_seq (the socket join's name) is
     accepted for after_seq."""
@@ -423,6 +505,17 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/server/channels/{channel}/presence", channel_presence)
     r.add_post("/api/v1/server/users/{user_id}/disconnect", disconnect_user)
     r.add_post("/api/v1/server/publish", publish)
+    r.add_get("/api/v1/server/creators/{creator_id}/moderators", list_moderators)
+    r.add_put("/api/v1/server/creators/{creator_id}/moderators/{user_id}", put_moderator)
+    r.add_delete("/api/v1/server/creators/{creator_id}/moderators/{user_id}", delete_moderator)
+    r.add_put("/api/v1/server/creators/{creator_id}/timeouts/{user_id}", put_timeout)
+    r.add_delete("/api/v1/server/creators/{creator_id}/timeouts/{user_id}", delete_timeout)
+    r.add_put("/api/v1/server/creators/{creator_id}/blocks/{user_id}", put_block)
+    r.add_delete("/api/v1/server/creators/{creator_id}/blocks/{user_id}", delete_block)
+    r.add_get("/api/v1/server/creators/{creator_id}/moderation-log", server_moderation_log)
+    r.add_put("/api/v1/server/rooms/{conversation_id}/slow-mode", put_slow_mode)
+    r.add_put("/api/v1/server/messages/{message_id}/pin", put_pin)
+    r.add_delete("/api/v1/server/messages/{message_id}/pin", delete_pin)
     r.add_get("/api/v1/me", get_me)
     r.add_get("/api/v1/conversations", list_conversations)
     r.add_post("/api/v1/conversations/direct", open_direct)

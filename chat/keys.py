@@ -77,5 +77,9 @@ class RedisKeys:
         """HASH channel -> sockets subscribed on this server."""
         return f"{self.prefix}:srv:{server_id}:chans"
 
+    def slow_mode(self, conversation_id: int, user_id: str) -> str:
+        """A member's slow-mode slot in a room (chat/slowmode.py): set NX with the interval as TTL."""
+        return f"{self.prefix}:slow:{conversation_id}:{user_id}"
+
     def typing_throttle(self, conversation_id: str, user_id: str) -> str:
         return f"{self.prefix}:typing:{conversation_id}:{user_id}"

@@ -131,3 +131,69 @@ class Reaction(Base):
     user_id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
     emoji: Mapped[str] = mapped_column(ExactString(32), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Moderator(Base):
+    """A user the creator appointed to moderate their rooms (docs/moderation.md)."""
+
+    __tablename__ = "moderators"
+
+    creator_id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
+    user_id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Sanction(Base):
+    """A member's standing with one creator: blocked, and/or timed out until `timeout_until`.
+    Separate from the membership, so a membership update never lifts it."""
+
+    __tablename__ = "sanctions"
+
+    creator_id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
+    user_id: Mapped[str] = mapped_column(USER_ID, primary_key=True, index=True)
+    blocked: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    timeout_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ModerationAction(Base):
+    """The moderation log: who (`actor_id`, NULL for the backend) did what to whom, when, why."""
+
+    __tablename__ = "moderation_actions"
+    __table_args__ = (sa.Index("ix_moderation_actions_creator_id_id", "creator_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    creator_id: Mapped[str] = mapped_column(USER_ID)
+    actor_id: Mapped[str | None] = mapped_column(USER_ID, nullable=True)
+    action: Mapped[str] = mapped_column(sa.String(32))
+    target_id: Mapped[str | None] = mapped_column(USER_ID, nullable=True)
+    message_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    conversation_id: Mapped[int | None] = mapped_column(BigId, nullable=True)  # slow_mode: the room
+    seconds: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)  # slow_mode: the interval (0: off)
+    until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    reason: Mapped[str] = mapped_column(sa.String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SlowMode(Base):
+    """A room in slow mode: each member posts at most once per `seconds` (creator and moderators exempt)."""
+
+    __tablename__ = "slow_modes"
+
+    conversation_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    seconds: Mapped[int] = mapped_column(sa.Integer, default=0)
+
+
+class Pin(Base):
+    """A message pinned in its room (at most moderation.MAX_PINS per room), newest pin last."""
+
+    __tablename__ = "pins"
+
+    conversation_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    message_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    pinned_by: Mapped[str | None] = mapped_column(USER_ID, nullable=True)
+    pinned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from chat.moderation import MAX_PINS, MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES, MIN_TIMEOUT_MINUTES
 from chat.reactions import DEFAULT_REACTORS, MAX_EMOJI_CHARS, MAX_PER_MESSAGE, MAX_REACTORS
 from chat.schemas import EXTERNAL_ID_RE, MAX_PAGE
 from webhooks import EVENT_TYPES as WEBHOOK_EVENT_TYPES
@@ -50,9 +51,14 @@ EMOJI = {"type": "string", "minLength": 1, "maxLength": MAX_EMOJI_CHARS,
          "description": "one Unicode emoji (fully-qualified form) or a :name: of the list in docs/api.md"}
 
 SCHEMAS: dict[str, Any] = {
-    "Error": _obj({"error": _obj({"code": {"type": "string", "enum": ERROR_CODES}, "message": STRING,
-                                  "reason": {"type": "string", "description": "uploads: which image check refused it",
-                                             "enum": IMAGE_REASONS}}, ["code", "message"])}),
+    "Error": _obj({"error": _obj({
+        "code": {"type": "string", "enum": ERROR_CODES}, "message": STRING,
+        "reason": {"type": "string", "description": "uploads: which image check refused it", "enum": IMAGE_REASONS},
+        "until": {"type": "string", "description": "(extension) a timed-out member's send: when the timeout ends"},
+        "retry_after": {"type": "integer", "minimum": 1,
+                        "description": "(extension) a timed-out member's send (403) or a send in slow mode (429): "
+                                       "seconds to wait"}},
+        ["code", "message"])}),
     "User": _obj({"id": STRING, "name": STRING, "avatar_url": NULLABLE_STRING}),
     "Membership": _obj({"creator_id": STRING, "patron_id": STRING, "tier_cents": {"type": "integer"},
                         "status": {"type": "string", "enum": ["active", "former"]}, "updated_at": NULLABLE_TIME}),
@@ -93,6 +99,17 @@ SCHEMAS: dict[str, Any] = {
         "conversation": _ref("Conversation"), "last_message": {"anyOf": [_ref("Message"), {"type": "null"}]},
         "unread_count": {"type": "integer", "minimum": 0}, "muted": {"type": "boolean"},
     }),
+    "ModerationEntry": _obj({
+        "id": STRING, "creator_id": STRING,
+        "actor_id": {"type": ["string", "null"], "description": "who acted; null for the backend (server API)"},
+        "action": {"type": "string", "enum": ["moderator_added", "moderator_removed", "timeout", "timeout_lifted",
+                                              "block", "unblock", "message_deleted", "slow_mode", "message_pinned",
+                                              "message_unpinned"]},
+        "target_id": NULLABLE_STRING, "message_id": NULLABLE_STRING,
+        "conversation_id": {"type": ["string", "null"], "description": "slow_mode: the room"},
+        "seconds": {"type": ["integer", "null"], "description": "slow_mode: the interval (0: off)"},
+        "until": {"type": ["string", "null"], "description": "a timeout's end (ISO 8601 UTC)"},
+        "reason": STRING, "created_at": TIME}),
     "WebhookDelivery": _obj({
         "id": STRING, "event_id": {"type": "string", "description": "the event's idempotency id (body `id`)"},
         "event_type": {"type": "string", "enum": list(WEBHOOK_EVENT_TYPES)},
@@ -176,6 +193,18 @@ EXAMPLE_DELIVERY = {"id": "31", "event_id": "evt_5f0c6a1e9b7d4e2f8a3c1b0d9e8f7a6
                     "updated_at": "2026-01-05T03:10:00.000Z"}
 EXAMPLE_NOTIFICATION = {"id": "5", "type": "new_post", "title": "New post", "body": "Cre posted",
                         "data": {"post_id": "p1"}, "created_at": "2026-01-02T03:04:05.678Z", "read_at": None}
+
+
+REASON = {"type": "string", "maxLength": MAX_REASON_CHARS, "description": "for the moderation log (optional)"}
+MODERATOR_ANSWER = _obj({"creator_id": STRING, "user_id": STRING, "moderator": {"type": "boolean"}})
+TIMEOUT_ANSWER = _obj({"creator_id": STRING, "user_id": STRING, "until": NULLABLE_TIME})
+BLOCK_ANSWER = _obj({"creator_id": STRING, "user_id": STRING, "blocked": {"type": "boolean"}})
+MODERATION_LOG = _obj({"entries": {"type": "array", "items": _ref("ModerationEntry")}, "next_cursor": NULLABLE_STRING})
+EXAMPLE_LOG_ENTRY = {"id": "31", "creator_id": "cre", "actor_id": "mia", "action": "timeout", "target_id": "alice",
+                     "message_id": None, "conversation_id": None, "seconds": None,
+                     "until": "2026-01-02T03:14:05.678Z", "reason": "flooding",
+                     "created_at": "2026-01-02T03:04:05.678Z"}
+EXAMPLE_LOG = {"entries": [EXAMPLE_LOG_ENTRY], "next_cursor": None}
 
 
 def _op(summary: str, security: str | None, responses: dict[str, Any], *, body: dict[str, Any] | None = None,
@@ -311,6 +340,79 @@ def build() -> dict[str, Any]:
                        "data": {"description": "any JSON value (nested at most 254 levels)"}}),
             body_example={"channel": "creator:cre", "event": "live", "data": {"url": "https://example.com/live"}},
             tags=["server"])},
+        "/api/v1/server/creators/{creator_id}/moderators": {"get": _op(
+            "The creator's moderators (docs/moderation.md)", "apiKey",
+            {**_ok(200, "user ids, sorted", _obj({"creator_id": STRING, "moderators": {"type": "array", "items": STRING}}),
+                   {"creator_id": "cre", "moderators": ["mia"]}), **_errors(*READ_ERRORS)},
+            params=[_path_param("creator_id", USER_ID)], tags=["server"])},
+        "/api/v1/server/creators/{creator_id}/moderators/{user_id}": {
+            method: _op(
+                f"{verb} a moderator of the creator (idempotent; logged when it changes something)", "apiKey",
+                {**_ok(200, "the user's role now", MODERATOR_ANSWER,
+                       {"creator_id": "cre", "user_id": "mia", "moderator": method == "put"}),
+                 **_errors(*READ_ERRORS)},
+                params=[_path_param("creator_id", USER_ID), _path_param("user_id", USER_ID)], tags=["server"])
+            for method, verb in (("put", "Appoint"), ("delete", "Remove"))},
+        "/api/v1/server/creators/{creator_id}/timeouts/{user_id}": {
+            "put": _op(
+                "Time a member out of the creator's rooms: no posting there until `until` (live, every process)",
+                "apiKey",
+                {**_ok(200, "the timeout's end", TIMEOUT_ANSWER,
+                       {"creator_id": "cre", "user_id": "alice", "until": "2026-01-02T03:14:05.678Z"}),
+                 **_errors(*BODY_ERRORS, 403)},
+                params=[_path_param("creator_id", USER_ID), _path_param("user_id", USER_ID)],
+                body=_obj({"minutes": {"type": "integer", "minimum": MIN_TIMEOUT_MINUTES,
+                                       "maximum": MAX_TIMEOUT_MINUTES}, "reason": REASON}, ["minutes"]),
+                body_example={"minutes": 10, "reason": "flooding"}, tags=["server"]),
+            "delete": _op(
+                "Lift a member's timeout", "apiKey",
+                {**_ok(200, "until is null", TIMEOUT_ANSWER, {"creator_id": "cre", "user_id": "alice", "until": None}),
+                 **_errors(*READ_ERRORS, 403)},
+                params=[_path_param("creator_id", USER_ID), _path_param("user_id", USER_ID)], tags=["server"]),
+        },
+        "/api/v1/server/creators/{creator_id}/blocks/{user_id}": {
+            "put": _op(
+                "Block a member: out of all the creator's rooms, the direct conversation and the creator channel at "
+                "once, whatever the membership says, until unblocked", "apiKey",
+                {**_ok(200, "blocked", BLOCK_ANSWER, {"creator_id": "cre", "user_id": "alice", "blocked": True}),
+                 **_errors(*BODY_ERRORS, 403)},
+                params=[_path_param("creator_id", USER_ID), _path_param("user_id", USER_ID)],
+                body=_obj({"reason": REASON}, []), body_example={"reason": "harassment"}, tags=["server"]),
+            "delete": _op(
+                "Unblock a member (access follows the membership again)", "apiKey",
+                {**_ok(200, "unblocked", BLOCK_ANSWER, {"creator_id": "cre", "user_id": "alice", "blocked": False}),
+                 **_errors(*READ_ERRORS, 403)},
+                params=[_path_param("creator_id", USER_ID), _path_param("user_id", USER_ID)], tags=["server"]),
+        },
+        "/api/v1/server/creators/{creator_id}/moderation-log": {"get": _op(
+            "The creator's moderation log, newest first", "apiKey",
+            {**_ok(200, "a page; next_cursor is null on the last one", MODERATION_LOG, EXAMPLE_LOG),
+             **_errors(*READ_ERRORS)},
+            params=[_path_param("creator_id", USER_ID),
+                    _query("cursor", {"type": "string", "pattern": "^(0|[1-9][0-9]{0,17})$"},
+                           "the next_cursor of the previous page"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50")],
+            tags=["server"])},
+        "/api/v1/server/rooms/{conversation_id}/slow-mode": {"put": _op(
+            "Slow mode of a room: each member posts at most once per `seconds` (0: off; creator and moderators "
+            "exempt), cluster-wide", "apiKey",
+            {**_ok(200, "the room's slow mode now", _obj({"conversation_id": STRING, "seconds": {"type": "integer"}}),
+                   {"conversation_id": "12", "seconds": 30}), **_errors(*BODY_ERRORS)},
+            params=[conv_id],
+            body=_obj({"seconds": {"type": "integer", "minimum": 0, "maximum": MAX_SLOW_MODE_S}, "reason": REASON},
+                      ["seconds"]),
+            body_example={"seconds": 30}, tags=["server"])},
+        "/api/v1/server/messages/{message_id}/pin": {
+            method: _op(
+                f"{verb} a room message (at most {MAX_PINS} per room; everyone in the room gets `pins`)", "apiKey",
+                {**_ok(200, "the room's pinned message ids, oldest pin first",
+                       _obj({"conversation_id": STRING, "message_ids": {"type": "array", "items": STRING,
+                                                                        "maxItems": MAX_PINS}}),
+                       {"conversation_id": "12", "message_ids": ["99"]}),
+                 **_errors(*READ_ERRORS, 409)},
+                params=[_path_param("message_id", {"type": "string", "description": "a message id (digits)"})],
+                tags=["server"])
+            for method, verb in (("put", "Pin"), ("delete", "Unpin"))},
         "/api/v1/server/notifications": {"post": _op(
             "Store notifications for users (or a channel's audience), deliver them live and push", "apiKey",
             {**_ok(202, "the stored notifications' ids (the original ones for a repeated idempotency_key)",

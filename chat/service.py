@@ -10,28 +10,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from chat import keys, reactions, schemas, sendtrace, storage
+from chat import keys, moderation, reactions, schemas, sendtrace, storage
 from chat.attachments import Attachments
 from chat.auth import Identity
 from chat.batch import BatchedLookup
 from chat.config import Settings
 from chat.db import retrying, utcnow
 from chat.delivery import Delivery
-from chat.errors import ChatError, Conflict, Forbidden, Invalid, NotFound, RateLimited, Unavailable
+from chat.errors import (
+    ChatError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    RateLimited,
+    SlowModeLimited,
+    TimedOut,
+    Unavailable,
+)
 from chat.models import Conversation, Membership, Message
+from chat.moderation import Standing
 from chat.presence import Presence, PresenceCoalescer, PresenceUnavailable
 from chat.ratelimit import KeyedBuckets, Quota, UserRateLimiter
 from chat.reactions import ReactionCoalescer
 from chat.recent import JOIN_PAGE, JOIN_PAGES, POSITIONS_LIMIT, SINCE_PAGE
 from chat.retry import retry_transaction
+from chat.slowmode import SlowModeGate
 from chat.storage import ConversationMeta
 from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec, WebhookMessages
 
@@ -50,6 +64,15 @@ class Access:
     read: bool
     post: bool
     reason: str = ""
+    timed_out_until: datetime | None = None  # set when a timeout is what forbids posting
+
+
+def timed_out_error(until: datetime) -> TimedOut:
+    left = max(1, math.ceil((until - utcnow()).total_seconds()))
+    minutes, seconds = divmod(left, 60)
+    hours, minutes = divmod(minutes, 60)
+    text = f"{hours} h {minutes} min" if hours else (f"{minutes} min {seconds} s" if minutes else f"{seconds} s")
+    return TimedOut(f"timed out by a moderator: you can post again in {text}", until, left)
 
 
 @dataclass
@@ -65,22 +88,41 @@ class SocketState:
     presence_ops: set[asyncio.Future[None]] = field(default_factory=set)
 
 
-def access_rule(conv: ConversationMeta, user_id: str, membership: tuple[str, int] | None) -> Access:
+def access_rule(conv: ConversationMeta, user_id: str, membership: tuple[str, int] | None,
+                standing: Standing | None = None) -> Access:
     """Who reads and who posts. `membership` is (status, tier_cents) of the user's membership
-    with the creator (rooms) or of the conversation's patron (direct conversations)."""
+    with the creator (rooms) or of the conversation's patron (direct conversations); `standing`
+    the sanction of that same pair (docs/moderation.md): a block outweighs any membership, a
+    timeout forbids posting in the creator's rooms until it ends."""
+    blocked = standing is not None and standing.blocked
     if conv.kind == "room":
         if user_id == conv.creator_id:
             return Access(True, True)
+        if blocked:
+            return Access(False, False, "blocked by the creator")
         if membership is None or membership[0] != "active" or membership[1] < conv.min_tier_cents:
             return Access(False, False, "not a member of this room")
         if conv.post_policy == "creator":
             return Access(True, False, "only the creator posts in this room")
+        until = standing.timeout_until if standing is not None else None
+        if until is not None and until > utcnow():
+            return Access(True, False, "timed out by a moderator", until)
         return Access(True, True)
     if user_id not in (conv.creator_id, conv.patron_id):
         return Access(False, False, "not a member of this conversation")
+    if blocked:
+        if user_id == conv.patron_id:
+            return Access(False, False, "blocked by the creator")
+        return Access(True, False, "this member is blocked")
     if membership is None or membership[0] != "active":
         return Access(True, False, "the membership has ended")
     return Access(True, True)
+
+
+def _forbidden(access: Access) -> ChatError:
+    if access.timed_out_until is not None:
+        return timed_out_error(access.timed_out_until)
+    return Forbidden(access.reason)
 
 
 def membership_key(conv: ConversationMeta, user_id: str) -> tuple[str, str] | None:
@@ -119,7 +161,8 @@ class ChatService:
                  user_sends: UserRateLimiter | None = None,
                  webhook_messages: WebhookMessages | None = None,
                  read_engine: AsyncEngine | None = None,
-                 attachments: Attachments | None = None) -> None:
+                 attachments: Attachments | None = None,
+                 slow_gate: SlowModeGate | None = None) -> None:
         self.sessions = sessions
         self.attachments = attachments
         self.engine: AsyncEngine = sessions.kw["bind"]
@@ -158,6 +201,15 @@ class ChatService:
         self.presence_events = PresenceCoalescer(self._emit_presence, settings.presence_window_s)
         self.socket_reacts = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
         self.reaction_events = ReactionCoalescer(self._emit_reaction, self._recount_reactions)
+        # Slow mode (docs/moderation.md): the gate (cluster-wide with Redis), and per process the
+        # rooms' intervals and who moderates whom, read on first use and kept current by the
+        # `slow_mode` and `moderation` control messages.
+        self.slow_gate = slow_gate or SlowModeGate()
+        self._slow_modes: dict[int, int] = {}
+        self._moderators: dict[tuple[str, str], bool] = {}
+        self._pins: dict[int, list[int]] = {}  # room -> pinned message ids, kept by `pins` control messages
+        # Reads in flight, shared by the concurrent joins of a room (a join storm reads once).
+        self._in_flight: dict[tuple[str, int, str], asyncio.Future[Any]] = {}
         delivery.set_control_handler(self._on_control)
         delivery.set_recovery_handler(self.recheck_access)
 
@@ -167,7 +219,8 @@ class ChatService:
         meta = storage.conversation_meta_of(conv)
         key = membership_key(meta, user_id)
         m = await storage.get_membership(session, *key) if key is not None else None
-        return access_rule(meta, user_id, None if m is None else (m.status, m.tier_cents))
+        standing = await moderation.get_standing(await session.connection(), *key) if key is not None else None
+        return access_rule(meta, user_id, None if m is None else (m.status, m.tier_cents), standing)
 
     async def _readable(self, session: AsyncSession, user_id: str, conversation_id: int) -> tuple[Conversation, Access]:
         conv = await storage.get_conversation(session, conversation_id)
@@ -295,7 +348,7 @@ class ChatService:
         if view is None:
             raise NotFound("no such conversation")
         conv = view.conversation
-        access = access_rule(conv, user.user_id, view.membership)
+        access = access_rule(conv, user.user_id, view.membership, view.standing)
         if not access.read:
             raise Forbidden(access.reason)
         self._remember(conv)
@@ -344,6 +397,8 @@ class ChatService:
             "last_read_seq": view.last_read_seq,
             # Where the others have read to, for "seen" receipts before any live `read` event.
             "read_positions": positions,
+            "slow_mode_s": await self._slow_mode_of(conversation_id) if conv.kind == "room" else 0,
+            "pinned": await self._pinned_wires(conversation_id) if conv.kind == "room" else [],
         }
 
     async def _join_page(self, conversation_id: int, since_seq: int | None, last_seq: int, user_id: str,
@@ -438,10 +493,12 @@ class ChatService:
     async def list_conversations(self, user: Identity) -> list[dict[str, Any]]:
         async with self.sessions() as session:
             memberships = await storage.list_patron_memberships(session, user.user_id)
-            tiers = {m.creator_id: m.tier_cents for m in memberships}
+            blocked = await moderation.blocked_creator_ids(await session.connection(), user.user_id)
+            tiers = {m.creator_id: m.tier_cents for m in memberships if m.creator_id not in blocked}
             rooms = await storage.list_rooms_of_creators(session, [*tiers, user.user_id])
             convs = [r for r in rooms if r.creator_id == user.user_id or tiers.get(r.creator_id, -1) >= r.min_tier_cents]
-            convs += await storage.list_directs_of_user(session, user.user_id)
+            convs += [d for d in await storage.list_directs_of_user(session, user.user_id)
+                      if not (d.patron_id == user.user_id and d.creator_id in blocked)]
             ids = [c.id for c in convs]
             states = await storage.get_states(session, user.user_id, ids)
             positions = {cid: (states[cid].last_read_seq if cid in states else 0) for cid in ids}
@@ -470,6 +527,9 @@ class ChatService:
                 if m is not None and m.status == "active":
                     pair = (creator, patron)
                     break
+            standing = await moderation.get_standing(await session.connection(), *pair) if pair is not None else None
+            if standing is not None and standing.blocked:
+                raise Forbidden("blocked by the creator")
             if pair is None:
                 # An existing conversation stays readable after the membership ends.
                 for creator, patron in ((user.user_id, other_id), (other_id, user.user_id)):
@@ -528,14 +588,25 @@ class ChatService:
             raise Invalid("attachments are not enabled on this server")
         conv = self._may_post_from_socket(sid, conversation_id)
         if conv is None:
+            self._check_timed_out(sid, conversation_id)
             epoch = self._control_epoch
-            checked = await self._check_send(user, conversation_id, body, client_msg_id)
+            try:
+                checked = await self._check_send(user, conversation_id, body, client_msg_id)
+            except TimedOut as exc:
+                state = self.sockets.get(sid) if sid is not None else None
+                if state is not None and conversation_id in state.conversations and epoch == self._control_epoch:
+                    state.posting[conversation_id] = Access(True, False, "timed out by a moderator", exc.until)
+                raise
             if isinstance(checked, dict):
                 return {"message": await self._retried(checked)}
             conv = checked
             state = self.sockets.get(sid) if sid is not None else None
             if state is not None and conversation_id in state.conversations and epoch == self._control_epoch:
                 state.posting[conversation_id] = Access(True, True)  # e.g. a membership active again
+        if conv.kind == "room" and user.user_id != conv.creator_id:
+            original = await self._check_slow_mode(conv, user, client_msg_id)
+            if original is not None:
+                return {"message": original}
         push = None
         if conv.kind == "direct":
             push = PushSpec(None)
@@ -552,6 +623,130 @@ class ChatService:
             log.warning("send failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
         return {"message": stored.message}
+
+    async def _check_slow_mode(self, conv: ConversationMeta, user: Identity, client_msg_id: str) -> dict[str, Any] | None:
+        """Take the member's slow-mode slot in the room, or refuse with the wait; a retry of a
+        message already stored is answered with it (the original) instead."""
+        try:
+            seconds = await self._slow_mode_of(conv.id)
+            if not seconds or await self._is_moderator(conv.creator_id, user.user_id):
+                return None
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            log.warning("slow mode check failed: %s", type(exc).__name__)
+            raise _db_unavailable() from None
+        wait = await self.slow_gate.take(conv.id, user.user_id, seconds)
+        if not wait:
+            return None
+        async with self.engine.connect() as conn:
+            row = (await storage.find_sent(conn, [(user.user_id, client_msg_id)])).get((user.user_id, client_msg_id))
+            if row is not None and row.conversation_id == conv.id:
+                name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
+                return schemas.message_wire_columns(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
+                                                    row.client_msg_id, row.created_at, row.edited_at, row.deleted)
+        raise SlowModeLimited(f"slow mode: one message per {seconds} s in this room; wait {wait} s", wait)
+
+    async def _slow_mode_of(self, conversation_id: int) -> int:
+        seconds = self._slow_modes.get(conversation_id)
+        if seconds is None:
+            seconds = (await self._load_room_moderation(conversation_id))[0]
+        return seconds
+
+    async def _once(self, key: tuple[str, int, str], read: Callable[[], Awaitable[Any]]) -> Any:
+        """`read()`, or the result of the same read already in flight."""
+        fut = self._in_flight.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(read())
+            self._in_flight[key] = fut
+            fut.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        return await asyncio.shield(fut)
+
+    async def _load_room_moderation(self, conversation_id: int) -> tuple[int, list[int]]:
+        """A room's slow mode and pinned ids, read once (cached until a control message changes them)."""
+        async def read() -> tuple[int, list[int]]:
+            epoch = self._control_epoch
+            async with self.read_engine.connect() as conn:
+                seconds = await moderation.get_slow_mode(conn, conversation_id)
+                ids = await moderation.pinned_ids(conn, conversation_id)
+            if epoch == self._control_epoch:
+                if len(self._slow_modes) >= CONVERSATION_CACHE_SIZE or len(self._pins) >= CONVERSATION_CACHE_SIZE:
+                    self._slow_modes.clear()
+                    self._pins.clear()
+                self._slow_modes[conversation_id] = seconds
+                self._pins[conversation_id] = ids
+            return seconds, ids
+
+        result: tuple[int, list[int]] = await self._once(("room", conversation_id, ""), read)
+        return result
+
+    async def _pinned_wires(self, conversation_id: int) -> list[dict[str, Any]]:
+        """The join answer's `pinned`: the room's pinned messages (not deleted ones), without
+        `reactions` (alike for every reader). Which ones is kept per process; a room with pins costs
+        one read per join, shared by the joins in flight (a join storm reads once)."""
+        ids = self._pins.get(conversation_id)
+        if ids is None:
+            ids = (await self._load_room_moderation(conversation_id))[1]
+        if not ids:
+            return []
+
+        async def read() -> list[dict[str, Any]]:
+            async with self.sessions() as session:
+                found = [await storage.get_message(session, i) for i in ids]
+                return await self._messages_wire(session, [m for m in found if m is not None and not m.deleted])
+
+        wires: list[dict[str, Any]] = await self._once(("pins", conversation_id, ""), read)
+        return wires
+
+    async def pin_message(self, actor_id: str | None, message_id: int, on: bool) -> dict[str, Any]:
+        """Pin (`on`) or unpin a room message: its creator, their moderators or the backend (None);
+        at most MAX_PINS per room (`conflict`). Everyone in the room gets `pins`."""
+        async def store() -> tuple[int, list[int]]:
+            async with self.sessions.begin() as session:
+                msg = await storage.get_message(session, message_id)
+                if msg is None:
+                    raise NotFound("no such message")
+                # The room's row lock serializes pins of one room (MAX_PINS holds under concurrency).
+                conv = await session.get(Conversation, msg.conversation_id, with_for_update=True)
+                assert conv is not None
+                if conv.kind != "room":
+                    raise Invalid("only room messages are pinned")
+                await self._check_moderates(session, conv.creator_id, actor_id)
+                conn = await session.connection()
+                if on and msg.deleted:
+                    raise Invalid("a deleted message cannot be pinned")
+                if on and message_id not in await moderation.pinned_ids(conn, conv.id) and len(
+                        await moderation.pinned_ids(conn, conv.id)) >= moderation.MAX_PINS:
+                    raise Conflict(f"at most {moderation.MAX_PINS} pinned messages per room; unpin one first")
+                if await moderation.set_pinned(session, conv.id, message_id, actor_id, on):
+                    await moderation.record_action(session, conv.creator_id, actor_id,
+                                                   "message_pinned" if on else "message_unpinned", msg.sender_id,
+                                                   message_id=message_id, conversation_id=conv.id)
+                return conv.id, await moderation.pinned_ids(conn, conv.id)
+
+        cid, ids = await retry_transaction(store)
+        await self.delivery.broadcast_control({"type": "pins", "conversation_id": cid, "message_ids": ids})
+        wire = {"conversation_id": str(cid), "message_ids": [str(i) for i in ids]}
+        await self.delivery.to_conversation(cid, "pins", wire)
+        return wire
+
+    async def _is_moderator(self, creator_id: str, user_id: str) -> bool:
+        known = self._moderators.get((creator_id, user_id))
+        if known is None:
+            epoch = self._control_epoch
+            async with self.engine.connect() as conn:
+                known = await moderation.is_moderator(conn, creator_id, user_id)
+            if epoch == self._control_epoch:
+                if len(self._moderators) >= KNOWN_USERS_SIZE:
+                    self._moderators.clear()
+                self._moderators[(creator_id, user_id)] = known
+        return known
+
+    def _check_timed_out(self, sid: str | None, conversation_id: int) -> None:
+        """A socket whose join (or last send) found a timeout still running is refused without a
+        database read; a `moderation` control message lifting it drops what the socket knew."""
+        state = self.sockets.get(sid) if sid is not None else None
+        access = state.posting.get(conversation_id) if state is not None else None
+        if access is not None and access.timed_out_until is not None and access.timed_out_until > utcnow():
+            raise timed_out_error(access.timed_out_until)
 
     async def _retried(self, wire: dict[str, Any]) -> dict[str, Any]:
         """A retry's original message, with its photos."""
@@ -573,7 +768,7 @@ class ChatService:
                           client_msg_id: str) -> ConversationMeta | dict[str, Any]:
         """The database check of a send: the conversation, a retry's original, then access.
         Returns the conversation, or the original message when this is a retry."""
-        async def check() -> tuple[ConversationMeta, dict[str, Any] | None, tuple[str, int] | None]:
+        async def check() -> tuple[ConversationMeta, dict[str, Any] | None, tuple[str, int] | None, Standing | None]:
             async with self.engine.connect() as conn:
                 conv = await storage.get_conversation_meta(conn, conversation_id)
                 if conv is None:
@@ -584,21 +779,24 @@ class ChatService:
                         raise Conflict("client_msg_id was already used for a different message")
                     name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
                     return conv, schemas.message_wire_columns(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
-                                              row.client_msg_id, row.created_at, row.edited_at, row.deleted), None
+                                              row.client_msg_id, row.created_at, row.edited_at, row.deleted), None, None
                 key = membership_key(conv, user.user_id)
-                return conv, None, await storage.get_membership_state(conn, *key) if key is not None else None
+                if key is None:
+                    return conv, None, None, None
+                return (conv, None, await storage.get_membership_state(conn, *key),
+                        await moderation.get_standing(conn, *key))
 
         try:
-            conv, original, membership = await retrying(check)
+            conv, original, membership, standing = await retrying(check)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send check failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
         self._remember(conv)
         if original is not None:
             return original
-        access = access_rule(conv, user.user_id, membership)
+        access = access_rule(conv, user.user_id, membership, standing)
         if not access.post:
-            raise Forbidden(access.reason)
+            raise _forbidden(access)
         return conv
 
     def _remember(self, conv: ConversationMeta) -> None:
@@ -631,21 +829,33 @@ class ChatService:
         return await self._delete_message(user, message_id)
 
     async def _delete_message(self, user: Identity | None, message_id: int) -> dict[str, Any]:
-        """Delete as `user` (their own messages; a room's creator any in the room), or as the
-        backend (None: any message)."""
+        """Delete as `user` (their own messages; a room's creator or one of the creator's
+        moderators any in the room), or as the backend (None: any message). A delete of someone
+        else's message goes to the moderation log."""
         async with self.sessions.begin() as session:
             msg = await storage.get_message(session, message_id)
             if msg is None:
                 raise NotFound("no such message")
-            if user is not None:
-                conv, _ = await self._readable(session, user.user_id, msg.conversation_id)
-                room_creator = conv.kind == "room" and conv.creator_id == user.user_id
-                if msg.sender_id != user.user_id and not room_creator:
-                    raise Forbidden("only the author or the room's creator deletes a message")
+            conv_creator = None
+            if user is not None and msg.sender_id != user.user_id:
+                conv = await storage.get_conversation(session, msg.conversation_id)
+                assert conv is not None  # messages cascade with their conversation
+                allowed = conv.kind == "room" and (
+                    conv.creator_id == user.user_id
+                    or await moderation.is_moderator(await session.connection(), conv.creator_id, user.user_id))
+                if not allowed:
+                    await self._readable(session, user.user_id, msg.conversation_id)  # not_found/forbidden as before
+                    raise Forbidden("only the author, the room's creator or its moderators delete a message")
+                conv_creator = conv.creator_id
+            elif user is not None:
+                await self._readable(session, user.user_id, msg.conversation_id)
             changed = not msg.deleted
             if changed:
                 msg.deleted, msg.body, msg.edited_at = True, "", utcnow()
                 await session.flush()
+                if conv_creator is not None and user is not None:
+                    await moderation.record_action(session, conv_creator, user.user_id, "message_deleted",
+                                                   msg.sender_id, message_id=msg.id)
             wire = (await self._messages_wire(session, [msg]))[0]
         if changed:
             await self.delivery.to_conversation(msg.conversation_id, "message_updated", wire)
@@ -818,6 +1028,9 @@ class ChatService:
                 m = await storage.get_membership(session, ident, user.user_id)
                 if m is None or m.status != "active":
                     raise Forbidden("not an active patron of this creator")
+                standing = await moderation.get_standing(await session.connection(), ident, user.user_id)
+                if standing is not None and standing.blocked:
+                    raise Forbidden("blocked by the creator")
                 return
             if not schemas.CANONICAL_ID_RE.match(ident):  # "01" names no room
                 raise Forbidden("no such room")
@@ -1016,6 +1229,164 @@ class ChatService:
         await self.delivery.broadcast_control({"type": "disconnect_user", "user_id": user_id})
         return {"user_id": user_id, "was_online": was_online}
 
+    # ============================================================ moderation (docs/moderation.md)
+
+    @staticmethod
+    async def _ensure_users(session: AsyncSession, *user_ids: str) -> None:
+        for uid in user_ids:
+            if await storage.get_user(session, uid) is None:
+                await storage.upsert_user(session, uid, None)
+
+    @staticmethod
+    async def _check_moderates(session: AsyncSession, creator_id: str, actor_id: str | None) -> bool:
+        """Forbidden unless `actor_id` is the creator or one of their moderators (None: the
+        backend, always allowed). True when the actor is a moderator (not the creator or backend)."""
+        if actor_id is None or actor_id == creator_id:
+            return False
+        if not await moderation.is_moderator(await session.connection(), creator_id, actor_id):
+            raise Forbidden("only the creator and their moderators do this")
+        return True
+
+    async def _check_target(self, session: AsyncSession, creator_id: str, actor_id: str | None, target_id: str) -> None:
+        if target_id == creator_id:
+            raise Forbidden("the creator cannot be moderated in their own rooms")
+        if await self._check_moderates(session, creator_id, actor_id) and await moderation.is_moderator(
+                await session.connection(), creator_id, target_id):
+            raise Forbidden("moderators do not time out or block each other; the creator does")
+
+    async def set_moderator(self, actor_id: str | None, creator_id: str, user_id: str, on: bool) -> dict[str, Any]:
+        """Appoint or remove a moderator of `creator_id`: the creator (socket) or the backend (None)."""
+        if actor_id is not None and actor_id != creator_id:
+            raise Forbidden("only the creator appoints moderators")
+        if user_id == creator_id:
+            raise Invalid("the creator moderates their rooms already")
+        action = "moderator_added" if on else "moderator_removed"
+
+        async def store() -> bool:
+            async with self.sessions.begin() as session:
+                await self._ensure_users(session, creator_id, user_id)
+                changed = await moderation.set_moderator(session, creator_id, user_id, on)
+                if changed:
+                    await moderation.record_action(session, creator_id, actor_id, action, user_id)
+                return changed
+
+        if await retry_transaction(store):
+            await self.delivery.broadcast_control({"type": "moderation", "action": action, "creator_id": creator_id,
+                                                   "user_id": user_id, "until": None})
+        return {"creator_id": creator_id, "user_id": user_id, "moderator": on}
+
+    async def list_moderators(self, creator_id: str) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            return {"creator_id": creator_id, "moderators": await moderation.list_moderators(conn, creator_id)}
+
+    async def timeout_member(self, actor_id: str | None, creator_id: str, user_id: str, minutes: int,
+                             reason: str) -> dict[str, Any]:
+        """Time `user_id` out of the creator's rooms for `minutes` (0 lifts a running timeout)."""
+        until = utcnow() + timedelta(minutes=minutes) if minutes else None
+        action = "timeout" if minutes else "timeout_lifted"
+
+        async def store() -> None:
+            async with self.sessions.begin() as session:
+                await self._check_target(session, creator_id, actor_id, user_id)
+                await self._ensure_users(session, creator_id, user_id)
+                await moderation.set_timeout(session, creator_id, user_id, until)
+                await moderation.record_action(session, creator_id, actor_id, action, user_id, reason=reason,
+                                               until=until)
+
+        await retry_transaction(store)
+        await self.delivery.broadcast_control({"type": "moderation", "action": action, "creator_id": creator_id,
+                                               "user_id": user_id, "until": schemas.iso(until)})
+        return {"creator_id": creator_id, "user_id": user_id, "until": schemas.iso(until)}
+
+    async def block_member(self, actor_id: str | None, creator_id: str, user_id: str, on: bool,
+                           reason: str) -> dict[str, Any]:
+        """Block (`on`) or unblock `user_id`: out of all the creator's rooms, their direct
+        conversation and the creator channel at once, on every process, whatever the membership."""
+        action = "block" if on else "unblock"
+
+        async def store() -> tuple[bool, bool, list[int], int | None]:
+            async with self.sessions.begin() as session:
+                await self._check_target(session, creator_id, actor_id, user_id)
+                await self._ensure_users(session, creator_id, user_id)
+                standing = await moderation.get_standing(await session.connection(), creator_id, user_id)
+                changed = (standing is not None and standing.blocked) != on
+                demoted = False
+                if changed:
+                    await moderation.set_blocked(session, creator_id, user_id, on)
+                    await moderation.record_action(session, creator_id, actor_id, action, user_id, reason=reason)
+                    # A blocked moderator moderates no more (the creator appoints them again if need be).
+                    if on and await moderation.set_moderator(session, creator_id, user_id, False):
+                        demoted = True
+                        await moderation.record_action(session, creator_id, actor_id, "moderator_removed", user_id)
+                rooms = [r.id for r in await storage.list_rooms_of_creators(session, [creator_id])]
+                direct = await storage.get_direct(session, creator_id, user_id)
+                return changed, demoted, rooms, direct.id if direct is not None else None
+
+        changed, demoted, rooms, direct_id = await retry_transaction(store)
+        if demoted:
+            await self.delivery.broadcast_control({"type": "moderation", "action": "moderator_removed",
+                                                   "creator_id": creator_id, "user_id": user_id, "until": None})
+        if changed:
+            lost = [*rooms, *([direct_id] if direct_id is not None else [])]
+            await self.delivery.broadcast_control({
+                "type": "moderation", "action": action, "creator_id": creator_id, "user_id": user_id, "until": None,
+                "conversation_ids": lost if on else [direct_id] if direct_id is not None else [],
+                "channels": [keys.room_channel(str(r)) for r in rooms] + [keys.creator_channel(creator_id)] if on else []})
+        return {"creator_id": creator_id, "user_id": user_id, "blocked": on}
+
+    async def set_slow_mode(self, actor_id: str | None, conversation_id: int, seconds: int,
+                            reason: str = "") -> dict[str, Any]:
+        """Slow mode of a room (0: off), by its creator, one of their moderators or the backend (None)."""
+        async def store() -> None:
+            async with self.sessions.begin() as session:
+                conv = await storage.get_conversation(session, conversation_id)
+                if conv is None or conv.kind != "room":
+                    raise NotFound("no such room")
+                await self._check_moderates(session, conv.creator_id, actor_id)
+                await moderation.set_slow_mode(session, conversation_id, seconds)
+                await moderation.record_action(session, conv.creator_id, actor_id, "slow_mode", None, reason=reason,
+                                               conversation_id=conversation_id, seconds=seconds)
+
+        await retry_transaction(store)
+        await self.delivery.broadcast_control({"type": "slow_mode", "conversation_id": conversation_id,
+                                               "seconds": seconds})
+        wire = {"conversation_id": str(conversation_id), "seconds": seconds}
+        await self.delivery.to_conversation(conversation_id, "slow_mode", wire)
+        return wire
+
+    async def moderation_log(self, actor_id: str | None, creator_id: str, before_id: int | None,
+                             limit: int) -> dict[str, Any]:
+        """The creator's moderation log, newest first; `next_cursor` continues it (None at the end)."""
+        async with self.sessions() as session:
+            await self._check_moderates(session, creator_id, actor_id)
+            rows = await moderation.list_actions(session, creator_id, before_id, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"entries": [moderation.action_wire(r) for r in rows],
+                "next_cursor": str(rows[-1].id) if more else None}
+
+    async def _moderation_local(self, message: dict[str, Any]) -> None:
+        """A moderation action, on this process: what its sockets knew about posting is dropped
+        (the next send is checked in the database), a block takes the member out of everything
+        of the creator's (as a revoked membership), and the member's sockets hear `moderation`."""
+        action, creator_id, user_id = str(message["action"]), str(message["creator_id"]), str(message["user_id"])
+        conversation_ids = [int(c) for c in message.get("conversation_ids", [])]
+        if action == "block":
+            await self._revoke_local(user_id, conversation_ids, [str(c) for c in message.get("channels", [])])
+        # The creator's sockets may no longer (block) or may again (unblock) post in the direct one.
+        self._forget_posting([creator_id], conversation_ids)
+        for sid in self._user_sockets.get(user_id, ()):
+            state = self.sockets.get(sid)
+            if state is None:
+                continue
+            for cid in list(state.posting):
+                meta = self._conversations.get(cid)
+                if meta is None or meta.creator_id == creator_id:
+                    state.posting.pop(cid, None)
+        event = {"action": action, "creator_id": creator_id, "until": message.get("until")}
+        for sid in list(self._user_sockets.get(user_id, ())):
+            await self.delivery.to_socket(sid, "moderation", event)
+
     # ============================================================ cluster control
 
     async def _on_control(self, message: dict[str, Any]) -> None:
@@ -1032,6 +1403,18 @@ class ChatService:
             self._control_epoch += 1
             self._forget_posting([str(u) for u in message.get("user_ids", [])],
                                  [int(c) for c in message.get("conversation_ids", [])])
+        elif kind == "moderation":
+            self._control_epoch += 1
+            if message.get("action") in ("moderator_added", "moderator_removed"):
+                self._moderators[(str(message["creator_id"]), str(message["user_id"]))] = (
+                    message["action"] == "moderator_added")
+            await self._moderation_local(message)
+        elif kind == "pins":
+            self._control_epoch += 1
+            self._pins[int(message["conversation_id"])] = [int(i) for i in message.get("message_ids", [])]
+        elif kind == "slow_mode":
+            self._control_epoch += 1
+            self._slow_modes[int(message["conversation_id"])] = int(message["seconds"])
         elif kind == "disconnect_user":
             for sid in list(self._user_sockets.get(str(message["user_id"]), ())):
                 await self.delivery.disconnect(sid)
@@ -1125,6 +1508,7 @@ class ChatService:
         else:
             return [], None
         muted = await storage.muted_user_ids(session, conv.id, candidates)
+        muted |= await moderation.blocked_user_ids(await session.connection(), conv.creator_id, candidates)
         return [u for u in candidates if u not in muted and u != sender_id], resume
 
 

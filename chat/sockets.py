@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import socketio
 
-from chat import schemas, sendtrace, unavailable
+from chat import moderation, schemas, sendtrace, unavailable
 from chat.auth import Authenticator
 from chat.errors import ChatError, Forbidden, Invalid, RateLimited, TooLarge, error_wire
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
@@ -42,7 +42,7 @@ class TooManyConnections(ChatError):
 # The client events, each handled by the ChatSockets method of the same name (documented in
 # chat/asyncapi.py; tests/test_asyncapi.py checks both lists are the same).
 CLIENT_EVENTS = ("join", "leave", "send", "edit", "delete", "history", "typing", "read", "subscribe", "unsubscribe",
-                 "refresh_token", "react")
+                 "refresh_token", "react", "moderator", "timeout", "block", "moderation_log", "slow_mode", "pin")
 
 
 class ChatSockets:
@@ -274,6 +274,47 @@ class ChatSockets:
         channel = schemas.check_str(data, "channel", max_len=140)
         assert channel is not None
         return await self.service.unsubscribe(sid, channel)
+
+    # ------------------------------------------------------------ moderation (docs/moderation.md)
+    async def moderator(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        creator_id = moderation.check_user_id(data, "creator_id", required=False) or user.user_id
+        return await self.service.set_moderator(user.user_id, creator_id, moderation.check_user_id(data, "user_id"),
+                                                schemas.check_bool(data, "on"))
+
+    async def timeout(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        return await self.service.timeout_member(user.user_id, moderation.check_user_id(data, "creator_id"),
+                                                 moderation.check_user_id(data, "user_id"), moderation.check_minutes(data),
+                                                 moderation.check_reason(data))
+
+    async def block(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        return await self.service.block_member(user.user_id, moderation.check_user_id(data, "creator_id"),
+                                               moderation.check_user_id(data, "user_id"), schemas.check_bool(data, "on"),
+                                               moderation.check_reason(data))
+
+    async def slow_mode(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        cid = schemas.check_conversation_id(data)
+        seconds = moderation.check_slow_mode_seconds(data)
+        return await self.service.set_slow_mode(user.user_id, cid, seconds, moderation.check_reason(data))
+
+    async def pin(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        return await self.service.pin_message(user.user_id, schemas.check_message_id(data),
+                                              schemas.check_bool(data, "on"))
+
+    async def moderation_log(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        creator_id = moderation.check_user_id(data, "creator_id", required=False) or user.user_id
+        before = data.get("before_id")
+        if before is not None and (not isinstance(before, str) or not schemas.CANONICAL_ID_RE.match(before)):
+            raise Invalid("before_id must be an entry id (digits) or the next_cursor of the previous page")
+        before_id = None if before is None else int(before)
+        limit = schemas.check_int(data, "limit", minimum=1, maximum=schemas.MAX_PAGE)
+        return await self.service.moderation_log(user.user_id, creator_id, before_id,
+                                                 schemas.DEFAULT_PAGE if limit is None else limit)
 
 
 def _binary_as_text(obj: Any) -> str:

@@ -14,7 +14,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from chat.db import utcnow
-from chat.models import Conversation, ConversationState, Membership, Message, Reaction, User
+from chat.models import Conversation, ConversationState, Membership, Message, Reaction, Sanction, User
+from chat.moderation import Standing
 
 # ---------------------------------------------------------------- users
 
@@ -427,6 +428,7 @@ _messages: sa.Table = Message.__table__  # type: ignore[assignment]
 _states: sa.Table = ConversationState.__table__  # type: ignore[assignment]
 _users: sa.Table = User.__table__  # type: ignore[assignment]
 _memberships: sa.Table = Membership.__table__  # type: ignore[assignment]
+_sanctions: sa.Table = Sanction.__table__  # type: ignore[assignment]
 
 SENT_COLUMNS = (_messages.c.id, _messages.c.conversation_id, _messages.c.seq, _messages.c.sender_id,
                 _messages.c.body, _messages.c.client_msg_id, _messages.c.created_at,
@@ -633,6 +635,7 @@ class JoinView:
     creator_avatar: str | None = None
     patron_avatar: str | None = None
     last_seq: int = 0  # the conversation's, as of this read (the join's cache check, chat/recent.py)
+    standing: Standing | None = None  # the sanction of the membership's pair (chat/moderation.py)
 
 
 JOIN_VIEWS_BATCH = 64  # (conversation, user) pairs per statement of join_views
@@ -648,7 +651,7 @@ def _join_views_statement(n: int) -> Any:
                       sa.bindparam(f"c{i}", type_=sa.BigInteger()).label("cid"),
                       sa.bindparam(f"u{i}", type_=_users.c.id.type).label("uid")) for i in range(n)]
     k = (rows[0] if n == 1 else sa.union_all(*rows)).subquery("k")
-    c, m, s = _conversations.c, _memberships.alias("m"), _states.alias("s")
+    c, m, s, sn = _conversations.c, _memberships.alias("m"), _states.alias("s"), _sanctions.alias("sn")
     creator, patron = _users.alias("uc"), _users.alias("up")
     msg = _messages.alias("um")
     position = sa.func.coalesce(s.c.last_read_seq, 0)
@@ -658,9 +661,10 @@ def _join_views_statement(n: int) -> Any:
     pair_patron = sa.case((c.kind == "direct", c.patron_id), else_=k.c.uid)
     return (sa.select(c.id, c.kind, c.creator_id, c.patron_id, c.name, c.min_tier_cents, c.post_policy,
                       m.c.status, m.c.tier_cents, position, unread, creator.c.name, patron.c.name,
-                      creator.c.avatar_url, patron.c.avatar_url, c.last_seq, k.c.i)
+                      creator.c.avatar_url, patron.c.avatar_url, c.last_seq, k.c.i, sn.c.blocked, sn.c.timeout_until)
             .select_from(k.join(_conversations, c.id == k.c.cid)
                          .outerjoin(m, sa.and_(m.c.creator_id == c.creator_id, m.c.patron_id == pair_patron))
+                         .outerjoin(sn, sa.and_(sn.c.creator_id == c.creator_id, sn.c.user_id == pair_patron))
                          .outerjoin(s, sa.and_(s.c.user_id == k.c.uid, s.c.conversation_id == c.id))
                          .outerjoin(creator, creator.c.id == c.creator_id)
                          .outerjoin(patron, patron.c.id == c.patron_id)))
@@ -676,7 +680,7 @@ def _join_view_of(row: Any) -> JoinView:
     status, tier = row[7], row[8]
     return JoinView(meta, None if status is None else (str(status), int(tier)), int(row[9]), int(row[10]),
                     row[11] or meta.creator_id, row[12] or (meta.patron_id or ""), row[13], row[14],
-                    int(row[15] or 0))
+                    int(row[15] or 0), None if row[17] is None else Standing(bool(row[17]), row[18]))
 
 
 async def join_views(conn: AsyncConnection, pairs: Sequence[tuple[int, str]]) -> dict[tuple[int, str], JoinView]:

@@ -285,6 +285,32 @@ async def test_real_traffic_matches_the_document(shared_mysql_cluster: Cluster, 
         assert (await a.call("send", {"conversation_id": room, "body": "  ", "client_msg_id": "m-2"}))["ok"] is False
         assert (await a.call("typing", {"conversation_id": room, "typing": "yes"}))["ok"] is False
 
+        # moderation: appoint, time out (a refused send), lift, read the log, block (access_revoked), unblock
+        assert (await b.call("moderator", {"user_id": late, "on": True}))["ok"]
+        assert (await b.call("timeout", {"creator_id": cre, "user_id": pat, "minutes": 5, "reason": "calm"}))["ok"]
+        await a.wait_for("moderation", lambda e: e["action"] == "timeout")
+        muted = await a.call("send", {"conversation_id": room, "body": "muted", "client_msg_id": "m-3"})
+        assert muted["error"]["retry_after"] > 0
+        assert (await b.call("timeout", {"creator_id": cre, "user_id": pat, "minutes": 0}))["ok"]
+        assert (await b.call("moderation_log", {"creator_id": cre, "limit": 5}))["ok"]
+        assert (await a.call("join", {"conversation_id": room}))["ok"]
+        assert (await b.call("slow_mode", {"conversation_id": room, "seconds": 60}))["ok"]
+        await a.wait_for("slow_mode", lambda e: e["seconds"] == 60)
+        assert (await a.call("send", {"conversation_id": room, "body": "slow", "client_msg_id": "m-4"}))["ok"]
+        slowed = await a.call("send", {"conversation_id": room, "body": "slower", "client_msg_id": "m-5"})
+        assert slowed["error"]["code"] == "rate_limited" and slowed["error"]["retry_after"] > 0
+        assert (await b.call("slow_mode", {"conversation_id": room, "seconds": 0}))["ok"]
+        pinned = (await b.call("send", {"conversation_id": room, "body": "pin me", "client_msg_id": "c-pin"}))["message"]
+        assert (await b.call("pin", {"message_id": pinned["id"], "on": True}))["ok"]
+        await a.wait_for("pins", lambda e: e["message_ids"] == [pinned["id"]])
+        assert (await a.call("join", {"conversation_id": room}))["pinned"][0]["id"] == pinned["id"]
+        assert (await b.call("block", {"creator_id": cre, "user_id": pat, "on": True, "reason": "test"}))["ok"]
+        await a.wait_for("access_revoked", lambda r: r["conversation_id"] == room)
+        await a.wait_for("moderation", lambda e: e["action"] == "block")
+        assert (await b.call("block", {"creator_id": cre, "user_id": pat, "on": False}))["ok"]
+        await a.wait_for("moderation", lambda e: e["action"] == "unblock")
+        a.events["access_revoked"].clear()
+
         assert (await a.call("join", {"conversation_id": room}))["ok"]
         api.membership(cre, pat, 500, status="former")
         await a.wait_for("access_revoked", lambda r: r["conversation_id"] == room)

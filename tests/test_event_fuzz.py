@@ -38,6 +38,12 @@ FIELDS: dict[str, list[str]] = {
     "unsubscribe": ["channel"],
     "refresh_token": ["token"],
     "react": ["conversation_id", "message_id", "emoji", "on"],
+    "moderator": ["creator_id", "user_id", "on"],
+    "timeout": ["creator_id", "user_id", "minutes", "reason"],
+    "block": ["creator_id", "user_id", "on", "reason"],
+    "moderation_log": ["creator_id", "before_id", "limit"],
+    "slow_mode": ["conversation_id", "seconds", "reason"],
+    "pin": ["message_id", "on"],
     "no_such_event": ["conversation_id"],
 }
 PER_EVENT = -(-TOTAL_EXAMPLES // len(FIELDS))
@@ -113,7 +119,7 @@ def payloads(event: str, env_ids: dict[str, str]) -> st.SearchStrategy[Any]:
 
 @pytest.mark.parametrize("event", list(FIELDS))
 def test_event_payloads(env: Env, event: str) -> None:
-    ids = {"room": env.room, "message": env.message_id, "channel": "user:pat"}
+    ids = {"room": env.room, "message": env.message_id, "channel": "user:pat", "creator": "cre", "patron": "pat"}
 
     @settings(max_examples=PER_EVENT, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))

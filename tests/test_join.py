@@ -17,7 +17,8 @@ from tests.conftest import Cluster, MySQLDatabases
 from tests.faults import eventually
 from tests.support import Api, Client, barrier, make_token, sync_engine
 
-JOIN_KEYS = {"conversation", "messages", "has_more", "online", "unread_count", "last_read_seq", "read_positions"}
+JOIN_KEYS = {"conversation", "messages", "has_more", "online", "unread_count", "last_read_seq", "read_positions",
+             "slow_mode_s", "pinned"}  # slow_mode_s, pinned: extensions (docs/api.md, Moderation)
 MESSAGE_KEYS = {"id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted",
                 "reactions", "attachments"}
 CONVERSATION_KEYS = {"id", "kind", "creator_id", "name", "min_tier_cents", "post_policy"}
