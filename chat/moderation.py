@@ -11,6 +11,7 @@ to `moderation_recorded`: the one place where a later consumer (the webhooks out
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+import webhooks
 from chat import schemas
 from chat.auth import USER_ID_RE
 from chat.errors import Invalid
@@ -203,24 +205,31 @@ async def set_blocked(session: AsyncSession, creator_id: str, user_id: str, bloc
 async def record_action(session: AsyncSession, creator_id: str, actor_id: str | None, action: str,
                         target_id: str | None, *, reason: str = "", until: datetime | None = None,
                         message_id: int | None = None, conversation_id: int | None = None,
-                        seconds: int | None = None) -> dict[str, Any]:
-    """One log entry, in the caller's transaction; returns its wire form."""
+                        seconds: int | None = None, webhook_events: Collection[str] = ()) -> dict[str, Any]:
+    """One log entry, in the caller's transaction; returns its wire form. `webhook_events`:
+    the enabled webhook types (settings.webhook_events)."""
     row = ModerationAction(creator_id=creator_id, actor_id=actor_id, action=action, target_id=target_id,
                            reason=reason, until=until, message_id=message_id, conversation_id=conversation_id,
                            seconds=seconds)
     session.add(row)
     await session.flush()
     wire = action_wire(row)
-    await moderation_recorded(session, wire)
+    await moderation_recorded(session, wire, webhook_events)
     return wire
 
 
-async def moderation_recorded(session: AsyncSession, entry: dict[str, Any]) -> None:
+async def moderation_recorded(session: AsyncSession, entry: dict[str, Any], webhook_events: Collection[str]) -> None:
     """Called for every moderation action, inside the transaction that stored it (after the log
-    row). The hook for the webhooks outbox (issue 14 item 5: `moderation.action`,
-    `member.blocked`, `member.timed_out`): record the outbox event here, in `session`, so it
-    commits or rolls back with the action. Nothing else to do today."""
-    return None
+    row): the webhooks outbox events (docs/webhooks.md) commit or roll back with the action.
+    Every action is a `moderation.action` (the log entry); a block is also `member.blocked`
+    and a timeout `member.timed_out`. Types not enabled write nothing."""
+    await webhooks.record(session, webhooks.MODERATION_ACTION, entry, webhook_events)
+    member = {"creator_id": entry["creator_id"], "user_id": entry["target_id"], "by": entry["actor_id"],
+              "reason": entry["reason"], "action_id": entry["id"]}
+    if entry["action"] == "block":
+        await webhooks.record(session, webhooks.MEMBER_BLOCKED, member, webhook_events)
+    elif entry["action"] == "timeout":
+        await webhooks.record(session, webhooks.MEMBER_TIMED_OUT, {**member, "until": entry["until"]}, webhook_events)
 
 
 def action_wire(a: ModerationAction) -> dict[str, Any]:

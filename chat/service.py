@@ -717,7 +717,7 @@ class ChatService:
                         await moderation.pinned_ids(conn, conv.id)) >= moderation.MAX_PINS:
                     raise Conflict(f"at most {moderation.MAX_PINS} pinned messages per room; unpin one first")
                 if await moderation.set_pinned(session, conv.id, message_id, actor_id, on):
-                    await moderation.record_action(session, conv.creator_id, actor_id,
+                    await self._record_action(session, conv.creator_id, actor_id,
                                                    "message_pinned" if on else "message_unpinned", msg.sender_id,
                                                    message_id=message_id, conversation_id=conv.id)
                 return conv.id, await moderation.pinned_ids(conn, conv.id)
@@ -854,12 +854,18 @@ class ChatService:
                 msg.deleted, msg.body, msg.edited_at = True, "", utcnow()
                 await session.flush()
                 if conv_creator is not None and user is not None:
-                    await moderation.record_action(session, conv_creator, user.user_id, "message_deleted",
+                    await self._record_action(session, conv_creator, user.user_id, "message_deleted",
                                                    msg.sender_id, message_id=msg.id)
             wire = (await self._messages_wire(session, [msg]))[0]
         if changed:
             await self.delivery.to_conversation(msg.conversation_id, "message_updated", wire)
         return {"message": wire}
+
+    async def _record_action(self, session: AsyncSession, creator_id: str, actor_id: str | None, action: str,
+                             target_id: str | None, **kw: Any) -> dict[str, Any]:
+        """A moderation log entry and its webhooks, in `session`'s transaction (chat/moderation.py)."""
+        return await moderation.record_action(session, creator_id, actor_id, action, target_id,
+                                              webhook_events=self.settings.webhook_events, **kw)
 
     # ============================================================ reactions
 
@@ -1267,7 +1273,7 @@ class ChatService:
                 await self._ensure_users(session, creator_id, user_id)
                 changed = await moderation.set_moderator(session, creator_id, user_id, on)
                 if changed:
-                    await moderation.record_action(session, creator_id, actor_id, action, user_id)
+                    await self._record_action(session, creator_id, actor_id, action, user_id)
                 return changed
 
         if await retry_transaction(store):
@@ -1290,7 +1296,7 @@ class ChatService:
                 await self._check_target(session, creator_id, actor_id, user_id)
                 await self._ensure_users(session, creator_id, user_id)
                 await moderation.set_timeout(session, creator_id, user_id, until)
-                await moderation.record_action(session, creator_id, actor_id, action, user_id, reason=reason,
+                await self._record_action(session, creator_id, actor_id, action, user_id, reason=reason,
                                                until=until)
 
         await retry_transaction(store)
@@ -1313,11 +1319,11 @@ class ChatService:
                 demoted = False
                 if changed:
                     await moderation.set_blocked(session, creator_id, user_id, on)
-                    await moderation.record_action(session, creator_id, actor_id, action, user_id, reason=reason)
+                    await self._record_action(session, creator_id, actor_id, action, user_id, reason=reason)
                     # A blocked moderator moderates no more (the creator appoints them again if need be).
                     if on and await moderation.set_moderator(session, creator_id, user_id, False):
                         demoted = True
-                        await moderation.record_action(session, creator_id, actor_id, "moderator_removed", user_id)
+                        await self._record_action(session, creator_id, actor_id, "moderator_removed", user_id)
                 rooms = [r.id for r in await storage.list_rooms_of_creators(session, [creator_id])]
                 direct = await storage.get_direct(session, creator_id, user_id)
                 return changed, demoted, rooms, direct.id if direct is not None else None
@@ -1344,7 +1350,7 @@ class ChatService:
                     raise NotFound("no such room")
                 await self._check_moderates(session, conv.creator_id, actor_id)
                 await moderation.set_slow_mode(session, conversation_id, seconds)
-                await moderation.record_action(session, conv.creator_id, actor_id, "slow_mode", None, reason=reason,
+                await self._record_action(session, conv.creator_id, actor_id, "slow_mode", None, reason=reason,
                                                conversation_id=conversation_id, seconds=seconds)
 
         await retry_transaction(store)

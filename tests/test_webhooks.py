@@ -39,7 +39,17 @@ from chat.config import ConfigError, Settings
 from chat.db import create_engine, session_factory, utcnow
 from tests.conftest import Cluster, MySQLDatabases
 from tests.support import ROOT, free_port, sync_engine
-from webhooks import DEFAULT_EVENT_TYPES, EVENT_TYPES, MEMBER_BLOCKED, MESSAGE_CREATED, outbox, record, record_many
+from webhooks import (
+    DEFAULT_EVENT_TYPES,
+    EVENT_TYPES,
+    MEMBER_BLOCKED,
+    MEMBER_TIMED_OUT,
+    MESSAGE_CREATED,
+    MODERATION_ACTION,
+    outbox,
+    record,
+    record_many,
+)
 from webhooks.models import WebhookOutbox
 from webhooks.worker import WebhookOptions, WebhookWorker, retry_delay
 
@@ -389,7 +399,7 @@ def server_env(receiver: Receiver, events: str) -> dict[str, str]:
 @pytest.fixture(params=["sqlite", "mysql"])
 def webhook_server(request: Any, tmp_path: Any, receiver: Receiver) -> Iterator[Cluster]:
     """SQLite: one process; MariaDB + Redis: two processes, each with its inline delivery worker."""
-    env = server_env(receiver, "message.created,member.blocked")
+    env = server_env(receiver, ",".join(EVENT_TYPES))
     if request.param == "sqlite":
         cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/backstage.db", None, "unused", 1, env=env)
     else:
@@ -467,6 +477,34 @@ def test_message_created_once_per_message_then_failed_list_and_replay(
     assert api.server("POST", "/webhooks/deliveries/999999999/replay").json()["error"]["code"] == "not_found"
     assert api.server("POST", "/webhooks/deliveries/abc/replay").status_code == 400
     assert api.http.get("/api/v1/server/webhooks/deliveries").status_code == 401
+
+
+def test_moderation_actions_are_webhooks(webhook_server: Cluster, receiver: Receiver, uid: Any) -> None:
+    """A block and a timeout (on either process): each a `moderation.action` (the log entry) and a
+    `member.blocked` / `member.timed_out`, signed, written in the action's transaction."""
+    apis = webhook_server.apis
+    cre, pat, other = uid("cre"), uid("pat"), uid("oth")
+    for user in (cre, pat, other):
+        apis[0].user(user)
+        if user != cre:
+            apis[0].membership(cre, user, 100)
+    r = apis[0].server("PUT", f"/creators/{cre}/blocks/{pat}", {"reason": "spam"})
+    assert r.status_code == 200, r.text
+    r = apis[-1].server("PUT", f"/creators/{cre}/timeouts/{other}", {"minutes": 5, "reason": "cool down"})
+    assert r.status_code == 200, r.text
+    until = r.json()["until"]
+    receiver.wait(lambda rc: len(rc.delivered) >= 4)
+    assert receiver.bad_signatures == 0
+    events = [x.event for x in receiver.delivered]
+    assert Counter(e["type"] for e in events) == {MODERATION_ACTION: 2, MEMBER_BLOCKED: 1, MEMBER_TIMED_OUT: 1}
+    actions = {e["data"]["action"]: e["data"] for e in events if e["type"] == MODERATION_ACTION}
+    assert actions["block"]["target_id"] == pat and actions["block"]["reason"] == "spam"
+    assert actions["timeout"]["target_id"] == other and actions["timeout"]["until"] == until
+    blocked = next(e["data"] for e in events if e["type"] == MEMBER_BLOCKED)
+    assert blocked == {"creator_id": cre, "user_id": pat, "by": None, "reason": "spam",
+                       "action_id": actions["block"]["id"]}
+    timed_out = next(e["data"] for e in events if e["type"] == MEMBER_TIMED_OUT)
+    assert timed_out["user_id"] == other and timed_out["until"] == until and timed_out["reason"] == "cool down"
 
 
 def test_no_webhook_settings_no_rows_on_the_send_path(shared_any_server: Cluster, uid: Any) -> None:
