@@ -21,6 +21,7 @@ import socketio.packet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chat.sockets import CLIENT_EVENTS
 from tests.conftest import MySQLDatabases
 from tests.support import Api, Client, ServerProcess, make_token
 
@@ -28,7 +29,7 @@ TOTAL_EXAMPLES = 2000
 FIELDS: dict[str, list[str]] = {
     "join": ["conversation_id", "since_seq"],
     "leave": ["conversation_id"],
-    "send": ["conversation_id", "body", "client_msg_id"],
+    "send": ["conversation_id", "body", "client_msg_id", "attachments"],
     "edit": ["message_id", "body"],
     "delete": ["message_id"],
     "history": ["conversation_id", "before_seq", "limit"],
@@ -115,6 +116,10 @@ def payloads(event: str, env_ids: dict[str, str]) -> st.SearchStrategy[Any]:
     shaped = st.fixed_dictionaries({}, optional={f: field_values(env_ids) for f in FIELDS[event]}).flatmap(
         lambda d: st.dictionaries(st.text(max_size=12), json_values, max_size=2).map(lambda extra: {**extra, **d}))
     return st.one_of(shaped, shaped, json_values)
+
+
+def test_every_client_event_is_fuzzed() -> None:
+    assert set(CLIENT_EVENTS) <= set(FIELDS), set(CLIENT_EVENTS) - set(FIELDS)
 
 
 @pytest.mark.parametrize("event", list(FIELDS))
