@@ -366,6 +366,7 @@ def test_reactions_picker_live_chips_who_reacted_and_reload(browser, cluster, pa
     msg_a = a.message(1)
     trigger = msg_a.get_by_role("button", name="Message actions")
     a.page.bring_to_front()  # B's tab opened last: keyboard focus belongs to the front tab
+    expect(msg_a).to_contain_text("Seen by")  # B's read receipt re-renders the message: let it land first
     trigger.focus()
     trigger.press("Enter")
     expect(msg_a.get_by_role("menuitem", name="Add reaction")).to_be_focused()

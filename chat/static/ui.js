@@ -225,7 +225,7 @@ export function messageMenu(convId, seq, items, picker = null) {
     const list = h("div", { class: "msg-menu", role: "menu", "aria-label": "Message actions" }, buttons);
     list.addEventListener("keydown", (e) => onMenuKey(e, buttons));
     wrap.append(list);
-    const focus = menu.focus;
+    const focus = menu.focus || focusedInOldMenu("action");
     menu.focus = null;
     if (focus) {
       queueMicrotask(() => {
@@ -233,7 +233,7 @@ export function messageMenu(convId, seq, items, picker = null) {
         if (target && target.isConnected) target.focus();
       });
     }
-  } else if (returnFocus && returnFocus.convId === convId && returnFocus.seq === seq) {
+  } else if ((returnFocus && returnFocus.convId === convId && returnFocus.seq === seq) || triggerHadFocus(seq)) {
     returnFocus = null;
     queueMicrotask(() => {
       if (trigger.isConnected) trigger.focus();
@@ -268,13 +268,33 @@ function reactionPicker(convId, seq, picker) {
   const list = h("div", { class: "msg-menu reaction-picker", role: "menu", "aria-label": "Add reaction", "data-testid": "reaction-picker" }, buttons);
   list.addEventListener("keydown", (e) => onMenuKey(e, buttons));
   const focus = menu.focus;
+  const kept = focus ? null : focusedInOldMenu("emoji");
   menu.focus = null;
-  if (focus) {
+  if (focus || kept) {
     queueMicrotask(() => {
-      if (buttons[0] && buttons[0].isConnected) buttons[0].focus();
+      const target = (kept && buttons.find((b) => b.dataset.emoji === kept)) || buttons[0];
+      if (target && target.isConnected) target.focus();
     });
   }
   return list;
+}
+
+/**
+ * A re-render (a read receipt, a reaction, an edit arriving) replaces the open menu's buttons:
+ * the one that had the keyboard focus (its data-action or data-emoji) gets it back, so arrow
+ * keys keep working. null when the focus was not in a message menu.
+ */
+function triggerHadFocus(seq) {
+  const el = document.activeElement;
+  if (!el || !el.classList || !el.classList.contains("msg-menu-button")) return false;
+  const msg = el.closest("[data-seq]");
+  return Boolean(msg && Number(msg.dataset.seq) === seq);
+}
+
+function focusedInOldMenu(key) {
+  const el = document.activeElement;
+  if (!el || !el.closest || !el.closest(".msg-menu")) return null;
+  return el.dataset[key] || null;
 }
 
 function onMenuKey(e, buttons) {
