@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from chat import tasks
 from chat.db import utcnow
 from chat.keys import RedisKeys
 from notifications import jobs, metrics
@@ -142,13 +143,7 @@ class PushWorker:
         rows return to pending when the lease expires)."""
         self._stopping = True
         self.wake()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            if not self._task.done():
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._task
+        await tasks.finish(self._task, timeout)
 
     # --- the loop ------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from chat import tasks
 from chat.db import utcnow
 from webhooks import outbox
 from webhooks.outbox import DELIVERED, FAILED, PENDING, ClaimedEvent, Outcome
@@ -110,13 +111,7 @@ class WebhookWorker:
         are claimed again when the lease expires)."""
         self._stopping = True
         self.wake()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            if not self._task.done():
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._task
+        await tasks.finish(self._task, timeout)
 
     async def run(self) -> None:
         """Claim and deliver until stop(). Never raises: errors are logged and the loop backs off."""
