@@ -137,10 +137,20 @@ async def test_frozen_redis_never_holds_acks_and_sockets_resync(env: Env, client
     assert warnings and all("WARNING" in line for line in warnings), warnings
     assert len(warnings) <= 4, warnings  # one per 5 s at most
 
-    # And live again: a new message reaches B through the relay.
+    # And live again: a new message reaches B through the relay. B's subscription may come back
+    # a moment after its resync (each process reconnects on its own): send until one arrives live.
     wait_ready(env.a)
-    after = await ca.call("send", {"conversation_id": room, "body": "after", "client_msg_id": "f6"})
-    await pb.wait_for("message", lambda m: m["id"] == after["message"]["id"])
+    wait_ready(env.b)
+    deadline = time.monotonic() + 20
+    for n in range(6, 100):
+        after = await ca.call("send", {"conversation_id": room, "body": f"after {n}", "client_msg_id": f"f{n}"})
+        assert after["ok"], after
+        try:
+            mid = after["message"]["id"]
+            await pb.wait_for("message", lambda m, mid=mid: m["id"] == mid, timeout=2)
+            break
+        except TimeoutError:
+            assert time.monotonic() < deadline, "no live delivery to B after Redis returned"
 
 
 async def _sleep_until(deadline: float) -> None:

@@ -37,8 +37,11 @@ export function subscribeCreatorChannels() {
     emit("subscribe", { channel: `creator:${id}` }).then((res) => {
       if (res && res.ok) return;
       subscribed.delete(id);
+      const code = res && res.error && res.error.code;
       // e.g. a direct conversation kept after the membership ended: not the creator's audience.
-      if (res && res.error && res.error.code === "forbidden") refused.add(id);
+      if (code === "forbidden") refused.add(id);
+      // a lost ack, unavailable, rate_limited: once more in a second (offline: the next connect does it)
+      else if (code !== "offline") setTimeout(subscribeCreatorChannels, 1_000);
     });
   }
 }
