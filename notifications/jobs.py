@@ -29,6 +29,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
+from chat import leases
 from chat.db import utcnow
 from notifications.models import Device, Notification, PushJob, PushOutbox
 from notifications.outbox import PENDING as OUTBOX_PENDING
@@ -137,27 +138,8 @@ async def claim_jobs(session_factory: async_sessionmaker[AsyncSession], owner: s
     now = now or utcnow()
     cols = (PushJob.id, PushJob.kind, PushJob.conversation_id, PushJob.message_id, PushJob.sender_id,
             PushJob.audience, PushJob.payload, PushJob.resume_after, PushJob.attempts, PushJob.created_at)
-    async with session_factory() as session:
-        mysql = session.bind is not None and session.bind.dialect.name in ("mysql", "mariadb")
-        async with session.begin():
-            if mysql:
-                await session.connection(execution_options={"isolation_level": "READ COMMITTED"})
-            q = (sa.select(*cols).where(PushJob.status == PENDING, PushJob.next_attempt_at <= now)
-                 .order_by(PushJob.next_attempt_at).limit(limit))
-            if mysql:
-                q = q.with_for_update(skip_locked=True)
-            rows = list((await session.execute(q)).all())
-            if len(rows) < limit:
-                q = sa.select(*cols).where(PushJob.status == EXPANDING, PushJob.lease_until < now).limit(limit - len(rows))
-                if mysql:
-                    q = q.with_for_update(skip_locked=True)
-                rows.extend((await session.execute(q)).all())
-            if not rows:
-                return []
-            await session.execute(
-                sa.update(PushJob).where(PushJob.id.in_([r.id for r in rows]))
-                .values(status=EXPANDING, lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds),
-                        attempts=PushJob.attempts + 1, updated_at=now))
+    rows, _ = await leases.claim(session_factory, PushJob, cols, pending=PENDING, leased=EXPANDING, owner=owner,
+                                 limit=limit, lease_seconds=lease_seconds, now=now)
     return [ClaimedJob(id=r.id, kind=r.kind, conversation_id=r.conversation_id, message_id=r.message_id,
                        sender_id=r.sender_id, audience=r.audience, payload=r.payload, resume_after=r.resume_after,
                        attempts=r.attempts + 1, created_at=r.created_at) for r in rows]

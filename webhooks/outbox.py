@@ -11,13 +11,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
+from chat import leases
 from chat.db import utcnow
 from webhooks.models import WebhookOutbox
 
@@ -114,30 +115,8 @@ async def claim_due(session_factory: async_sessionmaker[AsyncSession], owner: st
     """Lease up to `limit` due rows (pending and due, or sending with an expired lease) to `owner`
     and commit. MariaDB: FOR UPDATE SKIP LOCKED at READ COMMITTED, so concurrent claimers get
     disjoint rows; SQLite: the transaction is BEGIN IMMEDIATE (exclusive) already."""
-    now = now or utcnow()
-    async with session_factory() as session:
-        mysql = session.bind is not None and session.bind.dialect.name in ("mysql", "mariadb")
-        async with session.begin():
-            if mysql:
-                await session.connection(execution_options={"isolation_level": "READ COMMITTED"})
-            q = (sa.select(*_CLAIM_COLUMNS).where(WebhookOutbox.status == PENDING, WebhookOutbox.next_attempt_at <= now)
-                 .order_by(WebhookOutbox.next_attempt_at).limit(limit))
-            if mysql:
-                q = q.with_for_update(skip_locked=True)
-            rows = list((await session.execute(q)).all())
-            due = len(rows)
-            if len(rows) < limit:
-                q = (sa.select(*_CLAIM_COLUMNS).where(WebhookOutbox.status == SENDING, WebhookOutbox.lease_until < now)
-                     .limit(limit - len(rows)))
-                if mysql:
-                    q = q.with_for_update(skip_locked=True)
-                rows.extend((await session.execute(q)).all())
-            if not rows:
-                return []
-            await session.execute(
-                sa.update(WebhookOutbox).where(WebhookOutbox.id.in_([r.id for r in rows]))
-                .values(status=SENDING, lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds),
-                        attempts=WebhookOutbox.attempts + 1, updated_at=now))
+    rows, due = await leases.claim(session_factory, WebhookOutbox, _CLAIM_COLUMNS, pending=PENDING, leased=SENDING,
+                                   owner=owner, limit=limit, lease_seconds=lease_seconds, now=now or utcnow())
     return [ClaimedEvent(id=r.id, event_id=r.event_id, event_type=r.event_type, body=r.body,
                          attempts=r.attempts + 1, window_start=r.window_start, reclaimed=i >= due)
             for i, r in enumerate(rows)]
