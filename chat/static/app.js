@@ -921,7 +921,16 @@ async function boot() {
   watchExpiry();
   wireDom();
   setupNotifications({ openConversation });
-  setupCreatorEvents({ emitAck });
+  // Through the client's subscribe(): it subscribes the channel again on every reconnect itself.
+  setupCreatorEvents({
+    subscribe: (channel) =>
+      client
+        ? client.subscribe(channel).then(
+            (res) => res,
+            (err) => ({ ok: false, error: { code: err.code, message: err.message } }),
+          )
+        : Promise.resolve({ ok: false, error: { code: "offline" } }),
+  });
   setupMessageMenus($("message-list"), { onChipHold: showWhoReacted });
   document.addEventListener("pointerdown", (e) => {
     if (state.reactionWho && !e.target.closest(".reaction-who")) {

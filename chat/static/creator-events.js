@@ -10,14 +10,14 @@ import { openConv, state } from "./state.js";
 const $ = (id) => document.getElementById(id);
 const TEXT_KEYS = ["text", "message", "title", "body"];
 
-let emit = async () => ({ ok: false, error: { code: "offline" } });
+let subscribe = async () => ({ ok: false, error: { code: "offline" } });
 const subscribed = new Set(); // creator ids subscribed (or being subscribed) on this connection
 const refused = new Set(); // creator ids this connection may not subscribe to (forbidden)
 const latest = new Map(); // creator id -> {event, data, published_at, dismissed}
 
-/** emitAck: (event, payload) => Promise<{ok, ...}>, as app.js sends with an acknowledgement. */
-export function setupCreatorEvents({ emitAck }) {
-  emit = emitAck;
+/** subscribe: (channel) => Promise<{ok, ...}>; the client keeps a subscribed channel across reconnects. */
+export function setupCreatorEvents({ subscribe: subscribeChannel }) {
+  subscribe = subscribeChannel;
   addRenderHook(renderStrip);
   $("creator-event-close").addEventListener("click", () => {
     const conv = openConv();
@@ -34,7 +34,7 @@ export function subscribeCreatorChannels() {
   for (const id of creators) {
     if (subscribed.has(id) || refused.has(id)) continue;
     subscribed.add(id);
-    emit("subscribe", { channel: `creator:${id}` }).then((res) => {
+    subscribe(`creator:${id}`).then((res) => {
       if (res && res.ok) return;
       subscribed.delete(id);
       const code = res && res.error && res.error.code;
