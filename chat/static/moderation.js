@@ -561,7 +561,8 @@ function actorName(id) {
 /** One log entry in words: "Mia timed out Pat for 10 min". */
 export function logText(e) {
   const actor = actorName(e.actor_id);
-  const target = e.target_id ? nameOf(String(e.target_id)) : "";
+  const targetId = e.target_id ? String(e.target_id) : "";
+  const target = !targetId ? "" : state.me && targetId === state.me.id ? "you" : nameOf(targetId);
   const room = e.conversation_id && state.convs.get(String(e.conversation_id));
   const where = room ? ` in ${room.conversation.name || "a room"}` : "";
   switch (e.action) {
@@ -574,7 +575,7 @@ export function logText(e) {
       return `${actor} timed out ${target}${Number.isFinite(ms) ? ` for ${duration(ms)}` : ""}`;
     }
     case "timeout_lifted":
-      return `${actor} lifted ${target}’s timeout`;
+      return `${actor} lifted ${target === "you" ? "your" : `${target}’s`} timeout`;
     case "block":
       return `${actor} blocked ${target}`;
     case "unblock":
