@@ -6,7 +6,9 @@ Playwright's own browser download does not work here; the tests launch /usr/bin/
 
 from __future__ import annotations
 
+import io
 import os
+import random
 import re
 import time
 import uuid
@@ -17,6 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from PIL import Image
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,6 +163,21 @@ def seed_messages(api: Any, token: str, conversation_id: str, count: int, prefix
                 break
             time.sleep(0.1)
         assert r.status_code == 201, r.text
+
+
+def noisy_png(width: int, height: int, seed: int = 1) -> bytes:
+    """A PNG that does not compress (random pixels): about 3 bytes a pixel on the wire."""
+    rnd = random.Random(seed)
+    img = Image.frombytes("RGB", (width, height), rnd.randbytes(width * height * 3))
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
+def small_jpeg(color: tuple[int, int, int] = (200, 40, 90)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), color).save(out, "JPEG")
+    return out.getvalue()
 
 
 # ---------------------------------------------------------------------- fixtures

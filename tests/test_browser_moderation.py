@@ -11,7 +11,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from tests.browser_support import ChatPage, seed_messages, tab
+from tests.browser_support import PHONE, ChatPage, seed_messages, small_jpeg, tab
 
 pytest_plugins = ["tests.browser_support"]
 
@@ -118,3 +118,61 @@ def test_moderator_timeout_pins_slow_mode_and_block(browser, cluster, pages, who
     expect(p.conversation_item(room)).to_have_count(1)
     for chat in (c, m, p):
         chat.assert_clean()
+
+
+def test_phone_width_photo_tray_sheet_items_and_moderation_panel(browser, cluster, pages, who):
+    """The creator on a phone (390 px, touch): the photo tray, a sent photo, the moderation items
+    in the long-press sheet, the pinned bar and the moderation panel all fit the screen (axe scans)."""
+    api = cluster.api
+    creator = api.user(who.cara, "Cara Creator")
+    patron = api.user(who.pat, "Pat Patron")
+    api.membership(who.cara, who.pat, 500)
+    room = api.room(who.cara, "Lounge", min_tier_cents=100)
+    seed_messages(api, patron, room, 1, prefix="hello from pat")
+    c = tab(pages, browser, cluster.servers[0].url, creator, viewport=PHONE, touch=True)
+    p = tab(pages, browser, cluster.servers[1].url, patron)
+    p.open(room)
+    c.open(room)
+    c.wait_seqs([1])
+    page = c.page
+    fits = "el => { const r = el.getBoundingClientRect(); return r.left >= 0 && r.right <= window.innerWidth; }"
+
+    page.get_by_test_id("photo-input").set_input_files({"name": "a.jpg", "mimeType": "image/jpeg", "buffer": small_jpeg()})
+    preview = page.get_by_test_id("photo-preview")
+    expect(preview).to_have_attribute("data-status", "done")
+    assert page.get_by_test_id("photo-tray").evaluate(fits)
+    c.assert_accessible()
+    page.get_by_test_id("composer").fill("from my phone")
+    page.get_by_test_id("send-button").tap()
+    c.wait_seqs([1, 2])
+    expect(c.message(2).get_by_test_id("message-photo")).to_be_visible()
+    assert c.message(2).get_by_test_id("message-photo").evaluate(fits)
+    p.wait_seqs([1, 2])
+    expect(p.message(2).get_by_test_id("message-photo")).to_be_visible()
+
+    # A long-press on Pat's message: the sheet has the moderation items, 44 px high.
+    box = c.message(1).locator(".msg-bubble").bounding_box()
+    assert box is not None
+    cdp = c.context.new_cdp_session(page)
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [
+        {"x": box["x"] + box["width"] / 2, "y": box["y"] + box["height"] / 2}]})
+    sheet = c.message(1).get_by_role("menu")
+    expect(sheet).to_be_visible()
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    for name in ("Pin to the room", "Time out Pat Patron…", "Block Pat Patron", "Make Pat Patron a moderator"):
+        size = sheet.get_by_role("menuitem", name=name).bounding_box()
+        assert size is not None and size["height"] >= 44, (name, size)
+    sheet.get_by_role("menuitem", name="Pin to the room").tap()
+    expect(p.page.get_by_test_id("pinned-message")).to_contain_text("Pat Patron: hello from pat 1")
+    expect(page.get_by_test_id("pinned-message")).to_be_visible()
+    assert page.get_by_test_id("pinned-bar").evaluate(fits)
+
+    page.get_by_test_id("moderate-button").tap()
+    panel = page.get_by_test_id("moderation-panel")
+    expect(panel).to_be_visible()
+    expect(panel.get_by_test_id("moderation-log-entry").first).to_contain_text("You pinned a message by Pat Patron")
+    assert panel.evaluate(fits)
+    c.assert_accessible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    c.assert_clean()
+    p.assert_clean()

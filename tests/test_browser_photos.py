@@ -6,30 +6,11 @@ seeing the thumbnail and opening the full size."""
 
 from __future__ import annotations
 
-import io
-import random
-
-from PIL import Image
 from playwright.sync_api import expect
 
-from tests.browser_support import setup_room, tab
+from tests.browser_support import noisy_png, setup_room, small_jpeg, tab
 
 pytest_plugins = ["tests.browser_support"]
-
-
-def noisy_png(width: int, height: int, seed: int = 1) -> bytes:
-    """A PNG that does not compress (random pixels): about 3 bytes a pixel on the wire."""
-    rnd = random.Random(seed)
-    img = Image.frombytes("RGB", (width, height), rnd.randbytes(width * height * 3))
-    out = io.BytesIO()
-    img.save(out, "PNG")
-    return out.getvalue()
-
-
-def small_jpeg(color: tuple[int, int, int] = (200, 40, 90)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (64, 48), color).save(out, "JPEG")
-    return out.getvalue()
 
 
 def test_photo_upload_with_preview_progress_and_the_recipient_sees_it(browser, cluster, pages, who):
