@@ -25,7 +25,7 @@ from chat.attachments import Attachments
 from chat.auth import Identity
 from chat.batch import BatchedLookup
 from chat.config import Settings
-from chat.db import retrying, utcnow
+from chat.db import utcnow
 from chat.delivery import Delivery
 from chat.errors import (
     ChatError,
@@ -787,7 +787,7 @@ class ChatService:
                         await moderation.get_standing(conn, *key))
 
         try:
-            conv, original, membership, standing = await retrying(check)
+            conv, original, membership, standing = await retry_transaction(check, attempts=3)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send check failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
@@ -890,7 +890,7 @@ class ChatService:
         """Add (`on`) or remove one reaction, idempotently; returns {count, reactions} as of the
         commit. The members get a `reaction` event (coalesced per message, chat/reactions.py)."""
         try:
-            cid = await retrying(lambda: self._reactable(user, message_id, conversation_id))
+            cid = await retry_transaction(lambda: self._reactable(user, message_id, conversation_id), attempts=3)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("react check failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
