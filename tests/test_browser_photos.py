@@ -101,6 +101,22 @@ def test_photo_upload_with_preview_progress_and_the_recipient_sees_it(browser, c
     expect(b.message(2).locator(".msg-body")).to_have_count(0)
     expect(b.conversation_item(room)).to_contain_text("Photo")
 
+    # A photo dropped onto the conversation joins the tray the same way.
+    page.evaluate("""() => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array([1, 2, 3])], "dropped.gif", {type: "image/gif"}));
+        const pane = document.getElementById("conv-pane");
+        for (const type of ["dragenter", "dragover", "drop"]) {
+            pane.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));
+        }
+    }""")
+    expect(tray_items).to_have_count(1)
+    expect(tray_items.first).to_contain_text("dropped.gif")  # no preview: not a readable image
+    expect(tray_items.first).to_have_attribute("data-status", "error")  # ... and the server agrees
+    page.get_by_role("button", name="Remove dropped.gif").click()
+    expect(tray_items).to_have_count(0)
+    expect(page.locator("#conv-pane.dropping")).to_have_count(0)
+
     # What the server refuses (a PNG that is not one) shows on its preview, and is not sent.
     file_input.set_input_files({"name": "fake.png", "mimeType": "image/png", "buffer": b"\x89PNG not really"})
     expect(tray_items.first).to_have_attribute("data-status", "error")
@@ -111,8 +127,8 @@ def test_photo_upload_with_preview_progress_and_the_recipient_sees_it(browser, c
     page.get_by_role("button", name="Remove fake.png").click()
     b.page.get_by_test_id("composer").press("Enter")
     b.wait_seqs([1, 2, 3])
-    # the refused upload's 400 is the one console error of b's tab
-    assert b.errors == ["console: Failed to load resource: the server responded with a status of 400 (Bad Request)"]
+    # the refused uploads' 400s are the only console errors of b's tab
+    assert b.errors == ["console: Failed to load resource: the server responded with a status of 400 (Bad Request)"] * 2
     b.errors.clear()
     a.assert_clean()
     b.assert_clean()
