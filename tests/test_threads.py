@@ -378,3 +378,83 @@ async def test_reply_pushes_root_author_and_participants_only(push_cluster: Push
     finally:
         if cat is not None:
             await cat.close()
+
+
+# ---------------------------------------------------------------- the writer's statements
+
+
+async def _writer_batches(url: str, at_once: bool) -> tuple[list[list[str]], dict[int, tuple[int, str]], list[Any]]:
+    """The group-commit writer in process: a batch of plain messages, then one batch with replies
+    to two roots in two rooms and plain messages; the statements each batch ran (those that go
+    through SQLAlchemy: the at-once multi-statement query of MariaDB goes to the driver itself)."""
+    from chat import migrate
+    from chat.db import create_engine, utcnow
+    from chat.writer import MessageWriter, Outgoing
+
+    engine = create_engine(url)
+    statements: list[str] = []
+    sa.event.listen(engine.sync_engine, "before_cursor_execute",
+                    lambda _c, _cur, statement, *_: statements.append(" ".join(statement.split())))
+    try:
+        await migrate.upgrade(engine)
+        now = utcnow()
+        md = sa.MetaData()
+        async with engine.begin() as conn:
+            await conn.run_sync(md.reflect, only=["users", "conversations"])
+            await conn.execute(sa.insert(md.tables["users"]), [
+                {"id": u, "name": u.upper(), "created_at": now, "updated_at": now} for u in ("cre", "u1", "u2", "u3")])
+            await conn.execute(sa.insert(md.tables["conversations"]), [
+                {"kind": "room", "creator_id": "cre", "name": n, "min_tier_cents": 0, "post_policy": "everyone",
+                 "last_seq": 0, "last_activity_at": now, "created_at": now} for n in ("A", "B")])
+
+        def deliver(messages: list[dict[str, Any]]) -> asyncio.Future[None]:
+            relayed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            relayed.set_result(None)
+            return relayed
+
+        updates: list[Any] = []
+        writer = MessageWriter(engine, deliver, max_in_flight=1, at_once=at_once, thread_updates=updates.append)
+        ra = (await writer.store(Outgoing(1, "cre", "CRE", "root A", "ra"))).message
+        rb = (await writer.store(Outgoing(2, "cre", "CRE", "root B", "rb"))).message
+        batches = []
+        for batch in (
+            [Outgoing(1, "u1", "U1", f"plain {i}", f"p{i}") for i in range(4)],
+            [Outgoing(1, "u1", "U1", "a1", "a1", thread_id=int(ra["id"])),
+             Outgoing(1, "u2", "U2", "plain", "x1"),
+             Outgoing(2, "u2", "U2", "b1", "b1", thread_id=int(rb["id"])),
+             Outgoing(1, "u2", "U2", "a2", "a2", thread_id=int(ra["id"])),
+             Outgoing(1, "u1", "U1", "a3", "a3", thread_id=int(ra["id"])),
+             Outgoing(2, "u3", "U3", "b2", "b2", thread_id=int(rb["id"])),
+             Outgoing(1, "u3", "U3", "a4", "a4", thread_id=int(ra["id"]))],
+        ):
+            del statements[:]
+            acks = await asyncio.gather(*(writer.store(o) for o in batch))
+            assert all(a.created for a in acks)
+            batches.append(list(statements))
+        await writer.close()
+        async with engine.connect() as conn:
+            roots = {int(i): (int(n), str(p)) for i, n, p in await conn.execute(sa.text(
+                "SELECT id, reply_count, thread_participants FROM messages WHERE reply_count > 0"))}
+        return batches, roots, updates
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("where", ["sqlite", "mysql-at-once", "mysql-careful"])
+async def test_one_root_update_per_batch_and_nothing_for_plain_messages(where: str, tmp_path: Any,
+                                                                       mysql_databases: MySQLDatabases) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/w.db" if where == "sqlite" else mysql_databases.new()
+    (plain, replies), roots, updates = await _writer_batches(url, where == "mysql-at-once")
+
+    def count(statements: list[str], part: str) -> int:
+        return sum(1 for s in statements if part in s)
+
+    # (the roots' check, the locking read of the roots, their UPDATE)
+    marks = ("messages.thread_id, messages.deleted FROM messages", "(SELECT users.name", "UPDATE messages")
+    # a batch of plain messages: not one statement more for threads
+    assert [count(plain, m) for m in marks] == [0, 0, 0], plain
+    # a batch with 5 replies to 2 roots: one check of the roots, one locking read, one UPDATE
+    assert [count(replies, m) for m in marks] == [1, 1, 1], replies
+    assert sorted(roots.values()) == [(2, "u2,u3"), (4, "u1,u2,u3")], roots
+    # the roots' wire forms went to the coalescer once, after the commit, with the new summaries
+    assert len(updates) == 1 and sorted(w["thread"]["reply_count"] for w in updates[0]) == [2, 4]
