@@ -368,13 +368,13 @@ class MessageWriter:
                 first[key] = item
                 new.append(item)
 
+        if any(i.msg.thread_id is not None for i in new):  # replies: their roots, before photos and seqs
+            await self._check_roots(conn, new, careful)
         for item in [i for i in new if i.msg.attachments]:  # photos: claimed before seqs are taken
             m = item.msg
             if not await claim_attachments(conn, m.sender_id, m.conversation_id, m.client_msg_id, m.attachments):
                 item.outcome = Invalid("an attachment is already used by another message")
                 new.remove(item)
-        if any(i.msg.thread_id is not None for i in new):  # replies: their roots, before seqs are taken
-            await self._check_roots(conn, new, careful)
         counts = Counter(i.msg.conversation_id for i in new)
         if counts and careful:
             await self._store_careful(conn, new, counts, done, now)
