@@ -129,6 +129,7 @@ class _Done:
     created: list[dict[str, Any]] = field(default_factory=list)  # wire forms, in seq order per conversation
     pushes: int = 0
     turn: asyncio.Future[Any] | None = None  # its place in the delivery order
+    replies: bool = False  # it has thread replies (a batch without any runs no thread statement)
     roots: list[dict[str, Any]] = field(default_factory=list)  # thread roots its replies changed (wire forms)
 
 
@@ -370,7 +371,8 @@ class MessageWriter:
                 first[key] = item
                 new.append(item)
 
-        if any(i.msg.thread_id is not None for i in new):  # replies: their roots, before photos and seqs
+        done.replies = any(i.msg.thread_id is not None for i in new)
+        if done.replies:  # their roots, checked before photos are claimed and seqs taken
             await self._check_roots(conn, new, careful)
         for item in [i for i in new if i.msg.attachments]:  # photos: claimed before seqs are taken
             m = item.msg
@@ -407,8 +409,10 @@ class MessageWriter:
 
     async def _update_roots(self, conn: AsyncConnection, done: _Done, now: datetime) -> None:
         """The thread summaries of the batch's replies' roots (after the seq ranges: see chat/threads.py)."""
+        if not done.replies:
+            return
         replies = [threads.Reply(int(w["thread_id"]), w["sender"]["id"], int(w["seq"]))
-                   for w in done.created if w.get("thread_id") is not None]
+                   for w in done.created if w["thread_id"] is not None]
         if replies:
             done.roots = await threads.update_roots(conn, replies, now)
 

@@ -144,7 +144,10 @@ async def test_bad_roots_are_refused_clearly(shared_any_server: Any, uid: Any) -
         reply = ok(await send(a, room, "reply", "b1", rid))["message"]
         elsewhere = ok(await send(a, other, "elsewhere", "b2"))["message"]["id"]
         gone = ok(await send(a, room, "to delete", "b3"))["message"]["id"]
+        early = ok(await send(a, room, "early reply", "b4", gone))["message"]
         ok(await a.call("delete", {"message_id": gone}))
+        # a retry of a reply stored before its root was deleted: the original, not an error
+        assert ok(await send(a, room, "early reply", "b4", gone))["message"]["id"] == early["id"]
         last = ok(await a.call("history", {"conversation_id": room}))["messages"][-1]["seq"]
 
         assert err(await send(a, room, "x", "c1", reply["id"])) == "invalid"  # a reply to a reply
