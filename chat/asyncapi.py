@@ -22,7 +22,15 @@ import orjson
 from aiohttp import web
 
 from chat.moderation import MAX_PINS, MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES
-from chat.openapi import EMOJI, EXAMPLE_LOG_ENTRY, EXAMPLE_MESSAGE, EXAMPLE_NOTIFICATION, EXAMPLE_ROOM, SCHEMAS
+from chat.openapi import (
+    EMOJI,
+    EXAMPLE_LOG_ENTRY,
+    EXAMPLE_MESSAGE,
+    EXAMPLE_NOTIFICATION,
+    EXAMPLE_ROOM,
+    SCHEMAS,
+    THREAD_ID,
+)
 from chat.reactions import MAX_PER_MESSAGE
 from chat.schemas import MAX_PAGE
 
@@ -34,6 +42,8 @@ BODY = {"type": "string", "minLength": 1, "maxLength": 4000, "pattern": "\\S",
 CHANNEL = {"type": "string", "pattern": "^(user|creator|room):[A-Za-z0-9_-]{1,64}$",
            "description": "user:{id} (own id only), creator:{id} (the creator and their active patrons), "
                           "room:{id} (members of the room); anything else is answered `forbidden`"}
+INCLUDE_REPLIES = {"type": "boolean", "default": True,
+                   "description": "(extension) false: leave thread replies out (docs/api.md \"Threads\")"}
 SOCKET_ERROR_CODES = ["invalid", "unauthorized", "forbidden", "not_found", "conflict", "too_large", "rate_limited",
                       "unavailable", "internal"]
 CONNECT_ERROR_CODES = ["unauthorized", "too_many_connections", "unavailable", "internal"]
@@ -75,7 +85,7 @@ SOCKET_SCHEMAS: dict[str, Any] = {
 CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] = {
     "join": (
         "Enter a conversation: its recent messages (or those after `since_seq`), who is online, read positions",
-        _obj({"conversation_id": ID, "since_seq": SEQ}, ["conversation_id"]),
+        _obj({"conversation_id": ID, "since_seq": SEQ, "include_replies": INCLUDE_REPLIES}, ["conversation_id"]),
         {"conversation_id": "12", "since_seq": 6},
         {"conversation": _ref("Conversation"), "messages": {"type": "array", "items": _ref("Message")},
          "has_more": {"type": "boolean"}, "online": {"type": "array", "items": USER_ID},
@@ -99,7 +109,8 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
                  "client_msg_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,64}$"},
                  "attachments": {"type": "array", "maxItems": 4, "uniqueItems": True, "items": ID,
                                  "description": "ids of the sender's own unused uploads (POST /api/v1/uploads), "
-                                                "each usable once"}},
+                                                "each usable once"},
+                 "thread_id": THREAD_ID},
                 ["conversation_id", "client_msg_id"]),
          "anyOf": [{"required": ["body"], "properties": {"body": BODY}},
                    {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}}]},
@@ -119,9 +130,11 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
         {"message": _ref("Message")}, {"ok": True, "message": {**EXAMPLE_MESSAGE, "body": "", "deleted": True}},
     ),
     "history": (
-        "A page of older messages, ascending by seq",
+        "A page of older messages (of the conversation, or of one thread: `thread_id`), ascending by seq",
         _obj({"conversation_id": ID, "before_seq": SEQ,
-              "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}}, ["conversation_id"]),
+              "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50},
+              "thread_id": {**THREAD_ID, "description": "(extension) a page of this thread: its root, then its replies"},
+              "include_replies": INCLUDE_REPLIES}, ["conversation_id"]),
         {"conversation_id": "12", "before_seq": 7, "limit": 50},
         {"messages": {"type": "array", "items": _ref("Message")}, "has_more": {"type": "boolean"}},
         {"ok": True, "messages": [EXAMPLE_MESSAGE], "has_more": True},
@@ -209,7 +222,8 @@ CONVERSATION_USER = {"conversation_id": ID, "user_id": USER_ID}
 SERVER_EVENTS: dict[str, tuple[str, dict[str, Any], Any]] = {
     "message": ("A new message, to every socket in the conversation (the sender's too)", _ref("Message"),
                 EXAMPLE_MESSAGE),
-    "message_updated": ("A message after edit or delete", _ref("Message"),
+    "message_updated": ("A message after edit or delete; a thread root whose `thread` summary changed (coalesced: "
+                        "at most one per root per second per server process)", _ref("Message"),
                         {**EXAMPLE_MESSAGE, "body": "", "deleted": True}),
     "typing": ("Someone else started or stopped typing", _obj({**CONVERSATION_USER, "typing": {"type": "boolean"}},
                                                               closed=True),

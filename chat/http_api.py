@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from chat import moderation, schemas, unavailable
+from chat import moderation, schemas, threads, unavailable
 from chat.attachments import Attachments
 from chat.auth import USER_ID_RE, Authenticator, Identity, bearer
 from chat.config import Settings
@@ -220,7 +220,9 @@ async def server_history(request: web.Request) -> web.Response:
     server_key(request)
     cid = schemas.parse_int_id(request.match_info["conversation_id"])
     page = _page_query(request)
-    return json_response(await request.app[SERVICE_KEY].server_history(cid, page))
+    thread_id, include_replies = _thread_query(request)
+    return json_response(await request.app[SERVICE_KEY].server_history(cid, page, thread_id=thread_id,
+                                                                       include_replies=include_replies))
 
 
 async def conversation_presence(request: web.Request) -> web.Response:
@@ -334,6 +336,16 @@ def _page_query(request: web.Request) -> schemas.PageQuery:
     return schemas.check_page(values)
 
 
+def _thread_query(request: web.Request) -> tuple[int | None, bool]:
+    """`thread_id` (a thread's page) and `include_replies` (true|false) of a history page (chat/threads.py)."""
+    raw = request.query.get("include_replies")
+    if raw not in (None, "", "true", "false"):
+        raise Invalid("include_replies must be true or false")
+    thread = request.query.get("thread_id")
+    return (threads.check_thread_id({"thread_id": thread or None}),
+            threads.check_include_replies({"include_replies": raw != "false"}))
+
+
 async def publish(request: web.Request) -> web.Response:
     server_key(request)
     data = await read_json(request)
@@ -389,7 +401,9 @@ async def list_messages(request: web.Request) -> web.Response:
     user = client(request)
     cid = schemas.parse_int_id(request.match_info["conversation_id"])
     page = schemas.check_page({k: query_int(request, k) for k in ("before_seq", "after_seq", "limit")})
-    return json_response(await request.app[SERVICE_KEY].history(user, cid, page))
+    thread_id, include_replies = _thread_query(request)
+    return json_response(await request.app[SERVICE_KEY].history(user, cid, page, thread_id=thread_id,
+                                                                include_replies=include_replies))
 
 
 async def post_message(request: web.Request) -> web.Response:
@@ -400,9 +414,10 @@ async def post_message(request: web.Request) -> web.Response:
     photos = schemas.check_attachment_ids(data)
     body = schemas.check_body(data, service.settings.max_body_chars, allow_empty=bool(photos))
     client_msg_id = schemas.check_client_msg_id(data)
+    thread_id = threads.check_thread_id(data)
     quota = await service.check_user_rate(user.user_id)
-    response = json_response(await service.send_message(user, cid, body, client_msg_id, attachment_ids=photos),
-                             status=201)
+    response = json_response(await service.send_message(user, cid, body, client_msg_id, attachment_ids=photos,
+                                                        thread_id=thread_id), status=201)
     response.headers.update(quota.headers())
     return response
 

@@ -78,6 +78,8 @@ class Message(Base):
     __table_args__ = (
         sa.UniqueConstraint("conversation_id", "seq"),
         sa.UniqueConstraint("sender_id", "client_msg_id"),
+        # thread pages (thread_id = root) and the main view without replies (thread_id IS NULL)
+        sa.Index("ix_messages_conversation_id_thread_id_seq", "conversation_id", "thread_id", "seq"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -91,6 +93,14 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     deleted: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    # Threads (chat/threads.py): a reply names its root; a root keeps its thread's summary,
+    # updated in the transaction of each batch of replies (reply_count only grows: deleted
+    # replies stay in the thread as deleted messages). `thread_participants`: up to 5 user ids
+    # of repliers, comma-separated, first repliers first.
+    thread_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    reply_count: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    last_reply_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    thread_participants: Mapped[str | None] = mapped_column(sa.String(400), nullable=True)
 
 
 class Attachment(Base):

@@ -76,7 +76,16 @@ SCHEMAS: dict[str, Any] = {
         "reactions": {"type": "array", "items": _ref("Reaction"), "maxItems": MAX_PER_MESSAGE,
                       "description": "as the reader sees them (`me`); [] on a new message; left out of message_updated"},
         "attachments": {"type": "array", "maxItems": 4, "items": _ref("Attachment")},
+        "thread_id": {"type": ["string", "null"],
+                      "description": "(extension) a reply's thread: its root message's id; null otherwise"},
+        "thread": {"oneOf": [_ref("ThreadSummary"), {"type": "null"}],
+                   "description": "(extension) a thread root's summary; null while it has no replies"},
     }, ["id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted"]),
+    "ThreadSummary": _obj({
+        "reply_count": {"type": "integer", "minimum": 1, "description": "replies ever sent (deleted ones too): only grows"},
+        "last_reply_at": TIME,
+        "participants": {"type": "array", "items": STRING, "maxItems": 5,
+                         "description": "the first 5 users who replied, first repliers first"}}),
     "Reaction": _obj({"emoji": EMOJI, "count": {"type": "integer", "minimum": 1},
                       "me": {"type": "boolean", "description": "whether the reader reacted with it"}}),
     "ReactionWithUsers": _obj({"emoji": EMOJI, "count": {"type": "integer", "minimum": 1}, "me": {"type": "boolean"},
@@ -182,7 +191,8 @@ EXAMPLE_MESSAGE = {"id": "99", "conversation_id": "12", "seq": 7, "sender": {"id
                    "body": "hello", "client_msg_id": "c-1", "created_at": "2026-01-02T03:04:05.678Z",
                    "edited_at": None, "deleted": False,
                    "reactions": [{"emoji": "\U0001f44d", "count": 3, "me": True}, {"emoji": ":fire:", "count": 1, "me": False}],
-                   "attachments": []}
+                   "attachments": [], "thread_id": None,
+                   "thread": {"reply_count": 2, "last_reply_at": "2026-01-02T03:06:00.000Z", "participants": ["bob", "cre"]}}
 EXAMPLE_UPLOAD = {"id": "41", "width": 1280, "height": 960, "content_type": "image/jpeg", "size": 183204}
 EXAMPLE_ATTACHMENT = {**EXAMPLE_UPLOAD, "url": "/api/v1/attachments/41?exp=1767326700&sig=3q2-7w...",
                       "thumb_url": "/api/v1/attachments/41/thumb?exp=1767326700&sig=Yk9v..."}
@@ -238,8 +248,21 @@ def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
+THREAD_ID = {"type": "string", "pattern": "^[0-9]{1,18}$",
+             "description": "(extension) a reply: the id of a root message of this conversation (not a reply, not "
+                            "deleted); docs/api.md \"Threads\""}
+
+
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+THREAD_QUERY = [
+    _query("thread_id", {"type": "string", "pattern": "^[0-9]{1,18}$"},
+           "(extension) a page of this thread: its root, then its replies (docs/api.md \"Threads\")"),
+    _query("include_replies", {"type": "string", "enum": ["true", "false"], "default": "true"},
+           "(extension) false: leave thread replies out"),
+]
 
 
 def _ok(status: int, description: str, schema: dict[str, Any], example: Any,
@@ -323,7 +346,8 @@ def build() -> dict[str, Any]:
             params=[conv_id, _query("before_seq", seq_query, "the messages just before this seq"),
                     _query("after_seq", seq_query, "the messages just after this seq"),
                     _query("since_seq", seq_query, "the same as after_seq (the socket join's name)"),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50")],
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50"),
+                    *THREAD_QUERY],
             tags=["server"])},
         "/api/v1/server/conversations/{conversation_id}/presence": {"get": _op(
             "Who has a socket joined to the conversation, cluster-wide", "apiKey",
@@ -495,7 +519,8 @@ def build() -> dict[str, Any]:
                        {"messages": [EXAMPLE_MESSAGE], "has_more": False}), **_errors(*READ_ERRORS, 403)},
                 params=[conv_id, _query("before_seq", seq_query, "the messages just before this seq"),
                         _query("after_seq", seq_query, "the messages just after this seq"),
-                        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50")],
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50"),
+                        *THREAD_QUERY],
                 tags=["client"]),
             "post": _op(
                 "Send a message (idempotent on client_msg_id; rate-limited per user)", "clientJwt",
@@ -508,7 +533,8 @@ def build() -> dict[str, Any]:
                            "client_msg_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,64}$"},
                            "attachments": {"type": "array", "maxItems": 4, "uniqueItems": True,
                                            "items": {"type": "string", "pattern": "^[0-9]{1,18}$"},
-                                           "description": "ids of the sender's own unused uploads"}},
+                                           "description": "ids of the sender's own unused uploads"},
+                           "thread_id": THREAD_ID},
                           ["client_msg_id"]),
                 body_example={"body": "hello", "client_msg_id": "c-1"}, tags=["client"]),
         },

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from chat import keys, moderation, reactions, schemas, sendtrace, storage
+from chat import keys, moderation, reactions, schemas, sendtrace, storage, threads
 from chat.attachments import Attachments
 from chat.auth import Identity
 from chat.batch import BatchedLookup
@@ -175,9 +175,11 @@ class ChatService:
         self.presence = presence
         self.settings = settings
         self._unread_notifications = unread_notifications
+        # Thread roots' `message_updated`, at most one per root per second (chat/threads.py).
+        self.thread_events = threads.ThreadCoalescer(self._emit_message_updated, self._reread_root)
         self.writer = MessageWriter(self.engine, self._deliver_messages,
                                     push_enqueue_jobs=push_enqueue_jobs, push_wake=push_wake,
-                                    webhook_messages=webhook_messages)
+                                    webhook_messages=webhook_messages, thread_updates=self.thread_events.note)
         # Conversations never change kind, creator, patron, name, tier or post policy: what the
         # send path needs of them is kept here, filled by `join` and the full send check.
         self._conversations: dict[int, ConversationMeta] = {}
@@ -341,7 +343,8 @@ class ChatService:
 
     # ============================================================ conversations
 
-    async def join(self, sid: str, conversation_id: int, since_seq: int | None) -> dict[str, Any]:
+    async def join(self, sid: str, conversation_id: int, since_seq: int | None,
+                   include_replies: bool = True) -> dict[str, Any]:
         state = self._socket_state(sid)
         user = state.user
         epoch = self._control_epoch
@@ -378,6 +381,8 @@ class ChatService:
         self._still_connected(sid, state)
         messages, has_more, positions = await self._join_page(conversation_id, since_seq, view.last_seq,
                                                               user.user_id, hears_all)
+        if not include_replies:  # the main view without thread replies: read from the database
+            messages, has_more = await self._join_page_without_replies(conversation_id, since_seq)
         if messages:
             # Reactions carry the reader's own `me`: read for every join (the cached dicts are
             # copied, not changed).
@@ -445,6 +450,15 @@ class ChatService:
         positions = [{"user_id": uid, "name": name, "seq": seq} for uid, name, seq in top if uid != user_id]
         return messages, has_more, positions[:POSITIONS_LIMIT]
 
+    async def _join_page_without_replies(self, conversation_id: int,
+                                         since_seq: int | None) -> tuple[list[dict[str, Any]], bool]:
+        """The join answer's messages and has_more with `include_replies: false` (chat/threads.py)."""
+        async with self.read_engine.connect() as conn:
+            rows, has_more = await storage.message_page(
+                conn, conversation_id, after_seq=since_seq, limit=JOIN_PAGE if since_seq is None else SINCE_PAGE,
+                include_replies=False)
+        return [_row_wire(r) for r in rows], has_more
+
     def _socket_state(self, sid: str) -> SocketState:
         state = self.sockets.get(sid)
         if state is None:
@@ -480,15 +494,26 @@ class ChatService:
         if await self.presence.leave(cid, user_id, sid):
             self.presence_events.announce(cid, user_id, False)
 
-    async def history(self, user: Identity, conversation_id: int, page: schemas.PageQuery) -> dict[str, Any]:
+    async def history(self, user: Identity, conversation_id: int, page: schemas.PageQuery, *,
+                      thread_id: int | None = None, include_replies: bool = True) -> dict[str, Any]:
+        """A page of the conversation, or of one thread (`thread_id`: its root and replies), or of
+        the conversation without thread replies (`include_replies` false)."""
         async with self.sessions() as session:
             await self._readable(session, user.user_id, conversation_id)
-            return await self._history_page(session, conversation_id, page, user.user_id)
+            return await self._history_page(session, conversation_id, page, user.user_id,
+                                            thread_id=thread_id, include_replies=include_replies)
 
     async def _history_page(self, session: AsyncSession, conversation_id: int,
-                            page: schemas.PageQuery, reader_id: str) -> dict[str, Any]:
-        messages, has_more = await storage.list_messages(
-            session, conversation_id, before_seq=page.before_seq, after_seq=page.after_seq, limit=page.limit)
+                            page: schemas.PageQuery, reader_id: str, *, thread_id: int | None = None,
+                            include_replies: bool = True) -> dict[str, Any]:
+        if thread_id is not None:
+            messages, has_more = await threads.thread_page(
+                session, conversation_id, thread_id, before_seq=page.before_seq, after_seq=page.after_seq,
+                limit=page.limit)
+        else:
+            messages, has_more = await storage.list_messages(
+                session, conversation_id, before_seq=page.before_seq, after_seq=page.after_seq, limit=page.limit,
+                include_replies=include_replies)
         return {"messages": await self._messages_wire(session, messages, reader_id), "has_more": has_more}
 
     async def list_conversations(self, user: Identity) -> list[dict[str, Any]]:
@@ -573,7 +598,7 @@ class ChatService:
     async def send_message(self, user: Identity, conversation_id: int, body: str,
                            client_msg_id: str, *, sid: str | None = None,
                            attachment_ids: Sequence[int] = (),
-                           trace: sendtrace.Trace | None = None) -> dict[str, Any]:
+                           trace: sendtrace.Trace | None = None, thread_id: int | None = None) -> dict[str, Any]:
         """Store a message and deliver it. Idempotent on (sender, client_msg_id); returns only
         after commit. The caller has applied the rate limit.
 
@@ -582,7 +607,10 @@ class ChatService:
         socket that has not joined, or one that may not post) is checked against the database.
 
         `attachment_ids`: the sender's unused uploads (chat/attachments.py), claimed atomically
-        with the message; a retry answers with the original message and its photos."""
+        with the message; a retry answers with the original message and its photos.
+
+        `thread_id`: a reply to that root message of the conversation (chat/threads.py), checked
+        in the writer's batch; a room reply pushes its thread's people, not the room."""
         if not body and not attachment_ids:
             raise Invalid("body must not be empty")
         if attachment_ids and self.attachments is None:
@@ -592,7 +620,7 @@ class ChatService:
             self._check_timed_out(sid, conversation_id)
             epoch = self._control_epoch
             try:
-                checked = await self._check_send(user, conversation_id, body, client_msg_id)
+                checked = await self._check_send(user, conversation_id, body, client_msg_id, thread_id)
             except TimedOut as exc:
                 state = self.sockets.get(sid) if sid is not None else None
                 if state is not None and conversation_id in state.conversations and epoch == self._control_epoch:
@@ -613,13 +641,13 @@ class ChatService:
         push = None
         if conv.kind == "direct":
             push = PushSpec(None)
-        elif user.user_id == conv.creator_id:
+        elif user.user_id == conv.creator_id or thread_id is not None:
             push = PushSpec(conv.name)
         try:
             photos = (await self.attachments.for_send(user.user_id, client_msg_id, attachment_ids)
                       if attachment_ids and self.attachments is not None else ())
             stored = await self.writer.store(Outgoing(conversation_id, user.user_id, user.name or None, body,
-                                                      client_msg_id, push, photos), trace)
+                                                      client_msg_id, push, photos, thread_id=thread_id), trace)
             if not stored.created:
                 return {"message": await self._retried(stored.message)}
         except sqlalchemy.exc.SQLAlchemyError as exc:
@@ -652,7 +680,8 @@ class ChatService:
             if row is not None and row.conversation_id == conv.id:
                 name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
                 return schemas.message_wire_columns(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
-                                                    row.client_msg_id, row.created_at, row.edited_at, row.deleted)
+                                                    row.client_msg_id, row.created_at, row.edited_at, row.deleted,
+                                                    **threads.fields_of(row))
         raise SlowModeLimited(f"slow mode: one message per {seconds} s in this room; wait {wait} s", wait)
 
     async def _slow_mode_of(self, conversation_id: int) -> int:
@@ -775,7 +804,7 @@ class ChatService:
         return self._conversations.get(conversation_id)
 
     async def _check_send(self, user: Identity, conversation_id: int, body: str,
-                          client_msg_id: str) -> ConversationMeta | dict[str, Any]:
+                          client_msg_id: str, thread_id: int | None = None) -> ConversationMeta | dict[str, Any]:
         """The database check of a send: the conversation, a retry's original, then access.
         Returns the conversation, or the original message when this is a retry."""
         async def check() -> tuple[ConversationMeta, dict[str, Any] | None, tuple[str, int] | None, Standing | None]:
@@ -787,9 +816,12 @@ class ChatService:
                 if row is not None:
                     if row.conversation_id != conversation_id or (row.body != body and not row.deleted):
                         raise Conflict("client_msg_id was already used for a different message")
+                    if row.thread_id != thread_id:
+                        raise Conflict("client_msg_id was already used for a message in another thread")
                     name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
                     return conv, schemas.message_wire_columns(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
-                                              row.client_msg_id, row.created_at, row.edited_at, row.deleted), None, None
+                                              row.client_msg_id, row.created_at, row.edited_at, row.deleted,
+                                              **threads.fields_of(row)), None, None
                 key = membership_key(conv, user.user_id)
                 if key is None:
                     return conv, None, None, None
@@ -818,6 +850,13 @@ class ChatService:
         """The writer's hand-off after each commit, in seq order per conversation: local sockets
         written at once, the relay's publish awaitable."""
         return self.delivery.to_conversations("message", [(int(w["conversation_id"]), w) for w in messages])
+
+    async def _emit_message_updated(self, wire: dict[str, Any]) -> None:
+        await self.delivery.to_conversation(int(wire["conversation_id"]), "message_updated", wire)
+
+    async def _reread_root(self, root_id: int) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            return await threads.root_wire(conn, root_id)
 
     async def edit_message(self, user: Identity, message_id: int, body: str) -> dict[str, Any]:
         async with self.sessions.begin() as session:
@@ -1202,13 +1241,15 @@ class ChatService:
         author's delete (SPEC §4), without an access check."""
         return await self._delete_message(None, message_id)
 
-    async def server_history(self, conversation_id: int, page: schemas.PageQuery) -> dict[str, Any]:
+    async def server_history(self, conversation_id: int, page: schemas.PageQuery, *, thread_id: int | None = None,
+                             include_replies: bool = True) -> dict[str, Any]:
         """The client history page, for the backend: any conversation, no membership needed."""
         async with self.sessions() as session:
             if await storage.get_conversation(session, conversation_id) is None:
                 raise NotFound("no such conversation")
             # reactions with their counts, `me` false (the backend is no member)
-            return await self._history_page(session, conversation_id, page, reader_id="")
+            return await self._history_page(session, conversation_id, page, reader_id="", thread_id=thread_id,
+                                            include_replies=include_replies)
 
     async def conversation_presence(self, conversation_id: int) -> dict[str, Any]:
         """Who has a socket joined to the conversation on a live process (the join answer's `online`)."""
@@ -1522,10 +1563,12 @@ class ChatService:
 
     @staticmethod
     async def push_audience_page(session: AsyncSession, conversation_id: int, sender_id: str, after: str | None,
-                                 limit: int) -> tuple[list[str], str | None]:
+                                 limit: int, thread_id: int | None = None) -> tuple[list[str], str | None]:
         """One page of who gets a push for `sender_id`'s message if offline (SPEC §6), for the push
         worker's fan-out job: the other side of a direct conversation; the room's current members
-        (active, at or above its tier) for the creator's posts, nobody for others' posts; never
+        (active, at or above its tier) for the creator's posts, nobody for others' posts; for a
+        room's thread reply (`thread_id`, its root) whoever of the root's author and the thread's
+        repliers still reads the room (chat/threads.py), whoever sent it; never
         the sender, never muted. Scans at most `limit` user ids greater than `after`, in order;
         returns (recipients, where the next page starts, None once exhausted). Runs in the
         caller's session (the worker's own pool)."""
@@ -1537,6 +1580,9 @@ class ChatService:
             candidates = sorted(u for u in (conv.creator_id, conv.patron_id) if u and u != sender_id)
             if after is not None:
                 candidates = [u for u in candidates if u > after]
+        elif thread_id is not None:  # a room's thread reply: the root's author and the repliers
+            candidates, resume = await threads.audience_page(session, conv.id, conv.creator_id, conv.min_tier_cents,
+                                                             thread_id, after, limit)
         elif sender_id == conv.creator_id:
             q = sqlalchemy.select(Membership.patron_id).where(
                 Membership.creator_id == conv.creator_id, Membership.status == "active",
@@ -1555,7 +1601,8 @@ class ChatService:
 def _row_wire(r: Any) -> dict[str, Any]:
     """A message's wire form from a `storage.message_page` row."""
     return schemas.message_wire_columns(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id, r.body,
-                                        r.client_msg_id, r.created_at, r.edited_at, r.deleted)
+                                        r.client_msg_id, r.created_at, r.edited_at, r.deleted,
+                                        **threads.fields_of(r))
 
 
 def _member_wire(user_id: str, name: str, avatar_url: str | None) -> dict[str, Any]:

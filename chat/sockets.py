@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import socketio
 
-from chat import moderation, schemas, sendtrace, unavailable
+from chat import moderation, schemas, sendtrace, threads, unavailable
 from chat.auth import Authenticator
 from chat.errors import ChatError, Forbidden, Invalid, RateLimited, TooLarge, error_wire
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
@@ -203,10 +203,11 @@ class ChatSockets:
     async def join(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         cid = schemas.check_conversation_id(data)
         since = schemas.check_int(data, "since_seq", minimum=0)
+        include_replies = threads.check_include_replies(data)
         if not self.joins.take(sid):
             raise RateLimited(f"at most {self.settings.join_rate_per_s:g} joins per second "
                               f"(bursts of {self.settings.join_burst})")
-        return await self.service.join(sid, cid, since)
+        return await self.service.join(sid, cid, since, include_replies)
 
     async def leave(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         return await self.service.leave(sid, schemas.check_conversation_id(data))
@@ -220,9 +221,10 @@ class ChatSockets:
         photos = schemas.check_attachment_ids(data)
         body = schemas.check_body(data, self.service.settings.max_body_chars, allow_empty=bool(photos))
         client_msg_id = schemas.check_client_msg_id(data)
+        thread_id = threads.check_thread_id(data)
         self.service.check_socket_rate(sid)
         result = await self.service.send_message(user, cid, body, client_msg_id, sid=sid, attachment_ids=photos,
-                                                 trace=trace)
+                                                 trace=trace, thread_id=thread_id)
         await self.service.sent_from_socket(sid, cid)
         if trace is not None:
             trace.mark("acked")
@@ -252,7 +254,8 @@ class ChatSockets:
         user = self.service.socket_user(sid)
         cid = schemas.check_conversation_id(data)
         page = schemas.check_page({k: data.get(k) for k in ("before_seq", "limit")})
-        return await self.service.history(user, cid, page)
+        return await self.service.history(user, cid, page, thread_id=threads.check_thread_id(data),
+                                          include_replies=threads.check_include_replies(data))
 
     async def typing(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         cid = schemas.check_conversation_id(data)
