@@ -13,6 +13,7 @@ import { forgetCreatorChannels, onCreatorEvent, setupCreatorEvents, subscribeCre
 import { applyReactionEvent, loadWho } from "./reactions.js";
 import { onMenuClose, renderMe, setupMessageMenus, watchConnection } from "./ui.js";
 import { clearTray, photosForSend, setupPhotos } from "./photos.js";
+import { isReply, setupThreads } from "./threads.js";
 import {
   applyJoinAnswer,
   composerBlock,
@@ -174,6 +175,9 @@ function mergeMessage(conv, msg) {
     if (!msg.deleted && existing.edited_at && (!msg.edited_at || msg.edited_at < existing.edited_at)) return false;
   }
   if (!Array.isArray(msg.reactions)) msg.reactions = msg.deleted || !existing ? [] : existing.reactions || [];
+  // A root's summary only grows (updates from two processes may cross): keep the larger one.
+  const had = existing && existing.thread;
+  if (had && (!msg.thread || (msg.thread.reply_count || 0) < (had.reply_count || 0))) msg.thread = had;
   // An edit's frame may leave the photos out: they cannot change, keep the ones we have.
   if (!msg.deleted && existing && !(Array.isArray(msg.attachments) && msg.attachments.length)) msg.attachments = existing.attachments || [];
   conv.messages.set(msg.seq, msg);
@@ -192,8 +196,9 @@ function addMessages(conv, msgs) {
     if (msg.sender.name) state.names.set(msg.sender.id, msg.sender.name);
     const isNew = mergeMessage(conv, msg);
     if (isOwn(msg) && msg.client_msg_id) conv.pending.delete(msg.client_msg_id);
-    if (!isNew) continue;
+    // (Also when a thread page brought it first: the main window starts at lowSeq.)
     if (conv.lowSeq === null || msg.seq < conv.lowSeq) conv.lowSeq = msg.seq;
+    if (!isNew) continue;
     if (!conv.lastMessage || msg.seq >= conv.lastMessage.seq) conv.lastMessage = msg;
     // Messages up to countedSeq were in the server's unread_count of the last list refresh.
     if (msg.seq > conv.countedSeq && !isOwn(msg) && !msg.deleted) conv.unread += 1;
@@ -207,6 +212,23 @@ function addMessages(conv, msgs) {
     }
   }
   while (conv.messages.has(conv.highSeq + 1)) conv.highSeq += 1;
+}
+
+/**
+ * A thread page's messages (threads.js): kept with the others, so edits, reactions and the
+ * seq stream apply to them alike, but outside the main window (lowSeq) and without unread
+ * counting. Ones the client has not delivered yet are left to it (they come in order).
+ */
+function storeThreadMessages(conv, msgs) {
+  const delivered = client ? client.lastSeq(conv.id) : null;
+  for (const msg of msgs || []) {
+    if (!msg || typeof msg.seq !== "number" || !msg.sender) continue;
+    if (delivered !== null && msg.seq > delivered && !conv.messages.has(msg.seq)) continue;
+    msg.sender.id = String(msg.sender.id);
+    if (msg.sender.name) state.names.set(msg.sender.id, msg.sender.name);
+    mergeMessage(conv, msg);
+  }
+  scheduleRender();
 }
 
 /** The latest page (join without since_seq, or GET .../messages): the window to grow from. */
@@ -319,10 +341,11 @@ async function loadOlder(conv) {
   try {
     let res;
     if (isConnected()) {
-      res = await emitAck("history", { conversation_id: conv.id, before_seq: conv.lowSeq, limit: PAGE });
+      // Without thread replies: they show in their thread (threads.js).
+      res = await emitAck("history", { conversation_id: conv.id, before_seq: conv.lowSeq, limit: PAGE, include_replies: false });
       if (!res.ok) throw new Error((res.error && res.error.message) || "failed");
     } else {
-      res = await api.listMessages(conv.id, { beforeSeq: conv.lowSeq, limit: PAGE });
+      res = await api.listMessages(conv.id, { beforeSeq: conv.lowSeq, limit: PAGE, includeReplies: false });
     }
     addMessages(conv, res.messages);
     conv.hasMoreBefore = Boolean(res.has_more);
@@ -372,7 +395,7 @@ function markRead(conv) {
  */
 function sendPending(conv, p) {
   const attachments = (p.attachments || []).map((a) => a.id);
-  client.send(conv.id, p.body, { clientMsgId: p.cmid, attachments }).then(
+  client.send(conv.id, p.body, { clientMsgId: p.cmid, attachments, threadId: p.threadId || null }).then(
     (msg) => {
       if (!msg || !state.convs.has(conv.id)) return;
       addMessages(conv, [msg]);
@@ -405,6 +428,24 @@ function onSendStatus(s) {
     p.autoRetry = false;
   }
   scheduleRender();
+}
+
+/** A reply from the thread panel (threads.js): pending like any send, with its root's id. */
+function sendReply(conv, body, rootId) {
+  const p = {
+    cmid: api.newClientMsgId(),
+    body,
+    attachments: [],
+    threadId: rootId,
+    status: "queued",
+    error: null,
+    autoRetry: false,
+    attempt: 0,
+    createdAt: Date.now(),
+  };
+  conv.pending.set(p.cmid, p);
+  scheduleRender();
+  sendPending(conv, p);
 }
 
 function submitComposer() {
@@ -534,7 +575,7 @@ function onMessage(msg) {
     return;
   }
   addMessages(conv, [msg]);
-  afterMessagesChanged(conv, isOwn(msg) ? { scroll: "bottom" } : {});
+  afterMessagesChanged(conv, isOwn(msg) && !isReply(msg) ? { scroll: "bottom" } : {});
 }
 
 function onMessageUpdated(msg) {
@@ -703,6 +744,7 @@ function openConversation(id) {
     stopTyping();
     state.editing = null;
     state.confirmDelete = null;
+    state.thread = null;
   }
   // On a phone the conversation is a screen of its own: the browser's back returns to the list.
   if (isPhone() && !state.openId) window.history.pushState({ backstageConversation: id }, "");
@@ -738,19 +780,20 @@ function closeConversation() {
 
 // ------------------------------------------------------------------ edit / delete / retry
 
-actions.startEdit = (convId, seq) => {
+actions.startEdit = (convId, seq, scope = "main") => {
   const conv = state.convs.get(convId);
   const msg = conv && conv.messages.get(seq);
   if (!msg) return;
-  state.editing = { convId, seq, draft: msg.body, error: null, focused: false, saving: false };
+  state.editing = { convId, seq, scope, draft: msg.body, error: null, focused: false, saving: false };
   state.confirmDelete = null;
   scheduleRender();
 };
 
 actions.cancelEdit = () => {
+  const inThread = state.editing && state.editing.scope === "thread";
   state.editing = null;
   scheduleRender();
-  $("composer").focus();
+  $(inThread ? "thread-composer" : "composer").focus();
 };
 
 actions.saveEdit = async () => {
@@ -978,6 +1021,13 @@ async function boot() {
         : Promise.resolve({ ok: false, error: { code: "offline" } }),
   });
   setupMessageMenus($("message-list"), { onChipHold: showWhoReacted });
+  setupThreads({
+    connected: isConnected,
+    request: emitAck,
+    store: storeThreadMessages,
+    sendReply,
+    onChipHold: showWhoReacted,
+  });
   onMenuClose(disarm);
   setupPhotos({
     convId: () => {

@@ -20,6 +20,8 @@ export const state = {
   confirmDelete: null,
   /** creator ids whose rooms we moderate (GET /api/v1/moderation, `moderation` events) */
   moderatorOf: new Set(),
+  /** the thread open in the panel (threads.js): {convId, rootId, lowSeq, hasMoreBefore, loaded, loading} */
+  thread: null,
   /** reaction chip whose "who reacted" line a long-press opened: {convId, seq, emoji} */
   reactionWho: null,
   notifications: {
