@@ -547,7 +547,7 @@ class RedisRelay:
         if isinstance(sender, str) and self.hide_from_blockers is not None:
             hidden = self.hide_from_blockers(room, sender, packet)
             if hidden:
-                skips = hidden | {skips} if skips is not None else hidden
+                skips = hidden | {skip} if isinstance(skip, str) else hidden
         self._manager.deliver("/", room, Broadcast(packet), skips)
 
     async def _on_socketio_message(self, message: dict[str, Any]) -> None:

@@ -38,9 +38,9 @@ MAX_HIDE_THRESHOLD = 100
 OPEN, DISMISSED, REMOVED = "open", "dismissed", "removed"
 REVIEW_ACTIONS = {"dismiss": DISMISSED, "remove": REMOVED}
 
-_reports = sa.inspect(MessageReport).local_table
-_hidden = sa.inspect(HiddenMessage).local_table
-_settings = sa.inspect(ReportSettings).local_table
+_reports: sa.Table = MessageReport.__table__  # type: ignore[assignment]
+_hidden: sa.Table = HiddenMessage.__table__  # type: ignore[assignment]
+_settings: sa.Table = ReportSettings.__table__  # type: ignore[assignment]
 
 
 # ---------------------------------------------------------------- validation
