@@ -31,7 +31,7 @@ import orjson
 
 from chat import keys
 from chat.fanout import Broadcast, FanoutServer, Payload
-from chat.memberblocks import HIDDEN_EVENTS, hidden_wire
+from chat.memberblocks import HIDDEN_EVENTS, placeholder_event, sender_of
 from chat.recent import RecentMessages
 from chat.relay import RedisRelay
 
@@ -95,16 +95,16 @@ class Delivery:
         sockets get its placeholder (same seq, no body: memberblocks.hidden_wire) here, and are
         returned, to be skipped by the broadcast itself. None (the common case) costs one dict
         lookup."""
-        if event not in HIDDEN_EVENTS or not isinstance(data, dict):
+        if event not in HIDDEN_EVENTS:
             return None
-        sids = self._blocker_sids.get(str((data.get("sender") or {}).get("id")))
+        sids = self._blocker_sids.get(sender_of(event, data) or "")
         if not sids:
             return None
         members = self._fanout.rooms.get("/", {}).get(room)
         targets = [sid for sid in sids if members is not None and sid in members]
         if not targets:
             return None
-        self._fanout.deliver("/", targets, self._fanout.encode(event, hidden_wire(data, "blocked")))
+        self._fanout.deliver("/", targets, self._fanout.encode(event, placeholder_event(event, data)))
         return set(targets)
 
     def _hide_relayed(self, room: str, sender: str, packet: Payload | list[Payload]) -> set[str] | None:
@@ -120,11 +120,7 @@ class Delivery:
     @staticmethod
     def _sender_of(event: str, data: Any) -> str | None:
         """The sender a relayed room packet names in its envelope (for the receivers' blockers)."""
-        if event in HIDDEN_EVENTS and isinstance(data, dict):
-            sender = data.get("sender")
-            if isinstance(sender, dict) and isinstance(sender.get("id"), str):
-                return str(sender["id"])
-        return None
+        return sender_of(event, data) if event in HIDDEN_EVENTS else None
 
     def relay_problem(self) -> str | None:
         """Why this process cannot rely on the relay, for /readyz (None: no known problem)."""

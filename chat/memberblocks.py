@@ -25,7 +25,8 @@ from chat.models import MemberBlock
 
 _blocks = sa.inspect(MemberBlock).local_table
 
-HIDDEN_EVENTS = ("message", "message_updated")  # live events whose sender a blocker does not see
+# Live events that show a message, which a blocker of its sender gets as a placeholder.
+HIDDEN_EVENTS = ("message", "message_updated", "message_hidden")
 
 
 # ---------------------------------------------------------------- storage
@@ -84,6 +85,24 @@ def hidden_wire(wire: dict[str, Any], reason: str) -> dict[str, Any]:
     if "reactions" in out:
         out["reactions"] = []
     return out
+
+
+def sender_of(event: str, data: Any) -> str | None:
+    """The sender of the message a HIDDEN_EVENTS event shows (`message_hidden`: the message it
+    carries when it shows one again), else None."""
+    wire = data.get("message") if event == "message_hidden" and isinstance(data, dict) else data
+    if isinstance(wire, dict):
+        sender = wire.get("sender")
+        if isinstance(sender, dict) and isinstance(sender.get("id"), str):
+            return str(sender["id"])
+    return None
+
+
+def placeholder_event(event: str, data: dict[str, Any]) -> dict[str, Any]:
+    """What a blocker of the sender gets instead of `data`."""
+    if event == "message_hidden":
+        return {**data, "message": hidden_wire(data["message"], "blocked")}
+    return hidden_wire(data, "blocked")
 
 
 # ---------------------------------------------------------------- the per-process index

@@ -1505,8 +1505,10 @@ class ChatService:
                               message: dict[str, Any] | None) -> None:
         """After a commit that hid (or showed again) a message: every process's cache, and the
         room's sockets get `message_hidden` (with the message itself when it shows again)."""
-        await self.delivery.broadcast_control({"type": "message_hidden", "conversation_id": conversation_id,
-                                               "message_id": message_id, "hidden": hidden})
+        control = {"type": "message_hidden", "conversation_id": conversation_id, "message_id": message_id,
+                   "hidden": hidden}
+        self._message_hidden_local(control)  # here at once (again when it comes back: idempotent)
+        await self.delivery.broadcast_control(control)
         event: dict[str, Any] = {"conversation_id": str(conversation_id), "message_id": str(message_id), "seq": seq,
                                  "hidden": hidden}
         if message is not None:
@@ -1531,16 +1533,28 @@ class ChatService:
 
         changed, directs = await retry_transaction(store)
         if changed:
-            # access_change: a process that misses it reads the blocks again when the relay is back
-            await self.delivery.broadcast_control({
-                "type": "member_block", "blocker_id": user.user_id, "blocked_id": other_id, "on": on,
-                "conversation_ids": directs}, access_change=True)
+            control = {"type": "member_block", "blocker_id": user.user_id, "blocked_id": other_id, "on": on,
+                       "conversation_ids": directs}
+            # Here at once (a live message sent here right after the ack must be skipped), and on
+            # every process when it comes back (idempotent). access_change: a process that misses
+            # it reads the blocks again when the relay is back.
+            self._member_block_local(control)
+            await self.delivery.broadcast_control(control, access_change=True)
             await self.delivery.to_user(user.user_id, "user_blocked", {"user_id": other_id, "blocked": on})
         return {"user_id": other_id, "blocked": on}
 
     async def list_blocks(self, user_id: str) -> dict[str, Any]:
         async with self.engine.connect() as conn:
             return {"blocks": memberblocks.blocks_wire(await memberblocks.list_blocks(conn, user_id))}
+
+    def _message_hidden_local(self, message: dict[str, Any]) -> None:
+        self._control_epoch += 1  # a read of the room's hidden ids in flight does not keep what it read
+        hidden = self._hidden.get(int(message["conversation_id"]))
+        if hidden is not None:
+            if message.get("hidden"):
+                hidden.add(int(message["message_id"]))
+            else:
+                hidden.discard(int(message["message_id"]))
 
     def _member_block_local(self, message: dict[str, Any]) -> None:
         self._control_epoch += 1
@@ -1580,12 +1594,7 @@ class ChatService:
         elif kind == "member_block":
             self._member_block_local(message)
         elif kind == "message_hidden":
-            hidden = self._hidden.get(int(message["conversation_id"]))
-            if hidden is not None:
-                if message.get("hidden"):
-                    hidden.add(int(message["message_id"]))
-                else:
-                    hidden.discard(int(message["message_id"]))
+            self._message_hidden_local(message)
         elif kind == "disconnect_user":
             for sid in list(self._user_sockets.get(str(message["user_id"]), ())):
                 await self.delivery.disconnect(sid)

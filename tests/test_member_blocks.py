@@ -90,6 +90,16 @@ async def _blocks_scenario(url_a: str, url_b: str, api: Api, uid: Any) -> None:
         # the creator's view is untouched
         assert all("hidden" not in m for m in ok(await c.call("join", {"conversation_id": room}))["messages"])
 
+        # a report review that shows the message again shows the blocker its placeholder only
+        assert api.server("PUT", f"/creators/{cre}/report-settings", {"hide_threshold": 1}).status_code == 200
+        ok(await c.call("report", {"message_id": during["id"], "reason": "spam"}))
+        await a.wait_for("message_hidden", lambda e: e["message_id"] == during["id"] and e["hidden"])
+        ok(await c.call("review_report", {"message_id": during["id"], "action": "dismiss"}))
+        shown = await c.wait_for("message_hidden", lambda e: e["message_id"] == during["id"] and not e["hidden"])
+        assert shown["message"]["body"] == "you cannot see this"
+        shown = await a.wait_for("message_hidden", lambda e: e["message_id"] == during["id"] and not e["hidden"])
+        placeholder_of(shown["message"], during)
+
         # a socket the blocker opens later (on the other process) is skipped as well
         a2 = await Client(url_b, tokens[me]).connect()
         try:
