@@ -279,7 +279,8 @@ export class BackstageClient extends Emitter {
     });
     socket.on("message", (msg) => this._onMessage(msg));
     socket.on("message_updated", (msg) => this._onMessageUpdated(msg));
-    for (const name of ["typing", "read", "presence", "reaction", "notification", "event", "moderation", "slow_mode", "pins"]) {
+    for (const name of ["typing", "read", "presence", "reaction", "notification", "event", "moderation", "slow_mode", "pins",
+      "message_hidden", "report_opened", "report_resolved", "user_blocked"]) {
       socket.on(name, (payload) => this._emit(name, payload));
     }
     socket.on("access_revoked", (ev) => {
@@ -489,6 +490,18 @@ export class BackstageClient extends Emitter {
 
   deleteMessage(messageId) {
     return this.request("delete", { message_id: String(messageId) }).then((res) => res.message);
+  }
+
+  /** Reports a room message (reason: spam, harassment, hate, sexual, violence, other); a repeat counts nothing. */
+  report(messageId, reason, note) {
+    const payload = { message_id: String(messageId), reason };
+    if (note !== undefined && note !== null) payload.note = note;
+    return this.request("report", payload);
+  }
+
+  /** Blocks (on) or unblocks another user: their messages arrive as placeholders (`hidden: true`). */
+  blockUser(userId, on = true) {
+    return this.request("block_user", { user_id: String(userId), on: Boolean(on) });
   }
 
   markRead(conversationId, seq) {
