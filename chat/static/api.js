@@ -116,6 +116,12 @@ export function listMessages(conversationId, { beforeSeq, afterSeq, limit, threa
   return api("GET", `/api/v1/conversations/${encodeURIComponent(conversationId)}/messages${qs ? `?${qs}` : ""}`);
 }
 
+/** Members one can mention whose name, a word of it, or id starts with `q`: {members: [{id, name, avatar_url}]}. */
+export function listMembers(conversationId, q, limit) {
+  const qs = new URLSearchParams({ q: q || "", limit: String(limit || 10) });
+  return api("GET", `/api/v1/conversations/${encodeURIComponent(conversationId)}/members?${qs}`);
+}
+
 /** Who reacted to a message: {reactions: [{emoji, count, me, users: [{id, name}]}]} (25 users per emoji). */
 export function listReactions(conversationId, messageId) {
   return api("GET", `/api/v1/conversations/${encodeURIComponent(conversationId)}/messages/${encodeURIComponent(messageId)}/reactions`);

@@ -14,6 +14,7 @@ import { applyReactionEvent, loadWho } from "./reactions.js";
 import { onMenuClose, renderMe, setupMessageMenus, watchConnection } from "./ui.js";
 import { clearTray, photosForSend, setupPhotos } from "./photos.js";
 import { isReply, setupThreads } from "./threads.js";
+import { attachCompletion, mentionsMe } from "./mentions.js";
 import {
   applyJoinAnswer,
   composerBlock,
@@ -39,6 +40,7 @@ const MAX_BODY_CHARS = 4_000;
 const $ = (id) => document.getElementById(id);
 
 let client = null; // BackstageClient
+let mainMentions = null; // the main composer's @ completion (mentions.js)
 let authFailed = false;
 const drafts = new Map(); // conversation id -> unsent composer text
 
@@ -202,6 +204,7 @@ function addMessages(conv, msgs) {
     if (!conv.lastMessage || msg.seq >= conv.lastMessage.seq) conv.lastMessage = msg;
     // Messages up to countedSeq were in the server's unread_count of the last list refresh.
     if (msg.seq > conv.countedSeq && !isOwn(msg) && !msg.deleted) conv.unread += 1;
+    if (msg.seq > conv.countedSeq && !isOwn(msg) && mentionsMe(msg)) conv.mentionCount += 1;
     // Sending moves the sender's read position to their message.
     const pos = conv.readers.get(msg.sender.id) || 0;
     if (msg.seq > pos) conv.readers.set(msg.sender.id, msg.seq);
@@ -370,6 +373,7 @@ function fillViewport() {
 function markRead(conv) {
   if (state.openId !== conv.id || document.visibilityState === "hidden") return;
   conv.unread = 0;
+  conv.mentionCount = 0;
   const seq = maxSeq(conv);
   if (seq <= conv.readSent || !isConnected()) return;
   const previous = conv.readSent;
@@ -395,7 +399,8 @@ function markRead(conv) {
  */
 function sendPending(conv, p) {
   const attachments = (p.attachments || []).map((a) => a.id);
-  client.send(conv.id, p.body, { clientMsgId: p.cmid, attachments, threadId: p.threadId || null }).then(
+  const mentions = p.mentions && p.mentions.length ? p.mentions : undefined;
+  client.send(conv.id, p.body, { clientMsgId: p.cmid, attachments, threadId: p.threadId || null, mentions }).then(
     (msg) => {
       if (!msg || !state.convs.has(conv.id)) return;
       addMessages(conv, [msg]);
@@ -431,10 +436,11 @@ function onSendStatus(s) {
 }
 
 /** A reply from the thread panel (threads.js): pending like any send, with its root's id. */
-function sendReply(conv, body, rootId) {
+function sendReply(conv, body, rootId, mentions = []) {
   const p = {
     cmid: api.newClientMsgId(),
     body,
+    mentions,
     attachments: [],
     threadId: rootId,
     status: "queued",
@@ -473,13 +479,16 @@ function submitComposer() {
     showNotice(`Messages are limited to ${MAX_BODY_CHARS} characters.`, "error");
     return;
   }
+  const mentions = mainMentions ? mainMentions.mentionsFor(body) : [];
   composer.value = "";
   drafts.delete(conv.id);
   clearTray(conv.id);
   stopTyping();
+  if (mainMentions) mainMentions.reset();
   const p = {
     cmid: api.newClientMsgId(),
     body,
+    mentions,
     attachments: photos.attachments,
     status: "queued",
     error: null,
@@ -629,7 +638,10 @@ function onRead(ev) {
   const userId = String(ev.user_id);
   if (state.me && userId === state.me.id) {
     // Read in another tab or device of ours.
-    if (ev.seq >= maxSeq(conv)) conv.unread = 0;
+    if (ev.seq >= maxSeq(conv)) {
+      conv.unread = 0;
+      conv.mentionCount = 0;
+    }
     if (ev.seq > conv.readSent) conv.readSent = ev.seq;
   } else if (ev.seq > (conv.readers.get(userId) || 0)) {
     conv.readers.set(userId, ev.seq);
@@ -722,8 +734,14 @@ async function refreshConversations({ join = true } = {}) {
     }
     conv.countedSeq = last ? last.seq : 0;
     let newer = 0;
-    for (const m of conv.messages.values()) if (m.seq > conv.countedSeq && !isOwn(m) && !m.deleted) newer += 1;
+    let newerMentions = 0;
+    for (const m of conv.messages.values()) {
+      if (m.seq <= conv.countedSeq || isOwn(m) || m.deleted) continue;
+      newer += 1;
+      if (mentionsMe(m)) newerMentions += 1;
+    }
     conv.unread = (entry.unread_count || 0) + newer;
+    conv.mentionCount = (entry.mention_count || 0) + newerMentions;
   });
   for (const id of [...state.convs.keys()]) {
     if (!seen.has(id)) {
@@ -745,6 +763,7 @@ function openConversation(id) {
     state.editing = null;
     state.confirmDelete = null;
     state.thread = null;
+    if (mainMentions) mainMentions.reset();
   }
   // On a phone the conversation is a screen of its own: the browser's back returns to the list.
   if (isPhone() && !state.openId) window.history.pushState({ backstageConversation: id }, "");
@@ -1021,6 +1040,7 @@ async function boot() {
         : Promise.resolve({ ok: false, error: { code: "offline" } }),
   });
   setupMessageMenus($("message-list"), { onChipHold: showWhoReacted });
+  mainMentions = attachCompletion($("composer"), { convId: () => state.openId });
   setupThreads({
     connected: isConnected,
     request: emitAck,

@@ -20,6 +20,7 @@ import { avatarUrl, fillAvatar, menuModeFor, messageMenu, openPicker, openSubmen
 import { buildPhotos, paint as paintPhotos, photosLabel, uploading } from "./photos.js";
 import { composerBlock, moderationItems, moderationSubmenus } from "./moderation.js";
 import { canReplyTo, isReply, threadSummary } from "./threads.js";
+import { mentionBody, mentionsMe } from "./mentions.js";
 
 /** Filled by app.js: what buttons in rendered items do. */
 export const actions = {};
@@ -113,6 +114,14 @@ function buildListItem(conv) {
   fillAvatar(avatar, { key: conv.id, name, userId: otherMemberId(conv), symbol: isRoom ? "#" : null });
   const wrap = h("span", { class: "avatar-wrap" }, avatar);
   if (presence) wrap.append(h("span", { class: `presence-dot ${presence}`, title: PRESENCE_TITLE[presence] }));
+  const mentionBadge =
+    conv.mentionCount > 0
+      ? h(
+          "span",
+          { class: "mention-badge", "data-testid": "mention-badge", "aria-label": `${conv.mentionCount} ${conv.mentionCount === 1 ? "mention" : "mentions"} of you`, title: "Mentions you" },
+          `@${conv.mentionCount}`,
+        )
+      : null;
   const badge =
     conv.unread > 0
       ? h("span", { class: "badge", "data-testid": "unread-badge", "aria-label": `${conv.unread} unread` }, String(conv.unread))
@@ -129,7 +138,7 @@ function buildListItem(conv) {
         conv.muted ? h("span", { class: "conv-muted", title: "Muted" }, "muted") : null,
         h("time", { class: "conv-time", datetime: conv.lastMessage ? conv.lastMessage.created_at : null }, conv.lastMessage ? shortTime(conv.lastMessage.created_at) : ""),
       ),
-      h("div", { class: "conv-bottom" }, h("span", { class: "conv-preview" }, previewText(conv)), badge),
+      h("div", { class: "conv-bottom" }, h("span", { class: "conv-preview" }, previewText(conv)), mentionBadge, badge),
     ),
   ];
 }
@@ -146,6 +155,7 @@ function renderList() {
       conv.conversation.kind,
       conv.lastMessage && [conv.lastMessage.seq, conv.lastMessage.body, conv.lastMessage.deleted, conv.lastMessage.created_at],
       conv.unread,
+      conv.mentionCount,
       conv.muted,
       presenceOf(conv),
       avatarUrl(otherMemberId(conv)),
@@ -226,6 +236,8 @@ export function buildMessage(conv, msg, { grouped, seenBy, pending, scope = "mai
   if (grouped) classes.push("grouped");
   if (msg.deleted) classes.push("deleted");
   if (pending) classes.push(pending.status === "failed" ? "failed" : "pending");
+  const forMe = !pending && !own && mentionsMe(msg);
+  if (forMe) classes.push("mentions-me");
   const el = h("article", {
     class: classes.join(" "),
     "data-testid": "message",
@@ -233,6 +245,7 @@ export function buildMessage(conv, msg, { grouped, seenBy, pending, scope = "mai
     "data-message-id": pending ? null : msg.id,
     "data-client-msg-id": msg.client_msg_id || null,
     "data-status": pending ? pending.status : "sent",
+    "data-mentions-me": forMe ? "true" : null,
   });
 
   if (!grouped || pending) {
@@ -288,7 +301,7 @@ export function buildMessage(conv, msg, { grouped, seenBy, pending, scope = "mai
   } else {
     const photos = buildPhotos(msg, msg.sender.name || msg.sender.id);
     if (photos) bubble.append(photos);
-    if (msg.body || !photos) bubble.append(h("div", { class: "msg-body" }, linkify(msg.body)));
+    if (msg.body || !photos) bubble.append(h("div", { class: "msg-body" }, pending ? linkify(msg.body) : mentionBody(msg)));
     if (msg.edited_at) bubble.append(h("span", { class: "msg-edited", title: fullTime(msg.edited_at) }, "edited"));
   }
   const row = h("div", { class: "msg-row" }, bubble);
@@ -539,6 +552,7 @@ export function renderMessageView(view, conv, { viewKey, msgs, pendings, seenBy 
       msg.edited_at,
       msg.deleted,
       msg.sender.name,
+      (msg.mentions || []).map((id) => [id, state.names.get(String(id)) || null]),
       (msg.attachments || []).map((a) => a.id || a.preview),
       opts.grouped,
       opts.seenBy,

@@ -11,6 +11,7 @@ import { composerBlock } from "./moderation.js";
 import { actions, addRenderHook, clearView, makeView, renderMessageView, scheduleRender, showNotice } from "./render.js";
 import { canPost, conversationName, nameOf, state } from "./state.js";
 import { fillAvatar, setupMessageMenus } from "./ui.js";
+import { attachCompletion } from "./mentions.js";
 
 const PAGE = 50;
 const MAX_BODY_CHARS = 4_000;
@@ -23,6 +24,7 @@ let hooks = {
   store: () => {},
   sendReply: () => {},
 };
+let completion = null; // @ completion of the thread's composer
 let rootView = null;
 let replyView = null;
 
@@ -86,6 +88,7 @@ export function openThread(convId, rootId) {
   }
   state.thread = { convId, rootId: id, lowSeq: null, hasMoreBefore: false, loaded: false, loading: false, scrollBottom: true };
   $("thread-composer").value = "";
+  if (completion) completion.reset();
   if (isPhone()) {
     const entry = { ...(window.history.state || {}), backstageThread: id };
     if (window.history.state && window.history.state.backstageThread) window.history.replaceState(entry, "");
@@ -227,9 +230,11 @@ function submitReply() {
     showNotice(`Messages are limited to ${MAX_BODY_CHARS} characters.`, "error");
     return;
   }
+  const mentions = completion ? completion.mentionsFor(body) : [];
   composer.value = "";
+  if (completion) completion.reset();
   t.scrollBottom = true;
-  hooks.sendReply(conv, body, t.rootId);
+  hooks.sendReply(conv, body, t.rootId, mentions);
 }
 
 /**
@@ -249,6 +254,7 @@ export function setupThreads(options) {
     }
   });
   const composer = $("thread-composer");
+  completion = attachCompletion(composer, { convId: () => (state.thread ? state.thread.convId : null) });
   composer.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
