@@ -10,7 +10,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from tests.browser_support import PHONE, ChatPage, seed_messages, setup_room, tab
+from tests.browser_support import PHONE, ChatPage, seed_messages, setup_room, small_jpeg, tab
 
 pytest_plugins = ["tests.browser_support"]
 
@@ -102,11 +102,29 @@ def test_thread_reply_live_on_the_other_process_and_main_view_without_replies(br
     expect(replies(p).first.get_by_test_id("reaction-chip")).to_have_attribute("aria-pressed", "false")
     expect(p.message(1).get_by_test_id("reaction-chip")).to_have_count(0)
 
+    # A photo in a reply, from the panel's own attach button and tray: the other side's panel
+    # shows the thumbnail and opens the viewer; the main list's tray stays empty.
+    c.page.get_by_test_id("thread-photo-input").set_input_files(
+        {"name": "stage.jpg", "mimeType": "image/jpeg", "buffer": small_jpeg()})
+    tray = c.page.get_by_test_id("thread-photo-tray")
+    expect(tray.get_by_test_id("photo-preview")).to_have_attribute("data-status", "done")
+    expect(c.page.get_by_test_id("photo-tray")).to_be_hidden()
+    reply(c, "the stage")
+    expect(tray).to_be_hidden()
+    expect(replies(p)).to_have_count(3)
+    photo = replies(p).nth(2).get_by_test_id("message-photo")
+    expect(photo).to_be_visible()
+    photo.click()
+    expect(p.page.get_by_test_id("photo-viewer")).to_be_visible()
+    p.page.keyboard.press("Escape")
+    expect(p.page.get_by_test_id("photo-viewer")).to_have_count(0)
+    expect(summary(p, 1)).to_contain_text("3 replies")
+
     # Closing the panel; opening it again reads the thread again.
     p.page.get_by_test_id("thread-close").click()
     expect(panel(p)).to_be_hidden()
     summary(p, 1).click()
-    expect(replies(p)).to_have_count(2)
+    expect(replies(p)).to_have_count(3)
     for chat in (c, p):
         chat.assert_clean()
 

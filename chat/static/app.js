@@ -436,12 +436,12 @@ function onSendStatus(s) {
 }
 
 /** A reply from the thread panel (threads.js): pending like any send, with its root's id. */
-function sendReply(conv, body, rootId, mentions = []) {
+function sendReply(conv, body, rootId, mentions = [], attachments = []) {
   const p = {
     cmid: api.newClientMsgId(),
     body,
     mentions,
-    attachments: [],
+    attachments,
     threadId: rootId,
     status: "queued",
     error: null,

@@ -12,6 +12,7 @@ import { actions, addRenderHook, clearView, makeView, renderMessageView, schedul
 import { canPost, conversationName, nameOf, state } from "./state.js";
 import { fillAvatar, setupMessageMenus } from "./ui.js";
 import { attachCompletion } from "./mentions.js";
+import { addPhotoSlot, clearTray, photosForSend, uploading } from "./photos.js";
 
 const PAGE = 50;
 const MAX_BODY_CHARS = 4_000;
@@ -75,6 +76,15 @@ export function threadSummary(conv, msg) {
 
 function isPhone() {
   return window.matchMedia("(max-width: 640px)").matches;
+}
+
+/** The thread's photo tray key (photos.js), while one may send there. */
+function trayKey() {
+  const t = state.thread;
+  const conv = t && state.convs.get(t.convId);
+  if (!conv || state.openId !== t.convId || !canPost(conv)) return null;
+  const block = composerBlock(conv);
+  return block && block.disabled ? null : `${t.convId}|${t.rootId}`;
 }
 
 /** Opens a root's thread in the panel (a full view on a phone, with a history entry for back). */
@@ -208,7 +218,8 @@ function renderThread() {
   const block = composerBlock(conv);
   const allowed = canPost(conv) && Boolean(root && !root.deleted) && !(block && block.disabled);
   composer.disabled = !allowed;
-  $("thread-send").disabled = !allowed || Boolean(block && block.wait);
+  $("thread-attach-button").disabled = !allowed;
+  $("thread-send").disabled = !allowed || Boolean(block && block.wait) || uploading(`${t.convId}|${t.rootId}`);
   const placeholder = !root ? "" : root.deleted ? "The message was deleted: no new replies" : "Reply in the thread";
   if (composer.placeholder !== placeholder) composer.placeholder = placeholder;
 }
@@ -219,11 +230,21 @@ function submitReply() {
   if (!conv || !canPost(conv)) return;
   const composer = $("thread-composer");
   const body = composer.value.trim();
-  if (!body) return;
+  const key = `${t.convId}|${t.rootId}`;
+  const photos = photosForSend(key);
+  if (!body && !photos.attachments.length && !photos.busy && !photos.failed) return;
   const block = composerBlock(conv);
   if (block && block.disabled) return;
   if (block && block.wait) {
     showNotice(`Slow mode: you can send again in ${block.wait}.`, "warning");
+    return;
+  }
+  if (photos.busy) {
+    showNotice("Wait until the photos are uploaded.", "warning");
+    return;
+  }
+  if (photos.failed) {
+    showNotice("A photo could not be uploaded: remove it first.", "error");
     return;
   }
   if ([...body].length > MAX_BODY_CHARS) {
@@ -233,8 +254,9 @@ function submitReply() {
   const mentions = completion ? completion.mentionsFor(body) : [];
   composer.value = "";
   if (completion) completion.reset();
+  clearTray(key);
   t.scrollBottom = true;
-  hooks.sendReply(conv, body, t.rootId, mentions);
+  hooks.sendReply(conv, body, t.rootId, mentions, photos.attachments);
 }
 
 /**
@@ -255,6 +277,14 @@ export function setupThreads(options) {
   });
   const composer = $("thread-composer");
   completion = attachCompletion(composer, { convId: () => (state.thread ? state.thread.convId : null) });
+  addPhotoSlot({
+    button: $("thread-attach-button"),
+    input: $("thread-photo-input"),
+    composer,
+    zone: $("thread-panel"),
+    tray: $("thread-photo-tray"),
+    trayKey,
+  });
   composer.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
