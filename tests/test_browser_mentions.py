@@ -108,6 +108,12 @@ def test_mention_completion_by_keyboard_highlight_and_badge(browser, cluster, pa
     expect(reply).to_have_count(1)
     expect(reply.get_by_test_id("mention")).to_have_attribute("data-user-id", paula_id)
 
+    # Pat never saw Paula post: her name comes from the members endpoint, then it is highlighted.
+    p.message(1).get_by_test_id("thread-summary").click()
+    seen = p.page.locator("[data-testid=thread-list] [data-testid=message][data-seq] [data-testid=mention]")
+    expect(seen).to_have_text("@Paula Poe")
+    expect(seen).to_have_attribute("data-user-id", paula_id)
+
     # Read: no badge after a reload either.
     p.page.reload()
     p.wait_connected()

@@ -13,7 +13,7 @@ import { forgetCreatorChannels, onCreatorEvent, setupCreatorEvents, subscribeCre
 import { applyReactionEvent, loadWho } from "./reactions.js";
 import { onMenuClose, renderMe, setupMessageMenus, watchConnection } from "./ui.js";
 import { clearTray, photosForSend, setupPhotos } from "./photos.js";
-import { isReply, setupThreads } from "./threads.js";
+import { isReply, refreshThread, setupThreads } from "./threads.js";
 import { attachCompletion, mentionsMe } from "./mentions.js";
 import {
   applyJoinAnswer,
@@ -138,7 +138,10 @@ async function onConnect(reconnect) {
     .getMe()
     .then((me) => setUnreadNotifications(me.unread_notifications))
     .catch(() => {});
-  if (reconnect) loadModeration(); // a timeout or an appointment may have come meanwhile
+  if (reconnect) {
+    loadModeration(); // a timeout or an appointment may have come meanwhile
+    refreshThread();
+  }
 }
 
 function onDisconnect() {

@@ -4,6 +4,7 @@
 
 import * as api from "./api.js";
 import { h, linkify } from "./dom.js";
+import { scheduleRender } from "./render.js";
 import { state } from "./state.js";
 import { fillAvatar } from "./ui.js";
 
@@ -189,6 +190,27 @@ export function attachCompletion(textarea, { convId }) {
 
 // ------------------------------------------------------------------ highlighting
 
+const asking = new Set(); // user ids whose name was asked for (once per page)
+
+/**
+ * A mentioned member the page cannot name yet (rooms have no member list; they may never have
+ * posted): their name comes from the members endpoint, once, and the message is drawn again.
+ */
+function learnName(convId, uid) {
+  if (asking.has(uid) || convId === undefined || convId === null) return;
+  asking.add(uid);
+  api
+    .listMembers(String(convId), uid, 25)
+    .then((res) => {
+      const m = ((res && res.members) || []).find((x) => x && String(x.id) === uid);
+      if (!m || !m.name) return;
+      state.names.set(uid, m.name);
+      if (m.avatar_url !== undefined && !state.avatars.has(uid)) state.avatars.set(uid, m.avatar_url);
+      scheduleRender();
+    })
+    .catch(() => {});
+}
+
 /**
  * A message's body with its mentions highlighted (the reader's own with `me`), links kept:
  * `@Name` or `@id` of each id in `mentions` (names as the page knows them).
@@ -203,6 +225,7 @@ export function mentionBody(msg) {
     const names = [uid];
     const known = state.me && uid === state.me.id ? state.me.name : state.names.get(uid);
     if (known) names.push(known);
+    else learnName(msg.conversation_id, uid);
     for (const name of names) {
       const needle = `@${name.toLowerCase()}`;
       for (let at = lower.indexOf(needle); at >= 0; at = lower.indexOf(needle, at + 1)) {

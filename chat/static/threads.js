@@ -128,6 +128,11 @@ export function closeThread() {
   scheduleRender();
 }
 
+/** After a reconnect: the open thread's latest page is read again (edits, deletions, reactions). */
+export function refreshThread() {
+  if (state.thread && state.thread.loaded) loadPage(state.thread, false);
+}
+
 /** Loads the thread's latest page, or (older) the page before what is loaded. */
 async function loadPage(t, older) {
   const conv = state.convs.get(t.convId);
