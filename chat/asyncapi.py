@@ -27,11 +27,13 @@ from chat.openapi import (
     EXAMPLE_LOG_ENTRY,
     EXAMPLE_MESSAGE,
     EXAMPLE_NOTIFICATION,
+    EXAMPLE_REPORT,
     EXAMPLE_ROOM,
     SCHEMAS,
     THREAD_ID,
 )
 from chat.reactions import MAX_PER_MESSAGE
+from chat.reports import MAX_NOTE_CHARS, REASONS
 from chat.schemas import MAX_PAGE
 
 ID = {"type": "string", "description": "an id (digits), e.g. \"12\""}
@@ -212,6 +214,48 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
         {"entries": {"type": "array", "items": _ref("ModerationEntry")}, "next_cursor": {"type": ["string", "null"]}},
         {"ok": True, "entries": [EXAMPLE_LOG_ENTRY], "next_cursor": None},
     ),
+    "report": (
+        "(extension) Report a room message (not one's own); one report per member and message: a repeat answers "
+        "the first (created false) and counts nothing (docs/moderation.md)",
+        _obj({"message_id": ID, "reason": {"type": "string", "enum": list(REASONS)},
+              "note": {"type": "string", "maxLength": MAX_NOTE_CHARS}}, ["message_id", "reason"]),
+        {"message_id": "99", "reason": "spam", "note": "a bot"},
+        {"report": _ref("Report"), "created": {"type": "boolean"}},
+        {"ok": True, "report": EXAMPLE_REPORT, "created": True},
+    ),
+    "reports": (
+        "(extension) The creator's reports, newest first, each with its message (the creator and moderators)",
+        _obj({"creator_id": USER_ID, "status": {"type": "string", "enum": ["open", "resolved", "all"]},
+              "conversation_id": ID, "before_id": ID,
+              "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}}, []),
+        {"creator_id": "cre", "status": "open"},
+        {"reports": {"type": "array", "items": _ref("ReportListed")}, "next_cursor": {"type": ["string", "null"]}},
+        {"ok": True, "reports": [{**EXAMPLE_REPORT, "message": EXAMPLE_MESSAGE, "open_reports": 1, "hidden": False}],
+         "next_cursor": None},
+    ),
+    "review_report": (
+        "(extension) The creator or a moderator reviews a reported message: dismiss (shown again if hidden) or "
+        "remove (deleted); every open report of it is resolved",
+        _obj({"message_id": ID, "action": {"type": "string", "enum": ["dismiss", "remove"]},
+              "note": {"type": "string", "maxLength": MAX_NOTE_CHARS}}, ["message_id", "action"]),
+        {"message_id": "99", "action": "dismiss"},
+        {"message_id": ID, "conversation_id": ID, "action": {"type": "string"}, "by": {"type": ["string", "null"]},
+         "resolved": {"type": "integer", "minimum": 0}, "message": _ref("Message")},
+        {"ok": True, "message_id": "99", "conversation_id": "12", "action": "dismiss", "by": "mia", "resolved": 3,
+         "message": EXAMPLE_MESSAGE},
+    ),
+    "block_user": (
+        "(extension) Block (on) or unblock another user: their messages reach you as placeholders, and no "
+        "direct message goes between you",
+        _obj({"user_id": USER_ID, "on": {"type": "boolean"}}), {"user_id": "bob", "on": True},
+        {"user_id": USER_ID, "blocked": {"type": "boolean"}}, {"ok": True, "user_id": "bob", "blocked": True},
+    ),
+    "blocks": (
+        "(extension) The users you block, oldest block first",
+        _obj({}, []), {},
+        {"blocks": {"type": "array", "items": _ref("MemberBlock")}},
+        {"ok": True, "blocks": [{"user_id": "bob", "blocked_at": "2026-01-02T03:04:05.678Z"}]},
+    ),
 }
 
 
@@ -267,6 +311,27 @@ SERVER_EVENTS: dict[str, tuple[str, dict[str, Any], Any]] = {
     "slow_mode": ("(extension) The room's slow mode changed (to everyone in it)",
                   _obj({"conversation_id": ID, "seconds": {"type": "integer", "minimum": 0}}, closed=True),
                   {"conversation_id": "12", "seconds": 30}),
+    "report_opened": ("(extension) A member reported a message of the creator's rooms (to the creator's and the "
+                      "moderators' sockets)",
+                      _obj({"report": _ref("Report"), "message": _ref("Message"),
+                            "open_reports": {"type": "integer", "minimum": 1}, "hidden": {"type": "boolean"}},
+                           closed=True),
+                      {"report": EXAMPLE_REPORT, "message": EXAMPLE_MESSAGE, "open_reports": 1, "hidden": False}),
+    "report_resolved": ("(extension) A reported message was reviewed (to the creator's and the moderators' sockets)",
+                        _obj({"message_id": ID, "conversation_id": ID,
+                              "action": {"type": "string", "enum": ["dismiss", "remove"]},
+                              "by": {"type": ["string", "null"]}, "resolved": {"type": "integer", "minimum": 1}},
+                             closed=True),
+                        {"message_id": "99", "conversation_id": "12", "action": "dismiss", "by": "mia", "resolved": 3}),
+    "message_hidden": ("(extension) Reports hid a message (hidden true: show its placeholder, unless you moderate "
+                       "the room) or a review showed it again (hidden false, with the message)",
+                       _obj({"conversation_id": ID, "message_id": ID, "seq": SEQ, "hidden": {"type": "boolean"},
+                             "message": _ref("Message")}, ["conversation_id", "message_id", "seq", "hidden"],
+                            closed=True),
+                       {"conversation_id": "12", "message_id": "99", "seq": 7, "hidden": True}),
+    "user_blocked": ("(extension) You blocked or unblocked a user (to each of your sockets)",
+                     _obj({"user_id": USER_ID, "blocked": {"type": "boolean"}}, closed=True),
+                     {"user_id": "bob", "blocked": True}),
     "resync": ("(extension) The relay was interrupted: join again with since_seq if behind last_seq",
                _obj({"conversation_id": ID, "last_seq": SEQ}, ["conversation_id"], closed=True),
                {"conversation_id": "12", "last_seq": 42}),

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from chat import moderation, schemas, threads, unavailable
+from chat import moderation, reports, schemas, threads, unavailable
 from chat.attachments import Attachments
 from chat.auth import USER_ID_RE, Authenticator, Identity, bearer
 from chat.config import Settings
@@ -324,6 +324,49 @@ async def server_moderation_log(request: web.Request) -> web.Response:
         None, creator_id, None if cursor is None else int(cursor), schemas.DEFAULT_PAGE if limit is None else limit))
 
 
+# ---------------------------------------------------------------- server API: reports, member blocks (docs/moderation.md)
+
+
+async def server_reports(request: web.Request) -> web.Response:
+    server_key(request)
+    creator_id = path_user_id(request, "creator_id")
+    status = reports.check_status(request.query.get("status"))
+    room = request.query.get("conversation_id")
+    cid = None if room is None else schemas.parse_int_id(room)
+    cursor = request.query.get("cursor")
+    if cursor is not None and not schemas.CANONICAL_ID_RE.match(cursor):
+        raise Invalid("cursor must be a next_cursor this API returned")
+    limit = schemas.check_int({"limit": query_int(request, "limit")}, "limit", minimum=1, maximum=schemas.MAX_PAGE)
+    return json_response(await request.app[SERVICE_KEY].reports.list(
+        None, creator_id, status, cid, None if cursor is None else int(cursor),
+        schemas.DEFAULT_PAGE if limit is None else limit))
+
+
+async def server_review(request: web.Request) -> web.Response:
+    server_key(request)
+    message_id = schemas.parse_int_id(request.match_info["message_id"], "message")
+    data = await read_json(request)
+    return json_response(await request.app[SERVICE_KEY].reports.review(
+        None, message_id, reports.check_review_action(data), reports.check_note(data)))
+
+
+async def get_report_settings(request: web.Request) -> web.Response:
+    server_key(request)
+    return json_response(await request.app[SERVICE_KEY].reports.settings_of(path_user_id(request, "creator_id")))
+
+
+async def put_report_settings(request: web.Request) -> web.Response:
+    server_key(request)
+    creator_id = path_user_id(request, "creator_id")
+    data = await read_json(request)
+    return json_response(await request.app[SERVICE_KEY].reports.set_settings(creator_id, reports.check_threshold(data)))
+
+
+async def server_member_blocks(request: web.Request) -> web.Response:
+    server_key(request)
+    return json_response(await request.app[SERVICE_KEY].list_blocks(path_user_id(request, "user_id")))
+
+
 def _page_query(request: web.Request) -> schemas.PageQuery:
     """before_seq / after_seq / limit of a history page; since_seq (the socket join's name) is
     accepted for after_seq."""
@@ -375,6 +418,11 @@ async def get_me(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     me = await service.me(user)
     return json_response(me)
+
+
+async def get_moderation(request: web.Request) -> web.Response:
+    user = client(request)
+    return json_response(await request.app[SERVICE_KEY].moderation_overview(user))
 
 
 async def list_conversations(request: web.Request) -> web.Response:
@@ -531,7 +579,13 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/api/v1/server/rooms/{conversation_id}/slow-mode", put_slow_mode)
     r.add_put("/api/v1/server/messages/{message_id}/pin", put_pin)
     r.add_delete("/api/v1/server/messages/{message_id}/pin", delete_pin)
+    r.add_get("/api/v1/server/creators/{creator_id}/reports", server_reports)
+    r.add_post("/api/v1/server/messages/{message_id}/review", server_review)
+    r.add_get("/api/v1/server/creators/{creator_id}/report-settings", get_report_settings)
+    r.add_put("/api/v1/server/creators/{creator_id}/report-settings", put_report_settings)
+    r.add_get("/api/v1/server/users/{user_id}/blocks", server_member_blocks)
     r.add_get("/api/v1/me", get_me)
+    r.add_get("/api/v1/moderation", get_moderation)
     r.add_get("/api/v1/conversations", list_conversations)
     r.add_post("/api/v1/conversations/direct", open_direct)
     r.add_get("/api/v1/conversations/{conversation_id}/messages", list_messages)

@@ -16,6 +16,8 @@ from aiohttp import web
 
 from chat.moderation import MAX_PINS, MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES, MIN_TIMEOUT_MINUTES
 from chat.reactions import DEFAULT_REACTORS, MAX_EMOJI_CHARS, MAX_PER_MESSAGE, MAX_REACTORS
+from chat.reports import MAX_HIDE_THRESHOLD, MAX_NOTE_CHARS
+from chat.reports import REASONS as REPORT_REASONS
 from chat.schemas import EXTERNAL_ID_RE, MAX_PAGE
 from webhooks import EVENT_TYPES as WEBHOOK_EVENT_TYPES
 from webhooks.outbox import STATUSES as WEBHOOK_STATUSES
@@ -80,6 +82,13 @@ SCHEMAS: dict[str, Any] = {
                       "description": "(extension) a reply's thread: its root message's id; null otherwise"},
         "thread": {"oneOf": [_ref("ThreadSummary"), {"type": "null"}],
                    "description": "(extension) a thread root's summary; null while it has no replies"},
+        "hidden": {"const": True, "description": "(extension) present only on a message the reader does not see: "
+                                                 "its placeholder (body empty, no photos or reactions); the creator "
+                                                 "and moderators get a message hidden by reports whole, with this "
+                                                 "flag (docs/moderation.md)"},
+        "hidden_reason": {"type": "string", "enum": ["blocked", "reported"],
+                          "description": "(extension) with hidden on a placeholder: the reader blocks the sender, "
+                                         "or reports hid the message"},
     }, ["id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted"]),
     "ThreadSummary": _obj({
         "reply_count": {"type": "integer", "minimum": 1, "description": "replies ever sent (deleted ones too): only grows"},
@@ -113,12 +122,25 @@ SCHEMAS: dict[str, Any] = {
         "actor_id": {"type": ["string", "null"], "description": "who acted; null for the backend (server API)"},
         "action": {"type": "string", "enum": ["moderator_added", "moderator_removed", "timeout", "timeout_lifted",
                                               "block", "unblock", "message_deleted", "slow_mode", "message_pinned",
-                                              "message_unpinned"]},
+                                              "message_unpinned", "report_dismissed", "report_removed"]},
         "target_id": NULLABLE_STRING, "message_id": NULLABLE_STRING,
         "conversation_id": {"type": ["string", "null"], "description": "slow_mode: the room"},
         "seconds": {"type": ["integer", "null"], "description": "slow_mode: the interval (0: off)"},
         "until": {"type": ["string", "null"], "description": "a timeout's end (ISO 8601 UTC)"},
         "reason": STRING, "created_at": TIME}),
+    "Report": _obj({
+        "id": STRING, "message_id": STRING, "conversation_id": STRING, "creator_id": STRING, "sender_id": STRING,
+        "reporter_id": STRING, "reason": {"type": "string", "enum": list(REPORT_REASONS)},
+        "note": {"type": "string", "maxLength": MAX_NOTE_CHARS},
+        "status": {"type": "string", "enum": ["open", "dismissed", "removed"]},
+        "resolved_by": {"type": ["string", "null"], "description": "who reviewed it (null: open, or the backend)"},
+        "resolved_at": NULLABLE_TIME, "created_at": TIME}),
+    "ReportListed": {"allOf": [_ref("Report"), _obj({
+        "message": {"anyOf": [_ref("Message"), {"type": "null"}],
+                    "description": "the reported message as the moderators see it (its body even while hidden)"},
+        "open_reports": {"type": "integer", "minimum": 0, "description": "the message's open reports"},
+        "hidden": {"type": "boolean", "description": "hidden by reports (until reviewed)"}})]},
+    "MemberBlock": _obj({"user_id": STRING, "blocked_at": TIME}),
     "WebhookDelivery": _obj({
         "id": STRING, "event_id": {"type": "string", "description": "the event's idempotency id (body `id`)"},
         "event_type": {"type": "string", "enum": list(WEBHOOK_EVENT_TYPES)},
@@ -206,6 +228,16 @@ EXAMPLE_NOTIFICATION = {"id": "5", "type": "new_post", "title": "New post", "bod
 
 
 REASON = {"type": "string", "maxLength": MAX_REASON_CHARS, "description": "for the moderation log (optional)"}
+EXAMPLE_REPORT = {"id": "5", "message_id": "99", "conversation_id": "12", "creator_id": "cre", "sender_id": "bob",
+                  "reporter_id": "alice", "reason": "spam", "note": "", "status": "open", "resolved_by": None,
+                  "resolved_at": None, "created_at": "2026-01-02T03:04:05.678Z"}
+REPORTS_PAGE = _obj({"reports": {"type": "array", "items": _ref("ReportListed")}, "next_cursor": NULLABLE_STRING})
+REPORT_SETTINGS = _obj({"creator_id": STRING, "hide_threshold": {"type": "integer", "minimum": 0,
+                                                                 "maximum": MAX_HIDE_THRESHOLD}})
+REVIEW_ANSWER = _obj({"message_id": STRING, "conversation_id": STRING,
+                      "action": {"type": "string", "enum": ["dismiss", "remove"]},
+                      "by": {"type": ["string", "null"]}, "resolved": {"type": "integer", "minimum": 0},
+                      "message": _ref("Message")})
 MODERATOR_ANSWER = _obj({"creator_id": STRING, "user_id": STRING, "moderator": {"type": "boolean"}})
 TIMEOUT_ANSWER = _obj({"creator_id": STRING, "user_id": STRING, "until": NULLABLE_TIME})
 BLOCK_ANSWER = _obj({"creator_id": STRING, "user_id": STRING, "blocked": {"type": "boolean"}})
@@ -216,6 +248,19 @@ EXAMPLE_LOG_ENTRY = {"id": "31", "creator_id": "cre", "actor_id": "mia", "action
                      "created_at": "2026-01-02T03:04:05.678Z"}
 EXAMPLE_LOG = {"entries": [EXAMPLE_LOG_ENTRY], "next_cursor": None}
 
+_NAMED = _obj({"id": STRING, "name": STRING})
+MODERATION_OVERVIEW = _obj({
+    "moderator_of": {"type": "array", "items": STRING},
+    "timeouts": {"type": "array", "items": _obj({"creator_id": STRING, "until": TIME})},
+    "teams": {"type": "array", "items": _obj({
+        "creator_id": STRING, "moderators": {"type": "array", "items": _NAMED},
+        "blocked": {"type": "array", "items": _NAMED},
+        "timed_out": {"type": "array", "items": _obj({"id": STRING, "name": STRING, "until": TIME})}})}})
+EXAMPLE_OVERVIEW = {"moderator_of": ["cre"], "timeouts": [],
+                    "teams": [{"creator_id": "mia", "moderators": [], "blocked": [], "timed_out": []},
+                              {"creator_id": "cre", "moderators": [{"id": "mia", "name": "Mia"}],
+                               "blocked": [{"id": "bob", "name": "Bob"}],
+                               "timed_out": [{"id": "alice", "name": "Alice", "until": "2026-01-02T03:14:05.678Z"}]}]}
 
 def _op(summary: str, security: str | None, responses: dict[str, Any], *, body: dict[str, Any] | None = None,
         body_example: Any = None, params: list[dict[str, Any]] | None = None,
@@ -417,6 +462,49 @@ def build() -> dict[str, Any]:
                            "the next_cursor of the previous page"),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50")],
             tags=["server"])},
+        "/api/v1/server/creators/{creator_id}/reports": {"get": _op(
+            "The creator's reports of messages, newest first, each with its message (docs/moderation.md)", "apiKey",
+            {**_ok(200, "a page; next_cursor is null on the last one", REPORTS_PAGE,
+                   {"reports": [{**EXAMPLE_REPORT, "message": None, "open_reports": 1, "hidden": False}],
+                    "next_cursor": None}),
+             **_errors(*READ_ERRORS)},
+            params=[_path_param("creator_id", USER_ID),
+                    _query("status", {"type": "string", "enum": ["open", "resolved", "all"]}, "default open"),
+                    _query("conversation_id", {"type": "string", "pattern": "^(0|[1-9][0-9]{0,17})$"},
+                           "only this room's"),
+                    _query("cursor", {"type": "string", "pattern": "^(0|[1-9][0-9]{0,17})$"},
+                           "the next_cursor of the previous page"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50")],
+            tags=["server"])},
+        "/api/v1/server/creators/{creator_id}/report-settings": {
+            "get": _op("The creator's reports threshold (3 unless set; 0: reports never hide)", "apiKey",
+                       {**_ok(200, "the threshold", REPORT_SETTINGS, {"creator_id": "cre", "hide_threshold": 3}),
+                        **_errors(*READ_ERRORS)},
+                       params=[_path_param("creator_id", USER_ID)], tags=["server"]),
+            "put": _op("Set how many members' open reports hide a message (0: never); applies to the next reports",
+                       "apiKey",
+                       {**_ok(200, "the threshold now", REPORT_SETTINGS, {"creator_id": "cre", "hide_threshold": 5}),
+                        **_errors(*BODY_ERRORS)},
+                       params=[_path_param("creator_id", USER_ID)],
+                       body=_obj({"hide_threshold": {"type": "integer", "minimum": 0, "maximum": MAX_HIDE_THRESHOLD}}),
+                       body_example={"hide_threshold": 5}, tags=["server"])},
+        "/api/v1/server/messages/{message_id}/review": {"post": _op(
+            "Review a reported room message: dismiss (it stays, shown again if hidden) or remove (deleted); "
+            "every open report of it is resolved", "apiKey",
+            {**_ok(200, "how many open reports were resolved, and the message now", REVIEW_ANSWER,
+                   {"message_id": "99", "conversation_id": "12", "action": "dismiss", "by": None, "resolved": 3,
+                    "message": EXAMPLE_MESSAGE}),
+             **_errors(*BODY_ERRORS)},
+            params=[_path_param("message_id", {"type": "string", "description": "a message id (digits)"})],
+            body=_obj({"action": {"type": "string", "enum": ["dismiss", "remove"]},
+                       "note": {"type": "string", "maxLength": MAX_NOTE_CHARS}}, ["action"]),
+            body_example={"action": "dismiss", "note": "not spam"}, tags=["server"])},
+        "/api/v1/server/users/{user_id}/blocks": {"get": _op(
+            "The users this user blocks (blocks between members, docs/moderation.md)", "apiKey",
+            {**_ok(200, "oldest block first", _obj({"blocks": {"type": "array", "items": _ref("MemberBlock")}}),
+                   {"blocks": [{"user_id": "bob", "blocked_at": "2026-01-02T03:04:05.678Z"}]}),
+             **_errors(*READ_ERRORS)},
+            params=[_path_param("user_id", USER_ID)], tags=["server"])},
         "/api/v1/server/rooms/{conversation_id}/slow-mode": {"put": _op(
             "Slow mode of a room: each member posts at most once per `seconds` (0: off; creator and moderators "
             "exempt), cluster-wide", "apiKey",
@@ -480,6 +568,12 @@ def build() -> dict[str, Any]:
             "The signed-in user and their unread notification count", "clientJwt",
             {**_ok(200, "the user", _obj({"user": _ref("User"), "unread_notifications": {"type": "integer"}}),
                    {"user": EXAMPLE_USER, "unread_notifications": 2}), **_errors(401, 404, 503)}, tags=["client"])},
+        "/api/v1/moderation": {"get": _op(
+            "(extension) Moderation as the signed-in user sees it: whose rooms they moderate, their running "
+            "timeouts, and for themselves (as a creator) and each creator they moderate: moderators, blocked and "
+            "timed-out members (at most 100 of these two)", "clientJwt",
+            {**_ok(200, "the overview", MODERATION_OVERVIEW, EXAMPLE_OVERVIEW), **_errors(401, 503)},
+            tags=["client"])},
         "/api/v1/conversations": {"get": _op(
             "The user's conversations, newest activity first", "clientJwt",
             {**_ok(200, "the conversations",

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from chat import keys, moderation, reactions, schemas, sendtrace, storage, threads
+from chat import keys, memberblocks, moderation, reactions, reports, schemas, sendtrace, storage, threads
 from chat.attachments import Attachments
 from chat.auth import Identity
 from chat.batch import BatchedLookup
@@ -44,6 +44,7 @@ from chat.presence import Presence, PresenceCoalescer, PresenceUnavailable
 from chat.ratelimit import KeyedBuckets, Quota, UserRateLimiter
 from chat.reactions import ReactionCoalescer
 from chat.recent import JOIN_PAGE, JOIN_PAGES, POSITIONS_LIMIT, SINCE_PAGE
+from chat.reports import ReportDesk
 from chat.retry import retry_transaction
 from chat.slowmode import SlowModeGate
 from chat.storage import ConversationMeta
@@ -57,6 +58,7 @@ TYPING_EXPIRES_S = 6.0  # a "typing: true" not refreshed or cleared within this 
 
 CONVERSATION_CACHE_SIZE = 10_000
 KNOWN_USERS_SIZE = 50_000  # (user_id, name) pairs this process knows are stored
+OVERVIEW_LIMIT = 100  # blocked + timed-out members per creator in the page's moderation overview
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class Access:
     post: bool
     reason: str = ""
     timed_out_until: datetime | None = None  # set when a timeout is what forbids posting
+
+
+DIRECT_BLOCKED = "one of you blocks the other: no direct messages between you"
 
 
 def timed_out_error(until: datetime) -> TimedOut:
@@ -212,6 +217,13 @@ class ChatService:
         self._pins: dict[int, list[int]] = {}  # room -> pinned message ids, kept by `pins` control messages
         # Reads in flight, shared by the concurrent joins of a room (a join storm reads once).
         self._in_flight: dict[tuple[str, int, str], asyncio.Future[Any]] = {}
+        # Reports and blocks between members (docs/moderation.md): the rooms' messages hidden by
+        # reports, read on a room's first join and kept by `message_hidden` control messages; who
+        # blocks whom among the local sockets (chat/memberblocks.py), which delivery consults.
+        self.reports = ReportDesk(self)
+        self._hidden: dict[int, set[int]] = {}
+        self.member_blocks = memberblocks.BlockIndex(self._read_blocks)
+        delivery.set_sender_blocks(self.member_blocks.blocker_sids)
         delivery.set_control_handler(self._on_control)
         delivery.set_recovery_handler(self.recheck_access)
 
@@ -303,6 +315,7 @@ class ChatService:
 
     async def disconnect_socket(self, sid: str) -> None:
         state = self.sockets.pop(sid, None)
+        self.member_blocks.unregister(sid)
         self.socket_sends.forget(sid)
         self.socket_reacts.forget(sid)
         if state is None:
@@ -354,10 +367,17 @@ class ChatService:
         access = access_rule(conv, user.user_id, view.membership, view.standing)
         if not access.read:
             raise Forbidden(access.reason)
+        if conv.kind == "direct" and access.post and await self._direct_blocked(conv):
+            access = Access(True, False, DIRECT_BLOCKED)
         self._remember(conv)
         # The socket may have disconnected during any await: answer it (nobody listens) without
         # touching the state its disconnect already released.
         self._still_connected(sid, state)
+        # Before entering the room: from now on live messages of senders the user blocks skip it.
+        blocked = await self.member_blocks.register(sid, user.user_id)
+        if self.sockets.get(sid) is not state:
+            self.member_blocks.unregister(sid)
+            raise Forbidden("not connected")
         # Enter the room before reading messages, so nothing committed in between is missed
         # (the client drops duplicates by seq).
         hears_all = await self.delivery.enter_conversation(sid, conversation_id)
@@ -389,6 +409,7 @@ class ChatService:
                 messages = await reactions.attach_reactions(conn, messages, user.user_id)
                 # photos with freshly signed URLs (cached messages' URLs may have expired)
                 messages = await self._with_attachments(conn, messages)
+            messages = await self._as_seen_by(user.user_id, conv, messages, blocked)
         members = None
         if conv.kind == "direct":
             members = [_member_wire(conv.creator_id, view.creator_name, view.creator_avatar),
@@ -403,7 +424,8 @@ class ChatService:
             # Where the others have read to, for "seen" receipts before any live `read` event.
             "read_positions": positions,
             "slow_mode_s": await self._slow_mode_of(conversation_id) if conv.kind == "room" else 0,
-            "pinned": await self._pinned_wires(conversation_id) if conv.kind == "room" else [],
+            "pinned": await self._as_seen_by(user.user_id, conv, await self._pinned_wires(conversation_id), blocked)
+            if conv.kind == "room" else [],
         }
 
     async def _join_page(self, conversation_id: int, since_seq: int | None, last_seq: int, user_id: str,
@@ -498,9 +520,15 @@ class ChatService:
         """A page of the conversation, or of one thread (`thread_id`: its root and replies), or of
         the conversation without thread replies (`include_replies` false)."""
         async with self.sessions() as session:
-            await self._readable(session, user.user_id, conversation_id)
-            return await self._history_page(session, conversation_id, page, user.user_id,
-                                            thread_id=thread_id, include_replies=include_replies)
+            conv, _ = await self._readable(session, user.user_id, conversation_id)
+            answer = await self._history_page(session, conversation_id, page, user.user_id,
+                                              thread_id=thread_id, include_replies=include_replies)
+            blocked = self.member_blocks.blocked_by(user.user_id)
+            if blocked is None:
+                blocked = await memberblocks.blocked_ids(await session.connection(), user.user_id)
+        answer["messages"] = await self._as_seen_by(user.user_id, storage.conversation_meta_of(conv),
+                                                    answer["messages"], blocked)
+        return answer
 
     async def _history_page(self, session: AsyncSession, conversation_id: int,
                             page: schemas.PageQuery, reader_id: str, *, thread_id: int | None = None,
@@ -531,6 +559,7 @@ class ChatService:
             last = await storage.last_messages(session, ids)
             last_wire = {m["conversation_id"]: m
                          for m in await self._messages_wire(session, list(last.values()), user.user_id)}
+            await self._hide_last_messages(session, user.user_id, convs, last_wire)
             convs.sort(key=lambda c: (c.last_activity_at, c.id), reverse=True)
             return [{
                 "conversation": wire,
@@ -555,6 +584,8 @@ class ChatService:
             standing = await moderation.get_standing(await session.connection(), *pair) if pair is not None else None
             if standing is not None and standing.blocked:
                 raise Forbidden("blocked by the creator")
+            if await memberblocks.blocked_between(await session.connection(), user.user_id, other_id):
+                raise Forbidden(DIRECT_BLOCKED)
             if pair is None:
                 # An existing conversation stays readable after the membership ends.
                 for creator, patron in ((user.user_id, other_id), (other_id, user.user_id)):
@@ -824,6 +855,8 @@ class ChatService:
                 key = membership_key(conv, user.user_id)
                 if key is None:
                     return conv, None, None, None
+                if conv.kind == "direct" and await memberblocks.blocked_between(conn, *key):
+                    raise Forbidden(DIRECT_BLOCKED)
                 return (conv, None, await storage.get_membership_state(conn, *key),
                         await moderation.get_standing(conn, *key))
 
@@ -867,6 +900,8 @@ class ChatService:
                 raise Forbidden("only the author edits a message")
             if msg.deleted:
                 raise Invalid("a deleted message cannot be edited")
+            if await reports.hidden_among(await session.connection(), [message_id]):
+                raise Forbidden("a message hidden by reports cannot be edited until it is reviewed")
             msg.body, msg.edited_at = body, utcnow()
             await session.flush()
             wire = (await self._messages_wire(session, [msg]))[0]
@@ -1335,6 +1370,30 @@ class ChatService:
         async with self.engine.connect() as conn:
             return {"creator_id": creator_id, "moderators": await moderation.list_moderators(conn, creator_id)}
 
+    async def moderation_overview(self, user: Identity) -> dict[str, Any]:
+        """What the page needs of moderation for the signed-in user: whose rooms they moderate,
+        their own running timeouts, and, for themselves as a creator and each creator they
+        moderate, the moderators and the blocked or timed-out members (docs/api.md)."""
+        now = utcnow()
+        async with self.read_engine.connect() as conn:
+            moderator_of = await moderation.moderated_creator_ids(conn, user.user_id)
+            timeouts = await moderation.running_timeouts(conn, user.user_id, now)
+            teams = []
+            for creator_id in [user.user_id, *moderator_of]:
+                mods = await moderation.list_moderators(conn, creator_id)
+                sanctioned = await moderation.sanctioned_members(conn, creator_id, now, OVERVIEW_LIMIT)
+                names = await storage.user_names_of(conn, [*mods, *(s[0] for s in sanctioned)])
+                teams.append({
+                    "creator_id": creator_id,
+                    "moderators": [{"id": m, "name": names[m]} for m in mods],
+                    "blocked": [{"id": u, "name": names[u]} for u, blocked, _ in sanctioned if blocked],
+                    "timed_out": [{"id": u, "name": names[u], "until": schemas.iso(until)}
+                                  for u, _, until in sanctioned if until is not None],
+                })
+        return {"moderator_of": moderator_of,
+                "timeouts": [{"creator_id": c, "until": schemas.iso(u)} for c, u in timeouts],
+                "teams": teams}
+
     async def timeout_member(self, actor_id: str | None, creator_id: str, user_id: str, minutes: int,
                              reason: str) -> dict[str, Any]:
         """Time `user_id` out of the creator's rooms for `minutes` (0 lifts a running timeout)."""
@@ -1443,6 +1502,142 @@ class ChatService:
         for sid in list(self._user_sockets.get(user_id, ())):
             await self.delivery.to_socket(sid, "moderation", event)
 
+    # ============================================================ reports and blocks between members
+
+    async def _read_blocks(self, user_ids: list[str]) -> dict[str, set[str]]:
+        async with self.read_engine.connect() as conn:
+            return await memberblocks.blocked_ids_many(conn, user_ids)
+
+    async def _direct_blocked(self, conv: ConversationMeta) -> bool:
+        async with self.read_engine.connect() as conn:
+            return await memberblocks.blocked_between(conn, conv.creator_id, conv.patron_id or "")
+
+    async def _hidden_of(self, conversation_id: int) -> set[int]:
+        """The room's messages hidden by reports: read once per process, kept by control messages."""
+        hidden = self._hidden.get(conversation_id)
+        if hidden is not None:
+            return hidden
+
+        async def read() -> set[int]:
+            epoch = self._control_epoch
+            async with self.read_engine.connect() as conn:
+                ids = await reports.hidden_ids(conn, conversation_id)
+            if epoch == self._control_epoch:
+                if len(self._hidden) >= CONVERSATION_CACHE_SIZE:
+                    self._hidden.clear()
+                self._hidden[conversation_id] = ids
+            return ids
+
+        found: set[int] = await self._once(("hidden", conversation_id, ""), read)
+        return found
+
+    async def _as_seen_by(self, user_id: str, conv: ConversationMeta, wires: list[dict[str, Any]],
+                          blocked: set[str] | None) -> list[dict[str, Any]]:
+        """`wires` as `user_id` sees them: a message whose sender they block, or (but for the
+        creator and the moderators) one hidden by reports, replaced by its placeholder
+        (memberblocks.hidden_wire). Nothing is copied when nothing is hidden."""
+        if not wires:
+            return wires
+        hidden = await self._hidden_of(conv.id) if conv.kind == "room" else set()
+        if not blocked and not hidden:
+            return wires
+        shown = hidden and any(int(w["id"]) in hidden for w in wires)
+        if not blocked and not shown:
+            return wires
+        # The creator and the moderators see a hidden message, marked `hidden: true`.
+        moderates = bool(shown) and (user_id == conv.creator_id or await self._is_moderator(conv.creator_id, user_id))
+        out = []
+        for w in wires:
+            if blocked and w["sender"]["id"] in blocked:
+                out.append(memberblocks.hidden_wire(w, "blocked"))
+            elif shown and int(w["id"]) in hidden and not w.get("deleted"):
+                out.append({**w, "hidden": True} if moderates else memberblocks.hidden_wire(w, "reported"))
+            else:
+                out.append(w)
+        return out
+
+    async def _hide_last_messages(self, session: AsyncSession, user_id: str, convs: Sequence[Conversation],
+                                  last_wire: dict[str, dict[str, Any]]) -> None:
+        """The conversation list's last messages, as `user_id` sees them."""
+        if not last_wire:
+            return
+        conn = await session.connection()
+        blocked = await memberblocks.blocked_ids(conn, user_id)
+        hidden = await reports.hidden_among(conn, [int(w["id"]) for w in last_wire.values()])
+        if not blocked and not hidden:
+            return
+        for c in convs:
+            w = last_wire.get(str(c.id))
+            if w is None:
+                continue
+            if w["sender"]["id"] in blocked:
+                last_wire[str(c.id)] = memberblocks.hidden_wire(w, "blocked")
+            elif int(w["id"]) in hidden and not w["deleted"] and user_id != c.creator_id and not (
+                    await moderation.is_moderator(conn, c.creator_id, user_id)):
+                last_wire[str(c.id)] = memberblocks.hidden_wire(w, "reported")
+
+    async def set_hidden_live(self, conversation_id: int, message_id: int, seq: int, hidden: bool,
+                              message: dict[str, Any] | None) -> None:
+        """After a commit that hid (or showed again) a message: every process's cache, and the
+        room's sockets get `message_hidden` (with the message itself when it shows again)."""
+        control = {"type": "message_hidden", "conversation_id": conversation_id, "message_id": message_id,
+                   "hidden": hidden}
+        self._message_hidden_local(control)  # here at once (again when it comes back: idempotent)
+        await self.delivery.broadcast_control(control)
+        event: dict[str, Any] = {"conversation_id": str(conversation_id), "message_id": str(message_id), "seq": seq,
+                                 "hidden": hidden}
+        if message is not None:
+            event["message"] = message
+        await self.delivery.to_conversation(conversation_id, "message_hidden", event)
+
+    async def block_user(self, user: Identity, other_id: str, on: bool) -> dict[str, Any]:
+        """`user` blocks (`on`) or unblocks `other_id`: their messages are hidden for `user`
+        (history, joins, live on every process) and no direct message goes between them."""
+        if other_id == user.user_id:
+            raise Invalid("user_id must be another user")
+
+        async def store() -> tuple[bool, list[int]]:
+            async with self.sessions.begin() as session:
+                if await storage.get_user(session, other_id) is None:
+                    raise NotFound("no such user")
+                await self._ensure_users(session, user.user_id)
+                changed = await memberblocks.set_block(session, user.user_id, other_id, on)
+                directs = [d.id for d in (await storage.get_direct(session, user.user_id, other_id),
+                                          await storage.get_direct(session, other_id, user.user_id)) if d is not None]
+                return changed, directs
+
+        changed, directs = await retry_transaction(store)
+        if changed:
+            control = {"type": "member_block", "blocker_id": user.user_id, "blocked_id": other_id, "on": on,
+                       "conversation_ids": directs}
+            # Here at once (a live message sent here right after the ack must be skipped), and on
+            # every process when it comes back (idempotent). access_change: a process that misses
+            # it reads the blocks again when the relay is back.
+            self._member_block_local(control)
+            await self.delivery.broadcast_control(control, access_change=True)
+            await self.delivery.to_user(user.user_id, "user_blocked", {"user_id": other_id, "blocked": on})
+        return {"user_id": other_id, "blocked": on}
+
+    async def list_blocks(self, user_id: str) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            return {"blocks": memberblocks.blocks_wire(await memberblocks.list_blocks(conn, user_id))}
+
+    def _message_hidden_local(self, message: dict[str, Any]) -> None:
+        self._control_epoch += 1  # a read of the room's hidden ids in flight does not keep what it read
+        hidden = self._hidden.get(int(message["conversation_id"]))
+        if hidden is not None:
+            if message.get("hidden"):
+                hidden.add(int(message["message_id"]))
+            else:
+                hidden.discard(int(message["message_id"]))
+
+    def _member_block_local(self, message: dict[str, Any]) -> None:
+        self._control_epoch += 1
+        blocker, blocked = str(message["blocker_id"]), str(message["blocked_id"])
+        self.member_blocks.apply(blocker, blocked, bool(message.get("on")))
+        # Both directions: the next send in their direct conversation is checked in the database.
+        self._forget_posting([blocker, blocked], [int(c) for c in message.get("conversation_ids", [])])
+
     # ============================================================ cluster control
 
     async def _on_control(self, message: dict[str, Any]) -> None:
@@ -1471,6 +1666,10 @@ class ChatService:
         elif kind == "slow_mode":
             self._control_epoch += 1
             self._slow_modes[int(message["conversation_id"])] = int(message["seconds"])
+        elif kind == "member_block":
+            self._member_block_local(message)
+        elif kind == "message_hidden":
+            self._message_hidden_local(message)
         elif kind == "disconnect_user":
             for sid in list(self._user_sockets.get(str(message["user_id"]), ())):
                 await self.delivery.disconnect(sid)
@@ -1481,6 +1680,11 @@ class ChatService:
         away what it lost (`access_revoked`, like a revocation). Posting is checked again at
         the next send. One database session; each (user, conversation) pair read once."""
         self._control_epoch += 1
+        self._hidden.clear()  # `message_hidden` messages may have been missed
+        try:
+            await self.member_blocks.reload()
+        except Exception as exc:
+            log.warning("member blocks not read again after relay recovery (%s)", type(exc).__name__)
         by_user: dict[str, list[str]] = {}
         for sid, state in self.sockets.items():
             state.posting.clear()

@@ -279,7 +279,8 @@ export class BackstageClient extends Emitter {
     });
     socket.on("message", (msg) => this._onMessage(msg));
     socket.on("message_updated", (msg) => this._onMessageUpdated(msg));
-    for (const name of ["typing", "read", "presence", "reaction", "notification", "event"]) {
+    for (const name of ["typing", "read", "presence", "reaction", "notification", "event", "moderation", "slow_mode", "pins",
+      "message_hidden", "report_opened", "report_resolved", "user_blocked"]) {
       socket.on(name, (payload) => this._emit(name, payload));
     }
     socket.on("access_revoked", (ev) => {
@@ -489,6 +490,18 @@ export class BackstageClient extends Emitter {
 
   deleteMessage(messageId) {
     return this.request("delete", { message_id: String(messageId) }).then((res) => res.message);
+  }
+
+  /** Reports a room message (reason: spam, harassment, hate, sexual, violence, other); a repeat counts nothing. */
+  report(messageId, reason, note) {
+    const payload = { message_id: String(messageId), reason };
+    if (note !== undefined && note !== null) payload.note = note;
+    return this.request("report", payload);
+  }
+
+  /** Blocks (on) or unblocks another user: their messages arrive as placeholders (`hidden: true`). */
+  blockUser(userId, on = true) {
+    return this.request("block_user", { user_id: String(userId), on: Boolean(on) });
   }
 
   markRead(conversationId, seq) {
@@ -726,7 +739,7 @@ export class BackstageClient extends Emitter {
    * maxSendAttempts transient failures, or `cancelled` / `closed`.
    * `send_status` events follow it: queued, sending, retrying, sent, failed, cancelled.
    */
-  send(conversationId, body, { clientMsgId, threadId } = {}) {
+  send(conversationId, body, { clientMsgId, attachments, threadId } = {}) {
     const cmid = clientMsgId ?? newClientMsgId();
     const existing = this._pending.get(cmid);
     if (existing) {
@@ -736,6 +749,7 @@ export class BackstageClient extends Emitter {
     const p = {
       conversationId: String(conversationId),
       body,
+      attachments: Array.isArray(attachments) && attachments.length ? attachments.map(String) : null,
       clientMsgId: cmid,
       threadId: threadId === undefined || threadId === null ? null : String(threadId),
       status: "new",
@@ -781,6 +795,7 @@ export class BackstageClient extends Emitter {
     const attempt = p.attempts;
     this._setSendStatus(p, "sending", null);
     const payload = { conversation_id: p.conversationId, body: p.body, client_msg_id: p.clientMsgId };
+    if (p.attachments) payload.attachments = p.attachments;
     if (p.threadId !== null) payload.thread_id = p.threadId;
     this.request("send", payload).then(
       (res) => {
@@ -799,7 +814,9 @@ export class BackstageClient extends Emitter {
           this._setSendStatus(p, "queued", error); // sent again after the reconnect
         } else if (TRANSIENT.has(error.code) && p.attempts < this._maxSendAttempts) {
           this._setSendStatus(p, "retrying", error);
-          const delay = Math.min(this._retryDelayMs * 2 ** (p.attempts - 1), this._maxRetryDelayMs);
+          // A server-given wait (`retry_after`, e.g. a room's slow mode) comes first.
+          const after = error.details && typeof error.details.retry_after === "number" ? error.details.retry_after * 1000 : 0;
+          const delay = Math.max(Math.min(this._retryDelayMs * 2 ** (p.attempts - 1), this._maxRetryDelayMs), after);
           p.timer = setTimeout(() => {
             p.timer = null;
             if (this._pending.get(p.clientMsgId) === p) this._attemptSend(p);
