@@ -476,7 +476,7 @@ function pendingMessage(p) {
  * going to the end with mode "bottom"). `viewKey` changes reset the view (another conversation
  * or thread). seenBy: seq -> names (read receipts), or null.
  */
-export function renderMessageView(view, conv, { viewKey, msgs, pendings, seenBy = null, statusText, mode = null }) {
+export function renderMessageView(view, conv, { viewKey, msgs, pendings, seenBy = null, statusText, mode = null, days = true }) {
   const list = view.list;
   if (view.convId !== viewKey) {
     clearView(view);
@@ -507,7 +507,7 @@ export function renderMessageView(view, conv, { viewKey, msgs, pendings, seenBy 
   let prevDay = null;
   for (const msg of msgs) {
     const day = dayKey(msg.created_at);
-    if (day && day !== prevDay) {
+    if (days && day && day !== prevDay) {
       wanted.push({ key: `d:${day}`, day: dayLabel(msg.created_at) });
       prevDay = day;
       prevMsg = null;

@@ -50,9 +50,11 @@ export function threadSummary(conv, msg) {
   const t = msg.thread;
   if (!t || !t.reply_count || !msg.id) return null;
   const n = t.reply_count;
-  const avatars = (Array.isArray(t.participants) ? t.participants : []).slice(0, 5).map((id) => {
-    const el = h("span", { class: "avatar avatar-xs", title: nameOf(String(id)) });
-    fillAvatar(el, { key: String(id), name: nameOf(String(id)), userId: String(id) });
+  const avatars = (Array.isArray(t.participants) ? t.participants : []).slice(0, 5).map((raw) => {
+    const id = String(raw);
+    const name = state.me && id === state.me.id ? state.me.name : nameOf(id);
+    const el = h("span", { class: "avatar avatar-xs", title: name });
+    fillAvatar(el, { key: id, name, userId: id });
     return el;
   });
   return h(
@@ -200,7 +202,7 @@ function renderThread() {
   if ($("thread-where").textContent !== where) $("thread-where").textContent = where;
   const viewKey = `${conv.id}:${t.rootId}`;
   const root = findById(conv, t.rootId);
-  renderMessageView(rootView, conv, { viewKey, msgs: root ? [root] : [], pendings: [], statusText: "" });
+  renderMessageView(rootView, conv, { viewKey, msgs: root ? [root] : [], pendings: [], statusText: "", days: false });
   const replies = [...conv.messages.values()]
     .filter((m) => isReply(m) && String(m.thread_id) === t.rootId && (t.lowSeq === null || m.seq >= t.lowSeq))
     .sort((a, b) => a.seq - b.seq);
