@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import socketio
 
-from chat import moderation, schemas, sendtrace, unavailable
+from chat import moderation, schemas, sendtrace, spaces, unavailable
 from chat.auth import Authenticator
 from chat.errors import ChatError, Forbidden, Invalid, RateLimited, TooLarge, error_wire
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
@@ -42,7 +42,8 @@ class TooManyConnections(ChatError):
 # The client events, each handled by the ChatSockets method of the same name (documented in
 # chat/asyncapi.py; tests/test_asyncapi.py checks both lists are the same).
 CLIENT_EVENTS = ("join", "leave", "send", "edit", "delete", "history", "typing", "read", "subscribe", "unsubscribe",
-                 "refresh_token", "react", "moderator", "timeout", "block", "moderation_log", "slow_mode", "pin")
+                 "refresh_token", "react", "moderator", "timeout", "block", "moderation_log", "slow_mode", "pin",
+                 "accept_guidelines")
 
 
 class ChatSockets:
@@ -315,6 +316,13 @@ class ChatSockets:
         limit = schemas.check_int(data, "limit", minimum=1, maximum=schemas.MAX_PAGE)
         return await self.service.moderation_log(user.user_id, creator_id, before_id,
                                                  schemas.DEFAULT_PAGE if limit is None else limit)
+
+
+    # ------------------------------------------------------------ chat spaces (chat/spaces.py)
+    async def accept_guidelines(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        cid = schemas.check_conversation_id(data)
+        return await self.service.spaces.accept_guidelines(user, cid, spaces.check_version(data))
 
 
 def _binary_as_text(obj: Any) -> str:
