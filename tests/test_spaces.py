@@ -221,12 +221,12 @@ async def test_space_changes_reach_the_other_process(shared_mysql_cluster: Any, 
     room = create(api_a, cre, "Stage").json()["conversation"]["id"]
     c = await connect(url_a, tokens[cre])
     lo, hi = await connect(url_b, tokens[low]), await connect(url_b, tokens[high])
-    hi_a = await connect(url_a, tokens[high])
+    hi_a, hi2 = await connect(url_a, tokens[high]), await connect(url_b, tokens[high])
     try:
-        for s in (c, lo, hi, hi_a):
+        for s in (c, lo, hi, hi_a, hi2):
             ok(await s.call("join", {"conversation_id": room}))
         ok(await lo.call("subscribe", {"channel": f"room:{room}"}))
-        for s in (lo, hi):
+        for s in (lo, hi, hi2):
             ok(await send(s, room, "warm"))  # these sockets now post without a database read
 
         # re-gated through A: the member below the new tier is out on B at once
@@ -245,6 +245,7 @@ async def test_space_changes_reach_the_other_process(shared_mysql_cluster: Any, 
         assert patch(api_a, room, {"archived": True}).status_code == 200
         await hi.wait_for("conversation_updated", lambda e: e["archived"] is True)
         assert refused(await send(hi, room))["reason"] == "archived"
+        assert refused(await send(hi2, room))["reason"] == "archived"  # after B read the room again
         await c.wait_for("conversation_updated", lambda e: e["archived"] is True)
         assert refused(await send(c, room))["reason"] == "archived"
         assert patch(api_b, room, {"archived": False}).status_code == 200
@@ -255,6 +256,7 @@ async def test_space_changes_reach_the_other_process(shared_mysql_cluster: Any, 
         assert patch(api_a, room, {"guidelines": "No spoilers."}).status_code == 200
         await hi.wait_for("conversation_updated", lambda e: e["guidelines_version"] == 1)
         assert refused(await send(hi, room))["reason"] == "guidelines"
+        assert refused(await send(hi2, room))["reason"] == "guidelines"
         ok(await hi_a.call("accept_guidelines", {"conversation_id": room, "version": 1}))
         ok(await send(hi, room, "accepted on the other process"))
         ok(await send(c, room, "the creator never accepts"))
@@ -266,7 +268,7 @@ async def test_space_changes_reach_the_other_process(shared_mysql_cluster: Any, 
             await s.wait_for("access_revoked", lambda e: e == {"conversation_id": room})
         assert refused(await send(hi_a, room))["code"] == "not_found"
     finally:
-        for s in (c, lo, hi, hi_a):
+        for s in (c, lo, hi, hi_a, hi2):
             await s.close()
 
 
