@@ -188,8 +188,9 @@ class ChatService:
         self.writer = MessageWriter(self.engine, self._deliver_messages,
                                     push_enqueue_jobs=push_enqueue_jobs, push_wake=push_wake,
                                     webhook_messages=webhook_messages)
-        # Conversations never change kind, creator, patron, name, tier or post policy: what the
-        # send path needs of them is kept here, filled by `join` and the full send check.
+        # What the send path needs of conversations, filled by `join` and the full send check.
+        # Kind, creator and patron never change; a room's name, tier, post policy, archive and
+        # guidelines do (chat/spaces.py), and its `room_updated` control message drops the entry.
         self._conversations: dict[int, ConversationMeta] = {}
         # Bumped by every control message that takes access away: a `join` whose database check
         # raced one does not remember what it read.
