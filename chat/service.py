@@ -25,7 +25,7 @@ from chat.attachments import Attachments
 from chat.auth import Identity
 from chat.batch import BatchedLookup
 from chat.config import Settings
-from chat.db import retrying, utcnow
+from chat.db import utcnow
 from chat.delivery import Delivery
 from chat.errors import (
     ChatError,
@@ -624,10 +624,12 @@ class ChatService:
             state = self.sockets.get(sid) if sid is not None else None
             if state is not None and conversation_id in state.conversations and epoch == self._control_epoch:
                 state.posting[conversation_id] = Access(True, True)  # e.g. a membership active again
+        slot = False  # a slow-mode slot taken for this send, given back if it stores nothing
         if conv.kind == "room" and user.user_id != conv.creator_id:
             original = await self._check_slow_mode(conv, user, client_msg_id)
-            if original is not None:
+            if isinstance(original, dict):
                 return {"message": original}
+            slot = original
         push = None
         if conv.kind == "direct":
             push = PushSpec(None)
@@ -642,22 +644,29 @@ class ChatService:
                 return {"message": await self._retried(stored.message)}
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send failed: %s", type(exc).__name__)
+            if slot:
+                await self.slow_gate.release(conversation_id, user.user_id)
             raise _db_unavailable() from None
+        except ChatError:
+            if slot:
+                await self.slow_gate.release(conversation_id, user.user_id)
+            raise
         return {"message": stored.message}
 
-    async def _check_slow_mode(self, conv: ConversationMeta, user: Identity, client_msg_id: str) -> dict[str, Any] | None:
-        """Take the member's slow-mode slot in the room, or refuse with the wait; a retry of a
-        message already stored is answered with it (the original) instead."""
+    async def _check_slow_mode(self, conv: ConversationMeta, user: Identity, client_msg_id: str) -> dict[str, Any] | bool:
+        """Take the member's slow-mode slot in the room (True; False when the room has no slow
+        mode for them), or refuse with the wait; a retry of a message already stored is answered
+        with it (the original) instead."""
         try:
             seconds = await self._slow_mode_of(conv.id)
             if not seconds or await self._is_moderator(conv.creator_id, user.user_id):
-                return None
+                return False
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("slow mode check failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
         wait = await self.slow_gate.take(conv.id, user.user_id, seconds)
         if not wait:
-            return None
+            return True
         async with self.engine.connect() as conn:
             row = (await storage.find_sent(conn, [(user.user_id, client_msg_id)])).get((user.user_id, client_msg_id))
             if row is not None and row.conversation_id == conv.id:
@@ -812,7 +821,7 @@ class ChatService:
                         await moderation.get_standing(conn, *key), accepted)
 
         try:
-            conv, original, membership, standing, accepted = await retrying(check)
+            conv, original, membership, standing, accepted = await retry_transaction(check, attempts=3)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send check failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
@@ -920,7 +929,7 @@ class ChatService:
         """Add (`on`) or remove one reaction, idempotently; returns {count, reactions} as of the
         commit. The members get a `reaction` event (coalesced per message, chat/reactions.py)."""
         try:
-            cid = await retrying(lambda: self._reactable(user, message_id, conversation_id))
+            cid = await retry_transaction(lambda: self._reactable(user, message_id, conversation_id), attempts=3)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("react check failed: %s", type(exc).__name__)
             raise _db_unavailable() from None

@@ -237,6 +237,10 @@ async def _slow_mode_scenario(url_a: str, url_b: str, api: Api, uid: Any) -> Non
         await p2.wait_for("slow_mode", lambda e: e == {"conversation_id": room, "seconds": 60})
         await p1.wait_for("slow_mode", lambda e: e["seconds"] == 60)
         assert ok(await p1.call("join", {"conversation_id": room}))["slow_mode_s"] == 60
+        # a send that stores nothing (not the member's upload) does not use up the slot
+        bad = await p1.call("send", {"conversation_id": room, "body": "x", "client_msg_id": "slow-0",
+                                     "attachments": [999999999]})
+        assert err(bad) == "not_found", bad
         first = ok(await p1.call("send", {"conversation_id": room, "body": "one", "client_msg_id": "slow-1"}))
         refused = await send(p2, room, "two")  # the other process, the same member
         assert err(refused) == "rate_limited"
