@@ -58,6 +58,7 @@ TYPING_EXPIRES_S = 6.0  # a "typing: true" not refreshed or cleared within this 
 
 CONVERSATION_CACHE_SIZE = 10_000
 KNOWN_USERS_SIZE = 50_000  # (user_id, name) pairs this process knows are stored
+OVERVIEW_LIMIT = 100  # blocked + timed-out members per creator in the page's moderation overview
 
 
 @dataclass(frozen=True)
@@ -1341,6 +1342,30 @@ class ChatService:
     async def list_moderators(self, creator_id: str) -> dict[str, Any]:
         async with self.engine.connect() as conn:
             return {"creator_id": creator_id, "moderators": await moderation.list_moderators(conn, creator_id)}
+
+    async def moderation_overview(self, user: Identity) -> dict[str, Any]:
+        """What the page needs of moderation for the signed-in user: whose rooms they moderate,
+        their own running timeouts, and, for themselves as a creator and each creator they
+        moderate, the moderators and the blocked or timed-out members (docs/api.md)."""
+        now = utcnow()
+        async with self.read_engine.connect() as conn:
+            moderator_of = await moderation.moderated_creator_ids(conn, user.user_id)
+            timeouts = await moderation.running_timeouts(conn, user.user_id, now)
+            teams = []
+            for creator_id in [user.user_id, *moderator_of]:
+                mods = await moderation.list_moderators(conn, creator_id)
+                sanctioned = await moderation.sanctioned_members(conn, creator_id, now, OVERVIEW_LIMIT)
+                names = await storage.user_names_of(conn, [*mods, *(s[0] for s in sanctioned)])
+                teams.append({
+                    "creator_id": creator_id,
+                    "moderators": [{"id": m, "name": names[m]} for m in mods],
+                    "blocked": [{"id": u, "name": names[u]} for u, blocked, _ in sanctioned if blocked],
+                    "timed_out": [{"id": u, "name": names[u], "until": schemas.iso(until)}
+                                  for u, _, until in sanctioned if until is not None],
+                })
+        return {"moderator_of": moderator_of,
+                "timeouts": [{"creator_id": c, "until": schemas.iso(u)} for c, u in timeouts],
+                "teams": teams}
 
     async def timeout_member(self, actor_id: str | None, creator_id: str, user_id: str, minutes: int,
                              reason: str) -> dict[str, Any]:

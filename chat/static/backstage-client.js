@@ -281,7 +281,7 @@ export class BackstageClient extends Emitter {
       this._emit("message_updated", msg);
       this._emit(msg && msg.deleted ? "delete" : "edit", msg);
     });
-    for (const name of ["typing", "read", "presence", "reaction", "notification", "event"]) {
+    for (const name of ["typing", "read", "presence", "reaction", "notification", "event", "moderation", "slow_mode", "pins"]) {
       socket.on(name, (payload) => this._emit(name, payload));
     }
     // chat spaces (docs/api.md): a room changed; a room was deleted (access_revoked follows)
@@ -717,7 +717,7 @@ export class BackstageClient extends Emitter {
    * maxSendAttempts transient failures, or `cancelled` / `closed`.
    * `send_status` events follow it: queued, sending, retrying, sent, failed, cancelled.
    */
-  send(conversationId, body, { clientMsgId } = {}) {
+  send(conversationId, body, { clientMsgId, attachments } = {}) {
     const cmid = clientMsgId ?? newClientMsgId();
     const existing = this._pending.get(cmid);
     if (existing) {
@@ -727,6 +727,7 @@ export class BackstageClient extends Emitter {
     const p = {
       conversationId: String(conversationId),
       body,
+      attachments: Array.isArray(attachments) && attachments.length ? attachments.map(String) : null,
       clientMsgId: cmid,
       status: "new",
       error: null,
@@ -771,6 +772,7 @@ export class BackstageClient extends Emitter {
     const attempt = p.attempts;
     this._setSendStatus(p, "sending", null);
     const payload = { conversation_id: p.conversationId, body: p.body, client_msg_id: p.clientMsgId };
+    if (p.attachments) payload.attachments = p.attachments;
     this.request("send", payload).then(
       (res) => {
         if (this._pending.get(p.clientMsgId) !== p) return; // confirmed by the broadcast already
@@ -788,7 +790,9 @@ export class BackstageClient extends Emitter {
           this._setSendStatus(p, "queued", error); // sent again after the reconnect
         } else if (TRANSIENT.has(error.code) && p.attempts < this._maxSendAttempts) {
           this._setSendStatus(p, "retrying", error);
-          const delay = Math.min(this._retryDelayMs * 2 ** (p.attempts - 1), this._maxRetryDelayMs);
+          // A server-given wait (`retry_after`, e.g. a room's slow mode) comes first.
+          const after = error.details && typeof error.details.retry_after === "number" ? error.details.retry_after * 1000 : 0;
+          const delay = Math.max(Math.min(this._retryDelayMs * 2 ** (p.attempts - 1), this._maxRetryDelayMs), after);
           p.timer = setTimeout(() => {
             p.timer = null;
             if (this._pending.get(p.clientMsgId) === p) this._attemptSend(p);
