@@ -1,7 +1,7 @@
 """chat spaces: a room's topic, emoji, archive time and versioned guidelines; each member's accepted version
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0012
 """
 from alembic import op
 import sqlalchemy as sa
@@ -9,7 +9,7 @@ import chat.db
 
 
 revision = '0011'
-down_revision = '0008'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 
