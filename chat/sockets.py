@@ -352,6 +352,12 @@ class ChatSockets:
     async def blocks(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         return await self.service.list_blocks(self.service.socket_user(sid).user_id)
 
+    # ------------------------------------------------------------ chat spaces (chat/spaces.py)
+    async def accept_guidelines(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        cid = schemas.check_conversation_id(data)
+        return await self.service.spaces.accept_guidelines(user, cid, spaces.check_version(data))
+
 
 def _cursor(value: Any, field: str) -> int | None:
     if value is None:
@@ -359,13 +365,6 @@ def _cursor(value: Any, field: str) -> int | None:
     if not isinstance(value, str) or not schemas.CANONICAL_ID_RE.match(value):
         raise Invalid(f"{field} must be an id (digits) or the next_cursor of the previous page")
     return int(value)
-
-
-    # ------------------------------------------------------------ chat spaces (chat/spaces.py)
-    async def accept_guidelines(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
-        user = self.service.socket_user(sid)
-        cid = schemas.check_conversation_id(data)
-        return await self.service.spaces.accept_guidelines(user, cid, spaces.check_version(data))
 
 
 def _binary_as_text(obj: Any) -> str:
