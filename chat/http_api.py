@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from chat import moderation, reports, schemas, threads, unavailable
+from chat import moderation, reports, schemas, spaces, threads, unavailable
 from chat.attachments import Attachments
 from chat.auth import USER_ID_RE, Authenticator, Identity, bearer
 from chat.config import Settings
@@ -193,8 +193,31 @@ async def create_room(request: web.Request) -> web.Response:
     if external_id is not None and (not isinstance(external_id, str) or not schemas.EXTERNAL_ID_RE.match(external_id)):
         raise Invalid("external_id must be 1-128 characters of [A-Za-z0-9_.:-]")
     assert name is not None and tier is not None
-    conv, created = await request.app[SERVICE_KEY].create_room(creator_id, name, tier, policy, external_id)
+    space = spaces.check_space_fields(data)
+    conv, created = await request.app[SERVICE_KEY].create_room(creator_id, name, tier, policy, external_id, space)
     return json_response({"conversation": conv}, status=201 if created else 200)
+
+
+# ---------------------------------------------------------------- server API: chat spaces (chat/spaces.py)
+
+
+async def get_room(request: web.Request) -> web.Response:
+    server_key(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"], "room")
+    return json_response(await request.app[SERVICE_KEY].spaces.get_room(cid))
+
+
+async def patch_room(request: web.Request) -> web.Response:
+    server_key(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"], "room")
+    changes = spaces.check_room_patch(await read_json(request))
+    return json_response(await request.app[SERVICE_KEY].spaces.update_room(cid, changes))
+
+
+async def delete_room(request: web.Request) -> web.Response:
+    server_key(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"], "room")
+    return json_response(await request.app[SERVICE_KEY].spaces.delete_room(cid))
 
 
 async def list_rooms(request: web.Request) -> web.Response:
@@ -465,6 +488,13 @@ async def post_message(request: web.Request) -> web.Response:
     return response
 
 
+async def accept_guidelines(request: web.Request) -> web.Response:
+    user = client(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"])
+    version = spaces.check_version(await read_json(request))
+    return json_response(await request.app[SERVICE_KEY].spaces.accept_guidelines(user, cid, version))
+
+
 async def list_reactions(request: web.Request) -> web.Response:
     user = client(request)
     cid = schemas.parse_int_id(request.match_info["conversation_id"])
@@ -562,6 +592,9 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/api/v1/server/memberships/{creator_id}/{patron_id}", put_membership)
     r.add_post("/api/v1/server/rooms", create_room)
     r.add_get("/api/v1/server/rooms", list_rooms)
+    r.add_get("/api/v1/server/rooms/{conversation_id}", get_room)
+    r.add_patch("/api/v1/server/rooms/{conversation_id}", patch_room)
+    r.add_delete("/api/v1/server/rooms/{conversation_id}", delete_room)
     r.add_delete("/api/v1/server/messages/{message_id}", server_delete_message)
     r.add_get("/api/v1/server/conversations/{conversation_id}/messages", server_history)
     r.add_get("/api/v1/server/conversations/{conversation_id}/presence", conversation_presence)
@@ -592,6 +625,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/v1/conversations/{conversation_id}/messages", post_message)
     r.add_get("/api/v1/conversations/{conversation_id}/messages/{message_id}/reactions", list_reactions)
     r.add_put("/api/v1/conversations/{conversation_id}/settings", put_settings)
+    r.add_post("/api/v1/conversations/{conversation_id}/guidelines/accept", accept_guidelines)
     r.add_get("/healthz", healthz)
     r.add_post("/api/v1/uploads", post_upload)
     r.add_get("/api/v1/attachments/{attachment_id}", get_attachment)

@@ -55,6 +55,13 @@ class Conversation(Base):
     name: Mapped[str] = mapped_column(sa.String(200), default="")
     min_tier_cents: Mapped[int] = mapped_column(sa.Integer, default=0)
     post_policy: Mapped[str] = mapped_column(sa.String(16), default="everyone")  # everyone | creator
+    # Chat spaces (chat/spaces.py, docs/moderation.md): a room's topic, emoji, archive time and
+    # guidelines; `guidelines_version` grows by one with every change of `guidelines`.
+    topic: Mapped[str] = mapped_column(sa.String(500), default="", server_default="")
+    emoji: Mapped[str | None] = mapped_column(ExactString(32), nullable=True)
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    guidelines: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    guidelines_version: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     last_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -71,6 +78,8 @@ class ConversationState(Base):
     )
     last_read_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     muted: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    # The room's guidelines version this user accepted (chat/spaces.py); 0: none.
+    accepted_guidelines_version: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
 
 
 class Message(Base):

@@ -19,6 +19,7 @@ from chat.reactions import DEFAULT_REACTORS, MAX_EMOJI_CHARS, MAX_PER_MESSAGE, M
 from chat.reports import MAX_HIDE_THRESHOLD, MAX_NOTE_CHARS
 from chat.reports import REASONS as REPORT_REASONS
 from chat.schemas import EXTERNAL_ID_RE, MAX_PAGE
+from chat.spaces import MAX_ACTIVE_SPACES, MAX_GUIDELINES_CHARS, MAX_TOPIC_CHARS
 from webhooks import EVENT_TYPES as WEBHOOK_EVENT_TYPES
 from webhooks.outbox import STATUSES as WEBHOOK_STATUSES
 
@@ -30,6 +31,7 @@ CHANNEL_PATTERN = "^(user|creator|room):[A-Za-z0-9_-]{1,64}$"
 
 
 IMAGE_REASONS = ["unsupported_format", "too_many_pixels", "truncated", "corrupt"]
+SPACE_REASONS = ["archived", "guidelines"]  # a space's forbidden (chat/spaces.py)
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -55,7 +57,12 @@ EMOJI = {"type": "string", "minLength": 1, "maxLength": MAX_EMOJI_CHARS,
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _obj({
         "code": {"type": "string", "enum": ERROR_CODES}, "message": STRING,
-        "reason": {"type": "string", "description": "uploads: which image check refused it", "enum": IMAGE_REASONS},
+        "reason": {"type": "string", "enum": IMAGE_REASONS + SPACE_REASONS,
+                   "description": "uploads: which image check refused it; (extension) a send in a chat space: "
+                                  "archived, or guidelines (accept guidelines_version first)"},
+        "guidelines_version": {"type": "integer", "minimum": 0,
+                               "description": "(extension) reason guidelines, or accepting a stale version "
+                                              "(409): the room's current guidelines version"},
         "until": {"type": "string", "description": "(extension) a timed-out member's send: when the timeout ends"},
         "retry_after": {"type": "integer", "minimum": 1,
                         "description": "(extension) a timed-out member's send (403) or a send in slow mode (429): "
@@ -70,7 +77,16 @@ SCHEMAS: dict[str, Any] = {
         "id": STRING, "kind": {"type": "string", "enum": ["room", "direct"]}, "creator_id": STRING, "name": STRING,
         "min_tier_cents": {"type": "integer"}, "post_policy": {"type": "string", "enum": ["everyone", "creator"]},
         "members": {"type": "array", "items": _ref("ConversationMember")},
-    }, ["id", "kind", "creator_id", "name", "min_tier_cents", "post_policy"]),
+        # chat spaces (extension, docs/moderation.md)
+        "topic": {"type": "string", "maxLength": MAX_TOPIC_CHARS, "description": "\"\" when none"},
+        "emoji": {"type": ["string", "null"], "description": "one Unicode emoji, or null"},
+        "archived": {"type": "boolean", "description": "read-only: nobody posts"},
+        "guidelines": {"type": "string", "maxLength": MAX_GUIDELINES_CHARS,
+                       "description": "members accept them before posting; \"\" when none"},
+        "guidelines_version": {"type": "integer", "minimum": 0,
+                               "description": "grows by one with every change of the guidelines; 0: never set"},
+    }, ["id", "kind", "creator_id", "name", "min_tier_cents", "post_policy", "topic", "emoji", "archived",
+        "guidelines", "guidelines_version"]),
     "Message": _obj({
         "id": STRING, "conversation_id": STRING, "seq": {"type": "integer", "minimum": 1},
         "sender": _ref("Member"), "body": STRING, "client_msg_id": STRING, "created_at": TIME,
@@ -202,11 +218,13 @@ READ_ERRORS = (400, 401, 404, 503)
 EXAMPLE_USER = {"id": "alice", "name": "Alice", "avatar_url": None}
 EXAMPLE_MEMBERSHIP = {"creator_id": "cre", "patron_id": "alice", "tier_cents": 500, "status": "active",
                       "updated_at": "2026-01-02T03:04:05.678Z"}
+SPACE_DEFAULTS = {"topic": "", "emoji": None, "archived": False, "guidelines": "", "guidelines_version": 0}
 EXAMPLE_ROOM = {"id": "12", "kind": "room", "creator_id": "cre", "name": "Lounge", "min_tier_cents": 0,
-                "post_policy": "everyone"}
+                "post_policy": "everyone", "topic": "Say hi", "emoji": "\U0001f3b8", "archived": False,
+                "guidelines": "Be kind.", "guidelines_version": 1}
 EXAMPLE_SERVER_ROOM = {**EXAMPLE_ROOM, "external_id": "tier-7"}
 EXAMPLE_DIRECT = {"id": "13", "kind": "direct", "creator_id": "cre", "name": "", "min_tier_cents": 0,
-                  "post_policy": "everyone",
+                  "post_policy": "everyone", **SPACE_DEFAULTS,
                   "members": [{"id": "cre", "name": "Cre", "avatar_url": None},
                               {"id": "alice", "name": "Alice", "avatar_url": "https://example.com/a.png"}]}
 EXAMPLE_MESSAGE = {"id": "99", "conversation_id": "12", "seq": 7, "sender": {"id": "alice", "name": "Alice"},
@@ -261,6 +279,17 @@ EXAMPLE_OVERVIEW = {"moderator_of": ["cre"], "timeouts": [],
                               {"creator_id": "cre", "moderators": [{"id": "mia", "name": "Mia"}],
                                "blocked": [{"id": "bob", "name": "Bob"}],
                                "timed_out": [{"id": "alice", "name": "Alice", "until": "2026-01-02T03:14:05.678Z"}]}]}
+
+SPACE_FIELDS: dict[str, Any] = {
+    "topic": {"type": "string", "maxLength": MAX_TOPIC_CHARS, "description": "trimmed; \"\" clears it"},
+    "emoji": {"type": ["string", "null"], "description": "one Unicode emoji; null clears it"},
+    "guidelines": {"type": "string", "maxLength": MAX_GUIDELINES_CHARS,
+                   "description": "trimmed; a change bumps guidelines_version; \"\" clears them"},
+}
+SPACES_CONFLICT = {"409": {
+    "description": f"conflict: the creator has {MAX_ACTIVE_SPACES} active (not archived) rooms already",
+    "content": _json(_ref("Error"), {"error": {"code": "conflict", "message": "..."}})}}
+
 
 def _op(summary: str, security: str | None, responses: dict[str, Any], *, body: dict[str, Any] | None = None,
         body_example: Any = None, params: list[dict[str, Any]] | None = None,
@@ -342,11 +371,12 @@ def build() -> dict[str, Any]:
                        {"conversation": EXAMPLE_SERVER_ROOM}),
                  **_ok(200, "the creator's existing room with this external_id, unchanged",
                        _obj({"conversation": _ref("Room")}), {"conversation": EXAMPLE_SERVER_ROOM}),
-                 **_errors(*BODY_ERRORS)},
+                 **_errors(*BODY_ERRORS), **SPACES_CONFLICT},
                 body=_obj({"creator_id": USER_ID, "name": {"type": "string", "minLength": 1, "maxLength": 200},
                            "min_tier_cents": {"type": "integer", "minimum": 0, "maximum": 10**9},
                            "post_policy": {"type": "string", "enum": ["everyone", "creator"]},
-                           "external_id": {"type": ["string", "null"], "pattern": EXTERNAL_ID_PATTERN}},
+                           "external_id": {"type": ["string", "null"], "pattern": EXTERNAL_ID_PATTERN},
+                           **SPACE_FIELDS},
                           ["creator_id", "name", "min_tier_cents"]),
                 body_example={"creator_id": "cre", "name": "Lounge", "min_tier_cents": 0, "post_policy": "everyone",
                               "external_id": "tier-7"},
@@ -361,6 +391,31 @@ def build() -> dict[str, Any]:
                                "the next_cursor of the previous page"),
                         _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50")],
                 tags=["server"]),
+        },
+        "/api/v1/server/rooms/{conversation_id}": {
+            "get": _op("A room (docs/moderation.md, chat spaces)", "apiKey",
+                       {**_ok(200, "the room", _obj({"conversation": _ref("Room")}),
+                              {"conversation": EXAMPLE_SERVER_ROOM}), **_errors(*READ_ERRORS)},
+                       params=[conv_id], tags=["server"]),
+            "patch": _op(
+                "Change a room: rename, topic, emoji, re-gate (members below the new tier lose it at once), "
+                "post policy, archive (read-only) or unarchive, guidelines (a new version members accept before "
+                "posting). Members in the room get conversation_updated", "apiKey",
+                {**_ok(200, "the room after the change", _obj({"conversation": _ref("Room")}),
+                       {"conversation": {**EXAMPLE_SERVER_ROOM, "archived": True}}),
+                 **_errors(*BODY_ERRORS), **SPACES_CONFLICT},
+                params=[conv_id],
+                body={**_obj({"name": {"type": "string", "minLength": 1, "maxLength": 200},
+                              "min_tier_cents": {"type": "integer", "minimum": 0, "maximum": 10**9},
+                              "post_policy": {"type": "string", "enum": ["everyone", "creator"]},
+                              "archived": {"type": "boolean"}, **SPACE_FIELDS}, []), "minProperties": 1},
+                body_example={"name": "Green room", "archived": True}, tags=["server"]),
+            "delete": _op(
+                "Delete a room and its history (messages, reactions, read positions, pins, photos); members get "
+                "conversation_deleted and access_revoked", "apiKey",
+                {**_ok(200, "deleted", _obj({"conversation_id": STRING, "deleted": {"const": True}}),
+                       {"conversation_id": "12", "deleted": True}), **_errors(*READ_ERRORS)},
+                params=[conv_id], tags=["server"]),
         },
         "/api/v1/server/messages/{message_id}": {"delete": _op(
             "Delete any message (members get message_updated, as for an author's delete)", "apiKey",
@@ -639,6 +694,16 @@ def build() -> dict[str, Any]:
         "/api/v1/attachments/{attachment_id}": {"get": _attachment_op("A photo", IMAGE_TYPES)},
         "/api/v1/attachments/{attachment_id}/thumb": {"get": _attachment_op(
             "A photo's thumbnail (at most 320 px; JPEG, or PNG when it has transparency)", ("image/jpeg", "image/png"))},
+        "/api/v1/conversations/{conversation_id}/guidelines/accept": {"post": _op(
+            "Accept the room's current guidelines (the socket's accept_guidelines over HTTP)", "clientJwt",
+            {**_ok(200, "accepted", _obj({"conversation_id": STRING, "guidelines_version": {"type": "integer"}}),
+                   {"conversation_id": "12", "guidelines_version": 1}),
+             **_errors(*BODY_ERRORS, 403),
+             "409": {"description": "conflict: not the current version (the error carries guidelines_version)",
+                     "content": _json(_ref("Error"), {"error": {"code": "conflict", "message": "...",
+                                                                "guidelines_version": 2}})}},
+            params=[conv_id], body=_obj({"version": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}}),
+            body_example={"version": 1}, tags=["client"])},
         "/api/v1/conversations/{conversation_id}/settings": {"put": _op(
             "Mute or unmute a conversation (muted: no pushes)", "clientJwt",
             {**_ok(200, "the setting", _obj({"conversation_id": STRING, "muted": {"type": "boolean"}}),

@@ -186,6 +186,12 @@ def conversation_wire(c: Conversation, members: list[dict[str, Any]] | None = No
         "name": c.name,
         "min_tier_cents": c.min_tier_cents,
         "post_policy": c.post_policy,
+        # chat spaces (chat/spaces.py, docs/api.md)
+        "topic": c.topic or "",
+        "emoji": c.emoji,
+        "archived": c.archived_at is not None,
+        "guidelines": c.guidelines or "",
+        "guidelines_version": c.guidelines_version or 0,
     }
     if members is not None:
         wire["members"] = members

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import socketio
 
-from chat import moderation, reports, schemas, sendtrace, threads, unavailable
+from chat import moderation, reports, schemas, sendtrace, spaces, threads, unavailable
 from chat.auth import Authenticator
 from chat.errors import ChatError, Forbidden, Invalid, RateLimited, TooLarge, error_wire
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
@@ -43,7 +43,7 @@ class TooManyConnections(ChatError):
 # chat/asyncapi.py; tests/test_asyncapi.py checks both lists are the same).
 CLIENT_EVENTS = ("join", "leave", "send", "edit", "delete", "history", "typing", "read", "subscribe", "unsubscribe",
                  "refresh_token", "react", "moderator", "timeout", "block", "moderation_log", "slow_mode", "pin",
-                 "report", "reports", "review_report", "block_user", "blocks")
+                 "report", "reports", "review_report", "block_user", "blocks", "accept_guidelines")
 
 
 class ChatSockets:
@@ -351,6 +351,12 @@ class ChatSockets:
 
     async def blocks(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         return await self.service.list_blocks(self.service.socket_user(sid).user_id)
+
+    # ------------------------------------------------------------ chat spaces (chat/spaces.py)
+    async def accept_guidelines(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        cid = schemas.check_conversation_id(data)
+        return await self.service.spaces.accept_guidelines(user, cid, spaces.check_version(data))
 
 
 def _cursor(value: Any, field: str) -> int | None:

@@ -45,6 +45,7 @@ FIELDS: dict[str, list[str]] = {
     "moderation_log": ["creator_id", "before_id", "limit"],
     "slow_mode": ["conversation_id", "seconds", "reason"],
     "pin": ["message_id", "on"],
+    "accept_guidelines": ["conversation_id", "version"],
     "no_such_event": ["conversation_id"],
 }
 PER_EVENT = -(-TOTAL_EXAMPLES // len(FIELDS))

@@ -283,6 +283,10 @@ export class BackstageClient extends Emitter {
       "message_hidden", "report_opened", "report_resolved", "user_blocked"]) {
       socket.on(name, (payload) => this._emit(name, payload));
     }
+    // chat spaces (docs/api.md): a room changed; a room was deleted (access_revoked follows)
+    for (const name of ["conversation_updated", "conversation_deleted"]) {
+      socket.on(name, (payload) => this._emit(name, payload));
+    }
     socket.on("access_revoked", (ev) => {
       const conv = ev && this._convs.get(String(ev.conversation_id));
       if (conv) this._untrack(conv, new BackstageError("forbidden", "access revoked"));
@@ -510,6 +514,12 @@ export class BackstageClient extends Emitter {
 
   typing(conversationId, typing) {
     return this.request("typing", { conversation_id: String(conversationId), typing: Boolean(typing) });
+  }
+
+  /** Accepts a room's guidelines at `version` (its conversation's guidelines_version), which
+   * sends there need first; resolves {conversation_id, guidelines_version}. */
+  acceptGuidelines(conversationId, version) {
+    return this.request("accept_guidelines", { conversation_id: String(conversationId), version });
   }
 
   /** Subscribes to a channel; kept across reconnects until unsubscribe(). */

@@ -442,6 +442,29 @@ describe("BackstageClient", { concurrency: true }, () => {
       for (const s of sockets) s.close();
     });
   });
+
+  describe("chat spaces", () => {
+    test("guidelines are accepted before posting; room changes and deletion are passed on", T, async () => {
+      const t = await api.roomWithTwo();
+      const a = client(server.urls[0], t.patronToken);
+      await a.connect();
+      await a.join(t.room);
+      const updated = new Promise((resolve) => a.on("conversation_updated", (c) => c.guidelines_version === 1 && resolve(c)));
+      await other.admin("PATCH", `/rooms/${t.room}`, { guidelines: "Be kind." });
+      assert.equal((await updated).guidelines, "Be kind.");
+      await assert.rejects(a.send(t.room, "too early"),
+        (err) => err.code === "forbidden" && err.details?.reason === "guidelines" && err.details?.guidelines_version === 1);
+      const accepted = await a.acceptGuidelines(t.room, 1);
+      assert.equal(accepted.guidelines_version, 1);
+      assert.equal((await a.send(t.room, "accepted")).body, "accepted");
+      const deleted = new Promise((resolve) => a.on("conversation_deleted", resolve));
+      const revoked = new Promise((resolve) => a.on("access_revoked", resolve));
+      await other.admin("DELETE", `/rooms/${t.room}`);
+      assert.deepEqual(await deleted, { conversation_id: t.room });
+      assert.deepEqual(await revoked, { conversation_id: t.room });
+      assert.ok(!a.conversations().includes(t.room));
+    });
+  });
 });
 
 /** A 1×1 PNG (a valid image for the upload). */
