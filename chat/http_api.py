@@ -20,6 +20,7 @@ from chat.attachments import Attachments
 from chat.auth import USER_ID_RE, Authenticator, Identity, bearer
 from chat.config import Settings
 from chat.errors import ChatError, Invalid, NotFound, RateLimited, TooLarge, Unauthorized
+from chat.mentions import check_mentions
 from chat.metrics import HTTP_REQUESTS
 from chat.reactions import DEFAULT_REACTORS, MAX_REACTORS, check_emoji
 from chat.service import ChatService
@@ -395,9 +396,10 @@ async def post_message(request: web.Request) -> web.Response:
     photos = schemas.check_attachment_ids(data)
     body = schemas.check_body(data, service.settings.max_body_chars, allow_empty=bool(photos))
     client_msg_id = schemas.check_client_msg_id(data)
+    mentioned = check_mentions(data)
     quota = await service.check_user_rate(user.user_id)
-    response = json_response(await service.send_message(user, cid, body, client_msg_id, attachment_ids=photos),
-                             status=201)
+    response = json_response(await service.send_message(user, cid, body, client_msg_id, attachment_ids=photos,
+                                                        mentions=mentioned), status=201)
     response.headers.update(quota.headers())
     return response
 

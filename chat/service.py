@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from chat import keys, moderation, reactions, schemas, sendtrace, storage
+from chat import keys, mentions, moderation, reactions, schemas, sendtrace, storage
 from chat.attachments import Attachments
 from chat.auth import Identity
 from chat.batch import BatchedLookup
@@ -335,8 +335,20 @@ class ChatService:
             unread = 0
             if self._unread_notifications is not None:
                 unread = await self._unread_notifications(session, user.user_id)
+            mention_total = await self._mention_total(await session.connection(), user.user_id)
             return {"user": {"id": row.id, "name": row.name, "avatar_url": row.avatar_url},
-                    "unread_notifications": unread}
+                    "unread_notifications": unread, "mention_count": mention_total}
+
+    @staticmethod
+    async def _mention_total(conn: Any, user_id: str) -> int:
+        """`/me`'s mention_count: the unread mentions of the conversations the user may read
+        now (those the conversation list shows); one query, and one more when there are any."""
+        counts = await mentions.count_all_unread(conn, user_id)
+        if not counts:
+            return 0
+        views = await storage.join_views(conn, [(cid, user_id) for cid in sorted(counts)])
+        return sum(counts[cid] for (cid, _), view in views.items()
+                   if access_rule(view.conversation, user_id, view.membership, view.standing).read)
 
     # ============================================================ conversations
 
@@ -503,6 +515,7 @@ class ChatService:
             states = await storage.get_states(session, user.user_id, ids)
             positions = {cid: (states[cid].last_read_seq if cid in states else 0) for cid in ids}
             unread = await storage.count_unread_many(session, user.user_id, positions)
+            mention_counts = await mentions.count_unread(await session.connection(), user.user_id, positions)
             last = await storage.last_messages(session, ids)
             last_wire = {m["conversation_id"]: m
                          for m in await self._messages_wire(session, list(last.values()), user.user_id)}
@@ -511,6 +524,7 @@ class ChatService:
                 "conversation": wire,
                 "last_message": last_wire.get(str(c.id)),
                 "unread_count": unread[c.id],
+                "mention_count": mention_counts[c.id],
                 "muted": bool(states[c.id].muted) if c.id in states else False,
             } for c, wire in zip(convs, await self._conversations_wire(session, convs), strict=True)]
 
@@ -571,7 +585,7 @@ class ChatService:
 
     async def send_message(self, user: Identity, conversation_id: int, body: str,
                            client_msg_id: str, *, sid: str | None = None,
-                           attachment_ids: Sequence[int] = (),
+                           attachment_ids: Sequence[int] = (), mentions: Sequence[str] = (),
                            trace: sendtrace.Trace | None = None) -> dict[str, Any]:
         """Store a message and deliver it. Idempotent on (sender, client_msg_id); returns only
         after commit. The caller has applied the rate limit.
@@ -581,7 +595,8 @@ class ChatService:
         socket that has not joined, or one that may not post) is checked against the database.
 
         `attachment_ids`: the sender's unused uploads (chat/attachments.py), claimed atomically
-        with the message; a retry answers with the original message and its photos."""
+        with the message; a retry answers with the original message and its photos.
+        `mentions`: user ids the sender mentions besides the body's @mentions (chat/mentions.py)."""
         if not body and not attachment_ids:
             raise Invalid("body must not be empty")
         if attachment_ids and self.attachments is None:
@@ -607,22 +622,38 @@ class ChatService:
             original = await self._check_slow_mode(conv, user, client_msg_id)
             if original is not None:
                 return {"message": original}
+        mentioned = await self._mentioned(conv, user.user_id, body, mentions)
         push = None
         if conv.kind == "direct":
             push = PushSpec(None)
         elif user.user_id == conv.creator_id:
             push = PushSpec(conv.name)
+        elif mentioned:
+            push = PushSpec(conv.name, mention=True)
         try:
             photos = (await self.attachments.for_send(user.user_id, client_msg_id, attachment_ids)
                       if attachment_ids and self.attachments is not None else ())
             stored = await self.writer.store(Outgoing(conversation_id, user.user_id, user.name or None, body,
-                                                      client_msg_id, push, photos), trace)
+                                                      client_msg_id, push, photos, mentioned), trace)
             if not stored.created:
                 return {"message": await self._retried(stored.message)}
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
         return {"message": stored.message}
+
+    async def _mentioned(self, conv: ConversationMeta, sender_id: str, body: str,
+                         explicit: Sequence[str]) -> tuple[str, ...]:
+        """The members a send mentions (chat/mentions.py): nothing read for a body without "@"
+        and no `mentions` list, else one query."""
+        if "@" not in body and not explicit:
+            return ()
+        try:
+            async with self.read_engine.connect() as conn:
+                return await mentions.resolve(conn, conv, sender_id, body, explicit)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            log.warning("mention lookup failed: %s", type(exc).__name__)
+            raise _db_unavailable() from None
 
     async def _check_slow_mode(self, conv: ConversationMeta, user: Identity, client_msg_id: str) -> dict[str, Any] | None:
         """Take the member's slow-mode slot in the room, or refuse with the wait; a retry of a
@@ -642,7 +673,8 @@ class ChatService:
             if row is not None and row.conversation_id == conv.id:
                 name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
                 return schemas.message_wire_columns(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
-                                                    row.client_msg_id, row.created_at, row.edited_at, row.deleted)
+                                                    row.client_msg_id, row.created_at, row.edited_at, row.deleted,
+                                                    mentions=schemas.decode_mentions(row.mentions))
         raise SlowModeLimited(f"slow mode: one message per {seconds} s in this room; wait {wait} s", wait)
 
     async def _slow_mode_of(self, conversation_id: int) -> int:
@@ -778,8 +810,9 @@ class ChatService:
                     if row.conversation_id != conversation_id or (row.body != body and not row.deleted):
                         raise Conflict("client_msg_id was already used for a different message")
                     name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
-                    return conv, schemas.message_wire_columns(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
-                                              row.client_msg_id, row.created_at, row.edited_at, row.deleted), None, None
+                    return conv, schemas.message_wire_columns(
+                        row.id, row.conversation_id, row.seq, row.sender_id, name, row.body, row.client_msg_id,
+                        row.created_at, row.edited_at, row.deleted, mentions=schemas.decode_mentions(row.mentions)), None, None
                 key = membership_key(conv, user.user_id)
                 if key is None:
                     return conv, None, None, None
@@ -1011,10 +1044,11 @@ class ChatService:
             before = (await storage.get_state(session, user.user_id, conversation_id)).last_read_seq
             position = await storage.advance_read_position(session, user.user_id, conversation_id, seq)
             unread = await storage.count_unread(session, conversation_id, user.user_id, position)
+            mentioned = await mentions.count_unread(await session.connection(), user.user_id, {conversation_id: position})
         if position != before:
             await self.delivery.to_conversation(conversation_id, "read", {
                 "conversation_id": str(conversation_id), "user_id": user.user_id, "seq": position}, skip_sid=skip_sid)
-        return {"unread_count": unread}
+        return {"unread_count": unread, "mention_count": mentioned[conversation_id]}
 
     # ============================================================ channels
 
@@ -1488,13 +1522,14 @@ class ChatService:
 
     @staticmethod
     async def push_audience_page(session: AsyncSession, conversation_id: int, sender_id: str, after: str | None,
-                                 limit: int) -> tuple[list[str], str | None]:
+                                 limit: int, mentioned: Sequence[str] = ()) -> tuple[list[str], str | None]:
         """One page of who gets a push for `sender_id`'s message if offline (SPEC §6), for the push
         worker's fan-out job: the other side of a direct conversation; the room's current members
-        (active, at or above its tier) for the creator's posts, nobody for others' posts; never
-        the sender, never muted. Scans at most `limit` user ids greater than `after`, in order;
-        returns (recipients, where the next page starts, None once exhausted). Runs in the
-        caller's session (the worker's own pool)."""
+        (active, at or above its tier) for the creator's posts; for others' posts the `mentioned`
+        ones still members (chat/mentions.py), else nobody; never the sender, never muted.
+        Scans at most `limit` user ids greater than `after`, in order; returns (recipients, where
+        the next page starts, None once exhausted). Runs in the caller's session (the worker's
+        own pool)."""
         conv = await storage.get_conversation(session, conversation_id)
         if conv is None:
             return [], None
@@ -1511,6 +1546,13 @@ class ChatService:
                 q = q.where(Membership.patron_id > after)
             candidates = list(await session.scalars(q.order_by(Membership.patron_id).limit(limit)))
             resume = candidates[-1] if len(candidates) == limit else None
+        elif mentioned:  # at most mentions.MAX_MENTIONS: one page
+            wanted = sorted(u for u in set(mentioned) if u != sender_id and (after is None or u > after))
+            q = sqlalchemy.select(Membership.patron_id).where(
+                Membership.creator_id == conv.creator_id, Membership.patron_id.in_(wanted),
+                Membership.status == "active", Membership.tier_cents >= conv.min_tier_cents)
+            members = set(await session.scalars(q)) | {conv.creator_id}
+            candidates = [u for u in wanted if u in members]
         else:
             return [], None
         muted = await storage.muted_user_ids(session, conv.id, candidates)
@@ -1521,7 +1563,8 @@ class ChatService:
 def _row_wire(r: Any) -> dict[str, Any]:
     """A message's wire form from a `storage.message_page` row."""
     return schemas.message_wire_columns(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id, r.body,
-                                        r.client_msg_id, r.created_at, r.edited_at, r.deleted)
+                                        r.client_msg_id, r.created_at, r.edited_at, r.deleted,
+                                        mentions=schemas.decode_mentions(r.mentions))
 
 
 def _member_wire(user_id: str, name: str, avatar_url: str | None) -> dict[str, Any]:
