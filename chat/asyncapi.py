@@ -22,7 +22,15 @@ import orjson
 from aiohttp import web
 
 from chat.moderation import MAX_PINS, MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES
-from chat.openapi import EMOJI, EXAMPLE_LOG_ENTRY, EXAMPLE_MESSAGE, EXAMPLE_NOTIFICATION, EXAMPLE_ROOM, SCHEMAS
+from chat.openapi import (
+    EMOJI,
+    EXAMPLE_LOG_ENTRY,
+    EXAMPLE_MESSAGE,
+    EXAMPLE_NOTIFICATION,
+    EXAMPLE_ROOM,
+    MENTIONS_PARAM,
+    SCHEMAS,
+)
 from chat.reactions import MAX_PER_MESSAGE
 from chat.schemas import MAX_PAGE
 
@@ -99,12 +107,14 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
                  "client_msg_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,64}$"},
                  "attachments": {"type": "array", "maxItems": 4, "uniqueItems": True, "items": ID,
                                  "description": "ids of the sender's own unused uploads (POST /api/v1/uploads), "
-                                                "each usable once"}},
+                                                "each usable once"},
+                 "mentions": MENTIONS_PARAM},
                 ["conversation_id", "client_msg_id"]),
          "anyOf": [{"required": ["body"], "properties": {"body": BODY}},
                    {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}}]},
-        {"conversation_id": "12", "body": "hello", "client_msg_id": "c-1"},
-        {"message": _ref("Message")}, {"ok": True, "message": EXAMPLE_MESSAGE},
+        {"conversation_id": "12", "body": "hello @Cre", "client_msg_id": "c-1"},
+        {"message": _ref("Message")}, {"ok": True, "message": {**EXAMPLE_MESSAGE, "body": "hello @Cre",
+                                                             "mentions": ["cre"]}},
     ),
     "edit": (
         "Edit an own message",
@@ -131,7 +141,10 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
     "read": (
         "Move the reader's position; a seq above the last is invalid, one below the position changes nothing",
         _obj({"conversation_id": ID, "seq": SEQ}), {"conversation_id": "12", "seq": 7},
-        {"unread_count": {"type": "integer", "minimum": 0}}, {"ok": True, "unread_count": 0},
+        {"unread_count": {"type": "integer", "minimum": 0},
+         "mention_count": {"type": "integer", "minimum": 0,
+                           "description": "(extension) the unread messages left that mention the reader"}},
+        {"ok": True, "unread_count": 0, "mention_count": 0},
     ),
     "subscribe": ("Receive the channel's `event`s", _obj({"channel": CHANNEL}), {"channel": "creator:cre"},
                   {}, {"ok": True}),

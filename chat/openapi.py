@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from chat.mentions import MAX_MENTIONS
 from chat.moderation import MAX_PINS, MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES, MIN_TIMEOUT_MINUTES
 from chat.reactions import DEFAULT_REACTORS, MAX_EMOJI_CHARS, MAX_PER_MESSAGE, MAX_REACTORS
 from chat.schemas import EXTERNAL_ID_RE, MAX_PAGE
@@ -47,6 +48,9 @@ NULLABLE_STRING = {"type": ["string", "null"]}
 TIME = {"type": "string", "description": "ISO 8601 UTC, e.g. 2026-01-02T03:04:05.678Z"}
 NULLABLE_TIME = {"type": ["string", "null"], "description": "ISO 8601 UTC, or null"}
 USER_ID = {"type": "string", "pattern": ID_PATTERN}
+MENTIONS_PARAM = {"type": "array", "maxItems": MAX_MENTIONS, "items": USER_ID,
+                  "description": "(extension) ids of users the message mentions besides the body's @mentions; "
+                                 "non-members are ignored (docs/api.md, Mentions)"}
 EMOJI = {"type": "string", "minLength": 1, "maxLength": MAX_EMOJI_CHARS,
          "description": "one Unicode emoji (fully-qualified form) or a :name: of the list in docs/api.md"}
 
@@ -76,7 +80,11 @@ SCHEMAS: dict[str, Any] = {
         "reactions": {"type": "array", "items": _ref("Reaction"), "maxItems": MAX_PER_MESSAGE,
                       "description": "as the reader sees them (`me`); [] on a new message; left out of message_updated"},
         "attachments": {"type": "array", "maxItems": 4, "items": _ref("Attachment")},
-    }, ["id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted"]),
+        "mentions": {"type": "array", "maxItems": MAX_MENTIONS, "uniqueItems": True, "items": USER_ID,
+                     "description": "(extension) ids of the members the message mentions, resolved on send; "
+                                    "[] when none or deleted"},
+    }, ["id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted",
+        "mentions"]),
     "Reaction": _obj({"emoji": EMOJI, "count": {"type": "integer", "minimum": 1},
                       "me": {"type": "boolean", "description": "whether the reader reacted with it"}}),
     "ReactionWithUsers": _obj({"emoji": EMOJI, "count": {"type": "integer", "minimum": 1}, "me": {"type": "boolean"},
@@ -98,6 +106,9 @@ SCHEMAS: dict[str, Any] = {
     "ConversationListItem": _obj({
         "conversation": _ref("Conversation"), "last_message": {"anyOf": [_ref("Message"), {"type": "null"}]},
         "unread_count": {"type": "integer", "minimum": 0}, "muted": {"type": "boolean"},
+        "mention_count": {"type": "integer", "minimum": 0,
+                          "description": "(extension) unread messages that mention the user (after their read "
+                                         "position, not deleted)"},
     }),
     "ModerationEntry": _obj({
         "id": STRING, "creator_id": STRING,
@@ -182,7 +193,7 @@ EXAMPLE_MESSAGE = {"id": "99", "conversation_id": "12", "seq": 7, "sender": {"id
                    "body": "hello", "client_msg_id": "c-1", "created_at": "2026-01-02T03:04:05.678Z",
                    "edited_at": None, "deleted": False,
                    "reactions": [{"emoji": "\U0001f44d", "count": 3, "me": True}, {"emoji": ":fire:", "count": 1, "me": False}],
-                   "attachments": []}
+                   "attachments": [], "mentions": []}
 EXAMPLE_UPLOAD = {"id": "41", "width": 1280, "height": 960, "content_type": "image/jpeg", "size": 183204}
 EXAMPLE_ATTACHMENT = {**EXAMPLE_UPLOAD, "url": "/api/v1/attachments/41?exp=1767326700&sig=3q2-7w...",
                       "thumb_url": "/api/v1/attachments/41/thumb?exp=1767326700&sig=Yk9v..."}
@@ -453,15 +464,19 @@ def build() -> dict[str, Any]:
                      "content": _json(_ref("Error"), {"error": {"code": "conflict", "message": "..."}})}},
             params=[_path_param("delivery_id", {"type": "string", "pattern": "^[0-9]{1,18}$"})], tags=["server"])},
         "/api/v1/me": {"get": _op(
-            "The signed-in user and their unread notification count", "clientJwt",
-            {**_ok(200, "the user", _obj({"user": _ref("User"), "unread_notifications": {"type": "integer"}}),
-                   {"user": EXAMPLE_USER, "unread_notifications": 2}), **_errors(401, 404, 503)}, tags=["client"])},
+            "The signed-in user, their unread notification count and unread mentions", "clientJwt",
+            {**_ok(200, "the user", _obj({"user": _ref("User"), "unread_notifications": {"type": "integer"},
+                                          "mention_count": {"type": "integer", "minimum": 0,
+                                                            "description": "(extension) the unread mentions of "
+                                                                           "every conversation the user reads"}}),
+                   {"user": EXAMPLE_USER, "unread_notifications": 2, "mention_count": 1}),
+             **_errors(401, 404, 503)}, tags=["client"])},
         "/api/v1/conversations": {"get": _op(
             "The user's conversations, newest activity first", "clientJwt",
             {**_ok(200, "the conversations",
                    _obj({"conversations": {"type": "array", "items": _ref("ConversationListItem")}}),
                    {"conversations": [{"conversation": EXAMPLE_ROOM, "last_message": EXAMPLE_MESSAGE,
-                                       "unread_count": 1, "muted": False}]}),
+                                       "unread_count": 1, "mention_count": 0, "muted": False}]}),
              **_errors(401, 404, 503)}, tags=["client"])},
         "/api/v1/conversations/direct": {"post": _op(
             "Open (or find) the direct conversation between a creator and an active patron", "clientJwt",
@@ -489,7 +504,8 @@ def build() -> dict[str, Any]:
                            "client_msg_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,64}$"},
                            "attachments": {"type": "array", "maxItems": 4, "uniqueItems": True,
                                            "items": {"type": "string", "pattern": "^[0-9]{1,18}$"},
-                                           "description": "ids of the sender's own unused uploads"}},
+                                           "description": "ids of the sender's own unused uploads"},
+                           "mentions": MENTIONS_PARAM},
                           ["client_msg_id"]),
                 body_example={"body": "hello", "client_msg_id": "c-1"}, tags=["client"]),
         },
