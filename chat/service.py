@@ -622,7 +622,8 @@ class ChatService:
             original = await self._check_slow_mode(conv, user, client_msg_id)
             if original is not None:
                 return {"message": original}
-        mentioned = await self._mentioned(conv, user.user_id, body, mentions)
+        # A body without "@" and no list pays nothing (not even a coroutine).
+        mentioned = await self._mentioned(conv, user.user_id, body, mentions) if mentions or "@" in body else ()
         push = None
         if conv.kind == "direct":
             push = PushSpec(None)
@@ -644,10 +645,7 @@ class ChatService:
 
     async def _mentioned(self, conv: ConversationMeta, sender_id: str, body: str,
                          explicit: Sequence[str]) -> tuple[str, ...]:
-        """The members a send mentions (chat/mentions.py): nothing read for a body without "@"
-        and no `mentions` list, else one query."""
-        if "@" not in body and not explicit:
-            return ()
+        """The members a send mentions (chat/mentions.py): one query at most."""
         try:
             async with self.read_engine.connect() as conn:
                 return await mentions.resolve(conn, conv, sender_id, body, explicit)

@@ -706,8 +706,10 @@ export class BackstageClient extends Emitter {
    * Rejects with the server's error (`forbidden`, `invalid`, `conflict`, ...), after
    * maxSendAttempts transient failures, or `cancelled` / `closed`.
    * `send_status` events follow it: queued, sending, retrying, sent, failed, cancelled.
+   * `mentions`: user ids the message mentions besides the body's @mentions (e.g. picked from a
+   * completion list); the server keeps the members among them (the message's `mentions`).
    */
-  send(conversationId, body, { clientMsgId } = {}) {
+  send(conversationId, body, { clientMsgId, mentions } = {}) {
     const cmid = clientMsgId ?? newClientMsgId();
     const existing = this._pending.get(cmid);
     if (existing) {
@@ -718,6 +720,7 @@ export class BackstageClient extends Emitter {
       conversationId: String(conversationId),
       body,
       clientMsgId: cmid,
+      mentions: mentions && mentions.length ? mentions.map(String) : null,
       status: "new",
       error: null,
       attempts: 0,
@@ -761,6 +764,7 @@ export class BackstageClient extends Emitter {
     const attempt = p.attempts;
     this._setSendStatus(p, "sending", null);
     const payload = { conversation_id: p.conversationId, body: p.body, client_msg_id: p.clientMsgId };
+    if (p.mentions) payload.mentions = p.mentions;
     this.request("send", payload).then(
       (res) => {
         if (this._pending.get(p.clientMsgId) !== p) return; // confirmed by the broadcast already
