@@ -141,10 +141,7 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
     "read": (
         "Move the reader's position; a seq above the last is invalid, one below the position changes nothing",
         _obj({"conversation_id": ID, "seq": SEQ}), {"conversation_id": "12", "seq": 7},
-        {"unread_count": {"type": "integer", "minimum": 0},
-         "mention_count": {"type": "integer", "minimum": 0,
-                           "description": "(extension) the unread messages left that mention the reader"}},
-        {"ok": True, "unread_count": 0, "mention_count": 0},
+        {"unread_count": {"type": "integer", "minimum": 0}}, {"ok": True, "unread_count": 0},
     ),
     "subscribe": ("Receive the channel's `event`s", _obj({"channel": CHANNEL}), {"channel": "creator:cre"},
                   {}, {"ok": True}),

@@ -20,7 +20,7 @@ from chat.attachments import Attachments
 from chat.auth import USER_ID_RE, Authenticator, Identity, bearer
 from chat.config import Settings
 from chat.errors import ChatError, Invalid, NotFound, RateLimited, TooLarge, Unauthorized
-from chat.mentions import check_mentions
+from chat.mentions import DEFAULT_MEMBER_MATCHES, MAX_MEMBER_MATCHES, MAX_QUERY_CHARS, check_mentions
 from chat.metrics import HTTP_REQUESTS
 from chat.reactions import DEFAULT_REACTORS, MAX_REACTORS, check_emoji
 from chat.service import ChatService
@@ -404,6 +404,17 @@ async def post_message(request: web.Request) -> web.Response:
     return response
 
 
+async def find_members(request: web.Request) -> web.Response:
+    user = client(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"])
+    query = request.query.get("q", "").strip()
+    if len(query) > MAX_QUERY_CHARS:
+        raise Invalid(f"q is longer than {MAX_QUERY_CHARS} characters")
+    limit = schemas.check_int({"limit": query_int(request, "limit")}, "limit", minimum=1, maximum=MAX_MEMBER_MATCHES)
+    return json_response(await request.app[SERVICE_KEY].find_members(
+        user, cid, query, DEFAULT_MEMBER_MATCHES if limit is None else limit))
+
+
 async def list_reactions(request: web.Request) -> web.Response:
     user = client(request)
     cid = schemas.parse_int_id(request.match_info["conversation_id"])
@@ -524,6 +535,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/conversations/{conversation_id}/messages", list_messages)
     r.add_post("/api/v1/conversations/{conversation_id}/messages", post_message)
     r.add_get("/api/v1/conversations/{conversation_id}/messages/{message_id}/reactions", list_reactions)
+    r.add_get("/api/v1/conversations/{conversation_id}/members", find_members)
     r.add_put("/api/v1/conversations/{conversation_id}/settings", put_settings)
     r.add_get("/healthz", healthz)
     r.add_post("/api/v1/uploads", post_upload)

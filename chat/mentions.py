@@ -214,3 +214,59 @@ async def count_all_unread(conn: AsyncConnection, user_id: str) -> dict[int, int
     The caller keeps the conversations the user may still read."""
     rows = (await conn.execute(_unread_mentions(user_id, past_read_position=True))).all()
     return {int(cid): int(n) for cid, n in rows}
+
+
+# ---------------------------------------------------------------- completion: who can be mentioned
+
+MAX_MEMBER_MATCHES = 25
+DEFAULT_MEMBER_MATCHES = 10
+MAX_QUERY_CHARS = MAX_NAME_CHARS
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+async def find_members(conn: AsyncConnection, conv: ConversationMeta, query: str,
+                       limit: int) -> list[dict[str, Any]]:
+    """The conversation's current members (as in members_matching) whose display name, or a word
+    of it, or whose id starts with `query` (ignoring case; "" matches everyone), by name then id,
+    at most `limit`: [{id, name, avatar_url}]. For the `@` completion of a composer."""
+    u = _users.c
+    key = name_key(query)
+    if conv.kind == "direct":
+        pair = [x for x in (conv.creator_id, conv.patron_id) if x]
+        rows = (await conn.execute(sa.select(u.id, u.name, u.avatar_url).where(u.id.in_(pair)))).all()
+        found = {str(uid): (str(name or uid), avatar) for uid, name, avatar in rows}
+        members = [(uid, *found.get(uid, (uid, None))) for uid in pair]
+    else:
+        m, sn = _memberships.c, _sanctions.c
+        name = _key_sql(conn, u.name)
+        match: Any = sa.true()
+        if key:
+            prefix = _like_prefix(key)
+            match = sa.or_(name.like(prefix, escape="\\"), name.like("% " + prefix, escape="\\"),
+                           _key_sql(conn, m.patron_id).like(prefix, escape="\\"))
+        patrons = (sa.select(m.patron_id, u.name, u.avatar_url)
+                   .select_from(_memberships.outerjoin(_users, u.id == m.patron_id)
+                                .outerjoin(_sanctions, sa.and_(sn.creator_id == m.creator_id,
+                                                               sn.user_id == m.patron_id)))
+                   .where(m.creator_id == conv.creator_id, m.status == "active",
+                          m.tier_cents >= conv.min_tier_cents, sa.or_(sn.blocked.is_(None), sn.blocked.is_(False)),
+                          match)
+                   .order_by(u.name, m.patron_id).limit(limit + 1))
+        rows = (await conn.execute(patrons)).all()
+        creator = (await conn.execute(sa.select(u.name, u.avatar_url).where(u.id == conv.creator_id))).first()
+        members = [(str(uid), str(nm or uid), avatar) for uid, nm, avatar in rows]
+        members.append((conv.creator_id, str(creator[0]) if creator else conv.creator_id,
+                        creator[1] if creator else None))
+    hits = [(uid, nm, avatar) for uid, nm, avatar in members
+            if not key or name_key(uid).startswith(key) or any(w.startswith(key) for w in _words(nm))]
+    hits.sort(key=lambda h: (name_key(h[1]), h[0]))
+    return [{"id": uid, "name": nm, "avatar_url": avatar} for uid, nm, avatar in hits[:limit]]
+
+
+def _words(name: str) -> list[str]:
+    """The name, and what follows each space in it, lower-cased: "@lee" finds "Ann Lee"."""
+    key = name_key(name)
+    return [key] + [key[i + 1:] for i, ch in enumerate(key) if ch == " "]

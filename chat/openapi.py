@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chat.mentions import MAX_MENTIONS
+from chat.mentions import DEFAULT_MEMBER_MATCHES, MAX_MEMBER_MATCHES, MAX_MENTIONS, MAX_QUERY_CHARS
 from chat.moderation import MAX_PINS, MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES, MIN_TIMEOUT_MINUTES
 from chat.reactions import DEFAULT_REACTORS, MAX_EMOJI_CHARS, MAX_PER_MESSAGE, MAX_REACTORS
 from chat.schemas import EXTERNAL_ID_RE, MAX_PAGE
@@ -520,6 +520,18 @@ def build() -> dict[str, Any]:
                     _query("emoji", EMOJI, "only this emoji (\"❤\" and \"❤️\" are one)"),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_REACTORS},
                            f"users listed per emoji, default {DEFAULT_REACTORS}")],
+            tags=["client"])},
+        "/api/v1/conversations/{conversation_id}/members": {"get": _op(
+            "(extension) Members one can @mention, for a composer's completion (members only)", "clientJwt",
+            {**_ok(200, "current members whose display name, a word of it, or id starts with q (ignoring case), "
+                        "by name", _obj({"members": {"type": "array", "items": _ref("ConversationMember"),
+                                                     "maxItems": MAX_MEMBER_MATCHES}}),
+                   {"members": [{"id": "ann", "name": "Ann Lee", "avatar_url": None}]}),
+             **_errors(*READ_ERRORS, 403)},
+            params=[conv_id, _query("q", {"type": "string", "maxLength": MAX_QUERY_CHARS},
+                                    "what was typed after @ (empty: any member)"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_MEMBER_MATCHES},
+                           f"default {DEFAULT_MEMBER_MATCHES}")],
             tags=["client"])},
         "/api/v1/uploads": {"post": {
             **_op("Upload a photo (JPEG, PNG, WebP or GIF, checked by decoding; EXIF/GPS stripped; thumbnail made)",

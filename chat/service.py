@@ -983,6 +983,14 @@ class ChatService:
         return {"reactions": [{**r, "users": users.get(r["emoji"], [])}
                               for r in summary if emoji is None or r["emoji"] == emoji]}
 
+    async def find_members(self, user: Identity, conversation_id: int, query: str, limit: int) -> dict[str, Any]:
+        """Members of a conversation the user reads, for `@` completion (chat/mentions.py)."""
+        async with self.sessions() as session:
+            conv, _ = await self._readable(session, user.user_id, conversation_id)
+            found = await mentions.find_members(await session.connection(), storage.conversation_meta_of(conv),
+                                                query, limit)
+        return {"members": found}
+
     # ============================================================ typing and read receipts
 
     async def typing(self, sid: str, conversation_id: int, typing: bool) -> dict[str, Any]:
@@ -1042,11 +1050,10 @@ class ChatService:
             before = (await storage.get_state(session, user.user_id, conversation_id)).last_read_seq
             position = await storage.advance_read_position(session, user.user_id, conversation_id, seq)
             unread = await storage.count_unread(session, conversation_id, user.user_id, position)
-            mentioned = await mentions.count_unread(await session.connection(), user.user_id, {conversation_id: position})
         if position != before:
             await self.delivery.to_conversation(conversation_id, "read", {
                 "conversation_id": str(conversation_id), "user_id": user.user_id, "seq": position}, skip_sid=skip_sid)
-        return {"unread_count": unread, "mention_count": mentioned[conversation_id]}
+        return {"unread_count": unread}
 
     # ============================================================ channels
 

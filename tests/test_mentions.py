@@ -1,7 +1,7 @@
 """@mentions (issue 13.3, docs/api.md "Mentions"): resolved on send against the conversation's
 members (by id, by display name, or an explicit `mentions` list), stored with the message in the
-writer's batch, shown on every read path, counted as `mention_count` (conversation list, `/me`,
-the `read` ack) until read, and pushed to the mentioned members even where a patron's post pushes
+writer's batch, shown on every read path, counted as `mention_count` (conversation list, `/me`)
+until read, and pushed to the mentioned members even where a patron's post pushes
 nobody (mute wins). SQLite and MariaDB + Redis (two processes), the real firebase-admin SDK against
 the fake FCM server."""
 
@@ -128,11 +128,12 @@ async def test_mentions_by_id_name_and_list_are_stored_shown_and_counted(shared_
         assert again["id"] == sent["id"] and again["mentions"] == sent["mentions"]
         assert me_mentions(api, tokens["ann"]) == 2
 
-        # reading resets it as far as read
+        # reading resets it as far as read (the read ack is unchanged)
         assert ok(await ann.call("read", {"conversation_id": room, "seq": sent["seq"]})) == {
-            "ok": True, "unread_count": 2, "mention_count": 1}
+            "ok": True, "unread_count": 2}
         assert listed(api, tokens["ann"], room)["mention_count"] == 1
-        assert ok(await ann.call("read", {"conversation_id": room, "seq": listed_only["seq"]}))["mention_count"] == 0
+        assert me_mentions(api, tokens["ann"]) == 1
+        ok(await ann.call("read", {"conversation_id": room, "seq": listed_only["seq"]}))
         assert me_mentions(api, tokens["ann"]) == 0
         assert listed(api, tokens["ann"], room)["mention_count"] == 0
 
@@ -214,7 +215,8 @@ async def test_mentions_across_processes_and_concurrent_batches(shared_mysql_clu
         assert listed(api1, tokens["ann"], room)["mention_count"] == 45
         assert me_mentions(api0, tokens["ann"]) == 45
         middle = sorted(m["seq"] for m in mentioning)[19]
-        assert ok(await ann.call("read", {"conversation_id": room, "seq": middle}))["mention_count"] == 25
+        ok(await ann.call("read", {"conversation_id": room, "seq": middle}))
+        assert listed(api1, tokens["ann"], room)["mention_count"] == 25
         assert me_mentions(api0, tokens["ann"]) == 25
         assert listed(api0, tokens["ann"], room)["mention_count"] == 25
     finally:
@@ -300,3 +302,29 @@ async def test_a_token_name_does_not_matter_the_stored_name_does(shared_any_serv
         assert ok(await send(bob, room, "@annabel!"))["message"]["mentions"] == [ids["ann"]]
     finally:
         await bob.close()
+
+
+async def test_members_for_completion(shared_any_server: Cluster, uid: Any) -> None:
+    """GET /conversations/{id}/members?q=: the current members matching what follows "@"."""
+    api = shared_any_server.api
+    ids, tokens, room = community(api, uid)
+
+    def members(token: str, conversation_id: str, **params: Any) -> Any:
+        r = api.client(token, "GET", f"/conversations/{conversation_id}/members", params=params)
+        return r.json()["members"] if r.status_code == 200 else r.status_code
+
+    assert members(tokens["bob"], room, q="an") == [{"id": ids["ann"], "name": "Ann Lee", "avatar_url": None}]
+    assert [m["id"] for m in members(tokens["bob"], room, q="LEE")] == [ids["ann"]]  # a word of the name
+    assert [m["id"] for m in members(tokens["bob"], room, q="émile z")] == [ids["emile"]]
+    assert [m["id"] for m in members(tokens["bob"], room, q=ids["cre"][:5])] == [ids["cre"]]  # by id
+    # everyone who reads the room, by name: not below the tier, not former, not outsiders
+    assert [m["name"] for m in members(tokens["bob"], room)] == ["Ann Lee", "Bob", "Cre Ator", "Émile Zola"]
+    assert [m["name"] for m in members(tokens["bob"], room, limit=2)] == ["Ann Lee", "Bob"]
+    assert members(tokens["bob"], room, q="%") == []  # LIKE's wildcards are plain text
+    assert members(tokens["zed"], room) == 403  # members only
+    assert members(tokens["low"], room) == 403
+    assert members(tokens["bob"], "999999999") == 404
+    assert members(tokens["bob"], room, limit=26) == 400
+    assert members(tokens["bob"], room, q="x" * 65) == 400
+    conv = api.direct(tokens["cre"], ids["ann"])
+    assert [m["id"] for m in members(tokens["ann"], conv, q="c")] == [ids["cre"]]
