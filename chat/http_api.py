@@ -366,6 +366,11 @@ async def get_me(request: web.Request) -> web.Response:
     return json_response(me)
 
 
+async def get_moderation(request: web.Request) -> web.Response:
+    user = client(request)
+    return json_response(await request.app[SERVICE_KEY].moderation_overview(user))
+
+
 async def list_conversations(request: web.Request) -> web.Response:
     user = client(request)
     return json_response({"conversations": await request.app[SERVICE_KEY].list_conversations(user)})
@@ -530,6 +535,7 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/api/v1/server/messages/{message_id}/pin", put_pin)
     r.add_delete("/api/v1/server/messages/{message_id}/pin", delete_pin)
     r.add_get("/api/v1/me", get_me)
+    r.add_get("/api/v1/moderation", get_moderation)
     r.add_get("/api/v1/conversations", list_conversations)
     r.add_post("/api/v1/conversations/direct", open_direct)
     r.add_get("/api/v1/conversations/{conversation_id}/messages", list_messages)

@@ -119,6 +119,30 @@ async def list_moderators(conn: AsyncConnection, creator_id: str) -> list[str]:
     return list(await conn.scalars(sa.select(c.user_id).where(c.creator_id == creator_id).order_by(c.user_id)))
 
 
+async def moderated_creator_ids(conn: AsyncConnection, user_id: str) -> list[str]:
+    """The creators whose rooms `user_id` moderates."""
+    c = _moderators.c
+    return list(await conn.scalars(sa.select(c.creator_id).where(c.user_id == user_id).order_by(c.creator_id)))
+
+
+async def running_timeouts(conn: AsyncConnection, user_id: str, now: datetime) -> list[tuple[str, datetime]]:
+    """(creator_id, until) of the timeouts of `user_id` that have not ended."""
+    c = _sanctions.c
+    rows = await conn.execute(sa.select(c.creator_id, c.timeout_until).where(
+        c.user_id == user_id, c.timeout_until > now).order_by(c.creator_id))
+    return [(r[0], r[1]) for r in rows.all()]
+
+
+async def sanctioned_members(conn: AsyncConnection, creator_id: str, now: datetime,
+                             limit: int) -> list[tuple[str, bool, datetime | None]]:
+    """(user_id, blocked, running timeout's end or None) of the creator's blocked or timed-out
+    members, at most `limit`, by user id."""
+    c = _sanctions.c
+    rows = await conn.execute(sa.select(c.user_id, c.blocked, c.timeout_until).where(
+        c.creator_id == creator_id, sa.or_(c.blocked.is_(True), c.timeout_until > now)).order_by(c.user_id).limit(limit))
+    return [(r[0], bool(r[1]), r[2] if r[2] is not None and r[2] > now else None) for r in rows.all()]
+
+
 async def get_slow_mode(conn: AsyncConnection, conversation_id: int) -> int:
     """The room's slow mode in seconds, 0 when off."""
     c = _slow_modes.c

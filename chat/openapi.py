@@ -217,6 +217,19 @@ EXAMPLE_LOG_ENTRY = {"id": "31", "creator_id": "cre", "actor_id": "mia", "action
                      "created_at": "2026-01-02T03:04:05.678Z"}
 EXAMPLE_LOG = {"entries": [EXAMPLE_LOG_ENTRY], "next_cursor": None}
 
+_NAMED = _obj({"id": STRING, "name": STRING})
+MODERATION_OVERVIEW = _obj({
+    "moderator_of": {"type": "array", "items": STRING},
+    "timeouts": {"type": "array", "items": _obj({"creator_id": STRING, "until": TIME})},
+    "teams": {"type": "array", "items": _obj({
+        "creator_id": STRING, "moderators": {"type": "array", "items": _NAMED},
+        "blocked": {"type": "array", "items": _NAMED},
+        "timed_out": {"type": "array", "items": _obj({"id": STRING, "name": STRING, "until": TIME})}})}})
+EXAMPLE_OVERVIEW = {"moderator_of": ["cre"], "timeouts": [],
+                    "teams": [{"creator_id": "mia", "moderators": [], "blocked": [], "timed_out": []},
+                              {"creator_id": "cre", "moderators": [{"id": "mia", "name": "Mia"}],
+                               "blocked": [{"id": "bob", "name": "Bob"}],
+                               "timed_out": [{"id": "alice", "name": "Alice", "until": "2026-01-02T03:14:05.678Z"}]}]}
 
 def _op(summary: str, security: str | None, responses: dict[str, Any], *, body: dict[str, Any] | None = None,
         body_example: Any = None, params: list[dict[str, Any]] | None = None,
@@ -471,6 +484,12 @@ def build() -> dict[str, Any]:
                                                                            "every conversation the user reads"}}),
                    {"user": EXAMPLE_USER, "unread_notifications": 2, "mention_count": 1}),
              **_errors(401, 404, 503)}, tags=["client"])},
+        "/api/v1/moderation": {"get": _op(
+            "(extension) Moderation as the signed-in user sees it: whose rooms they moderate, their running "
+            "timeouts, and for themselves (as a creator) and each creator they moderate: moderators, blocked and "
+            "timed-out members (at most 100 of these two)", "clientJwt",
+            {**_ok(200, "the overview", MODERATION_OVERVIEW, EXAMPLE_OVERVIEW), **_errors(401, 503)},
+            tags=["client"])},
         "/api/v1/conversations": {"get": _op(
             "The user's conversations, newest activity first", "clientJwt",
             {**_ok(200, "the conversations",

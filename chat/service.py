@@ -25,7 +25,7 @@ from chat.attachments import Attachments
 from chat.auth import Identity
 from chat.batch import BatchedLookup
 from chat.config import Settings
-from chat.db import retrying, utcnow
+from chat.db import utcnow
 from chat.delivery import Delivery
 from chat.errors import (
     ChatError,
@@ -57,6 +57,7 @@ TYPING_EXPIRES_S = 6.0  # a "typing: true" not refreshed or cleared within this 
 
 CONVERSATION_CACHE_SIZE = 10_000
 KNOWN_USERS_SIZE = 50_000  # (user_id, name) pairs this process knows are stored
+OVERVIEW_LIMIT = 100  # blocked + timed-out members per creator in the page's moderation overview
 
 
 @dataclass(frozen=True)
@@ -618,20 +619,22 @@ class ChatService:
             state = self.sockets.get(sid) if sid is not None else None
             if state is not None and conversation_id in state.conversations and epoch == self._control_epoch:
                 state.posting[conversation_id] = Access(True, True)  # e.g. a membership active again
+        slot = False  # a slow-mode slot taken for this send, given back if it stores nothing
         if conv.kind == "room" and user.user_id != conv.creator_id:
             original = await self._check_slow_mode(conv, user, client_msg_id)
-            if original is not None:
+            if isinstance(original, dict):
                 return {"message": original}
-        # A body without "@" and no list pays nothing (not even a coroutine).
-        mentioned = await self._mentioned(conv, user.user_id, body, mentions) if mentions or "@" in body else ()
-        push = None
-        if conv.kind == "direct":
-            push = PushSpec(None)
-        elif user.user_id == conv.creator_id:
-            push = PushSpec(conv.name)
-        elif mentioned:
-            push = PushSpec(conv.name, mention=True)
+            slot = original
         try:
+            # A body without "@" and no list pays nothing (not even a coroutine).
+            mentioned = await self._mentioned(conv, user.user_id, body, mentions) if mentions or "@" in body else ()
+            push = None
+            if conv.kind == "direct":
+                push = PushSpec(None)
+            elif user.user_id == conv.creator_id:
+                push = PushSpec(conv.name)
+            elif mentioned:
+                push = PushSpec(conv.name, mention=True)
             photos = (await self.attachments.for_send(user.user_id, client_msg_id, attachment_ids)
                       if attachment_ids and self.attachments is not None else ())
             stored = await self.writer.store(Outgoing(conversation_id, user.user_id, user.name or None, body,
@@ -640,32 +643,36 @@ class ChatService:
                 return {"message": await self._retried(stored.message)}
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send failed: %s", type(exc).__name__)
+            if slot:
+                await self.slow_gate.release(conversation_id, user.user_id)
             raise _db_unavailable() from None
+        except ChatError:
+            if slot:
+                await self.slow_gate.release(conversation_id, user.user_id)
+            raise
         return {"message": stored.message}
 
     async def _mentioned(self, conv: ConversationMeta, sender_id: str, body: str,
                          explicit: Sequence[str]) -> tuple[str, ...]:
-        """The members a send mentions (chat/mentions.py): one query at most."""
-        try:
-            async with self.read_engine.connect() as conn:
-                return await mentions.resolve(conn, conv, sender_id, body, explicit)
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            log.warning("mention lookup failed: %s", type(exc).__name__)
-            raise _db_unavailable() from None
+        """The members a send mentions (chat/mentions.py): one query at most (a database error
+        fails the send as `unavailable`, its slow-mode slot given back, like the store's)."""
+        async with self.read_engine.connect() as conn:
+            return await mentions.resolve(conn, conv, sender_id, body, explicit)
 
-    async def _check_slow_mode(self, conv: ConversationMeta, user: Identity, client_msg_id: str) -> dict[str, Any] | None:
-        """Take the member's slow-mode slot in the room, or refuse with the wait; a retry of a
-        message already stored is answered with it (the original) instead."""
+    async def _check_slow_mode(self, conv: ConversationMeta, user: Identity, client_msg_id: str) -> dict[str, Any] | bool:
+        """Take the member's slow-mode slot in the room (True; False when the room has no slow
+        mode for them), or refuse with the wait; a retry of a message already stored is answered
+        with it (the original) instead."""
         try:
             seconds = await self._slow_mode_of(conv.id)
             if not seconds or await self._is_moderator(conv.creator_id, user.user_id):
-                return None
+                return False
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("slow mode check failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
         wait = await self.slow_gate.take(conv.id, user.user_id, seconds)
         if not wait:
-            return None
+            return True
         async with self.engine.connect() as conn:
             row = (await storage.find_sent(conn, [(user.user_id, client_msg_id)])).get((user.user_id, client_msg_id))
             if row is not None and row.conversation_id == conv.id:
@@ -818,7 +825,7 @@ class ChatService:
                         await moderation.get_standing(conn, *key))
 
         try:
-            conv, original, membership, standing = await retrying(check)
+            conv, original, membership, standing = await retry_transaction(check, attempts=3)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send check failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
@@ -921,7 +928,7 @@ class ChatService:
         """Add (`on`) or remove one reaction, idempotently; returns {count, reactions} as of the
         commit. The members get a `reaction` event (coalesced per message, chat/reactions.py)."""
         try:
-            cid = await retrying(lambda: self._reactable(user, message_id, conversation_id))
+            cid = await retry_transaction(lambda: self._reactable(user, message_id, conversation_id), attempts=3)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("react check failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
@@ -1323,6 +1330,30 @@ class ChatService:
     async def list_moderators(self, creator_id: str) -> dict[str, Any]:
         async with self.engine.connect() as conn:
             return {"creator_id": creator_id, "moderators": await moderation.list_moderators(conn, creator_id)}
+
+    async def moderation_overview(self, user: Identity) -> dict[str, Any]:
+        """What the page needs of moderation for the signed-in user: whose rooms they moderate,
+        their own running timeouts, and, for themselves as a creator and each creator they
+        moderate, the moderators and the blocked or timed-out members (docs/api.md)."""
+        now = utcnow()
+        async with self.read_engine.connect() as conn:
+            moderator_of = await moderation.moderated_creator_ids(conn, user.user_id)
+            timeouts = await moderation.running_timeouts(conn, user.user_id, now)
+            teams = []
+            for creator_id in [user.user_id, *moderator_of]:
+                mods = await moderation.list_moderators(conn, creator_id)
+                sanctioned = await moderation.sanctioned_members(conn, creator_id, now, OVERVIEW_LIMIT)
+                names = await storage.user_names_of(conn, [*mods, *(s[0] for s in sanctioned)])
+                teams.append({
+                    "creator_id": creator_id,
+                    "moderators": [{"id": m, "name": names[m]} for m in mods],
+                    "blocked": [{"id": u, "name": names[u]} for u, blocked, _ in sanctioned if blocked],
+                    "timed_out": [{"id": u, "name": names[u], "until": schemas.iso(until)}
+                                  for u, _, until in sanctioned if until is not None],
+                })
+        return {"moderator_of": moderator_of,
+                "timeouts": [{"creator_id": c, "until": schemas.iso(u)} for c, u in timeouts],
+                "teams": teams}
 
     async def timeout_member(self, actor_id: str | None, creator_id: str, user_id: str, minutes: int,
                              reason: str) -> dict[str, Any]:

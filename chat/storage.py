@@ -139,10 +139,13 @@ async def list_patron_memberships(session: AsyncSession, patron_id: str) -> list
 
 
 async def list_active_patron_ids(session: AsyncSession, creator_id: str, min_tier_cents: int = 0) -> list[str]:
+    """The creator's active patrons at `min_tier_cents` or above, less those the creator blocked."""
+    blocked = sa.select(Sanction.user_id).where(
+        Sanction.creator_id == creator_id, Sanction.user_id == Membership.patron_id, Sanction.blocked.is_(True))
     rows = await session.scalars(
         sa.select(Membership.patron_id).where(
             Membership.creator_id == creator_id, Membership.status == "active",
-            Membership.tier_cents >= min_tier_cents))
+            Membership.tier_cents >= min_tier_cents, ~blocked.exists()))
     return list(rows)
 
 

@@ -34,7 +34,7 @@ A duplicate client_msg_id inside a batch or against the database does not fail t
 the first one in the batch is stored, the others answer as retries of it. A racing insert of
 the same pair by another process (the SELECT cannot see uncommitted rows) makes the INSERT
 fail with IntegrityError: the batch is then stored again, and if that fails too, message by
-message. Deadlocks and dead pooled connections are retried (`chat.db.retrying`). Any other
+message. Deadlocks and dead pooled connections are retried (`chat.retry.retry_transaction`). Any other
 database failure fails every send of the batch with that exception; nothing was stored.
 """
 
@@ -57,9 +57,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from chat import sendtrace, storage
 from chat.attachments import claim as claim_attachments
 from chat.attachments import photo_text
-from chat.db import retrying, utcnow
+from chat.db import utcnow
 from chat.errors import ChatError, Conflict, Invalid, NotFound
 from chat.metrics import MESSAGES_STORED
+from chat.retry import retry_transaction
 from chat.schemas import decode_mentions, encode_mentions, message_wire_columns
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,8 @@ class MessageWriter:
         attempts = (False, True, True) if self._at_once else (True, True)
         for n, careful in enumerate(attempts):
             try:
-                done = await retrying(functools.partial(self._transaction, batch, careful=careful))
+                done = await retry_transaction(functools.partial(self._transaction, batch, careful=careful),
+                                                attempts=3)
                 break
             except sa.exc.IntegrityError:
                 if n == 0:

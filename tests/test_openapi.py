@@ -217,6 +217,7 @@ def test_real_answers_match_the_document(env: Env) -> None:
         ("get", "/api/v1/conversations/{conversation_id}/messages/{message_id}/reactions",
          f"/api/v1/conversations/{env.room}/messages/{env.message_id}/reactions?limit=5", pat, None),
         ("get", "/api/v1/me", "/api/v1/me", pat, None),
+        ("get", "/api/v1/moderation", "/api/v1/moderation", cre, None),
         ("get", "/api/v1/conversations", "/api/v1/conversations", pat, None),
         ("post", "/api/v1/conversations/direct", "/api/v1/conversations/direct", cre, {"user_id": "pat"}),
         ("put", "/api/v1/conversations/{conversation_id}/settings", f"/api/v1/conversations/{env.room}/settings", pat,

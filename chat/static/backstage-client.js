@@ -281,7 +281,7 @@ export class BackstageClient extends Emitter {
       this._emit("message_updated", msg);
       this._emit(msg && msg.deleted ? "delete" : "edit", msg);
     });
-    for (const name of ["typing", "read", "presence", "reaction", "notification", "event"]) {
+    for (const name of ["typing", "read", "presence", "reaction", "notification", "event", "moderation", "slow_mode", "pins"]) {
       socket.on(name, (payload) => this._emit(name, payload));
     }
     socket.on("access_revoked", (ev) => {
@@ -709,7 +709,7 @@ export class BackstageClient extends Emitter {
    * `mentions`: user ids the message mentions besides the body's @mentions (e.g. picked from a
    * completion list); the server keeps the members among them (the message's `mentions`).
    */
-  send(conversationId, body, { clientMsgId, mentions } = {}) {
+  send(conversationId, body, { clientMsgId, attachments, mentions } = {}) {
     const cmid = clientMsgId ?? newClientMsgId();
     const existing = this._pending.get(cmid);
     if (existing) {
@@ -719,8 +719,9 @@ export class BackstageClient extends Emitter {
     const p = {
       conversationId: String(conversationId),
       body,
+      attachments: Array.isArray(attachments) && attachments.length ? attachments.map(String) : null,
       clientMsgId: cmid,
-      mentions: mentions && mentions.length ? mentions.map(String) : null,
+      mentions: Array.isArray(mentions) && mentions.length ? mentions.map(String) : null,
       status: "new",
       error: null,
       attempts: 0,
@@ -764,6 +765,7 @@ export class BackstageClient extends Emitter {
     const attempt = p.attempts;
     this._setSendStatus(p, "sending", null);
     const payload = { conversation_id: p.conversationId, body: p.body, client_msg_id: p.clientMsgId };
+    if (p.attachments) payload.attachments = p.attachments;
     if (p.mentions) payload.mentions = p.mentions;
     this.request("send", payload).then(
       (res) => {
@@ -782,7 +784,9 @@ export class BackstageClient extends Emitter {
           this._setSendStatus(p, "queued", error); // sent again after the reconnect
         } else if (TRANSIENT.has(error.code) && p.attempts < this._maxSendAttempts) {
           this._setSendStatus(p, "retrying", error);
-          const delay = Math.min(this._retryDelayMs * 2 ** (p.attempts - 1), this._maxRetryDelayMs);
+          // A server-given wait (`retry_after`, e.g. a room's slow mode) comes first.
+          const after = error.details && typeof error.details.retry_after === "number" ? error.details.retry_after * 1000 : 0;
+          const delay = Math.max(Math.min(this._retryDelayMs * 2 ** (p.attempts - 1), this._maxRetryDelayMs), after);
           p.timer = setTimeout(() => {
             p.timer = null;
             if (this._pending.get(p.clientMsgId) === p) this._attemptSend(p);
