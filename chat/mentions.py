@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from chat.auth import USER_ID_RE
 from chat.errors import Invalid
@@ -178,6 +178,20 @@ async def resolve(conn: AsyncConnection, conv: ConversationMeta, sender_id: str,
     keys = {name_key(o) for options in tokens for o in options}
     members = await members_matching(conn, conv, ids, keys)
     return pick(tokens, explicit, members, sender_id) if members else ()
+
+
+async def still_members(session: AsyncSession, creator_id: str, room_tier: int, user_ids: Sequence[str],
+                        after: str | None) -> list[str]:
+    """Those of `user_ids` (above `after`, in id order) who still read the creator's room of this
+    tier: the creator, and patrons with an active membership at the tier (blocks are left out by
+    the push worker's caller, like mutes). For the push of a message that mentions them."""
+    wanted = sorted(u for u in set(user_ids) if after is None or u > after)
+    if not wanted:
+        return []
+    m = _memberships.c
+    patrons = set(await session.scalars(sa.select(m.patron_id).where(
+        m.creator_id == creator_id, m.patron_id.in_(wanted), m.status == "active", m.tier_cents >= room_tier)))
+    return [u for u in wanted if u == creator_id or u in patrons]
 
 
 # ---------------------------------------------------------------- counting unread mentions

@@ -30,7 +30,7 @@ MAX_TIMEOUT_MINUTES = 7 * 24 * 60
 MAX_REASON_CHARS = 500
 MAX_SLOW_MODE_S = 3600
 ACTIONS = ("moderator_added", "moderator_removed", "timeout", "timeout_lifted", "block", "unblock",
-           "message_deleted", "slow_mode", "message_pinned", "message_unpinned")
+           "message_deleted", "slow_mode", "message_pinned", "message_unpinned", "report_dismissed", "report_removed")
 MAX_PINS = 3  # pinned messages per room
 
 _moderators = sa.inspect(Moderator).local_table

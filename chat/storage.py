@@ -293,10 +293,14 @@ async def get_message(session: AsyncSession, message_id: int) -> Message | None:
 
 
 async def list_messages(session: AsyncSession, conversation_id: int, *, before_seq: int | None = None,
-                        after_seq: int | None = None, limit: int = 50) -> tuple[list[Message], bool]:
+                        after_seq: int | None = None, limit: int = 50,
+                        include_replies: bool = True) -> tuple[list[Message], bool]:
     """Ascending by seq: `limit` just after after_seq, else just before before_seq, else the last.
-    The bool says more messages lie beyond the page in the direction read."""
+    The bool says more messages lie beyond the page in the direction read. Without
+    `include_replies`, thread replies are left out (chat/threads.py)."""
     q = sa.select(Message).where(Message.conversation_id == conversation_id)
+    if not include_replies:
+        q = q.where(Message.thread_id.is_(None))
     if after_seq is not None:
         q = q.where(Message.seq > after_seq)
         if before_seq is not None:
@@ -446,7 +450,11 @@ _message_mentions: sa.Table = MessageMention.__table__  # type: ignore[assignmen
 
 SENT_COLUMNS = (_messages.c.id, _messages.c.conversation_id, _messages.c.seq, _messages.c.sender_id,
                 _messages.c.body, _messages.c.client_msg_id, _messages.c.created_at,
-                _messages.c.edited_at, _messages.c.deleted, _messages.c.mentions)
+                _messages.c.edited_at, _messages.c.deleted,
+                # threads (chat/threads.py fields_of)
+                _messages.c.thread_id, _messages.c.reply_count, _messages.c.last_reply_at,
+                _messages.c.thread_participants,
+                _messages.c.mentions)  # chat/mentions.py (schemas.decode_mentions)
 
 
 @dataclass(frozen=True)
@@ -536,6 +544,7 @@ class NewMessage:
     sender_id: str
     body: str
     client_msg_id: str
+    thread_id: int | None = None  # a reply's root (chat/threads.py)
     mentions: tuple[str, ...] = ()  # the mentioned user ids (chat/mentions.py)
 
 
@@ -563,12 +572,12 @@ async def store_new_messages(conn: AsyncConnection, counts: dict[int, int], mess
     params += ids
     sql = [f"UPDATE conversations SET last_seq = last_seq + CASE id {cases} END, last_activity_at = %s "  # noqa: S608
            f"WHERE id IN ({', '.join('%s' for _ in ids)})"]
-    values = ", ".join(f"(%s, {last}, %s, %s, %s, %s, NULL, 0, %s)" for _ in messages)
+    values = ", ".join(f"(%s, {last}, %s, %s, %s, %s, NULL, 0, %s, %s)" for _ in messages)
     for m in messages:
         params += (m.conversation_id, m.conversation_id, m.back, m.sender_id, m.body, m.client_msg_id, at,
-                   encode_mentions(m.mentions))
+                   m.thread_id, encode_mentions(m.mentions))
     sql.append("INSERT INTO messages (conversation_id, seq, sender_id, body, client_msg_id, created_at, edited_at, "  # noqa: S608
-               f"deleted, mentions) VALUES {values} RETURNING id, seq, sender_id, client_msg_id")
+               f"deleted, thread_id, mentions) VALUES {values} RETURNING id, seq, sender_id, client_msg_id")
     mentioned = [(uid, m.conversation_id, m.back) for m in messages for uid in m.mentions]
     if mentioned:  # mention_count's rows (chat/mentions.py), keyed by the seq the INSERT got
         sql.append("INSERT INTO message_mentions (user_id, conversation_id, seq) VALUES "  # noqa: S608
@@ -728,11 +737,13 @@ async def join_views(conn: AsyncConnection, pairs: Sequence[tuple[int, str]]) ->
     return out
 
 
-def _message_page_statement(after: bool, limit: int) -> Any:
+def _message_page_statement(after: bool, limit: int, include_replies: bool = True) -> Any:
     c = _messages.c
     q = (sa.select(*SENT_COLUMNS, _users.c.name)
          .select_from(_messages.outerjoin(_users, _users.c.id == c.sender_id))
          .where(c.conversation_id == sa.bindparam("conversation_id")))
+    if not include_replies:
+        q = q.where(c.thread_id.is_(None))
     if after:
         q = q.where(c.seq > sa.bindparam("after_seq")).order_by(c.seq.asc())
     else:
@@ -740,14 +751,14 @@ def _message_page_statement(after: bool, limit: int) -> Any:
     return q.limit(limit)
 
 
-_MESSAGE_PAGES: dict[tuple[bool, int], Any] = {}
+_MESSAGE_PAGES: dict[tuple[bool, int, bool], Any] = {}
 
 
 async def message_page(conn: AsyncConnection, conversation_id: int, *, after_seq: int | None,
-                       limit: int) -> tuple[list[Any], bool]:
+                       limit: int, include_replies: bool = True) -> tuple[list[Any], bool]:
     """list_messages' page (`limit` after after_seq, else the last `limit`), ascending by seq, in
     one statement: rows of SENT_COLUMNS plus the sender's `name` (None if the user is unknown)."""
-    key = (after_seq is not None, limit + 1)
+    key = (after_seq is not None, limit + 1, include_replies)
     stmt = _MESSAGE_PAGES.get(key)
     if stmt is None:
         stmt = _MESSAGE_PAGES[key] = _message_page_statement(*key)

@@ -171,6 +171,7 @@ export class BackstageClient extends Emitter {
     this._convs = new Map(); // conversation id -> tracked conversation (see _track)
     this._pending = new Map(); // client_msg_id -> pending send
     this._channels = new Set(); // subscribed channels, subscribed again after a reconnect
+    this._replyCounts = new Map(); // thread root id -> highest thread.reply_count seen in message_updated
     this._sendOrder = 0;
   }
 
@@ -277,11 +278,9 @@ export class BackstageClient extends Emitter {
       if (!this._closed && !this.connected) this._setState(this._everConnected ? "reconnecting" : "connecting");
     });
     socket.on("message", (msg) => this._onMessage(msg));
-    socket.on("message_updated", (msg) => {
-      this._emit("message_updated", msg);
-      this._emit(msg && msg.deleted ? "delete" : "edit", msg);
-    });
-    for (const name of ["typing", "read", "presence", "reaction", "notification", "event", "moderation", "slow_mode", "pins"]) {
+    socket.on("message_updated", (msg) => this._onMessageUpdated(msg));
+    for (const name of ["typing", "read", "presence", "reaction", "notification", "event", "moderation", "slow_mode", "pins",
+      "message_hidden", "report_opened", "report_resolved", "user_blocked"]) {
       socket.on(name, (payload) => this._emit(name, payload));
     }
     socket.on("access_revoked", (ev) => {
@@ -476,10 +475,12 @@ export class BackstageClient extends Emitter {
     });
   }
 
-  history(conversationId, { beforeSeq, limit } = {}) {
+  history(conversationId, { beforeSeq, limit, threadId, includeReplies } = {}) {
     const payload = { conversation_id: String(conversationId) };
     if (beforeSeq !== undefined && beforeSeq !== null) payload.before_seq = beforeSeq;
     if (limit !== undefined) payload.limit = limit;
+    if (threadId !== undefined && threadId !== null) payload.thread_id = String(threadId);
+    if (includeReplies !== undefined) payload.include_replies = includeReplies;
     return this.request("history", payload);
   }
 
@@ -489,6 +490,18 @@ export class BackstageClient extends Emitter {
 
   deleteMessage(messageId) {
     return this.request("delete", { message_id: String(messageId) }).then((res) => res.message);
+  }
+
+  /** Reports a room message (reason: spam, harassment, hate, sexual, violence, other); a repeat counts nothing. */
+  report(messageId, reason, note) {
+    const payload = { message_id: String(messageId), reason };
+    if (note !== undefined && note !== null) payload.note = note;
+    return this.request("report", payload);
+  }
+
+  /** Blocks (on) or unblocks another user: their messages arrive as placeholders (`hidden: true`). */
+  blockUser(userId, on = true) {
+    return this.request("block_user", { user_id: String(userId), on: Boolean(on) });
   }
 
   markRead(conversationId, seq) {
@@ -688,6 +701,25 @@ export class BackstageClient extends Emitter {
     }, this._gapWaitMs);
   }
 
+  /**
+   * A thread root's summary only grows (`thread.reply_count`); updates from different server
+   * processes may cross, so one with fewer replies than already seen for that root is stale and
+   * dropped. A root's update is also emitted as `thread`.
+   */
+  _onMessageUpdated(msg) {
+    const thread = msg && msg.thread;
+    if (thread && typeof thread.reply_count === "number") {
+      const seen = this._replyCounts.get(msg.id) ?? 0;
+      if (thread.reply_count < seen) return;
+      this._replyCounts.delete(msg.id); // (re-inserted: the oldest entries go first)
+      this._replyCounts.set(msg.id, thread.reply_count);
+      if (this._replyCounts.size > 10_000) this._replyCounts.delete(this._replyCounts.keys().next().value);
+    }
+    this._emit("message_updated", msg);
+    this._emit(msg && msg.deleted ? "delete" : "edit", msg);
+    if (thread) this._emit("thread", msg);
+  }
+
   _onResync(ev) {
     const conv = ev && this._convs.get(String(ev.conversation_id));
     this._emit("resync", ev);
@@ -700,7 +732,7 @@ export class BackstageClient extends Emitter {
 
   /**
    * Sends a message; resolves the stored message (the ack's, or the broadcast's when it comes
-   * first). `clientMsgId` defaults to a new UUID. While disconnected the send waits (status
+   * first). `clientMsgId` defaults to a new UUID; `threadId` makes it a reply to that root message. While disconnected the send waits (status
    * "queued") and goes out after the reconnect; a send whose answer was lost, `unavailable`
    * or `rate_limited` is retried with the same client_msg_id, which the server stores once.
    * Rejects with the server's error (`forbidden`, `invalid`, `conflict`, ...), after
@@ -709,7 +741,7 @@ export class BackstageClient extends Emitter {
    * `mentions`: user ids the message mentions besides the body's @mentions (e.g. picked from a
    * completion list); the server keeps the members among them (the message's `mentions`).
    */
-  send(conversationId, body, { clientMsgId, attachments, mentions } = {}) {
+  send(conversationId, body, { clientMsgId, attachments, threadId, mentions } = {}) {
     const cmid = clientMsgId ?? newClientMsgId();
     const existing = this._pending.get(cmid);
     if (existing) {
@@ -721,6 +753,7 @@ export class BackstageClient extends Emitter {
       body,
       attachments: Array.isArray(attachments) && attachments.length ? attachments.map(String) : null,
       clientMsgId: cmid,
+      threadId: threadId === undefined || threadId === null ? null : String(threadId),
       mentions: Array.isArray(mentions) && mentions.length ? mentions.map(String) : null,
       status: "new",
       error: null,
@@ -766,6 +799,7 @@ export class BackstageClient extends Emitter {
     this._setSendStatus(p, "sending", null);
     const payload = { conversation_id: p.conversationId, body: p.body, client_msg_id: p.clientMsgId };
     if (p.attachments) payload.attachments = p.attachments;
+    if (p.threadId !== null) payload.thread_id = p.threadId;
     if (p.mentions) payload.mentions = p.mentions;
     this.request("send", payload).then(
       (res) => {
@@ -846,6 +880,7 @@ function publicSend(p) {
     conversationId: p.conversationId,
     clientMsgId: p.clientMsgId,
     body: p.body,
+    threadId: p.threadId,
     status: p.status,
     error: p.error,
     attempts: p.attempts,

@@ -2,7 +2,7 @@
 (mentioned user, message) in message_mentions, for unread mention counts
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0012 (merged main: threads 0009, reports 0012; written against 0008)
 """
 from alembic import op
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ import chat.db
 
 
 revision = '0010'
-down_revision = '0008'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 

@@ -131,6 +131,36 @@ describe("BackstageClient", { concurrency: true }, () => {
       assert.equal(a.rec.list("message_updated").length, 2);
     });
 
+    test("threads: a reply with threadId, the root's thread event (stale ones dropped), a thread's pages", T, async () => {
+      const t = await api.roomWithTwo();
+      const a = client(server.urls[0], t.creatorToken);
+      const b = client(server.urls.at(-1), t.patronToken);
+      await Promise.all([a.connect(), b.connect()]);
+      await a.join(t.room);
+      await b.join(t.room);
+      const root = await a.send(t.room, "root");
+      assert.equal(root.thread_id, null);
+      const reply = await b.send(t.room, "in the thread", { threadId: root.id });
+      assert.equal(reply.thread_id, root.id);
+      assert.equal(reply.seq, root.seq + 1); // one seq for the conversation, replies included
+      assert.equal(b.rec.list("send_status").at(-1).threadId, root.id);
+      await a.rec.waitFor("message", (m) => m.id === reply.id && m.thread_id === root.id);
+      const upd = await a.rec.waitFor("thread", (m) => m.id === root.id);
+      assert.deepEqual(upd.thread, { reply_count: 1, last_reply_at: reply.created_at, participants: [t.patron] });
+      // an update that crossed a newer one (fewer replies) is dropped, whatever the event
+      const seen = a.rec.list("message_updated").length;
+      a.socket.listeners("message_updated").forEach((fn) => fn({ ...upd, thread: { ...upd.thread, reply_count: 0 } }));
+      assert.equal(a.rec.list("message_updated").length, seen);
+      assert.equal(a.rec.list("thread").length, 1);
+
+      const page = await a.history(t.room, { threadId: root.id });
+      assert.deepEqual(page.messages.map((m) => m.body), ["root", "in the thread"]);
+      assert.equal(page.messages[0].thread.reply_count, 1);
+      const main = await a.history(t.room, { includeReplies: false });
+      assert.deepEqual(main.messages.map((m) => m.body), ["root"]);
+      await assert.rejects(a.send(t.room, "nested", { threadId: reply.id }), (e) => e.code === "invalid");
+    });
+
     test("a subscribed channel's events arrive, also after a reconnect", T, async () => {
       const t = await api.roomWithTwo();
       const proxy = await proxyTo(server.urls[0]);
