@@ -247,7 +247,7 @@ async def test_mention_pushes_the_mentioned_member_where_patron_posts_push_nobod
     try:
         ok(await online.call("join", {"conversation_id": room}))
         # a patron's plain post pushes nobody (no fan-out job at all)
-        ok(await send(gold, room, "plain patron post"))
+        root = ok(await send(gold, room, "plain patron post"))["message"]
         with push_cluster.db.connect() as conn:
             assert conn.execute(sa.text("SELECT COUNT(*) FROM push_jobs")).scalar() == 0
         # one that mentions: the mentioned offline members, the creator too; not the muted one,
@@ -285,6 +285,14 @@ async def test_mention_pushes_the_mentioned_member_where_patron_posts_push_nobod
         await push_cluster.jobs_settled()
         assert sorted(push_cluster.outbox_users()) == ["cre", "gold2", "gold2", "silver"]
         assert (await push_cluster.pushes_to("gold2-phone", 2))[1]["notification"]["title"] == "Cre in Gold room"
+
+        # a thread reply pushes its thread's people (here: nobody but its sender) and the mentioned
+        reply = ok(await send(gold, room, "@Silver see here", thread_id=root["id"]))["message"]
+        assert reply["mentions"] == ["silver"] and reply["thread_id"] == root["id"]
+        push = (await push_cluster.pushes_to("silver-phone", 2))[1]
+        await push_cluster.jobs_settled()
+        assert push["notification"]["title"] == "Gold replied in Gold room"
+        assert sorted(push_cluster.outbox_users()) == ["cre", "gold2", "gold2", "silver", "silver"]
     finally:
         await gold.close()
         await online.close()
