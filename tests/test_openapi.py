@@ -313,6 +313,16 @@ def _fuzz(env: Env, operation: Any, mode: Any, count: int, headers: dict[str, st
     return calls
 
 
+def _describe(exc: BaseException) -> str:
+    """The failure and, for Hypothesis' flaky/grouped errors, what each inner failure was."""
+    text = str(exc)[:1500]
+    for inner in getattr(exc, "exceptions", ()) or ():
+        cause = inner.__cause__ or inner.__context__ or (inner.args[0] if inner.args else None)
+        text += f"\n  - {type(inner).__name__}: {str(inner)[:500]} <- {type(cause).__name__}: {str(cause)[:1000]}"
+    return text
+
+
+@pytest.mark.timeout(600)  # ~50 s alone; several minutes next to other test workers on 2 busy cores
 def test_schemathesis(env: Env) -> None:
     """Schemathesis against the live server: valid and invalid requests for every operation."""
     schema = schemathesis.openapi.from_url(env.server.url + "/api/v1/openapi.json")
@@ -330,7 +340,7 @@ def test_schemathesis(env: Env) -> None:
             try:
                 calls += _fuzz(env, operation, mode, count, headers)
             except (Exception, BaseExceptionGroup) as exc:  # collect every operation's failure, then report them all
-                failures.append(f"{operation.label} [{mode.value}]: {str(exc)[:1500]}")
+                failures.append(f"{operation.label} [{mode.value}]: {_describe(exc)}")
     assert failures == [], "\n\n".join(failures)
     print("schemathesis calls:", calls)
     assert calls >= 100, calls

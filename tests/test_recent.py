@@ -181,3 +181,23 @@ async def test_concurrent_redis_calls_share_one_pipeline(redis_url: str, redis_p
     finally:
         await client.delete(key, text)
         await client.aclose()
+
+
+async def test_thread_summaries_keep_the_most_replies() -> None:
+    """Thread roots' `message_updated` from two processes may cross (chat/threads.py): the entry
+    keeps the summary with the highest reply_count, and the latest edit of the body."""
+    recent = RecentMessages()
+    entry = filled(recent, 7, [msg(1), msg(2)], False)
+
+    def root(n: int, **kw: Any) -> dict[str, Any]:
+        return {**msg(1, **kw), "thread": {"reply_count": n, "last_reply_at": f"t{n}", "participants": ["u2"]}}
+
+    recent.on_event(7, "message_updated", root(3))
+    recent.on_event(7, "message_updated", root(2))  # crossed: older
+    assert entry.messages[1]["thread"]["reply_count"] == 3
+    recent.on_event(7, "message_updated", root(2, body="edited", edited_at="2026-01-01T00:00:01.000000Z"))
+    kept = entry.messages[1]
+    assert kept["body"] == "edited" and kept["thread"]["reply_count"] == 3
+    recent.on_event(7, "message_updated", root(4))  # more replies, read before the edit
+    kept = entry.messages[1]
+    assert kept["body"] == "edited" and kept["thread"]["reply_count"] == 4
