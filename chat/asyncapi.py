@@ -29,6 +29,7 @@ from chat.openapi import (
     EXAMPLE_NOTIFICATION,
     EXAMPLE_REPORT,
     EXAMPLE_ROOM,
+    MENTIONS_PARAM,
     SCHEMAS,
     THREAD_ID,
 )
@@ -124,12 +125,14 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
                  "attachments": {"type": "array", "maxItems": 4, "uniqueItems": True, "items": ID,
                                  "description": "ids of the sender's own unused uploads (POST /api/v1/uploads), "
                                                 "each usable once"},
-                 "thread_id": THREAD_ID},
+                 "thread_id": THREAD_ID,
+                 "mentions": MENTIONS_PARAM},
                 ["conversation_id", "client_msg_id"]),
          "anyOf": [{"required": ["body"], "properties": {"body": BODY}},
                    {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}}]},
-        {"conversation_id": "12", "body": "hello", "client_msg_id": "c-1"},
-        {"message": _ref("Message")}, {"ok": True, "message": EXAMPLE_MESSAGE},
+        {"conversation_id": "12", "body": "hello @Cre", "client_msg_id": "c-1"},
+        {"message": _ref("Message")}, {"ok": True, "message": {**EXAMPLE_MESSAGE, "body": "hello @Cre",
+                                                             "mentions": ["cre"]}},
     ),
     "edit": (
         "Edit an own message",

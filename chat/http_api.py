@@ -20,6 +20,7 @@ from chat.attachments import Attachments
 from chat.auth import USER_ID_RE, Authenticator, Identity, bearer
 from chat.config import Settings
 from chat.errors import ChatError, Invalid, NotFound, RateLimited, TooLarge, Unauthorized
+from chat.mentions import DEFAULT_MEMBER_MATCHES, MAX_MEMBER_MATCHES, MAX_QUERY_CHARS, check_mentions
 from chat.metrics import HTTP_REQUESTS
 from chat.reactions import DEFAULT_REACTORS, MAX_REACTORS, check_emoji
 from chat.service import ChatService
@@ -481,9 +482,10 @@ async def post_message(request: web.Request) -> web.Response:
     body = schemas.check_body(data, service.settings.max_body_chars, allow_empty=bool(photos))
     client_msg_id = schemas.check_client_msg_id(data)
     thread_id = threads.check_thread_id(data)
+    mentioned = check_mentions(data)
     quota = await service.check_user_rate(user.user_id)
     response = json_response(await service.send_message(user, cid, body, client_msg_id, attachment_ids=photos,
-                                                        thread_id=thread_id), status=201)
+                                                        thread_id=thread_id, mentions=mentioned), status=201)
     response.headers.update(quota.headers())
     return response
 
@@ -493,6 +495,17 @@ async def accept_guidelines(request: web.Request) -> web.Response:
     cid = schemas.parse_int_id(request.match_info["conversation_id"])
     version = spaces.check_version(await read_json(request))
     return json_response(await request.app[SERVICE_KEY].spaces.accept_guidelines(user, cid, version))
+
+
+async def find_members(request: web.Request) -> web.Response:
+    user = client(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"])
+    query = request.query.get("q", "").strip()
+    if len(query) > MAX_QUERY_CHARS:
+        raise Invalid(f"q is longer than {MAX_QUERY_CHARS} characters")
+    limit = schemas.check_int({"limit": query_int(request, "limit")}, "limit", minimum=1, maximum=MAX_MEMBER_MATCHES)
+    return json_response(await request.app[SERVICE_KEY].find_members(
+        user, cid, query, DEFAULT_MEMBER_MATCHES if limit is None else limit))
 
 
 async def list_reactions(request: web.Request) -> web.Response:
@@ -624,6 +637,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/conversations/{conversation_id}/messages", list_messages)
     r.add_post("/api/v1/conversations/{conversation_id}/messages", post_message)
     r.add_get("/api/v1/conversations/{conversation_id}/messages/{message_id}/reactions", list_reactions)
+    r.add_get("/api/v1/conversations/{conversation_id}/members", find_members)
     r.add_put("/api/v1/conversations/{conversation_id}/settings", put_settings)
     r.add_post("/api/v1/conversations/{conversation_id}/guidelines/accept", accept_guidelines)
     r.add_get("/healthz", healthz)

@@ -110,6 +110,23 @@ class Message(Base):
     reply_count: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     last_reply_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     thread_participants: Mapped[str | None] = mapped_column(sa.String(400), nullable=True)
+    # The ids of the users the message mentions, as a JSON list; NULL when none (chat/mentions.py).
+    mentions: Mapped[str | None] = mapped_column(sa.Text, nullable=True, default=None)
+
+
+class MessageMention(Base):
+    """One per (mentioned user, message), written with the message (chat/writer.py): what
+    `mention_count` counts, through the primary key (user, conversation, seq > read position).
+    Keyed by (conversation_id, seq), which the send's one multi-statement query knows before the
+    message's id; a deleted message's rows stay and are left out by joining `messages`."""
+
+    __tablename__ = "message_mentions"
+
+    user_id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
 
 
 class Attachment(Base):

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from chat.mentions import DEFAULT_MEMBER_MATCHES, MAX_MEMBER_MATCHES, MAX_MENTIONS, MAX_QUERY_CHARS
 from chat.moderation import MAX_PINS, MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES, MIN_TIMEOUT_MINUTES
 from chat.reactions import DEFAULT_REACTORS, MAX_EMOJI_CHARS, MAX_PER_MESSAGE, MAX_REACTORS
 from chat.reports import MAX_HIDE_THRESHOLD, MAX_NOTE_CHARS
@@ -51,6 +52,9 @@ NULLABLE_STRING = {"type": ["string", "null"]}
 TIME = {"type": "string", "description": "ISO 8601 UTC, e.g. 2026-01-02T03:04:05.678Z"}
 NULLABLE_TIME = {"type": ["string", "null"], "description": "ISO 8601 UTC, or null"}
 USER_ID = {"type": "string", "pattern": ID_PATTERN}
+MENTIONS_PARAM = {"type": "array", "maxItems": MAX_MENTIONS, "items": USER_ID,
+                  "description": "(extension) ids of users the message mentions besides the body's @mentions; "
+                                 "non-members are ignored (docs/api.md, Mentions)"}
 EMOJI = {"type": "string", "minLength": 1, "maxLength": MAX_EMOJI_CHARS,
          "description": "one Unicode emoji (fully-qualified form) or a :name: of the list in docs/api.md"}
 
@@ -105,7 +109,11 @@ SCHEMAS: dict[str, Any] = {
         "hidden_reason": {"type": "string", "enum": ["blocked", "reported"],
                           "description": "(extension) with hidden on a placeholder: the reader blocks the sender, "
                                          "or reports hid the message"},
-    }, ["id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted"]),
+        "mentions": {"type": "array", "maxItems": MAX_MENTIONS, "uniqueItems": True, "items": USER_ID,
+                     "description": "(extension) ids of the members the message mentions, resolved on send; "
+                                    "[] when none or deleted"},
+    }, ["id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted",
+        "mentions"]),
     "ThreadSummary": _obj({
         "reply_count": {"type": "integer", "minimum": 1, "description": "replies ever sent (deleted ones too): only grows"},
         "last_reply_at": TIME,
@@ -132,6 +140,9 @@ SCHEMAS: dict[str, Any] = {
     "ConversationListItem": _obj({
         "conversation": _ref("Conversation"), "last_message": {"anyOf": [_ref("Message"), {"type": "null"}]},
         "unread_count": {"type": "integer", "minimum": 0}, "muted": {"type": "boolean"},
+        "mention_count": {"type": "integer", "minimum": 0,
+                          "description": "(extension) unread messages that mention the user (after their read "
+                                         "position, not deleted)"},
     }),
     "ModerationEntry": _obj({
         "id": STRING, "creator_id": STRING,
@@ -231,7 +242,7 @@ EXAMPLE_MESSAGE = {"id": "99", "conversation_id": "12", "seq": 7, "sender": {"id
                    "body": "hello", "client_msg_id": "c-1", "created_at": "2026-01-02T03:04:05.678Z",
                    "edited_at": None, "deleted": False,
                    "reactions": [{"emoji": "\U0001f44d", "count": 3, "me": True}, {"emoji": ":fire:", "count": 1, "me": False}],
-                   "attachments": [], "thread_id": None,
+                   "attachments": [], "mentions": [], "thread_id": None,
                    "thread": {"reply_count": 2, "last_reply_at": "2026-01-02T03:06:00.000Z", "participants": ["bob", "cre"]}}
 EXAMPLE_UPLOAD = {"id": "41", "width": 1280, "height": 960, "content_type": "image/jpeg", "size": 183204}
 EXAMPLE_ATTACHMENT = {**EXAMPLE_UPLOAD, "url": "/api/v1/attachments/41?exp=1767326700&sig=3q2-7w...",
@@ -620,9 +631,13 @@ def build() -> dict[str, Any]:
                      "content": _json(_ref("Error"), {"error": {"code": "conflict", "message": "..."}})}},
             params=[_path_param("delivery_id", {"type": "string", "pattern": "^[0-9]{1,18}$"})], tags=["server"])},
         "/api/v1/me": {"get": _op(
-            "The signed-in user and their unread notification count", "clientJwt",
-            {**_ok(200, "the user", _obj({"user": _ref("User"), "unread_notifications": {"type": "integer"}}),
-                   {"user": EXAMPLE_USER, "unread_notifications": 2}), **_errors(401, 404, 503)}, tags=["client"])},
+            "The signed-in user, their unread notification count and unread mentions", "clientJwt",
+            {**_ok(200, "the user", _obj({"user": _ref("User"), "unread_notifications": {"type": "integer"},
+                                          "mention_count": {"type": "integer", "minimum": 0,
+                                                            "description": "(extension) the unread mentions of "
+                                                                           "every conversation the user reads"}}),
+                   {"user": EXAMPLE_USER, "unread_notifications": 2, "mention_count": 1}),
+             **_errors(401, 404, 503)}, tags=["client"])},
         "/api/v1/moderation": {"get": _op(
             "(extension) Moderation as the signed-in user sees it: whose rooms they moderate, their running "
             "timeouts, and for themselves (as a creator) and each creator they moderate: moderators, blocked and "
@@ -634,7 +649,7 @@ def build() -> dict[str, Any]:
             {**_ok(200, "the conversations",
                    _obj({"conversations": {"type": "array", "items": _ref("ConversationListItem")}}),
                    {"conversations": [{"conversation": EXAMPLE_ROOM, "last_message": EXAMPLE_MESSAGE,
-                                       "unread_count": 1, "muted": False}]}),
+                                       "unread_count": 1, "mention_count": 0, "muted": False}]}),
              **_errors(401, 404, 503)}, tags=["client"])},
         "/api/v1/conversations/direct": {"post": _op(
             "Open (or find) the direct conversation between a creator and an active patron", "clientJwt",
@@ -664,7 +679,8 @@ def build() -> dict[str, Any]:
                            "attachments": {"type": "array", "maxItems": 4, "uniqueItems": True,
                                            "items": {"type": "string", "pattern": "^[0-9]{1,18}$"},
                                            "description": "ids of the sender's own unused uploads"},
-                           "thread_id": THREAD_ID},
+                           "thread_id": THREAD_ID,
+                           "mentions": MENTIONS_PARAM},
                           ["client_msg_id"]),
                 body_example={"body": "hello", "client_msg_id": "c-1"}, tags=["client"]),
         },
@@ -679,6 +695,18 @@ def build() -> dict[str, Any]:
                     _query("emoji", EMOJI, "only this emoji (\"❤\" and \"❤️\" are one)"),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_REACTORS},
                            f"users listed per emoji, default {DEFAULT_REACTORS}")],
+            tags=["client"])},
+        "/api/v1/conversations/{conversation_id}/members": {"get": _op(
+            "(extension) Members one can @mention, for a composer's completion (members only)", "clientJwt",
+            {**_ok(200, "current members whose display name, a word of it, or id starts with q (ignoring case), "
+                        "by name", _obj({"members": {"type": "array", "items": _ref("ConversationMember"),
+                                                     "maxItems": MAX_MEMBER_MATCHES}}),
+                   {"members": [{"id": "ann", "name": "Ann Lee", "avatar_url": None}]}),
+             **_errors(*READ_ERRORS, 403)},
+            params=[conv_id, _query("q", {"type": "string", "maxLength": MAX_QUERY_CHARS},
+                                    "what was typed after @ (empty: any member)"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_MEMBER_MATCHES},
+                           f"default {DEFAULT_MEMBER_MATCHES}")],
             tags=["client"])},
         "/api/v1/uploads": {"post": {
             **_op("Upload a photo (JPEG, PNG, WebP or GIF, checked by decoding; EXIF/GPS stripped; thumbnail made)",

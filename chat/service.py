@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from chat import keys, memberblocks, moderation, reactions, reports, schemas, sendtrace, spaces, storage, threads
+from chat import keys, memberblocks, mentions, moderation, reactions, reports, schemas, sendtrace, spaces, storage, threads
 from chat.attachments import Attachments
 from chat.auth import Identity
 from chat.batch import BatchedLookup
@@ -363,8 +363,20 @@ class ChatService:
             unread = 0
             if self._unread_notifications is not None:
                 unread = await self._unread_notifications(session, user.user_id)
+            mention_total = await self._mention_total(await session.connection(), user.user_id)
             return {"user": {"id": row.id, "name": row.name, "avatar_url": row.avatar_url},
-                    "unread_notifications": unread}
+                    "unread_notifications": unread, "mention_count": mention_total}
+
+    @staticmethod
+    async def _mention_total(conn: Any, user_id: str) -> int:
+        """`/me`'s mention_count: the unread mentions of the conversations the user may read
+        now (those the conversation list shows); one query, and one more when there are any."""
+        counts = await mentions.count_all_unread(conn, user_id)
+        if not counts:
+            return 0
+        views = await storage.join_views(conn, [(cid, user_id) for cid in sorted(counts)])
+        return sum(counts[cid] for (cid, _), view in views.items()
+                   if access_rule(view.conversation, user_id, view.membership, view.standing).read)
 
     # ============================================================ conversations
 
@@ -577,6 +589,7 @@ class ChatService:
             states = await storage.get_states(session, user.user_id, ids)
             positions = {cid: (states[cid].last_read_seq if cid in states else 0) for cid in ids}
             unread = await storage.count_unread_many(session, user.user_id, positions)
+            mention_counts = await mentions.count_unread(await session.connection(), user.user_id, positions)
             last = await storage.last_messages(session, ids)
             last_wire = {m["conversation_id"]: m
                          for m in await self._messages_wire(session, list(last.values()), user.user_id)}
@@ -586,6 +599,7 @@ class ChatService:
                 "conversation": wire,
                 "last_message": last_wire.get(str(c.id)),
                 "unread_count": unread[c.id],
+                "mention_count": mention_counts[c.id],
                 "muted": bool(states[c.id].muted) if c.id in states else False,
             } for c, wire in zip(convs, await self._conversations_wire(session, convs), strict=True)]
 
@@ -649,7 +663,8 @@ class ChatService:
     async def send_message(self, user: Identity, conversation_id: int, body: str,
                            client_msg_id: str, *, sid: str | None = None,
                            attachment_ids: Sequence[int] = (),
-                           trace: sendtrace.Trace | None = None, thread_id: int | None = None) -> dict[str, Any]:
+                           trace: sendtrace.Trace | None = None, thread_id: int | None = None,
+                           mentions: Sequence[str] = ()) -> dict[str, Any]:
         """Store a message and deliver it. Idempotent on (sender, client_msg_id); returns only
         after commit. The caller has applied the rate limit.
 
@@ -661,7 +676,8 @@ class ChatService:
         with the message; a retry answers with the original message and its photos.
 
         `thread_id`: a reply to that root message of the conversation (chat/threads.py), checked
-        in the writer's batch; a room reply pushes its thread's people, not the room."""
+        in the writer's batch; a room reply pushes its thread's people, not the room.
+        `mentions`: user ids the sender mentions besides the body's @mentions (chat/mentions.py)."""
         if not body and not attachment_ids:
             raise Invalid("body must not be empty")
         if attachment_ids and self.attachments is None:
@@ -689,16 +705,21 @@ class ChatService:
             if isinstance(original, dict):
                 return {"message": original}
             slot = original
-        push = None
-        if conv.kind == "direct":
-            push = PushSpec(None)
-        elif user.user_id == conv.creator_id or thread_id is not None:
-            push = PushSpec(conv.name)
         try:
+            # A body without "@" and no list pays nothing (not even a coroutine).
+            mentioned = await self._mentioned(conv, user.user_id, body, mentions) if mentions or "@" in body else ()
+            push = None
+            if conv.kind == "direct":
+                push = PushSpec(None)
+            elif user.user_id == conv.creator_id or thread_id is not None:
+                push = PushSpec(conv.name)
+            elif mentioned:
+                push = PushSpec(conv.name, mention=True)
             photos = (await self.attachments.for_send(user.user_id, client_msg_id, attachment_ids)
                       if attachment_ids and self.attachments is not None else ())
             stored = await self.writer.store(Outgoing(conversation_id, user.user_id, user.name or None, body,
-                                                      client_msg_id, push, photos, thread_id=thread_id), trace)
+                                                      client_msg_id, push, photos, thread_id=thread_id,
+                                                      mentions=mentioned), trace)
             if not stored.created:
                 return {"message": await self._retried(stored.message)}
         except sqlalchemy.exc.SQLAlchemyError as exc:
@@ -711,6 +732,13 @@ class ChatService:
                 await self.slow_gate.release(conversation_id, user.user_id)
             raise
         return {"message": stored.message}
+
+    async def _mentioned(self, conv: ConversationMeta, sender_id: str, body: str,
+                         explicit: Sequence[str]) -> tuple[str, ...]:
+        """The members a send mentions (chat/mentions.py): one query at most (a database error
+        fails the send as `unavailable`, its slow-mode slot given back, like the store's)."""
+        async with self.read_engine.connect() as conn:
+            return await mentions.resolve(conn, conv, sender_id, body, explicit)
 
     async def _check_slow_mode(self, conv: ConversationMeta, user: Identity, client_msg_id: str) -> dict[str, Any] | bool:
         """Take the member's slow-mode slot in the room (True; False when the room has no slow
@@ -732,7 +760,7 @@ class ChatService:
                 name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
                 return schemas.message_wire_columns(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
                                                     row.client_msg_id, row.created_at, row.edited_at, row.deleted,
-                                                    **threads.fields_of(row))
+                                                    **threads.fields_of(row), mentions=schemas.decode_mentions(row.mentions))
         raise SlowModeLimited(f"slow mode: one message per {seconds} s in this room; wait {wait} s", wait)
 
     async def _slow_mode_of(self, conversation_id: int) -> int:
@@ -873,7 +901,8 @@ class ChatService:
                     name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
                     return conv, schemas.message_wire_columns(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
                                               row.client_msg_id, row.created_at, row.edited_at, row.deleted,
-                                              **threads.fields_of(row)), None, None, 0
+                                              **threads.fields_of(row),
+                                              mentions=schemas.decode_mentions(row.mentions)), None, None, 0
                 key = membership_key(conv, user.user_id)
                 if key is None:
                     return conv, None, None, None, 0
@@ -1064,6 +1093,14 @@ class ChatService:
             users = await storage.reactors(conn, message_id, emoji, limit)
         return {"reactions": [{**r, "users": users.get(r["emoji"], [])}
                               for r in summary if emoji is None or r["emoji"] == emoji]}
+
+    async def find_members(self, user: Identity, conversation_id: int, query: str, limit: int) -> dict[str, Any]:
+        """Members of a conversation the user reads, for `@` completion (chat/mentions.py)."""
+        async with self.sessions() as session:
+            conv, _ = await self._readable(session, user.user_id, conversation_id)
+            found = await mentions.find_members(await session.connection(), storage.conversation_meta_of(conv),
+                                                query, limit)
+        return {"members": found}
 
     # ============================================================ typing and read receipts
 
@@ -1792,15 +1829,16 @@ class ChatService:
 
     @staticmethod
     async def push_audience_page(session: AsyncSession, conversation_id: int, sender_id: str, after: str | None,
-                                 limit: int, thread_id: int | None = None) -> tuple[list[str], str | None]:
+                                 limit: int, thread_id: int | None = None,
+                                 mentioned: Sequence[str] = ()) -> tuple[list[str], str | None]:
         """One page of who gets a push for `sender_id`'s message if offline (SPEC §6), for the push
         worker's fan-out job: the other side of a direct conversation; the room's current members
         (active, at or above its tier) for the creator's posts, nobody for others' posts; for a
         room's thread reply (`thread_id`, its root) whoever of the root's author and the thread's
-        repliers still reads the room (chat/threads.py), whoever sent it; never
-        the sender, never muted. Scans at most `limit` user ids greater than `after`, in order;
-        returns (recipients, where the next page starts, None once exhausted). Runs in the
-        caller's session (the worker's own pool)."""
+        repliers still reads the room (chat/threads.py), whoever sent it; in a room, also the
+        `mentioned` ones still members (chat/mentions.py). Never the sender, never muted. Scans at
+        most `limit` user ids greater than `after`, in order; returns (recipients, where the next
+        page starts, None once exhausted). Runs in the caller's session (the worker's own pool)."""
         conv = await storage.get_conversation(session, conversation_id)
         if conv is None:
             return [], None
@@ -1812,6 +1850,10 @@ class ChatService:
         elif thread_id is not None:  # a room's thread reply: the root's author and the repliers
             candidates, resume = await threads.audience_page(session, conv.id, conv.creator_id, conv.min_tier_cents,
                                                              thread_id, after, limit)
+            if mentioned:  # and the mentioned ones in this page's range of ids: each in one page only
+                candidates = sorted(set(candidates) | set(await mentions.still_members(
+                    session, conv.creator_id, conv.min_tier_cents,
+                    [u for u in mentioned if resume is None or u <= resume], after)))
         elif sender_id == conv.creator_id:
             q = sqlalchemy.select(Membership.patron_id).where(
                 Membership.creator_id == conv.creator_id, Membership.status == "active",
@@ -1820,6 +1862,8 @@ class ChatService:
                 q = q.where(Membership.patron_id > after)
             candidates = list(await session.scalars(q.order_by(Membership.patron_id).limit(limit)))
             resume = candidates[-1] if len(candidates) == limit else None
+        elif mentioned:  # at most mentions.MAX_MENTIONS: one page
+            candidates = await mentions.still_members(session, conv.creator_id, conv.min_tier_cents, mentioned, after)
         else:
             return [], None
         muted = await storage.muted_user_ids(session, conv.id, candidates)
@@ -1831,7 +1875,7 @@ def _row_wire(r: Any) -> dict[str, Any]:
     """A message's wire form from a `storage.message_page` row."""
     return schemas.message_wire_columns(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id, r.body,
                                         r.client_msg_id, r.created_at, r.edited_at, r.deleted,
-                                        **threads.fields_of(r))
+                                        **threads.fields_of(r), mentions=schemas.decode_mentions(r.mentions))
 
 
 def _member_wire(user_id: str, name: str, avatar_url: str | None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import socketio
 from chat import moderation, reports, schemas, sendtrace, spaces, threads, unavailable
 from chat.auth import Authenticator
 from chat.errors import ChatError, Forbidden, Invalid, RateLimited, TooLarge, error_wire
+from chat.mentions import check_mentions
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
 from chat.ratelimit import KeyedBuckets
 from chat.reactions import check_emoji
@@ -223,9 +224,10 @@ class ChatSockets:
         body = schemas.check_body(data, self.service.settings.max_body_chars, allow_empty=bool(photos))
         client_msg_id = schemas.check_client_msg_id(data)
         thread_id = threads.check_thread_id(data)
+        mentioned = check_mentions(data)
         self.service.check_socket_rate(sid)
         result = await self.service.send_message(user, cid, body, client_msg_id, sid=sid, attachment_ids=photos,
-                                                 trace=trace, thread_id=thread_id)
+                                                 trace=trace, thread_id=thread_id, mentions=mentioned)
         await self.service.sent_from_socket(sid, cid)
         if trace is not None:
             trace.mark("acked")

@@ -14,8 +14,18 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from chat.db import utcnow
-from chat.models import Conversation, ConversationState, Membership, Message, Reaction, Sanction, User
+from chat.models import (
+    Conversation,
+    ConversationState,
+    Membership,
+    Message,
+    MessageMention,
+    Reaction,
+    Sanction,
+    User,
+)
 from chat.moderation import Standing
+from chat.schemas import encode_mentions
 
 # ---------------------------------------------------------------- users
 
@@ -436,13 +446,15 @@ _states: sa.Table = ConversationState.__table__  # type: ignore[assignment]
 _users: sa.Table = User.__table__  # type: ignore[assignment]
 _memberships: sa.Table = Membership.__table__  # type: ignore[assignment]
 _sanctions: sa.Table = Sanction.__table__  # type: ignore[assignment]
+_message_mentions: sa.Table = MessageMention.__table__  # type: ignore[assignment]
 
 SENT_COLUMNS = (_messages.c.id, _messages.c.conversation_id, _messages.c.seq, _messages.c.sender_id,
                 _messages.c.body, _messages.c.client_msg_id, _messages.c.created_at,
                 _messages.c.edited_at, _messages.c.deleted,
                 # threads (chat/threads.py fields_of)
                 _messages.c.thread_id, _messages.c.reply_count, _messages.c.last_reply_at,
-                _messages.c.thread_participants)
+                _messages.c.thread_participants,
+                _messages.c.mentions)  # chat/mentions.py (schemas.decode_mentions)
 
 
 @dataclass(frozen=True)
@@ -550,6 +562,7 @@ class NewMessage:
     body: str
     client_msg_id: str
     thread_id: int | None = None  # a reply's root (chat/threads.py)
+    mentions: tuple[str, ...] = ()  # the mentioned user ids (chat/mentions.py)
 
 
 async def store_new_messages(conn: AsyncConnection, counts: dict[int, int], messages: Sequence[NewMessage],
@@ -576,12 +589,18 @@ async def store_new_messages(conn: AsyncConnection, counts: dict[int, int], mess
     params += ids
     sql = [f"UPDATE conversations SET last_seq = last_seq + CASE id {cases} END, last_activity_at = %s "  # noqa: S608
            f"WHERE id IN ({', '.join('%s' for _ in ids)})"]
-    values = ", ".join(f"(%s, {last}, %s, %s, %s, %s, NULL, 0, %s)" for _ in messages)
+    values = ", ".join(f"(%s, {last}, %s, %s, %s, %s, NULL, 0, %s, %s)" for _ in messages)
     for m in messages:
         params += (m.conversation_id, m.conversation_id, m.back, m.sender_id, m.body, m.client_msg_id, at,
-                   m.thread_id)
+                   m.thread_id, encode_mentions(m.mentions))
     sql.append("INSERT INTO messages (conversation_id, seq, sender_id, body, client_msg_id, created_at, edited_at, "  # noqa: S608
-               f"deleted, thread_id) VALUES {values} RETURNING id, seq, sender_id, client_msg_id")
+               f"deleted, thread_id, mentions) VALUES {values} RETURNING id, seq, sender_id, client_msg_id")
+    mentioned = [(uid, m.conversation_id, m.back) for m in messages for uid in m.mentions]
+    if mentioned:  # mention_count's rows (chat/mentions.py), keyed by the seq the INSERT got
+        sql.append("INSERT INTO message_mentions (user_id, conversation_id, seq) VALUES "  # noqa: S608
+                   + ", ".join(f"(%s, %s, {last})" for _ in mentioned))
+        for uid, cid, back in mentioned:
+            params += (uid, cid, cid, back)
     if positions:
         keys = sorted(positions)
         sql.append("INSERT INTO conversation_states (user_id, conversation_id, last_read_seq, muted) VALUES "  # noqa: S608
@@ -608,6 +627,12 @@ async def store_new_messages(conn: AsyncConnection, counts: dict[int, int], mess
         raise sa.exc.DBAPIError.instance(statement, params, exc, conn.dialect.loaded_dbapi.Error,
                                          connection_invalidated=invalidated) from exc
     return {(sender, cmid): (int(mid), int(seq)) for mid, seq, sender, cmid in rows}
+
+
+async def insert_mentions(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """mention_count's rows of newly stored messages: {user_id, conversation_id, seq} each."""
+    if rows:
+        await conn.execute(sa.insert(_message_mentions), rows)
 
 
 def _read_positions_upsert(dialect: str) -> Any:

@@ -748,8 +748,10 @@ export class BackstageClient extends Emitter {
    * Rejects with the server's error (`forbidden`, `invalid`, `conflict`, ...), after
    * maxSendAttempts transient failures, or `cancelled` / `closed`.
    * `send_status` events follow it: queued, sending, retrying, sent, failed, cancelled.
+   * `mentions`: user ids the message mentions besides the body's @mentions (e.g. picked from a
+   * completion list); the server keeps the members among them (the message's `mentions`).
    */
-  send(conversationId, body, { clientMsgId, attachments, threadId } = {}) {
+  send(conversationId, body, { clientMsgId, attachments, threadId, mentions } = {}) {
     const cmid = clientMsgId ?? newClientMsgId();
     const existing = this._pending.get(cmid);
     if (existing) {
@@ -762,6 +764,7 @@ export class BackstageClient extends Emitter {
       attachments: Array.isArray(attachments) && attachments.length ? attachments.map(String) : null,
       clientMsgId: cmid,
       threadId: threadId === undefined || threadId === null ? null : String(threadId),
+      mentions: Array.isArray(mentions) && mentions.length ? mentions.map(String) : null,
       status: "new",
       error: null,
       attempts: 0,
@@ -807,6 +810,7 @@ export class BackstageClient extends Emitter {
     const payload = { conversation_id: p.conversationId, body: p.body, client_msg_id: p.clientMsgId };
     if (p.attachments) payload.attachments = p.attachments;
     if (p.threadId !== null) payload.thread_id = p.threadId;
+    if (p.mentions) payload.mentions = p.mentions;
     this.request("send", payload).then(
       (res) => {
         if (this._pending.get(p.clientMsgId) !== p) return; // confirmed by the broadcast already

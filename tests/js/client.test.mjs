@@ -92,6 +92,21 @@ describe("BackstageClient", { concurrency: true }, () => {
       assert.deepEqual(a.pendingSends(), []);
     });
 
+    test("mentions: send() passes a mentions list; messages carry mentions", T, async () => {
+      const t = await api.roomWithTwo();
+      const a = client(server.urls[0], t.creatorToken);
+      const b = client(server.urls.at(-1), t.patronToken);
+      await Promise.all([a.connect(), b.connect()]);
+      await a.join(t.room);
+      await b.join(t.room);
+      const byName = await b.send(t.room, "hi @cara");
+      assert.deepEqual(byName.mentions, [t.creator]);
+      const listed = await b.send(t.room, "look at this", { mentions: [t.creator, "nobody_here"] });
+      assert.deepEqual(listed.mentions, [t.creator]);
+      const live = await a.rec.waitFor("message", (m) => m.id === listed.id);
+      assert.deepEqual(live.mentions, [t.creator]);
+    });
+
     test("edit, delete, reactions, typing, read and presence come through as events", T, async () => {
       const t = await api.roomWithTwo();
       const a = client(server.urls[0], t.creatorToken);
