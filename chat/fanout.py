@@ -26,6 +26,9 @@ re-check each of them on an upgrade — tests/test_fanout.py exercises all of th
 python-engineio
   * `AsyncServer._handle_connect` — copied into `FanoutEngineIO._handle_connect` with one
     change: it creates a `FanoutSocket` instead of `async_socket.AsyncSocket`.
+  * `BaseSocket.__init__` — copied into `FanoutSocket.__init__` without the queue, which is
+    created on first use (`AsyncServer.create_queue`) and dropped once a websocket's outbox
+    took over; everything that uses `socket.queue` still gets one.
   * `AsyncServer.sockets` (eio sid -> socket), `AsyncServer.reason`, `ping_interval`,
     `ping_timeout`, `max_http_buffer_size`, `start_background_task`, `logger`,
     `_upgrades`, `_trigger_event`, `_unauthorized`, `_bad_request`, `_ok`,
@@ -221,10 +224,38 @@ def _websocket_class(base: type) -> type:
 
 
 class FanoutSocket(AsyncSocket):  # type: ignore[misc]
-    """An engine.io socket whose websocket side is an `Outbox` instead of a writer task."""
+    """An engine.io socket whose websocket side is an `Outbox` instead of a writer task, and
+    whose engine.io queue exists only while it is needed (polling, the upgrade, the OPEN
+    packet before the websocket takes over)."""
 
     outbox: Outbox | None = None
     _closing_soon = False
+    _queue: asyncio.Queue[Any] | None = None
+
+    def __init__(self, server: FanoutEngineIO, sid: str) -> None:
+        # python-engineio 4.15.1 BaseSocket.__init__ without the queue (see `queue`).
+        self.server = server
+        self.sid = sid
+        self.last_ping = time.time()
+        self.connected = False
+        self.upgrading = False
+        self.upgraded = False
+        self.closing = False
+        self.closed = False
+        self.session: dict[str, Any] = {}
+
+    @property
+    def queue(self) -> asyncio.Queue[Any]:
+        """engine.io's packet queue, created on first use: a websocket socket drops it once its
+        outbox took over (~3 KiB per socket: four deques and an Event)."""
+        q = self._queue
+        if q is None:
+            q = self._queue = self.server.create_queue()
+        return q
+
+    @queue.setter
+    def queue(self, value: asyncio.Queue[Any] | None) -> None:
+        self._queue = value
 
     # ------------------------------------------------------------ sending
     def deliver(self, broadcast: Broadcast) -> None:
@@ -302,6 +333,7 @@ class FanoutSocket(AsyncSocket):  # type: ignore[misc]
             if pkt is not None:
                 outbox.write(ws_frame(pkt.encode()))
         self.outbox = outbox
+        self._queue = None  # from here on every packet goes to the outbox
         self.server.start_sweeper()
         return outbox
 
