@@ -32,7 +32,12 @@ python-engineio
   * `AsyncServer.sockets` (eio sid -> socket), `AsyncServer.reason`, `ping_interval`,
     `ping_timeout`, `max_http_buffer_size`, `start_background_task`, `logger`,
     `_upgrades`, `_trigger_event`, `_unauthorized`, `_bad_request`, `_ok`,
-    `_generate_sid_cookie`, `start_service_task` / `service_task_handle` / `_service_task`.
+    `_generate_sid_cookie`, `start_service_task` / `service_task_handle` / `_service_task`
+    (overridden: it serves the `PingWheel`, and drops closed sockets like upstream's),
+    `service_task_event`, `create_event`.
+  * `AsyncSocket.schedule_ping` (overridden: the next PING goes on the server's `PingWheel`
+    instead of a Task per socket) and `last_ping` (None = a PING is scheduled, a time = the
+    PING sent then is unanswered), as `check_ping_timeout` reads it.
   * `AsyncSocket`: `queue` (asyncio.Queue of `packet.Packet`, `None` = stop),
     `connected`, `upgrading`, `upgraded`, `closing`, `closed`, `last_ping`,
     `check_ping_timeout()`, `receive()`, `close()`; `send()`, `_upgrade_websocket()` and
@@ -56,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -223,10 +229,55 @@ def _websocket_class(base: type) -> type:
     return _WEBSOCKET_CLASSES[base]
 
 
+PING_FRAME = ws_frame(eio_packet.Packet(eio_packet.PING).encode())
+
+
+class PingWheel:
+    """Every socket's next ping and ping deadline, in slots of `tick` seconds, served by the
+    engine.io service task (`FanoutEngineIO._service_task`). Upstream runs one Task with a
+    sleeping coroutine and a timer per socket for its pings (~1.2 KiB each); an entry here is
+    two list slots."""
+
+    __slots__ = ("tick", "_slots", "_next")
+
+    def __init__(self, tick: float) -> None:
+        self.tick = tick
+        self._slots: dict[int, list[Any]] = {}
+        self._next: int | None = None  # the first slot not served yet
+
+    def add(self, at: float, socket: FanoutSocket, stamp: float | None) -> None:
+        """At monotonic time `at`: ping `socket` (stamp None), or close it unless the PING it
+        was sent at `stamp` (its `last_ping`) has been answered."""
+        slot = math.ceil(at / self.tick)
+        if self._next is not None and slot < self._next:
+            slot = self._next
+        entries = self._slots.get(slot)
+        if entries is None:
+            self._slots[slot] = [socket, stamp]
+        else:
+            entries.append(socket)
+            entries.append(stamp)
+
+    def due(self, now: float) -> list[Any]:
+        """The entries (socket, stamp, socket, stamp, ...) whose time has come."""
+        last = math.floor(now / self.tick)
+        first = self._next if self._next is not None else (min(self._slots) if self._slots else last)
+        due: list[Any] = []
+        for slot in range(min(first, last + 1), last + 1):
+            entries = self._slots.pop(slot, None)
+            if entries is not None:
+                due.extend(entries)
+        self._next = last + 1
+        return due
+
+    def __len__(self) -> int:
+        return sum(len(e) for e in self._slots.values()) // 2
+
+
 class FanoutSocket(AsyncSocket):  # type: ignore[misc]
-    """An engine.io socket whose websocket side is an `Outbox` instead of a writer task, and
-    whose engine.io queue exists only while it is needed (polling, the upgrade, the OPEN
-    packet before the websocket takes over)."""
+    """An engine.io socket whose websocket side is an `Outbox` instead of a writer task, whose
+    pings come from the server's `PingWheel`, and whose engine.io queue exists only while it
+    is needed (polling, the upgrade, the OPEN packet before the websocket takes over)."""
 
     outbox: Outbox | None = None
     _closing_soon = False
@@ -256,6 +307,34 @@ class FanoutSocket(AsyncSocket):  # type: ignore[misc]
     @queue.setter
     def queue(self, value: asyncio.Queue[Any] | None) -> None:
         self._queue = value
+
+    # ------------------------------------------------------------ pings (PingWheel)
+    def schedule_ping(self) -> None:
+        # Upstream's contract (called at connect and on every PONG): the next PING after
+        # ping_interval, unless one is already scheduled (last_ping None).
+        if self.last_ping:
+            self.last_ping = None
+            self.server.ping_wheel.add(time.monotonic() + self.server.ping_interval, self, None)
+
+    def ping_due(self, stamp: float | None) -> None:
+        """Called by the wheel: send the PING (stamp None), or close the socket if the PING sent
+        at `stamp` was not answered within ping_timeout."""
+        if self.closing or self.closed:
+            return
+        if stamp is None:
+            if self.last_ping is not None:
+                return  # a PING is out already
+            self.last_ping = stamp = time.time()
+            outbox = self.outbox
+            if outbox is not None:
+                outbox.write(PING_FRAME)
+            else:
+                self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+                self._check_queue()
+            self.server.ping_wheel.add(time.monotonic() + self.server.ping_timeout, self, stamp)
+        elif self.last_ping == stamp:
+            self.server.logger.info("%s: Client is gone, closing socket", self.sid)
+            self._close_soon(self.server.reason.PING_TIMEOUT, abort=False)
 
     # ------------------------------------------------------------ sending
     def deliver(self, broadcast: Broadcast) -> None:
@@ -420,6 +499,7 @@ class FanoutEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         self.fanout_limits = fanout_limits or FanoutLimits()
         self._sweeper: asyncio.Task[None] | None = None
         self.backlog: set[Outbox] = set()  # websocket outboxes with unsent bytes
+        self.ping_wheel = PingWheel(min(0.5, self.ping_interval / 4, self.ping_timeout / 4))
 
     def start_sweeper(self) -> None:
         """One task for all sockets (not one per socket) that aborts stalled websockets."""
@@ -434,6 +514,28 @@ class FanoutEngineIO(engineio.AsyncServer):  # type: ignore[misc]
             for outbox in list(self.backlog):
                 if not outbox.check_stall(now):
                     self.backlog.discard(outbox)
+
+    async def _service_task(self) -> None:
+        """Replaces upstream's service task (which checks one socket per ping_timeout/N seconds,
+        each with its own `wait_for`): serves the `PingWheel` every tick, and drops closed
+        sockets from `sockets` once per ping_timeout, as upstream does."""
+        self.service_task_event = event = self.create_event()
+        wheel = self.ping_wheel
+        purge_at = time.monotonic() + self.ping_timeout
+        while not event.is_set():
+            await asyncio.sleep(wheel.tick)
+            now = time.monotonic()
+            due = wheel.due(now)
+            for i in range(0, len(due), 2):
+                try:
+                    due[i].ping_due(due[i + 1])
+                except Exception:
+                    self.logger.exception("ping failed")
+            if now >= purge_at:
+                purge_at = now + self.ping_timeout
+                for sid, s in list(self.sockets.items()):
+                    if s.closed:
+                        self.sockets.pop(sid, None)
 
     async def shutdown(self) -> None:
         if self._sweeper is not None:
