@@ -49,6 +49,10 @@ class PacketGuard:
         drivers = dict(sio.eio._async)
         drivers["websocket"] = _guarded_websocket(drivers["websocket"], self)
         sio.eio._async = drivers
+        # Once a websocket is detached from aiohttp (chat/fanout.py DetachedWebSocket), its
+        # frames no longer go through the driver's wait(): the server asks this check instead.
+        if hasattr(sio.eio, "frame_check"):
+            sio.eio.frame_check = self.check_frame
         for name in ("engineio.server", "socketio.server"):
             logging.getLogger(name).addFilter(self.log_filter)
 
@@ -91,6 +95,13 @@ class PacketGuard:
                 self.strike(eio_sid, exc)
 
         return post
+
+    def check_frame(self, eio_sid: str, frame: str | bytes) -> bool:
+        """Whether to handle a websocket frame; an undecodable one is a strike instead."""
+        if _decodable(frame):
+            return True
+        self.strike(eio_sid, ValueError("undecodable frame"))
+        return False
 
     def _report(self, what: str) -> None:
         now = time.monotonic()
@@ -139,7 +150,8 @@ class PacketGuard:
     async def close_session(self, eio_sid: str) -> None:
         """Close an Engine.IO session for good. python-engineio's disconnect() only sends the
         CLOSE packet and leaves the websocket open until the client closes it, which a hostile
-        client never does; ending the socket's queue makes its writer close the connection."""
+        client never does. A websocket's connection is closed by the socket's close
+        (chat/fanout.py); ending the queue ends a long-polling session's pending poll."""
         socket = self.sio.eio.sockets.get(eio_sid)
         if socket is None:
             return
