@@ -207,6 +207,7 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await hooks.stop()
     await service.reaction_events.close()
+    await service.thread_events.close()
     await delivery.stop()
     for conversation_id, user_id in await presence.stop():
         await on_offline(conversation_id, user_id)

@@ -22,8 +22,18 @@ import orjson
 from aiohttp import web
 
 from chat.moderation import MAX_PINS, MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES
-from chat.openapi import EMOJI, EXAMPLE_LOG_ENTRY, EXAMPLE_MESSAGE, EXAMPLE_NOTIFICATION, EXAMPLE_ROOM, SCHEMAS
+from chat.openapi import (
+    EMOJI,
+    EXAMPLE_LOG_ENTRY,
+    EXAMPLE_MESSAGE,
+    EXAMPLE_NOTIFICATION,
+    EXAMPLE_REPORT,
+    EXAMPLE_ROOM,
+    SCHEMAS,
+    THREAD_ID,
+)
 from chat.reactions import MAX_PER_MESSAGE
+from chat.reports import MAX_NOTE_CHARS, REASONS
 from chat.schemas import MAX_PAGE
 
 ID = {"type": "string", "description": "an id (digits), e.g. \"12\""}
@@ -34,6 +44,8 @@ BODY = {"type": "string", "minLength": 1, "maxLength": 4000, "pattern": "\\S",
 CHANNEL = {"type": "string", "pattern": "^(user|creator|room):[A-Za-z0-9_-]{1,64}$",
            "description": "user:{id} (own id only), creator:{id} (the creator and their active patrons), "
                           "room:{id} (members of the room); anything else is answered `forbidden`"}
+INCLUDE_REPLIES = {"type": "boolean", "default": True,
+                   "description": "(extension) false: leave thread replies out (docs/api.md \"Threads\")"}
 SOCKET_ERROR_CODES = ["invalid", "unauthorized", "forbidden", "not_found", "conflict", "too_large", "rate_limited",
                       "unavailable", "internal"]
 CONNECT_ERROR_CODES = ["unauthorized", "too_many_connections", "unavailable", "internal"]
@@ -75,7 +87,7 @@ SOCKET_SCHEMAS: dict[str, Any] = {
 CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] = {
     "join": (
         "Enter a conversation: its recent messages (or those after `since_seq`), who is online, read positions",
-        _obj({"conversation_id": ID, "since_seq": SEQ}, ["conversation_id"]),
+        _obj({"conversation_id": ID, "since_seq": SEQ, "include_replies": INCLUDE_REPLIES}, ["conversation_id"]),
         {"conversation_id": "12", "since_seq": 6},
         {"conversation": _ref("Conversation"), "messages": {"type": "array", "items": _ref("Message")},
          "has_more": {"type": "boolean"}, "online": {"type": "array", "items": USER_ID},
@@ -99,7 +111,8 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
                  "client_msg_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,64}$"},
                  "attachments": {"type": "array", "maxItems": 4, "uniqueItems": True, "items": ID,
                                  "description": "ids of the sender's own unused uploads (POST /api/v1/uploads), "
-                                                "each usable once"}},
+                                                "each usable once"},
+                 "thread_id": THREAD_ID},
                 ["conversation_id", "client_msg_id"]),
          "anyOf": [{"required": ["body"], "properties": {"body": BODY}},
                    {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}}]},
@@ -119,9 +132,11 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
         {"message": _ref("Message")}, {"ok": True, "message": {**EXAMPLE_MESSAGE, "body": "", "deleted": True}},
     ),
     "history": (
-        "A page of older messages, ascending by seq",
+        "A page of older messages (of the conversation, or of one thread: `thread_id`), ascending by seq",
         _obj({"conversation_id": ID, "before_seq": SEQ,
-              "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}}, ["conversation_id"]),
+              "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50},
+              "thread_id": {**THREAD_ID, "description": "(extension) a page of this thread: its root, then its replies"},
+              "include_replies": INCLUDE_REPLIES}, ["conversation_id"]),
         {"conversation_id": "12", "before_seq": 7, "limit": 50},
         {"messages": {"type": "array", "items": _ref("Message")}, "has_more": {"type": "boolean"}},
         {"ok": True, "messages": [EXAMPLE_MESSAGE], "has_more": True},
@@ -199,6 +214,48 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
         {"entries": {"type": "array", "items": _ref("ModerationEntry")}, "next_cursor": {"type": ["string", "null"]}},
         {"ok": True, "entries": [EXAMPLE_LOG_ENTRY], "next_cursor": None},
     ),
+    "report": (
+        "(extension) Report a room message (not one's own); one report per member and message: a repeat answers "
+        "the first (created false) and counts nothing (docs/moderation.md)",
+        _obj({"message_id": ID, "reason": {"type": "string", "enum": list(REASONS)},
+              "note": {"type": "string", "maxLength": MAX_NOTE_CHARS}}, ["message_id", "reason"]),
+        {"message_id": "99", "reason": "spam", "note": "a bot"},
+        {"report": _ref("Report"), "created": {"type": "boolean"}},
+        {"ok": True, "report": EXAMPLE_REPORT, "created": True},
+    ),
+    "reports": (
+        "(extension) The creator's reports, newest first, each with its message (the creator and moderators)",
+        _obj({"creator_id": USER_ID, "status": {"type": "string", "enum": ["open", "resolved", "all"]},
+              "conversation_id": ID, "before_id": ID,
+              "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}}, []),
+        {"creator_id": "cre", "status": "open"},
+        {"reports": {"type": "array", "items": _ref("ReportListed")}, "next_cursor": {"type": ["string", "null"]}},
+        {"ok": True, "reports": [{**EXAMPLE_REPORT, "message": EXAMPLE_MESSAGE, "open_reports": 1, "hidden": False}],
+         "next_cursor": None},
+    ),
+    "review_report": (
+        "(extension) The creator or a moderator reviews a reported message: dismiss (shown again if hidden) or "
+        "remove (deleted); every open report of it is resolved",
+        _obj({"message_id": ID, "action": {"type": "string", "enum": ["dismiss", "remove"]},
+              "note": {"type": "string", "maxLength": MAX_NOTE_CHARS}}, ["message_id", "action"]),
+        {"message_id": "99", "action": "dismiss"},
+        {"message_id": ID, "conversation_id": ID, "action": {"type": "string"}, "by": {"type": ["string", "null"]},
+         "resolved": {"type": "integer", "minimum": 0}, "message": _ref("Message")},
+        {"ok": True, "message_id": "99", "conversation_id": "12", "action": "dismiss", "by": "mia", "resolved": 3,
+         "message": EXAMPLE_MESSAGE},
+    ),
+    "block_user": (
+        "(extension) Block (on) or unblock another user: their messages reach you as placeholders, and no "
+        "direct message goes between you",
+        _obj({"user_id": USER_ID, "on": {"type": "boolean"}}), {"user_id": "bob", "on": True},
+        {"user_id": USER_ID, "blocked": {"type": "boolean"}}, {"ok": True, "user_id": "bob", "blocked": True},
+    ),
+    "blocks": (
+        "(extension) The users you block, oldest block first",
+        _obj({}, []), {},
+        {"blocks": {"type": "array", "items": _ref("MemberBlock")}},
+        {"ok": True, "blocks": [{"user_id": "bob", "blocked_at": "2026-01-02T03:04:05.678Z"}]},
+    ),
 }
 
 
@@ -209,7 +266,8 @@ CONVERSATION_USER = {"conversation_id": ID, "user_id": USER_ID}
 SERVER_EVENTS: dict[str, tuple[str, dict[str, Any], Any]] = {
     "message": ("A new message, to every socket in the conversation (the sender's too)", _ref("Message"),
                 EXAMPLE_MESSAGE),
-    "message_updated": ("A message after edit or delete", _ref("Message"),
+    "message_updated": ("A message after edit or delete; a thread root whose `thread` summary changed (coalesced: "
+                        "at most one per root per second per server process)", _ref("Message"),
                         {**EXAMPLE_MESSAGE, "body": "", "deleted": True}),
     "typing": ("Someone else started or stopped typing", _obj({**CONVERSATION_USER, "typing": {"type": "boolean"}},
                                                               closed=True),
@@ -253,6 +311,27 @@ SERVER_EVENTS: dict[str, tuple[str, dict[str, Any], Any]] = {
     "slow_mode": ("(extension) The room's slow mode changed (to everyone in it)",
                   _obj({"conversation_id": ID, "seconds": {"type": "integer", "minimum": 0}}, closed=True),
                   {"conversation_id": "12", "seconds": 30}),
+    "report_opened": ("(extension) A member reported a message of the creator's rooms (to the creator's and the "
+                      "moderators' sockets)",
+                      _obj({"report": _ref("Report"), "message": _ref("Message"),
+                            "open_reports": {"type": "integer", "minimum": 1}, "hidden": {"type": "boolean"}},
+                           closed=True),
+                      {"report": EXAMPLE_REPORT, "message": EXAMPLE_MESSAGE, "open_reports": 1, "hidden": False}),
+    "report_resolved": ("(extension) A reported message was reviewed (to the creator's and the moderators' sockets)",
+                        _obj({"message_id": ID, "conversation_id": ID,
+                              "action": {"type": "string", "enum": ["dismiss", "remove"]},
+                              "by": {"type": ["string", "null"]}, "resolved": {"type": "integer", "minimum": 1}},
+                             closed=True),
+                        {"message_id": "99", "conversation_id": "12", "action": "dismiss", "by": "mia", "resolved": 3}),
+    "message_hidden": ("(extension) Reports hid a message (hidden true: show its placeholder, unless you moderate "
+                       "the room) or a review showed it again (hidden false, with the message)",
+                       _obj({"conversation_id": ID, "message_id": ID, "seq": SEQ, "hidden": {"type": "boolean"},
+                             "message": _ref("Message")}, ["conversation_id", "message_id", "seq", "hidden"],
+                            closed=True),
+                       {"conversation_id": "12", "message_id": "99", "seq": 7, "hidden": True}),
+    "user_blocked": ("(extension) You blocked or unblocked a user (to each of your sockets)",
+                     _obj({"user_id": USER_ID, "blocked": {"type": "boolean"}}, closed=True),
+                     {"user_id": "bob", "blocked": True}),
     "resync": ("(extension) The relay was interrupted: join again with since_seq if behind last_seq",
                _obj({"conversation_id": ID, "last_seq": SEQ}, ["conversation_id"], closed=True),
                {"conversation_id": "12", "last_seq": 42}),

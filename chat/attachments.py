@@ -34,10 +34,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from chat import images
 from chat.blobs import BlobStore, new_key
 from chat.config import Settings
-from chat.db import retrying, utcnow
+from chat.db import utcnow
 from chat.errors import Forbidden, Invalid, NotFound, RateLimited
 from chat.models import Attachment, Message
 from chat.ratelimit import KeyedBuckets
+from chat.retry import retry_transaction
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class Attachments:
                     result = await conn.execute(sa.insert(_att).values(**row))
                     return int(result.inserted_primary_key[0])  # type: ignore[index]
 
-            aid = await retrying(insert)
+            aid = await retry_transaction(insert, attempts=3)
         except BaseException:
             await self._forget_blobs(file_key, thumb_key)
             raise

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -13,8 +12,6 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
-
-T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -100,7 +97,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     # No pre-ping: it costs a round trip per checkout, i.e. per send. Instead a connection that
     # sat idle in the pool for IDLE_PING_S is pinged when checked out (the server may have closed
     # it, or restarted meanwhile); pool_recycle stays below MySQL's wait_timeout (28800 s by
-    # default); and `retrying` runs a transaction again when its connection turned out dead.
+    # default); and `chat.retry.retry_transaction` runs a transaction again when its connection turned out dead.
     engine = create_async_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800, pool_pre_ping=False
     )
@@ -169,18 +166,6 @@ def is_retryable(exc: BaseException) -> bool:
         return True
     args: tuple[Any, ...] = getattr(exc.orig, "args", None) or ()
     return bool(args) and args[0] in MYSQL_RETRYABLE
-
-
-async def retrying(operation: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
-    """Run a whole transaction again when InnoDB chose it as a deadlock victim or its
-    connection was dead."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await operation()
-        except sa.exc.DBAPIError as exc:
-            if attempt == attempts or not is_retryable(exc):
-                raise
-    raise AssertionError("unreachable")
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -31,6 +31,7 @@ import orjson
 
 from chat import keys
 from chat.fanout import Broadcast, FanoutServer, Payload
+from chat.memberblocks import HIDDEN_EVENTS, placeholder_event, sender_of
 from chat.recent import RecentMessages
 from chat.relay import RedisRelay
 
@@ -64,7 +65,11 @@ class Delivery:
         # Recent messages and read positions of the conversations with local sockets, for
         # `join` (chat/recent.py): fed here from every conversation event this process delivers.
         self.recent = RecentMessages()
+        # sender -> local sids whose user blocks them (chat/memberblocks.py BlockIndex); empty
+        # unless some local socket blocks someone, and only then looked at.
+        self._blocker_sids: dict[str, set[str]] = {}
         if relay is not None:
+            relay.hide_from_blockers = self._hide_relayed
             relay.set_control_handler(self._handle_control)
             relay.on_recovered = self._resync_local
             relay.on_room_packet = self._relayed_room_packet
@@ -81,6 +86,41 @@ class Delivery:
 
     def set_last_seqs(self, last_seqs: LastSeqs) -> None:
         self._last_seqs = last_seqs
+
+    def set_sender_blocks(self, blocker_sids: dict[str, set[str]]) -> None:
+        self._blocker_sids = blocker_sids
+
+    def _hide_from_blockers(self, room: str, event: str, data: Any) -> set[str] | None:
+        """A `message`/`message_updated` whose sender some local socket in `room` blocks: those
+        sockets get its placeholder (same seq, no body: memberblocks.hidden_wire) here, and are
+        returned, to be skipped by the broadcast itself. None (the common case) costs one dict
+        lookup."""
+        if event not in HIDDEN_EVENTS:
+            return None
+        sids = self._blocker_sids.get(sender_of(event, data) or "")
+        if not sids:
+            return None
+        members = self._fanout.rooms.get("/", {}).get(room)
+        targets = [sid for sid in sids if members is not None and sid in members]
+        if not targets:
+            return None
+        self._fanout.deliver("/", targets, self._fanout.encode(event, placeholder_event(event, data)))
+        return set(targets)
+
+    def _hide_relayed(self, room: str, sender: str, packet: Payload | list[Payload]) -> set[str] | None:
+        """`_hide_from_blockers` for a relayed room packet whose envelope names its sender."""
+        if not self._blocker_sids.get(sender) or not isinstance(packet, str):
+            return None
+        try:
+            event, data = orjson.loads(packet[1:])
+        except (orjson.JSONDecodeError, ValueError, TypeError):
+            return None
+        return self._hide_from_blockers(room, str(event), data)
+
+    @staticmethod
+    def _sender_of(event: str, data: Any) -> str | None:
+        """The sender a relayed room packet names in its envelope (for the receivers' blockers)."""
+        return sender_of(event, data) if event in HIDDEN_EVENTS else None
 
     def relay_problem(self) -> str | None:
         """Why this process cannot rely on the relay, for /readyz (None: no known problem)."""
@@ -134,24 +174,30 @@ class Delivery:
         if event in RECENT_EVENTS:
             self.recent.on_event(int(conversation_id), event, data)
         # Local sockets first (the sender's socket sees its message before its ack, as before).
-        self._fanout.deliver("/", room, Broadcast(encoded), skip_sid)
+        skip: str | set[str] | None = skip_sid
+        if self._blocker_sids:
+            hidden = self._hide_from_blockers(room, event, data)
+            if hidden:
+                skip = hidden | {skip_sid} if skip_sid is not None else hidden
+        self._fanout.deliver("/", room, Broadcast(encoded), skip)
         if self._relay is not None:
-            await self._relay.publish_room(room, encoded, skip_sid)
+            await self._relay.publish_room(room, encoded, skip_sid, self._sender_of(event, data))
 
     def to_conversations(self, event: str, items: list[tuple[int | str, Any]]) -> Awaitable[None]:
         """`to_conversation(cid, event, data)` for each (cid, data), in this order, handed over
         at once: every local socket is written before this returns (no await), and the relay
         has them queued, behind anything queued before. The awaitable completes once they were
         published to Redis (one round trip for all of them)."""
-        published: list[tuple[str, Payload | list[Payload], str | None]] = []
+        published: list[tuple[str, Payload | list[Payload], str | None, str | None]] = []
         recent = event in RECENT_EVENTS
         for conversation_id, data in items:
             room = keys.conversation_room(str(conversation_id))
             encoded = self._fanout.encode_packet(event, data)
             if recent:
                 self.recent.on_event(int(conversation_id), event, data)
-            self._fanout.deliver("/", room, Broadcast(encoded))
-            published.append((room, encoded, None))
+            skip = self._hide_from_blockers(room, event, data) if self._blocker_sids else None
+            self._fanout.deliver("/", room, Broadcast(encoded), skip)
+            published.append((room, encoded, None, self._sender_of(event, data)))
         if self._relay is not None and published:
             return self._relay.queue_rooms(published)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

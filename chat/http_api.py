@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from chat import moderation, schemas, unavailable
+from chat import moderation, reports, schemas, threads, unavailable
 from chat.attachments import Attachments
 from chat.auth import USER_ID_RE, Authenticator, Identity, bearer
 from chat.config import Settings
@@ -220,7 +220,9 @@ async def server_history(request: web.Request) -> web.Response:
     server_key(request)
     cid = schemas.parse_int_id(request.match_info["conversation_id"])
     page = _page_query(request)
-    return json_response(await request.app[SERVICE_KEY].server_history(cid, page))
+    thread_id, include_replies = _thread_query(request)
+    return json_response(await request.app[SERVICE_KEY].server_history(cid, page, thread_id=thread_id,
+                                                                       include_replies=include_replies))
 
 
 async def conversation_presence(request: web.Request) -> web.Response:
@@ -322,6 +324,49 @@ async def server_moderation_log(request: web.Request) -> web.Response:
         None, creator_id, None if cursor is None else int(cursor), schemas.DEFAULT_PAGE if limit is None else limit))
 
 
+# ---------------------------------------------------------------- server API: reports, member blocks (docs/moderation.md)
+
+
+async def server_reports(request: web.Request) -> web.Response:
+    server_key(request)
+    creator_id = path_user_id(request, "creator_id")
+    status = reports.check_status(request.query.get("status"))
+    room = request.query.get("conversation_id")
+    cid = None if room is None else schemas.parse_int_id(room)
+    cursor = request.query.get("cursor")
+    if cursor is not None and not schemas.CANONICAL_ID_RE.match(cursor):
+        raise Invalid("cursor must be a next_cursor this API returned")
+    limit = schemas.check_int({"limit": query_int(request, "limit")}, "limit", minimum=1, maximum=schemas.MAX_PAGE)
+    return json_response(await request.app[SERVICE_KEY].reports.list(
+        None, creator_id, status, cid, None if cursor is None else int(cursor),
+        schemas.DEFAULT_PAGE if limit is None else limit))
+
+
+async def server_review(request: web.Request) -> web.Response:
+    server_key(request)
+    message_id = schemas.parse_int_id(request.match_info["message_id"], "message")
+    data = await read_json(request)
+    return json_response(await request.app[SERVICE_KEY].reports.review(
+        None, message_id, reports.check_review_action(data), reports.check_note(data)))
+
+
+async def get_report_settings(request: web.Request) -> web.Response:
+    server_key(request)
+    return json_response(await request.app[SERVICE_KEY].reports.settings_of(path_user_id(request, "creator_id")))
+
+
+async def put_report_settings(request: web.Request) -> web.Response:
+    server_key(request)
+    creator_id = path_user_id(request, "creator_id")
+    data = await read_json(request)
+    return json_response(await request.app[SERVICE_KEY].reports.set_settings(creator_id, reports.check_threshold(data)))
+
+
+async def server_member_blocks(request: web.Request) -> web.Response:
+    server_key(request)
+    return json_response(await request.app[SERVICE_KEY].list_blocks(path_user_id(request, "user_id")))
+
+
 def _page_query(request: web.Request) -> schemas.PageQuery:
     """before_seq / after_seq / limit of a history page; since_seq (the socket join's name) is
     accepted for after_seq."""
@@ -332,6 +377,16 @@ def _page_query(request: web.Request) -> schemas.PageQuery:
             raise Invalid("give after_seq or since_seq, not both")
         values["after_seq"] = since
     return schemas.check_page(values)
+
+
+def _thread_query(request: web.Request) -> tuple[int | None, bool]:
+    """`thread_id` (a thread's page) and `include_replies` (true|false) of a history page (chat/threads.py)."""
+    raw = request.query.get("include_replies")
+    if raw not in (None, "", "true", "false"):
+        raise Invalid("include_replies must be true or false")
+    thread = request.query.get("thread_id")
+    return (threads.check_thread_id({"thread_id": thread or None}),
+            threads.check_include_replies({"include_replies": raw != "false"}))
 
 
 async def publish(request: web.Request) -> web.Response:
@@ -365,6 +420,11 @@ async def get_me(request: web.Request) -> web.Response:
     return json_response(me)
 
 
+async def get_moderation(request: web.Request) -> web.Response:
+    user = client(request)
+    return json_response(await request.app[SERVICE_KEY].moderation_overview(user))
+
+
 async def list_conversations(request: web.Request) -> web.Response:
     user = client(request)
     return json_response({"conversations": await request.app[SERVICE_KEY].list_conversations(user)})
@@ -384,7 +444,9 @@ async def list_messages(request: web.Request) -> web.Response:
     user = client(request)
     cid = schemas.parse_int_id(request.match_info["conversation_id"])
     page = schemas.check_page({k: query_int(request, k) for k in ("before_seq", "after_seq", "limit")})
-    return json_response(await request.app[SERVICE_KEY].history(user, cid, page))
+    thread_id, include_replies = _thread_query(request)
+    return json_response(await request.app[SERVICE_KEY].history(user, cid, page, thread_id=thread_id,
+                                                                include_replies=include_replies))
 
 
 async def post_message(request: web.Request) -> web.Response:
@@ -395,9 +457,10 @@ async def post_message(request: web.Request) -> web.Response:
     photos = schemas.check_attachment_ids(data)
     body = schemas.check_body(data, service.settings.max_body_chars, allow_empty=bool(photos))
     client_msg_id = schemas.check_client_msg_id(data)
+    thread_id = threads.check_thread_id(data)
     quota = await service.check_user_rate(user.user_id)
-    response = json_response(await service.send_message(user, cid, body, client_msg_id, attachment_ids=photos),
-                             status=201)
+    response = json_response(await service.send_message(user, cid, body, client_msg_id, attachment_ids=photos,
+                                                        thread_id=thread_id), status=201)
     response.headers.update(quota.headers())
     return response
 
@@ -516,7 +579,13 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/api/v1/server/rooms/{conversation_id}/slow-mode", put_slow_mode)
     r.add_put("/api/v1/server/messages/{message_id}/pin", put_pin)
     r.add_delete("/api/v1/server/messages/{message_id}/pin", delete_pin)
+    r.add_get("/api/v1/server/creators/{creator_id}/reports", server_reports)
+    r.add_post("/api/v1/server/messages/{message_id}/review", server_review)
+    r.add_get("/api/v1/server/creators/{creator_id}/report-settings", get_report_settings)
+    r.add_put("/api/v1/server/creators/{creator_id}/report-settings", put_report_settings)
+    r.add_get("/api/v1/server/users/{user_id}/blocks", server_member_blocks)
     r.add_get("/api/v1/me", get_me)
+    r.add_get("/api/v1/moderation", get_moderation)
     r.add_get("/api/v1/conversations", list_conversations)
     r.add_post("/api/v1/conversations/direct", open_direct)
     r.add_get("/api/v1/conversations/{conversation_id}/messages", list_messages)

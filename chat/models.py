@@ -78,6 +78,8 @@ class Message(Base):
     __table_args__ = (
         sa.UniqueConstraint("conversation_id", "seq"),
         sa.UniqueConstraint("sender_id", "client_msg_id"),
+        # thread pages (thread_id = root) and the main view without replies (thread_id IS NULL)
+        sa.Index("ix_messages_conversation_id_thread_id_seq", "conversation_id", "thread_id", "seq"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -91,6 +93,14 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     deleted: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    # Threads (chat/threads.py): a reply names its root; a root keeps its thread's summary,
+    # updated in the transaction of each batch of replies (reply_count only grows: deleted
+    # replies stay in the thread as deleted messages). `thread_participants`: up to 5 user ids
+    # of repliers, comma-separated, first repliers first.
+    thread_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    reply_count: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    last_reply_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    thread_participants: Mapped[str | None] = mapped_column(sa.String(400), nullable=True)
 
 
 class Attachment(Base):
@@ -197,3 +207,59 @@ class Pin(Base):
     message_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
     pinned_by: Mapped[str | None] = mapped_column(USER_ID, nullable=True)
     pinned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class MessageReport(Base):
+    """A member's report of a message (docs/moderation.md "Reports"): one per member and message;
+    `status` open until the creator, a moderator or the backend reviews the message (all its open
+    reports resolve at once: dismissed or removed)."""
+
+    __tablename__ = "message_reports"
+    __table_args__ = (
+        sa.UniqueConstraint("message_id", "reporter_id"),
+        sa.Index("ix_message_reports_creator_status_id", "creator_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("messages.id", ondelete="CASCADE"))
+    conversation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("conversations.id", ondelete="CASCADE"))
+    creator_id: Mapped[str] = mapped_column(USER_ID)
+    sender_id: Mapped[str] = mapped_column(USER_ID)
+    reporter_id: Mapped[str] = mapped_column(USER_ID)
+    reason: Mapped[str] = mapped_column(sa.String(16))
+    note: Mapped[str] = mapped_column(sa.String(500), default="")
+    status: Mapped[str] = mapped_column(sa.String(16), default="open")
+    resolved_by: Mapped[str | None] = mapped_column(USER_ID, nullable=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class HiddenMessage(Base):
+    """A message hidden by reports from `hide_threshold` members, until reviewed."""
+
+    __tablename__ = "hidden_messages"
+
+    message_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
+    hidden_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReportSettings(Base):
+    """A creator's reports threshold (absent: reports.DEFAULT_HIDE_THRESHOLD; 0: reports never hide)."""
+
+    __tablename__ = "report_settings"
+
+    creator_id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
+    hide_threshold: Mapped[int] = mapped_column(sa.Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class MemberBlock(Base):
+    """`blocker_id` hides `blocked_id`'s messages and refuses direct messages with them."""
+
+    __tablename__ = "member_blocks"
+
+    blocker_id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
+    blocked_id: Mapped[str] = mapped_column(USER_ID, primary_key=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

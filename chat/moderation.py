@@ -30,7 +30,7 @@ MAX_TIMEOUT_MINUTES = 7 * 24 * 60
 MAX_REASON_CHARS = 500
 MAX_SLOW_MODE_S = 3600
 ACTIONS = ("moderator_added", "moderator_removed", "timeout", "timeout_lifted", "block", "unblock",
-           "message_deleted", "slow_mode", "message_pinned", "message_unpinned")
+           "message_deleted", "slow_mode", "message_pinned", "message_unpinned", "report_dismissed", "report_removed")
 MAX_PINS = 3  # pinned messages per room
 
 _moderators = sa.inspect(Moderator).local_table
@@ -117,6 +117,30 @@ async def blocked_user_ids(conn: AsyncConnection, creator_id: str, user_ids: lis
 async def list_moderators(conn: AsyncConnection, creator_id: str) -> list[str]:
     c = _moderators.c
     return list(await conn.scalars(sa.select(c.user_id).where(c.creator_id == creator_id).order_by(c.user_id)))
+
+
+async def moderated_creator_ids(conn: AsyncConnection, user_id: str) -> list[str]:
+    """The creators whose rooms `user_id` moderates."""
+    c = _moderators.c
+    return list(await conn.scalars(sa.select(c.creator_id).where(c.user_id == user_id).order_by(c.creator_id)))
+
+
+async def running_timeouts(conn: AsyncConnection, user_id: str, now: datetime) -> list[tuple[str, datetime]]:
+    """(creator_id, until) of the timeouts of `user_id` that have not ended."""
+    c = _sanctions.c
+    rows = await conn.execute(sa.select(c.creator_id, c.timeout_until).where(
+        c.user_id == user_id, c.timeout_until > now).order_by(c.creator_id))
+    return [(r[0], r[1]) for r in rows.all()]
+
+
+async def sanctioned_members(conn: AsyncConnection, creator_id: str, now: datetime,
+                             limit: int) -> list[tuple[str, bool, datetime | None]]:
+    """(user_id, blocked, running timeout's end or None) of the creator's blocked or timed-out
+    members, at most `limit`, by user id."""
+    c = _sanctions.c
+    rows = await conn.execute(sa.select(c.user_id, c.blocked, c.timeout_until).where(
+        c.creator_id == creator_id, sa.or_(c.blocked.is_(True), c.timeout_until > now)).order_by(c.user_id).limit(limit))
+    return [(r[0], bool(r[1]), r[2] if r[2] is not None and r[2] > now else None) for r in rows.all()]
 
 
 async def get_slow_mode(conn: AsyncConnection, conversation_id: int) -> int:

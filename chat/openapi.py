@@ -16,6 +16,8 @@ from aiohttp import web
 
 from chat.moderation import MAX_PINS, MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES, MIN_TIMEOUT_MINUTES
 from chat.reactions import DEFAULT_REACTORS, MAX_EMOJI_CHARS, MAX_PER_MESSAGE, MAX_REACTORS
+from chat.reports import MAX_HIDE_THRESHOLD, MAX_NOTE_CHARS
+from chat.reports import REASONS as REPORT_REASONS
 from chat.schemas import EXTERNAL_ID_RE, MAX_PAGE
 from webhooks import EVENT_TYPES as WEBHOOK_EVENT_TYPES
 from webhooks.outbox import STATUSES as WEBHOOK_STATUSES
@@ -76,7 +78,23 @@ SCHEMAS: dict[str, Any] = {
         "reactions": {"type": "array", "items": _ref("Reaction"), "maxItems": MAX_PER_MESSAGE,
                       "description": "as the reader sees them (`me`); [] on a new message; left out of message_updated"},
         "attachments": {"type": "array", "maxItems": 4, "items": _ref("Attachment")},
+        "thread_id": {"type": ["string", "null"],
+                      "description": "(extension) a reply's thread: its root message's id; null otherwise"},
+        "thread": {"oneOf": [_ref("ThreadSummary"), {"type": "null"}],
+                   "description": "(extension) a thread root's summary; null while it has no replies"},
+        "hidden": {"const": True, "description": "(extension) present only on a message the reader does not see: "
+                                                 "its placeholder (body empty, no photos or reactions); the creator "
+                                                 "and moderators get a message hidden by reports whole, with this "
+                                                 "flag (docs/moderation.md)"},
+        "hidden_reason": {"type": "string", "enum": ["blocked", "reported"],
+                          "description": "(extension) with hidden on a placeholder: the reader blocks the sender, "
+                                         "or reports hid the message"},
     }, ["id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted"]),
+    "ThreadSummary": _obj({
+        "reply_count": {"type": "integer", "minimum": 1, "description": "replies ever sent (deleted ones too): only grows"},
+        "last_reply_at": TIME,
+        "participants": {"type": "array", "items": STRING, "maxItems": 5,
+                         "description": "the first 5 users who replied, first repliers first"}}),
     "Reaction": _obj({"emoji": EMOJI, "count": {"type": "integer", "minimum": 1},
                       "me": {"type": "boolean", "description": "whether the reader reacted with it"}}),
     "ReactionWithUsers": _obj({"emoji": EMOJI, "count": {"type": "integer", "minimum": 1}, "me": {"type": "boolean"},
@@ -104,12 +122,25 @@ SCHEMAS: dict[str, Any] = {
         "actor_id": {"type": ["string", "null"], "description": "who acted; null for the backend (server API)"},
         "action": {"type": "string", "enum": ["moderator_added", "moderator_removed", "timeout", "timeout_lifted",
                                               "block", "unblock", "message_deleted", "slow_mode", "message_pinned",
-                                              "message_unpinned"]},
+                                              "message_unpinned", "report_dismissed", "report_removed"]},
         "target_id": NULLABLE_STRING, "message_id": NULLABLE_STRING,
         "conversation_id": {"type": ["string", "null"], "description": "slow_mode: the room"},
         "seconds": {"type": ["integer", "null"], "description": "slow_mode: the interval (0: off)"},
         "until": {"type": ["string", "null"], "description": "a timeout's end (ISO 8601 UTC)"},
         "reason": STRING, "created_at": TIME}),
+    "Report": _obj({
+        "id": STRING, "message_id": STRING, "conversation_id": STRING, "creator_id": STRING, "sender_id": STRING,
+        "reporter_id": STRING, "reason": {"type": "string", "enum": list(REPORT_REASONS)},
+        "note": {"type": "string", "maxLength": MAX_NOTE_CHARS},
+        "status": {"type": "string", "enum": ["open", "dismissed", "removed"]},
+        "resolved_by": {"type": ["string", "null"], "description": "who reviewed it (null: open, or the backend)"},
+        "resolved_at": NULLABLE_TIME, "created_at": TIME}),
+    "ReportListed": {"allOf": [_ref("Report"), _obj({
+        "message": {"anyOf": [_ref("Message"), {"type": "null"}],
+                    "description": "the reported message as the moderators see it (its body even while hidden)"},
+        "open_reports": {"type": "integer", "minimum": 0, "description": "the message's open reports"},
+        "hidden": {"type": "boolean", "description": "hidden by reports (until reviewed)"}})]},
+    "MemberBlock": _obj({"user_id": STRING, "blocked_at": TIME}),
     "WebhookDelivery": _obj({
         "id": STRING, "event_id": {"type": "string", "description": "the event's idempotency id (body `id`)"},
         "event_type": {"type": "string", "enum": list(WEBHOOK_EVENT_TYPES)},
@@ -182,7 +213,8 @@ EXAMPLE_MESSAGE = {"id": "99", "conversation_id": "12", "seq": 7, "sender": {"id
                    "body": "hello", "client_msg_id": "c-1", "created_at": "2026-01-02T03:04:05.678Z",
                    "edited_at": None, "deleted": False,
                    "reactions": [{"emoji": "\U0001f44d", "count": 3, "me": True}, {"emoji": ":fire:", "count": 1, "me": False}],
-                   "attachments": []}
+                   "attachments": [], "thread_id": None,
+                   "thread": {"reply_count": 2, "last_reply_at": "2026-01-02T03:06:00.000Z", "participants": ["bob", "cre"]}}
 EXAMPLE_UPLOAD = {"id": "41", "width": 1280, "height": 960, "content_type": "image/jpeg", "size": 183204}
 EXAMPLE_ATTACHMENT = {**EXAMPLE_UPLOAD, "url": "/api/v1/attachments/41?exp=1767326700&sig=3q2-7w...",
                       "thumb_url": "/api/v1/attachments/41/thumb?exp=1767326700&sig=Yk9v..."}
@@ -196,6 +228,16 @@ EXAMPLE_NOTIFICATION = {"id": "5", "type": "new_post", "title": "New post", "bod
 
 
 REASON = {"type": "string", "maxLength": MAX_REASON_CHARS, "description": "for the moderation log (optional)"}
+EXAMPLE_REPORT = {"id": "5", "message_id": "99", "conversation_id": "12", "creator_id": "cre", "sender_id": "bob",
+                  "reporter_id": "alice", "reason": "spam", "note": "", "status": "open", "resolved_by": None,
+                  "resolved_at": None, "created_at": "2026-01-02T03:04:05.678Z"}
+REPORTS_PAGE = _obj({"reports": {"type": "array", "items": _ref("ReportListed")}, "next_cursor": NULLABLE_STRING})
+REPORT_SETTINGS = _obj({"creator_id": STRING, "hide_threshold": {"type": "integer", "minimum": 0,
+                                                                 "maximum": MAX_HIDE_THRESHOLD}})
+REVIEW_ANSWER = _obj({"message_id": STRING, "conversation_id": STRING,
+                      "action": {"type": "string", "enum": ["dismiss", "remove"]},
+                      "by": {"type": ["string", "null"]}, "resolved": {"type": "integer", "minimum": 0},
+                      "message": _ref("Message")})
 MODERATOR_ANSWER = _obj({"creator_id": STRING, "user_id": STRING, "moderator": {"type": "boolean"}})
 TIMEOUT_ANSWER = _obj({"creator_id": STRING, "user_id": STRING, "until": NULLABLE_TIME})
 BLOCK_ANSWER = _obj({"creator_id": STRING, "user_id": STRING, "blocked": {"type": "boolean"}})
@@ -206,6 +248,19 @@ EXAMPLE_LOG_ENTRY = {"id": "31", "creator_id": "cre", "actor_id": "mia", "action
                      "created_at": "2026-01-02T03:04:05.678Z"}
 EXAMPLE_LOG = {"entries": [EXAMPLE_LOG_ENTRY], "next_cursor": None}
 
+_NAMED = _obj({"id": STRING, "name": STRING})
+MODERATION_OVERVIEW = _obj({
+    "moderator_of": {"type": "array", "items": STRING},
+    "timeouts": {"type": "array", "items": _obj({"creator_id": STRING, "until": TIME})},
+    "teams": {"type": "array", "items": _obj({
+        "creator_id": STRING, "moderators": {"type": "array", "items": _NAMED},
+        "blocked": {"type": "array", "items": _NAMED},
+        "timed_out": {"type": "array", "items": _obj({"id": STRING, "name": STRING, "until": TIME})}})}})
+EXAMPLE_OVERVIEW = {"moderator_of": ["cre"], "timeouts": [],
+                    "teams": [{"creator_id": "mia", "moderators": [], "blocked": [], "timed_out": []},
+                              {"creator_id": "cre", "moderators": [{"id": "mia", "name": "Mia"}],
+                               "blocked": [{"id": "bob", "name": "Bob"}],
+                               "timed_out": [{"id": "alice", "name": "Alice", "until": "2026-01-02T03:14:05.678Z"}]}]}
 
 def _op(summary: str, security: str | None, responses: dict[str, Any], *, body: dict[str, Any] | None = None,
         body_example: Any = None, params: list[dict[str, Any]] | None = None,
@@ -225,8 +280,21 @@ def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
+THREAD_ID = {"type": "string", "pattern": "^[0-9]{1,18}$",
+             "description": "(extension) a reply: the id of a root message of this conversation (not a reply, not "
+                            "deleted); docs/api.md \"Threads\""}
+
+
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+THREAD_QUERY = [
+    _query("thread_id", {"type": "string", "pattern": "^[0-9]{1,18}$"},
+           "(extension) a page of this thread: its root, then its replies (docs/api.md \"Threads\")"),
+    _query("include_replies", {"type": "string", "enum": ["true", "false"], "default": "true"},
+           "(extension) false: leave thread replies out"),
+]
 
 
 def _ok(status: int, description: str, schema: dict[str, Any], example: Any,
@@ -310,7 +378,8 @@ def build() -> dict[str, Any]:
             params=[conv_id, _query("before_seq", seq_query, "the messages just before this seq"),
                     _query("after_seq", seq_query, "the messages just after this seq"),
                     _query("since_seq", seq_query, "the same as after_seq (the socket join's name)"),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50")],
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50"),
+                    *THREAD_QUERY],
             tags=["server"])},
         "/api/v1/server/conversations/{conversation_id}/presence": {"get": _op(
             "Who has a socket joined to the conversation, cluster-wide", "apiKey",
@@ -393,6 +462,49 @@ def build() -> dict[str, Any]:
                            "the next_cursor of the previous page"),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50")],
             tags=["server"])},
+        "/api/v1/server/creators/{creator_id}/reports": {"get": _op(
+            "The creator's reports of messages, newest first, each with its message (docs/moderation.md)", "apiKey",
+            {**_ok(200, "a page; next_cursor is null on the last one", REPORTS_PAGE,
+                   {"reports": [{**EXAMPLE_REPORT, "message": None, "open_reports": 1, "hidden": False}],
+                    "next_cursor": None}),
+             **_errors(*READ_ERRORS)},
+            params=[_path_param("creator_id", USER_ID),
+                    _query("status", {"type": "string", "enum": ["open", "resolved", "all"]}, "default open"),
+                    _query("conversation_id", {"type": "string", "pattern": "^(0|[1-9][0-9]{0,17})$"},
+                           "only this room's"),
+                    _query("cursor", {"type": "string", "pattern": "^(0|[1-9][0-9]{0,17})$"},
+                           "the next_cursor of the previous page"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50")],
+            tags=["server"])},
+        "/api/v1/server/creators/{creator_id}/report-settings": {
+            "get": _op("The creator's reports threshold (3 unless set; 0: reports never hide)", "apiKey",
+                       {**_ok(200, "the threshold", REPORT_SETTINGS, {"creator_id": "cre", "hide_threshold": 3}),
+                        **_errors(*READ_ERRORS)},
+                       params=[_path_param("creator_id", USER_ID)], tags=["server"]),
+            "put": _op("Set how many members' open reports hide a message (0: never); applies to the next reports",
+                       "apiKey",
+                       {**_ok(200, "the threshold now", REPORT_SETTINGS, {"creator_id": "cre", "hide_threshold": 5}),
+                        **_errors(*BODY_ERRORS)},
+                       params=[_path_param("creator_id", USER_ID)],
+                       body=_obj({"hide_threshold": {"type": "integer", "minimum": 0, "maximum": MAX_HIDE_THRESHOLD}}),
+                       body_example={"hide_threshold": 5}, tags=["server"])},
+        "/api/v1/server/messages/{message_id}/review": {"post": _op(
+            "Review a reported room message: dismiss (it stays, shown again if hidden) or remove (deleted); "
+            "every open report of it is resolved", "apiKey",
+            {**_ok(200, "how many open reports were resolved, and the message now", REVIEW_ANSWER,
+                   {"message_id": "99", "conversation_id": "12", "action": "dismiss", "by": None, "resolved": 3,
+                    "message": EXAMPLE_MESSAGE}),
+             **_errors(*BODY_ERRORS)},
+            params=[_path_param("message_id", {"type": "string", "description": "a message id (digits)"})],
+            body=_obj({"action": {"type": "string", "enum": ["dismiss", "remove"]},
+                       "note": {"type": "string", "maxLength": MAX_NOTE_CHARS}}, ["action"]),
+            body_example={"action": "dismiss", "note": "not spam"}, tags=["server"])},
+        "/api/v1/server/users/{user_id}/blocks": {"get": _op(
+            "The users this user blocks (blocks between members, docs/moderation.md)", "apiKey",
+            {**_ok(200, "oldest block first", _obj({"blocks": {"type": "array", "items": _ref("MemberBlock")}}),
+                   {"blocks": [{"user_id": "bob", "blocked_at": "2026-01-02T03:04:05.678Z"}]}),
+             **_errors(*READ_ERRORS)},
+            params=[_path_param("user_id", USER_ID)], tags=["server"])},
         "/api/v1/server/rooms/{conversation_id}/slow-mode": {"put": _op(
             "Slow mode of a room: each member posts at most once per `seconds` (0: off; creator and moderators "
             "exempt), cluster-wide", "apiKey",
@@ -456,6 +568,12 @@ def build() -> dict[str, Any]:
             "The signed-in user and their unread notification count", "clientJwt",
             {**_ok(200, "the user", _obj({"user": _ref("User"), "unread_notifications": {"type": "integer"}}),
                    {"user": EXAMPLE_USER, "unread_notifications": 2}), **_errors(401, 404, 503)}, tags=["client"])},
+        "/api/v1/moderation": {"get": _op(
+            "(extension) Moderation as the signed-in user sees it: whose rooms they moderate, their running "
+            "timeouts, and for themselves (as a creator) and each creator they moderate: moderators, blocked and "
+            "timed-out members (at most 100 of these two)", "clientJwt",
+            {**_ok(200, "the overview", MODERATION_OVERVIEW, EXAMPLE_OVERVIEW), **_errors(401, 503)},
+            tags=["client"])},
         "/api/v1/conversations": {"get": _op(
             "The user's conversations, newest activity first", "clientJwt",
             {**_ok(200, "the conversations",
@@ -476,7 +594,8 @@ def build() -> dict[str, Any]:
                        {"messages": [EXAMPLE_MESSAGE], "has_more": False}), **_errors(*READ_ERRORS, 403)},
                 params=[conv_id, _query("before_seq", seq_query, "the messages just before this seq"),
                         _query("after_seq", seq_query, "the messages just after this seq"),
-                        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50")],
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50"),
+                        *THREAD_QUERY],
                 tags=["client"]),
             "post": _op(
                 "Send a message (idempotent on client_msg_id; rate-limited per user)", "clientJwt",
@@ -489,7 +608,8 @@ def build() -> dict[str, Any]:
                            "client_msg_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,64}$"},
                            "attachments": {"type": "array", "maxItems": 4, "uniqueItems": True,
                                            "items": {"type": "string", "pattern": "^[0-9]{1,18}$"},
-                                           "description": "ids of the sender's own unused uploads"}},
+                                           "description": "ids of the sender's own unused uploads"},
+                           "thread_id": THREAD_ID},
                           ["client_msg_id"]),
                 body_example={"body": "hello", "client_msg_id": "c-1"}, tags=["client"]),
         },

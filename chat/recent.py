@@ -65,6 +65,23 @@ def _version(wire: Wire) -> tuple[bool, str]:
     return bool(wire.get("deleted")), str(wire.get("edited_at") or "")
 
 
+def _replies(wire: Wire | None) -> int:
+    thread = wire.get("thread") if wire is not None else None
+    return int(thread.get("reply_count") or 0) if isinstance(thread, dict) else 0
+
+
+def _merged(old: Wire | None, wire: Wire) -> Wire | None:
+    """What to keep of a message seen as `old` and now as `wire` (None: keep `old`): the later
+    state (_version), with the thread summary of the most replies (it only grows; thread roots'
+    `message_updated` from different processes may arrive out of order, chat/threads.py)."""
+    if old is None:
+        return wire
+    keep, other = (wire, old) if _version(wire) >= _version(old) else (old, wire)
+    if _replies(other) > _replies(keep):
+        return {**keep, "thread": other["thread"]}
+    return None if keep is old else keep
+
+
 @dataclass
 class Page:
     messages: list[Wire]
@@ -96,16 +113,15 @@ class _Entry:
             if isinstance(sender, dict):
                 name = sender.get("name")
                 self.move_position(str(sender.get("id")), seq, name if isinstance(name, str) else None)
-        old = self.messages.get(seq)
-        newer = old is None or _version(wire) >= _version(old)
+        merged = _merged(self.messages.get(seq), wire)
         if self.filled is not None:  # gathering: merged with the query's rows by `fill`
-            if newer:
-                self.messages[seq] = wire
+            if merged is not None:
+                self.messages[seq] = merged
             return
         if seq < self.lo:
             return  # below what is kept
-        if newer:
-            self.messages[seq] = wire
+        if merged is not None:
+            self.messages[seq] = merged
         if seq > self.hi:
             self.hi = seq
         self._trim()

@@ -131,6 +131,9 @@ class RedisRelay:
         # hole (subscriber lost, or found deaf).
         self.on_room_packet: Callable[[str, Payload | list[Payload]], None] | None = None
         self.on_trouble: Callable[[], None] | None = None
+        # A relayed room packet whose envelope names its sender: the local sockets that block the
+        # sender are handed a placeholder instead and returned, to be skipped (chat/delivery.py).
+        self.hide_from_blockers: Callable[[str, str, Payload | list[Payload]], set[str] | None] | None = None
         self._lost = False  # the subscriber lost its connection since it last settled
         self._skip_publish_until = 0.0
         self._publish_failing = False
@@ -150,20 +153,26 @@ class RedisRelay:
         self._control_handler = handler
 
     # ------------------------------------------------------------ publishing
-    async def publish_room(self, room: str, encoded: Payload | list[Payload], skip_sid: str | None) -> None:
-        await self.queue_rooms([(room, encoded, skip_sid)])
+    async def publish_room(self, room: str, encoded: Payload | list[Payload], skip_sid: str | None,
+                           sender: str | None = None) -> None:
+        await self.queue_rooms([(room, encoded, skip_sid, sender)])
 
-    def queue_rooms(self, items: list[tuple[str, Payload | list[Payload], str | None]]) -> asyncio.Future[None]:
+    def queue_rooms(self, items: list[tuple[str, Payload | list[Payload], str | None, str | None]]
+                    ) -> asyncio.Future[None]:
         """Queue room broadcasts for publishing; the future completes once they were published
         (or given up: see `_publish_many`). Every room broadcast of this process goes through
         this one queue, so they reach Redis in the order they were queued; what queued up while
         a pipeline was in flight goes in the next one (one round trip for all of it). The caller
-        does not wait for Redis before its next hand-over, only for its own result."""
+        does not wait for Redis before its next hand-over, only for its own result. An item's
+        `sender` (a message's) goes in the envelope, for the receivers' blockers
+        (`hide_from_blockers`)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._outbound.append(([(self._keys.room_relay_channel(room), orjson.dumps(
-            {"host_id": self.host_id, "skip_sid": skip_sid, "packet": _packet_to_json(encoded)}))
-            for room, encoded, skip_sid in items], done))
+            {"host_id": self.host_id, "skip_sid": skip_sid, "packet": _packet_to_json(encoded)}
+            if sender is None else
+            {"host_id": self.host_id, "skip_sid": skip_sid, "sender": sender, "packet": _packet_to_json(encoded)}))
+            for room, encoded, skip_sid, sender in items], done))
         if self._publisher is None or self._publisher.done():
             self._publisher = loop.create_task(self._drain_outbound())
         return done
@@ -533,7 +542,13 @@ class RedisRelay:
         packet = _packet_from_json(message["packet"])
         if self.on_room_packet is not None:
             self.on_room_packet(room, packet)  # synchronously with the delivery: nothing in between
-        self._manager.deliver("/", room, Broadcast(packet), skip if isinstance(skip, str) else None)
+        skips: str | set[str] | None = skip if isinstance(skip, str) else None
+        sender = message.get("sender")
+        if isinstance(sender, str) and self.hide_from_blockers is not None:
+            hidden = self.hide_from_blockers(room, sender, packet)
+            if hidden:
+                skips = hidden | {skip} if isinstance(skip, str) else hidden
+        self._manager.deliver("/", room, Broadcast(packet), skips)
 
     async def _on_socketio_message(self, message: dict[str, Any]) -> None:
         RELAY_RECEIVED.labels("socketio").inc()

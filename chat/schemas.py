@@ -148,10 +148,12 @@ def iso(dt: datetime | None) -> str | None:
 
 def message_wire_columns(mid: int, conversation_id: int, seq: int, sender_id: str, sender_name: str, body: str,
                  client_msg_id: str, created_at: datetime, edited_at: datetime | None,
-                 deleted: bool, attachments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                 deleted: bool, attachments: list[dict[str, Any]] | None = None, *,
+                 thread_id: int | None = None, thread: dict[str, Any] | None = None) -> dict[str, Any]:
     """A message's wire form from column values (the send and join paths have no ORM object).
     `reactions` is empty here: reads fill it per reader (chat/reactions.py attach_reactions).
-    `attachments`: photo wire forms (chat/attachments.py), filled in by the caller's read path."""
+    `attachments`: photo wire forms (chat/attachments.py), filled in by the caller's read path.
+    `thread_id` (a reply's root) and `thread` (a root's summary): chat/threads.py."""
     return {
         "id": str(mid),
         "conversation_id": str(conversation_id),
@@ -164,12 +166,16 @@ def message_wire_columns(mid: int, conversation_id: int, seq: int, sender_id: st
         "deleted": bool(deleted),
         "attachments": [] if deleted or attachments is None else attachments,
         "reactions": [],
+        "thread_id": None if thread_id is None else str(thread_id),
+        "thread": thread,
     }
 
 
 def message_wire(m: Message, sender_name: str) -> dict[str, Any]:
+    from chat.threads import fields_of
+
     return message_wire_columns(m.id, m.conversation_id, m.seq, m.sender_id, sender_name, m.body, m.client_msg_id,
-                                m.created_at, m.edited_at, m.deleted)
+                                m.created_at, m.edited_at, m.deleted, **fields_of(m))
 
 
 def conversation_wire(c: Conversation, members: list[dict[str, Any]] | None = None) -> dict[str, Any]:

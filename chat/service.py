@@ -20,12 +20,12 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from chat import keys, moderation, reactions, schemas, sendtrace, storage
+from chat import keys, memberblocks, moderation, reactions, reports, schemas, sendtrace, storage, threads
 from chat.attachments import Attachments
 from chat.auth import Identity
 from chat.batch import BatchedLookup
 from chat.config import Settings
-from chat.db import retrying, utcnow
+from chat.db import utcnow
 from chat.delivery import Delivery
 from chat.errors import (
     ChatError,
@@ -44,6 +44,7 @@ from chat.presence import Presence, PresenceCoalescer, PresenceUnavailable
 from chat.ratelimit import KeyedBuckets, Quota, UserRateLimiter
 from chat.reactions import ReactionCoalescer
 from chat.recent import JOIN_PAGE, JOIN_PAGES, POSITIONS_LIMIT, SINCE_PAGE
+from chat.reports import ReportDesk
 from chat.retry import retry_transaction
 from chat.slowmode import SlowModeGate
 from chat.storage import ConversationMeta
@@ -63,6 +64,7 @@ JoinExtras = tuple[dict[int, list[dict[str, Any]]], dict[tuple[str, str], list[d
 
 CONVERSATION_CACHE_SIZE = 10_000
 KNOWN_USERS_SIZE = 50_000  # (user_id, name) pairs this process knows are stored
+OVERVIEW_LIMIT = 100  # blocked + timed-out members per creator in the page's moderation overview
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,9 @@ class Access:
     post: bool
     reason: str = ""
     timed_out_until: datetime | None = None  # set when a timeout is what forbids posting
+
+
+DIRECT_BLOCKED = "one of you blocks the other: no direct messages between you"
 
 
 def timed_out_error(until: datetime) -> TimedOut:
@@ -180,9 +185,11 @@ class ChatService:
         self.presence = presence
         self.settings = settings
         self._unread_notifications = unread_notifications
+        # Thread roots' `message_updated`, at most one per root per second (chat/threads.py).
+        self.thread_events = threads.ThreadCoalescer(self._emit_message_updated, self._reread_root)
         self.writer = MessageWriter(self.engine, self._deliver_messages,
                                     push_enqueue_jobs=push_enqueue_jobs, push_wake=push_wake,
-                                    webhook_messages=webhook_messages)
+                                    webhook_messages=webhook_messages, thread_updates=self.thread_events.note)
         # Conversations never change kind, creator, patron, name, tier or post policy: what the
         # send path needs of them is kept here, filled by `join` and the full send check.
         self._conversations: dict[int, ConversationMeta] = {}
@@ -221,6 +228,13 @@ class ChatService:
         self._pins: dict[int, list[int]] = {}  # room -> pinned message ids, kept by `pins` control messages
         # Reads in flight, shared by the concurrent joins of a room (a join storm reads once).
         self._in_flight: dict[tuple[str, int, str], asyncio.Future[Any]] = {}
+        # Reports and blocks between members (docs/moderation.md): the rooms' messages hidden by
+        # reports, read on a room's first join and kept by `message_hidden` control messages; who
+        # blocks whom among the local sockets (chat/memberblocks.py), which delivery consults.
+        self.reports = ReportDesk(self)
+        self._hidden: dict[int, set[int]] = {}
+        self.member_blocks = memberblocks.BlockIndex(self._read_blocks)
+        delivery.set_sender_blocks(self.member_blocks.blocker_sids)
         delivery.set_control_handler(self._on_control)
         delivery.set_recovery_handler(self.recheck_access)
 
@@ -312,6 +326,7 @@ class ChatService:
 
     async def disconnect_socket(self, sid: str) -> None:
         state = self.sockets.pop(sid, None)
+        self.member_blocks.unregister(sid)
         self.socket_sends.forget(sid)
         self.socket_reacts.forget(sid)
         if state is None:
@@ -351,7 +366,8 @@ class ChatService:
 
     # ============================================================ conversations
 
-    async def join(self, sid: str, conversation_id: int, since_seq: int | None) -> dict[str, Any]:
+    async def join(self, sid: str, conversation_id: int, since_seq: int | None,
+                   include_replies: bool = True) -> dict[str, Any]:
         state = self._socket_state(sid)
         user = state.user
         epoch = self._control_epoch
@@ -362,10 +378,17 @@ class ChatService:
         access = access_rule(conv, user.user_id, view.membership, view.standing)
         if not access.read:
             raise Forbidden(access.reason)
+        if conv.kind == "direct" and access.post and await self._direct_blocked(conv):
+            access = Access(True, False, DIRECT_BLOCKED)
         self._remember(conv)
         # The socket may have disconnected during any await: answer it (nobody listens) without
         # touching the state its disconnect already released.
         self._still_connected(sid, state)
+        # Before entering the room: from now on live messages of senders the user blocks skip it.
+        blocked = await self.member_blocks.register(sid, user.user_id)
+        if self.sockets.get(sid) is not state:
+            self.member_blocks.unregister(sid)
+            raise Forbidden("not connected")
         # Enter the room before reading messages, so nothing committed in between is missed
         # (the client drops duplicates by seq).
         hears_all = await self.delivery.enter_conversation(sid, conversation_id)
@@ -388,8 +411,11 @@ class ChatService:
         self._still_connected(sid, state)
         messages, has_more, positions = await self._join_page(conversation_id, since_seq, view.last_seq,
                                                               user.user_id, hears_all)
+        if not include_replies:  # the main view without thread replies: read from the database
+            messages, has_more = await self._join_page_without_replies(conversation_id, since_seq)
         if messages:
             messages = await self._join_extras_of(user.user_id, messages)
+            messages = await self._as_seen_by(user.user_id, conv, messages, blocked)
         members = None
         if conv.kind == "direct":
             members = [_member_wire(conv.creator_id, view.creator_name, view.creator_avatar),
@@ -404,7 +430,8 @@ class ChatService:
             # Where the others have read to, for "seen" receipts before any live `read` event.
             "read_positions": positions,
             "slow_mode_s": await self._slow_mode_of(conversation_id) if conv.kind == "room" else 0,
-            "pinned": await self._pinned_wires(conversation_id) if conv.kind == "room" else [],
+            "pinned": await self._as_seen_by(user.user_id, conv, await self._pinned_wires(conversation_id), blocked)
+            if conv.kind == "room" else [],
         }
 
     async def _join_extras_of(self, reader_id: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -484,6 +511,15 @@ class ChatService:
         positions = [{"user_id": uid, "name": name, "seq": seq} for uid, name, seq in top if uid != user_id]
         return messages, has_more, positions[:POSITIONS_LIMIT]
 
+    async def _join_page_without_replies(self, conversation_id: int,
+                                         since_seq: int | None) -> tuple[list[dict[str, Any]], bool]:
+        """The join answer's messages and has_more with `include_replies: false` (chat/threads.py)."""
+        async with self.read_engine.connect() as conn:
+            rows, has_more = await storage.message_page(
+                conn, conversation_id, after_seq=since_seq, limit=JOIN_PAGE if since_seq is None else SINCE_PAGE,
+                include_replies=False)
+        return [_row_wire(r) for r in rows], has_more
+
     def _socket_state(self, sid: str) -> SocketState:
         state = self.sockets.get(sid)
         if state is None:
@@ -519,15 +555,32 @@ class ChatService:
         if await self.presence.leave(cid, user_id, sid):
             self.presence_events.announce(cid, user_id, False)
 
-    async def history(self, user: Identity, conversation_id: int, page: schemas.PageQuery) -> dict[str, Any]:
+    async def history(self, user: Identity, conversation_id: int, page: schemas.PageQuery, *,
+                      thread_id: int | None = None, include_replies: bool = True) -> dict[str, Any]:
+        """A page of the conversation, or of one thread (`thread_id`: its root and replies), or of
+        the conversation without thread replies (`include_replies` false)."""
         async with self.sessions() as session:
-            await self._readable(session, user.user_id, conversation_id)
-            return await self._history_page(session, conversation_id, page, user.user_id)
+            conv, _ = await self._readable(session, user.user_id, conversation_id)
+            answer = await self._history_page(session, conversation_id, page, user.user_id,
+                                              thread_id=thread_id, include_replies=include_replies)
+            blocked = self.member_blocks.blocked_by(user.user_id)
+            if blocked is None:
+                blocked = await memberblocks.blocked_ids(await session.connection(), user.user_id)
+        answer["messages"] = await self._as_seen_by(user.user_id, storage.conversation_meta_of(conv),
+                                                    answer["messages"], blocked)
+        return answer
 
     async def _history_page(self, session: AsyncSession, conversation_id: int,
-                            page: schemas.PageQuery, reader_id: str) -> dict[str, Any]:
-        messages, has_more = await storage.list_messages(
-            session, conversation_id, before_seq=page.before_seq, after_seq=page.after_seq, limit=page.limit)
+                            page: schemas.PageQuery, reader_id: str, *, thread_id: int | None = None,
+                            include_replies: bool = True) -> dict[str, Any]:
+        if thread_id is not None:
+            messages, has_more = await threads.thread_page(
+                session, conversation_id, thread_id, before_seq=page.before_seq, after_seq=page.after_seq,
+                limit=page.limit)
+        else:
+            messages, has_more = await storage.list_messages(
+                session, conversation_id, before_seq=page.before_seq, after_seq=page.after_seq, limit=page.limit,
+                include_replies=include_replies)
         return {"messages": await self._messages_wire(session, messages, reader_id), "has_more": has_more}
 
     async def list_conversations(self, user: Identity) -> list[dict[str, Any]]:
@@ -546,6 +599,7 @@ class ChatService:
             last = await storage.last_messages(session, ids)
             last_wire = {m["conversation_id"]: m
                          for m in await self._messages_wire(session, list(last.values()), user.user_id)}
+            await self._hide_last_messages(session, user.user_id, convs, last_wire)
             convs.sort(key=lambda c: (c.last_activity_at, c.id), reverse=True)
             return [{
                 "conversation": wire,
@@ -570,6 +624,8 @@ class ChatService:
             standing = await moderation.get_standing(await session.connection(), *pair) if pair is not None else None
             if standing is not None and standing.blocked:
                 raise Forbidden("blocked by the creator")
+            if await memberblocks.blocked_between(await session.connection(), user.user_id, other_id):
+                raise Forbidden(DIRECT_BLOCKED)
             if pair is None:
                 # An existing conversation stays readable after the membership ends.
                 for creator, patron in ((user.user_id, other_id), (other_id, user.user_id)):
@@ -612,7 +668,7 @@ class ChatService:
     async def send_message(self, user: Identity, conversation_id: int, body: str,
                            client_msg_id: str, *, sid: str | None = None,
                            attachment_ids: Sequence[int] = (),
-                           trace: sendtrace.Trace | None = None) -> dict[str, Any]:
+                           trace: sendtrace.Trace | None = None, thread_id: int | None = None) -> dict[str, Any]:
         """Store a message and deliver it. Idempotent on (sender, client_msg_id); returns only
         after commit. The caller has applied the rate limit.
 
@@ -621,7 +677,10 @@ class ChatService:
         socket that has not joined, or one that may not post) is checked against the database.
 
         `attachment_ids`: the sender's unused uploads (chat/attachments.py), claimed atomically
-        with the message; a retry answers with the original message and its photos."""
+        with the message; a retry answers with the original message and its photos.
+
+        `thread_id`: a reply to that root message of the conversation (chat/threads.py), checked
+        in the writer's batch; a room reply pushes its thread's people, not the room."""
         if not body and not attachment_ids:
             raise Invalid("body must not be empty")
         if attachment_ids and self.attachments is None:
@@ -631,7 +690,7 @@ class ChatService:
             self._check_timed_out(sid, conversation_id)
             epoch = self._control_epoch
             try:
-                checked = await self._check_send(user, conversation_id, body, client_msg_id)
+                checked = await self._check_send(user, conversation_id, body, client_msg_id, thread_id)
             except TimedOut as exc:
                 state = self.sockets.get(sid) if sid is not None else None
                 if state is not None and conversation_id in state.conversations and epoch == self._control_epoch:
@@ -643,46 +702,56 @@ class ChatService:
             state = self.sockets.get(sid) if sid is not None else None
             if state is not None and conversation_id in state.conversations and epoch == self._control_epoch:
                 state.posting[conversation_id] = Access(True, True)  # e.g. a membership active again
+        slot = False  # a slow-mode slot taken for this send, given back if it stores nothing
         if conv.kind == "room" and user.user_id != conv.creator_id:
             original = await self._check_slow_mode(conv, user, client_msg_id)
-            if original is not None:
+            if isinstance(original, dict):
                 return {"message": original}
+            slot = original
         push = None
         if conv.kind == "direct":
             push = PushSpec(None)
-        elif user.user_id == conv.creator_id:
+        elif user.user_id == conv.creator_id or thread_id is not None:
             push = PushSpec(conv.name)
         try:
             photos = (await self.attachments.for_send(user.user_id, client_msg_id, attachment_ids)
                       if attachment_ids and self.attachments is not None else ())
             stored = await self.writer.store(Outgoing(conversation_id, user.user_id, user.name or None, body,
-                                                      client_msg_id, push, photos), trace)
+                                                      client_msg_id, push, photos, thread_id=thread_id), trace)
             if not stored.created:
                 return {"message": await self._retried(stored.message)}
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send failed: %s", type(exc).__name__)
+            if slot:
+                await self.slow_gate.release(conversation_id, user.user_id)
             raise _db_unavailable() from None
+        except ChatError:
+            if slot:
+                await self.slow_gate.release(conversation_id, user.user_id)
+            raise
         return {"message": stored.message}
 
-    async def _check_slow_mode(self, conv: ConversationMeta, user: Identity, client_msg_id: str) -> dict[str, Any] | None:
-        """Take the member's slow-mode slot in the room, or refuse with the wait; a retry of a
-        message already stored is answered with it (the original) instead."""
+    async def _check_slow_mode(self, conv: ConversationMeta, user: Identity, client_msg_id: str) -> dict[str, Any] | bool:
+        """Take the member's slow-mode slot in the room (True; False when the room has no slow
+        mode for them), or refuse with the wait; a retry of a message already stored is answered
+        with it (the original) instead."""
         try:
             seconds = await self._slow_mode_of(conv.id)
             if not seconds or await self._is_moderator(conv.creator_id, user.user_id):
-                return None
+                return False
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("slow mode check failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
         wait = await self.slow_gate.take(conv.id, user.user_id, seconds)
         if not wait:
-            return None
+            return True
         async with self.engine.connect() as conn:
             row = (await storage.find_sent(conn, [(user.user_id, client_msg_id)])).get((user.user_id, client_msg_id))
             if row is not None and row.conversation_id == conv.id:
                 name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
                 return schemas.message_wire_columns(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
-                                                    row.client_msg_id, row.created_at, row.edited_at, row.deleted)
+                                                    row.client_msg_id, row.created_at, row.edited_at, row.deleted,
+                                                    **threads.fields_of(row))
         raise SlowModeLimited(f"slow mode: one message per {seconds} s in this room; wait {wait} s", wait)
 
     async def _slow_mode_of(self, conversation_id: int) -> int:
@@ -805,7 +874,7 @@ class ChatService:
         return self._conversations.get(conversation_id)
 
     async def _check_send(self, user: Identity, conversation_id: int, body: str,
-                          client_msg_id: str) -> ConversationMeta | dict[str, Any]:
+                          client_msg_id: str, thread_id: int | None = None) -> ConversationMeta | dict[str, Any]:
         """The database check of a send: the conversation, a retry's original, then access.
         Returns the conversation, or the original message when this is a retry."""
         async def check() -> tuple[ConversationMeta, dict[str, Any] | None, tuple[str, int] | None, Standing | None]:
@@ -817,17 +886,22 @@ class ChatService:
                 if row is not None:
                     if row.conversation_id != conversation_id or (row.body != body and not row.deleted):
                         raise Conflict("client_msg_id was already used for a different message")
+                    if row.thread_id != thread_id:
+                        raise Conflict("client_msg_id was already used for a message in another thread")
                     name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
                     return conv, schemas.message_wire_columns(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
-                                              row.client_msg_id, row.created_at, row.edited_at, row.deleted), None, None
+                                              row.client_msg_id, row.created_at, row.edited_at, row.deleted,
+                                              **threads.fields_of(row)), None, None
                 key = membership_key(conv, user.user_id)
                 if key is None:
                     return conv, None, None, None
+                if conv.kind == "direct" and await memberblocks.blocked_between(conn, *key):
+                    raise Forbidden(DIRECT_BLOCKED)
                 return (conv, None, await storage.get_membership_state(conn, *key),
                         await moderation.get_standing(conn, *key))
 
         try:
-            conv, original, membership, standing = await retrying(check)
+            conv, original, membership, standing = await retry_transaction(check, attempts=3)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send check failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
@@ -849,6 +923,13 @@ class ChatService:
         written at once, the relay's publish awaitable."""
         return self.delivery.to_conversations("message", [(int(w["conversation_id"]), w) for w in messages])
 
+    async def _emit_message_updated(self, wire: dict[str, Any]) -> None:
+        await self.delivery.to_conversation(int(wire["conversation_id"]), "message_updated", wire)
+
+    async def _reread_root(self, root_id: int) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            return await threads.root_wire(conn, root_id)
+
     async def edit_message(self, user: Identity, message_id: int, body: str) -> dict[str, Any]:
         async with self.sessions.begin() as session:
             msg = await storage.get_message(session, message_id)
@@ -859,6 +940,8 @@ class ChatService:
                 raise Forbidden("only the author edits a message")
             if msg.deleted:
                 raise Invalid("a deleted message cannot be edited")
+            if await reports.hidden_among(await session.connection(), [message_id]):
+                raise Forbidden("a message hidden by reports cannot be edited until it is reviewed")
             msg.body, msg.edited_at = body, utcnow()
             await session.flush()
             wire = (await self._messages_wire(session, [msg]))[0]
@@ -930,7 +1013,7 @@ class ChatService:
         """Add (`on`) or remove one reaction, idempotently; returns {count, reactions} as of the
         commit. The members get a `reaction` event (coalesced per message, chat/reactions.py)."""
         try:
-            cid = await retrying(lambda: self._reactable(user, message_id, conversation_id))
+            cid = await retry_transaction(lambda: self._reactable(user, message_id, conversation_id), attempts=3)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("react check failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
@@ -1232,13 +1315,15 @@ class ChatService:
         author's delete (SPEC §4), without an access check."""
         return await self._delete_message(None, message_id)
 
-    async def server_history(self, conversation_id: int, page: schemas.PageQuery) -> dict[str, Any]:
+    async def server_history(self, conversation_id: int, page: schemas.PageQuery, *, thread_id: int | None = None,
+                             include_replies: bool = True) -> dict[str, Any]:
         """The client history page, for the backend: any conversation, no membership needed."""
         async with self.sessions() as session:
             if await storage.get_conversation(session, conversation_id) is None:
                 raise NotFound("no such conversation")
             # reactions with their counts, `me` false (the backend is no member)
-            return await self._history_page(session, conversation_id, page, reader_id="")
+            return await self._history_page(session, conversation_id, page, reader_id="", thread_id=thread_id,
+                                            include_replies=include_replies)
 
     async def conversation_presence(self, conversation_id: int) -> dict[str, Any]:
         """Who has a socket joined to the conversation on a live process (the join answer's `online`)."""
@@ -1324,6 +1409,30 @@ class ChatService:
     async def list_moderators(self, creator_id: str) -> dict[str, Any]:
         async with self.engine.connect() as conn:
             return {"creator_id": creator_id, "moderators": await moderation.list_moderators(conn, creator_id)}
+
+    async def moderation_overview(self, user: Identity) -> dict[str, Any]:
+        """What the page needs of moderation for the signed-in user: whose rooms they moderate,
+        their own running timeouts, and, for themselves as a creator and each creator they
+        moderate, the moderators and the blocked or timed-out members (docs/api.md)."""
+        now = utcnow()
+        async with self.read_engine.connect() as conn:
+            moderator_of = await moderation.moderated_creator_ids(conn, user.user_id)
+            timeouts = await moderation.running_timeouts(conn, user.user_id, now)
+            teams = []
+            for creator_id in [user.user_id, *moderator_of]:
+                mods = await moderation.list_moderators(conn, creator_id)
+                sanctioned = await moderation.sanctioned_members(conn, creator_id, now, OVERVIEW_LIMIT)
+                names = await storage.user_names_of(conn, [*mods, *(s[0] for s in sanctioned)])
+                teams.append({
+                    "creator_id": creator_id,
+                    "moderators": [{"id": m, "name": names[m]} for m in mods],
+                    "blocked": [{"id": u, "name": names[u]} for u, blocked, _ in sanctioned if blocked],
+                    "timed_out": [{"id": u, "name": names[u], "until": schemas.iso(until)}
+                                  for u, _, until in sanctioned if until is not None],
+                })
+        return {"moderator_of": moderator_of,
+                "timeouts": [{"creator_id": c, "until": schemas.iso(u)} for c, u in timeouts],
+                "teams": teams}
 
     async def timeout_member(self, actor_id: str | None, creator_id: str, user_id: str, minutes: int,
                              reason: str) -> dict[str, Any]:
@@ -1433,6 +1542,142 @@ class ChatService:
         for sid in list(self._user_sockets.get(user_id, ())):
             await self.delivery.to_socket(sid, "moderation", event)
 
+    # ============================================================ reports and blocks between members
+
+    async def _read_blocks(self, user_ids: list[str]) -> dict[str, set[str]]:
+        async with self.read_engine.connect() as conn:
+            return await memberblocks.blocked_ids_many(conn, user_ids)
+
+    async def _direct_blocked(self, conv: ConversationMeta) -> bool:
+        async with self.read_engine.connect() as conn:
+            return await memberblocks.blocked_between(conn, conv.creator_id, conv.patron_id or "")
+
+    async def _hidden_of(self, conversation_id: int) -> set[int]:
+        """The room's messages hidden by reports: read once per process, kept by control messages."""
+        hidden = self._hidden.get(conversation_id)
+        if hidden is not None:
+            return hidden
+
+        async def read() -> set[int]:
+            epoch = self._control_epoch
+            async with self.read_engine.connect() as conn:
+                ids = await reports.hidden_ids(conn, conversation_id)
+            if epoch == self._control_epoch:
+                if len(self._hidden) >= CONVERSATION_CACHE_SIZE:
+                    self._hidden.clear()
+                self._hidden[conversation_id] = ids
+            return ids
+
+        found: set[int] = await self._once(("hidden", conversation_id, ""), read)
+        return found
+
+    async def _as_seen_by(self, user_id: str, conv: ConversationMeta, wires: list[dict[str, Any]],
+                          blocked: set[str] | None) -> list[dict[str, Any]]:
+        """`wires` as `user_id` sees them: a message whose sender they block, or (but for the
+        creator and the moderators) one hidden by reports, replaced by its placeholder
+        (memberblocks.hidden_wire). Nothing is copied when nothing is hidden."""
+        if not wires:
+            return wires
+        hidden = await self._hidden_of(conv.id) if conv.kind == "room" else set()
+        if not blocked and not hidden:
+            return wires
+        shown = hidden and any(int(w["id"]) in hidden for w in wires)
+        if not blocked and not shown:
+            return wires
+        # The creator and the moderators see a hidden message, marked `hidden: true`.
+        moderates = bool(shown) and (user_id == conv.creator_id or await self._is_moderator(conv.creator_id, user_id))
+        out = []
+        for w in wires:
+            if blocked and w["sender"]["id"] in blocked:
+                out.append(memberblocks.hidden_wire(w, "blocked"))
+            elif shown and int(w["id"]) in hidden and not w.get("deleted"):
+                out.append({**w, "hidden": True} if moderates else memberblocks.hidden_wire(w, "reported"))
+            else:
+                out.append(w)
+        return out
+
+    async def _hide_last_messages(self, session: AsyncSession, user_id: str, convs: Sequence[Conversation],
+                                  last_wire: dict[str, dict[str, Any]]) -> None:
+        """The conversation list's last messages, as `user_id` sees them."""
+        if not last_wire:
+            return
+        conn = await session.connection()
+        blocked = await memberblocks.blocked_ids(conn, user_id)
+        hidden = await reports.hidden_among(conn, [int(w["id"]) for w in last_wire.values()])
+        if not blocked and not hidden:
+            return
+        for c in convs:
+            w = last_wire.get(str(c.id))
+            if w is None:
+                continue
+            if w["sender"]["id"] in blocked:
+                last_wire[str(c.id)] = memberblocks.hidden_wire(w, "blocked")
+            elif int(w["id"]) in hidden and not w["deleted"] and user_id != c.creator_id and not (
+                    await moderation.is_moderator(conn, c.creator_id, user_id)):
+                last_wire[str(c.id)] = memberblocks.hidden_wire(w, "reported")
+
+    async def set_hidden_live(self, conversation_id: int, message_id: int, seq: int, hidden: bool,
+                              message: dict[str, Any] | None) -> None:
+        """After a commit that hid (or showed again) a message: every process's cache, and the
+        room's sockets get `message_hidden` (with the message itself when it shows again)."""
+        control = {"type": "message_hidden", "conversation_id": conversation_id, "message_id": message_id,
+                   "hidden": hidden}
+        self._message_hidden_local(control)  # here at once (again when it comes back: idempotent)
+        await self.delivery.broadcast_control(control)
+        event: dict[str, Any] = {"conversation_id": str(conversation_id), "message_id": str(message_id), "seq": seq,
+                                 "hidden": hidden}
+        if message is not None:
+            event["message"] = message
+        await self.delivery.to_conversation(conversation_id, "message_hidden", event)
+
+    async def block_user(self, user: Identity, other_id: str, on: bool) -> dict[str, Any]:
+        """`user` blocks (`on`) or unblocks `other_id`: their messages are hidden for `user`
+        (history, joins, live on every process) and no direct message goes between them."""
+        if other_id == user.user_id:
+            raise Invalid("user_id must be another user")
+
+        async def store() -> tuple[bool, list[int]]:
+            async with self.sessions.begin() as session:
+                if await storage.get_user(session, other_id) is None:
+                    raise NotFound("no such user")
+                await self._ensure_users(session, user.user_id)
+                changed = await memberblocks.set_block(session, user.user_id, other_id, on)
+                directs = [d.id for d in (await storage.get_direct(session, user.user_id, other_id),
+                                          await storage.get_direct(session, other_id, user.user_id)) if d is not None]
+                return changed, directs
+
+        changed, directs = await retry_transaction(store)
+        if changed:
+            control = {"type": "member_block", "blocker_id": user.user_id, "blocked_id": other_id, "on": on,
+                       "conversation_ids": directs}
+            # Here at once (a live message sent here right after the ack must be skipped), and on
+            # every process when it comes back (idempotent). access_change: a process that misses
+            # it reads the blocks again when the relay is back.
+            self._member_block_local(control)
+            await self.delivery.broadcast_control(control, access_change=True)
+            await self.delivery.to_user(user.user_id, "user_blocked", {"user_id": other_id, "blocked": on})
+        return {"user_id": other_id, "blocked": on}
+
+    async def list_blocks(self, user_id: str) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            return {"blocks": memberblocks.blocks_wire(await memberblocks.list_blocks(conn, user_id))}
+
+    def _message_hidden_local(self, message: dict[str, Any]) -> None:
+        self._control_epoch += 1  # a read of the room's hidden ids in flight does not keep what it read
+        hidden = self._hidden.get(int(message["conversation_id"]))
+        if hidden is not None:
+            if message.get("hidden"):
+                hidden.add(int(message["message_id"]))
+            else:
+                hidden.discard(int(message["message_id"]))
+
+    def _member_block_local(self, message: dict[str, Any]) -> None:
+        self._control_epoch += 1
+        blocker, blocked = str(message["blocker_id"]), str(message["blocked_id"])
+        self.member_blocks.apply(blocker, blocked, bool(message.get("on")))
+        # Both directions: the next send in their direct conversation is checked in the database.
+        self._forget_posting([blocker, blocked], [int(c) for c in message.get("conversation_ids", [])])
+
     # ============================================================ cluster control
 
     async def _on_control(self, message: dict[str, Any]) -> None:
@@ -1461,6 +1706,10 @@ class ChatService:
         elif kind == "slow_mode":
             self._control_epoch += 1
             self._slow_modes[int(message["conversation_id"])] = int(message["seconds"])
+        elif kind == "member_block":
+            self._member_block_local(message)
+        elif kind == "message_hidden":
+            self._message_hidden_local(message)
         elif kind == "disconnect_user":
             for sid in list(self._user_sockets.get(str(message["user_id"]), ())):
                 await self.delivery.disconnect(sid)
@@ -1471,6 +1720,11 @@ class ChatService:
         away what it lost (`access_revoked`, like a revocation). Posting is checked again at
         the next send. One database session; each (user, conversation) pair read once."""
         self._control_epoch += 1
+        self._hidden.clear()  # `message_hidden` messages may have been missed
+        try:
+            await self.member_blocks.reload()
+        except Exception as exc:
+            log.warning("member blocks not read again after relay recovery (%s)", type(exc).__name__)
         by_user: dict[str, list[str]] = {}
         for sid, state in self.sockets.items():
             state.posting.clear()
@@ -1528,10 +1782,12 @@ class ChatService:
 
     @staticmethod
     async def push_audience_page(session: AsyncSession, conversation_id: int, sender_id: str, after: str | None,
-                                 limit: int) -> tuple[list[str], str | None]:
+                                 limit: int, thread_id: int | None = None) -> tuple[list[str], str | None]:
         """One page of who gets a push for `sender_id`'s message if offline (SPEC §6), for the push
         worker's fan-out job: the other side of a direct conversation; the room's current members
-        (active, at or above its tier) for the creator's posts, nobody for others' posts; never
+        (active, at or above its tier) for the creator's posts, nobody for others' posts; for a
+        room's thread reply (`thread_id`, its root) whoever of the root's author and the thread's
+        repliers still reads the room (chat/threads.py), whoever sent it; never
         the sender, never muted. Scans at most `limit` user ids greater than `after`, in order;
         returns (recipients, where the next page starts, None once exhausted). Runs in the
         caller's session (the worker's own pool)."""
@@ -1543,6 +1799,9 @@ class ChatService:
             candidates = sorted(u for u in (conv.creator_id, conv.patron_id) if u and u != sender_id)
             if after is not None:
                 candidates = [u for u in candidates if u > after]
+        elif thread_id is not None:  # a room's thread reply: the root's author and the repliers
+            candidates, resume = await threads.audience_page(session, conv.id, conv.creator_id, conv.min_tier_cents,
+                                                             thread_id, after, limit)
         elif sender_id == conv.creator_id:
             q = sqlalchemy.select(Membership.patron_id).where(
                 Membership.creator_id == conv.creator_id, Membership.status == "active",
@@ -1561,7 +1820,8 @@ class ChatService:
 def _row_wire(r: Any) -> dict[str, Any]:
     """A message's wire form from a `storage.message_page` row."""
     return schemas.message_wire_columns(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id, r.body,
-                                        r.client_msg_id, r.created_at, r.edited_at, r.deleted)
+                                        r.client_msg_id, r.created_at, r.edited_at, r.deleted,
+                                        **threads.fields_of(r))
 
 
 def _member_wire(user_id: str, name: str, avatar_url: str | None) -> dict[str, Any]:

@@ -47,6 +47,16 @@ class SlowModeGate:
                                 type(exc).__name__)
         return self._take_local(conversation_id, user_id, seconds)
 
+    async def release(self, conversation_id: int, user_id: str) -> None:
+        """Give back a slot `take` gave, when the send it was taken for stored nothing (a bad
+        attachment, the database unavailable): a failed send must not cost the member the wait."""
+        if self._redis is not None:
+            try:
+                await self._redis.delete(self._keys.slow_mode(conversation_id, user_id))
+            except (RedisError, OSError):
+                pass  # the slot expires by itself
+        self._local.pop((conversation_id, user_id), None)
+
     async def _take_shared(self, conversation_id: int, user_id: str, seconds: int) -> int:
         key = self._keys.slow_mode(conversation_id, user_id)
         if await self._redis.set(key, b"1", nx=True, px=seconds * 1000):

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import socketio
 
-from chat import moderation, schemas, sendtrace, unavailable
+from chat import moderation, reports, schemas, sendtrace, threads, unavailable
 from chat.auth import Authenticator
 from chat.connectgate import ConnectGate
 from chat.errors import ChatError, Forbidden, Invalid, RateLimited, TooLarge, error_wire
@@ -43,7 +43,8 @@ class TooManyConnections(ChatError):
 # The client events, each handled by the ChatSockets method of the same name (documented in
 # chat/asyncapi.py; tests/test_asyncapi.py checks both lists are the same).
 CLIENT_EVENTS = ("join", "leave", "send", "edit", "delete", "history", "typing", "read", "subscribe", "unsubscribe",
-                 "refresh_token", "react", "moderator", "timeout", "block", "moderation_log", "slow_mode", "pin")
+                 "refresh_token", "react", "moderator", "timeout", "block", "moderation_log", "slow_mode", "pin",
+                 "report", "reports", "review_report", "block_user", "blocks")
 
 
 class ChatSockets:
@@ -206,11 +207,12 @@ class ChatSockets:
     async def join(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         cid = schemas.check_conversation_id(data)
         since = schemas.check_int(data, "since_seq", minimum=0)
+        include_replies = threads.check_include_replies(data)
         if not self.joins.take(sid):
             raise RateLimited(f"at most {self.settings.join_rate_per_s:g} joins per second "
                               f"(bursts of {self.settings.join_burst})")
         try:
-            return await self.service.join(sid, cid, since)
+            return await self.service.join(sid, cid, since, include_replies)
         finally:
             self.guard.set_up(sid)  # a new socket's setup slot (chat/connectgate.py) is free
 
@@ -226,9 +228,10 @@ class ChatSockets:
         photos = schemas.check_attachment_ids(data)
         body = schemas.check_body(data, self.service.settings.max_body_chars, allow_empty=bool(photos))
         client_msg_id = schemas.check_client_msg_id(data)
+        thread_id = threads.check_thread_id(data)
         self.service.check_socket_rate(sid)
         result = await self.service.send_message(user, cid, body, client_msg_id, sid=sid, attachment_ids=photos,
-                                                 trace=trace)
+                                                 trace=trace, thread_id=thread_id)
         await self.service.sent_from_socket(sid, cid)
         if trace is not None:
             trace.mark("acked")
@@ -258,7 +261,8 @@ class ChatSockets:
         user = self.service.socket_user(sid)
         cid = schemas.check_conversation_id(data)
         page = schemas.check_page({k: data.get(k) for k in ("before_seq", "limit")})
-        return await self.service.history(user, cid, page)
+        return await self.service.history(user, cid, page, thread_id=threads.check_thread_id(data),
+                                          include_replies=threads.check_include_replies(data))
 
     async def typing(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         cid = schemas.check_conversation_id(data)
@@ -321,6 +325,46 @@ class ChatSockets:
         limit = schemas.check_int(data, "limit", minimum=1, maximum=schemas.MAX_PAGE)
         return await self.service.moderation_log(user.user_id, creator_id, before_id,
                                                  schemas.DEFAULT_PAGE if limit is None else limit)
+
+    # ------------------------------------------------------------ reports and member blocks (docs/moderation.md)
+    async def report(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        mid = schemas.check_message_id(data)
+        reason, note = reports.check_reason(data), reports.check_note(data)
+        self.service.check_socket_react_rate(sid)
+        return await self.service.reports.report(user, mid, reason, note)
+
+    async def reports(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        creator_id = moderation.check_user_id(data, "creator_id", required=False) or user.user_id
+        status = reports.check_status(data.get("status"))
+        cid = schemas.check_conversation_id(data) if data.get("conversation_id") is not None else None
+        before_id = _cursor(data.get("before_id"), "before_id")
+        limit = schemas.check_int(data, "limit", minimum=1, maximum=schemas.MAX_PAGE)
+        return await self.service.reports.list(user.user_id, creator_id, status, cid, before_id,
+                                               schemas.DEFAULT_PAGE if limit is None else limit)
+
+    async def review_report(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        mid = schemas.check_message_id(data)
+        return await self.service.reports.review(user.user_id, mid, reports.check_review_action(data),
+                                                 reports.check_note(data))
+
+    async def block_user(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        return await self.service.block_user(user, moderation.check_user_id(data, "user_id"),
+                                             schemas.check_bool(data, "on"))
+
+    async def blocks(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        return await self.service.list_blocks(self.service.socket_user(sid).user_id)
+
+
+def _cursor(value: Any, field: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not schemas.CANONICAL_ID_RE.match(value):
+        raise Invalid(f"{field} must be an id (digits) or the next_cursor of the previous page")
+    return int(value)
 
 
 def _binary_as_text(obj: Any) -> str:

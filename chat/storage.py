@@ -129,10 +129,13 @@ async def list_patron_memberships(session: AsyncSession, patron_id: str) -> list
 
 
 async def list_active_patron_ids(session: AsyncSession, creator_id: str, min_tier_cents: int = 0) -> list[str]:
+    """The creator's active patrons at `min_tier_cents` or above, less those the creator blocked."""
+    blocked = sa.select(Sanction.user_id).where(
+        Sanction.creator_id == creator_id, Sanction.user_id == Membership.patron_id, Sanction.blocked.is_(True))
     rows = await session.scalars(
         sa.select(Membership.patron_id).where(
             Membership.creator_id == creator_id, Membership.status == "active",
-            Membership.tier_cents >= min_tier_cents))
+            Membership.tier_cents >= min_tier_cents, ~blocked.exists()))
     return list(rows)
 
 
@@ -280,10 +283,14 @@ async def get_message(session: AsyncSession, message_id: int) -> Message | None:
 
 
 async def list_messages(session: AsyncSession, conversation_id: int, *, before_seq: int | None = None,
-                        after_seq: int | None = None, limit: int = 50) -> tuple[list[Message], bool]:
+                        after_seq: int | None = None, limit: int = 50,
+                        include_replies: bool = True) -> tuple[list[Message], bool]:
     """Ascending by seq: `limit` just after after_seq, else just before before_seq, else the last.
-    The bool says more messages lie beyond the page in the direction read."""
+    The bool says more messages lie beyond the page in the direction read. Without
+    `include_replies`, thread replies are left out (chat/threads.py)."""
     q = sa.select(Message).where(Message.conversation_id == conversation_id)
+    if not include_replies:
+        q = q.where(Message.thread_id.is_(None))
     if after_seq is not None:
         q = q.where(Message.seq > after_seq)
         if before_seq is not None:
@@ -432,7 +439,10 @@ _sanctions: sa.Table = Sanction.__table__  # type: ignore[assignment]
 
 SENT_COLUMNS = (_messages.c.id, _messages.c.conversation_id, _messages.c.seq, _messages.c.sender_id,
                 _messages.c.body, _messages.c.client_msg_id, _messages.c.created_at,
-                _messages.c.edited_at, _messages.c.deleted)
+                _messages.c.edited_at, _messages.c.deleted,
+                # threads (chat/threads.py fields_of)
+                _messages.c.thread_id, _messages.c.reply_count, _messages.c.last_reply_at,
+                _messages.c.thread_participants)
 
 
 @dataclass(frozen=True)
@@ -522,6 +532,7 @@ class NewMessage:
     sender_id: str
     body: str
     client_msg_id: str
+    thread_id: int | None = None  # a reply's root (chat/threads.py)
 
 
 async def store_new_messages(conn: AsyncConnection, counts: dict[int, int], messages: Sequence[NewMessage],
@@ -548,11 +559,12 @@ async def store_new_messages(conn: AsyncConnection, counts: dict[int, int], mess
     params += ids
     sql = [f"UPDATE conversations SET last_seq = last_seq + CASE id {cases} END, last_activity_at = %s "  # noqa: S608
            f"WHERE id IN ({', '.join('%s' for _ in ids)})"]
-    values = ", ".join(f"(%s, {last}, %s, %s, %s, %s, NULL, 0)" for _ in messages)
+    values = ", ".join(f"(%s, {last}, %s, %s, %s, %s, NULL, 0, %s)" for _ in messages)
     for m in messages:
-        params += (m.conversation_id, m.conversation_id, m.back, m.sender_id, m.body, m.client_msg_id, at)
+        params += (m.conversation_id, m.conversation_id, m.back, m.sender_id, m.body, m.client_msg_id, at,
+                   m.thread_id)
     sql.append("INSERT INTO messages (conversation_id, seq, sender_id, body, client_msg_id, created_at, edited_at, "  # noqa: S608
-               f"deleted) VALUES {values} RETURNING id, seq, sender_id, client_msg_id")
+               f"deleted, thread_id) VALUES {values} RETURNING id, seq, sender_id, client_msg_id")
     if positions:
         keys = sorted(positions)
         sql.append("INSERT INTO conversation_states (user_id, conversation_id, last_read_seq, muted) VALUES "  # noqa: S608
@@ -700,11 +712,13 @@ async def join_views(conn: AsyncConnection, pairs: Sequence[tuple[int, str]]) ->
     return out
 
 
-def _message_page_statement(after: bool, limit: int) -> Any:
+def _message_page_statement(after: bool, limit: int, include_replies: bool = True) -> Any:
     c = _messages.c
     q = (sa.select(*SENT_COLUMNS, _users.c.name)
          .select_from(_messages.outerjoin(_users, _users.c.id == c.sender_id))
          .where(c.conversation_id == sa.bindparam("conversation_id")))
+    if not include_replies:
+        q = q.where(c.thread_id.is_(None))
     if after:
         q = q.where(c.seq > sa.bindparam("after_seq")).order_by(c.seq.asc())
     else:
@@ -712,14 +726,14 @@ def _message_page_statement(after: bool, limit: int) -> Any:
     return q.limit(limit)
 
 
-_MESSAGE_PAGES: dict[tuple[bool, int], Any] = {}
+_MESSAGE_PAGES: dict[tuple[bool, int, bool], Any] = {}
 
 
 async def message_page(conn: AsyncConnection, conversation_id: int, *, after_seq: int | None,
-                       limit: int) -> tuple[list[Any], bool]:
+                       limit: int, include_replies: bool = True) -> tuple[list[Any], bool]:
     """list_messages' page (`limit` after after_seq, else the last `limit`), ascending by seq, in
     one statement: rows of SENT_COLUMNS plus the sender's `name` (None if the user is unknown)."""
-    key = (after_seq is not None, limit + 1)
+    key = (after_seq is not None, limit + 1, include_replies)
     stmt = _MESSAGE_PAGES.get(key)
     if stmt is None:
         stmt = _MESSAGE_PAGES[key] = _message_page_statement(*key)

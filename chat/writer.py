@@ -33,7 +33,7 @@ A duplicate client_msg_id inside a batch or against the database does not fail t
 the first one in the batch is stored, the others answer as retries of it. A racing insert of
 the same pair by another process (the SELECT cannot see uncommitted rows) makes the INSERT
 fail with IntegrityError: the batch is then stored again, and if that fails too, message by
-message. Deadlocks and dead pooled connections are retried (`chat.db.retrying`). Any other
+message. Deadlocks and dead pooled connections are retried (`chat.retry.retry_transaction`). Any other
 database failure fails every send of the batch with that exception; nothing was stored.
 """
 
@@ -53,12 +53,13 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from chat import sendtrace, storage
+from chat import sendtrace, storage, threads
 from chat.attachments import claim as claim_attachments
 from chat.attachments import photo_text
-from chat.db import retrying, utcnow
+from chat.db import utcnow
 from chat.errors import ChatError, Conflict, Invalid, NotFound
 from chat.metrics import MESSAGES_STORED
+from chat.retry import retry_transaction
 from chat.schemas import message_wire_columns
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,9 @@ WebhookMessages = Callable[[AsyncConnection, list[dict[str, Any]]], Awaitable[in
 # as a plain function, it hands them over at once (this process's sockets written, the relay's
 # publish queued) and returns an awaitable that completes once they were relayed.
 Deliver = Callable[[list[dict[str, Any]]], Awaitable[None]]
+# thread_updates(roots): the wire forms of the thread roots a committed batch's replies changed
+# (chat/threads.py), handed over right after the batch's messages.
+ThreadUpdates = Callable[[list[dict[str, Any]]], None]
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class Outgoing:
     client_msg_id: str
     push: PushSpec | None = None
     attachments: tuple[dict[str, Any], ...] = ()  # wire forms, checked by chat/attachments.py
+    thread_id: int | None = None  # a reply's root, checked in the batch (chat/threads.py)
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,8 @@ class _Done:
     created: list[dict[str, Any]] = field(default_factory=list)  # wire forms, in seq order per conversation
     pushes: int = 0
     turn: asyncio.Future[Any] | None = None  # its place in the delivery order
+    replies: bool = False  # it has thread replies (a batch without any runs no thread statement)
+    roots: list[dict[str, Any]] = field(default_factory=list)  # thread roots its replies changed (wire forms)
 
 
 class MessageWriter:
@@ -132,7 +139,7 @@ class MessageWriter:
                  push_wake: Callable[[], Awaitable[None]] | None = None,
                  webhook_messages: WebhookMessages | None = None,
                  max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT,
-                 at_once: bool | None = None) -> None:
+                 at_once: bool | None = None, thread_updates: ThreadUpdates | None = None) -> None:
         self._engine = engine
         # MariaDB: a batch is first written in one round trip (storage.store_new_messages),
         # assuming no retries; SQLite (in process, no round trips to save) statement by statement.
@@ -142,6 +149,7 @@ class MessageWriter:
         self._push_enqueue_jobs = push_enqueue_jobs
         self._push_wake = push_wake
         self._webhook_messages = webhook_messages
+        self._thread_updates = thread_updates
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
         self._pending: list[_Item] = []
@@ -220,7 +228,8 @@ class MessageWriter:
         attempts = (False, True, True) if self._at_once else (True, True)
         for n, careful in enumerate(attempts):
             try:
-                done = await retrying(functools.partial(self._transaction, batch, careful=careful))
+                done = await retry_transaction(functools.partial(self._transaction, batch, careful=careful),
+                                                attempts=3)
                 break
             except sa.exc.IntegrityError:
                 if n == 0:
@@ -297,6 +306,11 @@ class MessageWriter:
             log.warning("delivery of a stored batch failed", exc_info=True)
             self._answer(batch)
             return
+        if done.roots and self._thread_updates is not None:
+            try:
+                self._thread_updates(done.roots)
+            except Exception:  # committed all the same: the next change (or a read) shows the summary
+                log.warning("thread updates of a stored batch failed", exc_info=True)
         if sendtrace.ENABLED:
             self._mark(batch, "local")
         task = asyncio.ensure_future(self._answer_when_relayed(batch, done, relayed))
@@ -350,13 +364,16 @@ class MessageWriter:
             if row is not None:
                 item.outcome = self._retry_answer(item, row.conversation_id, row.body, row.deleted, message_wire_columns(
                     row.id, row.conversation_id, row.seq, row.sender_id, item.name, row.body,
-                    row.client_msg_id, row.created_at, row.edited_at, row.deleted))
+                    row.client_msg_id, row.created_at, row.edited_at, row.deleted, **threads.fields_of(row)))
             elif key in first:
                 continue  # answered from the first one once that is stored
             else:
                 first[key] = item
                 new.append(item)
 
+        done.replies = any(i.msg.thread_id is not None for i in new)
+        if done.replies:  # their roots, checked before photos are claimed and seqs taken
+            await self._check_roots(conn, new, careful)
         for item in [i for i in new if i.msg.attachments]:  # photos: claimed before seqs are taken
             m = item.msg
             if not await claim_attachments(conn, m.sender_id, m.conversation_id, m.client_msg_id, m.attachments):
@@ -369,6 +386,36 @@ class MessageWriter:
             await self._store_at_once(conn, new, counts, done, now)
         self._repeats(batch, first)
 
+    async def _check_roots(self, conn: AsyncConnection, new: list[_Item], careful: bool) -> None:
+        """Take out of `new` the replies whose root is missing, in another conversation, a reply
+        or deleted (their outcome the error). Written at once, such a send may be a retry of a
+        reply stored before its root was deleted: it is answered as a retry instead."""
+        roots = await threads.roots(conn, [i.msg.thread_id for i in new if i.msg.thread_id is not None])
+        refused: list[_Item] = []
+        for item in [i for i in new if i.msg.thread_id is not None]:
+            error = threads.check_root(roots.get(item.msg.thread_id or 0), item.msg.conversation_id)
+            if error is not None:
+                item.outcome = error
+                new.remove(item)
+                refused.append(item)
+        if refused and not careful:
+            stored = await storage.find_sent(conn, [(i.msg.sender_id, i.msg.client_msg_id) for i in refused])
+            for item in refused:
+                row = stored.get((item.msg.sender_id, item.msg.client_msg_id))
+                if row is not None:
+                    item.outcome = self._retry_answer(item, row.conversation_id, row.body, row.deleted, message_wire_columns(
+                        row.id, row.conversation_id, row.seq, row.sender_id, item.name, row.body,
+                        row.client_msg_id, row.created_at, row.edited_at, row.deleted, **threads.fields_of(row)))
+
+    async def _update_roots(self, conn: AsyncConnection, done: _Done, now: datetime) -> None:
+        """The thread summaries of the batch's replies' roots (after the seq ranges: see chat/threads.py)."""
+        if not done.replies:
+            return
+        replies = [threads.Reply(int(w["thread_id"]), w["sender"]["id"], int(w["seq"]))
+                   for w in done.created if w["thread_id"] is not None]
+        if replies:
+            done.roots = await threads.update_roots(conn, replies, now)
+
     async def _store_at_once(self, conn: AsyncConnection, new: list[_Item], counts: Counter[int], done: _Done,
                              now: datetime) -> None:
         """MariaDB, no retries looked for: seq ranges, INSERT and read positions in one round trip."""
@@ -379,7 +426,8 @@ class MessageWriter:
             m = item.msg
             left[m.conversation_id] -= 1
             back = left[m.conversation_id]
-            plan.append(storage.NewMessage(m.conversation_id, back, m.sender_id, m.body, m.client_msg_id))
+            plan.append(storage.NewMessage(m.conversation_id, back, m.sender_id, m.body, m.client_msg_id,
+                                           thread_id=m.thread_id))
             positions[(m.sender_id, m.conversation_id)] = back  # the sender's last in the batch
         async with self._seq_turn:
             stored = await storage.store_new_messages(conn, counts, plan, positions, now)
@@ -389,6 +437,7 @@ class MessageWriter:
             m = item.msg
             mid, seq = stored[(m.sender_id, m.client_msg_id)]
             self._stored(item, mid, seq, now, done, jobs)
+        await self._update_roots(conn, done, now)
         if jobs and self._push_enqueue_jobs is not None:
             done.pushes = await self._push_enqueue_jobs(conn, jobs)
         if done.created and self._webhook_messages is not None:
@@ -398,7 +447,8 @@ class MessageWriter:
                 jobs: list[dict[str, Any]]) -> None:
         m = item.msg
         wire = message_wire_columns(mid, m.conversation_id, seq, m.sender_id, item.name,
-                                    m.body, m.client_msg_id, now, None, False, list(m.attachments))
+                                    m.body, m.client_msg_id, now, None, False, list(m.attachments),
+                                    thread_id=m.thread_id)
         item.outcome = Stored(wire, True)
         done.created.append(wire)
         if m.push is not None:
@@ -425,7 +475,7 @@ class MessageWriter:
             next_seq[m.conversation_id] = seq + 1
             rows.append({"conversation_id": m.conversation_id, "seq": seq, "sender_id": m.sender_id,
                          "body": m.body, "client_msg_id": m.client_msg_id, "created_at": now,
-                         "edited_at": None, "deleted": False})
+                         "edited_at": None, "deleted": False, "thread_id": m.thread_id})
             stored.append((item, seq))
         ids = await storage.insert_messages(conn, rows) if rows else {}
 
@@ -437,6 +487,7 @@ class MessageWriter:
             position = (m.sender_id, m.conversation_id)
             positions[position] = max(positions.get(position, 0), seq)
         await storage.move_read_positions(conn, positions)
+        await self._update_roots(conn, done, now)
         if jobs and self._push_enqueue_jobs is not None:
             done.pushes = await self._push_enqueue_jobs(conn, jobs)
         if done.created and self._webhook_messages is not None:
@@ -465,21 +516,30 @@ class MessageWriter:
                       wire: dict[str, Any]) -> Stored | ChatError:
         if conversation_id != item.msg.conversation_id or (body != item.msg.body and not deleted):
             return Conflict("client_msg_id was already used for a different message")
+        if wire.get("thread_id") != (None if item.msg.thread_id is None else str(item.msg.thread_id)):
+            return Conflict("client_msg_id was already used for a message in another thread")
         return Stored(wire, False)
 
     @staticmethod
     def _push_job(m: Outgoing, sender_name: str, wire: dict[str, Any]) -> dict[str, Any]:
         assert m.push is not None
         room = m.push.room_name
-        return {
+        data = {"type": "message", "conversation_id": wire["conversation_id"], "message_id": wire["id"]}
+        if m.thread_id is not None:
+            data["thread_id"] = str(m.thread_id)
+        job: dict[str, Any] = {
             "conversation_id": m.conversation_id,
             "message_id": int(wire["id"]),
             "sender_id": m.sender_id,
             "payload": {
                 "title": sender_name if room is None else f"{sender_name} in {room}",
                 "body": m.body or photo_text(len(m.attachments)),
-                "data": {"type": "message", "conversation_id": wire["conversation_id"], "message_id": wire["id"]},
+                "data": data,
                 "collapse_key": f"conversation-{m.conversation_id}",
                 "high_priority": room is None,
             },
         }
+        if m.thread_id is not None and room is not None:  # a room reply pushes its thread, not the room
+            job["thread_id"] = m.thread_id
+            job["payload"]["title"] = f"{sender_name} replied in {room}"
+        return job

@@ -6,15 +6,21 @@ Playwright's own browser download does not work here; the tests launch /usr/bin/
 
 from __future__ import annotations
 
+import io
+import os
+import random
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -157,3 +163,69 @@ def seed_messages(api: Any, token: str, conversation_id: str, count: int, prefix
                 break
             time.sleep(0.1)
         assert r.status_code == 201, r.text
+
+
+def noisy_png(width: int, height: int, seed: int = 1) -> bytes:
+    """A PNG that does not compress (random pixels): about 3 bytes a pixel on the wire."""
+    rnd = random.Random(seed)
+    img = Image.frombytes("RGB", (width, height), rnd.randbytes(width * height * 3))
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
+def small_jpeg(color: tuple[int, int, int] = (200, 40, 90)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), color).save(out, "JPEG")
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------------- fixtures
+# Shared by the browser test modules (tests/test_browser*.py import them by name).
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    # A missing browser fails these tests (never skips them): `make test` installs it (`make browser`).
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: run `make browser` (apt-get install -y chromium)"
+    assert SOCKETIO_CLIENT.exists(), "socket.io-client is not installed: run `npm ci` at the repository root"
+    assert AXE.exists(), "axe-core (a devDependency) is not installed: run `npm ci` at the repository root"
+    expect.set_options(timeout=10_000)  # CI machines are small: give live updates room
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def pages() -> Iterator[list[ChatPage]]:
+    """Tabs opened by a test; closed (and checked for CSP violations and errors) afterwards."""
+    opened: list[ChatPage] = []
+    yield opened
+    for chat in opened:
+        chat.context.close()
+
+
+@pytest.fixture
+def cluster(shared_mysql_cluster: Any) -> Any:
+    """The run's shared two-process MariaDB + Redis cluster; each test signs in users of its own."""
+    return shared_mysql_cluster
+
+
+@pytest.fixture
+def who(uid: Any) -> Any:
+    """This test's user ids (display names stay "Cara Creator", "Pat Patron"...)."""
+    return SimpleNamespace(cara=uid("cara"), pat=uid("pat"), evil=uid("evil"), mia=uid("mia"))
+
+
+def tab(pages: list[ChatPage], browser: Any, url: str, token: str | None, **kw: Any) -> ChatPage:
+    chat = open_chat(browser, url, token, **kw)
+    pages.append(chat)
+    return chat
+
+
+def setup_room(api: Any, who: Any, name: str = "Lounge") -> tuple[str, str, str]:
+    creator = api.user(who.cara, "Cara Creator")
+    patron = api.user(who.pat, "Pat Patron")
+    api.membership(who.cara, who.pat, 500)
+    room = api.room(who.cara, name, min_tier_cents=100)
+    return creator, patron, room

@@ -18,6 +18,9 @@ import pytest
 import redis as redis_sync
 from sqlalchemy.engine import make_url
 
+# The browser tests' shared fixtures and helpers (a plugin of those modules): asserts rewritten.
+pytest.register_assert_rewrite("tests.browser_support")
+
 MYSQL_ADMIN_URL = os.environ.get("MYSQL_ADMIN_URL", "mysql+pymysql://root@127.0.0.1:3306/")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN_ID = secrets.token_hex(4)

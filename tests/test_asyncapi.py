@@ -304,6 +304,23 @@ async def test_real_traffic_matches_the_document(shared_mysql_cluster: Cluster, 
         assert (await b.call("pin", {"message_id": pinned["id"], "on": True}))["ok"]
         await a.wait_for("pins", lambda e: e["message_ids"] == [pinned["id"]])
         assert (await a.call("join", {"conversation_id": room}))["pinned"][0]["id"] == pinned["id"]
+        # reports (threshold 1: the first one hides) and blocks between members
+        assert api.server("PUT", f"/creators/{cre}/report-settings", {"hide_threshold": 1}).status_code == 200
+        reported = (await b.call("send", {"conversation_id": room, "body": "report me", "client_msg_id": "c-rep"}))
+        rid = reported["message"]["id"]
+        assert (await a.call("report", {"message_id": rid, "reason": "spam", "note": "test"}))["ok"]
+        await b.wait_for("report_opened", lambda e: e["report"]["message_id"] == rid)
+        await a.wait_for("message_hidden", lambda e: e["message_id"] == rid and e["hidden"])
+        assert (await b.call("reports", {"status": "open"}))["reports"][0]["message_id"] == rid
+        assert (await b.call("review_report", {"message_id": rid, "action": "dismiss"}))["resolved"] == 1
+        await b.wait_for("report_resolved", lambda e: e["message_id"] == rid)
+        await a.wait_for("message_hidden", lambda e: e["message_id"] == rid and not e["hidden"])
+        assert (await a.call("block_user", {"user_id": cre, "on": True}))["ok"]
+        await a.wait_for("user_blocked", lambda e: e["blocked"])
+        unseen = (await b.call("send", {"conversation_id": room, "body": "unseen", "client_msg_id": "c-unseen"}))
+        await a.wait_for("message", lambda m: m["id"] == unseen["message"]["id"] and m.get("hidden"))
+        assert len((await a.call("blocks", {}))["blocks"]) == 1
+        assert (await a.call("block_user", {"user_id": cre, "on": False}))["ok"]
         assert (await b.call("block", {"creator_id": cre, "user_id": pat, "on": True, "reason": "test"}))["ok"]
         await a.wait_for("access_revoked", lambda r: r["conversation_id"] == room)
         await a.wait_for("moderation", lambda e: e["action"] == "block")

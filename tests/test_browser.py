@@ -8,79 +8,20 @@ fails these tests: `make test` installs it first (`make browser`).
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
-import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from tests.browser_support import (
-    AVATAR_HOST,
-    AXE,
-    CHROMIUM,
-    PHONE,
-    SOCKETIO_CLIENT,
-    ChatPage,
-    launch,
-    open_chat,
-    seed_messages,
-)
+from tests.browser_support import AVATAR_HOST, PHONE, seed_messages, setup_room, tab
 from tests.support import make_token
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    # A missing browser fails these tests (never skips them): `make test` installs it (`make browser`).
-    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: run `make browser` (apt-get install -y chromium)"
-    assert SOCKETIO_CLIENT.exists(), "socket.io-client is not installed: run `npm ci` at the repository root"
-    assert AXE.exists(), "axe-core (a devDependency) is not installed: run `npm ci` at the repository root"
-    expect.set_options(timeout=10_000)  # CI machines are small: give live updates room
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def pages() -> Iterator[list[ChatPage]]:
-    """Tabs opened by a test; closed (and checked for CSP violations and errors) afterwards."""
-    opened: list[ChatPage] = []
-    yield opened
-    for chat in opened:
-        chat.context.close()
-
-
-@pytest.fixture
-def cluster(shared_mysql_cluster: Any) -> Any:
-    """The run's shared two-process MariaDB + Redis cluster; each test signs in users of its own."""
-    return shared_mysql_cluster
-
-
-@pytest.fixture
-def who(uid: Any) -> Any:
-    """This test's user ids (display names stay "Cara Creator", "Pat Patron"...)."""
-    return SimpleNamespace(cara=uid("cara"), pat=uid("pat"), evil=uid("evil"))
-
-
-def tab(pages: list[ChatPage], browser: Any, url: str, token: str | None, **kw: Any) -> ChatPage:
-    chat = open_chat(browser, url, token, **kw)
-    pages.append(chat)
-    return chat
-
-
-def setup_room(api: Any, who: Any, name: str = "Lounge") -> tuple[str, str, str]:
-    creator = api.user(who.cara, "Cara Creator")
-    patron = api.user(who.pat, "Pat Patron")
-    api.membership(who.cara, who.pat, 500)
-    room = api.room(who.cara, name, min_tier_cents=100)
-    return creator, patron, room
+# The fixtures browser, pages, cluster and who (shared by the browser test modules).
+pytest_plugins = ["tests.browser_support"]
 
 
 # ---------------------------------------------------------------------- tests

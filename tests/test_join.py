@@ -20,7 +20,8 @@ from tests.support import Api, Client, barrier, make_token, sync_engine
 JOIN_KEYS = {"conversation", "messages", "has_more", "online", "unread_count", "last_read_seq", "read_positions",
              "slow_mode_s", "pinned"}  # slow_mode_s, pinned: extensions (docs/api.md, Moderation)
 MESSAGE_KEYS = {"id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted",
-                "reactions", "attachments"}
+                "reactions", "attachments",
+                "thread_id", "thread"}  # threads (docs/api.md "Threads")
 CONVERSATION_KEYS = {"id", "kind", "creator_id", "name", "min_tier_cents", "post_policy"}
 
 

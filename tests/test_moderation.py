@@ -237,6 +237,10 @@ async def _slow_mode_scenario(url_a: str, url_b: str, api: Api, uid: Any) -> Non
         await p2.wait_for("slow_mode", lambda e: e == {"conversation_id": room, "seconds": 60})
         await p1.wait_for("slow_mode", lambda e: e["seconds"] == 60)
         assert ok(await p1.call("join", {"conversation_id": room}))["slow_mode_s"] == 60
+        # a send that stores nothing (not the member's upload) does not use up the slot
+        bad = await p1.call("send", {"conversation_id": room, "body": "x", "client_msg_id": "slow-0",
+                                     "attachments": [999999999]})
+        assert err(bad) == "not_found", bad
         first = ok(await p1.call("send", {"conversation_id": room, "body": "one", "client_msg_id": "slow-1"}))
         refused = await send(p2, room, "two")  # the other process, the same member
         assert err(refused) == "rate_limited"
@@ -339,3 +343,38 @@ async def test_pins_in_one_process(shared_sqlite: Any, uid: Any) -> None:
 async def test_pins_across_processes(shared_mysql_cluster: Any, uid: Any) -> None:
     cluster = shared_mysql_cluster
     await _pins_scenario(cluster.servers[0].url, cluster.servers[1].url, cluster.apis[0], uid)
+
+
+async def test_moderation_overview_for_the_page(shared_any_server: Any, uid: Any) -> None:
+    """GET /api/v1/moderation: whose rooms the user moderates, their running timeouts, and per
+    creator they act for the moderators and the blocked / timed-out members (what the page shows)."""
+    api = shared_any_server.api
+    cre, mod, pat, tokens, _room = community(api, uid)
+    other = uid("other")
+    tokens[other] = api.user(other, "Olga Other")
+    api.membership(cre, other, 500)
+
+    def overview(user: str) -> dict[str, Any]:
+        r = api.client(tokens[user], "GET", "/moderation")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    empty = {"creator_id": pat, "moderators": [], "blocked": [], "timed_out": []}
+    assert overview(pat) == {"moderator_of": [], "timeouts": [], "teams": [empty]}
+    assert api.server("PUT", f"/creators/{cre}/moderators/{mod}").status_code == 200
+    until = api.server("PUT", f"/creators/{cre}/timeouts/{pat}", json={"minutes": 10}).json()["until"]
+    assert api.server("PUT", f"/creators/{cre}/blocks/{other}", json={}).status_code == 200
+    team = {"creator_id": cre, "moderators": [{"id": mod, "name": mod.title()}],
+            "blocked": [{"id": other, "name": "Olga Other"}], "timed_out": [{"id": pat, "name": pat.title(), "until": until}]}
+    mine = overview(cre)
+    assert mine == {"moderator_of": [], "timeouts": [], "teams": [team]}
+    assert overview(mod) == {"moderator_of": [cre], "timeouts": [],
+                             "teams": [{"creator_id": mod, "moderators": [], "blocked": [], "timed_out": []}, team]}
+    # the patron sees their own timeout, and nothing of the creator's team
+    assert overview(pat) == {"moderator_of": [], "timeouts": [{"creator_id": cre, "until": until}], "teams": [empty]}
+    # a lifted timeout and an unblock leave the lists
+    assert api.server("DELETE", f"/creators/{cre}/timeouts/{pat}").status_code == 200
+    assert api.server("DELETE", f"/creators/{cre}/blocks/{other}").status_code == 200
+    assert overview(pat)["timeouts"] == []
+    assert overview(cre)["teams"] == [{**team, "blocked": [], "timed_out": []}]
+    assert api.client("not-a-token", "GET", "/moderation").status_code == 401

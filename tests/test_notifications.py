@@ -168,6 +168,12 @@ async def test_channel_audiences(served: Served) -> None:
         assert [count(u) for u in ("cre", "p1", "p2", "p3")] == [0, 2, 1, 0]
         await p1.wait_for("notification", lambda n: n["id"] == ids[0])
 
+        # a member the creator blocked is no longer in the creator's or the room's audience
+        assert api.server("PUT", "/creators/cre/blocks/p1", {"reason": "spam"}).status_code == 200
+        assert notify(api, base(channel=f"room:{room}"))["notification_ids"] == []
+        assert len(notify(api, base(channel="creator:cre"))["notification_ids"]) == 1
+        assert [count(u) for u in ("p1", "p2")] == [2, 2]
+
         assert len(notify(api, base(channel="user:x"))["notification_ids"]) == 1
         assert count("x") == 1
         assert notify(api, base(channel="creator:nobody"))["notification_ids"] == []

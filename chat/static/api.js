@@ -102,6 +102,8 @@ export async function api(method, path, body) {
 
 export const getMe = () => api("GET", "/api/v1/me");
 export const listConversations = () => api("GET", "/api/v1/conversations");
+/** {moderator_of, timeouts, teams} (docs/api.md "Moderation"). */
+export const getModeration = () => api("GET", "/api/v1/moderation");
 
 export function listMessages(conversationId, { beforeSeq, afterSeq, limit } = {}) {
   const q = new URLSearchParams();

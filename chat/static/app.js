@@ -11,7 +11,20 @@ import { actions, onMessageListScroll, scheduleRender, scrollToLatest, showAuthS
 import { canPost, conversationName, learnMembers, makeConv, maxSeq, openConv, state } from "./state.js";
 import { forgetCreatorChannels, onCreatorEvent, setupCreatorEvents, subscribeCreatorChannels } from "./creator-events.js";
 import { applyReactionEvent, loadWho } from "./reactions.js";
-import { renderMe, setupMessageMenus, watchConnection } from "./ui.js";
+import { onMenuClose, renderMe, setupMessageMenus, watchConnection } from "./ui.js";
+import { clearTray, photosForSend, setupPhotos } from "./photos.js";
+import {
+  applyJoinAnswer,
+  composerBlock,
+  disarm,
+  loadModeration,
+  noteSendError,
+  noteSent,
+  onModeration,
+  onPins,
+  onSlowMode,
+  setupModeration,
+} from "./moderation.js";
 
 const ACK_TIMEOUT_MS = 10_000;
 const TYPING_REFRESH_MS = 2_000; // re-send typing:true this often while typing
@@ -70,6 +83,15 @@ function connectSocket() {
   client.on("notification", onNotification);
   client.on("access_revoked", onAccessRevoked);
   client.on("resync", onResync);
+  client.on("moderation", onModeration);
+  client.on("slow_mode", (ev) => {
+    const conv = convOf(ev);
+    if (conv) onSlowMode(conv, ev);
+  });
+  client.on("pins", (ev) => {
+    const conv = convOf(ev);
+    if (conv) onPins(conv, ev);
+  });
   client.on("event", onCreatorEvent);
   // Refused by the server (not a network error): bad credentials, or too many connections.
   client.connect().catch((err) => handleUnauthorized(err && err.message));
@@ -113,6 +135,7 @@ async function onConnect(reconnect) {
     .getMe()
     .then((me) => setUnreadNotifications(me.unread_notifications))
     .catch(() => {});
+  if (reconnect) loadModeration(); // a timeout or an appointment may have come meanwhile
 }
 
 function onDisconnect() {
@@ -151,6 +174,8 @@ function mergeMessage(conv, msg) {
     if (!msg.deleted && existing.edited_at && (!msg.edited_at || msg.edited_at < existing.edited_at)) return false;
   }
   if (!Array.isArray(msg.reactions)) msg.reactions = msg.deleted || !existing ? [] : existing.reactions || [];
+  // An edit's frame may leave the photos out: they cannot change, keep the ones we have.
+  if (!msg.deleted && existing && !(Array.isArray(msg.attachments) && msg.attachments.length)) msg.attachments = existing.attachments || [];
   conv.messages.set(msg.seq, msg);
   if (conv.lastMessage && conv.lastMessage.seq === msg.seq) conv.lastMessage = msg;
   return !existing;
@@ -234,6 +259,7 @@ function onJoined({ conversationId, answer }) {
     learnMembers(conv);
   }
   conv.online = new Set((answer.online || []).map(String));
+  applyJoinAnswer(conv, answer);
   for (const rp of answer.read_positions || []) {
     learnName(rp);
     const userId = String(rp.user_id);
@@ -345,7 +371,8 @@ function markRead(conv) {
  * once). Its progress comes back as `send_status` events (onSendStatus).
  */
 function sendPending(conv, p) {
-  client.send(conv.id, p.body, { clientMsgId: p.cmid }).then(
+  const attachments = (p.attachments || []).map((a) => a.id);
+  client.send(conv.id, p.body, { clientMsgId: p.cmid, attachments }).then(
     (msg) => {
       if (!msg || !state.convs.has(conv.id)) return;
       addMessages(conv, [msg]);
@@ -366,7 +393,9 @@ function onSendStatus(s) {
   if (s.status === "sent" || s.status === "cancelled") {
     if (s.message) addMessages(conv, [s.message]);
     conv.pending.delete(p.cmid);
+    if (s.status === "sent") noteSent(conv);
   } else if (s.status === "retrying" || s.status === "failed") {
+    noteSendError(conv, s.error);
     p.status = "failed";
     p.error = (s.error && (s.error.message || s.error.code)) || "error";
     p.autoRetry = s.status === "retrying";
@@ -383,17 +412,34 @@ function submitComposer() {
   if (!conv || !canPost(conv)) return;
   const composer = $("composer");
   const body = composer.value.trim();
-  if (!body) return;
+  const photos = photosForSend(conv.id);
+  if (!body && !photos.attachments.length && !photos.busy && !photos.failed) return;
+  const block = composerBlock(conv);
+  if (block && block.disabled) return;
+  if (block && block.wait) {
+    showNotice(`Slow mode: you can send again in ${block.wait}.`, "warning");
+    return;
+  }
+  if (photos.busy) {
+    showNotice("Wait until the photos are uploaded.", "warning");
+    return;
+  }
+  if (photos.failed) {
+    showNotice("A photo could not be uploaded: remove it first.", "error");
+    return;
+  }
   if ([...body].length > MAX_BODY_CHARS) {
     showNotice(`Messages are limited to ${MAX_BODY_CHARS} characters.`, "error");
     return;
   }
   composer.value = "";
   drafts.delete(conv.id);
+  clearTray(conv.id);
   stopTyping();
   const p = {
     cmid: api.newClientMsgId(),
     body,
+    attachments: photos.attachments,
     status: "queued",
     error: null,
     autoRetry: false,
@@ -932,6 +978,17 @@ async function boot() {
         : Promise.resolve({ ok: false, error: { code: "offline" } }),
   });
   setupMessageMenus($("message-list"), { onChipHold: showWhoReacted });
+  onMenuClose(disarm);
+  setupPhotos({
+    convId: () => {
+      const conv = openConv();
+      return conv && canPost(conv) && !(composerBlock(conv) || {}).disabled ? conv.id : null;
+    },
+    changed: () => scheduleRender(),
+    notice: showNotice,
+    unauthorized: () => handleUnauthorized(),
+  });
+  setupModeration({ request: emitAck, refresh: () => refreshConversations().catch(() => {}) });
   document.addEventListener("pointerdown", (e) => {
     if (state.reactionWho && !e.target.closest(".reaction-who")) {
       state.reactionWho = null;
@@ -947,6 +1004,7 @@ async function boot() {
   state.avatars.set(state.me.id, me.user.avatar_url || null);
   renderMe();
   setUnreadNotifications(me.unread_notifications);
+  loadModeration();
   try {
     await refreshConversations({ join: false });
   } catch (err) {

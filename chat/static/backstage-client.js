@@ -171,6 +171,7 @@ export class BackstageClient extends Emitter {
     this._convs = new Map(); // conversation id -> tracked conversation (see _track)
     this._pending = new Map(); // client_msg_id -> pending send
     this._channels = new Set(); // subscribed channels, subscribed again after a reconnect
+    this._replyCounts = new Map(); // thread root id -> highest thread.reply_count seen in message_updated
     this._sendOrder = 0;
   }
 
@@ -277,11 +278,9 @@ export class BackstageClient extends Emitter {
       if (!this._closed && !this.connected) this._setState(this._everConnected ? "reconnecting" : "connecting");
     });
     socket.on("message", (msg) => this._onMessage(msg));
-    socket.on("message_updated", (msg) => {
-      this._emit("message_updated", msg);
-      this._emit(msg && msg.deleted ? "delete" : "edit", msg);
-    });
-    for (const name of ["typing", "read", "presence", "reaction", "notification", "event"]) {
+    socket.on("message_updated", (msg) => this._onMessageUpdated(msg));
+    for (const name of ["typing", "read", "presence", "reaction", "notification", "event", "moderation", "slow_mode", "pins",
+      "message_hidden", "report_opened", "report_resolved", "user_blocked"]) {
       socket.on(name, (payload) => this._emit(name, payload));
     }
     socket.on("access_revoked", (ev) => {
@@ -476,10 +475,12 @@ export class BackstageClient extends Emitter {
     });
   }
 
-  history(conversationId, { beforeSeq, limit } = {}) {
+  history(conversationId, { beforeSeq, limit, threadId, includeReplies } = {}) {
     const payload = { conversation_id: String(conversationId) };
     if (beforeSeq !== undefined && beforeSeq !== null) payload.before_seq = beforeSeq;
     if (limit !== undefined) payload.limit = limit;
+    if (threadId !== undefined && threadId !== null) payload.thread_id = String(threadId);
+    if (includeReplies !== undefined) payload.include_replies = includeReplies;
     return this.request("history", payload);
   }
 
@@ -489,6 +490,18 @@ export class BackstageClient extends Emitter {
 
   deleteMessage(messageId) {
     return this.request("delete", { message_id: String(messageId) }).then((res) => res.message);
+  }
+
+  /** Reports a room message (reason: spam, harassment, hate, sexual, violence, other); a repeat counts nothing. */
+  report(messageId, reason, note) {
+    const payload = { message_id: String(messageId), reason };
+    if (note !== undefined && note !== null) payload.note = note;
+    return this.request("report", payload);
+  }
+
+  /** Blocks (on) or unblocks another user: their messages arrive as placeholders (`hidden: true`). */
+  blockUser(userId, on = true) {
+    return this.request("block_user", { user_id: String(userId), on: Boolean(on) });
   }
 
   markRead(conversationId, seq) {
@@ -688,6 +701,25 @@ export class BackstageClient extends Emitter {
     }, this._gapWaitMs);
   }
 
+  /**
+   * A thread root's summary only grows (`thread.reply_count`); updates from different server
+   * processes may cross, so one with fewer replies than already seen for that root is stale and
+   * dropped. A root's update is also emitted as `thread`.
+   */
+  _onMessageUpdated(msg) {
+    const thread = msg && msg.thread;
+    if (thread && typeof thread.reply_count === "number") {
+      const seen = this._replyCounts.get(msg.id) ?? 0;
+      if (thread.reply_count < seen) return;
+      this._replyCounts.delete(msg.id); // (re-inserted: the oldest entries go first)
+      this._replyCounts.set(msg.id, thread.reply_count);
+      if (this._replyCounts.size > 10_000) this._replyCounts.delete(this._replyCounts.keys().next().value);
+    }
+    this._emit("message_updated", msg);
+    this._emit(msg && msg.deleted ? "delete" : "edit", msg);
+    if (thread) this._emit("thread", msg);
+  }
+
   _onResync(ev) {
     const conv = ev && this._convs.get(String(ev.conversation_id));
     this._emit("resync", ev);
@@ -700,14 +732,14 @@ export class BackstageClient extends Emitter {
 
   /**
    * Sends a message; resolves the stored message (the ack's, or the broadcast's when it comes
-   * first). `clientMsgId` defaults to a new UUID. While disconnected the send waits (status
+   * first). `clientMsgId` defaults to a new UUID; `threadId` makes it a reply to that root message. While disconnected the send waits (status
    * "queued") and goes out after the reconnect; a send whose answer was lost, `unavailable`
    * or `rate_limited` is retried with the same client_msg_id, which the server stores once.
    * Rejects with the server's error (`forbidden`, `invalid`, `conflict`, ...), after
    * maxSendAttempts transient failures, or `cancelled` / `closed`.
    * `send_status` events follow it: queued, sending, retrying, sent, failed, cancelled.
    */
-  send(conversationId, body, { clientMsgId } = {}) {
+  send(conversationId, body, { clientMsgId, attachments, threadId } = {}) {
     const cmid = clientMsgId ?? newClientMsgId();
     const existing = this._pending.get(cmid);
     if (existing) {
@@ -717,7 +749,9 @@ export class BackstageClient extends Emitter {
     const p = {
       conversationId: String(conversationId),
       body,
+      attachments: Array.isArray(attachments) && attachments.length ? attachments.map(String) : null,
       clientMsgId: cmid,
+      threadId: threadId === undefined || threadId === null ? null : String(threadId),
       status: "new",
       error: null,
       attempts: 0,
@@ -761,6 +795,8 @@ export class BackstageClient extends Emitter {
     const attempt = p.attempts;
     this._setSendStatus(p, "sending", null);
     const payload = { conversation_id: p.conversationId, body: p.body, client_msg_id: p.clientMsgId };
+    if (p.attachments) payload.attachments = p.attachments;
+    if (p.threadId !== null) payload.thread_id = p.threadId;
     this.request("send", payload).then(
       (res) => {
         if (this._pending.get(p.clientMsgId) !== p) return; // confirmed by the broadcast already
@@ -778,7 +814,9 @@ export class BackstageClient extends Emitter {
           this._setSendStatus(p, "queued", error); // sent again after the reconnect
         } else if (TRANSIENT.has(error.code) && p.attempts < this._maxSendAttempts) {
           this._setSendStatus(p, "retrying", error);
-          const delay = Math.min(this._retryDelayMs * 2 ** (p.attempts - 1), this._maxRetryDelayMs);
+          // A server-given wait (`retry_after`, e.g. a room's slow mode) comes first.
+          const after = error.details && typeof error.details.retry_after === "number" ? error.details.retry_after * 1000 : 0;
+          const delay = Math.max(Math.min(this._retryDelayMs * 2 ** (p.attempts - 1), this._maxRetryDelayMs), after);
           p.timer = setTimeout(() => {
             p.timer = null;
             if (this._pending.get(p.clientMsgId) === p) this._attemptSend(p);
@@ -838,6 +876,7 @@ function publicSend(p) {
     conversationId: p.conversationId,
     clientMsgId: p.clientMsgId,
     body: p.body,
+    threadId: p.threadId,
     status: p.status,
     error: p.error,
     attempts: p.attempts,

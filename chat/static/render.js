@@ -16,7 +16,9 @@ import {
   state,
 } from "./state.js";
 import { PICKER, buildReactionRow, reactionsOf, whoText } from "./reactions.js";
-import { avatarUrl, fillAvatar, menuModeFor, messageMenu, openPicker } from "./ui.js";
+import { avatarUrl, fillAvatar, menuModeFor, messageMenu, openPicker, openSubmenu } from "./ui.js";
+import { buildPhotos, paint as paintPhotos, photosLabel, uploading } from "./photos.js";
+import { composerBlock, moderationItems, moderationSubmenus } from "./moderation.js";
 
 /** Filled by app.js: what buttons in rendered items do. */
 export const actions = {};
@@ -46,6 +48,7 @@ export function scheduleRender(opts = {}) {
     renderConnection();
     renderList();
     renderConversation(mode);
+    paintPhotos();
     for (const fn of renderHooks) fn();
     renderTitle();
   });
@@ -78,7 +81,7 @@ function previewText(conv) {
   const m = conv.lastMessage;
   if (!m) return conv.conversation.kind === "room" ? "No messages yet" : "Say hello";
   const who = state.me && m.sender && m.sender.id === state.me.id ? "You" : (m.sender && m.sender.name) || "";
-  const text = m.deleted ? "message deleted" : m.body.replace(/\s+/g, " ").trim();
+  const text = m.deleted ? "message deleted" : m.body.replace(/\s+/g, " ").trim() || photosLabel(m);
   return conv.conversation.kind === "room" || who === "You" ? `${who}: ${text}` : text;
 }
 
@@ -274,7 +277,9 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
       }
     });
   } else {
-    bubble.append(h("div", { class: "msg-body" }, linkify(msg.body)));
+    const photos = buildPhotos(msg, msg.sender.name || msg.sender.id);
+    if (photos) bubble.append(photos);
+    if (msg.body || !photos) bubble.append(h("div", { class: "msg-body" }, linkify(msg.body)));
     if (msg.edited_at) bubble.append(h("span", { class: "msg-edited", title: fullTime(msg.edited_at) }, "edited"));
   }
   const row = h("div", { class: "msg-row" }, bubble);
@@ -284,7 +289,7 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
     const items = messageActions(conv, msg);
     if (items.length) {
       el.classList.add("has-menu");
-      row.append(messageMenu(conv.id, msg.seq, items, reactionPickerOf(conv, msg)));
+      row.append(messageMenu(conv.id, msg.seq, items, reactionPickerOf(conv, msg), moderationSubmenus(conv, msg)));
     }
   }
 
@@ -330,7 +335,7 @@ function reactionPickerOf(conv, msg) {
 
 /**
  * The actions of a message's menu: Add reaction (any sent message), Edit (own), Delete (own;
- * any in the creator's room), Copy.
+ * any in the room of a creator we are or moderate), the moderation items (moderation.js), Copy.
  */
 function messageActions(conv, msg) {
   const items = [];
@@ -348,6 +353,7 @@ function messageActions(conv, msg) {
       run: () => actions.deleteMessage(conv.id, msg.seq),
     });
   }
+  items.push(...moderationItems(conv, msg, (name) => openSubmenu(conv.id, msg.seq, name)));
   if (items.length && navigator.clipboard && msg.body && !msg.deleted) {
     items.push({ action: "copy", label: "Copy text", run: () => navigator.clipboard.writeText(msg.body).catch(() => {}) });
   }
@@ -378,10 +384,13 @@ function renderHeader(conv) {
   $("mute-button").textContent = conv.muted ? "Unmute" : "Mute";
 
   const composer = $("composer");
-  const allowed = canPost(conv);
+  const block = composerBlock(conv);
+  const allowed = canPost(conv) && !(block && block.disabled);
   composer.disabled = !allowed;
-  $("send-button").disabled = !allowed;
-  composer.placeholder = allowed ? `Message ${name}` : "Only the creator posts in this room";
+  $("attach-button").disabled = !allowed;
+  $("send-button").disabled = !allowed || Boolean(block && block.wait) || uploading(conv.id);
+  const placeholder = !canPost(conv) ? "Only the creator posts in this room" : block && block.placeholder ? block.placeholder : `Message ${name}`;
+  if (composer.placeholder !== placeholder) composer.placeholder = placeholder;
 }
 
 function typingText(conv) {
@@ -488,6 +497,7 @@ function renderConversation(mode) {
       edited_at: null,
       deleted: false,
       sender: { id: state.me ? state.me.id : "", name: state.me ? state.me.name : "" },
+      attachments: (p.attachments || []).map((a) => ({ id: a.id, preview: a.preview })),
     };
     wanted.push({ key: `p:${p.cmid}`, msg, opts: { grouped: false, seenBy: null, pending: p } });
   }
@@ -516,6 +526,7 @@ function renderConversation(mode) {
       msg.edited_at,
       msg.deleted,
       msg.sender.name,
+      (msg.attachments || []).map((a) => a.id || a.preview),
       opts.grouped,
       opts.seenBy,
       opts.pending && [opts.pending.status, opts.pending.error],
@@ -524,6 +535,7 @@ function renderConversation(mode) {
       canEdit(msg),
       canDelete(conv, msg),
       !opts.pending && menuModeFor(conv.id, msg.seq),
+      !opts.pending && menuModeFor(conv.id, msg.seq) && messageActions(conv, msg).map((it) => it.label),
       reactionsOf(msg),
       state.reactionWho && state.reactionWho.convId === conv.id && state.reactionWho.seq === msg.seq
         ? [state.reactionWho.emoji, whoText(msg, state.reactionWho.emoji)]

@@ -18,6 +18,8 @@ export const state = {
   editing: null,
   /** message whose delete awaits a second click: {convId, seq} */
   confirmDelete: null,
+  /** creator ids whose rooms we moderate (GET /api/v1/moderation, `moderation` events) */
+  moderatorOf: new Set(),
   /** reaction chip whose "who reacted" line a long-press opened: {convId, seq, emoji} */
   reactionWho: null,
   notifications: {
@@ -65,6 +67,12 @@ export function makeConv(entry, order) {
     readers: new Map(),
     /** highest seq we reported with `read` */
     readSent: 0,
+    /** slow mode of a room in seconds (join answer, `slow_mode` events); 0: off */
+    slowMode: 0,
+    /** pinned message ids, oldest pin first (join answer, `pins` events) */
+    pinnedIds: [],
+    /** message id -> the pinned messages of the join answer (they may be older than what is loaded) */
+    pinnedMsgs: new Map(),
   };
   learnMembers(conv);
   return conv;
@@ -121,11 +129,11 @@ export function isCreatorOf(conv) {
   return Boolean(state.me && conv.conversation.creator_id === state.me.id);
 }
 
-/** Own messages, and any message of a room whose creator we are. */
+/** Own messages, and any message of a room whose creator we are or whose creator we moderate. */
 export function canDelete(conv, msg) {
   if (msg.deleted || !state.me) return false;
   if (msg.sender && msg.sender.id === state.me.id) return true;
-  return conv.conversation.kind === "room" && isCreatorOf(conv);
+  return conv.conversation.kind === "room" && (isCreatorOf(conv) || state.moderatorOf.has(String(conv.conversation.creator_id)));
 }
 
 export function canEdit(msg) {

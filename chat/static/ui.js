@@ -148,11 +148,26 @@ export function openPicker(convId, seq) {
   scheduleRender();
 }
 
+/** Turns the open menu into one of its submenus (e.g. a timeout's lengths), its first item focused. */
+export function openSubmenu(convId, seq, name) {
+  menu = { convId, seq, focus: "first", mode: name };
+  returnFocus = null;
+  scheduleRender();
+}
+
+const closeHooks = [];
+
+/** fn() runs whenever a message menu closes (e.g. to disarm a two-step action). */
+export function onMenuClose(fn) {
+  closeHooks.push(fn);
+}
+
 export function closeMenu(giveFocusBack = false) {
   if (!menu) return;
   returnFocus = giveFocusBack ? { convId: menu.convId, seq: menu.seq } : null;
   menu = null;
   state.confirmDelete = null;
+  for (const fn of closeHooks) fn();
   scheduleRender();
 }
 
@@ -178,9 +193,10 @@ const DOTS = () => {
  * The "Message actions" button of one message and, while open, its menu. items:
  * [{action, label, danger?, keepOpen?, run}]; an item closes the menu unless keepOpen
  * (e.g. Delete, which asks for a second press first). picker (or null):
- * {choices: [{emoji, name, on}], choose(emoji, on)} for the "Add reaction" mode.
+ * {choices: [{emoji, name, on}], choose(emoji, on)} for the "Add reaction" mode. submenus:
+ * {name: {label, items}}, the modes an item opens with openSubmenu (e.g. a timeout's lengths).
  */
-export function messageMenu(convId, seq, items, picker = null) {
+export function messageMenu(convId, seq, items, picker = null, submenus = {}) {
   const open = menuOpenFor(convId, seq);
   const trigger = h(
     "button",
@@ -203,36 +219,8 @@ export function messageMenu(convId, seq, items, picker = null) {
   if (open && menu.mode === "picker" && picker) {
     wrap.append(reactionPicker(convId, seq, picker));
   } else if (open) {
-    const buttons = items.map((it) =>
-      h(
-        "button",
-        {
-          type: "button",
-          role: "menuitem",
-          tabindex: "-1",
-          class: it.danger ? "msg-menu-item danger" : "msg-menu-item",
-          "data-action": it.action,
-          onclick: (e) => {
-            e.stopPropagation();
-            if (it.keepOpen) menu = { convId, seq, focus: it.action, mode: "actions" };
-            it.run(); // before closing: closing disarms a pending delete
-            if (!it.keepOpen) closeMenu(false);
-          },
-        },
-        it.label,
-      ),
-    );
-    const list = h("div", { class: "msg-menu", role: "menu", "aria-label": "Message actions" }, buttons);
-    list.addEventListener("keydown", (e) => onMenuKey(e, buttons));
-    wrap.append(list);
-    const focus = menu.focus || focusedInOldMenu("action");
-    menu.focus = null;
-    if (focus) {
-      queueMicrotask(() => {
-        const target = buttons.find((b) => b.dataset.action === focus) || buttons[0];
-        if (target && target.isConnected) target.focus();
-      });
-    }
+    const sub = menu.mode !== "actions" && Object.hasOwn(submenus, menu.mode) ? submenus[menu.mode] : null;
+    wrap.append(itemMenu(convId, seq, sub ? sub.items : items, sub ? sub.label : "Message actions", sub ? menu.mode : "actions"));
   } else if ((returnFocus && returnFocus.convId === convId && returnFocus.seq === seq) || triggerHadFocus(seq)) {
     returnFocus = null;
     queueMicrotask(() => {
@@ -240,6 +228,40 @@ export function messageMenu(convId, seq, items, picker = null) {
     });
   }
   return wrap;
+}
+
+/** A menu of items (the actions, or a submenu's): the focus goes where the menu state says. */
+function itemMenu(convId, seq, items, label, mode) {
+  const buttons = items.map((it) =>
+    h(
+      "button",
+      {
+        type: "button",
+        role: "menuitem",
+        tabindex: "-1",
+        class: it.danger ? "msg-menu-item danger" : "msg-menu-item",
+        "data-action": it.action,
+        onclick: (e) => {
+          e.stopPropagation();
+          if (it.keepOpen) menu = { convId, seq, focus: it.action, mode };
+          it.run(); // before closing: closing disarms a pending delete
+          if (!it.keepOpen) closeMenu(false);
+        },
+      },
+      it.label,
+    ),
+  );
+  const list = h("div", { class: "msg-menu", role: "menu", "aria-label": label, "data-menu": mode }, buttons);
+  list.addEventListener("keydown", (e) => onMenuKey(e, buttons));
+  const focus = menu.focus || focusedInOldMenu("action");
+  menu.focus = null;
+  if (focus) {
+    queueMicrotask(() => {
+      const target = buttons.find((b) => b.dataset.action === focus) || buttons[0];
+      if (target && target.isConnected) target.focus();
+    });
+  }
+  return list;
 }
 
 /** The emoji of "Add reaction": a menu of checkable items (checked: already ours). */

@@ -208,6 +208,14 @@ async def test_room_message_user_and_presence_calls(backstage: Any, uid: Any) ->
                 await apub.delete_message("999999999")
             assert (err.value.code, err.value.status) == ("not_found", 404)
 
+            root = (await sock.call("send", {"conversation_id": room["id"], "body": "q", "client_msg_id": "p2"}))["message"]
+            reply = (await sock.call("send", {"conversation_id": room["id"], "body": "re", "client_msg_id": "p3",
+                                              "thread_id": root["id"]}))["message"]
+            thread = await apub.history(room["id"], thread_id=root["id"])
+            assert [m["id"] for m in thread["messages"]] == [root["id"], reply["id"]]
+            main = await asyncio.to_thread(lambda: pub.history(room["id"], include_replies=False))
+            assert [m["id"] for m in main["messages"]] == [sent["id"], root["id"]]
+
             assert await asyncio.to_thread(pub.disconnect_user, fan) is True
             await asyncio.wait_for(gone.wait(), 10)
             with pytest.raises(PublishError) as err:

@@ -3,6 +3,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import zlib from "node:zlib";
 
 import { BackstageClient, BackstageError } from "../../chat/static/backstage-client.js";
 import { Api, CutProxy, barrier, makeClient, range, rawSocket, signToken, startServer, uid } from "./support.mjs";
@@ -115,6 +116,36 @@ describe("BackstageClient", { concurrency: true }, () => {
       assert.equal(a.rec.list("message_updated").length, 2);
     });
 
+    test("threads: a reply with threadId, the root's thread event (stale ones dropped), a thread's pages", T, async () => {
+      const t = await api.roomWithTwo();
+      const a = client(server.urls[0], t.creatorToken);
+      const b = client(server.urls.at(-1), t.patronToken);
+      await Promise.all([a.connect(), b.connect()]);
+      await a.join(t.room);
+      await b.join(t.room);
+      const root = await a.send(t.room, "root");
+      assert.equal(root.thread_id, null);
+      const reply = await b.send(t.room, "in the thread", { threadId: root.id });
+      assert.equal(reply.thread_id, root.id);
+      assert.equal(reply.seq, root.seq + 1); // one seq for the conversation, replies included
+      assert.equal(b.rec.list("send_status").at(-1).threadId, root.id);
+      await a.rec.waitFor("message", (m) => m.id === reply.id && m.thread_id === root.id);
+      const upd = await a.rec.waitFor("thread", (m) => m.id === root.id);
+      assert.deepEqual(upd.thread, { reply_count: 1, last_reply_at: reply.created_at, participants: [t.patron] });
+      // an update that crossed a newer one (fewer replies) is dropped, whatever the event
+      const seen = a.rec.list("message_updated").length;
+      a.socket.listeners("message_updated").forEach((fn) => fn({ ...upd, thread: { ...upd.thread, reply_count: 0 } }));
+      assert.equal(a.rec.list("message_updated").length, seen);
+      assert.equal(a.rec.list("thread").length, 1);
+
+      const page = await a.history(t.room, { threadId: root.id });
+      assert.deepEqual(page.messages.map((m) => m.body), ["root", "in the thread"]);
+      assert.equal(page.messages[0].thread.reply_count, 1);
+      const main = await a.history(t.room, { includeReplies: false });
+      assert.deepEqual(main.messages.map((m) => m.body), ["root"]);
+      await assert.rejects(a.send(t.room, "nested", { threadId: reply.id }), (e) => e.code === "invalid");
+    });
+
     test("a subscribed channel's events arrive, also after a reconnect", T, async () => {
       const t = await api.roomWithTwo();
       const proxy = await proxyTo(server.urls[0]);
@@ -130,6 +161,35 @@ describe("BackstageClient", { concurrency: true }, () => {
       await b.rec.waitFor("subscribed", (e) => e.channel === `creator:${t.creator}` && e.resubscribed);
       await api.publish(`creator:${t.creator}`, "live", { n: 2 });
       await b.rec.waitFor("event", (e) => e.event === "live" && e.data.n === 2);
+    });
+  });
+
+  describe("photos and slow mode", () => {
+    test("send names uploads (attachments); a slow-mode refusal is retried after its retry_after", T, async () => {
+      const t = await api.roomWithTwo();
+      const b = client(server.urls.at(-1), t.patronToken);
+      await b.connect();
+      await b.join(t.room);
+      const form = new FormData();
+      form.append("file", new Blob([onePixelPng()], { type: "image/png" }), "dot.png");
+      const up = await fetch(`${server.urls[0]}/api/v1/uploads`, { method: "POST", headers: { Authorization: `Bearer ${t.patronToken}` }, body: form });
+      assert.equal(up.status, 201);
+      const { attachment } = await up.json();
+      const photo = await b.send(t.room, "", { attachments: [attachment.id] });
+      assert.deepEqual(photo.attachments.map((a) => a.id), [attachment.id]);
+      assert.equal(photo.body, "");
+
+      await api.admin("PUT", `/rooms/${t.room}/slow-mode`, { seconds: 2 });
+      await b.send(t.room, "first");
+      const started = Date.now();
+      const second = b.send(t.room, "second");
+      const refused = await b.rec.waitFor("send_status", (s) => s.body === "second" && s.status === "retrying");
+      assert.equal(refused.error.code, "rate_limited");
+      assert.ok(refused.error.details.retry_after >= 1, JSON.stringify(refused.error.details));
+      assert.equal((await second).body, "second");
+      // waited out the server's retry_after rather than the 1-s back-off alone
+      assert.ok(Date.now() - started >= refused.error.details.retry_after * 1000 - 100, Date.now() - started);
+      assert.equal(b.rec.list("send_status").filter((s) => s.body === "second" && s.status === "sending").length, 2);
     });
   });
 
@@ -383,3 +443,28 @@ describe("BackstageClient", { concurrency: true }, () => {
     });
   });
 });
+
+/** A 1×1 PNG (a valid image for the upload). */
+function onePixelPng() {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (buf) => {
+    let c = 0xffffffff;
+    for (const b of buf) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const body = Buffer.concat([Buffer.from(type, "ascii"), data]);
+    const out = Buffer.alloc(12 + data.length);
+    out.writeUInt32BE(data.length, 0);
+    body.copy(out, 4);
+    out.writeUInt32BE(crc(body), 8 + data.length);
+    return out;
+  };
+  const ihdr = Buffer.from([0, 0, 0, 1, 0, 0, 0, 1, 8, 2, 0, 0, 0]);
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk("IHDR", ihdr),
+    chunk("IDAT", zlib.deflateSync(Buffer.from([0, 255, 0, 0]))), chunk("IEND", Buffer.alloc(0))]);
+}

@@ -180,7 +180,7 @@ export function makeClient(url, token, options = {}) {
     ...options,
   });
   client.rec = new Recorder(client, [
-    "state", "message", "message_updated", "edit", "delete", "typing", "read", "presence", "reaction", "notification", "event",
+    "state", "message", "message_updated", "edit", "delete", "thread", "typing", "read", "presence", "reaction", "notification", "event",
     "access_revoked", "resync", "joined", "subscribed", "join_error", "send_status", "token_refreshed", "token_expired", "error",
     "connect_error",
   ]);

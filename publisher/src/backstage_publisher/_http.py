@@ -97,6 +97,14 @@ def _params(**values: Any) -> dict[str, str]:
     return {k: str(v) for k, v in values.items() if v is not None}
 
 
+def _history_params(before_seq: int | None, after_seq: int | None, limit: int | None, thread_id: str | None,
+                    include_replies: bool | None) -> dict[str, str]:
+    params = _params(before_seq=before_seq, after_seq=after_seq, limit=limit, thread_id=thread_id)
+    if include_replies is not None:
+        params["include_replies"] = "true" if include_replies else "false"
+    return params
+
+
 def _segment(value: str) -> str:
     """One path segment (an id, a channel), percent-encoded so it cannot change the path."""
     return quote(str(value), safe=":")
@@ -241,10 +249,13 @@ class Publisher:
                                   idempotent=True)["was_online"])
 
     def history(self, conversation_id: str, *, before_seq: int | None = None, after_seq: int | None = None,
-                limit: int | None = None) -> dict[str, Any]:
-        """A page `{messages, has_more}` of any conversation, ascending by seq (as the client API)."""
+                limit: int | None = None, thread_id: str | None = None,
+                include_replies: bool | None = None) -> dict[str, Any]:
+        """A page `{messages, has_more}` of any conversation, ascending by seq (as the client API);
+        `thread_id`: a page of that thread (its root, then its replies); `include_replies=False`:
+        without thread replies."""
         return dict(self._request("GET", f"{CONVERSATIONS_PATH}/{_segment(conversation_id)}/messages",
-                                  params=_params(before_seq=before_seq, after_seq=after_seq, limit=limit),
+                                  params=_history_params(before_seq, after_seq, limit, thread_id, include_replies),
                                   idempotent=True))
 
     def conversation_presence(self, conversation_id: str) -> list[str]:
@@ -326,9 +337,11 @@ class AsyncPublisher:
         return bool(answer["was_online"])
 
     async def history(self, conversation_id: str, *, before_seq: int | None = None, after_seq: int | None = None,
-                      limit: int | None = None) -> dict[str, Any]:
+                      limit: int | None = None, thread_id: str | None = None,
+                      include_replies: bool | None = None) -> dict[str, Any]:
         return dict(await self._request("GET", f"{CONVERSATIONS_PATH}/{_segment(conversation_id)}/messages",
-                                        params=_params(before_seq=before_seq, after_seq=after_seq, limit=limit),
+                                        params=_history_params(before_seq, after_seq, limit, thread_id,
+                                                               include_replies),
                                         idempotent=True))
 
     async def conversation_presence(self, conversation_id: str) -> list[str]:

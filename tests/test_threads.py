@@ -1,0 +1,463 @@
+"""Threads (docs/api.md "Threads"): `send` with `thread_id`, the root's `thread` summary kept exact
+under concurrent replies on two processes, the root's coalesced `message_updated`, thread pages,
+`include_replies: false`, recovery through `since_seq` with replies, bad roots, revocation, and
+who a reply pushes (real firebase-admin SDK against the fake FCM server). SQLite, and MariaDB +
+Redis with two processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import Cluster, MySQLDatabases
+from tests.fakefcm import FakeFCMServer
+from tests.support import Api, Client, barrier, make_token, sync_engine
+from tests.test_push_rules import PushCluster
+from tests.test_reactions import add_memberships
+
+
+def ok(ack: dict[str, Any]) -> dict[str, Any]:
+    assert ack["ok"] is True, ack
+    return ack
+
+
+def err(ack: dict[str, Any]) -> str:
+    assert ack["ok"] is False, ack
+    return str(ack["error"]["code"])
+
+
+def setup_room(api: Api, uid: Any, *patrons: str) -> tuple[str, dict[str, str], str]:
+    cre = uid("cre")
+    tokens = {cre: api.user(cre)}
+    for p in patrons:
+        tokens[uid(p)] = api.user(uid(p))
+        api.membership(cre, uid(p), 500)
+    return cre, tokens, api.room(cre, "Threads", 0)
+
+
+async def send(c: Client, room: str, body: str, cmid: str, thread_id: Any = None, **extra: Any) -> dict[str, Any]:
+    payload = {"conversation_id": room, "body": body, "client_msg_id": cmid, **extra}
+    if thread_id is not None:
+        payload["thread_id"] = thread_id
+    result: dict[str, Any] = await c.call("send", payload)
+    return result
+
+
+def bodies(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["body"] for m in messages]
+
+
+async def test_replies_summary_thread_pages_and_main_view(shared_any_server: Any, uid: Any) -> None:
+    url, api = shared_any_server.servers[0].url, shared_any_server.api
+    cre, tokens, room = setup_room(api, uid, "ann", "bob")
+    ann, bob = uid("ann"), uid("bob")
+    a, b, c = (await Client(url, tokens[cre]).connect(), await Client(url, tokens[ann]).connect(),
+               await Client(url, tokens[bob]).connect())
+    try:
+        for s in (a, b, c):
+            ok(await s.call("join", {"conversation_id": room}))
+        root = ok(await send(b, room, "root", "t0"))["message"]
+        assert root["thread_id"] is None and root["thread"] is None
+        rid = root["id"]
+        r1 = ok(await send(c, room, "reply 1", "t1", rid))["message"]
+        assert r1["thread_id"] == rid and r1["seq"] == root["seq"] + 1 and r1["thread"] is None
+        # the reply is an ordinary `message` to every member; the root's summary follows
+        got = await a.wait_for("message", lambda m: m["id"] == r1["id"])
+        assert got["thread_id"] == rid
+        upd = await a.wait_for("message_updated", lambda m: m["id"] == rid)
+        assert upd["thread"]["reply_count"] == 1 and upd["thread"]["participants"] == [bob]
+        assert upd["thread"]["last_reply_at"] == r1["created_at"] and upd["body"] == "root"
+        ok(await send(b, room, "plain", "p1"))
+        replies = [r1] + [ok(await send(s, room, f"reply {i}", f"t{i}", rid))["message"]
+                          for i, s in ((2, a), (3, b), (4, c))]
+        # an idempotent retry of a reply: the original, nothing new; the same id in another thread: conflict
+        assert ok(await send(a, room, "reply 2", "t2", rid))["message"]["id"] == replies[1]["id"]
+        assert err(await send(a, room, "reply 2", "t2")) == "conflict"
+        await a.wait_for("message_updated", lambda m: m["id"] == rid and m["thread"]["reply_count"] == 4)
+
+        # the root in every read carries the summary (participants: first repliers first)
+        summary = {"reply_count": 4, "last_reply_at": replies[-1]["created_at"], "participants": [bob, cre, ann]}
+        hist = ok(await b.call("history", {"conversation_id": room}))["messages"]
+        assert bodies(hist) == ["root", "reply 1", "plain", "reply 2", "reply 3", "reply 4"]  # SPEC: all
+        assert hist[0]["thread"] == summary and all(m["thread_id"] == rid for m in hist if m["body"].startswith("reply"))
+        joined = ok(await b.call("join", {"conversation_id": room}))
+        assert joined["messages"][0]["thread"] == summary and bodies(joined["messages"]) == bodies(hist)
+
+        # the main view without replies: history, HTTP, join
+        main = ok(await b.call("history", {"conversation_id": room, "include_replies": False}))
+        assert bodies(main["messages"]) == ["root", "plain"] and main["has_more"] is False
+        assert main["messages"][0]["thread"] == summary
+        page = ok(await b.call("history", {"conversation_id": room, "include_replies": False, "limit": 1}))
+        assert bodies(page["messages"]) == ["plain"] and page["has_more"] is True
+        r = api.client(tokens[ann], "GET", f"/conversations/{room}/messages", params={"include_replies": "false"})
+        assert r.status_code == 200 and bodies(r.json()["messages"]) == ["root", "plain"]
+        j = ok(await c.call("join", {"conversation_id": room, "include_replies": False}))
+        assert bodies(j["messages"]) == ["root", "plain"] and j["has_more"] is False
+        j = ok(await c.call("join", {"conversation_id": room, "since_seq": root["seq"], "include_replies": False}))
+        assert bodies(j["messages"]) == ["plain"]
+
+        # a thread's pages: the root, then its replies, paged like history
+        t = ok(await b.call("history", {"conversation_id": room, "thread_id": rid}))
+        assert bodies(t["messages"]) == ["root", "reply 1", "reply 2", "reply 3", "reply 4"] and not t["has_more"]
+        t = ok(await b.call("history", {"conversation_id": room, "thread_id": rid, "limit": 2}))
+        assert bodies(t["messages"]) == ["reply 3", "reply 4"] and t["has_more"] is True
+        t = ok(await b.call("history", {"conversation_id": room, "thread_id": rid, "limit": 2,
+                                        "before_seq": t["messages"][0]["seq"]}))
+        assert bodies(t["messages"]) == ["reply 1", "reply 2"] and t["has_more"] is True
+        t = ok(await b.call("history", {"conversation_id": room, "thread_id": rid, "limit": 2,
+                                        "before_seq": t["messages"][0]["seq"]}))
+        assert bodies(t["messages"]) == ["root"] and t["has_more"] is False
+        t = ok(await b.call("history", {"conversation_id": room, "thread_id": rid, "limit": 3,
+                                        "before_seq": replies[2]["seq"]}))
+        assert bodies(t["messages"]) == ["root", "reply 1", "reply 2"] and t["has_more"] is False
+        base = f"/conversations/{room}/messages"
+        r = api.client(tokens[ann], "GET", base, params={"thread_id": rid, "after_seq": root["seq"], "limit": 3})
+        assert bodies(r.json()["messages"]) == ["reply 1", "reply 2", "reply 3"] and r.json()["has_more"] is True
+        r = api.client(tokens[ann], "GET", base, params={"thread_id": rid, "after_seq": 0, "limit": 2})
+        assert bodies(r.json()["messages"]) == ["root", "reply 1"] and r.json()["has_more"] is True
+        r = api.server("GET", f"/conversations/{room}/messages?thread_id={rid}")
+        assert r.status_code == 200 and len(r.json()["messages"]) == 5
+
+        # replies over HTTP, like the socket's
+        r = api.client(tokens[ann], "POST", base, {"body": "http reply", "client_msg_id": "h1", "thread_id": rid})
+        assert r.status_code == 201 and r.json()["message"]["thread_id"] == rid
+        upd = await a.wait_for("message_updated", lambda m: m["id"] == rid and m["thread"]["reply_count"] == 5)
+        assert upd["thread"]["participants"] == [bob, cre, ann]
+    finally:
+        for s in (a, b, c):
+            await s.close()
+
+
+async def test_bad_roots_are_refused_clearly(shared_any_server: Any, uid: Any) -> None:
+    url, api = shared_any_server.servers[0].url, shared_any_server.api
+    cre, tokens, room = setup_room(api, uid, "ann")
+    other = api.room(cre, "Other", 0)
+    a = await Client(url, tokens[cre]).connect()
+    try:
+        ok(await a.call("join", {"conversation_id": room}))
+        rid = ok(await send(a, room, "root", "b0"))["message"]["id"]
+        reply = ok(await send(a, room, "reply", "b1", rid))["message"]
+        elsewhere = ok(await send(a, other, "elsewhere", "b2"))["message"]["id"]
+        gone = ok(await send(a, room, "to delete", "b3"))["message"]["id"]
+        early = ok(await send(a, room, "early reply", "b4", gone))["message"]
+        ok(await a.call("delete", {"message_id": gone}))
+        # a retry of a reply stored before its root was deleted: the original, not an error
+        assert ok(await send(a, room, "early reply", "b4", gone))["message"]["id"] == early["id"]
+        last = ok(await a.call("history", {"conversation_id": room}))["messages"][-1]["seq"]
+
+        assert err(await send(a, room, "x", "c1", reply["id"])) == "invalid"  # a reply to a reply
+        assert err(await send(a, room, "x", "c2", "999999999")) == "not_found"
+        assert err(await send(a, room, "x", "c3", elsewhere)) == "not_found"  # another conversation's
+        assert err(await send(a, room, "x", "c4", gone)) == "invalid"  # a deleted root
+        assert err(await send(a, room, "x", "c5", "01")) == "not_found"
+        for bad in ([rid], {"id": rid}, True, 1.5):
+            assert err(await send(a, room, "x", "c6", bad)) == "invalid", bad
+        r = api.client(tokens[cre], "POST", f"/conversations/{room}/messages",
+                       {"body": "x", "client_msg_id": "c7", "thread_id": reply["id"]})
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid")
+        # nothing was stored, and seq stays gapless
+        assert ok(await send(a, room, "after", "c8"))["message"]["seq"] == last + 1
+
+        assert err(await a.call("history", {"conversation_id": room, "thread_id": reply["id"]})) == "invalid"
+        assert err(await a.call("history", {"conversation_id": room, "thread_id": elsewhere})) == "not_found"
+        assert err(await a.call("history", {"conversation_id": room, "include_replies": "no"})) == "invalid"
+        assert err(await a.call("join", {"conversation_id": room, "include_replies": 0})) == "invalid"
+        base = f"/conversations/{room}/messages"
+        assert api.client(tokens[cre], "GET", base, params={"include_replies": "maybe"}).status_code == 400
+        assert api.client(tokens[cre], "GET", base, params={"thread_id": "999999999"}).status_code == 404
+        # a deleted root's thread stays readable
+        r = api.client(tokens[cre], "GET", base, params={"thread_id": rid})
+        assert bodies(r.json()["messages"]) == ["root", "reply"]
+    finally:
+        await a.close()
+
+
+async def test_revoked_member_neither_replies_nor_reads_threads(shared_any_server: Any, uid: Any) -> None:
+    url, api = shared_any_server.servers[0].url, shared_any_server.api
+    cre, tokens, room = setup_room(api, uid, "ann")
+    ann = uid("ann")
+    a, b = await Client(url, tokens[cre]).connect(), await Client(url, tokens[ann]).connect()
+    try:
+        ok(await b.call("join", {"conversation_id": room}))
+        rid = ok(await send(a, room, "root", "v0"))["message"]["id"]
+        ok(await send(b, room, "mine", "v1", rid))
+        api.membership(cre, ann, 500, status="former")
+        await b.wait_for("access_revoked")
+        assert err(await send(b, room, "again", "v2", rid)) == "forbidden"
+        assert err(await b.call("history", {"conversation_id": room, "thread_id": rid})) == "forbidden"
+        r = api.client(tokens[ann], "GET", f"/conversations/{room}/messages", params={"thread_id": rid})
+        assert r.status_code == 403
+        r = api.client(tokens[ann], "POST", f"/conversations/{room}/messages",
+                       {"body": "x", "client_msg_id": "v3", "thread_id": rid})
+        assert r.status_code == 403
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_cluster_replies_updates_coalesced_and_recovery(shared_mysql_cluster: Any, uid: Any) -> None:
+    (s0, s1), api = shared_mysql_cluster.servers, shared_mysql_cluster.api
+    cre, tokens, room = setup_room(api, uid, "ann", "bob")
+    ann, bob = uid("ann"), uid("bob")
+    watch = await Client(s0.url, tokens[cre]).connect()
+    replier = await Client(s1.url, tokens[ann]).connect()
+    late = await Client(s0.url, tokens[bob]).connect()
+    try:
+        for s in (watch, replier, late):
+            ok(await s.call("join", {"conversation_id": room}))
+        rid = ok(await send(watch, room, "root", "k0"))["message"]["id"]
+        # a reply on process 1 reaches process 0 as a message, then the root's update
+        r1 = ok(await send(replier, room, "first", "k1", rid))["message"]
+        got = await watch.wait_for("message", lambda m: m["id"] == r1["id"])
+        assert got["thread_id"] == rid
+        upd = await watch.wait_for("message_updated", lambda m: m["id"] == rid)
+        assert upd["thread"] == {"reply_count": 1, "last_reply_at": r1["created_at"], "participants": [ann]}
+
+        # bob drops off; a burst of 20 replies (on process 1); bob recovers with one cursor
+        cursor = ok(await late.call("history", {"conversation_id": room}))["messages"][-1]["seq"]
+        await late.close()
+        started = time.monotonic()
+        acks = await asyncio.gather(*[send(replier, room, f"burst {i}", f"k{i + 2}", rid) for i in range(20)])
+        assert all(x["ok"] for x in acks), acks
+        await watch.wait_for("message_updated", lambda m: m["id"] == rid and m["thread"]["reply_count"] == 21,
+                             timeout=15)
+        elapsed = time.monotonic() - started
+        await barrier(shared_mysql_cluster.apis, [(cre, watch)], f"threads-{rid}")
+        updates = [m for m in watch.events["message_updated"] if m["id"] == rid]
+        # at most one per second per root (one process handled the burst), plus the leading one
+        assert 2 <= len(updates) <= 3 + elapsed, (len(updates), elapsed)
+        assert max(u["thread"]["reply_count"] for u in updates) == 21
+
+        late = await Client(s0.url, tokens[bob]).connect()
+        rec = ok(await late.call("join", {"conversation_id": room, "since_seq": cursor}))
+        seqs = [m["seq"] for m in rec["messages"]]
+        assert seqs == list(range(cursor + 1, cursor + 21)) and not rec["has_more"]
+        assert all(m["thread_id"] == rid for m in rec["messages"])
+        assert sorted(bodies(rec["messages"])) == sorted(f"burst {i}" for i in range(20))
+        t = ok(await late.call("history", {"conversation_id": room, "thread_id": rid, "limit": 100}))
+        assert len(t["messages"]) == 22 and t["messages"][0]["thread"]["reply_count"] == 21
+    finally:
+        for s in (watch, replier, late):
+            await s.close()
+
+
+@pytest.mark.parametrize("where", ["sqlite", "mysql"])
+async def test_concurrent_replies_on_two_processes_end_with_the_exact_count(where: str, request: Any,
+                                                                          uid: Any) -> None:
+    cluster = request.getfixturevalue("shared_sqlite" if where == "sqlite" else "shared_mysql_cluster")
+    api, n, each = cluster.api, 40, 5
+    cre, tokens, room = setup_room(api, uid)
+    users = [uid(f"r{i}") for i in range(n)]
+    tokens.update({u: make_token(u, u.title()) for u in users})
+    add_memberships(cluster.database_url, cre, users)
+    roots = [api.client(tokens[cre], "POST", f"/conversations/{room}/messages",
+                        json={"body": f"root {k}", "client_msg_id": f"root{k}"}).json()["message"] for k in range(2)]
+    urls = [s.url for s in cluster.servers]
+    gate = asyncio.Semaphore(20)
+    clients: list[Client] = []
+
+    async def connect_one(i: int, user: str) -> None:
+        async with gate:
+            clients.append(await Client(urls[i % len(urls)], tokens[user]).connect())
+
+    try:
+        await asyncio.gather(*[connect_one(i, u) for i, u in enumerate(users)])
+        for c in clients:
+            ok(await c.call("join", {"conversation_id": room}))
+
+        async def talk(c: Client, i: int) -> list[dict[str, Any]]:
+            out = []
+            for k in range(each):  # replies to both roots, and plain messages, interleaved
+                root = roots[(i + k) % 2]["id"] if k < each - 1 else None
+                out.append(await send(c, room, f"m {i} {k}", f"c{i}-{k}", root))
+            return out
+
+        acks = [a for batch in await asyncio.gather(*[talk(c, i) for i, c in enumerate(clients)]) for a in batch]
+        assert all(a["ok"] for a in acks), [a for a in acks if not a["ok"]][:3]
+        replies: dict[str, int] = {}
+        for a in acks:
+            tid = a["message"]["thread_id"]
+            if tid is not None:
+                replies[tid] = replies.get(tid, 0) + 1
+        assert sum(replies.values()) == n * (each - 1)
+        hist = api.client(tokens[cre], "GET", f"/conversations/{room}/messages",
+                          params={"include_replies": "false", "limit": 100}).json()["messages"]
+        for root in roots:
+            got = next(m for m in hist if m["id"] == root["id"])["thread"]
+            assert got["reply_count"] == replies[root["id"]]
+            assert len(got["participants"]) == 5 and len(set(got["participants"])) == 5
+        engine = sync_engine(cluster.database_url)
+        try:
+            with engine.connect() as conn:
+                seqs = [r[0] for r in conn.execute(sa.text("SELECT seq FROM messages WHERE conversation_id = :c "
+                                                           "ORDER BY seq"), {"c": int(room)})]
+                counts = dict(conn.execute(sa.text("SELECT thread_id, COUNT(*) FROM messages WHERE thread_id "
+                                                   "IS NOT NULL AND conversation_id = :c GROUP BY thread_id"),
+                                           {"c": int(room)}).all())
+                stored = dict(conn.execute(sa.text("SELECT id, reply_count FROM messages WHERE id IN (:a, :b)"),
+                                           {"a": int(roots[0]["id"]), "b": int(roots[1]["id"])}).all())
+        finally:
+            engine.dispose()
+        assert seqs == list(range(1, 2 + n * each + 1))  # gapless: the roots, then every message
+        assert {str(k): v for k, v in counts.items()} == replies
+        assert {str(k): v for k, v in stored.items()} == replies
+    finally:
+        await asyncio.gather(*[c.close() for c in clients])
+
+
+# ---------------------------------------------------------------- push
+
+
+@pytest.fixture
+def push_cluster(fcm_server: FakeFCMServer, mysql_databases: MySQLDatabases, redis_url: str,
+                 redis_prefix: str) -> Iterator[PushCluster]:
+    fcm_server.fake.reset()
+    url = mysql_databases.new()
+    env = {"FIREBASE_CREDENTIALS": fcm_server.credentials_path, "FCM_ENDPOINT": fcm_server.endpoint}
+    cluster = Cluster(url, redis_url, redis_prefix, 2, env=env)
+    pc = PushCluster(cluster, url, fcm_server)
+    yield pc
+    pc.db.dispose()
+    cluster.stop()
+
+
+async def test_reply_pushes_root_author_and_participants_only(push_cluster: PushCluster) -> None:
+    apis = push_cluster.cluster.apis
+    api = apis[0]
+    tokens = {u: api.user(u, u.title()) for u in ("cre", "ann", "bob", "cat", "dan", "eve")}
+    for p in ("ann", "bob", "cat", "dan", "eve"):
+        api.membership("cre", p, 500)
+    room = api.room("cre", "Lounge", 0)
+    for u, token in tokens.items():
+        push_cluster.device(token, f"{u}-phone")
+    n = iter(range(100))
+
+    def post(user: str, body: str, thread_id: str | None = None) -> dict[str, Any]:
+        """Over HTTP (no socket: the sender stays offline), on either process."""
+        i = next(n)
+        r = apis[i % 2].client(tokens[user], "POST", f"/conversations/{room}/messages",
+                               {"body": body, "client_msg_id": f"p{i}", **({"thread_id": thread_id} if thread_id else {})})
+        assert r.status_code == 201, r.text
+        return dict(r.json()["message"])
+
+    cat: Client | None = None
+    try:
+        rid = post("ann", "root by ann")["id"]
+        r1 = post("bob", "bob replies", rid)
+        push = (await push_cluster.pushes_to("ann-phone"))[0]  # the root's author
+        assert push["notification"] == {"title": "Bob replied in Lounge", "body": "bob replies"}
+        assert push["data"] == {"type": "message", "conversation_id": room, "message_id": r1["id"], "thread_id": rid}
+        await push_cluster.jobs_settled()
+        assert push_cluster.outbox_users() == ["ann"]  # not the sender, not the room (the creator included)
+
+        post("eve", "eve too", rid)
+        post("dan", "dan too", rid)
+        await push_cluster.jobs_settled()
+        assert sorted(push_cluster.outbox_users()[1:]) == ["ann", "ann", "bob", "bob", "eve"]
+        # eve mutes the room; dan's membership ends; cat comes online (on the other process)
+        assert api.client(tokens["eve"], "PUT", f"/conversations/{room}/settings", {"muted": True}).status_code == 200
+        api.membership("cre", "dan", 500, status="former")
+        cat = await Client(push_cluster.cluster.servers[1].url, tokens["cat"]).connect()
+        ok(await cat.call("join", {"conversation_id": room}))
+        before = len(push_cluster.outbox_users())
+        post("cat", "cat too", rid)
+        await push_cluster.jobs_settled()  # (the audience is the thread's as of the job's expansion)
+        post("cre", "creator in the thread", rid)
+        await push_cluster.pushes_to("bob-phone", 4)
+        await push_cluster.jobs_settled()
+        # twice ann (author) and bob (participant), offline; never eve (muted), dan (former),
+        # cat (online), the creator (sender of the last one)
+        assert sorted(push_cluster.outbox_users()[before:]) == ["ann", "ann", "bob", "bob"]
+        # a plain room post by a patron still pushes nobody
+        before = len(push_cluster.outbox_users())
+        post("bob", "plain")
+        await push_cluster.jobs_settled()
+        assert len(push_cluster.outbox_users()) == before
+    finally:
+        if cat is not None:
+            await cat.close()
+
+
+# ---------------------------------------------------------------- the writer's statements
+
+
+async def _writer_batches(url: str, at_once: bool) -> tuple[list[list[str]], dict[int, tuple[int, str]], list[Any]]:
+    """The group-commit writer in process: a batch of plain messages, then one batch with replies
+    to two roots in two rooms and plain messages; the statements each batch ran (those that go
+    through SQLAlchemy: the at-once multi-statement query of MariaDB goes to the driver itself)."""
+    from chat import migrate
+    from chat.db import create_engine, utcnow
+    from chat.writer import MessageWriter, Outgoing
+
+    engine = create_engine(url)
+    statements: list[str] = []
+    sa.event.listen(engine.sync_engine, "before_cursor_execute",
+                    lambda _c, _cur, statement, *_: statements.append(" ".join(statement.split())))
+    try:
+        await migrate.upgrade(engine)
+        now = utcnow()
+        md = sa.MetaData()
+        async with engine.begin() as conn:
+            await conn.run_sync(md.reflect, only=["users", "conversations"])
+            await conn.execute(sa.insert(md.tables["users"]), [
+                {"id": u, "name": u.upper(), "created_at": now, "updated_at": now} for u in ("cre", "u1", "u2", "u3")])
+            await conn.execute(sa.insert(md.tables["conversations"]), [
+                {"kind": "room", "creator_id": "cre", "name": n, "min_tier_cents": 0, "post_policy": "everyone",
+                 "last_seq": 0, "last_activity_at": now, "created_at": now} for n in ("A", "B")])
+
+        def deliver(messages: list[dict[str, Any]]) -> asyncio.Future[None]:
+            relayed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            relayed.set_result(None)
+            return relayed
+
+        updates: list[Any] = []
+        writer = MessageWriter(engine, deliver, max_in_flight=1, at_once=at_once, thread_updates=updates.append)
+        ra = (await writer.store(Outgoing(1, "cre", "CRE", "root A", "ra"))).message
+        rb = (await writer.store(Outgoing(2, "cre", "CRE", "root B", "rb"))).message
+        batches = []
+        for batch in (
+            [Outgoing(1, "u1", "U1", f"plain {i}", f"p{i}") for i in range(4)],
+            [Outgoing(1, "u1", "U1", "a1", "a1", thread_id=int(ra["id"])),
+             Outgoing(1, "u2", "U2", "plain", "x1"),
+             Outgoing(2, "u2", "U2", "b1", "b1", thread_id=int(rb["id"])),
+             Outgoing(1, "u2", "U2", "a2", "a2", thread_id=int(ra["id"])),
+             Outgoing(1, "u1", "U1", "a3", "a3", thread_id=int(ra["id"])),
+             Outgoing(2, "u3", "U3", "b2", "b2", thread_id=int(rb["id"])),
+             Outgoing(1, "u3", "U3", "a4", "a4", thread_id=int(ra["id"]))],
+        ):
+            del statements[:]
+            acks = await asyncio.gather(*(writer.store(o) for o in batch))
+            assert all(a.created for a in acks)
+            batches.append(list(statements))
+        await writer.close()
+        async with engine.connect() as conn:
+            roots = {int(i): (int(n), str(p)) for i, n, p in await conn.execute(sa.text(
+                "SELECT id, reply_count, thread_participants FROM messages WHERE reply_count > 0"))}
+        return batches, roots, updates
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("where", ["sqlite", "mysql-at-once", "mysql-careful"])
+async def test_one_root_update_per_batch_and_nothing_for_plain_messages(where: str, tmp_path: Any,
+                                                                       mysql_databases: MySQLDatabases) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/w.db" if where == "sqlite" else mysql_databases.new()
+    (plain, replies), roots, updates = await _writer_batches(url, where == "mysql-at-once")
+
+    def count(statements: list[str], part: str) -> int:
+        return sum(1 for s in statements if part in s)
+
+    # (the roots' check, the locking read of the roots, their UPDATE)
+    marks = ("messages.thread_id, messages.deleted FROM messages", "(SELECT users.name", "UPDATE messages")
+    # a batch of plain messages: not one statement more for threads
+    assert [count(plain, m) for m in marks] == [0, 0, 0], plain
+    # a batch with 5 replies to 2 roots: one check of the roots, one locking read, one UPDATE
+    assert [count(replies, m) for m in marks] == [1, 1, 1], replies
+    assert sorted(roots.values()) == [(2, "u2,u3"), (4, "u1,u2,u3")], roots
+    # the roots' wire forms went to the coalescer once, after the commit, with the new summaries
+    assert len(updates) == 1 and sorted(w["thread"]["reply_count"] for w in updates[0]) == [2, 4]
