@@ -86,14 +86,14 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import engineio
 import socketio
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.helpers import _EXC_SENTINEL
 from aiohttp.http_websocket import WebSocketError, WSCloseCode, WSMsgType
-from aiohttp.streams import DEFAULT_CHUNK_SIZE
+from aiohttp.streams import DEFAULT_CHUNK_SIZE  # type: ignore[attr-defined]
 from aiohttp.web import StreamResponse, WebSocketResponse
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
@@ -232,7 +232,7 @@ def close_frame(code: int) -> bytes:
     return _control_frame(0x8, struct.pack("!H", code))
 
 
-class _PushQueue(WebSocketDataQueue):  # type: ignore[misc]
+class _PushQueue(WebSocketDataQueue):
     """aiohttp's queue of parsed websocket messages: a plain queue for `receive()` during the
     handshake, then, once `push_to(sink)` was called, a pipe that hands every message (and
     a protocol error) the parser produces straight to the `DetachedWebSocket`."""
@@ -266,7 +266,7 @@ class _PushQueue(WebSocketDataQueue):  # type: ignore[misc]
         queued = [msg for msg, _size in self._buffer]
         self._buffer.clear()
         self._sink = sink
-        self._protocol = None  # aiohttp's request handler: nothing here may keep it alive
+        self._protocol = None  # type: ignore[assignment]  # aiohttp's request handler: nothing here may keep it alive
         for msg in queued:
             sink.on_message(msg)
         exc = self.exception()
@@ -274,7 +274,7 @@ class _PushQueue(WebSocketDataQueue):  # type: ignore[misc]
             sink.on_error(exc)
 
 
-class _WebSocketResponse(WebSocketResponse):  # type: ignore[misc]
+class _WebSocketResponse(WebSocketResponse):
     """aiohttp's WebSocketResponse whose parser feeds a `_PushQueue` (aiohttp 3.14.5
     `_post_start`, with the queue class replaced)."""
 
@@ -292,7 +292,7 @@ class _WebSocketResponse(WebSocketResponse):  # type: ignore[misc]
         request.protocol.keep_alive(False)
 
 
-class _Detached(StreamResponse):  # type: ignore[misc]
+class _Detached(StreamResponse):
     """What the request handler returns for a websocket that was detached: aiohttp has nothing
     left to write (the 101 went out) and must not close the connection."""
 
@@ -353,7 +353,7 @@ class DetachedWebSocket(asyncio.Protocol):
         manager = handler._manager
         if manager is not None:
             manager.connection_lost(handler, None)
-        response._reader.push_to(self)
+        cast(_PushQueue, response._reader).push_to(self)
         if was_paused and not self._done:
             transport.resume_reading()
         return self
@@ -584,7 +584,7 @@ class FanoutSocket(AsyncSocket):  # type: ignore[misc]
         # Upstream's contract (called at connect and on every PONG): the next PING after
         # ping_interval, unless one is already scheduled (last_ping None).
         if self.last_ping:
-            self.last_ping = None
+            self.last_ping = None  # type: ignore[assignment]
             self.server.ping_wheel.add(time.monotonic() + self.server.ping_interval, self, None)
 
     def ping_due(self, stamp: float | None) -> None:
@@ -696,7 +696,7 @@ class FanoutSocket(AsyncSocket):  # type: ignore[misc]
                 raise ValueError("packet is too large")
             return data
 
-        if self.connected:  # type: ignore[has-type]
+        if self.connected:
             # An upgrade from polling: upstream's handshake, unchanged.
             self.upgrading = True  # hold packet sends during the upgrade (they queue)
             try:

@@ -1643,10 +1643,13 @@ class ChatService:
         if hidden is not None:
             return hidden
 
+        async def read_ids() -> set[int]:
+            async with self.read_engine.connect() as conn:
+                return await reports.hidden_ids(conn, conversation_id)
+
         async def read() -> set[int]:
             epoch = self._control_epoch
-            async with self.read_engine.connect() as conn:
-                ids = await reports.hidden_ids(conn, conversation_id)
+            ids = await retry_transaction(read_ids, attempts=3)  # a pooled connection may have died meanwhile
             if epoch == self._control_epoch:
                 if len(self._hidden) >= CONVERSATION_CACHE_SIZE:
                     self._hidden.clear()
