@@ -19,6 +19,7 @@ import { PICKER, buildReactionRow, reactionsOf, whoText } from "./reactions.js";
 import { avatarUrl, fillAvatar, menuModeFor, messageMenu, openPicker, openSubmenu } from "./ui.js";
 import { buildPhotos, paint as paintPhotos, photosLabel, uploading } from "./photos.js";
 import { composerBlock, moderationItems, moderationSubmenus } from "./moderation.js";
+import { isReported, memberItems, messageVeil } from "./reports.js";
 
 /** Filled by app.js: what buttons in rendered items do. */
 export const actions = {};
@@ -81,7 +82,8 @@ function previewText(conv) {
   const m = conv.lastMessage;
   if (!m) return conv.conversation.kind === "room" ? "No messages yet" : "Say hello";
   const who = state.me && m.sender && m.sender.id === state.me.id ? "You" : (m.sender && m.sender.name) || "";
-  const text = m.deleted ? "message deleted" : m.body.replace(/\s+/g, " ").trim() || photosLabel(m);
+  const veil = messageVeil(conv, m);
+  const text = m.deleted ? "message deleted" : veil && veil.placeholder ? veil.placeholder : m.body.replace(/\s+/g, " ").trim() || photosLabel(m);
   return conv.conversation.kind === "room" || who === "You" ? `${who}: ${text}` : text;
 }
 
@@ -148,6 +150,7 @@ function renderList() {
       conv.muted,
       presenceOf(conv),
       avatarUrl(otherMemberId(conv)),
+      messageVeil(conv, conv.lastMessage),
     ]);
     let item = listItems.get(conv.id);
     if (!item) {
@@ -242,8 +245,13 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
   const editing =
     !pending && state.editing && state.editing.convId === conv.id && state.editing.seq === msg.seq ? state.editing : null;
   const bubble = h("div", { class: "msg-bubble" });
+  const veil = pending ? null : messageVeil(conv, msg);
   if (msg.deleted) {
     bubble.append(h("em", { class: "msg-body msg-deleted-text" }, "message deleted"));
+  } else if (veil && veil.placeholder) {
+    el.classList.add("veiled");
+    el.dataset.hidden = veil.reason;
+    bubble.append(h("em", { class: "msg-body msg-hidden-text", "data-testid": "hidden-placeholder" }, veil.placeholder));
   } else if (editing) {
     const area = h("textarea", { class: "edit-box", rows: "2", maxlength: "4000", "aria-label": "Edit message" });
     area.value = editing.draft;
@@ -281,6 +289,11 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
     if (photos) bubble.append(photos);
     if (msg.body || !photos) bubble.append(h("div", { class: "msg-body" }, linkify(msg.body)));
     if (msg.edited_at) bubble.append(h("span", { class: "msg-edited", title: fullTime(msg.edited_at) }, "edited"));
+    if (veil && veil.marker) {
+      el.classList.add("dimmed");
+      el.dataset.hidden = "reported";
+      bubble.append(h("span", { class: "msg-hidden-marker", "data-testid": "hidden-marker", title: "Hidden from members after reports" }, veil.marker));
+    }
   }
   const row = h("div", { class: "msg-row" }, bubble);
   el.append(row);
@@ -293,11 +306,13 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
     }
   }
 
+  if (!pending && isReported(msg) && !msg.deleted) el.append(h("div", { class: "msg-reported", "data-testid": "reported-marker" }, "Reported"));
+
   if (!pending) {
     const whoOpen = state.reactionWho && state.reactionWho.convId === conv.id && state.reactionWho.seq === msg.seq
       ? state.reactionWho.emoji
       : null;
-    const reactions = buildReactionRow(conv.id, msg, (emoji, on) => actions.react(conv.id, msg.seq, emoji, on), whoOpen);
+    const reactions = veil && veil.placeholder ? null : buildReactionRow(conv.id, msg, (emoji, on) => actions.react(conv.id, msg.seq, emoji, on), whoOpen);
     if (reactions) el.append(reactions);
   }
 
@@ -339,25 +354,30 @@ function reactionPickerOf(conv, msg) {
  */
 function messageActions(conv, msg) {
   const items = [];
+  const veiled = Boolean((messageVeil(conv, msg) || {}).placeholder);
+  if (veiled) return [...(canDelete(conv, msg) ? [deleteItem(conv, msg)] : []), ...memberItems(conv, msg)];
   if (!msg.deleted && msg.id) {
     items.push({ action: "react", label: "Add reaction", keepOpen: true, run: () => openPicker(conv.id, msg.seq) });
   }
   if (canEdit(msg)) items.push({ action: "edit", label: "Edit", run: () => actions.startEdit(conv.id, msg.seq) });
-  if (canDelete(conv, msg)) {
-    const confirming = state.confirmDelete && state.confirmDelete.convId === conv.id && state.confirmDelete.seq === msg.seq;
-    items.push({
-      action: "delete",
-      label: confirming ? "Delete?" : "Delete",
-      danger: true,
-      keepOpen: !confirming, // the first press arms, the second deletes
-      run: () => actions.deleteMessage(conv.id, msg.seq),
-    });
-  }
+  if (canDelete(conv, msg)) items.push(deleteItem(conv, msg));
   items.push(...moderationItems(conv, msg, (name) => openSubmenu(conv.id, msg.seq, name)));
   if (items.length && navigator.clipboard && msg.body && !msg.deleted) {
     items.push({ action: "copy", label: "Copy text", run: () => navigator.clipboard.writeText(msg.body).catch(() => {}) });
   }
+  items.push(...memberItems(conv, msg)); // Report…, Block / Unblock (reports.js, blocks.js)
   return items;
+}
+
+function deleteItem(conv, msg) {
+  const confirming = state.confirmDelete && state.confirmDelete.convId === conv.id && state.confirmDelete.seq === msg.seq;
+  return {
+    action: "delete",
+    label: confirming ? "Delete?" : "Delete",
+    danger: true,
+    keepOpen: !confirming, // the first press arms, the second deletes
+    run: () => actions.deleteMessage(conv.id, msg.seq),
+  };
 }
 
 function renderHeader(conv) {
@@ -537,6 +557,7 @@ function renderConversation(mode) {
       !opts.pending && menuModeFor(conv.id, msg.seq),
       !opts.pending && menuModeFor(conv.id, msg.seq) && messageActions(conv, msg).map((it) => it.label),
       reactionsOf(msg),
+      !opts.pending && [messageVeil(conv, msg), isReported(msg)],
       state.reactionWho && state.reactionWho.convId === conv.id && state.reactionWho.seq === msg.seq
         ? [state.reactionWho.emoji, whoText(msg, state.reactionWho.emoji)]
         : null,
