@@ -301,6 +301,12 @@ export function reportsSection(creatorId) {
   );
 }
 
+/** " (Pat Patron)" when the page knows the reporter's name (reports carry ids only), else "". */
+function reporterName(r) {
+  const name = state.names.get(String(r.reporter_id));
+  return name ? ` (${state.me && String(r.reporter_id) === state.me.id ? "you" : name})` : "";
+}
+
 function reportItem(creatorId, item) {
   const m = item.message;
   const sender = m && m.sender ? m.sender.name || nameOf(String(m.sender.id)) : "Someone";
@@ -323,7 +329,7 @@ function reportItem(creatorId, item) {
     ),
     h("blockquote", { class: "mod-report-text" }, text),
     h("p", { class: "mod-report-reasons" }, `${item.open} ${item.open === 1 ? "report" : "reports"}: ${reasonText}`),
-    item.reports.filter((r) => r.note).map((r) => h("p", { class: "muted mod-report-note" }, `“${r.note}” (${nameOf(String(r.reporter_id))})`)),
+    item.reports.filter((r) => r.note).map((r) => h("p", { class: "muted mod-report-note" }, `“${r.note}”${reporterName(r)}`)),
     newest ? h("time", { class: "muted mod-log-time", datetime: newest.created_at, title: fullTime(newest.created_at) }, `last ${clockTime(newest.created_at)}`) : null,
     h(
       "div",
@@ -331,7 +337,7 @@ function reportItem(creatorId, item) {
       h("button", { type: "button", class: "link-button", "data-action": "dismiss", "data-key": `dismiss-${item.messageId}`, disabled: busy("dismiss"),
         "aria-label": `Dismiss the reports of ${sender}’s message`, onclick: () => review(creatorId, item, "dismiss") }, "Dismiss"),
       h("button", { type: "button", class: "link-button danger-link", "data-action": "remove", "data-key": `remove-${item.messageId}`, disabled: busy("remove"),
-        "aria-label": `Remove ${sender}’s message`, onclick: () => review(creatorId, item, "remove") }, "Remove message"),
+        "aria-label": `Remove message by ${sender}`, onclick: () => review(creatorId, item, "remove") }, "Remove message"),
     ),
   );
 }
@@ -350,16 +356,11 @@ function renderBadge() {
   const sig = `${show} ${count}`;
   if (sig === badgeSig) return;
   badgeSig = sig;
-  let badge = button.querySelector(".reports-badge");
-  if (!count) {
-    if (badge) badge.remove();
-    button.removeAttribute("aria-label");
-    return;
-  }
-  if (!badge) {
-    badge = h("span", { class: "reports-badge", "data-testid": "reports-badge", "aria-hidden": "true" });
-    button.append(badge);
-  }
-  badge.textContent = String(count);
-  button.setAttribute("aria-label", `Moderate (${count} open ${count === 1 ? "report" : "reports"})`);
+  const old = button.querySelector(".reports-extra");
+  if (old) old.remove();
+  if (!count) return;
+  // "Moderate 3 open reports" for screen readers; "Moderate ③" on screen.
+  button.append(h("span", { class: "reports-extra" }, " ",
+    h("span", { class: "reports-badge", "data-testid": "reports-badge" }, String(count)),
+    h("span", { class: "sr-only" }, ` open ${count === 1 ? "report" : "reports"}`)));
 }
