@@ -29,6 +29,7 @@ from chat.openapi import (
     EXAMPLE_NOTIFICATION,
     EXAMPLE_REPORT,
     EXAMPLE_ROOM,
+    MENTIONS_PARAM,
     SCHEMAS,
     THREAD_ID,
 )
@@ -73,7 +74,14 @@ SOCKET_SCHEMAS: dict[str, Any] = {
                                                                                "send: when the timeout ends"},
                                      "retry_after": {"type": "integer", "minimum": 1,
                                                      "description": "(extension) seconds to wait (a timeout's "
-                                                                    "forbidden, slow mode's rate_limited)"}},
+                                                                    "forbidden, slow mode's rate_limited)"},
+                                     "reason": {"type": "string", "enum": ["archived", "guidelines"],
+                                                "description": "(extension) a chat space's forbidden: the room is "
+                                                               "archived, or its guidelines are to be accepted"},
+                                     "guidelines_version": {"type": "integer", "minimum": 0,
+                                                            "description": "(extension) the room's current guidelines "
+                                                                           "version (reason guidelines; a stale "
+                                                                           "accept_guidelines' conflict)"}},
                                     ["code", "message"], closed=True)},
                      closed=True, description="any event's acknowledgement when it failed"),
     "ReadPosition": _obj({"user_id": USER_ID, "name": {"type": "string"}, "seq": SEQ}),
@@ -96,10 +104,15 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
          "slow_mode_s": {"type": "integer", "minimum": 0,
                          "description": "(extension) the room's slow mode: one message per this many seconds; 0 off"},
          "pinned": {"type": "array", "items": _ref("Message"), "maxItems": MAX_PINS,
-                    "description": "(extension) the room's pinned messages, oldest pin first"}},
+                    "description": "(extension) the room's pinned messages, oldest pin first"},
+         "guidelines_accepted": {"type": "boolean",
+                                 "description": "(extension) false until the joiner accepts the room's current "
+                                                "guidelines (accept_guidelines); true when there are none, and "
+                                                "for the creator and moderators"}},
         {"ok": True, "conversation": EXAMPLE_ROOM, "messages": [EXAMPLE_MESSAGE], "has_more": False,
          "online": ["alice", "cre"], "unread_count": 0, "last_read_seq": 7,
-         "read_positions": [{"user_id": "cre", "name": "Cre", "seq": 7}], "slow_mode_s": 0, "pinned": []},
+         "read_positions": [{"user_id": "cre", "name": "Cre", "seq": 7}], "slow_mode_s": 0, "pinned": [],
+         "guidelines_accepted": False},
     ),
     "leave": ("Leave a conversation", _obj({"conversation_id": ID}), {"conversation_id": "12"}, {}, {"ok": True}),
     "send": (
@@ -112,12 +125,14 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
                  "attachments": {"type": "array", "maxItems": 4, "uniqueItems": True, "items": ID,
                                  "description": "ids of the sender's own unused uploads (POST /api/v1/uploads), "
                                                 "each usable once"},
-                 "thread_id": THREAD_ID},
+                 "thread_id": THREAD_ID,
+                 "mentions": MENTIONS_PARAM},
                 ["conversation_id", "client_msg_id"]),
          "anyOf": [{"required": ["body"], "properties": {"body": BODY}},
                    {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}}]},
-        {"conversation_id": "12", "body": "hello", "client_msg_id": "c-1"},
-        {"message": _ref("Message")}, {"ok": True, "message": EXAMPLE_MESSAGE},
+        {"conversation_id": "12", "body": "hello @Cre", "client_msg_id": "c-1"},
+        {"message": _ref("Message")}, {"ok": True, "message": {**EXAMPLE_MESSAGE, "body": "hello @Cre",
+                                                             "mentions": ["cre"]}},
     ),
     "edit": (
         "Edit an own message",
@@ -256,6 +271,14 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
         {"blocks": {"type": "array", "items": _ref("MemberBlock")}},
         {"ok": True, "blocks": [{"user_id": "bob", "blocked_at": "2026-01-02T03:04:05.678Z"}]},
     ),
+    "accept_guidelines": (
+        "(extension) Accept the room's current guidelines (version: its guidelines_version), before posting "
+        "there; a stale version is a conflict carrying the current one",
+        _obj({"conversation_id": ID, "version": {"type": "integer", "minimum": 0}}),
+        {"conversation_id": "12", "version": 1},
+        {"conversation_id": ID, "guidelines_version": {"type": "integer", "minimum": 0}},
+        {"ok": True, "conversation_id": "12", "guidelines_version": 1},
+    ),
 }
 
 
@@ -332,6 +355,11 @@ SERVER_EVENTS: dict[str, tuple[str, dict[str, Any], Any]] = {
     "user_blocked": ("(extension) You blocked or unblocked a user (to each of your sockets)",
                      _obj({"user_id": USER_ID, "blocked": {"type": "boolean"}}, closed=True),
                      {"user_id": "bob", "blocked": True}),
+    "conversation_updated": ("(extension) A room changed (name, topic, emoji, tier, post policy, archived, "
+                             "guidelines): the conversation as it is now, to every socket in it",
+                             _ref("Conversation"), EXAMPLE_ROOM),
+    "conversation_deleted": ("(extension) The room was deleted with its history; access_revoked follows",
+                             _obj({"conversation_id": ID}, closed=True), {"conversation_id": "12"}),
     "resync": ("(extension) The relay was interrupted: join again with since_seq if behind last_seq",
                _obj({"conversation_id": ID, "last_seq": SEQ}, ["conversation_id"], closed=True),
                {"conversation_id": "12", "last_seq": 42}),

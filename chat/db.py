@@ -74,6 +74,16 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def _unicode_lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _sqlite_functions(dbapi_conn: Any) -> None:
+    """SQL functions SQLite lacks: `unicode_lower(x)`, Python's str.lower (SQLite's LOWER() folds
+    ASCII letters only; MariaDB's folds them all), for case-insensitive name matches (chat/mentions.py)."""
+    dbapi_conn.create_function("unicode_lower", 1, _unicode_lower, deterministic=True)
+
+
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     url = normalize_url(url)
     if is_sqlite(url):
@@ -87,6 +97,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+            _sqlite_functions(dbapi_conn)
 
         @event.listens_for(engine.sync_engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
@@ -124,6 +135,7 @@ def create_read_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+            _sqlite_functions(dbapi_conn)
 
         return engine
     engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,

@@ -204,6 +204,13 @@ class Delivery:
         done.set_result(None)
         return done
 
+    def to_local_conversation(self, conversation_id: int | str, event: str, data: Any) -> None:
+        """`event` to this process's sockets in the conversation only, not relayed: a control
+        message's handler emits it on every process after applying what the message changed
+        (chat/spaces.py), so a client never hears of a change its process has not applied yet."""
+        room = keys.conversation_room(str(conversation_id))
+        self._fanout.deliver("/", room, Broadcast(self._fanout.encode_packet(event, data)))
+
     async def to_user(self, user_id: str, event: str, data: Any) -> None:
         await self._to_room(keys.channel_room(keys.user_channel(user_id)), event, data)
 

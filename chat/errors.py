@@ -82,3 +82,31 @@ class SlowModeLimited(RateLimited):
 
     def to_wire(self) -> dict[str, Any]:
         return {**super().to_wire(), "retry_after": self.retry_after}
+
+
+class SpaceRefused(Forbidden):
+    """A send (or edit, reaction) a chat space refuses (docs/moderation.md, chat/spaces.py):
+    `forbidden` with, as extensions of the error object, `reason` ("archived", or "guidelines"
+    with the `guidelines_version` to accept first)."""
+
+    def __init__(self, message: str, reason: str, guidelines_version: int | None = None) -> None:
+        super().__init__(message)
+        self.reason, self.guidelines_version = reason, guidelines_version
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = {**super().to_wire(), "reason": self.reason}
+        if self.guidelines_version is not None:
+            wire["guidelines_version"] = self.guidelines_version
+        return wire
+
+
+class GuidelinesChanged(Conflict):
+    """`accept_guidelines` of a version that is not the room's current one: `conflict` with the
+    current `guidelines_version` (an extension of the error object, docs/moderation.md)."""
+
+    def __init__(self, message: str, guidelines_version: int) -> None:
+        super().__init__(message)
+        self.guidelines_version = guidelines_version
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "guidelines_version": self.guidelines_version}

@@ -15,11 +15,12 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from chat import moderation, reports, schemas, threads, unavailable
+from chat import moderation, reports, schemas, spaces, threads, unavailable
 from chat.attachments import Attachments
 from chat.auth import USER_ID_RE, Authenticator, Identity, bearer
 from chat.config import Settings
 from chat.errors import ChatError, Invalid, NotFound, RateLimited, TooLarge, Unauthorized
+from chat.mentions import DEFAULT_MEMBER_MATCHES, MAX_MEMBER_MATCHES, MAX_QUERY_CHARS, check_mentions
 from chat.metrics import HTTP_REQUESTS
 from chat.reactions import DEFAULT_REACTORS, MAX_REACTORS, check_emoji
 from chat.service import ChatService
@@ -193,8 +194,31 @@ async def create_room(request: web.Request) -> web.Response:
     if external_id is not None and (not isinstance(external_id, str) or not schemas.EXTERNAL_ID_RE.match(external_id)):
         raise Invalid("external_id must be 1-128 characters of [A-Za-z0-9_.:-]")
     assert name is not None and tier is not None
-    conv, created = await request.app[SERVICE_KEY].create_room(creator_id, name, tier, policy, external_id)
+    space = spaces.check_space_fields(data)
+    conv, created = await request.app[SERVICE_KEY].create_room(creator_id, name, tier, policy, external_id, space)
     return json_response({"conversation": conv}, status=201 if created else 200)
+
+
+# ---------------------------------------------------------------- server API: chat spaces (chat/spaces.py)
+
+
+async def get_room(request: web.Request) -> web.Response:
+    server_key(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"], "room")
+    return json_response(await request.app[SERVICE_KEY].spaces.get_room(cid))
+
+
+async def patch_room(request: web.Request) -> web.Response:
+    server_key(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"], "room")
+    changes = spaces.check_room_patch(await read_json(request))
+    return json_response(await request.app[SERVICE_KEY].spaces.update_room(cid, changes))
+
+
+async def delete_room(request: web.Request) -> web.Response:
+    server_key(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"], "room")
+    return json_response(await request.app[SERVICE_KEY].spaces.delete_room(cid))
 
 
 async def list_rooms(request: web.Request) -> web.Response:
@@ -458,11 +482,30 @@ async def post_message(request: web.Request) -> web.Response:
     body = schemas.check_body(data, service.settings.max_body_chars, allow_empty=bool(photos))
     client_msg_id = schemas.check_client_msg_id(data)
     thread_id = threads.check_thread_id(data)
+    mentioned = check_mentions(data)
     quota = await service.check_user_rate(user.user_id)
     response = json_response(await service.send_message(user, cid, body, client_msg_id, attachment_ids=photos,
-                                                        thread_id=thread_id), status=201)
+                                                        thread_id=thread_id, mentions=mentioned), status=201)
     response.headers.update(quota.headers())
     return response
+
+
+async def accept_guidelines(request: web.Request) -> web.Response:
+    user = client(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"])
+    version = spaces.check_version(await read_json(request))
+    return json_response(await request.app[SERVICE_KEY].spaces.accept_guidelines(user, cid, version))
+
+
+async def find_members(request: web.Request) -> web.Response:
+    user = client(request)
+    cid = schemas.parse_int_id(request.match_info["conversation_id"])
+    query = request.query.get("q", "").strip()
+    if len(query) > MAX_QUERY_CHARS:
+        raise Invalid(f"q is longer than {MAX_QUERY_CHARS} characters")
+    limit = schemas.check_int({"limit": query_int(request, "limit")}, "limit", minimum=1, maximum=MAX_MEMBER_MATCHES)
+    return json_response(await request.app[SERVICE_KEY].find_members(
+        user, cid, query, DEFAULT_MEMBER_MATCHES if limit is None else limit))
 
 
 async def list_reactions(request: web.Request) -> web.Response:
@@ -562,6 +605,9 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/api/v1/server/memberships/{creator_id}/{patron_id}", put_membership)
     r.add_post("/api/v1/server/rooms", create_room)
     r.add_get("/api/v1/server/rooms", list_rooms)
+    r.add_get("/api/v1/server/rooms/{conversation_id}", get_room)
+    r.add_patch("/api/v1/server/rooms/{conversation_id}", patch_room)
+    r.add_delete("/api/v1/server/rooms/{conversation_id}", delete_room)
     r.add_delete("/api/v1/server/messages/{message_id}", server_delete_message)
     r.add_get("/api/v1/server/conversations/{conversation_id}/messages", server_history)
     r.add_get("/api/v1/server/conversations/{conversation_id}/presence", conversation_presence)
@@ -591,7 +637,9 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/conversations/{conversation_id}/messages", list_messages)
     r.add_post("/api/v1/conversations/{conversation_id}/messages", post_message)
     r.add_get("/api/v1/conversations/{conversation_id}/messages/{message_id}/reactions", list_reactions)
+    r.add_get("/api/v1/conversations/{conversation_id}/members", find_members)
     r.add_put("/api/v1/conversations/{conversation_id}/settings", put_settings)
+    r.add_post("/api/v1/conversations/{conversation_id}/guidelines/accept", accept_guidelines)
     r.add_get("/healthz", healthz)
     r.add_post("/api/v1/uploads", post_upload)
     r.add_get("/api/v1/attachments/{attachment_id}", get_attachment)

@@ -82,6 +82,8 @@ def hidden_wire(wire: dict[str, Any], reason: str) -> dict[str, Any]:
     gapless for the client's recovery cursors): no body, no photos, no reactions, `hidden: true`
     and why (`blocked`: the reader blocks the sender; `reported`: hidden by reports)."""
     out = {**wire, "body": "", "attachments": [], "hidden": True, "hidden_reason": reason}
+    if "mentions" in out:  # who a hidden message mentions is part of what it hides (chat/mentions.py)
+        out["mentions"] = []
     if "reactions" in out:
         out["reactions"] = []
     return out

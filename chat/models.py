@@ -55,6 +55,13 @@ class Conversation(Base):
     name: Mapped[str] = mapped_column(sa.String(200), default="")
     min_tier_cents: Mapped[int] = mapped_column(sa.Integer, default=0)
     post_policy: Mapped[str] = mapped_column(sa.String(16), default="everyone")  # everyone | creator
+    # Chat spaces (chat/spaces.py, docs/moderation.md): a room's topic, emoji, archive time and
+    # guidelines; `guidelines_version` grows by one with every change of `guidelines`.
+    topic: Mapped[str] = mapped_column(sa.String(500), default="", server_default="")
+    emoji: Mapped[str | None] = mapped_column(ExactString(32), nullable=True)
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    guidelines: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    guidelines_version: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     last_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -71,6 +78,8 @@ class ConversationState(Base):
     )
     last_read_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     muted: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    # The room's guidelines version this user accepted (chat/spaces.py); 0: none.
+    accepted_guidelines_version: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
 
 
 class Message(Base):
@@ -101,6 +110,23 @@ class Message(Base):
     reply_count: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     last_reply_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     thread_participants: Mapped[str | None] = mapped_column(sa.String(400), nullable=True)
+    # The ids of the users the message mentions, as a JSON list; NULL when none (chat/mentions.py).
+    mentions: Mapped[str | None] = mapped_column(sa.Text, nullable=True, default=None)
+
+
+class MessageMention(Base):
+    """One per (mentioned user, message), written with the message (chat/writer.py): what
+    `mention_count` counts, through the primary key (user, conversation, seq > read position).
+    Keyed by (conversation_id, seq), which the send's one multi-statement query knows before the
+    message's id; a deleted message's rows stay and are left out by joining `messages`."""
+
+    __tablename__ = "message_mentions"
+
+    user_id: Mapped[str] = mapped_column(USER_ID, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
 
 
 class Attachment(Base):

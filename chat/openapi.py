@@ -14,11 +14,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from chat.mentions import DEFAULT_MEMBER_MATCHES, MAX_MEMBER_MATCHES, MAX_MENTIONS, MAX_QUERY_CHARS
 from chat.moderation import MAX_PINS, MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES, MIN_TIMEOUT_MINUTES
 from chat.reactions import DEFAULT_REACTORS, MAX_EMOJI_CHARS, MAX_PER_MESSAGE, MAX_REACTORS
 from chat.reports import MAX_HIDE_THRESHOLD, MAX_NOTE_CHARS
 from chat.reports import REASONS as REPORT_REASONS
 from chat.schemas import EXTERNAL_ID_RE, MAX_PAGE
+from chat.spaces import MAX_ACTIVE_SPACES, MAX_GUIDELINES_CHARS, MAX_TOPIC_CHARS
 from webhooks import EVENT_TYPES as WEBHOOK_EVENT_TYPES
 from webhooks.outbox import STATUSES as WEBHOOK_STATUSES
 
@@ -30,6 +32,7 @@ CHANNEL_PATTERN = "^(user|creator|room):[A-Za-z0-9_-]{1,64}$"
 
 
 IMAGE_REASONS = ["unsupported_format", "too_many_pixels", "truncated", "corrupt"]
+SPACE_REASONS = ["archived", "guidelines"]  # a space's forbidden (chat/spaces.py)
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -49,13 +52,21 @@ NULLABLE_STRING = {"type": ["string", "null"]}
 TIME = {"type": "string", "description": "ISO 8601 UTC, e.g. 2026-01-02T03:04:05.678Z"}
 NULLABLE_TIME = {"type": ["string", "null"], "description": "ISO 8601 UTC, or null"}
 USER_ID = {"type": "string", "pattern": ID_PATTERN}
+MENTIONS_PARAM = {"type": "array", "maxItems": MAX_MENTIONS, "items": USER_ID,
+                  "description": "(extension) ids of users the message mentions besides the body's @mentions; "
+                                 "non-members are ignored (docs/api.md, Mentions)"}
 EMOJI = {"type": "string", "minLength": 1, "maxLength": MAX_EMOJI_CHARS,
          "description": "one Unicode emoji (fully-qualified form) or a :name: of the list in docs/api.md"}
 
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _obj({
         "code": {"type": "string", "enum": ERROR_CODES}, "message": STRING,
-        "reason": {"type": "string", "description": "uploads: which image check refused it", "enum": IMAGE_REASONS},
+        "reason": {"type": "string", "enum": IMAGE_REASONS + SPACE_REASONS,
+                   "description": "uploads: which image check refused it; (extension) a send in a chat space: "
+                                  "archived, or guidelines (accept guidelines_version first)"},
+        "guidelines_version": {"type": "integer", "minimum": 0,
+                               "description": "(extension) reason guidelines, or accepting a stale version "
+                                              "(409): the room's current guidelines version"},
         "until": {"type": "string", "description": "(extension) a timed-out member's send: when the timeout ends"},
         "retry_after": {"type": "integer", "minimum": 1,
                         "description": "(extension) a timed-out member's send (403) or a send in slow mode (429): "
@@ -70,7 +81,16 @@ SCHEMAS: dict[str, Any] = {
         "id": STRING, "kind": {"type": "string", "enum": ["room", "direct"]}, "creator_id": STRING, "name": STRING,
         "min_tier_cents": {"type": "integer"}, "post_policy": {"type": "string", "enum": ["everyone", "creator"]},
         "members": {"type": "array", "items": _ref("ConversationMember")},
-    }, ["id", "kind", "creator_id", "name", "min_tier_cents", "post_policy"]),
+        # chat spaces (extension, docs/moderation.md)
+        "topic": {"type": "string", "maxLength": MAX_TOPIC_CHARS, "description": "\"\" when none"},
+        "emoji": {"type": ["string", "null"], "description": "one Unicode emoji, or null"},
+        "archived": {"type": "boolean", "description": "read-only: nobody posts"},
+        "guidelines": {"type": "string", "maxLength": MAX_GUIDELINES_CHARS,
+                       "description": "members accept them before posting; \"\" when none"},
+        "guidelines_version": {"type": "integer", "minimum": 0,
+                               "description": "grows by one with every change of the guidelines; 0: never set"},
+    }, ["id", "kind", "creator_id", "name", "min_tier_cents", "post_policy", "topic", "emoji", "archived",
+        "guidelines", "guidelines_version"]),
     "Message": _obj({
         "id": STRING, "conversation_id": STRING, "seq": {"type": "integer", "minimum": 1},
         "sender": _ref("Member"), "body": STRING, "client_msg_id": STRING, "created_at": TIME,
@@ -89,7 +109,11 @@ SCHEMAS: dict[str, Any] = {
         "hidden_reason": {"type": "string", "enum": ["blocked", "reported"],
                           "description": "(extension) with hidden on a placeholder: the reader blocks the sender, "
                                          "or reports hid the message"},
-    }, ["id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted"]),
+        "mentions": {"type": "array", "maxItems": MAX_MENTIONS, "uniqueItems": True, "items": USER_ID,
+                     "description": "(extension) ids of the members the message mentions, resolved on send; "
+                                    "[] when none or deleted"},
+    }, ["id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted",
+        "mentions"]),
     "ThreadSummary": _obj({
         "reply_count": {"type": "integer", "minimum": 1, "description": "replies ever sent (deleted ones too): only grows"},
         "last_reply_at": TIME,
@@ -116,6 +140,9 @@ SCHEMAS: dict[str, Any] = {
     "ConversationListItem": _obj({
         "conversation": _ref("Conversation"), "last_message": {"anyOf": [_ref("Message"), {"type": "null"}]},
         "unread_count": {"type": "integer", "minimum": 0}, "muted": {"type": "boolean"},
+        "mention_count": {"type": "integer", "minimum": 0,
+                          "description": "(extension) unread messages that mention the user (after their read "
+                                         "position, not deleted)"},
     }),
     "ModerationEntry": _obj({
         "id": STRING, "creator_id": STRING,
@@ -202,18 +229,20 @@ READ_ERRORS = (400, 401, 404, 503)
 EXAMPLE_USER = {"id": "alice", "name": "Alice", "avatar_url": None}
 EXAMPLE_MEMBERSHIP = {"creator_id": "cre", "patron_id": "alice", "tier_cents": 500, "status": "active",
                       "updated_at": "2026-01-02T03:04:05.678Z"}
+SPACE_DEFAULTS = {"topic": "", "emoji": None, "archived": False, "guidelines": "", "guidelines_version": 0}
 EXAMPLE_ROOM = {"id": "12", "kind": "room", "creator_id": "cre", "name": "Lounge", "min_tier_cents": 0,
-                "post_policy": "everyone"}
+                "post_policy": "everyone", "topic": "Say hi", "emoji": "\U0001f3b8", "archived": False,
+                "guidelines": "Be kind.", "guidelines_version": 1}
 EXAMPLE_SERVER_ROOM = {**EXAMPLE_ROOM, "external_id": "tier-7"}
 EXAMPLE_DIRECT = {"id": "13", "kind": "direct", "creator_id": "cre", "name": "", "min_tier_cents": 0,
-                  "post_policy": "everyone",
+                  "post_policy": "everyone", **SPACE_DEFAULTS,
                   "members": [{"id": "cre", "name": "Cre", "avatar_url": None},
                               {"id": "alice", "name": "Alice", "avatar_url": "https://example.com/a.png"}]}
 EXAMPLE_MESSAGE = {"id": "99", "conversation_id": "12", "seq": 7, "sender": {"id": "alice", "name": "Alice"},
                    "body": "hello", "client_msg_id": "c-1", "created_at": "2026-01-02T03:04:05.678Z",
                    "edited_at": None, "deleted": False,
                    "reactions": [{"emoji": "\U0001f44d", "count": 3, "me": True}, {"emoji": ":fire:", "count": 1, "me": False}],
-                   "attachments": [], "thread_id": None,
+                   "attachments": [], "mentions": [], "thread_id": None,
                    "thread": {"reply_count": 2, "last_reply_at": "2026-01-02T03:06:00.000Z", "participants": ["bob", "cre"]}}
 EXAMPLE_UPLOAD = {"id": "41", "width": 1280, "height": 960, "content_type": "image/jpeg", "size": 183204}
 EXAMPLE_ATTACHMENT = {**EXAMPLE_UPLOAD, "url": "/api/v1/attachments/41?exp=1767326700&sig=3q2-7w...",
@@ -261,6 +290,17 @@ EXAMPLE_OVERVIEW = {"moderator_of": ["cre"], "timeouts": [],
                               {"creator_id": "cre", "moderators": [{"id": "mia", "name": "Mia"}],
                                "blocked": [{"id": "bob", "name": "Bob"}],
                                "timed_out": [{"id": "alice", "name": "Alice", "until": "2026-01-02T03:14:05.678Z"}]}]}
+
+SPACE_FIELDS: dict[str, Any] = {
+    "topic": {"type": "string", "maxLength": MAX_TOPIC_CHARS, "description": "trimmed; \"\" clears it"},
+    "emoji": {"type": ["string", "null"], "description": "one Unicode emoji; null clears it"},
+    "guidelines": {"type": "string", "maxLength": MAX_GUIDELINES_CHARS,
+                   "description": "trimmed; a change bumps guidelines_version; \"\" clears them"},
+}
+SPACES_CONFLICT = {"409": {
+    "description": f"conflict: the creator has {MAX_ACTIVE_SPACES} active (not archived) rooms already",
+    "content": _json(_ref("Error"), {"error": {"code": "conflict", "message": "..."}})}}
+
 
 def _op(summary: str, security: str | None, responses: dict[str, Any], *, body: dict[str, Any] | None = None,
         body_example: Any = None, params: list[dict[str, Any]] | None = None,
@@ -342,11 +382,12 @@ def build() -> dict[str, Any]:
                        {"conversation": EXAMPLE_SERVER_ROOM}),
                  **_ok(200, "the creator's existing room with this external_id, unchanged",
                        _obj({"conversation": _ref("Room")}), {"conversation": EXAMPLE_SERVER_ROOM}),
-                 **_errors(*BODY_ERRORS)},
+                 **_errors(*BODY_ERRORS), **SPACES_CONFLICT},
                 body=_obj({"creator_id": USER_ID, "name": {"type": "string", "minLength": 1, "maxLength": 200},
                            "min_tier_cents": {"type": "integer", "minimum": 0, "maximum": 10**9},
                            "post_policy": {"type": "string", "enum": ["everyone", "creator"]},
-                           "external_id": {"type": ["string", "null"], "pattern": EXTERNAL_ID_PATTERN}},
+                           "external_id": {"type": ["string", "null"], "pattern": EXTERNAL_ID_PATTERN},
+                           **SPACE_FIELDS},
                           ["creator_id", "name", "min_tier_cents"]),
                 body_example={"creator_id": "cre", "name": "Lounge", "min_tier_cents": 0, "post_policy": "everyone",
                               "external_id": "tier-7"},
@@ -361,6 +402,31 @@ def build() -> dict[str, Any]:
                                "the next_cursor of the previous page"),
                         _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "default 50")],
                 tags=["server"]),
+        },
+        "/api/v1/server/rooms/{conversation_id}": {
+            "get": _op("A room (docs/moderation.md, chat spaces)", "apiKey",
+                       {**_ok(200, "the room", _obj({"conversation": _ref("Room")}),
+                              {"conversation": EXAMPLE_SERVER_ROOM}), **_errors(*READ_ERRORS)},
+                       params=[conv_id], tags=["server"]),
+            "patch": _op(
+                "Change a room: rename, topic, emoji, re-gate (members below the new tier lose it at once), "
+                "post policy, archive (read-only) or unarchive, guidelines (a new version members accept before "
+                "posting). Members in the room get conversation_updated", "apiKey",
+                {**_ok(200, "the room after the change", _obj({"conversation": _ref("Room")}),
+                       {"conversation": {**EXAMPLE_SERVER_ROOM, "archived": True}}),
+                 **_errors(*BODY_ERRORS), **SPACES_CONFLICT},
+                params=[conv_id],
+                body={**_obj({"name": {"type": "string", "minLength": 1, "maxLength": 200},
+                              "min_tier_cents": {"type": "integer", "minimum": 0, "maximum": 10**9},
+                              "post_policy": {"type": "string", "enum": ["everyone", "creator"]},
+                              "archived": {"type": "boolean"}, **SPACE_FIELDS}, []), "minProperties": 1},
+                body_example={"name": "Green room", "archived": True}, tags=["server"]),
+            "delete": _op(
+                "Delete a room and its history (messages, reactions, read positions, pins, photos); members get "
+                "conversation_deleted and access_revoked", "apiKey",
+                {**_ok(200, "deleted", _obj({"conversation_id": STRING, "deleted": {"const": True}}),
+                       {"conversation_id": "12", "deleted": True}), **_errors(*READ_ERRORS)},
+                params=[conv_id], tags=["server"]),
         },
         "/api/v1/server/messages/{message_id}": {"delete": _op(
             "Delete any message (members get message_updated, as for an author's delete)", "apiKey",
@@ -565,9 +631,13 @@ def build() -> dict[str, Any]:
                      "content": _json(_ref("Error"), {"error": {"code": "conflict", "message": "..."}})}},
             params=[_path_param("delivery_id", {"type": "string", "pattern": "^[0-9]{1,18}$"})], tags=["server"])},
         "/api/v1/me": {"get": _op(
-            "The signed-in user and their unread notification count", "clientJwt",
-            {**_ok(200, "the user", _obj({"user": _ref("User"), "unread_notifications": {"type": "integer"}}),
-                   {"user": EXAMPLE_USER, "unread_notifications": 2}), **_errors(401, 404, 503)}, tags=["client"])},
+            "The signed-in user, their unread notification count and unread mentions", "clientJwt",
+            {**_ok(200, "the user", _obj({"user": _ref("User"), "unread_notifications": {"type": "integer"},
+                                          "mention_count": {"type": "integer", "minimum": 0,
+                                                            "description": "(extension) the unread mentions of "
+                                                                           "every conversation the user reads"}}),
+                   {"user": EXAMPLE_USER, "unread_notifications": 2, "mention_count": 1}),
+             **_errors(401, 404, 503)}, tags=["client"])},
         "/api/v1/moderation": {"get": _op(
             "(extension) Moderation as the signed-in user sees it: whose rooms they moderate, their running "
             "timeouts, and for themselves (as a creator) and each creator they moderate: moderators, blocked and "
@@ -579,7 +649,7 @@ def build() -> dict[str, Any]:
             {**_ok(200, "the conversations",
                    _obj({"conversations": {"type": "array", "items": _ref("ConversationListItem")}}),
                    {"conversations": [{"conversation": EXAMPLE_ROOM, "last_message": EXAMPLE_MESSAGE,
-                                       "unread_count": 1, "muted": False}]}),
+                                       "unread_count": 1, "mention_count": 0, "muted": False}]}),
              **_errors(401, 404, 503)}, tags=["client"])},
         "/api/v1/conversations/direct": {"post": _op(
             "Open (or find) the direct conversation between a creator and an active patron", "clientJwt",
@@ -609,7 +679,8 @@ def build() -> dict[str, Any]:
                            "attachments": {"type": "array", "maxItems": 4, "uniqueItems": True,
                                            "items": {"type": "string", "pattern": "^[0-9]{1,18}$"},
                                            "description": "ids of the sender's own unused uploads"},
-                           "thread_id": THREAD_ID},
+                           "thread_id": THREAD_ID,
+                           "mentions": MENTIONS_PARAM},
                           ["client_msg_id"]),
                 body_example={"body": "hello", "client_msg_id": "c-1"}, tags=["client"]),
         },
@@ -625,6 +696,18 @@ def build() -> dict[str, Any]:
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_REACTORS},
                            f"users listed per emoji, default {DEFAULT_REACTORS}")],
             tags=["client"])},
+        "/api/v1/conversations/{conversation_id}/members": {"get": _op(
+            "(extension) Members one can @mention, for a composer's completion (members only)", "clientJwt",
+            {**_ok(200, "current members whose display name, a word of it, or id starts with q (ignoring case), "
+                        "by name", _obj({"members": {"type": "array", "items": _ref("ConversationMember"),
+                                                     "maxItems": MAX_MEMBER_MATCHES}}),
+                   {"members": [{"id": "ann", "name": "Ann Lee", "avatar_url": None}]}),
+             **_errors(*READ_ERRORS, 403)},
+            params=[conv_id, _query("q", {"type": "string", "maxLength": MAX_QUERY_CHARS},
+                                    "what was typed after @ (empty: any member)"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_MEMBER_MATCHES},
+                           f"default {DEFAULT_MEMBER_MATCHES}")],
+            tags=["client"])},
         "/api/v1/uploads": {"post": {
             **_op("Upload a photo (JPEG, PNG, WebP or GIF, checked by decoding; EXIF/GPS stripped; thumbnail made)",
                   "clientJwt",
@@ -639,6 +722,16 @@ def build() -> dict[str, Any]:
         "/api/v1/attachments/{attachment_id}": {"get": _attachment_op("A photo", IMAGE_TYPES)},
         "/api/v1/attachments/{attachment_id}/thumb": {"get": _attachment_op(
             "A photo's thumbnail (at most 320 px; JPEG, or PNG when it has transparency)", ("image/jpeg", "image/png"))},
+        "/api/v1/conversations/{conversation_id}/guidelines/accept": {"post": _op(
+            "Accept the room's current guidelines (the socket's accept_guidelines over HTTP)", "clientJwt",
+            {**_ok(200, "accepted", _obj({"conversation_id": STRING, "guidelines_version": {"type": "integer"}}),
+                   {"conversation_id": "12", "guidelines_version": 1}),
+             **_errors(*BODY_ERRORS, 403),
+             "409": {"description": "conflict: not the current version (the error carries guidelines_version)",
+                     "content": _json(_ref("Error"), {"error": {"code": "conflict", "message": "...",
+                                                                "guidelines_version": 2}})}},
+            params=[conv_id], body=_obj({"version": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}}),
+            body_example={"version": 1}, tags=["client"])},
         "/api/v1/conversations/{conversation_id}/settings": {"put": _op(
             "Mute or unmute a conversation (muted: no pushes)", "clientJwt",
             {**_ok(200, "the setting", _obj({"conversation_id": STRING, "muted": {"type": "boolean"}}),

@@ -6,7 +6,9 @@ Invalid with a message that names the field.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -149,11 +151,13 @@ def iso(dt: datetime | None) -> str | None:
 def message_wire_columns(mid: int, conversation_id: int, seq: int, sender_id: str, sender_name: str, body: str,
                  client_msg_id: str, created_at: datetime, edited_at: datetime | None,
                  deleted: bool, attachments: list[dict[str, Any]] | None = None, *,
-                 thread_id: int | None = None, thread: dict[str, Any] | None = None) -> dict[str, Any]:
+                 thread_id: int | None = None, thread: dict[str, Any] | None = None,
+                 mentions: Sequence[str] = ()) -> dict[str, Any]:
     """A message's wire form from column values (the send and join paths have no ORM object).
     `reactions` is empty here: reads fill it per reader (chat/reactions.py attach_reactions).
     `attachments`: photo wire forms (chat/attachments.py), filled in by the caller's read path.
-    `thread_id` (a reply's root) and `thread` (a root's summary): chat/threads.py."""
+    `thread_id` (a reply's root) and `thread` (a root's summary): chat/threads.py.
+    `mentions`: the mentioned user ids (chat/mentions.py; `decode_mentions` of the stored column)."""
     return {
         "id": str(mid),
         "conversation_id": str(conversation_id),
@@ -168,6 +172,7 @@ def message_wire_columns(mid: int, conversation_id: int, seq: int, sender_id: st
         "reactions": [],
         "thread_id": None if thread_id is None else str(thread_id),
         "thread": thread,
+        "mentions": [] if deleted else list(mentions),
     }
 
 
@@ -175,7 +180,18 @@ def message_wire(m: Message, sender_name: str) -> dict[str, Any]:
     from chat.threads import fields_of
 
     return message_wire_columns(m.id, m.conversation_id, m.seq, m.sender_id, sender_name, m.body, m.client_msg_id,
-                                m.created_at, m.edited_at, m.deleted, **fields_of(m))
+                                m.created_at, m.edited_at, m.deleted, **fields_of(m),
+                                mentions=decode_mentions(m.mentions))
+
+
+def encode_mentions(mentions: Sequence[str]) -> str | None:
+    """The `messages.mentions` column of a message mentioning these user ids: NULL when none."""
+    return json.dumps(list(mentions), separators=(",", ":")) if mentions else None
+
+
+def decode_mentions(stored: str | None) -> list[str]:
+    """The `messages.mentions` column (a JSON list of user ids, NULL when none) as a list."""
+    return [str(u) for u in json.loads(stored)] if stored else []
 
 
 def conversation_wire(c: Conversation, members: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -186,6 +202,12 @@ def conversation_wire(c: Conversation, members: list[dict[str, Any]] | None = No
         "name": c.name,
         "min_tier_cents": c.min_tier_cents,
         "post_policy": c.post_policy,
+        # chat spaces (chat/spaces.py, docs/api.md)
+        "topic": c.topic or "",
+        "emoji": c.emoji,
+        "archived": c.archived_at is not None,
+        "guidelines": c.guidelines or "",
+        "guidelines_version": c.guidelines_version or 0,
     }
     if members is not None:
         wire["members"] = members

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from chat import keys, memberblocks, moderation, reactions, reports, schemas, sendtrace, storage, threads
+from chat import keys, memberblocks, mentions, moderation, reactions, reports, schemas, sendtrace, spaces, storage, threads
 from chat.attachments import Attachments
 from chat.auth import Identity
 from chat.batch import BatchedLookup
@@ -35,6 +35,7 @@ from chat.errors import (
     NotFound,
     RateLimited,
     SlowModeLimited,
+    SpaceRefused,
     TimedOut,
     Unavailable,
 )
@@ -67,6 +68,12 @@ class Access:
     post: bool
     reason: str = ""
     timed_out_until: datetime | None = None  # set when a timeout is what forbids posting
+    # chat spaces (chat/spaces.py): "archived" or "guidelines" when that is what forbids posting
+    refusal: str = ""
+    guidelines_version: int | None = None
+
+
+_ARCHIVED = Access(True, False, spaces.ARCHIVED_TEXT, refusal="archived")
 
 
 DIRECT_BLOCKED = "one of you blocks the other: no direct messages between you"
@@ -102,11 +109,13 @@ def access_rule(conv: ConversationMeta, user_id: str, membership: tuple[str, int
     blocked = standing is not None and standing.blocked
     if conv.kind == "room":
         if user_id == conv.creator_id:
-            return Access(True, True)
+            return _ARCHIVED if conv.archived else Access(True, True)
         if blocked:
             return Access(False, False, "blocked by the creator")
         if membership is None or membership[0] != "active" or membership[1] < conv.min_tier_cents:
             return Access(False, False, "not a member of this room")
+        if conv.archived:
+            return _ARCHIVED
         if conv.post_policy == "creator":
             return Access(True, False, "only the creator posts in this room")
         until = standing.timeout_until if standing is not None else None
@@ -127,6 +136,8 @@ def access_rule(conv: ConversationMeta, user_id: str, membership: tuple[str, int
 def _forbidden(access: Access) -> ChatError:
     if access.timed_out_until is not None:
         return timed_out_error(access.timed_out_until)
+    if access.refusal:
+        return SpaceRefused(access.reason, access.refusal, access.guidelines_version)
     return Forbidden(access.reason)
 
 
@@ -184,8 +195,9 @@ class ChatService:
         self.writer = MessageWriter(self.engine, self._deliver_messages,
                                     push_enqueue_jobs=push_enqueue_jobs, push_wake=push_wake,
                                     webhook_messages=webhook_messages, thread_updates=self.thread_events.note)
-        # Conversations never change kind, creator, patron, name, tier or post policy: what the
-        # send path needs of them is kept here, filled by `join` and the full send check.
+        # What the send path needs of conversations, filled by `join` and the full send check.
+        # Kind, creator and patron never change; a room's name, tier, post policy, archive and
+        # guidelines do (chat/spaces.py), and its `room_updated` control message drops the entry.
         self._conversations: dict[int, ConversationMeta] = {}
         # Bumped by every control message that takes access away: a `join` whose database check
         # raced one does not remember what it read.
@@ -224,6 +236,7 @@ class ChatService:
         self._hidden: dict[int, set[int]] = {}
         self.member_blocks = memberblocks.BlockIndex(self._read_blocks)
         delivery.set_sender_blocks(self.member_blocks.blocker_sids)
+        self.spaces = spaces.Spaces(self)  # chat spaces: rooms changed or deleted, guidelines
         delivery.set_control_handler(self._on_control)
         delivery.set_recovery_handler(self.recheck_access)
 
@@ -350,8 +363,20 @@ class ChatService:
             unread = 0
             if self._unread_notifications is not None:
                 unread = await self._unread_notifications(session, user.user_id)
+            mention_total = await self._mention_total(await session.connection(), user.user_id)
             return {"user": {"id": row.id, "name": row.name, "avatar_url": row.avatar_url},
-                    "unread_notifications": unread}
+                    "unread_notifications": unread, "mention_count": mention_total}
+
+    @staticmethod
+    async def _mention_total(conn: Any, user_id: str) -> int:
+        """`/me`'s mention_count: the unread mentions of the conversations the user may read
+        now (those the conversation list shows); one query, and one more when there are any."""
+        counts = await mentions.count_all_unread(conn, user_id)
+        if not counts:
+            return 0
+        views = await storage.join_views(conn, [(cid, user_id) for cid in sorted(counts)])
+        return sum(counts[cid] for (cid, _), view in views.items()
+                   if access_rule(view.conversation, user_id, view.membership, view.standing).read)
 
     # ============================================================ conversations
 
@@ -369,6 +394,13 @@ class ChatService:
             raise Forbidden(access.reason)
         if conv.kind == "direct" and access.post and await self._direct_blocked(conv):
             access = Access(True, False, DIRECT_BLOCKED)
+        # chat spaces: posting waits for the current guidelines to be accepted (moderators exempt)
+        pending = spaces.guidelines_pending(conv, user.user_id, view.accepted_guidelines_version)
+        if pending and await self._is_moderator(conv.creator_id, user.user_id):
+            pending = False
+        if pending and access.post:
+            access = Access(True, False, spaces.guidelines_refused(conv).message, refusal="guidelines",
+                            guidelines_version=conv.guidelines_version)
         self._remember(conv)
         # The socket may have disconnected during any await: answer it (nobody listens) without
         # touching the state its disconnect already released.
@@ -415,7 +447,7 @@ class ChatService:
             members = [_member_wire(conv.creator_id, view.creator_name, view.creator_avatar),
                        _member_wire(conv.patron_id or "", view.patron_name, view.patron_avatar)]
         return {
-            "conversation": _meta_wire(conv, members),
+            "conversation": _meta_wire(conv, members, view.guidelines),
             "messages": messages,
             "has_more": has_more,
             "online": online,
@@ -426,6 +458,7 @@ class ChatService:
             "slow_mode_s": await self._slow_mode_of(conversation_id) if conv.kind == "room" else 0,
             "pinned": await self._as_seen_by(user.user_id, conv, await self._pinned_wires(conversation_id), blocked)
             if conv.kind == "room" else [],
+            "guidelines_accepted": not pending,
         }
 
     async def _join_page(self, conversation_id: int, since_seq: int | None, last_seq: int, user_id: str,
@@ -556,6 +589,7 @@ class ChatService:
             states = await storage.get_states(session, user.user_id, ids)
             positions = {cid: (states[cid].last_read_seq if cid in states else 0) for cid in ids}
             unread = await storage.count_unread_many(session, user.user_id, positions)
+            mention_counts = await mentions.count_unread(await session.connection(), user.user_id, positions)
             last = await storage.last_messages(session, ids)
             last_wire = {m["conversation_id"]: m
                          for m in await self._messages_wire(session, list(last.values()), user.user_id)}
@@ -565,6 +599,7 @@ class ChatService:
                 "conversation": wire,
                 "last_message": last_wire.get(str(c.id)),
                 "unread_count": unread[c.id],
+                "mention_count": mention_counts[c.id],
                 "muted": bool(states[c.id].muted) if c.id in states else False,
             } for c, wire in zip(convs, await self._conversations_wire(session, convs), strict=True)]
 
@@ -628,7 +663,8 @@ class ChatService:
     async def send_message(self, user: Identity, conversation_id: int, body: str,
                            client_msg_id: str, *, sid: str | None = None,
                            attachment_ids: Sequence[int] = (),
-                           trace: sendtrace.Trace | None = None, thread_id: int | None = None) -> dict[str, Any]:
+                           trace: sendtrace.Trace | None = None, thread_id: int | None = None,
+                           mentions: Sequence[str] = ()) -> dict[str, Any]:
         """Store a message and deliver it. Idempotent on (sender, client_msg_id); returns only
         after commit. The caller has applied the rate limit.
 
@@ -640,7 +676,8 @@ class ChatService:
         with the message; a retry answers with the original message and its photos.
 
         `thread_id`: a reply to that root message of the conversation (chat/threads.py), checked
-        in the writer's batch; a room reply pushes its thread's people, not the room."""
+        in the writer's batch; a room reply pushes its thread's people, not the room.
+        `mentions`: user ids the sender mentions besides the body's @mentions (chat/mentions.py)."""
         if not body and not attachment_ids:
             raise Invalid("body must not be empty")
         if attachment_ids and self.attachments is None:
@@ -668,16 +705,21 @@ class ChatService:
             if isinstance(original, dict):
                 return {"message": original}
             slot = original
-        push = None
-        if conv.kind == "direct":
-            push = PushSpec(None)
-        elif user.user_id == conv.creator_id or thread_id is not None:
-            push = PushSpec(conv.name)
         try:
+            # A body without "@" and no list pays nothing (not even a coroutine).
+            mentioned = await self._mentioned(conv, user.user_id, body, mentions) if mentions or "@" in body else ()
+            push = None
+            if conv.kind == "direct":
+                push = PushSpec(None)
+            elif user.user_id == conv.creator_id or thread_id is not None:
+                push = PushSpec(conv.name)
+            elif mentioned:
+                push = PushSpec(conv.name, mention=True)
             photos = (await self.attachments.for_send(user.user_id, client_msg_id, attachment_ids)
                       if attachment_ids and self.attachments is not None else ())
             stored = await self.writer.store(Outgoing(conversation_id, user.user_id, user.name or None, body,
-                                                      client_msg_id, push, photos, thread_id=thread_id), trace)
+                                                      client_msg_id, push, photos, thread_id=thread_id,
+                                                      mentions=mentioned), trace)
             if not stored.created:
                 return {"message": await self._retried(stored.message)}
         except sqlalchemy.exc.SQLAlchemyError as exc:
@@ -690,6 +732,13 @@ class ChatService:
                 await self.slow_gate.release(conversation_id, user.user_id)
             raise
         return {"message": stored.message}
+
+    async def _mentioned(self, conv: ConversationMeta, sender_id: str, body: str,
+                         explicit: Sequence[str]) -> tuple[str, ...]:
+        """The members a send mentions (chat/mentions.py): one query at most (a database error
+        fails the send as `unavailable`, its slow-mode slot given back, like the store's)."""
+        async with self.read_engine.connect() as conn:
+            return await mentions.resolve(conn, conv, sender_id, body, explicit)
 
     async def _check_slow_mode(self, conv: ConversationMeta, user: Identity, client_msg_id: str) -> dict[str, Any] | bool:
         """Take the member's slow-mode slot in the room (True; False when the room has no slow
@@ -711,7 +760,7 @@ class ChatService:
                 name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
                 return schemas.message_wire_columns(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
                                                     row.client_msg_id, row.created_at, row.edited_at, row.deleted,
-                                                    **threads.fields_of(row))
+                                                    **threads.fields_of(row), mentions=schemas.decode_mentions(row.mentions))
         raise SlowModeLimited(f"slow mode: one message per {seconds} s in this room; wait {wait} s", wait)
 
     async def _slow_mode_of(self, conversation_id: int) -> int:
@@ -837,7 +886,8 @@ class ChatService:
                           client_msg_id: str, thread_id: int | None = None) -> ConversationMeta | dict[str, Any]:
         """The database check of a send: the conversation, a retry's original, then access.
         Returns the conversation, or the original message when this is a retry."""
-        async def check() -> tuple[ConversationMeta, dict[str, Any] | None, tuple[str, int] | None, Standing | None]:
+        async def check() -> tuple[ConversationMeta, dict[str, Any] | None, tuple[str, int] | None, Standing | None,
+                                   int]:
             async with self.engine.connect() as conn:
                 conv = await storage.get_conversation_meta(conn, conversation_id)
                 if conv is None:
@@ -851,17 +901,21 @@ class ChatService:
                     name = user.name or (await storage.user_names_of(conn, [user.user_id]))[user.user_id]
                     return conv, schemas.message_wire_columns(row.id, row.conversation_id, row.seq, row.sender_id, name, row.body,
                                               row.client_msg_id, row.created_at, row.edited_at, row.deleted,
-                                              **threads.fields_of(row)), None, None
+                                              **threads.fields_of(row),
+                                              mentions=schemas.decode_mentions(row.mentions)), None, None, 0
                 key = membership_key(conv, user.user_id)
                 if key is None:
-                    return conv, None, None, None
+                    return conv, None, None, None, 0
                 if conv.kind == "direct" and await memberblocks.blocked_between(conn, *key):
                     raise Forbidden(DIRECT_BLOCKED)
+                # chat spaces: the member's accepted guidelines version, read only where it matters
+                accepted = (await spaces.accepted_version(conn, conversation_id, user.user_id)
+                            if spaces.guidelines_pending(conv, user.user_id, 0) else 0)
                 return (conv, None, await storage.get_membership_state(conn, *key),
-                        await moderation.get_standing(conn, *key))
+                        await moderation.get_standing(conn, *key), accepted)
 
         try:
-            conv, original, membership, standing = await retry_transaction(check, attempts=3)
+            conv, original, membership, standing, accepted = await retry_transaction(check, attempts=3)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("send check failed: %s", type(exc).__name__)
             raise _db_unavailable() from None
@@ -871,6 +925,9 @@ class ChatService:
         access = access_rule(conv, user.user_id, membership, standing)
         if not access.post:
             raise _forbidden(access)
+        if spaces.guidelines_pending(conv, user.user_id, accepted) and not await self._is_moderator(
+                conv.creator_id, user.user_id):
+            raise spaces.guidelines_refused(conv)
         return conv
 
     def _remember(self, conv: ConversationMeta) -> None:
@@ -895,9 +952,10 @@ class ChatService:
             msg = await storage.get_message(session, message_id)
             if msg is None:
                 raise NotFound("no such message")
-            await self._readable(session, user.user_id, msg.conversation_id)
+            conv, _ = await self._readable(session, user.user_id, msg.conversation_id)
             if msg.sender_id != user.user_id:
                 raise Forbidden("only the author edits a message")
+            spaces.check_not_archived(conv)
             if msg.deleted:
                 raise Invalid("a deleted message cannot be edited")
             if await reports.hidden_among(await session.connection(), [message_id]):
@@ -966,6 +1024,7 @@ class ChatService:
             conv, access = await self._readable(session, user.user_id, msg.conversation_id)
             if conv.kind == "direct" and not access.post:
                 raise Forbidden(access.reason)
+            spaces.check_not_archived(conv)
             return msg.conversation_id
 
     async def react(self, user: Identity, message_id: int, emoji: str, on: bool, *,
@@ -1034,6 +1093,14 @@ class ChatService:
             users = await storage.reactors(conn, message_id, emoji, limit)
         return {"reactions": [{**r, "users": users.get(r["emoji"], [])}
                               for r in summary if emoji is None or r["emoji"] == emoji]}
+
+    async def find_members(self, user: Identity, conversation_id: int, query: str, limit: int) -> dict[str, Any]:
+        """Members of a conversation the user reads, for `@` completion (chat/mentions.py)."""
+        async with self.sessions() as session:
+            conv, _ = await self._readable(session, user.user_id, conversation_id)
+            found = await mentions.find_members(await session.connection(), storage.conversation_meta_of(conv),
+                                                query, limit)
+        return {"members": found}
 
     # ============================================================ typing and read receipts
 
@@ -1241,23 +1308,41 @@ class ChatService:
         return _membership_wire(m), lost_rooms, before, direct_id
 
     async def create_room(self, creator_id: str, name: str, min_tier_cents: int, post_policy: str,
-                          external_id: str | None = None) -> tuple[dict[str, Any], bool]:
+                          external_id: str | None = None,
+                          space: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
         """The room's server-API form, and True when it was created. With an external_id, the
         creator's room with that external_id is returned as it is if it exists (whatever the
-        rest of the request), so a retried or repeated create makes one room."""
+        rest of the request), so a retried or repeated create makes one room. A creator has at
+        most spaces.MAX_ACTIVE_SPACES rooms that are not archived (`conflict`). `space`: the
+        room's topic, emoji and guidelines (chat/spaces.py check_space_fields)."""
+        if external_id is not None:  # a repeated create reads, and takes no lock
+            async with self.sessions() as session:
+                existing = await storage.find_room(session, creator_id, external_id)
+                if existing is not None:
+                    return room_wire(existing), False
+
         async def store() -> tuple[dict[str, Any], bool]:
             async with self.sessions.begin() as session:
+                await spaces.lock_creator(session, creator_id)  # first: see spaces.lock_creator
                 if external_id is not None:
                     existing = await storage.find_room(session, creator_id, external_id)
                     if existing is not None:
                         return room_wire(existing), False
-                if await storage.get_user(session, creator_id) is None:
-                    await storage.upsert_user(session, creator_id, None)
+                if await spaces.count_active_rooms(session, creator_id) >= spaces.MAX_ACTIVE_SPACES:
+                    raise Conflict(f"a creator has at most {spaces.MAX_ACTIVE_SPACES} active spaces; "
+                                   "archive or delete one first")
                 if external_id is None:
-                    conv = await storage.insert_room(session, creator_id, name, min_tier_cents, post_policy)
-                    return room_wire(conv), True
-                conv, created = await storage.insert_room_once(session, creator_id, external_id, name,
-                                                               min_tier_cents, post_policy)
+                    conv, created = await storage.insert_room(session, creator_id, name, min_tier_cents,
+                                                              post_policy), True
+                else:
+                    conv, created = await storage.insert_room_once(session, creator_id, external_id, name,
+                                                                   min_tier_cents, post_policy)
+                if created and space:
+                    conv.topic = space.get("topic", "")
+                    conv.emoji = space.get("emoji")
+                    if space.get("guidelines"):
+                        conv.guidelines, conv.guidelines_version = space["guidelines"], 1
+                    await session.flush()
                 return room_wire(conv), created
 
         return await retry_transaction(store)
@@ -1670,6 +1755,8 @@ class ChatService:
             self._member_block_local(message)
         elif kind == "message_hidden":
             self._message_hidden_local(message)
+        elif kind in ("room_updated", "room_deleted"):
+            await self.spaces.on_control(message)
         elif kind == "disconnect_user":
             for sid in list(self._user_sockets.get(str(message["user_id"]), ())):
                 await self.delivery.disconnect(sid)
@@ -1742,15 +1829,16 @@ class ChatService:
 
     @staticmethod
     async def push_audience_page(session: AsyncSession, conversation_id: int, sender_id: str, after: str | None,
-                                 limit: int, thread_id: int | None = None) -> tuple[list[str], str | None]:
+                                 limit: int, thread_id: int | None = None,
+                                 mentioned: Sequence[str] = ()) -> tuple[list[str], str | None]:
         """One page of who gets a push for `sender_id`'s message if offline (SPEC §6), for the push
         worker's fan-out job: the other side of a direct conversation; the room's current members
         (active, at or above its tier) for the creator's posts, nobody for others' posts; for a
         room's thread reply (`thread_id`, its root) whoever of the root's author and the thread's
-        repliers still reads the room (chat/threads.py), whoever sent it; never
-        the sender, never muted. Scans at most `limit` user ids greater than `after`, in order;
-        returns (recipients, where the next page starts, None once exhausted). Runs in the
-        caller's session (the worker's own pool)."""
+        repliers still reads the room (chat/threads.py), whoever sent it; in a room, also the
+        `mentioned` ones still members (chat/mentions.py). Never the sender, never muted. Scans at
+        most `limit` user ids greater than `after`, in order; returns (recipients, where the next
+        page starts, None once exhausted). Runs in the caller's session (the worker's own pool)."""
         conv = await storage.get_conversation(session, conversation_id)
         if conv is None:
             return [], None
@@ -1762,6 +1850,10 @@ class ChatService:
         elif thread_id is not None:  # a room's thread reply: the root's author and the repliers
             candidates, resume = await threads.audience_page(session, conv.id, conv.creator_id, conv.min_tier_cents,
                                                              thread_id, after, limit)
+            if mentioned:  # and the mentioned ones in this page's range of ids: each in one page only
+                candidates = sorted(set(candidates) | set(await mentions.still_members(
+                    session, conv.creator_id, conv.min_tier_cents,
+                    [u for u in mentioned if resume is None or u <= resume], after)))
         elif sender_id == conv.creator_id:
             q = sqlalchemy.select(Membership.patron_id).where(
                 Membership.creator_id == conv.creator_id, Membership.status == "active",
@@ -1770,6 +1862,8 @@ class ChatService:
                 q = q.where(Membership.patron_id > after)
             candidates = list(await session.scalars(q.order_by(Membership.patron_id).limit(limit)))
             resume = candidates[-1] if len(candidates) == limit else None
+        elif mentioned:  # at most mentions.MAX_MENTIONS: one page
+            candidates = await mentions.still_members(session, conv.creator_id, conv.min_tier_cents, mentioned, after)
         else:
             return [], None
         muted = await storage.muted_user_ids(session, conv.id, candidates)
@@ -1781,7 +1875,7 @@ def _row_wire(r: Any) -> dict[str, Any]:
     """A message's wire form from a `storage.message_page` row."""
     return schemas.message_wire_columns(r.id, r.conversation_id, r.seq, r.sender_id, r.name or r.sender_id, r.body,
                                         r.client_msg_id, r.created_at, r.edited_at, r.deleted,
-                                        **threads.fields_of(r))
+                                        **threads.fields_of(r), mentions=schemas.decode_mentions(r.mentions))
 
 
 def _member_wire(user_id: str, name: str, avatar_url: str | None) -> dict[str, Any]:
@@ -1789,18 +1883,18 @@ def _member_wire(user_id: str, name: str, avatar_url: str | None) -> dict[str, A
     return {"id": user_id, "name": name, "avatar_url": avatar_url}
 
 
-def _meta_wire(c: ConversationMeta, members: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """schemas.conversation_wire from the cached conversation (no ORM object on the join path)."""
+def _meta_wire(c: ConversationMeta, members: list[dict[str, Any]] | None, guidelines: str) -> dict[str, Any]:
+    """schemas.conversation_wire from the join's view of the conversation (no ORM object on the join path)."""
     wire: dict[str, Any] = {"id": str(c.id), "kind": c.kind, "creator_id": c.creator_id, "name": c.name,
-                            "min_tier_cents": c.min_tier_cents, "post_policy": c.post_policy}
+                            "min_tier_cents": c.min_tier_cents, "post_policy": c.post_policy, "topic": c.topic,
+                            "emoji": c.emoji, "archived": c.archived, "guidelines": guidelines,
+                            "guidelines_version": c.guidelines_version}
     if members is not None:
         wire["members"] = members
     return wire
 
 
-def room_wire(c: Conversation) -> dict[str, Any]:
-    """A room as the server API shows it: the conversation object and the platform's external_id."""
-    return {**schemas.conversation_wire(c), "external_id": c.external_id}
+room_wire = spaces.room_wire
 
 
 def _membership_wire(m: Membership) -> dict[str, Any]:

@@ -18,9 +18,10 @@ from typing import Any
 import orjson
 import socketio
 
-from chat import moderation, reports, schemas, sendtrace, threads, unavailable
+from chat import moderation, reports, schemas, sendtrace, spaces, threads, unavailable
 from chat.auth import Authenticator
 from chat.errors import ChatError, Forbidden, Invalid, RateLimited, TooLarge, error_wire
+from chat.mentions import check_mentions
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
 from chat.ratelimit import KeyedBuckets
 from chat.reactions import check_emoji
@@ -43,7 +44,7 @@ class TooManyConnections(ChatError):
 # chat/asyncapi.py; tests/test_asyncapi.py checks both lists are the same).
 CLIENT_EVENTS = ("join", "leave", "send", "edit", "delete", "history", "typing", "read", "subscribe", "unsubscribe",
                  "refresh_token", "react", "moderator", "timeout", "block", "moderation_log", "slow_mode", "pin",
-                 "report", "reports", "review_report", "block_user", "blocks")
+                 "report", "reports", "review_report", "block_user", "blocks", "accept_guidelines")
 
 
 class ChatSockets:
@@ -223,9 +224,10 @@ class ChatSockets:
         body = schemas.check_body(data, self.service.settings.max_body_chars, allow_empty=bool(photos))
         client_msg_id = schemas.check_client_msg_id(data)
         thread_id = threads.check_thread_id(data)
+        mentioned = check_mentions(data)
         self.service.check_socket_rate(sid)
         result = await self.service.send_message(user, cid, body, client_msg_id, sid=sid, attachment_ids=photos,
-                                                 trace=trace, thread_id=thread_id)
+                                                 trace=trace, thread_id=thread_id, mentions=mentioned)
         await self.service.sent_from_socket(sid, cid)
         if trace is not None:
             trace.mark("acked")
@@ -351,6 +353,12 @@ class ChatSockets:
 
     async def blocks(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         return await self.service.list_blocks(self.service.socket_user(sid).user_id)
+
+    # ------------------------------------------------------------ chat spaces (chat/spaces.py)
+    async def accept_guidelines(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+        user = self.service.socket_user(sid)
+        cid = schemas.check_conversation_id(data)
+        return await self.service.spaces.accept_guidelines(user, cid, spaces.check_version(data))
 
 
 def _cursor(value: Any, field: str) -> int | None:

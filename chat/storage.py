@@ -14,8 +14,18 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from chat.db import utcnow
-from chat.models import Conversation, ConversationState, Membership, Message, Reaction, Sanction, User
+from chat.models import (
+    Conversation,
+    ConversationState,
+    Membership,
+    Message,
+    MessageMention,
+    Reaction,
+    Sanction,
+    User,
+)
 from chat.moderation import Standing
+from chat.schemas import encode_mentions
 
 # ---------------------------------------------------------------- users
 
@@ -436,13 +446,15 @@ _states: sa.Table = ConversationState.__table__  # type: ignore[assignment]
 _users: sa.Table = User.__table__  # type: ignore[assignment]
 _memberships: sa.Table = Membership.__table__  # type: ignore[assignment]
 _sanctions: sa.Table = Sanction.__table__  # type: ignore[assignment]
+_message_mentions: sa.Table = MessageMention.__table__  # type: ignore[assignment]
 
 SENT_COLUMNS = (_messages.c.id, _messages.c.conversation_id, _messages.c.seq, _messages.c.sender_id,
                 _messages.c.body, _messages.c.client_msg_id, _messages.c.created_at,
                 _messages.c.edited_at, _messages.c.deleted,
                 # threads (chat/threads.py fields_of)
                 _messages.c.thread_id, _messages.c.reply_count, _messages.c.last_reply_at,
-                _messages.c.thread_participants)
+                _messages.c.thread_participants,
+                _messages.c.mentions)  # chat/mentions.py (schemas.decode_mentions)
 
 
 @dataclass(frozen=True)
@@ -456,19 +468,36 @@ class ConversationMeta:
     name: str
     min_tier_cents: int
     post_policy: str
+    # Chat spaces (chat/spaces.py): these change with PATCH /rooms/{id}; the processes' cached
+    # copies are dropped by the `room_updated` control message.
+    topic: str = ""
+    emoji: str | None = None
+    archived: bool = False
+    guidelines_version: int = 0
+    has_guidelines: bool = False  # the current version asks to be accepted (non-empty text)
 
 
 def conversation_meta_of(conv: Conversation) -> ConversationMeta:
     return ConversationMeta(conv.id, conv.kind, conv.creator_id, conv.patron_id, conv.name,
-                            conv.min_tier_cents, conv.post_policy)
+                            conv.min_tier_cents, conv.post_policy, conv.topic or "", conv.emoji,
+                            conv.archived_at is not None, conv.guidelines_version or 0, bool(conv.guidelines))
+
+
+def _meta_columns() -> tuple[Any, ...]:
+    """ConversationMeta's columns, in its order (`_meta_of_row` reads them back)."""
+    c = _conversations.c
+    return (c.id, c.kind, c.creator_id, c.patron_id, c.name, c.min_tier_cents, c.post_policy, c.topic, c.emoji,
+            c.archived_at, c.guidelines_version, sa.func.length(sa.func.coalesce(c.guidelines, "")))
+
+
+def _meta_of_row(row: Any) -> ConversationMeta:
+    return ConversationMeta(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7] or "", row[8],
+                            row[9] is not None, int(row[10] or 0), bool(row[11]))
 
 
 async def get_conversation_meta(conn: AsyncConnection, conversation_id: int) -> ConversationMeta | None:
-    c = _conversations.c
-    row = (await conn.execute(
-        sa.select(c.id, c.kind, c.creator_id, c.patron_id, c.name, c.min_tier_cents, c.post_policy)
-        .where(c.id == conversation_id))).first()
-    return None if row is None else ConversationMeta(*row)
+    row = (await conn.execute(sa.select(*_meta_columns()).where(_conversations.c.id == conversation_id))).first()
+    return None if row is None else _meta_of_row(row)
 
 
 async def get_membership_state(conn: AsyncConnection, creator_id: str, patron_id: str) -> tuple[str, int] | None:
@@ -533,6 +562,7 @@ class NewMessage:
     body: str
     client_msg_id: str
     thread_id: int | None = None  # a reply's root (chat/threads.py)
+    mentions: tuple[str, ...] = ()  # the mentioned user ids (chat/mentions.py)
 
 
 async def store_new_messages(conn: AsyncConnection, counts: dict[int, int], messages: Sequence[NewMessage],
@@ -559,12 +589,18 @@ async def store_new_messages(conn: AsyncConnection, counts: dict[int, int], mess
     params += ids
     sql = [f"UPDATE conversations SET last_seq = last_seq + CASE id {cases} END, last_activity_at = %s "  # noqa: S608
            f"WHERE id IN ({', '.join('%s' for _ in ids)})"]
-    values = ", ".join(f"(%s, {last}, %s, %s, %s, %s, NULL, 0, %s)" for _ in messages)
+    values = ", ".join(f"(%s, {last}, %s, %s, %s, %s, NULL, 0, %s, %s)" for _ in messages)
     for m in messages:
         params += (m.conversation_id, m.conversation_id, m.back, m.sender_id, m.body, m.client_msg_id, at,
-                   m.thread_id)
+                   m.thread_id, encode_mentions(m.mentions))
     sql.append("INSERT INTO messages (conversation_id, seq, sender_id, body, client_msg_id, created_at, edited_at, "  # noqa: S608
-               f"deleted, thread_id) VALUES {values} RETURNING id, seq, sender_id, client_msg_id")
+               f"deleted, thread_id, mentions) VALUES {values} RETURNING id, seq, sender_id, client_msg_id")
+    mentioned = [(uid, m.conversation_id, m.back) for m in messages for uid in m.mentions]
+    if mentioned:  # mention_count's rows (chat/mentions.py), keyed by the seq the INSERT got
+        sql.append("INSERT INTO message_mentions (user_id, conversation_id, seq) VALUES "  # noqa: S608
+                   + ", ".join(f"(%s, %s, {last})" for _ in mentioned))
+        for uid, cid, back in mentioned:
+            params += (uid, cid, cid, back)
     if positions:
         keys = sorted(positions)
         sql.append("INSERT INTO conversation_states (user_id, conversation_id, last_read_seq, muted) VALUES "  # noqa: S608
@@ -591,6 +627,12 @@ async def store_new_messages(conn: AsyncConnection, counts: dict[int, int], mess
         raise sa.exc.DBAPIError.instance(statement, params, exc, conn.dialect.loaded_dbapi.Error,
                                          connection_invalidated=invalidated) from exc
     return {(sender, cmid): (int(mid), int(seq)) for mid, seq, sender, cmid in rows}
+
+
+async def insert_mentions(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """mention_count's rows of newly stored messages: {user_id, conversation_id, seq} each."""
+    if rows:
+        await conn.execute(sa.insert(_message_mentions), rows)
 
 
 def _read_positions_upsert(dialect: str) -> Any:
@@ -648,6 +690,8 @@ class JoinView:
     patron_avatar: str | None = None
     last_seq: int = 0  # the conversation's, as of this read (the join's cache check, chat/recent.py)
     standing: Standing | None = None  # the sanction of the membership's pair (chat/moderation.py)
+    guidelines: str = ""  # the room's guidelines text (chat/spaces.py)
+    accepted_guidelines_version: int = 0  # the joiner's accepted version
 
 
 JOIN_VIEWS_BATCH = 64  # (conversation, user) pairs per statement of join_views
@@ -673,7 +717,10 @@ def _join_views_statement(n: int) -> Any:
     pair_patron = sa.case((c.kind == "direct", c.patron_id), else_=k.c.uid)
     return (sa.select(c.id, c.kind, c.creator_id, c.patron_id, c.name, c.min_tier_cents, c.post_policy,
                       m.c.status, m.c.tier_cents, position, unread, creator.c.name, patron.c.name,
-                      creator.c.avatar_url, patron.c.avatar_url, c.last_seq, k.c.i, sn.c.blocked, sn.c.timeout_until)
+                      creator.c.avatar_url, patron.c.avatar_url, c.last_seq, k.c.i, sn.c.blocked, sn.c.timeout_until,
+                      # chat spaces (chat/spaces.py): from 19 on
+                      c.topic, c.emoji, c.archived_at, c.guidelines_version, c.guidelines,
+                      sa.func.coalesce(s.c.accepted_guidelines_version, 0))
             .select_from(k.join(_conversations, c.id == k.c.cid)
                          .outerjoin(m, sa.and_(m.c.creator_id == c.creator_id, m.c.patron_id == pair_patron))
                          .outerjoin(sn, sa.and_(sn.c.creator_id == c.creator_id, sn.c.user_id == pair_patron))
@@ -688,11 +735,13 @@ _JOIN_VIEWS: dict[int, Any] = {}
 
 
 def _join_view_of(row: Any) -> JoinView:
-    meta = ConversationMeta(*row[:7])
+    meta = ConversationMeta(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[19] or "", row[20],
+                            row[21] is not None, int(row[22] or 0), bool(row[23]))
     status, tier = row[7], row[8]
     return JoinView(meta, None if status is None else (str(status), int(tier)), int(row[9]), int(row[10]),
                     row[11] or meta.creator_id, row[12] or (meta.patron_id or ""), row[13], row[14],
-                    int(row[15] or 0), None if row[17] is None else Standing(bool(row[17]), row[18]))
+                    int(row[15] or 0), None if row[17] is None else Standing(bool(row[17]), row[18]),
+                    row[23] or "", int(row[24] or 0))
 
 
 async def join_views(conn: AsyncConnection, pairs: Sequence[tuple[int, str]]) -> dict[tuple[int, str], JoinView]:

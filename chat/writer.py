@@ -9,7 +9,8 @@ conversations it spans, the transaction is a fixed handful of statements:
 2. one UPDATE of the conversations' last_seq by the number of new messages each gets (it
    write-locks those rows in primary-key order until commit: seq stays gapless across
    processes) and, on MariaDB, one SELECT of the new last_seq;
-3. one multi-row INSERT ... RETURNING of the messages;
+3. one multi-row INSERT ... RETURNING of the messages (and, only when a message of the batch
+   mentions someone, one multi-row INSERT of their `message_mentions` rows: chat/mentions.py);
 4. one upsert of the senders' read positions;
 5. the push hook, once, with every push job of the batch;
 6. COMMIT.
@@ -60,7 +61,7 @@ from chat.db import utcnow
 from chat.errors import ChatError, Conflict, Invalid, NotFound
 from chat.metrics import MESSAGES_STORED
 from chat.retry import retry_transaction
-from chat.schemas import message_wire_columns
+from chat.schemas import decode_mentions, encode_mentions, message_wire_columns
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ IN_WRITER = Gauge("backstage_sends_in_writer", "Sends handed to the message writ
 
 # push_enqueue_jobs(conn, jobs) -> how many pushes it queued, in the batch's transaction. A job:
 # {"conversation_id": int, "message_id": int, "sender_id": str,
-#  "payload": {"title", "body", "data", "collapse_key", "high_priority"}}
+#  "payload": {"title", "body", "data", "collapse_key", "high_priority"}, "mentions"?: [user_id]}
 PushEnqueueJobs = Callable[[AsyncConnection, list[dict[str, Any]]], Awaitable[int]]
 # webhook_messages(conn, messages) -> events written: the `message.created` webhooks of the
 # batch's new messages (wire forms), one multi-row INSERT in the batch's transaction. None when
@@ -93,6 +94,9 @@ class PushSpec:
     conversations always, rooms for the creator's posts); who gets it is decided later."""
 
     room_name: str | None  # None: a direct conversation
+    # A room message that pushes only because it mentions someone (a patron's post): the push
+    # reads "X mentioned you in Room" and goes to the mentioned members only (push_audience_page).
+    mention: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class Outgoing:
     push: PushSpec | None = None
     attachments: tuple[dict[str, Any], ...] = ()  # wire forms, checked by chat/attachments.py
     thread_id: int | None = None  # a reply's root, checked in the batch (chat/threads.py)
+    mentions: tuple[str, ...] = ()  # the mentioned members' ids, resolved by chat/mentions.py
 
 
 @dataclass(frozen=True)
@@ -364,7 +369,8 @@ class MessageWriter:
             if row is not None:
                 item.outcome = self._retry_answer(item, row.conversation_id, row.body, row.deleted, message_wire_columns(
                     row.id, row.conversation_id, row.seq, row.sender_id, item.name, row.body,
-                    row.client_msg_id, row.created_at, row.edited_at, row.deleted, **threads.fields_of(row)))
+                    row.client_msg_id, row.created_at, row.edited_at, row.deleted, **threads.fields_of(row),
+                    mentions=decode_mentions(row.mentions)))
             elif key in first:
                 continue  # answered from the first one once that is stored
             else:
@@ -427,7 +433,7 @@ class MessageWriter:
             left[m.conversation_id] -= 1
             back = left[m.conversation_id]
             plan.append(storage.NewMessage(m.conversation_id, back, m.sender_id, m.body, m.client_msg_id,
-                                           thread_id=m.thread_id))
+                                           thread_id=m.thread_id, mentions=m.mentions))
             positions[(m.sender_id, m.conversation_id)] = back  # the sender's last in the batch
         async with self._seq_turn:
             stored = await storage.store_new_messages(conn, counts, plan, positions, now)
@@ -448,7 +454,7 @@ class MessageWriter:
         m = item.msg
         wire = message_wire_columns(mid, m.conversation_id, seq, m.sender_id, item.name,
                                     m.body, m.client_msg_id, now, None, False, list(m.attachments),
-                                    thread_id=m.thread_id)
+                                    thread_id=m.thread_id, mentions=m.mentions)
         item.outcome = Stored(wire, True)
         done.created.append(wire)
         if m.push is not None:
@@ -475,7 +481,8 @@ class MessageWriter:
             next_seq[m.conversation_id] = seq + 1
             rows.append({"conversation_id": m.conversation_id, "seq": seq, "sender_id": m.sender_id,
                          "body": m.body, "client_msg_id": m.client_msg_id, "created_at": now,
-                         "edited_at": None, "deleted": False, "thread_id": m.thread_id})
+                         "edited_at": None, "deleted": False, "thread_id": m.thread_id,
+                         "mentions": encode_mentions(m.mentions)})
             stored.append((item, seq))
         ids = await storage.insert_messages(conn, rows) if rows else {}
 
@@ -486,6 +493,8 @@ class MessageWriter:
             self._stored(item, ids[(m.conversation_id, seq)], seq, now, done, jobs)
             position = (m.sender_id, m.conversation_id)
             positions[position] = max(positions.get(position, 0), seq)
+        await storage.insert_mentions(conn, [{"user_id": uid, "conversation_id": item.msg.conversation_id, "seq": seq}
+                                             for item, seq in stored for uid in item.msg.mentions])
         await storage.move_read_positions(conn, positions)
         await self._update_roots(conn, done, now)
         if jobs and self._push_enqueue_jobs is not None:
@@ -524,6 +533,9 @@ class MessageWriter:
     def _push_job(m: Outgoing, sender_name: str, wire: dict[str, Any]) -> dict[str, Any]:
         assert m.push is not None
         room = m.push.room_name
+        title = sender_name if room is None else f"{sender_name} in {room}"
+        if m.push.mention:
+            title = f"{sender_name} mentioned you in {room}"
         data = {"type": "message", "conversation_id": wire["conversation_id"], "message_id": wire["id"]}
         if m.thread_id is not None:
             data["thread_id"] = str(m.thread_id)
@@ -532,14 +544,16 @@ class MessageWriter:
             "message_id": int(wire["id"]),
             "sender_id": m.sender_id,
             "payload": {
-                "title": sender_name if room is None else f"{sender_name} in {room}",
+                "title": title,
                 "body": m.body or photo_text(len(m.attachments)),
                 "data": data,
                 "collapse_key": f"conversation-{m.conversation_id}",
-                "high_priority": room is None,
+                "high_priority": room is None or m.push.mention,
             },
         }
         if m.thread_id is not None and room is not None:  # a room reply pushes its thread, not the room
             job["thread_id"] = m.thread_id
             job["payload"]["title"] = f"{sender_name} replied in {room}"
+        if m.mentions:
+            job["mentions"] = list(m.mentions)
         return job

@@ -46,14 +46,37 @@ LAST_ERROR_CHARS = 500
 # notification ids have at most 20 digits: the payload is fitted once with the longest one
 _LONGEST_ID = "9" * 20
 
-# (session, conversation_id, sender_id, resume_after, limit, thread_id) -> (recipients, next
-# resume_after): one page of the users who get a push for a message if offline (members per SPEC
-# §6, muted and the sender excluded; for a room's thread reply, `thread_id` names its root and the
-# audience is that thread's, chat/threads.py), scanning at most `limit` user ids greater than
+# (session, conversation_id, sender_id, resume_after, limit, thread_id, mentions) -> (recipients,
+# next resume_after): one page of the users who get a push for a message if offline (members per
+# SPEC §6, muted and the sender excluded; for a room's thread reply, `thread_id` names its root and
+# the audience is that thread's, chat/threads.py; `mentions`: the user ids the message mentions,
+# who get it too, chat/mentions.py), scanning at most `limit` user ids greater than
 # `resume_after` in order; next resume_after is None once the audience is exhausted.
-ChatAudiencePage = Callable[[AsyncSession, int, str, "str | None", int, "int | None"],
+ChatAudiencePage = Callable[[AsyncSession, int, str, "str | None", int, "int | None", Sequence[str]],
                             Awaitable[tuple[list[str], "str | None"]]]
 THREAD_AUDIENCE = "thread:"  # a message job's `audience`: "thread:{root id}" for a room's thread reply
+
+
+def message_audience(job: dict[str, Any]) -> str | None:
+    """A message job's `audience` column: "thread:{root id}" for a room's thread reply, then (after
+    a space) the JSON list of the user ids the message mentions; None when neither."""
+    parts = []
+    if job.get("thread_id") is not None:
+        parts.append(f"{THREAD_AUDIENCE}{int(job['thread_id'])}")
+    if job.get("mentions"):
+        parts.append(json.dumps([str(u) for u in job["mentions"]], separators=(",", ":")))
+    return " ".join(parts) or None
+
+
+def parse_message_audience(audience: str | None) -> tuple[int | None, list[str]]:
+    """(thread_id, mentions) of a message job's `audience` (message_audience)."""
+    if not audience:
+        return None, []
+    thread_id, rest = None, audience
+    if audience.startswith(THREAD_AUDIENCE):
+        head, _, rest = audience.partition(" ")
+        thread_id = int(head[len(THREAD_AUDIENCE):])
+    return thread_id, [str(u) for u in json.loads(rest)] if rest else []
 # user ids -> those connected anywhere in the cluster
 OnlineUsers = Callable[[Sequence[str]], Awaitable[set[str]]]
 
@@ -72,7 +95,8 @@ async def push_enqueue_jobs(conn: AsyncConnection, jobs: list[dict[str, Any]]) -
     """Insert one fan-out job per chat message, in the caller's transaction; returns the count.
 
     A job is {"conversation_id", "message_id", "sender_id", "payload": {title, body, data,
-    collapse_key, high_priority}, "thread_id"?}. The caller commits and then wakes the worker.
+    collapse_key, high_priority}, "thread_id"?, "mentions"?: [user_id]}; both go to `audience`
+    (message_audience). The caller commits and then wakes the worker.
     """
     if not jobs:
         return 0
@@ -80,7 +104,7 @@ async def push_enqueue_jobs(conn: AsyncConnection, jobs: list[dict[str, Any]]) -
     await conn.execute(sa.insert(JOBS), [
         {"kind": MESSAGE, "conversation_id": int(j["conversation_id"]), "message_id": int(j["message_id"]),
          "sender_id": str(j["sender_id"]),
-         "audience": f"{THREAD_AUDIENCE}{int(j['thread_id'])}" if j.get("thread_id") is not None else None,
+         "audience": message_audience(j),
          "payload": fit_payload(payload_from_dict(j["payload"])).to_json(), "resume_after": None,
          "status": PENDING, "attempts": 0, "pushes": 0, "next_attempt_at": now, "lease_owner": None,
          "lease_until": None, "last_error": None, "created_at": now, "updated_at": now}
@@ -177,10 +201,9 @@ def _outbox_row(user_id: str, token: str, payload: str, now: datetime) -> dict[s
 async def message_page(session: AsyncSession, job: ClaimedJob, limit: int, audience_page: ChatAudiencePage,
                        online_users: OnlineUsers, now: datetime) -> Page:
     assert job.conversation_id is not None and job.sender_id is not None
-    thread_id = (int(job.audience[len(THREAD_AUDIENCE):])
-                 if job.audience is not None and job.audience.startswith(THREAD_AUDIENCE) else None)
+    thread_id, mentions = parse_message_audience(job.audience)
     recipients, resume_after = await audience_page(session, job.conversation_id, job.sender_id,
-                                                   job.resume_after, limit, thread_id)
+                                                   job.resume_after, limit, thread_id, mentions)
     # SPEC §6: offline anywhere in the cluster, as of the expansion
     online = await online_users(recipients) if recipients else set()
     offline = [u for u in recipients if u not in online and u != job.sender_id]

@@ -80,8 +80,9 @@ class PushJob(Base):
     advances `resume_after` in one transaction, so a job resumed by another worker after a crash
     continues exactly where the last committed batch stopped.
 
-    kind: "message" (conversation_id, message_id, sender_id) | "notification" (`audience`: JSON
-    list of [first, last] notification id ranges). status: pending -> expanding (claimed by
+    kind: "message" (conversation_id, message_id, sender_id; `audience`: NULL, or the JSON list
+    of the user ids the message mentions) | "notification" (`audience`: JSON list of [first,
+    last] notification id ranges). status: pending -> expanding (claimed by
     `lease_owner` until lease_until) -> done | failed.
     """
 

@@ -143,9 +143,10 @@ async def install(app: web.Application, hooks: Any, settings: Settings,
     main_loop = asyncio.get_running_loop()
 
     async def audience_page(session: AsyncSession, conversation_id: int, sender_id: str, after: str | None,
-                            limit: int, thread_id: int | None = None) -> tuple[list[str], str | None]:
+                            limit: int, thread_id: int | None = None,
+                            mentions: Sequence[str] = ()) -> tuple[list[str], str | None]:
         page: tuple[list[str], str | None] = await app[SERVICE_KEY].push_audience_page(
-            session, conversation_id, sender_id, after, limit, thread_id)
+            session, conversation_id, sender_id, after, limit, thread_id, mentions)
         return page
 
     async def online_users(user_ids: Sequence[str]) -> set[str]:

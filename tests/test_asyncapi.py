@@ -300,6 +300,17 @@ async def test_real_traffic_matches_the_document(shared_mysql_cluster: Cluster, 
         slowed = await a.call("send", {"conversation_id": room, "body": "slower", "client_msg_id": "m-5"})
         assert slowed["error"]["code"] == "rate_limited" and slowed["error"]["retry_after"] > 0
         assert (await b.call("slow_mode", {"conversation_id": room, "seconds": 0}))["ok"]
+        # chat spaces: new guidelines (a refused send, then accepted), a deleted room
+        assert api.server("PATCH", f"/rooms/{room}", {"guidelines": "Be kind."}).status_code == 200
+        await a.wait_for("conversation_updated", lambda e: e["guidelines_version"] == 1)
+        unaccepted = await a.call("send", {"conversation_id": room, "body": "rules?", "client_msg_id": "m-6"})
+        assert unaccepted["error"]["reason"] == "guidelines"
+        assert (await a.call("accept_guidelines", {"conversation_id": room, "version": 1}))["ok"]
+        doomed = api.room(cre, "Doomed", 0)
+        assert (await a.call("join", {"conversation_id": doomed}))["ok"]
+        assert api.server("DELETE", f"/rooms/{doomed}").status_code == 200
+        await a.wait_for("conversation_deleted", lambda e: e["conversation_id"] == doomed)
+        await a.wait_for("access_revoked", lambda e: e["conversation_id"] == doomed)
         pinned = (await b.call("send", {"conversation_id": room, "body": "pin me", "client_msg_id": "c-pin"}))["message"]
         assert (await b.call("pin", {"message_id": pinned["id"], "on": True}))["ok"]
         await a.wait_for("pins", lambda e: e["message_ids"] == [pinned["id"]])

@@ -405,6 +405,9 @@ BODY_ENDPOINTS: list[tuple[str, str, dict[str, Any], str]] = [
     ("PUT", "/api/v1/conversations/{room}/settings", {"muted": False}, "client"),
     ("POST", "/api/v1/devices", {"token": "device-token-1", "platform": "web"}, "client"),
     ("POST", "/api/v1/notifications/read", {"all": True}, "client"),
+    # chat spaces (chat/spaces.py)
+    ("PATCH", "/api/v1/server/rooms/{room}", {"topic": "t"}, "server"),
+    ("POST", "/api/v1/conversations/{room}/guidelines/accept", {"version": 0}, "client"),
 ]
 
 # field -> wrong values (all invalid), per endpoint index
@@ -421,6 +424,10 @@ HTTP_WRONG_FIELDS: dict[int, dict[str, list[Any]]] = {
     7: {"muted": [None, "true", 1, 0, {}, []]},
     8: {"token": [None, 5, "", {}, [], "t" * 513], "platform": [None, "windows", 1, {}, []]},
     9: {"all": [False, "true", 1, {}]},
+    10: {"name": [None, 5, "", {}, "n" * 201], "topic": [None, 5, {}, "t" * 501], "emoji": [5, "", ":fire:", "ab", {}],
+         "min_tier_cents": [None, "0", -1, 1.5, True, 10**10], "post_policy": [None, "all", 1],
+         "archived": [None, "true", 1], "guidelines": [None, 5, {}, "g" * 10_001]},
+    11: {"version": [None, "0", -1, 1.5, True, {}, [], 2**31]},
 }
 
 

@@ -27,12 +27,12 @@ from tests.support import Api, Client, ServerProcess, make_token
 
 TOTAL_EXAMPLES = 2000
 FIELDS: dict[str, list[str]] = {
-    "join": ["conversation_id", "since_seq"],
+    "join": ["conversation_id", "since_seq", "include_replies"],
     "leave": ["conversation_id"],
-    "send": ["conversation_id", "body", "client_msg_id", "attachments"],
+    "send": ["conversation_id", "body", "client_msg_id", "attachments", "thread_id"],
     "edit": ["message_id", "body"],
     "delete": ["message_id"],
-    "history": ["conversation_id", "before_seq", "limit"],
+    "history": ["conversation_id", "before_seq", "limit", "thread_id", "include_replies"],
     "typing": ["conversation_id", "typing"],
     "read": ["conversation_id", "seq"],
     "subscribe": ["channel"],
@@ -45,6 +45,12 @@ FIELDS: dict[str, list[str]] = {
     "moderation_log": ["creator_id", "before_id", "limit"],
     "slow_mode": ["conversation_id", "seconds", "reason"],
     "pin": ["message_id", "on"],
+    "accept_guidelines": ["conversation_id", "version"],
+    "report": ["message_id", "reason", "note"],
+    "reports": ["creator_id", "status", "conversation_id", "before_id", "limit"],
+    "review_report": ["message_id", "action", "note"],
+    "block_user": ["user_id", "on"],
+    "blocks": ["limit"],
     "no_such_event": ["conversation_id"],
 }
 PER_EVENT = -(-TOTAL_EXAMPLES // len(FIELDS))
@@ -104,7 +110,8 @@ def field_values(env_ids: dict[str, str]) -> st.SearchStrategy[Any]:
     return st.one_of(
         st.sampled_from(list(env_ids.values())),
         st.sampled_from(["0", "1", "01", " 1", "1\n", "-1", "1e3", "²", "١", "9" * 19, "", " ", "user:pat",
-                         "creator:cre", "room:1", "user:other", "x" * 141, "\ud7ff", "\x00", "a" * 4001]),
+                         "creator:cre", "room:1", "user:other", "x" * 141, "\ud7ff", "\x00", "a" * 4001,
+                         "spam", "other", "dismiss", "remove", "open", "all"]),
         st.sampled_from(["👍", "❤", "❤️", "👍🏽", "🏻", "🇺", "👍👍", ":fire:", ":nope:", "::", "#️⃣", "😀\u0301"]),
         st.integers(min_value=-(2**64), max_value=2**64),
         st.text(max_size=80),

@@ -18,9 +18,9 @@ from tests.faults import eventually
 from tests.support import Api, Client, barrier, make_token, sync_engine
 
 JOIN_KEYS = {"conversation", "messages", "has_more", "online", "unread_count", "last_read_seq", "read_positions",
-             "slow_mode_s", "pinned"}  # slow_mode_s, pinned: extensions (docs/api.md, Moderation)
+             "slow_mode_s", "pinned", "guidelines_accepted"}  # extensions (docs/api.md, Moderation)
 MESSAGE_KEYS = {"id", "conversation_id", "seq", "sender", "body", "client_msg_id", "created_at", "edited_at", "deleted",
-                "reactions", "attachments",
+                "reactions", "attachments", "mentions",
                 "thread_id", "thread"}  # threads (docs/api.md "Threads")
 CONVERSATION_KEYS = {"id", "kind", "creator_id", "name", "min_tier_cents", "post_policy"}
 
@@ -75,7 +75,8 @@ async def test_join_answer_shape(shared_any_server: Cluster, uid: Any) -> None:
         ja = await join(a, room)
         assert set(ja) - {"ok"} == JOIN_KEYS
         assert ja["conversation"] == {"id": room, "kind": "room", "creator_id": cre_id, "name": "Lounge",
-                                      "min_tier_cents": 500, "post_policy": "everyone"}
+                                      "min_tier_cents": 500, "post_policy": "everyone", "topic": "", "emoji": None,
+                                      "archived": False, "guidelines": "", "guidelines_version": 0}
         assert [m["seq"] for m in ja["messages"]] == list(range(71, 121)) and ja["has_more"] is True
         assert ja["online"] == [cre_id]
         assert all(set(m) == MESSAGE_KEYS for m in ja["messages"])

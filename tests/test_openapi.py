@@ -166,6 +166,7 @@ def test_real_answers_match_the_document(env: Env) -> None:
                           {"body": "to delete", "client_msg_id": f"oa-del-{time.time_ns()}"})
     assert sent.status_code == 201, sent.text
     message_id = sent.json()["message"]["id"]
+    doomed = env.api.room("cre", "Doomed")  # changed, then deleted (chat spaces)
     calls: list[tuple[str, str, str, dict[str, str], Any]] = [
         ("put", "/api/v1/server/users/{user_id}", "/api/v1/server/users/oa1", server, {"name": "Oa", "avatar_url": None}),
         ("put", "/api/v1/server/memberships/{creator_id}/{patron_id}", "/api/v1/server/memberships/cre/oa1", server,
@@ -173,6 +174,10 @@ def test_real_answers_match_the_document(env: Env) -> None:
         ("post", "/api/v1/server/rooms", "/api/v1/server/rooms", server,
          {"creator_id": "cre", "name": "R2", "min_tier_cents": 0, "post_policy": "everyone", "external_id": "r2"}),
         ("get", "/api/v1/server/rooms", "/api/v1/server/rooms?creator_id=cre&limit=1", server, None),
+        ("get", "/api/v1/server/rooms/{conversation_id}", f"/api/v1/server/rooms/{env.room}", server, None),
+        ("patch", "/api/v1/server/rooms/{conversation_id}", f"/api/v1/server/rooms/{doomed}", server,
+         {"topic": "Say hi", "emoji": "🎸", "guidelines": "Be kind.", "archived": True}),
+        ("delete", "/api/v1/server/rooms/{conversation_id}", f"/api/v1/server/rooms/{doomed}", server, None),
         ("delete", "/api/v1/server/messages/{message_id}", f"/api/v1/server/messages/{message_id}", server, None),
         ("get", "/api/v1/server/conversations/{conversation_id}/messages",
          f"/api/v1/server/conversations/{env.room}/messages?since_seq=0&limit=5", server, None),
@@ -220,11 +225,15 @@ def test_real_answers_match_the_document(env: Env) -> None:
         ("post", "/api/v1/server/webhooks/deliveries/{delivery_id}/replay",
          f"/api/v1/server/webhooks/deliveries/{_failed_delivery(env)}/replay", server, None),
         ("post", "/api/v1/conversations/{conversation_id}/messages", f"/api/v1/conversations/{env.room}/messages", pat,
-         {"body": "hello", "client_msg_id": f"oa-{time.time_ns()}"}),
+         {"body": "hello @cre", "client_msg_id": f"oa-{time.time_ns()}", "mentions": ["pat", "nobody"]}),
+        ("get", "/api/v1/conversations/{conversation_id}/members",
+         f"/api/v1/conversations/{env.room}/members?q=c&limit=5", pat, None),
         ("get", "/api/v1/conversations/{conversation_id}/messages",
          f"/api/v1/conversations/{env.room}/messages?limit=5", pat, None),
         ("get", "/api/v1/conversations/{conversation_id}/messages/{message_id}/reactions",
          f"/api/v1/conversations/{env.room}/messages/{env.message_id}/reactions?limit=5", pat, None),
+        ("post", "/api/v1/conversations/{conversation_id}/guidelines/accept",
+         f"/api/v1/conversations/{env.room}/guidelines/accept", pat, {"version": 0}),
         ("get", "/api/v1/me", "/api/v1/me", pat, None),
         ("get", "/api/v1/moderation", "/api/v1/moderation", cre, None),
         ("get", "/api/v1/conversations", "/api/v1/conversations", pat, None),

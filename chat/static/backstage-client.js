@@ -283,6 +283,10 @@ export class BackstageClient extends Emitter {
       "message_hidden", "report_opened", "report_resolved", "user_blocked"]) {
       socket.on(name, (payload) => this._emit(name, payload));
     }
+    // chat spaces (docs/api.md): a room changed; a room was deleted (access_revoked follows)
+    for (const name of ["conversation_updated", "conversation_deleted"]) {
+      socket.on(name, (payload) => this._emit(name, payload));
+    }
     socket.on("access_revoked", (ev) => {
       const conv = ev && this._convs.get(String(ev.conversation_id));
       if (conv) this._untrack(conv, new BackstageError("forbidden", "access revoked"));
@@ -512,6 +516,12 @@ export class BackstageClient extends Emitter {
     return this.request("typing", { conversation_id: String(conversationId), typing: Boolean(typing) });
   }
 
+  /** Accepts a room's guidelines at `version` (its conversation's guidelines_version), which
+   * sends there need first; resolves {conversation_id, guidelines_version}. */
+  acceptGuidelines(conversationId, version) {
+    return this.request("accept_guidelines", { conversation_id: String(conversationId), version });
+  }
+
   /** Subscribes to a channel; kept across reconnects until unsubscribe(). */
   async subscribe(channel) {
     const res = await this.request("subscribe", { channel });
@@ -738,8 +748,10 @@ export class BackstageClient extends Emitter {
    * Rejects with the server's error (`forbidden`, `invalid`, `conflict`, ...), after
    * maxSendAttempts transient failures, or `cancelled` / `closed`.
    * `send_status` events follow it: queued, sending, retrying, sent, failed, cancelled.
+   * `mentions`: user ids the message mentions besides the body's @mentions (e.g. picked from a
+   * completion list); the server keeps the members among them (the message's `mentions`).
    */
-  send(conversationId, body, { clientMsgId, attachments, threadId } = {}) {
+  send(conversationId, body, { clientMsgId, attachments, threadId, mentions } = {}) {
     const cmid = clientMsgId ?? newClientMsgId();
     const existing = this._pending.get(cmid);
     if (existing) {
@@ -752,6 +764,7 @@ export class BackstageClient extends Emitter {
       attachments: Array.isArray(attachments) && attachments.length ? attachments.map(String) : null,
       clientMsgId: cmid,
       threadId: threadId === undefined || threadId === null ? null : String(threadId),
+      mentions: Array.isArray(mentions) && mentions.length ? mentions.map(String) : null,
       status: "new",
       error: null,
       attempts: 0,
@@ -797,6 +810,7 @@ export class BackstageClient extends Emitter {
     const payload = { conversation_id: p.conversationId, body: p.body, client_msg_id: p.clientMsgId };
     if (p.attachments) payload.attachments = p.attachments;
     if (p.threadId !== null) payload.thread_id = p.threadId;
+    if (p.mentions) payload.mentions = p.mentions;
     this.request("send", payload).then(
       (res) => {
         if (this._pending.get(p.clientMsgId) !== p) return; // confirmed by the broadcast already

@@ -190,6 +190,13 @@ async def test_room_message_user_and_presence_calls(backstage: Any, uid: Any) ->
             assert page["rooms"] == [room] and page["next_cursor"]
             rest = await asyncio.to_thread(lambda: pub.list_rooms(cre, cursor=page["next_cursor"]))
             assert rest == {"rooms": [second], "next_cursor": None}
+            renamed = await asyncio.to_thread(lambda: pub.update_room(second["id"], name="Green", emoji="🎸"))
+            assert (renamed["name"], renamed["emoji"], renamed["archived"]) == ("Green", "🎸", False)
+            assert (await apub.update_room(second["id"], archived=True))["archived"] is True
+            await apub.delete_room(second["id"])
+            with pytest.raises(PublishError) as gone_room:
+                await asyncio.to_thread(lambda: pub.delete_room(second["id"]))
+            assert gone_room.value.code == "not_found"
 
             assert (await sock.call("join", {"conversation_id": room["id"]}))["ok"]
             sent = (await sock.call("send", {"conversation_id": room["id"], "body": "hi", "client_msg_id": "p1"}))["message"]

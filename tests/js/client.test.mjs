@@ -92,6 +92,21 @@ describe("BackstageClient", { concurrency: true }, () => {
       assert.deepEqual(a.pendingSends(), []);
     });
 
+    test("mentions: send() passes a mentions list; messages carry mentions", T, async () => {
+      const t = await api.roomWithTwo();
+      const a = client(server.urls[0], t.creatorToken);
+      const b = client(server.urls.at(-1), t.patronToken);
+      await Promise.all([a.connect(), b.connect()]);
+      await a.join(t.room);
+      await b.join(t.room);
+      const byName = await b.send(t.room, "hi @cara");
+      assert.deepEqual(byName.mentions, [t.creator]);
+      const listed = await b.send(t.room, "look at this", { mentions: [t.creator, "nobody_here"] });
+      assert.deepEqual(listed.mentions, [t.creator]);
+      const live = await a.rec.waitFor("message", (m) => m.id === listed.id);
+      assert.deepEqual(live.mentions, [t.creator]);
+    });
+
     test("edit, delete, reactions, typing, read and presence come through as events", T, async () => {
       const t = await api.roomWithTwo();
       const a = client(server.urls[0], t.creatorToken);
@@ -440,6 +455,29 @@ describe("BackstageClient", { concurrency: true }, () => {
       const a = client(server.urls[0], token);
       await assert.rejects(a.connect(), (err) => err.code === "too_many_connections");
       for (const s of sockets) s.close();
+    });
+  });
+
+  describe("chat spaces", () => {
+    test("guidelines are accepted before posting; room changes and deletion are passed on", T, async () => {
+      const t = await api.roomWithTwo();
+      const a = client(server.urls[0], t.patronToken);
+      await a.connect();
+      await a.join(t.room);
+      const updated = new Promise((resolve) => a.on("conversation_updated", (c) => c.guidelines_version === 1 && resolve(c)));
+      await other.admin("PATCH", `/rooms/${t.room}`, { guidelines: "Be kind." });
+      assert.equal((await updated).guidelines, "Be kind.");
+      await assert.rejects(a.send(t.room, "too early"),
+        (err) => err.code === "forbidden" && err.details?.reason === "guidelines" && err.details?.guidelines_version === 1);
+      const accepted = await a.acceptGuidelines(t.room, 1);
+      assert.equal(accepted.guidelines_version, 1);
+      assert.equal((await a.send(t.room, "accepted")).body, "accepted");
+      const deleted = new Promise((resolve) => a.on("conversation_deleted", resolve));
+      const revoked = new Promise((resolve) => a.on("access_revoked", resolve));
+      await other.admin("DELETE", `/rooms/${t.room}`);
+      assert.deepEqual(await deleted, { conversation_id: t.room });
+      assert.deepEqual(await revoked, { conversation_id: t.room });
+      assert.ok(!a.conversations().includes(t.room));
     });
   });
 });

@@ -238,6 +238,16 @@ class Publisher:
         return dict(self._request("GET", ROOMS_PATH, params=_params(creator_id=creator_id, cursor=cursor, limit=limit),
                                   idempotent=True))
 
+    def update_room(self, conversation_id: str, **changes: Any) -> dict[str, Any]:
+        """Change a room (chat spaces): any of name, topic, emoji, min_tier_cents, post_policy,
+        archived, guidelines; members see it live. Returns the room object."""
+        return dict(self._request("PATCH", f"{ROOMS_PATH}/{_segment(conversation_id)}", changes,
+                                  idempotent=True)["conversation"])
+
+    def delete_room(self, conversation_id: str) -> None:
+        """Delete a room and its history (members get conversation_deleted and access_revoked)."""
+        self._request("DELETE", f"{ROOMS_PATH}/{_segment(conversation_id)}", idempotent=False)
+
     def delete_message(self, message_id: str) -> dict[str, Any]:
         """Delete any message (members get `message_updated`); returns the deleted message."""
         return dict(self._request("DELETE", f"/api/v1/server/messages/{_segment(message_id)}",
@@ -327,6 +337,13 @@ class AsyncPublisher:
                          limit: int | None = None) -> dict[str, Any]:
         return dict(await self._request("GET", ROOMS_PATH, params=_params(
             creator_id=creator_id, cursor=cursor, limit=limit), idempotent=True))
+
+    async def update_room(self, conversation_id: str, **changes: Any) -> dict[str, Any]:
+        answer = await self._request("PATCH", f"{ROOMS_PATH}/{_segment(conversation_id)}", changes, idempotent=True)
+        return dict(answer["conversation"])
+
+    async def delete_room(self, conversation_id: str) -> None:
+        await self._request("DELETE", f"{ROOMS_PATH}/{_segment(conversation_id)}", idempotent=False)
 
     async def delete_message(self, message_id: str) -> dict[str, Any]:
         answer = await self._request("DELETE", f"/api/v1/server/messages/{_segment(message_id)}", idempotent=True)
