@@ -27,6 +27,7 @@ import {
 } from "./moderation.js";
 import { onMessageHidden, onReportOpened, onReportResolved, setupReports } from "./reports.js";
 import { loadBlocks, onUserBlocked, setupBlocks } from "./blocks.js";
+import { applySpaceJoin, onConversationDeleted, onConversationUpdated, setupSpaces } from "./spaces.js";
 
 const ACK_TIMEOUT_MS = 10_000;
 const TYPING_REFRESH_MS = 2_000; // re-send typing:true this often while typing
@@ -102,6 +103,8 @@ function connectSocket() {
     if (conv) onMessageHidden(conv, ev);
   });
   client.on("user_blocked", onUserBlocked);
+  client.on("conversation_updated", onConversationUpdated);
+  client.on("conversation_deleted", onConversationDeleted);
   // Refused by the server (not a network error): bad credentials, or too many connections.
   client.connect().catch((err) => handleUnauthorized(err && err.message));
   watchConnection(client.socket, reconnectNow);
@@ -270,6 +273,7 @@ function onJoined({ conversationId, answer }) {
   }
   conv.online = new Set((answer.online || []).map(String));
   applyJoinAnswer(conv, answer);
+  applySpaceJoin(conv, answer);
   for (const rp of answer.read_positions || []) {
     learnName(rp);
     const userId = String(rp.user_id);
@@ -1000,6 +1004,7 @@ async function boot() {
   });
   setupModeration({ request: emitAck, refresh: () => refreshConversations().catch(() => {}) });
   setupReports({ request: emitAck });
+  setupSpaces({ request: emitAck, remove: removeConversation, refresh: () => refreshConversations().catch(() => {}) });
   setupBlocks({
     request: emitAck,
     // After an unblock: what arrived as placeholders is read again.

@@ -127,7 +127,7 @@ function confirmBlock(userId, name) {
 
 /** A send was refused: in a direct conversation, `forbidden` means one of us blocks the other. */
 export function noteDirectRefusal(conv, error) {
-  if (conv.conversation.kind === "direct" && error && error.code === "forbidden") {
+  if (conv.conversation.kind === "direct" && error && error.code === "forbidden" && /blocks the other/.test(error.message || "")) {
     blocks.refusedDirect.add(conv.id);
     scheduleRender();
   }

@@ -10,6 +10,7 @@ import { addRenderHook, scheduleRender, showNotice } from "./render.js";
 import { isCreatorOf, nameOf, openConv, state } from "./state.js";
 import { blockedComposer, noteDirectRefusal, noteDirectSent } from "./blocks.js";
 import { loadDesk, reloadDesks, reportsSection, reportsSig } from "./reports.js";
+import { noteSpaceRefusal, spaceComposer } from "./spaces.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -167,6 +168,7 @@ export function noteSent(conv) {
 /** A send was refused: a timeout (`forbidden` with `until`) or slow mode (`rate_limited` with `retry_after`). */
 export function noteSendError(conv, error) {
   noteDirectRefusal(conv, error);
+  noteSpaceRefusal(conv, error);
   const details = (error && error.details) || {};
   if (error && error.code === "forbidden" && details.until) {
     setTimeoutUntil(String(conv.conversation.creator_id), details.until);
@@ -194,7 +196,7 @@ function slowLeft(conv) {
  * placeholder} while timed out, or {wait: "12 s"} while slow mode holds the next send back.
  */
 export function composerBlock(conv) {
-  const blocked = blockedComposer(conv);
+  const blocked = blockedComposer(conv) || spaceComposer(conv);
   if (blocked) return blocked;
   if (timeoutLeft(conv) > 0) return { disabled: true, placeholder: "You are timed out in this room" };
   const slow = slowLeft(conv);

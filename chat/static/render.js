@@ -20,6 +20,7 @@ import { avatarUrl, fillAvatar, menuModeFor, messageMenu, openPicker, openSubmen
 import { buildPhotos, paint as paintPhotos, photosLabel, uploading } from "./photos.js";
 import { composerBlock, moderationItems, moderationSubmenus } from "./moderation.js";
 import { isReported, memberItems, messageVeil } from "./reports.js";
+import { roomSymbol } from "./spaces.js";
 
 /** Filled by app.js: what buttons in rendered items do. */
 export const actions = {};
@@ -111,7 +112,7 @@ function buildListItem(conv) {
   const isRoom = conv.conversation.kind === "room";
   const presence = presenceOf(conv);
   const avatar = h("span", { class: "avatar", "aria-hidden": "true" });
-  fillAvatar(avatar, { key: conv.id, name, userId: otherMemberId(conv), symbol: isRoom ? "#" : null });
+  fillAvatar(avatar, { key: conv.id, name, userId: otherMemberId(conv), symbol: isRoom ? roomSymbol(conv) : null });
   const wrap = h("span", { class: "avatar-wrap" }, avatar);
   if (presence) wrap.append(h("span", { class: `presence-dot ${presence}`, title: PRESENCE_TITLE[presence] }));
   const badge =
@@ -128,8 +129,10 @@ function buildListItem(conv) {
         { class: "conv-top" },
         h("span", { class: "conv-name" }, name),
         conv.muted ? h("span", { class: "conv-muted", title: "Muted" }, "muted") : null,
+        isRoom && conv.conversation.archived ? h("span", { class: "conv-muted", title: "Archived: read-only" }, "archived") : null,
         h("time", { class: "conv-time", datetime: conv.lastMessage ? conv.lastMessage.created_at : null }, conv.lastMessage ? shortTime(conv.lastMessage.created_at) : ""),
       ),
+      isRoom && conv.conversation.topic ? h("div", { class: "conv-topic", "data-testid": "conversation-topic" }, conv.conversation.topic) : null,
       h("div", { class: "conv-bottom" }, h("span", { class: "conv-preview" }, previewText(conv)), badge),
     ),
   ];
@@ -151,6 +154,7 @@ function renderList() {
       presenceOf(conv),
       avatarUrl(otherMemberId(conv)),
       messageVeil(conv, conv.lastMessage),
+      [conv.conversation.emoji, conv.conversation.topic, conv.conversation.archived],
     ]);
     let item = listItems.get(conv.id);
     if (!item) {
@@ -383,7 +387,7 @@ function deleteItem(conv, msg) {
 function renderHeader(conv) {
   const name = conversationName(conv);
   const isRoom = conv.conversation.kind === "room";
-  fillAvatar($("conv-avatar"), { key: conv.id, name, userId: otherMemberId(conv), symbol: isRoom ? "#" : null });
+  fillAvatar($("conv-avatar"), { key: conv.id, name, userId: otherMemberId(conv), symbol: isRoom ? roomSymbol(conv) : null });
   const title = $("conv-title");
   if (title.textContent !== name) title.textContent = name;
 
@@ -394,6 +398,7 @@ function renderHeader(conv) {
     if (conv.joined) parts.push(`${conv.online.size} online`);
     else if (state.connection !== "connected") parts.push("online count unknown");
     if (conv.conversation.post_policy === "creator") parts.push("creator posts only");
+    if (conv.conversation.archived) parts.push("archived");
   } else {
     parts.push(presenceText(presenceOf(conv)));
   }
