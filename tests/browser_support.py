@@ -155,16 +155,23 @@ def _expected_console_error(text: str) -> bool:
     return bool(_EXPECTED_ERRORS.search(text))
 
 
-def seed_messages(api: Any, token: str, conversation_id: str, count: int, prefix: str = "seed") -> None:
-    """Posts `count` messages over HTTP, waiting out the per-user rate limit (a 429 stored nothing)."""
+def seed_messages(api: Any, token: str, conversation_id: str, count: int, prefix: str = "seed",
+                  thread_id: str | None = None) -> list[dict[str, Any]]:
+    """Posts `count` messages over HTTP (replies to `thread_id` when given), waiting out the
+    per-user rate limit (a 429 stored nothing); returns the stored messages."""
+    stored = []
     for i in range(1, count + 1):
-        body = {"body": f"{prefix} {i}", "client_msg_id": str(uuid.uuid4())}
+        body: dict[str, Any] = {"body": f"{prefix} {i}", "client_msg_id": str(uuid.uuid4())}
+        if thread_id is not None:
+            body["thread_id"] = thread_id
         for _ in range(100):
             r = api.client(token, "POST", f"/conversations/{conversation_id}/messages", json=body)
             if r.status_code != 429:
                 break
             time.sleep(0.1)
         assert r.status_code == 201, r.text
+        stored.append(r.json()["message"])
+    return stored
 
 
 def noisy_png(width: int, height: int, seed: int = 1) -> bytes:

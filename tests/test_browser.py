@@ -263,7 +263,8 @@ def test_edit_and_delete_messages(browser, cluster, pages, who):
     b.wait_seqs([1, 2, 3])
     b.message(3).hover()
     b.message(3).get_by_role("button", name="Message actions").click()
-    expect(b.message(3).get_by_role("menuitem")).to_have_text(["Add reaction", "Copy text", "Report…", "Block Cara Creator…"])
+    expect(b.message(3).get_by_role("menuitem")).to_have_text(
+        ["Add reaction", "Reply in thread", "Copy text", "Report…", "Block Cara Creator…"])
     b.page.keyboard.press("Escape")
 
     # The room's creator deletes a patron's message, by keyboard: Enter opens the menu with its
@@ -279,6 +280,8 @@ def test_edit_and_delete_messages(browser, cluster, pages, who):
     expect(menu).to_have_count(0)
     expect(trigger).to_be_focused()
     trigger.press("Enter")
+    a.page.keyboard.press("ArrowDown")
+    expect(menu.get_by_role("menuitem", name="Reply in thread")).to_be_focused()
     a.page.keyboard.press("ArrowDown")
     expect(menu.get_by_role("menuitem", name="Delete")).to_be_focused()
     a.page.keyboard.press("Enter")

@@ -105,13 +105,21 @@ export const listConversations = () => api("GET", "/api/v1/conversations");
 /** {moderator_of, timeouts, teams} (docs/api.md "Moderation"). */
 export const getModeration = () => api("GET", "/api/v1/moderation");
 
-export function listMessages(conversationId, { beforeSeq, afterSeq, limit } = {}) {
+export function listMessages(conversationId, { beforeSeq, afterSeq, limit, threadId, includeReplies } = {}) {
   const q = new URLSearchParams();
+  if (threadId !== undefined && threadId !== null) q.set("thread_id", String(threadId));
+  if (includeReplies !== undefined) q.set("include_replies", includeReplies ? "true" : "false");
   if (beforeSeq !== undefined) q.set("before_seq", String(beforeSeq));
   if (afterSeq !== undefined) q.set("after_seq", String(afterSeq));
   if (limit !== undefined) q.set("limit", String(limit));
   const qs = q.toString();
   return api("GET", `/api/v1/conversations/${encodeURIComponent(conversationId)}/messages${qs ? `?${qs}` : ""}`);
+}
+
+/** Members one can mention whose name, a word of it, or id starts with `q`: {members: [{id, name, avatar_url}]}. */
+export function listMembers(conversationId, q, limit) {
+  const qs = new URLSearchParams({ q: q || "", limit: String(limit || 10) });
+  return api("GET", `/api/v1/conversations/${encodeURIComponent(conversationId)}/members?${qs}`);
 }
 
 /** Who reacted to a message: {reactions: [{emoji, count, me, users: [{id, name}]}]} (25 users per emoji). */

@@ -13,6 +13,8 @@ import { forgetCreatorChannels, onCreatorEvent, setupCreatorEvents, subscribeCre
 import { applyReactionEvent, loadWho } from "./reactions.js";
 import { onMenuClose, renderMe, setupMessageMenus, watchConnection } from "./ui.js";
 import { clearTray, photosForSend, setupPhotos } from "./photos.js";
+import { isReply, refreshThread, setupThreads } from "./threads.js";
+import { attachCompletion, mentionsMe } from "./mentions.js";
 import {
   applyJoinAnswer,
   composerBlock,
@@ -41,6 +43,7 @@ const MAX_BODY_CHARS = 4_000;
 const $ = (id) => document.getElementById(id);
 
 let client = null; // BackstageClient
+let mainMentions = null; // the main composer's @ completion (mentions.js)
 let authFailed = false;
 const drafts = new Map(); // conversation id -> unsent composer text
 
@@ -148,7 +151,10 @@ async function onConnect(reconnect) {
     .getMe()
     .then((me) => setUnreadNotifications(me.unread_notifications))
     .catch(() => {});
-  if (reconnect) loadModeration(); // a timeout or an appointment may have come meanwhile
+  if (reconnect) {
+    loadModeration(); // a timeout or an appointment may have come meanwhile
+    refreshThread();
+  }
 }
 
 function onDisconnect() {
@@ -187,6 +193,9 @@ function mergeMessage(conv, msg) {
     if (!msg.deleted && existing.edited_at && (!msg.edited_at || msg.edited_at < existing.edited_at)) return false;
   }
   if (!Array.isArray(msg.reactions)) msg.reactions = msg.deleted || !existing ? [] : existing.reactions || [];
+  // A root's summary only grows (updates from two processes may cross): keep the larger one.
+  const had = existing && existing.thread;
+  if (had && (!msg.thread || (msg.thread.reply_count || 0) < (had.reply_count || 0))) msg.thread = had;
   // An edit's frame may leave the photos out: they cannot change, keep the ones we have.
   if (!msg.deleted && existing && !(Array.isArray(msg.attachments) && msg.attachments.length)) msg.attachments = existing.attachments || [];
   conv.messages.set(msg.seq, msg);
@@ -205,11 +214,13 @@ function addMessages(conv, msgs) {
     if (msg.sender.name) state.names.set(msg.sender.id, msg.sender.name);
     const isNew = mergeMessage(conv, msg);
     if (isOwn(msg) && msg.client_msg_id) conv.pending.delete(msg.client_msg_id);
-    if (!isNew) continue;
+    // (Also when a thread page brought it first: the main window starts at lowSeq.)
     if (conv.lowSeq === null || msg.seq < conv.lowSeq) conv.lowSeq = msg.seq;
+    if (!isNew) continue;
     if (!conv.lastMessage || msg.seq >= conv.lastMessage.seq) conv.lastMessage = msg;
     // Messages up to countedSeq were in the server's unread_count of the last list refresh.
     if (msg.seq > conv.countedSeq && !isOwn(msg) && !msg.deleted) conv.unread += 1;
+    if (msg.seq > conv.countedSeq && !isOwn(msg) && mentionsMe(msg)) conv.mentionCount += 1;
     // Sending moves the sender's read position to their message.
     const pos = conv.readers.get(msg.sender.id) || 0;
     if (msg.seq > pos) conv.readers.set(msg.sender.id, msg.seq);
@@ -220,6 +231,23 @@ function addMessages(conv, msgs) {
     }
   }
   while (conv.messages.has(conv.highSeq + 1)) conv.highSeq += 1;
+}
+
+/**
+ * A thread page's messages (threads.js): kept with the others, so edits, reactions and the
+ * seq stream apply to them alike, but outside the main window (lowSeq) and without unread
+ * counting. Ones the client has not delivered yet are left to it (they come in order).
+ */
+function storeThreadMessages(conv, msgs) {
+  const delivered = client ? client.lastSeq(conv.id) : null;
+  for (const msg of msgs || []) {
+    if (!msg || typeof msg.seq !== "number" || !msg.sender) continue;
+    if (delivered !== null && msg.seq > delivered && !conv.messages.has(msg.seq)) continue;
+    msg.sender.id = String(msg.sender.id);
+    if (msg.sender.name) state.names.set(msg.sender.id, msg.sender.name);
+    mergeMessage(conv, msg);
+  }
+  scheduleRender();
 }
 
 /** The latest page (join without since_seq, or GET .../messages): the window to grow from. */
@@ -333,10 +361,11 @@ async function loadOlder(conv) {
   try {
     let res;
     if (isConnected()) {
-      res = await emitAck("history", { conversation_id: conv.id, before_seq: conv.lowSeq, limit: PAGE });
+      // Without thread replies: they show in their thread (threads.js).
+      res = await emitAck("history", { conversation_id: conv.id, before_seq: conv.lowSeq, limit: PAGE, include_replies: false });
       if (!res.ok) throw new Error((res.error && res.error.message) || "failed");
     } else {
-      res = await api.listMessages(conv.id, { beforeSeq: conv.lowSeq, limit: PAGE });
+      res = await api.listMessages(conv.id, { beforeSeq: conv.lowSeq, limit: PAGE, includeReplies: false });
     }
     addMessages(conv, res.messages);
     conv.hasMoreBefore = Boolean(res.has_more);
@@ -361,6 +390,7 @@ function fillViewport() {
 function markRead(conv) {
   if (state.openId !== conv.id || document.visibilityState === "hidden") return;
   conv.unread = 0;
+  conv.mentionCount = 0;
   const seq = maxSeq(conv);
   if (seq <= conv.readSent || !isConnected()) return;
   const previous = conv.readSent;
@@ -386,7 +416,8 @@ function markRead(conv) {
  */
 function sendPending(conv, p) {
   const attachments = (p.attachments || []).map((a) => a.id);
-  client.send(conv.id, p.body, { clientMsgId: p.cmid, attachments }).then(
+  const mentions = p.mentions && p.mentions.length ? p.mentions : undefined;
+  client.send(conv.id, p.body, { clientMsgId: p.cmid, attachments, threadId: p.threadId || null, mentions }).then(
     (msg) => {
       if (!msg || !state.convs.has(conv.id)) return;
       addMessages(conv, [msg]);
@@ -421,6 +452,25 @@ function onSendStatus(s) {
   scheduleRender();
 }
 
+/** A reply from the thread panel (threads.js): pending like any send, with its root's id. */
+function sendReply(conv, body, rootId, mentions = [], attachments = []) {
+  const p = {
+    cmid: api.newClientMsgId(),
+    body,
+    mentions,
+    attachments,
+    threadId: rootId,
+    status: "queued",
+    error: null,
+    autoRetry: false,
+    attempt: 0,
+    createdAt: Date.now(),
+  };
+  conv.pending.set(p.cmid, p);
+  scheduleRender();
+  sendPending(conv, p);
+}
+
 function submitComposer() {
   const conv = openConv();
   if (!conv || !canPost(conv)) return;
@@ -446,13 +496,16 @@ function submitComposer() {
     showNotice(`Messages are limited to ${MAX_BODY_CHARS} characters.`, "error");
     return;
   }
+  const mentions = mainMentions ? mainMentions.mentionsFor(body) : [];
   composer.value = "";
   drafts.delete(conv.id);
   clearTray(conv.id);
   stopTyping();
+  if (mainMentions) mainMentions.reset();
   const p = {
     cmid: api.newClientMsgId(),
     body,
+    mentions,
     attachments: photos.attachments,
     status: "queued",
     error: null,
@@ -548,7 +601,7 @@ function onMessage(msg) {
     return;
   }
   addMessages(conv, [msg]);
-  afterMessagesChanged(conv, isOwn(msg) ? { scroll: "bottom" } : {});
+  afterMessagesChanged(conv, isOwn(msg) && !isReply(msg) ? { scroll: "bottom" } : {});
 }
 
 function onMessageUpdated(msg) {
@@ -602,7 +655,10 @@ function onRead(ev) {
   const userId = String(ev.user_id);
   if (state.me && userId === state.me.id) {
     // Read in another tab or device of ours.
-    if (ev.seq >= maxSeq(conv)) conv.unread = 0;
+    if (ev.seq >= maxSeq(conv)) {
+      conv.unread = 0;
+      conv.mentionCount = 0;
+    }
     if (ev.seq > conv.readSent) conv.readSent = ev.seq;
   } else if (ev.seq > (conv.readers.get(userId) || 0)) {
     conv.readers.set(userId, ev.seq);
@@ -695,8 +751,14 @@ async function refreshConversations({ join = true } = {}) {
     }
     conv.countedSeq = last ? last.seq : 0;
     let newer = 0;
-    for (const m of conv.messages.values()) if (m.seq > conv.countedSeq && !isOwn(m) && !m.deleted) newer += 1;
+    let newerMentions = 0;
+    for (const m of conv.messages.values()) {
+      if (m.seq <= conv.countedSeq || isOwn(m) || m.deleted) continue;
+      newer += 1;
+      if (mentionsMe(m)) newerMentions += 1;
+    }
     conv.unread = (entry.unread_count || 0) + newer;
+    conv.mentionCount = (entry.mention_count || 0) + newerMentions;
   });
   for (const id of [...state.convs.keys()]) {
     if (!seen.has(id)) {
@@ -717,6 +779,8 @@ function openConversation(id) {
     stopTyping();
     state.editing = null;
     state.confirmDelete = null;
+    state.thread = null;
+    if (mainMentions) mainMentions.reset();
   }
   // On a phone the conversation is a screen of its own: the browser's back returns to the list.
   if (isPhone() && !state.openId) window.history.pushState({ backstageConversation: id }, "");
@@ -752,19 +816,20 @@ function closeConversation() {
 
 // ------------------------------------------------------------------ edit / delete / retry
 
-actions.startEdit = (convId, seq) => {
+actions.startEdit = (convId, seq, scope = "main") => {
   const conv = state.convs.get(convId);
   const msg = conv && conv.messages.get(seq);
   if (!msg) return;
-  state.editing = { convId, seq, draft: msg.body, error: null, focused: false, saving: false };
+  state.editing = { convId, seq, scope, draft: msg.body, error: null, focused: false, saving: false };
   state.confirmDelete = null;
   scheduleRender();
 };
 
 actions.cancelEdit = () => {
+  const inThread = state.editing && state.editing.scope === "thread";
   state.editing = null;
   scheduleRender();
-  $("composer").focus();
+  $(inThread ? "thread-composer" : "composer").focus();
 };
 
 actions.saveEdit = async () => {
@@ -992,6 +1057,14 @@ async function boot() {
         : Promise.resolve({ ok: false, error: { code: "offline" } }),
   });
   setupMessageMenus($("message-list"), { onChipHold: showWhoReacted });
+  mainMentions = attachCompletion($("composer"), { convId: () => state.openId });
+  setupThreads({
+    connected: isConnected,
+    request: emitAck,
+    store: storeThreadMessages,
+    sendReply,
+    onChipHold: showWhoReacted,
+  });
   onMenuClose(disarm);
   setupPhotos({
     convId: () => {

@@ -14,10 +14,12 @@ const PREVIEW_PX = 160;
 
 const $ = (id) => document.getElementById(id);
 
-/** conversation id -> [{key, name, size, preview, status, progress, error, id, xhr}] */
+/** tray key (a conversation id; "{conversation id}|{root id}" for a thread) -> [{key, name, size, preview, status, progress, error, id, xhr}] */
 const trays = new Map();
 let hooks = { convId: () => null, changed: () => {}, notice: () => {}, unauthorized: () => {} };
 let nextKey = 1;
+/** The composers that take photos: {trayKey() (null: none now), tray element, composer, paintedSig}. */
+const slots = [];
 
 function trayOf(convId) {
   if (!trays.has(convId)) trays.set(convId, []);
@@ -31,23 +33,39 @@ function trayOf(convId) {
  */
 export function setupPhotos(options) {
   hooks = { ...hooks, ...options };
-  const input = $("photo-input");
-  $("attach-button").addEventListener("click", () => input.click());
+  addPhotoSlot({
+    button: $("attach-button"),
+    input: $("photo-input"),
+    composer: $("composer"),
+    zone: $("conv-pane"),
+    tray: $("photo-tray"),
+    trayKey: () => hooks.convId(),
+  });
+}
+
+/**
+ * One more composer taking photos (the thread panel's): its attach button, file input,
+ * composer (paste), drop zone and tray; trayKey(): whose tray it shows (null: none).
+ */
+export function addPhotoSlot({ button, input, composer, zone, tray, trayKey }) {
+  const slot = { trayKey, tray, composer, paintedSig: null };
+  slots.push(slot);
+  button.addEventListener("click", () => input.click());
   input.addEventListener("change", () => {
-    addFiles([...input.files]);
+    addFiles([...input.files], slot);
     input.value = ""; // the same file can be chosen again
   });
-  $("composer").addEventListener("paste", (e) => {
+  composer.addEventListener("paste", (e) => {
     const files = [...((e.clipboardData && e.clipboardData.files) || [])];
     if (!files.length) return;
     e.preventDefault();
-    addFiles(files);
+    addFiles(files, slot);
   });
-  const pane = $("conv-pane");
+  const pane = zone;
   let depth = 0;
   const hasFiles = (e) => Boolean(e.dataTransfer && [...e.dataTransfer.types].includes("Files"));
   pane.addEventListener("dragenter", (e) => {
-    if (!hasFiles(e) || !hooks.convId()) return;
+    if (!hasFiles(e) || !slot.trayKey()) return;
     depth += 1;
     pane.classList.add("dropping");
   });
@@ -56,14 +74,14 @@ export function setupPhotos(options) {
     if (!depth) pane.classList.remove("dropping");
   });
   pane.addEventListener("dragover", (e) => {
-    if (hasFiles(e) && hooks.convId()) e.preventDefault(); // allows the drop
+    if (hasFiles(e) && slot.trayKey()) e.preventDefault(); // allows the drop
   });
   pane.addEventListener("drop", (e) => {
     depth = 0;
     pane.classList.remove("dropping");
     if (!hasFiles(e)) return;
     e.preventDefault();
-    addFiles([...e.dataTransfer.files]);
+    addFiles([...e.dataTransfer.files], slot);
   });
 }
 
@@ -78,8 +96,8 @@ function megabytes(n) {
   return `${(n / (1024 * 1024)).toFixed(1)} MB`;
 }
 
-function addFiles(files) {
-  const convId = hooks.convId();
+function addFiles(files, slot) {
+  const convId = slot.trayKey();
   if (!convId || !files.length) return;
   const tray = trayOf(convId);
   for (const file of files) {
@@ -166,7 +184,7 @@ function upload(item, file) {
   xhr.send(form);
 }
 
-function remove(convId, key) {
+function remove(convId, key, slot) {
   const tray = trayOf(convId);
   const i = tray.findIndex((it) => it.key === key);
   if (i < 0) return;
@@ -174,7 +192,7 @@ function remove(convId, key) {
   if (item.xhr) item.xhr.abort(); // an upload already stored stays unused (never served)
   paint();
   hooks.changed();
-  const next = document.querySelector("#photo-tray .tray-remove") || $("composer");
+  const next = slot.tray.querySelector(".tray-remove") || slot.composer;
   if (next) next.focus();
 }
 
@@ -206,15 +224,17 @@ export function hasPhotos(convId) {
 // ------------------------------------------------------------------ the tray
 
 /** Draws the open conversation's tray (called by the page's render and on upload status changes). */
-let paintedSig = null;
-
 export function paint() {
-  const convId = hooks.convId();
-  const el = $("photo-tray");
+  for (const slot of slots) paintSlot(slot);
+}
+
+function paintSlot(slot) {
+  const convId = slot.trayKey();
+  const el = slot.tray;
   const tray = convId ? trayOf(convId) : [];
   const sig = JSON.stringify([convId, tray.map((it) => [it.key, it.status, it.error, Boolean(it.preview)])]);
-  if (sig === paintedSig) return;
-  paintedSig = sig;
+  if (sig === slot.paintedSig) return;
+  slot.paintedSig = sig;
   el.hidden = tray.length === 0;
   el.replaceChildren(
     ...tray.map((item) => {
@@ -235,7 +255,7 @@ export function paint() {
           class: "icon-button tray-remove",
           "aria-label": `Remove ${item.name}`,
           "data-testid": "photo-remove",
-          onclick: () => remove(convId, item.key),
+          onclick: () => remove(convId, item.key, slot),
         }, "✕"),
       );
     }),
@@ -243,7 +263,7 @@ export function paint() {
 }
 
 function paintProgress(item) {
-  const tile = document.querySelector(`#photo-tray [data-key="${item.key}"]`);
+  const tile = slots.map((s) => s.tray.querySelector(`[data-key="${item.key}"]`)).find(Boolean);
   if (!tile) return;
   const percent = Math.round(item.progress * 100);
   const bar = tile.querySelector("progress");

@@ -21,6 +21,8 @@ import { buildPhotos, paint as paintPhotos, photosLabel, uploading } from "./pho
 import { composerBlock, moderationItems, moderationSubmenus } from "./moderation.js";
 import { isReported, memberItems, messageVeil } from "./reports.js";
 import { roomSymbol } from "./spaces.js";
+import { canReplyTo, isReply, threadSummary } from "./threads.js";
+import { mentionBody, mentionsMe } from "./mentions.js";
 
 /** Filled by app.js: what buttons in rendered items do. */
 export const actions = {};
@@ -115,6 +117,14 @@ function buildListItem(conv) {
   fillAvatar(avatar, { key: conv.id, name, userId: otherMemberId(conv), symbol: isRoom ? roomSymbol(conv) : null });
   const wrap = h("span", { class: "avatar-wrap" }, avatar);
   if (presence) wrap.append(h("span", { class: `presence-dot ${presence}`, title: PRESENCE_TITLE[presence] }));
+  const mentionBadge =
+    conv.mentionCount > 0
+      ? h(
+          "span",
+          { class: "mention-badge", "data-testid": "mention-badge", "aria-label": `${conv.mentionCount} ${conv.mentionCount === 1 ? "mention" : "mentions"} of you`, title: "Mentions you" },
+          `@${conv.mentionCount}`,
+        )
+      : null;
   const badge =
     conv.unread > 0
       ? h("span", { class: "badge", "data-testid": "unread-badge", "aria-label": `${conv.unread} unread` }, String(conv.unread))
@@ -133,7 +143,7 @@ function buildListItem(conv) {
         h("time", { class: "conv-time", datetime: conv.lastMessage ? conv.lastMessage.created_at : null }, conv.lastMessage ? shortTime(conv.lastMessage.created_at) : ""),
       ),
       isRoom && conv.conversation.topic ? h("div", { class: "conv-topic", "data-testid": "conversation-topic" }, conv.conversation.topic) : null,
-      h("div", { class: "conv-bottom" }, h("span", { class: "conv-preview" }, previewText(conv)), badge),
+      h("div", { class: "conv-bottom" }, h("span", { class: "conv-preview" }, previewText(conv)), mentionBadge, badge),
     ),
   ];
 }
@@ -150,6 +160,7 @@ function renderList() {
       conv.conversation.kind,
       conv.lastMessage && [conv.lastMessage.seq, conv.lastMessage.body, conv.lastMessage.deleted, conv.lastMessage.created_at],
       conv.unread,
+      conv.mentionCount,
       conv.muted,
       presenceOf(conv),
       avatarUrl(otherMemberId(conv)),
@@ -187,8 +198,6 @@ function renderList() {
 
 // ------------------------------------------------------------ open conversation
 
-let renderedConvId = null;
-const messageEls = new Map(); // key -> {el, sig}
 
 function seenByMap(conv, sortedSeqs) {
   const bySeq = new Map();
@@ -216,13 +225,26 @@ function seenByMap(conv, sortedSeqs) {
   return bySeq;
 }
 
-function buildMessage(conv, msg, { grouped, seenBy, pending }) {
+/** The key of a view's message menus (ui.js): the thread panel's are its own. */
+export function menuKey(conv, scope) {
+  return scope === "thread" ? `${conv.id}|thread` : conv.id;
+}
+
+/** Whether the message being edited is this one, in this view. */
+function editingIn(conv, msg, scope) {
+  const ed = state.editing;
+  return Boolean(ed && ed.convId === conv.id && ed.seq === msg.seq && (ed.scope || "main") === scope);
+}
+
+export function buildMessage(conv, msg, { grouped, seenBy, pending, scope = "main" }) {
   const own = Boolean(state.me && msg.sender && msg.sender.id === state.me.id);
   const classes = ["msg"];
   if (own) classes.push("own");
   if (grouped) classes.push("grouped");
   if (msg.deleted) classes.push("deleted");
   if (pending) classes.push(pending.status === "failed" ? "failed" : "pending");
+  const forMe = !pending && !own && mentionsMe(msg);
+  if (forMe) classes.push("mentions-me");
   const el = h("article", {
     class: classes.join(" "),
     "data-testid": "message",
@@ -230,6 +252,7 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
     "data-message-id": pending ? null : msg.id,
     "data-client-msg-id": msg.client_msg_id || null,
     "data-status": pending ? pending.status : "sent",
+    "data-mentions-me": forMe ? "true" : null,
   });
 
   if (!grouped || pending) {
@@ -246,8 +269,7 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
     );
   }
 
-  const editing =
-    !pending && state.editing && state.editing.convId === conv.id && state.editing.seq === msg.seq ? state.editing : null;
+  const editing = !pending && editingIn(conv, msg, scope) ? state.editing : null;
   const bubble = h("div", { class: "msg-bubble" });
   const veil = pending ? null : messageVeil(conv, msg);
   if (msg.deleted) {
@@ -291,7 +313,7 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
   } else {
     const photos = buildPhotos(msg, msg.sender.name || msg.sender.id);
     if (photos) bubble.append(photos);
-    if (msg.body || !photos) bubble.append(h("div", { class: "msg-body" }, linkify(msg.body)));
+    if (msg.body || !photos) bubble.append(h("div", { class: "msg-body" }, pending ? linkify(msg.body) : mentionBody(msg)));
     if (msg.edited_at) bubble.append(h("span", { class: "msg-edited", title: fullTime(msg.edited_at) }, "edited"));
     if (veil && veil.marker) {
       el.classList.add("dimmed");
@@ -303,10 +325,10 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
   el.append(row);
 
   if (!pending && !editing) {
-    const items = messageActions(conv, msg);
+    const items = messageActions(conv, msg, scope);
     if (items.length) {
       el.classList.add("has-menu");
-      row.append(messageMenu(conv.id, msg.seq, items, reactionPickerOf(conv, msg), moderationSubmenus(conv, msg)));
+      row.append(messageMenu(menuKey(conv, scope), msg.seq, items, reactionPickerOf(conv, msg), moderationSubmenus(conv, msg)));
     }
   }
 
@@ -318,6 +340,10 @@ function buildMessage(conv, msg, { grouped, seenBy, pending }) {
       : null;
     const reactions = veil && veil.placeholder ? null : buildReactionRow(conv.id, msg, (emoji, on) => actions.react(conv.id, msg.seq, emoji, on), whoOpen);
     if (reactions) el.append(reactions);
+    if (scope === "main") {
+      const summary = threadSummary(conv, msg);
+      if (summary) el.append(summary);
+    }
   }
 
   if (pending) {
@@ -356,16 +382,20 @@ function reactionPickerOf(conv, msg) {
  * The actions of a message's menu: Add reaction (any sent message), Edit (own), Delete (own;
  * any in the room of a creator we are or moderate), the moderation items (moderation.js), Copy.
  */
-function messageActions(conv, msg) {
+function messageActions(conv, msg, scope = "main") {
+  const key = menuKey(conv, scope);
   const items = [];
   const veiled = Boolean((messageVeil(conv, msg) || {}).placeholder);
   if (veiled) return [...(canDelete(conv, msg) ? [deleteItem(conv, msg)] : []), ...memberItems(conv, msg)];
   if (!msg.deleted && msg.id) {
-    items.push({ action: "react", label: "Add reaction", keepOpen: true, run: () => openPicker(conv.id, msg.seq) });
+    items.push({ action: "react", label: "Add reaction", keepOpen: true, run: () => openPicker(key, msg.seq) });
   }
-  if (canEdit(msg)) items.push({ action: "edit", label: "Edit", run: () => actions.startEdit(conv.id, msg.seq) });
+  if (scope === "main" && canReplyTo(conv, msg)) {
+    items.push({ action: "reply", label: "Reply in thread", run: () => actions.openThread(conv.id, msg.id) });
+  }
+  if (canEdit(msg)) items.push({ action: "edit", label: "Edit", run: () => actions.startEdit(conv.id, msg.seq, scope) });
   if (canDelete(conv, msg)) items.push(deleteItem(conv, msg));
-  items.push(...moderationItems(conv, msg, (name) => openSubmenu(conv.id, msg.seq, name)));
+  items.push(...moderationItems(conv, msg, (name) => openSubmenu(key, msg.seq, name)));
   if (items.length && navigator.clipboard && msg.body && !msg.deleted) {
     items.push({ action: "copy", label: "Copy text", run: () => navigator.clipboard.writeText(msg.body).catch(() => {}) });
   }
@@ -433,40 +463,60 @@ function renderTyping(conv) {
   el.hidden = text === "";
 }
 
-function renderConversation(mode) {
-  const conv = openConv();
-  document.body.classList.toggle("conv-open", Boolean(conv));
-  $("conv-pane").hidden = !conv;
-  $("conv-placeholder").hidden = Boolean(conv);
-  const list = $("message-list");
-  if (!conv) {
-    if (renderedConvId !== null) {
-      for (const { el } of messageEls.values()) el.remove();
-      messageEls.clear();
-      renderedConvId = null;
-    }
-    renderTyping(null);
-    return;
-  }
-  if (renderedConvId !== conv.id) {
-    for (const { el } of messageEls.values()) el.remove();
-    messageEls.clear();
-    renderedConvId = conv.id;
-    lastMessageKey = null;
-    newBelow = false;
+
+/**
+ * A list of messages kept in sync with the state: the open conversation's, or the thread
+ * panel's (threads.js). Elements are keyed and rebuilt only when what they show changed.
+ */
+export function makeView({ list, status, newBelow: newBelowEl, scope }) {
+  return { list, status, newBelowEl, scope, els: new Map(), convId: null, lastKey: null, newBelow: false };
+}
+
+/** Removes every message element of a view (its conversation closed). */
+export function clearView(view) {
+  for (const { el } of view.els.values()) el.remove();
+  view.els.clear();
+  view.convId = null;
+  view.lastKey = null;
+  view.newBelow = false;
+}
+
+/** A pending send shown as a message (no seq yet). */
+function pendingMessage(p) {
+  return {
+    id: null,
+    seq: null,
+    body: p.body,
+    client_msg_id: p.cmid,
+    created_at: new Date(p.createdAt).toISOString(),
+    edited_at: null,
+    deleted: false,
+    sender: { id: state.me ? state.me.id : "", name: state.me ? state.me.name : "" },
+    attachments: (p.attachments || []).map((a) => ({ id: a.id, preview: a.preview })),
+  };
+}
+
+/**
+ * Draws `msgs` (ascending by seq) and `pendings` into a view, keeping the reader's place (or
+ * going to the end with mode "bottom"). `viewKey` changes reset the view (another conversation
+ * or thread). seenBy: seq -> names (read receipts), or null.
+ */
+export function renderMessageView(view, conv, { viewKey, msgs, pendings, seenBy = null, statusText, mode = null, days = true }) {
+  const list = view.list;
+  if (view.convId !== viewKey) {
+    clearView(view);
+    view.convId = viewKey;
     mode = "bottom";
   }
-  renderHeader(conv);
-  renderTyping(conv);
-
-  // Keep the reader's place: remember the first visible message and its offset.
+  const scope = view.scope;
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
-  // (By key: the element itself may be rebuilt, e.g. when older messages regroup it.)
+  // Keep the reader's place: remember the first visible message and its offset
+  // (by key: the element itself may be rebuilt, e.g. when older messages regroup it).
   let anchorKey = null;
   let anchorOffset = 0;
   if (mode !== "bottom" && !atBottom) {
     let best = null;
-    for (const [key, { el }] of messageEls) {
+    for (const [key, { el }] of view.els) {
       if (key.startsWith("d:")) continue; // day separators move when older days load
       if (el.offsetTop + el.offsetHeight > list.scrollTop && (!best || el.offsetTop < best.offsetTop)) {
         best = el;
@@ -475,28 +525,14 @@ function renderConversation(mode) {
     }
     if (best) anchorOffset = best.offsetTop - list.scrollTop;
   }
+  if (view.status.textContent !== statusText) view.status.textContent = statusText;
 
-  const status = $("history-status");
-  const statusText = !conv.loaded
-    ? "Loading messages…"
-    : conv.loadingOlder
-      ? "Loading older messages…"
-      : conv.hasMoreBefore
-        ? "Scroll up for older messages"
-        : conv.messages.size
-          ? "This is the beginning of the conversation."
-          : "No messages yet. Say hello!";
-  if (status.textContent !== statusText) status.textContent = statusText;
-
-  const seqs = [...conv.messages.keys()].sort((a, b) => a - b);
-  const seenBy = seenByMap(conv, seqs);
   const wanted = [];
   let prevMsg = null;
   let prevDay = null;
-  for (const seq of seqs) {
-    const msg = conv.messages.get(seq);
+  for (const msg of msgs) {
     const day = dayKey(msg.created_at);
-    if (day && day !== prevDay) {
+    if (days && day && day !== prevDay) {
       wanted.push({ key: `d:${day}`, day: dayLabel(msg.created_at) });
       prevDay = day;
       prevMsg = null;
@@ -508,49 +544,40 @@ function renderConversation(mode) {
         prevMsg.seq === msg.seq - 1 &&
         Date.parse(msg.created_at) - Date.parse(prevMsg.created_at) < GROUP_GAP_MS,
     );
-    wanted.push({ key: `m:${seq}`, msg, opts: { grouped, seenBy: seenBy.get(seq) || null, pending: null } });
+    wanted.push({ key: `m:${msg.seq}`, msg, opts: { grouped, seenBy: (seenBy && seenBy.get(msg.seq)) || null, pending: null, scope } });
     prevMsg = msg;
   }
-  const pendings = [...conv.pending.values()].sort((a, b) => a.createdAt - b.createdAt);
-  for (const p of pendings) {
-    const msg = {
-      id: null,
-      seq: null,
-      body: p.body,
-      client_msg_id: p.cmid,
-      created_at: new Date(p.createdAt).toISOString(),
-      edited_at: null,
-      deleted: false,
-      sender: { id: state.me ? state.me.id : "", name: state.me ? state.me.name : "" },
-      attachments: (p.attachments || []).map((a) => ({ id: a.id, preview: a.preview })),
-    };
-    wanted.push({ key: `p:${p.cmid}`, msg, opts: { grouped: false, seenBy: null, pending: p } });
+  for (const p of [...pendings].sort((a, b) => a.createdAt - b.createdAt)) {
+    wanted.push({ key: `p:${p.cmid}`, msg: pendingMessage(p), opts: { grouped: false, seenBy: null, pending: p, scope } });
   }
 
-  const lastKeyBefore = lastMessageKey;
+  const key = menuKey(conv, scope);
+  const lastKeyBefore = view.lastKey;
   const keep = new Set();
-  let prevEl = status;
-  for (const { key, msg, opts, day } of wanted) {
-    keep.add(key);
+  let prevEl = view.status;
+  for (const { key: elKey, msg, opts, day } of wanted) {
+    keep.add(elKey);
     if (day !== undefined) {
-      let sep = messageEls.get(key);
+      let sep = view.els.get(elKey);
       if (!sep || sep.sig !== day) {
         const el = h("div", { class: "day-sep", role: "separator" }, h("span", null, day));
         if (sep) sep.el.replaceWith(el);
         sep = { el, sig: day };
-        messageEls.set(key, sep);
+        view.els.set(elKey, sep);
       }
       if (prevEl.nextSibling !== sep.el) list.insertBefore(sep.el, prevEl.nextSibling);
       prevEl = sep.el;
       continue;
     }
-    const editingThis = Boolean(!opts.pending && state.editing && state.editing.convId === conv.id && state.editing.seq === msg.seq);
+    const editingThis = Boolean(!opts.pending && editingIn(conv, msg, scope));
     const confirming = Boolean(state.confirmDelete && state.confirmDelete.convId === conv.id && state.confirmDelete.seq === msg.seq);
+    const menuMode = !opts.pending && menuModeFor(key, msg.seq);
     const sig = JSON.stringify([
       msg.body,
       msg.edited_at,
       msg.deleted,
       msg.sender.name,
+      (msg.mentions || []).map((id) => [id, state.names.get(String(id)) || null]),
       (msg.attachments || []).map((a) => a.id || a.preview),
       opts.grouped,
       opts.seenBy,
@@ -559,54 +586,94 @@ function renderConversation(mode) {
       confirming,
       canEdit(msg),
       canDelete(conv, msg),
-      !opts.pending && menuModeFor(conv.id, msg.seq),
-      !opts.pending && menuModeFor(conv.id, msg.seq) && messageActions(conv, msg).map((it) => it.label),
+      menuMode,
+      menuMode && messageActions(conv, msg, scope).map((it) => it.label),
       reactionsOf(msg),
       !opts.pending && [messageVeil(conv, msg), isReported(msg)],
       state.reactionWho && state.reactionWho.convId === conv.id && state.reactionWho.seq === msg.seq
         ? [state.reactionWho.emoji, whoText(msg, state.reactionWho.emoji)]
         : null,
+      scope === "main" ? summarySig(msg) : null,
+      canReplyTo(conv, msg),
     ]);
-    let item = messageEls.get(key);
+    let item = view.els.get(elKey);
     if (!item || item.sig !== sig) {
       const el = buildMessage(conv, msg, opts);
       if (item) item.el.replaceWith(el);
       item = { el, sig };
-      messageEls.set(key, item);
+      view.els.set(elKey, item);
     }
     if (prevEl.nextSibling !== item.el) list.insertBefore(item.el, prevEl.nextSibling);
     prevEl = item.el;
   }
-  for (const [key, item] of messageEls) {
-    if (!keep.has(key)) {
+  for (const [elKey, item] of view.els) {
+    if (!keep.has(elKey)) {
       item.el.remove();
-      messageEls.delete(key);
+      view.els.delete(elKey);
     }
   }
 
   const lastWanted = wanted.length ? wanted[wanted.length - 1] : null;
-  lastMessageKey = lastWanted ? lastWanted.key : null;
+  view.lastKey = lastWanted ? lastWanted.key : null;
   if (mode === "bottom" || atBottom) {
     list.scrollTop = list.scrollHeight;
-    newBelow = false;
+    view.newBelow = false;
   } else {
-    if (anchorKey && messageEls.has(anchorKey)) {
-      list.scrollTop = messageEls.get(anchorKey).el.offsetTop - anchorOffset;
+    if (anchorKey && view.els.has(anchorKey)) {
+      list.scrollTop = view.els.get(anchorKey).el.offsetTop - anchorOffset;
     }
     // Something arrived below while the reader is further up: offer a way down.
-    if (lastMessageKey !== lastKeyBefore && lastKeyBefore !== null) newBelow = true;
+    if (view.lastKey !== lastKeyBefore && lastKeyBefore !== null) view.newBelow = true;
   }
-  $("new-below").hidden = !newBelow;
+  if (view.newBelowEl) view.newBelowEl.hidden = !view.newBelow;
 }
 
-let lastMessageKey = null;
-let newBelow = false;
+/** What a thread summary shows (its element is rebuilt when this changes). */
+function summarySig(msg) {
+  const t = msg.thread;
+  if (!t || !t.reply_count) return null;
+  return [t.reply_count, t.last_reply_at, (t.participants || []).map((id) => [id, nameOf(id), avatarUrl(id)]), shortTime(t.last_reply_at)];
+}
+
+let mainView = null;
+
+function renderConversation(mode) {
+  const conv = openConv();
+  document.body.classList.toggle("conv-open", Boolean(conv));
+  $("conv-pane").hidden = !conv;
+  $("conv-placeholder").hidden = Boolean(conv);
+  if (!mainView) mainView = makeView({ list: $("message-list"), status: $("history-status"), newBelow: $("new-below"), scope: "main" });
+  if (!conv) {
+    clearView(mainView);
+    renderTyping(null);
+    return;
+  }
+  renderHeader(conv);
+  renderTyping(conv);
+  // The main view: the conversation's messages from its loaded window on, thread replies left
+  // out (they show in the thread panel; their roots carry the summary).
+  const msgs = [...conv.messages.values()]
+    .filter((m) => !isReply(m) && (conv.lowSeq === null || m.seq >= conv.lowSeq))
+    .sort((a, b) => a.seq - b.seq);
+  const statusText = !conv.loaded
+    ? "Loading messages…"
+    : conv.loadingOlder
+      ? "Loading older messages…"
+      : conv.hasMoreBefore
+        ? "Scroll up for older messages"
+        : msgs.length
+          ? "This is the beginning of the conversation."
+          : "No messages yet. Say hello!";
+  const pendings = [...conv.pending.values()].filter((p) => !p.threadId);
+  const seenBy = seenByMap(conv, msgs.map((m) => m.seq));
+  renderMessageView(mainView, conv, { viewKey: conv.id, msgs, pendings, seenBy, statusText, mode });
+}
 
 /** The message list was scrolled (by the user or by us). */
 export function onMessageListScroll() {
   const list = $("message-list");
-  if (newBelow && list.scrollHeight - list.scrollTop - list.clientHeight < 80) {
-    newBelow = false;
+  if (mainView && mainView.newBelow && list.scrollHeight - list.scrollTop - list.clientHeight < 80) {
+    mainView.newBelow = false;
     $("new-below").hidden = true;
   }
 }
@@ -614,7 +681,7 @@ export function onMessageListScroll() {
 export function scrollToLatest() {
   const list = $("message-list");
   list.scrollTop = list.scrollHeight;
-  newBelow = false;
+  if (mainView) mainView.newBelow = false;
   $("new-below").hidden = true;
 }
 

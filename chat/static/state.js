@@ -20,6 +20,8 @@ export const state = {
   confirmDelete: null,
   /** creator ids whose rooms we moderate (GET /api/v1/moderation, `moderation` events) */
   moderatorOf: new Set(),
+  /** the thread open in the panel (threads.js): {convId, rootId, lowSeq, hasMoreBefore, loaded, loading} */
+  thread: null,
   /** reaction chip whose "who reacted" line a long-press opened: {convId, seq, emoji} */
   reactionWho: null,
   notifications: {
@@ -43,6 +45,8 @@ export function makeConv(entry, order) {
     order,
     lastMessage: entry.last_message || null,
     unread: entry.unread_count || 0,
+    /** unread messages that mention us (the list's mention_count plus live ones) */
+    mentionCount: entry.mention_count || 0,
     muted: Boolean(entry.muted),
     /** messages of others up to this seq are already counted in `unread` */
     countedSeq: entry.last_message ? entry.last_message.seq : 0,

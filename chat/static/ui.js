@@ -346,7 +346,13 @@ function onMenuKey(e, buttons) {
  * open its menu; a click or tap elsewhere closes it. Called once with the message list.
  * onChipHold(chip): a long-press on a reaction chip (it shows who reacted; no toggle).
  */
-export function setupMessageMenus(list, { onChipHold = null } = {}) {
+let documentWired = false;
+
+/**
+ * menuKey(): whose menus the list's messages open (the open conversation's id; the thread
+ * panel passes its own key, see render.js menuKey).
+ */
+export function setupMessageMenus(list, { onChipHold = null, menuKey = () => state.openId } = {}) {
   let press = null;
   let swallowClick = false; // the click that may end a long-press must not close its menu
   const cancel = () => {
@@ -355,8 +361,9 @@ export function setupMessageMenus(list, { onChipHold = null } = {}) {
   };
   const openFrom = (target) => {
     const el = target.closest(".msg.has-menu[data-seq]");
-    if (!el || !state.openId || target.closest("a, button, textarea")) return false;
-    openMenu(state.openId, Number(el.dataset.seq), null); // by finger or mouse: no focus ring
+    const key = menuKey();
+    if (!el || !key || target.closest("a, button, textarea")) return false;
+    openMenu(key, Number(el.dataset.seq), null); // by finger or mouse: no focus ring
     return true;
   };
   list.addEventListener("pointerdown", (e) => {
@@ -413,6 +420,8 @@ export function setupMessageMenus(list, { onChipHold = null } = {}) {
       cancel();
     }
   });
+  if (documentWired) return;
+  documentWired = true;
   document.addEventListener("click", (e) => {
     // composedPath: the clicked element may have been re-rendered (detached) by now.
     if (menu && !e.composedPath().some((n) => n.classList && n.classList.contains("msg-menu-wrap"))) closeMenu(false);
