@@ -205,7 +205,14 @@ class Attachments:
     async def fill(self, conn: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Set each message wire's `attachments` (from its (sender, client_msg_id)); deleted
         messages have none. `conn`: an AsyncConnection or AsyncSession."""
-        keys = [(m["sender"]["id"], m["client_msg_id"]) for m in messages if not m.get("deleted")]
+        found = await self.by_keys(conn, [(m["sender"]["id"], m["client_msg_id"]) for m in messages
+                                          if not m.get("deleted")])
+        for m in messages:
+            m["attachments"] = [] if m.get("deleted") else found.get((m["sender"]["id"], m["client_msg_id"]), [])
+        return messages
+
+    async def by_keys(self, conn: Any, keys: list[tuple[str, str]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """{(sender, client_msg_id): [photo wire]} of the messages that have photos (one query)."""
         found: dict[tuple[str, str], list[dict[str, Any]]] = {}
         if keys:
             now = time.time()
@@ -215,9 +222,7 @@ class Attachments:
                 .order_by(_att.c.position, _att.c.id))
             for r in rows:
                 found.setdefault((r.owner_id, r.client_msg_id), []).append(self.wire(r, now))
-        for m in messages:
-            m["attachments"] = [] if m.get("deleted") else found.get((m["sender"]["id"], m["client_msg_id"]), [])
-        return messages
+        return found
 
     async def open_file(self, attachment_id: int, variant: str, exp: str | None, sig: str | None) -> FileAnswer:
         if variant not in VARIANTS:

@@ -101,6 +101,8 @@ class EnvSettings(BaseSettings):
     ping_timeout: PositiveFloat = _env("SOCKETIO_PING_TIMEOUT_S", 20.0)
     push_worker_thread: bool = _env("PUSH_WORKER_THREAD", True)
     connect_timeout_s: PositiveFloat = _env("SOCKETIO_CONNECT_TIMEOUT_S", 10.0)
+    setup_concurrency: Annotated[int, Field(ge=0)] = _env("SOCKETIO_SETUP_CONCURRENCY", 200)
+    setup_hold_s: PositiveFloat = _env("SOCKETIO_SETUP_HOLD_S", 3.0)
     max_sockets_per_user: PositiveInt = _env("MAX_SOCKETS_PER_USER", 10)
     join_rate_per_s: PositiveFloat = _env("JOIN_RATE_PER_S", 5.0)
     join_burst: PositiveInt = _env("JOIN_BURST", 20)
@@ -312,6 +314,11 @@ class Settings:
     # Hardening (docs/reliability.md). An Engine.IO session must connect to a namespace within
     # this many seconds (socket.io's connectTimeout), or it is closed.
     connect_timeout_s: float = 10.0
+    # New sockets set up at once (connect + auth + first join; chat/connectgate.py); the others
+    # wait in arrival order. 0 = no limit. A socket that has not joined after setup_hold_s
+    # gives its slot up.
+    setup_concurrency: int = 200
+    setup_hold_s: float = 3.0
     max_sockets_per_user: int = 10  # cluster-wide
     join_rate_per_s: float = 5.0  # per socket
     join_burst: int = 20
@@ -393,6 +400,8 @@ class Settings:
             ping_timeout=v.ping_timeout,
             push_worker_thread=v.push_worker_thread,
             connect_timeout_s=v.connect_timeout_s,
+            setup_concurrency=v.setup_concurrency,
+            setup_hold_s=v.setup_hold_s,
             max_sockets_per_user=v.max_sockets_per_user,
             join_rate_per_s=v.join_rate_per_s,
             join_burst=v.join_burst,

@@ -180,5 +180,30 @@ def is_retryable(exc: BaseException) -> bool:
     return bool(args) and args[0] in MYSQL_RETRYABLE
 
 
+async def toggle_row(session: AsyncSession, model: Any, key: Any, on: bool, **fields: Any) -> bool:
+    """Insert (`on`) or delete the `model` row whose primary key is `key` (`fields`: the new
+    row's columns); True when that changed something, False when it was so already."""
+    row = await session.get(model, key)
+    if on and row is None:
+        session.add(model(**fields))
+    elif not on and row is not None:
+        await session.delete(row)
+    else:
+        return False
+    await session.flush()
+    return True
+
+
+async def put_row(session: AsyncSession, model: Any, key: Any, **fields: Any) -> None:
+    """Insert the `model` row whose primary key is `key` or, locked, set its `fields`."""
+    row = await session.get(model, key, with_for_update=True)
+    if row is None:
+        session.add(model(**fields))
+    else:
+        for name, value in fields.items():
+            setattr(row, name, value)
+    await session.flush()
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)

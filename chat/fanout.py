@@ -18,23 +18,39 @@ synchronously, to every recipient of this process:
   `FanoutLimits.max_queued_packets` waiting packets closes the socket.
 * when a polling socket upgrades, whatever is still queued is written to the new outbox first,
   in order, before the outbox accepts anything else.
+* once the websocket handshake is done, the connection is detached from aiohttp's request
+  handler (`DetachedWebSocket` becomes the transport's protocol; aiohttp's own frame parser
+  goes with it) and the handler returns: the upgrade request, its task and coroutine chain are
+  freed, and a received packet runs in a task that exists only while packets wait. The
+  engine.io environ of the socket keeps only `ENVIRON_KEEP`.
 
 This is an extension of the libraries, not a fork. It relies on these upstream internals
 (python-socketio 5.18.1, python-engineio 4.15.1, aiohttp 3.14.5, pinned in requirements.txt;
 re-check each of them on an upgrade — tests/test_fanout.py exercises all of them):
 
 python-engineio
-  * `AsyncServer._handle_connect` — copied into `FanoutEngineIO._handle_connect` with one
-    change: it creates a `FanoutSocket` instead of `async_socket.AsyncSocket`.
+  * `AsyncServer._handle_connect` — copied into `FanoutEngineIO._handle_connect` with two
+    changes: it creates a `FanoutSocket` instead of `async_socket.AsyncSocket`, and trims the
+    environ (which python-socketio keeps per socket) once the connecting request is over.
+  * `BaseSocket.__init__` — copied into `FanoutSocket.__init__` without the queue, which is
+    created on first use (`AsyncServer.create_queue`) and dropped once a websocket's outbox
+    took over; everything that uses `socket.queue` still gets one.
   * `AsyncServer.sockets` (eio sid -> socket), `AsyncServer.reason`, `ping_interval`,
     `ping_timeout`, `max_http_buffer_size`, `start_background_task`, `logger`,
     `_upgrades`, `_trigger_event`, `_unauthorized`, `_bad_request`, `_ok`,
-    `_generate_sid_cookie`, `start_service_task` / `service_task_handle` / `_service_task`.
+    `_generate_sid_cookie`, `start_service_task` / `service_task_handle` / `_service_task`
+    (overridden: it serves the `PingWheel`, and drops closed sockets like upstream's),
+    `service_task_event`, `create_event`.
+  * `AsyncSocket.schedule_ping` (overridden: the next PING goes on the server's `PingWheel`
+    instead of a Task per socket) and `last_ping` (None = a PING is scheduled, a time = the
+    PING sent then is unanswered), as `check_ping_timeout` reads it.
   * `AsyncSocket`: `queue` (asyncio.Queue of `packet.Packet`, `None` = stop),
     `connected`, `upgrading`, `upgraded`, `closing`, `closed`, `last_ping`,
     `check_ping_timeout()`, `receive()`, `close()`; `send()`, `_upgrade_websocket()` and
-    `_websocket_handler()` are overridden (the latter replaces upstream's writer task; the
-    upgrade handshake — probe ping/pong, NOOP to end the pending poll, UPGRADE — is kept as is).
+    `_websocket_handler()` are overridden (the latter replaces upstream's writer task and
+    receive loop with the outbox and `DetachedWebSocket`, whose `_receive` is the loop's body;
+    the upgrade handshake — probe ping/pong, NOOP to end the pending poll, UPGRADE — is kept as
+    is).
   * `async_drivers.aiohttp.WebSocket` (subclassed: no permessage-deflate, so that frames are
     the same bytes for every recipient; combined with `AsyncServer._async["websocket"]` when
     that was replaced by a subclass) and `packet.Packet`.
@@ -44,24 +60,41 @@ python-socketio
     `basic_enter_room()`, `basic_leave_room()` (wrapped to report rooms that open and close).
 aiohttp
   * `WebSocketResponse(compress=False)`, `request.transport` (frames are written to it
-    directly; RFC 6455 server frames are unmasked, so a frame is the same for every socket),
-    `WebSocketResponse.closed`.
+    directly; RFC 6455 server frames are unmasked, so a frame is the same for every socket).
+  * `WebSocketResponse._post_start` — copied into `_WebSocketResponse._post_start` with one
+    change: the parser's queue is a `_PushQueue`; `_reader`, `_parser`, `_max_msg_size`,
+    `_compress`, `_decode_text`, `_heartbeat`, `_reset_heartbeat`, `_on_data_received`.
+  * `_websocket.reader.WebSocketDataQueue` (subclassed; its `feed_data` is a cpdef method, so
+    the compiled `WebSocketReader` calls the override), `_buffer`, `_protocol`, `exception()`,
+    `set_exception`, `feed_eof`; `WebSocketReader(queue, max_msg_size, compress, decode_text)`,
+    `feed_data(data)`; `WSMsgType`, `WSCloseCode`, `WebSocketError.code`.
+  * `request.protocol` (the `RequestHandler`): `transport`, `_force_close`, `_manager`
+    (`connection_lost(handler, exc)`), `_reading_paused`, `set_parser`, `keep_alive`; and
+    that a handler's response whose `prepare`/`write_eof` write nothing leaves the
+    connection alone when `transport` is None and `_force_close` is set. asyncio's
+    `Transport.set_protocol` (uvloop and the default loop both have it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import math
 import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import engineio
 import socketio
-from aiohttp.web import WebSocketResponse
+from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
+from aiohttp.helpers import _EXC_SENTINEL
+from aiohttp.http_websocket import WebSocketError, WSCloseCode, WSMsgType
+from aiohttp.streams import DEFAULT_CHUNK_SIZE  # type: ignore[attr-defined]
+from aiohttp.web import StreamResponse, WebSocketResponse
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_drivers.aiohttp import WebSocket as EngineIOWebSocket
@@ -130,13 +163,11 @@ class Outbox:
     of writes without a return to the event loop gives the transport no chance to drain and
     must not count as a stalled client."""
 
-    __slots__ = ("_transport", "_ws", "_limits", "_on_overflow", "_stalled_since", "_last_size", "closed",
-                 "_backlog")
+    __slots__ = ("_transport", "_limits", "_on_overflow", "_stalled_since", "_last_size", "closed", "_backlog")
 
-    def __init__(self, transport: asyncio.Transport, ws: WebSocketResponse, limits: FanoutLimits,
+    def __init__(self, transport: asyncio.Transport, limits: FanoutLimits,
                  on_overflow: Callable[[str], None], backlog: set[Outbox] | None = None) -> None:
         self._transport = transport
-        self._ws = ws
         self._limits = limits
         self._on_overflow = on_overflow
         self._stalled_since = 0.0
@@ -150,8 +181,8 @@ class Outbox:
         if self.closed:
             return
         transport = self._transport
-        if self._ws.closed or transport.is_closing():
-            self.closed = True  # a close frame went out, or the connection is gone
+        if transport.is_closing():
+            self.closed = True  # the connection is gone
             return
         transport.write(data)
         size = transport.get_write_buffer_size()
@@ -191,18 +222,267 @@ class Outbox:
         self._transport.abort()
 
 
+def _control_frame(opcode: int, payload: bytes) -> bytes:
+    """An unmasked server control frame (payload < 126 bytes, RFC 6455 §5.5)."""
+    payload = payload[:125]
+    return struct.pack("!BB", 0x80 | opcode, len(payload)) + payload
+
+
+def close_frame(code: int) -> bytes:
+    return _control_frame(0x8, struct.pack("!H", code))
+
+
+class _PushQueue(WebSocketDataQueue):
+    """aiohttp's queue of parsed websocket messages: a plain queue for `receive()` during the
+    handshake, then, once `push_to(sink)` was called, a pipe that hands every message (and
+    a protocol error) the parser produces straight to the `DetachedWebSocket`."""
+
+    __slots__ = ("_sink",)
+
+    def __init__(self, protocol: Any, limit: int, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(protocol, limit, loop=loop)
+        self._sink: DetachedWebSocket | None = None
+
+    def feed_data(self, data: Any, size: int) -> None:
+        sink = self._sink
+        if sink is None:
+            super().feed_data(data, size)
+        else:
+            sink.on_message(data)
+
+    def set_exception(self, exc: BaseException, exc_cause: BaseException = _EXC_SENTINEL) -> None:
+        sink = self._sink
+        if sink is None:
+            super().set_exception(exc, exc_cause)
+        else:
+            sink.on_error(exc)
+
+    def feed_eof(self) -> None:
+        if self._sink is None:
+            super().feed_eof()
+
+    def push_to(self, sink: DetachedWebSocket) -> None:
+        """From now on messages go to `sink`; those already queued first, in order."""
+        queued = [msg for msg, _size in self._buffer]
+        self._buffer.clear()
+        self._sink = sink
+        self._protocol = None  # type: ignore[assignment]  # aiohttp's request handler: nothing here may keep it alive
+        for msg in queued:
+            sink.on_message(msg)
+        exc = self.exception()
+        if exc is not None:
+            sink.on_error(exc)
+
+
+class _WebSocketResponse(WebSocketResponse):
+    """aiohttp's WebSocketResponse whose parser feeds a `_PushQueue` (aiohttp 3.14.5
+    `_post_start`, with the queue class replaced)."""
+
+    def _post_start(self, request: Any, protocol: str | None, writer: Any) -> None:
+        self._ws_protocol = protocol
+        self._writer = writer
+        self._reset_heartbeat()
+        loop = self._loop
+        assert loop is not None
+        self._reader = _PushQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop)
+        self._parser = WebSocketReader(self._reader, self._max_msg_size, compress=bool(self._compress),
+                                       decode_text=self._decode_text)
+        cb = None if self._heartbeat is None else self._on_data_received
+        request.protocol.set_parser(self._parser, data_received_cb=cb)
+        request.protocol.keep_alive(False)
+
+
+class _Detached(StreamResponse):
+    """What the request handler returns for a websocket that was detached: aiohttp has nothing
+    left to write (the 101 went out) and must not close the connection."""
+
+    def __init__(self) -> None:
+        super().__init__(status=101)
+
+    async def prepare(self, request: Any) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+MAX_PENDING = 64  # received packets waiting for the socket's handler before reading pauses
+
+
+class DetachedWebSocket(asyncio.Protocol):
+    """One websocket after the handshake, owned by its engine.io socket instead of aiohttp.
+
+    aiohttp keeps a websocket inside the request handler that upgraded it: the HTTP request,
+    the handler task, the middlewares' and engine.io's coroutine frames, the WebSocketResponse
+    and a receive timeout stay alive for the connection's whole life (~15 KiB per socket). Once
+    the handshake is done (websocket-first, or the polling upgrade), `take_over` makes this
+    object the transport's protocol and lets the request handler return: frames are parsed by
+    aiohttp's own parser (the same object, partial frames included), written by the socket's
+    `Outbox`, and received packets are handed to the engine.io socket in order by a task that
+    exists only while there are packets to handle. An idle socket is this object, the parser,
+    the outbox and the engine.io socket. Dead clients are found by the ping deadline
+    (`PingWheel`), which replaces the receive timeout."""
+
+    __slots__ = ("_socket", "_transport", "_parser", "_outbox", "_pending", "_task", "_paused", "_done")
+
+    def __init__(self, socket: FanoutSocket, transport: asyncio.Transport, parser: Any, outbox: Outbox) -> None:
+        self._socket = socket
+        self._transport = transport
+        self._parser = parser
+        self._outbox = outbox
+        self._pending: collections.deque[str | bytes | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._paused = False
+        self._done = False
+
+    @classmethod
+    def take_over(cls, ws: FanoutWebSocket, socket: FanoutSocket, outbox: Outbox) -> DetachedWebSocket:
+        request = ws.request
+        handler = request.protocol  # aiohttp's RequestHandler of the upgrade request
+        transport = handler.transport
+        response = ws._sock
+        if transport is None or transport.is_closing():
+            raise OSError("connection lost during the websocket handshake")
+        self = cls(socket, transport, response._parser, outbox)
+        transport.set_protocol(self)
+        # The request handler finishes without touching the connection (`_Detached`), and its
+        # server stops counting it as one of its connections.
+        was_paused = handler._reading_paused
+        handler.transport = None
+        handler._force_close = True
+        manager = handler._manager
+        if manager is not None:
+            manager.connection_lost(handler, None)
+        cast(_PushQueue, response._reader).push_to(self)
+        if was_paused and not self._done:
+            transport.resume_reading()
+        return self
+
+    # ------------------------------------------------------------ asyncio.Protocol
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost follows
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._outbox.closed = True
+        self._push(None)
+
+    def pause_writing(self) -> None:
+        pass  # the outbox watches the transport's buffer itself
+
+    def resume_writing(self) -> None:
+        pass
+
+    # ------------------------------------------------------------ from the parser
+    def on_message(self, msg: Any) -> None:
+        kind = msg.type
+        if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+            data = msg.data
+            if data == "3" and self._task is None and not self._done:
+                self._socket.schedule_ping()  # a PONG with nothing before it to handle: at once
+            else:
+                self._push(data)
+        elif kind is WSMsgType.PING:
+            self._outbox.write(_control_frame(0xA, msg.data))
+        elif kind is WSMsgType.CLOSE:
+            self._close(WSCloseCode.OK)
+        # PONG frames: nothing to do (engine.io pings with its own packets)
+
+    def on_error(self, exc: BaseException) -> None:
+        """The parser found a protocol error, or a message over max_http_buffer_size."""
+        self._close(exc.code if isinstance(exc, WebSocketError) else WSCloseCode.PROTOCOL_ERROR)
+
+    def _close(self, code: int) -> None:
+        """Answer with a close frame and end the connection once it is sent."""
+        outbox = self._outbox
+        if not outbox.closed and not self._transport.is_closing():
+            self._transport.write(close_frame(code))
+        outbox.finish()
+        self._transport.close()
+
+    # ------------------------------------------------------------ to the engine.io socket
+    def _push(self, item: str | bytes | None) -> None:
+        if self._done:
+            return
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = collections.deque()
+        pending.append(item)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(pending))
+        elif len(pending) > MAX_PENDING and not self._paused and not self._transport.is_closing():
+            self._paused = True
+            self._transport.pause_reading()
+
+    async def _run(self, pending: collections.deque[str | bytes | None]) -> None:
+        try:
+            while pending:
+                item = pending.popleft()
+                if self._paused and len(pending) <= MAX_PENDING // 2:
+                    self._paused = False
+                    if not self._transport.is_closing():
+                        self._transport.resume_reading()
+                if item is None or not await self._receive(item):
+                    await self._finish()
+                    return
+        finally:
+            self._task = None
+            if not pending:
+                self._pending = None
+
+    async def _receive(self, data: str | bytes) -> bool:
+        """Upstream's receive loop body; False ends the connection."""
+        socket = self._socket
+        server = socket.server
+        check = server.frame_check
+        if check is not None and not check(socket.sid, data):
+            return True  # dropped (the check counted it)
+        try:
+            pkt = eio_packet.Packet(encoded_packet=data)
+        except Exception:
+            server.logger.info("%s: undecodable packet, closing", socket.sid)
+            return False
+        try:
+            await socket.receive(pkt)
+        except eio_exceptions.UnknownPacketError:
+            pass
+        except eio_exceptions.SocketIsClosedError:
+            return False
+        except Exception:
+            server.logger.exception("Unknown receive error")
+        return True
+
+    async def _finish(self) -> None:
+        self._done = True
+        self._pending = None
+        if not self._transport.is_closing():
+            self._close(WSCloseCode.OK)
+        self._outbox.closed = True
+        socket = self._socket
+        server = socket.server
+        await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+        if socket.closed and server.sockets.get(socket.sid) is socket:
+            del server.sockets[socket.sid]
+
+
 class FanoutWebSocket(EngineIOWebSocket):  # type: ignore[misc]
     """engine.io's aiohttp WebSocket without permessage-deflate (a compressed stream has
-    per-connection state, so frames could not be shared) and with its transport exposed."""
+    per-connection state, so frames could not be shared), with its transport exposed, and
+    detached from aiohttp once the handshake is done (`DetachedWebSocket`)."""
 
     request: Any = None
+    detached: DetachedWebSocket | None = None
 
-    async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
+    async def __call__(self, environ: dict[str, Any]) -> StreamResponse:
         self.request = environ["aiohttp.request"]
-        self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        self._sock = _WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
         await self._sock.prepare(self.request)
         self.environ = environ
         await self.handler(self)
+        if self.detached is not None:
+            return _Detached()
         return self._sock
 
 
@@ -220,11 +500,112 @@ def _websocket_class(base: type) -> type:
     return _WEBSOCKET_CLASSES[base]
 
 
+PING_FRAME = ws_frame(eio_packet.Packet(eio_packet.PING).encode())
+
+
+class PingWheel:
+    """Every socket's next ping and ping deadline, in slots of `tick` seconds, served by the
+    engine.io service task (`FanoutEngineIO._service_task`). Upstream runs one Task with a
+    sleeping coroutine and a timer per socket for its pings (~1.2 KiB each); an entry here is
+    two list slots."""
+
+    __slots__ = ("tick", "_slots", "_next")
+
+    def __init__(self, tick: float) -> None:
+        self.tick = tick
+        self._slots: dict[int, list[Any]] = {}
+        self._next: int | None = None  # the first slot not served yet
+
+    def add(self, at: float, socket: FanoutSocket, stamp: float | None) -> None:
+        """At monotonic time `at`: ping `socket` (stamp None), or close it unless the PING it
+        was sent at `stamp` (its `last_ping`) has been answered."""
+        slot = math.ceil(at / self.tick)
+        if self._next is not None and slot < self._next:
+            slot = self._next
+        entries = self._slots.get(slot)
+        if entries is None:
+            self._slots[slot] = [socket, stamp]
+        else:
+            entries.append(socket)
+            entries.append(stamp)
+
+    def due(self, now: float) -> list[Any]:
+        """The entries (socket, stamp, socket, stamp, ...) whose time has come."""
+        last = math.floor(now / self.tick)
+        first = self._next if self._next is not None else (min(self._slots) if self._slots else last)
+        due: list[Any] = []
+        for slot in range(min(first, last + 1), last + 1):
+            entries = self._slots.pop(slot, None)
+            if entries is not None:
+                due.extend(entries)
+        self._next = last + 1
+        return due
+
+    def __len__(self) -> int:
+        return sum(len(e) for e in self._slots.values()) // 2
+
+
 class FanoutSocket(AsyncSocket):  # type: ignore[misc]
-    """An engine.io socket whose websocket side is an `Outbox` instead of a writer task."""
+    """An engine.io socket whose websocket side is an `Outbox` instead of a writer task, whose
+    pings come from the server's `PingWheel`, and whose engine.io queue exists only while it
+    is needed (polling, the upgrade, the OPEN packet before the websocket takes over)."""
 
     outbox: Outbox | None = None
     _closing_soon = False
+    _queue: asyncio.Queue[Any] | None = None
+
+    def __init__(self, server: FanoutEngineIO, sid: str) -> None:
+        # python-engineio 4.15.1 BaseSocket.__init__ without the queue (see `queue`).
+        self.server = server
+        self.sid = sid
+        self.last_ping = time.time()
+        self.connected = False
+        self.upgrading = False
+        self.upgraded = False
+        self.closing = False
+        self.closed = False
+        self.session: dict[str, Any] = {}
+
+    @property
+    def queue(self) -> asyncio.Queue[Any]:
+        """engine.io's packet queue, created on first use: a websocket socket drops it once its
+        outbox took over (~3 KiB per socket: four deques and an Event)."""
+        q = self._queue
+        if q is None:
+            q = self._queue = self.server.create_queue()
+        return q
+
+    @queue.setter
+    def queue(self, value: asyncio.Queue[Any] | None) -> None:
+        self._queue = value
+
+    # ------------------------------------------------------------ pings (PingWheel)
+    def schedule_ping(self) -> None:
+        # Upstream's contract (called at connect and on every PONG): the next PING after
+        # ping_interval, unless one is already scheduled (last_ping None).
+        if self.last_ping:
+            self.last_ping = None  # type: ignore[assignment]
+            self.server.ping_wheel.add(time.monotonic() + self.server.ping_interval, self, None)
+
+    def ping_due(self, stamp: float | None) -> None:
+        """Called by the wheel: send the PING (stamp None), or close the socket if the PING sent
+        at `stamp` was not answered within ping_timeout."""
+        if self.closing or self.closed:
+            return
+        if stamp is None:
+            if self.last_ping is not None:
+                return  # a PING is out already
+            self.last_ping = stamp = time.time()
+            outbox = self.outbox
+            if outbox is not None:
+                outbox.write(PING_FRAME)
+            else:
+                self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+                self._check_queue()
+            self.server.ping_wheel.add(time.monotonic() + self.server.ping_timeout, self, stamp)
+        elif self.last_ping == stamp:
+            self.server.logger.info("%s: Client is gone, closing socket", self.sid)
+            self._close_soon(self.server.reason.PING_TIMEOUT, abort=False)
 
     # ------------------------------------------------------------ sending
     def deliver(self, broadcast: Broadcast) -> None:
@@ -292,7 +673,7 @@ class FanoutSocket(AsyncSocket):  # type: ignore[misc]
         transport = ws.request.transport
         if transport is None:
             raise OSError("connection lost during the websocket handshake")
-        outbox = Outbox(transport, ws._sock, self.server.fanout_limits, self._on_overflow, self.server.backlog)
+        outbox = Outbox(transport, self.server.fanout_limits, self._on_overflow, self.server.backlog)
         while True:
             try:
                 pkt = self.queue.get_nowait()
@@ -302,6 +683,7 @@ class FanoutSocket(AsyncSocket):  # type: ignore[misc]
             if pkt is not None:
                 outbox.write(ws_frame(pkt.encode()))
         self.outbox = outbox
+        self._queue = None  # from here on every packet goes to the outbox
         self.server.start_sweeper()
         return outbox
 
@@ -314,7 +696,7 @@ class FanoutSocket(AsyncSocket):  # type: ignore[misc]
                 raise ValueError("packet is too large")
             return data
 
-        if self.connected:  # type: ignore[has-type]
+        if self.connected:
             # An upgrade from polling: upstream's handshake, unchanged.
             self.upgrading = True  # hold packet sends during the upgrade (they queue)
             try:
@@ -347,37 +729,13 @@ class FanoutSocket(AsyncSocket):  # type: ignore[misc]
 
         try:
             outbox = self._attach_outbox(ws)
+            ws.detached = DetachedWebSocket.take_over(ws, self, outbox)
         except OSError:
+            if self.outbox is not None:
+                self.outbox.closed = True
             await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
             return
-        timeout = server.ping_interval + server.ping_timeout
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(timeout):
-                        p = await websocket_wait()
-                except (Exception, asyncio.CancelledError):
-                    break
-                if p is None:
-                    break  # closed by the client
-                try:
-                    pkt = eio_packet.Packet(encoded_packet=p)
-                except Exception:
-                    server.logger.info("%s: undecodable packet, closing", self.sid)
-                    break
-                try:
-                    await self.receive(pkt)
-                except eio_exceptions.UnknownPacketError:
-                    pass
-                except eio_exceptions.SocketIsClosedError:
-                    break
-                except Exception:
-                    server.logger.exception("Unknown receive error")
-        finally:
-            outbox.closed = True
-        with contextlib.suppress(Exception):  # the connection may be gone already
-            await ws.close()
-        await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+        server.logger.info("%s: Upgrade to websocket successful", self.sid)
 
 
 class FanoutEngineIO(engineio.AsyncServer):  # type: ignore[misc]
@@ -388,6 +746,10 @@ class FanoutEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         self.fanout_limits = fanout_limits or FanoutLimits()
         self._sweeper: asyncio.Task[None] | None = None
         self.backlog: set[Outbox] = set()  # websocket outboxes with unsent bytes
+        # Websocket frames the app refuses after the handshake (`DetachedWebSocket`): returns
+        # whether to handle the frame (chat/sockguard.py counts undecodable ones).
+        self.frame_check: Callable[[str, Payload], bool] | None = None
+        self.ping_wheel = PingWheel(min(0.5, self.ping_interval / 4, self.ping_timeout / 4))
 
     def start_sweeper(self) -> None:
         """One task for all sockets (not one per socket) that aborts stalled websockets."""
@@ -402,6 +764,28 @@ class FanoutEngineIO(engineio.AsyncServer):  # type: ignore[misc]
             for outbox in list(self.backlog):
                 if not outbox.check_stall(now):
                     self.backlog.discard(outbox)
+
+    async def _service_task(self) -> None:
+        """Replaces upstream's service task (which checks one socket per ping_timeout/N seconds,
+        each with its own `wait_for`): serves the `PingWheel` every tick, and drops closed
+        sockets from `sockets` once per ping_timeout, as upstream does."""
+        self.service_task_event = event = self.create_event()
+        wheel = self.ping_wheel
+        purge_at = time.monotonic() + self.ping_timeout
+        while not event.is_set():
+            await asyncio.sleep(wheel.tick)
+            now = time.monotonic()
+            due = wheel.due(now)
+            for i in range(0, len(due), 2):
+                try:
+                    due[i].ping_due(due[i + 1])
+                except Exception:
+                    self.logger.exception("ping failed")
+            if now >= purge_at:
+                purge_at = now + self.ping_timeout
+                for sid, s in list(self.sockets.items()):
+                    if s.closed:
+                        self.sockets.pop(sid, None)
 
     async def shutdown(self) -> None:
         if self._sweeper is not None:
@@ -439,21 +823,39 @@ class FanoutEngineIO(engineio.AsyncServer):  # type: ignore[misc]
 
         s.schedule_ping()
 
-        if transport == "websocket":
-            ret = await s.handle_get_request(environ)
-            if s.closed and sid in self.sockets:
-                del self.sockets[sid]
-            return ret
-        s.connected = True
-        headers = None
-        if self.cookie:
-            cookie = self.cookie if isinstance(self.cookie, dict) else {
-                "name": self.cookie, "path": "/", "SameSite": "Lax"}
-            headers = [("Set-Cookie", self._generate_sid_cookie(sid, cookie))]
         try:
-            return self._ok(await s.poll(), headers=headers, jsonp_index=jsonp_index)
-        except eio_exceptions.QueueEmpty:
-            return self._bad_request()
+            if transport == "websocket":
+                ret = await s.handle_get_request(environ)
+                if s.closed and sid in self.sockets:
+                    del self.sockets[sid]
+                return ret
+            s.connected = True
+            headers = None
+            if self.cookie:
+                cookie = self.cookie if isinstance(self.cookie, dict) else {
+                    "name": self.cookie, "path": "/", "SameSite": "Lax"}
+                headers = [("Set-Cookie", self._generate_sid_cookie(sid, cookie))]
+            try:
+                return self._ok(await s.poll(), headers=headers, jsonp_index=jsonp_index)
+            except eio_exceptions.QueueEmpty:
+                return self._bad_request()
+        finally:
+            trim_environ(environ)
+
+
+# What a socket's environ keeps once its first request is over (python-socketio keeps the
+# environ of the connecting request for the socket's whole life; whole, it holds the aiohttp
+# request, its payload stream and every header, ~2 KiB per socket).
+ENVIRON_KEEP = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "RAW_URI", "SERVER_PROTOCOL", "REMOTE_ADDR",
+                "wsgi.url_scheme", "HTTP_HOST", "HTTP_ORIGIN", "HTTP_USER_AGENT", "HTTP_X_FORWARDED_FOR",
+                "HTTP_X_FORWARDED_PROTO", "HTTP_X_REAL_IP")
+
+
+def trim_environ(environ: dict[str, Any]) -> None:
+    """Keep only `ENVIRON_KEEP` of `environ`, in place (python-socketio holds this dict)."""
+    kept = {k: environ[k] for k in ENVIRON_KEEP if k in environ}
+    environ.clear()
+    environ.update(kept)
 
 
 RoomListener = Callable[[str], None]

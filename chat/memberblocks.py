@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from chat import schemas
 from chat.batch import BatchedLookup
+from chat.db import toggle_row
 from chat.models import MemberBlock
 
 _blocks = sa.inspect(MemberBlock).local_table
@@ -60,15 +61,8 @@ async def list_blocks(conn: AsyncConnection, user_id: str) -> list[tuple[str, da
 
 async def set_block(session: AsyncSession, blocker_id: str, blocked_id: str, on: bool) -> bool:
     """Block (`on`) or unblock; True when it changed something."""
-    row = await session.get(MemberBlock, (blocker_id, blocked_id))
-    if on and row is None:
-        session.add(MemberBlock(blocker_id=blocker_id, blocked_id=blocked_id))
-    elif not on and row is not None:
-        await session.delete(row)
-    else:
-        return False
-    await session.flush()
-    return True
+    return await toggle_row(session, MemberBlock, (blocker_id, blocked_id), on, blocker_id=blocker_id,
+                            blocked_id=blocked_id)
 
 
 def blocks_wire(rows: list[tuple[str, datetime]]) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 import webhooks
 from chat import schemas
 from chat.auth import USER_ID_RE
+from chat.db import put_row, toggle_row
 from chat.errors import Invalid
 from chat.models import ModerationAction, Moderator, Pin, Sanction, SlowMode
 
@@ -150,12 +151,7 @@ async def get_slow_mode(conn: AsyncConnection, conversation_id: int) -> int:
 
 
 async def set_slow_mode(session: AsyncSession, conversation_id: int, seconds: int) -> None:
-    row = await session.get(SlowMode, conversation_id, with_for_update=True)
-    if row is None:
-        session.add(SlowMode(conversation_id=conversation_id, seconds=seconds))
-    else:
-        row.seconds = seconds
-    await session.flush()
+    await put_row(session, SlowMode, conversation_id, conversation_id=conversation_id, seconds=seconds)
 
 
 async def pinned_ids(conn: AsyncConnection, conversation_id: int) -> list[int]:
@@ -169,15 +165,8 @@ async def set_pinned(session: AsyncSession, conversation_id: int, message_id: in
                      on: bool) -> bool:
     """Pin or unpin; True when it changed something. The caller holds the conversation's pins
     locked (see ChatService.pin_message) to keep MAX_PINS."""
-    row = await session.get(Pin, (conversation_id, message_id))
-    if on and row is None:
-        session.add(Pin(conversation_id=conversation_id, message_id=message_id, pinned_by=actor_id))
-    elif not on and row is not None:
-        await session.delete(row)
-    else:
-        return False
-    await session.flush()
-    return True
+    return await toggle_row(session, Pin, (conversation_id, message_id), on,
+                            conversation_id=conversation_id, message_id=message_id, pinned_by=actor_id)
 
 
 async def list_actions(session: AsyncSession, creator_id: str, before_id: int | None,
@@ -193,16 +182,7 @@ async def list_actions(session: AsyncSession, creator_id: str, before_id: int | 
 
 async def set_moderator(session: AsyncSession, creator_id: str, user_id: str, on: bool) -> bool:
     """Appoint (`on`) or remove; True when it changed something."""
-    row = await session.get(Moderator, (creator_id, user_id))
-    if on and row is None:
-        session.add(Moderator(creator_id=creator_id, user_id=user_id))
-        await session.flush()
-        return True
-    if not on and row is not None:
-        await session.delete(row)
-        await session.flush()
-        return True
-    return False
+    return await toggle_row(session, Moderator, (creator_id, user_id), on, creator_id=creator_id, user_id=user_id)
 
 
 async def _sanction_row(session: AsyncSession, creator_id: str, user_id: str) -> Sanction:

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 import webhooks
 from chat import moderation, schemas, storage
 from chat.auth import Identity
-from chat.db import utcnow
+from chat.db import put_row, toggle_row, utcnow
 from chat.errors import Invalid, NotFound
 from chat.models import HiddenMessage, MessageReport, ReportSettings
 from chat.retry import retry_transaction
@@ -115,12 +115,7 @@ async def hide_threshold(conn: AsyncConnection, creator_id: str) -> int:
 
 
 async def set_hide_threshold(session: AsyncSession, creator_id: str, threshold: int) -> None:
-    row = await session.get(ReportSettings, creator_id, with_for_update=True)
-    if row is None:
-        session.add(ReportSettings(creator_id=creator_id, hide_threshold=threshold))
-    else:
-        row.hide_threshold = threshold
-    await session.flush()
+    await put_row(session, ReportSettings, creator_id, creator_id=creator_id, hide_threshold=threshold)
 
 
 async def hidden_ids(conn: AsyncConnection, conversation_id: int) -> set[int]:
@@ -137,15 +132,8 @@ async def hidden_among(conn: AsyncConnection, message_ids: Sequence[int]) -> set
 
 async def set_hidden(session: AsyncSession, message_id: int, conversation_id: int, on: bool) -> bool:
     """Hide (`on`) or show again; True when it changed something."""
-    row = await session.get(HiddenMessage, message_id)
-    if on and row is None:
-        session.add(HiddenMessage(message_id=message_id, conversation_id=conversation_id))
-    elif not on and row is not None:
-        await session.delete(row)
-    else:
-        return False
-    await session.flush()
-    return True
+    return await toggle_row(session, HiddenMessage, message_id, on, message_id=message_id,
+                            conversation_id=conversation_id)
 
 
 async def resolve_open(session: AsyncSession, message_id: int, status: str, by: str | None) -> int:

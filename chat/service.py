@@ -57,6 +57,12 @@ TYPING_THROTTLE_S = 1.0
 TYPING_EXPIRES_S = 6.0  # a "typing: true" not refreshed or cleared within this is cleared for the others
 
 
+# A join's messages, for reading their reactions and photos: (reader, message ids,
+# (sender, client_msg_id) of those messages); and what is read: ({message id: reactions},
+# {(sender, client_msg_id): photos}).
+JoinExtrasKey = tuple[str, tuple[int, ...], tuple[tuple[str, str], ...]]
+JoinExtras = tuple[dict[int, list[dict[str, Any]]], dict[tuple[str, str], list[dict[str, Any]]]]
+
 CONVERSATION_CACHE_SIZE = 10_000
 KNOWN_USERS_SIZE = 50_000  # (user_id, name) pairs this process knows are stored
 OVERVIEW_LIMIT = 100  # blocked + timed-out members per creator in the page's moderation overview
@@ -217,6 +223,11 @@ class ChatService:
         # joins waiting at that moment.
         self._join_views: BatchedLookup[tuple[int, str], storage.JoinView] = BatchedLookup(
             self._read_join_views, max_batch=4 * storage.JOIN_VIEWS_BATCH)
+        # The reactions and photos of the messages joins return: one checkout and at most
+        # three statements for the joins waiting at that moment (a reconnect storm's rejoins
+        # each carry the messages they missed).
+        self._join_extras: BatchedLookup[JoinExtrasKey, JoinExtras] = BatchedLookup(
+            self._read_join_extras, max_batch=256)
         self.presence_events = PresenceCoalescer(self._emit_presence, settings.presence_window_s)
         self.socket_reacts = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
         self.reaction_events = ReactionCoalescer(self._emit_reaction, self._recount_reactions)
@@ -435,12 +446,7 @@ class ChatService:
         if not include_replies:  # the main view without thread replies: read from the database
             messages, has_more = await self._join_page_without_replies(conversation_id, since_seq)
         if messages:
-            # Reactions carry the reader's own `me`: read for every join (the cached dicts are
-            # copied, not changed).
-            async with self.read_engine.connect() as conn:
-                messages = await reactions.attach_reactions(conn, messages, user.user_id)
-                # photos with freshly signed URLs (cached messages' URLs may have expired)
-                messages = await self._with_attachments(conn, messages)
+            messages = await self._join_extras_of(user.user_id, messages)
             messages = await self._as_seen_by(user.user_id, conv, messages, blocked)
         members = None
         if conv.kind == "direct":
@@ -460,6 +466,40 @@ class ChatService:
             if conv.kind == "room" else [],
             "guidelines_accepted": not pending,
         }
+
+    async def _join_extras_of(self, reader_id: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Copies of a join's messages with their reactions (the reader's own `me`) and photos
+        (freshly signed URLs: cached messages' may have expired), read for the joins waiting at
+        that moment together (`_read_join_extras`), like `reactions.attach_reactions` +
+        `Attachments.fill` would for each."""
+        live = [m for m in messages if not m.get("deleted")]
+        key = (reader_id, tuple(int(m["id"]) for m in live),
+               tuple((m["sender"]["id"], m["client_msg_id"]) for m in live) if self.attachments is not None else ())
+        found = await self._join_extras.get(key)
+        summaries, photos = found if found is not None else ({}, {})
+        out = []
+        for m in messages:
+            deleted = bool(m.get("deleted"))
+            wire = {**m, "reactions": [] if deleted else summaries.get(int(m["id"]), [])}
+            if self.attachments is not None:
+                wire["attachments"] = [] if deleted else photos.get((m["sender"]["id"], m["client_msg_id"]), [])
+            out.append(wire)
+        return out
+
+    async def _read_join_extras(self, keys: list[JoinExtrasKey]) -> dict[JoinExtrasKey, JoinExtras]:
+        ids = sorted({mid for _, mids, _ in keys for mid in mids})
+        readers = sorted({reader for reader, _, _ in keys})
+        files = sorted({k for _, _, fks in keys for k in fks})
+        async with self.read_engine.connect() as conn:
+            counts, mine = await storage.reaction_counts_for_readers(conn, ids, readers) if ids else ({}, set())
+            photos = await self.attachments.by_keys(conn, files) if files and self.attachments is not None else {}
+        out: dict[JoinExtrasKey, JoinExtras] = {}
+        for key in keys:
+            reader, mids, fks = key
+            summaries = {mid: [{"emoji": e, "count": n, "me": (mid, e, reader) in mine} for e, n in counts[mid]]
+                         for mid in mids if mid in counts}
+            out[key] = (summaries, {k: photos[k] for k in fks if k in photos})
+        return out
 
     async def _join_page(self, conversation_id: int, since_seq: int | None, last_seq: int, user_id: str,
                          hears_all: bool) -> tuple[list[dict[str, Any]], bool, list[dict[str, Any]]]:
@@ -1603,10 +1643,13 @@ class ChatService:
         if hidden is not None:
             return hidden
 
+        async def read_ids() -> set[int]:
+            async with self.read_engine.connect() as conn:
+                return await reports.hidden_ids(conn, conversation_id)
+
         async def read() -> set[int]:
             epoch = self._control_epoch
-            async with self.read_engine.connect() as conn:
-                ids = await reports.hidden_ids(conn, conversation_id)
+            ids = await retry_transaction(read_ids, attempts=3)  # a pooled connection may have died meanwhile
             if epoch == self._control_epoch:
                 if len(self._hidden) >= CONVERSATION_CACHE_SIZE:
                     self._hidden.clear()

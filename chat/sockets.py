@@ -20,6 +20,7 @@ import socketio
 
 from chat import moderation, reports, schemas, sendtrace, spaces, threads, unavailable
 from chat.auth import Authenticator
+from chat.connectgate import ConnectGate
 from chat.errors import ChatError, Forbidden, Invalid, RateLimited, TooLarge, error_wire
 from chat.mentions import check_mentions
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
@@ -61,7 +62,8 @@ class ChatSockets:
         self._admitted: set[str] = set()  # sids the limiter counts
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.guard = PacketGuard(sio, settings.connect_timeout_s, settings.max_bad_packets)
+        self.guard = PacketGuard(sio, settings.connect_timeout_s, settings.max_bad_packets,
+                                 ConnectGate(settings.setup_concurrency, settings.setup_hold_s))
         sio.on("connect", self.on_connect)
         sio.on("disconnect", self.on_disconnect)
         for name in CLIENT_EVENTS:
@@ -86,6 +88,7 @@ class ChatSockets:
             self._admitted.add(sid)
             await self.service.connect_socket(sid, user)
         except Exception as exc:
+            self.guard.set_up(sid)
             await self._forget(sid)
             error = as_chat_error(exc)
             if error.code == "internal":
@@ -209,7 +212,10 @@ class ChatSockets:
         if not self.joins.take(sid):
             raise RateLimited(f"at most {self.settings.join_rate_per_s:g} joins per second "
                               f"(bursts of {self.settings.join_burst})")
-        return await self.service.join(sid, cid, since, include_replies)
+        try:
+            return await self.service.join(sid, cid, since, include_replies)
+        finally:
+            self.guard.set_up(sid)  # a new socket's setup slot (chat/connectgate.py) is free
 
     async def leave(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         return await self.service.leave(sid, schemas.check_conversation_id(data))

@@ -20,6 +20,8 @@ import engineio.exceptions
 import socketio
 from prometheus_client import Counter
 
+from chat.connectgate import ConnectGate
+
 log = logging.getLogger(__name__)
 
 BAD_PACKETS = Counter("backstage_bad_packets_total", "Socket.IO packets that could not be decoded or dispatched")
@@ -29,8 +31,10 @@ MAX_ATTACHMENTS = 10  # binary attachments per Socket.IO packet (none of our eve
 
 
 class PacketGuard:
-    def __init__(self, sio: socketio.AsyncServer, connect_timeout_s: float, max_bad: int) -> None:
+    def __init__(self, sio: socketio.AsyncServer, connect_timeout_s: float, max_bad: int,
+                 gate: ConnectGate | None = None) -> None:
         self.sio, self.connect_timeout_s, self.max_bad = sio, connect_timeout_s, max_bad
+        self.gate = gate  # admission of new sessions in a connect storm (chat/connectgate.py)
         self._strikes: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._logged_at = -LOG_EVERY_S
@@ -49,10 +53,21 @@ class PacketGuard:
         drivers = dict(sio.eio._async)
         drivers["websocket"] = _guarded_websocket(drivers["websocket"], self)
         sio.eio._async = drivers
+        # Once a websocket is detached from aiohttp (chat/fanout.py DetachedWebSocket), its
+        # frames no longer go through the driver's wait(): the server asks this check instead.
+        if hasattr(sio.eio, "frame_check"):
+            sio.eio.frame_check = self.check_frame
         for name in ("engineio.server", "socketio.server"):
             logging.getLogger(name).addFilter(self.log_filter)
 
     async def on_eio_connect(self, eio_sid: str, environ: Any) -> Any:
+        gate = self.gate
+        if gate is not None and gate.enabled:
+            await gate.enter(eio_sid)  # nothing is done for this session before its turn
+            request = environ.get("aiohttp.request") if isinstance(environ, dict) else None
+            if request is not None and (request.transport is None or request.transport.is_closing()):
+                gate.leave(eio_sid)
+                return False  # the client gave up while it waited
         socket = self.sio.eio.sockets.get(eio_sid)
         if socket is not None:
             socket.handle_post_request = self._guarded_post(eio_sid, socket.handle_post_request)
@@ -62,6 +77,8 @@ class PacketGuard:
 
     async def on_eio_disconnect(self, eio_sid: str, reason: Any = None) -> Any:
         self._strikes.pop(eio_sid, None)
+        if self.gate is not None:
+            self.gate.leave(eio_sid)
         return await self._eio_disconnect(eio_sid, reason)
 
     async def on_eio_message(self, eio_sid: str, data: Any) -> None:
@@ -91,6 +108,21 @@ class PacketGuard:
                 self.strike(eio_sid, exc)
 
         return post
+
+    def set_up(self, sid: str) -> None:
+        """The Socket.IO socket `sid` is set up (answered its first join, or was refused): its
+        setup slot goes to the next new session."""
+        if self.gate is not None:
+            eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+            if eio_sid is not None:
+                self.gate.leave(eio_sid)
+
+    def check_frame(self, eio_sid: str, frame: str | bytes) -> bool:
+        """Whether to handle a websocket frame; an undecodable one is a strike instead."""
+        if _decodable(frame):
+            return True
+        self.strike(eio_sid, ValueError("undecodable frame"))
+        return False
 
     def _report(self, what: str) -> None:
         now = time.monotonic()
@@ -139,7 +171,8 @@ class PacketGuard:
     async def close_session(self, eio_sid: str) -> None:
         """Close an Engine.IO session for good. python-engineio's disconnect() only sends the
         CLOSE packet and leaves the websocket open until the client closes it, which a hostile
-        client never does; ending the socket's queue makes its writer close the connection."""
+        client never does. A websocket's connection is closed by the socket's close
+        (chat/fanout.py); ending the queue ends a long-polling session's pending poll."""
         socket = self.sio.eio.sockets.get(eio_sid)
         if socket is None:
             return

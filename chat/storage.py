@@ -886,6 +886,39 @@ def _summaries_statement() -> Any:
 _SUMMARIES = _summaries_statement()
 
 
+def _counts_statement() -> Any:
+    r = _reactions.c
+    return (sa.select(r.message_id, r.emoji, sa.func.count())
+            .where(r.message_id.in_(sa.bindparam("ids", expanding=True)))
+            .group_by(r.message_id, r.emoji)
+            .order_by(r.message_id, sa.func.min(r.created_at), r.emoji))
+
+
+def _mine_statement() -> Any:
+    r = _reactions.c
+    return sa.select(r.message_id, r.emoji, r.user_id).where(
+        r.message_id.in_(sa.bindparam("ids", expanding=True)), r.user_id.in_(sa.bindparam("readers", expanding=True)))
+
+
+_COUNTS, _MINE = _counts_statement(), _mine_statement()
+
+
+async def reaction_counts_for_readers(conn: AsyncConnection, message_ids: Sequence[int], reader_ids: Sequence[str]
+                                      ) -> tuple[dict[int, list[tuple[str, int]]], set[tuple[int, str, str]]]:
+    """For many readers at once (the joins of a storm): {message_id: [(emoji, count)]} in
+    `reaction_summaries`' order, and the (message_id, emoji, reader) reactions of those readers.
+    One statement when none of the messages has a reaction, else two."""
+    counts: dict[int, list[tuple[str, int]]] = {}
+    rows = await conn.execute(_COUNTS, {"ids": sorted(set(message_ids))})
+    for mid, emoji, count in rows.all():
+        counts.setdefault(int(mid), []).append((str(emoji), int(count)))
+    mine: set[tuple[int, str, str]] = set()
+    if counts:
+        rows = await conn.execute(_MINE, {"ids": sorted(counts), "readers": sorted(set(reader_ids))})
+        mine = {(int(mid), str(emoji), str(uid)) for mid, emoji, uid in rows.all()}
+    return counts, mine
+
+
 async def reaction_summaries(conn: AsyncConnection, message_ids: Sequence[int],
                              reader_id: str) -> dict[int, list[dict[str, Any]]]:
     """{message_id: [{emoji, count, me}]} for the messages that have reactions, `me` for reader_id."""

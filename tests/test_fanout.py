@@ -552,3 +552,32 @@ async def test_relay_resubscribes_when_redis_returns(mysql_databases: MySQLDatab
         await close_all([a, b])
         cluster.stop()
         proxy.stop()
+
+
+# ---------------------------------------------------------------- detached websockets
+
+
+async def test_detached_websocket_answers_control_frames_and_limits(tmp_path: Path) -> None:
+    """After the handshake a websocket is owned by chat/fanout.py's DetachedWebSocket, not by
+    aiohttp: it still answers a WebSocket PING with a PONG, Socket.IO packets, a client's close
+    frame with a close frame, and a message over the 1 MiB limit with close 1009."""
+    c = Cluster(f"sqlite+aiosqlite:///{tmp_path}/detached.db", None, "unused", 1)
+    url = c.servers[0].url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+    try:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(url, autoping=False)
+            assert (await ws.receive_str(timeout=10)).startswith("0{")
+            await ws.ping(b"are you there")
+            pong = await ws.receive(timeout=10)
+            assert pong.type == aiohttp.WSMsgType.PONG and pong.data == b"are you there", pong
+            await ws.send_str("40")  # a Socket.IO connect without a token: refused by the app
+            assert (await ws.receive_str(timeout=10)).startswith("44"), "no connect_error"
+            assert await ws.close() and ws.close_code == 1000  # our close answered with 1000
+            ws = await http.ws_connect(url, autoping=False, max_msg_size=0)
+            assert (await ws.receive_str(timeout=10)).startswith("0{")
+            await ws.send_str("4" + "x" * (1024 * 1024 + 10))
+            closing = await ws.receive(timeout=10)
+            assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1009, closing
+            await ws.close()
+    finally:
+        c.stop()

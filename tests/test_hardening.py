@@ -372,3 +372,46 @@ async def test_join_rate_limited_per_socket(env: Env) -> None:
     finally:
         await first.close()
         await second.close()
+
+
+# ---------------------------------------------------------------- connect storms
+
+
+async def test_new_sessions_wait_for_a_setup_slot(tmp_path: Any) -> None:
+    """SOCKETIO_SETUP_CONCURRENCY (chat/connectgate.py): at most N new sessions are set up at once
+    (Engine.IO connect until their first join is answered); the next one gets its handshake
+    only when a slot frees, here when one of the first two answered its join."""
+    cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/gate.db", None, "unused", 1,
+                      env={"SOCKETIO_SETUP_CONCURRENCY": "2", "SOCKETIO_SETUP_HOLD_S": "30",
+                           "SOCKETIO_CONNECT_TIMEOUT_S": "30"})
+    sessions: list[tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]] = []
+    waiting: asyncio.Task[tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]] | None = None
+    try:
+        api, url = cluster.api, cluster.servers[0].url
+        api.user("cre")
+        for u in ("p1", "p2", "p3"):
+            api.user(u)
+            api.membership("cre", u, 100)
+        room = api.room("cre", "Gate", 0)
+        for u in ("p1", "p2"):  # two sessions being set up: connected, not joined yet
+            http, ws = await raw_ws(url)
+            sessions.append((http, ws))
+            await ws.send_str("40" + json.dumps({"token": make_token(u)}))
+            assert (await ws.receive_str(timeout=10)).startswith("40")
+        waiting = asyncio.create_task(raw_ws(url))
+        done, _ = await asyncio.wait({waiting}, timeout=1.5)
+        assert not done, "a third session was set up while two were (limit 2)"
+        ws1 = sessions[0][1]
+        await ws1.send_str("421" + json.dumps(["join", {"conversation_id": room}]))
+        while not (frame := await ws1.receive_str(timeout=10)).startswith("431"):
+            pass
+        assert json.loads(frame[3:])[0]["ok"] is True
+        sessions.append(await asyncio.wait_for(waiting, 10))  # long before the 30 s hold would free one
+        waiting = None
+    finally:
+        if waiting is not None:
+            waiting.cancel()
+        for http, ws in sessions:
+            await ws.close()
+            await http.close()
+        cluster.stop()

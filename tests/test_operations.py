@@ -116,6 +116,7 @@ async def test_database_cut_off_readyz_503_and_unavailable_then_recovery(mysql_d
         ack = await c.call("send", {"conversation_id": room, "body": "two", "client_msg_id": "k2"}, timeout=30)
         assert ack["ok"] and ack["message"]["seq"] == 2, ack
         hist = await c.call("history", {"conversation_id": room})
+        assert hist.get("ok") is not False, hist
         assert [(m["seq"], m["body"]) for m in hist["messages"]] == [(1, "one"), (2, "two")]
     finally:
         if c is not None:
