@@ -18,6 +18,7 @@ import { attachCompletion, mentionsMe } from "./mentions.js";
 import {
   applyJoinAnswer,
   composerBlock,
+  sendRefused,
   disarm,
   loadModeration,
   noteSendError,
@@ -38,7 +39,6 @@ const TYPING_EXPIRE_MS = 6_000; // others' typing state without news expires
 const PAGE = 50;
 const REREAD_PAGE = 100;
 const LIST_REFRESH_MS = 60_000;
-const MAX_BODY_CHARS = 4_000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -478,24 +478,7 @@ function submitComposer() {
   const body = composer.value.trim();
   const photos = photosForSend(conv.id);
   if (!body && !photos.attachments.length && !photos.busy && !photos.failed) return;
-  const block = composerBlock(conv);
-  if (block && block.disabled) return;
-  if (block && block.wait) {
-    showNotice(`Slow mode: you can send again in ${block.wait}.`, "warning");
-    return;
-  }
-  if (photos.busy) {
-    showNotice("Wait until the photos are uploaded.", "warning");
-    return;
-  }
-  if (photos.failed) {
-    showNotice("A photo could not be uploaded: remove it first.", "error");
-    return;
-  }
-  if ([...body].length > MAX_BODY_CHARS) {
-    showNotice(`Messages are limited to ${MAX_BODY_CHARS} characters.`, "error");
-    return;
-  }
+  if (sendRefused(conv, body, photos)) return;
   const mentions = mainMentions ? mainMentions.mentionsFor(body) : [];
   composer.value = "";
   drafts.delete(conv.id);

@@ -191,6 +191,22 @@ function slowLeft(conv) {
   return until ? Math.max(0, until - Date.now()) : 0;
 }
 
+const MAX_BODY_CHARS = 4_000;
+
+/** Whether a send from a composer of `conv` cannot go now (the reason shown as a notice):
+ * the composer is blocked, slow mode's wait, photos still uploading or failed, too long. */
+export function sendRefused(conv, body, photos) {
+  const block = composerBlock(conv);
+  if (block && block.disabled) return true;
+  let notice = null;
+  if (block && block.wait) notice = [`Slow mode: you can send again in ${block.wait}.`, "warning"];
+  else if (photos.busy) notice = ["Wait until the photos are uploaded.", "warning"];
+  else if (photos.failed) notice = ["A photo could not be uploaded: remove it first.", "error"];
+  else if ([...body].length > MAX_BODY_CHARS) notice = [`Messages are limited to ${MAX_BODY_CHARS} characters.`, "error"];
+  if (notice) showNotice(...notice);
+  return notice !== null;
+}
+
 /**
  * What moderation does to the composer of a conversation: null (nothing), or {disabled: true,
  * placeholder} while timed out, or {wait: "12 s"} while slow mode holds the next send back.
