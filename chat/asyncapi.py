@@ -15,11 +15,7 @@ document, failing on any event the document does not list.
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
-
-import orjson
-from aiohttp import web
 
 from chat.moderation import MAX_PINS, MAX_REASON_CHARS, MAX_SLOW_MODE_S, MAX_TIMEOUT_MINUTES
 from chat.openapi import (
@@ -32,6 +28,7 @@ from chat.openapi import (
     MENTIONS_PARAM,
     SCHEMAS,
     THREAD_ID,
+    document_route,
 )
 from chat.reactions import MAX_PER_MESSAGE
 from chat.reports import MAX_NOTE_CHARS, REASONS
@@ -473,12 +470,5 @@ def build() -> dict[str, Any]:
     }
 
 
-@cache
-def document_bytes() -> bytes:
-    return orjson.dumps(build())
-
-
-async def handler(request: web.Request) -> web.Response:
-    return web.Response(body=document_bytes(), content_type="application/json",
-                        headers={"Cache-Control": "no-cache"})
+handler = document_route(build)
 

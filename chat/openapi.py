@@ -8,6 +8,7 @@ schemas, and schemathesis checks the running server against it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import cache
 from typing import Any
 
@@ -812,11 +813,14 @@ def build() -> dict[str, Any]:
     }
 
 
-@cache
-def document_bytes() -> bytes:
-    return orjson.dumps(build())
+def document_route(build: Callable[[], dict[str, Any]]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A GET handler serving `build()`'s document as JSON, encoded once on first use."""
+    encoded = cache(lambda: orjson.dumps(build()))
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=encoded(), content_type="application/json", headers={"Cache-Control": "no-cache"})
+
+    return handler
 
 
-async def handler(request: web.Request) -> web.Response:
-    return web.Response(body=document_bytes(), content_type="application/json",
-                        headers={"Cache-Control": "no-cache"})
+handler = document_route(build)
