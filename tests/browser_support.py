@@ -6,6 +6,7 @@ Playwright's own browser download does not work here; the tests launch /usr/bin/
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import random
@@ -13,6 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -236,3 +238,20 @@ def setup_room(api: Any, who: Any, name: str = "Lounge") -> tuple[str, str, str]
     api.membership(who.cara, who.pat, 500)
     room = api.room(who.cara, name, min_tier_cents=100)
     return creator, patron, room
+
+
+def socket_call(url: str, token: str, event: str, data: Any) -> Any:
+    """One request with an ack from a real Socket.IO client (tests/support.Client) of another
+    user, for what a test needs done by someone without a tab. It runs in a thread of its own:
+    Playwright's sync API keeps its event loop marked as running in the test's thread."""
+    from tests.support import Client
+
+    async def go() -> Any:
+        client = await Client(url, token).connect()
+        try:
+            return await client.call(event, data)
+        finally:
+            await client.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, go()).result(timeout=30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -218,3 +219,27 @@ async def barrier(apis: list[Api], sockets: list[tuple[str, Client]], tag: str) 
 def app_events(c: Client) -> list[Any]:
     """The `event` frames a socket received, markers of `barrier` left out."""
     return [e for e in c.events["event"] if e["event"] != MARKER_EVENT]
+
+
+# ---------------------------------------------------------------- acks
+
+
+def ok(ack: dict[str, Any]) -> dict[str, Any]:
+    """A successful ack, returned."""
+    assert ack["ok"] is True, ack
+    return ack
+
+
+def err(ack: dict[str, Any]) -> str:
+    """A refused ack's error code."""
+    assert ack["ok"] is False, ack
+    return str(ack["error"]["code"])
+
+
+async def send(c: Client, conversation_id: str, body: str = "hi", cmid: str | None = None,
+               **extra: Any) -> dict[str, Any]:
+    """`send` over the socket (a fresh client_msg_id unless `cmid`); the ack, ok or not."""
+    ack: dict[str, Any] = await c.call("send", {"conversation_id": conversation_id, "body": body,
+                                                "client_msg_id": cmid or secrets.token_hex(8), **extra})
+    return ack
+

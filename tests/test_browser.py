@@ -263,7 +263,8 @@ def test_edit_and_delete_messages(browser, cluster, pages, who):
     b.wait_seqs([1, 2, 3])
     b.message(3).hover()
     b.message(3).get_by_role("button", name="Message actions").click()
-    expect(b.message(3).get_by_role("menuitem")).to_have_text(["Add reaction", "Reply in thread", "Copy text"])
+    expect(b.message(3).get_by_role("menuitem")).to_have_text(
+        ["Add reaction", "Reply in thread", "Copy text", "Report…", "Block Cara Creator…"])
     b.page.keyboard.press("Escape")
 
     # The room's creator deletes a patron's message, by keyboard: Enter opens the menu with its

@@ -9,23 +9,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from tests.support import Api, Client
-
-
-def ok(ack: dict[str, Any]) -> dict[str, Any]:
-    assert ack["ok"] is True, ack
-    return ack
-
-
-def err(ack: dict[str, Any]) -> str:
-    assert ack["ok"] is False, ack
-    return str(ack["error"]["code"])
-
-
-async def send(c: Client, cid: str, body: str) -> dict[str, Any]:
-    ack: dict[str, Any] = await c.call("send", {"conversation_id": cid, "body": body,
-                                                "client_msg_id": secrets.token_hex(8)})
-    return ack
+from tests.support import Api, Client, err, ok, send
 
 
 def placeholder_of(m: dict[str, Any], msg: dict[str, Any]) -> None:

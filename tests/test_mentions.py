@@ -15,24 +15,8 @@ import sqlalchemy as sa
 
 from chat.mentions import MAX_MENTIONS, candidates, pick
 from tests.conftest import Cluster
-from tests.support import Api, Client, make_token
+from tests.support import Api, Client, err, make_token, ok, send
 from tests.test_push_rules import PushCluster, push_cluster  # noqa: F401 (the fixture)
-
-
-def ok(ack: dict[str, Any]) -> dict[str, Any]:
-    assert ack["ok"] is True, ack
-    return ack
-
-
-def err(ack: dict[str, Any]) -> str:
-    assert ack["ok"] is False, ack
-    return str(ack["error"]["code"])
-
-
-async def send(c: Client, conversation_id: str, body: str, cmid: str | None = None, **extra: Any) -> dict[str, Any]:
-    ack: dict[str, Any] = await c.call("send", {"conversation_id": conversation_id, "body": body,
-                                                "client_msg_id": cmid or secrets.token_hex(8), **extra})
-    return ack
 
 
 def listed(api: Api, token: str, conversation_id: str) -> dict[str, Any]:

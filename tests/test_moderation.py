@@ -7,22 +7,13 @@ update; every action is in the moderation log. SQLite and MariaDB + Redis, on th
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
-from tests.support import Api, Client, barrier
+from tests.support import Api, Client, barrier, err, ok, send
 
 MAX_MINUTES = 7 * 24 * 60
 
 
-def ok(ack: dict[str, Any]) -> dict[str, Any]:
-    assert ack["ok"] is True, ack
-    return ack
-
-
-def err(ack: dict[str, Any]) -> str:
-    assert ack["ok"] is False, ack
-    return str(ack["error"]["code"])
 
 
 async def connect(url: str, token: str) -> Client:
@@ -38,11 +29,6 @@ def community(api: Api, uid: Any) -> tuple[str, str, str, dict[str, str], str]:
     api.membership(cre, pat, 500)
     return cre, mod, pat, tokens, api.room(cre, "Lounge", 0)
 
-
-async def send(c: Client, room: str, body: str) -> dict[str, Any]:
-    ack: dict[str, Any] = await c.call("send", {"conversation_id": room, "body": body,
-                                                "client_msg_id": secrets.token_hex(8)})
-    return ack
 
 
 async def test_moderators_delete_any_message_and_appoint_nobody(shared_any_server: Any, uid: Any) -> None:

@@ -16,21 +16,13 @@ import emoji as emoji_data
 import pytest
 import sqlalchemy as sa
 
-from tests.support import Api, Client, barrier, make_token, sync_engine
+from tests.support import Api, Client, barrier, err, make_token, ok, sync_engine
 
 THUMBS, HEART, HEART_BARE, FIRE = "👍", "❤️", "❤", ":fire:"
 # Single-code-point, fully-qualified emoji: enough distinct ones for the limits.
 MANY = sorted(e for e, d in emoji_data.EMOJI_DATA.items() if len(e) == 1 and d["status"] == 2)[:30]
 
 
-def err(ack: dict[str, Any]) -> str:
-    assert ack["ok"] is False, ack
-    return str(ack["error"]["code"])
-
-
-def ok(ack: dict[str, Any]) -> dict[str, Any]:
-    assert ack["ok"] is True, ack
-    return ack
 
 
 async def react(c: Client, mid: str, emoji: Any, on: Any = True, timeout: float = 10, **extra: Any) -> dict[str, Any]:

@@ -8,29 +8,12 @@ API and gets `message.reported` webhooks. SQLite (one process) and MariaDB + Red
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from tests.conftest import Cluster
-from tests.support import Api, Client
+from tests.support import Api, Client, err, ok, send
 from tests.test_webhooks import Receiver, receiver, webhook_server  # noqa: F401 (fixtures)
 from webhooks import MESSAGE_REPORTED, MODERATION_ACTION
-
-
-def ok(ack: dict[str, Any]) -> dict[str, Any]:
-    assert ack["ok"] is True, ack
-    return ack
-
-
-def err(ack: dict[str, Any]) -> str:
-    assert ack["ok"] is False, ack
-    return str(ack["error"]["code"])
-
-
-async def send(c: Client, cid: str, body: str) -> dict[str, Any]:
-    ack: dict[str, Any] = await c.call("send", {"conversation_id": cid, "body": body,
-                                                "client_msg_id": secrets.token_hex(8)})
-    return ack
 
 
 def gapless(page: list[dict[str, Any]]) -> None:

@@ -9,18 +9,12 @@ cases on two processes sharing Redis."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 
-from tests.support import API_KEY, Api, Client, sync_engine
-
-
-def ok(ack: dict[str, Any]) -> dict[str, Any]:
-    assert ack["ok"] is True, ack
-    return ack
+from tests.support import API_KEY, Api, Client, ok, send, sync_engine
 
 
 def refused(ack: dict[str, Any]) -> dict[str, Any]:
@@ -31,11 +25,6 @@ def refused(ack: dict[str, Any]) -> dict[str, Any]:
 async def connect(url: str, token: str) -> Client:
     return await Client(url, token).connect()
 
-
-async def send(c: Client, room: str, body: str = "hi") -> dict[str, Any]:
-    ack: dict[str, Any] = await c.call("send", {"conversation_id": room, "body": body,
-                                                "client_msg_id": secrets.token_hex(8)})
-    return ack
 
 
 def create(api: Api, creator: str, name: str = "Room", **extra: Any) -> httpx.Response:

@@ -16,19 +16,9 @@ import sqlalchemy as sa
 
 from tests.conftest import Cluster, MySQLDatabases
 from tests.fakefcm import FakeFCMServer
-from tests.support import Api, Client, barrier, make_token, sync_engine
+from tests.support import Api, Client, barrier, err, make_token, ok, sync_engine
 from tests.test_push_rules import PushCluster
 from tests.test_reactions import add_memberships
-
-
-def ok(ack: dict[str, Any]) -> dict[str, Any]:
-    assert ack["ok"] is True, ack
-    return ack
-
-
-def err(ack: dict[str, Any]) -> str:
-    assert ack["ok"] is False, ack
-    return str(ack["error"]["code"])
 
 
 def setup_room(api: Api, uid: Any, *patrons: str) -> tuple[str, dict[str, str], str]:

@@ -18,6 +18,7 @@ import { attachCompletion, mentionsMe } from "./mentions.js";
 import {
   applyJoinAnswer,
   composerBlock,
+  sendRefused,
   disarm,
   loadModeration,
   noteSendError,
@@ -27,6 +28,9 @@ import {
   onSlowMode,
   setupModeration,
 } from "./moderation.js";
+import { onMessageHidden, onReportOpened, onReportResolved, setupReports } from "./reports.js";
+import { loadBlocks, onUserBlocked, setupBlocks } from "./blocks.js";
+import { applySpaceJoin, onConversationDeleted, onConversationUpdated, setupSpaces } from "./spaces.js";
 
 const ACK_TIMEOUT_MS = 10_000;
 const TYPING_REFRESH_MS = 2_000; // re-send typing:true this often while typing
@@ -35,7 +39,6 @@ const TYPING_EXPIRE_MS = 6_000; // others' typing state without news expires
 const PAGE = 50;
 const REREAD_PAGE = 100;
 const LIST_REFRESH_MS = 60_000;
-const MAX_BODY_CHARS = 4_000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -96,6 +99,15 @@ function connectSocket() {
     if (conv) onPins(conv, ev);
   });
   client.on("event", onCreatorEvent);
+  client.on("report_opened", onReportOpened);
+  client.on("report_resolved", onReportResolved);
+  client.on("message_hidden", (ev) => {
+    const conv = convOf(ev);
+    if (conv) onMessageHidden(conv, ev);
+  });
+  client.on("user_blocked", onUserBlocked);
+  client.on("conversation_updated", onConversationUpdated);
+  client.on("conversation_deleted", onConversationDeleted);
   // Refused by the server (not a network error): bad credentials, or too many connections.
   client.connect().catch((err) => handleUnauthorized(err && err.message));
   watchConnection(client.socket, reconnectNow);
@@ -124,6 +136,7 @@ async function onConnect(reconnect) {
     // The list we have is still good; the periodic refresh tries again.
   }
   subscribeCreatorChannels();
+  loadBlocks();
   if (reconnect) for (const c of state.convs.values()) if (c.loaded) c.stale = true;
   // The client keeps joined conversations joined (and recovers them with since_seq); the
   // others (the first connect, conversations listed while offline) are joined here.
@@ -288,6 +301,7 @@ function onJoined({ conversationId, answer }) {
   }
   conv.online = new Set((answer.online || []).map(String));
   applyJoinAnswer(conv, answer);
+  applySpaceJoin(conv, answer);
   for (const rp of answer.read_positions || []) {
     learnName(rp);
     const userId = String(rp.user_id);
@@ -464,24 +478,7 @@ function submitComposer() {
   const body = composer.value.trim();
   const photos = photosForSend(conv.id);
   if (!body && !photos.attachments.length && !photos.busy && !photos.failed) return;
-  const block = composerBlock(conv);
-  if (block && block.disabled) return;
-  if (block && block.wait) {
-    showNotice(`Slow mode: you can send again in ${block.wait}.`, "warning");
-    return;
-  }
-  if (photos.busy) {
-    showNotice("Wait until the photos are uploaded.", "warning");
-    return;
-  }
-  if (photos.failed) {
-    showNotice("A photo could not be uploaded: remove it first.", "error");
-    return;
-  }
-  if ([...body].length > MAX_BODY_CHARS) {
-    showNotice(`Messages are limited to ${MAX_BODY_CHARS} characters.`, "error");
-    return;
-  }
+  if (sendRefused(conv, body, photos)) return;
   const mentions = mainMentions ? mainMentions.mentionsFor(body) : [];
   composer.value = "";
   drafts.delete(conv.id);
@@ -1062,6 +1059,18 @@ async function boot() {
     unauthorized: () => handleUnauthorized(),
   });
   setupModeration({ request: emitAck, refresh: () => refreshConversations().catch(() => {}) });
+  setupReports({ request: emitAck });
+  setupSpaces({ request: emitAck, remove: removeConversation, refresh: () => refreshConversations().catch(() => {}) });
+  setupBlocks({
+    request: emitAck,
+    // After an unblock: what arrived as placeholders is read again.
+    reread: () => {
+      for (const conv of state.convs.values()) {
+        if (conv.loaded && [...conv.messages.values()].some((m) => m.hidden_reason === "blocked")) refreshLatest(conv);
+      }
+      refreshConversations().catch(() => {});
+    },
+  });
   document.addEventListener("pointerdown", (e) => {
     if (state.reactionWho && !e.target.closest(".reaction-who")) {
       state.reactionWho = null;

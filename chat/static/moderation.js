@@ -8,6 +8,9 @@ import * as api from "./api.js";
 import { clockTime, fullTime, h } from "./dom.js";
 import { addRenderHook, scheduleRender, showNotice } from "./render.js";
 import { isCreatorOf, nameOf, openConv, state } from "./state.js";
+import { blockedComposer, noteDirectRefusal, noteDirectSent } from "./blocks.js";
+import { loadDesk, reloadDesks, reportsSection, reportsSig } from "./reports.js";
+import { noteSpaceRefusal, spaceComposer } from "./spaces.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -74,6 +77,7 @@ export async function loadModeration() {
     mod.teams.set(String(team.creator_id), team);
   }
   mod.panel.sig = null;
+  reloadDesks(); // the open reports of the teams we act for
   scheduleRender();
 }
 
@@ -154,6 +158,7 @@ function exemptFromSlowMode(conv) {
 
 /** A send of ours was stored: slow mode makes us wait before the next one. */
 export function noteSent(conv) {
+  noteDirectSent(conv);
   if (conv.slowMode > 0 && !exemptFromSlowMode(conv)) {
     mod.slowUntil.set(conv.id, Date.now() + conv.slowMode * 1000);
     startTicker();
@@ -162,6 +167,8 @@ export function noteSent(conv) {
 
 /** A send was refused: a timeout (`forbidden` with `until`) or slow mode (`rate_limited` with `retry_after`). */
 export function noteSendError(conv, error) {
+  noteDirectRefusal(conv, error);
+  noteSpaceRefusal(conv, error);
   const details = (error && error.details) || {};
   if (error && error.code === "forbidden" && details.until) {
     setTimeoutUntil(String(conv.conversation.creator_id), details.until);
@@ -184,11 +191,29 @@ function slowLeft(conv) {
   return until ? Math.max(0, until - Date.now()) : 0;
 }
 
+const MAX_BODY_CHARS = 4_000;
+
+/** Whether a send from a composer of `conv` cannot go now (the reason shown as a notice):
+ * the composer is blocked, slow mode's wait, photos still uploading or failed, too long. */
+export function sendRefused(conv, body, photos) {
+  const block = composerBlock(conv);
+  if (block && block.disabled) return true;
+  let notice = null;
+  if (block && block.wait) notice = [`Slow mode: you can send again in ${block.wait}.`, "warning"];
+  else if (photos.busy) notice = ["Wait until the photos are uploaded.", "warning"];
+  else if (photos.failed) notice = ["A photo could not be uploaded: remove it first.", "error"];
+  else if ([...body].length > MAX_BODY_CHARS) notice = [`Messages are limited to ${MAX_BODY_CHARS} characters.`, "error"];
+  if (notice) showNotice(...notice);
+  return notice !== null;
+}
+
 /**
  * What moderation does to the composer of a conversation: null (nothing), or {disabled: true,
  * placeholder} while timed out, or {wait: "12 s"} while slow mode holds the next send back.
  */
 export function composerBlock(conv) {
+  const blocked = blockedComposer(conv) || spaceComposer(conv);
+  if (blocked) return blocked;
   if (timeoutLeft(conv) > 0) return { disabled: true, placeholder: "You are timed out in this room" };
   const slow = slowLeft(conv);
   if (slow > 0) return { wait: duration(slow) };
@@ -463,11 +488,17 @@ function togglePanel(open = !mod.panel.open) {
     }
     mod.panel.sig = null;
     loadLog(true);
+    loadDesk(creatorId);
     loadModeration();
     renderPanel(conv);
     const first = $("moderation-panel").querySelector("select, button");
     if (first) first.focus();
   }
+}
+
+/** Something was logged (e.g. a report reviewed): the open panel reads the log again. */
+export function reloadLog() {
+  if (mod.panel.open) loadLog(true);
 }
 
 async function loadLog(fresh) {
@@ -496,7 +527,8 @@ function renderPanel(conv) {
   const team = teamOf(conv);
   const amCreator = isCreatorOf(conv);
   const p = mod.panel;
-  const sig = JSON.stringify([conv.id, conv.slowMode, team, amCreator, p.entries.map((e) => e.id), p.next, p.error, p.loading]);
+  const creatorId = String(conv.conversation.creator_id);
+  const sig = JSON.stringify([conv.id, conv.slowMode, team, amCreator, p.entries.map((e) => e.id), p.next, p.error, p.loading, reportsSig(creatorId)]);
   if (sig === p.sig) return;
   p.sig = sig;
   const focusedKey = document.activeElement && panel.contains(document.activeElement) ? document.activeElement.dataset.key : null;
@@ -530,6 +562,7 @@ function renderPanel(conv) {
       } }, "✕"),
     ),
     h("div", { class: "mod-body" },
+      reportsSection(creatorId),
       h("section", { class: "mod-section" }, h("label", { class: "mod-label", for: "slow-mode-select" }, "Slow mode in this room"), select),
       people("Moderators", team.moderators, amCreator
         ? (u) => h("button", { type: "button", class: "link-button", "data-key": `unmod-${u.id}`, onclick: () => appoint(String(u.id), false) }, "Remove")
@@ -588,6 +621,10 @@ export function logText(e) {
       return `${actor} pinned a message by ${target}${where}`;
     case "message_unpinned":
       return `${actor} unpinned a message by ${target}${where}`;
+    case "report_dismissed":
+      return `${actor} dismissed the reports of a message by ${target}${where}`;
+    case "report_removed":
+      return `${actor} removed a reported message by ${target}${where}`;
     default:
       return `${actor}: ${e.action}${target ? ` ${target}` : ""}`;
   }

@@ -19,6 +19,8 @@ import { PICKER, buildReactionRow, reactionsOf, whoText } from "./reactions.js";
 import { avatarUrl, fillAvatar, menuModeFor, messageMenu, openPicker, openSubmenu } from "./ui.js";
 import { buildPhotos, paint as paintPhotos, photosLabel, uploading } from "./photos.js";
 import { composerBlock, moderationItems, moderationSubmenus } from "./moderation.js";
+import { isReported, memberItems, messageVeil } from "./reports.js";
+import { roomSymbol } from "./spaces.js";
 import { canReplyTo, isReply, threadSummary } from "./threads.js";
 import { mentionBody, mentionsMe } from "./mentions.js";
 
@@ -83,7 +85,8 @@ function previewText(conv) {
   const m = conv.lastMessage;
   if (!m) return conv.conversation.kind === "room" ? "No messages yet" : "Say hello";
   const who = state.me && m.sender && m.sender.id === state.me.id ? "You" : (m.sender && m.sender.name) || "";
-  const text = m.deleted ? "message deleted" : m.body.replace(/\s+/g, " ").trim() || photosLabel(m);
+  const veil = messageVeil(conv, m);
+  const text = m.deleted ? "message deleted" : veil && veil.placeholder ? veil.placeholder : m.body.replace(/\s+/g, " ").trim() || photosLabel(m);
   return conv.conversation.kind === "room" || who === "You" ? `${who}: ${text}` : text;
 }
 
@@ -111,7 +114,7 @@ function buildListItem(conv) {
   const isRoom = conv.conversation.kind === "room";
   const presence = presenceOf(conv);
   const avatar = h("span", { class: "avatar", "aria-hidden": "true" });
-  fillAvatar(avatar, { key: conv.id, name, userId: otherMemberId(conv), symbol: isRoom ? "#" : null });
+  fillAvatar(avatar, { key: conv.id, name, userId: otherMemberId(conv), symbol: isRoom ? roomSymbol(conv) : null });
   const wrap = h("span", { class: "avatar-wrap" }, avatar);
   if (presence) wrap.append(h("span", { class: `presence-dot ${presence}`, title: PRESENCE_TITLE[presence] }));
   const mentionBadge =
@@ -136,8 +139,10 @@ function buildListItem(conv) {
         { class: "conv-top" },
         h("span", { class: "conv-name" }, name),
         conv.muted ? h("span", { class: "conv-muted", title: "Muted" }, "muted") : null,
+        isRoom && conv.conversation.archived ? h("span", { class: "conv-muted", title: "Archived: read-only" }, "archived") : null,
         h("time", { class: "conv-time", datetime: conv.lastMessage ? conv.lastMessage.created_at : null }, conv.lastMessage ? shortTime(conv.lastMessage.created_at) : ""),
       ),
+      isRoom && conv.conversation.topic ? h("div", { class: "conv-topic", "data-testid": "conversation-topic" }, conv.conversation.topic) : null,
       h("div", { class: "conv-bottom" }, h("span", { class: "conv-preview" }, previewText(conv)), mentionBadge, badge),
     ),
   ];
@@ -159,6 +164,8 @@ function renderList() {
       conv.muted,
       presenceOf(conv),
       avatarUrl(otherMemberId(conv)),
+      messageVeil(conv, conv.lastMessage),
+      [conv.conversation.emoji, conv.conversation.topic, conv.conversation.archived],
     ]);
     let item = listItems.get(conv.id);
     if (!item) {
@@ -264,8 +271,13 @@ export function buildMessage(conv, msg, { grouped, seenBy, pending, scope = "mai
 
   const editing = !pending && editingIn(conv, msg, scope) ? state.editing : null;
   const bubble = h("div", { class: "msg-bubble" });
+  const veil = pending ? null : messageVeil(conv, msg);
   if (msg.deleted) {
     bubble.append(h("em", { class: "msg-body msg-deleted-text" }, "message deleted"));
+  } else if (veil && veil.placeholder) {
+    el.classList.add("veiled");
+    el.dataset.hidden = veil.reason;
+    bubble.append(h("em", { class: "msg-body msg-hidden-text", "data-testid": "hidden-placeholder" }, veil.placeholder));
   } else if (editing) {
     const area = h("textarea", { class: "edit-box", rows: "2", maxlength: "4000", "aria-label": "Edit message" });
     area.value = editing.draft;
@@ -303,6 +315,11 @@ export function buildMessage(conv, msg, { grouped, seenBy, pending, scope = "mai
     if (photos) bubble.append(photos);
     if (msg.body || !photos) bubble.append(h("div", { class: "msg-body" }, pending ? linkify(msg.body) : mentionBody(msg)));
     if (msg.edited_at) bubble.append(h("span", { class: "msg-edited", title: fullTime(msg.edited_at) }, "edited"));
+    if (veil && veil.marker) {
+      el.classList.add("dimmed");
+      el.dataset.hidden = "reported";
+      bubble.append(h("span", { class: "msg-hidden-marker", "data-testid": "hidden-marker", title: "Hidden from members after reports" }, veil.marker));
+    }
   }
   const row = h("div", { class: "msg-row" }, bubble);
   el.append(row);
@@ -315,11 +332,13 @@ export function buildMessage(conv, msg, { grouped, seenBy, pending, scope = "mai
     }
   }
 
+  if (!pending && isReported(msg) && !msg.deleted) el.append(h("div", { class: "msg-reported", "data-testid": "reported-marker" }, "Reported"));
+
   if (!pending) {
     const whoOpen = state.reactionWho && state.reactionWho.convId === conv.id && state.reactionWho.seq === msg.seq
       ? state.reactionWho.emoji
       : null;
-    const reactions = buildReactionRow(conv.id, msg, (emoji, on) => actions.react(conv.id, msg.seq, emoji, on), whoOpen);
+    const reactions = veil && veil.placeholder ? null : buildReactionRow(conv.id, msg, (emoji, on) => actions.react(conv.id, msg.seq, emoji, on), whoOpen);
     if (reactions) el.append(reactions);
     if (scope === "main") {
       const summary = threadSummary(conv, msg);
@@ -366,6 +385,8 @@ function reactionPickerOf(conv, msg) {
 function messageActions(conv, msg, scope = "main") {
   const key = menuKey(conv, scope);
   const items = [];
+  const veiled = Boolean((messageVeil(conv, msg) || {}).placeholder);
+  if (veiled) return [...(canDelete(conv, msg) ? [deleteItem(conv, msg)] : []), ...memberItems(conv, msg)];
   if (!msg.deleted && msg.id) {
     items.push({ action: "react", label: "Add reaction", keepOpen: true, run: () => openPicker(key, msg.seq) });
   }
@@ -373,27 +394,30 @@ function messageActions(conv, msg, scope = "main") {
     items.push({ action: "reply", label: "Reply in thread", run: () => actions.openThread(conv.id, msg.id) });
   }
   if (canEdit(msg)) items.push({ action: "edit", label: "Edit", run: () => actions.startEdit(conv.id, msg.seq, scope) });
-  if (canDelete(conv, msg)) {
-    const confirming = state.confirmDelete && state.confirmDelete.convId === conv.id && state.confirmDelete.seq === msg.seq;
-    items.push({
-      action: "delete",
-      label: confirming ? "Delete?" : "Delete",
-      danger: true,
-      keepOpen: !confirming, // the first press arms, the second deletes
-      run: () => actions.deleteMessage(conv.id, msg.seq),
-    });
-  }
+  if (canDelete(conv, msg)) items.push(deleteItem(conv, msg));
   items.push(...moderationItems(conv, msg, (name) => openSubmenu(key, msg.seq, name)));
   if (items.length && navigator.clipboard && msg.body && !msg.deleted) {
     items.push({ action: "copy", label: "Copy text", run: () => navigator.clipboard.writeText(msg.body).catch(() => {}) });
   }
+  items.push(...memberItems(conv, msg)); // Report…, Block / Unblock (reports.js, blocks.js)
   return items;
+}
+
+function deleteItem(conv, msg) {
+  const confirming = state.confirmDelete && state.confirmDelete.convId === conv.id && state.confirmDelete.seq === msg.seq;
+  return {
+    action: "delete",
+    label: confirming ? "Delete?" : "Delete",
+    danger: true,
+    keepOpen: !confirming, // the first press arms, the second deletes
+    run: () => actions.deleteMessage(conv.id, msg.seq),
+  };
 }
 
 function renderHeader(conv) {
   const name = conversationName(conv);
   const isRoom = conv.conversation.kind === "room";
-  fillAvatar($("conv-avatar"), { key: conv.id, name, userId: otherMemberId(conv), symbol: isRoom ? "#" : null });
+  fillAvatar($("conv-avatar"), { key: conv.id, name, userId: otherMemberId(conv), symbol: isRoom ? roomSymbol(conv) : null });
   const title = $("conv-title");
   if (title.textContent !== name) title.textContent = name;
 
@@ -404,6 +428,7 @@ function renderHeader(conv) {
     if (conv.joined) parts.push(`${conv.online.size} online`);
     else if (state.connection !== "connected") parts.push("online count unknown");
     if (conv.conversation.post_policy === "creator") parts.push("creator posts only");
+    if (conv.conversation.archived) parts.push("archived");
   } else {
     parts.push(presenceText(presenceOf(conv)));
   }
@@ -564,6 +589,7 @@ export function renderMessageView(view, conv, { viewKey, msgs, pendings, seenBy 
       menuMode,
       menuMode && messageActions(conv, msg, scope).map((it) => it.label),
       reactionsOf(msg),
+      !opts.pending && [messageVeil(conv, msg), isReported(msg)],
       state.reactionWho && state.reactionWho.convId === conv.id && state.reactionWho.seq === msg.seq
         ? [state.reactionWho.emoji, whoText(msg, state.reactionWho.emoji)]
         : null,

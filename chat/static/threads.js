@@ -7,7 +7,7 @@
 
 import * as api from "./api.js";
 import { fullTime, h, shortTime } from "./dom.js";
-import { composerBlock } from "./moderation.js";
+import { composerBlock, sendRefused } from "./moderation.js";
 import { actions, addRenderHook, clearView, makeView, renderMessageView, scheduleRender, showNotice } from "./render.js";
 import { canPost, conversationName, nameOf, state } from "./state.js";
 import { fillAvatar, setupMessageMenus } from "./ui.js";
@@ -15,7 +15,6 @@ import { attachCompletion } from "./mentions.js";
 import { addPhotoSlot, clearTray, photosForSend, uploading } from "./photos.js";
 
 const PAGE = 50;
-const MAX_BODY_CHARS = 4_000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -240,24 +239,7 @@ function submitReply() {
   const key = `${t.convId}|${t.rootId}`;
   const photos = photosForSend(key);
   if (!body && !photos.attachments.length && !photos.busy && !photos.failed) return;
-  const block = composerBlock(conv);
-  if (block && block.disabled) return;
-  if (block && block.wait) {
-    showNotice(`Slow mode: you can send again in ${block.wait}.`, "warning");
-    return;
-  }
-  if (photos.busy) {
-    showNotice("Wait until the photos are uploaded.", "warning");
-    return;
-  }
-  if (photos.failed) {
-    showNotice("A photo could not be uploaded: remove it first.", "error");
-    return;
-  }
-  if ([...body].length > MAX_BODY_CHARS) {
-    showNotice(`Messages are limited to ${MAX_BODY_CHARS} characters.`, "error");
-    return;
-  }
+  if (sendRefused(conv, body, photos)) return;
   const mentions = completion ? completion.mentionsFor(body) : [];
   composer.value = "";
   if (completion) completion.reset();
