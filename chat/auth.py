@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
@@ -14,6 +15,13 @@ from chat.errors import Unauthorized
 
 USER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z: "$" would accept a trailing newline
 ASYMMETRIC_ALGORITHMS = ["RS256", "ES256"]
+# Verified client tokens kept per process (raw token -> identity, exp): a reconnect, a second
+# socket of the same client or a refresh with the same token skips the signature check and the
+# claim parsing. An entry is only used while its `exp` is in the future (the check PyJWT does),
+# so the cache never accepts a token the decoder would refuse: the key never changes while the
+# process runs, and the decoder checks nothing else that time can make fail.
+VERIFIED_TOKENS_SIZE = 20_000
+VERIFIED_TOKEN_MAX_LEN = 2048  # longer tokens are verified every time, not kept
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,7 @@ class Authenticator:
             raise ValueError("JWT_SECRET or JWT_PUBLIC_KEY is required")
         self._api_keys = [k.encode() for k in settings.api_keys]
         self._secret = settings.jwt_secret
+        self._verified: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
 
     def client(self, token: object) -> Identity:
         """The identity in a client token; Unauthorized for anything not valid and unexpired."""
@@ -43,6 +52,13 @@ class Authenticator:
         """client(), and the token's `exp` (unix seconds): a socket is closed then (chat/sockets.py)."""
         if not isinstance(token, str) or not token or len(token) > 8192:
             raise Unauthorized("missing or malformed token")
+        known = self._verified.get(token)
+        if known is not None:
+            if int(known[1]) <= time.time():  # PyJWT's exp check: expired at int(exp)
+                del self._verified[token]
+                raise Unauthorized("token expired")
+            self._verified.move_to_end(token)
+            return known
         try:
             claims = jwt.decode(
                 token, self._key, algorithms=self._algorithms,
@@ -58,7 +74,12 @@ class Authenticator:
         name = claims.get("name")
         if not isinstance(name, str) or not name.strip():
             name = None
-        return Identity(sub, name.strip()[:200] if name else None), float(claims["exp"])
+        verified = Identity(sub, name.strip()[:200] if name else None), float(claims["exp"])
+        if len(token) <= VERIFIED_TOKEN_MAX_LEN:
+            self._verified[token] = verified
+            if len(self._verified) > VERIFIED_TOKENS_SIZE:
+                self._verified.popitem(last=False)
+        return verified
 
     def server(self, key: str | None) -> bool:
         """True when `key` is one of API_KEYS; every key is compared, in constant time."""

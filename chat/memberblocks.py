@@ -5,13 +5,15 @@ between the two while either blocks the other.
 Storage is the `member_blocks` table. Live delivery encodes each broadcast once for every local
 socket (chat/fanout.py); `BlockIndex` keeps, per process, which local sockets block which
 senders (`blocker_sids`: sender -> sids), filled when a socket joins its first conversation
-(the user's blocks read once per process while the user has sockets here, concurrent reads
-batched) and kept current by the `member_block` control message. Delivery consults it only
+(the user's blocks read once per process, concurrent reads batched, and kept for up to
+`IDLE_USERS` users after their last socket here left, so a reconnect reads nothing) and kept
+current by the `member_block` control message. Delivery consults it only
 when it is not empty (chat/delivery.py), so rooms where nobody blocks anyone cost nothing.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -28,6 +30,9 @@ _blocks = sa.inspect(MemberBlock).local_table
 
 # Live events that show a message, which a blocker of its sender gets as a placeholder.
 HIDDEN_EVENTS = ("message", "message_updated", "message_hidden")
+# Users whose blocks stay known after their last socket here left (a reconnect storm's rejoins
+# read nothing); kept current by `apply` like the others, dropped by `reload`.
+IDLE_USERS = 20_000
 
 
 # ---------------------------------------------------------------- storage
@@ -109,7 +114,8 @@ class BlockIndex:
     def __init__(self, load: Callable[[list[str]], Awaitable[dict[str, set[str]]]]) -> None:
         self._load = load
         self._lookup: BatchedLookup[str, set[str]] = BatchedLookup(load)
-        self._of_user: dict[str, set[str]] = {}  # users with registered sockets -> whom they block
+        self._of_user: dict[str, set[str]] = {}  # users with registered sockets (and idle ones) -> whom they block
+        self._idle: OrderedDict[str, None] = OrderedDict()  # users in _of_user without sockets, oldest first
         self._user_sids: dict[str, set[str]] = {}
         self._sid_user: dict[str, str] = {}
         # sender -> the registered sockets whose user blocks them (read by chat/delivery.py)
@@ -117,7 +123,7 @@ class BlockIndex:
         self._changes = 0
 
     def blocked_by(self, user_id: str) -> set[str] | None:
-        """Whom `user_id` blocks, when this process knows (they have a registered socket)."""
+        """Whom `user_id` blocks, when this process knows (they have, or recently had, a registered socket)."""
         return self._of_user.get(user_id)
 
     async def register(self, sid: str, user_id: str) -> set[str]:
@@ -139,6 +145,7 @@ class BlockIndex:
                 return blocked
         self._sid_user[sid] = user_id
         self._user_sids.setdefault(user_id, set()).add(sid)
+        self._idle.pop(user_id, None)
         for sender in blocked:
             self.blocker_sids.setdefault(sender, set()).add(sid)
         return blocked
@@ -154,7 +161,10 @@ class BlockIndex:
             sids.discard(sid)
             if not sids:
                 del self._user_sids[user_id]
-                self._of_user.pop(user_id, None)
+                if user_id in self._of_user:
+                    self._idle[user_id] = None
+                    if len(self._idle) > IDLE_USERS:
+                        self._of_user.pop(self._idle.popitem(last=False)[0], None)
 
     def apply(self, blocker_id: str, blocked_id: str, on: bool) -> None:
         """A block or unblock committed anywhere in the cluster."""
@@ -174,6 +184,9 @@ class BlockIndex:
     async def reload(self) -> None:
         """Read the blocks of every user with registered sockets again (after a relay recovery,
         a `member_block` control message may have been missed) and apply the differences."""
+        for user_id in self._idle:  # not read again: their next registration reads them
+            self._of_user.pop(user_id, None)
+        self._idle.clear()
         users = list(self._of_user)
         if not users:
             return

@@ -7,6 +7,7 @@ on the same server, so a server that refuses everything (or nothing) fails here.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -253,6 +254,22 @@ async def test_valid_tokens_accepted(hs_server: ServerProcess) -> None:
         assert r.json()["user"]["id"] == sub
     # The scheme is case-insensitive (RFC 7235).
     assert get_me(hs_server, f"bearer {make_token('alice')}").status_code == 200
+
+
+async def test_token_accepted_before_is_refused_once_expired(hs_server: ServerProcess) -> None:
+    """The server keeps verified tokens (chat/auth.py): a token it accepted, on a socket and on
+    HTTP, is refused with `token expired` on both once its `exp` has passed."""
+    exp = int(time.time()) + 2
+    token = jwt.encode({"sub": "soon_expired", "exp": exp}, JWT_SECRET, algorithm="HS256")
+    await assert_socket_accepted(hs_server.url, token)
+    assert get_me(hs_server, f"Bearer {token}").status_code == 200
+    await assert_socket_accepted(hs_server.url, token)  # the second time from what was kept
+    while time.time() < exp + 0.05:
+        await asyncio.sleep(0.05)
+    errors = await assert_socket_refused(hs_server.url, token)
+    assert errors[0].get("data", {}).get("code") == "unauthorized", errors
+    assert "expired" in errors[0]["message"], errors
+    assert_unauthorized(get_me(hs_server, f"Bearer {token}"))
 
 
 async def test_name_claim_is_stored_on_connect(hs_server: ServerProcess) -> None:

@@ -163,3 +163,53 @@ async def test_direct_messages_forbidden_both_ways_in_one_process(shared_sqlite:
 async def test_direct_messages_forbidden_both_ways_across_processes(shared_mysql_cluster: Any, uid: Any) -> None:
     cluster = shared_mysql_cluster
     await _direct_scenario(cluster.servers[0].url, cluster.servers[1].url, cluster.apis[0], uid)
+
+
+async def _blocks_while_away_scenario(url_a: str, url_b: str, api: Api, uid: Any) -> None:
+    """A process keeps a user's blocks after their last socket there left (chat/memberblocks.py
+    IDLE_USERS): a block, then an unblock, made on `url_a` while the user has no socket on
+    `url_b` holds for their next socket there."""
+    cre, me, troll = uid("cre"), uid("me"), uid("troll")
+    tokens = {u: api.user(u) for u in (cre, me, troll)}
+    for u in (me, troll):
+        api.membership(cre, u, 500)
+    room = api.room(cre, "Lounge", 0)
+    c, t = await Client(url_a, tokens[cre]).connect(), await Client(url_a, tokens[troll]).connect()
+    try:
+        for s in (c, t):
+            ok(await s.call("join", {"conversation_id": room}))
+        for on in (True, False):
+            away = await Client(url_b, tokens[me]).connect()
+            ok(await away.call("join", {"conversation_id": room}))  # url_b reads (or knows) the blocks
+            await away.close()
+            await c.wait_for("presence", lambda e: e["user_id"] == me and not e["online"])  # url_b let go of it
+            c.events["presence"].clear()
+            a = await Client(url_a, tokens[me]).connect()
+            ok(await a.call("block_user", {"user_id": troll, "on": on}))
+            await a.close()
+            back = await Client(url_b, tokens[me]).connect()
+            try:
+                ok(await back.call("join", {"conversation_id": room}))
+                msg = ok(await send(t, room, f"blocked={on}"))["message"]
+                got = await back.wait_for("message", lambda m, msg=msg: m["id"] == msg["id"])
+                if on:
+                    placeholder_of(got, msg)
+                else:
+                    assert got["body"] == "blocked=False" and "hidden" not in got
+            finally:
+                await back.close()
+            await c.wait_for("presence", lambda e: e["user_id"] == me and not e["online"])
+            c.events["presence"].clear()
+    finally:
+        for s in (c, t):
+            await s.close()
+
+
+async def test_blocks_made_while_away_in_one_process(shared_sqlite: Any, uid: Any) -> None:
+    url = shared_sqlite.servers[0].url
+    await _blocks_while_away_scenario(url, url, shared_sqlite.api, uid)
+
+
+async def test_blocks_made_while_away_across_processes(shared_mysql_cluster: Any, uid: Any) -> None:
+    cluster = shared_mysql_cluster
+    await _blocks_while_away_scenario(cluster.servers[0].url, cluster.servers[1].url, cluster.apis[0], uid)
