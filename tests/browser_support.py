@@ -240,6 +240,16 @@ def setup_room(api: Any, who: Any, name: str = "Lounge") -> tuple[str, str, str]
     return creator, patron, room
 
 
+def room_tabs(pages: Any, browser: Any, cluster: Any, creator: str, patron: str, room: str) -> tuple[Any, Any]:
+    """The creator's tab on the first server process and the patron's on the second, both with
+    `room` open: the two-process setup most page tests start from."""
+    a = tab(pages, browser, cluster.servers[0].url, creator)
+    b = tab(pages, browser, cluster.servers[1].url, patron)
+    a.open(room)
+    b.open(room)
+    return a, b
+
+
 def socket_call(url: str, token: str, event: str, data: Any) -> Any:
     """One request with an ack from a real Socket.IO client (tests/support.Client) of another
     user, for what a test needs done by someone without a tab. It runs in a thread of its own:

@@ -17,7 +17,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from tests.browser_support import AVATAR_HOST, PHONE, seed_messages, setup_room, tab
+from tests.browser_support import AVATAR_HOST, PHONE, room_tabs, seed_messages, setup_room, tab
 from tests.support import make_token
 
 # The fixtures browser, pages, cluster and who (shared by the browser test modules).
@@ -169,10 +169,7 @@ def test_unread_badges_typing_and_read_receipts(browser, cluster, pages, who):
 def test_reconnect_recovers_missed_messages_once_in_order(browser, cluster, pages, who):
     api = cluster.api
     creator, patron, room = setup_room(api, who)
-    a = tab(pages, browser, cluster.servers[0].url, creator)
-    b = tab(pages, browser, cluster.servers[1].url, patron)
-    a.open(room)
-    b.open(room)
+    a, b = room_tabs(pages, browser, cluster, creator, patron, room)
     a.send("before")
     b.wait_seqs([1])
 
@@ -235,10 +232,7 @@ def test_failed_send_shows_error_and_retry_reuses_client_msg_id(browser, cluster
 def test_edit_and_delete_messages(browser, cluster, pages, who):
     api = cluster.api
     creator, patron, room = setup_room(api, who)
-    a = tab(pages, browser, cluster.servers[0].url, creator)
-    b = tab(pages, browser, cluster.servers[1].url, patron)
-    a.open(room)
-    b.open(room)
+    a, b = room_tabs(pages, browser, cluster, creator, patron, room)
     b.send("patron typo")
     b.send("patron second")
     a.wait_seqs([1, 2])
@@ -297,10 +291,7 @@ def test_edit_and_delete_messages(browser, cluster, pages, who):
 def test_reactions_picker_live_chips_who_reacted_and_reload(browser, cluster, pages, who):
     api = cluster.api
     creator, patron, room = setup_room(api, who)
-    a = tab(pages, browser, cluster.servers[0].url, creator)
-    b = tab(pages, browser, cluster.servers[1].url, patron)
-    a.open(room)
-    b.open(room)
+    a, b = room_tabs(pages, browser, cluster, creator, patron, room)
     a.send("Show tonight?")
     a.wait_seqs([1])
     b.wait_seqs([1])

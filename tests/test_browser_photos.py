@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.browser_support import noisy_png, setup_room, small_jpeg, tab
+from tests.browser_support import noisy_png, room_tabs, setup_room, small_jpeg
 
 pytest_plugins = ["tests.browser_support"]
 
@@ -16,10 +16,7 @@ pytest_plugins = ["tests.browser_support"]
 def test_photo_upload_with_preview_progress_and_the_recipient_sees_it(browser, cluster, pages, who):
     api = cluster.api
     creator, patron, room = setup_room(api, who)
-    a = tab(pages, browser, cluster.servers[0].url, creator)
-    b = tab(pages, browser, cluster.servers[1].url, patron)
-    a.open(room)
-    b.open(room)
+    a, b = room_tabs(pages, browser, cluster, creator, patron, room)
     page = b.page
     tray_items = page.get_by_test_id("photo-preview")
     file_input = page.get_by_test_id("photo-input")
