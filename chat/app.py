@@ -31,6 +31,7 @@ from chat.keys import RedisKeys
 from chat.presence import MemoryPresence, RedisPresence, new_server_id
 from chat.ratelimit import UserRateLimiter
 from chat.relay import RedisRelay
+from chat.retry import retry_read
 from chat.service import ChatService
 from chat.slowmode import SlowModeGate
 from chat.socketlimit import socket_limiter
@@ -176,8 +177,7 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     read_engine = app[READ_ENGINE_KEY]
 
     async def last_seqs(ids: list[int]) -> dict[int, int]:
-        async with read_engine.connect() as conn:
-            return await storage.last_seqs(conn, ids)
+        return await retry_read(read_engine, lambda conn: storage.last_seqs(conn, ids))
 
     delivery.set_last_seqs(last_seqs)
     sessions = session_factory(app[ENGINE_KEY])

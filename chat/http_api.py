@@ -23,6 +23,7 @@ from chat.errors import ChatError, Invalid, NotFound, RateLimited, TooLarge, Una
 from chat.mentions import DEFAULT_MEMBER_MATCHES, MAX_MEMBER_MATCHES, MAX_QUERY_CHARS, check_mentions
 from chat.metrics import HTTP_REQUESTS
 from chat.reactions import DEFAULT_REACTORS, MAX_REACTORS, check_emoji
+from chat.retry import once_more_if_dead
 from chat.service import ChatService
 from chat.transport_errors import as_chat_error
 
@@ -78,11 +79,17 @@ async def body_limits(request: web.Request, handler: Handler) -> web.StreamRespo
     return await handler(request)
 
 
+READ_ONLY_METHODS = frozenset({"GET", "HEAD"})  # run once more on a dead pooled connection (chat/retry.py)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     try:
-        response = await handler(request)
+        if request.method in READ_ONLY_METHODS:
+            response = await once_more_if_dead(lambda: handler(request))
+        else:
+            response = await handler(request)
     except web.HTTPRequestEntityTooLarge:
         response = error_response(TooLarge("request body over the size limit"))
         response.force_close()

@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 from prometheus_client import Counter
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chat.db import is_retryable
 from chat.errors import Unavailable
@@ -40,3 +41,30 @@ async def retry_transaction(operation: Callable[[], Awaitable[T]], *, attempts: 
         # "Full jitter": a random wait up to the exponential bound.
         await asyncio.sleep(random.uniform(0, min(cap_s, base_s * 2 ** attempt)))
     raise AssertionError("unreachable")
+
+
+async def retry_read(engine: AsyncEngine, read: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """`read(conn)` on a connection of `engine` (the autocommit read pool, chat/db.py
+    `create_read_engine`), run once more on a fresh connection when the pooled one turned out
+    dead — the server closed it or restarted within IDLE_PING_S of its last use, so the
+    checkout ping did not catch it. SQLAlchemy invalidates the pool's older connections on the
+    first such error, so one more attempt is enough. A read that fails for another reason (or
+    twice) raises as before."""
+    async def once() -> T:
+        async with engine.connect() as conn:
+            return await read(conn)
+
+    return await retry_transaction(once, attempts=2)
+
+
+async def once_more_if_dead(operation: Callable[[], Awaitable[T]]) -> T:
+    """Run a read-only `operation` (an HTTP GET, a socket event that only reads) once more when a
+    pooled connection it used turned out dead: nothing was written, and the pool has dropped its
+    older connections, so the second run gets fresh ones."""
+    try:
+        return await operation()
+    except sa.exc.DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        RETRIES.labels("dead_connection").inc()
+        return await operation()

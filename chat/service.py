@@ -15,10 +15,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy.exc
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from chat import keys, memberblocks, mentions, moderation, reactions, reports, schemas, sendtrace, spaces, storage, threads
 from chat.attachments import Attachments
@@ -46,12 +46,13 @@ from chat.ratelimit import KeyedBuckets, Quota, UserRateLimiter
 from chat.reactions import ReactionCoalescer
 from chat.recent import JOIN_PAGE, JOIN_PAGES, POSITIONS_LIMIT, SINCE_PAGE
 from chat.reports import ReportDesk
-from chat.retry import retry_transaction
+from chat.retry import retry_read, retry_transaction
 from chat.slowmode import SlowModeGate
 from chat.storage import ConversationMeta
 from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec, WebhookMessages
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TYPING_THROTTLE_S = 1.0
 TYPING_EXPIRES_S = 6.0  # a "typing: true" not refreshed or cleared within this is cleared for the others
@@ -323,13 +324,15 @@ class ChatService:
         await self.presence.connect(user.user_id, sid, [channel])
         state.channels.add(channel)
 
+    async def _read(self, read: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """`read(conn)` on the autocommit read pool, once more if its connection was dead (chat/retry.py)."""
+        return await retry_read(self.read_engine, read)
+
     async def _read_join_views(self, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], storage.JoinView]:
-        async with self.read_engine.connect() as conn:
-            return await storage.join_views(conn, pairs)
+        return await self._read(lambda conn: storage.join_views(conn, pairs))
 
     async def _read_user_names(self, user_ids: list[str]) -> dict[str, str]:
-        async with self.read_engine.connect() as conn:
-            return await storage.stored_user_names(conn, user_ids)
+        return await self._read(lambda conn: storage.stored_user_names(conn, user_ids))
 
     def _know_user(self, user_id: str, name: str) -> None:
         self._known_users[user_id] = name
@@ -490,9 +493,13 @@ class ChatService:
         ids = sorted({mid for _, mids, _ in keys for mid in mids})
         readers = sorted({reader for reader, _, _ in keys})
         files = sorted({k for _, _, fks in keys for k in fks})
-        async with self.read_engine.connect() as conn:
+
+        async def read(conn: AsyncConnection) -> tuple[Any, Any, Any]:
             counts, mine = await storage.reaction_counts_for_readers(conn, ids, readers) if ids else ({}, set())
             photos = await self.attachments.by_keys(conn, files) if files and self.attachments is not None else {}
+            return counts, mine, photos
+
+        counts, mine, photos = await self._read(read)
         out: dict[JoinExtrasKey, JoinExtras] = {}
         for key in keys:
             reader, mids, fks = key
@@ -516,25 +523,27 @@ class ChatService:
                     return page.messages, page.has_more, positions
                 if positions is not None and since_seq is not None:  # since_seq reaches further back
                     JOIN_PAGES.labels("database").inc()
-                    async with self.read_engine.connect() as conn:
-                        rows, has_more = await storage.message_page(conn, conversation_id, after_seq=since_seq,
-                                                                    limit=SINCE_PAGE)
+                    rows, has_more = await self._read(lambda conn: storage.message_page(
+                        conn, conversation_id, after_seq=since_seq, limit=SINCE_PAGE))
                     return [_row_wire(r) for r in rows], has_more, positions
             fill = self.recent.begin_fill(conversation_id)
         JOIN_PAGES.labels("database").inc()
+
+        async def read_page(conn: AsyncConnection) -> tuple[list[dict[str, Any]], bool, Any,
+                                                            list[dict[str, Any]], bool]:
+            rows, older = await storage.message_page(conn, conversation_id, after_seq=None, limit=JOIN_PAGE)
+            top = await storage.top_read_positions(conn, conversation_id, POSITIONS_LIMIT + 1)
+            recent = [_row_wire(r) for r in rows]
+            if since_seq is None:
+                return recent, older, top, recent, older
+            if older and rows and since_seq < rows[0].seq - 1:  # reaches further back than the page
+                since_rows, has_more = await storage.message_page(conn, conversation_id, after_seq=since_seq,
+                                                                  limit=SINCE_PAGE)
+                return recent, older, top, [_row_wire(r) for r in since_rows], has_more
+            return recent, older, top, [w for w in recent if w["seq"] > since_seq], False
+
         try:
-            async with self.read_engine.connect() as conn:
-                rows, older = await storage.message_page(conn, conversation_id, after_seq=None, limit=JOIN_PAGE)
-                top = await storage.top_read_positions(conn, conversation_id, POSITIONS_LIMIT + 1)
-                recent = [_row_wire(r) for r in rows]
-                if since_seq is None:
-                    messages, has_more = recent, older
-                elif older and rows and since_seq < rows[0].seq - 1:  # reaches further back than the page
-                    since_rows, has_more = await storage.message_page(conn, conversation_id, after_seq=since_seq,
-                                                                      limit=SINCE_PAGE)
-                    messages = [_row_wire(r) for r in since_rows]
-                else:
-                    messages, has_more = [w for w in recent if w["seq"] > since_seq], False
+            recent, older, top, messages, has_more = await self._read(read_page)
         except BaseException:
             if fill is not None:
                 self.recent.abandon_fill(conversation_id, fill)
@@ -547,10 +556,9 @@ class ChatService:
     async def _join_page_without_replies(self, conversation_id: int,
                                          since_seq: int | None) -> tuple[list[dict[str, Any]], bool]:
         """The join answer's messages and has_more with `include_replies: false` (chat/threads.py)."""
-        async with self.read_engine.connect() as conn:
-            rows, has_more = await storage.message_page(
-                conn, conversation_id, after_seq=since_seq, limit=JOIN_PAGE if since_seq is None else SINCE_PAGE,
-                include_replies=False)
+        rows, has_more = await self._read(lambda conn: storage.message_page(
+            conn, conversation_id, after_seq=since_seq, limit=JOIN_PAGE if since_seq is None else SINCE_PAGE,
+            include_replies=False))
         return [_row_wire(r) for r in rows], has_more
 
     def _socket_state(self, sid: str) -> SocketState:
@@ -777,8 +785,7 @@ class ChatService:
                          explicit: Sequence[str]) -> tuple[str, ...]:
         """The members a send mentions (chat/mentions.py): one query at most (a database error
         fails the send as `unavailable`, its slow-mode slot given back, like the store's)."""
-        async with self.read_engine.connect() as conn:
-            return await mentions.resolve(conn, conv, sender_id, body, explicit)
+        return await self._read(lambda conn: mentions.resolve(conn, conv, sender_id, body, explicit))
 
     async def _check_slow_mode(self, conv: ConversationMeta, user: Identity, client_msg_id: str) -> dict[str, Any] | bool:
         """Take the member's slow-mode slot in the room (True; False when the room has no slow
@@ -822,9 +829,12 @@ class ChatService:
         """A room's slow mode and pinned ids, read once (cached until a control message changes them)."""
         async def read() -> tuple[int, list[int]]:
             epoch = self._control_epoch
-            async with self.read_engine.connect() as conn:
-                seconds = await moderation.get_slow_mode(conn, conversation_id)
-                ids = await moderation.pinned_ids(conn, conversation_id)
+
+            async def read_both(conn: AsyncConnection) -> tuple[int, list[int]]:
+                return (await moderation.get_slow_mode(conn, conversation_id),
+                        await moderation.pinned_ids(conn, conversation_id))
+
+            seconds, ids = await self._read(read_both)
             if epoch == self._control_epoch:
                 if len(self._slow_modes) >= CONVERSATION_CACHE_SIZE or len(self._pins) >= CONVERSATION_CACHE_SIZE:
                     self._slow_modes.clear()
@@ -1500,21 +1510,23 @@ class ChatService:
         their own running timeouts, and, for themselves as a creator and each creator they
         moderate, the moderators and the blocked or timed-out members (docs/api.md)."""
         now = utcnow()
-        async with self.read_engine.connect() as conn:
-            moderator_of = await moderation.moderated_creator_ids(conn, user.user_id)
-            timeouts = await moderation.running_timeouts(conn, user.user_id, now)
-            teams = []
-            for creator_id in [user.user_id, *moderator_of]:
-                mods = await moderation.list_moderators(conn, creator_id)
-                sanctioned = await moderation.sanctioned_members(conn, creator_id, now, OVERVIEW_LIMIT)
-                names = await storage.user_names_of(conn, [*mods, *(s[0] for s in sanctioned)])
-                teams.append({
-                    "creator_id": creator_id,
-                    "moderators": [{"id": m, "name": names[m]} for m in mods],
-                    "blocked": [{"id": u, "name": names[u]} for u, blocked, _ in sanctioned if blocked],
-                    "timed_out": [{"id": u, "name": names[u], "until": schemas.iso(until)}
-                                  for u, _, until in sanctioned if until is not None],
-                })
+        return await self._read(lambda conn: self._moderation_overview(conn, user.user_id, now))
+
+    async def _moderation_overview(self, conn: AsyncConnection, user_id: str, now: datetime) -> dict[str, Any]:
+        moderator_of = await moderation.moderated_creator_ids(conn, user_id)
+        timeouts = await moderation.running_timeouts(conn, user_id, now)
+        teams = []
+        for creator_id in [user_id, *moderator_of]:
+            mods = await moderation.list_moderators(conn, creator_id)
+            sanctioned = await moderation.sanctioned_members(conn, creator_id, now, OVERVIEW_LIMIT)
+            names = await storage.user_names_of(conn, [*mods, *(s[0] for s in sanctioned)])
+            teams.append({
+                "creator_id": creator_id,
+                "moderators": [{"id": m, "name": names[m]} for m in mods],
+                "blocked": [{"id": u, "name": names[u]} for u, blocked, _ in sanctioned if blocked],
+                "timed_out": [{"id": u, "name": names[u], "until": schemas.iso(until)}
+                              for u, _, until in sanctioned if until is not None],
+            })
         return {"moderator_of": moderator_of,
                 "timeouts": [{"creator_id": c, "until": schemas.iso(u)} for c, u in timeouts],
                 "teams": teams}
@@ -1630,12 +1642,10 @@ class ChatService:
     # ============================================================ reports and blocks between members
 
     async def _read_blocks(self, user_ids: list[str]) -> dict[str, set[str]]:
-        async with self.read_engine.connect() as conn:
-            return await memberblocks.blocked_ids_many(conn, user_ids)
+        return await self._read(lambda conn: memberblocks.blocked_ids_many(conn, user_ids))
 
     async def _direct_blocked(self, conv: ConversationMeta) -> bool:
-        async with self.read_engine.connect() as conn:
-            return await memberblocks.blocked_between(conn, conv.creator_id, conv.patron_id or "")
+        return await self._read(lambda conn: memberblocks.blocked_between(conn, conv.creator_id, conv.patron_id or ""))
 
     async def _hidden_of(self, conversation_id: int) -> set[int]:
         """The room's messages hidden by reports: read once per process, kept by control messages."""
@@ -1643,13 +1653,9 @@ class ChatService:
         if hidden is not None:
             return hidden
 
-        async def read_ids() -> set[int]:
-            async with self.read_engine.connect() as conn:
-                return await reports.hidden_ids(conn, conversation_id)
-
         async def read() -> set[int]:
             epoch = self._control_epoch
-            ids = await retry_transaction(read_ids, attempts=3)  # a pooled connection may have died meanwhile
+            ids = await self._read(lambda conn: reports.hidden_ids(conn, conversation_id))
             if epoch == self._control_epoch:
                 if len(self._hidden) >= CONVERSATION_CACHE_SIZE:
                     self._hidden.clear()

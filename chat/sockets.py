@@ -26,6 +26,7 @@ from chat.mentions import check_mentions
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
 from chat.ratelimit import KeyedBuckets
 from chat.reactions import check_emoji
+from chat.retry import once_more_if_dead
 from chat.service import ChatService
 from chat.socketlimit import LocalSocketLimiter, SocketLimiter
 from chat.sockguard import PacketGuard
@@ -46,6 +47,9 @@ class TooManyConnections(ChatError):
 CLIENT_EVENTS = ("join", "leave", "send", "edit", "delete", "history", "typing", "read", "subscribe", "unsubscribe",
                  "refresh_token", "react", "moderator", "timeout", "block", "moderation_log", "slow_mode", "pin",
                  "report", "reports", "review_report", "block_user", "blocks", "accept_guidelines")
+
+# Events that only read: run once more when a pooled database connection turned out dead (chat/retry.py).
+READ_ONLY_EVENTS = frozenset({"history", "moderation_log", "reports", "blocks"})
 
 
 class ChatSockets:
@@ -189,7 +193,11 @@ class ChatSockets:
                     raise Invalid("payload is not a JSON value we accept") from None
                 if size > self.max_payload_bytes:
                     raise TooLarge(f"payload over {self.max_payload_bytes} bytes")
-                result = await handler(sid, schemas.check_object(data))
+                payload = schemas.check_object(data)
+                if name in READ_ONLY_EVENTS:
+                    result = await once_more_if_dead(lambda: handler(sid, payload))
+                else:
+                    result = await handler(sid, payload)
                 return {"ok": True, **result}
             except Exception as exc:
                 err = as_chat_error(exc)

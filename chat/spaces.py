@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from chat import keys, schemas, storage
 from chat.auth import Identity
@@ -34,7 +34,7 @@ from chat.db import utcnow
 from chat.errors import Conflict, GuidelinesChanged, Invalid, NotFound, SpaceRefused
 from chat.models import Attachment, Conversation, ConversationState, Membership
 from chat.reactions import check_emoji
-from chat.retry import retry_transaction
+from chat.retry import retry_read, retry_transaction
 from chat.storage import ConversationMeta
 
 if TYPE_CHECKING:
@@ -323,14 +323,18 @@ class Spaces:
         """The room's tier went up: this process's sockets of members below it leave it (and its
         channel) with `access_revoked`, as for a lowered membership."""
         users = sorted(set(self._local_users(conversation_id)) - {creator_id})
-        keep: set[str] = set()
         m = Membership
-        async with self.chat.read_engine.connect() as conn:
+
+        async def read(conn: AsyncConnection) -> set[str]:
+            found: set[str] = set()
             for start in range(0, len(users), _CHUNK):
                 chunk = users[start:start + _CHUNK]
-                keep.update(await conn.scalars(sa.select(m.patron_id).where(
+                found.update(await conn.scalars(sa.select(m.patron_id).where(
                     m.creator_id == creator_id, m.patron_id.in_(chunk), m.status == "active",
                     m.tier_cents >= min_tier_cents)))
+            return found
+
+        keep = await retry_read(self.chat.read_engine, read)
         for user_id in users:
             if user_id not in keep:
                 await self.chat._revoke_local(user_id, [conversation_id], [keys.room_channel(str(conversation_id))])

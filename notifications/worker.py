@@ -30,6 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from chat import tasks
 from chat.db import utcnow
 from chat.keys import RedisKeys
+from chat.transport_errors import as_chat_error
+from chat.unavailable import cause_of
 from notifications import jobs, metrics
 from notifications.fcm import Outcome, PushRequest, Sender, SendResult
 from notifications.outbox import (
@@ -42,6 +44,17 @@ from notifications.outbox import (
 )
 
 log = logging.getLogger(__name__)
+
+
+
+def log_failure(message: str, exc: BaseException, *args: Any, extra: dict[str, Any] | None = None) -> None:
+    """A failed step of the worker: a backing service that is down (the database or Redis
+    unreachable, a dead connection) is a WARNING naming its cause — no traceback, which would
+    carry the SQL statement and its parameters; anything else is an ERROR with its traceback."""
+    if as_chat_error(exc).code == "unavailable":
+        log.warning(message + " (%s)", *args, cause_of(exc)[1], extra=extra)
+    else:
+        log.error(message, *args, exc_info=exc, extra=extra)
 
 
 @dataclass(frozen=True)
@@ -169,9 +182,9 @@ class PushWorker:
                     rows = await claim_due(
                         self._session_factory, self.options.batch_size, self.options.lease_seconds, self._clock()
                     )
-                except Exception:
+                except Exception as exc:
                     slots.release()
-                    log.exception("push outbox claim failed; retrying in %.1f s", self.options.error_backoff)
+                    log_failure("push outbox claim failed; retrying in %.1f s", exc, self.options.error_backoff)
                     await self._sleep_or_wake(self.options.error_backoff)
                     continue
                 if rows:
@@ -210,8 +223,8 @@ class PushWorker:
             try:
                 claimed = await jobs.claim_jobs(self._session_factory, self._owner, self.options.jobs_per_claim,
                                                 self.options.lease_seconds, self._clock())
-            except Exception:
-                log.exception("push job claim failed; retrying in %.1f s", self.options.error_backoff)
+            except Exception as exc:
+                log_failure("push job claim failed; retrying in %.1f s", exc, self.options.error_backoff)
                 await self._sleep_or_wake(self.options.error_backoff, self._job_wakeup)
                 continue
             if claimed:
@@ -229,7 +242,7 @@ class PushWorker:
             except jobs.LeaseLost:
                 log.warning("push job %s was taken over by another worker", job.id)
             except Exception as exc:
-                log.exception("push job %s expansion failed", job.id)
+                log_failure("push job %s expansion failed", exc, job.id)
                 now = self._clock()
                 retry_at = None
                 if job.attempts < self.options.max_attempts:
@@ -276,9 +289,9 @@ class PushWorker:
     async def _process_guarded(self, rows: list[ClaimedPush], slots: asyncio.Semaphore) -> None:
         try:
             await self.process_batch(rows)
-        except Exception:
-            log.exception("push batch failed; its %d rows return after the lease", len(rows),
-                          extra={"outbox_ids": [r.id for r in rows[:20]]})
+        except Exception as exc:
+            log_failure("push batch failed; its %d rows return after the lease", exc, len(rows),
+                        extra={"outbox_ids": [r.id for r in rows[:20]]})
         finally:
             slots.release()
             self.batches_done += 1
