@@ -204,6 +204,33 @@ class Delivery:
         done.set_result(None)
         return done
 
+    def to_conversation_each(self, conversation_id: int | str, event: str,
+                             items: list[tuple[Any, str | None]]) -> Awaitable[None]:
+        """`to_conversation(conversation_id, event, data, skip_sid)` for each (data, skip_sid), in
+        this order, produced together (the `presence` events of a room filling up): the local
+        sockets get them in one pass over the room (`FanoutManager.deliver_each`: each socket
+        all of its events in one call, and so one write), before this returns; the relay has
+        them queued as one hand-over. The awaitable completes once they were published. Not
+        for the events blockers see differently (`message`, `message_updated`)."""
+        if event in HIDDEN_EVENTS:
+            raise ValueError(f"{event!r} may differ per recipient (blocks): use to_conversation")
+        room = keys.conversation_room(str(conversation_id))
+        recent = event in RECENT_EVENTS
+        published: list[tuple[str, Payload | list[Payload], str | None, str | None]] = []
+        local: list[tuple[Broadcast, str | None]] = []
+        for data, skip_sid in items:
+            encoded = self._fanout.encode_packet(event, data)
+            if recent:
+                self.recent.on_event(int(conversation_id), event, data)
+            local.append((Broadcast(encoded), skip_sid))
+            published.append((room, encoded, skip_sid, None))
+        self._fanout.deliver_each("/", room, local)
+        if self._relay is not None and published:
+            return self._relay.queue_rooms(published)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
     def to_local_conversation(self, conversation_id: int | str, event: str, data: Any) -> None:
         """`event` to this process's sockets in the conversation only, not relayed: a control
         message's handler emits it on every process after applying what the message changed

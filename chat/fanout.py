@@ -7,12 +7,15 @@ re-encodes the packet and writes one WebSocket frame. Here a broadcast is encode
 Socket.IO packet, Engine.IO packet and WebSocket frame bytes — and the same bytes are handed,
 synchronously, to every recipient of this process:
 
-* websocket sockets own an `Outbox`: every outgoing frame of the socket (broadcasts, acks,
-  single emits, pings, close) is written in call order straight to the connection's transport,
-  which is the socket's only buffer. No writer task, no per-packet `wait_for`. A socket whose
-  unsent bytes exceed `FanoutLimits.max_buffer_bytes`, or whose buffer has not shrunk for
-  `FanoutLimits.stall_s` (one sweeper task per server checks), is aborted (the client
-  reconnects and recovers with `since_seq`).
+* websocket sockets own an `Outbox` (chat/outbox.py): every outgoing frame of the socket
+  (broadcasts, acks, single emits, pings, close) goes to it in call order, and the frames of
+  one event-loop turn leave in one `transport.write` (one `TurnFlush` per server writes every
+  outbox with pending frames, scheduled once per turn). No writer task, no per-packet
+  `wait_for`. A socket whose pending + unsent bytes exceed `FanoutLimits.max_buffer_bytes`,
+  or whose buffer has not shrunk for `FanoutLimits.stall_s` (one sweeper task per server
+  checks), is aborted (the client reconnects and recovers with `since_seq`).
+* several broadcasts to one room produced together (`FanoutManager.deliver_each`: the
+  `presence` events of a room filling up) are handed to each socket in one call.
 * long-polling sockets (and sockets in the middle of an upgrade) get the shared engine.io
   packet put on engine.io's own queue, as upstream does; more than
   `FanoutLimits.max_queued_packets` waiting packets closes the socket.
@@ -85,7 +88,6 @@ import math
 import struct
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, cast
 
 import engineio
@@ -102,6 +104,8 @@ from engineio.async_socket import AsyncSocket
 from prometheus_client import Counter
 from socketio import packet as sio_packet
 
+from chat.outbox import FanoutLimits, Outbox, TurnFlush
+
 log = logging.getLogger(__name__)
 
 SLOW_SOCKETS = Counter("backstage_slow_socket_disconnects_total",
@@ -111,15 +115,6 @@ FANOUT_DELIVERIES = Counter("backstage_fanout_deliveries_total",
                             "Pre-encoded broadcast packets handed to local sockets")
 
 Payload = str | bytes
-
-
-@dataclass(frozen=True)
-class FanoutLimits:
-    """When a socket that does not read what is sent to it gets disconnected."""
-
-    max_buffer_bytes: int = 1024 * 1024  # websocket: unsent bytes
-    max_queued_packets: int = 1000  # long-polling: packets waiting for the next poll
-    stall_s: float = 10.0  # websocket: unsent bytes that have not shrunk for this long
 
 
 def ws_frame(payload: Payload) -> bytes:
@@ -147,79 +142,19 @@ class Broadcast:
         self.packets = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in parts]
         self._frames: bytes | None = None
 
+    @classmethod
+    def joined(cls, broadcasts: list[Broadcast]) -> Broadcast:
+        """Several broadcasts as one: their packets and frames one after the other."""
+        self = cls.__new__(cls)
+        self.packets = [p for b in broadcasts for p in b.packets]
+        self._frames = b"".join(b.frames for b in broadcasts)
+        return self
+
     @property
     def frames(self) -> bytes:
         if self._frames is None:
             self._frames = b"".join(ws_frame(p.encode()) for p in self.packets)
         return self._frames
-
-
-class Outbox:
-    """The outgoing side of one websocket: frames go to the transport in call order.
-
-    The transport's buffer is the only queue. Its size is checked after every write (over
-    `max_buffer_bytes`: abort) and once per second by `FanoutEngineIO`'s sweeper (non-empty and
-    not shrinking for `stall_s`: abort). The stall check is not done on writes: a long burst
-    of writes without a return to the event loop gives the transport no chance to drain and
-    must not count as a stalled client."""
-
-    __slots__ = ("_transport", "_limits", "_on_overflow", "_stalled_since", "_last_size", "closed", "_backlog")
-
-    def __init__(self, transport: asyncio.Transport, limits: FanoutLimits,
-                 on_overflow: Callable[[str], None], backlog: set[Outbox] | None = None) -> None:
-        self._transport = transport
-        self._limits = limits
-        self._on_overflow = on_overflow
-        self._stalled_since = 0.0
-        self._last_size = 0
-        self.closed = False
-        # The outboxes with unsent bytes, shared by the server: the sweeper checks only those
-        # (a socket whose transport took everything cannot be stalled).
-        self._backlog = backlog if backlog is not None else set()
-
-    def write(self, data: bytes) -> None:
-        if self.closed:
-            return
-        transport = self._transport
-        if transport.is_closing():
-            self.closed = True  # the connection is gone
-            return
-        transport.write(data)
-        size = transport.get_write_buffer_size()
-        if size > self._limits.max_buffer_bytes:
-            self.abort("bytes")
-        elif size and self not in self._backlog:
-            self._stalled_since = time.monotonic()  # unsent bytes from now on
-            self._last_size = size
-            self._backlog.add(self)
-
-    def check_stall(self, now: float) -> bool:
-        """Called periodically: abort if unsent bytes have not shrunk for `stall_s`. Returns
-        whether the outbox still has unsent bytes to watch."""
-        if self.closed:
-            return False
-        size = self._transport.get_write_buffer_size()
-        if not size or size < self._last_size:
-            self._stalled_since = now
-        self._last_size = size
-        if size and now - self._stalled_since > self._limits.stall_s:
-            self.abort("stall")
-            return False
-        return bool(size)
-
-    def finish(self) -> None:
-        """Close the connection once what is buffered has been sent."""
-        if not self.closed:
-            self.closed = True
-            self._transport.close()
-
-    def abort(self, limit: str) -> None:
-        """Drop the connection now; the reader side sees it and runs the disconnect."""
-        if self.closed:
-            return
-        self.closed = True
-        self._on_overflow(limit)
-        self._transport.abort()
 
 
 def _control_frame(opcode: int, payload: bytes) -> bytes:
@@ -398,8 +333,8 @@ class DetachedWebSocket(asyncio.Protocol):
         """Answer with a close frame and end the connection once it is sent."""
         outbox = self._outbox
         if not outbox.closed and not self._transport.is_closing():
-            self._transport.write(close_frame(code))
-        outbox.finish()
+            outbox.write(close_frame(code))  # after the frames still pending
+        outbox.finish()  # writes what is pending, then closes
         self._transport.close()
 
     # ------------------------------------------------------------ to the engine.io socket
@@ -618,7 +553,7 @@ class FanoutSocket(AsyncSocket):  # type: ignore[misc]
             return
         outbox = self.outbox
         if outbox is not None:
-            outbox.write(broadcast.frames)
+            outbox.write(broadcast.frames, len(broadcast.packets))
         else:
             for pkt in broadcast.packets:
                 self.queue.put_nowait(pkt)
@@ -673,7 +608,8 @@ class FanoutSocket(AsyncSocket):  # type: ignore[misc]
         transport = ws.request.transport
         if transport is None:
             raise OSError("connection lost during the websocket handshake")
-        outbox = Outbox(transport, self.server.fanout_limits, self._on_overflow, self.server.backlog)
+        outbox = Outbox(transport, self.server.fanout_limits, self._on_overflow, self.server.backlog,
+                        self.server.turn_flush)
         while True:
             try:
                 pkt = self.queue.get_nowait()
@@ -746,6 +682,7 @@ class FanoutEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         self.fanout_limits = fanout_limits or FanoutLimits()
         self._sweeper: asyncio.Task[None] | None = None
         self.backlog: set[Outbox] = set()  # websocket outboxes with unsent bytes
+        self.turn_flush = TurnFlush()  # writes the frames of each loop turn, one write per socket
         # Websocket frames the app refuses after the handshake (`DetachedWebSocket`): returns
         # whether to handle the frame (chat/sockguard.py counts undecodable ones).
         self.frame_check: Callable[[str, Payload], bool] | None = None
@@ -918,6 +855,35 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
         FANOUT_DELIVERIES.inc(n)
         return n
 
+    def deliver_each(self, namespace: str, room: Any, items: list[tuple[Broadcast, str | None]]) -> int:
+        """`deliver(namespace, room, broadcast, skip_sid)` for each (broadcast, skip_sid), in
+        this order, with one pass over the room: each socket is handed all of its broadcasts
+        in one call (joined once for the sockets skipped by none; a socket skipped by some
+        gets the others, joined for it). Returns the number of deliveries."""
+        if namespace not in self.rooms or not items:
+            return 0
+        if len(items) == 1:
+            return self.deliver(namespace, room, items[0][0], items[0][1])
+        every = Broadcast.joined([b for b, _ in items])
+        skipping = {skip for _, skip in items if skip is not None}
+        sockets = self.server.eio.sockets
+        n = 0
+        count = len(items)
+        for sid, eio_sid in self.get_participants(namespace, room):
+            socket = sockets.get(eio_sid)
+            if socket is None:
+                continue
+            if sid in skipping:
+                mine = [b for b, skip in items if skip != sid]
+                if mine:
+                    socket.deliver(Broadcast.joined(mine))
+                    n += len(mine)
+            else:
+                socket.deliver(every)
+                n += count
+        FANOUT_DELIVERIES.inc(n)
+        return n
+
     async def emit(self, event: str, data: Any, namespace: str, room: Any = None, skip_sid: Any = None,
                    callback: Any = None, to: Any = None, **kwargs: Any) -> None:
         if callback is not None:
@@ -964,4 +930,4 @@ class FanoutServer(socketio.AsyncServer):  # type: ignore[misc]
 
 
 __all__ = ["Broadcast", "FanoutEngineIO", "FanoutLimits", "FanoutManager", "FanoutServer", "FanoutSocket",
-           "Outbox", "ws_frame"]
+           "Outbox", "TurnFlush", "ws_frame"]

@@ -238,8 +238,9 @@ class Presence(abc.ABC):
 
 # --------------------------------------------------------------------------- announcements
 
-PresenceEmit = Callable[[str, str, bool, "str | None"], Awaitable[None]]
-"""async fn(conversation_id, user_id, online, skip_sid): send one SPEC `presence` event."""
+PresenceEmit = Callable[[str, list[tuple[str, bool, "str | None"]]], Awaitable[None]]
+"""async fn(conversation_id, [(user_id, online, skip_sid), ...]): send these SPEC `presence`
+events of one conversation, in this order, handed to the fan-out together."""
 
 
 class PresenceCoalescer:
@@ -279,12 +280,14 @@ class PresenceCoalescer:
             task.add_done_callback(self._sending.discard)
 
     async def _send(self, conversation_id: str, events: dict[str, tuple[bool, str | None]]) -> None:
-        for user_id, (online, skip_sid) in events.items():
-            try:
-                await self._emit(conversation_id, user_id, online, skip_sid)
-            except Exception:
-                log.warning("presence event not delivered", exc_info=True,
-                            extra={"conversation_id": conversation_id, "user_id": user_id})
+        # All of the conversation's events at once: the fan-out hands each socket all of them
+        # in one call (one write), not one delivery per event.
+        try:
+            await self._emit(conversation_id, [(user_id, online, skip_sid)
+                                               for user_id, (online, skip_sid) in events.items()])
+        except Exception:
+            log.warning("presence events not delivered", exc_info=True,
+                        extra={"conversation_id": conversation_id, "users": len(events)})
 
 
 # --------------------------------------------------------------------------- memory

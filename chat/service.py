@@ -359,9 +359,12 @@ class ChatService:
         for cid, user_id in await self.presence.disconnect(state.user.user_id, sid):
             self.presence_events.announce(cid, user_id, False)
 
-    async def _emit_presence(self, conversation_id: str, user_id: str, online: bool, skip_sid: str | None) -> None:
-        await self.delivery.to_conversation(conversation_id, "presence", {
-            "conversation_id": conversation_id, "user_id": user_id, "online": online}, skip_sid=skip_sid)
+    async def _emit_presence(self, conversation_id: str, events: list[tuple[str, bool, str | None]]) -> None:
+        """SPEC §4 `presence` events of one conversation, produced together (PresenceCoalescer),
+        handed to the fan-out together (one write per socket for all of them)."""
+        await self.delivery.to_conversation_each(conversation_id, "presence", [
+            ({"conversation_id": conversation_id, "user_id": user_id, "online": online}, skip_sid)
+            for user_id, online, skip_sid in events])
 
     def socket_user(self, sid: str) -> Identity:
         state = self.sockets.get(sid)
