@@ -2,11 +2,14 @@
 turn leave in one `transport.write`, in order; closing writes what is pending first; a client
 that stops reading is still disconnected; long-polling clients get everything.
 
-Real servers (`run_server.py`), real clients over real sockets: python-socketio's AsyncClient
-(`tests.support.Client`), and the wire-level `RawClient` of tests/test_fanout.py where a test
-needs to stop reading or see Engine.IO packets. "One write" is read from the server's
-`backstage_ws_frames_total` / `backstage_ws_writes_total`; pings are pushed out of the way
-(SOCKETIO_PING_INTERVAL_S=60), so the deltas are exactly the frames of the test.
+Real clients over real sockets: python-socketio's AsyncClient (`tests.support.Client`), and
+the wire-level `RawClient` of tests/test_fanout.py where a test needs to stop reading, or raw
+aiohttp websockets to see Engine.IO packets. Most servers are real ones (`run_server.py`);
+"one write" is read from their `backstage_ws_frames_total` / `backstage_ws_writes_total`, with
+pings pushed out of the way (SOCKETIO_PING_INTERVAL_S=60), so the deltas are exactly the
+frames of the test. The first test runs a bare `FanoutServer` in this process (its handlers
+emit separate packets in one turn, which the app never does on cue) and reads the counters
+from this process's registry.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import aiohttp
 import httpx
 import pytest
 import socketio
+from aiohttp import web
 
-from tests.support import Api, Client, ServerProcess, ok
+from chat.fanout import FanoutServer
+from chat.outbox import WS_FRAMES, WS_WRITES
+from tests.support import Api, Client, ServerProcess, free_port, ok
 from tests.test_fanout import RawClient, room_with_members
 from tests.test_operations import parse_metrics
 
@@ -36,6 +42,89 @@ def ws_counts(server: ServerProcess) -> tuple[float, float]:
 def assert_clean_log(server: ServerProcess) -> None:
     log = server.log_path.read_text()
     assert "Traceback" not in log, log[-4000:]
+
+
+# ---------------------------------------------------------------- a bare FanoutServer in this process
+
+
+async def bare_server() -> tuple[FanoutServer, web.AppRunner, str]:
+    """A FanoutServer on aiohttp on a real 127.0.0.1 port, with two handlers: `burst` emits n
+    separate events to the caller and returns (the ack follows them in the same turn), `bye`
+    emits n events and then closes the Engine.IO session."""
+    sio = FanoutServer(async_mode="aiohttp", async_handlers=False, logger=False, engineio_logger=False)
+
+    @sio.on("burst")  # type: ignore[misc]
+    async def burst(sid: str, n: int) -> str:
+        for i in range(n):
+            await sio.emit("item", i, to=sid)  # one deliver each: n outbox writes
+        return "done"
+
+    @sio.on("bye")  # type: ignore[misc]
+    async def bye(sid: str, n: int) -> None:
+        for i in range(n):
+            await sio.emit("item", i, to=sid)
+        await sio.eio.disconnect(sio.manager.eio_sid_from_sid(sid, "/"))
+
+    app = web.Application()
+    sio.attach(app)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return sio, runner, f"http://127.0.0.1:{port}"
+
+
+def counted() -> tuple[float, float]:
+    return WS_FRAMES._value.get(), WS_WRITES._value.get()
+
+
+async def test_frames_of_one_turn_leave_in_one_write_in_order() -> None:
+    """Ten events emitted one by one in one handler, and the handler's ack after them: eleven
+    frames, one write, received in emit order with the ack last."""
+    sio, runner, url = await bare_server()
+    client = socketio.AsyncClient(reconnection=False)
+    got: list[Any] = []
+    client.on("item", got.append)
+    try:
+        await client.connect(url, transports=["websocket"], wait_timeout=10)
+        await client.call("burst", 1, timeout=10)  # settle the connect's own frames
+        before = counted()
+        ack = await client.call("burst", 10, timeout=10)
+        after = counted()
+        assert ack == "done"
+        assert got == [0, *range(10)]  # in order, the ack after all of them (call returned last)
+        assert (after[0] - before[0], after[1] - before[1]) == (11, 1), "the frames of one turn took several writes"
+    finally:
+        await client.disconnect()
+        await sio.shutdown()
+        await runner.cleanup()
+
+
+async def test_close_writes_pending_frames_first() -> None:
+    """A handler emits five events and closes the session in the same turn: the events and the
+    Engine.IO CLOSE packet, all still pending in the outbox when the connection is closed,
+    reach the client, in order, before the connection ends."""
+    sio, runner, url = await bare_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket")
+            assert (await ws.receive_str()).startswith("0{")  # OPEN
+            await ws.send_str("40")
+            assert (await ws.receive_str()).startswith("40")  # CONNECT
+            await ws.send_str('42["bye",5]')
+            got: list[str] = []
+            async with asyncio.timeout(10):
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    got.append(msg.data)
+            assert got == [f'42["item",{i}]' for i in range(5)] + ["1"], got
+    finally:
+        await sio.shutdown()
+        await runner.cleanup()
+
+
+# ---------------------------------------------------------------- the app
 
 
 @pytest.fixture
