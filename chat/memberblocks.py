@@ -30,6 +30,9 @@ _blocks = sa.inspect(MemberBlock).local_table
 
 # Live events that show a message, which a blocker of its sender gets as a placeholder.
 HIDDEN_EVENTS = ("message", "message_updated", "message_hidden")
+# Events of a blocked member that their blockers do not get at all (there is nothing to hold a
+# place for): someone typing.
+SILENCED_EVENTS = ("typing",)
 # Users whose blocks stay known after their last socket here left (a reconnect storm's rejoins
 # read nothing); kept current by `apply` like the others, dropped by `reload`.
 IDLE_USERS = 20_000
@@ -90,7 +93,10 @@ def hidden_wire(wire: dict[str, Any], reason: str) -> dict[str, Any]:
 
 def sender_of(event: str, data: Any) -> str | None:
     """The sender of the message a HIDDEN_EVENTS event shows (`message_hidden`: the message it
-    carries when it shows one again), else None."""
+    carries when it shows one again), the user of a SILENCED_EVENTS event, else None."""
+    if event in SILENCED_EVENTS:
+        user_id = data.get("user_id") if isinstance(data, dict) else None
+        return user_id if isinstance(user_id, str) else None
     wire = data.get("message") if event == "message_hidden" and isinstance(data, dict) else data
     if isinstance(wire, dict):
         sender = wire.get("sender")
