@@ -36,6 +36,7 @@ from chat.service import ChatService
 from chat.slowmode import SlowModeGate
 from chat.socketlimit import socket_limiter
 from chat.sockets import ChatSockets
+from chat.uploadsweep import UploadSweeper
 from notifications import http as notifications_http
 from webhooks import http as webhooks_http
 
@@ -187,6 +188,8 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     blobs = await open_blob_store(settings.blob_url, settings.database_url)
     attachments = Attachments(app[ENGINE_KEY], blobs, settings)
     app[http_api.ATTACHMENTS_KEY] = attachments
+    # Uploads never sent are removed after UPLOAD_TTL_S; every process sweeps, safely at once.
+    sweeper = UploadSweeper(sessions, blobs, ttl_s=settings.upload_ttl_s, interval_s=settings.upload_sweep_interval_s)
     service = ChatService(sessions, delivery, presence, settings, user_sends=user_sends, read_engine=read_engine,
                           attachments=attachments, slow_gate=SlowModeGate(redis, keys),
                           **hooks.service_kwargs)
@@ -203,8 +206,10 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     await presence.start()
     await delivery.start()
     await hooks.start()
+    sweeper.start()
     log.info("server %s ready (redis relay: %s)", server_id, "on" if redis is not None else "off")
     yield
+    await sweeper.stop()
     await hooks.stop()
     await service.reaction_events.close()
     await service.thread_events.close()
