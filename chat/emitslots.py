@@ -247,6 +247,11 @@ class SlotCoalescer(Generic[P]):
     def _key(self, item: int) -> str:
         return f"{self._kind}:{item}"
 
+    @property
+    def busy(self) -> bool:
+        """Changes held or sends in flight."""
+        return bool(self._held or self._tasks)
+
     async def note(self, item: int, payload: P) -> None:
         """A committed change of `item`; sends it at once if the slot is free (awaits the send)."""
         held = self._held.get(item)
