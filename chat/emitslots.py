@@ -218,7 +218,12 @@ class _Held(Generic[P]):
     version: int = 0  # the newest change's
     local: bool = False
     fresh: bool = False  # versions of both kinds: try as a new change
+    counting: int = 0  # changes whose version is being counted (not known yet)
     timer: asyncio.TimerHandle | None = None
+
+    def covered_by(self, cover: int) -> bool:
+        """Every change held here is covered by a send of versions up to `cover`."""
+        return self.version <= cover and not self.fresh and not self.counting
 
     def add(self, slot: Slot) -> None:
         if self.version and slot.local != self.local:
@@ -257,7 +262,11 @@ class SlotCoalescer(Generic[P]):
         held = self._held.get(item)
         if held is not None:  # the item waits for its slot (or a call is out): count and hold
             held.payload = payload
-            held.add(await self._slots.change(self._key(item), self.interval_s, False))
+            held.counting += 1
+            try:
+                held.add(await self._slots.change(self._key(item), self.interval_s, False))
+            finally:
+                held.counting -= 1
             return
         held = self._held[item] = _Held(payload)
         slot = await self._slots.change(self._key(item), self.interval_s, True)
@@ -265,10 +274,10 @@ class SlotCoalescer(Generic[P]):
         if slot.state != WON:
             self._schedule(item, held, slot.wait_s)
             return
-        if held.version > slot.version or held.fresh:  # changes came during the call: next window
-            self._schedule(item, held, self.interval_s)
-        else:
+        if held.covered_by(slot.version):
             self._drop(item, held)
+        else:  # changes came during the call: the next window
+            self._schedule(item, held, self.interval_s)
         try:
             await self._leading(payload)
         except Exception:
@@ -312,7 +321,7 @@ class SlotCoalescer(Generic[P]):
             self._schedule(item, held, slot.wait_s)
             return
         covered = slot.cover if slot.state == WON else version
-        if held.version <= covered and not held.fresh:
+        if held.covered_by(covered):
             self._drop(item, held)
         elif not self._closed:  # changes came during the call, not covered: the next window
             self._schedule(item, held, self.interval_s)
