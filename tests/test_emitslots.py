@@ -125,3 +125,18 @@ async def test_without_redis_each_process_limits_its_own_and_sends_the_final_sta
         finally:
             await c.close()
     await nobody.aclose()
+
+
+async def test_concurrent_changes_on_one_process_end_with_the_final_state(redis_url: str, redis_prefix: str) -> None:
+    # changes whose Redis calls share one pipeline with the one that wins the slot
+    async with aioredis.Redis.from_url(redis_url) as redis:
+        item = Item()
+        c = item.coalescer(RedisSlots(redis, RedisKeys(redis_prefix)), "a")
+        try:
+            item.value = 20
+            await asyncio.gather(*[c.note(1, v) for v in range(1, 21)])
+            await item.wait_for(20)
+            await settle(c)
+            assert [v for _, v, _ in item.sent] == [1, 20]  # the leading change, then a re-read
+        finally:
+            await c.close()
