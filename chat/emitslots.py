@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 HOLD_S = 2.0  # the slot's first TTL beyond the window: the holder reads and sends within it
 VERSIONS_TTL_MS = 600_000  # an item's version hash outlives any pending retry by far
-REDIS_TIMEOUT_S = 1.0  # a slot call not answered by then is answered by the local slots
+REDIS_TIMEOUT_S = 0.5  # a slot call not answered by then is answered by the local slots
 _LOCAL_ITEMS = 50_000
 
 WON, WAIT, COVERED, COUNTED = 1, 2, 3, 0
