@@ -16,8 +16,8 @@ The slots (`Slots`) say who may send, and which changes an event covered:
   again when the slot frees and sends nothing if `e` reached its newest change's version: a
   burst spread over any number of processes costs one event per window, plus the leading one.
   The holder keeps the slot while it reads and sends (a longer first TTL), then sets the TTL to
-  the window: the next event of the item is published at least a window after this one, so
-  two processes' events do not cross on their way. One round trip per call (Lua scripts
+  the window: the next event of the item is published at least a window after this one (two
+  processes' events cross on their way only if the relay lags by more than a window). One round trip per call (Lua scripts
   through chat/autopipe.py, shared with concurrent callers); each change costs one call, a
   process holding changes one per window. Should Redis fail (an error, or no answer within
   `REDIS_TIMEOUT_S`), the call is answered by the process's own `LocalSlots`: per-process
