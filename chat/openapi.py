@@ -32,7 +32,7 @@ ERROR_CODES = ["invalid", "unauthorized", "forbidden", "not_found", "conflict", 
 CHANNEL_PATTERN = "^(user|creator|room):[A-Za-z0-9_-]{1,64}$"
 
 
-IMAGE_REASONS = ["unsupported_format", "too_many_pixels", "truncated", "corrupt"]
+IMAGE_REASONS = ["unsupported_format", "too_many_pixels", "truncated", "corrupt", "polyglot"]
 SPACE_REASONS = ["archived", "guidelines"]  # a space's forbidden (chat/spaces.py)
 
 

@@ -1922,7 +1922,9 @@ class ChatService:
         else:
             return [], None
         muted = await storage.muted_user_ids(session, conv.id, candidates)
-        muted |= await moderation.blocked_user_ids(await session.connection(), conv.creator_id, candidates)
+        conn = await session.connection()
+        muted |= await moderation.blocked_user_ids(conn, conv.creator_id, candidates)
+        muted |= await memberblocks.blockers_among(conn, sender_id, candidates)  # they see a placeholder
         return [u for u in candidates if u not in muted and u != sender_id], resume
 
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,13 @@ def jpeg_with_gps(size: tuple[int, int] = (640, 480)) -> bytes:
     data = out.getvalue()
     assert Image.open(io.BytesIO(data)).getexif().get_ifd(GPS_IFD), "the fixture carries GPS EXIF"
     return data
+
+
+def zip_of(name: str, content: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr(name, content)
+    return out.getvalue()
 
 
 def encoded(fmt: str, size: tuple[int, int] = (64, 48), mode: str = "RGB", **kw: Any) -> bytes:
@@ -101,7 +109,8 @@ async def test_upload_strips_exif_makes_a_thumbnail_and_a_message_carries_it(
         shared_any_server: Cluster, stored: Stored, uid: Any) -> None:
     api = shared_any_server.api
     room, cre, pat, _ = room_with(api, uid)
-    original = jpeg_with_gps((1280, 960)) + b"PK\x03\x04polyglot-zip<html><script>alert(1)</script></html>"
+    # a phone's motion photo: an MP4 appended after the JPEG (accepted; the video is not kept)
+    original = jpeg_with_gps((1280, 960)) + b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 64
     r = upload(api, pat, original, "holiday.png", "image/png")  # name and declared type are not believed
     assert r.status_code == 201, r.text
     att = r.json()["attachment"]
@@ -134,7 +143,7 @@ async def test_upload_strips_exif_makes_a_thumbnail_and_a_message_carries_it(
         im = Image.open(io.BytesIO(got.content))
         assert im.size == (1280, 960)
         assert dict(im.getexif()) == {} and b"Exif" not in got.content and b"SpyCam" not in got.content
-        assert b"PK\x03\x04" not in got.content and b"<script>" not in got.content  # the polyglot tail is gone
+        assert b"ftypmp42" not in got.content  # the appended video is gone
         thumb = api.http.get(photo["thumb_url"])
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
         assert Image.open(io.BytesIO(thumb.content)).size == (320, 240)
@@ -175,6 +184,13 @@ REJECTIONS = {
     # 10,000 x 10,000 one-bit pixels: a few KB of PNG, 100 million pixels once decoded.
     "decompression bomb": (lambda: encoded("PNG", (10_000, 10_000), "1"), 400, "invalid", "too_many_pixels"),
     "truncated": (lambda: jpeg_with_gps((800, 600))[:3000], 400, "invalid", "truncated"),
+    # polyglots: a whole image that is also something else
+    "jpeg + zip": (lambda: jpeg_with_gps((64, 48)) + zip_of("evil.html", b"<p>hi</p>"), 400, "invalid", "polyglot"),
+    "jpeg + html": (lambda: jpeg_with_gps((64, 48)) + b"<HTML><Script>alert(1)</script></html>", 400, "invalid",
+                    "polyglot"),
+    "png + pdf": (lambda: encoded("PNG", (32, 32)) + b"%PDF-1.7\n1 0 obj<<>>endobj\n%%EOF", 400, "invalid", "polyglot"),
+    "gif + svg": (lambda: encoded("GIF", (32, 32)) + b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>',
+                  400, "invalid", "polyglot"),
 }
 
 
