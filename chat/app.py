@@ -26,6 +26,7 @@ from chat.codec import OrjsonCompat
 from chat.config import Settings
 from chat.db import create_engine, create_read_engine, session_factory
 from chat.delivery import Delivery, is_conversation_room
+from chat.emitslots import RedisSlots
 from chat.fanout import FanoutLimits, FanoutServer
 from chat.keys import RedisKeys
 from chat.presence import MemoryPresence, RedisPresence, new_server_id
@@ -192,6 +193,7 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     sweeper = UploadSweeper(sessions, blobs, ttl_s=settings.upload_ttl_s, interval_s=settings.upload_sweep_interval_s)
     service = ChatService(sessions, delivery, presence, settings, user_sends=user_sends, read_engine=read_engine,
                           attachments=attachments, slow_gate=SlowModeGate(redis, keys),
+                          emit_slots=RedisSlots(redis, keys) if redis is not None else None,
                           **hooks.service_kwargs)
 
     async def on_offline(conversation_id: str, user_id: str) -> None:
