@@ -712,7 +712,7 @@ def build() -> dict[str, Any]:
         "/api/v1/uploads": {"post": {
             **_op("Upload a photo (JPEG, PNG, WebP or GIF, checked by decoding; EXIF/GPS stripped; thumbnail made)",
                   "clientJwt",
-                  {**_ok(201, "the stored photo, unused until a send names it",
+                  {**_ok(201, "the stored photo, unused until a send names it (removed if none does within UPLOAD_TTL_S, 24 h)",
                          _obj({"attachment": _ref("Upload")}), {"attachment": EXAMPLE_UPLOAD}),
                    **_errors(400, 401, 408, 413, 429, 503)}, tags=["client"]),
             "requestBody": {"required": True, "content": {"multipart/form-data": {

@@ -468,6 +468,47 @@ def test_server_on_s3_blob_url(s3_endpoint: str, tmp_path: Path, uid: Any) -> No
         cluster.stop()
 
 
+async def test_unused_uploads_removed_from_s3(s3_endpoint: str, tmp_path: Path, uid: Any) -> None:
+    """UPLOAD_TTL_S with the S3 store: the unsent upload's two objects are deleted, the sent
+    one's stay (chat/uploadsweep.py; tests/test_upload_sweep.py has the rest)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="test",
+                      aws_secret_access_key="test")
+    s3.create_bucket(Bucket="swept-photos")
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "UPLOAD_TTL_S": "5",
+           "UPLOAD_SWEEP_INTERVAL_S": "0.05",
+           "BLOB_URL": f"s3://swept-photos/p?endpoint_url={s3_endpoint}&region=us-east-1"}
+    cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/s3.db", None, "unused", 1, env=env)
+    db = sync_engine(cluster.database_url)
+    try:
+        api = cluster.api
+        room, _, pat, _ = room_with(api, uid)
+        sent, unsent = uploaded(api, pat, encoded("JPEG")), uploaded(api, pat, encoded("PNG", mode="RGBA"))
+        r = api.client(pat, "POST", f"/conversations/{room}/messages", {"client_msg_id": "s3", "attachments": [sent]})
+        assert r.status_code == 201, r.text
+        with db.connect() as conn:
+            keys = {str(row.id): {row.blob_key, row.thumb_key} for row in conn.execute(
+                sa.text("SELECT id, blob_key, thumb_key FROM attachments"))}
+
+        def objects() -> set[str]:
+            listed = s3.list_objects_v2(Bucket="swept-photos").get("Contents", [])
+            return {o["Key"].removeprefix("p/") for o in listed}
+
+        assert objects() == keys[sent] | keys[unsent]
+        deadline = time.monotonic() + 30
+        while objects() != keys[sent] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert objects() == keys[sent]
+        with db.connect() as conn:
+            assert [str(i) for (i,) in conn.execute(sa.text("SELECT id FROM attachments"))] == [sent]
+        got = api.http.get(r.json()["message"]["attachments"][0]["thumb_url"])
+        assert got.status_code == 200
+    finally:
+        db.dispose()
+        cluster.stop()
+
+
 def test_blob_url_setting_and_default_directory() -> None:
     from chat.blobs import default_blob_dir
     from chat.config import ConfigError
