@@ -492,3 +492,41 @@ async def test_one_root_update_per_batch_and_nothing_for_plain_messages(where: s
     assert sorted(roots.values()) == [(2, "u2,u3"), (4, "u1,u2,u3")], roots
     # the roots' wire forms went to the coalescer once, after the commit, with the new summaries
     assert len(updates) == 1 and sorted(w["thread"]["reply_count"] for w in updates[0]) == [2, 4]
+
+
+async def test_a_reply_pushes_only_those_who_replied_before_it(tmp_path: Any) -> None:
+    """Who a thread reply pushes is read when the worker expands its job, maybe after more
+    replies came in: someone who replied only after it is not pushed for it. SQLite, in this
+    process, through the audience page the push worker calls."""
+    from chat import migrate, storage
+    from chat.db import create_engine, session_factory
+    from chat.models import Message
+    from chat.service import ChatService
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/audience.db")
+    try:
+        await migrate.upgrade(engine)
+        sessions = session_factory(engine)
+        async with sessions.begin() as s:
+            for u in ("cre", "ann", "bob", "cid"):
+                await storage.upsert_user(s, u, u)
+            for u in ("ann", "bob", "cid"):
+                await storage.upsert_membership(s, "cre", u, 500, "active")
+            room = (await storage.insert_room(s, "cre", "R", 0, "everyone")).id
+        ids: dict[str, int] = {}
+        async with sessions.begin() as s:
+            for seq, (sender, thread) in enumerate((("ann", None), ("bob", "root"), ("cid", "root")), 1):
+                row = Message(conversation_id=room, seq=seq, sender_id=sender, body=sender,
+                              client_msg_id=f"m{seq}", thread_id=ids.get(thread or ""))
+                s.add(row)
+                await s.flush()
+                ids[thread and sender or "root"] = row.id
+        async with sessions() as s:
+            # bob's reply: the root's author; not cid, who replied after it
+            assert await ChatService.push_audience_page(s, room, "bob", None, 100, ids["root"], (), ids["bob"]) == (
+                ["ann"], None)
+            # cid's reply: ann and bob
+            assert await ChatService.push_audience_page(s, room, "cid", None, 100, ids["root"], (), ids["cid"]) == (
+                ["ann", "bob"], None)
+    finally:
+        await engine.dispose()
