@@ -213,8 +213,8 @@ class Delivery:
         sockets get them in one pass over the room (`FanoutManager.deliver_each`: each socket
         all of its events in one call, and so one write), before this returns; the relay has
         them queued as one hand-over. The awaitable completes once they were published. Not
-        for the events blockers see differently (`message`, `message_updated`)."""
-        if event in HIDDEN_EVENTS:
+        for the events blockers see differently (`message`, `message_updated`, `typing`)."""
+        if event in HIDDEN_EVENTS or event in SILENCED_EVENTS:
             raise ValueError(f"{event!r} may differ per recipient (blocks): use to_conversation")
         room = keys.conversation_room(str(conversation_id))
         recent = event in RECENT_EVENTS
