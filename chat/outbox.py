@@ -95,10 +95,11 @@ class Outbox:
 
     The transport's buffer is the only queue past the current turn. Pending + unsent bytes are
     checked on writes: over `max_buffer_bytes`, the pending frames are written at once, and if
-    the transport is then left with more than that unsent, the connection is aborted. The sweeper checks the outboxes with
-    unsent bytes once per second (not shrinking for `stall_s`: abort). The stall check is not
-    done on writes: a long burst of writes without a return to the event loop gives the
-    transport no chance to drain and must not count as a stalled client."""
+    the transport is then left with more than that unsent, the connection is aborted. The
+    sweeper checks the outboxes with unsent bytes once per second (not shrinking for
+    `stall_s`: abort). The stall check is not done on writes: a long burst of writes without a
+    return to the event loop gives the transport no chance to drain and must not count as a
+    stalled client."""
 
     __slots__ = ("_transport", "_limits", "_on_overflow", "_stalled_since", "_last_size", "closed", "_backlog",
                  "_flusher", "_pending", "_pending_bytes", "_pending_frames", "_buffered")
