@@ -201,7 +201,8 @@ class ChatService:
         self.thread_events = threads.ThreadCoalescer(self._emit_message_updated, self._reread_root)
         self.writer = MessageWriter(self.engine, self._deliver_messages,
                                     push_enqueue_jobs=push_enqueue_jobs, push_wake=push_wake,
-                                    webhook_messages=webhook_messages, thread_updates=self.thread_events.note)
+                                    webhook_messages=webhook_messages, thread_updates=self.thread_events.note,
+                                    commit_engine=read_engine)  # autocommit: plain batches in one query
         # What the send path needs of conversations, filled by `join` and the full send check.
         # Kind, creator and patron never change; a room's name, tier, post policy, archive and
         # guidelines do (chat/spaces.py), and its `room_updated` control message drops the entry.
