@@ -918,13 +918,18 @@ def per_rep(rows: Rows) -> str:
     return "\n".join(out)
 
 
-def probe_table(rows: Rows, min_dps: float = 16000) -> str:
-    """The cpu_probe windows of the ramp steps at or above min_dps offered deliveries/s: CPU %
-    and run-queue wait % (100 = one core; wait = runnable but no CPU free) per process."""
+def probe_table(rows: Rows, common: float = 16000) -> str:
+    """The cpu_probe windows of each run's highest passing and lowest failing ramp step, and of
+    the step at `common` offered deliveries/s (every ramp visits it): CPU % and run-queue wait %
+    (100 = one core; wait = runnable but no CPU free) per process."""
     lines = []
     for r in rows:
-        for st in get(r, "cpu_probe.steps") or []:
-            if (st.get("target_deliveries_per_s") or 0) < min_dps or "cpu_pct" not in st:
+        steps = [st for st in get(r, "cpu_probe.steps") or [] if "cpu_pct" in st]
+        passed = [st["target_deliveries_per_s"] for st in steps if st.get("pass")]
+        failed = [st["target_deliveries_per_s"] for st in steps if not st.get("pass")]
+        keep = {max(passed, default=None), min(failed, default=None), common}
+        for st in sorted(steps, key=lambda st: st["target_deliveries_per_s"]):
+            if st["target_deliveries_per_s"] not in keep:
                 continue
             cpu, wait = st["cpu_pct"], st["runq_wait_pct"]
             servers = sorted(n for n in cpu if n.startswith("server"))
@@ -934,13 +939,14 @@ def probe_table(rows: Rows, min_dps: float = 16000) -> str:
             lines.append("| " + " | ".join([
                 r["target"], r["suite_scenario"], f"{st['target_deliveries_per_s']:,}", "pass" if st.get("pass") else "FAIL",
                 pair(servers), pair(["loadgen"]), pair(["mariadbd"]), pair(["redis"]),
-                f"{st['host']['busy']:.0f}", f"{st['host']['softirq']:.1f}",
+                f"{st['host']['busy']:.0f}", f"{st['host']['busy'] - sum(cpu.values()):.0f}", f"{st['host']['softirq']:.1f}",
                 str(st.get("innodb_row_lock_ms_per_s", "-"))]) + " |")
     if not lines:
         return ""
-    return ("cpu_probe per ramp step (CPU % / run-queue wait %, 100 = one core; a failing step's window may"
-            " include its drain)\n\n| target | scenario | offered/s | step | servers | loadgen | mariadbd | redis"
-            " | host busy % | softirq % | InnoDB row-lock wait ms/s |\n" + "|---" * 11 + "|\n" + "\n".join(lines))
+    return ("cpu_probe per ramp step (CPU % / run-queue wait %, 100 = one core; others = host busy less the"
+            " processes named, i.e. other users of the host; a failing step's window may include its drain)\n\n"
+            "| target | scenario | offered/s | step | servers | loadgen | mariadbd | redis"
+            " | host busy % | others % | softirq % | InnoDB row-lock wait ms/s |\n" + "|---" * 12 + "|\n" + "\n".join(lines))
 
 
 def print_report(path: Path, harness: Path | None) -> None:
