@@ -9,11 +9,13 @@ set of named processes (the server processes, the load generator, mariadbd, redi
 
 and for the host: busy, idle and softirq time of every CPU (/proc/stat), and, on MariaDB,
 InnoDB's row-lock waits (SHOW GLOBAL STATUS Innodb_row_lock_time / _waits: server-wide, so
-other clients of the same MariaDB count too).
+other clients of the same MariaDB count too) and, for the bench's own databases only, the
+number of their transactions in LOCK WAIT at each sample (information_schema.INNODB_TRX):
+its mean over a window x 1000 estimates their lock-wait ms per second.
 
 `window(t0, t1)` sums the samples whose interval lies in [t0, t1] into per-second rates:
 `{"cpu_pct": {name: %}, "runq_wait_pct": {name: %}, "host": {"busy_pct", "idle_pct",
-"softirq_pct"}, "innodb_row_lock_ms_per_s", "innodb_row_lock_waits_per_s", "seconds"}`
+"softirq_pct"}, "innodb_row_lock_ms_per_s", "innodb_row_lock_waits_per_s", "bench_lock_wait_ms_per_s", "seconds"}`
 (100 % = one core; a run-queue wait of 40 % = the process's threads waited 0.4 s per second
 for a CPU). The runner maps step results of the load generator to windows by the time their
 lines appear on its stderr (see run_bench.Runner.run_one).
@@ -67,15 +69,23 @@ def host_cpu() -> dict[str, float]:
     return {"total": float(sum(f)), "idle": float(f[3] + f[4]), "softirq": float(f[6])}
 
 
-def innodb_row_locks(conn: Any) -> tuple[float, float] | None:
-    """(Innodb_row_lock_time ms, Innodb_row_lock_waits), server-wide counters."""
+# Transactions of the bench's databases (run_bench.py names them bsbench_*) waiting for a lock now.
+_WAITING = ("SELECT COUNT(*) FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p"
+            " ON p.ID = t.trx_mysql_thread_id WHERE t.trx_state = 'LOCK WAIT' AND p.DB LIKE %s")
+
+
+def innodb_row_locks(conn: Any, db_like: str) -> tuple[float, float, float] | None:
+    """(Innodb_row_lock_time ms, Innodb_row_lock_waits: server-wide counters, so other users of
+    the MariaDB count too; transactions of databases LIKE db_like in LOCK WAIT at this moment)."""
     if conn is None:
         return None
     try:
         with conn.cursor() as cur:
             cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN ('Innodb_row_lock_time', 'Innodb_row_lock_waits')")
             got = {name: float(value) for name, value in cur.fetchall()}
-        return got["Innodb_row_lock_time"], got["Innodb_row_lock_waits"]
+            cur.execute(_WAITING, (db_like,))
+            waiting = float(cur.fetchone()[0])
+        return got["Innodb_row_lock_time"], got["Innodb_row_lock_waits"], waiting
     except Exception:
         return None
 
@@ -86,7 +96,7 @@ class Sample:
     cpu: dict[str, float]  # name -> CPU seconds (summed over the name's pids)
     runq: dict[str, float]  # name -> run-queue wait seconds
     host: dict[str, float]
-    locks: tuple[float, float] | None
+    locks: tuple[float, float, float] | None
 
 
 @dataclass
@@ -96,6 +106,7 @@ class CpuProbe:
     pids: dict[str, list[int]]
     hz: float = 4.0
     mysql: dict[str, Any] | None = None  # pymysql.connect kwargs; None: no InnoDB figures
+    db_like: str = "bsbench\\_%"  # the databases whose transactions in LOCK WAIT are counted
     samples: list[Sample] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -111,7 +122,7 @@ class CpuProbe:
             r = [proc_runq_wait_s(p) for p in pids]
             cpu[name] = sum(x for x in c if x is not None)
             runq[name] = sum(x for x in r if x is not None)
-        return Sample(time.time(), cpu, runq, host_cpu(), innodb_row_locks(self._conn))
+        return Sample(time.time(), cpu, runq, host_cpu(), innodb_row_locks(self._conn, self.db_like))
 
     def _loop(self) -> None:
         period = 1.0 / self.hz
@@ -158,6 +169,9 @@ class CpuProbe:
         if a.locks is not None and b.locks is not None:
             out["innodb_row_lock_ms_per_s"] = round((b.locks[0] - a.locks[0]) / secs, 1)
             out["innodb_row_lock_waits_per_s"] = round((b.locks[1] - a.locks[1]) / secs, 1)
+        waits = [s.locks[2] for s in inside if s.locks is not None]
+        if waits:  # sampled: mean number of the bench's transactions waiting for a lock = ms/s / 1000
+            out["bench_lock_wait_ms_per_s"] = round(1000 * sum(waits) / len(waits), 1)
         return out
 
 

@@ -940,13 +940,14 @@ def probe_table(rows: Rows, common: float = 16000) -> str:
                 r["target"], r["suite_scenario"], f"{st['target_deliveries_per_s']:,}", "pass" if st.get("pass") else "FAIL",
                 pair(servers), pair(["loadgen"]), pair(["mariadbd"]), pair(["redis"]),
                 f"{st['host']['busy']:.0f}", f"{st['host']['busy'] - sum(cpu.values()):.0f}", f"{st['host']['softirq']:.1f}",
-                str(st.get("innodb_row_lock_ms_per_s", "-"))]) + " |")
+                str(st.get("innodb_row_lock_ms_per_s", "-")), str(st.get("bench_lock_wait_ms_per_s", "-"))]) + " |")
     if not lines:
         return ""
     return ("cpu_probe per ramp step (CPU % / run-queue wait %, 100 = one core; others = host busy less the"
             " processes named, i.e. other users of the host; a failing step's window may include its drain)\n\n"
             "| target | scenario | offered/s | step | servers | loadgen | mariadbd | redis"
-            " | host busy % | others % | softirq % | InnoDB row-lock wait ms/s |\n" + "|---" * 12 + "|\n" + "\n".join(lines))
+            " | host busy % | others % | softirq % | InnoDB row-lock wait ms/s (server-wide)"
+            " | bench transactions' lock wait ms/s (sampled) |\n" + "|---" * 13 + "|\n" + "\n".join(lines))
 
 
 def print_report(path: Path, harness: Path | None) -> None:
@@ -1062,7 +1063,7 @@ def main() -> int:
     ap.add_argument("--cpu-probe", action="store_true",
                     help="sample per-process CPU, run-queue wait, softirq and InnoDB row-lock waits per step"
                          " (bench/cpu_probe.py; stored as cpu_probe in each result, tabled by --report)")
-    ap.add_argument("--cpu-probe-hz", type=float, default=4.0)
+    ap.add_argument("--cpu-probe-hz", type=float, default=10.0)
     ap.add_argument("--profile", action="store_true", help="profile Backstage under the fixed load (see bench/profile.py)")
     args, unknown = ap.parse_known_args()
     # Stop cleanly (servers, databases, Redis keys) on SIGTERM too, and on SIGINT even when
