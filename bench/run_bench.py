@@ -918,16 +918,18 @@ def per_rep(rows: Rows) -> str:
     return "\n".join(out)
 
 
-def probe_table(rows: Rows, common: float = 16000) -> str:
+def probe_table(rows: Rows, common: tuple[int, ...] = (4000, 8000, 16000)) -> str:
     """The cpu_probe windows of each run's highest passing and lowest failing ramp step, and of
-    the step at `common` offered deliveries/s (every ramp visits it): CPU % and run-queue wait %
+    the steps at `common` offered deliveries/s (every ramp5 visits them): CPU % and run-queue wait %
     (100 = one core; wait = runnable but no CPU free) per process."""
     lines = []
     for r in rows:
-        steps = [st for st in get(r, "cpu_probe.steps") or [] if "cpu_pct" in st]
+        delivered = [st.get("delivered_per_s") for st in r.get("steps") or []]
+        steps = [{**st, "delivered_per_s": d} for st, d in zip(get(r, "cpu_probe.steps") or [], delivered, strict=False)
+                 if "cpu_pct" in st]
         passed = [st["target_deliveries_per_s"] for st in steps if st.get("pass")]
         failed = [st["target_deliveries_per_s"] for st in steps if not st.get("pass")]
-        keep = {max(passed, default=None), min(failed, default=None), common}
+        keep = {max(passed, default=None), min(failed, default=None), *common}
         for st in sorted(steps, key=lambda st: st["target_deliveries_per_s"]):
             if st["target_deliveries_per_s"] not in keep:
                 continue
@@ -938,16 +940,18 @@ def probe_table(rows: Rows, common: float = 16000) -> str:
                 return " + ".join(f"{cpu[n]:.0f} / {wait[n]:.0f}" for n in names if n in cpu) or "-"
             lines.append("| " + " | ".join([
                 r["target"], r["suite_scenario"], f"{st['target_deliveries_per_s']:,}", "pass" if st.get("pass") else "FAIL",
-                pair(servers), pair(["loadgen"]), pair(["mariadbd"]), pair(["redis"]),
+                pair(servers),
+                f"{10_000 * sum(cpu[n] for n in servers) / st['delivered_per_s']:.0f}" if st.get("delivered_per_s") else "-",
+                pair(["loadgen"]), pair(["mariadbd"]), pair(["redis"]),
                 f"{st['host']['busy']:.0f}", f"{st['host']['busy'] - sum(cpu.values()):.0f}", f"{st['host']['softirq']:.1f}",
                 str(st.get("innodb_row_lock_ms_per_s", "-")), str(st.get("bench_lock_wait_ms_per_s", "-"))]) + " |")
     if not lines:
         return ""
     return ("cpu_probe per ramp step (CPU % / run-queue wait %, 100 = one core; others = host busy less the"
             " processes named, i.e. other users of the host; a failing step's window may include its drain)\n\n"
-            "| target | scenario | offered/s | step | servers | loadgen | mariadbd | redis"
+            "| target | scenario | offered/s | step | servers | servers' CPU µs per delivery | loadgen | mariadbd | redis"
             " | host busy % | others % | softirq % | InnoDB row-lock wait ms/s (server-wide)"
-            " | bench transactions' lock wait ms/s (sampled) |\n" + "|---" * 13 + "|\n" + "\n".join(lines))
+            " | bench transactions' lock wait ms/s (sampled) |\n" + "|---" * 14 + "|\n" + "\n".join(lines))
 
 
 def print_report(path: Path, harness: Path | None) -> None:
