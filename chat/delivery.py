@@ -31,7 +31,7 @@ import orjson
 
 from chat import keys
 from chat.fanout import Broadcast, FanoutServer, Payload
-from chat.memberblocks import HIDDEN_EVENTS, placeholder_event, sender_of
+from chat.memberblocks import HIDDEN_EVENTS, SILENCED_EVENTS, placeholder_event, sender_of
 from chat.recent import RecentMessages
 from chat.relay import RedisRelay
 
@@ -93,9 +93,10 @@ class Delivery:
     def _hide_from_blockers(self, room: str, event: str, data: Any) -> set[str] | None:
         """A `message`/`message_updated` whose sender some local socket in `room` blocks: those
         sockets get its placeholder (same seq, no body: memberblocks.hidden_wire) here, and are
-        returned, to be skipped by the broadcast itself. None (the common case) costs one dict
-        lookup."""
-        if event not in HIDDEN_EVENTS:
+        returned, to be skipped by the broadcast itself; a SILENCED_EVENTS event (`typing`) of a
+        blocked user is only skipped for them. None (the common case) costs one dict lookup."""
+        silenced = event in SILENCED_EVENTS
+        if not silenced and event not in HIDDEN_EVENTS:
             return None
         sids = self._blocker_sids.get(sender_of(event, data) or "")
         if not sids:
@@ -104,7 +105,8 @@ class Delivery:
         targets = [sid for sid in sids if members is not None and sid in members]
         if not targets:
             return None
-        self._fanout.deliver("/", targets, self._fanout.encode(event, placeholder_event(event, data)))
+        if not silenced:
+            self._fanout.deliver("/", targets, self._fanout.encode(event, placeholder_event(event, data)))
         return set(targets)
 
     def _hide_relayed(self, room: str, sender: str, packet: Payload | list[Payload]) -> set[str] | None:
@@ -120,7 +122,7 @@ class Delivery:
     @staticmethod
     def _sender_of(event: str, data: Any) -> str | None:
         """The sender a relayed room packet names in its envelope (for the receivers' blockers)."""
-        return sender_of(event, data) if event in HIDDEN_EVENTS else None
+        return sender_of(event, data) if event in HIDDEN_EVENTS or event in SILENCED_EVENTS else None
 
     def relay_problem(self) -> str | None:
         """Why this process cannot rely on the relay, for /readyz (None: no known problem)."""

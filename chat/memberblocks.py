@@ -14,7 +14,7 @@ when it is not empty (chat/delivery.py), so rooms where nobody blocks anyone cos
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +30,9 @@ _blocks = sa.inspect(MemberBlock).local_table
 
 # Live events that show a message, which a blocker of its sender gets as a placeholder.
 HIDDEN_EVENTS = ("message", "message_updated", "message_hidden")
+# Events of a blocked member that their blockers do not get at all (there is nothing to hold a
+# place for): someone typing.
+SILENCED_EVENTS = ("typing",)
 # Users whose blocks stay known after their last socket here left (a reconnect storm's rejoins
 # read nothing); kept current by `apply` like the others, dropped by `reload`.
 IDLE_USERS = 20_000
@@ -55,6 +58,16 @@ async def blocked_between(conn: AsyncConnection, a: str, b: str) -> bool:
     q = sa.select(sa.literal(1)).where(sa.or_(sa.and_(c.blocker_id == a, c.blocked_id == b),
                                               sa.and_(c.blocker_id == b, c.blocked_id == a)))
     return (await conn.execute(q.limit(1))).first() is not None
+
+
+async def blockers_among(conn: AsyncConnection, blocked_id: str, user_ids: Iterable[str]) -> set[str]:
+    """Those of `user_ids` who block `blocked_id` (left out of the pushes of their messages)."""
+    wanted = sorted(set(user_ids))
+    if not wanted:
+        return set()
+    c = _blocks.c
+    rows = await conn.scalars(sa.select(c.blocker_id).where(c.blocked_id == blocked_id, c.blocker_id.in_(wanted)))
+    return {str(u) for u in rows}
 
 
 async def list_blocks(conn: AsyncConnection, user_id: str) -> list[tuple[str, datetime]]:
@@ -90,7 +103,10 @@ def hidden_wire(wire: dict[str, Any], reason: str) -> dict[str, Any]:
 
 def sender_of(event: str, data: Any) -> str | None:
     """The sender of the message a HIDDEN_EVENTS event shows (`message_hidden`: the message it
-    carries when it shows one again), else None."""
+    carries when it shows one again), the user of a SILENCED_EVENTS event, else None."""
+    if event in SILENCED_EVENTS:
+        user_id = data.get("user_id") if isinstance(data, dict) else None
+        return user_id if isinstance(user_id, str) else None
     wire = data.get("message") if event == "message_hidden" and isinstance(data, dict) else data
     if isinstance(wire, dict):
         sender = wire.get("sender")

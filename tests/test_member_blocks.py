@@ -1,7 +1,7 @@
 """Blocks between members (docs/moderation.md "Blocks between members"): a member blocks another
 user over a socket (`block_user`, listed by `blocks`); the blocked user's messages reach the
 blocker as placeholders (same seq, no body, `hidden: true`) live, on every process, and in join
-pages, recovery (`since_seq`) and history; no direct message goes between the two, both ways,
+pages, recovery (`since_seq`) and history, and their `typing` does not reach the blocker; no direct message goes between the two, both ways,
 until the block is lifted. SQLite (one process) and MariaDB + Redis (two processes)."""
 
 from __future__ import annotations
@@ -50,6 +50,12 @@ async def _blocks_scenario(url_a: str, url_b: str, api: Api, uid: Any) -> None:
         placeholder_of(await a.wait_for("message", lambda m: m["id"] == during["id"]), during)
         assert (await c.wait_for("message", lambda m: m["id"] == during["id"]))["body"] == "you cannot see this"
         assert all(m["body"] != "you cannot see this" for m in a.events["message"])
+        # the blocked user's typing does not reach the blocker (the others still see it)
+        ok(await t.call("typing", {"conversation_id": room, "typing": True}))
+        await c.wait_for("typing", lambda e: e["user_id"] == troll and e["typing"])
+        behind = ok(await send(t, room, "sent after typing"))["message"]
+        placeholder_of(await a.wait_for("message", lambda m: m["id"] == behind["id"]), behind)
+        assert not [e for e in a.events["typing"] if e["user_id"] == troll]
         # an edit of a blocked sender's message stays hidden too
         ok(await t.call("edit", {"message_id": before["id"], "body": "edited"}))
         edited = await a.wait_for("message_updated", lambda m: m["id"] == before["id"])

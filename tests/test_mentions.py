@@ -155,6 +155,16 @@ async def test_revoked_and_blocked_members_are_not_mentioned(shared_any_server: 
         r = api.server("PUT", f"/creators/{ids['cre']}/blocks/{ids['emile']}", {})
         assert r.status_code == 200, r.text
         assert ok(await send(bob, room, f"@{ids['emile']}"))["message"]["mentions"] == []
+        # a member who blocks the sender: still in `mentions` (others see it), but not counted for them
+        ok(await bob.call("block_user", {"user_id": ids["cre"], "on": True}))
+        cre = await Client(url, tokens["cre"]).connect()
+        try:
+            assert ok(await send(cre, room, "@Bob hello"))["message"]["mentions"] == [ids["bob"]]
+            assert me_mentions(api, tokens["bob"]) == 0 and listed(api, tokens["bob"], room)["mention_count"] == 0
+            ok(await bob.call("block_user", {"user_id": ids["cre"], "on": False}))
+            assert me_mentions(api, tokens["bob"]) == 1 and listed(api, tokens["bob"], room)["mention_count"] == 1
+        finally:
+            await cre.close()
     finally:
         await bob.close()
 
@@ -278,6 +288,24 @@ async def test_mention_pushes_the_mentioned_member_where_patron_posts_push_nobod
         await push_cluster.jobs_settled()
         assert push["notification"]["title"] == "Gold replied in Gold room"
         assert sorted(push_cluster.outbox_users()) == ["cre", "gold2", "gold2", "silver", "silver"]
+
+        # a member who blocks the sender is not pushed for their mention, nor for the creator's posts
+        silver = await Client(push_cluster.cluster.servers[1].url, tokens["silver"]).connect()
+        try:
+            ok(await silver.call("block_user", {"user_id": "gold", "on": True}))
+            ok(await silver.call("block_user", {"user_id": "cre", "on": True}))
+        finally:
+            await silver.close()
+        ok(await send(gold, room, "@Silver @Gold Two blocked"))
+        await push_cluster.pushes_to("gold2-phone", 3)
+        creator = await Client(push_cluster.cluster.servers[1].url, tokens["cre"]).connect()
+        try:
+            ok(await send(creator, room, "more news"))
+        finally:
+            await creator.close()
+        await push_cluster.pushes_to("gold2-phone", 4)
+        await push_cluster.jobs_settled()
+        assert sorted(push_cluster.outbox_users()) == ["cre", "gold2", "gold2", "gold2", "gold2", "silver", "silver"]
     finally:
         await gold.close()
         await online.close()

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,13 @@ def jpeg_with_gps(size: tuple[int, int] = (640, 480)) -> bytes:
     data = out.getvalue()
     assert Image.open(io.BytesIO(data)).getexif().get_ifd(GPS_IFD), "the fixture carries GPS EXIF"
     return data
+
+
+def zip_of(name: str, content: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr(name, content)
+    return out.getvalue()
 
 
 def encoded(fmt: str, size: tuple[int, int] = (64, 48), mode: str = "RGB", **kw: Any) -> bytes:
@@ -101,7 +109,8 @@ async def test_upload_strips_exif_makes_a_thumbnail_and_a_message_carries_it(
         shared_any_server: Cluster, stored: Stored, uid: Any) -> None:
     api = shared_any_server.api
     room, cre, pat, _ = room_with(api, uid)
-    original = jpeg_with_gps((1280, 960)) + b"PK\x03\x04polyglot-zip<html><script>alert(1)</script></html>"
+    # a phone's motion photo: an MP4 appended after the JPEG (accepted; the video is not kept)
+    original = jpeg_with_gps((1280, 960)) + b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 64
     r = upload(api, pat, original, "holiday.png", "image/png")  # name and declared type are not believed
     assert r.status_code == 201, r.text
     att = r.json()["attachment"]
@@ -134,7 +143,7 @@ async def test_upload_strips_exif_makes_a_thumbnail_and_a_message_carries_it(
         im = Image.open(io.BytesIO(got.content))
         assert im.size == (1280, 960)
         assert dict(im.getexif()) == {} and b"Exif" not in got.content and b"SpyCam" not in got.content
-        assert b"PK\x03\x04" not in got.content and b"<script>" not in got.content  # the polyglot tail is gone
+        assert b"ftypmp42" not in got.content  # the appended video is gone
         thumb = api.http.get(photo["thumb_url"])
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
         assert Image.open(io.BytesIO(thumb.content)).size == (320, 240)
@@ -175,6 +184,13 @@ REJECTIONS = {
     # 10,000 x 10,000 one-bit pixels: a few KB of PNG, 100 million pixels once decoded.
     "decompression bomb": (lambda: encoded("PNG", (10_000, 10_000), "1"), 400, "invalid", "too_many_pixels"),
     "truncated": (lambda: jpeg_with_gps((800, 600))[:3000], 400, "invalid", "truncated"),
+    # polyglots: a whole image that is also something else
+    "jpeg + zip": (lambda: jpeg_with_gps((64, 48)) + zip_of("evil.html", b"<p>hi</p>"), 400, "invalid", "polyglot"),
+    "jpeg + html": (lambda: jpeg_with_gps((64, 48)) + b"<HTML><Script>alert(1)</script></html>", 400, "invalid",
+                    "polyglot"),
+    "png + pdf": (lambda: encoded("PNG", (32, 32)) + b"%PDF-1.7\n1 0 obj<<>>endobj\n%%EOF", 400, "invalid", "polyglot"),
+    "gif + svg": (lambda: encoded("GIF", (32, 32)) + b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>',
+                  400, "invalid", "polyglot"),
 }
 
 
@@ -444,6 +460,47 @@ def test_server_on_s3_blob_url(s3_endpoint: str, tmp_path: Path, uid: Any) -> No
         assert got.status_code == 200 and got.headers["content-type"] == "image/jpeg"
         assert list(Path(cluster.blob_dir).rglob("*")) == []  # nothing went to the directory
     finally:
+        cluster.stop()
+
+
+async def test_unused_uploads_removed_from_s3(s3_endpoint: str, tmp_path: Path, uid: Any) -> None:
+    """UPLOAD_TTL_S with the S3 store: the unsent upload's two objects are deleted, the sent
+    one's stay (chat/uploadsweep.py; tests/test_upload_sweep.py has the rest)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="test",
+                      aws_secret_access_key="test")
+    s3.create_bucket(Bucket="swept-photos")
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "UPLOAD_TTL_S": "5",
+           "UPLOAD_SWEEP_INTERVAL_S": "0.05",
+           "BLOB_URL": f"s3://swept-photos/p?endpoint_url={s3_endpoint}&region=us-east-1"}
+    cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/s3.db", None, "unused", 1, env=env)
+    db = sync_engine(cluster.database_url)
+    try:
+        api = cluster.api
+        room, _, pat, _ = room_with(api, uid)
+        sent, unsent = uploaded(api, pat, encoded("JPEG")), uploaded(api, pat, encoded("PNG", mode="RGBA"))
+        r = api.client(pat, "POST", f"/conversations/{room}/messages", {"client_msg_id": "s3", "attachments": [sent]})
+        assert r.status_code == 201, r.text
+        with db.connect() as conn:
+            keys = {str(row.id): {row.blob_key, row.thumb_key} for row in conn.execute(
+                sa.text("SELECT id, blob_key, thumb_key FROM attachments"))}
+
+        def objects() -> set[str]:
+            listed = s3.list_objects_v2(Bucket="swept-photos").get("Contents", [])
+            return {o["Key"].removeprefix("p/") for o in listed}
+
+        assert objects() == keys[sent] | keys[unsent]
+        deadline = time.monotonic() + 30
+        while objects() != keys[sent] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert objects() == keys[sent]
+        with db.connect() as conn:
+            assert [str(i) for (i,) in conn.execute(sa.text("SELECT id FROM attachments"))] == [sent]
+        got = api.http.get(r.json()["message"]["attachments"][0]["thumb_url"])
+        assert got.status_code == 200
+    finally:
+        db.dispose()
         cluster.stop()
 
 
