@@ -47,19 +47,20 @@ def proc_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def proc_runq_wait_s(pid: int) -> float | None:
-    """Sum over the process's threads of the time spent runnable, waiting for a CPU, in seconds."""
-    total = 0
+def proc_runq_wait_s(pid: int) -> dict[int, float]:
+    """Per thread of the process, the time it spent runnable, waiting for a CPU, in seconds
+    (per thread: a thread that ends takes its figure with it, e.g. MariaDB's pool threads)."""
+    out: dict[int, float] = {}
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return None
+        return out
     for tid in tasks:
         try:
-            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+            out[int(tid)] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1]) / 1e9
         except (OSError, IndexError, ValueError):
             continue  # a thread that ended meanwhile
-    return total / 1e9
+    return out
 
 
 def host_cpu() -> dict[str, float]:
@@ -94,7 +95,7 @@ def innodb_row_locks(conn: Any, db_like: str) -> tuple[float, float, float] | No
 class Sample:
     t: float
     cpu: dict[str, float]  # name -> CPU seconds (summed over the name's pids)
-    runq: dict[str, float]  # name -> run-queue wait seconds
+    runq: dict[str, dict[int, float]]  # name -> thread id -> run-queue wait seconds
     host: dict[str, float]
     locks: tuple[float, float, float] | None
 
@@ -116,12 +117,11 @@ class CpuProbe:
 
     def _sample(self) -> Sample:
         cpu: dict[str, float] = {}
-        runq: dict[str, float] = {}
+        runq: dict[str, dict[int, float]] = {}
         for name, pids in self.pids.items():
             c = [proc_cpu_s(p) for p in pids]
-            r = [proc_runq_wait_s(p) for p in pids]
             cpu[name] = sum(x for x in c if x is not None)
-            runq[name] = sum(x for x in r if x is not None)
+            runq[name] = {tid: w for p in pids for tid, w in proc_runq_wait_s(p).items()}
         return Sample(time.time(), cpu, runq, host_cpu(), innodb_row_locks(self._conn, self.db_like))
 
     def _loop(self) -> None:
@@ -162,7 +162,9 @@ class CpuProbe:
         out: dict[str, Any] = {
             "seconds": round(secs, 2),
             "cpu_pct": {n: round(100 * (b.cpu[n] - a.cpu[n]) / secs, 1) for n in self.pids},
-            "runq_wait_pct": {n: round(100 * (b.runq[n] - a.runq[n]) / secs, 1) for n in self.pids},
+            # threads alive at the window's end (a thread born inside it: all of its wait)
+            "runq_wait_pct": {n: round(100 * sum(w - a.runq[n].get(t, 0.0) for t, w in b.runq[n].items()) / secs, 1)
+                              for n in self.pids},
             "host": {k: round(100 * ncpu * (b.host[k] - a.host[k]) / max(1.0, jiffies), 1) for k in ("idle", "softirq")},
         }
         out["host"]["busy"] = round(100 * ncpu - out["host"]["idle"], 1)
