@@ -27,9 +27,10 @@ chat/db.py): `BEGIN`, `SELECT ... FOR UPDATE NOWAIT` of its conversation rows, s
 `COMMIT`, all in that ONE query (`store_new_messages(commit=True)`): one round trip, and the
 rows are locked only while MariaDB runs it, never while this process waits for a CPU or for its
 event loop between a result and its COMMIT, which is what made two processes wait on each
-other's conversation rows (docs/performance.md, "Two processes on a 2-core host"). If a row is
-locked by another transaction (or anything else fails), that query rolled back and the batch
-takes the path above (`locked_fallbacks`, `fast_batches` count both kinds).
+other's conversation rows (docs/performance.md, "Two processes on this 2-core host: what
+stands in the way"). If a row is locked by another transaction (or anything else fails), that
+query rolled back and the batch takes the path above (`fast_batches` counts the plain batches
+committed in one query, `locked_fallbacks` those that met a locked row).
 
 There is no timer: the first send at rest is written at once, and the ones that arrive while
 transactions are in flight form the next batch (natural batching), at most `max_batch` at a
