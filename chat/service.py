@@ -1886,12 +1886,14 @@ class ChatService:
     @staticmethod
     async def push_audience_page(session: AsyncSession, conversation_id: int, sender_id: str, after: str | None,
                                  limit: int, thread_id: int | None = None,
-                                 mentioned: Sequence[str] = ()) -> tuple[list[str], str | None]:
+                                 mentioned: Sequence[str] = (),
+                                 message_id: int | None = None) -> tuple[list[str], str | None]:
         """One page of who gets a push for `sender_id`'s message if offline (SPEC §6), for the push
         worker's fan-out job: the other side of a direct conversation; the room's current members
         (active, at or above its tier) for the creator's posts, nobody for others' posts; for a
         room's thread reply (`thread_id`, its root) whoever of the root's author and the thread's
-        repliers still reads the room (chat/threads.py), whoever sent it; in a room, also the
+        repliers up to this reply (`message_id`: not those who replied after it) still reads the
+        room (chat/threads.py), whoever sent it; in a room, also the
         `mentioned` ones still members (chat/mentions.py). Never the sender, never muted. Scans at
         most `limit` user ids greater than `after`, in order; returns (recipients, where the next
         page starts, None once exhausted). Runs in the caller's session (the worker's own pool)."""
@@ -1905,7 +1907,7 @@ class ChatService:
                 candidates = [u for u in candidates if u > after]
         elif thread_id is not None:  # a room's thread reply: the root's author and the repliers
             candidates, resume = await threads.audience_page(session, conv.id, conv.creator_id, conv.min_tier_cents,
-                                                             thread_id, after, limit)
+                                                             thread_id, after, limit, message_id)
             if mentioned:  # and the mentioned ones in this page's range of ids: each in one page only
                 candidates = sorted(set(candidates) | set(await mentions.still_members(
                     session, conv.creator_id, conv.min_tier_cents,

@@ -225,14 +225,16 @@ async def thread_page(session: AsyncSession, conversation_id: int, root_id: int,
 
 
 async def audience_page(session: AsyncSession, conversation_id: int, creator_id: str, room_tier: int, root_id: int,
-                        after: str | None, limit: int) -> tuple[list[str], str | None]:
+                        after: str | None, limit: int, reply_id: int | None = None) -> tuple[list[str], str | None]:
     """One page of the users a room reply pushes if offline: the root's author and everyone who
-    replied in the thread (in user id order, after `after`), who still read the room (its creator,
+    replied in the thread before it (ids up to `reply_id`: whoever replies later, while the job
+    waits, is not pushed for an earlier reply; in user id order, after `after`), who still read the room (its creator,
     or an active membership at the room's tier); muted and blocked ones are left out by the caller.
     Returns (candidates, where the next page starts, None once exhausted)."""
     c = _messages.c
     q = (sa.select(c.sender_id).where(c.conversation_id == conversation_id,
-                                      sa.or_(c.id == root_id, c.thread_id == root_id)).distinct()
+                                      sa.or_(c.id == root_id, c.thread_id == root_id),
+                                      *([c.id <= reply_id] if reply_id is not None else [])).distinct()
          .order_by(c.sender_id).limit(limit))
     if after is not None:
         q = q.where(c.sender_id > after)

@@ -25,8 +25,8 @@ from chat.attachments import UrlSigner
 from chat.blobs import LocalBlobStore, S3BlobStore, new_key
 from chat.config import Settings
 from tests.conftest import Cluster
-from tests.fakefcm import FakeFCMServer
 from tests.support import JWT_SECRET, Api, Client, free_port, sync_engine
+from tests.test_push_rules import PushCluster, push_cluster, sqlite_push_cluster  # noqa: F401 (the fixtures)
 
 GPS_IFD = 0x8825
 
@@ -350,32 +350,37 @@ async def test_photo_message_across_two_processes_and_one_upload_claimed_once(
 # ---------------------------------------------------------------- push
 
 
-async def test_push_says_sent_a_photo(fcm_server: FakeFCMServer, tmp_path: Path, uid: Any) -> None:
-    fcm_server.fake.reset()
-    cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/push.db", None, "unused", 1,
-                      env={"FIREBASE_CREDENTIALS": fcm_server.credentials_path, "FCM_ENDPOINT": fcm_server.endpoint})
-    try:
-        api = cluster.api
-        cre, pat = api.user("cre", "Cre Ator"), api.user("pat", "Pat")
-        api.membership("cre", "pat", 500)
-        conv = api.direct(cre, "pat")
-        assert api.client(pat, "POST", "/devices", {"token": "pat-phone", "platform": "android"}).status_code == 201
-        ids = [uploaded(api, cre, encoded("JPEG")) for _ in range(3)]
-        for cmid, photos, body in [("p1", ids[:1], None), ("p2", ids[1:], None), ("p3", [], "words")]:
-            payload: dict[str, Any] = {"client_msg_id": cmid, "attachments": photos}
-            if body:
-                payload["body"] = body
-            r = api.client(cre, "POST", f"/conversations/{conv}/messages", payload)
-            assert r.status_code == 201, r.text
-        deadline = time.monotonic() + 15
-        while len(fcm_server.fake.delivered_messages("pat-phone")) < 3 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        pushes = sorted(fcm_server.fake.delivered_messages("pat-phone"), key=lambda m: int(m["data"]["message_id"]))
-        assert [p["notification"] for p in pushes] == [
-            {"title": "Cre Ator", "body": "sent a photo"}, {"title": "Cre Ator", "body": "sent 2 photos"},
-            {"title": "Cre Ator", "body": "words"}]
-    finally:
-        cluster.stop()
+async def _photo_push_scenario(pc: PushCluster) -> None:
+    """The photos are uploaded through the first process and sent through the last one (the
+    other one on MariaDB): the push worker reads the claimed uploads from the database."""
+    first, last = pc.cluster.apis[0], pc.cluster.apis[-1]
+    cre, pat = first.user("cre", "Cre Ator"), first.user("pat", "Pat")
+    first.membership("cre", "pat", 500)
+    conv = first.direct(cre, "pat")
+    pc.device(pat, "pat-phone")
+    ids = [uploaded(first, cre, encoded("JPEG")) for _ in range(3)]
+    for cmid, photos, body in [("p1", ids[:1], None), ("p2", ids[1:], None), ("p3", [], "words")]:
+        payload: dict[str, Any] = {"client_msg_id": cmid, "attachments": photos}
+        if body:
+            payload["body"] = body
+        r = last.client(cre, "POST", f"/conversations/{conv}/messages", payload)
+        assert r.status_code == 201, r.text
+    pushes = sorted(await pc.pushes_to("pat-phone", 3, timeout=15), key=lambda m: int(m["data"]["message_id"]))
+    assert [p["notification"] for p in pushes] == [
+        {"title": "Cre Ator", "body": "sent a photo"}, {"title": "Cre Ator", "body": "sent 2 photos"},
+        {"title": "Cre Ator", "body": "words"}]
+    await pc.jobs_settled()
+    assert pc.outbox_users() == ["pat", "pat", "pat"]  # one each, never the sender
+
+
+async def test_push_says_sent_a_photo(sqlite_push_cluster: PushCluster) -> None:  # noqa: F811 (the fixture)
+    """SQLite, one process."""
+    await _photo_push_scenario(sqlite_push_cluster)
+
+
+async def test_push_says_sent_a_photo_across_processes(push_cluster: PushCluster) -> None:  # noqa: F811 (the fixture)
+    """MariaDB + Redis, two processes."""
+    await _photo_push_scenario(push_cluster)
 
 
 # ---------------------------------------------------------------- blob stores

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from tests.conftest import Cluster, MySQLDatabases
 from tests.fakefcm import FakeFCMServer
 from tests.support import Api, Client, barrier, err, make_token, ok, sync_engine
-from tests.test_push_rules import PushCluster
+from tests.test_push_rules import PushCluster, sqlite_push_cluster  # noqa: F401 (the fixture)
 from tests.test_reactions import add_memberships
 
 
@@ -343,7 +343,8 @@ def push_cluster(fcm_server: FakeFCMServer, mysql_databases: MySQLDatabases, red
     cluster.stop()
 
 
-async def test_reply_pushes_root_author_and_participants_only(push_cluster: PushCluster) -> None:
+async def _reply_push_scenario(push_cluster: PushCluster) -> None:
+    """Posts alternate between the processes (one on SQLite); cat is online on the last one."""
     apis = push_cluster.cluster.apis
     api = apis[0]
     tokens = {u: api.user(u, u.title()) for u in ("cre", "ann", "bob", "cat", "dan", "eve")}
@@ -357,7 +358,7 @@ async def test_reply_pushes_root_author_and_participants_only(push_cluster: Push
     def post(user: str, body: str, thread_id: str | None = None) -> dict[str, Any]:
         """Over HTTP (no socket: the sender stays offline), on either process."""
         i = next(n)
-        r = apis[i % 2].client(tokens[user], "POST", f"/conversations/{room}/messages",
+        r = apis[i % len(apis)].client(tokens[user], "POST", f"/conversations/{room}/messages",
                                {"body": body, "client_msg_id": f"p{i}", **({"thread_id": thread_id} if thread_id else {})})
         assert r.status_code == 201, r.text
         return dict(r.json()["message"])
@@ -373,13 +374,16 @@ async def test_reply_pushes_root_author_and_participants_only(push_cluster: Push
         assert push_cluster.outbox_users() == ["ann"]  # not the sender, not the room (the creator included)
 
         post("eve", "eve too", rid)
+        # the audience is the thread's as of the job's expansion: dan must not be a replier yet
+        # when eve's job expands (a slower worker, e.g. SQLite's, would otherwise push him too)
+        await push_cluster.jobs_settled()
         post("dan", "dan too", rid)
         await push_cluster.jobs_settled()
         assert sorted(push_cluster.outbox_users()[1:]) == ["ann", "ann", "bob", "bob", "eve"]
         # eve mutes the room; dan's membership ends; cat comes online (on the other process)
         assert api.client(tokens["eve"], "PUT", f"/conversations/{room}/settings", {"muted": True}).status_code == 200
         api.membership("cre", "dan", 500, status="former")
-        cat = await Client(push_cluster.cluster.servers[1].url, tokens["cat"]).connect()
+        cat = await Client(push_cluster.cluster.servers[-1].url, tokens["cat"]).connect()
         ok(await cat.call("join", {"conversation_id": room}))
         before = len(push_cluster.outbox_users())
         post("cat", "cat too", rid)
@@ -398,6 +402,16 @@ async def test_reply_pushes_root_author_and_participants_only(push_cluster: Push
     finally:
         if cat is not None:
             await cat.close()
+
+
+async def test_reply_pushes_root_author_and_participants_only(push_cluster: PushCluster) -> None:
+    """MariaDB + Redis, two processes."""
+    await _reply_push_scenario(push_cluster)
+
+
+async def test_reply_pushes_in_one_process_on_sqlite(sqlite_push_cluster: PushCluster) -> None:  # noqa: F811
+    """The embedded default: SQLite, one process, its in-process push worker."""
+    await _reply_push_scenario(sqlite_push_cluster)
 
 
 # ---------------------------------------------------------------- the writer's statements
@@ -478,3 +492,41 @@ async def test_one_root_update_per_batch_and_nothing_for_plain_messages(where: s
     assert sorted(roots.values()) == [(2, "u2,u3"), (4, "u1,u2,u3")], roots
     # the roots' wire forms went to the coalescer once, after the commit, with the new summaries
     assert len(updates) == 1 and sorted(w["thread"]["reply_count"] for w in updates[0]) == [2, 4]
+
+
+async def test_a_reply_pushes_only_those_who_replied_before_it(tmp_path: Any) -> None:
+    """Who a thread reply pushes is read when the worker expands its job, maybe after more
+    replies came in: someone who replied only after it is not pushed for it. SQLite, in this
+    process, through the audience page the push worker calls."""
+    from chat import migrate, storage
+    from chat.db import create_engine, session_factory
+    from chat.models import Message
+    from chat.service import ChatService
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/audience.db")
+    try:
+        await migrate.upgrade(engine)
+        sessions = session_factory(engine)
+        async with sessions.begin() as s:
+            for u in ("cre", "ann", "bob", "cid"):
+                await storage.upsert_user(s, u, u)
+            for u in ("ann", "bob", "cid"):
+                await storage.upsert_membership(s, "cre", u, 500, "active")
+            room = (await storage.insert_room(s, "cre", "R", 0, "everyone")).id
+        ids: dict[str, int] = {}
+        async with sessions.begin() as s:
+            for seq, (sender, thread) in enumerate((("ann", None), ("bob", "root"), ("cid", "root")), 1):
+                row = Message(conversation_id=room, seq=seq, sender_id=sender, body=sender,
+                              client_msg_id=f"m{seq}", thread_id=ids.get(thread or ""))
+                s.add(row)
+                await s.flush()
+                ids[thread and sender or "root"] = row.id
+        async with sessions() as s:
+            # bob's reply: the root's author; not cid, who replied after it
+            assert await ChatService.push_audience_page(s, room, "bob", None, 100, ids["root"], (), ids["bob"]) == (
+                ["ann"], None)
+            # cid's reply: ann and bob
+            assert await ChatService.push_audience_page(s, room, "cid", None, 100, ids["root"], (), ids["cid"]) == (
+                ["ann", "bob"], None)
+    finally:
+        await engine.dispose()
