@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 RELAY_RECEIVED = Counter("backstage_relay_received_total",
                          "Relay messages read from Redis by this process", ["kind"])
+_RECEIVED_ROOM = RELAY_RECEIVED.labels("room")  # per relayed broadcast: the child looked up once
 RELAY_PUBLISH_FAILED = Counter("backstage_relay_publish_failures_total",
                                "Relay publishes that failed (Redis unavailable)")
 RELAY_ROOMS = Gauge("backstage_relay_subscribed_rooms", "Conversation channels this process subscribes to")
@@ -535,7 +536,7 @@ class RedisRelay:
                     fut.set_result(None)
 
     def _on_room_message(self, room: str, message: dict[str, Any]) -> None:
-        RELAY_RECEIVED.labels("room").inc()
+        _RECEIVED_ROOM.inc()
         if message.get("host_id") == self.host_id:
             return  # delivered locally before it was published
         skip = message.get("skip_sid")
