@@ -24,10 +24,13 @@ A join waits until its conversation's subscription is confirmed by Redis (bounde
 `subscribe_timeout_s`), because the service reads the conversation's recent messages right
 after entering the room: anything committed after that read must arrive live.
 
-Relay trouble never holds a committed message's ack hostage (docs/reliability.md): a publish
-is bounded by `publish_timeout_s`, and after a failure publishes are skipped (counted, one
-WARNING per `_WARN_EVERY_S`) for `_PUBLISH_BACKOFF_S` rather than each one waiting on a
-frozen Redis. What was not relayed is recovered by the clients with `since_seq`: when the
+Relay trouble never holds a committed message's ack hostage (docs/reliability.md): a sender
+waits at most `publish_timeout_s` (0.5 s) for its publish, and while a publish is late the
+next senders do not wait at all. A publish that is merely late (a loop saturated by a connect
+storm reads Redis's answer late; a busy Redis) still completes and is not a failure: a publish
+fails after an error or after `publish_give_up_s` (5 s) without an answer. After a failure
+publishes are skipped (counted, one WARNING per `_WARN_EVERY_S`) for `_PUBLISH_BACKOFF_S`
+rather than each one waiting on a frozen Redis. What was not relayed is recovered by the clients with `since_seq`: when the
 subscriber is back after a loss (messages published meanwhile never reached this process),
 or when publishing works again after failures (the other processes missed ours; a
 `relay_resync` control message tells every process), `on_recovered` runs and the sockets are
@@ -100,7 +103,8 @@ class RedisRelay:
     def __init__(self, redis: aioredis.Redis, manager: FanoutManager, keys: RedisKeys, *,
                  relayed: Callable[[str], bool], subscribe_timeout_s: float = 5.0,
                  max_backoff_s: float = 2.0, keepalive_s: float = 1.0, publish_timeout_s: float = 0.5,
-                 canary_interval_s: float = 2.0, canary_timeout_s: float = 6.0) -> None:
+                 publish_give_up_s: float = 5.0, canary_interval_s: float = 2.0,
+                 canary_timeout_s: float = 6.0) -> None:
         self._redis = redis
         self._manager = manager
         self._keys = keys
@@ -109,6 +113,7 @@ class RedisRelay:
         self._max_backoff_s = max_backoff_s
         self._keepalive_s = keepalive_s
         self._publish_timeout_s = publish_timeout_s
+        self._publish_give_up_s = max(publish_give_up_s, publish_timeout_s)
         self._canary_interval_s = canary_interval_s
         self._canary_timeout_s = canary_timeout_s
         self.host_id = uuid.uuid4().hex
@@ -147,6 +152,7 @@ class RedisRelay:
         self._background: set[asyncio.Task[None]] = set()
         self._outbound: list[tuple[list[tuple[str, bytes]], asyncio.Future[None]]] = []
         self._publisher: asyncio.Task[None] | None = None
+        self._late = False  # the pipeline in flight is past publish_timeout_s: senders do not wait
         manager.on_room_open = self._room_opened
         manager.on_room_close = self._room_closed
 
@@ -169,6 +175,8 @@ class RedisRelay:
         (`hide_from_blockers`)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
+        if self._late:  # queued behind a late publish: published in order, nobody waits for it
+            done.set_result(None)
         self._outbound.append(([(self._keys.room_relay_channel(room), orjson.dumps(
             {"host_id": self.host_id, "skip_sid": skip_sid, "packet": _packet_to_json(encoded)}
             if sender is None else
@@ -179,16 +187,33 @@ class RedisRelay:
         return done
 
     async def _drain_outbound(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._outbound:
             queued, self._outbound = self._outbound, []
+            # The senders wait publish_timeout_s at most; the publish itself goes on (in order:
+            # the next pipeline waits for it) until it is answered or given up.
+            release = loop.call_later(self._publish_timeout_s, self._release_late, queued)
             try:
                 await self._publish_many([m for messages, _ in queued for m in messages])
             except Exception:  # never leave a sender waiting; the clients resync by seq
                 log.exception("relay publish failed")
             finally:
-                for _, done in queued:
-                    if not done.done():
-                        done.set_result(None)
+                release.cancel()
+                self._late = False
+                self._release(queued)
+
+    def _release_late(self, queued: list[tuple[list[tuple[str, bytes]], asyncio.Future[None]]]) -> None:
+        self._late = True
+        self._release(queued)
+        for _, done in self._outbound:  # queued meanwhile, behind the late one
+            if not done.done():
+                done.set_result(None)
+
+    @staticmethod
+    def _release(queued: list[tuple[list[tuple[str, bytes]], asyncio.Future[None]]]) -> None:
+        for _, done in queued:
+            if not done.done():
+                done.set_result(None)
 
     async def publish_emit(self, event: str, data: Any, room: str, skip_sid: str | None = None) -> None:
         """An emit to a room of any process, in python-socketio's pub/sub format."""
@@ -200,16 +225,17 @@ class RedisRelay:
         await self._publish(self._keys.socketio_channel, orjson.dumps(
             {"method": "disconnect", "sid": sid, "namespace": "/", "host_id": self.host_id}))
 
-    async def publish_control(self, message: dict[str, Any]) -> None:
-        """Raises when Redis did not take it. A failure counts like a failed relay publish: once
-        a control message (the canary's, every `canary_interval_s`, at the latest) gets through
-        again, every process is told to resync, and so to check its sockets' access again
-        (a revocation that was not relayed is never lost)."""
+    async def publish_control(self, message: dict[str, Any], *, timeout_s: float | None = None) -> None:
+        """Raises when Redis did not take it within `timeout_s` (default publish_timeout_s).
+        A failure counts like a failed relay publish: once a control message (the canary's,
+        every `canary_interval_s`, at the latest) gets through again, every process is told
+        to resync, and so to check its sockets' access again (a revocation that was not
+        relayed is never lost)."""
         payload = orjson.dumps(message)
         for attempt in (1, 2):  # like _publish: a pooled connection may have gone stale
             try:
                 await asyncio.wait_for(self._redis.publish(self._keys.control_channel, payload),
-                                       self._publish_timeout_s)
+                                       self._publish_timeout_s if timeout_s is None else timeout_s)
                 break
             except (aioredis.RedisError, OSError, TimeoutError) as exc:
                 if attempt == 2 or isinstance(exc, TimeoutError):
@@ -218,13 +244,20 @@ class RedisRelay:
         self._published_again()
 
     async def _publish(self, channel: str, payload: bytes) -> None:
-        await self._publish_many([(channel, payload)])
+        """The caller waits publish_timeout_s at most; the publish goes on until given up."""
+        task = asyncio.get_running_loop().create_task(self._publish_many([(channel, payload)]))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        await asyncio.wait((task,), timeout=self._publish_timeout_s)
+        if task.done():
+            task.result()
 
     async def _publish_many(self, messages: list[tuple[str, bytes]]) -> None:
-        # The message is committed and its sender waits for this: never long. Two attempts on a
-        # connection error (a pooled connection may have gone stale), none more on a timeout
-        # (a frozen Redis); then the emit is given up, and while Redis keeps failing the next
-        # ones are not even tried for a moment. The sockets resync once the relay is back.
+        # The message is committed and its sender waits publish_timeout_s at most (the callers
+        # above). Two attempts on a connection error (a pooled connection may have gone stale),
+        # none more on a timeout (a frozen Redis: no answer within publish_give_up_s); then the
+        # emit is given up, and while Redis keeps failing the next ones are not even tried for
+        # a moment. The sockets resync once the relay is back.
         # Several messages go in one pipeline: one round trip, published in this order.
         loop = asyncio.get_running_loop()
         if loop.time() < self._skip_publish_until:
@@ -232,7 +265,7 @@ class RedisRelay:
             return
         for attempt in (1, 2):
             try:
-                await asyncio.wait_for(self._send(messages), self._publish_timeout_s)
+                await asyncio.wait_for(self._send(messages), self._publish_give_up_s)
                 break
             except TimeoutError as exc:
                 self._publish_failed(exc)
@@ -388,7 +421,10 @@ class RedisRelay:
         while True:
             await asyncio.sleep(self._canary_interval_s)
             try:
-                await self.publish_control({"type": CANARY, "host_id": self.host_id})
+                # Nobody waits for the canary: only no answer within publish_give_up_s is a
+                # failure (a loop saturated by a connect storm reads the answer late).
+                await self.publish_control({"type": CANARY, "host_id": self.host_id},
+                                           timeout_s=self._publish_give_up_s)
             except Exception as exc:  # Redis unreachable: /readyz says so; deafness is another matter
                 log.debug("relay canary not published (%s)", type(exc).__name__)
                 self._unheard_since = None  # what Redis never took cannot be missed
