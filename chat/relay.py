@@ -153,6 +153,8 @@ class RedisRelay:
         self._outbound: list[tuple[list[tuple[str, bytes]], asyncio.Future[None]]] = []
         self._publisher: asyncio.Task[None] | None = None
         self._late = False  # the pipeline in flight is past publish_timeout_s: senders do not wait
+        self._recovering = False  # on_recovered is running
+        self._recover_again: str | None = None  # the cause of one more run asked for meanwhile
         manager.on_room_open = self._room_opened
         manager.on_room_close = self._room_closed
 
@@ -317,12 +319,28 @@ class RedisRelay:
         task.add_done_callback(self._background.discard)
 
     async def _recovered(self, cause: str) -> None:
+        """Runs `on_recovered`, one at a time: recoveries asked for while one runs (several
+        processes' `relay_resync` messages, a subscriber back at the same moment) make one more
+        run after it, not one each at once (each reads every local socket's access: together
+        they ran the database pool dry)."""
         RELAY_RECOVERIES.labels(cause).inc()
-        if self.on_recovered is not None:
-            try:
-                await self.on_recovered(cause)
-            except Exception:
-                log.exception("relay resync failed")
+        if self.on_recovered is None:
+            return
+        if self._recovering:
+            self._recover_again = cause
+            return
+        self._recovering = True
+        try:
+            while True:
+                try:
+                    await self.on_recovered(cause)
+                except Exception:
+                    log.exception("relay resync failed")
+                if self._recover_again is None:
+                    break
+                cause, self._recover_again = self._recover_again, None
+        finally:
+            self._recovering = False
 
     # ------------------------------------------------------------ subscriptions
     def _room_opened(self, room: str) -> None:

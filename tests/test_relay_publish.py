@@ -93,3 +93,29 @@ async def test_a_publish_never_answered_is_given_up_and_counted() -> None:
     await until(lambda: failures() > before)
     assert relay._publish_failing
     await relay.stop()
+
+
+async def test_recoveries_run_one_at_a_time_and_coalesce() -> None:
+    """Recoveries asked for while one runs make one more run after it, never several at once
+    (each reads every local socket's access; at once they ran the database pool dry)."""
+    relay = RedisRelay(HeldRedis(), FanoutManager(), RedisKeys("relay-publish-test"),  # type: ignore[arg-type]
+                       relayed=lambda room: True)
+    running, most, runs = 0, 0, []
+    go = asyncio.Event()
+
+    async def on_recovered(cause: str) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        runs.append(cause)
+        await go.wait()
+        running -= 1
+
+    relay.on_recovered = on_recovered
+    first = asyncio.create_task(relay._recovered("subscriber"))
+    await until(lambda: runs == ["subscriber"])
+    others = [asyncio.create_task(relay._recovered("publisher")) for _ in range(3)]
+    await asyncio.wait_for(asyncio.gather(*others), 5)  # folded into one more run: they return at once
+    go.set()
+    await asyncio.wait_for(first, 10)
+    assert runs == ["subscriber", "publisher"] and most == 1
