@@ -516,7 +516,8 @@ class RedisRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis down: retry soon; the DB stays the source of truth
-                log.warning("relay subscriber lost (%s); retrying in %.1fs", type(exc).__name__, delay)
+                log.warning("relay subscriber lost (%s: %s); retrying in %.1fs", type(exc).__name__,
+                            str(exc)[:200], delay)
                 self._pubsub = None
                 self._troubled()
                 self._lost = self._lost or self._ready.is_set()
