@@ -26,6 +26,7 @@ from chat.codec import OrjsonCompat
 from chat.config import Settings
 from chat.db import create_engine, create_read_engine, session_factory
 from chat.delivery import Delivery, is_conversation_room
+from chat.emitslots import RedisSlots
 from chat.fanout import FanoutLimits, FanoutServer
 from chat.keys import RedisKeys
 from chat.presence import MemoryPresence, RedisPresence, new_server_id
@@ -36,6 +37,7 @@ from chat.service import ChatService
 from chat.slowmode import SlowModeGate
 from chat.socketlimit import socket_limiter
 from chat.sockets import ChatSockets
+from chat.uploadsweep import UploadSweeper
 from notifications import http as notifications_http
 from webhooks import http as webhooks_http
 
@@ -188,8 +190,11 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     blobs = await open_blob_store(settings.blob_url, settings.database_url)
     attachments = Attachments(app[ENGINE_KEY], blobs, settings)
     app[http_api.ATTACHMENTS_KEY] = attachments
+    # Uploads never sent are removed after UPLOAD_TTL_S; every process sweeps, safely at once.
+    sweeper = UploadSweeper(sessions, blobs, ttl_s=settings.upload_ttl_s, interval_s=settings.upload_sweep_interval_s)
     service = ChatService(sessions, delivery, presence, settings, user_sends=user_sends, read_engine=read_engine,
                           attachments=attachments, slow_gate=SlowModeGate(redis, keys),
+                          emit_slots=RedisSlots(redis, keys) if redis is not None else None,
                           **hooks.service_kwargs)
 
     async def on_offline(conversation_id: str, user_id: str) -> None:
@@ -204,8 +209,10 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     await presence.start()
     await delivery.start()
     await hooks.start()
+    sweeper.start()
     log.info("server %s ready (redis relay: %s)", server_id, "on" if redis is not None else "off")
     yield
+    await sweeper.stop()
     await hooks.stop()
     await service.reaction_events.close()
     await service.thread_events.close()

@@ -287,7 +287,7 @@ SERVER_EVENTS: dict[str, tuple[str, dict[str, Any], Any]] = {
     "message": ("A new message, to every socket in the conversation (the sender's too)", _ref("Message"),
                 EXAMPLE_MESSAGE),
     "message_updated": ("A message after edit or delete; a thread root whose `thread` summary changed (coalesced: "
-                        "at most one per root per second per server process)", _ref("Message"),
+                        "at most one per root per second, cluster-wide)", _ref("Message"),
                         {**EXAMPLE_MESSAGE, "body": "", "deleted": True}),
     "typing": ("Someone else started or stopped typing", _obj({**CONVERSATION_USER, "typing": {"type": "boolean"}},
                                                               closed=True),
@@ -311,7 +311,7 @@ SERVER_EVENTS: dict[str, tuple[str, dict[str, Any], Any]] = {
                       _obj({"message": {"type": "string"}}, closed=True),
                       {"message": "the token expired; reconnect with a new one"}),
     "reaction": ("(extension) A message's reactions changed: the newest change and every emoji's count, "
-                 "at most one per message per 200 ms per server process (the last one of a burst is final)",
+                 "at most one per message per 200 ms, cluster-wide (the last one of a burst is final)",
                  _obj({"message_id": ID, "conversation_id": ID, "emoji": EMOJI, "user_id": USER_ID,
                        "on": {"type": "boolean"}, "count": {"type": "integer", "minimum": 0},
                        "reactions": {"type": "array", "maxItems": MAX_PER_MESSAGE, "items": _obj(

@@ -8,6 +8,9 @@
   transaction: one UPDATE per message with photos, conditional on the rows still being unused,
   so two sends racing for one upload cannot both have it.
 - A message's attachments are the rows claimed with its (sender_id, client_msg_id).
+- An upload no send claimed within UPLOAD_TTL_S is removed, row then blobs, by the sweep of
+  chat/uploadsweep.py; its delete is conditional on the row being unused too, so a send and a
+  sweep racing for one upload: whichever commits first wins (the send then gets `invalid`).
 - Files are served by `GET /api/v1/attachments/{id}[/thumb]?exp=&sig=`: the signature
   (HMAC-SHA256 with the server's key over id, variant and expiry) is handed out only inside
   message objects, which only members receive; it expires after ATTACHMENT_URL_TTL_S. Whoever

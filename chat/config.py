@@ -127,6 +127,8 @@ class EnvSettings(BaseSettings):
     image_decode_concurrency: PositiveInt = _env("IMAGE_DECODE_CONCURRENCY", 2)
     attachment_url_ttl_s: PositiveInt = _env("ATTACHMENT_URL_TTL_S", 3600)
     attachment_url_secret: SecretStr | None = _env("ATTACHMENT_URL_SECRET")
+    upload_ttl_s: PositiveFloat = _env("UPLOAD_TTL_S", 24 * 3600.0)
+    upload_sweep_interval_s: PositiveFloat = _env("UPLOAD_SWEEP_INTERVAL_S", 600.0)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],
@@ -359,6 +361,10 @@ class Settings:
     image_decode_concurrency: int = 2
     attachment_url_ttl_s: int = 3600
     attachment_url_secret: str | None = field(default=None, repr=False)
+    # Uploads no send claimed within upload_ttl_s are removed (rows and blobs) by a sweep every
+    # upload_sweep_interval_s on every server process (chat/uploadsweep.py).
+    upload_ttl_s: float = 24 * 3600.0
+    upload_sweep_interval_s: float = 600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, demo: bool = False) -> Settings:
@@ -433,4 +439,6 @@ class Settings:
             attachment_url_ttl_s=v.attachment_url_ttl_s,
             attachment_url_secret=(v.attachment_url_secret.get_secret_value()
                                    if v.attachment_url_secret else None),
+            upload_ttl_s=v.upload_ttl_s,
+            upload_sweep_interval_s=v.upload_sweep_interval_s,
         )

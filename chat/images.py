@@ -3,14 +3,17 @@
 An upload is accepted only if Pillow decodes it completely as JPEG, PNG, WebP or GIF, whatever
 its name or declared type says. What is stored is never the uploaded bytes: the decoded pixels
 are encoded again, so EXIF (GPS, camera serials), XMP, ICC profiles, comments and anything
-appended after the image (a ZIP or HTML "polyglot" tail) are gone. The EXIF orientation is
-applied to the pixels first, so a photo stays upright without its EXIF.
+appended after the image (a phone's motion-photo video, say) are gone. The EXIF orientation is
+applied to the pixels first, so a photo stays upright without its EXIF. A "polyglot", an image
+that is also a ZIP archive, an HTML/SVG/PHP page or a PDF, is refused outright.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import warnings
+import zipfile
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
@@ -54,6 +57,22 @@ class Processed:
     thumb: bytes
 
 
+# What makes an image a polyglot: markup a browser or PHP would run, a PDF header. (A ZIP is
+# found by its end-of-central-directory record, the way ZIP readers find it: zipfile.is_zipfile.)
+_MARKUP = re.compile(rb"<(?:html|script|svg|iframe|body|object|embed|!doctype\s+html)[\s>/]|<\?php|%PDF-",
+                     re.IGNORECASE)
+
+
+def _polyglot(data: bytes) -> str | None:
+    """What else the file is besides an image ("ZIP", "HTML", "PDF"), or None."""
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        return "ZIP"
+    found = _MARKUP.search(data)
+    if found is None:
+        return None
+    return "PDF" if found.group().startswith(b"%") else "HTML"
+
+
 def _open(data: bytes) -> Image.Image:
     try:
         with warnings.catch_warnings():
@@ -83,6 +102,9 @@ def _open(data: bytes) -> Image.Image:
 def process(data: bytes) -> Processed:
     """Decode, check and re-encode an upload; raises ImageRejected."""
     im = _open(data)
+    other = _polyglot(data)
+    if other is not None:
+        raise ImageRejected("polyglot", f"the file is an image and a {other} document at once (a polyglot)")
     fmt = im.format or ""
     try:
         with warnings.catch_warnings():

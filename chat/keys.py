@@ -81,5 +81,14 @@ class RedisKeys:
         """A member's slow-mode slot in a room (chat/slowmode.py): set NX with the interval as TTL."""
         return f"{self.prefix}:slow:{conversation_id}:{user_id}"
 
+    def emit_slot(self, item: str) -> str:
+        """Who may send the next coalesced event of an item ("root:42", "reaction:42";
+        chat/emitslots.py): set NX with a TTL of (about) the window."""
+        return f"{self.prefix}:emit:{item}"
+
+    def emit_versions(self, item: str) -> str:
+        """HASH of an item's coalesced events: v = changes counted, e = highest change sent."""
+        return f"{self.prefix}:emitv:{item}"
+
     def typing_throttle(self, conversation_id: str, user_id: str) -> str:
         return f"{self.prefix}:typing:{conversation_id}:{user_id}"

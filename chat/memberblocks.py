@@ -14,7 +14,7 @@ when it is not empty (chat/delivery.py), so rooms where nobody blocks anyone cos
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -58,6 +58,16 @@ async def blocked_between(conn: AsyncConnection, a: str, b: str) -> bool:
     q = sa.select(sa.literal(1)).where(sa.or_(sa.and_(c.blocker_id == a, c.blocked_id == b),
                                               sa.and_(c.blocker_id == b, c.blocked_id == a)))
     return (await conn.execute(q.limit(1))).first() is not None
+
+
+async def blockers_among(conn: AsyncConnection, blocked_id: str, user_ids: Iterable[str]) -> set[str]:
+    """Those of `user_ids` who block `blocked_id` (left out of the pushes of their messages)."""
+    wanted = sorted(set(user_ids))
+    if not wanted:
+        return set()
+    c = _blocks.c
+    rows = await conn.scalars(sa.select(c.blocker_id).where(c.blocked_id == blocked_id, c.blocker_id.in_(wanted)))
+    return {str(u) for u in rows}
 
 
 async def list_blocks(conn: AsyncConnection, user_id: str) -> list[tuple[str, datetime]]:

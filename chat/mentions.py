@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from chat.auth import USER_ID_RE
 from chat.errors import Invalid
-from chat.models import ConversationState, Membership, Message, MessageMention, Sanction, User
+from chat.models import ConversationState, MemberBlock, Membership, Message, MessageMention, Sanction, User
 from chat.storage import ConversationMeta
 
 MAX_MENTIONS = 25  # distinct users per message: more in a `mentions` list is invalid, more in the body ignored
@@ -44,6 +44,7 @@ _sanctions: sa.Table = Sanction.__table__  # type: ignore[assignment]
 _messages: sa.Table = Message.__table__  # type: ignore[assignment]
 _states: sa.Table = ConversationState.__table__  # type: ignore[assignment]
 _mentions: sa.Table = MessageMention.__table__  # type: ignore[assignment]
+_blocks: sa.Table = MemberBlock.__table__  # type: ignore[assignment]
 
 
 # ---------------------------------------------------------------- the send payload
@@ -198,11 +199,13 @@ async def still_members(session: AsyncSession, creator_id: str, room_tier: int, 
 
 
 def _unread_mentions(user_id: str, *, past_read_position: bool = False) -> Any:
-    """Per conversation, how many not-deleted messages mention the user; with
-    `past_read_position`, only those after the user's read position there."""
-    mm, msg, st = _mentions.c, _messages.c, _states.c
+    """Per conversation, how many not-deleted messages mention the user, leaving out those of
+    senders the user blocks (shown to them as placeholders); with `past_read_position`, only
+    those after the user's read position there."""
+    mm, msg, st, b = _mentions.c, _messages.c, _states.c, _blocks.c
     source = _mentions.join(_messages, sa.and_(msg.conversation_id == mm.conversation_id, msg.seq == mm.seq))
-    where = [mm.user_id == user_id, msg.deleted.is_(False)]
+    blocked = sa.exists().where(b.blocker_id == mm.user_id, b.blocked_id == msg.sender_id)
+    where = [mm.user_id == user_id, msg.deleted.is_(False), ~blocked]
     if past_read_position:
         source = source.outerjoin(_states, sa.and_(st.user_id == mm.user_id, st.conversation_id == mm.conversation_id))
         where.append(mm.seq > sa.func.coalesce(st.last_read_seq, 0))

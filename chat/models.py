@@ -134,7 +134,9 @@ class Attachment(Base):
     the message (owner_id = sender_id, client_msg_id) in conversation_id, for good."""
 
     __tablename__ = "attachments"
-    __table_args__ = (sa.Index("ix_attachments_owner_message", "owner_id", "client_msg_id"),)
+    __table_args__ = (sa.Index("ix_attachments_owner_message", "owner_id", "client_msg_id"),
+                      # the sweep's scan: unused (client_msg_id NULL) uploads, oldest first
+                      sa.Index("ix_attachments_unused", "client_msg_id", "created_at"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     owner_id: Mapped[str] = mapped_column(USER_ID)
@@ -151,6 +153,28 @@ class Attachment(Base):
     thumb_height: Mapped[int] = mapped_column(sa.Integer)
     thumb_key: Mapped[str] = mapped_column(ExactString(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BlobDeletion(Base):
+    """A blob to remove from the store (chat/uploadsweep.py): written in the transaction that
+    deletes the row naming it, so no row ever names a removed blob and no blob is forgotten;
+    deleted once the store confirms. Leased like other work rows (chat/leases.py). status:
+    pending -> leased (by `lease_owner` until lease_until) -> row deleted, or pending again
+    (due at next_attempt_at) after a failed delete."""
+
+    __tablename__ = "blob_deletions"
+    __table_args__ = (sa.Index("ix_blob_deletions_status_next_attempt_at", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    blob_key: Mapped[str] = mapped_column(ExactString(64))
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(sa.String(500), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class Reaction(Base):

@@ -32,7 +32,7 @@ ERROR_CODES = ["invalid", "unauthorized", "forbidden", "not_found", "conflict", 
 CHANNEL_PATTERN = "^(user|creator|room):[A-Za-z0-9_-]{1,64}$"
 
 
-IMAGE_REASONS = ["unsupported_format", "too_many_pixels", "truncated", "corrupt"]
+IMAGE_REASONS = ["unsupported_format", "too_many_pixels", "truncated", "corrupt", "polyglot"]
 SPACE_REASONS = ["archived", "guidelines"]  # a space's forbidden (chat/spaces.py)
 
 
@@ -712,7 +712,7 @@ def build() -> dict[str, Any]:
         "/api/v1/uploads": {"post": {
             **_op("Upload a photo (JPEG, PNG, WebP or GIF, checked by decoding; EXIF/GPS stripped; thumbnail made)",
                   "clientJwt",
-                  {**_ok(201, "the stored photo, unused until a send names it",
+                  {**_ok(201, "the stored photo, unused until a send names it (removed if none does within UPLOAD_TTL_S, 24 h)",
                          _obj({"attachment": _ref("Upload")}), {"attachment": EXAMPLE_UPLOAD}),
                    **_errors(400, 401, 408, 413, 429, 503)}, tags=["client"]),
             "requestBody": {"required": True, "content": {"multipart/form-data": {

@@ -7,9 +7,7 @@ The rows live in the `reactions` table (chat/models.py `Reaction`, SQL in chat/s
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +16,7 @@ import regex
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chat import storage
+from chat.emitslots import LocalSlots, SlotCoalescer, Slots
 from chat.errors import Invalid
 
 log = logging.getLogger(__name__)
@@ -71,72 +70,45 @@ async def attach_reactions(conn: AsyncConnection, messages: list[dict[str, Any]]
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 Recount = Callable[[int], Awaitable[list[dict[str, Any]]]]
 
+INTERVAL_S = 0.2  # at most 5 `reaction` events per message per second (cluster-wide with Redis)
+
 
 class ReactionCoalescer:
-    """At most one `reaction` event per message per `interval_s` from this process.
+    """At most one `reaction` event per message per `interval_s`, cluster-wide when the
+    processes share Redis (`RedisSlots`), else per process (chat/emitslots.py).
 
-    The first change of a quiet message goes out at once (its counts are those of its
-    commit). Changes within the interval after an event are held: only the newest is kept,
-    and at the interval's end (trailing edge) it goes out with the message's counts read
-    again from the database, so the last event of a burst always carries the final counts,
-    whichever process committed them. Per process: N processes may each send up to one
-    event per interval for the same message.
+    The first change of a quiet message goes out at once (its counts are those of its commit).
+    Changes while the message's slot is taken are held (the newest is kept); when it frees, the
+    process that wins it sends its newest change with the message's counts read again from the
+    database, so the last event of a burst carries the final counts, whichever process
+    committed them.
     """
 
-    def __init__(self, emit: Emit, recount: Recount, interval_s: float = 0.2) -> None:
+    def __init__(self, emit: Emit, recount: Recount, interval_s: float = INTERVAL_S,
+                 slots: Slots | None = None) -> None:
         self._emit = emit
         self._recount = recount
-        self.interval_s = interval_s
-        self._last: dict[int, float] = {}  # message id -> loop time of its last event
-        self._pending: dict[int, dict[str, Any]] = {}
-        self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._events: SlotCoalescer[dict[str, Any]] = SlotCoalescer(
+            "reaction", slots or LocalSlots(), interval_s, emit, self._send_latest)
+
+    @property
+    def interval_s(self) -> float:
+        return self._events.interval_s
 
     async def note(self, event: dict[str, Any]) -> None:
-        mid = int(event["message_id"])
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        last = self._last.get(mid, -math.inf)
-        if mid not in self._timers and now - last >= self.interval_s:
-            self._last[mid] = now
-            self._forget_quiet(now)
-            await self._emit(event)
-            return
-        self._pending[mid] = event
-        if mid not in self._timers:
-            self._timers[mid] = loop.call_later(max(0.0, last + self.interval_s - now), self._flush, mid)
+        """A committed change; sent before this returns when the message's slot was free."""
+        await self._events.note(int(event["message_id"]), event)
 
-    def _flush(self, mid: int) -> None:
-        self._timers.pop(mid, None)
-        event = self._pending.pop(mid, None)
-        if event is None:
-            return
-        self._last[mid] = asyncio.get_running_loop().time()
-        task = asyncio.get_running_loop().create_task(self._send_latest(event))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send_latest(self, event: dict[str, Any]) -> None:
+    async def _send_latest(self, mid: int, event: dict[str, Any]) -> None:
         try:
-            counts = await self._recount(int(event["message_id"]))
+            counts = await self._recount(mid)
             event = {**event, "reactions": counts,
                      "count": next((c["count"] for c in counts if c["emoji"] == event["emoji"]), 0)}
-        except Exception as exc:  # then with the counts of its own commit
+        except Exception as exc:  # nothing sent: the coalescer tries again a window later
             log.warning("reaction recount failed: %s", type(exc).__name__)
-        try:
-            await self._emit(event)
-        except Exception:
-            log.warning("reaction event not delivered", exc_info=True)
-
-    def _forget_quiet(self, now: float) -> None:
-        if len(self._last) > 10_000:
-            for mid in [m for m, t in self._last.items() if now - t >= self.interval_s and m not in self._timers]:
-                del self._last[mid]
+            raise
+        await self._emit(event)
 
     async def close(self) -> None:
         """At shutdown: drop what is held (the sockets are closing), wait for sends in flight."""
-        for mid in list(self._timers):
-            self._timers.pop(mid).cancel()
-            self._pending.pop(mid, None)
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
+        await self._events.close()

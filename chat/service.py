@@ -27,6 +27,7 @@ from chat.batch import BatchedLookup
 from chat.config import Settings
 from chat.db import utcnow
 from chat.delivery import Delivery
+from chat.emitslots import LocalSlots, Slots
 from chat.errors import (
     ChatError,
     Conflict,
@@ -186,7 +187,8 @@ class ChatService:
                  webhook_messages: WebhookMessages | None = None,
                  read_engine: AsyncEngine | None = None,
                  attachments: Attachments | None = None,
-                 slow_gate: SlowModeGate | None = None) -> None:
+                 slow_gate: SlowModeGate | None = None,
+                 emit_slots: Slots | None = None) -> None:
         self.sessions = sessions
         self.attachments = attachments
         self.engine: AsyncEngine = sessions.kw["bind"]
@@ -198,8 +200,12 @@ class ChatService:
         self.presence = presence
         self.settings = settings
         self._unread_notifications = unread_notifications
-        # Thread roots' `message_updated`, at most one per root per second (chat/threads.py).
-        self.thread_events = threads.ThreadCoalescer(self._emit_message_updated, self._reread_root)
+        # Thread roots' `message_updated` (at most one per root per second) and `reaction` events
+        # (5 per message per second): cluster-wide with Redis's slots, else per process
+        # (chat/emitslots.py).
+        emit_slots = emit_slots or LocalSlots()
+        self.thread_events = threads.ThreadCoalescer(self._emit_message_updated, self._reread_root,
+                                                     slots=emit_slots)
         self.writer = MessageWriter(self.engine, self._deliver_messages,
                                     push_enqueue_jobs=push_enqueue_jobs, push_wake=push_wake,
                                     webhook_messages=webhook_messages, thread_updates=self.thread_events.note)
@@ -232,7 +238,7 @@ class ChatService:
             self._read_join_extras, max_batch=256)
         self.presence_events = PresenceCoalescer(self._emit_presence, settings.presence_window_s)
         self.socket_reacts = KeyedBuckets(settings.send_rate_per_s, settings.send_burst)
-        self.reaction_events = ReactionCoalescer(self._emit_reaction, self._recount_reactions)
+        self.reaction_events = ReactionCoalescer(self._emit_reaction, self._recount_reactions, slots=emit_slots)
         # Slow mode (docs/moderation.md): the gate (cluster-wide with Redis), and per process the
         # rooms' intervals and who moderates whom, read on first use and kept current by the
         # `slow_mode` and `moderation` control messages.
@@ -1880,12 +1886,14 @@ class ChatService:
     @staticmethod
     async def push_audience_page(session: AsyncSession, conversation_id: int, sender_id: str, after: str | None,
                                  limit: int, thread_id: int | None = None,
-                                 mentioned: Sequence[str] = ()) -> tuple[list[str], str | None]:
+                                 mentioned: Sequence[str] = (),
+                                 message_id: int | None = None) -> tuple[list[str], str | None]:
         """One page of who gets a push for `sender_id`'s message if offline (SPEC §6), for the push
         worker's fan-out job: the other side of a direct conversation; the room's current members
         (active, at or above its tier) for the creator's posts, nobody for others' posts; for a
         room's thread reply (`thread_id`, its root) whoever of the root's author and the thread's
-        repliers still reads the room (chat/threads.py), whoever sent it; in a room, also the
+        repliers up to this reply (`message_id`: not those who replied after it) still reads the
+        room (chat/threads.py), whoever sent it; in a room, also the
         `mentioned` ones still members (chat/mentions.py). Never the sender, never muted. Scans at
         most `limit` user ids greater than `after`, in order; returns (recipients, where the next
         page starts, None once exhausted). Runs in the caller's session (the worker's own pool)."""
@@ -1899,7 +1907,7 @@ class ChatService:
                 candidates = [u for u in candidates if u > after]
         elif thread_id is not None:  # a room's thread reply: the root's author and the repliers
             candidates, resume = await threads.audience_page(session, conv.id, conv.creator_id, conv.min_tier_cents,
-                                                             thread_id, after, limit)
+                                                             thread_id, after, limit, message_id)
             if mentioned:  # and the mentioned ones in this page's range of ids: each in one page only
                 candidates = sorted(set(candidates) | set(await mentions.still_members(
                     session, conv.creator_id, conv.min_tier_cents,
@@ -1917,7 +1925,9 @@ class ChatService:
         else:
             return [], None
         muted = await storage.muted_user_ids(session, conv.id, candidates)
-        muted |= await moderation.blocked_user_ids(await session.connection(), conv.creator_id, candidates)
+        conn = await session.connection()
+        muted |= await moderation.blocked_user_ids(conn, conv.creator_id, candidates)
+        muted |= await memberblocks.blockers_among(conn, sender_id, candidates)  # they see a placeholder
         return [u for u in candidates if u not in muted and u != sender_id], resume
 
 

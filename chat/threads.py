@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from chat.emitslots import LocalSlots, SlotCoalescer, Slots
 from chat.errors import Invalid, NotFound
 from chat.models import Membership, Message, User
 from chat.schemas import iso, message_wire_columns, parse_int_id
@@ -33,7 +33,7 @@ from chat.schemas import iso, message_wire_columns, parse_int_id
 log = logging.getLogger(__name__)
 
 MAX_PARTICIPANTS = 5  # user ids in a root's `thread.participants`
-UPDATE_INTERVAL_S = 1.0  # at most one `message_updated` per root per second (per process)
+UPDATE_INTERVAL_S = 1.0  # at most one `message_updated` per root per second (cluster-wide with Redis)
 
 _messages: sa.Table = Message.__table__  # type: ignore[assignment]
 _users: sa.Table = User.__table__  # type: ignore[assignment]
@@ -225,14 +225,16 @@ async def thread_page(session: AsyncSession, conversation_id: int, root_id: int,
 
 
 async def audience_page(session: AsyncSession, conversation_id: int, creator_id: str, room_tier: int, root_id: int,
-                        after: str | None, limit: int) -> tuple[list[str], str | None]:
+                        after: str | None, limit: int, reply_id: int | None = None) -> tuple[list[str], str | None]:
     """One page of the users a room reply pushes if offline: the root's author and everyone who
-    replied in the thread (in user id order, after `after`), who still read the room (its creator,
+    replied in the thread before it (ids up to `reply_id`: whoever replies later, while the job
+    waits, is not pushed for an earlier reply; in user id order, after `after`), who still read the room (its creator,
     or an active membership at the room's tier); muted and blocked ones are left out by the caller.
     Returns (candidates, where the next page starts, None once exhausted)."""
     c = _messages.c
     q = (sa.select(c.sender_id).where(c.conversation_id == conversation_id,
-                                      sa.or_(c.id == root_id, c.thread_id == root_id)).distinct()
+                                      sa.or_(c.id == root_id, c.thread_id == root_id),
+                                      *([c.id <= reply_id] if reply_id is not None else [])).distinct()
          .order_by(c.sender_id).limit(limit))
     if after is not None:
         q = q.where(c.sender_id > after)
@@ -254,78 +256,46 @@ Reread = Callable[[int], Awaitable[dict[str, Any] | None]]
 
 
 class ThreadCoalescer:
-    """At most one `message_updated` per root per `interval_s` from this process.
+    """At most one `message_updated` per root per `interval_s`, cluster-wide when the processes
+    share Redis (`RedisSlots`), else per process (chat/emitslots.py).
 
     The first change of a quiet root goes out at once, with the summary its batch committed.
-    Changes within the interval after an event are held; at the interval's end (trailing edge)
-    the root is read again from the database and goes out as committed then, so the last event
-    of a burst carries the final summary, whichever process committed it. Events from different
-    processes may arrive out of order: `thread.reply_count` only grows, so a reader keeps the
-    summary with the highest one (docs/api.md).
+    Changes while the root's slot is taken are held; when it frees, the process that wins it
+    reads the root again from the database and sends it as committed then, so the last event
+    of a burst carries the final summary, whichever process committed it. `thread.reply_count`
+    only grows: a reader keeps the summary with the highest one (docs/api.md).
     """
 
-    def __init__(self, emit: Emit, reread: Reread, interval_s: float = UPDATE_INTERVAL_S) -> None:
+    def __init__(self, emit: Emit, reread: Reread, interval_s: float = UPDATE_INTERVAL_S,
+                 slots: Slots | None = None) -> None:
         self._emit = emit
         self._reread = reread
-        self.interval_s = interval_s
-        self._last: dict[int, float] = {}  # root id -> loop time of its last event
-        self._held: set[int] = set()
-        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._events: SlotCoalescer[dict[str, Any]] = SlotCoalescer(
+            "root", slots or LocalSlots(), interval_s, self._send, self._send_latest)
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def interval_s(self) -> float:
+        return self._events.interval_s
 
     def note(self, roots: Sequence[dict[str, Any]]) -> None:
         """Roots whose summary a committed batch changed (their wire forms as of that commit)."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
         for wire in roots:
-            rid = int(wire["id"])
-            last = self._last.get(rid, -math.inf)
-            if rid not in self._timers and now - last >= self.interval_s:
-                self._last[rid] = now
-                self._spawn(self._send(wire))
-                continue
-            self._held.add(rid)
-            if rid not in self._timers:
-                self._timers[rid] = loop.call_later(max(0.0, last + self.interval_s - now), self._flush, rid)
-        if len(self._last) > 10_000:
-            for rid in [r for r, t in self._last.items() if now - t >= self.interval_s and r not in self._timers]:
-                del self._last[rid]
-
-    def _flush(self, rid: int) -> None:
-        self._timers.pop(rid, None)
-        if rid not in self._held:
-            return
-        self._held.discard(rid)
-        self._last[rid] = asyncio.get_running_loop().time()
-        self._spawn(self._send_latest(rid))
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            task = loop.create_task(self._events.note(int(wire["id"]), wire))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _send(self, wire: dict[str, Any]) -> None:
-        try:
-            await self._emit(wire)
-        except Exception:
-            log.warning("thread update not delivered", exc_info=True)
+        await self._emit(wire)
 
-    async def _send_latest(self, rid: int) -> None:
-        try:
-            wire = await self._reread(rid)
-        except Exception as exc:  # try once more after the interval: the final state must go out
-            log.warning("thread root re-read failed: %s", type(exc).__name__)
-            if rid not in self._timers:
-                self._held.add(rid)
-                self._timers[rid] = asyncio.get_running_loop().call_later(self.interval_s, self._flush, rid)
-            return
+    async def _send_latest(self, rid: int, _held: dict[str, Any]) -> None:
+        wire = await self._reread(rid)  # raises: the coalescer tries again a window later
         if wire is not None:
-            await self._send(wire)
+            await self._emit(wire)
 
     async def close(self) -> None:
         """At shutdown: drop what is held, wait for sends in flight."""
-        for rid in list(self._timers):
-            self._timers.pop(rid).cancel()
-        self._held.clear()
         if self._tasks:
             await asyncio.wait(set(self._tasks))
+        await self._events.close()

@@ -383,7 +383,7 @@ class MessageWriter:
         for item in [i for i in new if i.msg.attachments]:  # photos: claimed before seqs are taken
             m = item.msg
             if not await claim_attachments(conn, m.sender_id, m.conversation_id, m.client_msg_id, m.attachments):
-                item.outcome = Invalid("an attachment is already used by another message")
+                item.outcome = Invalid("an attachment is already used by another message, or was removed unused")
                 new.remove(item)
         counts = Counter(i.msg.conversation_id for i in new)
         if counts and careful:

@@ -52,7 +52,8 @@ _LONGEST_ID = "9" * 20
 # the audience is that thread's, chat/threads.py; `mentions`: the user ids the message mentions,
 # who get it too, chat/mentions.py), scanning at most `limit` user ids greater than
 # `resume_after` in order; next resume_after is None once the audience is exhausted.
-ChatAudiencePage = Callable[[AsyncSession, int, str, "str | None", int, "int | None", Sequence[str]],
+# (session, conversation_id, sender_id, after, limit, thread_id, mentions, message_id)
+ChatAudiencePage = Callable[[AsyncSession, int, str, "str | None", int, "int | None", Sequence[str], "int | None"],
                             Awaitable[tuple[list[str], "str | None"]]]
 THREAD_AUDIENCE = "thread:"  # a message job's `audience`: "thread:{root id}" for a room's thread reply
 
@@ -203,7 +204,7 @@ async def message_page(session: AsyncSession, job: ClaimedJob, limit: int, audie
     assert job.conversation_id is not None and job.sender_id is not None
     thread_id, mentions = parse_message_audience(job.audience)
     recipients, resume_after = await audience_page(session, job.conversation_id, job.sender_id,
-                                                   job.resume_after, limit, thread_id, mentions)
+                                                   job.resume_after, limit, thread_id, mentions, job.message_id)
     # SPEC §6: offline anywhere in the cluster, as of the expansion
     online = await online_users(recipients) if recipients else set()
     offline = [u for u in recipients if u not in online and u != job.sender_id]

@@ -144,9 +144,9 @@ async def install(app: web.Application, hooks: Any, settings: Settings,
 
     async def audience_page(session: AsyncSession, conversation_id: int, sender_id: str, after: str | None,
                             limit: int, thread_id: int | None = None,
-                            mentions: Sequence[str] = ()) -> tuple[list[str], str | None]:
+                            mentions: Sequence[str] = (), message_id: int | None = None) -> tuple[list[str], str | None]:
         page: tuple[list[str], str | None] = await app[SERVICE_KEY].push_audience_page(
-            session, conversation_id, sender_id, after, limit, thread_id, mentions)
+            session, conversation_id, sender_id, after, limit, thread_id, mentions, message_id)
         return page
 
     async def online_users(user_ids: Sequence[str]) -> set[str]:

@@ -176,3 +176,104 @@ def test_phone_width_photo_tray_sheet_items_and_moderation_panel(browser, cluste
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     c.assert_clean()
     p.assert_clean()
+
+
+def test_moderator_deletes_unpins_and_blocks_then_loses_the_tools(browser, cluster, pages, who):
+    """What a moderator appointed by the backend does on the page, seen live by the members on
+    both processes: delete another member's message, unpin (the creator from the pinned bar, the
+    moderator from a message's menu), block a member from the creator's rooms; then the creator
+    removes the moderator from a message's menu and her page loses the tools at once."""
+    api = cluster.api
+    creator = api.user(who.cara, "Cara Creator")
+    mia = api.user(who.mia, "Mia Mod")
+    patron = api.user(who.pat, "Pat Patron")
+    for member in (who.mia, who.pat):
+        api.membership(who.cara, member, 500)
+    room = api.room(who.cara, "Lounge", min_tier_cents=100)
+    seed_messages(api, creator, room, 1, prefix="welcome everyone")
+    seed_messages(api, mia, room, 1, prefix="hi from mia")
+    seed_messages(api, patron, room, 2, prefix="pat says")
+    pins = [m["id"] for m in seed_messages(api, creator, room, 2, prefix="pin me")]
+    r = api.server("PUT", f"/creators/{who.cara}/moderators/{who.mia}")
+    assert r.status_code == 200 and r.json()["moderator"] is True, r.text
+    for message_id in pins:
+        assert api.server("PUT", f"/messages/{message_id}/pin").status_code == 200
+
+    c = tab(pages, browser, cluster.servers[0].url, creator)
+    m = tab(pages, browser, cluster.servers[1].url, mia)
+    p = tab(pages, browser, cluster.servers[0].url, patron)
+    for chat in (c, m, p):
+        chat.open(room)
+        chat.wait_seqs([1, 2, 3, 4, 5, 6])
+        expect(chat.page.get_by_test_id("pinned-message")).to_have_count(2)
+    expect(m.page.get_by_test_id("moderate-button")).to_be_visible()  # read from GET /moderation
+
+    # 1. Mia deletes Pat's message (two presses): Pat and the creator see it go.
+    menu = menu_of(m, 4)
+    menu.get_by_role("menuitem", name="Delete", exact=True).click()
+    menu.get_by_role("menuitem", name="Delete?", exact=True).click()
+    for chat in (p, c, m):
+        expect(chat.message(4)).to_contain_text("message deleted")
+        expect(chat.message(4)).not_to_contain_text("pat says 2")
+    expect(p.message(3)).to_contain_text("pat says 1")  # only that one
+
+    # 4. Unpinning: the creator from the pinned bar, Mia from the message's menu; the members'
+    # bars follow live, and the log says who did it.
+    bar = p.page.get_by_test_id("pinned-message")
+    expect(p.page.get_by_role("button", name="Unpin message")).to_have_count(0)  # members only read pins
+    c.page.get_by_test_id("pinned-message").filter(has_text="pin me 1").get_by_role(
+        "button", name="Unpin message").click()
+    for chat in (p, m):
+        expect(chat.page.get_by_test_id("pinned-message")).to_have_count(1)
+        expect(chat.page.get_by_test_id("pinned-message")).to_contain_text("Cara Creator: pin me 2")
+    menu_of(m, 6).get_by_role("menuitem", name="Unpin", exact=True).click()
+    for chat in (p, c):
+        expect(chat.page.get_by_test_id("pinned-message")).to_have_count(0)
+        expect(chat.page.get_by_test_id("pinned-bar")).to_be_hidden()
+    expect(bar).to_have_count(0)
+    expect(menu_of(m, 6).get_by_role("menuitem", name="Pin to the room")).to_have_count(1)  # pinnable again
+    m.page.keyboard.press("Escape")
+
+    # 2. Mia blocks Pat (two presses): Pat loses the room at once, with a notice, and after a reload.
+    menu = menu_of(m, 3)
+    menu.get_by_role("menuitem", name="Block Pat Patron", exact=True).click()
+    m.message(3).get_by_role("menu").get_by_role("menuitem", name="Block Pat Patron?", exact=True).click()
+    expect(p.conversation_item(room)).to_have_count(0)
+    expect(p.page.get_by_test_id("message-list")).to_be_hidden()
+    expect(p.page.locator(".toast", has_text="You were blocked from Cara Creator’s rooms.")).to_have_count(1)
+    p.page.reload()
+    p.wait_connected()
+    expect(p.page.get_by_test_id("conversation-list")).to_be_visible()
+    expect(p.conversation_item(room)).to_have_count(0)
+    m.page.get_by_test_id("moderate-button").click()
+    panel = m.page.get_by_test_id("moderation-panel")
+    entries = panel.get_by_test_id("moderation-log-entry")
+    expect(entries.first).to_contain_text("You blocked Pat Patron")
+    expect(entries.nth(1)).to_contain_text("You unpinned a message by Cara Creator in Lounge")
+    expect(entries.nth(2)).to_contain_text("Cara Creator unpinned a message by Cara Creator in Lounge")
+    expect(entries.nth(3)).to_contain_text("You deleted a message by Pat Patron")
+    expect(panel.get_by_role("button", name="Unblock")).to_have_count(1)
+
+    # 3. The creator removes Mia as moderator from her message's menu: Mia's page drops the panel,
+    # the Moderate button and the moderation items live, and they stay gone after a reload.
+    menu_of(c, 2).get_by_role("menuitem", name="Remove Mia Mod as moderator").click()
+    expect(m.page.get_by_test_id("moderate-button")).to_be_hidden()
+    expect(panel).to_be_hidden()
+    expect(m.page.locator(".toast", has_text="You are no longer a moderator of Cara Creator’s rooms.")).to_have_count(1)
+    for chat in (m,):
+        items = menu_of(chat, 1).get_by_role("menuitem")
+        expect(items).to_have_text(["Add reaction", "Reply in thread", "Copy text", "Report…", "Block Cara Creator…"])
+        chat.page.keyboard.press("Escape")
+    expect(menu_of(m, 3).get_by_role("menuitem", name="Delete", exact=True)).to_have_count(0)
+    m.page.keyboard.press("Escape")
+    m.page.reload()
+    m.wait_connected()
+    m.open(room)
+    m.wait_seqs([1, 2, 3, 4, 5, 6])
+    expect(m.page.get_by_test_id("moderate-button")).to_be_hidden()
+    expect(menu_of(m, 3).get_by_role("menuitem", name="Time out Pat Patron…")).to_have_count(0)
+    m.page.keyboard.press("Escape")
+    # the creator's menu offers to appoint her again
+    expect(menu_of(c, 2).get_by_role("menuitem", name="Make Mia Mod a moderator")).to_have_count(1)
+    for chat in (c, m, p):
+        chat.assert_clean()

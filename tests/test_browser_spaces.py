@@ -108,3 +108,54 @@ def test_space_topic_guidelines_archive_and_delete(browser, cluster, pages, who)
         expect(chat.page.get_by_test_id("message-list")).to_be_hidden()
     for chat in (p, c):
         chat.assert_clean()
+
+
+def test_a_room_regated_above_the_members_tier_leaves_their_page(browser, cluster, pages, who):
+    """The backend's PATCH raises a room's tier above Pat's: his page (the room open) drops it at
+    once with a notice (`access_revoked`), keeps his other room, and a reload does not bring it back;
+    Mia, above the new tier on the other process, keeps it and writes on; lowered again, Pat's
+    next reload lists it."""
+    api = cluster.api
+    creator = api.user(who.cara, "Cara Creator")
+    patron = api.user(who.pat, "Pat Patron")
+    mia = api.user(who.mia, "Mia Member")
+    api.membership(who.cara, who.pat, 500)
+    api.membership(who.cara, who.mia, 2000)
+    room = api.room(who.cara, "Lounge", min_tier_cents=100)
+    hall = api.room(who.cara, "Hall", min_tier_cents=100)
+    seed_messages(api, creator, room, 1, prefix="welcome")
+
+    p = tab(pages, browser, cluster.servers[0].url, patron)
+    m = tab(pages, browser, cluster.servers[1].url, mia)
+    c = tab(pages, browser, cluster.servers[1].url, creator)
+    for chat in (p, m, c):
+        chat.open(room)
+        chat.wait_seqs([1])
+    p.page.get_by_test_id("composer").fill("a draft")
+
+    r = api.server("PATCH", f"/rooms/{room}", {"min_tier_cents": 1000})
+    assert r.status_code == 200 and r.json()["conversation"]["min_tier_cents"] == 1000, r.text
+    expect(p.conversation_item(room)).to_have_count(0)
+    expect(p.page.get_by_test_id("message-list")).to_be_hidden()
+    expect(p.page.locator(".toast", has_text="You no longer have access to “Lounge”.")).to_have_count(1)
+    expect(p.conversation_item(hall)).to_have_count(1)  # only that room
+    p.assert_accessible()
+    # above the new tier: still in, writing live to the creator on the same process
+    m.send("still here")
+    m.wait_seqs([1, 2])
+    c.wait_seqs([1, 2])
+    expect(m.conversation_item(room)).to_have_count(1)
+    p.page.reload()
+    p.wait_connected()
+    expect(p.conversation_item(hall)).to_have_count(1)
+    expect(p.conversation_item(room)).to_have_count(0)
+
+    # lowered again: the list has it after a reload, with what was said meanwhile
+    r = api.server("PATCH", f"/rooms/{room}", {"min_tier_cents": 100})
+    assert r.status_code == 200, r.text
+    p.page.reload()
+    p.wait_connected()
+    p.open(room)
+    p.wait_seqs([1, 2])
+    for chat in (p, m, c):
+        chat.assert_clean()

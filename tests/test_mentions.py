@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from chat.mentions import MAX_MENTIONS, candidates, pick
 from tests.conftest import Cluster
 from tests.support import Api, Client, err, make_token, ok, send
-from tests.test_push_rules import PushCluster, push_cluster  # noqa: F401 (the fixture)
+from tests.test_push_rules import PushCluster, push_cluster, sqlite_push_cluster  # noqa: F401 (the fixtures)
 
 
 def listed(api: Api, token: str, conversation_id: str) -> dict[str, Any]:
@@ -155,6 +155,16 @@ async def test_revoked_and_blocked_members_are_not_mentioned(shared_any_server: 
         r = api.server("PUT", f"/creators/{ids['cre']}/blocks/{ids['emile']}", {})
         assert r.status_code == 200, r.text
         assert ok(await send(bob, room, f"@{ids['emile']}"))["message"]["mentions"] == []
+        # a member who blocks the sender: still in `mentions` (others see it), but not counted for them
+        ok(await bob.call("block_user", {"user_id": ids["cre"], "on": True}))
+        cre = await Client(url, tokens["cre"]).connect()
+        try:
+            assert ok(await send(cre, room, "@Bob hello"))["message"]["mentions"] == [ids["bob"]]
+            assert me_mentions(api, tokens["bob"]) == 0 and listed(api, tokens["bob"], room)["mention_count"] == 0
+            ok(await bob.call("block_user", {"user_id": ids["cre"], "on": False}))
+            assert me_mentions(api, tokens["bob"]) == 1 and listed(api, tokens["bob"], room)["mention_count"] == 1
+        finally:
+            await cre.close()
     finally:
         await bob.close()
 
@@ -212,9 +222,9 @@ async def test_mentions_across_processes_and_concurrent_batches(shared_mysql_clu
 # ---------------------------------------------------------------- push
 
 
-async def test_mention_pushes_the_mentioned_member_where_patron_posts_push_nobody(
-        push_cluster: PushCluster) -> None:  # noqa: F811 (the fixture)
-    api = push_cluster.cluster.api
+async def _mention_push_scenario(pc: PushCluster) -> None:
+    """`online` and the creator's socket are on the last process (the other one on MariaDB)."""
+    api = pc.cluster.api
     names = {"cre": "Cre", "gold": "Gold", "gold2": "Gold Two", "muted": "Muted Member", "online": "Online",
              "former": "Former", "silver": "Silver"}
     tokens = {u: api.user(u, n) for u, n in names.items()}
@@ -222,33 +232,33 @@ async def test_mention_pushes_the_mentioned_member_where_patron_posts_push_nobod
         api.membership("cre", u, 2000)
     room = api.room("cre", "Gold room", min_tier_cents=1000)
     for u, token in tokens.items():
-        push_cluster.device(token, f"{u}-phone")
+        pc.device(token, f"{u}-phone")
     r = api.client(tokens["muted"], "PUT", f"/conversations/{room}/settings", {"muted": True})
     assert r.status_code == 200, r.text
     api.membership("cre", "former", 2000, "former")
 
-    online = await Client(push_cluster.cluster.servers[1].url, tokens["online"]).connect()
-    gold = await Client(push_cluster.cluster.servers[0].url, tokens["gold"]).connect()
+    online = await Client(pc.cluster.servers[-1].url, tokens["online"]).connect()
+    gold = await Client(pc.cluster.servers[0].url, tokens["gold"]).connect()
     try:
         ok(await online.call("join", {"conversation_id": room}))
         # a patron's plain post pushes nobody (no fan-out job at all)
         root = ok(await send(gold, room, "plain patron post"))["message"]
-        with push_cluster.db.connect() as conn:
+        with pc.db.connect() as conn:
             assert conn.execute(sa.text("SELECT COUNT(*) FROM push_jobs")).scalar() == 0
         # one that mentions: the mentioned offline members, the creator too; not the muted one,
         # not the one online on the other process, not the former patron, not the sender
         msg = ok(await send(gold, room, "@Gold Two @cre @Muted Member @Online @Gold look",
                             mentions=["former"]))["message"]
         assert msg["mentions"] == ["gold2", "cre", "muted", "online"]
-        push = (await push_cluster.pushes_to("gold2-phone"))[0]
-        await push_cluster.pushes_to("cre-phone")
-        await push_cluster.jobs_settled()
+        push = (await pc.pushes_to("gold2-phone"))[0]
+        await pc.pushes_to("cre-phone")
+        await pc.jobs_settled()
         assert push["notification"] == {"title": "Gold mentioned you in Gold room",
                                         "body": "@Gold Two @cre @Muted Member @Online @Gold look"}
         assert push["data"] == {"type": "message", "conversation_id": room, "message_id": msg["id"]}
         assert push["android"]["priority"] == "high"
-        assert sorted(push_cluster.outbox_users()) == ["cre", "gold2"]
-        attempts = push_cluster.fcm.fake.attempts
+        assert sorted(pc.outbox_users()) == ["cre", "gold2"]
+        attempts = pc.fcm.fake.attempts
         assert {u: attempts[f"{u}-phone"] for u in names} == {
             "cre": 1, "gold": 0, "gold2": 1, "muted": 0, "online": 0, "former": 0, "silver": 0}
 
@@ -256,31 +266,61 @@ async def test_mention_pushes_the_mentioned_member_where_patron_posts_push_nobod
         r = api.client(tokens["cre"], "PUT", f"/conversations/{room}/settings", {"muted": True})
         assert r.status_code == 200, r.text
         ok(await send(gold, room, "@cre again"))
-        await push_cluster.jobs_settled()
-        assert sorted(push_cluster.outbox_users()) == ["cre", "gold2"]
+        await pc.jobs_settled()
+        assert sorted(pc.outbox_users()) == ["cre", "gold2"]
 
         # the creator's posts push every offline member once, mentioned or not (mute still wins; gold
         # and online are connected)
-        creator = await Client(push_cluster.cluster.servers[1].url, tokens["cre"]).connect()
+        creator = await Client(pc.cluster.servers[-1].url, tokens["cre"]).connect()
         try:
             ok(await send(creator, room, "@Gold Two news for all"))
         finally:
             await creator.close()
-        await push_cluster.pushes_to("silver-phone")
-        await push_cluster.jobs_settled()
-        assert sorted(push_cluster.outbox_users()) == ["cre", "gold2", "gold2", "silver"]
-        assert (await push_cluster.pushes_to("gold2-phone", 2))[1]["notification"]["title"] == "Cre in Gold room"
+        await pc.pushes_to("silver-phone")
+        await pc.jobs_settled()
+        assert sorted(pc.outbox_users()) == ["cre", "gold2", "gold2", "silver"]
+        assert (await pc.pushes_to("gold2-phone", 2))[1]["notification"]["title"] == "Cre in Gold room"
 
         # a thread reply pushes its thread's people (here: nobody but its sender) and the mentioned
         reply = ok(await send(gold, room, "@Silver see here", thread_id=root["id"]))["message"]
         assert reply["mentions"] == ["silver"] and reply["thread_id"] == root["id"]
-        push = (await push_cluster.pushes_to("silver-phone", 2))[1]
-        await push_cluster.jobs_settled()
+        push = (await pc.pushes_to("silver-phone", 2))[1]
+        await pc.jobs_settled()
         assert push["notification"]["title"] == "Gold replied in Gold room"
-        assert sorted(push_cluster.outbox_users()) == ["cre", "gold2", "gold2", "silver", "silver"]
+        assert sorted(pc.outbox_users()) == ["cre", "gold2", "gold2", "silver", "silver"]
+
+        # a member who blocks the sender is not pushed for their mention, nor for the creator's posts
+        silver = await Client(pc.cluster.servers[-1].url, tokens["silver"]).connect()
+        try:
+            ok(await silver.call("block_user", {"user_id": "gold", "on": True}))
+            ok(await silver.call("block_user", {"user_id": "cre", "on": True}))
+        finally:
+            await silver.close()
+        ok(await send(gold, room, "@Silver @Gold Two blocked"))
+        await pc.pushes_to("gold2-phone", 3)
+        creator = await Client(pc.cluster.servers[-1].url, tokens["cre"]).connect()
+        try:
+            ok(await send(creator, room, "more news"))
+        finally:
+            await creator.close()
+        await pc.pushes_to("gold2-phone", 4)
+        await pc.jobs_settled()
+        assert sorted(pc.outbox_users()) == ["cre", "gold2", "gold2", "gold2", "gold2", "silver", "silver"]
     finally:
         await gold.close()
         await online.close()
+
+
+async def test_mention_pushes_the_mentioned_member_where_patron_posts_push_nobody(
+        push_cluster: PushCluster) -> None:  # noqa: F811 (the fixture)
+    """MariaDB + Redis, two processes."""
+    await _mention_push_scenario(push_cluster)
+
+
+async def test_mention_pushes_in_one_process_on_sqlite(
+        sqlite_push_cluster: PushCluster) -> None:  # noqa: F811 (the fixture)
+    """The embedded default: SQLite, one process, its in-process push worker."""
+    await _mention_push_scenario(sqlite_push_cluster)
 
 
 async def test_a_token_name_does_not_matter_the_stored_name_does(shared_any_server: Cluster, uid: Any) -> None:

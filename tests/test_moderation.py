@@ -31,10 +31,12 @@ def community(api: Api, uid: Any) -> tuple[str, str, str, dict[str, str], str]:
 
 
 
-async def test_moderators_delete_any_message_and_appoint_nobody(shared_any_server: Any, uid: Any) -> None:
-    url, api = shared_any_server.servers[0].url, shared_any_server.api
-    cre, mod, pat, tokens, room = community(api, uid)
-    c, m, p = [await connect(url, tokens[u]) for u in (cre, mod, pat)]
+async def _moderators_scenario(url_a: str, url_b: str, api_a: Api, api_b: Api, uid: Any) -> None:
+    """The creator and the patron are on process A, the moderator on process B (the same process
+    on SQLite): appointed and removed on A, the moderator acts through B."""
+    cre, mod, pat, tokens, room = community(api_a, uid)
+    c, m, p = await connect(url_a, tokens[cre]), await connect(url_b, tokens[mod]), await connect(url_a, tokens[pat])
+    api = api_a
     try:
         # only the creator appoints: not the patron, and not for another creator
         assert err(await p.call("moderator", {"creator_id": cre, "user_id": mod, "on": True})) == "forbidden"
@@ -53,19 +55,33 @@ async def test_moderators_delete_any_message_and_appoint_nobody(shared_any_serve
         await p.wait_for("message_updated", lambda u: u["id"] == msg["id"] and u["deleted"])
         # a moderator appoints nobody
         assert err(await m.call("moderator", {"creator_id": cre, "user_id": pat, "on": True})) == "forbidden"
-        assert api.server("GET", f"/creators/{cre}/moderators").json()["moderators"] == [mod]
-        # removed by the backend: no more deletes of others' messages
+        for a in (api_a, api_b):
+            assert a.server("GET", f"/creators/{cre}/moderators").json()["moderators"] == [mod]
+        # removed by the backend (on A): no more deletes of others' messages (through B)
         r = api.server("DELETE", f"/creators/{cre}/moderators/{mod}")
         assert r.status_code == 200 and r.json() == {"creator_id": cre, "user_id": mod, "moderator": False}
         await m.wait_for("moderation", lambda e: e["action"] == "moderator_removed")
         msg2 = ok(await send(p, room, "again"))["message"]
         assert err(await m.call("delete", {"message_id": msg2["id"]})) == "forbidden"
         assert err(await m.call("timeout", {"creator_id": cre, "user_id": pat, "minutes": 5})) == "forbidden"
+        m.events["moderation"].clear()
         assert api.server("PUT", f"/creators/{cre}/moderators/{mod}").json()["moderator"] is True
+        await m.wait_for("moderation", lambda e: e["action"] == "moderator_added")
         ok(await m.call("delete", {"message_id": msg2["id"]}))
+        await p.wait_for("message_updated", lambda u: u["id"] == msg2["id"] and u["deleted"])
     finally:
         for s in (c, m, p):
             await s.close()
+
+
+async def test_moderators_delete_any_message_and_appoint_nobody(shared_any_server: Any, uid: Any) -> None:
+    url, api = shared_any_server.servers[0].url, shared_any_server.api
+    await _moderators_scenario(url, url, api, api, uid)
+
+
+async def test_a_moderator_appointed_on_one_process_acts_through_the_other(shared_mysql_cluster: Any, uid: Any) -> None:
+    cluster = shared_mysql_cluster
+    await _moderators_scenario(cluster.servers[0].url, cluster.servers[1].url, cluster.apis[0], cluster.apis[1], uid)
 
 
 async def test_timeout_refuses_sends_with_the_remaining_time(shared_any_server: Any, uid: Any) -> None:
@@ -168,16 +184,23 @@ async def test_timeout_and_block_reach_the_other_process(shared_mysql_cluster: A
             await s.close()
 
 
-async def test_moderation_log_for_the_creator_moderators_and_backend(shared_any_server: Any, uid: Any) -> None:
-    url, api = shared_any_server.servers[0].url, shared_any_server.api
-    cre, mod, pat, tokens, room = community(api, uid)
-    c, m, p = [await connect(url, tokens[u]) for u in (cre, mod, pat)]
+async def _log_scenario(url_a: str, url_b: str, api_a: Api, api_b: Api, uid: Any) -> None:
+    """The creator and the patron are on process A, the moderator on process B (the same process
+    on SQLite): appointed on A, the moderator deletes and times out through B; the log reads the
+    same through both."""
+    cre, mod, pat, tokens, room = community(api_a, uid)
+    c, m, p = await connect(url_a, tokens[cre]), await connect(url_b, tokens[mod]), await connect(url_a, tokens[pat])
+    api = api_a
     try:
         ok(await c.call("moderator", {"user_id": mod, "on": True}))
+        await m.wait_for("moderation", lambda e: e["action"] == "moderator_added")
         ok(await p.call("join", {"conversation_id": room}))
         msg = ok(await send(p, room, "bad"))["message"]
         ok(await m.call("delete", {"message_id": msg["id"]}))
+        await p.wait_for("message_updated", lambda u: u["id"] == msg["id"] and u["deleted"])
         ok(await m.call("timeout", {"creator_id": cre, "user_id": pat, "minutes": 10, "reason": "cool down"}))
+        await p.wait_for("moderation", lambda e: e["action"] == "timeout")
+        assert err(await send(p, room, "timed out on A")) == "forbidden"
         assert api.server("PUT", f"/creators/{cre}/blocks/{pat}", {"reason": "repeat"}).status_code == 200
         ok(await c.call("block", {"creator_id": cre, "user_id": pat, "on": False}))
 
@@ -188,6 +211,8 @@ async def test_moderation_log_for_the_creator_moderators_and_backend(shared_any_
         assert all(e["target_id"] == (mod if e["action"] == "moderator_added" else pat) for e in entries)
         assert entries[3]["message_id"] == msg["id"] and entries[2]["until"] is not None
         assert ok(await c.call("moderation_log", {}))["entries"] == entries  # the creator's own by default
+        for a in (api_a, api_b):  # the backend reads the same log through either process
+            assert a.server("GET", f"/creators/{cre}/moderation-log").json()["entries"] == entries
         assert err(await p.call("moderation_log", {"creator_id": cre})) == "forbidden"
         assert err(await m.call("moderation_log", {"creator_id": cre, "before_id": "x"})) == "invalid"
 
@@ -205,6 +230,16 @@ async def test_moderation_log_for_the_creator_moderators_and_backend(shared_any_
     finally:
         for s in (c, m, p):
             await s.close()
+
+
+async def test_moderation_log_for_the_creator_moderators_and_backend(shared_any_server: Any, uid: Any) -> None:
+    url, api = shared_any_server.servers[0].url, shared_any_server.api
+    await _log_scenario(url, url, api, api, uid)
+
+
+async def test_moderation_log_reads_the_same_on_both_processes(shared_mysql_cluster: Any, uid: Any) -> None:
+    cluster = shared_mysql_cluster
+    await _log_scenario(cluster.servers[0].url, cluster.servers[1].url, cluster.apis[0], cluster.apis[1], uid)
 
 
 async def _slow_mode_scenario(url_a: str, url_b: str, api: Api, uid: Any) -> None:

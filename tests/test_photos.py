@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ from chat.attachments import UrlSigner
 from chat.blobs import LocalBlobStore, S3BlobStore, new_key
 from chat.config import Settings
 from tests.conftest import Cluster
-from tests.fakefcm import FakeFCMServer
 from tests.support import JWT_SECRET, Api, Client, free_port, sync_engine
+from tests.test_push_rules import PushCluster, push_cluster, sqlite_push_cluster  # noqa: F401 (the fixtures)
 
 GPS_IFD = 0x8825
 
@@ -41,6 +42,13 @@ def jpeg_with_gps(size: tuple[int, int] = (640, 480)) -> bytes:
     data = out.getvalue()
     assert Image.open(io.BytesIO(data)).getexif().get_ifd(GPS_IFD), "the fixture carries GPS EXIF"
     return data
+
+
+def zip_of(name: str, content: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr(name, content)
+    return out.getvalue()
 
 
 def encoded(fmt: str, size: tuple[int, int] = (64, 48), mode: str = "RGB", **kw: Any) -> bytes:
@@ -101,7 +109,8 @@ async def test_upload_strips_exif_makes_a_thumbnail_and_a_message_carries_it(
         shared_any_server: Cluster, stored: Stored, uid: Any) -> None:
     api = shared_any_server.api
     room, cre, pat, _ = room_with(api, uid)
-    original = jpeg_with_gps((1280, 960)) + b"PK\x03\x04polyglot-zip<html><script>alert(1)</script></html>"
+    # a phone's motion photo: an MP4 appended after the JPEG (accepted; the video is not kept)
+    original = jpeg_with_gps((1280, 960)) + b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 64
     r = upload(api, pat, original, "holiday.png", "image/png")  # name and declared type are not believed
     assert r.status_code == 201, r.text
     att = r.json()["attachment"]
@@ -134,7 +143,7 @@ async def test_upload_strips_exif_makes_a_thumbnail_and_a_message_carries_it(
         im = Image.open(io.BytesIO(got.content))
         assert im.size == (1280, 960)
         assert dict(im.getexif()) == {} and b"Exif" not in got.content and b"SpyCam" not in got.content
-        assert b"PK\x03\x04" not in got.content and b"<script>" not in got.content  # the polyglot tail is gone
+        assert b"ftypmp42" not in got.content  # the appended video is gone
         thumb = api.http.get(photo["thumb_url"])
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
         assert Image.open(io.BytesIO(thumb.content)).size == (320, 240)
@@ -175,6 +184,13 @@ REJECTIONS = {
     # 10,000 x 10,000 one-bit pixels: a few KB of PNG, 100 million pixels once decoded.
     "decompression bomb": (lambda: encoded("PNG", (10_000, 10_000), "1"), 400, "invalid", "too_many_pixels"),
     "truncated": (lambda: jpeg_with_gps((800, 600))[:3000], 400, "invalid", "truncated"),
+    # polyglots: a whole image that is also something else
+    "jpeg + zip": (lambda: jpeg_with_gps((64, 48)) + zip_of("evil.html", b"<p>hi</p>"), 400, "invalid", "polyglot"),
+    "jpeg + html": (lambda: jpeg_with_gps((64, 48)) + b"<HTML><Script>alert(1)</script></html>", 400, "invalid",
+                    "polyglot"),
+    "png + pdf": (lambda: encoded("PNG", (32, 32)) + b"%PDF-1.7\n1 0 obj<<>>endobj\n%%EOF", 400, "invalid", "polyglot"),
+    "gif + svg": (lambda: encoded("GIF", (32, 32)) + b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>',
+                  400, "invalid", "polyglot"),
 }
 
 
@@ -334,32 +350,37 @@ async def test_photo_message_across_two_processes_and_one_upload_claimed_once(
 # ---------------------------------------------------------------- push
 
 
-async def test_push_says_sent_a_photo(fcm_server: FakeFCMServer, tmp_path: Path, uid: Any) -> None:
-    fcm_server.fake.reset()
-    cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/push.db", None, "unused", 1,
-                      env={"FIREBASE_CREDENTIALS": fcm_server.credentials_path, "FCM_ENDPOINT": fcm_server.endpoint})
-    try:
-        api = cluster.api
-        cre, pat = api.user("cre", "Cre Ator"), api.user("pat", "Pat")
-        api.membership("cre", "pat", 500)
-        conv = api.direct(cre, "pat")
-        assert api.client(pat, "POST", "/devices", {"token": "pat-phone", "platform": "android"}).status_code == 201
-        ids = [uploaded(api, cre, encoded("JPEG")) for _ in range(3)]
-        for cmid, photos, body in [("p1", ids[:1], None), ("p2", ids[1:], None), ("p3", [], "words")]:
-            payload: dict[str, Any] = {"client_msg_id": cmid, "attachments": photos}
-            if body:
-                payload["body"] = body
-            r = api.client(cre, "POST", f"/conversations/{conv}/messages", payload)
-            assert r.status_code == 201, r.text
-        deadline = time.monotonic() + 15
-        while len(fcm_server.fake.delivered_messages("pat-phone")) < 3 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        pushes = sorted(fcm_server.fake.delivered_messages("pat-phone"), key=lambda m: int(m["data"]["message_id"]))
-        assert [p["notification"] for p in pushes] == [
-            {"title": "Cre Ator", "body": "sent a photo"}, {"title": "Cre Ator", "body": "sent 2 photos"},
-            {"title": "Cre Ator", "body": "words"}]
-    finally:
-        cluster.stop()
+async def _photo_push_scenario(pc: PushCluster) -> None:
+    """The photos are uploaded through the first process and sent through the last one (the
+    other one on MariaDB): the push worker reads the claimed uploads from the database."""
+    first, last = pc.cluster.apis[0], pc.cluster.apis[-1]
+    cre, pat = first.user("cre", "Cre Ator"), first.user("pat", "Pat")
+    first.membership("cre", "pat", 500)
+    conv = first.direct(cre, "pat")
+    pc.device(pat, "pat-phone")
+    ids = [uploaded(first, cre, encoded("JPEG")) for _ in range(3)]
+    for cmid, photos, body in [("p1", ids[:1], None), ("p2", ids[1:], None), ("p3", [], "words")]:
+        payload: dict[str, Any] = {"client_msg_id": cmid, "attachments": photos}
+        if body:
+            payload["body"] = body
+        r = last.client(cre, "POST", f"/conversations/{conv}/messages", payload)
+        assert r.status_code == 201, r.text
+    pushes = sorted(await pc.pushes_to("pat-phone", 3, timeout=15), key=lambda m: int(m["data"]["message_id"]))
+    assert [p["notification"] for p in pushes] == [
+        {"title": "Cre Ator", "body": "sent a photo"}, {"title": "Cre Ator", "body": "sent 2 photos"},
+        {"title": "Cre Ator", "body": "words"}]
+    await pc.jobs_settled()
+    assert pc.outbox_users() == ["pat", "pat", "pat"]  # one each, never the sender
+
+
+async def test_push_says_sent_a_photo(sqlite_push_cluster: PushCluster) -> None:  # noqa: F811 (the fixture)
+    """SQLite, one process."""
+    await _photo_push_scenario(sqlite_push_cluster)
+
+
+async def test_push_says_sent_a_photo_across_processes(push_cluster: PushCluster) -> None:  # noqa: F811 (the fixture)
+    """MariaDB + Redis, two processes."""
+    await _photo_push_scenario(push_cluster)
 
 
 # ---------------------------------------------------------------- blob stores
@@ -444,6 +465,47 @@ def test_server_on_s3_blob_url(s3_endpoint: str, tmp_path: Path, uid: Any) -> No
         assert got.status_code == 200 and got.headers["content-type"] == "image/jpeg"
         assert list(Path(cluster.blob_dir).rglob("*")) == []  # nothing went to the directory
     finally:
+        cluster.stop()
+
+
+async def test_unused_uploads_removed_from_s3(s3_endpoint: str, tmp_path: Path, uid: Any) -> None:
+    """UPLOAD_TTL_S with the S3 store: the unsent upload's two objects are deleted, the sent
+    one's stay (chat/uploadsweep.py; tests/test_upload_sweep.py has the rest)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="test",
+                      aws_secret_access_key="test")
+    s3.create_bucket(Bucket="swept-photos")
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "UPLOAD_TTL_S": "5",
+           "UPLOAD_SWEEP_INTERVAL_S": "0.05",
+           "BLOB_URL": f"s3://swept-photos/p?endpoint_url={s3_endpoint}&region=us-east-1"}
+    cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/s3.db", None, "unused", 1, env=env)
+    db = sync_engine(cluster.database_url)
+    try:
+        api = cluster.api
+        room, _, pat, _ = room_with(api, uid)
+        sent, unsent = uploaded(api, pat, encoded("JPEG")), uploaded(api, pat, encoded("PNG", mode="RGBA"))
+        r = api.client(pat, "POST", f"/conversations/{room}/messages", {"client_msg_id": "s3", "attachments": [sent]})
+        assert r.status_code == 201, r.text
+        with db.connect() as conn:
+            keys = {str(row.id): {row.blob_key, row.thumb_key} for row in conn.execute(
+                sa.text("SELECT id, blob_key, thumb_key FROM attachments"))}
+
+        def objects() -> set[str]:
+            listed = s3.list_objects_v2(Bucket="swept-photos").get("Contents", [])
+            return {o["Key"].removeprefix("p/") for o in listed}
+
+        assert objects() == keys[sent] | keys[unsent]
+        deadline = time.monotonic() + 30
+        while objects() != keys[sent] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert objects() == keys[sent]
+        with db.connect() as conn:
+            assert [str(i) for (i,) in conn.execute(sa.text("SELECT id FROM attachments"))] == [sent]
+        got = api.http.get(r.json()["message"]["attachments"][0]["thumb_url"])
+        assert got.status_code == 200
+    finally:
+        db.dispose()
         cluster.stop()
 
 

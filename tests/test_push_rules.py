@@ -63,6 +63,20 @@ def push_cluster(fcm_server: FakeFCMServer, mysql_databases: MySQLDatabases, red
     cluster.stop()
 
 
+@pytest.fixture
+def sqlite_push_cluster(fcm_server: FakeFCMServer, tmp_path: Any) -> Iterator[PushCluster]:
+    """The embedded default with pushes: one process on a fresh SQLite file (in-process relay,
+    presence and push worker), the real firebase-admin SDK against the fake FCM server."""
+    fcm_server.fake.reset()
+    url = f"sqlite+aiosqlite:///{tmp_path}/push.db"
+    env = {"FIREBASE_CREDENTIALS": fcm_server.credentials_path, "FCM_ENDPOINT": fcm_server.endpoint}
+    cluster = Cluster(url, None, "unused", 1, env=env)
+    pc = PushCluster(cluster, url, fcm_server)
+    yield pc
+    pc.db.dispose()
+    cluster.stop()
+
+
 async def test_direct_message_pushes_offline_recipient_only(push_cluster: PushCluster) -> None:
     api = push_cluster.cluster.api
     cre, pat = api.user("cre", "Cre Ator"), api.user("pat", "Pat")

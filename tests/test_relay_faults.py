@@ -8,7 +8,8 @@ MariaDB.
   and a client catches up with `since_seq`;
 - a subscription that went deaf is found by the canary: /readyz 503, ERROR, metric, rebuilt;
 - Redis stopped: connect, join and send (room, creator post, DM) still work, presence degraded
-  to the process.
+  to the process; reactions and thread replies still reach the process's members, their events
+  limited by the process alone, with the final counts.
 """
 
 from __future__ import annotations
@@ -227,6 +228,16 @@ async def test_redis_down_connect_join_send_degrade_to_the_process(env: Env, cli
         await pa.wait_for("message", lambda m: m["id"] == post["message"]["id"])  # same process: live
         reply = await pa.call("send", {"conversation_id": room, "body": "reply", "client_msg_id": "s2"})
         assert reply["ok"], reply
+        # Reactions and a thread's updates: limited by this process alone, the final state last.
+        pid = post["message"]["id"]
+        for emoji in ("\U0001f44d", ":fire:", ":tada:"):
+            assert (await pa.call("react", {"message_id": pid, "emoji": emoji, "on": True}))["ok"]
+        await ca.wait_for("reaction", lambda e: len(e["reactions"]) == 3)
+        for k in range(3):
+            threaded = await pa.call("send", {"conversation_id": room, "body": f"in thread {k}",
+                                              "client_msg_id": f"s2-{k}", "thread_id": pid})
+            assert threaded["ok"], threaded
+        await ca.wait_for("message_updated", lambda m: m["id"] == pid and m["thread"]["reply_count"] == 3)
         assert (await pa.call("join", {"conversation_id": dm}))["ok"]
         direct = await pa.call("send", {"conversation_id": dm, "body": "dm", "client_msg_id": "s3"})
         assert direct["ok"], direct
