@@ -99,6 +99,18 @@ def _packet_from_json(value: Any) -> Payload | list[Payload]:
     return [p if isinstance(p, str) else base64.b64decode(p["b64"]) for p in value]
 
 
+async def _has_unread(pubsub: Any) -> bool:
+    """Whether the subscriber's connection has received bytes not read yet (or was closed: the
+    next read raises then)."""
+    connection = getattr(pubsub, "connection", None)
+    if connection is None:
+        return False
+    try:
+        return bool(await connection.can_read_destructive())
+    except Exception:
+        return False
+
+
 class RedisRelay:
     def __init__(self, redis: aioredis.Redis, manager: FanoutManager, keys: RedisKeys, *,
                  relayed: Callable[[str], bool], subscribe_timeout_s: float = 5.0,
@@ -507,6 +519,13 @@ class RedisRelay:
                             self._spawn(self._recovered("subscriber"))
                         delay = 0.1
                     elif now - heard > 3 * self._keepalive_s:
+                        if await _has_unread(pubsub):
+                            # Answers are waiting, read late: a loop saturated by a connect
+                            # storm timed the read out before it ran. Not a dead connection
+                            # (that would make every socket resync); the next read gets them.
+                            # (A connection cut in the middle of a reply: the canary finds it.)
+                            heard = now
+                            continue
                         # A connection that died without a reset (network cut, Redis host gone)
                         # would otherwise keep this subscriber waiting forever.
                         raise ConnectionError("no answer from Redis")

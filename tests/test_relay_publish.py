@@ -8,6 +8,7 @@ freezes a real Redis for that).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from chat.fanout import FanoutManager
@@ -119,3 +120,65 @@ async def test_recoveries_run_one_at_a_time_and_coalesce() -> None:
     go.set()
     await asyncio.wait_for(first, 10)
     assert runs == ["subscriber", "publisher"] and most == 1
+
+
+class LateReadPubSub:
+    """A subscription whose reads time out although answers have arrived (what a saturated loop
+    does: the read's timeout runs before the read), then delivers them."""
+
+    def __init__(self, owner: LateReadRedis) -> None:
+        self.owner, self.connection = owner, self
+        self.items: list[dict[str, Any]] = []
+
+    async def subscribe(self, *channels: str) -> None:
+        self.items = [{"type": "subscribe", "channel": c.encode(), "data": 1} for c in channels]
+
+    async def get_message(self, timeout: float) -> dict[str, Any] | None:
+        if self.owner.late_reads > 0:
+            self.owner.late_reads -= 1
+            await asyncio.sleep(timeout)
+            return None
+        if self.items:
+            return self.items.pop(0)
+        self.owner.drained.set()
+        await asyncio.sleep(timeout)
+        return None
+
+    async def can_read_destructive(self) -> bool:
+        return bool(self.items)
+
+    async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class LateReadRedis(HeldRedis):
+    def __init__(self, late_reads: int) -> None:
+        super().__init__()
+        self.late_reads = late_reads
+        self.subscriptions = 0
+        self.drained = asyncio.Event()
+
+    def pubsub(self) -> LateReadPubSub:
+        self.subscriptions += 1
+        return LateReadPubSub(self)
+
+
+async def test_answers_read_late_do_not_count_as_a_dead_subscriber() -> None:
+    """Reads that time out while Redis's answers wait unread (a loop saturated by a connect
+    storm) are not 'no answer from Redis': the subscriber keeps its connection (a reconnect
+    would make every socket resync) and reads them."""
+    redis = LateReadRedis(late_reads=8)  # 8 × keepalive without a read: past the 3 × keepalive rule
+    relay = RedisRelay(redis, FanoutManager(), RedisKeys("relay-publish-test"),  # type: ignore[arg-type]
+                       relayed=lambda room: True, keepalive_s=0.02)
+    listener = asyncio.create_task(relay._listen())
+    try:
+        await asyncio.wait_for(redis.drained.wait(), 10)
+        assert relay._ready.is_set()  # the subscriptions were confirmed after all
+        assert redis.subscriptions == 1
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
