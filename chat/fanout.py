@@ -860,6 +860,24 @@ def trim_environ(environ: dict[str, Any]) -> None:
     environ.update(kept)
 
 
+def has_binary(data: Any) -> bool:
+    """Whether `data` holds bytes anywhere in its lists and dict values: what python-socketio's
+    `Packet.data_is_binary` answers (tuples and dict keys are not looked into there either)."""
+    if isinstance(data, list):
+        items: Iterable[Any] = data
+    elif isinstance(data, dict):
+        items = data.values()
+    else:
+        return isinstance(data, (bytes, bytearray))
+    for item in items:
+        if isinstance(item, _NESTED) and has_binary(item):
+            return True
+    return False
+
+
+_NESTED = (list, dict, bytes, bytearray)
+
+
 RoomListener = Callable[[str], None]
 
 
@@ -897,7 +915,11 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
             args = [data]
         else:
             args = []
-        pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args])
+        packet_data = [event, *args]
+        # binary= given: upstream's own check (Packet.data_is_binary) builds a list and folds it
+        # with a lambda at every level of every broadcast; `has_binary` answers the same.
+        pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=packet_data,
+                                       binary=has_binary(packet_data))
         encoded: Payload | list[Payload] = pkt.encode()
         return encoded
 

@@ -616,3 +616,18 @@ def test_disconnect_leaves_only_the_sockets_own_rooms() -> None:
     del rooms["elsewhere"]
     manager.basic_disconnect("b", "/")
     assert manager.rooms == {} and manager._sid_rooms == {} and closed[-1] == "conversation:1"
+
+
+def test_fanout_binary_check_answers_like_python_socketio() -> None:
+    """chat/fanout.py has_binary (the fan-out's own check, cheaper) says what
+    socketio's Packet.data_is_binary says, so binary broadcasts stay BINARY_EVENTs."""
+    from socketio.packet import Packet
+
+    from chat.fanout import has_binary
+
+    cases: list[Any] = [b"x", bytearray(b"x"), [b"x"], {"a": [1, {"b": bytearray(b"1")}]}, ["e", {"k": (b"x",)}],
+                        ["e", {b"k": 1}], [], {}, None, "text", 3, ["e", [[[]]]], ["e", {"a": {"b": memoryview(b"x")}}],
+                        ["presence", {"conversation_id": "1", "user_id": "u", "online": True}],
+                        ["message", {"id": "1", "reactions": [], "sender": {"id": "a", "avatar_url": None}}]]
+    for data in cases:
+        assert has_binary(data) == Packet.data_is_binary(data), data
