@@ -53,6 +53,7 @@ from chat.storage import ConversationMeta
 from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec, WebhookMessages
 
 log = logging.getLogger(__name__)
+_JOIN_PAGES_CACHE, _JOIN_PAGES_DATABASE = JOIN_PAGES.labels("cache"), JOIN_PAGES.labels("database")
 T = TypeVar("T")
 
 TYPING_THROTTLE_S = 1.0
@@ -526,15 +527,15 @@ class ChatService:
             if entry is not None and entry.complete_to(last_seq):
                 page, positions = entry.page(since_seq), entry.read_positions(user_id)
                 if page is not None and positions is not None:
-                    JOIN_PAGES.labels("cache").inc()
+                    _JOIN_PAGES_CACHE.inc()
                     return page.messages, page.has_more, positions
                 if positions is not None and since_seq is not None:  # since_seq reaches further back
-                    JOIN_PAGES.labels("database").inc()
+                    _JOIN_PAGES_DATABASE.inc()
                     rows, has_more = await self._read(lambda conn: storage.message_page(
                         conn, conversation_id, after_seq=since_seq, limit=SINCE_PAGE))
                     return [_row_wire(r) for r in rows], has_more, positions
             fill = self.recent.begin_fill(conversation_id)
-        JOIN_PAGES.labels("database").inc()
+        _JOIN_PAGES_DATABASE.inc()
 
         async def read_page(conn: AsyncConnection) -> tuple[list[dict[str, Any]], bool, Any,
                                                             list[dict[str, Any]], bool]:
