@@ -24,6 +24,7 @@ from chat.connectgate import ConnectGate
 from chat.errors import ChatError, Forbidden, Invalid, RateLimited, TooLarge, error_wire
 from chat.mentions import check_mentions
 from chat.metrics import CONNECTED_SOCKETS, EVENT_LATENCY, EVENTS
+from chat.presence import PresenceUnavailable
 from chat.ratelimit import KeyedBuckets
 from chat.reactions import check_emoji
 from chat.retry import once_more_if_dead
@@ -113,6 +114,10 @@ class ChatSockets:
         await self._forget(sid)
         try:
             await self.service.disconnect_socket(sid)
+        except PresenceUnavailable as exc:
+            # The local state is gone; the presence heartbeat retries the Redis release (at
+            # shutdown: the stopped release queue, once per socket; not worth a traceback each).
+            log.debug("disconnect: presence release left to the heartbeat (%s)", exc)
         except Exception:
             log.exception("disconnect cleanup failed")
         return None
