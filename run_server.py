@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                  describe_database(settings.database_url), describe_relay(settings))
 
     web.run_app(app, host=settings.host, port=settings.port, access_log=None,
-                print=ready,
+                print=ready, backlog=settings.listen_backlog,
                 # in-flight HTTP requests get this long; open websockets were closed in on_shutdown
                 shutdown_timeout=1)
     return 0

@@ -591,13 +591,19 @@ class Runner:
             log(f"[rep {rep}] {target} {sc}")
             rss_before = sum(rss_kib(p) for p in pids)
             t0 = time.time()
-            r = subprocess.run(cmd, cwd=self.harness, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, timeout=600)
+            probing = self.args.cpu_probe and sc != "reconnect"
+            if probing:
+                r, step_times, probe = self.run_probed([a for a in cmd if a != "--quiet"], pids)
+            else:
+                r = subprocess.run(cmd, cwd=self.harness, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, timeout=600)
             line = next((ln for ln in r.stdout.splitlines() if ln.startswith("{")), None)
             if line is None:
-                log(f"[rep {rep}] {target} {sc}: no result (rc={r.returncode}) {r.stderr[:800]}")
+                log(f"[rep {rep}] {target} {sc}: no result (rc={r.returncode}) {r.stderr[-800:]}")
                 return
             res = json.loads(line)
+            if probing:
+                res["cpu_probe"] = probe_steps(res, step_times, probe)
             res.update(rep=rep, target=target, suite_scenario=sc, host_busy_before_pct=busy_before,
                        server_rss_kib_before=rss_before,
                        code=code_version() if self.last_kind else None,
@@ -615,6 +621,59 @@ class Runner:
             except Exception as exc:
                 log(f"cleanup of {target} failed: {exc}")
             time.sleep(1.0)
+
+
+    def run_probed(self, cmd: list[str], server_pids: list[int]) -> tuple[Any, list[float], Any]:
+        """The loadgen with bench/cpu_probe.py sampling alongside; its step lines (stderr, not
+        --quiet) are timestamped as they appear: (completed process, step line times, probe)."""
+        import threading
+
+        from cpu_probe import CpuProbe  # bench/cpu_probe.py
+        p = subprocess.Popen(cmd, cwd=self.harness, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        names: dict[str, list[int]] = {f"server{k}": [pid] for k, pid in enumerate(server_pids)}
+        names["loadgen"] = [p.pid]
+        for name, proc in (("mariadbd", "mariadbd"), ("redis", "redis-server")):
+            if (pid := pidof(proc)) is not None:
+                names[name] = [pid]
+        probe = CpuProbe(names, hz=self.args.cpu_probe_hz,
+                         mysql={"host": MYSQL_HOST, "port": MYSQL_PORT, "user": MYSQL_USER}).start()
+        step_times: list[float] = []
+        err: list[str] = []
+
+        def read_err() -> None:
+            assert p.stderr is not None
+            for ln in p.stderr:
+                if ln.lstrip().startswith("step "):
+                    step_times.append(time.time())
+                err.append(ln)
+        reader = threading.Thread(target=read_err, daemon=True)
+        reader.start()
+        try:
+            assert p.stdout is not None
+            stdout = p.stdout.read()
+            p.wait(timeout=600)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            probe.stop()
+        reader.join(timeout=5)
+        return subprocess.CompletedProcess(cmd, p.returncode, stdout, "".join(err)), step_times, probe
+
+
+def probe_steps(res: dict[str, Any], step_times: list[float], probe: Any) -> dict[str, Any]:
+    """cpu_probe windows per ramp step (matched to res["steps"] in order) or of the fixed run.
+    A step's line is printed once its measured window and its drain are over; a passing step
+    drains within its p99 (< 0.1 s), so its window is taken as the step length before the line,
+    less 0.1 s (a failing step's may include up to --drain s of drain: marked approximate)."""
+    out: dict[str, Any] = {"hz": probe.hz, "steps": []}
+    step_s = float(PRESETS["ramp5"][PRESETS["ramp5"].index("--ramp-step") + 1])
+    for st, t in zip(res.get("steps") or [], step_times):
+        w = probe.window(t - 0.1 - step_s, t - 0.1)
+        out["steps"].append({"target_deliveries_per_s": st.get("target_deliveries_per_s"), "pass": st.get("pass"),
+                             "approximate": not st.get("pass"), **(w or {})})
+    if not res.get("steps") and probe.samples:
+        out["whole_run"] = probe.window(probe.samples[0].t, probe.samples[-1].t)
+    return out
 
 
 def brief(r: dict[str, Any]) -> str:
@@ -859,11 +918,48 @@ def per_rep(rows: Rows) -> str:
     return "\n".join(out)
 
 
+def probe_table(rows: Rows, common: tuple[int, ...] = (4000, 8000, 16000)) -> str:
+    """The cpu_probe windows of each run's highest passing and lowest failing ramp step, and of
+    the steps at `common` offered deliveries/s (every ramp5 visits them): CPU % and run-queue wait %
+    (100 = one core; wait = runnable but no CPU free) per process."""
+    lines = []
+    for r in rows:
+        delivered = [st.get("delivered_per_s") for st in r.get("steps") or []]
+        steps = [{**st, "delivered_per_s": d} for st, d in zip(get(r, "cpu_probe.steps") or [], delivered, strict=False)
+                 if "cpu_pct" in st]
+        passed = [st["target_deliveries_per_s"] for st in steps if st.get("pass")]
+        failed = [st["target_deliveries_per_s"] for st in steps if not st.get("pass")]
+        keep = {max(passed, default=None), min(failed, default=None), *common}
+        for st in sorted(steps, key=lambda st: st["target_deliveries_per_s"]):
+            if st["target_deliveries_per_s"] not in keep:
+                continue
+            cpu, wait = st["cpu_pct"], st["runq_wait_pct"]
+            servers = sorted(n for n in cpu if n.startswith("server"))
+
+            def pair(names: list[str], cpu: dict[str, float] = cpu, wait: dict[str, float] = wait) -> str:
+                return " + ".join(f"{cpu[n]:.0f} / {wait[n]:.0f}" for n in names if n in cpu) or "-"
+            lines.append("| " + " | ".join([
+                r["target"], r["suite_scenario"], f"{st['target_deliveries_per_s']:,}", "pass" if st.get("pass") else "FAIL",
+                pair(servers),
+                f"{10_000 * sum(cpu[n] for n in servers) / st['delivered_per_s']:.0f}" if st.get("delivered_per_s") else "-",
+                pair(["loadgen"]), pair(["mariadbd"]), pair(["redis"]),
+                f"{st['host']['busy']:.0f}", f"{st['host']['busy'] - sum(cpu.values()):.0f}", f"{st['host']['softirq']:.1f}",
+                str(st.get("innodb_row_lock_ms_per_s", "-")), str(st.get("bench_lock_wait_ms_per_s", "-"))]) + " |")
+    if not lines:
+        return ""
+    return ("cpu_probe per ramp step (CPU % / run-queue wait %, 100 = one core; others = host busy less the"
+            " processes named, i.e. other users of the host; a failing step's window may include its drain)\n\n"
+            "| target | scenario | offered/s | step | servers | servers' CPU µs per delivery | loadgen | mariadbd | redis"
+            " | host busy % | others % | softirq % | InnoDB row-lock wait ms/s (server-wide)"
+            " | bench transactions' lock wait ms/s (sampled) |\n" + "|---" * 14 + "|\n" + "\n".join(lines))
+
+
 def print_report(path: Path, harness: Path | None) -> None:
     rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.startswith("{")]
     print(f"\n## Backstage vs peers ({path.name})\n")
     print(table(rows))
-    for title, text in (("2 cores", two_core_table(rows)), ("Reconnect storm", reconnect_table(rows))):
+    for title, text in (("2 cores", two_core_table(rows)), ("Reconnect storm", reconnect_table(rows)),
+                        ("CPU probe", probe_table(rows))):
         if text:
             print(f"\n### {title}\n\n{text}")
     print("\nper repetition:\n")
@@ -968,6 +1064,10 @@ def main() -> int:
     ap.add_argument("--plot-out", type=Path, default=PLOT_OUT)
     ap.add_argument("--plot-scenario", default=None, help="ramp5 (default when present) or ramp")
     ap.add_argument("--plot-rep", type=int, default=None)
+    ap.add_argument("--cpu-probe", action="store_true",
+                    help="sample per-process CPU, run-queue wait, softirq and InnoDB row-lock waits per step"
+                         " (bench/cpu_probe.py; stored as cpu_probe in each result, tabled by --report)")
+    ap.add_argument("--cpu-probe-hz", type=float, default=10.0)
     ap.add_argument("--profile", action="store_true", help="profile Backstage under the fixed load (see bench/profile.py)")
     args, unknown = ap.parse_known_args()
     # Stop cleanly (servers, databases, Redis keys) on SIGTERM too, and on SIGINT even when

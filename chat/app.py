@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chat import asyncapi, http_api, migrate, openapi, storage
+from chat import asyncapi, http_api, migrate, openapi, redisconn, storage
 from chat.attachments import Attachments
 from chat.auth import Authenticator
 from chat.blobs import open_blob_store
@@ -156,7 +156,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     # A blocking pool waits for a free connection instead of raising MaxConnectionsError, so a
     # disconnect storm queues its presence updates rather than dropping them.
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=200, timeout=10,
-                                                    socket_timeout=5, socket_connect_timeout=5)
+                                                    socket_timeout=5, socket_connect_timeout=5,
+                                                    **redisconn.connection_class(url))  # hiredis packs commands
     client = aioredis.Redis(connection_pool=pool)
     await client.ping()
     app[REDIS_KEY] = client

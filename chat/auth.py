@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import jwt
 
+from chat import jwtcheck
 from chat.config import Settings
 from chat.errors import Unauthorized
 
@@ -40,6 +41,8 @@ class Authenticator:
             self._algorithms = ["HS256"]
         else:
             raise ValueError("JWT_SECRET or JWT_PUBLIC_KEY is required")
+        # jwt.decode's checks, without re-validating the HS256 secret per token (chat/jwtcheck.py)
+        self._jwt = jwtcheck.decoder(self._key if self._algorithms == ["HS256"] else None)
         self._api_keys = [k.encode() for k in settings.api_keys]
         self._secret = settings.jwt_secret
         self._verified: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
@@ -60,7 +63,7 @@ class Authenticator:
             self._verified.move_to_end(token)
             return known
         try:
-            claims = jwt.decode(
+            claims = self._jwt.decode(
                 token, self._key, algorithms=self._algorithms,
                 options={"require": ["exp", "sub"]},
             )

@@ -103,6 +103,7 @@ class EnvSettings(BaseSettings):
     connect_timeout_s: PositiveFloat = _env("SOCKETIO_CONNECT_TIMEOUT_S", 10.0)
     setup_concurrency: Annotated[int, Field(ge=0)] = _env("SOCKETIO_SETUP_CONCURRENCY", 200)
     setup_hold_s: PositiveFloat = _env("SOCKETIO_SETUP_HOLD_S", 3.0)
+    listen_backlog: PositiveInt = _env("LISTEN_BACKLOG", 4096)
     max_sockets_per_user: PositiveInt = _env("MAX_SOCKETS_PER_USER", 10)
     join_rate_per_s: PositiveFloat = _env("JOIN_RATE_PER_S", 5.0)
     join_burst: PositiveInt = _env("JOIN_BURST", 20)
@@ -321,6 +322,11 @@ class Settings:
     # gives its slot up.
     setup_concurrency: int = 200
     setup_hold_s: float = 3.0
+    # The listening socket's accept queue (listen(2) backlog; the kernel caps it at
+    # net.core.somaxconn). aiohttp's default of 128 overflows when thousands of clients
+    # reconnect at once: the kernel drops their SYNs and the clients' kernels resend them 1, 3,
+    # 7, 15 ... s later, which made a reconnect storm's long tail (docs/deploy.md).
+    listen_backlog: int = 4096
     max_sockets_per_user: int = 10  # cluster-wide
     join_rate_per_s: float = 5.0  # per socket
     join_burst: int = 20
@@ -408,6 +414,7 @@ class Settings:
             connect_timeout_s=v.connect_timeout_s,
             setup_concurrency=v.setup_concurrency,
             setup_hold_s=v.setup_hold_s,
+            listen_backlog=v.listen_backlog,
             max_sockets_per_user=v.max_sockets_per_user,
             join_rate_per_s=v.join_rate_per_s,
             join_burst=v.join_burst,

@@ -122,7 +122,9 @@ def create_read_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
     (SQLite: not the BEGIN IMMEDIATE of the main engine, which would queue these reads behind
     every writer) and no ROLLBACK either, neither when a `Connection` closes nor when the pool
     takes a connection back (`skip_autocommit_rollback`): an autocommit connection never holds
-    a transaction. Only reads go through here; nothing written through it would be atomic.
+    a transaction. Only reads go through here (nothing written through it statement by
+    statement would be atomic), and the writer's plain batches, each ONE query that carries its
+    own `BEGIN ... COMMIT` (chat/writer.py, `storage.store_new_messages(commit=True)`).
     Each read holds a connection for one round trip, so a small pool (5 + 5 overflow, on top of
     the main engine's 10 + 10) serves a storm's joins."""
     url = normalize_url(url)

@@ -60,7 +60,9 @@ python-engineio
 python-socketio
   * `AsyncServer._engineio_server_class()` (to plug in `FanoutEngineIO`), `packet_class`, `eio`.
   * `AsyncManager.emit()` signature; `BaseManager.rooms`, `get_participants()`,
-    `basic_enter_room()`, `basic_leave_room()` (wrapped to report rooms that open and close).
+    `basic_enter_room()`, `basic_leave_room()` (wrapped to report rooms that open and close,
+    and to index each socket's rooms), `basic_disconnect()` (copied, with the socket's rooms
+    from that index), `callbacks`, `pending_connect`, `pending_disconnect`.
 aiohttp
   * `WebSocketResponse(compress=False)`, `request.transport` (frames are written to it
     directly; RFC 6455 server frames are unmasked, so a frame is the same for every socket).
@@ -795,6 +797,24 @@ def trim_environ(environ: dict[str, Any]) -> None:
     environ.update(kept)
 
 
+def has_binary(data: Any) -> bool:
+    """Whether `data` holds bytes anywhere in its lists and dict values: what python-socketio's
+    `Packet.data_is_binary` answers (tuples and dict keys are not looked into there either)."""
+    if isinstance(data, list):
+        items: Iterable[Any] = data
+    elif isinstance(data, dict):
+        items = data.values()
+    else:
+        return isinstance(data, (bytes, bytearray))
+    for item in items:
+        if isinstance(item, _NESTED) and has_binary(item):
+            return True
+    return False
+
+
+_NESTED = (list, dict, bytes, bytearray)
+
+
 RoomListener = Callable[[str], None]
 
 
@@ -809,6 +829,11 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
         super().__init__()
         self.on_room_open: RoomListener | None = None
         self.on_room_close: RoomListener | None = None
+        # (namespace, sid) -> the rooms it is in (None, its own, the ones it entered): upstream's
+        # basic_disconnect looked for the socket in every room of the namespace (one per socket,
+        # one per user channel, the conversations), so 5,000 disconnects at once cost 5,000 ×
+        # ~10,000 lookups: 65 % of the Python time of a reconnect storm (docs/performance.md).
+        self._sid_rooms: dict[tuple[str, str], set[Any]] = {}
 
     def set_server(self, server: Any) -> None:
         if not isinstance(server.eio, FanoutEngineIO):
@@ -827,7 +852,11 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
             args = [data]
         else:
             args = []
-        pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args])
+        packet_data = [event, *args]
+        # binary= given: upstream's own check (Packet.data_is_binary) builds a list and folds it
+        # with a lambda at every level of every broadcast; `has_binary` answers the same.
+        pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=packet_data,
+                                       binary=has_binary(packet_data))
         encoded: Payload | list[Payload] = pkt.encode()
         return encoded
 
@@ -897,15 +926,51 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
     def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
         opened = room is not None and room != sid and room not in self.rooms.get(namespace, {})
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        self._sid_rooms.setdefault((namespace, sid), set()).add(room)
         if opened and namespace == "/" and self.on_room_open is not None:
             self.on_room_open(room)
 
     def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
         existed = room is not None and room in self.rooms.get(namespace, {})
         super().basic_leave_room(sid, namespace, room)
+        key = (namespace, sid)
+        held = self._sid_rooms.get(key)
+        if held is not None:
+            held.discard(room)
+            if not held:
+                del self._sid_rooms[key]
         if (existed and room != sid and namespace == "/" and self.on_room_close is not None
                 and room not in self.rooms.get(namespace, {})):
             self.on_room_close(room)
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        """Upstream's (python-socketio 5.18.1 BaseManager.basic_disconnect), with the socket's
+        rooms taken from `_sid_rooms` instead of a search of every room of the namespace."""
+        if namespace not in self.rooms:
+            return
+        rooms = self.rooms[namespace]
+        for room in list(self._sid_rooms.get((namespace, sid), ())):
+            if room in rooms and sid in rooms[room]:
+                self.basic_leave_room(sid, namespace, room)
+            else:  # not in it (any more): nothing to leave, only the index entry to drop
+                held = self._sid_rooms.get((namespace, sid))
+                if held is not None:
+                    held.discard(room)
+                    if not held:
+                        del self._sid_rooms[(namespace, sid)]
+            if namespace not in self.rooms:
+                break
+        self._sid_rooms.pop((namespace, sid), None)
+        if sid in self.callbacks:
+            del self.callbacks[sid]
+        if namespace in self.pending_connect and sid in self.pending_connect[namespace]:
+            self.pending_connect[namespace].remove(sid)
+            if len(self.pending_connect[namespace]) == 0:
+                del self.pending_connect[namespace]
+        if namespace in self.pending_disconnect and sid in self.pending_disconnect[namespace]:
+            self.pending_disconnect[namespace].remove(sid)
+            if len(self.pending_disconnect[namespace]) == 0:
+                del self.pending_disconnect[namespace]
 
     def has_room(self, room: str, namespace: str = "/") -> bool:
         return room in self.rooms.get(namespace, {})

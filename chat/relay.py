@@ -24,10 +24,13 @@ A join waits until its conversation's subscription is confirmed by Redis (bounde
 `subscribe_timeout_s`), because the service reads the conversation's recent messages right
 after entering the room: anything committed after that read must arrive live.
 
-Relay trouble never holds a committed message's ack hostage (docs/reliability.md): a publish
-is bounded by `publish_timeout_s`, and after a failure publishes are skipped (counted, one
-WARNING per `_WARN_EVERY_S`) for `_PUBLISH_BACKOFF_S` rather than each one waiting on a
-frozen Redis. What was not relayed is recovered by the clients with `since_seq`: when the
+Relay trouble never holds a committed message's ack hostage (docs/reliability.md): a sender
+waits at most `publish_timeout_s` (0.5 s) for its publish, and while a publish is late the
+next senders do not wait at all. A publish that is merely late (a loop saturated by a connect
+storm reads Redis's answer late; a busy Redis) still completes and is not a failure: a publish
+fails after an error or after `publish_give_up_s` (5 s) without an answer. After a failure
+publishes are skipped (counted, one WARNING per `_WARN_EVERY_S`) for `_PUBLISH_BACKOFF_S`
+rather than each one waiting on a frozen Redis. What was not relayed is recovered by the clients with `since_seq`: when the
 subscriber is back after a loss (messages published meanwhile never reached this process),
 or when publishing works again after failures (the other processes missed ours; a
 `relay_resync` control message tells every process), `on_recovered` runs and the sockets are
@@ -63,6 +66,7 @@ log = logging.getLogger(__name__)
 
 RELAY_RECEIVED = Counter("backstage_relay_received_total",
                          "Relay messages read from Redis by this process", ["kind"])
+_RECEIVED_ROOM = RELAY_RECEIVED.labels("room")  # per relayed broadcast: the child looked up once
 RELAY_PUBLISH_FAILED = Counter("backstage_relay_publish_failures_total",
                                "Relay publishes that failed (Redis unavailable)")
 RELAY_ROOMS = Gauge("backstage_relay_subscribed_rooms", "Conversation channels this process subscribes to")
@@ -95,11 +99,24 @@ def _packet_from_json(value: Any) -> Payload | list[Payload]:
     return [p if isinstance(p, str) else base64.b64decode(p["b64"]) for p in value]
 
 
+async def _has_unread(pubsub: Any) -> bool:
+    """Whether the subscriber's connection has received bytes not read yet (or was closed: the
+    next read raises then)."""
+    connection = getattr(pubsub, "connection", None)
+    if connection is None:
+        return False
+    try:
+        return bool(await connection.can_read_destructive())
+    except Exception:
+        return False
+
+
 class RedisRelay:
     def __init__(self, redis: aioredis.Redis, manager: FanoutManager, keys: RedisKeys, *,
                  relayed: Callable[[str], bool], subscribe_timeout_s: float = 5.0,
                  max_backoff_s: float = 2.0, keepalive_s: float = 1.0, publish_timeout_s: float = 0.5,
-                 canary_interval_s: float = 2.0, canary_timeout_s: float = 6.0) -> None:
+                 publish_give_up_s: float = 5.0, canary_interval_s: float = 2.0,
+                 canary_timeout_s: float = 6.0) -> None:
         self._redis = redis
         self._manager = manager
         self._keys = keys
@@ -108,6 +125,7 @@ class RedisRelay:
         self._max_backoff_s = max_backoff_s
         self._keepalive_s = keepalive_s
         self._publish_timeout_s = publish_timeout_s
+        self._publish_give_up_s = max(publish_give_up_s, publish_timeout_s)
         self._canary_interval_s = canary_interval_s
         self._canary_timeout_s = canary_timeout_s
         self.host_id = uuid.uuid4().hex
@@ -146,6 +164,9 @@ class RedisRelay:
         self._background: set[asyncio.Task[None]] = set()
         self._outbound: list[tuple[list[tuple[str, bytes]], asyncio.Future[None]]] = []
         self._publisher: asyncio.Task[None] | None = None
+        self._late = False  # the pipeline in flight is past publish_timeout_s: senders do not wait
+        self._recovering = False  # on_recovered is running
+        self._recover_again: str | None = None  # the cause of one more run asked for meanwhile
         manager.on_room_open = self._room_opened
         manager.on_room_close = self._room_closed
 
@@ -168,6 +189,8 @@ class RedisRelay:
         (`hide_from_blockers`)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
+        if self._late:  # queued behind a late publish: published in order, nobody waits for it
+            done.set_result(None)
         self._outbound.append(([(self._keys.room_relay_channel(room), orjson.dumps(
             {"host_id": self.host_id, "skip_sid": skip_sid, "packet": _packet_to_json(encoded)}
             if sender is None else
@@ -178,16 +201,33 @@ class RedisRelay:
         return done
 
     async def _drain_outbound(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._outbound:
             queued, self._outbound = self._outbound, []
+            # The senders wait publish_timeout_s at most; the publish itself goes on (in order:
+            # the next pipeline waits for it) until it is answered or given up.
+            release = loop.call_later(self._publish_timeout_s, self._release_late, queued)
             try:
                 await self._publish_many([m for messages, _ in queued for m in messages])
             except Exception:  # never leave a sender waiting; the clients resync by seq
                 log.exception("relay publish failed")
             finally:
-                for _, done in queued:
-                    if not done.done():
-                        done.set_result(None)
+                release.cancel()
+                self._late = False
+                self._release(queued)
+
+    def _release_late(self, queued: list[tuple[list[tuple[str, bytes]], asyncio.Future[None]]]) -> None:
+        self._late = True
+        self._release(queued)
+        for _, done in self._outbound:  # queued meanwhile, behind the late one
+            if not done.done():
+                done.set_result(None)
+
+    @staticmethod
+    def _release(queued: list[tuple[list[tuple[str, bytes]], asyncio.Future[None]]]) -> None:
+        for _, done in queued:
+            if not done.done():
+                done.set_result(None)
 
     async def publish_emit(self, event: str, data: Any, room: str, skip_sid: str | None = None) -> None:
         """An emit to a room of any process, in python-socketio's pub/sub format."""
@@ -199,16 +239,17 @@ class RedisRelay:
         await self._publish(self._keys.socketio_channel, orjson.dumps(
             {"method": "disconnect", "sid": sid, "namespace": "/", "host_id": self.host_id}))
 
-    async def publish_control(self, message: dict[str, Any]) -> None:
-        """Raises when Redis did not take it. A failure counts like a failed relay publish: once
-        a control message (the canary's, every `canary_interval_s`, at the latest) gets through
-        again, every process is told to resync, and so to check its sockets' access again
-        (a revocation that was not relayed is never lost)."""
+    async def publish_control(self, message: dict[str, Any], *, timeout_s: float | None = None) -> None:
+        """Raises when Redis did not take it within `timeout_s` (default publish_timeout_s).
+        A failure counts like a failed relay publish: once a control message (the canary's,
+        every `canary_interval_s`, at the latest) gets through again, every process is told
+        to resync, and so to check its sockets' access again (a revocation that was not
+        relayed is never lost)."""
         payload = orjson.dumps(message)
         for attempt in (1, 2):  # like _publish: a pooled connection may have gone stale
             try:
                 await asyncio.wait_for(self._redis.publish(self._keys.control_channel, payload),
-                                       self._publish_timeout_s)
+                                       self._publish_timeout_s if timeout_s is None else timeout_s)
                 break
             except (aioredis.RedisError, OSError, TimeoutError) as exc:
                 if attempt == 2 or isinstance(exc, TimeoutError):
@@ -217,13 +258,20 @@ class RedisRelay:
         self._published_again()
 
     async def _publish(self, channel: str, payload: bytes) -> None:
-        await self._publish_many([(channel, payload)])
+        """The caller waits publish_timeout_s at most; the publish goes on until given up."""
+        task = asyncio.get_running_loop().create_task(self._publish_many([(channel, payload)]))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        await asyncio.wait((task,), timeout=self._publish_timeout_s)
+        if task.done():
+            task.result()
 
     async def _publish_many(self, messages: list[tuple[str, bytes]]) -> None:
-        # The message is committed and its sender waits for this: never long. Two attempts on a
-        # connection error (a pooled connection may have gone stale), none more on a timeout
-        # (a frozen Redis); then the emit is given up, and while Redis keeps failing the next
-        # ones are not even tried for a moment. The sockets resync once the relay is back.
+        # The message is committed and its sender waits publish_timeout_s at most (the callers
+        # above). Two attempts on a connection error (a pooled connection may have gone stale),
+        # none more on a timeout (a frozen Redis: no answer within publish_give_up_s); then the
+        # emit is given up, and while Redis keeps failing the next ones are not even tried for
+        # a moment. The sockets resync once the relay is back.
         # Several messages go in one pipeline: one round trip, published in this order.
         loop = asyncio.get_running_loop()
         if loop.time() < self._skip_publish_until:
@@ -231,7 +279,7 @@ class RedisRelay:
             return
         for attempt in (1, 2):
             try:
-                await asyncio.wait_for(self._send(messages), self._publish_timeout_s)
+                await asyncio.wait_for(self._send(messages), self._publish_give_up_s)
                 break
             except TimeoutError as exc:
                 self._publish_failed(exc)
@@ -283,12 +331,28 @@ class RedisRelay:
         task.add_done_callback(self._background.discard)
 
     async def _recovered(self, cause: str) -> None:
+        """Runs `on_recovered`, one at a time: recoveries asked for while one runs (several
+        processes' `relay_resync` messages, a subscriber back at the same moment) make one more
+        run after it, not one each at once (each reads every local socket's access: together
+        they ran the database pool dry)."""
         RELAY_RECOVERIES.labels(cause).inc()
-        if self.on_recovered is not None:
-            try:
-                await self.on_recovered(cause)
-            except Exception:
-                log.exception("relay resync failed")
+        if self.on_recovered is None:
+            return
+        if self._recovering:
+            self._recover_again = cause
+            return
+        self._recovering = True
+        try:
+            while True:
+                try:
+                    await self.on_recovered(cause)
+                except Exception:
+                    log.exception("relay resync failed")
+                if self._recover_again is None:
+                    break
+                cause, self._recover_again = self._recover_again, None
+        finally:
+            self._recovering = False
 
     # ------------------------------------------------------------ subscriptions
     def _room_opened(self, room: str) -> None:
@@ -387,7 +451,10 @@ class RedisRelay:
         while True:
             await asyncio.sleep(self._canary_interval_s)
             try:
-                await self.publish_control({"type": CANARY, "host_id": self.host_id})
+                # Nobody waits for the canary: only no answer within publish_give_up_s is a
+                # failure (a loop saturated by a connect storm reads the answer late).
+                await self.publish_control({"type": CANARY, "host_id": self.host_id},
+                                           timeout_s=self._publish_give_up_s)
             except Exception as exc:  # Redis unreachable: /readyz says so; deafness is another matter
                 log.debug("relay canary not published (%s)", type(exc).__name__)
                 self._unheard_since = None  # what Redis never took cannot be missed
@@ -452,6 +519,13 @@ class RedisRelay:
                             self._spawn(self._recovered("subscriber"))
                         delay = 0.1
                     elif now - heard > 3 * self._keepalive_s:
+                        if await _has_unread(pubsub):
+                            # Answers are waiting, read late: a loop saturated by a connect
+                            # storm timed the read out before it ran. Not a dead connection
+                            # (that would make every socket resync); the next read gets them.
+                            # (A connection cut in the middle of a reply: the canary finds it.)
+                            heard = now
+                            continue
                         # A connection that died without a reset (network cut, Redis host gone)
                         # would otherwise keep this subscriber waiting forever.
                         raise ConnectionError("no answer from Redis")
@@ -461,7 +535,8 @@ class RedisRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis down: retry soon; the DB stays the source of truth
-                log.warning("relay subscriber lost (%s); retrying in %.1fs", type(exc).__name__, delay)
+                log.warning("relay subscriber lost (%s: %s); retrying in %.1fs", type(exc).__name__,
+                            str(exc)[:200], delay)
                 self._pubsub = None
                 self._troubled()
                 self._lost = self._lost or self._ready.is_set()
@@ -535,7 +610,7 @@ class RedisRelay:
                     fut.set_result(None)
 
     def _on_room_message(self, room: str, message: dict[str, Any]) -> None:
-        RELAY_RECEIVED.labels("room").inc()
+        _RECEIVED_ROOM.inc()
         if message.get("host_id") == self.host_id:
             return  # delivered locally before it was published
         skip = message.get("skip_sid")

@@ -53,6 +53,7 @@ from chat.storage import ConversationMeta
 from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec, WebhookMessages
 
 log = logging.getLogger(__name__)
+_JOIN_PAGES_CACHE, _JOIN_PAGES_DATABASE = JOIN_PAGES.labels("cache"), JOIN_PAGES.labels("database")
 T = TypeVar("T")
 
 TYPING_THROTTLE_S = 1.0
@@ -207,7 +208,8 @@ class ChatService:
                                                      slots=emit_slots)
         self.writer = MessageWriter(self.engine, self._deliver_messages,
                                     push_enqueue_jobs=push_enqueue_jobs, push_wake=push_wake,
-                                    webhook_messages=webhook_messages, thread_updates=self.thread_events.note)
+                                    webhook_messages=webhook_messages, thread_updates=self.thread_events.note,
+                                    commit_engine=read_engine)  # autocommit: plain batches in one query
         # What the send path needs of conversations, filled by `join` and the full send check.
         # Kind, creator and patron never change; a room's name, tier, post policy, archive and
         # guidelines do (chat/spaces.py), and its `room_updated` control message drops the entry.
@@ -528,15 +530,15 @@ class ChatService:
             if entry is not None and entry.complete_to(last_seq):
                 page, positions = entry.page(since_seq), entry.read_positions(user_id)
                 if page is not None and positions is not None:
-                    JOIN_PAGES.labels("cache").inc()
+                    _JOIN_PAGES_CACHE.inc()
                     return page.messages, page.has_more, positions
                 if positions is not None and since_seq is not None:  # since_seq reaches further back
-                    JOIN_PAGES.labels("database").inc()
+                    _JOIN_PAGES_DATABASE.inc()
                     rows, has_more = await self._read(lambda conn: storage.message_page(
                         conn, conversation_id, after_seq=since_seq, limit=SINCE_PAGE))
                     return [_row_wire(r) for r in rows], has_more, positions
             fill = self.recent.begin_fill(conversation_id)
-        JOIN_PAGES.labels("database").inc()
+        _JOIN_PAGES_DATABASE.inc()
 
         async def read_page(conn: AsyncConnection) -> tuple[list[dict[str, Any]], bool, Any,
                                                             list[dict[str, Any]], bool]:

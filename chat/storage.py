@@ -565,8 +565,19 @@ class NewMessage:
     mentions: tuple[str, ...] = ()  # the mentioned user ids (chat/mentions.py)
 
 
+class RowsLocked(Exception):  # noqa: N818 (a signal, not an error)
+    """`store_new_messages(..., commit=True)`: a conversation row of the batch was locked by
+    another transaction (FOR UPDATE NOWAIT); nothing was written, the transaction rolled back."""
+
+
+# MariaDB's answer to FOR UPDATE NOWAIT on a locked row (ER_LOCK_WAIT_TIMEOUT; MySQL 8 would
+# say ER_LOCK_NOWAIT, 3572).
+_NOWAIT_LOCKED = (1205, 3572)
+
+
 async def store_new_messages(conn: AsyncConnection, counts: dict[int, int], messages: Sequence[NewMessage],
-                             positions: dict[tuple[str, int], int], now: datetime) -> dict[tuple[str, str], tuple[int, int]]:
+                             positions: dict[tuple[str, int], int], now: datetime,
+                             commit: bool = False) -> dict[tuple[str, str], tuple[int, int]]:
     """MariaDB, in ONE round trip (one multi-statement query): `take_seq_ranges` (counts),
     `insert_messages` and `move_read_positions` (positions: (user_id, conversation_id) -> back)
     for messages assumed new, their seqs computed by the server from the updated last_seq.
@@ -576,12 +587,23 @@ async def store_new_messages(conn: AsyncConnection, counts: dict[int, int], mess
     same order. A (sender_id, client_msg_id) already stored (a retry: nothing looked for it) or a
     missing conversation (seq NULL) makes the INSERT fail with IntegrityError: the caller rolls
     back and writes the batch the careful way. Parameters are escaped by the driver, as for
-    every statement (aiomysql always speaks the multi-statement protocol)."""
+    every statement (aiomysql always speaks the multi-statement protocol).
+
+    commit=True (`conn` in autocommit mode, chat/db.py `create_read_engine`): the whole
+    transaction in that one query, `BEGIN; SELECT ... FOR UPDATE NOWAIT` of the conversation rows
+    (primary-key order); the statements; `COMMIT`. The rows are then locked only while the
+    server runs the query and commits, never while this process waits for a CPU or its event
+    loop between a result and its COMMIT. MariaDB stops a multi-statement query at its first
+    error, so COMMIT runs only if everything before it succeeded; on any error this sends
+    ROLLBACK (the connection is in autocommit mode again after it) and raises: `RowsLocked`
+    when a row was locked, else the error as for commit=False."""
     # Only placeholders are joined into the text (hence the noqa: S608); every value is a parameter.
     ids = sorted(counts)
     at = now.astimezone(UTC).replace(tzinfo=None)
     last = "(SELECT last_seq FROM conversations WHERE id = %s) - %s"
     params: list[Any] = []
+    if commit:
+        params += ids
     cases = " ".join("WHEN %s THEN %s" for _ in ids)
     for cid in ids:
         params += (cid, counts[cid])
@@ -608,22 +630,35 @@ async def store_new_messages(conn: AsyncConnection, counts: dict[int, int], mess
                    + " ON DUPLICATE KEY UPDATE last_read_seq = GREATEST(last_read_seq, VALUES(last_read_seq))")
         for uid, cid in keys:
             params += (uid, cid, cid, positions[(uid, cid)])
+    if commit:
+        sql[:0] = ["BEGIN", f"SELECT id FROM conversations WHERE id IN ({', '.join('%s' for _ in ids)}) "  # noqa: S608
+                            "ORDER BY id FOR UPDATE NOWAIT"]
+        sql.append("COMMIT")
     statement = ";\n".join(sql)
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
+    rows: Any = ()
     try:
         async with driver.cursor() as cursor:
             await cursor.execute(statement, params)
-            await cursor.nextset()
-            rows = await cursor.fetchall()
-            while await cursor.nextset():
-                pass
+            while True:  # the INSERT ... RETURNING's rows: the last result set with rows
+                if cursor.description:
+                    rows = await cursor.fetchall()
+                if not await cursor.nextset():
+                    break
     except conn.dialect.loaded_dbapi.Error as exc:
         # What SQLAlchemy does for its own statements: its exception classes, and a dead
         # connection invalidated (so `retrying` runs the transaction again on a fresh one).
         invalidated = bool(conn.dialect.is_disconnect(exc, raw.dbapi_connection, None))
+        if commit and not invalidated:
+            try:
+                await driver.rollback()
+            except conn.dialect.loaded_dbapi.Error:
+                invalidated = True
         if invalidated:
             await conn.invalidate(exc)
+        if commit and not invalidated and exc.args and exc.args[0] in _NOWAIT_LOCKED:
+            raise RowsLocked(str(exc)) from exc
         raise sa.exc.DBAPIError.instance(statement, params, exc, conn.dialect.loaded_dbapi.Error,
                                          connection_invalidated=invalidated) from exc
     return {(sender, cmid): (int(mid), int(seq)) for mid, seq, sender, cmid in rows}

@@ -21,6 +21,17 @@ and step 1 is skipped, so a batch costs two round trips (that query, COMMIT) ins
 batch with a retry of a stored message in it (or a send to a missing conversation) then fails
 its INSERT with IntegrityError and is written again the careful way, statement by statement.
 
+A plain batch on MariaDB (no photos, pushes, thread replies, webhooks: nothing but steps 2-4)
+goes further when the writer has an autocommit engine (`commit_engine`, the read pool of
+chat/db.py): `BEGIN`, `SELECT ... FOR UPDATE NOWAIT` of its conversation rows, steps 2-4 and
+`COMMIT`, all in that ONE query (`store_new_messages(commit=True)`): one round trip, and the
+rows are locked only while MariaDB runs it, never while this process waits for a CPU or for its
+event loop between a result and its COMMIT, which is what made two processes wait on each
+other's conversation rows (docs/performance.md, "Two processes on this 2-core host: what
+stands in the way"). If a row is locked by another transaction (or anything else fails), that
+query rolled back and the batch takes the path above (`fast_batches` counts the plain batches
+committed in one query, `locked_fallbacks` those that met a locked row).
+
 There is no timer: the first send at rest is written at once, and the ones that arrive while
 transactions are in flight form the next batch (natural batching), at most `max_batch` at a
 time. Up to `max_in_flight` (2) transactions run at once, so one batch's round trips and
@@ -144,12 +155,18 @@ class MessageWriter:
                  push_wake: Callable[[], Awaitable[None]] | None = None,
                  webhook_messages: WebhookMessages | None = None,
                  max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT,
-                 at_once: bool | None = None, thread_updates: ThreadUpdates | None = None) -> None:
+                 at_once: bool | None = None, thread_updates: ThreadUpdates | None = None,
+                 commit_engine: AsyncEngine | None = None) -> None:
         self._engine = engine
         # MariaDB: a batch is first written in one round trip (storage.store_new_messages),
         # assuming no retries; SQLite (in process, no round trips to save) statement by statement.
         self._at_once = engine.dialect.name in ("mysql", "mariadb") if at_once is None else at_once
         self.fallbacks = 0  # batches written again the careful way (retries, races, tests read it)
+        # Plain batches: the whole transaction in one query on this autocommit engine (MariaDB only).
+        self._commit_engine = commit_engine if self._at_once and commit_engine is not None \
+            and commit_engine.dialect.name in ("mysql", "mariadb") else None
+        self.fast_batches = 0  # plain batches committed in their one query
+        self.locked_fallbacks = 0  # plain batches that met a locked conversation row and took the path above
         self._deliver = deliver
         self._push_enqueue_jobs = push_enqueue_jobs
         self._push_wake = push_wake
@@ -231,6 +248,14 @@ class MessageWriter:
         # another process committed one of these (sender, client_msg_id) after our SELECT: once
         # more, carefully, and the SELECT sees it. Should that fail too, one message at a time.
         attempts = (False, True, True) if self._at_once else (True, True)
+        if self._commit_engine is not None and self._plain(batch):
+            fast = await self._one_query(batch)
+            if isinstance(fast, _Done):
+                self._committed(batch, fast)
+                return
+            if fast is sa.exc.IntegrityError:  # a retry or a missing conversation: carefully at once
+                self.fallbacks += 1
+                attempts = (True, True)
         for n, careful in enumerate(attempts):
             try:
                 done = await retry_transaction(functools.partial(self._transaction, batch, careful=careful),
@@ -250,6 +275,9 @@ class MessageWriter:
             except sa.exc.SQLAlchemyError as exc:
                 self._fail(batch, exc)
                 return
+        self._committed(batch, done)
+
+    def _committed(self, batch: list[_Item], done: _Done) -> None:
         self.batches += 1
         BATCHES.inc()
         if done.turn is None:  # nothing new to deliver: retries, conflicts
@@ -334,6 +362,54 @@ class MessageWriter:
         finally:
             self._answer(batch)
 
+    # ------------------------------------------------------------ one query (plain batches)
+
+    def _plain(self, batch: Sequence[_Item]) -> bool:
+        """Nothing but messages, read positions and mentions to write: no photos to claim, no
+        push jobs, no thread roots, no webhook events (their statements are not in the query)."""
+        return self._webhook_messages is None and all(
+            i.msg.push is None and not i.msg.attachments and i.msg.thread_id is None for i in batch)
+
+    async def _one_query(self, batch: list[_Item]) -> _Done | type[Exception]:
+        """The whole transaction of a plain batch in one query; when it did not commit, the
+        class of what stopped it (`storage.RowsLocked`: a conversation row locked elsewhere;
+        IntegrityError: a retry of a stored message or a missing conversation; another
+        SQLAlchemyError: e.g. a dead connection): then nothing of it was written and the
+        caller writes it again."""
+        assert self._commit_engine is not None
+        done = _Done()
+        now = utcnow()
+        try:
+            async with self._commit_engine.connect() as conn:
+                if sendtrace.ENABLED:
+                    self._mark(batch, "begun")
+                self._reset(batch)
+                first, new = self._split(batch, {}, await self._names(conn, batch))
+                counts = Counter(i.msg.conversation_id for i in new)
+                plan, positions = self._plan(new, counts)
+                async with self._seq_turn:
+                    stored = await storage.store_new_messages(conn, counts, plan, positions, now, commit=True)
+                    done.turn = self._take_turn()
+        except storage.RowsLocked:
+            self.locked_fallbacks += 1
+            return storage.RowsLocked
+        except sa.exc.IntegrityError:
+            return sa.exc.IntegrityError
+        except sa.exc.SQLAlchemyError as exc:
+            if done.turn is not None:  # committed; only giving the connection back failed
+                log.warning("plain batch committed, connection not returned: %s", type(exc).__name__)
+            else:
+                return sa.exc.SQLAlchemyError
+        if sendtrace.ENABLED:
+            self._mark(batch, "committed")
+        jobs: list[dict[str, Any]] = []
+        for item in new:
+            mid, seq = stored[(item.msg.sender_id, item.msg.client_msg_id)]
+            self._stored(item, mid, seq, now, done, jobs)
+        self._repeats(batch, first)
+        self.fast_batches += 1
+        return done
+
     # ------------------------------------------------------------ one transaction
 
     async def _transaction(self, batch: list[_Item], careful: bool = True) -> _Done:
@@ -358,7 +434,27 @@ class MessageWriter:
         self._reset(batch)
         existing = (await storage.find_sent(conn, [(i.msg.sender_id, i.msg.client_msg_id) for i in batch])
                     if careful else {})
-        names = await self._names(conn, batch)
+        first, new = self._split(batch, existing, await self._names(conn, batch))
+
+        done.replies = any(i.msg.thread_id is not None for i in new)
+        if done.replies:  # their roots, checked before photos are claimed and seqs taken
+            await self._check_roots(conn, new, careful)
+        for item in [i for i in new if i.msg.attachments]:  # photos: claimed before seqs are taken
+            m = item.msg
+            if not await claim_attachments(conn, m.sender_id, m.conversation_id, m.client_msg_id, m.attachments):
+                item.outcome = Invalid("an attachment is already used by another message, or was removed unused")
+                new.remove(item)
+        counts = Counter(i.msg.conversation_id for i in new)
+        if counts and careful:
+            await self._store_careful(conn, new, counts, done, now)
+        elif counts:
+            await self._store_at_once(conn, new, counts, done, now)
+        self._repeats(batch, first)
+
+    def _split(self, batch: list[_Item], existing: dict[tuple[str, str], Any],
+               names: dict[str, str]) -> tuple[dict[tuple[str, str], _Item], list[_Item]]:
+        """(the first item of each (sender, client_msg_id), the new ones to store); the items
+        found in `existing` (stored before) get their retry answers."""
         first: dict[tuple[str, str], _Item] = {}
         new: list[_Item] = []
         for item in batch:
@@ -376,21 +472,7 @@ class MessageWriter:
             else:
                 first[key] = item
                 new.append(item)
-
-        done.replies = any(i.msg.thread_id is not None for i in new)
-        if done.replies:  # their roots, checked before photos are claimed and seqs taken
-            await self._check_roots(conn, new, careful)
-        for item in [i for i in new if i.msg.attachments]:  # photos: claimed before seqs are taken
-            m = item.msg
-            if not await claim_attachments(conn, m.sender_id, m.conversation_id, m.client_msg_id, m.attachments):
-                item.outcome = Invalid("an attachment is already used by another message, or was removed unused")
-                new.remove(item)
-        counts = Counter(i.msg.conversation_id for i in new)
-        if counts and careful:
-            await self._store_careful(conn, new, counts, done, now)
-        elif counts:
-            await self._store_at_once(conn, new, counts, done, now)
-        self._repeats(batch, first)
+        return first, new
 
     async def _check_roots(self, conn: AsyncConnection, new: list[_Item], careful: bool) -> None:
         """Take out of `new` the replies whose root is missing, in another conversation, a reply
@@ -425,16 +507,7 @@ class MessageWriter:
     async def _store_at_once(self, conn: AsyncConnection, new: list[_Item], counts: Counter[int], done: _Done,
                              now: datetime) -> None:
         """MariaDB, no retries looked for: seq ranges, INSERT and read positions in one round trip."""
-        left = dict(counts)
-        plan: list[storage.NewMessage] = []
-        positions: dict[tuple[str, int], int] = {}
-        for item in new:
-            m = item.msg
-            left[m.conversation_id] -= 1
-            back = left[m.conversation_id]
-            plan.append(storage.NewMessage(m.conversation_id, back, m.sender_id, m.body, m.client_msg_id,
-                                           thread_id=m.thread_id, mentions=m.mentions))
-            positions[(m.sender_id, m.conversation_id)] = back  # the sender's last in the batch
+        plan, positions = self._plan(new, counts)
         async with self._seq_turn:
             stored = await storage.store_new_messages(conn, counts, plan, positions, now)
             done.turn = self._take_turn()
@@ -448,6 +521,22 @@ class MessageWriter:
             done.pushes = await self._push_enqueue_jobs(conn, jobs)
         if done.created and self._webhook_messages is not None:
             await self._webhook_messages(conn, done.created)
+
+    @staticmethod
+    def _plan(new: list[_Item], counts: Counter[int]) -> tuple[list[storage.NewMessage], dict[tuple[str, int], int]]:
+        """`store_new_messages`' messages (each `back` below its conversation's new last_seq)
+        and read positions (the sender's last message of the batch per conversation)."""
+        left = dict(counts)
+        plan: list[storage.NewMessage] = []
+        positions: dict[tuple[str, int], int] = {}
+        for item in new:
+            m = item.msg
+            left[m.conversation_id] -= 1
+            back = left[m.conversation_id]
+            plan.append(storage.NewMessage(m.conversation_id, back, m.sender_id, m.body, m.client_msg_id,
+                                           thread_id=m.thread_id, mentions=m.mentions))
+            positions[(m.sender_id, m.conversation_id)] = back  # the sender's last in the batch
+        return plan, positions
 
     def _stored(self, item: _Item, mid: int, seq: int, now: datetime, done: _Done,
                 jobs: list[dict[str, Any]]) -> None:

@@ -419,3 +419,73 @@ async def test_user_ids_differing_only_in_case_are_different_users(hs_server: Se
         assert api.client(make_token(lower), "GET", f"/conversations/{room}/messages").status_code == 200
     finally:
         api.close()
+
+
+# ---------------------------------------------------------------- chat/jwtcheck.py: PyJWT, faster, same answers
+
+
+def _outcome(decode: Any, token: Any, key: Any, algorithms: list[str]) -> Any:
+    try:
+        return decode(token, key, algorithms=algorithms, options={"require": ["exp", "sub"]})
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+
+
+def _segment_variants() -> list[str]:
+    """Valid tokens with each segment changed the ways PyJWT 2.15's segment check cares about."""
+    head, body, sig = make_token("alice", "Alice").split(".")
+    out = []
+    for i in range(3):
+        for change in (lambda s: s + "=", lambda s: s + "==", lambda s: s + "===", lambda s: s + "!",
+                       lambda s: s[:-1] + "+", lambda s: s[:-1] + "/", lambda s: s[:-1], lambda s: s[:-2],
+                       lambda s: s + "A", lambda s: "\u00e9" + s, lambda s: s[:4] + " " + s[4:], lambda s: ""):
+            parts = [head, body, sig]
+            parts[i] = change(parts[i])
+            out.append(".".join(parts))
+    return out
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+def test_fast_decoder_answers_like_pyjwt() -> None:
+    """Every token of the refusal matrix, valid ones and segment edge cases: jwtcheck's decoder
+    returns the same claims or raises the same error (type and message) as jwt.decode."""
+    from chat.jwtcheck import decoder
+
+    tokens: list[Any] = [make() for make in BAD_TOKENS.values()]
+    tokens += [make_token("alice"), make_token("bob", "Bob"), make_token("carol", ttl=5),
+               hs256_by_hand(_claims(aud="x"), JWT_SECRET.encode()),
+               hs256_by_hand(_claims(iat="yesterday"), JWT_SECRET.encode()),
+               hs256_by_hand(_claims(nbf=int(time.time()) - 10), JWT_SECRET.encode()),
+               b"not-a-str", None, 12]
+    tokens += _segment_variants()
+    secret = "".join(JWT_SECRET)  # a str object of its own, as Settings holds
+    fast = decoder(secret)
+    for token in tokens:
+        assert _outcome(fast.decode, token, secret, ["HS256"]) == _outcome(jwt.decode, token, secret, ["HS256"]), token
+    # A key the decoder was not prepared for is validated as PyJWT always did.
+    pem = RSA_PUBLIC_PEM
+    token = hs256_by_hand(_claims(), pem.encode())
+    assert _outcome(fast.decode, token, pem, ["HS256"]) == _outcome(jwt.decode, token, pem, ["HS256"])
+    assert _outcome(fast.decode, token, pem, ["HS256"])[0] == "InvalidKeyError"
+    # A secret PyJWT refuses as an HMAC key is refused per decode, as before (not at start-up).
+    refused = decoder(pem)
+    assert _outcome(refused.decode, token, pem, ["HS256"])[0] == "InvalidKeyError"
+
+
+def test_fast_decoder_validates_the_secret_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """JWT_SECRET's checks (not a PEM/SSH/DER key, not JSON) run when the decoder is made, not per token."""
+    from jwt.algorithms import HMACAlgorithm
+
+    from chat.jwtcheck import decoder
+
+    secret = "".join(JWT_SECRET)
+    tokens = {user: make_token(user) for user in ("alice", "bob", "carol")}
+    fast = decoder(secret)
+    calls: list[Any] = []
+    original = HMACAlgorithm.prepare_key
+    monkeypatch.setattr(HMACAlgorithm, "prepare_key", lambda self, key: calls.append(key) or original(self, key))
+    for user, token in tokens.items():
+        assert fast.decode(token, secret, algorithms=["HS256"])["sub"] == user
+    assert calls == []
+    jwt.decode(tokens["alice"], secret, algorithms=["HS256"])  # the stock decoder does run it
+    assert calls == [secret]

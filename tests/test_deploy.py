@@ -201,6 +201,30 @@ def test_procfile_web_listens_on_all_interfaces_on_port(tmp_path: Path) -> None:
         server.stop()
 
 
+def listen_backlog(port: int) -> int:
+    """The accept-queue size of the socket listening on 127.0.0.1:port (ss's Send-Q)."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    (line,) = [ln for ln in out.splitlines() if ln.strip()]
+    return int(line.split()[2])
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+def test_listen_backlog_sets_the_accept_queue(tmp_path: Path) -> None:
+    """LISTEN_BACKLOG reaches listen(2): aiohttp's default of 128 dropped SYNs in reconnect storms."""
+    sizes = {}
+    for name, extra in (("default", {}), ("set", {"LISTEN_BACKLOG": "77"})):
+        env = server_env(tmp_path, **extra)
+        port = int(env["PORT"])
+        server = Proc([sys.executable, str(ROOT / "run_server.py")], ROOT, env, tmp_path / f"{name}.log")
+        try:
+            server.wait_ready(f"http://127.0.0.1:{port}")
+            sizes[name] = listen_backlog(port)
+        finally:
+            server.stop()
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert sizes == {"default": min(4096, somaxconn), "set": 77}
+
+
 # ---------------------------------------------------------------- --demo persistence
 
 

@@ -581,3 +581,53 @@ async def test_detached_websocket_answers_control_frames_and_limits(tmp_path: Pa
             await ws.close()
     finally:
         c.stop()
+
+
+def test_disconnect_leaves_only_the_sockets_own_rooms() -> None:
+    """FanoutManager.basic_disconnect takes a socket's rooms from its index instead of looking
+    for the socket in every room of the namespace (5,000 disconnects at once were O(n²)): the
+    socket leaves all of its rooms (the last member closes a room), no other room is even looked
+    at, and nothing of the socket is left behind."""
+    from chat.fanout import FanoutManager
+
+    class Untouchable(dict):  # type: ignore[type-arg]
+        def __contains__(self, key: object) -> bool:
+            raise AssertionError("another socket's room was searched")
+
+    manager = FanoutManager()
+    closed: list[str] = []
+    manager.on_room_close = closed.append
+    for sid, eio in (("a", "ea"), ("b", "eb")):
+        manager.basic_enter_room(sid, "/", None, eio_sid=eio)
+        manager.basic_enter_room(sid, "/", sid, eio_sid=eio)
+    manager.basic_enter_room("a", "/", "conversation:1")
+    manager.basic_enter_room("b", "/", "conversation:1")
+    manager.basic_enter_room("a", "/", "user:a")
+    manager.basic_enter_room("a", "/", "user:gone")
+    manager.basic_leave_room("a", "/", "user:gone")
+    manager.rooms["/"]["elsewhere"] = Untouchable()
+    manager.callbacks["a"] = {1: print}
+    manager.basic_disconnect("a", "/")
+    rooms = manager.rooms["/"]
+    assert "a" not in rooms and "user:a" not in rooms and "a" not in rooms[None]
+    assert set(rooms["conversation:1"]) == {"b"} and "b" in rooms[None] and "b" in rooms["b"]
+    assert closed == ["user:gone", "user:a"]
+    assert "a" not in manager.callbacks and ("/", "a") not in manager._sid_rooms
+    del rooms["elsewhere"]
+    manager.basic_disconnect("b", "/")
+    assert manager.rooms == {} and manager._sid_rooms == {} and closed[-1] == "conversation:1"
+
+
+def test_fanout_binary_check_answers_like_python_socketio() -> None:
+    """chat/fanout.py has_binary (the fan-out's own check, cheaper) says what
+    socketio's Packet.data_is_binary says, so binary broadcasts stay BINARY_EVENTs."""
+    from socketio.packet import Packet
+
+    from chat.fanout import has_binary
+
+    cases: list[Any] = [b"x", bytearray(b"x"), [b"x"], {"a": [1, {"b": bytearray(b"1")}]}, ["e", {"k": (b"x",)}],
+                        ["e", {b"k": 1}], [], {}, None, "text", 3, ["e", [[[]]]], ["e", {"a": {"b": memoryview(b"x")}}],
+                        ["presence", {"conversation_id": "1", "user_id": "u", "online": True}],
+                        ["message", {"id": "1", "reactions": [], "sender": {"id": "a", "avatar_url": None}}]]
+    for data in cases:
+        assert has_binary(data) == Packet.data_is_binary(data), data

@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -493,3 +494,29 @@ async def test_sigkilled_process_goes_offline(make_server: MakeServer, processes
     assert offline.pairs() == [("c1", "u-proc")]
     assert await watcher.online_in("c1") == []
     assert await watcher.online_users(["u-proc"]) == set()
+
+
+def test_hiredis_packed_commands_are_redis_pys_bytes() -> None:
+    """chat/redisconn.py packs commands with hiredis: the same bytes redis-py's asyncio
+    Connection sends, the same DataError for what redis-py refuses."""
+    import redis.exceptions
+    from redis.asyncio.connection import Connection
+
+    from chat.redisconn import PackedConnection, connection_class
+
+    ours, theirs = PackedConnection(), Connection()
+    commands: list[tuple[Any, ...]] = [
+        ("PING",), ("SET", "k", "v"), ("HINCRBY", "presence:users:x", "bench-1", 1), ("PEXPIRE", b"k", 20000),
+        ("EVALSHA", "0123abcd", 2, "k1", "k2", "é", -7, 1.5, 1e20, 0.1), ("SCRIPT LOAD", "return 1"),
+        (b"CLIENT SETINFO", b"LIB-NAME", "redis-py"), ("PUBLISH", "ch", b"\x00\xff" * 40_000), ("SET", "big", "x" * 70_000),
+        ("SET", "mv", memoryview(b"abc")),
+    ]
+    for command in commands:
+        assert b"".join(ours.pack_command(*command)) == b"".join(theirs.pack_command(*command)), command
+    for bad in [("SET", "k", True), ("SET", "k", None), ("SET", "k", object())]:
+        with pytest.raises(redis.exceptions.DataError):
+            theirs.pack_command(*bad)
+        with pytest.raises(redis.exceptions.DataError):
+            ours.pack_command(*bad)
+    assert connection_class("redis://127.0.0.1:6379/0") == {"connection_class": PackedConnection}
+    assert connection_class("rediss://h:6380/0") == {} and connection_class("unix:///tmp/r.sock") == {}

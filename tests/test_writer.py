@@ -386,25 +386,36 @@ async def test_sends_right_after_every_pooled_connection_died(mysql_databases: A
 # ---------------------------------------------------------------- MariaDB: one round trip, or statement by statement
 
 
-async def _one_batch(url: str, at_once: bool) -> tuple[list[Any], list[tuple[Any, ...]], dict[str, int], int, list[int]]:
-    """One batch through the writer in process: new messages to two rooms, a retry of a stored
-    message, a conflicting reuse, a repeat inside the batch, a send to a missing conversation."""
+async def _two_rooms(url: str) -> Any:
+    """An engine on a migrated database with users cre, u1, u2 and rooms 1 (A) and 2 (B)."""
     from chat import migrate
     from chat.db import create_engine, utcnow
-    from chat.writer import MessageWriter, Outgoing
 
     engine = create_engine(url)
+    await migrate.upgrade(engine)
+    now = utcnow()
+    md = sa.MetaData()
+    async with engine.begin() as conn:
+        await conn.run_sync(md.reflect, only=["users", "conversations"])
+        await conn.execute(sa.insert(md.tables["users"]), [
+            {"id": u, "name": u.upper(), "created_at": now, "updated_at": now} for u in ("cre", "u1", "u2")])
+        await conn.execute(sa.insert(md.tables["conversations"]), [
+            {"kind": "room", "creator_id": "cre", "name": n, "min_tier_cents": 0, "post_policy": "everyone",
+             "last_seq": 0, "last_activity_at": now, "created_at": now} for n in ("A", "B")])
+    return engine
+
+
+async def _one_batch(url: str, at_once: bool, one_query: bool = False
+                     ) -> tuple[list[Any], list[tuple[Any, ...]], dict[str, int], int, list[int], int]:
+    """One batch through the writer in process: new messages to two rooms, a retry of a stored
+    message, a conflicting reuse, a repeat inside the batch, a send to a missing conversation.
+    one_query: plain batches go as one query on an autocommit engine (`commit_engine`)."""
+    from chat.db import create_read_engine
+    from chat.writer import MessageWriter, Outgoing
+
+    engine = await _two_rooms(url)
+    commit_engine = create_read_engine(url) if one_query else None
     try:
-        await migrate.upgrade(engine)
-        now = utcnow()
-        md = sa.MetaData()
-        async with engine.begin() as conn:
-            await conn.run_sync(md.reflect, only=["users", "conversations"])
-            await conn.execute(sa.insert(md.tables["users"]), [
-                {"id": u, "name": u.upper(), "created_at": now, "updated_at": now} for u in ("cre", "u1", "u2")])
-            await conn.execute(sa.insert(md.tables["conversations"]), [
-                {"kind": "room", "creator_id": "cre", "name": n, "min_tier_cents": 0, "post_policy": "everyone",
-                 "last_seq": 0, "last_activity_at": now, "created_at": now} for n in ("A", "B")])
         delivered: list[int] = []
 
         def deliver(messages: list[dict[str, Any]]) -> asyncio.Future[None]:
@@ -413,7 +424,7 @@ async def _one_batch(url: str, at_once: bool) -> tuple[list[Any], list[tuple[Any
             relayed.set_result(None)
             return relayed
 
-        writer = MessageWriter(engine, deliver, max_in_flight=1, at_once=at_once)
+        writer = MessageWriter(engine, deliver, max_in_flight=1, at_once=at_once, commit_engine=commit_engine)
         earlier = await writer.store(Outgoing(1, "u1", "U1", "earlier", "old"))
         outcomes = await asyncio.gather(*(writer.store(o) for o in [
             Outgoing(1, "u1", "U1", "a1", "a1"), Outgoing(1, "u2", "U2", "a2", "a2"),
@@ -439,9 +450,11 @@ async def _one_batch(url: str, at_once: bool) -> tuple[list[Any], list[tuple[Any
             positions = {f"{u}/{c}": int(s) for u, c, s in await conn.execute(sa.text(
                 "SELECT user_id, conversation_id, last_read_seq FROM conversation_states"))}
             lasts = [int(x) for x in (await conn.execute(sa.text("SELECT last_seq FROM conversations ORDER BY id"))).scalars()]
-        return answers, rows, positions, retried, [*lasts, *delivered]
+        return answers, rows, positions, retried, [*lasts, *delivered], writer.fast_batches
     finally:
         await engine.dispose()
+        if commit_engine is not None:
+            await commit_engine.dispose()
 
 
 async def test_at_once_and_statement_by_statement_store_the_same_mariadb(mysql_databases: Any) -> None:
@@ -449,7 +462,7 @@ async def test_at_once_and_statement_by_statement_store_the_same_mariadb(mysql_d
     conflicting reuse or a missing conversation makes it fall back to the careful statements.
     Both ways give the same answers, rows, seqs, read positions and delivery order."""
     results = [await _one_batch(mysql_databases.new(), at_once) for at_once in (True, False)]
-    (answers, rows, positions, retried, tail), careful = results
+    (answers, rows, positions, retried, tail, _), careful = results
     assert retried == 1 and careful[3] == 0, (retried, careful[3])
     assert answers[:8] == [1, (2, True), (3, True), (1, True), (4, True), (3, False), (5, True), (1, False)], answers
     assert answers[8].startswith("Conflict(") and answers[9].startswith("NotFound("), answers
@@ -460,3 +473,97 @@ async def test_at_once_and_statement_by_statement_store_the_same_mariadb(mysql_d
     for i in range(3):
         assert careful[i] == results[0][i], (i, careful[i], results[0][i])
     assert careful[4] == tail
+
+
+async def test_plain_batches_in_one_query_give_the_same_answers_mariadb(mysql_databases: Any) -> None:
+    """With an autocommit engine, the writer's plain batches are one query each (BEGIN ... COMMIT);
+    the retry, the conflicting reuse and the missing conversation still go the careful way, with
+    the same answers, rows, seqs, read positions and delivery order as without it."""
+    one = await _one_batch(mysql_databases.new(), True, one_query=True)
+    two = await _one_batch(mysql_databases.new(), True)
+    assert one[5] == 3 and two[5] == 0, (one[5], two[5])  # earlier, the first batch, the last send
+    assert one[3] == 1  # the batch with the retry in it: written again the careful way
+    for i in range(5):
+        assert one[i] == two[i], (i, one[i], two[i])
+
+
+class Queries:
+    """Counts the COM_QUERY commands (statements, multi-statement queries, COMMIT, ROLLBACK: each
+    one round trip) that aiomysql sends."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        import aiomysql.connection
+
+        self.sent: list[str] = []
+        original = aiomysql.connection.Connection._execute_command
+
+        async def counting(conn: Any, command: int, sql: Any) -> Any:
+            if command == 3:  # COM_QUERY
+                self.sent.append(sql if isinstance(sql, str) else sql.decode(errors="replace"))
+            return await original(conn, command, sql)
+        monkeypatch.setattr(aiomysql.connection.Connection, "_execute_command", counting)
+
+
+async def test_a_plain_batch_commits_in_its_own_query_unless_a_row_is_locked_mariadb(
+        mysql_databases: Any, monkeypatch: Any) -> None:
+    """A plain batch: BEGIN, the rows locked NOWAIT, the statements and COMMIT in ONE query, and
+    committed when its senders are answered. With a conversation row locked by another
+    transaction, that query rolls back and the batch waits for the lock the usual way: same
+    gapless seqs, the connection left with no transaction open, the next batch in one query again."""
+    from chat.db import create_read_engine
+    from chat.writer import MessageWriter, Outgoing
+
+    url = mysql_databases.new()
+    engine = await _two_rooms(url)
+    commit_engine = create_read_engine(url, pool_size=1)
+    delivered: list[tuple[str, int]] = []
+
+    def deliver(messages: list[dict[str, Any]]) -> asyncio.Future[None]:
+        delivered.extend((m["conversation_id"], int(m["seq"])) for m in messages)
+        relayed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        relayed.set_result(None)
+        return relayed
+
+    writer = MessageWriter(engine, deliver, max_in_flight=1, commit_engine=commit_engine)
+    async with commit_engine.connect() as conn:  # its connection set up before counting
+        await conn.execute(sa.text("SELECT 1"))
+    queries = Queries(monkeypatch)
+    try:
+        first = await asyncio.gather(*(writer.store(o) for o in [
+            Outgoing(1, "u1", "U1", "a1", "a1"), Outgoing(1, "u2", "U2", "a2", "a2"), Outgoing(2, "u1", "U1", "b1", "b1")]))
+        assert [(o.message["seq"], o.created) for o in first] == [(1, True), (2, True), (1, True)]
+        assert len(queries.sent) == 1 and queries.sent[0].startswith("BEGIN"), queries.sent
+        assert queries.sent[0].rstrip().endswith("COMMIT") and "FOR UPDATE NOWAIT" in queries.sent[0]
+        assert (writer.fast_batches, writer.locked_fallbacks) == (1, 0)
+        # committed before the answer: another connection sees the rows
+        assert [r[:3] for r in stored(url, "1")] == [(1, "u1", "a1"), (2, "u2", "a2")]
+
+        with RowLock(url, "1") as lock:
+            locked = asyncio.ensure_future(writer.store(Outgoing(1, "u2", "U2", "a3", "a3")))
+            for _ in range(1000):  # until its one query met the lock (then it waits the usual way)
+                if writer.locked_fallbacks or locked.done():
+                    break
+                await asyncio.sleep(0.01)
+            assert writer.locked_fallbacks == 1 and not locked.done(), locked
+            lock.release()
+            third = await locked
+        assert (third.message["seq"], third.created) == (3, True)
+        assert writer.fast_batches == 1
+        async with commit_engine.connect() as conn:  # the one query's transaction was rolled back
+            assert (await conn.execute(sa.text("SELECT @@in_transaction"))).scalar() == 0
+        queries.sent.clear()
+        fourth = await writer.store(Outgoing(1, "u1", "U1", "a4", "a4"))
+        assert (fourth.message["seq"], writer.fast_batches, len(queries.sent)) == (4, 2, 1), queries.sent
+        retry = await writer.store(Outgoing(1, "u1", "U1", "a4", "a4"))  # idempotent: the original answer
+        assert (retry.message, retry.created) == (fourth.message, False)
+        await writer.close()
+        assert [(r[0], r[2]) for r in stored(url, "1")] == [(1, "a1"), (2, "a2"), (3, "a3"), (4, "a4")]
+        assert delivered == [("1", 1), ("1", 2), ("2", 1), ("1", 3), ("1", 4)], delivered
+        async with engine.connect() as conn:
+            positions = {f"{u}/{c}": int(s) for u, c, s in await conn.execute(sa.text(
+                "SELECT user_id, conversation_id, last_read_seq FROM conversation_states"))}
+            lasts = [int(x) for x in (await conn.execute(sa.text("SELECT last_seq FROM conversations ORDER BY id"))).scalars()]
+        assert positions == {"u1/1": 4, "u2/1": 3, "u1/2": 1} and lasts == [4, 1], (positions, lasts)
+    finally:
+        await engine.dispose()
+        await commit_engine.dispose()
