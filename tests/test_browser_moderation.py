@@ -26,14 +26,20 @@ def menu_of(chat: ChatPage, seq: int) -> Any:
     return menu
 
 
-def test_moderator_timeout_pins_slow_mode_and_block(browser, cluster, pages, who):
-    api = cluster.api
+def lounge(api: Any, who: Any) -> tuple[str, str, str, str]:
+    """Cara's room "Lounge" (tier 100) with Mia and Pat as members at 500; (creator, mia, patron
+    tokens, room)."""
     creator = api.user(who.cara, "Cara Creator")
     mia = api.user(who.mia, "Mia Mod")
     patron = api.user(who.pat, "Pat Patron")
     for member in (who.mia, who.pat):
         api.membership(who.cara, member, 500)
-    room = api.room(who.cara, "Lounge", min_tier_cents=100)
+    return creator, mia, patron, api.room(who.cara, "Lounge", min_tier_cents=100)
+
+
+def test_moderator_timeout_pins_slow_mode_and_block(browser, cluster, pages, who):
+    api = cluster.api
+    creator, mia, patron, room = lounge(api, who)
     seed_messages(api, mia, room, 1, prefix="hi from mia")
     seed_messages(api, patron, room, 1, prefix="hello from pat")
     seed_messages(api, creator, room, 1, prefix="welcome everyone")
@@ -184,12 +190,7 @@ def test_moderator_deletes_unpins_and_blocks_then_loses_the_tools(browser, clust
     moderator from a message's menu), block a member from the creator's rooms; then the creator
     removes the moderator from a message's menu and her page loses the tools at once."""
     api = cluster.api
-    creator = api.user(who.cara, "Cara Creator")
-    mia = api.user(who.mia, "Mia Mod")
-    patron = api.user(who.pat, "Pat Patron")
-    for member in (who.mia, who.pat):
-        api.membership(who.cara, member, 500)
-    room = api.room(who.cara, "Lounge", min_tier_cents=100)
+    creator, mia, patron, room = lounge(api, who)
     seed_messages(api, creator, room, 1, prefix="welcome everyone")
     seed_messages(api, mia, room, 1, prefix="hi from mia")
     seed_messages(api, patron, room, 2, prefix="pat says")
