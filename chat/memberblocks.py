@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from chat import schemas
+from chat import driversql, schemas
 from chat.batch import BatchedLookup
 from chat.db import toggle_row
 from chat.models import MemberBlock
@@ -40,11 +40,25 @@ IDLE_USERS = 20_000
 
 # ---------------------------------------------------------------- storage
 
-async def blocked_ids_many(conn: AsyncConnection, user_ids: list[str]) -> dict[str, set[str]]:
+def _blocked_statement(n: int) -> Any:
     c = _blocks.c
+    return sa.select(c.blocker_id, c.blocked_id).where(c.blocker_id.in_([sa.bindparam(f"u{i}", type_=c.blocker_id.type)
+                                                                          for i in range(n)]))
+
+
+BLOCKED_BATCH = 64  # users per statement of blocked_ids_many
+
+
+async def blocked_ids_many(conn: AsyncConnection, user_ids: list[str]) -> dict[str, set[str]]:
+    """Whom each of `user_ids` blocks: one statement per BLOCKED_BATCH users, compiled once per
+    dialect and size, on the driver's cursor (chat/driversql.py)."""
     out: dict[str, set[str]] = {u: set() for u in user_ids}
-    for blocker, blocked in await conn.execute(sa.select(c.blocker_id, c.blocked_id).where(c.blocker_id.in_(user_ids))):
-        out[str(blocker)].add(str(blocked))
+    for start in range(0, len(user_ids), BLOCKED_BATCH):
+        chunk = user_ids[start:start + BLOCKED_BATCH]
+        n = len(chunk)
+        prepared = driversql.prepare(conn.dialect, ("blocked_ids", n), lambda: _blocked_statement(n))
+        for blocker, blocked in await driversql.fetch(conn, prepared, {f"u{i}": u for i, u in enumerate(chunk)}):
+            out[str(blocker)].add(str(blocked))
     return out
 
 
@@ -142,18 +156,29 @@ class BlockIndex:
         """Whom `user_id` blocks, when this process knows (they have, or recently had, a registered socket)."""
         return self._of_user.get(user_id)
 
-    async def register(self, sid: str, user_id: str) -> set[str]:
-        """The socket's user's blocks, read on the first registration of the user here; from now
-        on the socket is skipped by live deliveries of their blocked senders' messages."""
+    @property
+    def changes(self) -> int:
+        """A counter of the changes applied: `register(..., read=(blocks, changes))` takes what a
+        caller read itself only if nothing was applied since it took `changes` before its read."""
+        return self._changes
+
+    async def register(self, sid: str, user_id: str, read: tuple[frozenset[str], int] | None = None) -> set[str]:
+        """The socket's user's blocks, read on the first registration of the user here (or
+        `read`: the user's blocks as the caller read them, with `changes` as it was before that
+        read began — chat/storage.py `join_views` carries them); from now on the socket is
+        skipped by live deliveries of their blocked senders' messages."""
         if sid in self._sid_user:
             return self._of_user[user_id]
         blocked = self._of_user.get(user_id)
         if blocked is None:
-            while True:  # a change committed while reading may be missing from what was read
-                seen = self._changes
-                found = await self._lookup.get(user_id) or set()
-                if seen == self._changes:
-                    break
+            if read is not None and read[1] == self._changes:
+                found: set[str] = set(read[0])
+            else:
+                while True:  # a change committed while reading may be missing from what was read
+                    seen = self._changes
+                    found = await self._lookup.get(user_id) or set()
+                    if seen == self._changes:
+                        break
             blocked = self._of_user.get(user_id)
             if blocked is None:
                 blocked = self._of_user[user_id] = set(found)

@@ -410,6 +410,7 @@ class ChatService:
         state = self._socket_state(sid)
         user = state.user
         epoch = self._control_epoch
+        block_changes = self.member_blocks.changes  # the view carries the joiner's blocks too
         view = await self._join_views.get((conversation_id, user.user_id))
         if view is None:
             raise NotFound("no such conversation")
@@ -431,7 +432,7 @@ class ChatService:
         # touching the state its disconnect already released.
         self._still_connected(sid, state)
         # Before entering the room: from now on live messages of senders the user blocks skip it.
-        blocked = await self.member_blocks.register(sid, user.user_id)
+        blocked = await self.member_blocks.register(sid, user.user_id, (view.blocks, block_changes))
         if self.sockets.get(sid) is not state:
             self.member_blocks.unregister(sid)
             raise Forbidden("not connected")

@@ -13,10 +13,12 @@ from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from chat import driversql
 from chat.db import utcnow
 from chat.models import (
     Conversation,
     ConversationState,
+    MemberBlock,
     Membership,
     Message,
     MessageMention,
@@ -447,6 +449,7 @@ _users: sa.Table = User.__table__  # type: ignore[assignment]
 _memberships: sa.Table = Membership.__table__  # type: ignore[assignment]
 _sanctions: sa.Table = Sanction.__table__  # type: ignore[assignment]
 _message_mentions: sa.Table = MessageMention.__table__  # type: ignore[assignment]
+_member_blocks: sa.Table = MemberBlock.__table__  # type: ignore[assignment]
 
 SENT_COLUMNS = (_messages.c.id, _messages.c.conversation_id, _messages.c.seq, _messages.c.sender_id,
                 _messages.c.body, _messages.c.client_msg_id, _messages.c.created_at,
@@ -727,6 +730,7 @@ class JoinView:
     standing: Standing | None = None  # the sanction of the membership's pair (chat/moderation.py)
     guidelines: str = ""  # the room's guidelines text (chat/spaces.py)
     accepted_guidelines_version: int = 0  # the joiner's accepted version
+    blocks: frozenset[str] = frozenset()  # whom the user of the pair blocks (chat/memberblocks.py)
 
 
 JOIN_VIEWS_BATCH = 64  # (conversation, user) pairs per statement of join_views
@@ -736,8 +740,9 @@ def _join_views_statement(n: int) -> Any:
     """What `join` reads first, for n (conversation_id, user_id) pairs at once: the conversation
     row, the membership access_rule needs (rooms: the user's with the creator; direct
     conversations: the pair's), the user's read position and unread count, the pair's names and
-    avatars, the conversation's last_seq. The pairs are a derived table `k` (SELECT :c0, :u0
-    UNION ALL ...); every row carries its pair's index."""
+    avatars, the conversation's last_seq, and whom the user blocks (chat/memberblocks.py: the
+    blocked ids joined by commas, user ids have none). The pairs are a derived table `k`
+    (SELECT :c0, :u0 UNION ALL ...); every row carries its pair's index."""
     rows = [sa.select(sa.literal_column(str(i)).label("i"),
                       sa.bindparam(f"c{i}", type_=sa.BigInteger()).label("cid"),
                       sa.bindparam(f"u{i}", type_=_users.c.id.type).label("uid")) for i in range(n)]
@@ -745,28 +750,26 @@ def _join_views_statement(n: int) -> Any:
     c, m, s, sn = _conversations.c, _memberships.alias("m"), _states.alias("s"), _sanctions.alias("sn")
     creator, patron = _users.alias("uc"), _users.alias("up")
     msg = _messages.alias("um")
+    blocks = _member_blocks.alias("mb")
     position = sa.func.coalesce(s.c.last_read_seq, 0)
     unread = (sa.select(sa.func.count()).select_from(msg).where(
         msg.c.conversation_id == c.id, msg.c.seq > position, msg.c.sender_id != k.c.uid,
         msg.c.deleted.is_(False)).scalar_subquery())
+    blocked = sa.select(sa.func.group_concat(blocks.c.blocked_id)).where(blocks.c.blocker_id == k.c.uid).scalar_subquery()
     pair_patron = sa.case((c.kind == "direct", c.patron_id), else_=k.c.uid)
     return (sa.select(c.id, c.kind, c.creator_id, c.patron_id, c.name, c.min_tier_cents, c.post_policy,
                       m.c.status, m.c.tier_cents, position, unread, creator.c.name, patron.c.name,
                       creator.c.avatar_url, patron.c.avatar_url, c.last_seq, k.c.i, sn.c.blocked, sn.c.timeout_until,
                       # chat spaces (chat/spaces.py): from 19 on
                       c.topic, c.emoji, c.archived_at, c.guidelines_version, c.guidelines,
-                      sa.func.coalesce(s.c.accepted_guidelines_version, 0))
+                      sa.func.coalesce(s.c.accepted_guidelines_version, 0),
+                      blocked)  # 25
             .select_from(k.join(_conversations, c.id == k.c.cid)
                          .outerjoin(m, sa.and_(m.c.creator_id == c.creator_id, m.c.patron_id == pair_patron))
                          .outerjoin(sn, sa.and_(sn.c.creator_id == c.creator_id, sn.c.user_id == pair_patron))
                          .outerjoin(s, sa.and_(s.c.user_id == k.c.uid, s.c.conversation_id == c.id))
                          .outerjoin(creator, creator.c.id == c.creator_id)
                          .outerjoin(patron, patron.c.id == c.patron_id)))
-
-
-# Built once per batch size: constructing these (aliases, column collections, cache keys) cost
-# more CPU per join than running them (measured in the connect-storm profile).
-_JOIN_VIEWS: dict[int, Any] = {}
 
 
 def _join_view_of(row: Any) -> JoinView:
@@ -776,22 +779,24 @@ def _join_view_of(row: Any) -> JoinView:
     return JoinView(meta, None if status is None else (str(status), int(tier)), int(row[9]), int(row[10]),
                     row[11] or meta.creator_id, row[12] or (meta.patron_id or ""), row[13], row[14],
                     int(row[15] or 0), None if row[17] is None else Standing(bool(row[17]), row[18]),
-                    row[23] or "", int(row[24] or 0))
+                    row[23] or "", int(row[24] or 0), frozenset(row[25].split(",")) if row[25] else frozenset())
 
 
 async def join_views(conn: AsyncConnection, pairs: Sequence[tuple[int, str]]) -> dict[tuple[int, str], JoinView]:
     """join_view for many (conversation_id, user_id) pairs, one statement per JOIN_VIEWS_BATCH of
-    them (the joins of a storm, chat/batch.py); pairs whose conversation does not exist are absent."""
+    them (the joins of a storm, chat/batch.py); pairs whose conversation does not exist are absent.
+    The statements are compiled once per dialect and batch size and run on the driver's own
+    cursor (chat/driversql.py): building and executing them through SQLAlchemy cost more CPU
+    per join than the database took to run them (connect-storm profiles)."""
     out: dict[tuple[int, str], JoinView] = {}
     for start in range(0, len(pairs), JOIN_VIEWS_BATCH):
         chunk = list(pairs[start:start + JOIN_VIEWS_BATCH])
-        stmt = _JOIN_VIEWS.get(len(chunk))
-        if stmt is None:
-            stmt = _JOIN_VIEWS[len(chunk)] = _join_views_statement(len(chunk))
+        n = len(chunk)
+        prepared = driversql.prepare(conn.dialect, ("join_views", n), lambda: _join_views_statement(n))
         params: dict[str, Any] = {}
         for i, (cid, uid) in enumerate(chunk):
             params[f"c{i}"], params[f"u{i}"] = cid, uid
-        for row in (await conn.execute(stmt, params)).all():
+        for row in await driversql.fetch(conn, prepared, params):
             out[chunk[int(row[16])]] = _join_view_of(row)
     return out
 
@@ -851,14 +856,26 @@ async def top_read_positions(conn: AsyncConnection, conversation_id: int, limit:
     return [(uid, name or uid, int(seq)) for uid, name, seq in rows.all()]
 
 
-_USER_NAMES = sa.select(_users.c.id, _users.c.name).where(
-    _users.c.id.in_(sa.bindparam("user_ids", expanding=True, type_=_users.c.id.type)))
+def _user_names_statement(n: int) -> Any:
+    return sa.select(_users.c.id, _users.c.name).where(_users.c.id.in_([sa.bindparam(f"u{i}", type_=_users.c.id.type)
+                                                                         for i in range(n)]))
+
+
+USER_NAMES_BATCH = 64  # ids per statement of stored_user_names
 
 
 async def stored_user_names(conn: AsyncConnection, user_ids: Sequence[str]) -> dict[str, str]:
-    """The stored names of those of `user_ids` that exist."""
-    rows = await conn.execute(_USER_NAMES, {"user_ids": list(user_ids)})
-    return {str(uid): str(name) for uid, name in rows.all()}
+    """The stored names of those of `user_ids` that exist: one statement per USER_NAMES_BATCH,
+    compiled once per dialect and size, on the driver's cursor (chat/driversql.py)."""
+    out: dict[str, str] = {}
+    ids = list(user_ids)
+    for start in range(0, len(ids), USER_NAMES_BATCH):
+        chunk = ids[start:start + USER_NAMES_BATCH]
+        n = len(chunk)
+        prepared = driversql.prepare(conn.dialect, ("user_names", n), lambda: _user_names_statement(n))
+        for uid, name in await driversql.fetch(conn, prepared, {f"u{i}": u for i, u in enumerate(chunk)}):
+            out[str(uid)] = str(name)
+    return out
 
 
 # ---------------------------------------------------------------- reactions (Core, no ORM)
