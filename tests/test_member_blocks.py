@@ -219,3 +219,42 @@ async def test_blocks_made_while_away_in_one_process(shared_sqlite: Any, uid: An
 async def test_blocks_made_while_away_across_processes(shared_mysql_cluster: Any, uid: Any) -> None:
     cluster = shared_mysql_cluster
     await _blocks_while_away_scenario(cluster.servers[0].url, cluster.servers[1].url, cluster.apis[0], uid)
+
+
+async def _first_join_scenario(url_a: str, url_b: str, api: Api, uid: Any) -> None:
+    """Blocks stored before the blocker's first join on `url_b` (made by a socket on `url_a` that
+    never joined anything): that first join reads them with its access view (storage.join_views)
+    and honours them in its page and in live delivery."""
+    cre, me, troll = uid("cre"), uid("me"), uid("troll")
+    tokens = {u: api.user(u) for u in (cre, me, troll)}
+    for u in (me, troll):
+        api.membership(cre, u, 500)
+    room = api.room(cre, "Lounge", 0)
+    t = await Client(url_b, tokens[troll]).connect()
+    try:
+        ok(await t.call("join", {"conversation_id": room}))
+        before = ok(await send(t, room, "before the first join"))["message"]
+        blocker = await Client(url_a, tokens[me]).connect()
+        ok(await blocker.call("block_user", {"user_id": troll, "on": True}))
+        await blocker.close()
+        a = await Client(url_b, tokens[me]).connect()
+        try:
+            page = ok(await a.call("join", {"conversation_id": room}))["messages"]
+            assert [m["id"] for m in page] == [before["id"]]
+            placeholder_of(page[0], before)
+            live = ok(await send(t, room, "after the first join"))["message"]
+            placeholder_of(await a.wait_for("message", lambda m: m["id"] == live["id"]), live)
+        finally:
+            await a.close()
+    finally:
+        await t.close()
+
+
+async def test_blocks_stored_before_the_first_join_in_one_process(shared_sqlite: Any, uid: Any) -> None:
+    url = shared_sqlite.servers[0].url
+    await _first_join_scenario(url, url, shared_sqlite.api, uid)
+
+
+async def test_blocks_stored_before_the_first_join_across_processes(shared_mysql_cluster: Any, uid: Any) -> None:
+    cluster = shared_mysql_cluster
+    await _first_join_scenario(cluster.servers[0].url, cluster.servers[1].url, cluster.apis[0], uid)
