@@ -17,7 +17,7 @@ dead is invalidated, so `chat.retry.retry_read` runs the read again on a fresh o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,17 +37,17 @@ class Prepared:
         return tuple(values[n] if n in values else constants[n] for n in self.names)
 
 
-_PREPARED: dict[tuple[str, Hashable], Prepared] = {}
+_PREPARED: dict[tuple[str, Callable[[int], Any], int], Prepared] = {}
 
 
-def prepare(dialect: sa.Dialect, key: Hashable, build: Callable[[], Any]) -> Prepared:
-    """`build()`'s statement compiled for `dialect`, once per (dialect, key). Its parameters are
-    passed to the driver as they are (ints and strings here: no bind processing)."""
-    cache_key = (dialect.name, key)
+def prepare(dialect: sa.Dialect, build: Callable[[int], Any], size: int) -> Prepared:
+    """`build(size)`'s statement compiled for `dialect`, once per (dialect, build, size). Its
+    parameters are passed to the driver as they are (ints and strings here: no bind processing)."""
+    cache_key = (dialect.name, build, size)
     found = _PREPARED.get(cache_key)
     if found is not None:
         return found
-    stmt = build()
+    stmt = build(size)
     compiled = stmt.compile(dialect=dialect)
     names = tuple(compiled.positiontup or ())
     processors = []

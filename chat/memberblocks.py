@@ -55,8 +55,7 @@ async def blocked_ids_many(conn: AsyncConnection, user_ids: list[str]) -> dict[s
     out: dict[str, set[str]] = {u: set() for u in user_ids}
     for start in range(0, len(user_ids), BLOCKED_BATCH):
         chunk = user_ids[start:start + BLOCKED_BATCH]
-        n = len(chunk)
-        prepared = driversql.prepare(conn.dialect, ("blocked_ids", n), lambda: _blocked_statement(n))
+        prepared = driversql.prepare(conn.dialect, _blocked_statement, len(chunk))
         for blocker, blocked in await driversql.fetch(conn, prepared, {f"u{i}": u for i, u in enumerate(chunk)}):
             out[str(blocker)].add(str(blocked))
     return out

@@ -792,7 +792,7 @@ async def join_views(conn: AsyncConnection, pairs: Sequence[tuple[int, str]]) ->
     for start in range(0, len(pairs), JOIN_VIEWS_BATCH):
         chunk = list(pairs[start:start + JOIN_VIEWS_BATCH])
         n = len(chunk)
-        prepared = driversql.prepare(conn.dialect, ("join_views", n), lambda: _join_views_statement(n))
+        prepared = driversql.prepare(conn.dialect, _join_views_statement, n)
         params: dict[str, Any] = {}
         for i, (cid, uid) in enumerate(chunk):
             params[f"c{i}"], params[f"u{i}"] = cid, uid
@@ -871,8 +871,7 @@ async def stored_user_names(conn: AsyncConnection, user_ids: Sequence[str]) -> d
     ids = list(user_ids)
     for start in range(0, len(ids), USER_NAMES_BATCH):
         chunk = ids[start:start + USER_NAMES_BATCH]
-        n = len(chunk)
-        prepared = driversql.prepare(conn.dialect, ("user_names", n), lambda: _user_names_statement(n))
+        prepared = driversql.prepare(conn.dialect, _user_names_statement, len(chunk))
         for uid, name in await driversql.fetch(conn, prepared, {f"u{i}": u for i, u in enumerate(chunk)}):
             out[str(uid)] = str(name)
     return out
