@@ -105,44 +105,49 @@ class AutoPipeline:
                 fut.set_result(mine)
 
     async def _round_trip(self, wire: list[tuple[Any, ...]]) -> list[Any]:
-        """What redis-py's non-transactional `pipeline().execute(raise_on_error=False)` does,
-        without its per-command bookkeeping: every command packed into one write, every reply
-        read under one timeout, error replies returned in place. Connection errors are retried
-        like redis-py's (the connection's `Retry`, reconnecting first); a failed exchange
-        leaves the connection disconnected, never half-read."""
-        pool = self._redis.connection_pool
-        conn = await pool.get_connection()
-        try:
-            return cast(list[Any], await conn.retry.call_with_retry(
-                lambda: self._exchange(conn, wire), lambda _error: conn.disconnect()))
-        finally:
-            await pool.release(conn)
-
-    async def _exchange(self, conn: Any, wire: list[tuple[Any, ...]]) -> list[Any]:
         self.round_trips += 1
-        await conn.send_packed_command(conn.pack_commands(wire))
-        parser = conn._parser  # redis-py 8.1 (pinned): Connection.read_response minus its per-reply timeout
-        replies: list[Any] = []
-        try:
-            async with asyncio.timeout(conn.socket_timeout):
-                for _ in wire:
-                    replies.append(await parser.read_response())
-        except TimeoutError:
-            await conn.disconnect(nowait=True)
-            raise RedisTimeoutError("Timeout reading from Redis") from None
-        except OSError as exc:
-            await conn.disconnect(nowait=True)
-            raise RedisConnectionError(f"Error while reading from Redis: {exc.args}") from None
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            raise
-        callbacks = self._redis.response_callbacks
-        out: list[Any] = []
-        for command, reply in zip(wire, replies, strict=True):
-            callback = callbacks.get(command[0]) if not isinstance(reply, ResponseError) else None
-            if callback is not None:
-                reply = callback(reply)
-                if inspect.isawaitable(reply):
-                    reply = await reply
-            out.append(reply)
-        return out
+        return await round_trip(self._redis, wire)
+
+
+async def round_trip(redis: Any, wire: list[tuple[Any, ...]]) -> list[Any]:
+    """What redis-py's non-transactional `pipeline().execute(raise_on_error=False)` does,
+    without its per-command bookkeeping: every command packed into one write, every reply
+    read under one timeout, error replies returned in place. Connection errors are retried
+    like redis-py's (the connection's `Retry`, reconnecting first); a failed exchange leaves
+    the connection disconnected, never half-read."""
+    pool = redis.connection_pool
+    conn = await pool.get_connection()
+    try:
+        return cast(list[Any], await conn.retry.call_with_retry(
+            lambda: _exchange(redis, conn, wire), lambda _error: conn.disconnect()))
+    finally:
+        await pool.release(conn)
+
+
+async def _exchange(redis: Any, conn: Any, wire: list[tuple[Any, ...]]) -> list[Any]:
+    await conn.send_packed_command(conn.pack_commands(wire))
+    parser = conn._parser  # redis-py 8.1 (pinned): Connection.read_response minus its per-reply timeout
+    replies: list[Any] = []
+    try:
+        async with asyncio.timeout(conn.socket_timeout):
+            for _ in wire:
+                replies.append(await parser.read_response())
+    except TimeoutError:
+        await conn.disconnect(nowait=True)
+        raise RedisTimeoutError("Timeout reading from Redis") from None
+    except OSError as exc:
+        await conn.disconnect(nowait=True)
+        raise RedisConnectionError(f"Error while reading from Redis: {exc.args}") from None
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    callbacks = redis.response_callbacks
+    out: list[Any] = []
+    for command, reply in zip(wire, replies, strict=True):
+        callback = callbacks.get(command[0]) if not isinstance(reply, ResponseError) else None
+        if callback is not None:
+            reply = callback(reply)
+            if inspect.isawaitable(reply):
+                reply = await reply
+        out.append(reply)
+    return out
