@@ -8,9 +8,10 @@ temporary file), migrated and seeded like bench/store_bench.py (users `bench-{i}
 their tokens, one room per creator, every user an active patron of one room). Then, through
 the real ChatService (in-memory presence, a recording delivery): `--users` sockets `connect_socket`
 + `join` their room, `--in-flight` at once (a first-connect storm: every user unknown to the
-process), all disconnect, and all connect + join again with `since_seq` (a reconnect storm:
-users and blocks known to the process). Reports the process CPU time (`time.process_time`)
-per connect + join of each storm: the share of the bench's server CPU spent outside the
+process), all disconnect, `--missed` messages per room are stored (straight into the
+database), and all connect + join again with `since_seq` (a reconnect storm: users and blocks
+known to the process; each join gets the messages it missed, with their reactions and photos).
+Reports the process CPU time (`time.process_time`) per connect + join of each storm: the share of the bench's server CPU spent outside the
 socket.io layers — the database reads of connect and join (batched: chat/batch.py), access
 rules, presence, the join answer.
 
@@ -34,6 +35,7 @@ from typing import Any
 
 ROOT = Path(os.environ.get("BACKSTAGE_ROOT") or Path(__file__).resolve().parent.parent)
 sys.path.insert(0, str(ROOT))
+os.chdir(ROOT)  # alembic.ini's prepend_sys_path (the migrations import the checkout's packages)
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 import store_bench  # noqa: E402  (bench/store_bench.py: the database helpers and the recording delivery)
@@ -75,7 +77,7 @@ def presence() -> Any:
 
 
 async def storm(service: Any, users: list[Any], rooms: list[int], in_flight: int, since: int | None,
-                tag: str) -> tuple[float, float]:
+                tag: str, expect: int) -> tuple[float, float]:
     """(CPU seconds, wall seconds) for every user's connect_socket + join, `in_flight` at once."""
     sem = asyncio.Semaphore(in_flight)
 
@@ -84,7 +86,7 @@ async def storm(service: Any, users: list[Any], rooms: list[int], in_flight: int
             sid = f"{tag}-{i}"
             await service.connect_socket(sid, users[i])
             answer = await service.join(sid, rooms[i], since)
-            assert "conversation" in answer, answer
+            assert len(answer["messages"]) == expect, answer
 
     gc.collect()
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -92,7 +94,24 @@ async def storm(service: Any, users: list[Any], rooms: list[int], in_flight: int
     return time.process_time() - cpu0, time.perf_counter() - wall0
 
 
-async def scenario(url: str, n_users: int, n_rooms: int, in_flight: int, repeat: int) -> dict[str, Any]:
+async def missed_messages(engine: Any, rooms: list[int], per_room: int, start: int) -> None:
+    """`per_room` messages in every room, straight into the database (seqs start.., last_seq moved
+    along): what the reconnect storm's joins with `since_seq` get (and read reactions and photos of)."""
+    import sqlalchemy as sa
+
+    from chat.db import utcnow
+
+    now = utcnow().replace(tzinfo=None)
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(
+            "INSERT INTO messages (conversation_id, seq, sender_id, body, client_msg_id, created_at, deleted) "
+            "VALUES (:cid, :seq, :sender, :body, :cmid, :now, :deleted)"),
+            [{"cid": cid, "seq": seq, "sender": f"bench-creator-{r}", "body": f"m{seq}", "cmid": f"m-{cid}-{seq}",
+              "now": now, "deleted": False} for r, cid in enumerate(rooms) for seq in range(start, start + per_room)])
+        await conn.execute(sa.text("UPDATE conversations SET last_seq = :last"), {"last": start + per_room - 1})
+
+
+async def scenario(url: str, n_users: int, n_rooms: int, in_flight: int, repeat: int, missed: int) -> dict[str, Any]:
     from chat import migrate
     from chat.auth import Identity
     from chat.config import Settings
@@ -109,10 +128,11 @@ async def scenario(url: str, n_users: int, n_rooms: int, in_flight: int, repeat:
         read_engine = create_read_engine(url)
         service = ChatService(session_factory(engine), Delivery(), presence(),  # type: ignore[arg-type]
                               Settings(database_url=url), read_engine=read_engine)
-        first.append(await storm(service, users, rooms, in_flight, None, f"a{rep}"))
+        first.append(await storm(service, users, rooms, in_flight, None, f"a{rep}", rep * missed))
         for i in range(n_users):
             await service.disconnect_socket(f"a{rep}-{i}")
-        again.append(await storm(service, users, rooms, in_flight, 0, f"b{rep}"))
+        await missed_messages(engine, conv_ids, missed, 1 + rep * missed)
+        again.append(await storm(service, users, rooms, in_flight, rep * missed, f"b{rep}", missed))
         for i in range(n_users):
             await service.disconnect_socket(f"b{rep}-{i}")
         await read_engine.dispose()
@@ -123,7 +143,7 @@ async def scenario(url: str, n_users: int, n_rooms: int, in_flight: int, repeat:
                 "runs_cpu_ms": [round(c * 1000 / n_users, 3) for c, _ in runs],
                 "joins_per_s": round(n_users / statistics.median(w for _, w in runs))}
 
-    return {"users": n_users, "rooms": n_rooms, "in_flight": in_flight, "first": ms(first), "reconnect": ms(again)}
+    return {"users": n_users, "rooms": n_rooms, "in_flight": in_flight, "missed": missed, "first": ms(first), "reconnect": ms(again)}
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -131,13 +151,13 @@ async def run(args: argparse.Namespace) -> None:
         if backend == "mysql":
             name, url = store_bench._new_mysql_database()
             try:
-                r = await scenario(url, args.users, args.rooms, args.in_flight, args.repeat)
+                r = await scenario(url, args.users, args.rooms, args.in_flight, args.repeat, args.missed)
             finally:
                 store_bench._drop_mysql_database(name)
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 r = await scenario(f"sqlite+aiosqlite:///{tmp}/bench.db", args.users, args.rooms, args.in_flight,
-                                   args.repeat)
+                                   args.repeat, args.missed)
         r["backend"], r["root"] = backend, str(ROOT)
         print(json.dumps(r), flush=True)
 
@@ -148,7 +168,8 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=5000)
     ap.add_argument("--rooms", type=int, default=100)
     ap.add_argument("--in-flight", type=int, default=200)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=1, help="storms on the same database (the first storms after the first find messages)")
+    ap.add_argument("--missed", type=int, default=5, help="messages per room sent while the sockets are away")
     asyncio.run(run(ap.parse_args()))
     return 0
 

@@ -29,12 +29,12 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from chat import images
+from chat import driversql, images
 from chat.blobs import BlobStore, new_key
 from chat.config import Settings
 from chat.db import utcnow
@@ -50,6 +50,26 @@ VARIANTS = ("file", "thumb")
 _att = cast(sa.Table, Attachment.__table__)
 _messages = cast(sa.Table, Message.__table__)
 WIRE_COLUMNS = (_att.c.id, _att.c.content_type, _att.c.width, _att.c.height, _att.c.size)
+
+
+class _PhotoRow(NamedTuple):
+    """A row of `_photos_statement`: WIRE_COLUMNS and the message's key."""
+
+    id: int
+    content_type: str
+    width: int
+    height: int
+    size: int
+    owner_id: str
+    client_msg_id: str
+
+
+def _photos_statement(n: int) -> Any:
+    key = sa.tuple_(_att.c.owner_id, _att.c.client_msg_id)
+    return (sa.select(*WIRE_COLUMNS, _att.c.owner_id, _att.c.client_msg_id)
+            .where(key.in_([sa.tuple_(sa.bindparam(f"o{i}", type_=_att.c.owner_id.type),
+                                      sa.bindparam(f"m{i}", type_=_att.c.client_msg_id.type)) for i in range(n)]))
+            .order_by(_att.c.position, _att.c.id))
 
 
 def photo_text(count: int) -> str:
@@ -215,16 +235,21 @@ class Attachments:
         return messages
 
     async def by_keys(self, conn: Any, keys: list[tuple[str, str]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-        """{(sender, client_msg_id): [photo wire]} of the messages that have photos (one query)."""
+        """{(sender, client_msg_id): [photo wire]} of the messages that have photos: one
+        statement per 128 keys, compiled once per dialect and (padded) size and run on the
+        driver's cursor (chat/driversql.py: the joins of a reconnect storm read these)."""
         found: dict[tuple[str, str], list[dict[str, Any]]] = {}
         if keys:
+            if isinstance(conn, AsyncSession):
+                conn = await conn.connection()
             now = time.time()
-            rows = await conn.execute(
-                sa.select(*WIRE_COLUMNS, _att.c.owner_id, _att.c.client_msg_id).where(
-                    sa.tuple_(_att.c.owner_id, _att.c.client_msg_id).in_(sorted(set(keys))))
-                .order_by(_att.c.position, _att.c.id))
-            for r in rows:
-                found.setdefault((r.owner_id, r.client_msg_id), []).append(self.wire(r, now))
+            for chunk in driversql.padded_chunks(sorted(set(keys)), 128):
+                prepared = driversql.prepare(conn.dialect, _photos_statement, len(chunk))
+                params = {}
+                for i, (owner, cmid) in enumerate(chunk):
+                    params[f"o{i}"], params[f"m{i}"] = owner, cmid
+                for row in await driversql.fetch(conn, prepared, params):
+                    found.setdefault((row[5], row[6]), []).append(self.wire(_PhotoRow(*row), now))
         return found
 
     async def open_file(self, attachment_id: int, variant: str, exp: str | None, sig: str | None) -> FileAnswer:

@@ -17,12 +17,26 @@ dead is invalidated, so `chat.retry.retry_read` runs the read again on a fresh o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+T = TypeVar("T")
+
+
+def padded_chunks(values: Sequence[T], limit: int = 256) -> Iterator[list[T]]:
+    """The values of an IN list in chunks of at most `limit` (a power of two), each padded to a
+    power of two by repeating its last value (IN ignores the repeats): a statement compiled per
+    chunk size then has at most log2(limit) + 1 shapes, whatever the batch sizes."""
+    for start in range(0, len(values), limit):
+        chunk = list(values[start:start + limit])
+        size = 1
+        while size < len(chunk):
+            size *= 2
+        yield chunk + [chunk[-1]] * (size - len(chunk))
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,9 @@ BLOCKED_BATCH = 64  # users per statement of blocked_ids_many
 
 async def blocked_ids_many(conn: AsyncConnection, user_ids: list[str]) -> dict[str, set[str]]:
     """Whom each of `user_ids` blocks: one statement per BLOCKED_BATCH users, compiled once per
-    dialect and size, on the driver's cursor (chat/driversql.py)."""
+    dialect and (padded) size, on the driver's cursor (chat/driversql.py)."""
     out: dict[str, set[str]] = {u: set() for u in user_ids}
-    for start in range(0, len(user_ids), BLOCKED_BATCH):
-        chunk = user_ids[start:start + BLOCKED_BATCH]
+    for chunk in driversql.padded_chunks(user_ids, BLOCKED_BATCH):
         prepared = driversql.prepare(conn.dialect, _blocked_statement, len(chunk))
         for blocker, blocked in await driversql.fetch(conn, prepared, {f"u{i}": u for i, u in enumerate(chunk)}):
             out[str(blocker)].add(str(blocked))

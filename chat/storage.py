@@ -785,14 +785,12 @@ def _join_view_of(row: Any) -> JoinView:
 async def join_views(conn: AsyncConnection, pairs: Sequence[tuple[int, str]]) -> dict[tuple[int, str], JoinView]:
     """join_view for many (conversation_id, user_id) pairs, one statement per JOIN_VIEWS_BATCH of
     them (the joins of a storm, chat/batch.py); pairs whose conversation does not exist are absent.
-    The statements are compiled once per dialect and batch size and run on the driver's own
-    cursor (chat/driversql.py): building and executing them through SQLAlchemy cost more CPU
+    The statements are compiled once per dialect and (padded: at most 7 shapes) batch size and
+    run on the driver's own cursor (chat/driversql.py): building and executing them through SQLAlchemy cost more CPU
     per join than the database took to run them (connect-storm profiles)."""
     out: dict[tuple[int, str], JoinView] = {}
-    for start in range(0, len(pairs), JOIN_VIEWS_BATCH):
-        chunk = list(pairs[start:start + JOIN_VIEWS_BATCH])
-        n = len(chunk)
-        prepared = driversql.prepare(conn.dialect, _join_views_statement, n)
+    for chunk in driversql.padded_chunks(pairs, JOIN_VIEWS_BATCH):  # a repeated pair: its row again
+        prepared = driversql.prepare(conn.dialect, _join_views_statement, len(chunk))
         params: dict[str, Any] = {}
         for i, (cid, uid) in enumerate(chunk):
             params[f"c{i}"], params[f"u{i}"] = cid, uid
@@ -866,11 +864,9 @@ USER_NAMES_BATCH = 64  # ids per statement of stored_user_names
 
 async def stored_user_names(conn: AsyncConnection, user_ids: Sequence[str]) -> dict[str, str]:
     """The stored names of those of `user_ids` that exist: one statement per USER_NAMES_BATCH,
-    compiled once per dialect and size, on the driver's cursor (chat/driversql.py)."""
+    compiled once per dialect and (padded) size, on the driver's cursor (chat/driversql.py)."""
     out: dict[str, str] = {}
-    ids = list(user_ids)
-    for start in range(0, len(ids), USER_NAMES_BATCH):
-        chunk = ids[start:start + USER_NAMES_BATCH]
+    for chunk in driversql.padded_chunks(user_ids, USER_NAMES_BATCH):
         prepared = driversql.prepare(conn.dialect, _user_names_statement, len(chunk))
         for uid, name in await driversql.fetch(conn, prepared, {f"u{i}": u for i, u in enumerate(chunk)}):
             out[str(uid)] = str(name)
@@ -937,10 +933,10 @@ def _summaries_statement() -> Any:
 _SUMMARIES = _summaries_statement()
 
 
-def _counts_statement() -> Any:
+def _counts_statement(n: int) -> Any:
     r = _reactions.c
     return (sa.select(r.message_id, r.emoji, sa.func.count())
-            .where(r.message_id.in_(sa.bindparam("ids", expanding=True)))
+            .where(r.message_id.in_([sa.bindparam(f"m{i}", type_=sa.BigInteger()) for i in range(n)]))
             .group_by(r.message_id, r.emoji)
             .order_by(r.message_id, sa.func.min(r.created_at), r.emoji))
 
@@ -951,18 +947,21 @@ def _mine_statement() -> Any:
         r.message_id.in_(sa.bindparam("ids", expanding=True)), r.user_id.in_(sa.bindparam("readers", expanding=True)))
 
 
-_COUNTS, _MINE = _counts_statement(), _mine_statement()
+_MINE = _mine_statement()
 
 
 async def reaction_counts_for_readers(conn: AsyncConnection, message_ids: Sequence[int], reader_ids: Sequence[str]
                                       ) -> tuple[dict[int, list[tuple[str, int]]], set[tuple[int, str, str]]]:
     """For many readers at once (the joins of a storm): {message_id: [(emoji, count)]} in
     `reaction_summaries`' order, and the (message_id, emoji, reader) reactions of those readers.
-    One statement when none of the messages has a reaction, else two."""
+    The counts: one statement per 256 messages, compiled once per dialect and (padded) size and
+    run on the driver's cursor (chat/driversql.py); the readers' own: one more statement when
+    any of the messages has a reaction."""
     counts: dict[int, list[tuple[str, int]]] = {}
-    rows = await conn.execute(_COUNTS, {"ids": sorted(set(message_ids))})
-    for mid, emoji, count in rows.all():
-        counts.setdefault(int(mid), []).append((str(emoji), int(count)))
+    for chunk in driversql.padded_chunks(sorted(set(message_ids))):
+        prepared = driversql.prepare(conn.dialect, _counts_statement, len(chunk))
+        for mid, emoji, count in await driversql.fetch(conn, prepared, {f"m{i}": m for i, m in enumerate(chunk)}):
+            counts.setdefault(int(mid), []).append((str(emoji), int(count)))
     mine: set[tuple[int, str, str]] = set()
     if counts:
         rows = await conn.execute(_MINE, {"ids": sorted(counts), "readers": sorted(set(reader_ids))})
