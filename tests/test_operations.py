@@ -435,6 +435,51 @@ def _migrate(cwd: Path, database_url: str) -> None:
         assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_head_read_from_migration_files_is_alembics_head() -> None:
+    """chat/migrate.py recognises a database at head without importing Alembic, from the files'
+    revision lines: that reading must agree with Alembic's own."""
+    from alembic.script import ScriptDirectory
+
+    from chat import migrate
+
+    assert migrate.head_revision() == ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
+
+
+async def test_database_behind_head_is_upgraded_and_at_head_is_recognised(tmp_path: Path) -> None:
+    """The fast path (no Alembic when at head) must not skip a database at an older revision."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from chat import migrate
+    from chat.db import create_engine
+
+    def to(revision: str) -> Any:
+        def run(connection: Any) -> None:
+            cfg = migrate.alembic_config()
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+        return run
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/old.db")
+    try:
+        async with engine.connect() as conn:
+            assert not await conn.run_sync(migrate.at_head)  # no alembic_version table
+            await conn.run_sync(to("0009"))
+            await conn.commit()
+            assert not await conn.run_sync(migrate.at_head)
+            await conn.rollback()
+        await migrate.upgrade(engine)
+        async with engine.connect() as conn:
+            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
+            assert version == migrate.head_revision()
+            assert await conn.run_sync(migrate.at_head)
+            await conn.execute(text("UPDATE alembic_version SET version_num = '0012'"))  # behind head again
+            await conn.commit()
+            assert not await conn.run_sync(migrate.at_head)
+    finally:
+        await engine.dispose()
+
+
 def test_migrate_empty_sqlite(tmp_path: Path) -> None:
     db = tmp_path / "empty.db"
     db.touch()  # an empty file, as created by an operator
@@ -452,7 +497,7 @@ def test_migrate_empty_sqlite(tmp_path: Path) -> None:
 
 
 def test_migrate_empty_mariadb(tmp_path: Path, mysql_databases: Any) -> None:
-    url = mysql_databases.new()
+    url = mysql_databases.new(empty=True)
     _migrate(tmp_path, url)
     u = make_url(url)
     con = pymysql.connect(host=u.host or "127.0.0.1", port=u.port or 3306, user=u.username or "root",
