@@ -6,15 +6,11 @@ MYSQL_ADMIN_URL (default mysql+pymysql://root@127.0.0.1:3306/) and TEST_REDIS_UR
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import shutil
-import sqlite3
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -41,23 +37,6 @@ def _admin_connect(database: str | None = None) -> pymysql.connections.Connectio
 def _mysql_url(database: str) -> str:
     u = make_url(MYSQL_ADMIN_URL)
     return u.set(drivername="mysql+aiomysql", database=database).render_as_string(hide_password=False)
-
-
-def _migrate_in_thread(database_url: str) -> None:
-    """The project's own migrations (chat/migrate.py) on database_url, from any context: tests
-    and fixtures that call this may already run inside an event loop."""
-    from chat import migrate
-    from chat.db import create_engine
-
-    async def run() -> None:
-        engine = create_engine(database_url)
-        try:
-            await migrate.upgrade(engine)
-        finally:
-            await engine.dispose()
-
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, run()).result()
 
 
 class MySQLDatabases:
@@ -88,7 +67,7 @@ class MySQLDatabases:
     def _template(self) -> list[str]:
         if self._schema is None:
             name = self._create()
-            _migrate_in_thread(_mysql_url(name))
+            migrate_in_thread(_mysql_url(name))
             conn = _admin_connect(name)
             try:
                 with conn.cursor() as cur:
@@ -134,24 +113,6 @@ class MySQLDatabases:
             conn.close()
 
 
-class SQLiteTemplate:
-    """A SQLite file at the latest migration, built once per worker; copy(path) puts a copy of it
-    at path (sqlite3's backup) and returns its DATABASE_URL."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / "template.db"
-        _migrate_in_thread(f"sqlite+aiosqlite:///{self.path}")
-
-    def copy(self, path: Path) -> str:
-        source, target = sqlite3.connect(self.path), sqlite3.connect(path)
-        try:
-            source.backup(target)
-        finally:
-            source.close()
-            target.close()
-        return f"sqlite+aiosqlite:///{path}"
-
-
 MIN_MYSQL_CONNECTIONS = 1000
 
 
@@ -176,12 +137,6 @@ def mysql_databases() -> Iterator[MySQLDatabases]:
     dbs = MySQLDatabases()
     yield dbs
     dbs.drop_all()
-
-
-@pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> SQLiteTemplate:
-    """sqlite_template.copy(path) -> the URL of a SQLite file at the latest migration."""
-    return SQLiteTemplate(tmp_path_factory.mktemp("sqlite-template"))
 
 
 @pytest.fixture(scope="session")
@@ -215,7 +170,7 @@ def redis_prefix(redis_prefix_root: str) -> str:
 
 # ---------------------------------------------------------------- servers
 
-from tests.support import Api, ServerProcess  # noqa: E402
+from tests.support import Api, ServerProcess, migrate_in_thread, migrated_sqlite  # noqa: E402
 
 
 class Cluster:
@@ -250,9 +205,9 @@ class Cluster:
 
 
 @pytest.fixture
-def sqlite_server(tmp_path: Any, sqlite_template: SQLiteTemplate) -> Iterator[Cluster]:
+def sqlite_server(tmp_path: Any) -> Iterator[Cluster]:
     """One server on the embedded default: SQLite file, in-process relay and presence."""
-    cluster = Cluster(sqlite_template.copy(tmp_path / "backstage.db"), None, "unused", 1)
+    cluster = Cluster(migrated_sqlite(tmp_path / "backstage.db"), None, "unused", 1)
     yield cluster
     cluster.stop()
 
@@ -267,10 +222,10 @@ def mysql_cluster(mysql_databases: MySQLDatabases, redis_url: str, redis_prefix:
 
 @pytest.fixture(params=["sqlite", "mysql"])
 def any_server(request: Any, tmp_path: Any, mysql_databases: MySQLDatabases, redis_url: str,
-               redis_prefix: str, sqlite_template: SQLiteTemplate) -> Iterator[Cluster]:
+               redis_prefix: str) -> Iterator[Cluster]:
     """The same test on the embedded default and on MariaDB + Redis (one process each)."""
     if request.param == "sqlite":
-        cluster = Cluster(sqlite_template.copy(tmp_path / "backstage.db"), None, "unused", 1)
+        cluster = Cluster(migrated_sqlite(tmp_path / "backstage.db"), None, "unused", 1)
     else:
         cluster = Cluster(mysql_databases.new(), redis_url, redis_prefix, 1)
     yield cluster
@@ -287,10 +242,10 @@ def any_server(request: Any, tmp_path: Any, mysql_databases: MySQLDatabases, red
 
 
 @pytest.fixture(scope="session")
-def shared_sqlite(tmp_path_factory: pytest.TempPathFactory, sqlite_template: SQLiteTemplate) -> Iterator[Cluster]:
+def shared_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One server on the embedded default (SQLite, in-process relay), shared by the run."""
     db = tmp_path_factory.mktemp("shared-sqlite") / "backstage.db"
-    cluster = Cluster(sqlite_template.copy(db), None, "unused", 1)
+    cluster = Cluster(migrated_sqlite(db), None, "unused", 1)
     yield cluster
     cluster.stop()
 

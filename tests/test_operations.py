@@ -32,7 +32,7 @@ import socketio
 from sqlalchemy.engine import make_url
 
 from tests.faults import TcpProxy, wait_until
-from tests.support import JWT_SECRET, ROOT, Api, Client, ServerProcess, free_port, make_token
+from tests.support import JWT_SECRET, ROOT, Api, Client, ServerProcess, free_port, make_token, migrated_sqlite
 
 
 async def eventually_true(pred: Any, what: str, timeout: float = 30) -> None:
@@ -50,7 +50,7 @@ def readyz(server: ServerProcess) -> httpx.Response:
 
 
 def test_healthz_readyz_and_idle_sigterm(tmp_path: Path) -> None:
-    server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/ops.db")
+    server = ServerProcess(migrated_sqlite(tmp_path / "ops.db"))
     try:
         r = httpx.get(server.url + "/healthz", timeout=5)
         assert r.status_code == 200 and r.json()["ok"] is True
@@ -139,7 +139,7 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 async def test_metrics(tmp_path: Path) -> None:
-    server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/m.db")
+    server = ServerProcess(migrated_sqlite(tmp_path / "m.db"))
     api = Api(server.url)
     clients: list[Client] = []
 
@@ -205,7 +205,7 @@ async def test_metrics(tmp_path: Path) -> None:
 async def test_sigterm_disconnects_clients_and_exits_0(backend: str, tmp_path: Path, mysql_databases: Any,
                                                        redis_url: str, redis_prefix: str) -> None:
     if backend == "sqlite":
-        server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/t.db")
+        server = ServerProcess(migrated_sqlite(tmp_path / "t.db"))
     else:
         server = ServerProcess(mysql_databases.new(), redis_url, redis_prefix)
     clients = [await Client(server.url, make_token(f"u{i}")).connect() for i in range(3)]
@@ -253,7 +253,7 @@ def json_log_server(request: Any, tmp_path_factory: Any, mysql_databases: Any, r
     if request.param.endswith("redis"):
         server = ServerProcess(mysql_databases.new(), redis_url, f"{redis_prefix_root}-jsonlog", env=env)
     else:
-        server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('jsonlog') / 'j.db'}", env=env)
+        server = ServerProcess(migrated_sqlite(tmp_path_factory.mktemp('jsonlog') / 'j.db'), env=env)
     yield server
     server.stop()
 
