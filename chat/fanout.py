@@ -238,6 +238,9 @@ class _Detached(StreamResponse):
 
     def __init__(self) -> None:
         super().__init__(status=101)
+        # Not keep-alive: aiohttp would otherwise arm a keep-alive timer that holds its request
+        # handler (and the parsed upgrade request) for keepalive_timeout after the handler returns.
+        self.force_close()
 
     async def prepare(self, request: Any) -> None:
         return None
@@ -296,6 +299,7 @@ class DetachedWebSocket(asyncio.Protocol):
         # The request handler finishes without touching the connection (`_Detached`), and its
         # server stops counting it as one of its connections.
         was_paused = handler._reading_paused or handler._buffer_paused
+        handler.keep_alive(False)  # cancels the keep-alive timer armed at connection_made (it holds the handler)
         handler.transport = None
         handler._force_close = True
         manager = handler._manager
