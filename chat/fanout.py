@@ -92,7 +92,7 @@ import math
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import engineio
@@ -395,6 +395,16 @@ class DetachedWebSocket(asyncio.Protocol):
         check = server.frame_check
         if check is not None and not check(socket.sid, data):
             return True  # dropped (the check counted it)
+        on_message = server.message_handler
+        if on_message is not None and type(data) is str and data[0] == "4" and data[1:2].isnumeric():
+            # A MESSAGE (every Socket.IO packet): python-engineio's decode gives the text after
+            # "4" (a leading digit is never JSON to it), and `receive` hands it to the "message"
+            # handler through `_trigger_event`, which logs what the handler raises.
+            try:
+                await on_message(socket.sid, data[1:])
+            except Exception:
+                server.logger.exception("message async handler error")
+            return True
         try:
             pkt = eio_packet.Packet(encoded_packet=data)
         except Exception:
@@ -707,6 +717,9 @@ class FanoutEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         # Websocket frames the app refuses after the handshake (`DetachedWebSocket`): returns
         # whether to handle the frame (chat/sockguard.py counts undecodable ones).
         self.frame_check: Callable[[str, Payload], bool] | None = None
+        # The "message" handler, called by `DetachedWebSocket` without engine.io's packet object
+        # and `_trigger_event` (set by chat/sockguard.py, which registers the same handler).
+        self.message_handler: Callable[[str, str], Awaitable[None]] | None = None
         self.ping_wheel = PingWheel(min(0.5, self.ping_interval / 4, self.ping_timeout / 4))
         self._id_pool, self._id_at = b"", 0  # random bytes of the next session ids (`generate_id`)
 
