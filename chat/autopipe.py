@@ -8,10 +8,12 @@ queues a caller's commands; one pipeline at a time goes out with everything queu
 is queued while it is out goes in the next one (like ioredis's auto-pipelining). A caller
 alone costs one round trip, as before.
 
-Commands are tuples for `Pipeline.execute_command`, or `Script(script, keys, args)` for a
-registered Lua script: sent as EVALSHA directly (redis-py would first send SCRIPT EXISTS for a
-pipeline holding scripts, a second round trip); a script Redis does not know (restarted, or
-flushed) is run again on its own through redis-py, which loads it. The pipeline is not a
+Commands are tuples of a command's arguments (as for `execute_command`), or `Script(script,
+keys, args)` for a registered Lua script: sent as EVALSHA directly (redis-py would first send
+SCRIPT EXISTS for a pipeline holding scripts, a second round trip); a script Redis does not
+know (restarted, or flushed) is run again on its own through redis-py, which loads it. The
+exchange itself is redis-py's pipeline without its per-command bookkeeping (`_round_trip`):
+one packed write, the replies read under one timeout, redis-py's reply callbacks applied. The pipeline is not a
 transaction: each caller's commands run in order, as a non-transactional pipeline of their
 own would. A command's error is raised to its caller; a connection error to every caller of
 the batch.
@@ -20,10 +22,13 @@ the batch.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class AutoPipeline:
         self._max_batch = max_batch  # commands per pipeline
         self._queue: list[tuple[list[Command], asyncio.Future[list[Any]]]] = []
         self._running: asyncio.Task[None] | None = None
+        self.round_trips = 0  # exchanges with Redis (each one write, then every reply)
 
     async def execute(self, commands: list[Command]) -> list[Any]:
         """The commands' results, in order; raises the first command error, like a pipeline."""
@@ -76,15 +82,10 @@ class AutoPipeline:
         live = [(cmds, fut) for cmds, fut in batch if not fut.done()]  # a caller may have given up
         if not live:
             return
-        pipe = self._redis.pipeline(transaction=False)
-        for cmds, _ in live:
-            for c in cmds:
-                if isinstance(c, Script):
-                    pipe.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)
-                else:
-                    pipe.execute_command(*c)
+        wire = [("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) if isinstance(c, Script) else c
+                for cmds, _ in live for c in cmds]
         try:
-            results = list(await pipe.execute(raise_on_error=False))
+            results = await self._round_trip(wire)
         except Exception as exc:
             for _, fut in live:
                 if not fut.done():
@@ -102,3 +103,51 @@ class AutoPipeline:
                         mine[k] = exc
             if not fut.done():
                 fut.set_result(mine)
+
+    async def _round_trip(self, wire: list[tuple[Any, ...]]) -> list[Any]:
+        self.round_trips += 1
+        return await round_trip(self._redis, wire)
+
+
+async def round_trip(redis: Any, wire: list[tuple[Any, ...]]) -> list[Any]:
+    """What redis-py's non-transactional `pipeline().execute(raise_on_error=False)` does,
+    without its per-command bookkeeping: every command packed into one write, every reply
+    read under one timeout, error replies returned in place. Connection errors are retried
+    like redis-py's (the connection's `Retry`, reconnecting first); a failed exchange leaves
+    the connection disconnected, never half-read."""
+    pool = redis.connection_pool
+    conn = await pool.get_connection()
+    try:
+        return cast(list[Any], await conn.retry.call_with_retry(
+            lambda: _exchange(redis, conn, wire), lambda _error: conn.disconnect()))
+    finally:
+        await pool.release(conn)
+
+
+async def _exchange(redis: Any, conn: Any, wire: list[tuple[Any, ...]]) -> list[Any]:
+    await conn.send_packed_command(conn.pack_commands(wire))
+    parser = conn._parser  # redis-py 8.1 (pinned): Connection.read_response minus its per-reply timeout
+    replies: list[Any] = []
+    try:
+        async with asyncio.timeout(conn.socket_timeout):
+            for _ in wire:
+                replies.append(await parser.read_response())
+    except TimeoutError:
+        await conn.disconnect(nowait=True)
+        raise RedisTimeoutError("Timeout reading from Redis") from None
+    except OSError as exc:
+        await conn.disconnect(nowait=True)
+        raise RedisConnectionError(f"Error while reading from Redis: {exc.args}") from None
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    callbacks = redis.response_callbacks
+    out: list[Any] = []
+    for command, reply in zip(wire, replies, strict=True):
+        callback = callbacks.get(command[0]) if not isinstance(reply, ResponseError) else None
+        if callback is not None:
+            reply = callback(reply)
+            if inspect.isawaitable(reply):
+                reply = await reply
+        out.append(reply)
+    return out

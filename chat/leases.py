@@ -10,6 +10,24 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from chat.db import UTCDateTime, utcnow
+
+
+class LeasedWork:
+    """The columns `claim` works on, shared by the leased work tables (push_jobs,
+    webhook_outbox, blob_deletions): a row is `pending` until due at next_attempt_at, leased to
+    `lease_owner` until lease_until, and keeps its attempts and last error."""
+
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(sa.String(500), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 async def claim(session_factory: async_sessionmaker[AsyncSession], model: Any, columns: Sequence[Any], *,

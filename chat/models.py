@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from chat.db import Base, BigId, ExactString, UTCDateTime, utcnow
+from chat.leases import LeasedWork
 
 USER_ID = ExactString(64)
 
@@ -155,7 +156,7 @@ class Attachment(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class BlobDeletion(Base):
+class BlobDeletion(LeasedWork, Base):
     """A blob to remove from the store (chat/uploadsweep.py): written in the transaction that
     deletes the row naming it, so no row ever names a removed blob and no blob is forgotten;
     deleted once the store confirms. Leased like other work rows (chat/leases.py). status:
@@ -167,14 +168,6 @@ class BlobDeletion(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     blob_key: Mapped[str] = mapped_column(ExactString(64))
-    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
-    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    lease_owner: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
-    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    last_error: Mapped[str | None] = mapped_column(sa.String(500), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class Reaction(Base):

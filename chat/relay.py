@@ -59,6 +59,7 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge
 
+from chat.autopipe import round_trip
 from chat.fanout import Broadcast, FanoutManager, Payload
 from chat.keys import RedisKeys
 
@@ -300,10 +301,9 @@ class RedisRelay:
         if len(messages) == 1:
             await self._redis.publish(*messages[0])
             return
-        pipe = self._redis.pipeline(transaction=False)
-        for channel, payload in messages:
-            pipe.publish(channel, payload)
-        await pipe.execute()
+        for reply in await round_trip(self._redis, [("PUBLISH", channel, payload) for channel, payload in messages]):
+            if isinstance(reply, Exception):
+                raise reply
 
     def _publish_failed(self, exc: BaseException | None) -> None:
         RELAY_PUBLISH_FAILED.inc()

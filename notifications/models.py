@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from chat.db import Base, BigId, ExactString, UTCDateTime, utcnow
+from chat.leases import LeasedWork
 
 USER_ID = ExactString(64)
 
@@ -71,7 +72,7 @@ class PushOutbox(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
-class PushJob(Base):
+class PushJob(LeasedWork, Base):
     """One fan-out of pushes to an audience, written in the transaction of its cause (a chat
     message, or a server-API notification to a channel) instead of one outbox row per device.
 
@@ -97,12 +98,4 @@ class PushJob(Base):
     audience: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     payload: Mapped[str] = mapped_column(sa.Text)  # JSON, like push_outbox.payload
     resume_after: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
-    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
-    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     pushes: Mapped[int] = mapped_column(sa.Integer, default=0)  # outbox rows written so far
-    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    lease_owner: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
-    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    last_error: Mapped[str | None] = mapped_column(sa.String(500), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

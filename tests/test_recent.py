@@ -155,26 +155,18 @@ async def test_concurrent_redis_calls_share_one_pipeline(redis_url: str, redis_p
     from chat.autopipe import AutoPipeline, Script
 
     client = aioredis.Redis.from_url(redis_url)
-    pipelines = 0
-
-    class Counting:  # the real client; counts the pipelines sent
-        def pipeline(self, **kw: Any) -> Any:
-            nonlocal pipelines
-            pipelines += 1
-            return client.pipeline(**kw)
-
-    auto = AutoPipeline(Counting())
+    auto = AutoPipeline(client)
     key, text = f"{redis_prefix}:auto", f"{redis_prefix}:text"
     # A script body Redis has never seen (a fresh comment): its EVALSHA answers NOSCRIPT.
     fresh = client.register_script(f"-- {secrets.token_hex(8)}\nreturn redis.call('HINCRBY', KEYS[1], ARGV[1], 1)")
     try:
         await client.set(text, "not a hash")
         await auto.execute([("HINCRBY", key, "warm", 1)])
-        assert pipelines == 1
+        assert auto.round_trips == 1
         calls = [auto.execute([("HINCRBY", key, f"f{i % 5}", 1), Script(fresh, [key], ["s"])]) for i in range(50)]
         calls.append(auto.execute([("HINCRBY", text, "x", 1)]))
         results = await asyncio.gather(*calls, return_exceptions=True)
-        assert pipelines <= 3  # 51 callers, not 51 round trips (one more for the warm-up)
+        assert auto.round_trips <= 3  # 51 callers, not 51 round trips (one more for the warm-up)
         assert isinstance(results[-1], ResponseError)  # the wrong-type error is that caller's alone
         assert sorted(r[1] for r in results[:-1]) == list(range(1, 51))  # type: ignore[index]
         assert await client.hgetall(key) == {b"warm": b"1", **{f"f{i}".encode(): b"10" for i in range(5)}, b"s": b"50"}

@@ -8,9 +8,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from chat.db import Base, BigId, ExactString, UTCDateTime, utcnow
+from chat.leases import LeasedWork
 
 
-class WebhookOutbox(Base):
+class WebhookOutbox(LeasedWork, Base):
     """One event for the backend, written in the transaction of the thing it reports.
 
     status: pending -> sending (claimed by `lease_owner` until lease_until) -> delivered | failed;
@@ -26,14 +27,6 @@ class WebhookOutbox(Base):
     event_id: Mapped[str] = mapped_column(ExactString(64), unique=True)
     event_type: Mapped[str] = mapped_column(sa.String(64))
     body: Mapped[str] = mapped_column(sa.Text)
-    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
-    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    lease_owner: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
-    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_status: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
-    last_error: Mapped[str | None] = mapped_column(sa.String(500), nullable=True)
     window_start: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
