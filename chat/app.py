@@ -38,6 +38,8 @@ from chat.slowmode import SlowModeGate
 from chat.socketlimit import socket_limiter
 from chat.sockets import ChatSockets
 from chat.uploadsweep import UploadSweeper
+from chat.wsconnect import ROUTE as WS_ROUTE
+from chat.wsconnect import WebsocketConnect
 from notifications import http as notifications_http
 from webhooks import http as webhooks_http
 
@@ -108,8 +110,12 @@ def create_sio(settings: Settings) -> FanoutServer:
 
 
 def create_app(settings: Settings) -> web.Application:
+    sio = create_sio(settings)
+    # Websocket-first Engine.IO connects are answered before the other middlewares
+    # (chat/wsconnect.py); every other request goes through all of them.
     app = web.Application(client_max_size=settings.max_payload_bytes,
-                          middlewares=[security_headers, http_api.error_middleware, http_api.body_limits],
+                          middlewares=[websocket_connects(sio), security_headers, http_api.error_middleware,
+                                       http_api.body_limits],
                           # A body left unread (refused before reading it: too large, no
                           # credentials) is read and thrown away for at most this long before the
                           # connection closes (aiohttp's default: 10 s). Not 0: closing with unread
@@ -119,7 +125,6 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS_KEY] = settings
     app[http_api.LIMITS_KEY] = settings
     app[http_api.AUTH_KEY] = Authenticator(settings)
-    sio = create_sio(settings)
     sio.attach(app)  # routes must exist before the app starts; handlers are added in chat_ctx
     app[SIO_KEY] = sio
     app.cleanup_ctx.append(database_ctx)
@@ -340,6 +345,22 @@ def add_page_routes(app: web.Application) -> None:
     app.router.add_get("/static/vendor/socket.io.esm.min.js", socketio_client)
     if STATIC_DIR.exists():
         app.router.add_static("/static/", STATIC_DIR)
+
+
+def websocket_connects(sio: FanoutServer) -> Any:
+    """The middleware that answers websocket-first Engine.IO connects (chat/wsconnect.py)."""
+    connect = WebsocketConnect(sio.eio)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "GET" and request.path == WS_ROUTE:
+            response = await connect(request)
+            if response is not None:
+                return response
+        result: web.StreamResponse = await handler(request)
+        return result
+
+    return middleware
 
 
 @web.middleware

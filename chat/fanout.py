@@ -74,7 +74,8 @@ aiohttp
     `set_exception`, `feed_eof`; `WebSocketReader(queue, max_msg_size, compress, decode_text)`,
     `feed_data(data)`; `WSMsgType`, `WSCloseCode`, `WebSocketError.code`.
   * `request.protocol` (the `RequestHandler`): `transport`, `_force_close`, `_manager`
-    (`connection_lost(handler, exc)`), `_reading_paused`, `set_parser`, `keep_alive`; and
+    (`connection_lost(handler, exc)`), `_reading_paused`, `_buffer_paused`, `_message_tail`,
+    `set_parser`, `keep_alive`; and
     that a handler's response whose `prepare`/`write_eof` write nothing leaves the
     connection alone when `transport` is None and `_force_close` is set. asyncio's
     `Transport.set_protocol` (uvloop and the default loop both have it).
@@ -83,13 +84,15 @@ aiohttp
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import logging
 import math
+import os
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import engineio
@@ -235,6 +238,9 @@ class _Detached(StreamResponse):
 
     def __init__(self) -> None:
         super().__init__(status=101)
+        # Not keep-alive: aiohttp would otherwise arm a keep-alive timer that holds its request
+        # handler (and the parsed upgrade request) for keepalive_timeout after the handler returns.
+        self.force_close()
 
     async def prepare(self, request: Any) -> None:
         return None
@@ -280,17 +286,30 @@ class DetachedWebSocket(asyncio.Protocol):
         response = ws._sock
         if transport is None or transport.is_closing():
             raise OSError("connection lost during the websocket handshake")
-        self = cls(socket, transport, response._parser, outbox)
+        return cls.adopt(socket, handler, transport, response._parser, cast(_PushQueue, response._reader), outbox)
+
+    @classmethod
+    def adopt(cls, socket: FanoutSocket, handler: Any, transport: asyncio.Transport, parser: Any,
+              queue: _PushQueue, outbox: Outbox) -> DetachedWebSocket:
+        """Make a new DetachedWebSocket the protocol of `transport`, taking it from aiohttp's
+        request `handler`; `parser` feeds `queue`. Bytes the handler received after the
+        upgrade request and has not parsed yet are parsed now."""
+        self = cls(socket, transport, parser, outbox)
         transport.set_protocol(self)
         # The request handler finishes without touching the connection (`_Detached`), and its
         # server stops counting it as one of its connections.
-        was_paused = handler._reading_paused
+        was_paused = handler._reading_paused or handler._buffer_paused
+        handler.keep_alive(False)  # cancels the keep-alive timer armed at connection_made (it holds the handler)
         handler.transport = None
         handler._force_close = True
         manager = handler._manager
         if manager is not None:
             manager.connection_lost(handler, None)
-        cast(_PushQueue, response._reader).push_to(self)
+        queue.push_to(self)
+        tail = handler._message_tail
+        if tail:  # frames sent right behind the upgrade request (a parser set by aiohttp had them already)
+            handler._message_tail = b""
+            parser.feed_data(tail)
         if was_paused and not self._done:
             transport.resume_reading()
         return self
@@ -376,6 +395,16 @@ class DetachedWebSocket(asyncio.Protocol):
         check = server.frame_check
         if check is not None and not check(socket.sid, data):
             return True  # dropped (the check counted it)
+        on_message = server.message_handler
+        if on_message is not None and type(data) is str and data[0] == "4" and data[1:2].isnumeric():
+            # A MESSAGE (every Socket.IO packet): python-engineio's decode gives the text after
+            # "4" (a leading digit is never JSON to it), and `receive` hands it to the "message"
+            # handler through `_trigger_event`, which logs what the handler raises.
+            try:
+                await on_message(socket.sid, data[1:])
+            except Exception:
+                server.logger.exception("message async handler error")
+            return True
         try:
             pkt = eio_packet.Packet(encoded_packet=data)
         except Exception:
@@ -688,7 +717,24 @@ class FanoutEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         # Websocket frames the app refuses after the handshake (`DetachedWebSocket`): returns
         # whether to handle the frame (chat/sockguard.py counts undecodable ones).
         self.frame_check: Callable[[str, Payload], bool] | None = None
+        # The "message" handler, called by `DetachedWebSocket` without engine.io's packet object
+        # and `_trigger_event` (set by chat/sockguard.py, which registers the same handler).
+        self.message_handler: Callable[[str, str], Awaitable[None]] | None = None
         self.ping_wheel = PingWheel(min(0.5, self.ping_interval / 4, self.ping_timeout / 4))
+        self._id_pool, self._id_at = b"", 0  # random bytes of the next session ids (`generate_id`)
+
+    def generate_id(self) -> str:
+        """python-engineio's session id (base64 of 12 random bytes and a 3-byte sequence number,
+        '/' and '+' replaced), with the random bytes taken from a pool of `os.urandom` refilled
+        every 256 ids: one system call instead of one per connect."""
+        pool, at = self._id_pool, self._id_at
+        if at + 12 > len(pool):
+            pool = self._id_pool = os.urandom(12 * 256)
+            at = 0
+        self._id_at = at + 12
+        seq: int = self.sequence_number  # type: ignore[has-type]
+        self.sequence_number = (seq + 1) & 0xFFFFFF
+        return base64.b64encode(pool[at:at + 12] + seq.to_bytes(3, "big")).decode().replace("/", "_").replace("+", "-")
 
     def start_sweeper(self) -> None:
         """One task for all sockets (not one per socket) that aborts stalled websockets."""

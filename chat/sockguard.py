@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,8 +20,10 @@ from typing import Any
 import engineio.exceptions
 import socketio
 from prometheus_client import Counter
+from socketio import packet as sio_packet
 
 from chat.connectgate import ConnectGate
+from chat.fanout import has_binary
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class PacketGuard:
         # frames no longer go through the driver's wait(): the server asks this check instead.
         if hasattr(sio.eio, "frame_check"):
             sio.eio.frame_check = self.check_frame
+            sio.eio.message_handler = self.on_eio_message
         for name in ("engineio.server", "socketio.server"):
             logging.getLogger(name).addFilter(self.log_filter)
 
@@ -89,10 +93,70 @@ class PacketGuard:
             if count.isdigit() and int(count) > MAX_ATTACHMENTS:
                 self.strike(eio_sid, ValueError("too many binary attachments"))
                 return
+        elif isinstance(data, str) and data[:1] in ("0", "2"):
+            try:
+                if await self._dispatch(eio_sid, data):
+                    return
+            except Exception as exc:
+                self.strike(eio_sid, exc)
+                return
         try:
             await self._eio_message(eio_sid, data)
         except Exception as exc:
             self.strike(eio_sid, exc)
+
+    async def _dispatch(self, eio_sid: str, data: str) -> bool:
+        """python-socketio's handling (5.18.1 `_handle_eio_message`, `_handle_event`,
+        `_handle_event_internal`, `_trigger_event`, `_send_packet`) of the packets of a connect
+        and of every event: a CONNECT of the default namespace with auth (`0{...}`), and an
+        EVENT of the default namespace (`2[...]`, `2<id>[...]`) of a connected socket for a
+        handler of its own, decoded and acked without packet objects. False, before anything is
+        done, for any other packet: python-socketio handles it (and its errors are strikes)."""
+        sio = self.sio
+        if sio.async_handlers or eio_sid in sio._binary_packet:
+            return False
+        loads = sio.packet_class.json.loads
+        if data[0] == "0":
+            if data[1:2] != "{":
+                return False
+            try:
+                auth = loads(data[1:])
+            except ValueError:
+                return False
+            await sio._handle_connect(eio_sid, None, auth)
+            return True
+        bracket = data.find("[", 1, 18)
+        if bracket < 0:
+            return False
+        ack = data[1:bracket]
+        if ack and not (ack.isascii() and ack.isdigit()):
+            return False
+        try:
+            args = loads(data[bracket:])
+        except ValueError:
+            return False
+        if not isinstance(args, list) or not args or not isinstance(args[0], str):
+            return False
+        event = args[0]
+        handler = sio.handlers.get("/", {}).get(event)
+        if handler is None or event in sio.reserved_events or not inspect.iscoroutinefunction(handler):
+            return False
+        manager = sio.manager
+        sid = manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is None or not manager.is_connected(sid, "/"):
+            return False
+        try:
+            ret = await handler(sid, *args[1:])
+        except asyncio.CancelledError:  # as python-socketio's _trigger_event
+            ret = None
+        if ack and ret is not sio.not_handled:
+            answer = [] if ret is None else list(ret) if isinstance(ret, tuple) else [ret]
+            if has_binary(answer):
+                await sio._send_packet(eio_sid, sio.packet_class(sio_packet.ACK, namespace="/", id=int(ack),
+                                                                 data=answer))
+            else:
+                await sio.eio.send(eio_sid, "3" + str(int(ack)) + sio.packet_class.json.dumps(answer, separators=(",", ":")))
+        return True
 
     def _guarded_post(self, eio_sid: str, handle: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         """A polling POST whose payload python-engineio cannot decode (it would log an ERROR and

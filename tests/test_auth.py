@@ -24,7 +24,7 @@ import socketio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.support import API_KEY, JWT_SECRET, Api, Client, ServerProcess, make_token
+from tests.support import API_KEY, JWT_SECRET, Api, Client, ServerProcess, make_token, migrated_sqlite
 
 # HS384/HS512 tokens signed with the (short) HS256 secret are part of the refusal matrix.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -80,7 +80,7 @@ def sign(claims: dict[str, Any], key: Any, algorithm: str) -> str:
 
 def _start(tmp_path_factory: Any, name: str, env: dict[str, str] | None = None) -> ServerProcess:
     db = tmp_path_factory.mktemp(name) / "backstage.db"
-    return ServerProcess(f"sqlite+aiosqlite:///{db}", env=env)
+    return ServerProcess(migrated_sqlite(db), env=env)
 
 
 @pytest.fixture(params=["sqlite", "mysql"])

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.support import API_KEY, Api, Client, ServerProcess, make_token
+from tests.support import API_KEY, Api, Client, ServerProcess, make_token, migrated_sqlite
 
 
 @dataclass
@@ -46,7 +46,7 @@ def assert_log_clean(text: str, where: str) -> None:
 def env(request: Any, tmp_path_factory: Any, mysql_databases: Any, redis_url: str,
         redis_prefix_root: str) -> Iterator[Env]:
     if request.param == "sqlite":
-        server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('badinput') / 'backstage.db'}")
+        server = ServerProcess(migrated_sqlite(tmp_path_factory.mktemp('badinput') / 'backstage.db'))
     else:
         server = ServerProcess(mysql_databases.new(), redis_url, f"{redis_prefix_root}-badinput")
     yield from _env(server)
@@ -85,7 +85,7 @@ def _env(server: ServerProcess) -> Iterator[Env]:
 def raw_env(tmp_path_factory: Any) -> Iterator[Env]:
     """A server of its own for hand-made packets: python-socketio logs a traceback for a
     packet it cannot parse, so this server's log is not checked."""
-    yield from _env(ServerProcess(f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('rawpackets') / 'backstage.db'}"))
+    yield from _env(ServerProcess(migrated_sqlite(tmp_path_factory.mktemp('rawpackets') / 'backstage.db')))
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import redis as redis_sync
 from sqlalchemy.engine import make_url
 
 from tests.conftest import Cluster, MySQLDatabases
-from tests.support import Api, ServerProcess
+from tests.support import Api, ServerProcess, migrated_sqlite
 from tests.test_operations import TcpProxy, parse_metrics
 
 SEP = "\x1e"  # Engine.IO v4 long-polling payload separator
@@ -218,7 +218,7 @@ def cluster(request: Any, tmp_path: Path, mysql_databases: MySQLDatabases, redis
             redis_prefix: str) -> Iterator[Cluster]:
     """memory: one process on SQLite without Redis; redis: two processes on MariaDB + Redis."""
     if request.param == "memory":
-        c = Cluster(f"sqlite+aiosqlite:///{tmp_path}/fanout.db", None, "unused", 1)
+        c = Cluster(migrated_sqlite(tmp_path / "fanout.db"), None, "unused", 1)
     else:
         c = Cluster(mysql_databases.new(), redis_url, redis_prefix, 2)
     yield c
@@ -371,7 +371,7 @@ async def test_client_that_stops_reading_is_disconnected_others_keep_flowing(tmp
     before the next is published."""
     env = ({"SOCKET_MAX_BUFFER_BYTES": str(256 * 1024)} if limit == "bytes"
            else {"SOCKET_MAX_BUFFER_BYTES": str(10**9), "SOCKET_STALL_S": "1"})
-    server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/slow.db", env=env)
+    server = ServerProcess(migrated_sqlite(tmp_path / "slow.db"), env=env)
     api = Api(server.url)
     room, tokens = room_with_members(api, "cre", ["slow", "fast"])
     slow = await RawClient(server.url, tokens["slow"]).connect()
@@ -561,7 +561,7 @@ async def test_detached_websocket_answers_control_frames_and_limits(tmp_path: Pa
     """After the handshake a websocket is owned by chat/fanout.py's DetachedWebSocket, not by
     aiohttp: it still answers a WebSocket PING with a PONG, Socket.IO packets, a client's close
     frame with a close frame, and a message over the 1 MiB limit with close 1009."""
-    c = Cluster(f"sqlite+aiosqlite:///{tmp_path}/detached.db", None, "unused", 1)
+    c = Cluster(migrated_sqlite(tmp_path / "detached.db"), None, "unused", 1)
     url = c.servers[0].url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
     try:
         async with aiohttp.ClientSession() as http:

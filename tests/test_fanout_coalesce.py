@@ -27,7 +27,7 @@ from aiohttp import web
 
 from chat.fanout import FanoutServer
 from chat.outbox import WS_FRAMES, WS_WRITES
-from tests.support import Api, Client, ServerProcess, free_port, ok
+from tests.support import Api, Client, ServerProcess, free_port, migrated_sqlite, ok
 from tests.test_fanout import RawClient, room_with_members
 from tests.test_operations import parse_metrics
 
@@ -131,7 +131,7 @@ async def test_close_writes_pending_frames_first() -> None:
 def windowed(tmp_path: Path) -> Iterator[ServerProcess]:
     """A server holding presence events for 1.5 s (PRESENCE_WINDOW_S), so that the events of
     several joins go out in one loop turn."""
-    server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/coalesce.db",
+    server = ServerProcess(migrated_sqlite(tmp_path / "coalesce.db"),
                            env={**QUIET, "PRESENCE_WINDOW_S": "1.5"})
     yield server
     server.stop()
@@ -189,7 +189,7 @@ async def test_close_writes_the_pending_close_packet_first(tmp_path: Path) -> No
     (SOCKETIO_CONNECT_TIMEOUT_S): its Engine.IO CLOSE packet is queued in the outbox in the
     same turn as the connection is closed, and still reaches the client before the
     connection ends."""
-    server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/close.db",
+    server = ServerProcess(migrated_sqlite(tmp_path / "close.db"),
                            env={**QUIET, "SOCKETIO_CONNECT_TIMEOUT_S": "0.5"})
     try:
         async with aiohttp.ClientSession() as http:
@@ -212,7 +212,7 @@ async def test_a_client_that_stops_reading_is_still_disconnected(tmp_path: Path)
     once pending + unsent bytes pass SOCKET_MAX_BUFFER_BYTES (the stall limit is out of the
     way), and goes offline for the others; a reading client of the same room gets every event."""
     env = {**QUIET, "SOCKET_MAX_BUFFER_BYTES": str(256 * 1024), "SOCKET_STALL_S": "3600"}
-    server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/slow.db", env=env)
+    server = ServerProcess(migrated_sqlite(tmp_path / "slow.db"), env=env)
     api = Api(server.url)
     room, tokens = room_with_members(api, "cre", ["slow", "fast"])
     slow = await RawClient(server.url, tokens["slow"]).connect()

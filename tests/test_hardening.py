@@ -24,7 +24,7 @@ import pytest
 import socketio
 
 from tests.conftest import Cluster, MySQLDatabases
-from tests.support import API_KEY, Api, Client, ServerProcess, make_token
+from tests.support import API_KEY, Api, Client, ServerProcess, make_token, migrated_sqlite
 
 ENV = {
     "SOCKETIO_CONNECT_TIMEOUT_S": "1",
@@ -381,7 +381,7 @@ async def test_new_sessions_wait_for_a_setup_slot(tmp_path: Any) -> None:
     """SOCKETIO_SETUP_CONCURRENCY (chat/connectgate.py): at most N new sessions are set up at once
     (Engine.IO connect until their first join is answered); the next one gets its handshake
     only when a slot frees, here when one of the first two answered its join."""
-    cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/gate.db", None, "unused", 1,
+    cluster = Cluster(migrated_sqlite(tmp_path / "gate.db"), None, "unused", 1,
                       env={"SOCKETIO_SETUP_CONCURRENCY": "2", "SOCKETIO_SETUP_HOLD_S": "30",
                            "SOCKETIO_CONNECT_TIMEOUT_S": "30"})
     sessions: list[tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]] = []

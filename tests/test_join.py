@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from tests.conftest import Cluster, MySQLDatabases
 from tests.faults import eventually
-from tests.support import Api, Client, barrier, make_token, sync_engine
+from tests.support import Api, Client, barrier, make_token, migrated_sqlite, sync_engine
 
 JOIN_KEYS = {"conversation", "messages", "has_more", "online", "unread_count", "last_read_seq", "read_positions",
              "slow_mode_s", "pinned", "guidelines_accepted"}  # extensions (docs/api.md, Moderation)
@@ -217,7 +217,7 @@ def unlimited_joins(request: Any, tmp_path: Any, mysql_databases: MySQLDatabases
     """One server of its own (its log is read) that never rate-limits joins."""
     env = {"JOIN_RATE_PER_S": "100000", "JOIN_BURST": "100000"}
     if request.param == "sqlite":
-        cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/backstage.db", None, "unused", 1, env=env)
+        cluster = Cluster(migrated_sqlite(tmp_path / "backstage.db"), None, "unused", 1, env=env)
     else:
         cluster = Cluster(mysql_databases.new(), redis_url, redis_prefix, 1, env=env)
     yield cluster

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from tests.conftest import Cluster, MySQLDatabases
 from tests.fakefcm import FakeFCMServer
-from tests.support import API_KEY, Client, barrier, make_token, sync_engine
+from tests.support import API_KEY, Client, barrier, make_token, migrated_sqlite, sync_engine
 
 
 class Served:
@@ -44,7 +44,7 @@ class Served:
 def _served(kind: str, tmp_path: Any, mysql_databases: MySQLDatabases, redis_url: str, redis_prefix: str,
             env: dict[str, str] | None = None) -> Served:
     if kind == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/backstage.db"
+        url = migrated_sqlite(tmp_path / "backstage.db")
         cluster = Cluster(url, None, "unused", 1, env=env)
     else:
         url = mysql_databases.new()
@@ -439,7 +439,7 @@ async def test_push_reaches_fcm_through_the_inline_worker(tmp_path: Any) -> None
     from tests.fakefcm import FakeFCMServer
 
     fcm = FakeFCMServer(tmp_path)
-    cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/backstage.db", None, "unused", 1,
+    cluster = Cluster(migrated_sqlite(tmp_path / "backstage.db"), None, "unused", 1,
                       env={"FIREBASE_CREDENTIALS": fcm.credentials_path, "FCM_ENDPOINT": fcm.endpoint,
                            "PUSH_WORKER": "inline"})
     try:

@@ -32,7 +32,7 @@ import socketio
 from sqlalchemy.engine import make_url
 
 from tests.faults import TcpProxy, wait_until
-from tests.support import JWT_SECRET, ROOT, Api, Client, ServerProcess, free_port, make_token
+from tests.support import JWT_SECRET, ROOT, Api, Client, ServerProcess, free_port, make_token, migrated_sqlite
 
 
 async def eventually_true(pred: Any, what: str, timeout: float = 30) -> None:
@@ -50,7 +50,7 @@ def readyz(server: ServerProcess) -> httpx.Response:
 
 
 def test_healthz_readyz_and_idle_sigterm(tmp_path: Path) -> None:
-    server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/ops.db")
+    server = ServerProcess(migrated_sqlite(tmp_path / "ops.db"))
     try:
         r = httpx.get(server.url + "/healthz", timeout=5)
         assert r.status_code == 200 and r.json()["ok"] is True
@@ -139,7 +139,7 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 async def test_metrics(tmp_path: Path) -> None:
-    server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/m.db")
+    server = ServerProcess(migrated_sqlite(tmp_path / "m.db"))
     api = Api(server.url)
     clients: list[Client] = []
 
@@ -205,7 +205,7 @@ async def test_metrics(tmp_path: Path) -> None:
 async def test_sigterm_disconnects_clients_and_exits_0(backend: str, tmp_path: Path, mysql_databases: Any,
                                                        redis_url: str, redis_prefix: str) -> None:
     if backend == "sqlite":
-        server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/t.db")
+        server = ServerProcess(migrated_sqlite(tmp_path / "t.db"))
     else:
         server = ServerProcess(mysql_databases.new(), redis_url, redis_prefix)
     clients = [await Client(server.url, make_token(f"u{i}")).connect() for i in range(3)]
@@ -253,7 +253,7 @@ def json_log_server(request: Any, tmp_path_factory: Any, mysql_databases: Any, r
     if request.param.endswith("redis"):
         server = ServerProcess(mysql_databases.new(), redis_url, f"{redis_prefix_root}-jsonlog", env=env)
     else:
-        server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('jsonlog') / 'j.db'}", env=env)
+        server = ServerProcess(migrated_sqlite(tmp_path_factory.mktemp('jsonlog') / 'j.db'), env=env)
     yield server
     server.stop()
 
@@ -435,6 +435,51 @@ def _migrate(cwd: Path, database_url: str) -> None:
         assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_head_read_from_migration_files_is_alembics_head() -> None:
+    """chat/migrate.py recognises a database at head without importing Alembic, from the files'
+    revision lines: that reading must agree with Alembic's own."""
+    from alembic.script import ScriptDirectory
+
+    from chat import migrate
+
+    assert migrate.head_revision() == ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
+
+
+async def test_database_behind_head_is_upgraded_and_at_head_is_recognised(tmp_path: Path) -> None:
+    """The fast path (no Alembic when at head) must not skip a database at an older revision."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from chat import migrate
+    from chat.db import create_engine
+
+    def to(revision: str) -> Any:
+        def run(connection: Any) -> None:
+            cfg = migrate.alembic_config()
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+        return run
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/old.db")
+    try:
+        async with engine.connect() as conn:
+            assert not await conn.run_sync(migrate.at_head)  # no alembic_version table
+            await conn.run_sync(to("0009"))
+            await conn.commit()
+            assert not await conn.run_sync(migrate.at_head)
+            await conn.rollback()
+        await migrate.upgrade(engine)
+        async with engine.connect() as conn:
+            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
+            assert version == migrate.head_revision()
+            assert await conn.run_sync(migrate.at_head)
+            await conn.execute(text("UPDATE alembic_version SET version_num = '0012'"))  # behind head again
+            await conn.commit()
+            assert not await conn.run_sync(migrate.at_head)
+    finally:
+        await engine.dispose()
+
+
 def test_migrate_empty_sqlite(tmp_path: Path) -> None:
     db = tmp_path / "empty.db"
     db.touch()  # an empty file, as created by an operator
@@ -452,7 +497,7 @@ def test_migrate_empty_sqlite(tmp_path: Path) -> None:
 
 
 def test_migrate_empty_mariadb(tmp_path: Path, mysql_databases: Any) -> None:
-    url = mysql_databases.new()
+    url = mysql_databases.new(empty=True)
     _migrate(tmp_path, url)
     u = make_url(url)
     con = pymysql.connect(host=u.host or "127.0.0.1", port=u.port or 3306, user=u.username or "root",

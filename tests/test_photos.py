@@ -25,7 +25,7 @@ from chat.attachments import UrlSigner
 from chat.blobs import LocalBlobStore, S3BlobStore, new_key
 from chat.config import Settings
 from tests.conftest import Cluster
-from tests.support import JWT_SECRET, Api, Client, free_port, sync_engine
+from tests.support import JWT_SECRET, Api, Client, free_port, migrated_sqlite, sync_engine
 from tests.test_push_rules import PushCluster, push_cluster, sqlite_push_cluster  # noqa: F401 (the fixtures)
 
 GPS_IFD = 0x8825
@@ -454,7 +454,7 @@ def test_server_on_s3_blob_url(s3_endpoint: str, tmp_path: Path, uid: Any) -> No
            "BLOB_URL": f"s3://server-photos/p?endpoint_url={s3_endpoint}&region=us-east-1"}
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="test",
                  aws_secret_access_key="test").create_bucket(Bucket="server-photos")
-    cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/s3.db", None, "unused", 1, env=env)
+    cluster = Cluster(migrated_sqlite(tmp_path / "s3.db"), None, "unused", 1, env=env)
     try:
         api = cluster.api
         room, _, pat, _ = room_with(api, uid)
@@ -479,7 +479,7 @@ async def test_unused_uploads_removed_from_s3(s3_endpoint: str, tmp_path: Path, 
     env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "UPLOAD_TTL_S": "5",
            "UPLOAD_SWEEP_INTERVAL_S": "0.05",
            "BLOB_URL": f"s3://swept-photos/p?endpoint_url={s3_endpoint}&region=us-east-1"}
-    cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/s3.db", None, "unused", 1, env=env)
+    cluster = Cluster(migrated_sqlite(tmp_path / "s3.db"), None, "unused", 1, env=env)
     db = sync_engine(cluster.database_url)
     try:
         api = cluster.api

@@ -214,7 +214,7 @@ async def test_worker_comes_back_for_a_retry_when_it_falls_due_not_at_its_next_p
     fake = fcm_server.fake
     fake.reset()
     fake.rules["due-soon"] = {"fcm": "QUOTA_EXCEEDED", "times": 1}
-    engine = create_engine(mysql_databases.new())
+    engine = create_engine(mysql_databases.new(empty=True))
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
     sf = session_factory(engine)

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from tests.conftest import Cluster, MySQLDatabases
 from tests.fakefcm import FakeFCMServer
-from tests.support import ROOT, Client, ServerProcess, make_token, sync_engine
+from tests.support import ROOT, Client, ServerProcess, make_token, migrated_sqlite, sync_engine
 
 
 def seed_patrons(db: sa.Engine, creator: str, count: int, *, prefix: str = "fan", tier: int = 500,
@@ -169,7 +169,7 @@ def inline(request: Any, tmp_path: Path, fcm_server: FakeFCMServer, mysql_databa
     env = {"FIREBASE_CREDENTIALS": fcm_server.credentials_path, "FCM_ENDPOINT": fcm_server.endpoint,
            "PUSH_EXPAND_BATCH": "2"}
     if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/backstage.db"
+        url = migrated_sqlite(tmp_path / "backstage.db")
         cluster = Cluster(url, None, "unused", 1, env=env)
     else:
         url = mysql_databases.new()

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from tests.conftest import Cluster, MySQLDatabases
 from tests.fakefcm import FakeFCMServer
-from tests.support import Client, sync_engine
+from tests.support import Client, migrated_sqlite, sync_engine
 
 
 class PushCluster:
@@ -68,7 +68,7 @@ def sqlite_push_cluster(fcm_server: FakeFCMServer, tmp_path: Any) -> Iterator[Pu
     """The embedded default with pushes: one process on a fresh SQLite file (in-process relay,
     presence and push worker), the real firebase-admin SDK against the fake FCM server."""
     fcm_server.fake.reset()
-    url = f"sqlite+aiosqlite:///{tmp_path}/push.db"
+    url = migrated_sqlite(tmp_path / "push.db")
     env = {"FIREBASE_CREDENTIALS": fcm_server.credentials_path, "FCM_ENDPOINT": fcm_server.endpoint}
     cluster = Cluster(url, None, "unused", 1, env=env)
     pc = PushCluster(cluster, url, fcm_server)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import API_KEY, JWT_SECRET, ROOT, ServerProcess, free_port
+from tests.support import API_KEY, JWT_SECRET, ROOT, ServerProcess, free_port, migrated_sqlite
 
 
 def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -173,7 +173,7 @@ def test_ready_line_names_address_database_and_relay(tmp_path: Path, mysql_url: 
         assert f"relay redis (127.0.0.1:6379, prefix '{redis_prefix}')" in ready[0], ready
     finally:
         server.stop()
-    server = ServerProcess(f"sqlite+aiosqlite:///{tmp_path}/r.db")
+    server = ServerProcess(migrated_sqlite(tmp_path / "r.db"))
     try:
         assert f"database sqlite ({tmp_path}/r.db), relay in-process" in server.log(), server.log()
     finally:

@@ -100,7 +100,7 @@ class Deployment:
 def two_deployments(mysql_databases: MySQLDatabases, redis_url: str, redis_prefix_root: str,
                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deployment, Deployment]]:
     tag = secrets.token_hex(3)
-    a = Deployment(mysql_databases.new(), redis_url, f"{redis_prefix_root}-iso-a-{tag}")
+    a = Deployment(mysql_databases.new(empty=True), redis_url, f"{redis_prefix_root}-iso-a-{tag}")
     try:
         b = Deployment(f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('iso')}/b.db", redis_url,
                        f"{redis_prefix_root}-iso-b-{tag}")

@@ -24,7 +24,7 @@ from chat.errors import NotFound
 from chat.migrate import upgrade
 from chat.uploadsweep import PENDING, UploadSweeper, delete_blobs, retry_delay
 from tests.conftest import Cluster
-from tests.support import Client, sync_engine
+from tests.support import Client, migrated_sqlite, sync_engine
 
 DAY = 24 * 3600.0
 
@@ -246,7 +246,7 @@ def sweeping_cluster(request: Any, tmp_path: Path, mysql_databases: Any, redis_u
     MariaDB + Redis (two processes, sweeping at the same time)."""
     env = {"UPLOAD_TTL_S": "0.05", "UPLOAD_SWEEP_INTERVAL_S": "0.02"}
     if request.param == "sqlite":
-        cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/sweep.db", None, "unused", 1, env=env)
+        cluster = Cluster(migrated_sqlite(tmp_path / "sweep.db"), None, "unused", 1, env=env)
     else:
         cluster = Cluster(mysql_databases.new(), redis_url, redis_prefix, 2, env=env)
     yield cluster

@@ -38,7 +38,7 @@ from chat import migrate
 from chat.config import ConfigError, Settings
 from chat.db import create_engine, session_factory, utcnow
 from tests.conftest import Cluster, MySQLDatabases
-from tests.support import ROOT, free_port, sync_engine
+from tests.support import ROOT, free_port, migrated_sqlite, sync_engine
 from webhooks import (
     DEFAULT_EVENT_TYPES,
     EVENT_TYPES,
@@ -401,7 +401,7 @@ def webhook_server(request: Any, tmp_path: Any, receiver: Receiver) -> Iterator[
     """SQLite: one process; MariaDB + Redis: two processes, each with its inline delivery worker."""
     env = server_env(receiver, ",".join(EVENT_TYPES))
     if request.param == "sqlite":
-        cluster = Cluster(f"sqlite+aiosqlite:///{tmp_path}/backstage.db", None, "unused", 1, env=env)
+        cluster = Cluster(migrated_sqlite(tmp_path / "backstage.db"), None, "unused", 1, env=env)
     else:
         mysql: MySQLDatabases = request.getfixturevalue("mysql_databases")
         cluster = Cluster(mysql.new(), request.getfixturevalue("redis_url"),

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tests.conftest import Cluster
-from tests.support import Api, Client, ServerProcess, sync_engine
+from tests.support import Api, Client, ServerProcess, migrated_sqlite, sync_engine
 from tests.test_operations import TcpProxy, parse_metrics
 
 
@@ -225,7 +225,7 @@ async def test_group_commit_two_processes_mariadb(mysql_databases: Any, redis_ur
 
 
 async def test_group_commit_two_processes_sqlite(tmp_path: Any, redis_url: str, redis_prefix: str) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path}/backstage.db"
+    url = migrated_sqlite(tmp_path / "backstage.db")
     cluster = Cluster(url, redis_url, redis_prefix, 2)
     try:
         await _group_commit(cluster, url)
