@@ -592,7 +592,9 @@ class Runner:
             rss_before = sum(rss_kib(p) for p in pids)
             t0 = time.time()
             probing = self.args.cpu_probe and sc != "reconnect"
-            if probing:
+            if sc == "reconnect" and getattr(self.args, "profile_reconnect", False) and self.last_kind is not None:
+                r = self.run_spied([a for a in cmd if a != "--quiet"], pids[0])
+            elif probing:
                 r, step_times, probe = self.run_probed([a for a in cmd if a != "--quiet"], pids)
             else:
                 r = subprocess.run(cmd, cwd=self.harness, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -622,6 +624,51 @@ class Runner:
                 log(f"cleanup of {target} failed: {exc}")
             time.sleep(1.0)
 
+
+    def run_spied(self, cmd: list[str], server_pid: int) -> Any:
+        """The reconnect storm with py-spy on the (first) server for its reconnect window only:
+        from the driver's "before:" line (sockets connected, joined, caught up; then the drop,
+        the missed posts and the storm) to its result line. Raw profile and its summary are
+        written under bench-results/profile-<stamp>/reconnect.txt."""
+        import threading
+
+        from profile_backstage import py_spy, summarize  # bench/profile_backstage.py
+        spy_exe = py_spy()
+        out_dir = RESULTS / time.strftime("profile-%Y%m%d-%H%M%S")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        prof = out_dir / "reconnect.txt"
+        p = subprocess.Popen(cmd, cwd=self.harness, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        spy: list[subprocess.Popen[bytes]] = []
+        err: list[str] = []
+
+        def read_err() -> None:
+            assert p.stderr is not None
+            for ln in p.stderr:
+                if ln.startswith("before:") and not spy:
+                    spy.append(subprocess.Popen([spy_exe, "record", "-p", str(server_pid), "-r", "200", "--format", "raw",
+                                                 "-o", str(prof)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                err.append(ln)
+        reader = threading.Thread(target=read_err, daemon=True)
+        reader.start()
+        try:
+            assert p.stdout is not None
+            stdout = ""
+            for ln in p.stdout:
+                stdout += ln
+                if ln.startswith("{") and spy:
+                    spy[0].send_signal(signal.SIGINT)
+            p.wait(timeout=600)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            if spy:
+                spy[0].wait(30)
+        reader.join(timeout=5)
+        if prof.exists():
+            text = summarize(prof, top=40)
+            prof.with_suffix(".summary.txt").write_text(text + "\n")
+            log(f"reconnect profile: {prof}")
+        return subprocess.CompletedProcess(cmd, p.returncode, stdout, "".join(err))
 
     def run_probed(self, cmd: list[str], server_pids: list[int]) -> tuple[Any, list[float], Any]:
         """The loadgen with bench/cpu_probe.py sampling alongside; its step lines (stderr, not
@@ -1068,6 +1115,8 @@ def main() -> int:
                     help="sample per-process CPU, run-queue wait, softirq and InnoDB row-lock waits per step"
                          " (bench/cpu_probe.py; stored as cpu_probe in each result, tabled by --report)")
     ap.add_argument("--cpu-probe-hz", type=float, default=10.0)
+    ap.add_argument("--profile-reconnect", action="store_true",
+                    help="py-spy on Backstage during the reconnect storm's window (drop, missed posts, storm)")
     ap.add_argument("--profile", action="store_true", help="profile Backstage under the fixed load (see bench/profile.py)")
     args, unknown = ap.parse_known_args()
     # Stop cleanly (servers, databases, Redis keys) on SIGTERM too, and on SIGINT even when

@@ -631,3 +631,32 @@ def test_fanout_binary_check_answers_like_python_socketio() -> None:
                         ["message", {"id": "1", "reactions": [], "sender": {"id": "a", "avatar_url": None}}]]
     for data in cases:
         assert has_binary(data) == Packet.data_is_binary(data), data
+
+
+def test_pending_disconnects_are_looked_up_without_a_scan() -> None:
+    """In a reconnect storm thousands of sockets are pending disconnect at once, and upstream's
+    `is_connected` (every event of every socket) searched that list: FanoutManager keeps the
+    pending sids in hashed sets. The life cycle is unchanged: pending connect is not connected,
+    connected is, pending disconnect is not, and nothing of a socket is left behind."""
+    from chat.fanout import FanoutManager
+
+    manager = FanoutManager()
+    for k in range(5001):
+        manager.basic_enter_room(f"s{k}", "/", None, eio_sid=f"e{k}")
+    manager.pending_connect["/"] = []
+    manager.pending_connect["/"].append("s0")
+    assert manager.is_pre_connected("s0", "/") and not manager.is_connected("s0", "/")
+    manager.pending_connect["/"].remove("s0")
+    del manager.pending_connect["/"]
+    assert manager.is_connected("s0", "/")
+    for k in range(1, 5001):
+        assert manager.pre_disconnect(f"s{k}", "/") == f"e{k}"
+    pending = manager.pending_disconnect["/"]
+    assert not isinstance(pending, list), "pending disconnects are a list: every `in` scans it"
+    assert manager.is_connected("s0", "/") and not manager.is_connected("s5000", "/")
+    assert manager.pre_disconnect("s0", "/") == "e0" and not manager.is_connected("s0", "/")
+    manager.basic_disconnect("s0", "/")
+    assert "s0" not in pending and len(pending) == 5000 and "s0" not in manager.rooms["/"][None]
+    for k in range(1, 5001):
+        manager.basic_disconnect(f"s{k}", "/")
+    assert manager.pending_disconnect == {} and manager.rooms == {}
