@@ -363,7 +363,7 @@ describe("BackstageClient", { concurrency: true }, () => {
 
     test("after token_expired the client reconnects with a new token and joins again", T, async () => {
       const t = await api.roomWithTwo();
-      const short = signToken(server.secret, t.patron, { ttl: 3 });
+      const short = signToken(server.secret, t.patron, { ttl: 4 });
       const fresh = signToken(server.secret, t.patron, { ttl: 3600 });
       const a = client(server.urls[0], short, { getToken: async () => fresh, autoRefresh: false });
       await a.connect();
@@ -379,7 +379,7 @@ describe("BackstageClient", { concurrency: true }, () => {
     test("without getToken, token_expired ends in state disconnected", T, async () => {
       const patron = uid("pat");
       await api.user(patron);
-      const a = client(server.urls[0], signToken(server.secret, patron, { ttl: 2 }));
+      const a = client(server.urls[0], signToken(server.secret, patron, { ttl: 4 }));
       await a.connect();
       await a.rec.waitFor("token_expired");
       const st = await a.rec.waitFor("state", (s) => s.state === "disconnected");
