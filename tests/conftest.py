@@ -298,16 +298,3 @@ def fcm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server = FakeFCMServer(tmp_path_factory.mktemp("fcm"))
     yield server
     server.stop()
-
-
-# The longest test files first (their test time in a full run, 2026-12-03): with `--dist
-# loadfile` each file runs whole on one worker, and a long file handed out last keeps the
-# suite waiting for it while the other workers are idle. Files keep their own test order.
-LONG_FILES = ("test_bad_input", "test_notifications", "test_fanout", "test_operations", "test_join", "test_browser",
-              "test_openapi", "test_push", "test_threads", "test_push_jobs", "test_settings", "test_cluster",
-              "test_webhooks", "test_auth", "test_photos", "test_event_fuzz")
-
-
-def pytest_collection_modifyitems(items: list[Any]) -> None:
-    rank = {name: i for i, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
