@@ -26,12 +26,12 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
-from chat.autopipe import AutoPipeline, Command, Script
+from chat.autopipe import AutoPipeline, Command, Script, round_trip
 from chat.keys import RedisKeys
 
 log = logging.getLogger(__name__)
@@ -838,10 +838,7 @@ class RedisPresence(Presence):
             del self._releases[:RELEASE_BATCH]
             try:
                 with _redis_errors("release"):
-                    pipe = self._redis.pipeline(transaction=False)
-                    for release, _ in batch:
-                        await self._release_script(keys=self._script_keys, args=self._release_args(release), client=pipe)
-                    results = await pipe.execute(raise_on_error=False)
+                    results = await self._release_round_trip([release for release, _ in batch])
             except PresenceUnavailable as exc:
                 for release, future in batch:
                     self._pending.append(release)
@@ -862,6 +859,23 @@ class RedisPresence(Presence):
                             f"presence release: Redis error ({type(result).__name__}: {result})"))
                 elif not future.done():
                     future.set_result([_text(c) for c in result])
+
+    async def _release_round_trip(self, releases: list[_Release]) -> list[Any]:
+        """The release script of each, as EVALSHA in one packed write (chat/autopipe.py's
+        `round_trip`: no redis-py `Pipeline`, which sends SCRIPT EXISTS first, a round trip of
+        its own, and keeps per-command bookkeeping); error replies in place. A script Redis does not know (restarted, flushed) is
+        run again through redis-py, which loads it."""
+        keys = self._script_keys
+        sha = self._release_script.sha
+        results = await round_trip(self._redis, [("EVALSHA", sha, len(keys), *keys, *self._release_args(r))
+                                                 for r in releases])
+        for i, result in enumerate(results):
+            if isinstance(result, NoScriptError):
+                try:
+                    results[i] = await self._release_script(keys=keys, args=self._release_args(releases[i]))
+                except (RedisError, OSError) as exc:
+                    results[i] = exc
+        return results
 
     # -- queries
 

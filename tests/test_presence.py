@@ -225,6 +225,49 @@ async def test_disconnect_returns_the_conversations_left_offline(servers: tuple[
     assert await b.online_users(["u1", "u2"]) == {"u2"}
 
 
+async def test_disconnects_at_once_are_released_in_one_exchange_without_a_pipeline(make_server: MakeServer) -> None:
+    """A storm's disconnects: their release scripts go to Redis together as EVALSHA in one
+    packed write (chat/autopipe.py `round_trip`), not through redis-py's Pipeline (which sends
+    SCRIPT EXISTS first, a round trip of its own)."""
+    a = await make_server("srv-a")
+    b = await make_server("srv-b")
+    for i in range(40):
+        await a.connect(f"u{i}", f"s{i}")
+        await a.join("c1", f"u{i}", f"s{i}")
+    await b.connect("u0", "s-b")
+    await b.join("c1", "u0", "s-b")  # still in c1 through the other server
+    pipelines: list[object] = []
+    client = a._redis
+    real = client.pipeline
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        pipelines.append(args)
+        return real(*args, **kwargs)
+
+    client.pipeline = counted  # type: ignore[method-assign]
+    left = await asyncio.gather(*(a.disconnect(f"u{i}", f"s{i}") for i in range(40)))
+    assert pipelines == []
+    assert left[0] == []
+    assert left[1:] == [[("c1", f"u{i}")] for i in range(1, 40)]
+    assert await b.online_in("c1") == ["u0"]
+    assert await b.online_users([f"u{i}" for i in range(40)]) == {"u0"}
+
+
+async def test_a_release_script_redis_does_not_know_is_loaded_and_run(make_server: MakeServer) -> None:
+    """NOSCRIPT (Redis restarted or flushed its scripts) on a release: run through redis-py, which loads it."""
+    a = await make_server("srv-a")
+    await a.connect("u1", "s1")
+    await a.join("c1", "u1", "s1")
+    await a.connect("u2", "s2")
+    await a.join("c1", "u2", "s2")
+    a._release_script.sha = "0" * 40  # a script Redis has never seen
+    assert sorted(await asyncio.gather(a.disconnect("u1", "s1"), a.disconnect("u2", "s2"))) == [
+        [("c1", "u1")], [("c1", "u2")]]
+    assert await a.online_in("c1") == []
+    assert await a.online_users(["u1", "u2"]) == set()
+    assert a._pending == []
+
+
 async def test_online_in_and_online_users_span_servers(servers: tuple[Presence, Presence]) -> None:
     a, b = servers
     await a.connect("u2", "s1")
