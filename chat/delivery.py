@@ -44,7 +44,7 @@ RecoveryHandler = Callable[[], Awaitable[None]]
 
 # The conversation events `RecentMessages` keeps up with, and how their relayed packets start
 # (Socket.IO EVENT packets of the default namespace: `2["event",data]`).
-RECENT_EVENTS = ("message", "message_updated", "read")
+RECENT_EVENTS = ("message", "message_updated", "read", "reaction")
 _RECENT_PREFIXES = tuple(f'2["{e}"' for e in RECENT_EVENTS)
 _ROOM_PREFIX = keys.conversation_room("")
 

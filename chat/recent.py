@@ -30,6 +30,20 @@ Anything new that changes what a message or a read position shows in the join an
 reach this cache too: delivered as `message_updated` (the message's whole new wire form), or
 by dropping the conversation's entry (`RecentMessages.drop`); else joins answer it stale.
 
+Bare messages: the entry also knows which of its messages have no reactions and no photos
+(`bare`), so that a join whose messages are all bare answers them without reading reactions
+and photos (a reconnect storm's rejoins with `since_seq`: each read them for its few missed
+messages). A message is bare from the fill's own read of its reactions and photos (`bare`
+given to `finish_fill`), or from its `message` event (a new message has no reactions; its
+photos are in the event). It stops being bare with any `reaction` event for it; the message
+ids of `reaction` events heard while the entry exists are kept (`reacted`) so that a
+reaction event heard before the fill's rows were installed, or before a `message` event
+relayed late, still counts. A reaction committed after the fill read its reactions sends its
+event afterwards, to this process (the entry exists, so the process hears the conversation)
+and to the sockets already in the room, joins included: they see it as the event, as they
+would after a read. Photos never change once a message is sent. Past `MAX_REACTED` reacted
+ids the entry stops knowing bare messages (`bare` None: every join reads them).
+
 Read positions (the others' furthest `last_read_seq`, `POSITIONS_LIMIT` of them) move with
 `read` events (the reader) and `message` events (the writer moves the sender's position to
 the message; a sender not held yet is added, with the name the message shows, when the entry
@@ -53,11 +67,15 @@ JOIN_PAGE = 50
 SINCE_PAGE = 100  # SPEC: up to 100 after since_seq
 POSITIONS_LIMIT = 100  # the join answer's read_positions: the 100 furthest readers but the joiner
 MAX_CONVERSATIONS = 2_000  # entries kept per process (LRU)
+MAX_REACTED = 1_000  # reacted message ids kept per entry before it stops knowing bare messages
 
 Wire = dict[str, Any]
 
 JOIN_PAGES = Counter("backstage_join_pages_total",
                      "Join answers' messages and read positions, by where they came from", ["source"])
+JOIN_EXTRAS = Counter("backstage_join_extras_total",
+                      "Join answers' reactions and photos of their messages, by where they came from "
+                      "(cache: all known bare)", ["source"])
 
 
 def _version(wire: Wire) -> tuple[bool, str]:
@@ -89,7 +107,8 @@ class Page:
 
 
 class _Entry:
-    __slots__ = ("messages", "lo", "hi", "older", "positions", "positions_complete", "filled", "pending_positions")
+    __slots__ = ("messages", "lo", "hi", "older", "positions", "positions_complete", "filled", "pending_positions",
+                 "bare", "reacted")
 
     def __init__(self) -> None:
         self.messages: dict[int, Wire] = {}
@@ -102,8 +121,33 @@ class _Entry:
         # Set once the fill's rows are in; until then events only gather.
         self.filled: asyncio.Future[bool] | None = None
         self.pending_positions: list[tuple[str, int, str | None]] = []
+        # Message ids without reactions and photos (None: not known any more, see the module
+        # docstring), and those a `reaction` event was heard for.
+        self.bare: set[int] | None = set()
+        self.reacted: set[int] = set()
 
     # ------------------------------------------------------------ events
+    def react(self, message_id: int) -> None:
+        """A `reaction` event for the message: it is not bare (now or when it arrives)."""
+        if self.bare is None:
+            return
+        self.bare.discard(message_id)
+        self.reacted.add(message_id)
+        if len(self.reacted) > MAX_REACTED:
+            self.bare = None
+            self.reacted = set()
+
+    def _note_bare(self, wire: Wire) -> None:
+        """A new message's event: bare unless it has photos (or a reaction event came first)."""
+        if self.bare is None or wire.get("deleted") or wire.get("attachments") or wire.get("reactions"):
+            return
+        try:
+            mid = int(wire["id"])
+        except (KeyError, TypeError, ValueError):
+            return
+        if mid not in self.reacted:
+            self.bare.add(mid)
+
     def put(self, wire: Wire, *, created: bool) -> None:
         seq = wire.get("seq")
         if not isinstance(seq, int):
@@ -113,6 +157,7 @@ class _Entry:
             if isinstance(sender, dict):
                 name = sender.get("name")
                 self.move_position(str(sender.get("id")), seq, name if isinstance(name, str) else None)
+            self._note_bare(wire)
         merged = _merged(self.messages.get(seq), wire)
         if self.filled is not None:  # gathering: merged with the query's rows by `fill`
             if merged is not None:
@@ -147,14 +192,20 @@ class _Entry:
         if len(self.messages) <= RECENT_MESSAGES or self.filled is not None:
             return
         for seq in sorted(self.messages)[:len(self.messages) - RECENT_MESSAGES]:
-            del self.messages[seq]
+            wire = self.messages.pop(seq)
+            if self.bare:
+                self.bare.discard(_id_of(wire))
         self.older = True
         self.lo = min(self.messages)
 
     # ------------------------------------------------------------ the fill
-    def fill(self, rows: list[Wire], older: bool, positions: list[tuple[str, str, int]]) -> None:
-        """Install the query's rows (ascending), then the events gathered meanwhile on top."""
+    def fill(self, rows: list[Wire], older: bool, positions: list[tuple[str, str, int]],
+             bare: Iterable[int] = ()) -> None:
+        """Install the query's rows (ascending), then the events gathered meanwhile on top;
+        `bare`: the ids of rows the query found without reactions and photos."""
         gathered = self.messages
+        if self.bare is not None:
+            self.bare.update(mid for mid in bare if mid not in self.reacted)
         self.messages = {int(w["seq"]): w for w in rows}
         self.older = older
         # Without older messages the entry holds the conversation from its first seq (1).
@@ -171,6 +222,11 @@ class _Entry:
         self._trim()
 
     # ------------------------------------------------------------ answers
+    def all_bare(self, message_ids: Iterable[int]) -> bool:
+        """Whether every one of these messages is known to have no reactions and no photos."""
+        bare = self.bare
+        return self.filled is None and bare is not None and all(mid in bare for mid in message_ids)
+
     def complete_to(self, last_seq: int) -> bool:
         return self.filled is None and self.hi >= last_seq and len(self.messages) == max(0, self.hi - self.lo + 1)
 
@@ -194,6 +250,13 @@ class _Entry:
         if len(ranked) < POSITIONS_LIMIT and not self.positions_complete:
             return None
         return [{"user_id": uid, "name": name, "seq": seq} for seq, uid, name in ranked[:POSITIONS_LIMIT]]
+
+
+def _id_of(wire: Wire) -> int:
+    try:
+        return int(wire["id"])
+    except (KeyError, TypeError, ValueError):
+        return -1
 
 
 class RecentMessages:
@@ -220,6 +283,17 @@ class RecentMessages:
             seq = data.get("seq")
             if isinstance(seq, int):
                 entry.move_position(str(data.get("user_id")), seq)
+        elif event == "reaction":
+            try:
+                entry.react(int(data["message_id"]))
+            except (KeyError, TypeError, ValueError):
+                entry.bare = None  # a reaction for a message it cannot tell: none is known bare
+
+    def all_bare(self, conversation_id: int, message_ids: Iterable[int]) -> bool:
+        """Whether the conversation's entry knows every one of these messages to have no
+        reactions and no photos (False without an entry, or while it is being filled)."""
+        entry = self._entries.get(conversation_id)
+        return entry is not None and entry.all_bare(message_ids)
 
     def drop(self, conversation_id: int) -> None:
         entry = self._entries.pop(conversation_id, None)
@@ -264,12 +338,13 @@ class RecentMessages:
         return entry
 
     def finish_fill(self, conversation_id: int, entry: _Entry, rows: list[Wire], older: bool,
-                    positions: Iterable[tuple[str, str, int]]) -> bool:
-        """Install the query's rows; False when the entry was dropped meanwhile."""
+                    positions: Iterable[tuple[str, str, int]], bare: Iterable[int] = ()) -> bool:
+        """Install the query's rows (`bare`: the ids of those without reactions and photos);
+        False when the entry was dropped meanwhile."""
         if self._entries.get(conversation_id) is not entry or entry.filled is None:
             return False
         done = entry.filled
-        entry.fill(rows, older, list(positions))
+        entry.fill(rows, older, list(positions), bare)
         done.set_result(True)
         return True
 

@@ -45,7 +45,7 @@ from chat.moderation import Standing
 from chat.presence import Presence, PresenceCoalescer, PresenceUnavailable
 from chat.ratelimit import KeyedBuckets, Quota, UserRateLimiter
 from chat.reactions import ReactionCoalescer
-from chat.recent import JOIN_PAGE, JOIN_PAGES, POSITIONS_LIMIT, SINCE_PAGE
+from chat.recent import JOIN_EXTRAS, JOIN_PAGE, JOIN_PAGES, POSITIONS_LIMIT, SINCE_PAGE
 from chat.reports import ReportDesk
 from chat.retry import retry_read, retry_transaction
 from chat.slowmode import SlowModeGate
@@ -54,6 +54,7 @@ from chat.writer import MessageWriter, Outgoing, PushEnqueueJobs, PushSpec, Webh
 
 log = logging.getLogger(__name__)
 _JOIN_PAGES_CACHE, _JOIN_PAGES_DATABASE = JOIN_PAGES.labels("cache"), JOIN_PAGES.labels("database")
+_JOIN_EXTRAS_CACHE, _JOIN_EXTRAS_DATABASE = JOIN_EXTRAS.labels("cache"), JOIN_EXTRAS.labels("database")
 T = TypeVar("T")
 
 TYPING_THROTTLE_S = 1.0
@@ -488,6 +489,14 @@ class ChatService:
         that moment together (`_read_join_extras`), like `reactions.attach_reactions` +
         `Attachments.fill` would for each."""
         live = [m for m in messages if not m.get("deleted")]
+        if self.recent.all_bare(int(messages[0]["conversation_id"]), (int(m["id"]) for m in live)):
+            # Known without reactions and photos (chat/recent.py): nothing to read; the cached
+            # wires already say so, and are shared rather than copied.
+            _JOIN_EXTRAS_CACHE.inc()
+            return [m if _bare_wire(m, self.attachments is not None) else
+                    {**m, "reactions": [], **({"attachments": []} if self.attachments is not None else {})}
+                    for m in messages]
+        _JOIN_EXTRAS_DATABASE.inc()
         key = (reader_id, tuple(int(m["id"]) for m in live),
                tuple((m["sender"]["id"], m["client_msg_id"]) for m in live) if self.attachments is not None else ())
         found = await self._join_extras.get(key)
@@ -542,28 +551,42 @@ class ChatService:
         _JOIN_PAGES_DATABASE.inc()
 
         async def read_page(conn: AsyncConnection) -> tuple[list[dict[str, Any]], bool, Any,
-                                                            list[dict[str, Any]], bool]:
+                                                            list[dict[str, Any]], bool, list[int]]:
             rows, older = await storage.message_page(conn, conversation_id, after_seq=None, limit=JOIN_PAGE)
             top = await storage.top_read_positions(conn, conversation_id, POSITIONS_LIMIT + 1)
             recent = [_row_wire(r) for r in rows]
+            # For the entry: which of its messages have no reactions and no photos (then the
+            # joins that answer them read neither, chat/recent.py "Bare messages").
+            bare = await self._bare_ids(conn, recent) if fill is not None else []
             if since_seq is None:
-                return recent, older, top, recent, older
+                return recent, older, top, recent, older, bare
             if older and rows and since_seq < rows[0].seq - 1:  # reaches further back than the page
                 since_rows, has_more = await storage.message_page(conn, conversation_id, after_seq=since_seq,
                                                                   limit=SINCE_PAGE)
-                return recent, older, top, [_row_wire(r) for r in since_rows], has_more
-            return recent, older, top, [w for w in recent if w["seq"] > since_seq], False
+                return recent, older, top, [_row_wire(r) for r in since_rows], has_more, bare
+            return recent, older, top, [w for w in recent if w["seq"] > since_seq], False, bare
 
         try:
-            recent, older, top, messages, has_more = await self._read(read_page)
+            recent, older, top, messages, has_more, bare = await self._read(read_page)
         except BaseException:
             if fill is not None:
                 self.recent.abandon_fill(conversation_id, fill)
             raise
         if fill is not None:
-            self.recent.finish_fill(conversation_id, fill, recent, older, top)
+            self.recent.finish_fill(conversation_id, fill, recent, older, top, bare)
         positions = [{"user_id": uid, "name": name, "seq": seq} for uid, name, seq in top if uid != user_id]
         return messages, has_more, positions[:POSITIONS_LIMIT]
+
+    async def _bare_ids(self, conn: AsyncConnection, wires: list[dict[str, Any]]) -> list[int]:
+        """The ids of these (not deleted) messages that have no reactions and no photos."""
+        live = [w for w in wires if not w.get("deleted")]
+        if not live:
+            return []
+        counts = await storage.reaction_counts_many(conn, [int(w["id"]) for w in live])
+        photos = await self.attachments.by_keys(conn, [(w["sender"]["id"], w["client_msg_id"]) for w in live]) \
+            if self.attachments is not None else {}
+        return [int(w["id"]) for w in live
+                if int(w["id"]) not in counts and (w["sender"]["id"], w["client_msg_id"]) not in photos]
 
     async def _join_page_without_replies(self, conversation_id: int,
                                          since_seq: int | None) -> tuple[list[dict[str, Any]], bool]:
@@ -1934,6 +1957,11 @@ class ChatService:
         muted |= await moderation.blocked_user_ids(conn, conv.creator_id, candidates)
         muted |= await memberblocks.blockers_among(conn, sender_id, candidates)  # they see a placeholder
         return [u for u in candidates if u not in muted and u != sender_id], resume
+
+
+def _bare_wire(wire: dict[str, Any], photos: bool) -> bool:
+    """A message wire that already shows no reactions (and, with photos enabled, no photos)."""
+    return wire.get("reactions") == [] and (not photos or wire.get("attachments") == [])
 
 
 def _row_wire(r: Any) -> dict[str, Any]:

@@ -950,18 +950,25 @@ def _mine_statement() -> Any:
 _MINE = _mine_statement()
 
 
-async def reaction_counts_for_readers(conn: AsyncConnection, message_ids: Sequence[int], reader_ids: Sequence[str]
-                                      ) -> tuple[dict[int, list[tuple[str, int]]], set[tuple[int, str, str]]]:
-    """For many readers at once (the joins of a storm): {message_id: [(emoji, count)]} in
-    `reaction_summaries`' order, and the (message_id, emoji, reader) reactions of those readers.
-    The counts: one statement per 256 messages, compiled once per dialect and (padded) size and
-    run on the driver's cursor (chat/driversql.py); the readers' own: one more statement when
-    any of the messages has a reaction."""
+async def reaction_counts_many(conn: AsyncConnection, message_ids: Sequence[int]) -> dict[int, list[tuple[str, int]]]:
+    """{message_id: [(emoji, count)]} of the messages that have reactions, in
+    `reaction_summaries`' order: one statement per 256 messages, compiled once per dialect and
+    (padded) size and run on the driver's cursor (chat/driversql.py)."""
     counts: dict[int, list[tuple[str, int]]] = {}
     for chunk in driversql.padded_chunks(sorted(set(message_ids))):
         prepared = driversql.prepare(conn.dialect, _counts_statement, len(chunk))
         for mid, emoji, count in await driversql.fetch(conn, prepared, {f"m{i}": m for i, m in enumerate(chunk)}):
             counts.setdefault(int(mid), []).append((str(emoji), int(count)))
+    return counts
+
+
+async def reaction_counts_for_readers(conn: AsyncConnection, message_ids: Sequence[int], reader_ids: Sequence[str]
+                                      ) -> tuple[dict[int, list[tuple[str, int]]], set[tuple[int, str, str]]]:
+    """For many readers at once (the joins of a storm): {message_id: [(emoji, count)]} in
+    `reaction_summaries`' order, and the (message_id, emoji, reader) reactions of those readers.
+    The counts: `reaction_counts_many`; the readers' own: one more statement when any of the
+    messages has a reaction."""
+    counts = await reaction_counts_many(conn, message_ids)
     mine: set[tuple[int, str, str]] = set()
     if counts:
         rows = await conn.execute(_MINE, {"ids": sorted(counts), "readers": sorted(set(reader_ids))})

@@ -166,3 +166,79 @@ async def test_concurrent_joins_each_get_their_own_access_and_position(writer_an
     finally:
         for c in clients:
             await c.close()
+
+
+def extras_from_cache(url: str) -> float:
+    """How many join answers this process gave without reading reactions and photos (its /metrics)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    m = re.search(r'^backstage_join_extras_total\{source="cache"\} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def _unsigned(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages with their photos' signed URLs left out (signed when read: they differ per read)."""
+    return [{**m, "attachments": [{k: v for k, v in a.items() if not k.endswith("url")} for a in m["attachments"]]}
+            for m in messages]
+
+
+async def test_rejoins_answer_bare_messages_without_reading_reactions_and_photos(
+        writer_and_joiner: tuple[Cluster, int, int], uid: Any) -> None:
+    """A rejoin with since_seq whose missed messages are all known to have no reactions and no
+    photos (chat/recent.py "Bare messages": from the cache's fill, or from their `message`
+    events) reads neither; a photo, or a reaction (its event, heard from any process), makes
+    the join read them again. The answers are the database's either way."""
+    from tests.test_photos import encoded, uploaded
+
+    cluster, w, j = writer_and_joiner
+    api = cluster.apis[0]
+    wurl, jurl = cluster.servers[w].url, cluster.servers[j].url
+    cre_id, pat_id, fan_id = uid("cre"), uid("pat"), uid("fan")
+    cre, pat, fan = api.user(cre_id, "Cre"), api.user(pat_id, "Pat"), api.user(fan_id, "Fan")
+    api.membership(cre_id, pat_id, 500)
+    api.membership(cre_id, fan_id, 500)
+    room = api.room(cre_id, "Bare", 500)
+
+    async def rejoined(c: Client, since: int, *, bare: bool) -> dict[str, Any]:
+        before = extras_from_cache(jurl)
+        r = await join(c, room, since_seq=since)
+        ref = history(api, fan, room, after_seq=since, limit=100)
+        assert (_unsigned(r["messages"]), r["has_more"]) == (_unsigned(ref["messages"]), ref["has_more"])
+        assert extras_from_cache(jurl) == before + (1 if bare else 0), "not read" if bare else "read"
+        return dict(r)
+
+    watcher = await Client(jurl, cre).connect()  # keeps the room active on the joined process
+    sender = await Client(wurl, pat).connect()
+    reader: Client | None = None
+    try:
+        await join(watcher, room)
+        await join(sender, room)
+        photo = uploaded(api, pat, encoded("JPEG"))
+        for n, attachments in enumerate([[], [photo], []]):
+            r = await sender.call("send", {"conversation_id": room, "body": f"m{n}", "client_msg_id": uid(f"c{n}"),
+                                           "attachments": attachments})
+            assert r["ok"], r
+        await watcher.wait_for("message", lambda m: m["seq"] == 3)
+        reader = await Client(jurl, fan).connect()
+        third = (await rejoined(reader, 2, bare=True))["messages"][0]  # a plain message, from its event
+        r = await rejoined(reader, 1, bare=False)  # the photo: read (and freshly signed)
+        assert [len(m["attachments"]) for m in r["messages"]] == [1, 0]
+
+        # A reaction: its event reaches the joined process, and the message is read again.
+        assert (await reader.call("react", {"message_id": third["id"], "emoji": "👍", "on": True}))["ok"]
+        await watcher.wait_for("reaction", lambda e: e["message_id"] == third["id"])
+        r = await rejoined(reader, 2, bare=False)
+        assert r["messages"][0]["reactions"] == [{"emoji": "👍", "count": 1, "me": True}]
+
+        # Messages the cache never heard of: the join reads the page and fills the cache again,
+        # with its messages' reactions and photos: the new ones are bare, the reacted one not.
+        insert_messages(cluster.database_url, room, [cre_id], 4, 2)
+        before = cache_answers(jurl)
+        await rejoined(reader, 3, bare=True)
+        assert cache_answers(jurl) == before  # the page was read (and the cache filled) ...
+        await rejoined(reader, 4, bare=True)  # ... then answered from it
+        assert cache_answers(jurl) == before + 1
+        r = await rejoined(reader, 2, bare=False)
+        assert [m["seq"] for m in r["messages"]] == [3, 4, 5]
+    finally:
+        for c in (watcher, sender, *([reader] if reader is not None else [])):
+            await c.close()

@@ -193,3 +193,41 @@ async def test_thread_summaries_keep_the_most_replies() -> None:
     recent.on_event(7, "message_updated", root(4))  # more replies, read before the edit
     kept = entry.messages[1]
     assert kept["body"] == "edited" and kept["thread"]["reply_count"] == 4
+
+
+async def test_bare_messages_and_the_reactions_heard() -> None:
+    """Which messages a join may answer without reading reactions and photos (chat/recent.py
+    "Bare messages"): from the fill's read or a `message` event without photos, until a
+    `reaction` event for them, whenever it is heard (before the fill's rows, before a message
+    event relayed late)."""
+    from chat.recent import MAX_REACTED
+
+    recent = RecentMessages()
+    entry = recent.begin_fill(7)
+    recent.on_event(7, "reaction", {"message_id": "1002", "conversation_id": "7"})  # while the query runs
+    recent.on_event(7, "message", msg(4))
+    assert not recent.all_bare(7, [1004])  # nothing is answered before the fill is in
+    assert recent.finish_fill(7, entry, [msg(1), msg(2), msg(3)], False, [], bare=[1001, 1002])
+    assert recent.all_bare(7, [1001, 1004]) and recent.all_bare(7, [])
+    assert not recent.all_bare(7, [1002])  # reacted after the query read its reactions
+    assert not recent.all_bare(7, [1003])  # the query found reactions or photos
+    recent.on_event(7, "message", {**msg(5), "attachments": [{"id": "9"}]})
+    recent.on_event(7, "reaction", {"message_id": "1006", "conversation_id": "7"})
+    recent.on_event(7, "message", msg(6))  # its reaction's event came first (another process)
+    recent.on_event(7, "message", msg(7))
+    assert not recent.all_bare(7, [1005]) and not recent.all_bare(7, [1006]) and recent.all_bare(7, [1007])
+    recent.on_event(7, "reaction", {"message_id": "1001", "conversation_id": "7"})
+    assert not recent.all_bare(7, [1001]) and recent.all_bare(7, [1004, 1007])
+    recent.on_event(7, "reaction", {"message_id": "x"})  # cannot tell which: none is known bare
+    assert not recent.all_bare(7, [1007])
+    assert not recent.all_bare(8, [])  # no entry
+
+    entry = filled(recent, 9, [], False)
+    for seq in range(1, RECENT_MESSAGES + 11):
+        recent.on_event(9, "message", msg(seq))
+    assert entry.bare is not None and len(entry.bare) == RECENT_MESSAGES  # trimmed with the messages
+    for mid in range(MAX_REACTED + 1):
+        recent.on_event(9, "reaction", {"message_id": str(100_000 + mid)})
+    assert entry.bare is None and not entry.reacted  # past the bound: nothing known bare any more
+    recent.on_event(9, "message", msg(RECENT_MESSAGES + 11))
+    assert not recent.all_bare(9, [1000 + RECENT_MESSAGES + 11])
