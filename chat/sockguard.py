@@ -151,11 +151,17 @@ class PacketGuard:
             ret = None
         if ack and ret is not sio.not_handled:
             answer = [] if ret is None else list(ret) if isinstance(ret, tuple) else [ret]
-            if has_binary(answer):
+            # Encoded first: bytes do not encode (TypeError), and only then is the answer
+            # searched for them (a join's answer is large; most hold none).
+            try:
+                text = sio.packet_class.json.dumps(answer, separators=(",", ":"))
+            except TypeError:
+                if not has_binary(answer):
+                    raise
                 await sio._send_packet(eio_sid, sio.packet_class(sio_packet.ACK, namespace="/", id=int(ack),
                                                                  data=answer))
             else:
-                await sio.eio.send(eio_sid, "3" + str(int(ack)) + sio.packet_class.json.dumps(answer, separators=(",", ":")))
+                await sio.eio.send(eio_sid, "3" + str(int(ack)) + text)
         return True
 
     def _guarded_post(self, eio_sid: str, handle: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
