@@ -181,7 +181,7 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     sio = app[SIO_KEY]
     relay = (RedisRelay(redis, sio.fanout, keys, relayed=is_conversation_room)
              if redis is not None else None)
-    delivery = Delivery(sio, relay)
+    delivery = Delivery(sio, relay, room_linger_s=settings.room_linger_s)
     read_engine = app[READ_ENGINE_KEY]
 
     async def last_seqs(ids: list[int]) -> dict[int, int]:

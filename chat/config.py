@@ -97,6 +97,7 @@ class EnvSettings(BaseSettings):
     presence_heartbeat_s: PositiveFloat = _env("PRESENCE_HEARTBEAT_S", 5.0)
     presence_dead_after_s: PositiveFloat = _env("PRESENCE_DEAD_AFTER_S", 20.0)
     presence_window_s: Annotated[float, Field(ge=0)] = _env("PRESENCE_WINDOW_S", 0.0)
+    room_linger_s: Annotated[float, Field(ge=0)] = _env("ROOM_LINGER_S", 10.0)
     ping_interval: PositiveFloat = _env("SOCKETIO_PING_INTERVAL_S", 25.0)
     ping_timeout: PositiveFloat = _env("SOCKETIO_PING_TIMEOUT_S", 20.0)
     push_worker_thread: bool = _env("PUSH_WORKER_THREAD", True)
@@ -310,6 +311,10 @@ class Settings:
     # and goes within it produces none (chat/presence.py PresenceCoalescer). 0 (the default):
     # SPEC §4's "at once, with no grace period"; PRESENCE_WINDOW_S=0.2 opts into coalescing.
     presence_window_s: float = 0.0
+    # A conversation whose last local socket left stays subscribed on the relay (and its recent
+    # messages kept current, chat/recent.py) this much longer, so sockets that come back (a
+    # reconnect storm) rejoin without a fill or a new subscription (chat/delivery.py); 0: none.
+    room_linger_s: float = 10.0
     # PUSH_WORKER=inline: run the push worker on a thread of its own, with its own event loop and
     # database pool, so expanding and sending pushes never delays the sockets (PUSH_WORKER_THREAD=0:
     # on the server's loop).
@@ -408,6 +413,7 @@ class Settings:
             presence_heartbeat_s=v.presence_heartbeat_s,
             presence_dead_after_s=v.presence_dead_after_s,
             presence_window_s=v.presence_window_s,
+            room_linger_s=v.room_linger_s,
             ping_interval=v.ping_interval,
             ping_timeout=v.ping_timeout,
             push_worker_thread=v.push_worker_thread,

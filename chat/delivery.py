@@ -55,7 +55,7 @@ def is_conversation_room(room: str) -> bool:
 
 
 class Delivery:
-    def __init__(self, sio: FanoutServer, relay: RedisRelay | None = None) -> None:
+    def __init__(self, sio: FanoutServer, relay: RedisRelay | None = None, *, room_linger_s: float = 0.0) -> None:
         self.sio = sio
         self._fanout = sio.fanout
         self._relay = relay
@@ -75,14 +75,42 @@ class Delivery:
             relay.on_room_packet = self._relayed_room_packet
             relay.on_trouble = self.recent.clear
         # The relay (when there is one) set the fan-out's room hooks first: chain after it.
-        closed = self._fanout.on_room_close
+        opened, closed = self._fanout.on_room_open, self._fanout.on_room_close
 
         def room_closed(room: str) -> None:
             if closed is not None:
                 closed(room)
             self._room_closed(room)
 
-        self._fanout.on_room_close = room_closed
+        # A conversation room whose last local socket left lingers `room_linger_s` before it is
+        # closed for the relay and the recent-message cache: still subscribed, its entry still
+        # fed by every event of the conversation (this process's and the relayed ones), so the
+        # sockets of a reconnect storm rejoin with neither a new subscription nor a fill read.
+        # A room that gets a local socket again meanwhile was never closed for them.
+        self._room_linger_s = room_linger_s
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
+        self._close_room = room_closed
+
+        def room_opened(room: str) -> None:
+            timer = self._lingering.pop(room, None)
+            if timer is not None:
+                timer.cancel()  # open all along for the relay and the cache
+            elif opened is not None:
+                opened(room)
+
+        def room_closed_later(room: str) -> None:
+            if self._room_linger_s > 0 and isinstance(room, str) and room.startswith(_ROOM_PREFIX):
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    loop = None
+                if loop is not None:
+                    self._lingering[room] = loop.call_later(self._room_linger_s, self._linger_over, room)
+                    return
+            room_closed(room)
+
+        self._fanout.on_room_open = room_opened
+        self._fanout.on_room_close = room_closed_later
 
     def set_last_seqs(self, last_seqs: LastSeqs) -> None:
         self._last_seqs = last_seqs
@@ -127,6 +155,14 @@ class Delivery:
     def relay_problem(self) -> str | None:
         """Why this process cannot rely on the relay, for /readyz (None: no known problem)."""
         return "deaf" if self._relay is not None and self._relay.deaf else None
+
+    def _linger_over(self, room: str) -> None:
+        if self._lingering.pop(room, None) is not None and not self._fanout.has_room(room):
+            self._close_room(room)
+
+    def lingering_rooms(self) -> set[str]:
+        """Conversation rooms without local sockets that are still open for the relay and the cache."""
+        return set(self._lingering)
 
     def _room_closed(self, room: str) -> None:
         """No local socket is left in the room: its events stop coming (the relay unsubscribes)."""

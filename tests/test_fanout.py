@@ -660,3 +660,43 @@ def test_pending_disconnects_are_looked_up_without_a_scan() -> None:
     for k in range(1, 5001):
         manager.basic_disconnect(f"s{k}", "/")
     assert manager.pending_disconnect == {} and manager.rooms == {}
+
+
+async def test_a_conversation_room_left_empty_lingers_for_the_relay_and_the_cache() -> None:
+    """chat/delivery.py: the last local socket leaving a conversation room does not close it for
+    the relay and the recent-message cache at once: it lingers `room_linger_s`, and a socket
+    entering again meanwhile finds it never closed (no new subscription, the cache entry kept).
+    Rooms that are not conversations close at once; a lingering room closes when the time is up."""
+    from chat import keys
+    from chat.delivery import Delivery
+    from chat.fanout import FanoutServer
+
+    sio = FanoutServer(async_mode="aiohttp")
+    manager = sio.fanout
+    opened: list[str] = []
+    closed: list[str] = []
+    manager.on_room_open, manager.on_room_close = opened.append, closed.append  # as the relay sets them
+    delivery = Delivery(sio, None, room_linger_s=30)
+    room = keys.conversation_room("7")
+    entry = delivery.recent.begin_fill(7)
+    assert delivery.recent.finish_fill(7, entry, [], False, [])
+
+    manager.basic_enter_room("a", "/", room, eio_sid="ea")
+    manager.basic_enter_room("a", "/", "user:a", eio_sid="ea")
+    assert opened == [room, "user:a"]
+    manager.basic_disconnect("a", "/")
+    assert closed == ["user:a"] and delivery.lingering_rooms() == {room}  # the conversation lingers
+    assert delivery.recent.entry(7) is entry
+    manager.basic_enter_room("b", "/", room, eio_sid="eb")  # back within the linger
+    assert opened == [room, "user:a"] and delivery.lingering_rooms() == set()
+    assert delivery.recent.entry(7) is entry
+
+    delivery._room_linger_s = 0.01
+    gone = asyncio.get_running_loop().create_future()
+    close = delivery._close_room
+    delivery._close_room = lambda r: (close(r), gone.set_result(r))  # type: ignore[method-assign]
+    manager.basic_leave_room("b", "/", room)
+    assert delivery.lingering_rooms() == {room} and room not in closed
+    assert await asyncio.wait_for(gone, 5) == room
+    assert closed == ["user:a", room] and delivery.lingering_rooms() == set()
+    assert delivery.recent.entry(7) is None  # closed for the cache too

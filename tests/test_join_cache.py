@@ -242,3 +242,40 @@ async def test_rejoins_answer_bare_messages_without_reading_reactions_and_photos
     finally:
         for c in (watcher, sender, *([reader] if reader is not None else [])):
             await c.close()
+
+
+async def test_a_room_left_empty_lingers_and_the_rejoin_is_answered_from_the_cache(
+        writer_and_joiner: tuple[Cluster, int, int], uid: Any) -> None:
+    """The last local socket leaves the conversation and messages are posted meanwhile (a
+    reconnect storm's drop): the process stays subscribed for ROOM_LINGER_S (chat/delivery.py),
+    so the cache heard them, and the rejoin with since_seq is answered from it, reactions and
+    photos included (the messages are bare): no read, the database's answer all the same."""
+    cluster, w, j = writer_and_joiner
+    api = cluster.apis[w]
+    jurl = cluster.servers[j].url
+    cre_id, fan_id = uid("cre"), uid("fan")
+    cre, fan = api.user(cre_id, "Cre"), api.user(fan_id, "Fan")
+    api.membership(cre_id, fan_id, 500)
+    room = api.room(cre_id, "Lingering", 500)
+
+    def post(n: int) -> None:
+        r = api.client(cre, "POST", f"/conversations/{room}/messages", json={"body": f"m{n}", "client_msg_id": uid(f"c{n}")})
+        assert r.status_code in (200, 201), r.text
+
+    reader = await Client(jurl, fan).connect()
+    try:
+        await join(reader, room)  # the only local socket in the room: fills the cache
+        post(1)
+        await reader.wait_for("message", lambda m: m["seq"] == 1)
+        assert (await reader.call("leave", {"conversation_id": room}))["ok"]
+        post(2)
+        post(3)
+        await barrier(cluster.apis, [(fan_id, reader)], "away")  # the joined process heard both
+        pages, extras = cache_answers(jurl), extras_from_cache(jurl)
+        r = await join(reader, room, since_seq=1)
+        ref = history(api, fan, room, after_seq=1, limit=100)
+        assert (r["messages"], r["has_more"]) == (ref["messages"], ref["has_more"])
+        assert [m["body"] for m in r["messages"]] == ["m2", "m3"]
+        assert (cache_answers(jurl), extras_from_cache(jurl)) == (pages + 1, extras + 1), "answered from the cache"
+    finally:
+        await reader.close()
