@@ -97,7 +97,7 @@ class EnvSettings(BaseSettings):
     presence_heartbeat_s: PositiveFloat = _env("PRESENCE_HEARTBEAT_S", 5.0)
     presence_dead_after_s: PositiveFloat = _env("PRESENCE_DEAD_AFTER_S", 20.0)
     presence_window_s: Annotated[float, Field(ge=0)] = _env("PRESENCE_WINDOW_S", 0.0)
-    room_linger_s: Annotated[float, Field(ge=0)] = _env("ROOM_LINGER_S", 10.0)
+    room_linger_s: Annotated[float, Field(ge=0)] = _env("ROOM_LINGER_S", 30.0)
     ping_interval: PositiveFloat = _env("SOCKETIO_PING_INTERVAL_S", 25.0)
     ping_timeout: PositiveFloat = _env("SOCKETIO_PING_TIMEOUT_S", 20.0)
     push_worker_thread: bool = _env("PUSH_WORKER_THREAD", True)
@@ -314,7 +314,7 @@ class Settings:
     # A conversation whose last local socket left stays subscribed on the relay (and its recent
     # messages kept current, chat/recent.py) this much longer, so sockets that come back (a
     # reconnect storm) rejoin without a fill or a new subscription (chat/delivery.py); 0: none.
-    room_linger_s: float = 10.0
+    room_linger_s: float = 30.0
     # PUSH_WORKER=inline: run the push worker on a thread of its own, with its own event loop and
     # database pool, so expanding and sending pushes never delays the sockets (PUSH_WORKER_THREAD=0:
     # on the server's loop).
