@@ -26,7 +26,7 @@ import pymysql
 import pytest
 
 from tests.faults import OwnRedis
-from tests.support import API_KEY, Api, Client, ServerProcess, free_port
+from tests.support import API_KEY, TLS, Api, Client, ServerProcess, fetch, free_port
 
 SERVER_HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 pytestmark = pytest.mark.skipif(not (shutil.which("mariadbd") or Path("/usr/sbin/mariadbd").exists())
@@ -40,8 +40,13 @@ class OwnMariaDB:
         self.datadir = root / "data"
         self.port = free_port()
         self.binary = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+        # Its own tmpdir: a mariadbd starting removes every `#sql*` file of its tmpdir, and /tmp
+        # holds the machine's MariaDB's temporary tables (other tests' queries failed with
+        # "Error on delete of '/tmp/#sql-temptable-...MAI'").
+        self.tmpdir = root / "tmp"
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
         subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}", "--user=root",
-                        "--auth-root-authentication-method=normal", "--skip-test-db"],
+                        "--auth-root-authentication-method=normal", "--skip-test-db", f"--tmpdir={self.tmpdir}"],
                        check=True, capture_output=True, timeout=120)
         self.log = open(root / "mariadbd.log", "a")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -50,7 +55,7 @@ class OwnMariaDB:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "--no-defaults", f"--datadir={self.datadir}", "--user=root", f"--port={self.port}",
-             "--bind-address=127.0.0.1", f"--socket={self.datadir}/mysqld.sock", "--skip-log-bin",
+             "--bind-address=127.0.0.1", f"--socket={self.datadir}/mysqld.sock", "--skip-log-bin", f"--tmpdir={self.tmpdir}",
              "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=0", "--innodb-log-file-size=16M",
              "--max-connections=500", f"--pid-file={self.datadir}/mysqld.pid"],
             stdout=self.log, stderr=subprocess.STDOUT)
@@ -122,7 +127,7 @@ def env(tmp_path_factory: Any) -> Iterator[Env]:
 
 def readyz(server: ServerProcess) -> tuple[httpx.Response, float]:
     started = time.monotonic()
-    r = httpx.get(server.url + "/readyz", timeout=15)
+    r = fetch("GET", server.url + "/readyz", timeout=15)
     return r, time.monotonic() - started
 
 
@@ -134,7 +139,7 @@ def wait_ready(server: ServerProcess, timeout: float = 30) -> None:
 
 
 def metric(server: ServerProcess, prefix: str) -> float:
-    text = httpx.get(server.url + "/metrics", timeout=5).text
+    text = fetch("GET", server.url + "/metrics", timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
 
@@ -187,7 +192,7 @@ async def test_unavailable_is_logged_at_warning_with_cause_and_counted(env: Env)
             env.db.start()
         after = metric(server, "backstage_unavailable_total")
         assert after >= before + 2, (before, after)
-        text = httpx.get(server.url + "/metrics", timeout=5).text
+        text = fetch("GET", server.url + "/metrics", timeout=5).text
         assert 'backstage_unavailable_total{cause="OperationalError:2003",transport="http"}' in text \
             or 'transport="http"' in text, text
         log = server.log()[log_start:]
@@ -220,7 +225,7 @@ async def test_concurrent_membership_upserts_never_fail(env: Env) -> None:
     statuses: list[int] = []
     sem = asyncio.Semaphore(64)
     started = time.monotonic()
-    async with httpx.AsyncClient(timeout=60, headers=SERVER_HEADERS, limits=httpx.Limits(max_connections=64)) as h:
+    async with httpx.AsyncClient(verify=TLS, timeout=60, headers=SERVER_HEADERS, limits=httpx.Limits(max_connections=64)) as h:
 
         async def upsert(i: int, patron: str, tier: int, status: str) -> None:
             async with sem:
