@@ -5,7 +5,8 @@ A conversation is *active* on a process while the process has sockets in it: it 
 every `message`, `message_updated` and `read` of the conversation, from its own sockets
 (`Delivery.to_conversation`) and from the other processes (the Redis relay). Those events keep
 the entry current; nothing else does, so an entry is dropped whenever that stream may have a
-hole: when the conversation's last local socket leaves (the relay unsubscribes), when the relay
+hole: when the conversation's last local socket left `room_linger_s` ago (chat/delivery.py: the
+relay unsubscribes then; a socket back within it finds the entry current), when the relay
 recovers from trouble (`resync`), when a user is renamed (their name is in the messages), and
 when the conversation falls out of the LRU bound.
 
