@@ -169,7 +169,7 @@ async def test_concurrent_joins_each_get_their_own_access_and_position(writer_an
 
 def extras_from_cache(url: str) -> float:
     """How many join answers this process gave without reading reactions and photos (its /metrics)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = fetch("GET", f"{url}/metrics", timeout=10).text
     m = re.search(r'^backstage_join_extras_total\{source="cache"\} (\S+)$', text, re.M)
     return float(m.group(1)) if m else 0.0
 
