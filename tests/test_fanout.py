@@ -471,12 +471,14 @@ def relayed_emits_read(server: ServerProcess) -> float:
     return sum(m.get(f'backstage_relay_received_total{{kind="{k}"}}', 0.0) for k in ("room", "socketio"))
 
 
-async def test_relay_reaches_only_processes_with_members(mysql_cluster: Cluster, redis_url: str,
+async def test_relay_reaches_only_processes_with_members(mysql_databases: MySQLDatabases, redis_url: str,
                                                          redis_prefix: str) -> None:
     """A conversation's broadcasts are read only by processes with a local member in it: the
     channel has one subscriber while only process 0 has members, process 1 reads none of its
     messages (its relay counter moves only by the marker of another conversation), and once a
-    member joins on process 1 messages flow there; when it leaves, process 1 unsubscribes."""
+    member joins on process 1 messages flow there; when it leaves, process 1 unsubscribes
+    once ROOM_LINGER_S is over (chat/delivery.py; short here)."""
+    mysql_cluster = Cluster(mysql_databases.new(), redis_url, redis_prefix, 2, env={"ROOM_LINGER_S": "0.3"})
     (s0, s1), api = mysql_cluster.servers, mysql_cluster.api
     room_x, tokens = room_with_members(api, "cre", ["a", "b", "c"])
     room_y = api.room("cre", "Other", 0)
@@ -512,6 +514,7 @@ async def test_relay_reaches_only_processes_with_members(mysql_cluster: Cluster,
         await wait_numsub(redis_url, chan_x, 1)
     finally:
         await close_all([a, b, c])
+        mysql_cluster.stop()
 
 
 async def test_relay_resubscribes_when_redis_returns(mysql_databases: MySQLDatabases, redis_url: str,
