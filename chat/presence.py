@@ -863,8 +863,8 @@ class RedisPresence(Presence):
     async def _release_round_trip(self, releases: list[_Release]) -> list[Any]:
         """The release script of each, as EVALSHA in one packed write (chat/autopipe.py's
         `round_trip`: no redis-py `Pipeline`, which sends SCRIPT EXISTS first, a round trip of
-        its own, and keeps per-command bookkeeping); error replies in place. A script Redis does not know (restarted, flushed) is
-        run again through redis-py, which loads it."""
+        its own, and keeps per-command bookkeeping); error replies in place. A script Redis
+        does not know (restarted, flushed) is run again through redis-py, which loads it."""
         keys = self._script_keys
         sha = self._release_script.sha
         results = await round_trip(self._redis, [("EVALSHA", sha, len(keys), *keys, *self._release_args(r))

@@ -5,8 +5,9 @@ reads and decodes, members or not. Here a conversation broadcast is published on
 encoded, on the conversation's own channel (`RedisKeys.room_relay_channel`), which a process
 subscribes to while it has local sockets in the conversation: from its first local join to its
 last local leave or disconnect (`FanoutManager.on_room_open/close`; chat/delivery.py holds the
-close back `room_linger_s` for the sockets of a reconnect storm to come back). A receiving process hands
-the packet to its sockets with `FanoutManager.deliver` (encode once, no Task per recipient).
+close back `room_linger_s` for the sockets of a reconnect storm to come back). A receiving
+process hands the packet to its sockets with `FanoutManager.deliver` (encode once, no Task per
+recipient).
 
 Two more channels are read by every process:
 
