@@ -290,12 +290,20 @@ class DetachedWebSocket(asyncio.Protocol):
 
     @classmethod
     def adopt(cls, socket: FanoutSocket, handler: Any, transport: asyncio.Transport, parser: Any,
-              queue: _PushQueue, outbox: Outbox) -> DetachedWebSocket:
+              queue: _PushQueue, outbox: Outbox, tail: bytes = b"", paused: bool = False) -> DetachedWebSocket:
         """Make a new DetachedWebSocket the protocol of `transport`, taking it from aiohttp's
-        request `handler`; `parser` feeds `queue`. Bytes the handler received after the
-        upgrade request and has not parsed yet are parsed now."""
+        request `handler` (None: from chat/rawconnect.py's `FirstRequest`, whose bytes after the
+        upgrade request are `tail`, and which `paused` reading); `parser` feeds `queue`. Bytes received after the upgrade
+        request and not parsed yet are parsed now."""
         self = cls(socket, transport, parser, outbox)
         transport.set_protocol(self)
+        if handler is None:
+            queue.push_to(self)
+            if tail:
+                parser.feed_data(tail)
+            if paused and not self._done:
+                transport.resume_reading()
+            return self
         # The request handler finishes without touching the connection (`_Detached`), and its
         # server stops counting it as one of its connections.
         was_paused = handler._reading_paused or handler._buffer_paused
