@@ -20,7 +20,6 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import jsonschema_rs
 import orjson
 import pytest
@@ -32,7 +31,7 @@ from socketio import packet
 from chat.keys import RedisKeys
 from chat.sockets import CLIENT_EVENTS
 from tests.conftest import Cluster
-from tests.support import Client, make_token
+from tests.support import Client, fetch, make_token
 
 
 @dataclass
@@ -195,7 +194,7 @@ def check_traffic(contract: Contract, frames: list[Frame]) -> Verdict:
 
 
 async def test_document_is_well_formed(shared_sqlite: Cluster) -> None:
-    r = httpx.get(shared_sqlite.servers[0].url + "/api/v1/asyncapi.json", timeout=10)
+    r = fetch("GET", shared_sqlite.servers[0].url + "/api/v1/asyncapi.json", timeout=10)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
     doc = r.json()
     assert doc["asyncapi"] == "3.0.0"
@@ -219,7 +218,7 @@ async def test_real_traffic_matches_the_document(shared_mysql_cluster: Cluster, 
     api.user(late)
     api.membership(cre, pat, 500)
     room = api.room(cre, "Lounge", 100)
-    contract = Contract(httpx.get(url0 + "/api/v1/asyncapi.json", timeout=10).json())
+    contract = Contract(fetch("GET", url0 + "/api/v1/asyncapi.json", timeout=10).json())
 
     frames: list[Frame] = []
     a = RecordingClient(url0, pat_token, frames, "patron@0")
@@ -254,7 +253,7 @@ async def test_real_traffic_matches_the_document(shared_mysql_cluster: Cluster, 
         # A photo message (no text): its `attachments` are checked against the document too.
         image = io.BytesIO()
         Image.new("RGB", (32, 24), "blue").save(image, "JPEG")
-        up = httpx.post(url0 + "/api/v1/uploads", files={"file": ("a.jpg", image.getvalue(), "image/jpeg")},
+        up = fetch("POST", url0 + "/api/v1/uploads", files={"file": ("a.jpg", image.getvalue(), "image/jpeg")},
                         headers={"Authorization": f"Bearer {pat_token}"}, timeout=10)
         assert up.status_code == 201, up.text
         photo = await a.call("send", {"conversation_id": room, "client_msg_id": "m-photo",

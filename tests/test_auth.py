@@ -24,7 +24,7 @@ import socketio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.support import API_KEY, JWT_SECRET, Api, Client, ServerProcess, make_token, migrated_sqlite
+from tests.support import API_KEY, JWT_SECRET, Api, Client, ServerProcess, fetch, make_token, migrated_sqlite
 
 # HS384/HS512 tokens signed with the (short) HS256 secret are part of the refusal matrix.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -130,7 +130,7 @@ def multi_server(tmp_path_factory: Any) -> Iterator[ServerProcess]:
 
 def get_me(server: ServerProcess, authorization: str | None) -> httpx.Response:
     headers = {"Authorization": authorization} if authorization is not None else {}
-    return httpx.get(server.url + "/api/v1/me", headers=headers, timeout=10)
+    return fetch("GET", server.url + "/api/v1/me", headers=headers, timeout=10)
 
 
 def assert_unauthorized(r: httpx.Response) -> None:
@@ -336,13 +336,13 @@ async def test_es256_public_key(ec_server: ServerProcess) -> None:
 
 def _put_user(server: ServerProcess, authorization: str | None) -> httpx.Response:
     headers = {"Authorization": authorization} if authorization is not None else {}
-    return httpx.put(server.url + "/api/v1/server/users/keyed", json={"name": "Keyed"}, headers=headers, timeout=10)
+    return fetch("PUT", server.url + "/api/v1/server/users/keyed", json={"name": "Keyed"}, headers=headers, timeout=10)
 
 
 def test_no_api_keys_configured_refuses_everyone(no_keys_server: ServerProcess) -> None:
     for auth in (f"Bearer {API_KEY}", "Bearer", "Bearer x", None, f"Bearer {make_token('alice')}"):
         assert_unauthorized(_put_user(no_keys_server, auth))
-    r = httpx.post(no_keys_server.url + "/api/v1/server/publish", headers={"Authorization": f"Bearer {API_KEY}"},
+    r = fetch("POST", no_keys_server.url + "/api/v1/server/publish", headers={"Authorization": f"Bearer {API_KEY}"},
                    json={"channel": "user:a", "event": "e", "data": {}}, timeout=10)
     assert_unauthorized(r)
     # Clients still work on that server.
@@ -359,7 +359,7 @@ def test_api_key_checks(hs_server: ServerProcess) -> None:
                                ("POST", "/rooms", {"creator_id": "a", "name": "r", "min_tier_cents": 0}),
                                ("POST", "/publish", {"channel": "user:a", "event": "e", "data": {}}),
                                ("POST", "/rooms", None)):
-        r = httpx.request(method, hs_server.url + "/api/v1/server" + path, json=body,
+        r = fetch(method, hs_server.url + "/api/v1/server" + path, json=body,
                           headers={"Authorization": "Bearer wrong"}, timeout=10)
         assert_unauthorized(r)
     # An API key is not a client credential.

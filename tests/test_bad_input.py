@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.support import API_KEY, Api, Client, ServerProcess, make_token, migrated_sqlite
+from tests.support import API_KEY, Api, Client, ServerProcess, fetch, make_token, migrated_sqlite
 
 
 @dataclass
@@ -103,7 +103,7 @@ async def assert_still_works(c: Client, env: Env) -> None:
     r = await c.call("history", {"conversation_id": env.room, "limit": 1})
     assert r["ok"] is True, r
     assert env.server.proc.poll() is None
-    assert httpx.get(env.server.url + "/healthz", timeout=5).status_code == 200
+    assert fetch("GET", env.server.url + "/healthz", timeout=5).status_code == 200
 
 
 def assert_error(ack: Any, code: str | tuple[str, ...]) -> None:

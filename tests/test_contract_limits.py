@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import Cluster, MySQLDatabases
-from tests.support import Api, Client, sync_engine
+from tests.support import TLS, Api, Client, fetch, sync_engine
 
 
 class Env:
@@ -119,7 +119,7 @@ async def test_http_send_rate_limit_429_stores_nothing(env: Env) -> None:
     room, cre, patron, pat = env.room_with_patron()
     path = f"/api/v1/conversations/{room}/messages"
     headers = {"Authorization": f"Bearer {pat}"}
-    async with httpx.AsyncClient(base_url=env.url, timeout=15) as http:
+    async with httpx.AsyncClient(verify=TLS, base_url=env.url, timeout=15) as http:
         started = time.monotonic()
         answers = await asyncio.gather(*[
             http.post(path, json={"body": f"h{i}", "client_msg_id": f"http-{i}"}, headers=headers)
@@ -231,7 +231,7 @@ def test_http_history_default_limit_is_50(env: Env, big_room: tuple[str, str]) -
 
 
 def test_page_sends_a_strict_content_security_policy(env: Env) -> None:
-    r = httpx.get(env.url + "/", timeout=10)
+    r = fetch("GET", env.url + "/", timeout=10)
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]
     policy = r.headers.get("content-security-policy")
     assert policy, "GET / sends no Content-Security-Policy"
@@ -255,5 +255,5 @@ def test_page_sends_a_strict_content_security_policy(env: Env) -> None:
         assert " src=" in tag.split(">")[0], "inline <script> would be blocked by script-src 'self'"
     assert " onclick=" not in html and " onload=" not in html and " onerror=" not in html
     # the client bundle the page loads is served (same origin) and under the same policy
-    js = httpx.get(env.url + "/static/app.js", timeout=10)
+    js = fetch("GET", env.url + "/static/app.js", timeout=10)
     assert js.status_code == 200 and js.headers.get("content-security-policy") == policy

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import API_KEY, JWT_SECRET, ROOT, free_port, make_token
+from tests.support import API_KEY, JWT_SECRET, ROOT, fetch, free_port, make_token
 
 VENDOR = ROOT / "chat" / "static" / "vendor" / "socket.io.esm.min.js"
 
@@ -47,7 +47,7 @@ class Proc:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"exited {self.proc.returncode}:\n{self.log()}"
             try:
-                last = httpx.get(url + "/readyz", timeout=1)
+                last = fetch("GET", url + "/readyz", timeout=1)
                 if last.status_code == 200 or "static" in last.text:
                     return last
             except httpx.HTTPError:
@@ -108,10 +108,10 @@ def test_page_works_without_node_modules(tmp_path: Path, package_copy: Path) -> 
     server = Proc([sys.executable, str(package_copy / "run_server.py")], package_copy, env, tmp_path / "s.log")
     try:
         assert server.wait_ready(url).status_code == 200
-        page = httpx.get(url + "/")
+        page = fetch("GET", url + "/")
         assert page.status_code == 200 and "app.js" in page.text, page.text
-        assert 'from "/static/vendor/socket.io.esm.min.js"' in httpx.get(url + "/static/app.js").text
-        client = httpx.get(url + "/static/vendor/socket.io.esm.min.js")
+        assert 'from "/static/vendor/socket.io.esm.min.js"' in fetch("GET", url + "/static/app.js").text
+        client = fetch("GET", url + "/static/vendor/socket.io.esm.min.js")
         assert client.status_code == 200, client.text
         assert client.headers["Content-Type"].startswith("text/javascript")
         assert client.content == VENDOR.read_bytes()
@@ -262,10 +262,10 @@ def test_demo_secret_and_api_key_survive_a_restart(tmp_path: Path, demo_env: dic
     second, _, key_again = demo_start(tmp_path, demo_env, 2)
     try:
         assert key_again == key
-        me = httpx.get(url + "/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+        me = fetch("GET", url + "/api/v1/me", headers={"Authorization": f"Bearer {token}"})
         assert me.status_code == 200, me.text  # the first start's link still signs in
         assert me.json()["user"]["id"] == "alice"
-        sent = httpx.post(url + "/api/v1/server/notifications", headers={"Authorization": f"Bearer {key}"},
+        sent = fetch("POST", url + "/api/v1/server/notifications", headers={"Authorization": f"Bearer {key}"},
                           json={"user_ids": ["alice"], "type": "demo", "title": "Hello", "body": "From curl"})
         assert sent.status_code == 202, sent.text
         assert key not in second.log().split("Server API key", 1)[0]  # printed once, in the banner

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import engineio.packet
-import httpx
 import pytest
 import socketio.packet
 from hypothesis import HealthCheck, given, settings
@@ -23,7 +22,7 @@ from hypothesis import strategies as st
 
 from chat.sockets import CLIENT_EVENTS
 from tests.conftest import MySQLDatabases
-from tests.support import Api, Client, ServerProcess, make_token
+from tests.support import Api, Client, ServerProcess, fetch, make_token
 
 TOTAL_EXAMPLES = 2000
 FIELDS: dict[str, list[str]] = {
@@ -152,7 +151,7 @@ def test_zz_no_error_logged(env: Env) -> None:
     """Runs last in this module: nothing above made the server log an ERROR or a traceback."""
     assert env.client.sio.connected
     assert env.call("history", {"conversation_id": env.room})["ok"]
-    metrics = httpx.get(env.server.url + "/metrics", timeout=5).text
+    metrics = fetch("GET", env.server.url + "/metrics", timeout=5).text
     handled = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                   if line.startswith("backstage_socket_events_total{"))
     assert handled >= TOTAL_EXAMPLES, handled

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 import pytest
 import redis as redis_sync
 from sqlalchemy.engine import make_url
 
 from tests.conftest import Cluster, MySQLDatabases
-from tests.support import Api, ServerProcess, migrated_sqlite
+from tests.support import Api, ServerProcess, fetch, migrated_sqlite
 from tests.test_operations import TcpProxy, parse_metrics
 
 SEP = "\x1e"  # Engine.IO v4 long-polling payload separator
@@ -250,7 +249,7 @@ async def close_all(clients: list[RawClient]) -> None:
 
 
 def metrics(server: ServerProcess) -> dict[str, float]:
-    return parse_metrics(httpx.get(server.url + "/metrics", timeout=10).text)
+    return parse_metrics(fetch("GET", server.url + "/metrics", timeout=10).text)
 
 
 def assert_clean_log(server: ServerProcess) -> None:

@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 import pytest
 import socketio
 from aiohttp import web
 
 from chat.fanout import FanoutServer
 from chat.outbox import WS_FRAMES, WS_WRITES
-from tests.support import Api, Client, ServerProcess, free_port, migrated_sqlite, ok
+from tests.support import Api, Client, ServerProcess, fetch, free_port, migrated_sqlite, ok
 from tests.test_fanout import RawClient, room_with_members
 from tests.test_operations import parse_metrics
 
@@ -35,7 +34,7 @@ QUIET = {"SOCKETIO_PING_INTERVAL_S": "60", "SOCKETIO_PING_TIMEOUT_S": "60"}
 
 
 def ws_counts(server: ServerProcess) -> tuple[float, float]:
-    m = parse_metrics(httpx.get(server.url + "/metrics", timeout=10).text)
+    m = parse_metrics(fetch("GET", server.url + "/metrics", timeout=10).text)
     return m.get("backstage_ws_frames_total", 0.0), m.get("backstage_ws_writes_total", 0.0)
 
 
@@ -235,7 +234,7 @@ async def test_a_client_that_stops_reading_is_still_disconnected(tmp_path: Path)
                 break
         assert offline is not None, "the socket that stopped reading was never disconnected"
         assert [e["data"]["i"] for e in fast.events("event")] == list(range(published))
-        m = parse_metrics(httpx.get(server.url + "/metrics", timeout=10).text)
+        m = parse_metrics(fetch("GET", server.url + "/metrics", timeout=10).text)
         assert m['backstage_slow_socket_disconnects_total{limit="bytes",transport="websocket"}'] == 1
     finally:
         await slow.close()

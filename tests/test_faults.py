@@ -26,7 +26,7 @@ import pymysql
 import pytest
 
 from tests.faults import OwnRedis
-from tests.support import API_KEY, Api, Client, ServerProcess, free_port
+from tests.support import API_KEY, TLS, Api, Client, ServerProcess, fetch, free_port
 
 SERVER_HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 pytestmark = pytest.mark.skipif(not (shutil.which("mariadbd") or Path("/usr/sbin/mariadbd").exists())
@@ -122,7 +122,7 @@ def env(tmp_path_factory: Any) -> Iterator[Env]:
 
 def readyz(server: ServerProcess) -> tuple[httpx.Response, float]:
     started = time.monotonic()
-    r = httpx.get(server.url + "/readyz", timeout=15)
+    r = fetch("GET", server.url + "/readyz", timeout=15)
     return r, time.monotonic() - started
 
 
@@ -134,7 +134,7 @@ def wait_ready(server: ServerProcess, timeout: float = 30) -> None:
 
 
 def metric(server: ServerProcess, prefix: str) -> float:
-    text = httpx.get(server.url + "/metrics", timeout=5).text
+    text = fetch("GET", server.url + "/metrics", timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
 
@@ -187,7 +187,7 @@ async def test_unavailable_is_logged_at_warning_with_cause_and_counted(env: Env)
             env.db.start()
         after = metric(server, "backstage_unavailable_total")
         assert after >= before + 2, (before, after)
-        text = httpx.get(server.url + "/metrics", timeout=5).text
+        text = fetch("GET", server.url + "/metrics", timeout=5).text
         assert 'backstage_unavailable_total{cause="OperationalError:2003",transport="http"}' in text \
             or 'transport="http"' in text, text
         log = server.log()[log_start:]
@@ -220,7 +220,7 @@ async def test_concurrent_membership_upserts_never_fail(env: Env) -> None:
     statuses: list[int] = []
     sem = asyncio.Semaphore(64)
     started = time.monotonic()
-    async with httpx.AsyncClient(timeout=60, headers=SERVER_HEADERS, limits=httpx.Limits(max_connections=64)) as h:
+    async with httpx.AsyncClient(verify=TLS, timeout=60, headers=SERVER_HEADERS, limits=httpx.Limits(max_connections=64)) as h:
 
         async def upsert(i: int, patron: str, tier: int, status: str) -> None:
             async with sem:

@@ -24,7 +24,7 @@ import pytest
 import socketio
 
 from tests.conftest import Cluster, MySQLDatabases
-from tests.support import API_KEY, Api, Client, ServerProcess, make_token, migrated_sqlite
+from tests.support import API_KEY, TLS, Api, Client, ServerProcess, fetch, make_token, migrated_sqlite
 
 ENV = {
     "SOCKETIO_CONNECT_TIMEOUT_S": "1",
@@ -70,7 +70,7 @@ def env(mysql_databases: MySQLDatabases, redis_url: str, redis_prefix_root: str)
 
 
 def metric(server: ServerProcess, name: str) -> float:
-    text = httpx.get(server.url + "/metrics", timeout=5).text
+    text = fetch("GET", server.url + "/metrics", timeout=5).text
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name) and (len(line) == len(name) or line[len(name)] in " {"):
@@ -177,7 +177,7 @@ async def test_malformed_packets_one_warning_and_disconnect(env: Env) -> None:
     assert metric(server, "backstage_bad_packets_total") >= before + 5
 
     # The same over the polling transport: an Engine.IO payload python-engineio cannot decode.
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as h:
+    async with httpx.AsyncClient(verify=TLS, base_url=server.url, timeout=10) as h:
         r = await h.get("/socket.io/", params={"EIO": "4", "transport": "polling"})
         sid = json.loads(r.text[1:])["sid"]
         for body in ("x", "4", "9:abc", "\x1e\x1e", "b@@@"):
@@ -198,7 +198,7 @@ async def test_polling_garbage_counts_toward_the_same_limit(env: Env) -> None:
     like undecodable websocket frames: the session is closed at its MAX_BAD_PACKETS-th (5)."""
     server = env.a
     closed_before = metric(server, "backstage_guard_closed_sessions_total")
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as h:
+    async with httpx.AsyncClient(verify=TLS, base_url=server.url, timeout=10) as h:
         params = {"EIO": "4", "transport": "polling"}
         r = await h.get("/socket.io/", params=params)
         params["sid"] = json.loads(r.text[1:])["sid"]

@@ -10,12 +10,11 @@ import asyncio
 import re
 from typing import Any
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
 from tests.conftest import Cluster
-from tests.support import Client, barrier, sync_engine
+from tests.support import Client, barrier, fetch, sync_engine
 from tests.test_join import history, insert_messages, join
 
 
@@ -29,7 +28,7 @@ def writer_and_joiner(request: Any) -> tuple[Cluster, int, int]:
 
 def cache_answers(url: str) -> float:
     """How many join answers this process gave from the cache so far (its /metrics)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = fetch("GET", f"{url}/metrics", timeout=10).text
     m = re.search(r'^backstage_join_pages_total\{source="cache"\} (\S+)$', text, re.M)
     return float(m.group(1)) if m else 0.0
 

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from tests.conftest import Cluster, MySQLDatabases
 from tests.fakefcm import FakeFCMServer
-from tests.support import API_KEY, Client, barrier, make_token, migrated_sqlite, sync_engine
+from tests.support import API_KEY, TLS, Client, barrier, make_token, migrated_sqlite, sync_engine
 
 
 class Served:
@@ -217,7 +217,7 @@ async def test_idempotency_key(served_push: Served, fcm_server: FakeFCMServer) -
         assert [m["data"]["notification_id"] for m in fake.delivered_messages("u1-phone")] == [first[0], marker]
 
         # concurrent duplicates: one set of rows, the same ids for everyone
-        async with httpx.AsyncClient(base_url=served.url, timeout=30,
+        async with httpx.AsyncClient(verify=TLS, base_url=served.url, timeout=30,
                                      headers={"Authorization": f"Bearer {API_KEY}"}) as http:
             answers = await asyncio.gather(*[
                 http.post("/api/v1/server/notifications", json=base(user_ids=["u1"], idempotency_key="race"))

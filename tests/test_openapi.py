@@ -38,7 +38,7 @@ from schemathesis.specs.openapi.checks import (
 from chat.app import create_app
 from chat.config import Settings
 from tests.conftest import MySQLDatabases
-from tests.support import API_KEY, Api, ServerProcess, make_token, sync_engine
+from tests.support import API_KEY, Api, ServerProcess, fetch, make_token, sync_engine
 from webhooks.models import WebhookOutbox
 
 # Not part of the HTTP API: the page's static files and python-engineio's endpoint.
@@ -69,7 +69,7 @@ def env(mysql_databases: MySQLDatabases, redis_url: str, redis_prefix_root: str)
         room = api.room("cre", "Lounge", 0)
         r = api.client(creator, "POST", f"/conversations/{room}/messages", json={"body": "hi", "client_msg_id": "oa-0"})
         assert r.status_code == 201, r.text
-        doc = httpx.get(server.url + "/api/v1/openapi.json", timeout=10).json()
+        doc = fetch("GET", server.url + "/api/v1/openapi.json", timeout=10).json()
         yield Env(server, api, doc, room, creator, patron, r.json()["message"]["id"])
     finally:
         api.close()

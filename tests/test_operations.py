@@ -32,7 +32,7 @@ import socketio
 from sqlalchemy.engine import make_url
 
 from tests.faults import TcpProxy, wait_until
-from tests.support import JWT_SECRET, ROOT, Api, Client, ServerProcess, free_port, make_token, migrated_sqlite
+from tests.support import JWT_SECRET, ROOT, TLS, Api, Client, ServerProcess, fetch, free_port, make_token, migrated_sqlite
 
 
 async def eventually_true(pred: Any, what: str, timeout: float = 30) -> None:
@@ -43,7 +43,7 @@ async def eventually_true(pred: Any, what: str, timeout: float = 30) -> None:
 
 
 def readyz(server: ServerProcess) -> httpx.Response:
-    return httpx.get(server.url + "/readyz", timeout=10)
+    return fetch("GET", server.url + "/readyz", timeout=10)
 
 
 # ---------------------------------------------------------------- health and readiness
@@ -52,7 +52,7 @@ def readyz(server: ServerProcess) -> httpx.Response:
 def test_healthz_readyz_and_idle_sigterm(tmp_path: Path) -> None:
     server = ServerProcess(migrated_sqlite(tmp_path / "ops.db"))
     try:
-        r = httpx.get(server.url + "/healthz", timeout=5)
+        r = fetch("GET", server.url + "/healthz", timeout=5)
         assert r.status_code == 200 and r.json()["ok"] is True
         r = readyz(server)
         assert r.status_code == 200 and r.json()["ok"] is True
@@ -75,7 +75,7 @@ def test_readyz_503_when_redis_is_cut_off_and_back(mysql_url: str, redis_url: st
         r = wait_until(lambda: (lambda r: r if r.status_code == 503 else None)(readyz(server)))
         assert r.json()["ok"] is False and "redis" in r.json()["problems"], r.text
         assert "database" not in r.json()["problems"]
-        assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200  # alive, just not ready
+        assert fetch("GET", server.url + "/healthz", timeout=5).status_code == 200  # alive, just not ready
         proxy.start()
         wait_until(lambda: readyz(server).status_code == 200)
     finally:
@@ -144,7 +144,7 @@ async def test_metrics(tmp_path: Path) -> None:
     clients: list[Client] = []
 
     def metrics() -> dict[str, float]:
-        r = httpx.get(server.url + "/metrics", timeout=5)
+        r = fetch("GET", server.url + "/metrics", timeout=5)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.headers
         return parse_metrics(r.text)
 
@@ -213,7 +213,7 @@ async def test_sigterm_disconnects_clients_and_exits_0(backend: str, tmp_path: P
     # polling at this moment: neither may hold the shutdown (the latter used to hold it 10 s).
     polling = socketio.AsyncClient(reconnection=False)
     await polling.connect(server.url, auth={"token": make_token("u-poll")}, transports=["polling"])
-    idle = httpx.AsyncClient(base_url=server.url, timeout=10)
+    idle = httpx.AsyncClient(verify=TLS, base_url=server.url, timeout=10)
     params = {"EIO": "4", "transport": "polling"}
     params["sid"] = json.loads((await idle.get("/socket.io/", params=params)).text[1:])["sid"]
     await idle.post("/socket.io/", params=params, content="40" + json.dumps({"token": make_token("u-idle")}))
@@ -290,14 +290,14 @@ async def _exercise_with_secrets(server: ServerProcess) -> list[str]:
     api.client(pat, "POST", "/devices", json={"token": f"devtok-{MARK}", "platform": "web"})
     api.server("POST", "/notifications", {"user_ids": ["logpat"], "type": "t", "title": "T", "body": f"NOTIF-{MARK}"})
     api.server("POST", "/publish", {"channel": "user:logpat", "event": "e", "data": {"b": body}})
-    httpx.get(server.url + f"/?token={token}", timeout=5)
-    httpx.get(server.url + f"/api/v1/me?token={token}", timeout=5)
-    httpx.put(server.url + "/api/v1/server/users/x", headers={"Authorization": f"Bearer {LOG_API_KEY}x"}, json={}, timeout=5)
+    fetch("GET", server.url + f"/?token={token}", timeout=5)
+    fetch("GET", server.url + f"/api/v1/me?token={token}", timeout=5)
+    fetch("PUT", server.url + "/api/v1/server/users/x", headers={"Authorization": f"Bearer {LOG_API_KEY}x"}, json={}, timeout=5)
     api.close()
     # The socket's disconnect is handled after the client left: once the server counts no
     # socket, everything this function did has been handled (and logged, if it ever would be).
     await asyncio.to_thread(wait_until, lambda: parse_metrics(
-        httpx.get(server.url + "/metrics", timeout=5).text)["backstage_connected_sockets"] == 0)
+        fetch("GET", server.url + "/metrics", timeout=5).text)["backstage_connected_sockets"] == 0)
     return secrets
 
 
@@ -373,14 +373,14 @@ def test_demo_from_nothing(tmp_path: Path) -> None:
         for link in links:
             assert re.match(rf"http://(localhost|127\.0\.0\.1):{port}/\?token=", link), link
             token = link.split("?token=", 1)[1]
-            r = httpx.get(f"http://127.0.0.1:{port}/api/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            r = fetch("GET", f"http://127.0.0.1:{port}/api/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
             assert r.status_code == 200, r.text
             users.append(r.json()["user"]["id"])
-            page = httpx.get(link.replace("localhost", "127.0.0.1"), timeout=10)
+            page = fetch("GET", link.replace("localhost", "127.0.0.1"), timeout=10)
             assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         assert len(set(users)) == 4
         creator_token = links[0].split("?token=", 1)[1]
-        convs = httpx.get(f"http://127.0.0.1:{port}/api/v1/conversations",
+        convs = fetch("GET", f"http://127.0.0.1:{port}/api/v1/conversations",
                           headers={"Authorization": f"Bearer {creator_token}"}, timeout=10).json()["conversations"]
         kinds = sorted(c["conversation"]["kind"] for c in convs)
         assert kinds.count("room") == 2 and kinds.count("direct") >= 1, convs
@@ -392,7 +392,7 @@ def test_demo_from_nothing(tmp_path: Path) -> None:
     try:
         assert len(links2) == 4, "".join(output)
         creator_token = links2[0].split("?token=", 1)[1]
-        convs2 = httpx.get(f"http://127.0.0.1:{port2}/api/v1/conversations",
+        convs2 = fetch("GET", f"http://127.0.0.1:{port2}/api/v1/conversations",
                            headers={"Authorization": f"Bearer {creator_token}"}, timeout=10).json()["conversations"]
         assert sorted(c["conversation"]["id"] for c in convs2) == sorted(c["conversation"]["id"] for c in convs)
         for c in convs2:
@@ -412,7 +412,7 @@ def test_token_command(tmp_path: Path, shared_sqlite: Any, uid: Any) -> None:
     assert claims["sub"] == cli_user and claims["name"] == "Cli User"
     assert abs(claims["exp"] - (time.time() + 60)) < 15
     server = shared_sqlite.servers[0]
-    r = httpx.get(server.url + "/api/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    r = fetch("GET", server.url + "/api/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert r.status_code == 200, r.text
     assert r.json()["user"] == {"id": cli_user, "name": "Cli User", "avatar_url": None}
     bad = subprocess.run([sys.executable, str(ROOT / "run_server.py"), "token", "not valid"], cwd=tmp_path,

@@ -25,7 +25,7 @@ from chat.attachments import UrlSigner
 from chat.blobs import LocalBlobStore, S3BlobStore, new_key
 from chat.config import Settings
 from tests.conftest import Cluster
-from tests.support import JWT_SECRET, Api, Client, free_port, migrated_sqlite, sync_engine
+from tests.support import JWT_SECRET, Api, Client, fetch, free_port, migrated_sqlite, sync_engine
 from tests.test_push_rules import PushCluster, push_cluster, sqlite_push_cluster  # noqa: F401 (the fixtures)
 
 GPS_IFD = 0x8825
@@ -418,7 +418,7 @@ def s3_endpoint() -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                httpx.get(url + "/moto-api/", timeout=1)
+                fetch("GET", url + "/moto-api/", timeout=1)
                 break
             except httpx.HTTPError:
                 if time.monotonic() > deadline or proc.poll() is not None:

@@ -22,12 +22,11 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-import httpx
 import pytest
 
 from tests.conftest import MySQLDatabases
 from tests.faults import OwnRedis
-from tests.support import Api, Client, ServerProcess, app_events, barrier, make_token
+from tests.support import Api, Client, ServerProcess, app_events, barrier, fetch, make_token
 
 pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
 
@@ -64,13 +63,13 @@ async def clients() -> AsyncIterator[list[Client]]:
 
 
 def metric(server: ServerProcess, prefix: str) -> float:
-    text = httpx.get(server.url + "/metrics", timeout=5).text
+    text = fetch("GET", server.url + "/metrics", timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
 
 def wait_ready(server: ServerProcess, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while httpx.get(server.url + "/readyz", timeout=10).status_code != 200:
+    while fetch("GET", server.url + "/readyz", timeout=10).status_code != 200:
         assert time.monotonic() < deadline, "not ready again"
         time.sleep(0.1)
 
@@ -182,7 +181,7 @@ async def test_deaf_subscription_found_by_canary_and_rebuilt(env: Env, clients: 
     lost = await cb.call("send", {"conversation_id": room, "body": "unheard", "client_msg_id": "d1"})
     assert lost["ok"], lost
     while True:
-        r = httpx.get(env.a.url + "/readyz", timeout=10)
+        r = fetch("GET", env.a.url + "/readyz", timeout=10)
         if r.status_code == 503:
             break
         assert time.monotonic() - started < 20, "deafness not detected"
@@ -241,7 +240,7 @@ async def test_redis_down_connect_join_send_degrade_to_the_process(env: Env, cli
         assert (await pa.call("join", {"conversation_id": dm}))["ok"]
         direct = await pa.call("send", {"conversation_id": dm, "body": "dm", "client_msg_id": "s3"})
         assert direct["ok"], direct
-        assert httpx.get(env.a.url + "/readyz", timeout=10).status_code == 503  # not pretending
+        assert fetch("GET", env.a.url + "/readyz", timeout=10).status_code == 503  # not pretending
     finally:
         env.redis.start()
     wait_ready(env.a)

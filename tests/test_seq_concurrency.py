@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import Client, barrier
+from tests.support import TLS, Client, barrier
 
 USERS = 6
 PER_USER = 25
@@ -69,7 +69,7 @@ async def _many_senders(cluster: Any, users: int, per_user: int) -> None:
 
     listeners = [await Client(url, cre).connect() for url in urls]
     sockets: dict[str, Client] = {}
-    https = [httpx.AsyncClient(base_url=url, timeout=30) for url in urls]
+    https = [httpx.AsyncClient(verify=TLS, base_url=url, timeout=30) for url in urls]
     try:
         for li in listeners:
             assert (await li.call("join", {"conversation_id": room}))["ok"]
@@ -137,7 +137,7 @@ async def _racing_retries(cluster: Any, rounds: int) -> None:
     room = api.room("cre", "Race", 0)
     a = await Client(urls[0], pat).connect()
     b = await Client(urls[-1], pat).connect()
-    http = httpx.AsyncClient(base_url=urls[-1], timeout=30)
+    http = httpx.AsyncClient(verify=TLS, base_url=urls[-1], timeout=30)
     try:
         assert (await a.call("join", {"conversation_id": room}))["ok"]  # a watches the broadcasts
         for i in range(rounds):

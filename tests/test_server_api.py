@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import Cluster
-from tests.support import API_KEY, Api, Client, barrier, make_token, sync_engine
+from tests.support import API_KEY, TLS, Api, Client, barrier, make_token, sync_engine
 
 SERVER = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -97,7 +97,7 @@ async def test_racing_creates_make_one_room(backend: str, request: Any, uid: Any
     cluster: Cluster = request.getfixturevalue("shared_sqlite" if backend == "sqlite" else "shared_mysql_cluster")
     urls = [s.url for s in cluster.servers]
     engine = sync_engine(cluster.database_url)
-    clients = [httpx.AsyncClient(base_url=u, timeout=30, headers=SERVER) for u in urls]
+    clients = [httpx.AsyncClient(verify=TLS, base_url=u, timeout=30, headers=SERVER) for u in urls]
     try:
         for round_ in range(3):
             cre = uid(f"racer{round_}")  # a new creator too: the user row is created in the race
@@ -334,7 +334,7 @@ async def test_429_headers_and_one_budget_for_the_cluster(pair: Pair, uid: Any) 
         token = pair.api.user(cre)
         room = pair.api.room(cre, "Busy")
         path = f"/api/v1/conversations/{room}/messages"
-        clients = [httpx.AsyncClient(base_url=u, timeout=30, headers={"Authorization": f"Bearer {token}"})
+        clients = [httpx.AsyncClient(verify=TLS, base_url=u, timeout=30, headers={"Authorization": f"Bearer {token}"})
                    for u in urls]
         def send(i: int, cmid: str, clients: list[httpx.AsyncClient] = clients, path: str = path) -> Any:
             return clients[i % 2].post(path, json={"body": cmid, "client_msg_id": cmid})

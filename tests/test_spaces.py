@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from tests.support import API_KEY, Api, Client, ok, send, sync_engine
+from tests.support import API_KEY, TLS, Api, Client, ok, send, sync_engine
 
 
 def refused(ack: dict[str, Any]) -> dict[str, Any]:
@@ -266,7 +266,7 @@ async def test_ten_spaces_hold_under_concurrent_creates(shared_mysql_cluster: An
     cluster = shared_mysql_cluster
     cre = uid("cre")
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as http:
         answers = await asyncio.gather(*(
             http.post(f"{cluster.servers[i % 2].url}/api/v1/server/rooms", headers=headers,
                       json={"creator_id": cre, "name": f"R{i}", "min_tier_cents": 0}) for i in range(14)))

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tests.conftest import Cluster
-from tests.support import Api, Client, ServerProcess, migrated_sqlite, sync_engine
+from tests.support import TLS, Api, Client, ServerProcess, fetch, migrated_sqlite, sync_engine
 from tests.test_operations import TcpProxy, parse_metrics
 
 
@@ -40,7 +40,7 @@ class CuttingProxy(TcpProxy):
 
 
 def metric(url: str, name: str) -> float:
-    return parse_metrics(httpx.get(url + "/metrics", timeout=10).text).get(name, 0.0)
+    return parse_metrics(fetch("GET", url + "/metrics", timeout=10).text).get(name, 0.0)
 
 
 async def wait_in_writer(url: str, n: int) -> None:
@@ -158,7 +158,7 @@ async def _group_commit(cluster: Cluster, database_url: str) -> None:
             # The same client_msg_id of one user three times in the batches of both processes.
             dup_acks = [asyncio.ensure_future(send(c, room, "twice", "dup-1")) for c in dups]
             # ...and over HTTP (the full database check) on process 1.
-            async with httpx.AsyncClient(base_url=urls[1], timeout=60) as http:
+            async with httpx.AsyncClient(verify=TLS, base_url=urls[1], timeout=60) as http:
                 if not sqlite:
                     web = asyncio.ensure_future(http.post(f"/api/v1/conversations/{room}/messages",
                                                           json=web_body, headers=web_auth))
