@@ -95,6 +95,7 @@ async def server(mode: str, *, origins: Any = None, refuse: bool = False, hold: 
         connect_handler = sio.eio.handlers["connect"]
 
         async def held(eio_sid: str, environ: Any) -> Any:
+            entered.environ = environ  # type: ignore[attr-defined]
             entered.set()
             await hold.wait()
             return await connect_handler(eio_sid, environ)
@@ -340,3 +341,21 @@ async def test_shutdown_closes_idle_connections_and_ends_connects_in_progress() 
         assert s.sio.eio.sockets == {}
         idle_writer.close()
         writer.close()
+
+
+@pytest.mark.parametrize("mode", FAST)
+async def test_a_client_gone_while_the_connect_event_waits_is_seen_and_leaves_nothing(mode: str) -> None:
+    """The connect gate (chat/sockguard.py) looks at environ["aiohttp.request"].transport to
+    drop a session whose client gave up while it waited: that holds the raw way as well."""
+    hold = asyncio.Event()
+    async with server(mode, hold=hold) as s:
+        reader, writer = await raw_head(s.port, head())
+        await asyncio.wait_for(s.entered.wait(), 5)
+        conn = s.entered.environ["aiohttp.request"]  # type: ignore[attr-defined]
+        assert conn.transport is not None and not conn.transport.is_closing()
+        writer.close()
+        await until(lambda: conn.transport is None or conn.transport.is_closing())
+        hold.set()
+        await until(lambda: not s.sio.eio.sockets)
+        raw_server = s.runner.server
+        assert not isinstance(raw_server, RawConnectServer) or not raw_server.opening
