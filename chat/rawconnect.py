@@ -21,7 +21,7 @@ connects that arrive there). A session the app refuses gets the 401 the middlewa
 written here, and the connection is closed (aiohttp would keep it open but could not read
 another request on an upgrade connection).
 
-Kept as aiohttp does: TCP_NODELAY and TCP keep-alive on the socket, a connection that sends nothing is closed
+Kept as aiohttp does: TCP keep-alive on the socket (TCP_NODELAY is the transport's own), a connection that sends nothing is closed
 after `keepalive_timeout`, graceful shutdown (`pre_shutdown` closes idle connections,
 `shutdown` waits for opening ones up to its timeout, then cancels them). The metrics are
 `WebsocketConnect`'s. `run_app` is aiohttp's `web.run_app` for one TCP site, with this runner.
@@ -29,7 +29,7 @@ after `keepalive_timeout`, graceful shutdown (`pre_shutdown` closes idle connect
 Upstream internals: aiohttp `Server.request_handler`, `request_factory`,
 `handler_cancellation`, `_loop`, `_kwargs` (to build the same `RequestHandler`s),
 `RequestHandler.connection_made` / `data_received`, `web_runner.GracefulExit`,
-`tcp_helpers.tcp_keepalive` / `tcp_nodelay`, `helpers.rfc822_formatted_time`, `http.SERVER_SOFTWARE`.
+`tcp_helpers.tcp_keepalive`, `helpers.rfc822_formatted_time`, `http.SERVER_SOFTWARE`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
-from aiohttp.tcp_helpers import tcp_keepalive, tcp_nodelay
+from aiohttp.tcp_helpers import tcp_keepalive
 from aiohttp.web_runner import GracefulExit
 from multidict import CIMultiDict, MultiDict
 
@@ -117,7 +117,8 @@ class FirstRequest(asyncio.Protocol):
         self.transport = real = cast(asyncio.Transport, transport)
         server = self._server
         server.opening.add(self)
-        tcp_nodelay(real, True)  # as aiohttp's BaseProtocol
+        # TCP_NODELAY (aiohttp's BaseProtocol sets it again): uvloop's and asyncio's TCP
+        # transports have it set already.
         if server.tcp_keepalive:
             tcp_keepalive(real)
         if server.keepalive_timeout > 0:  # like aiohttp: nothing sent at all is not kept forever
@@ -199,7 +200,8 @@ class FirstRequest(asyncio.Protocol):
     async def _open(self, key: str, environ: dict[str, Any]) -> None:
         try:
             response = await self._server.connect.open(key, environ, None, self)
-            if isinstance(response, web.Response) and self.transport is not None:
+            if response is not None and self.transport is not None:
+                assert isinstance(response, web.Response)
                 self.transport.write(serialize(response))
                 self.transport.close()
         except ConnectionError:

@@ -138,13 +138,14 @@ class WebsocketConnect:
         environ = self.environ(request.path_qs, request.query_string, headers, request)
         if not self.allowed(environ):
             return None
-        return await self.open(key, environ, request)
+        refused = await self.open(key, environ, request)
+        return _Detached() if refused is None else refused
 
     async def open(self, key: str, environ: dict[str, Any], request: web.BaseRequest | None,
-                   first: FirstRequest | None = None) -> web.StreamResponse:
-        """Open the Engine.IO session of an accepted request: `_Detached()` once the connection
-        belongs to its socket, or the app's refusal (401) to be sent. From the middleware,
-        `request` is aiohttp's; from chat/rawconnect.py, `first` is the connection's protocol."""
+                   first: FirstRequest | None = None) -> web.StreamResponse | None:
+        """Open the Engine.IO session of an accepted request: None once the connection belongs
+        to its socket, or the app's refusal (401) to be sent. From the middleware, `request` is
+        aiohttp's; from chat/rawconnect.py, `first` is the connection's protocol."""
         eio = self.eio
         # python-engineio 4.15.1 AsyncServer._handle_connect, websocket transport.
         if eio.start_service_task:
@@ -204,4 +205,4 @@ class WebsocketConnect:
         finally:
             trim_environ(environ)
         self._upgraded.inc()
-        return _Detached()
+        return None

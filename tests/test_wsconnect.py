@@ -17,6 +17,7 @@ import os
 import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from socket import IPPROTO_TCP, TCP_NODELAY
 from typing import Any
 
 import pytest
@@ -52,7 +53,7 @@ class Counted(WebsocketConnect):
         self.middleware += response is not None
         return response
 
-    async def open(self, *args: Any) -> web.StreamResponse:
+    async def open(self, *args: Any) -> web.StreamResponse | None:
         self.opened += 1
         return await super().open(*args)
 
@@ -174,6 +175,8 @@ async def test_websocket_first_connect_is_answered_like_the_usual_way() -> None:
             assert len(s.sio.eio.sockets) == 1
             socket = next(iter(s.sio.eio.sockets.values()))
             assert socket.outbox is not None and socket.upgraded and socket.connected
+            sock = socket.outbox._transport.get_extra_info("socket")  # small frames leave at once
+            assert sock.getsockopt(IPPROTO_TCP, TCP_NODELAY)
             environ = s.sio.environ[socket.sid]
             assert "aiohttp.request" not in environ and environ["HTTP_HOST"] == "127.0.0.1"
             # The upgrade's request handler is gone (no keep-alive timer or task holds it).
