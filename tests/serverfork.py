@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 # The server's heavy third-party imports (measured with -X importtime on run_server + chat.app).
@@ -32,7 +33,8 @@ PRELOAD = [
     "sqlalchemy.dialects.sqlite.aiosqlite", "aiomysql", "pymysql", "aiosqlite",
     "pydantic", "pydantic_settings", "aiohttp", "aiohttp.web", "socketio", "engineio",
     "redis", "redis.asyncio", "hiredis", "jwt", "cryptography", "orjson", "uvloop",
-    "prometheus_client", "limits", "limits.aio", "PIL.Image", "regex", "dotenv",
+    "prometheus_client", "limits", "limits.aio", "PIL.Image", "PIL.ImageOps", "regex", "dotenv",
+    "engineio.async_drivers.aiohttp",
 ]
 
 _context = multiprocessing.get_context("forkserver")
@@ -64,7 +66,14 @@ class ForkedServer:
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> None:
         self._process = _context.Process(target=_serve, args=(args, env, str(cwd), str(log_path)),
                                          name="run_server", daemon=False)
-        self._process.start()
+        # multiprocessing re-imports the parent's __main__ in the child (pytest's, or a script
+        # read from stdin, which fails): a server needs none of it, so the child is shown none.
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            self._process.start()
+        finally:
+            sys.modules["__main__"] = main
         self.pid: int = self._process.pid  # type: ignore[assignment]
 
     @property

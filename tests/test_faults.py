@@ -40,8 +40,13 @@ class OwnMariaDB:
         self.datadir = root / "data"
         self.port = free_port()
         self.binary = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+        # Its own tmpdir: a mariadbd starting removes every `#sql*` file of its tmpdir, and /tmp
+        # holds the machine's MariaDB's temporary tables (other tests' queries failed with
+        # "Error on delete of '/tmp/#sql-temptable-...MAI'").
+        self.tmpdir = root / "tmp"
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
         subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}", "--user=root",
-                        "--auth-root-authentication-method=normal", "--skip-test-db"],
+                        "--auth-root-authentication-method=normal", "--skip-test-db", f"--tmpdir={self.tmpdir}"],
                        check=True, capture_output=True, timeout=120)
         self.log = open(root / "mariadbd.log", "a")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -50,7 +55,7 @@ class OwnMariaDB:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "--no-defaults", f"--datadir={self.datadir}", "--user=root", f"--port={self.port}",
-             "--bind-address=127.0.0.1", f"--socket={self.datadir}/mysqld.sock", "--skip-log-bin",
+             "--bind-address=127.0.0.1", f"--socket={self.datadir}/mysqld.sock", "--skip-log-bin", f"--tmpdir={self.tmpdir}",
              "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=0", "--innodb-log-file-size=16M",
              "--max-connections=500", f"--pid-file={self.datadir}/mysqld.pid"],
             stdout=self.log, stderr=subprocess.STDOUT)
