@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     wait_for_dependencies(settings)
 
     import uvloop
-    from aiohttp import web
 
-    from chat.app import create_app
+    from chat import rawconnect
+    from chat.app import WS_CONNECT_KEY, create_app
 
     app = create_app(settings)
     if args.demo:
@@ -98,14 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
 
-    def ready(*_: Any) -> None:  # run_app calls this once the listening socket is bound
+    def ready(*_: Any) -> None:  # called once the listening socket is bound
         log.info("ready: listening on http://%s:%d, database %s, relay %s", settings.host, settings.port,
                  describe_database(settings.database_url), describe_relay(settings))
 
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None,
-                print=ready, backlog=settings.listen_backlog,
-                # in-flight HTTP requests get this long; open websockets were closed in on_shutdown
-                shutdown_timeout=1)
+    # aiohttp's run_app, with websocket-first connects answered before its request handler
+    rawconnect.run_app(app, app[WS_CONNECT_KEY], host=settings.host, port=settings.port, ready=ready,
+                       backlog=settings.listen_backlog,
+                       # in-flight HTTP requests get this long; open websockets were closed in on_shutdown
+                       shutdown_timeout=1)
     return 0
 
 

@@ -62,6 +62,9 @@ ENGINE_KEY = web.AppKey("engine", AsyncEngine)
 READ_ENGINE_KEY = web.AppKey("read_engine", AsyncEngine)  # autocommit reads of connect and join (chat/db.py)
 REDIS_KEY = web.AppKey("redis", object)  # aioredis.Redis | None
 SIO_KEY = web.AppKey("sio", FanoutServer)
+# Websocket-first connects: answered by the first middleware, and below aiohttp by the server
+# run_server.py starts (chat/rawconnect.py); one object for both.
+WS_CONNECT_KEY = web.AppKey("ws_connect", WebsocketConnect)
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; "
        "connect-src 'self' ws: wss:; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -112,9 +115,11 @@ def create_sio(settings: Settings) -> FanoutServer:
 def create_app(settings: Settings) -> web.Application:
     sio = create_sio(settings)
     # Websocket-first Engine.IO connects are answered before the other middlewares
-    # (chat/wsconnect.py); every other request goes through all of them.
+    # (chat/wsconnect.py), or before aiohttp's request handler (chat/rawconnect.py, as
+    # run_server.py serves); every other request goes through all of them.
+    connect = WebsocketConnect(sio.eio)
     app = web.Application(client_max_size=settings.max_payload_bytes,
-                          middlewares=[websocket_connects(sio), security_headers, http_api.error_middleware,
+                          middlewares=[websocket_connects(sio, connect), security_headers, http_api.error_middleware,
                                        http_api.body_limits],
                           # A body left unread (refused before reading it: too large, no
                           # credentials) is read and thrown away for at most this long before the
@@ -127,6 +132,7 @@ def create_app(settings: Settings) -> web.Application:
     app[http_api.AUTH_KEY] = Authenticator(settings)
     sio.attach(app)  # routes must exist before the app starts; handlers are added in chat_ctx
     app[SIO_KEY] = sio
+    app[WS_CONNECT_KEY] = connect
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(chat_ctx)
@@ -347,9 +353,10 @@ def add_page_routes(app: web.Application) -> None:
         app.router.add_static("/static/", STATIC_DIR)
 
 
-def websocket_connects(sio: FanoutServer) -> Any:
+def websocket_connects(sio: FanoutServer, connect: WebsocketConnect | None = None) -> Any:
     """The middleware that answers websocket-first Engine.IO connects (chat/wsconnect.py)."""
-    connect = WebsocketConnect(sio.eio)
+    if connect is None:
+        connect = WebsocketConnect(sio.eio)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:

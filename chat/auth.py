@@ -41,8 +41,16 @@ class Authenticator:
             self._algorithms = ["HS256"]
         else:
             raise ValueError("JWT_SECRET or JWT_PUBLIC_KEY is required")
-        # jwt.decode's checks, without re-validating the HS256 secret per token (chat/jwtcheck.py)
-        self._jwt = jwtcheck.decoder(self._key if self._algorithms == ["HS256"] else None)
+        # jwt.decode's checks, without re-validating the HS256 secret per token (chat/jwtcheck.py),
+        # and the common HS256 token without PyJWT's generic path
+        hs256 = self._algorithms == ["HS256"]
+        self._jwt = jwtcheck.decoder(self._key if hs256 else None)
+        self._fast: jwtcheck.HS256Claims | None = None
+        if hs256:
+            try:
+                self._fast = jwtcheck.HS256Claims(self._key)
+            except jwt.InvalidKeyError:
+                pass
         self._api_keys = [k.encode() for k in settings.api_keys]
         self._secret = settings.jwt_secret
         self._verified: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
@@ -62,15 +70,17 @@ class Authenticator:
                 raise Unauthorized("token expired")
             self._verified.move_to_end(token)
             return known
-        try:
-            claims = self._jwt.decode(
-                token, self._key, algorithms=self._algorithms,
-                options={"require": ["exp", "sub"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("token expired") from None
-        except jwt.PyJWTError:
-            raise Unauthorized("invalid token") from None
+        claims = self._fast.claims(token, time.time()) if self._fast is not None else None
+        if claims is None:
+            try:
+                claims = self._jwt.decode(
+                    token, self._key, algorithms=self._algorithms,
+                    options={"require": ["exp", "sub"]},
+                )
+            except jwt.ExpiredSignatureError:
+                raise Unauthorized("token expired") from None
+            except jwt.PyJWTError:
+                raise Unauthorized("invalid token") from None
         sub = claims.get("sub")
         if not isinstance(sub, str) or not USER_ID_RE.match(sub):
             raise Unauthorized("invalid subject")

@@ -60,8 +60,10 @@ python-engineio
 python-socketio
   * `AsyncServer._engineio_server_class()` (to plug in `FanoutEngineIO`), `packet_class`, `eio`.
   * `AsyncManager.emit()` signature; `BaseManager.rooms`, `get_participants()`,
-    `basic_enter_room()`, `basic_leave_room()` (wrapped to report rooms that open and close,
-    and to index each socket's rooms), `basic_disconnect()` (copied, with the socket's rooms
+    `basic_enter_room()` (copied: a `Room` dict instead of a `bidict` for rooms but None,
+    which upstream reads only through `_fwdm`, `in`, `len`, set and delete),
+    `basic_leave_room()` (both wrapped to report rooms that open and close, and to index each
+    socket's rooms), `basic_disconnect()` (copied, with the socket's rooms
     from that index), `callbacks`, `pending_connect`, `pending_disconnect`.
 aiohttp
   * `WebSocketResponse(compress=False)`, `request.transport` (frames are written to it
@@ -102,6 +104,7 @@ from aiohttp.helpers import _EXC_SENTINEL
 from aiohttp.http_websocket import WebSocketError, WSCloseCode, WSMsgType
 from aiohttp.streams import DEFAULT_CHUNK_SIZE  # type: ignore[attr-defined]
 from aiohttp.web import StreamResponse, WebSocketResponse
+from bidict import bidict
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_drivers.aiohttp import WebSocket as EngineIOWebSocket
@@ -290,12 +293,20 @@ class DetachedWebSocket(asyncio.Protocol):
 
     @classmethod
     def adopt(cls, socket: FanoutSocket, handler: Any, transport: asyncio.Transport, parser: Any,
-              queue: _PushQueue, outbox: Outbox) -> DetachedWebSocket:
+              queue: _PushQueue, outbox: Outbox, tail: bytes = b"", paused: bool = False) -> DetachedWebSocket:
         """Make a new DetachedWebSocket the protocol of `transport`, taking it from aiohttp's
-        request `handler`; `parser` feeds `queue`. Bytes the handler received after the
-        upgrade request and has not parsed yet are parsed now."""
+        request `handler` (None: from chat/rawconnect.py's `FirstRequest`, whose bytes after the
+        upgrade request are `tail`, and which `paused` reading); `parser` feeds `queue`. Bytes received after the upgrade
+        request and not parsed yet are parsed now."""
         self = cls(socket, transport, parser, outbox)
         transport.set_protocol(self)
+        if handler is None:
+            queue.push_to(self)
+            if tail:
+                parser.feed_data(tail)
+            if paused and not self._done:
+                transport.resume_reading()
+            return self
         # The request handler finishes without touching the connection (`_Detached`), and its
         # server stops counting it as one of its connections.
         was_paused = handler._reading_paused or handler._buffer_paused
@@ -884,6 +895,18 @@ class _PendingSids(dict[str, _SidSet]):
         super().__setitem__(namespace, sids if isinstance(sids, _SidSet) else _SidSet(dict.fromkeys(sids)))
 
 
+class Room(dict[str, str]):
+    """A room's local members, sid -> eio sid. Upstream keeps every room in a `bidict`, whose
+    inverse only the room None (all sockets of a namespace: `sid_from_eio_sid`) uses; the other
+    rooms are read as `room._fwdm` (`get_participants`), `in`, `len`, item set and delete."""
+
+    __slots__ = ()
+
+    @property
+    def _fwdm(self) -> dict[str, str]:
+        return self
+
+
 class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
     """Local room bookkeeping (upstream's) + encode-once delivery to local sockets.
 
@@ -992,8 +1015,22 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
 
     # ------------------------------------------------------------ rooms that open and close
     def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
-        opened = room is not None and room != sid and room not in self.rooms.get(namespace, {})
-        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        """Upstream's (python-socketio 5.18.1 BaseManager.basic_enter_room), with a `Room` instead
+        of a `bidict` for every room but None (a connect entered two new bidicts)."""
+        rooms = self.rooms.get(namespace)
+        if eio_sid is None and rooms is None:
+            raise ValueError("sid is not connected to requested namespace")
+        if sid != room and self.is_sid_room(namespace, room):
+            raise ValueError("cannot enter a sid room")
+        if rooms is None:
+            rooms = self.rooms[namespace] = {}
+        members = rooms.get(room)
+        opened = members is None and room is not None and room != sid
+        if members is None:
+            members = rooms[room] = bidict() if room is None else Room()
+        if eio_sid is None:
+            eio_sid = rooms[None][sid]
+        members[sid] = eio_sid  # the room None's bidict raises ValueDuplicationError (pre_connect)
         self._sid_rooms.setdefault((namespace, sid), set()).add(room)
         if opened and namespace == "/" and self.on_room_open is not None:
             self.on_room_open(room)

@@ -14,14 +14,25 @@ Everything else (header and claim parsing, `exp`/`nbf`/`iat`/`aud`/`sub` checks,
 algorithm allow-list, signature comparison) is PyJWT's own code. Both classes override PyJWT
 internals, so requirements.txt pins PyJWT; tests/test_auth.py compares this decoder with stock
 PyJWT on valid, tampered and malformed tokens.
+
+`HS256Claims` goes further for the one shape nearly every client token has: a header that is
+one of `HS256_HEADERS` byte for byte, a signature equal (`hmac.compare_digest`) to the HS256
+of the signing input under JWT_SECRET, a canonical base64url payload holding a JSON object
+whose `exp`, `nbf` and `iat` are plain ints PyJWT would accept now, a str `sub`, no `aud` and
+a str `jti` if any: it returns those claims without PyJWT's generic path (one C HMAC, one
+orjson parse). Any other token, valid or not, gets None and PyJWT decides, so every refusal
+and its error are PyJWT's own (tests/test_auth.py compares both on the refusal matrix).
 """
 
 from __future__ import annotations
 
+import base64
 import binascii
+import hmac
 from typing import Any
 
 import jwt
+import orjson
 from jwt.algorithms import HMACAlgorithm
 from jwt.api_jws import PyJWS
 from jwt.exceptions import DecodeError, InvalidKeyError
@@ -85,3 +96,55 @@ def decoder(hs256_secret: str | None) -> jwt.PyJWT:
             jws.register_algorithm("HS256", prepared)
     out._jws = jws
     return out
+
+
+# The headers this fast path knows (PyJWT's and jsonwebtoken's own, and the shorter forms):
+# alg HS256 and nothing PyJWT looks at (no kid, crit, b64).
+HS256_HEADERS = frozenset(base64.urlsafe_b64encode(h.encode()).rstrip(b"=").decode() for h in (
+    '{"alg":"HS256","typ":"JWT"}', '{"typ":"JWT","alg":"HS256"}', '{"alg":"HS256"}',
+    '{"alg": "HS256", "typ": "JWT"}', '{"typ": "JWT", "alg": "HS256"}'))
+_MIN_KEY = 32  # below this PyJWT warns per token (InsecureKeyLengthWarning): it keeps doing so
+
+
+class HS256Claims:
+    """`claims(token, now)`: the claims of a common, valid HS256 token, or None when PyJWT must
+    decide (see the module docstring). The caller still checks the claims' meaning (chat/auth.py)."""
+
+    def __init__(self, secret: str) -> None:
+        key = secret.encode()  # PyJWT's force_bytes of a str key
+        self._key = key if len(key) >= _MIN_KEY else None
+        PreparedHMAC(secret)  # InvalidKeyError for a secret PyJWT refuses: no fast path then
+
+    def claims(self, token: str, now: float) -> dict[str, Any] | None:
+        key = self._key
+        if key is None:
+            return None
+        head, _, rest = token.partition(".")
+        payload, _, signature = rest.partition(".")
+        if head not in HS256_HEADERS or not signature or "." in signature or not token.isascii():
+            return None
+        signing_input = token[:len(head) + 1 + len(payload)].encode()
+        expected = base64.urlsafe_b64encode(hmac.digest(key, signing_input, "sha256")).rstrip(b"=")
+        if not hmac.compare_digest(expected, signature.encode()):
+            return None  # wrong, padded or not canonical: PyJWT says which
+        raw = signing_input[len(head) + 1:]
+        if len(raw) % 4 == 1 or raw.translate(None, BASE64URL_ALPHABET):
+            return None
+        try:
+            decoded = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+            claims = orjson.loads(decoded)
+        except (ValueError, binascii.Error):
+            return None
+        if base64.urlsafe_b64encode(decoded).rstrip(b"=") != raw or not isinstance(claims, dict):
+            return None
+        exp = claims.get("exp")
+        if type(exp) is not int or exp <= now or not isinstance(claims.get("sub"), str) or claims.get("aud"):
+            return None
+        for name in ("nbf", "iat"):
+            if name in claims:
+                value = claims[name]
+                if type(value) is not int or value > now:
+                    return None
+        if "jti" in claims and not isinstance(claims["jti"], str):
+            return None
+        return claims

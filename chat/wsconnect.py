@@ -28,7 +28,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
 from aiohttp._websocket.reader import WebSocketReader
@@ -36,9 +36,13 @@ from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.streams import DEFAULT_CHUNK_SIZE  # type: ignore[attr-defined]
 from engineio import packet as eio_packet
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 from chat.fanout import ENVIRON_KEEP, DetachedWebSocket, FanoutEngineIO, FanoutSocket, Outbox, _Detached, _PushQueue, trim_environ, ws_frame
 from chat.metrics import HTTP_REQUESTS
+
+if TYPE_CHECKING:
+    from chat.rawconnect import FirstRequest
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 WS_VERSIONS = ("13", "8", "7")  # what aiohttp's handshake accepts
@@ -68,19 +72,21 @@ class WebsocketConnect:
         self._server_line = f"\r\nServer: {SERVER_SOFTWARE}\r\n\r\n".encode()
         self._upgraded = HTTP_REQUESTS.labels(ROUTE, "101")
 
-    def _environ(self, request: web.BaseRequest) -> dict[str, Any]:
+    def environ(self, path_qs: str, query_string: str, headers: CIMultiDictProxy[str] | CIMultiDict[str],
+                conn: Any) -> dict[str, Any]:
         """python-engineio's environ of this request (its aiohttp driver's `translate_request`),
-        with only the entries a socket keeps once connected."""
+        with only the entries a socket keeps once connected; `conn` (the aiohttp request, or
+        chat/rawconnect.py's `FirstRequest`: its `transport` is what the connect gate reads)
+        is kept until the connect is answered."""
         environ: dict[str, Any] = {
             "REQUEST_METHOD": "GET",
-            "PATH_INFO": request.path,
-            "QUERY_STRING": request.query_string,
-            "RAW_URI": request.path_qs,
+            "PATH_INFO": ROUTE,
+            "QUERY_STRING": query_string,
+            "RAW_URI": path_qs,
             "SERVER_PROTOCOL": "HTTP/1.1",
             "REMOTE_ADDR": "127.0.0.1",
-            "aiohttp.request": request,
+            "aiohttp.request": conn,
         }
-        headers = request.headers
         for key, name in _HEADERS:
             values = headers.getall(name, None)
             if values is not None:
@@ -88,16 +94,14 @@ class WebsocketConnect:
         environ["wsgi.url_scheme"] = environ.get("HTTP_X_FORWARDED_PROTO", "http")
         return environ
 
-    def _accepts(self, request: web.BaseRequest) -> str | None:
-        """The Sec-WebSocket-Key of a request this answers, or None."""
-        if request.method != "GET" or request.version != (1, 1) or request.path != ROUTE:
-            return None
-        query = request.query
+    def accepts(self, query: MultiMapping[str], headers: CIMultiDictProxy[str] | CIMultiDict[str],
+                upgrade: bool) -> str | None:
+        """The Sec-WebSocket-Key of a `GET /socket.io/` HTTP/1.1 request this answers, or None.
+        `upgrade`: the HTTP parser saw an upgrade request (Connection: upgrade and Upgrade)."""
         if (query.get("transport") != "websocket" or "sid" in query or "j" in query
                 or query.getall("EIO", None) != ["4"] or "websocket" not in self.eio.transports):
             return None
-        headers = request.headers
-        if (headers.get(hdrs.UPGRADE, "").lower() != "websocket" or not request._message.upgrade
+        if (headers.get(hdrs.UPGRADE, "").lower() != "websocket" or not upgrade
                 or "upgrade" not in (t.strip() for t in headers.get(hdrs.CONNECTION, "").lower().split(","))
                 or hdrs.CONTENT_LENGTH in headers or hdrs.TRANSFER_ENCODING in headers
                 or headers.get(hdrs.SEC_WEBSOCKET_VERSION) not in WS_VERSIONS):
@@ -112,18 +116,37 @@ class WebsocketConnect:
             return None
         return key
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse | None:
-        key = self._accepts(request)
-        if key is None:
-            return None
-        eio = self.eio
-        environ = self._environ(request)
+    def allowed(self, environ: dict[str, Any]) -> bool:
+        """The Origin rule of `cors_allowed_origins` (a refused one goes the usual way: 400,
+        logged once)."""
         origin = environ.get("HTTP_ORIGIN")
+        eio = self.eio
         if origin and eio.cors_allowed_origins != []:
             allowed = eio._cors_allowed_origins(environ)
             if allowed is not None and origin not in allowed:
-                return None  # refused the usual way (400, logged once)
+                return False
+        return True
 
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse | None:
+        """The middleware's way (chat/app.py `websocket_connects`)."""
+        if request.method != "GET" or request.version != (1, 1) or request.path != ROUTE:
+            return None
+        headers = request.headers
+        key = self.accepts(request.query, headers, request._message.upgrade)
+        if key is None:
+            return None
+        environ = self.environ(request.path_qs, request.query_string, headers, request)
+        if not self.allowed(environ):
+            return None
+        refused = await self.open(key, environ, request)
+        return _Detached() if refused is None else refused
+
+    async def open(self, key: str, environ: dict[str, Any], request: web.BaseRequest | None,
+                   first: FirstRequest | None = None) -> web.StreamResponse | None:
+        """Open the Engine.IO session of an accepted request: None once the connection belongs
+        to its socket, or the app's refusal (401) to be sent. From the middleware, `request` is
+        aiohttp's; from chat/rawconnect.py, `first` is the connection's protocol."""
+        eio = self.eio
         # python-engineio 4.15.1 AsyncServer._handle_connect, websocket transport.
         if eio.start_service_task:
             eio.start_service_task = False
@@ -140,9 +163,12 @@ class WebsocketConnect:
                 HTTP_REQUESTS.labels(ROUTE, str(response.status)).inc()
                 return response
             socket.schedule_ping()
-            transport = request.transport
-            handler = request.protocol
-            if transport is None or transport.is_closing() or socket.closed or handler is None:
+            if request is not None:
+                transport, handler = request.transport, request.protocol
+            else:
+                assert first is not None
+                transport, handler = first.transport, None
+            if transport is None or transport.is_closing() or socket.closed or (handler is None and request is not None):
                 await socket.close(wait=False, abort=True, reason=eio.reason.TRANSPORT_CLOSE)
                 raise ConnectionResetError("connection lost during the websocket handshake")
             socket.connected = True
@@ -164,7 +190,10 @@ class WebsocketConnect:
             eio.start_sweeper()
             queue = _PushQueue(None, DEFAULT_CHUNK_SIZE, loop=asyncio.get_running_loop())
             parser = WebSocketReader(queue, eio.max_http_buffer_size, compress=False, decode_text=True)
-            DetachedWebSocket.adopt(socket, handler, transport, parser, queue, outbox)
+            if first is None:
+                DetachedWebSocket.adopt(socket, handler, transport, parser, queue, outbox)
+            else:
+                DetachedWebSocket.adopt(socket, None, transport, parser, queue, outbox, *first.detach())
         except BaseException as exc:
             if eio.sockets.get(sid) is socket:
                 del eio.sockets[sid]
@@ -176,4 +205,4 @@ class WebsocketConnect:
         finally:
             trim_environ(environ)
         self._upgraded.inc()
-        return _Detached()
+        return None

@@ -489,3 +489,85 @@ def test_fast_decoder_validates_the_secret_once(monkeypatch: pytest.MonkeyPatch)
     assert calls == []
     jwt.decode(tokens["alice"], secret, algorithms=["HS256"])  # the stock decoder does run it
     assert calls == [secret]
+
+
+def _signed(header: dict[str, Any] | str, claims: dict[str, Any] | bytes, key: bytes = JWT_SECRET.encode()) -> str:
+    """HS256 over any header and payload (a str header / bytes payload is used as is)."""
+    head = _b64(header.encode()) if isinstance(header, str) else _segment(header)
+    body = _b64(claims) if isinstance(claims, bytes) else _segment(claims)
+    sig = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{_b64(sig)}"
+
+
+def _fast_path_tokens() -> tuple[list[str], list[Any]]:
+    """(common valid tokens HS256Claims answers itself, every other kind)."""
+    now = int(time.time())
+    common = [make_token("alice"), make_token("bob", "Bob"), make_token("carol", ttl=5),
+              _signed({"typ": "JWT", "alg": "HS256"}, _claims()), _signed({"alg": "HS256"}, _claims()),
+              _signed('{"alg": "HS256", "typ": "JWT"}', _claims()),
+              _signed({"alg": "HS256", "typ": "JWT"}, _claims(iat=now - 5, nbf=now - 5, jti="j1", iss="me", aud="")),
+              _signed({"alg": "HS256", "typ": "JWT"}, _claims(name=None, extra={"nested": [1, 2]}))]
+    others: list[Any] = [make() for make in BAD_TOKENS.values()] + _segment_variants()
+    others += [
+        # valid for PyJWT, but not the common shape: PyJWT decides
+        _signed({"alg": "HS256", "typ": "JWT", "kid": "k1"}, _claims()),
+        _signed({"alg": "HS256", "typ": "at+jwt"}, _claims()),
+        _signed({"alg": "HS256", "typ": "JWT"}, _claims(exp=float(now + 3600))),
+        _signed({"alg": "HS256", "typ": "JWT"}, {"sub": "alice", "exp": str(now + 3600)}),
+        _signed({"alg": "HS256", "typ": "JWT"}, _claims(iat=float(now))),
+        make_token("alice") + "=",
+        # refused by PyJWT, each for a reason the fast path must not miss
+        _signed({"alg": "HS256", "typ": "JWT"}, {"sub": "alice", "exp": True}),
+        _signed({"alg": "HS256", "typ": "JWT"}, {"sub": "alice", "exp": now}),
+        _signed({"alg": "HS256", "typ": "JWT"}, {"sub": "alice", "exp": None}),
+        _signed({"alg": "HS256", "typ": "JWT"}, _claims(nbf=now + 60)),
+        _signed({"alg": "HS256", "typ": "JWT"}, _claims(iat=now + 60)),
+        _signed({"alg": "HS256", "typ": "JWT"}, _claims(iat="yesterday")),
+        _signed({"alg": "HS256", "typ": "JWT"}, _claims(aud="x")),
+        _signed({"alg": "HS256", "typ": "JWT"}, _claims(jti=7)),
+        _signed({"alg": "HS256", "typ": "JWT"}, _claims(sub=None)),
+        _signed({"alg": "HS256", "typ": "JWT"}, b"[1,2]"),
+        _signed({"alg": "HS256", "typ": "JWT"}, b'{"sub":"alice","exp":1e400}'),
+        _signed({"alg": "HS256", "typ": "JWT", "crit": ["exp"]}, _claims()),
+        _signed({"alg": "HS256", "typ": "JWT", "b64": False}, _claims()),
+        _signed({"alg": "none", "typ": "JWT"}, _claims()),
+        _signed({"alg": "HS256", "typ": "JWT"}, _claims(), key=b"another-secret-0123456789abcdef0123456789"),
+        make_token("alice") + ".extra",
+    ]
+    return common, others
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+def test_hs256_fast_path_answers_like_pyjwt() -> None:
+    """chat/jwtcheck.py HS256Claims: the common valid tokens are answered without PyJWT, with
+    the claims PyJWT returns; every other token (refused, or valid but unusual) is left to
+    PyJWT; an Authenticator with the fast path answers every token like one without it."""
+    from chat.auth import Authenticator
+    from chat.config import Settings
+    from chat.errors import Unauthorized
+    from chat.jwtcheck import HS256Claims
+
+    settings = Settings.from_env(env={"JWT_SECRET": JWT_SECRET, "DATABASE_URL": "sqlite+aiosqlite://"})
+    fast_auth, slow_auth = Authenticator(settings), Authenticator(settings)
+    slow_auth._fast = None
+    fast = HS256Claims("".join(JWT_SECRET))
+    common, others = _fast_path_tokens()
+    now = time.time()
+    for token in common:
+        assert fast.claims(token, now) == jwt.decode(token, JWT_SECRET, algorithms=["HS256"],
+                                                     options={"require": ["exp", "sub"]}), token
+    for token in others:  # None, or what PyJWT returns (which raises for a token it refuses)
+        got = fast.claims(token, now) if isinstance(token, str) else None
+        assert got is None or got == jwt.decode(token, JWT_SECRET, algorithms=["HS256"],
+                                                options={"require": ["exp", "sub"]}), token
+
+    def answer(auth: Authenticator, token: Any) -> Any:
+        try:
+            return auth.client_with_expiry(token)
+        except Unauthorized as exc:
+            return "refused", str(exc)
+
+    for token in common + others:
+        assert answer(fast_auth, token) == answer(slow_auth, token), token
+    # A secret shorter than SHA-256's digest: PyJWT warns per token, so it keeps every token.
+    assert HS256Claims("short-secret").claims(make_token("alice", secret="short-secret"), now) is None

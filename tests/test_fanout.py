@@ -702,3 +702,37 @@ async def test_a_conversation_room_left_empty_lingers_for_the_relay_and_the_cach
     assert await asyncio.wait_for(gone, 5) == room
     assert closed == ["user:a", room] and delivery.lingering_rooms() == set()
     assert delivery.recent.entry(7) is None  # closed for the cache too
+
+
+async def test_rooms_but_none_are_plain_dicts_with_upstreams_behaviour() -> None:
+    """FanoutManager.basic_enter_room keeps every room but None in a `Room` (a dict) instead of
+    upstream's `bidict` (two new bidicts per connect): the room None still refuses a second sid
+    for one Engine.IO session, and entering, listing, leaving and closing rooms answer as before."""
+    from bidict import bidict
+
+    from chat.fanout import FanoutManager, FanoutServer, Room
+
+    manager = FanoutServer(async_mode="aiohttp").manager
+    assert isinstance(manager, FanoutManager)
+    opened: list[str] = []
+    manager.on_room_open = opened.append
+    sid = await manager.pre_connect("e1", "/")
+    assert sid is not None and await manager.pre_connect("e1", "/") is None  # already connected
+    other = await manager.pre_connect("e2", "/")
+    rooms = manager.rooms["/"]
+    assert type(rooms[None]) is bidict and type(rooms[sid]) is Room and rooms[sid] == {sid: "e1"}
+    assert manager.sid_from_eio_sid("e2", "/") == other and manager.eio_sid_from_sid(sid, "/") == "e1"
+    manager.basic_enter_room(sid, "/", "conversation:1")
+    manager.basic_enter_room(other, "/", "conversation:1")
+    assert type(rooms["conversation:1"]) is Room and opened == ["conversation:1"]
+    assert sorted(manager.get_participants("/", "conversation:1")) == sorted([(sid, "e1"), (other, "e2")])
+    assert sorted(manager.get_participants("/", ["conversation:1", sid])) == sorted([(sid, "e1"), (other, "e2")])
+    assert manager.get_rooms(sid, "/") == [sid, "conversation:1"]
+    with pytest.raises(ValueError, match="sid room"):
+        manager.basic_enter_room(sid, "/", other)
+    with pytest.raises(ValueError, match="not connected"):
+        manager.basic_enter_room(sid, "/other", "room")
+    manager.basic_leave_room(other, "/", "conversation:1")
+    assert dict(rooms["conversation:1"]) == {sid: "e1"}
+    manager.basic_close_room("conversation:1", "/")
+    assert "conversation:1" not in rooms
