@@ -63,7 +63,14 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
-                self._conns += [client, upstream]
+                # stop() may have run while this connection was being set up: it would have
+                # missed it, and the connection would live on through the "stopped" proxy.
+                current = self._listener is ls
+                if current:
+                    self._conns += [client, upstream]
+            if not current:
+                self._reset([client, upstream])
+                return
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -82,15 +89,19 @@ class TcpProxy:
                     pass
 
     def stop(self) -> None:
-        if self._listener is not None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, []
+        if listener is not None:
             try:
-                self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+                listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
             except OSError:
                 pass
-            self._listener.close()
-            self._listener = None
-        with self._lock:
-            conns, self._conns = self._conns, []
+            listener.close()
+        self._reset(conns)
+
+    @staticmethod
+    def _reset(conns: list[socket.socket]) -> None:
         for s in conns:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
