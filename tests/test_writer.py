@@ -242,7 +242,7 @@ async def test_batch_unavailable_and_nothing_stored_when_the_database_goes(mysql
     proxy = CuttingProxy(u.host or "127.0.0.1", u.port or 3306).start()
     # A new interpreter, not a fork of the test's forkserver: with forked servers this test hung
     # in 3 of ~50 runs (2 of the 4 sends never answered after the cut, the server idle), in none
-    # of 45 runs with new interpreters. Cause not found yet (docs/reliability.md, "Open").
+    # of 20 runs with new interpreters. Cause not found yet (docs/reliability.md, "Open").
     server = ServerProcess(u.set(port=proxy.port).render_as_string(hide_password=False), fork=False)
     api = Api(server.url)
     clients: list[Client] = []
