@@ -140,11 +140,15 @@ async def update_roots(conn: AsyncConnection, replies: Sequence[Reply], now: dat
     rows = (await conn.execute(_root_columns().where(c.id.in_(ids)).order_by(c.id).with_for_update())).all()
     counts: dict[int, int] = {}
     participants: dict[int, str] = {}
+    # Never backwards: a batch that waited longer for its locks may commit after one whose
+    # replies are newer (its `now` was taken first).
+    latest: dict[int, datetime] = {}
     wires: list[dict[str, Any]] = []
     for row in rows:
         rid = int(row.id)
         new = by_root[rid]
         counts[rid] = len(new)
+        latest[rid] = now if row.last_reply_at is None else max(row.last_reply_at, now)
         people = participants_of(row.thread_participants)
         for r in sorted(new, key=lambda x: x.seq):
             if len(people) < MAX_PARTICIPANTS and r.sender_id not in people:
@@ -153,7 +157,7 @@ async def update_roots(conn: AsyncConnection, replies: Sequence[Reply], now: dat
         wire = message_wire_columns(rid, row.conversation_id, row.seq, row.sender_id, row.name or row.sender_id,
                                     row.body, row.client_msg_id, row.created_at, row.edited_at, row.deleted,
                                     thread_id=row.thread_id,
-                                    thread=summary(int(row.reply_count or 0) + len(new), now, participants[rid]))
+                                    thread=summary(int(row.reply_count or 0) + len(new), latest[rid], participants[rid]))
         del wire["reactions"]
         wires.append(wire)
     if not counts:
@@ -162,11 +166,13 @@ async def update_roots(conn: AsyncConnection, replies: Sequence[Reply], now: dat
     if len(found) == 1:
         increment: Any = counts[found[0]]
         people_value: Any = participants[found[0]]
+        last_value: Any = latest[found[0]]
     else:
         increment = sa.case(counts, value=c.id)
         people_value = sa.case(participants, value=c.id)
+        last_value = sa.case({rid: sa.literal(t, c.last_reply_at.type) for rid, t in latest.items()}, value=c.id)
     await conn.execute(sa.update(_messages).where(c.id.in_(found)).values(
-        reply_count=c.reply_count + increment, last_reply_at=now, thread_participants=people_value))
+        reply_count=c.reply_count + increment, last_reply_at=last_value, thread_participants=people_value))
     return wires
 
 

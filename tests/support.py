@@ -109,6 +109,10 @@ def fetch(method: str, url: str, **kw: Any) -> httpx.Response:
     return httpx.request(method, url, verify=TLS, **kw)
 
 
+class PortTaken(RuntimeError):
+    """The server could not bind its port (EADDRINUSE)."""
+
+
 class ServerProcess:
     """`python run_server.py` on a free 127.0.0.1 port; stopped by its own PID only."""
 
@@ -116,28 +120,41 @@ class ServerProcess:
                  env: dict[str, str] | None = None, args: tuple[str, ...] = (), log_path: Path | None = None,
                  ready_timeout: float = 60, fork: bool = True) -> None:
         self.database_url = database_url
+        self._args, self._env, self._fork, self._given_log = args, env, fork, log_path
+        redis_env = {"REDIS_URL": redis_url} if redis_url else {}
+        for attempt in range(3):
+            self._start(database_url, redis_prefix, redis_env)
+            try:
+                self.wait_ready(ready_timeout)
+                return
+            except PortTaken:  # free_port()'s port was taken by another process meanwhile
+                if attempt == 2:
+                    raise
+
+    def _start(self, database_url: str, redis_prefix: str, redis_env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "DATABASE_", "JWT_"))}
         full_env.update({
             "HOST": "127.0.0.1", "PORT": str(self.port), "DATABASE_URL": database_url,
             "JWT_SECRET": JWT_SECRET, "API_KEYS": API_KEY, "REDIS_PREFIX": redis_prefix,
-            "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", **redis_env,
         })
-        if redis_url:
-            full_env["REDIS_URL"] = redis_url
-        full_env.update(env or {})
-        self.log_path = log_path or Path(os.environ.get("TMPDIR", "/tmp")) / f"backstage-test-{self.port}.log"
+        full_env.update(self._env or {})
+        # The server's own "ready: listening on <url>" line (INFO): a /readyz answer on this port
+        # may come from another test's server that took the port first.
+        self._ready_line = (f"listening on {self.url}"
+                            if full_env["LOG_LEVEL"].upper() in ("INFO", "DEBUG") else None)
+        self.log_path = self._given_log or Path(os.environ.get("TMPDIR", "/tmp")) / f"backstage-test-{self.port}.log"
         self._log = open(self.log_path, "w")
         # fork=True: a fork of the test process's warm forkserver (tests/serverfork.py), which
         # spares each server ~2 s of CPU importing the libraries; False: a new interpreter.
         self.proc: subprocess.Popen[bytes] | ForkedServer
-        if fork:
-            self.proc = ForkedServer(list(args), full_env, ROOT, self.log_path)
+        if self._fork:
+            self.proc = ForkedServer(list(self._args), full_env, ROOT, self.log_path)
         else:
-            self.proc = subprocess.Popen([sys.executable, str(ROOT / "run_server.py"), *args], cwd=ROOT,
+            self.proc = subprocess.Popen([sys.executable, str(ROOT / "run_server.py"), *self._args], cwd=ROOT,
                                          env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
-        self.wait_ready(ready_timeout)
 
     @property
     def pid(self) -> int:
@@ -147,9 +164,14 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+                log = self.log()
+                if "Errno 98" in log:
+                    self._log.close()
+                    raise PortTaken(log)
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{log}")
             try:
-                if READY_PROBE.get(self.url + "/readyz").status_code == 200:
+                if READY_PROBE.get(self.url + "/readyz").status_code == 200 and (
+                        self._ready_line is None or self._ready_line in self.log()):
                     return
             except httpx.HTTPError:
                 pass
