@@ -530,3 +530,36 @@ async def test_a_reply_pushes_only_those_who_replied_before_it(tmp_path: Any) ->
                 ["ann", "bob"], None)
     finally:
         await engine.dispose()
+
+
+async def test_last_reply_at_never_goes_backwards(shared_any_server: Cluster, uid: Any) -> None:
+    """A batch that waited longer for its locks can commit after one with newer replies: the
+    root keeps the newer last_reply_at (chat/threads.update_roots), in what it stores and sends."""
+    from datetime import datetime, timedelta
+
+    from chat import threads
+    from chat.db import create_engine
+
+    api = shared_any_server.api
+    cre, tokens, room = setup_room(api, uid, "ann")
+    ann = uid("ann")
+    c = await Client(shared_any_server.servers[0].url, tokens[ann]).connect()
+    try:
+        ok(await c.call("join", {"conversation_id": room}))
+        rid = ok(await send(c, room, "root", "k0"))["message"]["id"]
+        reply = ok(await send(c, room, "reply", "k1", rid))["message"]
+    finally:
+        await c.close()
+    older = datetime.fromisoformat(reply["created_at"]) - timedelta(seconds=5)
+    engine = create_engine(shared_any_server.database_url)
+    try:
+        async with engine.begin() as conn:  # a later commit of a batch whose time is older
+            wires = await threads.update_roots(conn, [threads.Reply(int(rid), ann, reply["seq"] + 1)], older)
+        async with engine.connect() as conn:
+            stored = (await conn.execute(sa.select(threads._messages.c.last_reply_at)
+                                         .where(threads._messages.c.id == int(rid)))).scalar_one()
+    finally:
+        await engine.dispose()
+    assert wires[0]["thread"]["reply_count"] == 2
+    assert wires[0]["thread"]["last_reply_at"] == reply["created_at"]
+    assert stored > older and stored.isoformat(timespec="milliseconds").replace("+00:00", "Z") == reply["created_at"]
