@@ -294,6 +294,13 @@ async def push_hooks(app: web.Application, settings: Settings, sessions: Any,
 
 
 def add_operation_routes(app: web.Application) -> None:
+    abandoned: set[asyncio.Future[None]] = set()  # readyz checks past their limit, cancelled
+
+    def _forget_check(task: asyncio.Future[None]) -> None:
+        abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: what a check abandoned at its limit raised is not news
+
     async def readyz(request: web.Request) -> web.Response:
         # Both checks run at once, each bounded as a whole (pool checkout and pre-ping included):
         # a frozen MariaDB or Redis accepts the TCP connection and then never answers.
@@ -310,10 +317,19 @@ def add_operation_routes(app: web.Application) -> None:
         missing = missing_static()
         if request.app[REDIS_KEY] is not None:
             checks["redis"] = redis
-        results = await asyncio.gather(*(asyncio.wait_for(check(), limit) for check in checks.values()),
-                                       return_exceptions=True)
-        problems = {name: type(result).__name__ for name, result in zip(checks, results, strict=True)
-                    if isinstance(result, BaseException)}
+        # asyncio.wait, not wait_for: wait_for also waits for a cancelled check's cleanup, and
+        # a connection handed back to a frozen MariaDB waits for it (a readyz of 15 s and more).
+        tasks = {name: asyncio.ensure_future(check()) for name, check in checks.items()}
+        _, late = await asyncio.wait(tasks.values(), timeout=limit)
+        problems: dict[str, str] = {}
+        for name, task in tasks.items():
+            if task in late:
+                problems[name] = "TimeoutError"
+                task.cancel()  # its cleanup finishes in the background
+                abandoned.add(task)
+                task.add_done_callback(_forget_check)
+            elif task.exception() is not None:
+                problems[name] = type(task.exception()).__name__
         service = request.app.get(http_api.SERVICE_KEY)
         relay = service.delivery.relay_problem() if service is not None else None
         if relay is not None:  # the relay canary (chat/relay.py): this process hears no broadcasts
