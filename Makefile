@@ -61,8 +61,9 @@ bench-plot: $(STAMP)
 bench-profile: install  ## py-spy profiles of one Backstage process under the bench load
 	$(PY) bench/run_bench.py --profile $(BENCH_ARGS)
 
-bench-push: $(STAMP)
+bench-push: $(STAMP)     ## push throughput vs the bare SDK loop, then the creator's post to 10,000 / 100,000 patrons (~4 min)
 	$(PY) bench/push_bench.py
+	$(PY) bench/push_bench.py --fanout
 
 # Messages stored per second through ChatService + the group-commit writer, in process, on a fresh
 # MariaDB database and SQLite file: 500 senders over 100 conversations, then into one (~1 min).
