@@ -36,7 +36,9 @@ async def retry_transaction(operation: Callable[[], Awaitable[T]], *, attempts: 
         except sa.exc.DBAPIError as exc:
             if attempt == attempts or not is_retryable(exc):
                 raise
-            cause = "deadlock" if getattr(exc.orig, "args", (0,))[0] == 1213 else "lock_wait"
+            code = (getattr(exc.orig, "args", None) or (0,))[0]
+            # a pooled connection found dead (cut, killed, server restarted): not a lock wait
+            cause = "dead_connection" if exc.connection_invalidated else "deadlock" if code == 1213 else "lock_wait"
         RETRIES.labels(cause).inc()
         # "Full jitter": a random wait up to the exponential bound.
         await asyncio.sleep(random.uniform(0, min(cap_s, base_s * 2 ** attempt)))

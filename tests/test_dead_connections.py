@@ -9,6 +9,7 @@ found in the process list: nothing else on the shared server is touched."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pymysql
 import pytest
@@ -97,3 +98,31 @@ async def test_connect_join_send_and_history_survive_killed_pool_connections(own
     finally:
         for c in (amy, *others):
             await c.close()
+
+
+async def test_retried_transaction_on_a_dead_connection_counts_as_dead_connection_not_lock_wait() -> None:
+    """`backstage_transaction_retries_total{cause}` tells a dead connection (retried on a fresh
+    one) from an InnoDB lock wait timeout (1205) and a deadlock (1213)."""
+    import sqlalchemy as sa
+
+    from chat.retry import RETRIES, retry_transaction
+
+    def count(cause: str) -> float:
+        return RETRIES.labels(cause)._value.get()
+
+    def failing(*errors: sa.exc.DBAPIError) -> Any:
+        left = list(errors)
+
+        async def operation() -> str:
+            if left:
+                raise left.pop(0)
+            return "done"
+        return operation
+
+    dead = sa.exc.OperationalError("SELECT 1", None, pymysql.err.OperationalError(2013, "Lost connection"),
+                                   connection_invalidated=True)
+    lock_wait = sa.exc.OperationalError("SELECT 1", None, pymysql.err.OperationalError(1205, "Lock wait timeout"))
+    deadlock = sa.exc.OperationalError("SELECT 1", None, pymysql.err.OperationalError(1213, "Deadlock"))
+    before = {c: count(c) for c in ("dead_connection", "lock_wait", "deadlock")}
+    assert await retry_transaction(failing(dead, lock_wait, deadlock), base_s=0) == "done"
+    assert {c: count(c) - before[c] for c in before} == {"dead_connection": 1, "lock_wait": 1, "deadlock": 1}
