@@ -250,8 +250,9 @@ async def test_cluster_replies_updates_coalesced_and_recovery(shared_mysql_clust
         late = await Client(s0.url, tokens[bob]).connect()
         rec = ok(await late.call("join", {"conversation_id": room, "since_seq": cursor}))
         got, more = rec["messages"], rec["has_more"]
-        while more:
+        while more:  # each page must move forward (a history that ignored after_seq looped here)
             page = ok(await late.call("history", {"conversation_id": room, "after_seq": got[-1]["seq"], "limit": 100}))
+            assert page["messages"] and page["messages"][0]["seq"] == got[-1]["seq"] + 1, page["messages"][:1]
             got, more = got + page["messages"], page["has_more"]
         assert [m["seq"] for m in got] == list(range(cursor + 1, cursor + 1 + len(sent)))
         assert sorted(m["id"] for m in got) == sorted(m["id"] for m in sent)
