@@ -106,6 +106,9 @@ async def test_replies_summary_thread_pages_and_main_view(shared_any_server: Any
         t = ok(await b.call("history", {"conversation_id": room, "thread_id": rid, "limit": 3,
                                         "before_seq": replies[2]["seq"]}))
         assert bodies(t["messages"]) == ["root", "reply 1", "reply 2"] and t["has_more"] is False
+        t = ok(await b.call("history", {"conversation_id": room, "thread_id": rid, "limit": 2,
+                                        "after_seq": root["seq"]}))  # forward, as over HTTP
+        assert bodies(t["messages"]) == ["reply 1", "reply 2"] and t["has_more"] is True
         base = f"/conversations/{room}/messages"
         r = api.client(tokens[ann], "GET", base, params={"thread_id": rid, "after_seq": root["seq"], "limit": 3})
         assert bodies(r.json()["messages"]) == ["reply 1", "reply 2", "reply 3"] and r.json()["has_more"] is True
