@@ -144,8 +144,10 @@ CLIENT_EVENTS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any], Any]] =
         {"message": _ref("Message")}, {"ok": True, "message": {**EXAMPLE_MESSAGE, "body": "", "deleted": True}},
     ),
     "history": (
-        "A page of older messages (of the conversation, or of one thread: `thread_id`), ascending by seq",
+        "A page of messages (of the conversation, or of one thread: `thread_id`), ascending by seq: "
+        "the `limit` just after `after_seq`, else just before `before_seq`, else the last `limit`",
         _obj({"conversation_id": ID, "before_seq": SEQ,
+              "after_seq": {**SEQ, "description": "(extension) the messages just after this seq, as over HTTP"},
               "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50},
               "thread_id": {**THREAD_ID, "description": "(extension) a page of this thread: its root, then its replies"},
               "include_replies": INCLUDE_REPLIES}, ["conversation_id"]),

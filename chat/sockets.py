@@ -278,7 +278,8 @@ class ChatSockets:
     async def history(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
         user = self.service.socket_user(sid)
         cid = schemas.check_conversation_id(data)
-        page = schemas.check_page({k: data.get(k) for k in ("before_seq", "limit")})
+        # after_seq (extension, as over HTTP): page forward, e.g. past a since_seq join's has_more
+        page = schemas.check_page({k: data.get(k) for k in ("before_seq", "after_seq", "limit")})
         return await self.service.history(user, cid, page, thread_id=threads.check_thread_id(data),
                                           include_replies=threads.check_include_replies(data))
 

@@ -48,6 +48,13 @@ async def test_join_send_history_and_idempotency(shared_any_server, uid):
 
         hist = await b.call("history", {"conversation_id": room, "before_seq": 4, "limit": 2})
         assert [m["seq"] for m in hist["messages"]] == [2, 3] and hist["has_more"] is True
+        # after_seq (extension): the page just after it, as over HTTP; with before_seq too, both bound it
+        fwd = await b.call("history", {"conversation_id": room, "after_seq": 1, "limit": 2})
+        assert [m["seq"] for m in fwd["messages"]] == [2, 3] and fwd["has_more"] is True
+        fwd = await b.call("history", {"conversation_id": room, "after_seq": 3, "limit": 2})
+        assert [m["seq"] for m in fwd["messages"]] == [4, 5] and fwd["has_more"] is False
+        fwd = await b.call("history", {"conversation_id": room, "after_seq": 1, "before_seq": 4, "limit": 5})
+        assert [m["seq"] for m in fwd["messages"]] == [2, 3]
         rejoin = await b.call("join", {"conversation_id": room, "since_seq": 3})
         assert [m["seq"] for m in rejoin["messages"]] == [4, 5] and rejoin["has_more"] is False
 

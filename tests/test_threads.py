@@ -106,6 +106,9 @@ async def test_replies_summary_thread_pages_and_main_view(shared_any_server: Any
         t = ok(await b.call("history", {"conversation_id": room, "thread_id": rid, "limit": 3,
                                         "before_seq": replies[2]["seq"]}))
         assert bodies(t["messages"]) == ["root", "reply 1", "reply 2"] and t["has_more"] is False
+        t = ok(await b.call("history", {"conversation_id": room, "thread_id": rid, "limit": 2,
+                                        "after_seq": root["seq"]}))  # forward, as over HTTP
+        assert bodies(t["messages"]) == ["reply 1", "reply 2"] and t["has_more"] is True
         base = f"/conversations/{room}/messages"
         r = api.client(tokens[ann], "GET", base, params={"thread_id": rid, "after_seq": root["seq"], "limit": 3})
         assert bodies(r.json()["messages"]) == ["reply 1", "reply 2", "reply 3"] and r.json()["has_more"] is True
@@ -250,8 +253,9 @@ async def test_cluster_replies_updates_coalesced_and_recovery(shared_mysql_clust
         late = await Client(s0.url, tokens[bob]).connect()
         rec = ok(await late.call("join", {"conversation_id": room, "since_seq": cursor}))
         got, more = rec["messages"], rec["has_more"]
-        while more:
+        while more:  # each page must move forward (a history that ignored after_seq looped here)
             page = ok(await late.call("history", {"conversation_id": room, "after_seq": got[-1]["seq"], "limit": 100}))
+            assert page["messages"] and page["messages"][0]["seq"] == got[-1]["seq"] + 1, page["messages"][:1]
             got, more = got + page["messages"], page["has_more"]
         assert [m["seq"] for m in got] == list(range(cursor + 1, cursor + 1 + len(sent)))
         assert sorted(m["id"] for m in got) == sorted(m["id"] for m in sent)
