@@ -102,12 +102,17 @@ class TcpProxy:
 
     @staticmethod
     def _reset(conns: list[socket.socket]) -> None:
+        """Ends every connection, the silent ones too (a transaction waiting for a lock, an idle
+        pooled connection): close() alone does not wake a pump thread blocked in recv() on the
+        socket, which then stays open and silent through the "stopped" proxy (a database cut
+        hung test_writer that way, docs/reliability.md); shutdown() wakes it."""
         for s in conns:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
-                s.close()
+                s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            s.close()
 
 
 def wait_until(pred: Callable[[], Any], timeout: float = 30, interval: float = 0.1) -> Any:
