@@ -479,9 +479,10 @@ export class BackstageClient extends Emitter {
     });
   }
 
-  history(conversationId, { beforeSeq, limit, threadId, includeReplies } = {}) {
+  history(conversationId, { beforeSeq, afterSeq, limit, threadId, includeReplies } = {}) {
     const payload = { conversation_id: String(conversationId) };
     if (beforeSeq !== undefined && beforeSeq !== null) payload.before_seq = beforeSeq;
+    if (afterSeq !== undefined && afterSeq !== null) payload.after_seq = afterSeq;
     if (limit !== undefined) payload.limit = limit;
     if (threadId !== undefined && threadId !== null) payload.thread_id = String(threadId);
     if (includeReplies !== undefined) payload.include_replies = includeReplies;

@@ -158,6 +158,11 @@ describe("BackstageClient", { concurrency: true }, () => {
       assert.equal(page.messages[0].thread.reply_count, 1);
       const main = await a.history(t.room, { includeReplies: false });
       assert.deepEqual(main.messages.map((m) => m.body), ["root"]);
+      const after = await a.history(t.room, { afterSeq: root.seq, limit: 1 }); // forward paging
+      assert.deepEqual(after.messages.map((m) => m.body), ["in the thread"]);
+      assert.equal(after.has_more, false);
+      const first = await a.history(t.room, { afterSeq: 0, limit: 1 });
+      assert.deepEqual([first.messages.map((m) => m.body), first.has_more], [["root"], true]);
       await assert.rejects(a.send(t.room, "nested", { threadId: reply.id }), (e) => e.code === "invalid");
     });
 
