@@ -21,7 +21,8 @@ from chat.storage import RetryTransaction
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RETRIES = Counter("backstage_transaction_retries_total", "Transactions run again after losing a race", ["cause"])
+RETRIES = Counter("backstage_transaction_retries_total",
+                  "Transactions and reads run again after losing a race or finding their connection dead", ["cause"])
 
 
 async def retry_transaction(operation: Callable[[], Awaitable[T]], *, attempts: int = 8,
@@ -36,9 +37,11 @@ async def retry_transaction(operation: Callable[[], Awaitable[T]], *, attempts: 
         except sa.exc.DBAPIError as exc:
             if attempt == attempts or not is_retryable(exc):
                 raise
-            code = (getattr(exc.orig, "args", None) or (0,))[0]
-            # a pooled connection found dead (cut, killed, server restarted): not a lock wait
-            cause = "dead_connection" if exc.connection_invalidated else "deadlock" if code == 1213 else "lock_wait"
+            # a pooled connection found dead (cut, killed, server restarted) is not a lock wait
+            if exc.connection_invalidated:
+                cause = "dead_connection"
+            else:
+                cause = "deadlock" if (getattr(exc.orig, "args", None) or (0,))[0] == 1213 else "lock_wait"
         RETRIES.labels(cause).inc()
         # "Full jitter": a random wait up to the exponential bound.
         await asyncio.sleep(random.uniform(0, min(cap_s, base_s * 2 ** attempt)))
